@@ -1,0 +1,60 @@
+"""The tokenizer plumbing of data.py: training, saving, loading, special tokens, fitting the model."""
+
+import json
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import data
+
+TEXTS = ["Title: Sanding Roll, Brand: PORTER-CABLE", "Title: Safety Glasses, Brand: 3M"] * 20
+
+
+def test_train_save_load_round_trip(tmp_path):
+    tok = data.train_tokenizer(TEXTS, vocab_size=300)
+    assert tok.vocab_size <= 300
+    text = "Title: Glasses, Brand: ÄÖ 3M ✓"  # unseen characters still encode: byte-level, nothing unknown
+    assert tok.decode(tok.encode(text)) == text
+    path = str(tmp_path / "tokenizer.json")
+    tok.save(path)
+    again = data.load_tokenizer(str(tmp_path))
+    assert again.encode(text) == tok.encode(text)
+    assert (again.eot_id, again.pad_id, again.sep_id) == (tok.eot_id, tok.pad_id, tok.sep_id)
+
+
+def test_special_tokens_are_single_distinct_ids():
+    tok = data.train_tokenizer(TEXTS, vocab_size=300)
+    assert len({tok.eot_id, tok.pad_id, tok.sep_id}) == 3
+    ids = tok.encode("a" + data.SEP + "b" + data.EOT)
+    assert ids.count(tok.sep_id) == 1 and ids[-1] == tok.eot_id
+    assert tok.decode(ids) == "ab"  # special tokens are dropped when decoding
+
+
+def test_gpt2_style_tokenizer_without_pad_falls_back_to_eot(tmp_path):
+    # GPT-2's tokenizer.json knows only <|endoftext|>
+    t = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "<|endoftext|>": 2}, merges=[]))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.add_special_tokens(["<|endoftext|>"])
+    t.save(str(tmp_path / "tokenizer.json"))
+    tok = data.load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert tok.eot_id == tok.pad_id == tok.sep_id == 2
+
+
+def test_bad_tokenizer_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        data.load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizer.json"):
+        data.load_tokenizer(str(tmp_path))
+    t = Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))
+    t.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="has no <\\|endoftext\\|> token"):
+        data.load_tokenizer(str(tmp_path))
+    json.loads((tmp_path / "tokenizer.json").read_text())  # the file itself was valid JSON
+
+
+def test_vocabulary_must_fit_the_model():
+    tok = data.train_tokenizer(TEXTS, vocab_size=300)
+    tok.check_fits(300)
+    with pytest.raises(ValueError, match=f"vocabulary of {tok.vocab_size} tokens does not fit .*vocab_size=64"):
+        tok.check_fits(64)
