@@ -97,6 +97,547 @@ def load_tokenizer(path):
 
 # -----------------------------------------------------------------------------
 # 2. CALRec data
+#
+# One "domain" (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of
+# named text attributes, and three lists of (history, target) examples in item indices 0..n_items-1:
+# train (every prefix of the training part), valid (target = second to last item), test (target = last).
+
+import gzip
+import random
+import re
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Domain:
+    name: str
+    items: list                  # items[i] = {"Title": str, "Brand": str, ...}; a missing value is absent
+    item_keys: list              # the dataset's own id of item i (ASIN, .inter id, or a built-in name)
+    train: list                  # [(history: list[int], target: int)], every training prefix
+    valid: list                  # one (history, target) per user, target = the second to last item
+    test: list                   # one (history, target) per user, target = the last item
+    train_sequences: list = field(default_factory=list)  # per user, the training part as one sequence
+    attributes: tuple = ("Title", "Category", "Brand", "Price")  # rendered in this order
+
+    @property
+    def n_items(self):
+        return len(self.items)
+
+
+def _check_examples(domain, split, source):
+    for line, (history, target) in enumerate(getattr(domain, split), 1):
+        if not history:
+            raise ValueError(f"{source}: {split} example {line} has an empty history")
+        for i in list(history) + [target]:
+            if not 0 <= i < domain.n_items:
+                raise ValueError(f"{source}: {split} example {line} names item {i}, not in the catalog")
+
+
+def leave_one_out(sequences):
+    """Chronological per-user sequences -> train prefixes, valid and test examples (the usual split).
+
+    A sequence [a, b, c, d, e] gives test ([a, b, c, d], e), valid ([a, b, c], d), train prefixes
+    ([a], b), ([a, b], c), and the training part [a, b, c] (for SASRec and popularity counts).
+    Users with fewer than 3 items have no training example and are left out (counted by the caller).
+    """
+    train, valid, test, train_sequences = [], [], [], []
+    for seq in sequences:
+        if len(seq) < 3:
+            continue
+        test.append((list(seq[:-1]), seq[-1]))
+        valid.append((list(seq[:-2]), seq[-2]))
+        train_sequences.append(list(seq[:-2]))
+        for t in range(1, len(seq) - 2):
+            train.append((list(seq[:t]), seq[t]))
+    return train, valid, test, train_sequences
+
+
+# -----------------------------------------------------------------------------
+# 2a. the built-in multi-domain shopping world
+#
+# Shared latent structure across domains: the same brands (each with a price tier) and the same kinds of
+# behaviour. Every domain has a chain of complementary categories bought in order (a camera body, then a
+# lens, then a memory card, ...); each brand sells two product lines in every domain, each product in two
+# colours. A user keeps their brand and line (mostly), walks the chain in order, and keeps their colour.
+# So the next item is predictable from the *text* of the history (brand, line, colour words, the category
+# that comes next), and order matters (the chain only goes forward). A few items are "new releases": they
+# never appear in a history or as a training target, only as a last (test) item -- cold items that an
+# item-id model has never seen, but whose words a text model has.
+
+WORLD_BRANDS = (("Korvo", 1.0), ("Lumen", 1.3), ("Varta", 0.8), ("Ostra", 1.6),
+                ("Pelin", 0.9), ("Quori", 1.2), ("Sendo", 0.7), ("Talvi", 1.4))
+WORLD_LINES = ("Apex", "Nova", "Terra", "Orbit", "Echo", "Prism", "Drift", "Ember",
+               "Flux", "Haven", "Ion", "Jade", "Krest", "Lyra", "Mesa", "Nimbus")
+WORLD_COLOURS = ("Black", "Silver", "Red", "Blue")
+WORLD_DOMAINS = {  # domain -> its chain of (category, base price in dollars)
+    "Cameras": (("Camera Body", 420), ("Zoom Lens", 260), ("Memory Card", 30), ("Camera Bag", 55),
+                ("Tripod", 80), ("Flash Unit", 120)),
+    "Kitchen": (("Espresso Machine", 300), ("Coffee Grinder", 90), ("Milk Frother", 40),
+                ("Tamper Set", 25), ("Knock Box", 30), ("Cleaning Kit", 20)),
+    "Outdoor": (("Hiking Boots", 140), ("Trail Socks", 18), ("Backpack", 110), ("Water Bottle", 22),
+                ("Headlamp", 35), ("Rain Jacket", 160)),
+}
+
+
+def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, p_colour=0.85,
+               cold_fraction=0.1, price_missing=0.05):
+    """Generate the built-in world: one Domain per entry of WORLD_DOMAINS, deterministic in `seed`."""
+    rng = random.Random(seed)
+    domains = []
+    for d, (dname, chain) in enumerate(WORLD_DOMAINS.items()):
+        items, keys, index = [], [], {}
+        for b, (brand, tier) in enumerate(WORLD_BRANDS):
+            for li in range(2):
+                line = WORLD_LINES[(2 * b + li + 3 * d) % len(WORLD_LINES)]
+                for c, (category, base) in enumerate(chain):
+                    for colour in WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]:  # two colours per line
+                        item = {"Title": f"{brand} {line} {category}, {colour}", "Category": f"{dname} {category}",
+                                "Brand": brand}
+                        if rng.random() >= price_missing:
+                            item["Price"] = f"${base * tier * (1.0 + 0.1 * li):.2f}"
+                        index[(b, li, c, colour)] = len(items)
+                        items.append(item)
+                        keys.append(f"{dname}-{b}-{li}-{c}-{colour}")
+        cold = set()  # at most one colour of a product is a new release, so the other can stand in for it
+        for (b, li, c, colour), i in index.items():
+            if colour == WORLD_COLOURS[(b + li) % 3] and rng.random() < 2 * cold_fraction:
+                cold.add(i if rng.random() < 0.5 else index[(b, li, c, WORLD_COLOURS[(b + li) % 3 + 1])])
+        sequences = []
+        for _ in range(users_per_domain):
+            b, li = rng.randrange(len(WORLD_BRANDS)), rng.randrange(2)
+            n = rng.randint(min_len, max_len)
+            start = rng.randrange(len(chain))  # the chain is a cycle: any category can come first
+            colours = WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
+            colour = rng.choice(colours)
+            seq = []
+            for t in range(n):
+                c = (start + t) % len(chain)
+                if t > 0 and rng.random() > p_stay:  # an occasional switch of line, or of brand
+                    if rng.random() < 0.5:
+                        li = 1 - li
+                    else:
+                        b = rng.randrange(len(WORLD_BRANDS))
+                    colours = WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
+                    colour = colours[0] if colour not in colours else colour
+                pick = colour if rng.random() < p_colour else rng.choice(colours)
+                i = index[(b, li, c, pick)]
+                if i in cold and t < n - 1:  # a new release is only ever bought last
+                    i = index[(b, li, c, colours[1 - colours.index(pick)])]
+                if i in seq:  # already owned: skip this step
+                    continue
+                seq.append(i)
+            sequences.append(seq)
+        train, valid, test, train_sequences = leave_one_out(sequences)
+        domains.append(Domain(dname, items, keys, train, valid, test, train_sequences))
+    return domains
+
+
+# -----------------------------------------------------------------------------
+# 2b. the RecBole / UniSRec atomic benchmark folders (X.train.inter, X.valid.inter, X.test.inter + X.item
+#     or X.text + X.item2index)
+
+def _read_atomic_table(path, required):
+    """A tab-separated file with a `name:type` header -> (column names, rows as lists of strings, line no.)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").rstrip("\r").split("\t")
+        names = [h.split(":")[0] for h in header]
+        for r in required:
+            if r not in names:
+                raise ValueError(f"{path}:1: header has no column '{r}' (found {header})")
+        rows = []
+        for line_no, line in enumerate(f, 2):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line:
+                continue
+            cols = line.split("\t")
+            if len(cols) != len(names):
+                raise ValueError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
+            rows.append((line_no, cols))
+    return names, rows
+
+
+def _split_text_column(text):
+    """UniSRec's X.text value is 'title. category path. brand. ' (a missing field is empty): split it back."""
+    s = text[:-2] if text.endswith(". ") else text.rstrip()
+    parts = s.rsplit(". ", 2)
+    parts = [""] * (3 - len(parts)) + parts if len(parts) < 3 else parts
+    return {"Title": parts[0].strip(), "Category": parts[1].strip(), "Brand": parts[2].strip()}
+
+
+def _drop_common_category_root(items, share=0.9):
+    """'Industrial & Scientific Fasteners Nuts' -> 'Fasteners Nuts': drop the longest word prefix that at least
+    `share` of the items' categories start with (the category root, the same for the whole file)."""
+    paths = [it["Category"].split() for it in items if it.get("Category")]
+    root = []
+    while paths:
+        counts = Counter(tuple(p[:len(root) + 1]) for p in paths if len(p) > len(root))
+        if not counts:
+            break
+        prefix, n = counts.most_common(1)[0]
+        if n < share * len(paths):
+            break
+        root = list(prefix)
+    if not root:
+        return
+    for it in items:
+        words = it.get("Category", "").split()
+        if words[:len(root)] == root:
+            if len(words) > len(root):
+                it["Category"] = " ".join(words[len(root):])
+            else:
+                del it["Category"]
+
+
+def read_atomic(folder):
+    """Read one UniSRec/RecBole benchmark folder (its name is the domain's name) into a Domain."""
+    folder = folder.rstrip("/")
+    name = os.path.basename(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    item_path, text_path = os.path.join(folder, f"{name}.item"), os.path.join(folder, f"{name}.text")
+    items, keys, index, missing = [], [], {}, Counter()
+    if os.path.isfile(item_path):  # ids are the .inter ids; every text column is an attribute
+        names, rows = _read_atomic_table(item_path, ["item_id"])
+        text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
+        if not text_cols:
+            raise ValueError(f"{item_path}:1: no text column besides item_id")
+        attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
+        for line_no, cols in rows:
+            item = {}
+            for j, n in text_cols:
+                value = cols[j].strip()
+                if value:
+                    item[n.replace("_", " ").title()] = value
+                else:
+                    missing[n] += 1
+            if not item:
+                raise ValueError(f"{item_path}:{line_no}: item {cols[0]} has no text at all")
+            if cols[0] in index:
+                raise ValueError(f"{item_path}:{line_no}: item {cols[0]} listed twice")
+            index[cols[0]] = len(items)
+            items.append(item)
+            keys.append(cols[0])
+    elif os.path.isfile(text_path):  # ids are ASINs, mapped to the .inter ids by X.item2index
+        map_path = os.path.join(folder, f"{name}.item2index")
+        if not os.path.isfile(map_path):
+            raise FileNotFoundError(f"{map_path}: needed to map the ASINs of {text_path} to .inter ids")
+        asin_to_id = {}
+        with open(map_path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                cols = line.rstrip("\n").split("\t")
+                if len(cols) != 2 or not cols[1].strip().isdigit():
+                    raise ValueError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
+                asin_to_id[cols[0]] = cols[1].strip()
+        attributes = ("Title", "Category", "Brand")
+        _, rows = _read_atomic_table(text_path, ["item_id", "text"])
+        for line_no, (asin, text) in rows:
+            if asin not in asin_to_id:
+                raise ValueError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
+            item = {k: v for k, v in _split_text_column(text).items() if v}
+            for k in attributes:
+                if k not in item:
+                    missing[k] += 1
+            if not item:
+                raise ValueError(f"{text_path}:{line_no}: item {asin} has no text at all")
+            index[asin_to_id[asin]] = len(items)
+            items.append(item)
+            keys.append(asin)
+        _drop_common_category_root(items)
+    else:
+        raise FileNotFoundError(f"{folder}: has neither {name}.item nor {name}.text")
+    if missing:
+        print(f"{folder}: missing attribute values written as Unknown: "
+              + ", ".join(f"{k} {v}" for k, v in missing.items()))
+
+    splits = {}
+    for split in ("train", "valid", "test"):
+        path = os.path.join(folder, f"{name}.{split}.inter")
+        names, rows = _read_atomic_table(path, ["user_id", "item_id_list", "item_id"])
+        ju, jh, jt = names.index("user_id"), names.index("item_id_list"), names.index("item_id")
+        examples = []
+        for line_no, cols in rows:
+            ids = cols[jh].split() + [cols[jt].strip()]
+            for i in ids:
+                if i not in index:
+                    raise ValueError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
+            if len(ids) < 2:
+                raise ValueError(f"{path}:{line_no}: empty history")
+            seq = [index[i] for i in ids]
+            examples.append((cols[ju], seq[:-1], seq[-1]))
+        splits[split] = examples
+    longest = {}  # the training part of each user = the longest training row, history + target
+    for user, history, target in splits["train"]:
+        if len(history) + 1 > len(longest.get(user, ())):
+            longest[user] = history + [target]
+    domain = Domain(name, items, keys,
+                    train=[(h, t) for _, h, t in splits["train"]],
+                    valid=[(h, t) for _, h, t in splits["valid"]],
+                    test=[(h, t) for _, h, t in splits["test"]],
+                    train_sequences=list(longest.values()), attributes=attributes)
+    return domain
+
+
+# -----------------------------------------------------------------------------
+# 2c. the raw Amazon 2018 downloads: <Category>_5.json(.gz) reviews + meta_<Category>.json(.gz)
+
+AMAZON_2018_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+
+
+def _open_text(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _json_lines(path):
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+
+
+def _meta_value(record, key, skipped):
+    """A metadata field as clean text; '' when missing. A list (the category path) is joined without its
+    root; a value that is page markup rather than text (a few records) counts in `skipped` as missing."""
+    v = record.get(key)
+    if isinstance(v, list):
+        v = " ".join(str(x).strip() for x in v[1:] if str(x).strip())  # drop the category root
+    v = "" if v is None else str(v).strip()
+    if v.startswith("<") or len(v) > 300:
+        skipped[key] += 1
+        return ""
+    return v
+
+
+def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
+    """Raw Amazon 2018 files -> Domain, with the protocol of the spec (docs/calrec.md section 6).
+
+    1. items = metadata records with a title (the others are dropped, counted);
+    2. each user's reviews sorted by unixReviewTime, ties kept in file order (a stable sort), never by id;
+    3. a repeated item in a user's sequence is kept at its first purchase only;
+    4. iterative k-core: drop users and items with fewer than `min_count` interactions until none is left;
+    5. leave-one-out. Item indices follow sorted ASINs (not order of appearance, which would leak).
+    """
+    name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
+    meta, dropped_no_title, markup = {}, 0, Counter()
+    for line_no, r in _json_lines(meta_path):
+        if "asin" not in r:
+            raise ValueError(f"{meta_path}:{line_no}: record has no 'asin'")
+        title = _meta_value(r, "title", markup)
+        if not title:
+            dropped_no_title += 1
+            continue
+        item = {"Title": title}
+        for key, attr in (("category", "Category"), ("brand", "Brand"), ("price", "Price")):
+            value = _meta_value(r, key, markup)
+            if value:
+                item[attr] = value
+        meta[r["asin"]] = item
+    by_user, n_reviews, dropped_unknown = {}, 0, 0
+    for line_no, r in _json_lines(reviews_path):
+        for key in ("reviewerID", "asin", "unixReviewTime"):
+            if key not in r:
+                raise ValueError(f"{reviews_path}:{line_no}: record has no '{key}'")
+        try:
+            t = int(r["unixReviewTime"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{reviews_path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
+        n_reviews += 1
+        if r["asin"] not in meta:
+            dropped_unknown += 1
+            continue
+        by_user.setdefault(r["reviewerID"], []).append((t, r["asin"]))
+    sequences = {}
+    for user, events in by_user.items():
+        events.sort(key=lambda e: e[0])  # stable: equal times keep file order
+        seen, seq = set(), []
+        for _, asin in events:
+            if asin not in seen:
+                seen.add(asin)
+                seq.append(asin)
+        sequences[user] = seq
+    while True:  # iterative k-core
+        item_count = Counter(a for seq in sequences.values() for a in seq)
+        kept = {u: [a for a in seq if item_count[a] >= min_count] for u, seq in sequences.items()}
+        kept = {u: seq for u, seq in kept.items() if len(seq) >= min_count}
+        if kept == sequences:
+            break
+        sequences = kept
+    if markup:
+        print(f"{meta_path}: values that are page markup, not text, treated as missing: "
+              + ", ".join(f"{k} {v}" for k, v in markup.items()))
+    asins = sorted({a for seq in sequences.values() for a in seq})
+    index = {a: i for i, a in enumerate(asins)}
+    train, valid, test, train_sequences = leave_one_out([[index[a] for a in seq] for seq in sequences.values()])
+    print(f"{reviews_path}: {n_reviews} reviews; {dropped_no_title} metadata records without a title and "
+          f"{dropped_unknown} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
+          f"after {min_count}-core")
+    return Domain(name, [meta[a] for a in asins], asins, train, valid, test, train_sequences)
+
+
+def download_amazon_raw(category, out_dir, base_url=AMAZON_2018_URL):
+    """Fetch a category's 5-core reviews and metadata from the Amazon 2018 site, then parse them.
+
+    `category` is the file stem, e.g. "Industrial_and_Scientific"; `base_url` may be a file:// URL of a
+    local mirror laid out the same way (categoryFilesSmall/, metaFiles2/).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for sub, fname in (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz")):
+        path = os.path.join(out_dir, fname)
+        if not os.path.isfile(path):
+            url = f"{base_url}/{sub}/{fname}"
+            print(f"downloading {url}")
+            urllib.request.urlretrieve(url, path + ".part")
+            os.replace(path + ".part", path)
+        paths.append(path)
+    return read_amazon_raw(paths[0], paths[1], name=category)
+
+
+def load_domains(folders):
+    """One Domain per folder: an atomic benchmark folder, or a folder with the raw Amazon 2018 files."""
+    domains = []
+    for folder in folders:
+        name = os.path.basename(folder.rstrip("/"))
+        files = os.listdir(folder) if os.path.isdir(folder) else []
+        raw = sorted(f for f in files if re.search(r"_5\.json(\.gz)?$", f))
+        meta = sorted(f for f in files if re.match(r"meta_.*\.json(\.gz)?$", f))
+        if raw and meta:
+            domains.append(read_amazon_raw(os.path.join(folder, raw[0]), os.path.join(folder, meta[0]), name=name))
+        else:
+            domains.append(read_atomic(folder))
+        for split in ("train", "valid", "test"):
+            _check_examples(domains[-1], split, folder)
+    return domains
+
+
+# -----------------------------------------------------------------------------
+# 2d. the text templates (spec section 1) and batches
+
+HISTORY_HEADER = "User purchase history: This is a summary of the user's purchase history.\n"
+FIRST_ITEM = "The first purchased item is as follows:"
+NEXT_ITEM = "The next purchased item is as follows:"
+ITEM_END = ".\n"
+
+
+def item_text(item, attributes, max_words=24):
+    """'Title: X, Category: Y, Brand: Z, Price: Unknown' -- each value capped at `max_words` words."""
+    parts = []
+    for a in attributes:
+        words = item.get(a, "Unknown").split()
+        parts.append(f"{a}: {' '.join(words[:max_words])}")
+    return ", ".join(parts)
+
+
+def history_prompt(texts):
+    """The few-shot style prompt over the item texts of a history; ends where the next item's text goes."""
+    s = HISTORY_HEADER
+    for k, t in enumerate(texts):
+        s += (FIRST_ITEM if k == 0 else NEXT_ITEM) + " " + t + ITEM_END
+    return s + NEXT_ITEM
+
+
+class PromptBuilder:
+    """Token ids of prompts and targets, assembled from pre-tokenised pieces (each item is encoded once).
+
+    Every item is encoded as " " + its text, the way it follows 'as follows:' in a prompt; the item tower
+    reads exactly these tokens too, so v_T and v_T|U pool over the same token sequence.
+    """
+
+    def __init__(self, tokenizer, item_texts, block_size, max_history=20):
+        self.tok = tokenizer
+        self.block_size = block_size
+        self.max_history = max_history
+        self.item_ids = tokenizer.encode_batch([" " + t for t in item_texts])  # item i -> its tokens
+        self.header = tokenizer.encode(HISTORY_HEADER)
+        self.first = tokenizer.encode(FIRST_ITEM)
+        self.next = tokenizer.encode(NEXT_ITEM)
+        self.end = tokenizer.encode(ITEM_END)
+        longest = max(len(t) for t in self.item_ids)
+        room = block_size - len(self.header) - len(self.next) - longest - 1
+        if room < len(self.first) + longest + len(self.end):
+            raise ValueError(f"block_size={block_size} cannot hold one history item and a target of {longest} "
+                             "tokens; raise block_size or lower the per-attribute word cap")
+
+    def prompt(self, history, target_len):
+        """Tokens of the prompt for `history`, keeping the most recent items that fit before the target."""
+        budget = self.block_size - target_len - len(self.header) - len(self.next)
+        kept, used = [], 0
+        for i in reversed(history[-self.max_history:]):
+            cost = max(len(self.first), len(self.next)) + len(self.item_ids[i]) + len(self.end)
+            if used + cost > budget:
+                break
+            kept.append(i)
+            used += cost
+        kept.reverse()
+        ids = list(self.header)
+        for k, i in enumerate(kept):
+            ids += (self.first if k == 0 else self.next) + self.item_ids[i] + self.end
+        return ids + self.next
+
+    def max_target_len(self):
+        return max(len(t) for t in self.item_ids) + 1  # + end of text
+
+    def joint_batch(self, examples):
+        """(history, target) pairs -> the generation sequences of the joint tower.
+
+        Returns idx (B, T) right-padded, attention_mask (B, T), targets (B, T) for next-token loss on the
+        target item and its end-of-text only (-100 elsewhere), history_mask (B, T) over the prompt tokens,
+        target_mask (B, T) over the target item's tokens (not its end-of-text).
+        """
+        rows, spans = [], []
+        for history, target in examples:
+            t_ids = self.item_ids[target] + [self.tok.eot_id]
+            p_ids = self.prompt(history, len(t_ids))
+            rows.append(p_ids + t_ids)
+            spans.append((len(p_ids), len(t_ids)))
+        B, T = len(rows), max(len(r) for r in rows)
+        idx = torch.full((B, T), self.tok.pad_id, dtype=torch.long)
+        targets = torch.full((B, T), -100, dtype=torch.long)
+        attention_mask = torch.zeros(B, T, dtype=torch.long)
+        history_mask = torch.zeros(B, T, dtype=torch.long)
+        target_mask = torch.zeros(B, T, dtype=torch.long)
+        for b, (row, (n_p, n_t)) in enumerate(zip(rows, spans)):
+            idx[b, :len(row)] = torch.tensor(row)
+            attention_mask[b, :len(row)] = 1
+            history_mask[b, :n_p] = 1
+            target_mask[b, n_p:n_p + n_t - 1] = 1
+            targets[b, n_p - 1:n_p + n_t - 1] = torch.tensor(row[n_p:])  # position t predicts token t+1
+        return idx, attention_mask, targets, history_mask, target_mask
+
+    def prompt_batch(self, histories):
+        """Histories -> right-padded prompts (B, T) and attention_mask (B, T): the input of beam search and of
+        the user tower at inference (room is kept for the longest target)."""
+        rows = [self.prompt(h, self.max_target_len()) for h in histories]
+        T = max(len(r) for r in rows)
+        idx = torch.full((len(rows), T), self.tok.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for b, r in enumerate(rows):
+            idx[b, :len(r)] = torch.tensor(r)
+            mask[b, :len(r)] = 1
+        return idx, mask, rows
+
+    def item_batch(self, item_indices):
+        """Items -> right-padded item-only texts (B, T) and attention_mask (B, T): the item tower's input."""
+        rows = [self.item_ids[i] for i in item_indices]
+        T = max(len(r) for r in rows)
+        idx = torch.full((len(rows), T), self.tok.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for b, r in enumerate(rows):
+            idx[b, :len(r)] = torch.tensor(r)
+            mask[b, :len(r)] = 1
+        return idx, mask
+
 
 # -----------------------------------------------------------------------------
 # 3. MAML data

@@ -503,3 +503,12 @@ def gpt_from_checkpoint(path):
     model = GPT(config)
     load_model_state(model, ckpt["model"], path)
     return model, ckpt
+
+
+def load_init(path, dropout=0.0):
+    """What train.py's --init names: a project checkpoint file (.pt) or a Hugging Face GPT-2 folder.
+    Returns the GPT; the caller loads the matching tokenizer (data.load_tokenizer) from the same place."""
+    if os.path.isdir(path):
+        return GPT.from_pretrained(path, dropout=dropout)
+    model, _ = gpt_from_checkpoint(path)
+    return model
