@@ -66,10 +66,19 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default in --help, unless it has none (then its help says who decides)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train and evaluate CALRec, MAML or the sinusoid check on the project's small GPT.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,  # a typo must fail, not silently match another flag
     )
     g = p.add_argument_group("common")
@@ -138,10 +147,25 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def check_paths(parser, args):
+    """Fail at once, before any work, when a path on the command line cannot be right."""
+    for d in args.data or ():
+        if not os.path.isdir(d):
+            parser.error(f"--data {d}: no such folder")
+    if args.init is not None and not os.path.exists(args.init):
+        parser.error(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
+    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "ckpt.pt")):
+        parser.error(f"--resume: there is no {os.path.join(args.out_dir, 'ckpt.pt')} to resume from")
+    if args.resume and args.init is not None:
+        parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    args.device = pick_device(args.device)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.out_dir = args.out_dir or os.path.join("out", args.task)
+    check_paths(parser, args)
+    args.device = pick_device(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
     seed_everything(args.seed)
     if args.task == "calrec":
