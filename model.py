@@ -265,6 +265,8 @@ class GPT(nn.Module):
         """Continue each prompt (a list of token ids; lengths may differ), all in one batch.
         Greedy picks the most likely token; otherwise sample from softmax(logits / temperature), cut to
         the top_k tokens if given. A row stops at eos_id (kept in its output). Returns the new tokens."""
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax")
         idx, key_mask = self._left_pad(prompts)
         B = idx.size(0)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
