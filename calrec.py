@@ -228,7 +228,8 @@ class BM25:
         self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))          # (V,)
         norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
         weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)          # one value per (document, word)
-        self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce().to_sparse_csr()
+        self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                              check_invariants=True).coalesce()  # (D, V) sparse
 
     def scores(self, queries):
         """BM25 scores (nq, D) of every document for every query string."""
@@ -490,8 +491,9 @@ def run(args):
     for name in ("alpha", "beta", "tau", "beams"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
-    if args.max_steps is not None:
+    if args.max_steps is not None:  # the steps of each stage, and at most that many for SASRec
         cfg.stage1_steps = cfg.stage2_steps = args.max_steps
+        cfg.sasrec_steps = min(cfg.sasrec_steps, args.max_steps)
     if args.eval_interval is not None:
         cfg.eval_interval = args.eval_interval
     if cfg.alpha + cfg.beta > 1.0:
@@ -501,8 +503,9 @@ def run(args):
     log_file = open(log_path, "w")
 
     def log(line):
+        line = f"[{time.time() - t0:6.1f}s] {line}"
         print(line, file=log_file, flush=True)
-        if not line.startswith("  step") or "valid" in line:
+        if "  step" not in line or "valid" in line:
             tqdm.write(line)
 
     # --- data

@@ -485,7 +485,7 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     return Domain(name, [meta[a] for a in asins], asins, train, valid, test, train_sequences)
 
 
-def download_amazon_raw(category, out_dir, base_url=AMAZON_2018_URL):
+def download_amazon_raw(category, out_dir, base_url=AMAZON_2018_URL, min_count=5):
     """Fetch a category's 5-core reviews and metadata from the Amazon 2018 site, then parse them.
 
     `category` is the file stem, e.g. "Industrial_and_Scientific"; `base_url` may be a file:// URL of a
@@ -501,7 +501,7 @@ def download_amazon_raw(category, out_dir, base_url=AMAZON_2018_URL):
             urllib.request.urlretrieve(url, path + ".part")
             os.replace(path + ".part", path)
         paths.append(path)
-    return read_amazon_raw(paths[0], paths[1], name=category)
+    return read_amazon_raw(paths[0], paths[1], name=category, min_count=min_count)
 
 
 def load_domains(folders):
@@ -641,3 +641,371 @@ class PromptBuilder:
 
 # -----------------------------------------------------------------------------
 # 3. MAML data
+#
+# A task is a dict: name, kind ("classification" or "regression"), labels (the label strings of a
+# classification task, in class-index order), metrics (GLUE's names), pair (True for sentence pairs) and
+# one split per stage, each {"text_a": [str], "text_b": [str] or None, "y": [int class index or float]}.
+# Splits: "train" for training, "dev" for validation (choosing the stop point), "test" for the one final
+# report (a labelled test.tsv in dev.tsv's layout, when present).
+
+import csv  # noqa: E402  (the TSV writer of the download helper)
+import random  # noqa: E402,F811
+import urllib.request  # noqa: E402,F811
+import zipfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# Each task's official layout: the columns read by name (CoLA: by position, it has no header).
+GLUE_TASKS = {
+    "CoLA": dict(text_a=3, text_b=None, label=1, labels=("0", "1"), metrics=("mcc",), header=False),
+    "SST-2": dict(text_a="sentence", text_b=None, label="label", labels=("0", "1"), metrics=("accuracy",)),
+    "MRPC": dict(text_a="#1 String", text_b="#2 String", label="Quality", labels=("0", "1"),
+                 metrics=("f1", "accuracy")),
+    "STS-B": dict(text_a="sentence1", text_b="sentence2", label="score", labels=None,
+                  metrics=("pearson", "spearman")),
+    "QQP": dict(text_a="question1", text_b="question2", label="is_duplicate", labels=("0", "1"),
+                metrics=("f1", "accuracy")),
+    "MNLI": dict(text_a="sentence1", text_b="sentence2", label="gold_label",
+                 labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",)),
+    "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=("entailment", "not_entailment"),
+                 metrics=("accuracy",)),
+    "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=("entailment", "not_entailment"),
+                metrics=("accuracy",)),
+}
+COLA_COLUMNS = 4  # source, label, original label (* for unacceptable), sentence
+STSB_RANGE = (0.0, 5.0)
+
+
+def check_glue_task(name):
+    if name not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {name!r}; expected one of {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[name]
+
+
+def read_tsv_rows(path):
+    """Lines split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders read them); a leading
+    byte-order mark (MRPC) is dropped. Returns [(line number, [fields])], blank lines skipped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: strips the BOM if there is one
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                rows.append((lineno, line.split("\t")))
+    return rows
+
+
+def read_glue_split(path, task):
+    """One split file of a GLUE task in its official layout -> {"text_a", "text_b", "y"}."""
+    spec = check_glue_task(task)
+    rows = read_tsv_rows(path)
+    if spec.get("header", True):
+        if not rows:
+            raise ValueError(f"{path}:1: empty file, expected a header line")
+        lineno, header = rows[0]
+        rows = rows[1:]
+        wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: header has no column {', '.join(map(repr, missing))} "
+                             f"(not the official {task} layout; header: {header})")
+        col = {c: header.index(c) for c in wanted}
+        n_cols = len(header)
+    else:  # CoLA: no header, columns by position
+        col = {c: c for c in (spec["text_a"], spec["label"])}
+        n_cols = COLA_COLUMNS
+        if rows and len(rows[0][1]) == 2 and rows[0][1][0] == "index":
+            raise ValueError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
+                             "a labelled file has 4 columns and no header")
+    out = {"text_a": [], "text_b": [] if spec["text_b"] is not None else None, "y": []}
+    for lineno, fields in rows:
+        if len(fields) != n_cols:
+            raise ValueError(f"{path}:{lineno}: expected {n_cols} tab-separated columns for {task}, "
+                             f"got {len(fields)}")
+        raw = fields[col[spec["label"]]].strip()
+        if spec["labels"] is None:  # STS-B: a similarity score
+            try:
+                y = float(raw)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: {task} score {raw!r} is not a number") from None
+            if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
+                raise ValueError(f"{path}:{lineno}: {task} score {y} is outside {STSB_RANGE}")
+        else:
+            if raw not in spec["labels"]:
+                raise ValueError(f"{path}:{lineno}: label {raw!r} is not one of {task}'s labels "
+                                 f"{list(spec['labels'])}")
+            y = spec["labels"].index(raw)
+        out["text_a"].append(fields[col[spec["text_a"]]])
+        if spec["text_b"] is not None:
+            out["text_b"].append(fields[col[spec["text_b"]]])
+        out["y"].append(y)
+    if not out["y"]:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+def glue_task(name, folder):
+    """A GLUE task from `folder` holding train.tsv, dev.tsv and optionally a labelled test.tsv."""
+    spec = check_glue_task(name)
+    splits = {}
+    for split in ("train", "dev", "test"):
+        path = os.path.join(folder, f"{split}.tsv")
+        if split == "dev" and name == "MNLI" and not os.path.isfile(path):
+            path = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
+        if split == "test" and not os.path.isfile(path):
+            continue
+        splits[split] = read_glue_split(path, name)
+    return dict(name=name, kind="regression" if spec["labels"] is None else "classification",
+                labels=spec["labels"], metrics=spec["metrics"], pair=spec["text_b"] is not None, **splits)
+
+
+def load_glue(root, names):
+    """{name: task} for the named tasks under `root` (root/<name>/train.tsv ...)."""
+    tasks = {}
+    for name in names:
+        check_glue_task(name)
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder}: no folder for GLUE task {name}")
+        tasks[name] = glue_task(name, folder)
+    return tasks
+
+
+def few_shot_folders(root, name):
+    """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
+    folder = os.path.join(root, name)
+    if not os.path.isdir(folder):
+        return []
+    seeds = sorted(int(d[3:]) for d in os.listdir(folder) if d.startswith("16-") and d[3:].isdigit())
+    return [os.path.join(folder, f"16-{s}") for s in seeds]
+
+
+# The official GLUE archives, as GLUE's own download script names them. MRPC is not in one archive: it is
+# built from the Microsoft corpus's two files (mirrored by SentEval) and GLUE's list of dev pairs.
+GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
+GLUE_ARCHIVES = {"CoLA": "CoLA.zip", "SST-2": "SST-2.zip", "QQP": "QQP-clean.zip", "STS-B": "STS-B.zip",
+                 "MNLI": "MNLI.zip", "QNLI": "QNLIv2.zip", "RTE": "RTE.zip"}
+MRPC_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
+MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
+                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
+
+
+def download_glue(dest, names, base_url=GLUE_URL, mrpc_url=MRPC_URL, mrpc_dev_ids_url=MRPC_DEV_IDS_URL):
+    """Fetch the official GLUE files into dest/<task>/ and check that each parses (`glue_task`).
+
+    The official test.tsv files are unlabelled, so they are removed: dev.tsv then plays the held-out role
+    and `run` carves a validation split out of train.tsv. The URLs are arguments so that the tests can
+    serve files of the official layout from a local folder (file://).
+    """
+    os.makedirs(dest, exist_ok=True)
+    for name in names:
+        check_glue_task(name)
+        folder = os.path.join(dest, name)
+        if name == "MRPC":
+            download_mrpc(folder, mrpc_url, mrpc_dev_ids_url)
+        else:
+            archive = os.path.join(dest, GLUE_ARCHIVES[name])
+            urllib.request.urlretrieve(base_url + GLUE_ARCHIVES[name], archive)
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(dest)  # each archive holds one folder named like the task (QNLIv2 -> QNLI)
+            os.remove(archive)
+        test = os.path.join(folder, "test.tsv")
+        if os.path.isfile(test):
+            os.remove(test)  # unlabelled
+        glue_task(name, folder)  # fails here, naming the file and line, if the layout is not the official one
+        print(f"{name}: downloaded to {folder}")
+
+
+def download_mrpc(folder, mrpc_url, dev_ids_url):
+    """GLUE's MRPC: msr_paraphrase_train.txt split into train/dev by GLUE's dev ids."""
+    os.makedirs(folder, exist_ok=True)
+    src = os.path.join(folder, "msr_paraphrase_train.txt")
+    urllib.request.urlretrieve(mrpc_url + "msr_paraphrase_train.txt", src)
+    ids_path = os.path.join(folder, "dev_ids.tsv")
+    urllib.request.urlretrieve(dev_ids_url, ids_path)
+    dev_ids = {tuple(fields[:2]) for _, fields in read_tsv_rows(ids_path)}
+    rows = read_tsv_rows(src)
+    header = rows[0][1]
+    with open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="") as ftr, \
+            open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="") as fdv:
+        wtr = csv.writer(ftr, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
+        wdv = csv.writer(fdv, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
+        wtr.writerow(header)
+        wdv.writerow(header)
+        for lineno, fields in rows[1:]:
+            if len(fields) != 5:
+                raise ValueError(f"{src}:{lineno}: expected 5 tab-separated columns, got {len(fields)}")
+            (wdv if (fields[1], fields[2]) in dev_ids else wtr).writerow(fields)
+    os.remove(src)
+    os.remove(ids_path)
+
+
+# --- the built-in task family ----------------------------------------------------
+#
+# A made-up language: eight word *kinds* of twelve made-up words each, plus filler words. A sentence is a
+# shuffle of fillers and some kind-words. Every task asks something about the kinds of the words in a
+# sentence (or a pair), so all of them need the same knowledge — which word belongs to which kind — and
+# differ in what they do with it: that knowledge lives in the encoder (what transfers), the question in the
+# head and the top layers (what each task must adapt). The target tasks ask questions no meta-training task
+# asks (disjoint names and rules), about kinds the meta-training tasks do teach.
+
+FAMILY_KINDS = 8
+FAMILY_WORDS_PER_KIND = 12
+FAMILY_FILLERS = 24
+FAMILY_SENTENCE_LEN = (5, 9)   # words per sentence
+FAMILY_SEED = 1234             # the language itself (fixed; the run's --seed only changes sampling)
+
+# name -> (rule, arguments, examples in train/dev/test). Rules:
+#   has k: 1 if a word of kind k occurs;  more a b: 1 if kind a occurs more often than kind b;
+#   most a b c: which of kinds a, b, c occurs most (3 classes);  count k: how many words of kind k (regression);
+#   share k: pair task, 1 if both sentences hold a word of kind k;  same a: pair, 1 if the two sentences hold
+#   the same number of kind-a words.
+FAMILY_AUX = {
+    "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800),
+    "has-5": ("has", (5,), 300), "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600),
+    "most-1-2-4": ("most", (1, 2, 4), 1000), "count-3": ("count", (3,), 500),
+    "count-5": ("count", (5,), 400), "share-0": ("share", (0,), 800), "share-4": ("share", (4,), 400),
+    "same-2": ("same", (2,), 600),
+}
+FAMILY_TARGETS = {
+    "more-2-5": ("more", (2, 5), 1000), "share-3": ("share", (3,), 1000),
+    "count-4": ("count", (4,), 1000), "most-0-3-5": ("most", (0, 3, 5), 1000),
+}
+FAMILY_DEV, FAMILY_TEST = 100, 300   # target tasks: validation and test examples (aux: 10% dev)
+
+
+def family_vocabulary():
+    """The made-up words: kinds[k] is the list of words of kind k; fillers a list of neutral words."""
+    rng = random.Random(FAMILY_SEED)
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "n", "r", "s", "k"]
+    words = set()
+    while len(words) < FAMILY_KINDS * FAMILY_WORDS_PER_KIND + FAMILY_FILLERS:
+        n_syll = rng.choice((2, 2, 3))
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(n_syll)))
+    words = sorted(words)
+    rng.shuffle(words)
+    n = FAMILY_WORDS_PER_KIND
+    kinds = [words[k * n:(k + 1) * n] for k in range(FAMILY_KINDS)]
+    return kinds, words[FAMILY_KINDS * n:]
+
+
+def family_sentence(rng, kinds, fillers, counts):
+    """A sentence holding counts[k] words of each kind k, padded with fillers, shuffled."""
+    words = [rng.choice(kinds[k]) for k, c in counts.items() for _ in range(c)]
+    length = max(len(words), rng.randint(*FAMILY_SENTENCE_LEN))
+    words += [rng.choice(fillers) for _ in range(length - len(words))]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def family_example(rng, rule, args, kinds, fillers):
+    """(text_a, text_b or None, y) for one example of a rule; labels are balanced by construction."""
+    def random_counts(exclude=()):
+        return {k: rng.choice((0, 0, 0, 1)) for k in range(FAMILY_KINDS) if k not in exclude}
+    if rule == "has":
+        (k,) = args
+        counts = random_counts((k,))
+        y = rng.randint(0, 1)
+        counts[k] = rng.randint(1, 2) if y else 0
+        return family_sentence(rng, kinds, fillers, counts), None, y
+    if rule == "more":
+        a, b = args
+        counts = random_counts((a, b))
+        lo, hi = sorted(rng.sample(range(4), 2))
+        y = rng.randint(0, 1)
+        counts[a], counts[b] = (hi, lo) if y else (lo, hi)
+        return family_sentence(rng, kinds, fillers, counts), None, y
+    if rule == "most":
+        counts = random_counts(args)
+        y = rng.randrange(3)
+        top = rng.randint(2, 3)
+        for i, k in enumerate(args):
+            counts[k] = top if i == y else rng.randint(0, top - 1)
+        return family_sentence(rng, kinds, fillers, counts), None, y
+    if rule == "count":
+        (k,) = args
+        counts = random_counts((k,))
+        counts[k] = rng.randint(0, 4)
+        return family_sentence(rng, kinds, fillers, counts), None, float(counts[k])
+    if rule == "share":
+        (k,) = args
+        y = rng.randint(0, 1)
+        has = (1, 1) if y else rng.choice(((1, 0), (0, 1), (0, 0)))
+        sentences = []
+        for h in has:
+            counts = random_counts((k,))
+            counts[k] = rng.randint(1, 2) if h else 0
+            sentences.append(family_sentence(rng, kinds, fillers, counts))
+        return sentences[0], sentences[1], y
+    if rule == "same":
+        (a,) = args
+        y = rng.randint(0, 1)
+        n1 = rng.randint(0, 3)
+        n2 = n1 if y else rng.choice([n for n in range(4) if n != n1])
+        sentences = []
+        for n in (n1, n2):
+            counts = random_counts((a,))
+            counts[a] = n
+            sentences.append(family_sentence(rng, kinds, fillers, counts))
+        return sentences[0], sentences[1], y
+    raise ValueError(f"unknown family rule {rule!r}")
+
+
+def family_task(name, rule, args, sizes):
+    """A task of the family; sizes: {split: number of examples}. Deterministic in the task's name."""
+    kinds, fillers = family_vocabulary()
+    rng = random.Random(f"{FAMILY_SEED}:{name}")
+    pair = rule in ("share", "same")
+    task = dict(name=name, kind="regression" if rule == "count" else "classification",
+                labels={"has": ("no", "yes"), "more": ("no", "yes"), "share": ("no", "yes"),
+                        "same": ("no", "yes"), "most": tuple(f"kind {k}" for k in args)}.get(rule),
+                metrics=("pearson", "spearman") if rule == "count" else ("mcc", "accuracy") if len(args) < 3
+                else ("accuracy",), pair=pair)
+    for split, n in sizes.items():
+        ex = [family_example(rng, rule, args, kinds, fillers) for _ in range(n)]
+        task[split] = {"text_a": [e[0] for e in ex], "text_b": [e[1] for e in ex] if pair else None,
+                       "y": [e[2] for e in ex]}
+    return task
+
+
+def task_family():
+    """(aux tasks, target tasks) of the built-in family, each {name: task}."""
+    aux = {name: family_task(name, rule, args, {"train": n - n // 10, "dev": n // 10})
+           for name, (rule, args, n) in FAMILY_AUX.items()}
+    targets = {name: family_task(name, rule, args, {"train": n, "dev": FAMILY_DEV, "test": FAMILY_TEST})
+               for name, (rule, args, n) in FAMILY_TARGETS.items()}
+    return aux, targets
+
+
+# --- batches ------------------------------------------------------------------------
+
+
+def encode_examples(tokenizer, split, max_len):
+    """Token ids of each example: text_a, or text_a <sep> text_b for a pair (each side cut to fit), then
+    <eot>. Returns a list of lists of ints, none longer than max_len."""
+    a_ids = tokenizer.encode_batch(split["text_a"])
+    if split["text_b"] is None:
+        return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
+    b_ids = tokenizer.encode_batch(split["text_b"])
+    out = []
+    for a, b in zip(a_ids, b_ids):
+        room = max_len - 2                      # <sep> and <eot>
+        while len(a) + len(b) > room:           # trim the longer side first, as BERT's recipe does
+            if len(a) >= len(b):
+                a = a[:-1]
+            else:
+                b = b[:-1]
+        out.append(a + [tokenizer.sep_id] + b + [tokenizer.eot_id])
+    return out
+
+
+def pad_batch(seqs, pad_id, length=None):
+    """Right-pad lists of ids -> idx (B, T) long, attention_mask (B, T) long (1 = real token)."""
+    T = length or max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return idx, mask

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
+import data
+from model import GPT, GPTConfig, load_checkpoint, load_init, mean_pool, save_checkpoint
+
 # -----------------------------------------------------------------------------
 # 1. the functional core
 #
@@ -210,7 +213,10 @@ def mcc(pred, gold):
 
 
 def pearson(x, y):
+    """Pearson's r; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
     xc, yc = x - x.mean(), y - y.mean()
     denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
     return float((xc * yc).sum() / denom) if denom > 0 else 0.0
@@ -232,6 +238,8 @@ def average_ranks(x):
 
 
 def spearman(x, y):
+    if not (np.isfinite(np.asarray(x, dtype=np.float64)).all() and np.isfinite(np.asarray(y, dtype=np.float64)).all()):
+        return float("nan")
     return pearson(average_ranks(x), average_ranks(y))
 
 
@@ -372,3 +380,399 @@ def run_sinusoid(args):
         json.dump(out, f, indent=2)
     print(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
+
+
+# -----------------------------------------------------------------------------
+# 5. the classifier on model.GPT
+#
+# Every task (auxiliary and target) owns one row of a shared head tensor (n_tasks, M, C), M = the largest
+# number of classes; a task with fewer classes masks the rest out, and a regression task (STS-B) reads its
+# score from output 0. One head tensor, indexed by a task-id tensor, is what lets vmap run a meta-batch of
+# tasks with different label spaces as one program.
+
+HEAD_INIT_STD = 0.02
+MASKED_LOGIT = -1e9
+
+
+class TaskClassifier(nn.Module):
+    """GPT encoder -> mean pooling over real tokens -> the task's row of the head."""
+
+    def __init__(self, gpt, n_outputs, regression):
+        """n_outputs: classes per task (1 for regression); regression: one bool per task."""
+        super().__init__()
+        self.gpt = gpt
+        n_tasks, M, C = len(n_outputs), max(n_outputs), gpt.config.n_embd
+        self.head_weight = nn.Parameter(torch.randn(n_tasks, M, C) * HEAD_INIT_STD)  # (n_tasks, M, C)
+        self.head_bias = nn.Parameter(torch.zeros(n_tasks, M))                       # (n_tasks, M)
+        self.register_buffer("class_mask", torch.arange(M)[None, :] < torch.tensor(n_outputs)[:, None])
+        self.register_buffer("is_regression", torch.tensor(regression, dtype=torch.bool))  # (n_tasks,)
+
+    def forward(self, idx, attention_mask, task):
+        """idx, attention_mask: (B, T); task: 0-d long tensor. Returns (B, M): logits, or the score in
+        column 0 for a regression task; masked classes hold MASKED_LOGIT."""
+        h = self.gpt.encode(idx, attention_mask)                     # (B, T, C)
+        pooled = mean_pool(h, attention_mask)                         # (B, C)
+        t = task.reshape(1)
+        w = self.head_weight.index_select(0, t)[0]                    # (M, C)
+        b = self.head_bias.index_select(0, t)[0]                      # (M,)
+        out = pooled @ w.T + b                                         # (B, M)
+        keep = self.class_mask.index_select(0, t)                      # (1, M)
+        return torch.where(keep, out, torch.full_like(out, MASKED_LOGIT))
+
+
+def classifier_loss(model, params, batch):
+    """Cross-entropy (classification) or squared error (regression) of one task's batch
+    {"idx" (B, T), "mask" (B, T), "task" 0-d, "y" (B,) float}. Both are computed and one is selected with
+    a tensor, not an `if`, so that tasks of both kinds can share a vmap."""
+    out = functional_call(model, params, (batch["idx"], batch["mask"], batch["task"]))  # (B, M)
+    y = batch["y"]
+    is_regression = model.is_regression.index_select(0, batch["task"].reshape(1))[0]
+    ce = F.cross_entropy(out, y.long().clamp(0, out.size(1) - 1))
+    mse = F.mse_loss(out[:, 0], y)
+    return torch.where(is_regression, mse, ce)
+
+
+def adapted_names(model, which):
+    """The parameters the inner loop adapts: "all"; "head" (the task heads only); or "top<n>" (the last n
+    transformer blocks, the final LayerNorm and the heads). The others stay at θ inside the inner loop
+    (they are still meta-learned by the outer update)."""
+    names = [n for n, _ in model.named_parameters()]
+    if which == "all":
+        return names
+    if which == "head":
+        return [n for n in names if n.startswith("head_")]
+    if which.startswith("top") and which[3:].isdigit():
+        n_layer = model.gpt.config.n_layer
+        top = {f"gpt.transformer.h.{i}." for i in range(n_layer - int(which[3:]), n_layer)}
+        return [n for n in names if n.startswith("head_") or n.startswith("gpt.transformer.ln_f.")
+                or any(n.startswith(p) for p in top)]
+    raise ValueError(f"unknown parameter selection {which!r}; expected all, head or top<n>")
+
+
+def make_task_loss(model, fast_names):
+    """(fast params, loss_fn): loss_fn(fast, batch) runs the model with the adapted `fast` tensors and the
+    model's own tensors for everything else."""
+    params = dict(model.named_parameters())
+    fast = {n: params[n] for n in fast_names}
+    frozen = {n: p for n, p in params.items() if n not in fast}
+
+    def loss_fn(fast_params, batch):
+        return classifier_loss(model, {**frozen, **fast_params}, batch)
+    return fast, loss_fn
+
+
+def predict(model, enc, batch_size=128):
+    """Predicted class indices, or scores for a regression task, of a whole encoded split."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(enc["ids"]), batch_size):
+            idx, mask = data.pad_batch(enc["ids"][i:i + batch_size], enc["pad_id"])
+            out = model(idx, mask, torch.tensor(enc["task_id"]))
+            outs.append(out[:, 0] if enc["regression"] else out.argmax(-1))
+    model.train()
+    return torch.cat(outs).numpy()
+
+
+def evaluate(model, enc, metric_names):
+    pred = predict(model, enc)
+    gold = np.asarray(enc["y"])
+    if enc["regression"]:
+        pred = pred * enc["scale"]
+        gold = gold * enc["scale"]
+    return task_metrics(metric_names, pred, gold)
+
+
+# -----------------------------------------------------------------------------
+# 6. meta-training, the multi-task baseline, fine-tuning the targets: `run`
+
+
+@dataclass
+class RunConfig:
+    """Sizes of one setting; the built-in family's and GLUE's defaults are below."""
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int            # of the BPE trained on the setting's text
+    max_len: int               # tokens per example (pairs are trimmed to fit)
+    inner: InnerLoop           # α and k: meta-training's inner loop AND the test-time learning rate
+    adapt: str                 # which parameters the inner loop adapts (adapted_names)
+    meta_batch: int            # tasks per meta-update
+    meta_steps: int            # meta-updates (also the multi-task baseline's steps)
+    outer_lr: float            # Adam on θ
+    shot: int                  # examples per support batch (each inner step draws one) and per query batch
+    ft_steps: int              # fine-tuning steps on a target (plain SGD at inner.lr, batch `shot`)
+    ft_eval: int               # evaluate on validation every this many fine-tuning steps
+    n_train: tuple             # training-set sizes of the targets (GLUE also runs its 16-shot folders)
+    seeds: int                 # seeds per size
+    val_max: int               # at most this many validation examples
+
+
+FAMILY_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_len=48,
+                          inner=InnerLoop(lr=0.1, steps=2), adapt="all", meta_batch=4, meta_steps=200,
+                          outer_lr=1e-3, shot=8, ft_steps=60, ft_eval=15, n_train=(16, 64), seeds=3,
+                          val_max=100)
+GLUE_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64,
+                        inner=InnerLoop(lr=0.1, steps=2), adapt="all", meta_batch=4, meta_steps=400,
+                        outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25, n_train=(100, 1000), seeds=3,
+                        val_max=200)
+FT_CLIP = 1.0                                        # gradient-norm clip while fine-tuning [ours]
+GLUE_AUX = ("MNLI", "QNLI", "QQP", "SST-2")          # [paper, secondary]
+GLUE_TARGETS = ("CoLA", "MRPC", "STS-B", "RTE")      # [paper]
+INITS = ("none", "multitask", "maml", "fomaml", "reptile")
+
+
+def encode_split(tokenizer, task, split, task_id, max_len, scale):
+    """Token ids and targets of one split, with what batching and evaluation need to know."""
+    y = np.asarray(split["y"], dtype=np.float32) / scale  # regression scores to [0, 1]; classes unchanged
+    return dict(ids=data.encode_examples(tokenizer, split, max_len), y=y, task_id=task_id,
+                regression=task["kind"] == "regression", scale=scale, pad_id=tokenizer.pad_id)
+
+
+def subset(enc, rows):
+    return dict(enc, ids=[enc["ids"][i] for i in rows], y=enc["y"][rows])
+
+
+def stack_tasks(encs, n_batches, shot, rng, pad_id):
+    """For each task enc of a meta-batch, `n_batches` random batches of `shot` examples, all padded to one
+    length. Returns a list of n_batches dicts {"idx" (N, shot, T), "mask", "task" (N,), "y" (N, shot)}."""
+    drawn = [[rng.choice(len(e["ids"]), size=shot, replace=len(e["ids"]) < shot) for e in encs]
+             for _ in range(n_batches)]
+    T = max(len(e["ids"][i]) for rows in drawn for e, r in zip(encs, rows) for i in r)
+    batches = []
+    for rows in drawn:
+        idx, mask = zip(*(data.pad_batch([e["ids"][i] for i in r], pad_id, T) for e, r in zip(encs, rows)))
+        batches.append({"idx": torch.stack(idx), "mask": torch.stack(mask),
+                        "task": torch.tensor([e["task_id"] for e in encs]),
+                        "y": torch.stack([torch.from_numpy(e["y"][r]) for e, r in zip(encs, rows)])})
+    return batches
+
+
+def second_order_math_attention():
+    """The fused CPU attention kernel has no double backward; the MATH kernel is made of ordinary ops."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
+    """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
+
+    Second-order MAML takes the per-task loop: vmap's batching rule for layer_norm's double backward gives
+    wrong second derivatives in this torch (tests/test_maml_classifier.py shows it against the loop and
+    finite differences), and the transformer has LayerNorms. First-order paths have no double backward and
+    run under vmap.
+    """
+    fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapt))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
+    losses = []
+    with second_order_math_attention():
+        for _ in tqdm(range(steps), desc=f"meta-train {method}", leave=False, mininterval=5.0):
+            chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
+            if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
+                batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"])[0]
+                opt.zero_grad(set_to_none=True)
+                loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
+                loss.backward()
+                opt.step()
+            else:
+                batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"])
+                loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt,
+                                 use_vmap=method != "maml")
+            losses.append(float("nan") if loss is None else loss.item())
+    return losses
+
+
+def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed):
+    """Fine-tune every parameter from `init_state` with plain SGD at the shared inner lr, on batches of
+    `cfg.shot` of the `train` examples; keep the state with the best validation score (first metric,
+    checked at step 0 and every cfg.ft_eval steps); report `test` once, from that state."""
+    model.load_state_dict(init_state)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.inner.lr)
+    fast, loss_fn = make_task_loss(model, adapted_names(model, "all"))
+    rng = np.random.default_rng(seed)
+    best, best_state, best_step = -math.inf, None, 0
+    for step in range(cfg.ft_steps + 1):
+        if step % cfg.ft_eval == 0 or step == cfg.ft_steps:
+            score = evaluate(model, val, metric_names[:1])[metric_names[0]]
+            if score > best:  # a nan score (diverged) is never the best
+                best, best_step = score, step
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        if step == cfg.ft_steps:
+            break
+        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"])[0]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(fast, task_slice(batch, 0)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), FT_CLIP)
+        opt.step()
+    model.load_state_dict(best_state)
+    return dict(evaluate(model, test, metric_names), val=best, stop_step=best_step)
+
+
+def load_setting(args):
+    """(setting name, aux tasks, target tasks, RunConfig, few-shot root or None) from the flags."""
+    if args.data is None:
+        if args.aux or args.targets:
+            raise ValueError("--aux/--targets name GLUE tasks; give --data with the GLUE folder")
+        aux, targets = data.task_family()
+        return "family", aux, targets, FAMILY_CONFIG, None
+    if len(args.data) != 1:
+        raise ValueError(f"--task maml takes one GLUE folder, got {len(args.data)}: {args.data}")
+    root = args.data[0]
+    aux_names, target_names = args.aux or list(GLUE_AUX), args.targets or list(GLUE_TARGETS)
+    overlap = set(aux_names) & set(target_names)
+    if overlap:
+        raise ValueError(f"tasks {sorted(overlap)} are both auxiliary and target")
+    aux, targets = data.load_glue(root, aux_names), data.load_glue(root, target_names)
+    few_shot = os.path.join(os.path.dirname(os.path.abspath(root)), "glue-16shot")
+    return "glue", aux, targets, GLUE_CONFIG, few_shot if os.path.isdir(few_shot) else None
+
+
+def apply_flags(cfg, args):
+    """The maml flags that override the setting's defaults (None = keep)."""
+    inner = InnerLoop(args.inner_lr if args.inner_lr is not None else cfg.inner.lr,
+                      args.inner_steps if args.inner_steps is not None else cfg.inner.steps)
+    return RunConfig(**dict(asdict(cfg), inner=inner,
+                            meta_batch=args.meta_batch or cfg.meta_batch,
+                            meta_steps=args.max_steps or cfg.meta_steps,
+                            ft_eval=args.eval_interval or cfg.ft_eval,
+                            n_train=tuple(args.n_train) if args.n_train else cfg.n_train))
+
+
+def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
+    """[(size label, seed, train enc, val enc, test enc)] for one target task, and the reported split.
+
+    With a labelled test split: validation = dev, report = test. Without one (GLUE's public files): a
+    validation split is carved out of train (never trained on), and dev is reported.
+    """
+    enc = {s: encode_split(tokenizer, task, task[s], tid, cfg.max_len, scale)
+           for s in ("train", "dev", "test") if s in task}
+    rng = np.random.default_rng(seed)
+    if "test" in enc:
+        pool, val, test, reported = enc["train"], enc["dev"], enc["test"], "test"
+    else:
+        order = rng.permutation(len(enc["train"]["ids"]))
+        n_val = min(cfg.val_max, len(order) // 10)
+        val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
+        test, reported = enc["dev"], "dev"
+    val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
+    runs = []
+    for n in cfg.n_train:
+        for s in range(cfg.seeds):
+            rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
+            runs.append((str(n), s, subset(pool, rows), val, test))
+    if few_shot_root is not None:  # LM-BFF's 16-shot folders: their own train and dev
+        for folder in data.few_shot_folders(few_shot_root, task["name"]):
+            shot = data.glue_task(task["name"], folder)
+            runs.append(("16-shot", folder.rsplit("-", 1)[1],
+                         encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
+                         encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), test))
+    return runs, reported
+
+
+def mean_std(values):
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def run(args):
+    """`python train.py --task maml`: learn each initialisation, fine-tune every target from it at every
+    size and seed, print the table and write results.json."""
+    t0 = time.time()
+    torch.set_num_threads(1)  # small matrices: see run_sinusoid
+    setting, aux, targets, cfg, few_shot_root = load_setting(args)
+    cfg = apply_flags(cfg, args)
+    inits = INITS if args.method == "all" else ("none", args.method) if args.method != "none" else ("none",)
+    rng = np.random.default_rng(args.seed)
+
+    # the tokenizer and the encoder: GPT-2's with --init <folder>, else trained here on the setting's text
+    texts = [t for task in list(aux.values()) + list(targets.values())
+             for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
+    if args.init and os.path.isdir(args.init):
+        tokenizer = data.load_tokenizer(args.init)
+    else:
+        tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
+    if args.init:
+        gpt = load_init(args.init)
+        tokenizer.check_fits(gpt.config.vocab_size)
+    else:
+        vocab = 64 * math.ceil(tokenizer.vocab_size / 64)
+        gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                            n_embd=cfg.n_embd))
+    names = list(aux) + list(targets)
+    all_tasks = {**aux, **targets}
+    scales = {n: max(t["train"]["y"]) if t["kind"] == "regression" else 1.0 for n, t in all_tasks.items()}
+    model = TaskClassifier(gpt, [1 if t["kind"] == "regression" else len(t["labels"]) for t in all_tasks.values()],
+                           [t["kind"] == "regression" for t in all_tasks.values()])
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n])
+                for n in aux]
+    sizes = [len(e["ids"]) for e in aux_encs]
+    print(f"setting {setting}: {len(aux)} auxiliary tasks {list(aux)}, targets {list(targets)}; "
+          f"GPT {gpt.num_params() / 1e6:.2f}M parameters; tokenizer {tokenizer.vocab_size} tokens")
+    runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
+            for n in targets}
+
+    results, meta_curves = {n: {} for n in targets}, {}
+    for init in inits:
+        t = time.time()
+        model.load_state_dict(init_state)
+        ckpt = os.path.join(args.out_dir, f"init_{init}.pt")
+        if init != "none" and args.resume and os.path.isfile(ckpt):
+            model.load_state_dict(load_checkpoint(ckpt)["model"])
+            print(f"{init}: loaded {ckpt}")
+        elif init != "none":
+            curve = meta_train(model, aux_encs, sizes, init, cfg, args.sampling, rng, cfg.meta_steps)
+            meta_curves[init] = curve
+            save_checkpoint(ckpt, model, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]})
+        learned = {k: v.clone() for k, v in model.state_dict().items()}
+        t_meta = time.time() - t
+        for n, (task_runs, reported) in runs.items():
+            per_size = {}
+            for size, seed, train, val, test in task_runs:
+                m = fine_tune(model, learned, train, val, test, targets[n]["metrics"], cfg, args.seed + hash_seed(seed))
+                per_size.setdefault(size, []).append(m)
+            results[n][init] = {size: summarize(ms, targets[n]["metrics"]) for size, ms in per_size.items()}
+        print(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
+
+    reported = {n: r[1] for n, r in runs.items()}
+    print_table(results, targets, inits, reported)
+    wall = time.time() - t0
+    out = {"targets": results,
+           "config": dict(asdict(cfg), setting=setting, aux=list(aux), targets=list(targets),
+                          sampling=args.sampling, inits=list(inits), seed=args.seed, init=args.init,
+                          reported_split=reported, device=args.device, threads=torch.get_num_threads(),
+                          meta_loss_first_last={k: [c[0], c[-1]] for k, c in meta_curves.items()}),
+           "wall_s": wall}
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+    return out
+
+
+def hash_seed(seed):
+    """A run's seed label (an int, or a 16-shot folder's seed) as an int."""
+    return int(seed)
+
+
+def summarize(metric_dicts, metric_names):
+    """{metric: mean, metric_std: std, ...} over seeds, GLUE's names, plus the number of seeds."""
+    out = {}
+    for name in metric_names:
+        out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
+    out["n_seeds"] = len(metric_dicts)
+    return out
+
+
+def print_table(results, targets, inits, reported):
+    """One Markdown table: rows target x size, columns the initialisations; mean ± std over seeds."""
+    print(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
+          f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
+    print("| target | metric | size | " + " | ".join(inits) + " |")
+    print("|---|---|---|" + "---|" * len(inits))
+    for n in targets:
+        sizes = list(results[n][inits[0]])
+        for metric in targets[n]["metrics"]:
+            for size in sizes:
+                cells = [f"{results[n][i][size][metric]:.3f} ± {results[n][i][size][metric + '_std']:.3f}"
+                         for i in inits]
+                print(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")

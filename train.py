@@ -112,8 +112,9 @@ def build_parser():
     g = p.add_argument_group("maml")
     g.add_argument("--aux", type=comma_list, default=None, help="auxiliary (meta-training) GLUE tasks")
     g.add_argument("--targets", type=comma_list, default=None, help="low-resource target GLUE tasks")
-    g.add_argument("--method", default="maml", choices=("maml", "fomaml", "reptile", "multitask", "none"),
-                   help="how the initialisation is learned (none: fine-tune from --init or random)")
+    g.add_argument("--method", default="all", choices=("all", "maml", "fomaml", "reptile", "multitask", "none"),
+                   help="how the initialisation is learned (none: fine-tune from --init or random); all: "
+                        "every one, compared in one table (each run also fine-tunes from 'none')")
     g.add_argument("--sampling", default="pps", choices=("uniform", "pps", "mixed"),
                    help="how auxiliary tasks are drawn: uniform, proportional to size, or mixed")
     g.add_argument("--inner-lr", type=positive_float, default=None, help="inner-loop learning rate")

@@ -1,0 +1,264 @@
+"""CALRec's pieces against independent computations: InfoNCE vs a naive loop, BM25 vs hand-computed scores,
+the quasi-round-robin merge and the metrics on hand-made lists, the pooling spans vs the strings they should
+cover, and an overfit smoke test. Run: python -m pytest -q tests/test_calrec.py"""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import calrec
+import data
+import model as gpt
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run tiny tensors, where a second thread only adds waiting (and, on a busy machine shared
+    with other jobs, a lot of it); the setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# -----------------------------------------------------------------------------
+# InfoNCE
+
+
+def naive_info_nce(q, k, ids, tau):
+    """-1/N sum_i log(exp(cos(q_i, k_i)/tau) / sum_{j: j == i or ids_j != ids_i} exp(cos(q_j, k_i)/tau))."""
+    total = 0.0
+    for i in range(len(ids)):
+        num = math.exp(float(q[i] @ k[i]) / tau)
+        den = sum(math.exp(float(q[j] @ k[i]) / tau) for j in range(len(ids)) if j == i or ids[j] != ids[i])
+        total += -math.log(num / den)
+    return total / len(ids)
+
+
+def test_info_nce_equals_naive_loop():
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=-1)
+    ids = torch.tensor([3, 1, 4, 1, 5, 9, 3])  # two pairs of rows share a target
+    for tau in (0.05, 0.5, 1.0):
+        assert calrec.info_nce(q, k, ids, tau).item() == pytest.approx(naive_info_nce(q, k, ids.tolist(), tau),
+                                                                       rel=1e-9)
+
+
+def test_duplicate_targets_are_not_negatives():
+    # rows 0 and 1 have the same target item; row 1's query equals row 0's key exactly, which would be a
+    # perfect "negative" for row 0 if it were not masked. With masking, row 0's term only sees row 2.
+    k = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    tau = 1.0
+    loss = calrec.info_nce(q, k, torch.tensor([7, 7, 8]), tau).item()
+    # row 0: pos cos(q0,k0)=0, negative q2: cos=0 -> -log(1/2); row 1: pos 1, neg q2: 0 -> -log(e/(e+1));
+    # row 2: pos cos(q2,k2)=1, negatives q0: 1, q1: 0 -> -log(e/(e+e+1))
+    e = math.e
+    expected = (math.log(2) - math.log(e / (e + 1)) - math.log(e / (2 * e + 1))) / 3
+    assert loss == pytest.approx(expected, rel=1e-6)
+    unmasked = calrec.info_nce(q, k, torch.tensor([7, 6, 8]), tau).item()
+    assert unmasked > loss + 0.1  # without the mask, the duplicate counts as a (hard) negative
+
+
+# -----------------------------------------------------------------------------
+# BM25
+
+
+def test_bm25_matches_hand_computed_scores():
+    docs = ["Red apple", "green apple pie", "red, red car!"]
+    bm = calrec.BM25(docs, k1=1.2, b=0.75)
+    # by hand: N = 3, lengths 2, 3, 3, avgdl = 8/3; "red" is in 2 documents:
+    #   idf = ln(1 + (3 - 2 + 0.5) / (2 + 0.5)) = ln 1.6 = 0.4700036
+    #   doc 0: tf 1, K = 1.2 (0.25 + 0.75 * 2 / (8/3)) = 0.975  -> 0.4700036 * 2.2 / 1.975 = 0.5235484
+    #   doc 2: tf 2, K = 1.2 (0.25 + 0.75 * 3 / (8/3)) = 1.3125 -> 0.4700036 * 4.4 / 3.3125 = 0.6243072
+    # "pie" is in 1 document: idf = ln(1 + 2.5 / 1.5) = 0.9808293; doc 1: tf 1, K = 1.3125
+    #   -> 0.9808293 * 2.2 / 2.3125 = 0.9331132
+    s = bm.scores(["red", "pie", "red pie", "unseen words"])
+    assert s.shape == (4, 3)
+    assert s[0].tolist() == pytest.approx([0.5235484, 0.0, 0.6243072], abs=1e-6)
+    assert s[1].tolist() == pytest.approx([0.0, 0.9331132, 0.0], abs=1e-6)
+    assert s[2].tolist() == pytest.approx([0.5235484, 0.9331132, 0.6243072], abs=1e-6)
+    assert s[3].tolist() == [0.0, 0.0, 0.0]
+    hits = bm.search(["red", "unseen"], depth=3)
+    assert hits[0][0] == [2, 0] and hits[1] == ([], [])  # zero-score documents are not retrieved
+
+
+# -----------------------------------------------------------------------------
+# quasi-round-robin merge
+
+
+def test_merge_round_robin_on_hand_made_lists():
+    lists = [[10, 11, 12, 13], [20, 10, 21], [11, 30]]
+    scores = [[5.0, 4.0, 3.0, 2.0], [9.0, 1.0, 0.5], [6.0, 0.1]]
+    # round 0: candidates 10 (5.0), 20 (9.0), 11 (6.0) -> by score: 20, 11, 10
+    # round 1: 11 (4.0, taken), 10 (1.0, taken), 30 (0.1) -> 30
+    # round 2: 12 (3.0), 21 (0.5) -> 12, 21 ; round 3: 13
+    assert calrec.merge_round_robin(lists, scores, exclude=[], k=10) == [20, 11, 10, 30, 12, 21, 13]
+    # history items are skipped; k stops early
+    assert calrec.merge_round_robin(lists, scores, exclude=[20, 12], k=4) == [11, 10, 30, 21]
+    # equal scores within a round: the better beam (lower index) first
+    assert calrec.merge_round_robin([[1], [2]], [[1.0], [1.0]], exclude=[], k=2) == [1, 2]
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_on_hand_made_ranks():
+    m = calrec.rank_metrics(torch.tensor([1, 3, 0, 12]))  # 0: not retrieved
+    assert m["recall@1"] == 0.25 and m["recall@5"] == 0.5 and m["recall@10"] == 0.5 and m["recall@20"] == 0.75
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / 2) / 4)          # 1/log2(2) + 1/log2(4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / 2) / 4)
+    assert m["ndcg@20"] == pytest.approx((1 + 1 / 2 + 1 / math.log2(13)) / 4)
+
+
+def test_ranks_exclude_history_and_count_ties_against_the_target():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1, 0.7],
+                           [0.1, 0.2, 0.3, 0.4, 0.5],
+                           [0.5, 0.5, 0.5, 0.5, 0.5]])
+    targets = torch.tensor([2, 0, 1])
+    histories = [[0], [4, 3], [0, 1]]
+    # user 0: item 0 excluded; 0.8 above; item 4 ties at 0.7 -> rank 3 (ties count against the target)
+    # user 1: items 4, 3 excluded; 0.2, 0.3 above -> rank 3
+    # user 2: the target is in the history -> unrankable (0)
+    assert calrec.ranks_from_scores(scores, targets, histories).tolist() == [3, 3, 0]
+    assert calrec.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist() == [3, 0]
+
+
+# -----------------------------------------------------------------------------
+# templates, batches and the pooling spans
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    items = [{"Title": "Red kettle", "Brand": "Acme", "Price": "$10"},
+             {"Title": "Blue kettle lid", "Brand": "Acme"},
+             {"Title": "Green tea, loose", "Brand": "Leafy", "Price": "$4"},
+             {"Title": "Tea cup", "Brand": "Leafy", "Price": "$2"}]
+    attrs = ("Title", "Brand", "Price")
+    texts = [data.item_text(it, attrs) for it in items]
+    tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
+    return items, attrs, texts, tok
+
+
+def test_item_text_and_prompt_templates(small_world):
+    items, attrs, texts, _ = small_world
+    assert texts[1] == "Title: Blue kettle lid, Brand: Acme, Price: Unknown"
+    assert data.item_text({"Title": "one two three four"}, ("Title",), max_words=2) == "Title: one two"
+    assert data.history_prompt(texts[:2]) == (
+        "User purchase history: This is a summary of the user's purchase history.\n"
+        f"The first purchased item is as follows: {texts[0]}.\n"
+        f"The next purchased item is as follows: {texts[1]}.\n"
+        "The next purchased item is as follows:")
+
+
+def test_pooling_spans_cover_exactly_history_and_target(small_world):
+    _, _, texts, tok = small_world
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    examples = [([0, 1], 2), ([3], 0)]
+    idx, attn, targets, hist, tgt = builder.joint_batch(examples)
+    for b, (history, target) in enumerate(examples):
+        row = idx[b].tolist()
+        # the history span decodes to the prompt string, the target span to the target item's text
+        assert tok.decode([row[t] for t in range(len(row)) if hist[b, t]]) == \
+            data.history_prompt([texts[i] for i in history])
+        assert tok.decode([row[t] for t in range(len(row)) if tgt[b, t]]) == " " + texts[target]
+        # spans are contiguous, the target right after the history, then end-of-text, then padding
+        n_h, n_t = int(hist[b].sum()), int(tgt[b].sum())
+        assert hist[b, :n_h].all() and tgt[b, n_h:n_h + n_t].all()
+        assert row[n_h + n_t] == tok.eot_id and int(attn[b].sum()) == n_h + n_t + 1
+        # next-token targets: exactly the target tokens and the end-of-text, each predicted one step early
+        pos = (targets[b] != -100).nonzero().view(-1).tolist()
+        assert pos == list(range(n_h - 1, n_h + n_t))
+        assert [int(targets[b, p]) for p in pos] == row[n_h:n_h + n_t + 1]
+    items_idx, items_mask = builder.item_batch([2, 0])
+    assert tok.decode(items_idx[0][items_mask[0].bool()].tolist()) == " " + texts[2]
+
+
+def test_long_histories_keep_the_most_recent_items_that_fit(small_world):
+    _, _, texts, tok = small_world
+    builder = data.PromptBuilder(tok, texts, block_size=80)
+    history = [0, 1, 2, 3, 0, 1, 2, 3]
+    idx, attn, _, hist, _ = builder.joint_batch([(history, 1)])
+    assert int(attn.sum()) <= 80
+    prompt = tok.decode(idx[0][hist[0].bool()].tolist())
+    kept = prompt.count("purchased item is as follows: ")
+    assert 1 <= kept < len(history)
+    assert prompt == data.history_prompt([texts[i] for i in history[-kept:]])
+
+
+# -----------------------------------------------------------------------------
+# overfit smoke test: the whole loss and both inference paths on a memorised user
+
+
+def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
+    _, _, texts, tok = small_world
+    torch.manual_seed(0)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=48))
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    examples = [([0], 1), ([2], 3), ([1, 2], 0)]
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    joint = builder.joint_batch(examples)
+    ids = torch.tensor([t for _, t in examples])
+    items = builder.item_batch(ids.tolist())
+    losses = []
+    for _ in range(120):
+        loss, parts = calrec.calrec_loss(net, joint, items, ids, alpha=0.2, beta=0.2, tau=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    assert set(parts) == {"nig", "tt", "ut"}
+    cfg = calrec.CALRecConfig(beams=3, top_k=4, eval_batch=4)
+    ranks, _ = calrec.rank_generative(net, builder, tok, calrec.BM25(texts), examples, range(0, 4), cfg, "cpu")
+    assert ranks.tolist() == [1, 1, 1]
+    assert calrec.rank_dense(net, builder, examples, range(0, 4), "cpu").tolist() == [1, 1, 1]
+
+
+# -----------------------------------------------------------------------------
+# the whole run on a tiny benchmark folder: table and results.json in the issue's format
+
+
+def write_atomic(folder, name, n_users=12, n_items=8):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.item"), "w") as f:
+        f.write("item_id:token\ttitle:token_seq\tbrand:token\n")
+        for i in range(n_items):
+            f.write(f"{i}\t{name} gadget number {i}\tBrand{i % 3}\n")
+    seqs = [[(u + j) % n_items for j in range(5)] for u in range(n_users)]
+    for split, cut in (("train", 3), ("valid", 4), ("test", 5)):
+        with open(os.path.join(folder, f"{name}.{split}.inter"), "w") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            for u, s in enumerate(seqs):
+                ends = range(cut - 1, 0, -1) if split == "train" else [cut - 1]
+                for e in ends:
+                    f.write(f"{u}\t{' '.join(map(str, s[:e]))}\t{s[e]}\n")
+
+
+def test_run_writes_the_table_and_results_json(tmp_path, capsys):
+    import train
+    a, b = str(tmp_path / "Alpha"), str(tmp_path / "Beta")
+    write_atomic(a, "Alpha")
+    write_atomic(b, "Beta")
+    out = tmp_path / "out"
+    train.main(["--task", "calrec", "--data", a, b, "--max-steps", "3", "--eval-interval", "2",
+                "--beams", "2", "--out-dir", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    methods = {"calrec_bm25", "calrec_dense", "sasrec", "popular"}
+    metrics = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"}
+    for split in ("valid", "test"):
+        assert set(res[split]) == methods
+        for m in methods:
+            assert set(res[split][m]) == metrics
+            assert all(0.0 <= v <= 1.0 for v in res[split][m].values())
+    assert res["config"]["target"] == "Beta" and res["wall_s"] > 0
+    text = capsys.readouterr().out
+    assert "CALRec generative+BM25" in text and "most popular" in text
+    with pytest.raises(SystemExit, match="not among the domains"):
+        train.main(["--task", "calrec", "--data", a, b, "--target", "Gamma", "--out-dir", str(out)])

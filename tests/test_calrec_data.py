@@ -1,0 +1,203 @@
+"""CALRec's data: the raw Amazon 2018 protocol on tiny files written here (time order with file-order ties,
+de-duplication, iterative k-core, leave-one-out, plain and .gz, the download helper via file://), the
+benchmark-folder readers and their errors, and the built-in world. Run: python -m pytest -q tests/test_calrec_data.py"""
+
+import gzip
+import json
+import os
+from collections import Counter
+
+import pytest
+
+import data
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "amazon")
+
+
+# -----------------------------------------------------------------------------
+# raw Amazon 2018 files
+
+
+def write_lines(path, records):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+META = [{"asin": a, "title": f"Thing {a}", "brand": "Acme", "category": ["Root", "Tools", a], "price": "$1"}
+        for a in "ABCDEFG"] + [{"asin": "Z", "title": "", "brand": "Acme"}]  # Z has no title: dropped
+
+
+def review(user, asin, t):
+    return {"reviewerID": user, "asin": asin, "unixReviewTime": t, "overall": 5.0}
+
+
+def raw_reviews():
+    # u1 buys C and B at the same time: file order (C then B) must be kept, never the id order (B, C).
+    # u1 reviews A twice: the repeat is dropped. u4 bought Z (no title) and G (bought by nobody else):
+    # with k = 3, G (1 user) goes, then u4 (2 items left), then E (2 users left).
+    return [review("u1", "A", 10), review("u1", "C", 20), review("u1", "B", 20), review("u1", "A", 30),
+            review("u1", "D", 40), review("u1", "E", 50),
+            review("u2", "A", 5), review("u2", "B", 6), review("u2", "C", 7), review("u2", "D", 8),
+            review("u3", "E", 1), review("u3", "D", 2), review("u3", "C", 3), review("u3", "B", 4),
+            review("u3", "A", 9),
+            review("u4", "Z", 1), review("u4", "G", 2), review("u4", "E", 3), review("u4", "D", 4)]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix):
+    rev, meta = str(tmp_path / f"Tools_5.json{suffix}"), str(tmp_path / f"meta_Tools.json{suffix}")
+    write_lines(rev, raw_reviews())
+    write_lines(meta, META)
+    d = data.read_amazon_raw(rev, meta, min_count=3)
+    assert d.name == "Tools"
+    # G goes (1 user), then u4 (2 items left), then E (2 users left): a cascade of the iterative k-core
+    assert d.item_keys == ["A", "B", "C", "D"]  # indices follow sorted ASINs
+    assert d.items[2] == {"Title": "Thing C", "Category": "Tools C", "Brand": "Acme", "Price": "$1"}
+    name = dict(enumerate(d.item_keys))
+    seqs = {tuple(name[i] for i in h + [t]) for h, t in d.test}
+    assert seqs == {("A", "C", "B", "D"), ("A", "B", "C", "D"), ("D", "C", "B", "A")}
+    valid = {tuple(name[i] for i in h + [t]) for h, t in d.valid}
+    assert valid == {("A", "C", "B"), ("A", "B", "C"), ("D", "C", "B")}
+    train = sorted(tuple(name[i] for i in h + [t]) for h, t in d.train)
+    assert train == sorted([("A", "C"), ("A", "B"), ("D", "C")])
+    assert sorted(tuple(name[i] for i in s) for s in d.train_sequences) == sorted([("A", "C"), ("A", "B"), ("D", "C")])
+
+
+def test_iterative_kcore_repeats_until_stable(tmp_path):
+    # with k = 2: W, V and R have one user each and go; that leaves u3, u5 and u6 with one item each, so
+    # they go; that leaves Q with no user. Only X and Y (bought by u1 and u2) survive.
+    meta = [{"asin": a, "title": a} for a in "XYWVQR"]
+    reviews = [review("u1", "X", 1), review("u1", "Y", 2), review("u2", "X", 1), review("u2", "Y", 2),
+               review("u3", "W", 1), review("u3", "X", 2),
+               review("u5", "V", 1), review("u5", "Q", 2), review("u6", "Q", 1), review("u6", "R", 2)]
+    write_lines(str(tmp_path / "r_5.json"), reviews)
+    write_lines(str(tmp_path / "meta.json"), meta)
+    d = data.read_amazon_raw(str(tmp_path / "r_5.json"), str(tmp_path / "meta.json"), min_count=2)
+    assert d.item_keys == ["X", "Y"]
+
+
+def test_raw_reader_errors_name_file_and_line(tmp_path):
+    meta = str(tmp_path / "meta.json")
+    write_lines(meta, META)
+    bad = str(tmp_path / "bad_5.json")
+    write_lines(bad, [review("u1", "A", 1), "{not json"])
+    with pytest.raises(ValueError, match=r"bad_5\.json:2: not a JSON object"):
+        data.read_amazon_raw(bad, meta)
+    write_lines(bad, [review("u1", "A", 1), {"reviewerID": "u2", "asin": "A"}])
+    with pytest.raises(ValueError, match=r"bad_5\.json:2: record has no 'unixReviewTime'"):
+        data.read_amazon_raw(bad, meta)
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        data.read_amazon_raw(str(tmp_path / "nowhere.json"), meta)
+
+
+def test_download_helper_fetches_and_parses(tmp_path):
+    mirror = tmp_path / "mirror"
+    (mirror / "categoryFilesSmall").mkdir(parents=True)
+    (mirror / "metaFiles2").mkdir()
+    write_lines(str(mirror / "categoryFilesSmall" / "Tools_5.json.gz"), raw_reviews())
+    write_lines(str(mirror / "metaFiles2" / "meta_Tools.json.gz"), META)
+    d = data.download_amazon_raw("Tools", str(tmp_path / "dl"), base_url=mirror.as_uri(), min_count=3)
+    assert os.path.isfile(tmp_path / "dl" / "Tools_5.json.gz") and len(d.test) == 3
+    # the downloaded folder then loads like any other domain folder (k-core 5 leaves nothing here: 0 users)
+    assert data.load_domains([str(tmp_path / "dl")])[0].test == []
+
+
+# -----------------------------------------------------------------------------
+# benchmark folders (RecBole / UniSRec atomic files)
+
+
+def write(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+INTER = ["user_id:token\titem_id_list:token_seq\titem_id:token"]
+
+
+def text_folder(tmp_path, name="Sci", train_rows=("0\t0\t1",)):
+    folder = tmp_path / name
+    folder.mkdir()
+    write(folder / f"{name}.text", ["item_id:token\ttext:token_seq",
+                                    "AS1\tDrill bit 1.5 mm. Dr. Pick. Root Tools Bits. Bosch. ",
+                                    "AS2\tSaw. Root Tools Saws. . ",
+                                    "AS3\tGlue. Root Glue. Gorilla. "])
+    write(folder / f"{name}.item2index", ["AS1\t0", "AS2\t1", "AS3\t2"])
+    write(folder / f"{name}.train.inter", INTER + list(train_rows))
+    write(folder / f"{name}.valid.inter", INTER + ["0\t0 1\t2"])
+    write(folder / f"{name}.test.inter", INTER + ["0\t0 1 2\t1"])
+    return str(folder)
+
+
+def test_text_variant_splits_attributes_and_drops_the_category_root(tmp_path, capsys):
+    d = data.read_atomic(text_folder(tmp_path))
+    assert d.items[0] == {"Title": "Drill bit 1.5 mm. Dr. Pick", "Category": "Tools Bits", "Brand": "Bosch"}
+    assert d.items[1] == {"Title": "Saw", "Category": "Tools Saws"}  # no brand: a counted missing value
+    assert "Brand 1" in capsys.readouterr().out
+    assert d.test == [([0, 1, 2], 1)] and d.valid == [([0, 1], 2)] and d.train == [([0], 1)]
+    assert d.train_sequences == [[0, 1]]
+
+
+def test_item_variant_takes_every_text_column(tmp_path):
+    folder = tmp_path / "Toys"
+    folder.mkdir()
+    write(folder / "Toys.item", ["item_id:token\ttitle:token_seq\tbrand:token\tsales_type:token",
+                                 "7\tYo-yo\tDuncan\tToys", "9\tKite\t\tOutdoor"])
+    for split, row in (("train", "u\t7\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
+        write(folder / f"Toys.{split}.inter", INTER + [row])
+    d = data.read_atomic(str(folder))
+    assert d.attributes == ("Title", "Brand", "Sales Type")
+    assert d.items == [{"Title": "Yo-yo", "Brand": "Duncan", "Sales Type": "Toys"},
+                       {"Title": "Kite", "Sales Type": "Outdoor"}]
+    assert d.item_keys == ["7", "9"] and d.test == [([1], 0)]
+    assert data.item_text(d.items[1], d.attributes) == "Title: Kite, Brand: Unknown, Sales Type: Outdoor"
+
+
+@pytest.mark.parametrize("row, message", [
+    ("0\t0 5\t1", r"Sci\.train\.inter:3: unknown item id '5'"),
+    ("0\t\t1", r"Sci\.train\.inter:3: empty history"),
+    ("0\t0", r"Sci\.train\.inter:3: expected 3 tab-separated columns"),
+])
+def test_bad_inter_rows_name_file_and_line(tmp_path, row, message):
+    with pytest.raises(ValueError, match=message):
+        data.read_atomic(text_folder(tmp_path, train_rows=("0\t0\t1", row)))
+
+
+def test_item_without_text_is_an_error(tmp_path):
+    folder = tmp_path / "Toys"
+    folder.mkdir()
+    write(folder / "Toys.item", ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\t "])
+    with pytest.raises(ValueError, match=r"Toys\.item:3: item 9 has no text"):
+        data.read_atomic(str(folder))
+    with pytest.raises(FileNotFoundError, match="neither"):
+        data.read_atomic(str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "Scientific")), reason="../shared/data is absent")
+def test_real_scientific_folder_reads_as_documented():
+    d = data.read_atomic(os.path.join(SHARED, "Scientific"))
+    assert d.n_items == 4385 and len(d.test) == 8442 and len(d.valid) == 8442
+    assert len(d.train) == 34101  # the lines of Scientific.train.inter, less its header
+    assert d.item_keys[0] == "B0000223SI" and d.items[0]["Brand"] == "PORTER-CABLE"
+    assert not d.items[0]["Category"].startswith("Industrial & Scientific")
+
+
+# -----------------------------------------------------------------------------
+# the built-in world
+
+
+def test_builtin_world_is_deterministic_multi_domain_with_cold_items():
+    a, b = data.make_world(seed=3), data.make_world(seed=3)
+    assert [d.test for d in a] == [d.test for d in b] and [d.items for d in a] == [d.items for d in b]
+    assert data.make_world(seed=4)[0].test != a[0].test
+    assert len(a) >= 3
+    brands = [{it["Brand"] for it in d.items} for d in a]
+    assert brands[0] == brands[1] == brands[2]  # shared latent structure: the same brands everywhere
+    for d in a:
+        assert set(d.attributes) == {"Title", "Category", "Brand", "Price"}
+        trained = Counter(t for _, t in d.train) + Counter(i for h, _ in d.train for i in h)
+        cold = [t for _, t in d.test if trained[t] == 0]
+        assert len(cold) > 0.02 * len(d.test)  # test targets never seen in training
+        for h, t in d.test:
+            assert t not in h and len(set(h)) == len(h)

@@ -1,0 +1,148 @@
+"""The GLUE reader on files written here in each official layout, its errors, the download helper (served
+from a local folder), and, when ../shared/data is present, the real files."""
+
+import os
+import zipfile
+
+import pytest
+
+import data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED_GLUE = os.path.join(HERE, "..", "..", "shared", "data", "glue")
+SHARED_16 = os.path.join(HERE, "..", "..", "shared", "data", "glue-16shot")
+
+# one labelled file per task, in its official layout (a quote character inside a sentence on purpose)
+LAYOUTS = {
+    "CoLA": ("gj04\t1\t\tThe \"big\" dog barked.\n"
+             "gj04\t0\t*\tDog the barked.\n"),
+    "SST-2": "sentence\tlabel\nit 's a \"charming\" film\t1\na dull , lifeless mess\t0\n",
+    "MRPC": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+             "1\t11\t12\tHe said \"yes\" .\tHe agreed .\n"
+             "0\t13\t14\tIt rained .\tThe sun shone .\n"),
+    "STS-B": ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+              "0\tmain-news\tx\t2012\t0001\tnone\tnone\tA man plays.\tA man is playing.\t4.750\n"
+              "1\tmain-news\tx\t2012\t0002\tnone\tnone\t\"Quoted\" start\tno\t0\n"),
+    "QQP": ("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+            "0\t1\t2\tHow do I learn \"Python\"?\tWhat is the best way to learn Python?\t1\n"
+            "1\t3\t4\tWhy is the sky blue?\tHow tall is Everest?\t0\n"),
+    "MNLI": ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+             "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+             "0\t1\t1e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA cat sat.\tAn animal sat.\tentailment\tentailment\n"
+             "1\t2\t2c\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tIt is \"hot\".\tIt is cold.\tcontradiction\t"
+             "contradiction\n"
+             "2\t3\t3n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA man.\tA tall man.\tneutral\tneutral\n"),
+    "QNLI": ("index\tquestion\tsentence\tlabel\n"
+             "0\tWho wrote \"Emma\"?\tJane Austen wrote Emma.\tentailment\n"
+             "1\tWhen?\tIt is blue.\tnot_entailment\n"),
+    "RTE": ("index\tsentence1\tsentence2\tlabel\n"
+            "0\tA \"quoted\" premise.\tA hypothesis.\tnot_entailment\n"
+            "1\tCats purr.\tCats make sounds.\tentailment\n"),
+}
+EXPECTED = {  # (text_a of row 0, text_b of row 0 or None, labels as class indices / scores)
+    "CoLA": ('The "big" dog barked.', None, [1, 0]),
+    "SST-2": ('it \'s a "charming" film', None, [1, 0]),
+    "MRPC": ('He said "yes" .', "He agreed .", [1, 0]),
+    "STS-B": ("A man plays.", "A man is playing.", [4.75, 0.0]),
+    "QQP": ('How do I learn "Python"?', "What is the best way to learn Python?", [1, 0]),
+    "MNLI": ("A cat sat.", "An animal sat.", [0, 2, 1]),
+    "QNLI": ('Who wrote "Emma"?', "Jane Austen wrote Emma.", [0, 1]),
+    "RTE": ('A "quoted" premise.', "A hypothesis.", [1, 0]),
+}
+
+
+def write_task(root, name, text, splits=("train", "dev")):
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    for split in splits:
+        with open(os.path.join(folder, f"{split}.tsv"), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_reads_each_official_layout(tmp_path, name):
+    folder = write_task(tmp_path, name, LAYOUTS[name])
+    task = data.glue_task(name, folder)
+    a, b, ys = EXPECTED[name]
+    for split in ("train", "dev"):
+        assert task[split]["text_a"][0] == a
+        assert (task[split]["text_b"] or [None])[0] == b
+        assert task[split]["y"] == ys
+    assert "test" not in task
+    assert task["pair"] == (b is not None)
+    assert task["kind"] == ("regression" if name == "STS-B" else "classification")
+
+
+def test_labelled_test_split_is_read_when_present(tmp_path):
+    folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train", "dev", "test"))
+    assert data.glue_task("RTE", folder)["test"]["y"] == [1, 0]
+
+
+def test_crlf_line_endings(tmp_path):
+    folder = write_task(tmp_path, "SST-2", LAYOUTS["SST-2"].replace("\n", "\r\n"))
+    assert data.glue_task("SST-2", folder)["train"]["text_a"][1] == "a dull , lifeless mess"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("RTE", LAYOUTS["RTE"].replace("\tentailment\n", "\tmaybe\n"), r"train.tsv:3: label 'maybe'"),
+    ("STS-B", LAYOUTS["STS-B"].replace("4.750", "high"), r"train.tsv:2: STS-B score 'high' is not a number"),
+    ("STS-B", LAYOUTS["STS-B"].replace("4.750", "7"), r"train.tsv:2: STS-B score 7.0 is outside"),
+    ("QNLI", LAYOUTS["QNLI"].replace("question\t", "query\t"), r"train.tsv:1: header has no column 'question'"),
+    ("CoLA", LAYOUTS["CoLA"].replace("gj04\t0\t*\t", "gj04\t0\t"), r"train.tsv:2: expected 4 tab-separated"),
+    ("CoLA", "index\tsentence\n0\tA test sentence.\n", r"train.tsv:1: this is CoLA's unlabelled test layout"),
+])
+def test_bad_input_names_file_and_line(tmp_path, name, text, message):
+    folder = write_task(tmp_path, name, text)
+    with pytest.raises(ValueError, match=message):
+        data.glue_task(name, folder)
+
+
+def test_missing_files_and_unknown_tasks(tmp_path):
+    folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train",))
+    with pytest.raises(FileNotFoundError, match="dev.tsv"):
+        data.glue_task("RTE", folder)
+    with pytest.raises(FileNotFoundError, match="no folder for GLUE task MRPC"):
+        data.load_glue(str(tmp_path), ["MRPC"])
+    with pytest.raises(ValueError, match="unknown GLUE task 'WNLI'"):
+        data.load_glue(str(tmp_path), ["WNLI"])
+
+
+def test_download_helper_on_local_files(tmp_path):
+    # a "server" folder with the official archive of RTE and MRPC's two source files
+    server = tmp_path / "server"
+    server.mkdir()
+    with zipfile.ZipFile(server / "RTE.zip", "w") as z:
+        z.writestr("RTE/train.tsv", LAYOUTS["RTE"])
+        z.writestr("RTE/dev.tsv", LAYOUTS["RTE"])
+        z.writestr("RTE/test.tsv", "index\tsentence1\tsentence2\n0\ta\tb\n")  # unlabelled, as officially
+    (server / "msr_paraphrase_train.txt").write_text(
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\tA \"b\" .\tA b .\n0\t13\t14\tC .\tD .\n"
+        "1\t15\t16\tE .\tE !\n", encoding="utf-8")
+    (server / "dev_ids.tsv").write_text("13\t14\n", encoding="utf-8")
+    url = server.as_uri() + "/"
+    dest = str(tmp_path / "glue")
+    data.download_glue(dest, ["RTE", "MRPC"], base_url=url, mrpc_url=url, mrpc_dev_ids_url=url + "dev_ids.tsv")
+    rte = data.glue_task("RTE", os.path.join(dest, "RTE"))
+    assert rte["train"]["y"] == [1, 0] and "test" not in rte
+    mrpc = data.glue_task("MRPC", os.path.join(dest, "MRPC"))
+    assert mrpc["train"]["text_a"] == ['A "b" .', "E ."] and mrpc["dev"]["text_a"] == ["C ."]
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_GLUE), reason="../shared/data/glue is not present")
+def test_real_glue_files_parse_completely():
+    for name in data.GLUE_TASKS:
+        task = data.glue_task(name, os.path.join(SHARED_GLUE, name))
+        for split in ("train", "dev"):
+            with open(os.path.join(SHARED_GLUE, name, f"{split}.tsv"), encoding="utf-8-sig") as f:
+                lines = [line for line in f.read().split("\n") if line.strip()]
+            n_header = 0 if name == "CoLA" else 1
+            assert len(task[split]["y"]) == len(lines) - n_header, (name, split)  # nothing dropped
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_16), reason="../shared/data/glue-16shot is not present")
+def test_real_few_shot_folders():
+    folders = data.few_shot_folders(SHARED_16, "MRPC")
+    assert [f.rsplit("-", 1)[1] for f in folders] == ["13", "21", "42", "87", "100"]
+    task = data.glue_task("MRPC", folders[0])  # these files keep the byte-order mark
+    assert sorted(task["train"]["y"]) == [0] * 16 + [1] * 16

@@ -1,0 +1,198 @@
+"""The classifier on model.GPT under the functional core: masked heads, regression, vmap against a loop,
+second-order MAML against finite differences, and a tiny meta-training run that must help adaptation."""
+
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+import data
+import maml
+from model import GPT, GPTConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_classifier(dtype=torch.float32, n_outputs=(3, 2, 1), seed=0):
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))
+    model = maml.TaskClassifier(gpt, list(n_outputs), [n == 1 for n in n_outputs])
+    return model.to(dtype)
+
+
+def task_batches(n_tasks, n_batches, B=5, T=7, seed=0, task_ids=None, n_outputs=(3, 2, 1)):
+    g = torch.Generator().manual_seed(seed)
+    task = torch.tensor(task_ids if task_ids is not None else [i % 3 for i in range(n_tasks)])
+    out = []
+    for _ in range(n_batches):
+        mask = torch.ones(n_tasks, B, T, dtype=torch.long)
+        mask[:, :, T - 2:] = (torch.rand(n_tasks, B, 2, generator=g) > 0.5).long()
+        mask[:, :, T - 1] *= mask[:, :, T - 2]  # right padding only
+        y = torch.stack([torch.randint(0, n_outputs[t], (B,), generator=g).float() if n_outputs[t] > 1
+                         else torch.rand(B, generator=g) for t in task.tolist()])
+        out.append({"idx": torch.randint(0, 32, (n_tasks, B, T), generator=g), "mask": mask, "task": task,
+                    "y": y.to(torch.get_default_dtype())})
+    return out
+
+
+def test_masked_head_and_regression_losses():
+    model = tiny_classifier()
+    b = maml.task_slice(task_batches(3, 1)[0], 0)
+    params = dict(model.named_parameters())
+    for t, n_classes in ((0, 3), (1, 2)):
+        batch = dict(b, task=torch.tensor(t), y=b["y"].clamp(max=n_classes - 1))
+        out = model(batch["idx"], batch["mask"], batch["task"])
+        assert (out[:, n_classes:] == maml.MASKED_LOGIT).all()
+        # oracle: the head row by hand, on mean-pooled hidden states, softmax over the real classes only
+        h = model.gpt.encode(batch["idx"], batch["mask"])
+        m = batch["mask"].unsqueeze(-1).float()
+        pooled = (h * m).sum(1) / m.sum(1)
+        logits = pooled @ model.head_weight[t, :n_classes].T + model.head_bias[t, :n_classes]
+        expected = F.cross_entropy(logits, batch["y"].long())
+        torch.testing.assert_close(maml.classifier_loss(model, params, batch), expected)
+    batch = dict(b, task=torch.tensor(2))  # regression: squared error of output 0
+    out = model(batch["idx"], batch["mask"], batch["task"])
+    torch.testing.assert_close(maml.classifier_loss(model, params, batch), ((out[:, 0] - batch["y"]) ** 2).mean())
+
+
+def test_adapted_parameter_selection():
+    model = tiny_classifier()
+    assert maml.adapted_names(model, "head") == ["head_weight", "head_bias"]
+    top1 = maml.adapted_names(model, "top1")
+    assert all(n.startswith(("gpt.transformer.h.1.", "gpt.transformer.ln_f.", "head_")) for n in top1)
+    assert any(n.startswith("gpt.transformer.h.1.") for n in top1)
+    assert len(maml.adapted_names(model, "all")) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="parameter selection"):
+        maml.adapted_names(model, "bottom")
+
+
+def test_head_only_adaptation_leaves_encoder_at_theta():
+    model = tiny_classifier()
+    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "head"))
+    b = maml.task_slice(task_batches(3, 1)[0], 0)
+    adapted = maml.adapt(fast, loss_fn, b, inner_lr=0.5, steps=2)
+    assert set(adapted) == {"head_weight", "head_bias"}
+    assert not torch.allclose(adapted["head_weight"], fast["head_weight"])
+
+
+@pytest.mark.parametrize("first_order", [True])
+def test_vmap_equals_loop_on_the_classifier_first_order(first_order):
+    # tasks with 3 classes, 2 classes and a regression in one vmapped meta-batch, float64
+    model = tiny_classifier(torch.float64)
+    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    torch.set_default_dtype(torch.float64)
+    try:
+        batches = task_batches(3, 3)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    grads = []
+    for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+        model.zero_grad()
+        with maml.second_order_math_attention():
+            fn(fast, loss_fn, batches[:2], batches[2], 0.3, 2, first_order).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-11)
+
+
+def second_order_setup():
+    model = tiny_classifier(torch.float64, n_outputs=(2,))
+    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    torch.set_default_dtype(torch.float64)
+    try:
+        batches = task_batches(2, 2, task_ids=[0, 0], n_outputs=(2,))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model, fast, loss_fn, batches
+
+
+def test_second_order_loop_path_matches_finite_differences():
+    model, fast, loss_fn, batches = second_order_setup()
+    alpha, steps = 0.5, 1
+    with maml.second_order_math_attention():
+        maml.meta_loss_loop(fast, loss_fn, batches[:1], batches[1], alpha, steps).backward()
+        g = torch.Generator().manual_seed(0)
+        d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in fast.items()}
+        analytic = sum((fast[n].grad * d[n]).sum().item() for n in fast)
+        eps, values = 1e-6, []
+        for sign in (1, -1):
+            shifted = {n: (p + sign * eps * d[n]).detach().requires_grad_() for n, p in fast.items()}
+            values.append(maml.meta_loss_loop(shifted, loss_fn, batches[:1], batches[1], alpha, steps).item())
+    fd = (values[0] - values[1]) / (2 * eps)
+    assert analytic == pytest.approx(fd, rel=1e-6)
+
+
+def test_vmap_second_order_through_layer_norm_is_wrong_in_this_torch():
+    """Why meta_train sends second-order MAML through the loop: vmap(grad(...)) + backward through
+    F.layer_norm with an affine weight gives a second derivative that disagrees with the loop (which
+    matches finite differences above). When this test fails, torch has fixed it: switch MAML to vmap."""
+    def loss_fn(p, b):
+        return (F.layer_norm(b["x"] @ p["w"], (4,), p["g"], p["b"]) ** 3).mean()
+    g = torch.Generator().manual_seed(0)
+    p = {k: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+         for k, s in (("w", (4, 4)), ("g", (4,)), ("b", (4,)))}
+    batch = {"x": torch.randn(1, 3, 4, generator=g, dtype=torch.float64)}
+    grads = []
+    for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+        gw = torch.autograd.grad(fn(p, loss_fn, [batch], batch, 0.5, 1), p["w"])[0]
+        grads.append(gw)
+    assert (grads[0] - grads[1]).abs().max() > 1e-3
+
+
+def family_encs(names, tok, tasks, model_names, scale=4.0):
+    return [maml.encode_split(tok, tasks[n], tasks[n]["train"], model_names.index(n), 32,
+                              scale if tasks[n]["kind"] == "regression" else 1.0) for n in names]
+
+
+def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
+    aux, _ = data.task_family()
+    names = ["has-0", "has-2", "more-0-1"]
+    tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=300)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=2, n_embd=32))
+    model = maml.TaskClassifier(gpt, [2, 2, 2], [False] * 3)
+    encs = family_encs(names, tok, aux, names)
+    cfg = maml.RunConfig(**dict(vars(maml.FAMILY_CONFIG), inner=maml.InnerLoop(0.1, 1), meta_batch=3, shot=8,
+                                outer_lr=3e-3))
+    held = maml.stack_tasks(encs, 2, 16, np.random.default_rng(99), tok.pad_id)  # fixed evaluation batch
+    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+
+    def post_adaptation():
+        with maml.second_order_math_attention():
+            return maml.meta_loss_loop(fast, loss_fn, held[:1], held[1], cfg.inner.lr, 1).item()
+
+    before = post_adaptation()
+    maml.meta_train(model, encs, [1, 1, 1], "maml", cfg, "uniform", np.random.default_rng(0), 60)
+    after = post_adaptation()
+    assert after < before - 0.1, (before, after)   # ln 2 = 0.69 at the start
+    assert math.isfinite(after)
+
+
+def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
+    tiny = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32,
+                          inner=maml.InnerLoop(0.1, 1), adapt="all", meta_batch=2, meta_steps=2, outer_lr=1e-3,
+                          shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=2, val_max=20)
+    monkeypatch.setattr(maml, "FAMILY_CONFIG", tiny)
+    args = types.SimpleNamespace(data=None, aux=None, targets=None, method="all", sampling="pps", inner_lr=None,
+                                 inner_steps=None, meta_batch=None, max_steps=None, eval_interval=None,
+                                 n_train=None, init=None, resume=False, seed=0, out_dir=str(tmp_path),
+                                 device="cpu")
+    maml.run(args)
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert set(out) == {"targets", "config", "wall_s"}
+    assert set(out["targets"]) == set(data.FAMILY_TARGETS)
+    cell = out["targets"]["count-4"]["maml"]["8"]
+    assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2
+    assert set(out["targets"]["more-2-5"]["none"]["8"]) >= {"mcc", "mcc_std", "accuracy", "accuracy_std"}
+    assert out["config"]["reported_split"]["more-2-5"] == "test"
