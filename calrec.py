@@ -50,7 +50,8 @@ class CALRecConfig:
     vocab_size: int = 2048        # BPE trained on the item texts and the prompt template
     # text (spec section 1)
     max_words: int = 24           # cap on every attribute value, in words
-    max_history: int = 20         # most recent history items considered before fitting block_size
+    max_history: int = 3          # most recent history items kept (then as many as fit block_size)
+    max_item_tokens: int = 64     # cap on an item's text in tokens (after the word cap), everywhere
     # losses (spec section 3): L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT
     alpha: float = 0.2
     beta: float = 0.2
@@ -70,8 +71,8 @@ class CALRecConfig:
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     top_k: int = 20                  # length of every ranked list (the largest K of the metrics)
-    eval_batch: int = 32             # users per beam-search batch
-    bm25_valid_users: int = 0        # 0: all; else the generative path's valid row uses this many users
+    eval_batch: int = 50             # users per beam-search batch
+    bm25_valid_users: int = 200      # 0: all; else the generative path's valid row uses the first this many
     # SASRec baseline (an item-id GPT of model.py)
     sasrec_layers: int = 2
     sasrec_heads: int = 2
@@ -87,10 +88,10 @@ def default_config(real_data):
     """The built-in world's defaults, or the real-data defaults (sized for about an hour on 2 CPU cores)."""
     if not real_data:
         return CALRecConfig()
-    return CALRecConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=16,
-                        max_history=8, stage1_steps=1500, stage2_steps=1000, batch_size=32, lr=1e-3,
-                        warmup=100, eval_interval=500, select_users=500, beams=10, eval_batch=64,
-                        bm25_valid_users=1000, sasrec_steps=2000, sasrec_len=50)
+    return CALRecConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10,
+                        max_history=8, max_item_tokens=32, stage1_steps=1500, stage2_steps=1000, batch_size=32,
+                        lr=1e-3, warmup=100, eval_interval=250, domain_temperature=2.0, select_users=500,
+                        beams=5, eval_batch=64, bm25_valid_users=1000, sasrec_steps=2000, sasrec_len=50)
 
 
 RECALL_KS = (1, 5, 10, 20)
@@ -342,24 +343,29 @@ def lr_at(step, cfg, steps):
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, seed, log, ckpt_path=None):
+def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, seed, log, ckpt_path=None,
+                stage=1, start_step=0, optimizer_state=None):
     """Train on a mixture of example sets, evaluating on validation (NDCG@10) every cfg.eval_interval steps.
 
     train_sets: one list of (history, target) examples (global item indices) per domain; probs: P(domain)
     for each batch row; select: a function model -> validation NDCG@10. Returns the best state (a copy of
     the weights at the best validation score) and that score. Model selection never looks at test.
+    Every new best is also saved to ckpt_path (weights, optimizer, stage, step), which --resume continues from.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, start_step])
     optimizer = model.configure_optimizers(cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     best_score, best_state = -1.0, None
-    for step in range(steps + 1):
+    for step in range(start_step, steps + 1):
         if step % cfg.eval_interval == 0 or step == steps:
             score = select(model)
             log(f"  step {step:5d}  valid ndcg@10 {score:.4f}" + ("  (best)" if score > best_score else ""))
             if score > best_score:
                 best_score, best_state = score, copy.deepcopy(model.state_dict())
                 if ckpt_path:
-                    gpt.save_checkpoint(ckpt_path, model, None, model.config, step, {"valid_ndcg@10": score})
+                    gpt.save_checkpoint(ckpt_path, model, optimizer, model.config, step, {"valid_ndcg@10": score},
+                                        stage=stage)
         if step == steps:
             break
         model.train()
@@ -523,8 +529,13 @@ def run(args):
         log(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
             f"{len(d.test)} test users")
 
-    # --- tokenizer and model (from scratch, or --init)
-    if args.init:
+    # --- tokenizer and model (from scratch, --init, or --resume)
+    resume = None
+    if args.resume:  # the weights, optimizer, stage and step of the last best checkpoint of this out_dir
+        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
+        model, resume = gpt.gpt_from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"))
+        log(f"resuming stage {resume.get('stage', 1)} at step {resume['step']} from {args.out_dir}/ckpt.pt")
+    elif args.init:
         tokenizer = data.load_tokenizer(args.init if os.path.isdir(args.init) else os.path.dirname(args.init))
         model = gpt.load_init(args.init, dropout=cfg.dropout)
         cfg.block_size = model.config.block_size
@@ -536,7 +547,7 @@ def run(args):
     tokenizer.check_fits(model.config.vocab_size)
     tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))
     model.to(args.device)
-    builder = data.PromptBuilder(tokenizer, texts, model.config.block_size, cfg.max_history)
+    builder = data.PromptBuilder(tokenizer, texts, model.config.block_size, cfg.max_history, cfg.max_item_tokens)
     log(f"model: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
         f"block {model.config.block_size}")
 
@@ -560,6 +571,12 @@ def run(args):
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
     stage_scores = {}
     for stage in stages:
+        start, opt_state = 0, None
+        if resume is not None:
+            if stage < resume.get("stage", 1):
+                continue  # finished before the interruption
+            if stage == resume.get("stage", 1):
+                start, opt_state = resume["step"], resume["optimizer"]
         if stage == 1:
             probs, steps = sizes / sizes.sum(), cfg.stage1_steps
         else:
@@ -567,7 +584,7 @@ def run(args):
         log(f"stage {stage}: {steps} steps on " + ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probs) if p > 0)
             + f"; selection on {len(select_examples)} valid users ({select_path} path)")
         best_state, best = train_stage(model, builder, train_sets, probs, select, cfg, steps, args.device,
-                                       args.seed + stage, log, ckpt_path)
+                                       args.seed + stage, log, ckpt_path, stage, start, opt_state)
         model.load_state_dict(best_state)
         stage_scores[f"stage{stage}_valid_ndcg@10"] = best
 

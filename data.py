@@ -195,10 +195,10 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
                 line = WORLD_LINES[(2 * b + li + 3 * d) % len(WORLD_LINES)]
                 for c, (category, base) in enumerate(chain):
                     for colour in WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]:  # two colours per line
-                        item = {"Title": f"{brand} {line} {category}, {colour}", "Category": f"{dname} {category}",
+                        item = {"Title": f"{brand} {line} {category}, {colour}", "Category": category,
                                 "Brand": brand}
                         if rng.random() >= price_missing:
-                            item["Price"] = f"${base * tier * (1.0 + 0.1 * li):.2f}"
+                            item["Price"] = f"${base * tier * (1.0 + 0.1 * li):.0f}"
                         index[(b, li, c, colour)] = len(items)
                         items.append(item)
                         keys.append(f"{dname}-{b}-{li}-{c}-{colour}")
@@ -554,11 +554,12 @@ class PromptBuilder:
     reads exactly these tokens too, so v_T and v_T|U pool over the same token sequence.
     """
 
-    def __init__(self, tokenizer, item_texts, block_size, max_history=20):
+    def __init__(self, tokenizer, item_texts, block_size, max_history=20, max_item_tokens=None):
         self.tok = tokenizer
         self.block_size = block_size
         self.max_history = max_history
-        self.item_ids = tokenizer.encode_batch([" " + t for t in item_texts])  # item i -> its tokens
+        # item i -> its tokens, cut at max_item_tokens (the same cut wherever the item appears)
+        self.item_ids = [t[:max_item_tokens] for t in tokenizer.encode_batch([" " + t for t in item_texts])]
         self.header = tokenizer.encode(HISTORY_HEADER)
         self.first = tokenizer.encode(FIRST_ITEM)
         self.next = tokenizer.encode(NEXT_ITEM)

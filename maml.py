@@ -238,7 +238,8 @@ def average_ranks(x):
 
 
 def spearman(x, y):
-    if not (np.isfinite(np.asarray(x, dtype=np.float64)).all() and np.isfinite(np.asarray(y, dtype=np.float64)).all()):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):  # ranks would hide a diverged model
         return float("nan")
     return pearson(average_ranks(x), average_ranks(y))
 
@@ -277,7 +278,8 @@ SINE_EVAL_STEPS = (1, 5, 10)
 def sine_mlp_init(generator):
     """Parameters of the 1 -> 40 -> 40 -> 1 MLP (PyTorch's default Linear init)."""
     params = {}
-    for name, (n_in, n_out) in dict(l1=(1, SINE_HIDDEN), l2=(SINE_HIDDEN, SINE_HIDDEN), l3=(SINE_HIDDEN, 1)).items():
+    shapes = dict(l1=(1, SINE_HIDDEN), l2=(SINE_HIDDEN, SINE_HIDDEN), l3=(SINE_HIDDEN, 1))  # (in, out)
+    for name, (n_in, n_out) in shapes.items():
         bound = 1.0 / math.sqrt(n_in)
         params[name + ".weight"] = (torch.rand(n_out, n_in, generator=generator) * 2 - 1) * bound
         params[name + ".bias"] = (torch.rand(n_out, generator=generator) * 2 - 1) * bound
@@ -509,11 +511,11 @@ class RunConfig:
 
 
 FAMILY_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_len=48,
-                          inner=InnerLoop(lr=0.1, steps=2), adapt="all", meta_batch=4, meta_steps=200,
+                          inner=InnerLoop(lr=0.02, steps=2), adapt="all", meta_batch=4, meta_steps=200,
                           outer_lr=1e-3, shot=8, ft_steps=60, ft_eval=15, n_train=(16, 64), seeds=3,
                           val_max=100)
 GLUE_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64,
-                        inner=InnerLoop(lr=0.1, steps=2), adapt="all", meta_batch=4, meta_steps=400,
+                        inner=InnerLoop(lr=0.01, steps=2), adapt="all", meta_batch=4, meta_steps=400,
                         outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25, n_train=(100, 1000), seeds=3,
                         val_max=200)
 FT_CLIP = 1.0                                        # gradient-norm clip while fine-tuning [ours]
@@ -661,11 +663,18 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
             rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
             runs.append((str(n), s, subset(pool, rows), val, test))
     if few_shot_root is not None:  # LM-BFF's 16-shot folders: their own train and dev
+        def pairs(split):
+            return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
+        reported_pairs = pairs(task[reported])
         for folder in data.few_shot_folders(few_shot_root, task["name"]):
             shot = data.glue_task(task["name"], folder)
+            # the few-shot examples were drawn from GLUE's training set, which our dev.tsv is a re-split
+            # of: the few that also sit in the reported split are left out of it for this seed
+            seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
+            keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen])
             runs.append(("16-shot", folder.rsplit("-", 1)[1],
                          encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
-                         encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), test))
+                         encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), subset(test, keep)))
     return runs, reported
 
 
@@ -687,10 +696,11 @@ def run(args):
     # the tokenizer and the encoder: GPT-2's with --init <folder>, else trained here on the setting's text
     texts = [t for task in list(aux.values()) + list(targets.values())
              for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-    if args.init and os.path.isdir(args.init):
-        tokenizer = data.load_tokenizer(args.init)
+    if args.init:  # the tokenizer that belongs to the weights: GPT-2's folder, or next to a project .pt
+        tokenizer = data.load_tokenizer(args.init if os.path.isdir(args.init) else os.path.dirname(args.init))
     else:
         tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
+    tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be an --init
     if args.init:
         gpt = load_init(args.init)
         tokenizer.check_fits(gpt.config.vocab_size)
@@ -718,18 +728,24 @@ def run(args):
         model.load_state_dict(init_state)
         ckpt = os.path.join(args.out_dir, f"init_{init}.pt")
         if init != "none" and args.resume and os.path.isfile(ckpt):
-            model.load_state_dict(load_checkpoint(ckpt)["model"])
+            saved = load_checkpoint(ckpt)
+            model.gpt.load_state_dict(saved["model"])
+            model.load_state_dict(dict(model.state_dict(), **saved["heads"]))
             print(f"{init}: loaded {ckpt}")
         elif init != "none":
             curve = meta_train(model, aux_encs, sizes, init, cfg, args.sampling, rng, cfg.meta_steps)
-            meta_curves[init] = curve
-            save_checkpoint(ckpt, model, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]})
+            if not math.isnan(curve[0]):  # Reptile has no query loss to record
+                meta_curves[init] = curve
+            # the encoder as a plain GPT checkpoint (usable as --init), the task heads beside it
+            heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
+            save_checkpoint(ckpt, model.gpt, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]},
+                            heads=heads)
         learned = {k: v.clone() for k, v in model.state_dict().items()}
         t_meta = time.time() - t
         for n, (task_runs, reported) in runs.items():
             per_size = {}
             for size, seed, train, val, test in task_runs:
-                m = fine_tune(model, learned, train, val, test, targets[n]["metrics"], cfg, args.seed + hash_seed(seed))
+                m = fine_tune(model, learned, train, val, test, targets[n]["metrics"], cfg, args.seed + int(seed))
                 per_size.setdefault(size, []).append(m)
             results[n][init] = {size: summarize(ms, targets[n]["metrics"]) for size, ms in per_size.items()}
         print(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
@@ -747,11 +763,6 @@ def run(args):
         json.dump(out, f, indent=2)
     print(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
-
-
-def hash_seed(seed):
-    """A run's seed label (an int, or a 16-shot folder's seed) as an int."""
-    return int(seed)
 
 
 def summarize(metric_dicts, metric_names):

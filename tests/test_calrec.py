@@ -262,3 +262,18 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     assert "CALRec generative+BM25" in text and "most popular" in text
     with pytest.raises(SystemExit, match="not among the domains"):
         train.main(["--task", "calrec", "--data", a, b, "--target", "Gamma", "--out-dir", str(out)])
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    import train
+    a = str(tmp_path / "Alpha")
+    write_atomic(a, "Alpha")
+    out = str(tmp_path / "out")
+    argv = ["--task", "calrec", "--data", a, "--max-steps", "4", "--eval-interval", "2", "--beams", "2",
+            "--stages", "2", "--out-dir", out]
+    first = train.main(argv)
+    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["stage"] == 2 and ckpt["step"] in (0, 2, 4) and ckpt["optimizer"] is not None
+    second = train.main(argv + ["--resume"])
+    assert "resuming stage 2" in open(os.path.join(out, "log.txt")).read()
+    assert set(second["test"]) == set(first["test"])

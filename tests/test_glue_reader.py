@@ -28,7 +28,8 @@ LAYOUTS = {
             "1\t3\t4\tWhy is the sky blue?\tHow tall is Everest?\t0\n"),
     "MNLI": ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
              "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
-             "0\t1\t1e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA cat sat.\tAn animal sat.\tentailment\tentailment\n"
+             "0\t1\t1e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA cat sat.\tAn animal sat.\tentailment\t"
+             "entailment\n"
              "1\t2\t2c\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tIt is \"hot\".\tIt is cold.\tcontradiction\t"
              "contradiction\n"
              "2\t3\t3n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tA man.\tA tall man.\tneutral\tneutral\n"),

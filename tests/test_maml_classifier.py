@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 import data
 import maml
@@ -86,9 +85,9 @@ def test_head_only_adaptation_leaves_encoder_at_theta():
     assert not torch.allclose(adapted["head_weight"], fast["head_weight"])
 
 
-@pytest.mark.parametrize("first_order", [True])
-def test_vmap_equals_loop_on_the_classifier_first_order(first_order):
-    # tasks with 3 classes, 2 classes and a regression in one vmapped meta-batch, float64
+def test_vmap_equals_loop_on_the_classifier_first_order():
+    # tasks with 3 classes, 2 classes and a regression in one vmapped meta-batch, float64. First order only:
+    # second order through LayerNorm under vmap is wrong in this torch (see the test below)
     model = tiny_classifier(torch.float64)
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
     torch.set_default_dtype(torch.float64)
@@ -100,7 +99,7 @@ def test_vmap_equals_loop_on_the_classifier_first_order(first_order):
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         model.zero_grad()
         with maml.second_order_math_attention():
-            fn(fast, loss_fn, batches[:2], batches[2], 0.3, 2, first_order).backward()
+            fn(fast, loss_fn, batches[:2], batches[2], 0.3, 2, True).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-11)
@@ -196,3 +195,13 @@ def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
     assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2
     assert set(out["targets"]["more-2-5"]["none"]["8"]) >= {"mcc", "mcc_std", "accuracy", "accuracy_std"}
     assert out["config"]["reported_split"]["more-2-5"] == "test"
+    # --resume reuses the saved initialisation: the same numbers without meta-training again
+    first = out["targets"]["more-2-5"]["maml"]
+    args.resume, args.method = True, "maml"
+    maml.run(args)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["targets"]["more-2-5"]["maml"] == first
+    # the saved encoder is a plain GPT checkpoint with its tokenizer beside it: usable as --init
+    args.resume, args.method, args.init = False, "none", str(tmp_path / "init_maml.pt")
+    maml.run(args)
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["init"].endswith("init_maml.pt")
