@@ -1,7 +1,7 @@
 """
 A small decoder-only transformer with GPT-2's architecture and GPT-2's parameter names.
 
-Read it top to bottom: attention -> MLP -> Block -> GPTConfig -> GPT (init, forward, generation, beam
+Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT (init, forward, generation, beam
 search, loading GPT-2 weights) -> pooling helpers -> checkpoints. Both papers of the project run on it:
 CALRec pools its hidden states into user and item vectors and generates item text; MAML puts a small
 classifier head on its pooled hidden states.
@@ -23,6 +23,32 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# layer normalisation
+
+
+class LayerNorm(nn.Module):
+    """GPT-2's LayerNorm, written out: normalise each position's vector to mean 0 and variance 1, then
+    scale and shift it. Same parameters (weight, bias) and eps as nn.LayerNorm.
+
+    Why not F.layer_norm: under torch.func.vmap, the backward pass through the gradient of F.layer_norm
+    (what second-order MAML takes, task by task) comes out wrong in current PyTorch; these plain ops give
+    the right one (tests/test_model.py checks it against a loop over tasks).
+    """
+
+    def __init__(self, ndim, bias=True, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)                             # (..., 1)
+        var = (x - mu).pow(2).mean(-1, keepdim=True)              # (..., 1) biased variance, as GPT-2
+        y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight  # (..., C)
+        return y if self.bias is None else y + self.bias
+
 
 # -----------------------------------------------------------------------------
 # attention
@@ -96,9 +122,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, mask=None, past_kv=None):
@@ -149,7 +175,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads and writes tokens
@@ -165,7 +191,7 @@ class GPT(nn.Module):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, LayerNorm):
             torch.nn.init.ones_(module.weight)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)

@@ -356,3 +356,41 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     torch.save(ck, path)
     with pytest.raises(ValueError, match=r"ckpt.pt: transformer.wte.weight has shape \(11, 16\)"):
         model.gpt_from_checkpoint(path)
+
+
+# -----------------------------------------------------------------------------
+# LayerNorm: equal to PyTorch's, and right under vmap's second-order backward (what MAML takes)
+
+def test_layer_norm_equals_torch():
+    torch.manual_seed(0)
+    ln = model.LayerNorm(6)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(3, 4, 6)
+    torch.testing.assert_close(ln(x), F.layer_norm(x, (6,), ln.weight, ln.bias, 1e-5))
+
+
+def test_second_order_through_vmap_equals_a_loop_over_tasks():
+    """d/dθ Σ_i L(θ - α ∇L(θ; x_i); x_i): vmap over tasks vs a plain loop, float64, on the whole GPT."""
+    from torch.func import functional_call, grad, vmap
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = tiny().double()
+    params = {k: v.detach().requires_grad_() for k, v in m.named_parameters()}
+    xs = torch.randint(0, 11, (3, 2, 6))  # 3 tasks, each a batch of 2 sequences of 6 tokens
+
+    def loss(p, x):
+        h = functional_call(m, p, (x,), {"attention_mask": torch.ones_like(x)}, strict=False)[0]
+        return h.tanh().pow(2).mean()
+
+    def adapted_loss(p, x):
+        g = grad(loss)(p, x)
+        return loss({k: v - 0.3 * g[k] for k, v in p.items()}, x)
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no double backward
+        by_vmap = torch.autograd.grad(vmap(adapted_loss, in_dims=(None, 0))(params, xs).sum(),
+                                      list(params.values()))
+        by_loop = torch.autograd.grad(sum(adapted_loss(params, x) for x in xs), list(params.values()))
+    for a, b in zip(by_vmap, by_loop):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
