@@ -14,6 +14,7 @@ is one short loop.
 Try it (CPU):  python -c "import model; m = model.GPT(model.GPTConfig()); print(m.generate([[1, 2]], 5))"
 """
 
+import contextlib
 import json
 import math
 import os
@@ -540,3 +541,49 @@ def load_init(path, dropout=0.0):
         return GPT.from_pretrained(path, dropout=dropout)
     model, _ = gpt_from_checkpoint(path)
     return model
+
+
+# -----------------------------------------------------------------------------
+# more hardware: mixed precision and several processes (train.py's --dtype and torchrun)
+
+
+def autocast(device, dtype):
+    """Mixed precision on a GPU: matrix products in bfloat16 or float16, reductions kept in float32.
+    On the CPU, and for float32, it does nothing (CPU autocast is slower than float32 on most CPUs)."""
+    kind = torch.device(device).type
+    if dtype == "float32" or kind == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
+
+
+def grad_scaler(device, dtype):
+    """float16 has a narrow range: scale the loss up before backward so small gradients do not round to 0.
+    bfloat16 and float32 need none (the scaler is then a no-op)."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=dtype == "float16" and kind != "cpu")
+
+
+def rank_and_world():
+    """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x):
+    """Every process's rows of x, concatenated in rank order (W*B, ...), with gradients flowing back to
+    the process that owns each row. What contrastive losses need so that negatives span the global batch."""
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather  # differentiable, unlike dist.all_gather
+    return torch.cat(all_gather(x), dim=0)
+
+
+def all_reduce_sum(x):
+    """Sum of a tensor over processes (no gradient): e.g. the global number of target tokens."""
+    _, world = rank_and_world()
+    if world > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+    return x

@@ -96,6 +96,10 @@ def build_parser():
                    help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 directory")
     g.add_argument("--resume", action="store_true",
                    help="continue from --out-dir/ckpt.pt (model, optimizer and step)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="mixed precision on a GPU (autocast; float16 adds a gradient scaler); "
+                        "the CPU always computes in float32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start; GPU)")
     g.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="real data instead of the built-in default: calrec takes one folder per domain, "
                         "maml the GLUE folder")
@@ -142,6 +146,20 @@ def pick_device(name):
     return name
 
 
+def setup_distributed(device):
+    """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs,
+    gloo on CPUs. Returns (rank, world_size, device) with each GPU process on its own card."""
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -166,18 +184,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out_dir = args.out_dir or os.path.join("out", args.task)
     check_paths(parser, args)
-    args.device = pick_device(args.device)
+    args.rank, args.world_size, args.device = setup_distributed(pick_device(args.device))
     os.makedirs(args.out_dir, exist_ok=True)
-    seed_everything(args.seed)
-    if args.task == "calrec":
-        import calrec
-        return calrec.run(args)
-    if args.task == "maml":
-        import maml
-        return maml.run(args)
-    if args.task == "sinusoid":
-        import maml
-        return maml.run_sinusoid(args)
+    seed_everything(args.seed)  # the same seed on every process: they draw the same global batches
+    try:
+        if args.task == "calrec":
+            import calrec
+            return calrec.run(args)
+        if args.task == "maml":
+            import maml
+            return maml.run(args)
+        if args.task == "sinusoid":
+            import maml
+            return maml.run_sinusoid(args)
+    finally:
+        if args.world_size > 1:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
