@@ -516,7 +516,7 @@ FAMILY_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_le
                           val_max=100)
 GLUE_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64,
                         inner=InnerLoop(lr=0.01, steps=2), adapt="all", meta_batch=4, meta_steps=400,
-                        outer_lr=5e-4, shot=8, ft_steps=300, ft_eval=50, n_train=(100, 1000), seeds=3,
+                        outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25, n_train=(100, 1000), seeds=3,
                         val_max=200)
 FT_CLIP = 1.0                                        # gradient-norm clip while fine-tuning [ours]
 GLUE_AUX = ("MNLI", "QNLI", "QQP", "SST-2")          # [paper, secondary]

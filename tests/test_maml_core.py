@@ -1,6 +1,8 @@
 """Oracles for maml.py's functional core: closed forms, a hand check, finite differences, a plain loop."""
 
+import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -221,3 +223,12 @@ def test_meta_training_lowers_post_adaptation_loss_on_sines():
     before, after = post_adaptation(init), post_adaptation(trained)
     assert after < 0.6 * before, (before, after)
     assert math.isfinite(after)
+
+
+def test_run_sinusoid_writes_its_table(tmp_path, capsys):
+    args = types.SimpleNamespace(max_steps=3, seed=0, out_dir=str(tmp_path))
+    maml.run_sinusoid(args)
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert set(out["methods"]) == {"maml", "fomaml", "reptile", "pretrained"}
+    assert set(out["methods"]["maml"]) == {"0", "1", "5", "10"}
+    assert "| pretrained |" in capsys.readouterr().out
