@@ -559,10 +559,9 @@ def second_order_math_attention():
 def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
     """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
 
-    Second-order MAML takes the per-task loop: vmap's batching rule for layer_norm's double backward gives
-    wrong second derivatives in this torch (tests/test_maml_classifier.py shows it against the loop and
-    finite differences), and the transformer has LayerNorms. First-order paths have no double backward and
-    run under vmap.
+    Every method runs its tasks under vmap. Second order is right there because model.py writes its
+    LayerNorm out (F.layer_norm's vmap rule gives wrong second derivatives; tests/test_model.py and
+    tests/test_maml_classifier.py check vmap == the per-task loop).
     """
     fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapt))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
@@ -578,8 +577,7 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
                 opt.step()
             else:
                 batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"])
-                loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt,
-                                 use_vmap=method != "maml")
+                loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
             losses.append(float("nan") if loss is None else loss.item())
     return losses
 
