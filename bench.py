@@ -18,9 +18,13 @@ import argparse
 import platform
 import resource
 import time
+import weakref
 
+import numpy as np
 import torch
 
+import data
+import maml
 from model import GPT, GPTConfig
 
 SIZES = {  # name -> (n_layer, n_head, n_embd)
@@ -115,12 +119,117 @@ def bench_beam(device, batch=16, prompt_len=128, new=32, beams=10):
     print(f"| {batch / t:,.1f} | {batch * beams * new / t:,.0f} | {t:.2f} |")
 
 
-def bench_maml(device):
-    import maml
-    if not hasattr(maml, "bench_maml"):
-        print("\n(maml.bench_maml is not available)")
-        return
-    maml.bench_maml(device)
+def bench_maml(device, repeats=5):
+    """vmap over the tasks of a meta-batch vs the per-task loop; second- vs first-order step time and the
+    memory autograd keeps for the backward pass, for 1-5 inner steps. Prints Markdown tables.
+
+    Two models: the sinusoid MLP (1-40-40-1) and the built-in family's classifier (GPT 2x64, the default
+    `python train.py --task maml` size). Memory: on CUDA torch's peak allocation during the step; on CPU the
+    bytes of the tensors autograd saves for backward during the forward (process RSS only ever grows, so it
+    cannot tell two configurations apart)."""
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: on shared CPU cores extra OpenMP threads only wait
+    sine_repeats = 4 * repeats
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed_ms(fn, n=repeats):
+        fn()  # warm-up
+        times = []
+        for _ in range(n):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+        return 1000 * float(np.median(times))
+
+    def graph_mb(forward):
+        """MB held for the backward pass once forward() has returned its loss (CUDA: peak allocation)."""
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            forward().backward()
+            return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        refs = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: refs.append(weakref.ref(t)) or t, lambda t: t):
+            loss = forward()
+        alive = {}
+        for r in refs:  # tensors the graph still holds (inner graphs of first-order steps are gone)
+            t = r()
+            if t is not None:
+                alive[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        del loss
+        return sum(alive.values()) / 2 ** 20
+
+    # --- the sine MLP: meta-batch sizes, vmap vs loop, both orders
+    g = torch.Generator().manual_seed(0)
+    sine = {k: v.to(device).requires_grad_() for k, v in maml.sine_mlp_init(g).items()}
+    print("\n### MAML: vmap over tasks vs a per-task loop (sine MLP 1-40-40-1, K = 10, 1 inner step)\n")
+    print("| meta-batch | order | loop ms | vmap ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for n_tasks in (4, 16, 64):
+        amp, phase, support = maml.sample_sines(n_tasks, maml.SINE_K, g)
+        query = maml.sine_points(amp, phase, maml.SINE_K, g)
+        support = {k: v.to(device) for k, v in support.items()}
+        query = {k: v.to(device) for k, v in query.items()}
+        for first_order in (False, True):
+            ms = {}
+            for name, fn in (("loop", maml.meta_loss_loop), ("vmap", maml.meta_loss_vmap)):
+                ms[name] = timed_ms(lambda: fn(sine, maml.sine_loss, [support], query, 0.01, 1,
+                                               first_order).backward(), sine_repeats)
+            print(f"| {n_tasks} | {'first' if first_order else 'second'} | {ms['loop']:.1f} | {ms['vmap']:.1f} "
+                  f"| {ms['loop'] / ms['vmap']:.1f}x |")
+
+    # --- the family's GPT classifier
+    aux, _ = data.task_family()
+    names = list(aux)
+    tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=512)
+    cfg = maml.FAMILY_CONFIG
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=576, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        n_embd=cfg.n_embd))
+    model = maml.TaskClassifier(gpt, [1 if aux[n]["kind"] == "regression" else len(aux[n]["labels"])
+                                      for n in names], [aux[n]["kind"] == "regression" for n in names]).to(device)
+    encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, 4.0) for i, n in enumerate(names)]
+    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    rng = np.random.default_rng(0)
+
+    def batches_for(n_tasks, steps):
+        bs = maml.stack_tasks([encs[i % len(encs)] for i in range(n_tasks)], steps + 1, cfg.shot, rng, tok.pad_id)
+        return [{k: v.to(device) for k, v in b.items()} for b in bs]
+
+    print(f"\n### MAML on the GPT classifier ({cfg.n_layer} layers x {cfg.n_embd}, {cfg.shot} examples per "
+          f"batch, 1 inner step): vmap vs loop\n")
+    print("| meta-batch | order | loop ms | vmap ms | speed-up |")
+    print("|---|---|---|---|---|")
+    with maml.second_order_math_attention():
+        for n_tasks in (4, 8, 16):
+            bs = batches_for(n_tasks, 1)
+            for first_order in (False, True):
+                ms = {name: timed_ms(lambda: fn(fast, loss_fn, bs[:-1], bs[-1], cfg.inner.lr, 1,
+                                                first_order).backward())
+                      for name, fn in (("loop", maml.meta_loss_loop), ("vmap", maml.meta_loss_vmap))}
+                print(f"| {n_tasks} | {'first' if first_order else 'second'} | {ms['loop']:.0f} | "
+                      f"{ms['vmap']:.0f} | {ms['loop'] / ms['vmap']:.1f}x |")
+
+        print("\n### Second- vs first-order MAML on the GPT classifier, meta-batch 4, vmap path\n")
+        print("| inner steps | 2nd-order ms | 1st-order ms | 2nd-order graph MB | 1st-order graph MB |")
+        print("|---|---|---|---|---|")
+        for steps in range(1, 6):
+            bs = batches_for(4, steps)
+            row = {}
+            for first_order in (False, True):
+                def forward():
+                    return maml.meta_loss_vmap(fast, loss_fn, bs[:-1], bs[-1], cfg.inner.lr, steps, first_order)
+                row[first_order] = (timed_ms(lambda: forward().backward()), graph_mb(forward))
+            (ms2, mb2), (ms1, mb1) = row[False], row[True]
+            print(f"| {steps} | {ms2:.0f} | {ms1:.0f} | {mb2:.1f} | {mb1:.1f} |")
+    torch.set_num_threads(threads)
+
 
 
 PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "maml": bench_maml}
