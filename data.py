@@ -9,9 +9,18 @@ Read in this order:
   3. MAML data: the GLUE reader, the built-in task family, and batches.
 """
 
+import csv
+import gzip
 import json
 import os
+import random
+import re
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # -----------------------------------------------------------------------------
@@ -95,21 +104,23 @@ def load_tokenizer(path):
     return TextTokenizer(tok, path=path)
 
 
+def pad_batch(seqs, pad_id, length=None):
+    """Right-pad lists of ids -> idx (B, T) long, attention_mask (B, T) long (1 = real token)."""
+    T = length or max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return idx, mask
+
+
 # -----------------------------------------------------------------------------
 # 2. CALRec data
 #
 # One "domain" (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of
 # named text attributes, and three lists of (history, target) examples in item indices 0..n_items-1:
 # train (every prefix of the training part), valid (target = second to last item), test (target = last).
-
-import gzip
-import random
-import re
-import urllib.request
-from collections import Counter
-from dataclasses import dataclass, field
-
-import torch
 
 
 @dataclass
@@ -620,24 +631,11 @@ class PromptBuilder:
         """Histories -> right-padded prompts (B, T) and attention_mask (B, T): the input of beam search and of
         the user tower at inference (room is kept for the longest target)."""
         rows = [self.prompt(h, self.max_target_len()) for h in histories]
-        T = max(len(r) for r in rows)
-        idx = torch.full((len(rows), T), self.tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.long)
-        for b, r in enumerate(rows):
-            idx[b, :len(r)] = torch.tensor(r)
-            mask[b, :len(r)] = 1
-        return idx, mask, rows
+        return (*pad_batch(rows, self.tok.pad_id), rows)
 
     def item_batch(self, item_indices):
         """Items -> right-padded item-only texts (B, T) and attention_mask (B, T): the item tower's input."""
-        rows = [self.item_ids[i] for i in item_indices]
-        T = max(len(r) for r in rows)
-        idx = torch.full((len(rows), T), self.tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.long)
-        for b, r in enumerate(rows):
-            idx[b, :len(r)] = torch.tensor(r)
-            mask[b, :len(r)] = 1
-        return idx, mask
+        return pad_batch([self.item_ids[i] for i in item_indices], self.tok.pad_id)
 
 
 # -----------------------------------------------------------------------------
@@ -649,12 +647,6 @@ class PromptBuilder:
 # Splits: "train" for training, "dev" for validation (choosing the stop point), "test" for the one final
 # report (a labelled test.tsv in dev.tsv's layout, when present).
 
-import csv  # noqa: E402  (the TSV writer of the download helper)
-import random  # noqa: E402,F811
-import urllib.request  # noqa: E402,F811
-import zipfile  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 # Each task's official layout: the columns read by name (CoLA: by position, it has no header).
 GLUE_TASKS = {
@@ -1001,12 +993,3 @@ def encode_examples(tokenizer, split, max_len):
     return out
 
 
-def pad_batch(seqs, pad_id, length=None):
-    """Right-pad lists of ids -> idx (B, T) long, attention_mask (B, T) long (1 = real token)."""
-    T = length or max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return idx, mask

@@ -3,7 +3,6 @@ Hugging Face key names, brute-force beam search, one-prompt-at-a-time and uncach
 
 import itertools
 import json
-import math
 import os
 import struct
 
