@@ -143,15 +143,20 @@ def rank_metrics(ranks):
 def info_nce(query, key, item_ids, tau):
     """L = -1/N sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_j, k_i)/tau) ).
 
-    query (N, C): v_T|U (for L_TT) or v_U (for L_UT); key (N, C): v_T, the target items; both L2-normalised.
-    For each target item i the positives is its own query; the other rows' queries are the negatives --
-    except rows whose target is the same item (item_ids (N,) equal): those are masked out, not negatives.
+    query (B, C): v_T|U (for L_TT) or v_U (for L_UT); key (B, C): v_T, the target items; both L2-normalised.
+    For each target item i the positive is its own query; the other rows' queries are the negatives --
+    except rows whose target is the same item (item_ids (B,) equal): those are masked out, not negatives.
+    With several processes (torchrun) each holds B rows of the global batch of N = W*B: the queries and
+    item ids of every process are gathered, so the negatives span the global batch as on one process.
     """
-    logits = key @ query.t() / tau                                    # (N, N) [i, j] = cos(k_i, q_j) / tau
-    same = item_ids.view(-1, 1) == item_ids.view(1, -1)                # (N, N) rows sharing a target item
-    eye = torch.eye(len(item_ids), dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(same & ~eye, float("-inf"))
-    labels = torch.arange(len(item_ids), device=logits.device)
+    rank, _ = gpt.rank_and_world()
+    query_all, ids_all = gpt.gather_rows(query), gpt.gather_rows(item_ids)   # (N, C), (N,)
+    logits = key @ query_all.t() / tau                                 # (B, N) [i, j] = cos(k_i, q_j) / tau
+    labels = rank * len(key) + torch.arange(len(key), device=key.device)  # (B,) where row i's own query is
+    columns = torch.arange(len(ids_all), device=key.device)
+    same = item_ids.view(-1, 1) == ids_all.view(1, -1)                  # (B, N) rows sharing a target item
+    own = labels.view(-1, 1) == columns.view(1, -1)
+    logits = logits.masked_fill(same & ~own, float("-inf"))
     return F.cross_entropy(logits, labels)
 
 
@@ -175,7 +180,11 @@ def calrec_loss(model, joint, items, item_ids, alpha, beta, tau):
     h = model.encode(idx, attention_mask)                              # (B, T, C) the joint (user) tower
     predict = targets != -100                                          # (B, T) positions that predict target tokens
     logits = model.lm_head(h[predict])                                 # (n, V) only where a loss is taken
-    l_nig = F.cross_entropy(logits, targets[predict])                  # next item generation
+    # next item generation: the mean over the target tokens of the global batch. With W processes each
+    # holds a shard; the sum of its shard over the global count, times W, averages (as DDP does) to that mean
+    _, world = gpt.rank_and_world()
+    n_global = gpt.all_reduce_sum(predict.sum()).clamp(min=1)
+    l_nig = F.cross_entropy(logits, targets[predict], reduction="sum") * world / n_global
     parts = {"nig": l_nig.item()}
     loss = (1.0 - alpha - beta) * l_nig
     if alpha > 0 or beta > 0:
@@ -343,15 +352,41 @@ def lr_at(step, cfg, steps):
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+class Objective(torch.nn.Module):
+    """CALRec's loss as a module: DistributedDataParallel syncs gradients through a module's forward, and
+    calrec_loss reads the GPT through encode and lm_head rather than its forward."""
+
+    def __init__(self, model, cfg):
+        super().__init__()
+        self.model, self.alpha, self.beta, self.tau = model, cfg.alpha, cfg.beta, cfg.tau
+
+    def forward(self, joint, items, item_ids):
+        return calrec_loss(self.model, joint, items, item_ids, self.alpha, self.beta, self.tau)
+
+
 def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, seed, log, ckpt_path=None,
-                stage=1, start_step=0, optimizer_state=None):
+                stage=1, start_step=0, optimizer_state=None, dtype="float32", compile_model=False):
     """Train on a mixture of example sets, evaluating on validation (NDCG@10) every cfg.eval_interval steps.
 
     train_sets: one list of (history, target) examples (global item indices) per domain; probs: P(domain)
     for each batch row; select: a function model -> validation NDCG@10. Returns the best state (a copy of
     the weights at the best validation score) and that score. Model selection never looks at test.
     Every new best is also saved to ckpt_path (weights, optimizer, stage, step), which --resume continues from.
+    Under torchrun every process draws the same global batch and trains on its own contiguous shard of it;
+    DDP averages the gradients, so W processes take the same steps as one (tests/test_calrec_ddp.py).
     """
+    rank, world = gpt.rank_and_world()
+    if cfg.batch_size % world:
+        raise SystemExit(f"error: the batch of {cfg.batch_size} rows does not split evenly over {world} processes")
+    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    objective = Objective(model, cfg)
+    if world > 1:
+        dev = torch.device(device)
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=None if dev.type == "cpu" else [dev.index or 0])
+    if compile_model:
+        objective = torch.compile(objective, dynamic=True)  # batches are padded to different lengths
+    scaler = gpt.grad_scaler(device, dtype)
     rng = np.random.default_rng([seed, start_step])
     optimizer = model.configure_optimizers(cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
@@ -359,11 +394,11 @@ def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, s
     best_score, best_state = -1.0, None
     for step in range(start_step, steps + 1):
         if step % cfg.eval_interval == 0 or step == steps:
-            score = select(model)
+            score = select(model)  # every process evaluates the same weights: the same choice everywhere
             log(f"  step {step:5d}  valid ndcg@10 {score:.4f}" + ("  (best)" if score > best_score else ""))
             if score > best_score:
                 best_score, best_state = score, copy.deepcopy(model.state_dict())
-                if ckpt_path:
+                if ckpt_path and rank == 0:
                     gpt.save_checkpoint(ckpt_path, model, optimizer, model.config, step, {"valid_ndcg@10": score},
                                         stage=stage)
         if step == steps:
@@ -372,15 +407,18 @@ def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, s
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, steps)
         domains = rng.choice(len(train_sets), size=cfg.batch_size, p=probs)
-        examples = [train_sets[d][rng.integers(len(train_sets[d]))] for d in domains]
+        examples = [train_sets[d][rng.integers(len(train_sets[d]))] for d in domains][shard]
         joint = [t.to(device) for t in builder.joint_batch(examples)]
         item_ids = torch.tensor([t for _, t in examples], device=device)
         items = [t.to(device) for t in builder.item_batch(item_ids.tolist())]
-        loss, parts = calrec_loss(model, joint, items, item_ids, cfg.alpha, cfg.beta, cfg.tau)
+        with gpt.autocast(device, dtype):
+            loss, parts = objective(joint, items, item_ids)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if step % max(1, cfg.eval_interval // 4) == 0:
             log(f"  step {step:5d}  loss {loss.item():.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
     return best_state, best_score
@@ -505,10 +543,12 @@ def run(args):
     if cfg.alpha + cfg.beta > 1.0:
         raise SystemExit(f"error: --alpha + --beta must be <= 1 (L_NIG's weight is 1 - alpha - beta); "
                          f"got {cfg.alpha} + {cfg.beta}")
-    log_path = os.path.join(args.out_dir, "log.txt")
-    log_file = open(log_path, "w")
+    rank = getattr(args, "rank", 0)  # under torchrun only process 0 logs, saves and evaluates at the end
+    log_file = open(os.path.join(args.out_dir, "log.txt"), "w") if rank == 0 else None
 
     def log(line):
+        if rank != 0:
+            return
         line = f"[{time.time() - t0:6.1f}s] {line}"
         print(line, file=log_file, flush=True)
         if "  step" not in line or "valid" in line:
@@ -545,7 +585,8 @@ def run(args):
                                       n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                       dropout=cfg.dropout))
     tokenizer.check_fits(model.config.vocab_size)
-    tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))
+    if rank == 0:
+        tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))
     model.to(args.device)
     builder = data.PromptBuilder(tokenizer, texts, model.config.block_size, cfg.max_history, cfg.max_item_tokens)
     log(f"model: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
@@ -584,9 +625,13 @@ def run(args):
         log(f"stage {stage}: {steps} steps on " + ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probs) if p > 0)
             + f"; selection on {len(select_examples)} valid users ({select_path} path)")
         best_state, best = train_stage(model, builder, train_sets, probs, select, cfg, steps, args.device,
-                                       args.seed + stage, log, ckpt_path, stage, start, opt_state)
+                                       args.seed + stage, log, ckpt_path, stage, start, opt_state,
+                                       dtype=args.dtype, compile_model=args.compile)
         model.load_state_dict(best_state)
         stage_scores[f"stage{stage}_valid_ndcg@10"] = best
+
+    if rank != 0:
+        return None  # the other processes are done: every process holds the same weights
 
     # --- evaluate CALRec both ways, then the baselines, on the same split
     results = {"valid": {}, "test": {}}

@@ -576,6 +576,10 @@ def gather_rows(x):
     _, world = rank_and_world()
     if world == 1:
         return x
+    if not x.requires_grad:  # e.g. item ids: a plain all-gather
+        parts = [torch.empty_like(x) for _ in range(world)]
+        torch.distributed.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
     from torch.distributed.nn.functional import all_gather  # differentiable, unlike dist.all_gather
     return torch.cat(all_gather(x), dim=0)
 

@@ -1,0 +1,62 @@
+"""Two processes (gloo, CPU) training CALRec with DistributedDataParallel take the same steps as one process
+with the same global batch: the same parameters after training, in float64, to 1e-9."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import calrec
+import data
+import model as gpt
+
+ITEMS = [{"Title": "Red kettle", "Brand": "Acme"}, {"Title": "Blue kettle lid", "Brand": "Acme"},
+         {"Title": "Green tea, loose", "Brand": "Leafy"}, {"Title": "Tea cup", "Brand": "Leafy"},
+         {"Title": "Tea pot", "Brand": "Leafy"}, {"Title": "Kettle descaler", "Brand": "Acme"}]
+# repeated targets in one batch exercise the duplicate mask across processes
+EXAMPLES = [([0], 1), ([2], 3), ([1, 2], 0), ([3], 4), ([0, 1], 5), ([4], 3), ([5], 0), ([2, 3], 4)]
+
+
+def train_tiny(rank, world, port, out_path):
+    """Build the same model and data on every process, train 3 steps, save this process's parameters."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    texts = [data.item_text(it, ("Title", "Brand")) for it in ITEMS]
+    tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
+    torch.manual_seed(0)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2,
+                                n_embd=32)).double()
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, warmup=1, eval_interval=100, alpha=0.3, beta=0.3, tau=0.1)
+    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=3, device="cpu", seed=0,
+                       log=lambda line: None)
+    torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path.format(rank=rank))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")
+def test_two_processes_equal_one_process(tmp_path):
+    train_tiny(0, 1, None, str(tmp_path / "one.pt"))
+    mp.spawn(train_tiny, args=(2, free_port(), str(tmp_path / "two_rank{rank}.pt")), nprocs=2)
+    a = torch.load(str(tmp_path / "one.pt"))
+    ranks = [torch.load(str(tmp_path / f"two_rank{r}.pt")) for r in (0, 1)]
+    torch.manual_seed(0)
+    start = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=a["transformer.wte.weight"].shape[0], n_layer=1,
+                                  n_head=2, n_embd=32))
+    moved = max(float((a[k] - start.state_dict()[k].double()).abs().max()) for k in a if "wte" in k)
+    assert moved > 1e-3  # training did change the weights: the comparison below is not vacuous
+    for b in ranks:
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-9, rtol=1e-9, msg=f"{k} differs")
