@@ -97,9 +97,10 @@ def build_parser():
     g.add_argument("--resume", action="store_true",
                    help="continue from --out-dir/ckpt.pt (model, optimizer and step)")
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="mixed precision on a GPU (autocast; float16 adds a gradient scaler); "
+                   help="calrec: mixed precision on a GPU (autocast; float16 adds a gradient scaler); "
                         "the CPU always computes in float32")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start; GPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="calrec: torch.compile the training loss (slow to start; for GPUs)")
     g.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="real data instead of the built-in default: calrec takes one folder per domain, "
                         "maml the GLUE folder")
@@ -166,8 +167,8 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def check_paths(parser, args):
-    """Fail at once, before any work, when a path on the command line cannot be right."""
+def check_args(parser, args):
+    """Fail at once, before any work, when the command line cannot be right."""
     for d in args.data or ():
         if not os.path.isdir(d):
             parser.error(f"--data {d}: no such folder")
@@ -177,13 +178,20 @@ def check_paths(parser, args):
         parser.error(f"--resume: there is no {os.path.join(args.out_dir, 'ckpt.pt')} to resume from")
     if args.resume and args.init is not None:
         parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
+    # mixed precision, torch.compile and several processes are wired into CALRec's training loop only
+    if args.task != "calrec":
+        if args.dtype != "float32" or args.compile:
+            parser.error(f"--dtype and --compile apply to --task calrec only (--task {args.task} runs in float32)")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            parser.error(f"torchrun with several processes applies to --task calrec only; "
+                         f"run --task {args.task} as one process")
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.out_dir = args.out_dir or os.path.join("out", args.task)
-    check_paths(parser, args)
+    check_args(parser, args)
     args.rank, args.world_size, args.device = setup_distributed(pick_device(args.device))
     os.makedirs(args.out_dir, exist_ok=True)
     seed_everything(args.seed)  # the same seed on every process: they draw the same global batches

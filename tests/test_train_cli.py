@@ -29,6 +29,8 @@ def test_help_lists_every_flag(capsys):
     (["--task", "maml", "--n-train", "10,x"], "expected comma-separated positive integers"),
     (["--task", "maml", "--data", "/no/such/glue"], "--data /no/such/glue: no such folder"),
     (["--task", "maml", "--init", "/no/such.pt"], "--init /no/such.pt: no such checkpoint"),
+    (["--task", "maml", "--dtype", "bfloat16"], "apply to --task calrec only"),
+    (["--task", "sinusoid", "--compile"], "apply to --task calrec only"),
 ])
 def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
     code, err = run_cli(capsys, *argv, "--out-dir", str(tmp_path))

@@ -1,0 +1,96 @@
+"""--init with a Hugging Face GPT-2 folder, end to end for both tasks: a tiny random GPT-2 in the HF layout
+(config.json, model.safetensors, and a GPT-2-style tokenizer.json whose only special token is
+<|endoftext|>), written by the test."""
+
+import json
+import os
+import types
+
+import pytest
+import torch
+
+import data
+import maml
+import model as gpt
+import train
+from test_calrec import write_atomic
+from test_model import write_safetensors
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def write_gpt2_folder(folder, texts, n_positions=256):
+    """A GPT-2 folder as the HF hub serves it: tokenizer with only <|endoftext|>, Conv1D weights (in, out),
+    no "transformer." prefix, no lm_head (tied)."""
+    os.makedirs(folder, exist_ok=True)
+    tok = data.train_tokenizer(texts, vocab_size=400, special_tokens=(data.EOT,))
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    cfg = dict(n_layer=1, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2", **cfg}, f)
+    torch.manual_seed(0)
+    net = gpt.GPT(gpt.GPTConfig(block_size=n_positions, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
+    sd = {}
+    for k, v in net.state_dict().items():
+        if k == "lm_head.weight":
+            continue
+        w = v.t() if k.endswith(CONV1D) else v
+        sd[k.removeprefix("transformer.")] = w.contiguous().numpy()
+    write_safetensors(os.path.join(folder, "model.safetensors"), sd)
+    return tok
+
+
+def test_calrec_runs_from_gpt2_weights_and_tokenizer(tmp_path):
+    a = str(tmp_path / "Alpha")
+    write_atomic(a, "Alpha")
+    texts = [f"Title: Alpha gadget number {i}, Brand: Brand{i % 3}" for i in range(8)]
+    g2 = str(tmp_path / "gpt2")
+    tok = write_gpt2_folder(g2, texts * 5 + ["User purchase history: The next purchased item is as follows:"])
+    assert tok.pad_id == tok.sep_id == tok.eot_id  # GPT-2 has no padding token: it falls back to end-of-text
+    out = tmp_path / "out"
+    res = train.main(["--task", "calrec", "--data", a, "--stages", "2", "--max-steps", "2", "--eval-interval", "2",
+                      "--beams", "2", "--init", g2, "--out-dir", str(out)])
+    assert res["config"]["block_size"] == 256  # the context length comes from the GPT-2 config
+    assert set(res["test"]) == {"calrec_bm25", "calrec_dense", "sasrec", "popular"}
+    # the tokenizer of the run is GPT-2's, not a newly trained one
+    saved = data.load_tokenizer(str(out / "tokenizer.json"))
+    assert saved.vocab_size == tok.vocab_size and saved.pad_id == tok.eot_id
+
+
+def test_maml_runs_from_gpt2_weights_and_tokenizer(tmp_path, monkeypatch):
+    aux, targets = data.task_family()
+    texts = [t for task in list(aux.values()) + list(targets.values())
+             for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
+    g2 = str(tmp_path / "gpt2")
+    tok = write_gpt2_folder(g2, texts, n_positions=64)
+    tiny = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32,
+                          inner=maml.InnerLoop(0.1, 1), adapt="all", meta_batch=2, meta_steps=2, outer_lr=1e-3,
+                          shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=1, val_max=20)
+    monkeypatch.setattr(maml, "FAMILY_CONFIG", tiny)
+    args = types.SimpleNamespace(data=None, aux=None, targets=None, method="fomaml", sampling="pps", inner_lr=None,
+                                 inner_steps=None, meta_batch=None, max_steps=None, eval_interval=None,
+                                 n_train=None, init=g2, resume=False, seed=0, out_dir=str(tmp_path / "out"),
+                                 device="cpu")
+    os.makedirs(args.out_dir)
+    maml.run(args)
+    out = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert out["config"]["init"] == g2
+    assert set(out["targets"]) == set(data.FAMILY_TARGETS)
+    saved = data.load_tokenizer(str(tmp_path / "out" / "tokenizer.json"))
+    assert saved.vocab_size == tok.vocab_size
+    # the encoder saved after meta-training is GPT-2-shaped: 64 positions, GPT-2's vocabulary
+    enc, _ = gpt.gpt_from_checkpoint(str(tmp_path / "out" / "init_fomaml.pt"))
+    assert enc.config.block_size == 64 and enc.config.vocab_size == tok.vocab_size
+    assert set(out["targets"]["more-2-5"]["fomaml"]["8"]) >= {"mcc", "accuracy"}
+
+
+def test_a_tokenizer_that_does_not_fit_the_weights_is_a_clear_error(tmp_path):
+    g2 = str(tmp_path / "gpt2")
+    write_gpt2_folder(g2, ["a b c d e f g"] * 5)
+    big = data.train_tokenizer([" ".join(f"word{i}" for i in range(300))] * 3, vocab_size=600,
+                               special_tokens=(data.EOT,))
+    big.save(os.path.join(g2, "tokenizer.json"))
+    a = str(tmp_path / "Alpha")
+    write_atomic(a, "Alpha")
+    with pytest.raises(ValueError, match=r"tokenizer.json: vocabulary of \d+ tokens does not fit"):
+        train.main(["--task", "calrec", "--data", a, "--init", g2, "--out-dir", str(tmp_path / "out")])
