@@ -570,18 +570,36 @@ def rank_and_world():
     return 0, 1
 
 
+class GatherRows(torch.autograd.Function):
+    """All-gather with a backward: each process gets the gradient of its own rows, summed over the losses
+    of every process (each process's loss reads every row)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rank, world = rank_and_world()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        torch.distributed.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.size(0)
+        return torch.cat(parts, dim=0)                                   # (W*B, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)                               # sum over every process's loss
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]       # (B, ...) this process's rows
+
+
 def gather_rows(x):
     """Every process's rows of x, concatenated in rank order (W*B, ...), with gradients flowing back to
     the process that owns each row. What contrastive losses need so that negatives span the global batch."""
     _, world = rank_and_world()
     if world == 1:
         return x
-    if not x.requires_grad:  # e.g. item ids: a plain all-gather
-        parts = [torch.empty_like(x) for _ in range(world)]
-        torch.distributed.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
-    from torch.distributed.nn.functional import all_gather  # differentiable, unlike dist.all_gather
-    return torch.cat(all_gather(x), dim=0)
+    if x.requires_grad:
+        return GatherRows.apply(x)
+    parts = [torch.empty_like(x) for _ in range(world)]  # e.g. item ids: a plain all-gather
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
 
 
 def all_reduce_sum(x):
