@@ -10,6 +10,8 @@ What it measures:
   generate  new tokens/s of greedy generation with and without the KV cache (64 new tokens)
   beam      beam search throughput, batched over prompts, with the KV cache
   maml      the vmap path against the per-task loop, second- vs first-order step time and memory
+  mfu       (GPU) tokens/s and model FLOPs utilisation of the default size and GPT-2 124M in bf16:
+            python bench.py --only mfu --compile
 Peak memory is the process's peak resident set on CPU (it includes Python and torch themselves) and
 torch's peak allocation on CUDA.
 """
@@ -87,6 +89,57 @@ def bench_train(device, batch=8, seq=256):
         n_layer, n_head, n_embd = SIZES[size]
         print(f"| {size} | {n_layer} / {n_head} / {n_embd} | {m.num_params() / 1e6:.2f}M | "
               f"{batch * seq / t:,.0f} | {1000 * t:.0f} |")
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}  # dense, from the data sheets
+
+
+def peak_tflops(device, given):
+    if given is not None:
+        return given
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_BF16_TFLOPS.items():
+            if key in name:
+                return value
+    return None
+
+
+def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024, peak=None):
+    """Training tokens/s and model FLOPs utilisation (MFU) for the default size and GPT-2 124M, in mixed
+    precision. FLOPs per token as in the PaLM paper (appendix B): 6 N for the matrix products of forward and
+    backward, plus 12 n_layer n_embd T for attention; MFU = achieved FLOPs / the card's peak."""
+    import model as gpt
+    peak = peak_tflops(device, peak)
+    print(f"\n### Training throughput and MFU, {dtype}, batch {batch} x {seq} tokens"
+          f"{', torch.compile' if compile_model else ''}; peak {peak or '?'} TFLOPS\n")
+    print("| model | params | tokens/s | TFLOPS achieved | MFU |")
+    print("|---|---|---|---|---|")
+    shapes = {"default": (GPTConfig.n_layer, GPTConfig.n_head, GPTConfig.n_embd, 4096),
+              "gpt2-124M": (12, 12, 768, 50304)}  # GPT-2's 50257 tokens padded to a multiple of 64
+    for name, (n_layer, n_head, n_embd, vocab) in shapes.items():
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(block_size=seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+        m = m.to(device)
+        opt = m.configure_optimizers(lr=3e-4)
+        scaler = gpt.grad_scaler(device, dtype)
+        forward = torch.compile(m) if compile_model else m
+        idx = torch.randint(0, vocab, (batch, seq + 1), device=device)
+
+        def step():
+            with gpt.autocast(device, dtype):
+                _, loss = forward(idx[:, :-1], targets=idx[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        t = timed(step, device, repeats=5, warmup=3 if compile_model else 2)
+        n = m.num_params(non_embedding=False)
+        flops_per_token = 6 * n + 12 * n_layer * n_embd * seq
+        achieved = flops_per_token * batch * seq / t / 1e12
+        mfu = f"{100 * achieved / peak:.1f}%" if peak else "? (give --peak-tflops)"
+        print(f"| {name} | {n / 1e6:.1f}M | {batch * seq / t:,.0f} | {achieved:.1f} | {mfu} |")
 
 
 def bench_generate(device, batch=8, prompt_len=64, new=64):
@@ -233,22 +286,33 @@ def bench_maml(device, repeats=5):
 
 
 
-PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "maml": bench_maml}
+PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "maml": bench_maml,
+         "mfu": bench_mfu}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], allow_abbrev=False)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--only", choices=tuple(PARTS), action="append",
-                   help="run only this part (may be repeated)")
+                   help="run only this part (may be repeated); mfu runs by default on CUDA only")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="precision of the mfu part (autocast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in the mfu part")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOPS for MFU (known for H100, H200, A100, L4)")
+    p.add_argument("--mfu-batch", type=int, default=16, help="sequences of 1024 tokens per step in the mfu part")
     args = p.parse_args()
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"## bench.py on {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}")
-    for part in args.only or PARTS:
-        PARTS[part](device)
+    parts = args.only or [p for p in PARTS if p != "mfu" or device == "cuda"]
+    for part in parts:
+        if part == "mfu":
+            bench_mfu(device, args.dtype, args.compile, batch=args.mfu_batch, peak=args.peak_tflops)
+        else:
+            PARTS[part](device)
     print(f"\nPeak memory of the whole run: {peak_memory_mb(device):,.0f} MB")
 
 

@@ -13,6 +13,10 @@ Real data:
     python train.py --task maml --data ../shared/data/glue --aux MNLI,QNLI,QQP,SST-2 \
         --targets CoLA,MRPC,STS-B,RTE
 
+Several GPUs (or CPU processes, with gloo), CALRec only:
+
+    torchrun --nproc_per_node=4 train.py --task calrec --dtype bfloat16 --compile
+
 This file holds what every task shares: the flags, the device, the seed, the output folder. The
 pipelines themselves live in the module of their paper (calrec.py, maml.py), each reached in one call.
 """
