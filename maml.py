@@ -36,7 +36,8 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 import data
-from model import GPT, GPTConfig, load_checkpoint, load_init, mean_pool, save_checkpoint
+from model import (GPT, GPTConfig, average_gradients, load_checkpoint, load_init, mean_pool, rank_and_world,
+                   save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # 1. the functional core
@@ -136,6 +137,10 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):
     return {name: (adapted[name] - start[name]).mean(0) for name in start}
 
 
+def optimizer_params(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def meta_step(method, params, loss_fn, support, query, inner, optimizer, use_vmap=True):
     """One outer update of `params` (leaf tensors the optimizer holds) for maml | fomaml | reptile.
 
@@ -148,6 +153,7 @@ def meta_step(method, params, loss_fn, support, query, inner, optimizer, use_vma
         direction = reptile_direction(params, loss_fn, support, inner.lr, inner.steps)
         for name, p in params.items():
             p.grad = -direction[name]
+        average_gradients(optimizer_params(optimizer))  # under torchrun: the mean over every process's tasks
         optimizer.step()
         return None
     first_order = method == "fomaml"
@@ -156,6 +162,7 @@ def meta_step(method, params, loss_fn, support, query, inner, optimizer, use_vma
     else:
         loss = meta_loss_loop(params, loss_fn, support, query, inner.lr, inner.steps, first_order)
     loss.backward()
+    average_gradients(optimizer_params(optimizer))
     optimizer.step()
     return loss.detach()
 
@@ -565,18 +572,27 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
     """
     fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapt))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
+    # under torchrun every process draws the same meta-batch and takes its own contiguous share of the tasks;
+    # average_gradients then gives every process the meta-gradient of the whole meta-batch
+    rank, world = rank_and_world()
+    if cfg.meta_batch % world:
+        raise SystemExit(f"error: a meta-batch of {cfg.meta_batch} tasks does not split over {world} processes")
+    mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
     losses = []
     with second_order_math_attention():
-        for _ in tqdm(range(steps), desc=f"meta-train {method}", leave=False, mininterval=5.0):
+        for _ in tqdm(range(steps), desc=f"meta-train {method}", leave=False, mininterval=5.0, disable=rank > 0):
             chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
             if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
                 batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"])[0]
+                batch = task_slice(batch, mine)
                 opt.zero_grad(set_to_none=True)
                 loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
                 loss.backward()
+                average_gradients(optimizer_params(opt))
                 opt.step()
             else:
                 batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"])
+                batches = [task_slice(b, mine) for b in batches]
                 loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
             losses.append(float("nan") if loss is None else loss.item())
     return losses
@@ -686,6 +702,8 @@ def run(args):
     size and seed, print the table and write results.json."""
     t0 = time.time()
     torch.set_num_threads(1)  # small matrices: see run_sinusoid
+    rank = getattr(args, "rank", 0)  # under torchrun: all processes meta-train, process 0 does the rest
+    say = print if rank == 0 else (lambda *a, **k: None)
     setting, aux, targets, cfg, few_shot_root = load_setting(args)
     cfg = apply_flags(cfg, args)
     inits = INITS if args.method == "all" else ("none", args.method) if args.method != "none" else ("none",)
@@ -698,7 +716,8 @@ def run(args):
         tokenizer = data.load_tokenizer(args.init if os.path.isdir(args.init) else os.path.dirname(args.init))
     else:
         tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
-    tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be an --init
+    if rank == 0:
+        tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be an --init
     if args.init:
         gpt = load_init(args.init)
         tokenizer.check_fits(gpt.config.vocab_size)
@@ -715,7 +734,7 @@ def run(args):
     aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n])
                 for n in aux]
     sizes = [len(e["ids"]) for e in aux_encs]
-    print(f"setting {setting}: {len(aux)} auxiliary tasks {list(aux)}, targets {list(targets)}; "
+    say(f"setting {setting}: {len(aux)} auxiliary tasks {list(aux)}, targets {list(targets)}; "
           f"GPT {gpt.num_params() / 1e6:.2f}M parameters; tokenizer {tokenizer.vocab_size} tokens")
     runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
             for n in targets}
@@ -729,25 +748,30 @@ def run(args):
             saved = load_checkpoint(ckpt)
             model.gpt.load_state_dict(saved["model"])
             model.load_state_dict(dict(model.state_dict(), **saved["heads"]))
-            print(f"{init}: loaded {ckpt}")
+            say(f"{init}: loaded {ckpt}")
         elif init != "none":
             curve = meta_train(model, aux_encs, sizes, init, cfg, args.sampling, rng, cfg.meta_steps)
             if not math.isnan(curve[0]):  # Reptile has no query loss to record
                 meta_curves[init] = curve
             # the encoder as a plain GPT checkpoint (usable as --init), the task heads beside it
             heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
-            save_checkpoint(ckpt, model.gpt, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]},
-                            heads=heads)
+            if rank == 0:
+                save_checkpoint(ckpt, model.gpt, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]},
+                                heads=heads)
         learned = {k: v.clone() for k, v in model.state_dict().items()}
         t_meta = time.time() - t
+        if rank > 0:
+            continue  # fine-tuning the targets is process 0's
         for n, (task_runs, reported) in runs.items():
             per_size = {}
             for size, seed, train, val, test in task_runs:
                 m = fine_tune(model, learned, train, val, test, targets[n]["metrics"], cfg, args.seed + int(seed))
                 per_size.setdefault(size, []).append(m)
             results[n][init] = {size: summarize(ms, targets[n]["metrics"]) for size, ms in per_size.items()}
-        print(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
+        say(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
 
+    if rank > 0:
+        return None
     reported = {n: r[1] for n, r in runs.items()}
     print_table(results, targets, inits, reported)
     wall = time.time() - t0
@@ -759,7 +783,7 @@ def run(args):
            "wall_s": wall}
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(out, f, indent=2)
-    print(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+    say(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 

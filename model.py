@@ -609,3 +609,15 @@ def all_reduce_sum(x):
         x = x.clone()
         torch.distributed.all_reduce(x)
     return x
+
+
+def average_gradients(params):
+    """Average .grad over processes in place: what DistributedDataParallel does, for code (MAML) that runs
+    the model through torch.func and so never calls a wrapped module's forward."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world

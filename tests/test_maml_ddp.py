@@ -1,0 +1,66 @@
+"""MAML, FOMAML, Reptile and the multi-task baseline split over 2 processes (gloo, CPU) take the same
+meta-updates as 1 process with the same meta-batch: the same parameters, in float64, to 1e-9."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import data
+import maml
+from model import GPT, GPTConfig
+
+METHODS = ("maml", "fomaml", "reptile", "multitask")
+
+
+def meta_train_tiny(rank, world, port, out_path):
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    aux, _ = data.task_family()
+    names = ["has-0", "more-0-1", "count-3", "share-0"]  # binary, binary, regression, pair
+    tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=300)
+    cfg = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=320, max_len=32,
+                         inner=maml.InnerLoop(0.1, 2), adapt="all", meta_batch=4, meta_steps=2, outer_lr=1e-2,
+                         shot=4, ft_steps=1, ft_eval=1, n_train=(8,), seeds=1, val_max=10)
+    encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, 4.0) for i, n in enumerate(names)]
+    out = {}
+    for method in METHODS:
+        torch.manual_seed(0)
+        gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16))
+        model = maml.TaskClassifier(gpt, [2, 2, 1, 2], [False, False, True, False]).double()
+        rng = np.random.default_rng(0)
+        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, "uniform", rng, cfg.meta_steps)
+        out[method] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(out, out_path.format(rank=rank))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")
+def test_two_processes_equal_one_process(tmp_path):
+    meta_train_tiny(0, 1, None, str(tmp_path / "one{rank}.pt"))
+    mp.spawn(meta_train_tiny, args=(2, free_port(), str(tmp_path / "two{rank}.pt")), nprocs=2)
+    one = torch.load(str(tmp_path / "one0.pt"))
+    torch.manual_seed(0)
+    start = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16)).state_dict()
+    for method in METHODS:
+        moved = float((one[method]["gpt.transformer.wte.weight"] - start["transformer.wte.weight"].double())
+                      .abs().max())
+        assert moved > 1e-4, f"{method} did not train: the comparison would be vacuous"
+        for r in (0, 1):
+            two = torch.load(str(tmp_path / f"two{r}.pt"))[method]
+            for k in one[method]:
+                torch.testing.assert_close(two[k], one[method][k], atol=1e-9, rtol=1e-9,
+                                           msg=f"{method}: {k} differs on process {r}")
