@@ -15,16 +15,6 @@ import data
 import model as gpt
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run tiny tensors, where a second thread only adds waiting (and, on a busy machine shared
-    with other jobs, a lot of it); the setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -----------------------------------------------------------------------------
 # InfoNCE
 

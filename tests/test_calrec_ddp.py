@@ -1,9 +1,6 @@
 """Two processes (gloo, CPU) training CALRec with DistributedDataParallel take the same steps as one process
 with the same global batch: the same parameters after training, in float64, to 1e-9."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,6 +9,7 @@ import torch.multiprocessing as mp
 import calrec
 import data
 import model as gpt
+from multiprocess import free_port, join, leave
 
 ITEMS = [{"Title": "Red kettle", "Brand": "Acme"}, {"Title": "Blue kettle lid", "Brand": "Acme"},
          {"Title": "Green tea, loose", "Brand": "Leafy"}, {"Title": "Tea cup", "Brand": "Leafy"},
@@ -22,9 +20,7 @@ EXAMPLES = [([0], 1), ([2], 3), ([1, 2], 0), ([3], 4), ([0, 1], 5), ([4], 3), ([
 
 def train_tiny(rank, world, port, out_path):
     """Build the same model and data on every process, train 3 steps, save this process's parameters."""
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, port)
     torch.set_num_threads(1)
     texts = [data.item_text(it, ("Title", "Brand")) for it in ITEMS]
     tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
@@ -36,14 +32,8 @@ def train_tiny(rank, world, port, out_path):
     calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=3, device="cpu", seed=0,
                        log=lambda line: None)
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path.format(rank=rank))
-    if world > 1:
-        dist.destroy_process_group()
+    leave(world)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")

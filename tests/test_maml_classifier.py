@@ -15,14 +15,6 @@ import maml
 from model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_classifier(dtype=torch.float32, n_outputs=(3, 2, 1), seed=0):
     torch.manual_seed(seed)
     gpt = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16))

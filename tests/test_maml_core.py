@@ -16,15 +16,6 @@ import maml
 # ---------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: on shared cores, extra OpenMP threads only wait for each other (~1000x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def lsq_loss(params, batch):
     """L(θ) = (1/n) ||Xθ - y||²."""
     r = batch["X"] @ params["theta"] - batch["y"]

@@ -1,9 +1,6 @@
 """MAML, FOMAML, Reptile and the multi-task baseline split over 2 processes (gloo, CPU) take the same
 meta-updates as 1 process with the same meta-batch: the same parameters, in float64, to 1e-9."""
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -13,14 +10,13 @@ import torch.multiprocessing as mp
 import data
 import maml
 from model import GPT, GPTConfig
+from multiprocess import free_port, join, leave
 
 METHODS = ("maml", "fomaml", "reptile", "multitask")
 
 
 def meta_train_tiny(rank, world, port, out_path):
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, port)
     torch.set_num_threads(1)
     aux, _ = data.task_family()
     names = ["has-0", "more-0-1", "count-3", "share-0"]  # binary, binary, regression, pair
@@ -38,14 +34,8 @@ def meta_train_tiny(rank, world, port, out_path):
         maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, "uniform", rng, cfg.meta_steps)
         out[method] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(out, out_path.format(rank=rank))
-    if world > 1:
-        dist.destroy_process_group()
+    leave(world)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")
