@@ -185,20 +185,8 @@ def bench_maml(device, repeats=5):
     torch.set_num_threads(1)  # small matrices: on shared CPU cores extra OpenMP threads only wait
     sine_repeats = 4 * repeats
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     def timed_ms(fn, n=repeats):
-        fn()  # warm-up
-        times = []
-        for _ in range(n):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t)
-        return 1000 * float(np.median(times))
+        return 1000 * timed(fn, device, repeats=n)
 
     def graph_mb(forward):
         """MB held for the backward pass once forward() has returned its loss (CUDA: peak allocation)."""

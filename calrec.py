@@ -321,7 +321,8 @@ def rank_dense(model, builder, examples, item_range, device, batch=64):
 @torch.no_grad()
 def rank_generative(model, builder, tokenizer, bm25, examples, item_range, cfg, device, show=False):
     """Ranks of the targets in the top-k lists of beam search -> BM25 -> quasi-round-robin merge.
-    Returns the ranks and, for a look at what the model writes, the best beam's text of the first users."""
+    Returns the ranks and, for a look at what the model writes, the best beam's text of the first user of
+    each of the first three batches."""
     model.eval()
     off, lists, samples = item_range.start, [], []
     max_new = builder.max_target_len()
@@ -329,7 +330,7 @@ def rank_generative(model, builder, tokenizer, bm25, examples, item_range, cfg, 
         chunk = examples[s:s + cfg.eval_batch]
         _, _, prompts = builder.prompt_batch([h for h, _ in chunk])
         beams = model.beam_search(prompts, cfg.beams, max_new, tokenizer.eot_id)
-        texts = [tokenizer.decode(toks) for user in beams for toks, _ in user]   # (B * m,) beam texts
+        texts = tokenizer.decode_batch([toks for user in beams for toks, _ in user])  # (B * m,) beam texts
         hits = bm25.search(texts, depth=2 * cfg.top_k + cfg.beams)
         for b, (history, _) in enumerate(chunk):
             per_beam = hits[b * cfg.beams:(b + 1) * cfg.beams]
@@ -446,14 +447,8 @@ def rank_popular(domain, examples):
 def sasrec_batch(sequences, L, pad):
     """Item sequences -> inputs (B, T) right-padded with `pad`, mask (B, T), next-item targets (B, T)."""
     seqs = [s[-(L + 1):] for s in sequences]
-    T = max(len(s) for s in seqs) - 1
-    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
-    targets = torch.full((len(seqs), T), -100, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        idx[b, :len(s) - 1] = torch.tensor(s[:-1])
-        targets[b, :len(s) - 1] = torch.tensor(s[1:])
-        mask[b, :len(s) - 1] = 1
+    idx, mask = data.pad_batch([s[:-1] for s in seqs], pad)
+    targets, _ = data.pad_batch([s[1:] for s in seqs], -100)  # position t predicts item t+1
     return idx, mask, targets
 
 

@@ -319,7 +319,9 @@ def read_atomic(folder):
         if not text_cols:
             raise ValueError(f"{item_path}:1: no text column besides item_id")
         attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
+        id_col = names.index("item_id")  # found by header name, wherever it stands
         for line_no, cols in rows:
+            key = cols[id_col]
             item = {}
             for j, n in text_cols:
                 value = cols[j].strip()
@@ -328,12 +330,12 @@ def read_atomic(folder):
                 else:
                     missing[n] += 1
             if not item:
-                raise ValueError(f"{item_path}:{line_no}: item {cols[0]} has no text at all")
-            if cols[0] in index:
-                raise ValueError(f"{item_path}:{line_no}: item {cols[0]} listed twice")
-            index[cols[0]] = len(items)
+                raise ValueError(f"{item_path}:{line_no}: item {key} has no text at all")
+            if key in index:
+                raise ValueError(f"{item_path}:{line_no}: item {key} listed twice")
+            index[key] = len(items)
             items.append(item)
-            keys.append(cols[0])
+            keys.append(key)
     elif os.path.isfile(text_path):  # ids are ASINs, mapped to the .inter ids by X.item2index
         map_path = os.path.join(folder, f"{name}.item2index")
         if not os.path.isfile(map_path):
@@ -346,8 +348,10 @@ def read_atomic(folder):
                     raise ValueError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
                 asin_to_id[cols[0]] = cols[1].strip()
         attributes = ("Title", "Category", "Brand")
-        _, rows = _read_atomic_table(text_path, ["item_id", "text"])
-        for line_no, (asin, text) in rows:
+        names, rows = _read_atomic_table(text_path, ["item_id", "text"])
+        id_col, text_col = names.index("item_id"), names.index("text")
+        for line_no, cols in rows:
+            asin, text = cols[id_col], cols[text_col]
             if asin not in asin_to_id:
                 raise ValueError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
             item = {k: v for k, v in _split_text_column(text).items() if v}

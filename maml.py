@@ -36,8 +36,8 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 import data
-from model import (GPT, GPTConfig, average_gradients, load_checkpoint, load_init, mean_pool, rank_and_world,
-                   save_checkpoint)
+from model import (GPT, GPTConfig, average_gradients, load_checkpoint, load_init, load_model_state, mean_pool,
+                   rank_and_world, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # 1. the functional core
@@ -443,8 +443,9 @@ def classifier_loss(model, params, batch):
 
 def adapted_names(model, which):
     """The parameters the inner loop adapts: "all"; "head" (the task heads only); or "top<n>" (the last n
-    transformer blocks, the final LayerNorm and the heads). The others stay at θ inside the inner loop
-    (they are still meta-learned by the outer update)."""
+    transformer blocks, the final LayerNorm and the heads). The others stay at θ inside the inner loop;
+    MAML and FOMAML still meta-learn them through the outer gradient, Reptile (whose update is θ' − θ) does
+    not move them."""
     names = [n for n, _ in model.named_parameters()]
     if which == "all":
         return names
@@ -620,6 +621,9 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed):
         loss_fn(fast, task_slice(batch, 0)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), FT_CLIP)
         opt.step()
+    if best_state is None:
+        raise SystemExit(f"fine-tuning diverged: every validation {metric_names[0]} was nan "
+                         f"(lower --inner-lr, now {cfg.inner.lr})")
     model.load_state_dict(best_state)
     return dict(evaluate(model, test, metric_names), val=best, stop_step=best_step)
 
@@ -673,6 +677,9 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
     runs = []
     for n in cfg.n_train:
+        if n > len(pool["ids"]):
+            raise SystemExit(f"error: --n-train {n} is more than the {len(pool['ids'])} training examples of "
+                             f"{task['name']} (after setting aside validation)")
         for s in range(cfg.seeds):
             rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
             runs.append((str(n), s, subset(pool, rows), val, test))
@@ -685,7 +692,7 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
             # the few-shot examples were drawn from GLUE's training set, which our dev.tsv is a re-split
             # of: the few that also sit in the reported split are left out of it for this seed
             seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
-            keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen])
+            keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
             runs.append(("16-shot", folder.rsplit("-", 1)[1],
                          encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
                          encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), subset(test, keep)))
@@ -707,7 +714,6 @@ def run(args):
     setting, aux, targets, cfg, few_shot_root = load_setting(args)
     cfg = apply_flags(cfg, args)
     inits = INITS if args.method == "all" else ("none", args.method) if args.method != "none" else ("none",)
-    rng = np.random.default_rng(args.seed)
 
     # the tokenizer and the encoder: GPT-2's with --init <folder>, else trained here on the setting's text
     texts = [t for task in list(aux.values()) + list(targets.values())
@@ -721,6 +727,9 @@ def run(args):
     if args.init:
         gpt = load_init(args.init)
         tokenizer.check_fits(gpt.config.vocab_size)
+        if gpt.config.block_size < cfg.max_len:
+            raise SystemExit(f"{args.init}: the model reads {gpt.config.block_size} tokens, but this setting "
+                             f"feeds it up to {cfg.max_len}")
     else:
         vocab = 64 * math.ceil(tokenizer.vocab_size / 64)
         gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -735,7 +744,7 @@ def run(args):
                 for n in aux]
     sizes = [len(e["ids"]) for e in aux_encs]
     say(f"setting {setting}: {len(aux)} auxiliary tasks {list(aux)}, targets {list(targets)}; "
-          f"GPT {gpt.num_params() / 1e6:.2f}M parameters; tokenizer {tokenizer.vocab_size} tokens")
+        f"GPT {gpt.num_params() / 1e6:.2f}M parameters; tokenizer {tokenizer.vocab_size} tokens")
     runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
             for n in targets}
 
@@ -744,12 +753,17 @@ def run(args):
         t = time.time()
         model.load_state_dict(init_state)
         ckpt = os.path.join(args.out_dir, f"init_{init}.pt")
+        run_key = dict(tasks=names, sampling=args.sampling, run_config=asdict(cfg), seed=args.seed)
         if init != "none" and args.resume and os.path.isfile(ckpt):
             saved = load_checkpoint(ckpt)
-            model.gpt.load_state_dict(saved["model"])
+            if saved.get("run_key") != run_key:
+                raise SystemExit(f"{ckpt}: was learned with other tasks or settings than this run; "
+                                 "resume with the same flags, or use another --out-dir")
+            load_model_state(model.gpt, saved["model"], ckpt)
             model.load_state_dict(dict(model.state_dict(), **saved["heads"]))
             say(f"{init}: loaded {ckpt}")
         elif init != "none":
+            rng = np.random.default_rng([args.seed, INITS.index(init)])  # its own stream: same with any --method
             curve = meta_train(model, aux_encs, sizes, init, cfg, args.sampling, rng, cfg.meta_steps)
             if not math.isnan(curve[0]):  # Reptile has no query loss to record
                 meta_curves[init] = curve
@@ -757,7 +771,7 @@ def run(args):
             heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
             if rank == 0:
                 save_checkpoint(ckpt, model.gpt, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]},
-                                heads=heads)
+                                heads=heads, run_key=run_key)
         learned = {k: v.clone() for k, v in model.state_dict().items()}
         t_meta = time.time() - t
         if rank > 0:

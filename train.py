@@ -89,7 +89,7 @@ def build_parser():
     g = p.add_argument_group("common")
     g.add_argument("--task", choices=TASKS, required=True, help="which experiment to run")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="auto picks cuda, then mps, then cpu")
+                   help="auto picks cuda, then mps, then cpu (maml and sinusoid always run on the cpu)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random number generator")
     g.add_argument("--out-dir", default=None,
                    help="where checkpoints and results.json go (default: out/<task>)")
@@ -172,21 +172,39 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+# which flags each task reads: any other task refuses them, so that nothing is silently ignored
+FLAG_TASKS = {
+    "eval_interval": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
+    "data": ("calrec", "maml"), "dtype": ("calrec",), "compile": ("calrec",),
+    "target": ("calrec",), "stages": ("calrec",), "alpha": ("calrec",), "beta": ("calrec",),
+    "tau": ("calrec",), "beams": ("calrec",),
+    "aux": ("maml",), "targets": ("maml",), "method": ("maml",), "sampling": ("maml",), "inner_lr": ("maml",),
+    "inner_steps": ("maml",), "meta_batch": ("maml",), "n_train": ("maml",),
+}
+
+
 def check_args(parser, args):
     """Fail at once, before any work, when the command line cannot be right."""
+    for dest, tasks in FLAG_TASKS.items():
+        if args.task not in tasks and getattr(args, dest) != parser.get_default(dest):
+            flag = "--" + dest.replace("_", "-")
+            parser.error(f"{flag} applies to --task {' and '.join(tasks)} only, not to --task {args.task}")
+    if args.task != "calrec" and args.device in ("cuda", "mps"):
+        parser.error(f"--task {args.task} runs on the CPU (its models are small); drop --device {args.device}")
     for d in args.data or ():
         if not os.path.isdir(d):
             parser.error(f"--data {d}: no such folder")
     if args.init is not None and not os.path.exists(args.init):
         parser.error(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
-    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "ckpt.pt")):
-        parser.error(f"--resume: there is no {os.path.join(args.out_dir, 'ckpt.pt')} to resume from")
+    # calrec resumes from its last best checkpoint; maml reuses the initialisations it saved (init_<method>.pt)
+    saved = ["ckpt.pt"] if args.task == "calrec" else [f for f in (os.listdir(args.out_dir)
+             if os.path.isdir(args.out_dir) else ()) if f.startswith("init_") and f.endswith(".pt")]
+    if args.resume and not any(os.path.isfile(os.path.join(args.out_dir, f)) for f in saved):
+        what = "ckpt.pt" if args.task == "calrec" else "init_<method>.pt"
+        parser.error(f"--resume: there is no {os.path.join(args.out_dir, what)} to resume from")
     if args.resume and args.init is not None:
         parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
-    # mixed precision and torch.compile are wired into CALRec's training loop only; several processes into
-    # CALRec's training and MAML's meta-training
-    if args.task != "calrec" and (args.dtype != "float32" or args.compile):
-        parser.error(f"--dtype and --compile apply to --task calrec only (--task {args.task} runs in float32)")
+    # several processes: CALRec's training and MAML's meta-training
     if args.task == "sinusoid" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         parser.error("--task sinusoid runs as one process (it takes seconds); drop torchrun")
 
@@ -196,7 +214,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out_dir = args.out_dir or os.path.join("out", args.task)
     check_args(parser, args)
-    args.rank, args.world_size, args.device = setup_distributed(pick_device(args.device))
+    device = pick_device(args.device) if args.task == "calrec" else "cpu"
+    args.rank, args.world_size, args.device = setup_distributed(device)
     os.makedirs(args.out_dir, exist_ok=True)
     seed_everything(args.seed)  # the same seed on every process: they draw the same global batches
     try:

@@ -265,5 +265,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["stage"] == 2 and ckpt["step"] in (0, 2, 4) and ckpt["optimizer"] is not None
     second = train.main(argv + ["--resume"])
-    assert "resuming stage 2" in open(os.path.join(out, "log.txt")).read()
+    log = open(os.path.join(out, "log.txt")).read()
+    assert f"resuming stage 2 at step {ckpt['step']}" in log
+    # training picks up at the saved step: the first validation line of the resumed run is at that step
+    first_eval = next(line for line in log.splitlines() if "valid ndcg@10" in line)
+    assert f"step {ckpt['step']:5d}  valid" in first_eval
     assert set(second["test"]) == set(first["test"])

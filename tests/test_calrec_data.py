@@ -201,3 +201,15 @@ def test_builtin_world_is_deterministic_multi_domain_with_cold_items():
         assert len(cold) > 0.02 * len(d.test)  # test targets never seen in training
         for h, t in d.test:
             assert t not in h and len(set(h)) == len(h)
+
+
+def test_item_file_columns_are_found_by_header_name(tmp_path):
+    folder = tmp_path / "Toys"
+    folder.mkdir()
+    (folder / "Toys.item").write_text("title:token_seq\titem_id:token\nRed ball\t7\nBlue kite\t3\n")
+    for split, (h, t) in (("train", ("7", "3")), ("valid", ("7", "3")), ("test", ("7 3", "7"))):
+        (folder / f"Toys.{split}.inter").write_text(
+            f"user_id:token\titem_id_list:token_seq\titem_id:token\nu1\t{h}\t{t}\n")
+    d = data.read_atomic(str(folder))
+    assert d.item_keys == ["7", "3"] and d.items[0]["Title"] == "Red ball"
+    assert d.test == [([0, 1], 0)]

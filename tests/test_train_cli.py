@@ -29,8 +29,12 @@ def test_help_lists_every_flag(capsys):
     (["--task", "maml", "--n-train", "10,x"], "expected comma-separated positive integers"),
     (["--task", "maml", "--data", "/no/such/glue"], "--data /no/such/glue: no such folder"),
     (["--task", "maml", "--init", "/no/such.pt"], "--init /no/such.pt: no such checkpoint"),
-    (["--task", "maml", "--dtype", "bfloat16"], "apply to --task calrec only"),
-    (["--task", "sinusoid", "--compile"], "apply to --task calrec only"),
+    (["--task", "maml", "--dtype", "bfloat16"], "--dtype applies to --task calrec only"),
+    (["--task", "sinusoid", "--compile"], "--compile applies to --task calrec only"),
+    (["--task", "calrec", "--inner-lr", "0.1"], "--inner-lr applies to --task maml only, not to --task calrec"),
+    (["--task", "maml", "--beams", "5"], "--beams applies to --task calrec only"),
+    (["--task", "sinusoid", "--init", "."], "--init applies to --task calrec and maml only"),
+    (["--task", "maml", "--device", "cuda"], "--task maml runs on the CPU"),
 ])
 def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
     code, err = run_cli(capsys, *argv, "--out-dir", str(tmp_path))
@@ -40,8 +44,15 @@ def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
 def test_resume_needs_a_checkpoint(capsys, tmp_path):
     code, err = run_cli(capsys, "--task", "calrec", "--resume", "--out-dir", str(tmp_path))
     assert code == 2 and "ckpt.pt to resume from" in err
+    code, err = run_cli(capsys, "--task", "maml", "--resume", "--out-dir", str(tmp_path))
+    assert code == 2 and "init_<method>.pt to resume from" in err
+    (tmp_path / "init_maml.pt").write_bytes(b"")  # maml resumes from its saved initialisations
+    train.check_args(train.build_parser(), train.build_parser().parse_args(
+        ["--task", "maml", "--resume", "--out-dir", str(tmp_path)]))
 
 
-def test_device_choice():
+def test_device_choice(monkeypatch):
     assert train.pick_device("cpu") == "cpu"
-    assert train.pick_device("auto") in ("cpu", "cuda", "mps")
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        train.pick_device("cuda")
