@@ -3,7 +3,9 @@
 import os
 import socket
 
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 def free_port():
@@ -22,3 +24,12 @@ def join(rank, world, port):
 def leave(world):
     if world > 1:
         dist.destroy_process_group()
+
+
+def one_then_two(worker, folder):
+    """Run worker(rank, world, port, out_path) as 1 process, then as 2; each saves its result to out_path
+    (with {rank} filled in). Returns the 1-process result and the list of the 2 processes' results."""
+    worker(0, 1, None, os.path.join(folder, "one{rank}.pt"))
+    mp.spawn(worker, args=(2, free_port(), os.path.join(folder, "two{rank}.pt")), nprocs=2)
+    return (torch.load(os.path.join(folder, "one0.pt")),
+            [torch.load(os.path.join(folder, f"two{r}.pt")) for r in (0, 1)])

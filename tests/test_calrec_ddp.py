@@ -4,12 +4,11 @@ with the same global batch: the same parameters after training, in float64, to 1
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import calrec
 import data
 import model as gpt
-from multiprocess import free_port, join, leave
+from multiprocess import join, leave, one_then_two
 
 ITEMS = [{"Title": "Red kettle", "Brand": "Acme"}, {"Title": "Blue kettle lid", "Brand": "Acme"},
          {"Title": "Green tea, loose", "Brand": "Leafy"}, {"Title": "Tea cup", "Brand": "Leafy"},
@@ -35,13 +34,9 @@ def train_tiny(rank, world, port, out_path):
     leave(world)
 
 
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")
 def test_two_processes_equal_one_process(tmp_path):
-    train_tiny(0, 1, None, str(tmp_path / "one.pt"))
-    mp.spawn(train_tiny, args=(2, free_port(), str(tmp_path / "two_rank{rank}.pt")), nprocs=2)
-    a = torch.load(str(tmp_path / "one.pt"))
-    ranks = [torch.load(str(tmp_path / f"two_rank{r}.pt")) for r in (0, 1)]
+    a, ranks = one_then_two(train_tiny, str(tmp_path))
     torch.manual_seed(0)
     start = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=a["transformer.wte.weight"].shape[0], n_layer=1,
                                   n_head=2, n_embd=32))

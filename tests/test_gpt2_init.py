@@ -4,7 +4,6 @@
 
 import json
 import os
-import types
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import maml
 import model as gpt
 import train
 from test_calrec import write_atomic
+from test_maml_classifier import tiny_family_args
 from test_model import write_safetensors
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -63,15 +63,7 @@ def test_maml_runs_from_gpt2_weights_and_tokenizer(tmp_path, monkeypatch):
              for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
     g2 = str(tmp_path / "gpt2")
     tok = write_gpt2_folder(g2, texts, n_positions=64)
-    tiny = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32,
-                          inner=maml.InnerLoop(0.1, 1), adapt="all", meta_batch=2, meta_steps=2, outer_lr=1e-3,
-                          shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=1, val_max=20)
-    monkeypatch.setattr(maml, "FAMILY_CONFIG", tiny)
-    args = types.SimpleNamespace(data=None, aux=None, targets=None, method="fomaml", sampling="pps", inner_lr=None,
-                                 inner_steps=None, meta_batch=None, max_steps=None, eval_interval=None,
-                                 n_train=None, init=g2, resume=False, seed=0, out_dir=str(tmp_path / "out"),
-                                 device="cpu")
-    os.makedirs(args.out_dir)
+    args = tiny_family_args(monkeypatch, tmp_path / "out", "--method", "fomaml", "--init", g2, seeds=1)
     maml.run(args)
     out = json.loads((tmp_path / "out" / "results.json").read_text())
     assert out["config"]["init"] == g2

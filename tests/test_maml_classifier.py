@@ -3,7 +3,7 @@ second-order MAML against finite differences, and a tiny meta-training run that 
 
 import json
 import math
-import types
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import data
 import maml
+import train
 from model import GPT, GPTConfig
 
 
@@ -154,15 +155,20 @@ def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
     assert math.isfinite(after)
 
 
+def tiny_family_args(monkeypatch, out_dir, *flags, seeds=2):
+    """A tiny built-in-family configuration, and the parsed command line `--task maml --out-dir out_dir *flags`."""
+    monkeypatch.setattr(maml, "FAMILY_CONFIG", maml.RunConfig(
+        n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32, inner=maml.InnerLoop(0.1, 1), adapt="all",
+        meta_batch=2, meta_steps=2, outer_lr=1e-3, shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=seeds,
+        val_max=20))
+    args = train.build_parser().parse_args(["--task", "maml", "--out-dir", str(out_dir), *flags])
+    args.device = "cpu"
+    os.makedirs(out_dir, exist_ok=True)
+    return args
+
+
 def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
-    tiny = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32,
-                          inner=maml.InnerLoop(0.1, 1), adapt="all", meta_batch=2, meta_steps=2, outer_lr=1e-3,
-                          shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=2, val_max=20)
-    monkeypatch.setattr(maml, "FAMILY_CONFIG", tiny)
-    args = types.SimpleNamespace(data=None, aux=None, targets=None, method="all", sampling="pps", inner_lr=None,
-                                 inner_steps=None, meta_batch=None, max_steps=None, eval_interval=None,
-                                 n_train=None, init=None, resume=False, seed=0, out_dir=str(tmp_path),
-                                 device="cpu")
+    args = tiny_family_args(monkeypatch, tmp_path)
     maml.run(args)
     out = json.loads((tmp_path / "results.json").read_text())
     assert set(out) == {"targets", "config", "wall_s"}

@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import data
 import maml
 from model import GPT, GPTConfig
-from multiprocess import free_port, join, leave
+from multiprocess import join, leave, one_then_two
 
 METHODS = ("maml", "fomaml", "reptile", "multitask")
 
@@ -37,20 +36,16 @@ def meta_train_tiny(rank, world, port, out_path):
     leave(world)
 
 
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend in this torch")
 def test_two_processes_equal_one_process(tmp_path):
-    meta_train_tiny(0, 1, None, str(tmp_path / "one{rank}.pt"))
-    mp.spawn(meta_train_tiny, args=(2, free_port(), str(tmp_path / "two{rank}.pt")), nprocs=2)
-    one = torch.load(str(tmp_path / "one0.pt"))
+    one, twos = one_then_two(meta_train_tiny, str(tmp_path))
     torch.manual_seed(0)
     start = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16)).state_dict()
     for method in METHODS:
         moved = float((one[method]["gpt.transformer.wte.weight"] - start["transformer.wte.weight"].double())
                       .abs().max())
         assert moved > 1e-4, f"{method} did not train: the comparison would be vacuous"
-        for r in (0, 1):
-            two = torch.load(str(tmp_path / f"two{r}.pt"))[method]
+        for r, two in enumerate(twos):
             for k in one[method]:
-                torch.testing.assert_close(two[k], one[method][k], atol=1e-9, rtol=1e-9,
+                torch.testing.assert_close(two[method][k], one[method][k], atol=1e-9, rtol=1e-9,
                                            msg=f"{method}: {k} differs on process {r}")
