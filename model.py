@@ -593,13 +593,7 @@ def gather_rows(x):
     """Every process's rows of x, concatenated in rank order (W*B, ...), with gradients flowing back to
     the process that owns each row. What contrastive losses need so that negatives span the global batch."""
     _, world = rank_and_world()
-    if world == 1:
-        return x
-    if x.requires_grad:
-        return GatherRows.apply(x)
-    parts = [torch.empty_like(x) for _ in range(world)]  # e.g. item ids: a plain all-gather
-    torch.distributed.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    return x if world == 1 else GatherRows.apply(x)  # for tensors without gradients (item ids) just the gather
 
 
 def all_reduce_sum(x):

@@ -45,12 +45,13 @@ def test_calrec_runs_from_gpt2_weights_and_tokenizer(tmp_path):
     write_atomic(a, "Alpha")
     texts = [f"Title: Alpha gadget number {i}, Brand: Brand{i % 3}" for i in range(8)]
     g2 = str(tmp_path / "gpt2")
-    tok = write_gpt2_folder(g2, texts * 5 + ["User purchase history: The next purchased item is as follows:"])
+    tok = write_gpt2_folder(g2, texts * 5 + ["User purchase history: The next purchased item is as follows:"],
+                            n_positions=200)  # not the task's own default of 256
     assert tok.pad_id == tok.sep_id == tok.eot_id  # GPT-2 has no padding token: it falls back to end-of-text
     out = tmp_path / "out"
     res = train.main(["--task", "calrec", "--data", a, "--stages", "2", "--max-steps", "2", "--eval-interval", "2",
                       "--beams", "2", "--init", g2, "--out-dir", str(out)])
-    assert res["config"]["block_size"] == 256  # the context length comes from the GPT-2 config
+    assert res["config"]["block_size"] == 200  # the context length comes from the GPT-2 config
     assert set(res["test"]) == {"calrec_bm25", "calrec_dense", "sasrec", "popular"}
     # the tokenizer of the run is GPT-2's, not a newly trained one
     saved = data.load_tokenizer(str(out / "tokenizer.json"))
