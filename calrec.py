@@ -13,7 +13,7 @@ two InfoNCE alignments; inference beam-searches item texts and grounds them in t
 Read in this order: metrics -> InfoNCE -> towers and the loss mixture -> BM25 -> the quasi-round-robin
 merge -> the two ways to rank -> training (one function, used by both stages) -> baselines -> run().
 
-    python train.py --task calrec                    # the built-in world, CPU, about 3 minutes
+    python train.py --task calrec                    # the built-in world, CPU, about 2 minutes
     python train.py --task calrec --data ../shared/data/amazon/Games ../shared/data/amazon/Scientific \
         --target Scientific                          # real data: stage 1 on both, stage 2 on Scientific
 """

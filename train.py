@@ -23,6 +23,7 @@ pipelines themselves live in the module of their paper (calrec.py, maml.py), eac
 """
 
 import argparse
+import glob
 import os
 import random
 import sys
@@ -197,11 +198,10 @@ def check_args(parser, args):
     if args.init is not None and not os.path.exists(args.init):
         parser.error(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
     # calrec resumes from its last best checkpoint; maml reuses the initialisations it saved (init_<method>.pt)
-    saved = ["ckpt.pt"] if args.task == "calrec" else [f for f in (os.listdir(args.out_dir)
-             if os.path.isdir(args.out_dir) else ()) if f.startswith("init_") and f.endswith(".pt")]
-    if args.resume and not any(os.path.isfile(os.path.join(args.out_dir, f)) for f in saved):
-        what = "ckpt.pt" if args.task == "calrec" else "init_<method>.pt"
-        parser.error(f"--resume: there is no {os.path.join(args.out_dir, what)} to resume from")
+    if args.resume:
+        what = "ckpt.pt" if args.task == "calrec" else "init_*.pt"
+        if not glob.glob(os.path.join(args.out_dir, what)):
+            parser.error(f"--resume: there is no {os.path.join(args.out_dir, what)} to resume from")
     if args.resume and args.init is not None:
         parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
     # several processes: CALRec's training and MAML's meta-training
