@@ -27,7 +27,7 @@ import torch
 
 import data
 import maml
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, autocast, grad_scaler
 
 SIZES = {  # name -> (n_layer, n_head, n_embd)
     "tiny": (2, 2, 64),
@@ -109,7 +109,6 @@ def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024,
     """Training tokens/s and model FLOPs utilisation (MFU) for the default size and GPT-2 124M, in mixed
     precision. FLOPs per token as in the PaLM paper (appendix B): 6 N for the matrix products of forward and
     backward, plus 12 n_layer n_embd T for attention; MFU = achieved FLOPs / the card's peak."""
-    import model as gpt
     peak = peak_tflops(device, peak)
     print(f"\n### Training throughput and MFU, {dtype}, batch {batch} x {seq} tokens"
           f"{', torch.compile' if compile_model else ''}; peak {peak or '?'} TFLOPS\n")
@@ -122,12 +121,12 @@ def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024,
         m = GPT(GPTConfig(block_size=seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
         m = m.to(device)
         opt = m.configure_optimizers(lr=3e-4)
-        scaler = gpt.grad_scaler(device, dtype)
+        scaler = grad_scaler(device, dtype)
         forward = torch.compile(m) if compile_model else m
         idx = torch.randint(0, vocab, (batch, seq + 1), device=device)
 
         def step():
-            with gpt.autocast(device, dtype):
+            with autocast(device, dtype):
                 _, loss = forward(idx[:, :-1], targets=idx[:, 1:])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
