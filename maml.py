@@ -474,14 +474,15 @@ def make_task_loss(model, fast_names):
 def predict(model, enc, batch_size=128):
     """Predicted class indices, or scores for a regression task, of a whole encoded split."""
     model.eval()
+    device = model.head_weight.device
     outs = []
     with torch.no_grad():
         for i in range(0, len(enc["ids"]), batch_size):
             idx, mask = data.pad_batch(enc["ids"][i:i + batch_size], enc["pad_id"])
-            out = model(idx, mask, torch.tensor(enc["task_id"]))
+            out = model(idx.to(device), mask.to(device), torch.tensor(enc["task_id"], device=device))
             outs.append(out[:, 0] if enc["regression"] else out.argmax(-1))
     model.train()
-    return torch.cat(outs).numpy()
+    return torch.cat(outs).cpu().numpy()
 
 
 def evaluate(model, enc, metric_names):
@@ -543,23 +544,26 @@ def subset(enc, rows):
     return dict(enc, ids=[enc["ids"][i] for i in rows], y=enc["y"][rows])
 
 
-def stack_tasks(encs, n_batches, shot, rng, pad_id):
+def stack_tasks(encs, n_batches, shot, rng, pad_id, device="cpu"):
     """For each task enc of a meta-batch, `n_batches` random batches of `shot` examples, all padded to one
-    length. Returns a list of n_batches dicts {"idx" (N, shot, T), "mask", "task" (N,), "y" (N, shot)}."""
+    length. Returns a list of n_batches dicts {"idx" (N, shot, T), "mask", "task" (N,), "y" (N, shot)} of
+    tensors on `device`."""
     drawn = [[rng.choice(len(e["ids"]), size=shot, replace=len(e["ids"]) < shot) for e in encs]
              for _ in range(n_batches)]
     T = max(len(e["ids"][i]) for rows in drawn for e, r in zip(encs, rows) for i in r)
     batches = []
     for rows in drawn:
         idx, mask = zip(*(data.pad_batch([e["ids"][i] for i in r], pad_id, T) for e, r in zip(encs, rows)))
-        batches.append({"idx": torch.stack(idx), "mask": torch.stack(mask),
-                        "task": torch.tensor([e["task_id"] for e in encs]),
-                        "y": torch.stack([torch.from_numpy(e["y"][r]) for e, r in zip(encs, rows)])})
+        batch = {"idx": torch.stack(idx), "mask": torch.stack(mask),
+                 "task": torch.tensor([e["task_id"] for e in encs]),
+                 "y": torch.stack([torch.from_numpy(e["y"][r]) for e, r in zip(encs, rows)])}
+        batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
 
 
 def second_order_math_attention():
-    """The fused CPU attention kernel has no double backward; the MATH kernel is made of ordinary ops."""
+    """The fused attention kernels (CPU and CUDA flash, memory-efficient) have no double backward; the MATH
+    kernel is made of ordinary ops."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel(SDPBackend.MATH)
 
@@ -579,12 +583,14 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
     if cfg.meta_batch % world:
         raise SystemExit(f"error: a meta-batch of {cfg.meta_batch} tasks does not split over {world} processes")
     mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
+    device = model.head_weight.device
     losses = []
     with second_order_math_attention():
         for _ in tqdm(range(steps), desc=f"meta-train {method}", leave=False, mininterval=5.0, disable=rank > 0):
             chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
             if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
-                batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"])[0]
+                batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"],
+                                    device)[0]
                 batch = task_slice(batch, mine)
                 opt.zero_grad(set_to_none=True)
                 loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
@@ -592,7 +598,7 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
                 average_gradients(optimizer_params(opt))
                 opt.step()
             else:
-                batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"])
+                batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
                 batches = [task_slice(b, mine) for b in batches]
                 loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
             losses.append(float("nan") if loss is None else loss.item())
@@ -616,7 +622,8 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed):
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
         if step == cfg.ft_steps:
             break
-        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"])[0]
+        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"],
+                            model.head_weight.device)[0]
         opt.zero_grad(set_to_none=True)
         loss_fn(fast, task_slice(batch, 0)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), FT_CLIP)
@@ -708,7 +715,8 @@ def run(args):
     """`python train.py --task maml`: learn each initialisation, fine-tune every target from it at every
     size and seed, print the table and write results.json."""
     t0 = time.time()
-    torch.set_num_threads(1)  # small matrices: see run_sinusoid
+    if args.init is None:  # the from-scratch model's matrices are small: see run_sinusoid
+        torch.set_num_threads(1)
     rank = getattr(args, "rank", 0)  # under torchrun: all processes meta-train, process 0 does the rest
     say = print if rank == 0 else (lambda *a, **k: None)
     setting, aux, targets, cfg, few_shot_root = load_setting(args)
@@ -738,7 +746,7 @@ def run(args):
     all_tasks = {**aux, **targets}
     scales = {n: max(t["train"]["y"]) if t["kind"] == "regression" else 1.0 for n, t in all_tasks.items()}
     model = TaskClassifier(gpt, [1 if t["kind"] == "regression" else len(t["labels"]) for t in all_tasks.values()],
-                           [t["kind"] == "regression" for t in all_tasks.values()])
+                           [t["kind"] == "regression" for t in all_tasks.values()]).to(args.device)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n])
                 for n in aux]

@@ -131,6 +131,18 @@ def family_encs(names, tok, tasks, model_names, scale=4.0):
                               scale if tasks[n]["kind"] == "regression" else 1.0) for n in names]
 
 
+def test_batches_are_built_on_the_requested_device():
+    aux, _ = data.task_family()
+    names = ["has-0", "more-0-1"]
+    tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=300)
+    encs = family_encs(names, tok, aux, names)
+    here = maml.stack_tasks(encs, 2, 4, np.random.default_rng(0), tok.pad_id)
+    there = maml.stack_tasks(encs, 2, 4, np.random.default_rng(0), tok.pad_id, device="meta")  # no data, no GPU
+    for a, b in zip(here, there):
+        assert {k: (v.device.type, v.shape, v.dtype) for k, v in b.items()} == \
+            {k: ("meta", v.shape, v.dtype) for k, v in a.items()}
+
+
 def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
     aux, _ = data.task_family()
     names = ["has-0", "has-2", "more-0-1"]

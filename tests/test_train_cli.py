@@ -34,7 +34,7 @@ def test_help_lists_every_flag(capsys):
     (["--task", "calrec", "--inner-lr", "0.1"], "--inner-lr applies to --task maml only, not to --task calrec"),
     (["--task", "maml", "--beams", "5"], "--beams applies to --task calrec only"),
     (["--task", "sinusoid", "--init", "."], "--init applies to --task calrec and maml only"),
-    (["--task", "maml", "--device", "cuda"], "--task maml runs on the CPU"),
+    (["--task", "sinusoid", "--device", "cuda"], "--task sinusoid runs on the CPU"),
 ])
 def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
     code, err = run_cli(capsys, *argv, "--out-dir", str(tmp_path))
@@ -56,3 +56,6 @@ def test_device_choice(monkeypatch):
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         train.pick_device("cuda")
+    monkeypatch.setattr(train.torch.backends.mps, "is_available", lambda: True)
+    assert train.pick_device("auto") == "mps"
+    assert train.pick_device("auto", mps=False) == "cpu"  # maml: mps only when asked for
