@@ -1,0 +1,124 @@
+"""Checks that need a CUDA GPU, skipped without one: the GPU gives the CPU's numbers (float64), mixed
+precision stays close to float32, torch.compile equals eager, and both tasks train end to end on the GPU.
+
+    python -m pytest -q tests/test_gpu.py                      # on a machine with a CUDA GPU
+    TEST_DEVICE=cpu python -m pytest -q tests/test_gpu.py      # the same code paths on the CPU (a dry run)
+"""
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import calrec
+import data
+import maml
+import model as gpt
+from test_calrec_ddp import EXAMPLES, ITEMS
+from test_maml_classifier import task_batches, tiny_classifier, tiny_family_args
+
+DEVICE = os.environ.get("TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def on(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def test_second_order_meta_gradient_on_the_gpu_equals_the_cpu():
+    cpu_model = tiny_classifier(torch.float64)
+    torch.set_default_dtype(torch.float64)
+    try:
+        batches = task_batches(3, 3)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    grads = []
+    for model, device in ((cpu_model, "cpu"), (copy.deepcopy(cpu_model).to(DEVICE), DEVICE)):
+        fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+        with maml.second_order_math_attention():
+            maml.meta_loss_vmap(fast, loss_fn, [on(b, device) for b in batches[:2]], on(batches[2], device),
+                                0.3, 2).backward()
+        grads.append({n: p.grad.cpu() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-9, atol=1e-11, msg=n)
+
+
+def test_maml_runs_end_to_end_on_the_gpu(tmp_path, monkeypatch):
+    args = tiny_family_args(monkeypatch, tmp_path, "--method", "maml")
+    args.device = DEVICE
+    maml.run(args)
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert out["config"]["device"] == DEVICE
+    cells = [m for task in out["targets"].values() for init in task.values() for size in init.values()
+             for k, m in size.items() if k != "n_seeds"]
+    assert cells and all(math.isfinite(m) for m in cells)
+
+
+def tiny_calrec(device, dtype=torch.float32):
+    texts = [data.item_text(it, ("Title", "Brand")) for it in ITEMS]
+    tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
+    torch.manual_seed(0)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=64))
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    joint = [t.to(device) for t in builder.joint_batch(EXAMPLES)]
+    item_ids = torch.tensor([t for _, t in EXAMPLES], device=device)
+    items = [t.to(device) for t in builder.item_batch(item_ids.tolist())]
+    return net.to(device, dtype), builder, (joint, items, item_ids)
+
+
+def loss_and_grads(objective, net, batch, dtype="float32"):
+    net.zero_grad(set_to_none=True)
+    with gpt.autocast(DEVICE, dtype):
+        loss, _ = objective(*batch)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten().float().cpu() for p in net.parameters()])
+
+
+def test_calrec_loss_on_the_gpu_equals_the_cpu():
+    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
+    results = []
+    for device in ("cpu", DEVICE):
+        net, _, batch = tiny_calrec(device, torch.float64)
+        net.zero_grad()
+        loss, _ = calrec.Objective(net, cfg)(*batch)
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten().cpu() for p in net.parameters()])))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-9)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_stays_close_to_float32(dtype):
+    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
+    net, _, batch = tiny_calrec(DEVICE)
+    objective = calrec.Objective(net, cfg)
+    loss32, grad32 = loss_and_grads(objective, net, batch)
+    loss16, grad16 = loss_and_grads(objective, net, batch, dtype)
+    assert loss16 == pytest.approx(loss32, rel=3e-2)
+    cosine = torch.nn.functional.cosine_similarity(grad16, grad32, dim=0).item()
+    assert cosine > 0.99, cosine
+
+
+def test_compiled_loss_equals_eager():
+    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
+    net, _, batch = tiny_calrec(DEVICE)
+    eager = loss_and_grads(calrec.Objective(net, cfg), net, batch)
+    compiled = loss_and_grads(torch.compile(calrec.Objective(net, cfg), dynamic=True), net, batch)
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, compile_model", [("bfloat16", True), ("float16", False)])
+def test_calrec_trains_on_the_gpu(dtype, compile_model):
+    net, builder, _ = tiny_calrec(DEVICE)
+    before = copy.deepcopy(net.state_dict())
+    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, warmup=1, eval_interval=100, alpha=0.3, beta=0.3, tau=0.1)
+    losses = []
+    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=4, device=DEVICE, seed=0,
+                       log=losses.append, dtype=dtype, compile_model=compile_model)
+    after = net.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert max(float((after[k] - before[k]).abs().max()) for k in after) > 1e-4  # the steps were taken
