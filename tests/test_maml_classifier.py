@@ -189,6 +189,8 @@ def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
     assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2
     assert set(out["targets"]["more-2-5"]["none"]["8"]) >= {"mcc", "mcc_std", "accuracy", "accuracy_std"}
     assert out["config"]["reported_split"]["more-2-5"] == "test"
+    curves = out["config"]["meta_loss_first_last_tenth"]  # reptile has no query loss to record
+    assert set(curves) == {"multitask", "maml", "fomaml"} and all(math.isfinite(v) for c in curves.values() for v in c)
     # --resume reuses the saved initialisation: the same numbers without meta-training again
     first = out["targets"]["more-2-5"]["maml"]
     args.resume, args.method = True, "maml"
