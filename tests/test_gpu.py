@@ -18,7 +18,7 @@ import data
 import maml
 import model as gpt
 from test_calrec_ddp import EXAMPLES, ITEMS
-from test_maml_classifier import task_batches, tiny_classifier, tiny_family_args
+from test_maml_classifier import float64_task_batches, tiny_classifier, tiny_family_args
 
 DEVICE = os.environ.get("TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,11 +30,7 @@ def on(batch, device):
 
 def test_second_order_meta_gradient_on_the_gpu_equals_the_cpu():
     cpu_model = tiny_classifier(torch.float64)
-    torch.set_default_dtype(torch.float64)
-    try:
-        batches = task_batches(3, 3)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    batches = float64_task_batches(3, 3)
     grads = []
     for model, device in ((cpu_model, "cpu"), (copy.deepcopy(cpu_model).to(DEVICE), DEVICE)):
         fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))

@@ -38,6 +38,15 @@ def task_batches(n_tasks, n_batches, B=5, T=7, seed=0, task_ids=None, n_outputs=
     return out
 
 
+def float64_task_batches(*args, **kwargs):
+    """task_batches with float64 targets, for the checks that compare gradients to 1e-9."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        return task_batches(*args, **kwargs)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_masked_head_and_regression_losses():
     model = tiny_classifier()
     b = maml.task_slice(task_batches(3, 1)[0], 0)
@@ -84,11 +93,7 @@ def test_vmap_equals_loop_on_the_classifier(first_order):
     # order (second order under vmap is right because model.py writes its LayerNorm out)
     model = tiny_classifier(torch.float64)
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
-    torch.set_default_dtype(torch.float64)
-    try:
-        batches = task_batches(3, 3)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    batches = float64_task_batches(3, 3)
     grads = []
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         model.zero_grad()
@@ -102,11 +107,7 @@ def test_vmap_equals_loop_on_the_classifier(first_order):
 def second_order_setup():
     model = tiny_classifier(torch.float64, n_outputs=(2,))
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
-    torch.set_default_dtype(torch.float64)
-    try:
-        batches = task_batches(2, 2, task_ids=[0, 0], n_outputs=(2,))
-    finally:
-        torch.set_default_dtype(torch.float32)
+    batches = float64_task_batches(2, 2, task_ids=[0, 0], n_outputs=(2,))
     return model, fast, loss_fn, batches
 
 
