@@ -70,7 +70,7 @@ def loss_and_grads(objective, net, batch, dtype="float32"):
     with gpt.autocast(DEVICE, dtype):
         loss, _ = objective(*batch)
     loss.backward()
-    return loss.item(), torch.cat([p.grad.flatten().float().cpu() for p in net.parameters()])
+    return loss.item(), torch.cat([p.grad.flatten().cpu() for p in net.parameters()])
 
 
 def test_calrec_loss_on_the_gpu_equals_the_cpu():
@@ -78,10 +78,7 @@ def test_calrec_loss_on_the_gpu_equals_the_cpu():
     results = []
     for device in ("cpu", DEVICE):
         net, _, batch = tiny_calrec(device, torch.float64)
-        net.zero_grad()
-        loss, _ = calrec.Objective(net, cfg)(*batch)
-        loss.backward()
-        results.append((loss.item(), torch.cat([p.grad.flatten().cpu() for p in net.parameters()])))
+        results.append(loss_and_grads(calrec.Objective(net, cfg), net, batch))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-9)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-7, atol=1e-10)
 
@@ -112,9 +109,9 @@ def test_calrec_trains_on_the_gpu(dtype, compile_model):
     net, builder, _ = tiny_calrec(DEVICE)
     before = copy.deepcopy(net.state_dict())
     cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, warmup=1, eval_interval=100, alpha=0.3, beta=0.3, tau=0.1)
-    losses = []
-    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=4, device=DEVICE, seed=0,
-                       log=losses.append, dtype=dtype, compile_model=compile_model)
+    # 12 steps: float16's gradient scaler skips the first steps while it lowers its scale from 2**16
+    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=12, device=DEVICE, seed=0,
+                       log=lambda line: None, dtype=dtype, compile_model=compile_model)
     after = net.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert max(float((after[k] - before[k]).abs().max()) for k in after) > 1e-4  # the steps were taken
