@@ -239,8 +239,8 @@ def bench_maml(device, repeats=5):
     rng = np.random.default_rng(0)
 
     def batches_for(n_tasks, steps):
-        bs = maml.stack_tasks([encs[i % len(encs)] for i in range(n_tasks)], steps + 1, cfg.shot, rng, tok.pad_id)
-        return [{k: v.to(device) for k, v in b.items()} for b in bs]
+        return maml.stack_tasks([encs[i % len(encs)] for i in range(n_tasks)], steps + 1, cfg.shot, rng,
+                                tok.pad_id, device)
 
     print(f"\n### MAML on the GPT classifier ({cfg.n_layer} layers x {cfg.n_embd}, {cfg.shot} examples per "
           f"batch, 1 inner step): vmap vs loop\n")
@@ -270,7 +270,6 @@ def bench_maml(device, repeats=5):
             (ms2, mb2), (ms1, mb1) = row[False], row[True]
             print(f"| {steps} | {ms2:.0f} | {ms1:.0f} | {mb2:.1f} | {mb1:.1f} |")
     torch.set_num_threads(threads)
-
 
 
 PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "maml": bench_maml,

@@ -140,8 +140,8 @@ def build_parser():
 # device and seed
 
 def pick_device(name, mps=True):
-    """--device auto: cuda, else mps (when `mps`: MAML's second-order torch.func path is not checked on
-    it, so it only runs there when asked), else cpu."""
+    """--device auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path
+    is unchecked on mps, so it runs there only when asked), else cpu."""
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -206,9 +206,9 @@ def check_args(parser, args):
             parser.error(f"--resume: there is no {os.path.join(args.out_dir, what)} to resume from")
     if args.resume and args.init is not None:
         parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
-    # several processes: CALRec's training and MAML's meta-training
+    # torchrun splits CALRec's training and MAML's meta-training; the sinusoid check is one process
     if args.task == "sinusoid" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        parser.error("--task sinusoid runs as one process (it takes seconds); drop torchrun")
+        parser.error("--task sinusoid runs as one process (it takes about a minute); drop torchrun")
 
 
 def main(argv=None):
