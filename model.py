@@ -479,6 +479,31 @@ def last_token_pool(h, attention_mask):
 
 
 # -----------------------------------------------------------------------------
+# files a user gives us, and files we write
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (a flag, a file, a folder), found where the problem is: the message reads
+    'file[:line]: problem' with at most one hint. train.py prints it as one line `error: ...` and exits with
+    status 2; anything else is a bug and keeps its traceback."""
+
+
+def atomic_write(path, write, mode="w"):
+    """Write a file through write(f) into a temporary file next to it, then rename it over `path`: a crash
+    mid-write leaves the previous file (or none) intact, never half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# -----------------------------------------------------------------------------
 # the project's own checkpoints
 
 
