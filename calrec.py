@@ -166,7 +166,7 @@ def info_nce(query, key, item_ids, tau):
 
 def item_vectors(model, idx, mask):
     """The item tower: v_T = normalised mean of the final hidden states over the item text. (B, C)"""
-    h = model.encode(idx, mask)                                        # (B, T, C)
+    h = model.hidden_states(idx, mask)                                        # (B, T, C)
     return F.normalize(gpt.mean_pool(h, mask), dim=-1)
 
 
@@ -177,7 +177,7 @@ def calrec_loss(model, joint, items, item_ids, alpha, beta, tau):
     each (B, T); items: (idx, mask) of the target items alone, (B, Ti); item_ids (B,) global item indices.
     """
     idx, attention_mask, targets, history_mask, target_mask = joint
-    h = model.encode(idx, attention_mask)                              # (B, T, C) the joint (user) tower
+    h = model.hidden_states(idx, attention_mask)                              # (B, T, C) the joint (user) tower
     predict = targets != -100                                          # (B, T) positions that predict target tokens
     logits = model.lm_head(h[predict])                                 # (n, V) only where a loss is taken
     # next item generation: the mean over the target tokens of the global batch. With W processes each
@@ -309,7 +309,7 @@ def rank_dense(model, builder, examples, item_range, device, batch=64):
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
         idx, mask, _ = builder.prompt_batch([h for h, _ in chunk])
-        h = model.encode(idx.to(device), mask.to(device))              # (B, T, C)
+        h = model.hidden_states(idx.to(device), mask.to(device))              # (B, T, C)
         v_u = F.normalize(gpt.mean_pool(h, mask.to(device)), dim=-1)   # (B, C) the prompt is the history span
         scores = (v_u @ v_t.t()).cpu()                                 # (B, N) cosine with every item
         off = item_range.start

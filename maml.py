@@ -419,7 +419,7 @@ class TaskClassifier(nn.Module):
     def forward(self, idx, attention_mask, task):
         """idx, attention_mask: (B, T); task: 0-d long tensor. Returns (B, M): logits, or the score in
         column 0 for a regression task; masked classes hold MASKED_LOGIT."""
-        h = self.gpt.encode(idx, attention_mask)                     # (B, T, C)
+        h = self.gpt.hidden_states(idx, attention_mask)                     # (B, T, C)
         pooled = mean_pool(h, attention_mask)                         # (B, C)
         t = task.reshape(1)
         w = self.head_weight.index_select(0, t)[0]                    # (M, C)

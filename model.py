@@ -1,8 +1,9 @@
 """
 A small decoder-only transformer with GPT-2's architecture and GPT-2's parameter names.
 
-Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT (init, forward, generation, beam
-search, loading GPT-2 weights) -> pooling helpers -> checkpoints. Both papers of the project run on it:
+Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT (init, forward) -> the KV
+cache -> generation and beam search -> loading GPT-2 weights -> pooling -> files (errors, checkpoints, the state a
+run resumes from) -> training with model selection -> more hardware. Both papers of the project run on it:
 CALRec pools its hidden states into user and item vectors and generates item text; MAML puts a small
 classifier head on its pooled hidden states.
 
@@ -16,14 +17,19 @@ Try it (CPU):  python -c "import model; m = model.GPT(model.GPTConfig()); print(
 
 import contextlib
 import json
+import logging
 import math
 import os
+import pickle
+import signal
 import struct
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # layer normalisation
@@ -78,27 +84,26 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, mask=None, past_kv=None):
-        """x: (B, T, C). mask: (B, 1, T, T_past + T) bool, or None for plain causal attention.
-        past_kv: the (k, v) of earlier positions when generating with a KV cache.
-        Returns the output (B, T, C) and this layer's (k, v) over all positions so far."""
+    def forward(self, x, mask=None, cache=None, layer=0):
+        """x: (B, T, C). mask: (B, 1, T, T_keys) bool, True = may attend; None means plain causal attention
+        over x (or, for a single new token, attention to every key). cache: a KVCache, which stores this
+        step's keys and values after the earlier ones (of this `layer`) and hands back all of them."""
         B, T, C = x.size()  # batch, sequence length, embedding dim
         q, k, v = self.c_attn(x).split(C, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)  # (B, nh, T_past + T, hs)
-            v = torch.cat([past_kv[1], v], dim=2)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)  # (B, nh, T_keys, hs): every position so far, these included
         dropout_p = self.dropout if self.training else 0.0
         # the fused kernel; manual_attention above is the same computation spelled out. Its fast CPU
         # kernel has no double backward: second-order MAML runs it under
         # torch.nn.attention.sdpa_kernel(SDPBackend.MATH), which is built from differentiable ops.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                           is_causal=mask is None)
+                                           is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y))
 
 
 # -----------------------------------------------------------------------------
@@ -128,14 +133,12 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask=None, past_kv=None):
-        a, kv = self.attn(self.ln_1(x), mask, past_kv)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, kv
+    def forward(self, x, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTConfig:
     block_size: int = 256     # longest sequence the model reads (number of learned positions)
     vocab_size: int = 4096    # rows of the token embedding table (GPT-2: 50257)
@@ -164,6 +167,28 @@ def attention_mask_4d(key_mask, T_past, T):
     itself = k_pos[None, :] == q_pos[:, None]
     mask = (causal & key_mask[:, None, :]) | itself                     # (B, T, T_past + T)
     return mask[:, None]                                                # (B, 1, T, T_past + T)
+
+
+class KVCache:
+    """The keys and values of every position so far, for every layer, in buffers allocated once:
+    (n_layer, B, n_head, capacity, head_size) each. A forward pass writes its T new keys and values in place
+    at [length, length + T) and attends over [0, length + T): nothing is concatenated or copied as the
+    sequence grows."""
+
+    def __init__(self, config, batch, capacity, device, dtype=torch.float32):
+        shape = (config.n_layer, batch, config.n_head, capacity, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions written so far (GPT._run advances it after the last layer)
+
+    def extend(self, layer, k, v):
+        """Store this step's keys and values (B, nh, T, hs) of `layer`; return all of them so far."""
+        end = self.length + k.size(2)
+        if end > self.k.size(3):
+            raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 class GPT(nn.Module):
@@ -204,45 +229,38 @@ class GPT(nn.Module):
 
     # --- the forward pass -------------------------------------------------------
 
-    def _run(self, idx, key_mask=None, past=None):
+    def _run(self, idx, pos, mask=None, cache=None):
         """The transformer proper, shared by training and generation.
 
-        idx: (B, T) new tokens. key_mask: (B, T_past + T) bool for every position so far, or None when
-        nothing is padded. past: per-layer (k, v) of earlier positions, or None.
-        Returns hidden states (B, T, C) after the final LayerNorm, and the per-layer (k, v) cache.
+        idx, pos: (B, T) tokens and their positions. mask: (B, 1, T, T_keys) bool, or None for plain causal
+        attention (or, for one new token, attention to every key). cache: a KVCache holding the keys and
+        values of earlier positions, or None. Returns hidden states (B, T, C) after the final LayerNorm.
         """
-        B, T = idx.size()
-        T_past = 0 if past is None else past[0][0].size(2)
-        if T_past + T > self.config.block_size:
-            raise ValueError(f"sequence of {T_past + T} tokens is longer than block_size="
-                             f"{self.config.block_size}")
-        if key_mask is None and T_past > 0:
-            key_mask = torch.ones(B, T_past + T, dtype=torch.bool, device=idx.device)
-        if key_mask is None:  # nothing padded, no cache: plain causal attention, the fastest kernel
-            pos = torch.arange(T, device=idx.device)[None]  # (1, T)
-            mask = None
-        else:
-            # a token's position counts the real tokens before it, so a left-padded prompt starts at 0
-            pos = (key_mask.long().cumsum(1) - 1).clamp(min=0)[:, T_past:]    # (B, T)
-            mask = attention_mask_4d(key_mask, T_past, T)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        cache = []
-        for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, mask, None if past is None else past[i])
-            cache.append(kv)
-        return self.transformer.ln_f(x), cache
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.length += idx.size(1)
+        return self.transformer.ln_f(x)
 
-    def encode(self, idx, attention_mask=None):
+    def hidden_states(self, idx, attention_mask=None):
         """Final hidden states (B, T, C) of a right- or left-padded batch; attention_mask (B, T) is 1 for
         real tokens. Pool them with mean_pool / last_token_pool below."""
-        key_mask = None if attention_mask is None else attention_mask.bool()
-        return self._run(idx, key_mask)[0]
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        if attention_mask is None:  # nothing padded: plain causal attention, the fastest kernel
+            return self._run(idx, torch.arange(T, device=idx.device)[None])
+        key_mask = attention_mask.bool()
+        # a token's position counts the real tokens before it, so a left-padded row starts at 0
+        pos = (key_mask.long().cumsum(1) - 1).clamp(min=0)                # (B, T)
+        return self._run(idx, pos, attention_mask_4d(key_mask, 0, T))
 
     def forward(self, idx, attention_mask=None, targets=None, ignore_index=-100):
         """Logits (B, T, V) and, when targets (B, T) are given, the mean cross-entropy over the positions
         whose target is not ignore_index (mark prompt and padding positions with it).
         targets[b, t] is the token that should follow idx[b, t]: the caller shifts."""
-        h = self.encode(idx, attention_mask)
+        h = self.hidden_states(idx, attention_mask)
         logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -274,16 +292,32 @@ class GPT(nn.Module):
             key_mask[i, T - len(p):] = True
         return idx, key_mask
 
-    def _next_logits(self, idx, key_mask, cache, new_tokens, use_cache):
+    def _check_room(self, prompt_len, max_new_tokens):
+        if prompt_len + max_new_tokens > self.config.block_size:
+            raise ValueError(f"a prompt of {prompt_len} tokens plus {max_new_tokens} new ones is longer than "
+                             f"block_size={self.config.block_size}")
+
+    def _next_logits(self, idx, key_mask, cache, new_tokens, use_cache, capacity=None):
         """Logits (B, V) for the position after the last one, with or without the KV cache.
-        cache: the KV cache of everything but new_tokens (None before the first call)."""
+
+        idx, key_mask: (B, T) every token so far (left-padded) and which are real. cache: None before the
+        first call, which runs the prompt and returns a KVCache of `capacity` positions (default
+        block_size); each later call feeds only new_tokens (B,), whose keys and values join the cache.
+        """
         if not use_cache:  # recompute the whole sequence: the slow reference path
-            h, _ = self._run(idx, key_mask)
-            return self.lm_head(h[:, -1]), None
+            return self.lm_head(self.hidden_states(idx, key_mask)[:, -1]), None
+        padded = not bool(key_mask.all())
         if cache is None:  # the prompt pass fills the cache
-            h, cache = self._run(idx, key_mask)
-        else:              # then one new token per step reads it
-            h, cache = self._run(new_tokens[:, None], key_mask, cache)
+            B, T = idx.shape
+            cache = KVCache(self.config, B, capacity or self.config.block_size, idx.device,
+                            self.transformer.wte.weight.dtype)
+            pos = (key_mask.long().cumsum(1) - 1).clamp(min=0)
+            mask = attention_mask_4d(key_mask, 0, T) if padded else None
+            h = self._run(idx, pos, mask, cache)
+        else:              # then one new token per row reads it
+            pos = key_mask.sum(1, keepdim=True) - 1                    # (B, 1) real tokens before it
+            mask = key_mask[:, None, None, :] if padded else None      # (B, 1, 1, T) no padded key
+            h = self._run(new_tokens[:, None], pos, mask, cache)
         return self.lm_head(h[:, -1]), cache
 
     @torch.no_grad()
@@ -294,12 +328,19 @@ class GPT(nn.Module):
         the top_k tokens if given. A row stops at eos_id (kept in its output). Returns the new tokens."""
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax")
-        idx, key_mask = self._left_pad(prompts)
-        B = idx.size(0)
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        prompt, prompt_mask = self._left_pad(prompts)
+        B, T = prompt.shape
+        self._check_room(T, max_new_tokens)
+        # every token so far, in buffers allocated once: the loop writes column T + step (no concatenation)
+        idx = torch.zeros(B, T + max_new_tokens, dtype=torch.long, device=prompt.device)
+        key_mask = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=prompt.device)
+        idx[:, :T], key_mask[:, :T] = prompt, prompt_mask
+        done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         out, cache, tok = [], None, None
-        for _ in range(max_new_tokens):
-            logits, cache = self._next_logits(idx, key_mask, cache, tok, use_cache)  # (B, V)
+        for step in range(max_new_tokens):
+            n = T + step  # tokens so far
+            logits, cache = self._next_logits(idx[:, :n], key_mask[:, :n], cache, tok, use_cache,
+                                              capacity=T + max_new_tokens)  # (B, V)
             if greedy:
                 tok = logits.argmax(-1)
             else:
@@ -309,8 +350,7 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 tok = torch.multinomial(F.softmax(logits, dim=-1), 1)[:, 0]
             out.append(tok)
-            idx = torch.cat([idx, tok[:, None]], dim=1)
-            key_mask = torch.cat([key_mask, torch.ones_like(done)[:, None]], dim=1)
+            idx[:, n] = tok
             if eos_id is not None:
                 done |= tok == eos_id
                 if done.all():
@@ -320,46 +360,64 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True):
-        """Beam search for every prompt at once (B prompts x K beams = B*K rows of one batch).
+        """Beam search for every prompt at once: B prompts x K beams.
 
         A beam's score is the sum of its tokens' log-probabilities. A beam that has emitted eos_id is
         finished: from then on its only continuation is eos_id at log-probability 0, so it keeps its score
         and competes with the open beams until the end. Returns, per prompt, K (new_tokens, score) pairs,
         best first; a finished beam's tokens end with eos_id.
+
+        With the cache, the K beams of a prompt share one copy of the prompt's keys and values. Each step
+        feeds the K beams' new tokens as K positions of one row, writes their keys into K new slots of
+        the cache, and lets each beam attend to the prompt and to the slots of its own ancestors only: the
+        attention mask holds the beams' back-pointers, so reordering the beams copies a small mask instead
+        of the whole cache. Without the cache, every beam's whole sequence runs through the ordinary
+        forward pass at every step (the slow reference the tests compare with).
         """
         K = num_beams
-        idx, key_mask = self._left_pad(prompts)
-        B, V = idx.size(0), self.config.vocab_size
-        # run each prompt once, then copy its row (and its cache) for the K beams
-        logits, cache = self._next_logits(idx, key_mask, None, None, use_cache)  # (B, V)
-        rows = torch.arange(B, device=idx.device).repeat_interleave(K)           # (B*K,) prompt of each row
-        idx, key_mask, logits = idx[rows], key_mask[rows], logits[rows]
-        if cache is not None:
-            cache = [(k[rows], v[rows]) for k, v in cache]
-        scores = torch.full((B, K), float("-inf"), device=idx.device)
-        scores[:, 0] = 0.0  # at the start the K copies are one beam: let only the first expand
-        finished = torch.zeros(B * K, dtype=torch.bool, device=idx.device)
-        new = torch.empty(B * K, 0, dtype=torch.long, device=idx.device)
+        prompt, prompt_mask = self._left_pad(prompts)
+        (B, T), V, device = prompt.shape, self.config.vocab_size, prompt.device
+        self._check_room(T, max_new_tokens)
+        cache = visible = None
+        if use_cache:
+            cache = KVCache(self.config, B, T + K * max_new_tokens, device, self.transformer.wte.weight.dtype)
+            pos = (prompt_mask.long().cumsum(1) - 1).clamp(min=0)                      # (B, T)
+            mask = None if prompt_mask.all() else attention_mask_4d(prompt_mask, 0, T)
+            logp = F.log_softmax(self.lm_head(self._run(prompt, pos, mask, cache)[:, -1]).float(), -1)
+            visible = torch.zeros(B, K, T + K * max_new_tokens, dtype=torch.bool, device=device)
+            visible[:, :, :T] = prompt_mask[:, None, :]       # every beam sees the prompt's real tokens
+        else:
+            logp = F.log_softmax(self.lm_head(self.hidden_states(prompt, prompt_mask)[:, -1]).float(), -1)
+        logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
+        scores = torch.full((B, K), float("-inf"), device=device)
+        scores[:, 0] = 0.0                                     # ... so only the first may expand
+        finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+        tokens = torch.zeros(B, K, 0, dtype=torch.long, device=device)
+        eos_only = torch.full((V,), float("-inf"), device=device)
+        eos_only[eos_id] = 0.0
+        first_new = prompt_mask.sum(1)                         # (B,) position of the first new token
+        beams = torch.arange(K, device=device)
         for step in range(max_new_tokens):
-            logp = F.log_softmax(logits.float(), dim=-1)                        # (B*K, V)
-            eos_only = torch.full_like(logp[0], float("-inf"))
-            eos_only[eos_id] = 0.0
-            logp = torch.where(finished[:, None], eos_only, logp)
-            cand = (scores.view(-1, 1) + logp).view(B, K * V)                   # (B, K*V) every extension
-            scores, flat = torch.topk(cand, K, dim=-1)                          # (B, K) best K per prompt
-            beam, tok = flat // V, flat % V                                     # which beam, which token
-            src = (torch.arange(B, device=idx.device)[:, None] * K + beam).view(-1)  # (B*K,) source rows
-            tok = tok.view(-1)
-            idx = torch.cat([idx[src], tok[:, None]], dim=1)
-            key_mask = torch.cat([key_mask[src], torch.ones_like(finished)[:, None]], dim=1)
-            new = torch.cat([new[src], tok[:, None]], dim=1)
-            finished = finished[src] | (tok == eos_id)
+            logp = torch.where(finished[..., None], eos_only, logp)
+            cand = (scores[..., None] + logp).view(B, K * V)   # (B, K*V) every extension of every beam
+            scores, flat = torch.topk(cand, K, dim=-1)         # (B, K) the best K per prompt
+            src, tok = flat // V, flat % V                     # which beam each extends, with which token
+            tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+            finished = finished.gather(1, src) | (tok == eos_id)
             if finished.all() or step == max_new_tokens - 1:
                 break
-            if cache is not None:
-                cache = [(k[src], v[src]) for k, v in cache]
-            logits, cache = self._next_logits(idx, key_mask, cache, tok, use_cache)
-        new, scores = new.view(B, K, -1).tolist(), scores.tolist()
+            if use_cache:
+                slot = T + K * step                            # this step's K slots: [slot, slot + K)
+                visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
+                visible[:, beams, slot + beams] = True          # ... and its own new token
+                pos = (first_new + step)[:, None].expand(B, K)
+                h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)  # (B, K, C)
+            else:
+                seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+                seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+                h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+            logp = F.log_softmax(self.lm_head(h).float(), dim=-1)  # (B, K, V)
+        new, scores = tokens.tolist(), scores.tolist()
         return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 
     # --- pretrained GPT-2 weights ----------------------------------------------------
@@ -370,15 +428,20 @@ class GPT(nn.Module):
         model.safetensors or pytorch_model.bin, without the transformers package."""
         cfg_path = os.path.join(directory, "config.json")
         if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"{cfg_path}: missing; a GPT-2 folder needs config.json and the weights")
+            raise UserError(f"{cfg_path}: missing; a GPT-2 folder needs config.json and the weights")
         try:
-            with open(cfg_path) as f:
+            with open(cfg_path, encoding="utf-8") as f:
                 hf = json.load(f)
-            config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
-                               n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                               dropout=dropout, bias=True)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{cfg_path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+            sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{cfg_path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+        bad = [k for k, v in sizes.items() if not (isinstance(v, int) and v > 0)]
+        if bad or sizes["n_embd"] % sizes["n_head"]:
+            raise UserError(f"{cfg_path}: {bad[0] if bad else 'n_embd'} = {sizes[bad[0] if bad else 'n_embd']} "
+                            "is not a positive whole number" + ("" if bad else " divisible by n_head"))
+        config = GPTConfig(block_size=sizes["n_positions"], vocab_size=sizes["vocab_size"],
+                           n_layer=sizes["n_layer"], n_head=sizes["n_head"], n_embd=sizes["n_embd"],
+                           dropout=dropout, bias=True)
         weights_path, sd = read_hf_weights(directory)
         # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model); the causal-mask buffers
         # "attn.bias" / "attn.masked_bias" of old checkpoints are not weights; lm_head is tied to wte
@@ -389,7 +452,7 @@ class GPT(nn.Module):
         ours = {k.removeprefix("transformer."): k for k in model.state_dict() if k != "lm_head.weight"}
         missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
         if missing or unexpected:
-            raise ValueError(f"{weights_path}: keys do not match GPT-2 with the sizes of {cfg_path}; "
+            raise UserError(f"{weights_path}: keys do not match GPT-2 with the sizes of {cfg_path}; "
                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         # GPT-2 stores these Linear layers as "Conv1D": weight (in, out) instead of (out, in)
@@ -399,7 +462,7 @@ class GPT(nn.Module):
             for k, name in ours.items():
                 w = sd[k].t() if k.endswith(conv1d) else sd[k]
                 if w.shape != target[name].shape:
-                    raise ValueError(f"{weights_path}: {k} has shape {tuple(sd[k].shape)}, but "
+                    raise UserError(f"{weights_path}: {k} has shape {tuple(sd[k].shape)}, but "
                                      f"{cfg_path} implies {tuple(target[name].shape)}")
                 target[name].copy_(w)
         return model
@@ -428,23 +491,22 @@ def read_safetensors(path):
     try:
         (n,) = struct.unpack("<Q", blob[:8])
         header = json.loads(blob[8:8 + n])
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from None
+        entries = [(name, info["data_offsets"], info["dtype"], info["shape"])
+                   for name, info in header.items() if name != "__metadata__"]
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a safetensors file (bad header: {type(e).__name__}: {e})") from None
     data = memoryview(blob)[8 + n:]
     tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    for name, (begin, end), dtype_name, shape in entries:
+        dtype = _SAFETENSORS_DTYPES.get(dtype_name)
         if dtype is None:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        if end > len(data) or end - begin != math.prod(info["shape"]) * dtype.itemsize:
-            raise ValueError(f"{path}: tensor {name} runs past the end of the file or has the wrong size "
-                             "(truncated download?)")
+            raise UserError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
+        if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
+            raise UserError(f"{path}: tensor {name} runs past the end of the file or has the wrong size "
+                            "(truncated download?)")
         raw = data[begin:end]
         t = torch.frombuffer(bytearray(raw), dtype=dtype) if len(raw) else torch.empty(0, dtype=dtype)
-        tensors[name] = t.reshape(info["shape"])
+        tensors[name] = t.reshape(shape)
     return tensors
 
 
@@ -454,12 +516,11 @@ def read_hf_weights(directory):
     if os.path.isfile(st):
         return st, read_safetensors(st)
     if os.path.isfile(pt):
-        try:
-            return pt, torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a corrupt or truncated pickle
-            raise ValueError(f"{pt}: cannot be read as a PyTorch weights file ({type(e).__name__}: {e})") \
-                from None
-    raise FileNotFoundError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
+        sd = load_torch(pt, "a PyTorch weights file")
+        if not (isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())):
+            raise UserError(f"{pt}: not a state dict of tensors")
+        return pt, sd
+    raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
 
 
 # -----------------------------------------------------------------------------
@@ -503,47 +564,69 @@ def atomic_write(path, write, mode="w"):
             os.remove(tmp)
 
 
+def save_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+
+
+def save_torch(path, obj):
+    """torch.save, atomically. `obj` holds tensors and plain Python values only, so that load_torch can read it
+    back without running any code."""
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def load_torch(path, what="a checkpoint"):
+    """torch.load with weights_only=True: tensors and plain Python values, nothing else. A file that needs
+    more -- a class or a function, which is how a malicious pickle runs code -- is refused, whoever wrote it."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # the file asks for a class or function by name
+            raise UserError(f"{path}: refused: unpickling it would create Python objects other than tensors and "
+                            "plain values, which can run code; this project loads only its own checkpoints "
+                            "and plain weight files") from None
+        raise UserError(f"{path}: cannot be read as {what} (not a PyTorch file, or damaged)") from None
+    except Exception as e:  # torch raises several types for a corrupt or truncated file
+        first = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot be read as {what} ({type(e).__name__}: {first})") from None
+
+
 # -----------------------------------------------------------------------------
 # the project's own checkpoints
 
 
 def save_checkpoint(path, model, optimizer, config, step, metrics, **extra):
-    """Write {model, optimizer, config, step, metrics, ...} atomically: to a temporary file first, then
-    renamed over `path`, so that a crash mid-write leaves the previous checkpoint intact."""
-    ckpt = dict(model=model.state_dict(), optimizer=None if optimizer is None else optimizer.state_dict(),
-                config=asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config),
-                step=step, metrics=dict(metrics), **extra)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    """Write {model, optimizer, config, step, metrics, ...} atomically: a crash mid-write leaves the previous
+    checkpoint intact. A project checkpoint is also what --init accepts."""
+    save_torch(path, dict(model=model.state_dict(),
+                          optimizer=None if optimizer is None else optimizer.state_dict(),
+                          config=asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config),
+                          step=step, metrics=dict(metrics), **extra))
 
 
 def load_checkpoint(path):
-    """Read a checkpoint written by save_checkpoint; a clear error for a missing or damaged file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for a corrupt or truncated pickle
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    """Read a checkpoint written by save_checkpoint; a clear error for a missing, damaged or foreign file."""
+    ckpt = load_torch(path)
     missing = {"model", "config", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
-        raise ValueError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
+        raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
     return ckpt
 
 
 def load_model_state(model, state_dict, path):
     """model.load_state_dict with a clear message naming the file and the first mismatch."""
     ours = model.state_dict()
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise UserError(f"{path}: the weights are not a dict of tensors")
     missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise UserError(f"{path}: weights do not match the model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
     for k, v in state_dict.items():
         if v.shape != ours[k].shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)} but the model's config needs "
-                             f"{tuple(ours[k].shape)}")
+            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but the model's config needs "
+                            f"{tuple(ours[k].shape)}")
     model.load_state_dict(state_dict)
 
 
@@ -553,7 +636,10 @@ def gpt_from_checkpoint(path):
     try:
         config = GPTConfig(**ckpt["config"])
     except TypeError as e:
-        raise ValueError(f"{path}: config does not describe a GPT ({e})") from None
+        raise UserError(f"{path}: its config does not describe a GPT ({e})") from None
+    sizes = (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd)
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or config.n_embd % config.n_head:
+        raise UserError(f"{path}: its config does not describe a GPT ({config})")
     model = GPT(config)
     load_model_state(model, ckpt["model"], path)
     return model, ckpt
@@ -564,8 +650,75 @@ def load_init(path, dropout=0.0):
     Returns the GPT; the caller loads the matching tokenizer (data.load_tokenizer) from the same place."""
     if os.path.isdir(path):
         return GPT.from_pretrained(path, dropout=dropout)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such checkpoint file or GPT-2 folder")
     model, _ = gpt_from_checkpoint(path)
     return model
+
+
+# -----------------------------------------------------------------------------
+# training with model selection: the one loop behind CALRec's stages, SASRec, and MAML's meta-training and
+# fine-tuning
+
+
+def copy_weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Within the block, Ctrl-C only sets a flag (a second Ctrl-C stops at once): the training loop finishes its
+    step, saves a state it can resume from, then stops. Yields a function telling whether Ctrl-C came."""
+    pressed = []
+
+    def on_ctrl_c(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
+                     label="step"):
+    """Train for `steps` steps, keeping the weights that score best on validation.
+
+    Validation runs at step 0, every eval_every steps and after the last step; train_step(step) takes one step
+    in between. validate() scores the weights as they are (higher is better, nan never wins); without it
+    nothing is selected and the model keeps its last weights. save_state(step, best), when given, runs at each
+    of those points just before validating, and after the step during which Ctrl-C came: a resumed run calls
+    this again with that `start` and `best` and continues exactly. best is (score, step, weights); returns it,
+    the model holding the best weights. Model selection looks at validation only, never at test.
+    """
+    best = best or (-math.inf, None, None)
+    with deferred_interrupt() as interrupted:
+        for step in range(start, steps + 1):
+            if step % eval_every == 0 or step == steps:
+                if save_state is not None:
+                    save_state(step, best)
+                if validate is not None:
+                    score = validate()
+                    if score > best[0]:
+                        best = (score, step, copy_weights(model))
+                    log.info(f"  {label} {step:5d}  valid {score:.4f}" + ("  (best)" if best[1] == step else ""))
+            if step == steps:
+                break
+            train_step(step)
+            if interrupted():
+                if save_state is not None:
+                    save_state(step + 1, best)
+                raise KeyboardInterrupt
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    return best
 
 
 # -----------------------------------------------------------------------------

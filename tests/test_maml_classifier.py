@@ -56,7 +56,7 @@ def test_masked_head_and_regression_losses():
         out = model(batch["idx"], batch["mask"], batch["task"])
         assert (out[:, n_classes:] == maml.MASKED_LOGIT).all()
         # oracle: the head row by hand, on mean-pooled hidden states, softmax over the real classes only
-        h = model.gpt.encode(batch["idx"], batch["mask"])
+        h = model.gpt.hidden_states(batch["idx"], batch["mask"])
         m = batch["mask"].unsqueeze(-1).float()
         pooled = (h * m).sum(1) / m.sum(1)
         logits = pooled @ model.head_weight[t, :n_classes].T + model.head_bias[t, :n_classes]

@@ -4,7 +4,9 @@ Hugging Face key names, brute-force beam search, one-prompt-at-a-time and uncach
 import itertools
 import json
 import os
+import pickletools
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -46,15 +48,15 @@ def test_attention_mask_by_hand():
 def test_padded_rows_equal_unpadded():
     m = tiny()
     a, b = [3, 1, 4, 1, 5], [9, 2, 6]
-    ref_a, ref_b = m.encode(torch.tensor([a]))[0], m.encode(torch.tensor([b]))[0]
+    ref_a, ref_b = m.hidden_states(torch.tensor([a]))[0], m.hidden_states(torch.tensor([b]))[0]
     # right padding
     idx = torch.tensor([a, b + [0, 0]])
     mask = torch.tensor([[1] * 5, [1] * 3 + [0, 0]])
-    h = m.encode(idx, mask)
+    h = m.hidden_states(idx, mask)
     torch.testing.assert_close(h[0], ref_a, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h[1, :3], ref_b, atol=1e-5, rtol=1e-5)
     # left padding: positions count real tokens, so the result is the same
-    h = m.encode(torch.tensor([a, [0, 0] + b]), torch.tensor([[1] * 5, [0, 0] + [1] * 3]))
+    h = m.hidden_states(torch.tensor([a, [0, 0] + b]), torch.tensor([[1] * 5, [0, 0] + [1] * 3]))
     torch.testing.assert_close(h[1, 2:], ref_b, atol=1e-5, rtol=1e-5)
 
 
@@ -87,7 +89,7 @@ def test_init_and_tying():
 def test_too_long_sequence_is_a_clear_error():
     m = tiny(block_size=8)
     with pytest.raises(ValueError, match="block_size=8"):
-        m.encode(torch.zeros(1, 9, dtype=torch.long))
+        m.hidden_states(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size=8"):
         m.generate([[1] * 6], 5)
 
@@ -273,28 +275,28 @@ def test_from_pretrained_matches_numpy_reference(tmp_path, fmt):
 
 
 def test_from_pretrained_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(model.UserError, match="config.json"):
         GPT.from_pretrained(str(tmp_path))
     # a config that does not match the weights: the file and the key are named
     write_hf_dir(tmp_path / "wide", "safetensors", config={**HF, "n_embd": 16})
-    with pytest.raises(ValueError, match=r"model.safetensors: wte.weight has shape \(13, 8\)"):
+    with pytest.raises(model.UserError, match=r"model.safetensors: wte.weight has shape \(13, 8\)"):
         GPT.from_pretrained(str(tmp_path / "wide"))
     write_hf_dir(tmp_path / "deep", "bin", config={**HF, "n_layer": 3})
-    with pytest.raises(ValueError, match=r"pytorch_model.bin: keys do not match.*missing \['h.2"):
+    with pytest.raises(model.UserError, match=r"pytorch_model.bin: keys do not match.*missing \['h.2"):
         GPT.from_pretrained(str(tmp_path / "deep"))
     # a truncated download
     write_hf_dir(tmp_path / "cut", "safetensors")
     f = tmp_path / "cut" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(model.UserError, match="truncated"):
         GPT.from_pretrained(str(tmp_path / "cut"))
     (tmp_path / "junk").mkdir()
     write_hf_dir(tmp_path / "junk", "bin")
     (tmp_path / "junk" / "pytorch_model.bin").write_bytes(b"not a pickle")
-    with pytest.raises(ValueError, match="pytorch_model.bin: cannot be read"):
+    with pytest.raises(model.UserError, match="pytorch_model.bin: cannot be read"):
         GPT.from_pretrained(str(tmp_path / "junk"))
     os.remove(tmp_path / "junk" / "pytorch_model.bin")
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+    with pytest.raises(model.UserError, match="neither model.safetensors nor pytorch_model.bin"):
         GPT.from_pretrained(str(tmp_path / "junk"))
 
 
@@ -329,8 +331,7 @@ def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     model.save_checkpoint(path, m, None, m.config, step=1, metrics={})
 
     def dying_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkp")
+        f.write(b"half a checkp")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -341,20 +342,47 @@ def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt: no such checkpoint"):
+    with pytest.raises(model.UserError, match="nope.pt: no such file"):
         model.load_checkpoint(str(tmp_path / "nope.pt"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x04garbage")
-    with pytest.raises(ValueError, match="bad.pt: cannot be read"):
+    with pytest.raises(model.UserError, match="bad.pt: cannot be read"):
         model.load_checkpoint(str(bad))
     m = tiny()
     path = str(tmp_path / "ckpt.pt")
     model.save_checkpoint(path, m, None, m.config, step=0, metrics={})
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     ck["config"]["n_embd"] = 32  # the config no longer matches the weights
     torch.save(ck, path)
-    with pytest.raises(ValueError, match=r"ckpt.pt: transformer.wte.weight has shape \(11, 16\)"):
+    with pytest.raises(model.UserError, match=r"ckpt.pt: transformer.wte.weight has shape \(11, 16\)"):
         model.gpt_from_checkpoint(path)
+
+
+class RunsCode:
+    """What a malicious checkpoint holds: unpickling it calls os.system (here: it would only touch a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    m = tiny()
+    witness = tmp_path / "code-ran"
+    path = str(tmp_path / "evil.pt")
+    torch.save(dict(model=m.state_dict(), config={}, step=0, metrics={}, payload=RunsCode(witness)), path)
+    with pytest.raises(model.UserError, match="evil.pt: refused"):
+        model.load_checkpoint(path)
+    with pytest.raises(model.UserError, match="evil.pt: refused"):
+        model.load_init(path)
+    assert not witness.exists()
+    # the oracle: the pickle inside the file really asks for os.system (read with pickletools, never executed)
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    strings = [arg for op, arg, _ in pickletools.genops(pkl) if isinstance(arg, str)]
+    assert any(s.endswith(" system") for s in strings) and f"touch {witness}" in strings
 
 
 # -----------------------------------------------------------------------------
