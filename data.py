@@ -6,22 +6,38 @@ Read in this order:
      GPT-2's pretrained `tokenizer.json` when GPT-2 weights are swapped in;
   2. CALRec data: the built-in multi-domain shopping world, readers for the Amazon benchmark files and the
      raw Amazon 2018 downloads, the text templates, and batches;
-  3. MAML data: the GLUE reader, the built-in task family, and batches.
+  3. MAML data: the GLUE reader, the built-in task family, and batches;
+  4. getting the real data, from the command line:
+
+    python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/
+    python data.py glue                                           # -> data/glue/<task>/
+    python data.py few-shot                                       # -> data/glue-16shot/<task>/16-<seed>/
 """
 
-import csv
+import argparse
+import contextlib
 import gzip
+import http.client
+import io
 import json
 import os
 import random
 import re
+import shutil
+import sys
+import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+
+from model import UserError
 
 # -----------------------------------------------------------------------------
 # 1. tokenizer
@@ -401,9 +417,6 @@ def read_atomic(folder):
 # -----------------------------------------------------------------------------
 # 2c. the raw Amazon 2018 downloads: <Category>_5.json(.gz) reviews + meta_<Category>.json(.gz)
 
-AMAZON_2018_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
-
-
 def _open_text(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
@@ -498,25 +511,6 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
           f"{dropped_unknown} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
           f"after {min_count}-core")
     return Domain(name, [meta[a] for a in asins], asins, train, valid, test, train_sequences)
-
-
-def download_amazon_raw(category, out_dir, base_url=AMAZON_2018_URL, min_count=5):
-    """Fetch a category's 5-core reviews and metadata from the Amazon 2018 site, then parse them.
-
-    `category` is the file stem, e.g. "Industrial_and_Scientific"; `base_url` may be a file:// URL of a
-    local mirror laid out the same way (categoryFilesSmall/, metaFiles2/).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for sub, fname in (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz")):
-        path = os.path.join(out_dir, fname)
-        if not os.path.isfile(path):
-            url = f"{base_url}/{sub}/{fname}"
-            print(f"downloading {url}")
-            urllib.request.urlretrieve(url, path + ".part")
-            os.replace(path + ".part", path)
-        paths.append(path)
-    return read_amazon_raw(paths[0], paths[1], name=category, min_count=min_count)
 
 
 def load_domains(folders):
@@ -778,66 +772,6 @@ def few_shot_folders(root, name):
     return [os.path.join(folder, f"16-{s}") for s in seeds]
 
 
-# The official GLUE archives, as GLUE's own download script names them. MRPC is not in one archive: it is
-# built from the Microsoft corpus's two files (mirrored by SentEval) and GLUE's list of dev pairs.
-GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
-GLUE_ARCHIVES = {"CoLA": "CoLA.zip", "SST-2": "SST-2.zip", "QQP": "QQP-clean.zip", "STS-B": "STS-B.zip",
-                 "MNLI": "MNLI.zip", "QNLI": "QNLIv2.zip", "RTE": "RTE.zip"}
-MRPC_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
-MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
-                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
-
-
-def download_glue(dest, names, base_url=GLUE_URL, mrpc_url=MRPC_URL, mrpc_dev_ids_url=MRPC_DEV_IDS_URL):
-    """Fetch the official GLUE files into dest/<task>/ and check that each parses (`glue_task`).
-
-    The official test.tsv files are unlabelled, so they are removed: dev.tsv then plays the held-out role
-    and `run` carves a validation split out of train.tsv. The URLs are arguments so that the tests can
-    serve files of the official layout from a local folder (file://).
-    """
-    os.makedirs(dest, exist_ok=True)
-    for name in names:
-        check_glue_task(name)
-        folder = os.path.join(dest, name)
-        if name == "MRPC":
-            download_mrpc(folder, mrpc_url, mrpc_dev_ids_url)
-        else:
-            archive = os.path.join(dest, GLUE_ARCHIVES[name])
-            urllib.request.urlretrieve(base_url + GLUE_ARCHIVES[name], archive)
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(dest)  # each archive holds one folder named like the task (QNLIv2 -> QNLI)
-            os.remove(archive)
-        test = os.path.join(folder, "test.tsv")
-        if os.path.isfile(test):
-            os.remove(test)  # unlabelled
-        glue_task(name, folder)  # fails here, naming the file and line, if the layout is not the official one
-        print(f"{name}: downloaded to {folder}")
-
-
-def download_mrpc(folder, mrpc_url, dev_ids_url):
-    """GLUE's MRPC: msr_paraphrase_train.txt split into train/dev by GLUE's dev ids."""
-    os.makedirs(folder, exist_ok=True)
-    src = os.path.join(folder, "msr_paraphrase_train.txt")
-    urllib.request.urlretrieve(mrpc_url + "msr_paraphrase_train.txt", src)
-    ids_path = os.path.join(folder, "dev_ids.tsv")
-    urllib.request.urlretrieve(dev_ids_url, ids_path)
-    dev_ids = {tuple(fields[:2]) for _, fields in read_tsv_rows(ids_path)}
-    rows = read_tsv_rows(src)
-    header = rows[0][1]
-    with open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="") as ftr, \
-            open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="") as fdv:
-        wtr = csv.writer(ftr, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
-        wdv = csv.writer(fdv, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
-        wtr.writerow(header)
-        wdv.writerow(header)
-        for lineno, fields in rows[1:]:
-            if len(fields) != 5:
-                raise ValueError(f"{src}:{lineno}: expected 5 tab-separated columns, got {len(fields)}")
-            (wdv if (fields[1], fields[2]) in dev_ids else wtr).writerow(fields)
-    os.remove(src)
-    os.remove(ids_path)
-
-
 # --- the built-in task family ----------------------------------------------------
 #
 # A made-up language: eight word *kinds* of twelve made-up words each, plus filler words. A sentence is a
@@ -997,3 +931,425 @@ def encode_examples(tokenizer, split, max_len):
     return out
 
 
+
+
+# -----------------------------------------------------------------------------
+# 4. getting the real data: python data.py amazon | glue | few-shot
+#
+# Each data set is fetched from its official address into <out>/downloads/ (kept: a rerun resumes a partial
+# download and skips a complete one), checked (gzip's and zip's CRC-32s, GLUE's row counts), and laid out in
+# the folder format that the readers above take. A data set's folder is built under a temporary name and
+# renamed when it is complete, so it is never half-written; one that is already there is left alone.
+
+AMAZON_2018_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+# The official GLUE archives, as GLUE's own download script names them. MRPC is not in one archive: it is
+# built from the Microsoft corpus's training file (mirrored by SentEval) and GLUE's list of dev pairs.
+GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
+GLUE_ARCHIVES = {"CoLA": "CoLA.zip", "SST-2": "SST-2.zip", "QQP": "QQP-clean.zip", "STS-B": "STS-B.zip",
+                 "MNLI": "MNLI.zip", "QNLI": "QNLIv2.zip", "RTE": "RTE.zip"}
+MRPC_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
+MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
+                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
+GLUE_ROWS = {  # task -> (train rows, dev rows) of the official files (MNLI's dev: dev_matched.tsv)
+    "CoLA": (8551, 1043), "SST-2": (67349, 872), "MRPC": (3668, 408), "STS-B": (5749, 1500),
+    "QQP": (363846, 40430), "MNLI": (392702, 9815), "QNLI": (104743, 5463), "RTE": (2490, 277),
+}
+
+
+def fetch(url, path, hint_if_missing=None):
+    """Download `url` to `path` (unless it is there already) and return `path`.
+
+    The bytes go to path + ".part" and only a complete download is renamed to `path`. An interrupted download
+    resumes: the server is asked for the rest (an HTTP Range request); one that answers with the whole file
+    (200 instead of 206 Partial Content) starts it over. A network failure is a UserError naming the URL;
+    `hint_if_missing` is added when the server has no such file (HTTP 404).
+    """
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    part = path + ".part"
+    have = os.path.getsize(part) if os.path.isfile(part) else 0
+    ranged = have > 0 and url.startswith(("http://", "https://"))  # file:// URLs are read whole
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if ranged else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if response.status != 206:
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=os.path.basename(path))
+            with open(part, "ab" if have else "wb") as f, bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and ranged:  # "range not satisfiable": the .part is no prefix of this file
+            os.remove(part)
+            return fetch(url, path, hint_if_missing)
+        hint = f"; {hint_if_missing}" if e.code == 404 and hint_if_missing else ""
+        raise UserError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
+    except urllib.error.URLError as e:  # no connection: DNS, refused, timed out, no such local file
+        raise UserError(f"{url}: {e.reason}") from None
+    except (OSError, http.client.HTTPException) as e:  # mid-download: a timeout, a dropped connection
+        raise UserError(f"{url}: {str(e) or type(e).__name__}; rerun to resume the download") from None
+    if total is not None and os.path.getsize(part) != total:
+        raise UserError(f"{url}: the connection closed after {os.path.getsize(part)} of {total} bytes; "
+                        "rerun to resume the download")
+    os.replace(part, path)
+    return path
+
+
+@contextlib.contextmanager
+def building(folder):
+    """Yield a temporary folder to write `folder`'s files into; it becomes `folder` only if the body succeeds.
+
+    The temporary folder has `folder`'s name (readers such as `read_atomic` take the data set's name from it),
+    inside a hidden sibling that is removed whatever happens.
+    """
+    parent, name = os.path.split(os.path.normpath(folder))
+    scratch = os.path.join(parent, f".{name}.tmp{os.getpid()}")
+    tmp = os.path.join(scratch, name)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(scratch)
+
+
+# --- Amazon Review Data 2018 -> benchmark folders ------------------------------------
+
+
+def check_gzip(path):
+    """Read a .gz file to its end, where gzip checks the CRC-32 and length of what it unpacked. A truncated
+    or corrupt download is deleted, so that a rerun fetches it again."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        os.remove(path)
+        raise UserError(f"{path}: not a complete gzip file ({e}); deleted, rerun to download it again") from None
+
+
+def fold_whitespace(text):
+    """Runs of whitespace (tabs, newlines, ...) -> one space: a cell must stay in its column and on its line."""
+    return " ".join(text.split())
+
+
+def write_benchmark_folder(domain, folder):
+    """A Domain -> the RecBole/UniSRec atomic files of section 2b in `folder` (named like the domain):
+    <name>.item (the item keys, one text column per attribute, a missing value an empty cell) and
+    <name>.train/.valid/.test.inter with one row per example of `leave_one_out`, users numbered 0..n-1."""
+    name, keys = os.path.basename(folder), domain.item_keys
+    columns = [f"{a.lower().replace(' ', '_')}:token_seq" for a in domain.attributes]  # read back as .title()
+    with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8", newline="\n") as f:
+        f.write("\t".join(["item_id:token"] + columns) + "\n")
+        for key, item in zip(keys, domain.items):
+            f.write("\t".join([key] + [fold_whitespace(item.get(a, "")) for a in domain.attributes]) + "\n")
+    for s, split in enumerate(("train", "valid", "test")):  # the order of leave_one_out's results
+        with open(os.path.join(folder, f"{name}.{split}.inter"), "w", encoding="utf-8", newline="\n") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            for user, (history, target) in enumerate(domain.test):  # a test example holds the whole sequence
+                for h, t in leave_one_out([history + [target]])[s]:
+                    f.write(f"{user}\t{' '.join(keys[i] for i in h)}\t{keys[t]}\n")
+
+
+def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
+    """Amazon Review Data 2018 categories -> out/<category>/, benchmark folders that `load_domains` reads.
+
+    `categories` are the site's file stems (Industrial_and_Scientific, Video_Games, ...). Each one's 5-core
+    reviews and metadata go through `read_amazon_raw` (the spec's protocol), are written by
+    `write_benchmark_folder`, and read back with `read_atomic`: the folder must hold exactly that Domain.
+    """
+    for category in categories:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", category):
+            raise UserError(f"{category!r}: not an Amazon 2018 category file name; those are words joined by "
+                            "underscores, such as Industrial_and_Scientific")
+    downloads = os.path.join(out, "downloads")
+    for category in categories:
+        folder = os.path.join(out, category)
+        if os.path.exists(folder):
+            print(f"{folder}: already there; delete it to rebuild")
+            continue
+        hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
+        paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(downloads, file), hint) for sub, file in
+                 (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
+        for path in paths:
+            check_gzip(path)
+        try:
+            domain = read_amazon_raw(*paths, name=category, min_count=min_count)
+        except ValueError as e:  # a record that is not what the 2018 files hold, named by file and line
+            raise UserError(str(e)) from None
+        if not domain.test:
+            raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
+        with building(folder) as tmp:
+            write_benchmark_folder(domain, tmp)
+            with contextlib.redirect_stdout(io.StringIO()):  # its note on missing values comes at every load
+                back = read_atomic(tmp)
+            items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
+            if (back.item_keys, back.items, back.train, back.valid, back.test) != \
+                    (domain.item_keys, items, domain.train, domain.valid, domain.test):
+                raise RuntimeError(f"{folder}: reads back other items or examples than were written")
+        print(f"{folder}: {len(domain.test)} users, {domain.n_items} items; {len(domain.train)} train, "
+              f"{len(domain.valid)} valid and {len(domain.test)} test examples")
+
+
+# --- GLUE -> one folder per task --------------------------------------------------------
+
+
+def unpack_glue_archive(archive, folder):
+    """The files of an official GLUE archive's one top-level folder (CoLA/, QNLI/ in QNLIv2.zip, ...) -> folder,
+    less the unlabelled test files (test*.tsv) and the subfolders (the pre-GLUE originals)."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            bad = z.testzip()  # reads every member, checking its CRC-32
+            if bad is not None:
+                raise zipfile.BadZipFile(f"{bad} fails its CRC check")
+            tops = {n.split("/")[0] for n in z.namelist()}
+            if len(tops) != 1:
+                raise UserError(f"{archive}: expected one top-level folder, found {sorted(tops)}")
+            for member in z.namelist():
+                _, _, file = member.partition("/")
+                if file and "/" not in file and not (file.startswith("test") and file.endswith(".tsv")):
+                    with z.open(member) as src, open(os.path.join(folder, file), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        os.remove(archive)
+        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, rerun to download it "
+                        "again") from None
+
+
+def build_mrpc(source, dev_ids, folder):
+    """GLUE's MRPC, made as GLUE's download script makes it: the lines of msr_paraphrase_train.txt whose pair
+    of ids is in GLUE's dev list go to dev.tsv, the others to train.tsv; both start with the header line as it
+    is (byte-order mark included). Each line is stripped, split on tabs and rejoined, with '\\n' line ends."""
+    with open(dev_ids, encoding="utf-8") as f:
+        dev = {tuple(line.strip().split("\t")) for line in f if line.strip()}
+    with open(source, encoding="utf-8") as f, \
+            open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="\n") as train_f, \
+            open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="\n") as dev_f:
+        header = f.readline()
+        train_f.write(header)
+        dev_f.write(header)
+        for line_no, line in enumerate(f, 2):
+            fields = line.strip().split("\t")
+            if len(fields) != 5:
+                raise UserError(f"{source}:{line_no}: expected 5 tab-separated columns, got {len(fields)}")
+            (dev_f if tuple(fields[1:3]) in dev else train_f).write("\t".join(fields) + "\n")
+
+
+def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_URL,
+                 mrpc_dev_ids_url=MRPC_DEV_IDS_URL, expected_rows=GLUE_ROWS):
+    """The official GLUE files -> out/<task>/ (train.tsv, dev.tsv; MNLI: dev_matched.tsv, dev_mismatched.tsv).
+
+    The official test files are unlabelled, so they are left out: dev then plays the held-out role, and the
+    MAML run carves its validation split out of train. Every split is parsed (`glue_task`) and its rows counted
+    against `expected_rows` ({task: (train, dev)}; None skips the count). The URLs are arguments so that tests
+    can serve files of the official layout from a local server.
+    """
+    downloads = os.path.join(out, "downloads")
+    for name in names:
+        check_glue_task(name)
+        folder = os.path.join(out, name)
+        if os.path.exists(folder):
+            print(f"{folder}: already there; delete it to rebuild")
+            continue
+        if name == "MRPC":
+            sources = [fetch(mrpc_url + "msr_paraphrase_train.txt",
+                             os.path.join(downloads, "msr_paraphrase_train.txt")),
+                       fetch(mrpc_dev_ids_url, os.path.join(downloads, "mrpc_dev_ids.tsv"))]
+        else:
+            sources = [fetch(base_url + GLUE_ARCHIVES[name], os.path.join(downloads, GLUE_ARCHIVES[name]))]
+        with building(folder) as tmp:
+            if name == "MRPC":
+                build_mrpc(*sources, tmp)
+            else:
+                unpack_glue_archive(sources[0], tmp)
+            try:
+                task = glue_task(name, tmp)  # every line of every split, or an error naming file and line
+            except (ValueError, FileNotFoundError) as e:
+                raise UserError(str(e)) from None
+            rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
+            if expected_rows is not None and rows != tuple(expected_rows[name]):
+                raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official "
+                                f"files have {expected_rows[name][0]} and {expected_rows[name][1]}")
+        print(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
+
+
+# --- few-shot splits (LM-BFF) ------------------------------------------------------------
+
+
+LM_BFF_SEEDS = (100, 13, 21, 42, 87)  # the order of LM-BFF's script, which matters for CoLA (see below)
+
+
+def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, seeds=LM_BFF_SEEDS):
+    """LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021; their tools/generate_k_shot_data.py) drawn
+    from glue_root/<task>/train.tsv -> out/<task>/<k>-<seed>/train.tsv and dev.tsv, k examples per label in each.
+
+    For each task and seed: the data lines, kept byte for byte, are shuffled by numpy's legacy generator
+    seeded with the seed, grouped by label in order of first appearance (STS-B: score < 2.5 or not);
+    train.tsv = the header + the first k lines of each group, dev.tsv (MNLI: dev_matched.tsv) = the header +
+    the next k. GLUE's dev set stays the test set. One quirk is kept so that the splits equal the released
+    ones: LM-BFF's script shuffles a file without a header (CoLA) in place, so each seed's shuffle starts from
+    the previous seed's order, the seeds taken in the script's order (100, 13, 21, 42, 87); a file with a
+    header is shuffled afresh from the file's order for every seed.
+    """
+    for name in names:
+        spec = check_glue_task(name)
+        path = os.path.join(glue_root, name, "train.tsv")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
+        try:
+            read_glue_split(path, name)  # every line well-formed, or an error naming file and line
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        with open(path, "rb") as f:
+            lines = [line for line in f.read().splitlines(keepends=True) if line.strip()]
+        if not lines[-1].endswith((b"\n", b"\r")):
+            lines[-1] += b"\n"  # a last line without its line end must not run into the next one
+        if spec.get("header", True):
+            header, lines = lines[:1], lines[1:]
+            column = header[0].decode("utf-8-sig").rstrip("\r\n").split("\t").index(spec["label"])
+        else:
+            header, column = [], spec["label"]  # CoLA: by position
+        label = {line: line.decode("utf-8").rstrip("\r\n").split("\t")[column].strip() for line in lines}
+        if spec["labels"] is None:  # STS-B: the score, in two bins
+            label = {line: int(float(score) >= 2.5) for line, score in label.items()}
+        dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
+        in_place = not header  # LM-BFF's quirk, see above
+        order = sorted(seeds, key=lambda s: LM_BFF_SEEDS.index(s) if s in LM_BFF_SEEDS else len(LM_BFF_SEEDS))
+        shuffled = list(lines)
+        for seed in order if in_place else seeds:
+            if not in_place:
+                shuffled = list(lines)
+            np.random.RandomState(seed).shuffle(shuffled)  # = np.random.seed(seed); np.random.shuffle(...)
+            folder = os.path.join(out, name, f"{k}-{seed}")
+            if os.path.exists(folder):
+                print(f"{folder}: already there; delete it to rebuild")
+                continue
+            groups = {}
+            for line in shuffled:
+                groups.setdefault(label[line], []).append(line)
+            for value, group in groups.items():
+                if len(group) < 2 * k:
+                    raise UserError(f"{path}: label {value!r} has {len(group)} lines, fewer than 2k = {2 * k}")
+            with building(folder) as tmp:
+                for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):
+                    with open(os.path.join(tmp, file), "wb") as f:
+                        f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
+                shot = glue_task(name, tmp)
+                if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
+                    raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
+            print(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")
+
+
+# --- the command line ------------------------------------------------------------------
+
+def _positive_int(text):
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _seeds(text):
+    seeds = text.split(",")
+    if not all(s.strip().isdigit() for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return [int(s) for s in seeds]
+
+
+def _glue_tasks(text):
+    names = [t.strip() for t in text.split(",")]
+    for t in names:
+        if t not in GLUE_TASKS:
+            raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
+    return names
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="data.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        description="Fetch the real data sets and lay them out in the folders that train.py reads.",
+        epilog="examples:\n"
+               "  python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/\n"
+               "  python data.py glue                                           # -> data/glue/<task>/\n"
+               "  python data.py few-shot                                       # -> data/glue-16shot/\n"
+               "  python data.py amazon --help                                  # one command's options\n\n"
+               "Downloads are kept in <out>/downloads/: an interrupted command resumes where it stopped.\n"
+               "A finished folder is left alone; delete it to rebuild it.")
+    commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
+
+    a = commands.add_parser(
+        "amazon", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        help="Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
+        description="Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and\n"
+                    "McAuley, EMNLP 2019), apply the spec's protocol (items without a title dropped, time order,\n"
+                    "de-duplication, iterative k-core, leave-one-out) and write <out>/<category>/ in the\n"
+                    "RecBole/UniSRec atomic format (<category>.item, .train.inter, .valid.inter, .test.inter).",
+        epilog="example:\n  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
+               "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
+    a.add_argument("categories", nargs="+", metavar="CATEGORY",
+                   help="a category's file name on the Amazon 2018 site, e.g. Industrial_and_Scientific")
+    a.add_argument("--out", default="data/amazon", help="where the folders go (default: %(default)s)")
+    a.add_argument("--min-count", type=_positive_int, default=5,
+                   help="k of the iterative k-core: users and items with fewer interactions go "
+                        "(default: %(default)s)")
+    a.add_argument("--url", default=AMAZON_2018_URL,
+                   help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
+                        "file:// works) (default: %(default)s)")
+
+    g = commands.add_parser(
+        "glue", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        help="the official GLUE files -> one folder per task for --task maml",
+        description="Fetch GLUE's official archives (MRPC: built as GLUE's download script builds it), check\n"
+                    "them (zip CRCs, every line parsed, the official row counts), drop the unlabelled test\n"
+                    "files and write <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
+        epilog="example:\n  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
+               "  python train.py --task maml --data data/glue")
+    g.add_argument("--tasks", type=_glue_tasks, default=list(GLUE_TASKS),
+                   help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
+    g.add_argument("--out", default="data/glue", help="where the task folders go (default: %(default)s)")
+
+    f = commands.add_parser(
+        "few-shot", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        help="LM-BFF's k-shot splits of GLUE's training files",
+        description="Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv:\n"
+                    "for each seed, k training and k validation examples per label, in <out>/<task>/<k>-<seed>/.\n"
+                    "train.py --task maml --data <glue> uses the 16-shot splits in glue-16shot next to <glue>.",
+        epilog="example:\n  python data.py glue --tasks CoLA,MRPC,STS-B,RTE\n"
+               "  python data.py few-shot --glue data/glue --out data/glue-16shot")
+    f.add_argument("--glue", default="data/glue", help="the GLUE folder of `data.py glue` (default: %(default)s)")
+    f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue)")
+    f.add_argument("--tasks", type=_glue_tasks, default=["CoLA", "MRPC", "STS-B", "RTE"],
+                   help="comma-separated GLUE tasks (default: CoLA,MRPC,STS-B,RTE)")
+    f.add_argument("--k", type=_positive_int, default=16,
+                   help="examples per label in each split (default: %(default)s)")
+    f.add_argument("--seeds", type=_seeds, default=list(LM_BFF_SEEDS),
+                   help="comma-separated seeds, one split per seed (default: LM-BFF's, 100,13,21,42,87)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "amazon":
+            prepare_amazon(args.categories, args.out, base_url=args.url, min_count=args.min_count)
+        elif args.command == "glue":
+            prepare_glue(args.out, args.tasks)
+        else:
+            next_to_glue = os.path.join(os.path.dirname(os.path.abspath(args.glue)), "glue-16shot")  # as maml.py
+            make_few_shot(args.glue, args.out or os.path.relpath(next_to_glue), args.tasks, k=args.k,
+                          seeds=args.seeds)
+    except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """CALRec's data: the raw Amazon 2018 protocol on tiny files written here (time order with file-order ties,
-de-duplication, iterative k-core, leave-one-out, plain and .gz, the download helper via file://), the
-benchmark-folder readers and their errors, and the built-in world. Run: python -m pytest -q tests/test_calrec_data.py"""
+de-duplication, iterative k-core, leave-one-out, plain and .gz), the benchmark-folder readers and their errors,
+and the built-in world (fetching the real files: tests/test_data_download.py).
+Run: python -m pytest -q tests/test_calrec_data.py"""
 
 import gzip
 import json
@@ -90,18 +91,6 @@ def test_raw_reader_errors_name_file_and_line(tmp_path):
         data.read_amazon_raw(bad, meta)
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         data.read_amazon_raw(str(tmp_path / "nowhere.json"), meta)
-
-
-def test_download_helper_fetches_and_parses(tmp_path):
-    mirror = tmp_path / "mirror"
-    (mirror / "categoryFilesSmall").mkdir(parents=True)
-    (mirror / "metaFiles2").mkdir()
-    write_lines(str(mirror / "categoryFilesSmall" / "Tools_5.json.gz"), raw_reviews())
-    write_lines(str(mirror / "metaFiles2" / "meta_Tools.json.gz"), META)
-    d = data.download_amazon_raw("Tools", str(tmp_path / "dl"), base_url=mirror.as_uri(), min_count=3)
-    assert os.path.isfile(tmp_path / "dl" / "Tools_5.json.gz") and len(d.test) == 3
-    # the downloaded folder then loads like any other domain folder (k-core 5 leaves nothing here: 0 users)
-    assert data.load_domains([str(tmp_path / "dl")])[0].test == []
 
 
 # -----------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""The GLUE reader on files written here in each official layout, its errors, the download helper (served
-from a local folder), and, when ../shared/data is present, the real files."""
+"""The GLUE reader on files written here in each official layout, its errors, and, when ../shared/data is
+present, the real files (fetching the official files: tests/test_data_download.py)."""
 
 import os
-import zipfile
 
 import pytest
 
@@ -107,27 +106,6 @@ def test_missing_files_and_unknown_tasks(tmp_path):
         data.load_glue(str(tmp_path), ["MRPC"])
     with pytest.raises(ValueError, match="unknown GLUE task 'WNLI'"):
         data.load_glue(str(tmp_path), ["WNLI"])
-
-
-def test_download_helper_on_local_files(tmp_path):
-    # a "server" folder with the official archive of RTE and MRPC's two source files
-    server = tmp_path / "server"
-    server.mkdir()
-    with zipfile.ZipFile(server / "RTE.zip", "w") as z:
-        z.writestr("RTE/train.tsv", LAYOUTS["RTE"])
-        z.writestr("RTE/dev.tsv", LAYOUTS["RTE"])
-        z.writestr("RTE/test.tsv", "index\tsentence1\tsentence2\n0\ta\tb\n")  # unlabelled, as officially
-    (server / "msr_paraphrase_train.txt").write_text(
-        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\tA \"b\" .\tA b .\n0\t13\t14\tC .\tD .\n"
-        "1\t15\t16\tE .\tE !\n", encoding="utf-8")
-    (server / "dev_ids.tsv").write_text("13\t14\n", encoding="utf-8")
-    url = server.as_uri() + "/"
-    dest = str(tmp_path / "glue")
-    data.download_glue(dest, ["RTE", "MRPC"], base_url=url, mrpc_url=url, mrpc_dev_ids_url=url + "dev_ids.tsv")
-    rte = data.glue_task("RTE", os.path.join(dest, "RTE"))
-    assert rte["train"]["y"] == [1, 0] and "test" not in rte
-    mrpc = data.glue_task("MRPC", os.path.join(dest, "MRPC"))
-    assert mrpc["train"]["text_a"] == ['A "b" .', "E ."] and mrpc["dev"]["text_a"] == ["C ."]
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_GLUE), reason="../shared/data/glue is not present")

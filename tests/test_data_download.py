@@ -1,0 +1,405 @@
+"""data.py's command line for the real data, offline: tiny files in the official layouts served by a local HTTP
+server started here (honouring `Range: bytes=N-`), or read through file:// URLs. Amazon 2018 -> benchmark
+folders, resumed and broken downloads, GLUE archives -> task folders, LM-BFF's few-shot splits against an
+independent draw, and the command line's errors. Run: python -m pytest -q tests/test_data_download.py"""
+
+import http.server
+import os
+import re
+import threading
+import urllib.parse
+import zipfile
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import data
+from model import UserError
+from test_calrec_data import META, raw_reviews, write_lines
+from test_glue_reader import LAYOUTS
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves the files under .root; .seen records (path, Range header) of every request. With
+    .options["ranges"] False it ignores Range headers (answers 200 with the whole file); with
+    .options["cut"] = N it announces the whole file but closes the connection after N bytes."""
+    root = tmp_path / "server"
+    root.mkdir()
+    seen, options = [], {"ranges": True, "cut": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((urllib.parse.urlsplit(self.path).path, self.headers.get("Range")))
+            path = root / urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+            if not path.is_file():
+                return self.send_error(404, "Not Found")
+            body, start = path.read_bytes(), 0
+            asked = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            if asked and options["ranges"]:
+                start = int(asked.group(1))
+                if start >= len(body):
+                    return self.send_error(416, "Range Not Satisfiable")
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            self.wfile.write(body[start:options["cut"]])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}", root=root, seen=seen, options=options)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# -----------------------------------------------------------------------------
+# fetch: resuming, starting over, failing with the URL
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_an_interrupted_download_resumes(server, tmp_path, ranges):
+    body = np.random.default_rng(0).bytes(300_000)
+    (server.root / "big.bin").write_bytes(body)
+    path = str(tmp_path / "dl" / "big.bin")
+    server.options["cut"] = 123_457  # the connection drops here
+    with pytest.raises(UserError, match=r"/big\.bin: the connection closed after 123457 of 300000 bytes"):
+        data.fetch(server.url + "/big.bin", path)
+    assert not os.path.exists(path) and os.path.getsize(path + ".part") == 123_457
+    server.options.update(cut=None, ranges=ranges)  # ranges False: the server answers 200, the whole file
+    assert data.fetch(server.url + "/big.bin", path) == path
+    assert server.seen == [("/big.bin", None), ("/big.bin", "bytes=123457-")]
+    with open(path, "rb") as f:
+        assert f.read() == body  # byte for byte: resumed on 206, started over on 200
+    assert not os.path.exists(path + ".part")
+    data.fetch(server.url + "/big.bin", path)  # there already: no request
+    assert len(server.seen) == 2
+
+
+def test_a_part_longer_than_the_file_starts_over(server, tmp_path):
+    (server.root / "a.bin").write_bytes(b"0123456789")
+    path = str(tmp_path / "a.bin")
+    with open(path + ".part", "wb") as f:
+        f.write(b"0123456789abc")  # not a prefix of the file (which changed on the server, say)
+    data.fetch(server.url + "/a.bin", path)
+    assert server.seen == [("/a.bin", "bytes=13-"), ("/a.bin", None)]  # 416, then the whole file
+    with open(path, "rb") as f:
+        assert f.read() == b"0123456789"
+
+
+def test_file_urls_start_over(tmp_path):
+    source = tmp_path / "mirror" / "a.bin"
+    source.parent.mkdir()
+    source.write_bytes(b"0123456789")
+    path = str(tmp_path / "a.bin")
+    with open(path + ".part", "wb") as f:
+        f.write(b"01234xx")  # not resumable through file://: read whole again
+    data.fetch(source.as_uri(), path)
+    with open(path, "rb") as f:
+        assert f.read() == b"0123456789"
+
+
+def test_network_failures_name_the_url(server, tmp_path):
+    url = server.url + "/missing.gz"
+    with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; look elsewhere")):
+        data.fetch(url, str(tmp_path / "missing.gz"), hint_if_missing="look elsewhere")
+    with pytest.raises(UserError, match=r"^http://127\.0\.0\.1:1/x\.gz: .*refused"):
+        data.fetch("http://127.0.0.1:1/x.gz", str(tmp_path / "x.gz"))
+    assert os.listdir(tmp_path) == ["server"]  # nothing written
+
+
+# -----------------------------------------------------------------------------
+# Amazon 2018 -> benchmark folders
+
+AMAZON_META = [dict(m) for m in META]
+AMAZON_META[0]["title"] = "Thing\tA\nwith  spaces"  # item A: a tab, a newline and a double space
+del AMAZON_META[1]["price"]                        # item B: no price, an empty cell
+
+
+def serve_amazon(root):
+    """The Amazon 2018 site's layout for a category "Tools"; returns the paths of its two files."""
+    reviews, meta = root / "categoryFilesSmall" / "Tools_5.json.gz", root / "metaFiles2" / "meta_Tools.json.gz"
+    for path, records in ((reviews, raw_reviews()), (meta, AMAZON_META)):
+        path.parent.mkdir()
+        write_lines(str(path), records)
+    return str(reviews), str(meta)
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_amazon_end_to_end(server, tmp_path, capsys, scheme):
+    raw_paths = serve_amazon(server.root)
+    url = server.url if scheme == "http" else server.root.as_uri()
+    out = tmp_path / "amazon"
+    data.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)
+    assert sorted(os.listdir(out)) == ["Tools", "downloads"]  # no temporary folder left
+    assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz", "meta_Tools.json.gz"]
+
+    d = data.load_domains([str(out / "Tools")])[0]
+    raw = data.read_amazon_raw(*raw_paths, min_count=3)  # the protocol straight on the raw files
+    assert d.item_keys == raw.item_keys == ["A", "B", "C", "D"]
+    assert d.items == [{k: " ".join(v.split()) for k, v in item.items()} for item in raw.items]
+    assert (d.train, d.valid, d.test) == (raw.train, raw.valid, raw.test)
+    name = dict(enumerate(d.item_keys))  # and the sequences known by hand (see test_calrec_data)
+    assert {tuple(name[i] for i in h + [t]) for h, t in d.test} == {
+        ("A", "C", "B", "D"), ("A", "B", "C", "D"), ("D", "C", "B", "A")}
+
+    item_lines = (out / "Tools" / "Tools.item").read_text(encoding="utf-8").split("\n")
+    assert item_lines[:3] == ["item_id:token\ttitle:token_seq\tcategory:token_seq\tbrand:token_seq\tprice:token_seq",
+                              "A\tThing A with spaces\tTools A\tAcme\t$1", "B\tThing B\tTools B\tAcme\t"]
+    test_lines = (out / "Tools" / "Tools.test.inter").read_text(encoding="utf-8").split("\n")
+    assert test_lines[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
+    assert sorted(line.split("\t")[0] for line in test_lines[1:] if line) == ["0", "1", "2"]
+    assert "Tools: 3 users, 4 items; 3 train, 3 valid and 3 test examples" in capsys.readouterr().out
+
+    requests = len(server.seen)
+    data.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
+    assert "already there; delete it to rebuild" in capsys.readouterr().out and len(server.seen) == requests
+    # the downloads folder also reads as a raw-file domain (5-core leaves nothing of these few users)
+    assert data.load_domains([str(out / "downloads")])[0].test == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad crc"])
+def test_a_broken_gzip_is_deleted_and_fetched_again(server, tmp_path, damage):
+    good_path, _ = serve_amazon(server.root)
+    with open(good_path, "rb") as f:
+        good = f.read()
+    bad = good[:len(good) // 2] if damage == "truncated" else good[:-8] + bytes([good[-8] ^ 1]) + good[-7:]
+    with open(good_path, "wb") as f:
+        f.write(bad)
+    out = tmp_path / "amazon"
+    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: not a complete gzip file .*deleted, rerun"):
+        data.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
+    assert os.listdir(out) == ["downloads"]  # no Tools folder, finished or temporary
+    assert sorted(os.listdir(out / "downloads")) == ["meta_Tools.json.gz"]  # the bad file is gone
+    with open(good_path, "wb") as f:
+        f.write(good)
+    data.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)  # the rerun fetches it again
+    assert len(data.read_atomic(str(out / "Tools")).test) == 3
+
+
+def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path):
+    url = f"{server.url}/categoryFilesSmall/Nope_5.json.gz"
+    with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; is 'Nope' an Amazon 2018 category")):
+        data.prepare_amazon(["Nope"], str(tmp_path / "amazon"), base_url=server.url)
+    assert not os.path.exists(tmp_path / "amazon" / "Nope")
+    with pytest.raises(UserError, match="'Video Games': not an Amazon 2018 category file name"):
+        data.prepare_amazon(["Video Games"], str(tmp_path / "amazon"), base_url=server.url)
+    serve_amazon(server.root)
+    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: no user is left after the 5-core"):
+        data.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url)  # too few for 5
+    assert os.listdir(tmp_path / "amazon") == ["downloads"]
+
+
+# -----------------------------------------------------------------------------
+# GLUE -> task folders
+
+MRPC_SOURCE = ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t11\t12\tA \"b\" .\tA b .\r\n"
+               "0\t13\t14\tC .\tD .\r\n1\t15\t16\tE .\tE !\r\n")  # the Microsoft file: CRLF, a byte-order mark
+UNLABELLED = "index\tsentence1\tsentence2\n0\ta\tb\n"
+
+
+def zip_files(path, files, compression=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+
+
+def serve_glue(root):
+    (root / "glue").mkdir()
+    zip_files(root / "glue" / "RTE.zip", {"RTE/train.tsv": LAYOUTS["RTE"], "RTE/dev.tsv": LAYOUTS["RTE"],
+                                          "RTE/test.tsv": UNLABELLED})
+    zip_files(root / "glue" / "MNLI.zip", {
+        "MNLI/README.txt": "MultiNLI\n", "MNLI/train.tsv": LAYOUTS["MNLI"], "MNLI/dev_matched.tsv": LAYOUTS["MNLI"],
+        "MNLI/dev_mismatched.tsv": LAYOUTS["MNLI"], "MNLI/test_matched.tsv": UNLABELLED,
+        "MNLI/test_mismatched.tsv": UNLABELLED, "MNLI/original/multinli_1.0_train.jsonl": "{}\n"})
+    zip_files(root / "glue" / "QNLIv2.zip", {"QNLI/train.tsv": LAYOUTS["QNLI"], "QNLI/dev.tsv": LAYOUTS["QNLI"],
+                                             "QNLI/test.tsv": UNLABELLED})
+    (root / "senteval").mkdir()
+    (root / "senteval" / "msr_paraphrase_train.txt").write_bytes(MRPC_SOURCE.encode("utf-8"))
+    (root / "mrpc_dev_ids.tsv").write_bytes(b"13\t14\r\n")
+
+
+def glue_urls(server):
+    return dict(base_url=server.url + "/glue/", mrpc_url=server.url + "/senteval/",
+                mrpc_dev_ids_url=server.url + "/mrpc_dev_ids.tsv?alt=media&token=x")
+
+
+def test_glue_archives_become_task_folders(server, tmp_path):
+    serve_glue(server.root)
+    out = tmp_path / "glue"
+    rows = {"RTE": (2, 2), "MNLI": (3, 3), "QNLI": (2, 2), "MRPC": (2, 1)}
+    data.prepare_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"], expected_rows=rows, **glue_urls(server))
+    assert sorted(os.listdir(out)) == ["MNLI", "MRPC", "QNLI", "RTE", "downloads"]
+    assert sorted(os.listdir(out / "RTE")) == sorted(os.listdir(out / "QNLI")) == ["dev.tsv", "train.tsv"]
+    assert sorted(os.listdir(out / "MNLI")) == ["README.txt", "dev_matched.tsv", "dev_mismatched.tsv", "train.tsv"]
+    assert (out / "RTE" / "train.tsv").read_bytes() == LAYOUTS["RTE"].encode("utf-8")  # as in the archive
+    # MRPC as GLUE's script builds it: the header as it is, pair (13, 14) in dev, lines ending in '\n'
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    assert (out / "MRPC" / "train.tsv").read_text(encoding="utf-8") == \
+        header + "1\t11\t12\tA \"b\" .\tA b .\n1\t15\t16\tE .\tE !\n"
+    assert (out / "MRPC" / "dev.tsv").read_text(encoding="utf-8") == header + "0\t13\t14\tC .\tD .\n"
+
+    tasks = data.load_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"])
+    assert tasks["RTE"]["train"]["y"] == [1, 0] and "test" not in tasks["RTE"]
+    assert tasks["MNLI"]["dev"]["y"] == [0, 2, 1] and "test" not in tasks["MNLI"]
+    assert tasks["MRPC"]["train"]["text_a"] == ['A "b" .', "E ."] and tasks["MRPC"]["dev"]["text_a"] == ["C ."]
+
+
+def damaged_crc(path):
+    zip_files(path, {"RTE/train.tsv": LAYOUTS["RTE"], "RTE/dev.tsv": LAYOUTS["RTE"]}, zipfile.ZIP_STORED)
+    body = path.read_bytes()
+    at = body.index(b"Cats purr")  # stored, so the text is in the file: change one letter
+    path.write_bytes(body[:at] + b"R" + body[at + 1:])
+
+
+@pytest.mark.parametrize("make, rows, message", [
+    (None, (3, 2), r"RTE\.zip: gives RTE 2 train and 2 dev rows, the official files have 3 and 2"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-30]), (2, 2), r"RTE\.zip: not a complete zip archive .*deleted"),
+    (damaged_crc, (2, 2), r"RTE\.zip: not a complete zip archive \(RTE/train\.tsv fails its CRC check\)"),
+    (lambda p: zip_files(p, {"RTE/train.tsv": LAYOUTS["RTE"].replace("\tentailment\n", "\tmaybe\n"),
+                             "RTE/dev.tsv": LAYOUTS["RTE"]}), (2, 2), r"RTE/train\.tsv:3: label 'maybe'"),
+])
+def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, message):
+    serve_glue(server.root)
+    if make is not None:
+        make(server.root / "glue" / "RTE.zip")
+    out = tmp_path / "glue"
+    with pytest.raises(UserError, match=message):
+        data.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
+    assert os.listdir(out) == ["downloads"]
+
+
+# -----------------------------------------------------------------------------
+# LM-BFF's few-shot splits
+
+
+def few_shot_source(root, name, header, rows, newline=b"\n"):
+    """Write root/<name>/train.tsv from a header (bytes, or None) and data rows (str); return the data lines."""
+    lines = [row.encode("utf-8") + newline for row in rows]
+    (root / name).mkdir(parents=True)
+    (root / name / "train.tsv").write_bytes((header or b"") + b"".join(lines))
+    return lines
+
+
+def expected_few_shot(header, lines, labels, seed, k, before=()):
+    """LM-BFF's draw, computed apart: a permutation of the line numbers, then the first k (train) and the next
+    k (dev) lines of each label, labels in order of first appearance in the permuted order. `before`: the
+    seeds whose permutations were applied first (LM-BFF shuffles a file without a header in place)."""
+    order = np.arange(len(lines))
+    for s in tuple(before) + (seed,):
+        order = order[np.random.RandomState(s).permutation(len(lines))]
+    by_label = {}
+    for i in order:
+        by_label.setdefault(labels[i], []).append(lines[i])
+    train = (header or b"") + b"".join(line for group in by_label.values() for line in group[:k])
+    dev = (header or b"") + b"".join(line for group in by_label.values() for line in group[k:2 * k])
+    return train, dev
+
+
+def test_few_shot_splits_follow_lm_bff(tmp_path):
+    rng = np.random.default_rng(1)
+    glue, out = tmp_path / "glue", tmp_path / "glue-16shot"
+    mrpc_header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n".encode("utf-8")
+    mrpc_labels = [int(y) for y in rng.integers(0, 2, 80)]
+    mrpc = few_shot_source(glue, "MRPC", mrpc_header, [f"{y}\t{i}\t{i + 1000}\tSay \"{i}\" .\tIt is {i} ."
+                                                       for i, y in enumerate(mrpc_labels)])
+    stsb_header = b"index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\r\n"
+    scores = [round(float(s), 3) for s in rng.uniform(0, 5, 79)] + [2.5]  # 2.5 goes to the upper bin
+    stsb = few_shot_source(glue, "STS-B", stsb_header, [f"{i}\tnews\tf\t2012\t{i}\tnone\tnone\tA {i}.\tB {i}.\t{s}"
+                                                        for i, s in enumerate(scores)], newline=b"\r\n")
+    cola_labels = [int(y) for y in rng.integers(0, 2, 80)]
+    cola = few_shot_source(glue, "CoLA", None, [f"gj04\t{y}\t{'' if y else '*'}\tSentence {i} ."
+                                                for i, y in enumerate(cola_labels)])
+
+    data.make_few_shot(str(glue), str(out), ["MRPC", "STS-B", "CoLA"], k=16, seeds=(21, 13))
+    for name, header, lines, labels in (("MRPC", mrpc_header, mrpc, mrpc_labels),
+                                        ("STS-B", stsb_header, stsb, [int(s >= 2.5) for s in scores]),
+                                        ("CoLA", None, cola, cola_labels)):
+        folders = data.few_shot_folders(str(out), name)
+        assert folders == [str(out / name / "16-13"), str(out / name / "16-21")]
+        for folder, seed in zip(folders, (13, 21)):
+            # CoLA has no header: LM-BFF's order of seeds (100, 13, 21, ...) chains its shuffles, 13 then 21
+            before = (13,) if name == "CoLA" and seed == 21 else ()
+            train, dev = expected_few_shot(header, lines, labels, seed, 16, before)
+            with open(os.path.join(folder, "train.tsv"), "rb") as f:
+                assert f.read() == train  # byte for byte, the header (and MRPC's byte-order mark) included
+            with open(os.path.join(folder, "dev.tsv"), "rb") as f:
+                assert f.read() == dev
+            task = data.glue_task(name, folder)
+            for split in ("train", "dev"):
+                bins = [int(y >= 2.5) for y in task[split]["y"]] if name == "STS-B" else task[split]["y"]
+                assert Counter(bins) == {0: 16, 1: 16}
+    assert data.few_shot_folders(str(out), "RTE") == []
+
+
+def test_few_shot_needs_two_k_lines_per_label(tmp_path):
+    few_shot_source(tmp_path / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
+                    [f"{i}\tA.\tB.\t{'entailment' if i % 4 else 'not_entailment'}" for i in range(40)])
+    with pytest.raises(UserError, match=r"label 'not_entailment' has 10 lines, fewer than 2k = 16"):
+        data.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=8, seeds=(13,))
+    assert not os.path.exists(tmp_path / "out" / "RTE" / "8-13")
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+
+def run_main(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        data.main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_help(capsys):
+    code, out, _ = run_main(capsys, ["--help"])
+    assert code == 0 and "python data.py amazon Industrial_and_Scientific" in out
+    for command in ("amazon", "glue", "few-shot"):
+        code, out, _ = run_main(capsys, [command, "--help"])
+        assert code == 0 and "example" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["amazon", "No_Such_Category"], "/categoryFilesSmall/No_Such_Category_5.json.gz: HTTP 404 Not Found; "
+                                     "is 'No_Such_Category' an Amazon 2018 category"),
+    (["amazon", "Video Games"], "'Video Games': not an Amazon 2018 category file name"),
+    (["few-shot", "--glue", "nowhere"], "nowhere/CoLA/train.tsv: no such file; fetch GLUE first"),
+])
+def test_a_user_error_is_one_line(server, tmp_path, capsys, argv, message):
+    code, _, err = run_main(capsys, argv + ["--out", str(tmp_path / "out")] +
+                            (["--url", server.url] if argv[0] == "amazon" else []))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["glue", "--tasks", "CoLA,WNLI"], "unknown GLUE task 'WNLI'"),
+    (["amazon", "Tools", "--min-cou", "3"], "unrecognized arguments: --min-cou"),  # no abbreviations
+    (["few-shot", "--seeds", "13,x"], "expected comma-separated integers >= 0"),
+])
+def test_bad_flags_fail_at_once(capsys, argv, message):
+    code, _, err = run_main(capsys, argv)
+    assert code == 2 and message in err
+
+
+def test_few_shot_goes_next_to_the_glue_folder_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    few_shot_source(tmp_path / "data" / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
+                    [f"{i}\tA.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(8)])
+    data.main(["few-shot", "--glue", "data/glue", "--tasks", "RTE", "--k", "2", "--seeds", "5"])
+    assert os.listdir(tmp_path / "data" / "glue-16shot" / "RTE") == ["2-5"]
+    assert "data/glue-16shot/RTE/2-5: 2 train and 2 dev examples for each of 2 labels" in capsys.readouterr().out
+
+
+def test_an_interrupt_says_the_downloads_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "prepare_glue", interrupted)
+    code, _, err = run_main(capsys, ["glue"])
+    assert code == 130 and ".part" in err and "resumes" in err
