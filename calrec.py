@@ -2,30 +2,33 @@
 CALRec: sequential recommendation as text generation, with a two-tower contrastive alignment.
 
 Paper: Li, Zhai, Alzantot, Yu, Vulic, Korhonen, Hammad. "CALRec: Contrastive Alignment of Generative LLMs
-for Sequential Recommendation." RecSys 2024 (arXiv 2405.02429). The method and every decision of ours
-where the paper is silent: ../shared/docs/calrec.md.
+for Sequential Recommendation." RecSys 2024 (arXiv 2405.02429). What the paper specifies and what we decided
+where it is silent: docs/calrec.md.
 
 One small GPT (model.py) reads a user's purchase history as text and writes the next item's text. The same
 weights are also two towers: pooled over the history they give the user vector v_U, pooled over the target
 (read after the history) v_T|U, and over the item text alone v_T. Training mixes next-item generation with
 two InfoNCE alignments; inference beam-searches item texts and grounds them in the catalog with BM25.
 
-Read in this order: metrics -> InfoNCE -> towers and the loss mixture -> BM25 -> the quasi-round-robin
-merge -> the two ways to rank -> training (one function, used by both stages) -> baselines -> run().
+Read in this order: settings -> metrics -> InfoNCE -> the towers and the loss mixture -> BM25 -> the
+quasi-round-robin merge -> ranking the catalog (generative, constrained to the catalog, dense) -> the baselines
+-> training (one step, then the two stages) -> the run: prepare (read and check everything) and run (train,
+evaluate, write).
 
     python train.py --task calrec                    # the built-in world, CPU, about 2 minutes
-    python train.py --task calrec --data ../shared/data/amazon/Games ../shared/data/amazon/Scientific \
-        --target Scientific                          # real data: stage 1 on both, stage 2 on Scientific
+    python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific
+                                                     # real data: stage 1 on both, stage 2 on the last
 """
 
-import copy
-import json
+import dataclasses
+import functools
+import hashlib
+import logging
 import math
 import os
 import re
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,13 +36,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import model as gpt
+from model import (GPT, GPTConfig, RunState, UserError, all_reduce_sum, autocast, gather_rows, grad_scaler,
+                   last_token_pool, mean_pool, rank_and_world, save_checkpoint, save_json, train_and_select)
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # settings (the paper gives the method; every number below is ours unless a comment says otherwise)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CALRecConfig:
     # the LM (model.GPTConfig)
     n_layer: int = 2
@@ -47,19 +53,22 @@ class CALRecConfig:
     n_embd: int = 128
     block_size: int = 256
     dropout: float = 0.0
-    vocab_size: int = 2048        # BPE trained on the item texts and the prompt template
+    vocab_size: int = 2048        # BPE trained on prompts built from the item texts
     # text (spec section 1)
     max_words: int = 24           # cap on every attribute value, in words
-    max_history: int = 3          # most recent history items kept (then as many as fit block_size)
+    max_history: int = 3          # most recent history items in a prompt (then as many as fit block_size)
     max_item_tokens: int = 64     # cap on an item's text in tokens (after the word cap), everywhere
     # losses (spec section 3): L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT
     alpha: float = 0.2
     beta: float = 0.2
     tau: float = 0.05
+    every_position: bool = True   # [beyond the paper] predict every history item of a row, not only the last
+    softmax_over: str = "items"   # InfoNCE normalised over the batch's "items" (ours) or "users" (the paper)
+    extra_negatives: int = 0      # [beyond the paper] random catalog items per batch, as extra negatives
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
-    batch_size: int = 32
+    batch_size: int = 32          # rows (one per user sequence, or per training example) per step
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 30
@@ -68,11 +77,12 @@ class CALRecConfig:
     select_users: int = 500          # validation users used for model selection during training
     # inference (spec section 5)
     beams: int = 10
+    constrained_beams: int = 20      # beams of the catalog-constrained path (each beam is one item); 0: off
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
     top_k: int = 20                  # length of every ranked list (the largest K of the metrics)
     eval_batch: int = 50             # users per beam-search batch
-    bm25_valid_users: int = 200      # 0: all; else the generative path's valid row uses the first this many
+    bm25_valid_users: int = 200      # 0: all; else the generative paths' valid rows use the first this many
     # SASRec baseline (an item-id GPT of model.py)
     sasrec_layers: int = 2
     sasrec_heads: int = 2
@@ -80,22 +90,42 @@ class CALRecConfig:
     sasrec_len: int = 50
     sasrec_dropout: float = 0.2
     sasrec_steps: int = 600
-    sasrec_batch: int = 128
+    sasrec_batch_size: int = 128
     sasrec_lr: float = 2e-3
 
+    def check(self):
+        if self.alpha + self.beta > 1.0:
+            raise UserError(f"--alpha + --beta must be <= 1 (L_NIG's weight is 1 - alpha - beta); got {self.alpha} "
+                            f"+ {self.beta}")
+        if self.softmax_over not in ("items", "users"):
+            raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
+        if self.softmax_over == "users" and self.extra_negatives:
+            raise UserError("extra_negatives are items: they need softmax_over=items")
+        return self
 
-def default_config(real_data):
-    """The built-in world's defaults, or the real-data defaults (sized for about an hour on 2 CPU cores)."""
-    if not real_data:
-        return CALRecConfig()
-    return CALRecConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10,
-                        max_history=8, max_item_tokens=32, stage1_steps=1500, stage2_steps=1000, batch_size=32,
-                        lr=1e-3, warmup=100, eval_interval=250, domain_temperature=2.0, select_users=500,
-                        beams=5, eval_batch=64, bm25_valid_users=1000, sasrec_steps=2000, sasrec_len=50)
 
+BUILT_IN = CALRecConfig()
+REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores
+    n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=8,
+    max_item_tokens=32, stage1_steps=1500, stage2_steps=1000, batch_size=32, lr=1e-3, warmup=100,
+    eval_interval=250, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
+    sasrec_steps=2000, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
+
+
+def settings(args):
+    """The run's CALRecConfig: the defaults of its kind of data, then the flags (--set NAME=VALUE last)."""
+    flags = {name: getattr(args, name) for name in ("alpha", "beta", "tau", "beams")
+             if getattr(args, name, None) is not None}
+    if args.max_steps is not None:  # the steps of each stage, and at most that many for SASRec
+        flags.update(stage1_steps=args.max_steps, stage2_steps=args.max_steps,
+                     sasrec_steps=min(REAL_DATA.sasrec_steps if args.data else BUILT_IN.sasrec_steps, args.max_steps))
+    if args.eval_interval is not None:
+        flags["eval_interval"] = args.eval_interval
+    base = REAL_DATA if args.data else BUILT_IN
+    return dataclasses.replace(base, **{**flags, **dict(args.set or ())}).check()
 
 
 # -----------------------------------------------------------------------------
@@ -137,73 +167,86 @@ def rank_metrics(ranks):
 
 
 # -----------------------------------------------------------------------------
-# 2. InfoNCE with in-batch negatives (spec section 3)
+# 2. InfoNCE with in-batch negatives (spec section 3), CLIP-shaped
 
 
-def info_nce(query, key, item_ids, tau):
-    """L = -1/N sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_j, k_i)/tau) ).
+def info_nce(query, key, key_items, tau):
+    """L = -1/B sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_i, k_j)/tau) ).
 
-    query (B, C): v_T|U (for L_TT) or v_U (for L_UT); key (B, C): v_T, the target items; both L2-normalised.
-    For each target item i the positive is its own query; the other rows' queries are the negatives --
-    except rows whose target is the same item (item_ids (B,) equal): those are masked out, not negatives.
-    With several processes (torchrun) each holds B rows of the global batch of N = W*B: the queries and
-    item ids of every process are gathered, so the negatives span the global batch as on one process.
+    query (B, C) and key (N >= B, C) are L2-normalised; key i < B is query i's positive, every other key a
+    negative -- except a key of the same item as row i's (key_items (N,) equal): that one is masked out, not a
+    negative. Keys beyond B are extra negatives.
     """
-    rank, _ = gpt.rank_and_world()
-    query_all, ids_all = gpt.gather_rows(query), gpt.gather_rows(item_ids)   # (N, C), (N,)
-    logits = key @ query_all.t() / tau                                 # (B, N) [i, j] = cos(k_i, q_j) / tau
-    labels = rank * len(key) + torch.arange(len(key), device=key.device)  # (B,) where row i's own query is
-    columns = torch.arange(len(ids_all), device=key.device)
-    same = item_ids.view(-1, 1) == ids_all.view(1, -1)                  # (B, N) rows sharing a target item
-    own = labels.view(-1, 1) == columns.view(1, -1)
-    logits = logits.masked_fill(same & ~own, float("-inf"))
-    return F.cross_entropy(logits, labels)
+    logits = query @ key.t() / tau                                    # (B, N) cosine similarities / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]         # (B, N) keys of row i's own item ...
+    same[rows, rows] = False                                          # ... except its positive
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
 
 
 # -----------------------------------------------------------------------------
 # 3. the towers and the loss mixture (spec sections 2 and 3)
 
 
-def item_vectors(model, idx, mask):
-    """The item tower: v_T = normalised mean of the final hidden states over the item text. (B, C)"""
-    h = model.hidden_states(idx, mask)                                        # (B, T, C)
-    return F.normalize(gpt.mean_pool(h, mask), dim=-1)
+def item_vectors(lm, idx, mask):
+    """The item tower: v_T, the normalised mean of the final hidden states over the item's text. (B, C)"""
+    return F.normalize(mean_pool(lm.hidden_states(idx, mask), mask), dim=-1)
 
 
-def calrec_loss(model, joint, items, item_ids, alpha, beta, tau):
-    """One batch's loss and its parts.
+def user_vectors(h, rows, ends):
+    """The user tower: v_U, the normalised mean of the hidden states h (B, T, C) over a prompt, positions
+    [0, ends[p]) of row rows[p]. One row of the joint sequence holds a prompt before each of its predicted
+    items, each a prefix of the next: a running mean gives all of them from one pass. (P, C)"""
+    running = h.cumsum(1)                                              # (B, T, C) sums over positions 0..t
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(h.dtype), dim=-1)
 
-    joint: data.PromptBuilder.joint_batch output (idx, attention_mask, targets, history_mask, target_mask),
-    each (B, T); items: (idx, mask) of the target items alone, (B, Ti); item_ids (B,) global item indices.
+
+def target_vectors(h, rows, starts, ends):
+    """v_T|U: the normalised mean of h over each predicted item's tokens [starts[p], ends[p]), as read after
+    its prompt. (P, C)"""
+    running = F.pad(h.cumsum(1), (0, 0, 1, 0))                         # (B, T + 1, C) sums over 0..t-1
+    span = running[rows, ends] - running[rows, starts]
+    return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
+
+
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg):
+    """L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT, and its parts.
+
+    l_nig: next-item generation, the cross-entropy of the target tokens. v_u, v_tu (P, C): the user vector and
+    the target read after the history, one per prediction; v_t (N >= P, C): the item tower's vectors of those
+    P targets, then of any extra negative items; items (N,) the item behind each row of v_t.
+    softmax_over="items": each user (or v_T|U) against the batch's items; "users" (the spec's formula): each
+    target item against the batch's users.
     """
-    idx, attention_mask, targets, history_mask, target_mask = joint
-    h = model.hidden_states(idx, attention_mask)                              # (B, T, C) the joint (user) tower
-    predict = targets != -100                                          # (B, T) positions that predict target tokens
-    logits = model.lm_head(h[predict])                                 # (n, V) only where a loss is taken
-    # next item generation: the mean over the target tokens of the global batch. With W processes each
-    # holds a shard; the sum of its shard over the global count, times W, averages (as DDP does) to that mean
-    _, world = gpt.rank_and_world()
-    n_global = gpt.all_reduce_sum(predict.sum()).clamp(min=1)
-    l_nig = F.cross_entropy(logits, targets[predict], reduction="sum") * world / n_global
-    parts = {"nig": l_nig.item()}
-    loss = (1.0 - alpha - beta) * l_nig
-    if alpha > 0 or beta > 0:
-        v_t = item_vectors(model, *items)                              # (B, C) item tower
-        if alpha > 0:
-            v_tu = F.normalize(gpt.mean_pool(h, target_mask), dim=-1)  # (B, C) target read after the history
-            l_tt = info_nce(v_tu, v_t, item_ids, tau)
-            loss = loss + alpha * l_tt
-            parts["tt"] = l_tt.item()
-        if beta > 0:
-            v_u = F.normalize(gpt.mean_pool(h, history_mask), dim=-1)  # (B, C) the user
-            l_ut = info_nce(v_u, v_t, item_ids, tau)
-            loss = loss + beta * l_ut
-            parts["ut"] = l_ut.item()
-    return loss, parts
+    P = len(v_u)
+    def nce(q):
+        return info_nce(q, v_t, items, cfg.tau) if cfg.softmax_over == "items" else \
+            info_nce(v_t[:P], q, items[:P], cfg.tau)
+    l_tt = nce(v_tu) if cfg.alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if cfg.beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - cfg.alpha - cfg.beta) * l_nig + cfg.alpha * l_tt + cfg.beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+
+
+class Towers(torch.nn.Module):
+    """One training batch through the two towers: the joint sequences give the generation loss's terms and
+    v_U, v_T|U at every prediction; the item texts give v_T. A module, so that DistributedDataParallel can
+    wrap it (it syncs gradients through a module's forward)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, idx, attention_mask, targets, row, start, end, item_idx=None, item_mask=None):
+        h = self.lm.hidden_states(idx, attention_mask)                 # (B, T, C)
+        predict = targets != -100                                      # positions whose next token is a target's
+        nig_sum = F.cross_entropy(self.lm.lm_head(h[predict]), targets[predict], reduction="sum")
+        v_t = None if item_idx is None else item_vectors(self.lm, item_idx, item_mask)
+        return nig_sum, predict.sum(), user_vectors(h, row, start), target_vectors(h, row, start, end), v_t
 
 
 # -----------------------------------------------------------------------------
-# 4. BM25 over the catalog: a sparse term-document matrix, all queries scored in one product
+# 4. BM25 over the catalog: a sparse term-document matrix, queries scored a chunk at a time
 
 
 def words(text):
@@ -216,8 +259,9 @@ class BM25:
 
     score(q, d) = sum over the query's words w (with repeats) of
                   idf(w) * tf(w, d) * (k1 + 1) / (tf(w, d) + k1 * (1 - b + b * |d| / avgdl)).
-    The per-(document, word) factor is precomputed into a sparse (D, V) matrix W, so the scores of a batch of
-    queries are one sparse-dense product W @ Q^T, Q (nq, V) holding each query's word counts.
+    The per-(document, word) factor is precomputed into a sparse (D, V) matrix W, so the scores of a chunk of
+    queries are one sparse-dense product W @ Q^T, Q (n, V) holding each query's word counts. `search` goes
+    chunk by chunk and keeps only each chunk's top documents, so memory stays bounded however many queries.
     """
 
     def __init__(self, documents, k1=1.2, b=0.75):
@@ -243,22 +287,36 @@ class BM25:
 
     def scores(self, queries):
         """BM25 scores (nq, D) of every document for every query string."""
-        Q = torch.zeros(len(self.vocab), len(queries))                   # (V, nq) word counts of the queries
-        for j, q in enumerate(queries):
-            for w in words(q):
-                i = self.vocab.get(w)
-                if i is not None:
-                    Q[i, j] += 1.0
-        return (self.matrix @ Q).t()                                     # (nq, D)
+        q, w = [], []                                                    # (query, word) index pairs, one per
+        for j, text in enumerate(queries):                               # occurrence of a known word
+            ids = [self.vocab[x] for x in words(text) if x in self.vocab]
+            q += [j] * len(ids)
+            w += ids
+        Q = torch.zeros(len(self.vocab), len(queries))                   # (V, nq) word counts of the queries,
+        Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)),      # filled in one call: repeated
+                     torch.ones(len(q)), accumulate=True)                # pairs add up
+        return (self.matrix @ Q).t().contiguous()                        # (nq, D)
 
-    def search(self, queries, depth):
-        """Top `depth` documents of each query with a positive score: lists of (indices, scores)."""
-        s = self.scores(queries)
-        top = torch.topk(s, min(depth, s.size(1)), dim=1)
+    def search(self, queries, depth, chunk=256):
+        """Top `depth` documents of each query with a positive score: lists of (indices, scores).
+
+        Best first; equal scores go by document index, lower first. Scores are >= 0, and a float32 >= 0 orders
+        like its bits read as an integer, so the key (bits << 32) - index sorts by score, then by index.
+        `chunk` queries are scored at a time: a small (chunk, D) block (256 x 4,385 x 8 bytes = 9 MB for the
+        Scientific catalog) measured fastest, and memory does not grow with the number of queries.
+        """
+        index = torch.arange(self.matrix.size(0))                        # (D,)
         out = []
-        for vals, idx in zip(top.values.tolist(), top.indices.tolist()):
-            n = sum(v > 0 for v in vals)
-            out.append((idx[:n], vals[:n]))
+        for start in range(0, len(queries), chunk):
+            s = self.scores(queries[start:start + chunk])                # (n, D), n <= chunk
+            key = s.view(torch.int32).long()                             # (n, D) the scores' bits, as int64
+            key <<= 32                                                   # (in place: no more (n, D) copies)
+            key -= index
+            top = torch.topk(key, min(depth, s.size(1)), dim=1).indices  # (n, depth)
+            vals = s.gather(1, top)                                      # (n, depth), descending
+            n_pos = (vals > 0).sum(1).tolist()
+            for idx, v, n in zip(top.tolist(), vals.tolist(), n_pos):
+                out.append((idx[:n], v[:n]))
         return out
 
 
@@ -287,164 +345,143 @@ def merge_round_robin(lists, list_scores, exclude, k):
 
 
 # -----------------------------------------------------------------------------
-# 6. ranking the catalog: dense (two towers) and generative (beam search -> BM25 -> merge)
+# 6. ranking the catalog: generative (beam search -> BM25 -> merge), constrained to the catalog, and dense
+
+
+class CatalogTrie:
+    """A prefix tree of the catalog's item texts as tokens, each ended by end-of-text [beyond the paper]. As beam
+    search's `allowed_next`, it lets a beam write only a prefix of some item, so a finished beam is an item."""
+
+    def __init__(self, item_tokens, eot_id, vocab_size):
+        self.children, self.items = [{}], {}                         # node -> {token: node}; leaf -> items
+        self.eot_id, self.V = eot_id, vocab_size
+        for i, tokens in enumerate(item_tokens):
+            node = 0
+            for t in list(tokens) + [eot_id]:
+                if t not in self.children[node]:
+                    self.children[node][t] = len(self.children)
+                    self.children.append({})
+                node = self.children[node][t]
+            self.items.setdefault(node, []).append(i)  # items whose texts tokenise alike share a leaf
+        self.node_of = {(): 0}
+
+    def node(self, prefix):
+        """The node a beam's tokens lead to, or None if no item starts so (each prefix looked up once, from its
+        parent's node). Only a dead beam -- score -inf, when fewer than K continuations exist -- gets None."""
+        if prefix not in self.node_of:
+            parent = self.node(prefix[:-1])
+            self.node_of[prefix] = None if parent is None else self.children[parent].get(prefix[-1])
+        return self.node_of[prefix]
+
+    def __call__(self, tokens):
+        """tokens (B, K, t): each beam so far -> (B, K, V) bool, the tokens that may come next (none after the
+        end-of-text: beam search keeps a finished beam as it is)."""
+        B, K, _ = tokens.shape
+        allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
+        for b, beams in enumerate(tokens.tolist()):
+            for k, beam in enumerate(beams):
+                node = None if self.eot_id in beam else self.node(tuple(beam))
+                if node is not None:
+                    allowed[b, k, list(self.children[node])] = True
+        return allowed.to(tokens.device)
 
 
 @torch.no_grad()
-def catalog_vectors(model, builder, item_range, device, batch=256):
-    """v_T of every catalog item (N, C), computed once per evaluation."""
+def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, trie=None, show=False):
+    """Ranks of the targets in top-k lists written by beam search over item texts. Grounding: with bm25, each
+    beam's text is a query and the m lists are merged quasi-round-robin (the paper); with a trie, beam search
+    can only write catalog items, taken in order of beam score [beyond the paper]. catalog: the global indices
+    of the target domain's items (the builder's); examples, bm25 and trie use local ones (positions in catalog).
+    Returns the ranks and, for a look at what the model writes, the best beam of the first users."""
+    lm.eval()
+    lists, samples = [], []
+    beams = cfg.beams if trie is None else cfg.constrained_beams
+    for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):
+        chunk = examples[s:s + cfg.eval_batch]
+        _, _, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
+        found = lm.beam_search(prompts, beams, builder.room, tokenizer.eot_id, allowed_next=trie)
+        texts = tokenizer.decode_batch([tokens for user in found for tokens, _ in user])  # (B * m,)
+        if trie is None:
+            hits = bm25.search(texts, depth=2 * cfg.top_k + beams)
+        for b, (history, _) in enumerate(chunk):
+            if trie is None:
+                per_beam = hits[b * beams:(b + 1) * beams]
+                ranked = merge_round_robin([lst for lst, _ in per_beam], [sc for _, sc in per_beam], history,
+                                           cfg.top_k)
+            else:
+                leaves = [trie.items.get(trie.node(tuple(tokens)), []) for tokens, score in found[b]
+                          if score > float("-inf")]
+                ranked = [i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history]
+            lists.append(ranked[:cfg.top_k])
+        if len(samples) < 3:
+            samples.append(texts[0])
+    return ranks_from_lists(lists, [t for _, t in examples]), samples
+
+
+@torch.no_grad()
+def catalog_vectors(lm, builder, items, device, batch=256):
+    """v_T of the given items (N, C), computed once per evaluation."""
     out = []
-    for s in range(item_range.start, item_range.stop, batch):
-        idx, mask = builder.item_batch(range(s, min(s + batch, item_range.stop)))
-        out.append(item_vectors(model, idx.to(device), mask.to(device)))
+    for s in range(0, len(items), batch):
+        idx, mask = builder.item_batch(items[s:s + batch])
+        out.append(item_vectors(lm, idx.to(device), mask.to(device)))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def rank_dense(model, builder, examples, item_range, device, batch=64):
-    """Ranks of the targets when every catalog item is scored by cos(v_U, v_T). examples are global indices."""
-    model.eval()
-    v_t = catalog_vectors(model, builder, item_range, device)          # (N, C)
+def rank_dense(lm, builder, examples, catalog, device, batch=64):
+    """Ranks of the targets when every catalog item is scored by cos(v_U, v_T) [beyond the paper]. catalog: the
+    global indices of the target domain's items; examples use local indices (positions in catalog)."""
+    lm.eval()
+    v_t = catalog_vectors(lm, builder, list(catalog), device)         # (N, C)
     ranks = []
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
-        idx, mask, _ = builder.prompt_batch([h for h, _ in chunk])
-        h = model.hidden_states(idx.to(device), mask.to(device))              # (B, T, C)
-        v_u = F.normalize(gpt.mean_pool(h, mask.to(device)), dim=-1)   # (B, C) the prompt is the history span
-        scores = (v_u @ v_t.t()).cpu()                                 # (B, N) cosine with every item
-        off = item_range.start
-        ranks.append(ranks_from_scores(scores, torch.tensor([t - off for _, t in chunk]),
-                                       [[i - off for i in h] for h, _ in chunk]))
+        idx, mask, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
+        h = lm.hidden_states(idx.to(device), mask.to(device))         # (B, T, C)
+        ends = torch.tensor([len(p) for p in prompts], device=device)
+        v_u = user_vectors(h, torch.arange(len(chunk), device=device), ends)  # (B, C) over the whole prompt
+        ranks.append(ranks_from_scores((v_u @ v_t.t()).cpu(), torch.tensor([t for _, t in chunk]),
+                                       [h for h, _ in chunk]))
     return torch.cat(ranks)
 
 
-@torch.no_grad()
-def rank_generative(model, builder, tokenizer, bm25, examples, item_range, cfg, device, show=False):
-    """Ranks of the targets in the top-k lists of beam search -> BM25 -> quasi-round-robin merge.
-    Returns the ranks and, for a look at what the model writes, the best beam's text of the first user of
-    each of the first three batches."""
-    model.eval()
-    off, lists, samples = item_range.start, [], []
-    max_new = builder.max_target_len()
-    for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):
-        chunk = examples[s:s + cfg.eval_batch]
-        _, _, prompts = builder.prompt_batch([h for h, _ in chunk])
-        beams = model.beam_search(prompts, cfg.beams, max_new, tokenizer.eot_id)
-        texts = tokenizer.decode_batch([toks for user in beams for toks, _ in user])  # (B * m,) beam texts
-        hits = bm25.search(texts, depth=2 * cfg.top_k + cfg.beams)
-        for b, (history, _) in enumerate(chunk):
-            per_beam = hits[b * cfg.beams:(b + 1) * cfg.beams]
-            lists.append(merge_round_robin([l for l, _ in per_beam], [sc for _, sc in per_beam],
-                                           [i - off for i in history], cfg.top_k))
-        if len(samples) < 3:
-            samples.append(texts[0])
-    return ranks_from_lists(lists, [t - off for _, t in examples]), samples
-
-
 # -----------------------------------------------------------------------------
-# 7. training: one loop for both stages (stage 1: a mixture of domains; stage 2: the target domain)
+# 7. baselines on the same split: most popular, the last item's text through BM25, a first-order Markov chain,
+#    and SASRec (model.GPT over item ids)
 
 
-def lr_at(step, cfg, steps):
-    """Linear warmup, then cosine decay to a tenth."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-class Objective(torch.nn.Module):
-    """CALRec's loss as a module: DistributedDataParallel syncs gradients through a module's forward, and
-    calrec_loss reads the GPT through encode and lm_head rather than its forward."""
-
-    def __init__(self, model, cfg):
-        super().__init__()
-        self.model, self.alpha, self.beta, self.tau = model, cfg.alpha, cfg.beta, cfg.tau
-
-    def forward(self, joint, items, item_ids):
-        return calrec_loss(self.model, joint, items, item_ids, self.alpha, self.beta, self.tau)
-
-
-def train_stage(model, builder, train_sets, probs, select, cfg, steps, device, seed, log, ckpt_path=None,
-                stage=1, start_step=0, optimizer_state=None, dtype="float32", compile_model=False):
-    """Train on a mixture of example sets, evaluating on validation (NDCG@10) every cfg.eval_interval steps.
-
-    train_sets: one list of (history, target) examples (global item indices) per domain; probs: P(domain)
-    for each batch row; select: a function model -> validation NDCG@10. Returns the best state (a copy of
-    the weights at the best validation score) and that score. Model selection never looks at test.
-    Every new best is also saved to ckpt_path (weights, optimizer, stage, step), which --resume continues from.
-    Under torchrun every process draws the same global batch and trains on its own contiguous shard of it;
-    DDP averages the gradients, so W processes take the same steps as one (tests/test_calrec_ddp.py).
-    """
-    rank, world = gpt.rank_and_world()
-    if cfg.batch_size % world:
-        raise SystemExit(f"error: the batch of {cfg.batch_size} rows does not split evenly over {world} processes")
-    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    objective = Objective(model, cfg)
-    if world > 1:
-        dev = torch.device(device)
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=None if dev.type == "cpu" else [dev.index or 0])
-    if compile_model:
-        objective = torch.compile(objective, dynamic=True)  # batches are padded to different lengths
-    scaler = gpt.grad_scaler(device, dtype)
-    rng = np.random.default_rng([seed, start_step])
-    optimizer = model.configure_optimizers(cfg.lr, weight_decay=cfg.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    best_score, best_state = -1.0, None
-    for step in range(start_step, steps + 1):
-        if step % cfg.eval_interval == 0 or step == steps:
-            score = select(model)  # every process evaluates the same weights: the same choice everywhere
-            log(f"  step {step:5d}  valid ndcg@10 {score:.4f}" + ("  (best)" if score > best_score else ""))
-            if score > best_score:
-                best_score, best_state = score, copy.deepcopy(model.state_dict())
-                if ckpt_path and rank == 0:
-                    gpt.save_checkpoint(ckpt_path, model, optimizer, model.config, step, {"valid_ndcg@10": score},
-                                        stage=stage)
-        if step == steps:
-            break
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg, steps)
-        domains = rng.choice(len(train_sets), size=cfg.batch_size, p=probs)
-        examples = [train_sets[d][rng.integers(len(train_sets[d]))] for d in domains][shard]
-        joint = [t.to(device) for t in builder.joint_batch(examples)]
-        item_ids = torch.tensor([t for _, t in examples], device=device)
-        items = [t.to(device) for t in builder.item_batch(item_ids.tolist())]
-        with gpt.autocast(device, dtype):
-            loss, parts = objective(joint, items, item_ids)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        if step % max(1, cfg.eval_interval // 4) == 0:
-            log(f"  step {step:5d}  loss {loss.item():.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
-    return best_state, best_score
-
-
-# -----------------------------------------------------------------------------
-# 8. baselines on the same split: most popular, and SASRec (model.GPT over item ids)
-
-
-def popularity_scores(domain):
+def popularity(domain):
     """Training-interaction counts of every item (N,)."""
-    counts = torch.zeros(domain.n_items)
-    for seq in domain.train_sequences:
-        for i in seq:
-            counts[i] += 1
-    return counts
+    return torch.bincount(torch.tensor([i for seq in domain.train_sequences for i in seq], dtype=torch.long),
+                          minlength=domain.n_items).float()
 
 
 def rank_popular(domain, examples):
-    counts = popularity_scores(domain)
-    scores = counts.expand(len(examples), -1)
+    scores = popularity(domain).expand(len(examples), -1)
     return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
 
 
-def sasrec_batch(sequences, L, pad):
+def rank_last_item_bm25(bm25, texts, examples):
+    """The text of the user's last history item as the BM25 query: what copying the last item gives."""
+    scores = torch.cat([bm25.scores([texts[h[-1]] for h, _ in examples[s:s + 1024]])
+                        for s in range(0, len(examples), 1024)])
+    return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
+
+
+def rank_markov(domain, examples):
+    """A first-order Markov chain: score(j) = how often j followed the user's last item in the training
+    sequences, ties broken by popularity."""
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for (a, b), n in follows.items():
+        nxt[a, b] = n
+    pop = popularity(domain)
+    scores = nxt[[h[-1] for h, _ in examples]] * (pop.max() + 1) + pop    # (B, N) counts first, then popularity
+    return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
+
+
+def sasrec_inputs(sequences, L, pad):
     """Item sequences -> inputs (B, T) right-padded with `pad`, mask (B, T), next-item targets (B, T)."""
     seqs = [s[-(L + 1):] for s in sequences]
     idx, mask = data.pad_batch([s[:-1] for s in seqs], pad)
@@ -459,201 +496,344 @@ def rank_sasrec(net, domain, examples, cfg, device, batch=256):
     ranks = []
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
-        hist = [h[-cfg.sasrec_len:] for h, _ in chunk]
-        T = max(len(h) for h in hist)
-        idx = torch.full((len(hist), T), domain.n_items, dtype=torch.long)
-        mask = torch.zeros(len(hist), T, dtype=torch.long)
-        for b, h in enumerate(hist):
-            idx[b, :len(h)] = torch.tensor(h)
-            mask[b, :len(h)] = 1
+        idx, mask = data.pad_batch([h[-cfg.sasrec_len:] for h, _ in chunk], domain.n_items)
         logits, _ = net(idx.to(device), mask.to(device))                # (B, T, n_items + 1)
-        last = gpt.last_token_pool(logits, mask.to(device))[:, :domain.n_items]  # (B, N), padding id dropped
+        last = last_token_pool(logits, mask.to(device))[:, :domain.n_items]  # (B, N), padding id dropped
         ranks.append(ranks_from_scores(last.cpu(), torch.tensor([t for _, t in chunk]), [h for h, _ in chunk]))
     return torch.cat(ranks)
 
 
-def train_sasrec(domain, cfg, device, seed, log):
+def train_sasrec(domain, cfg, device, seed, state):
     """SASRec (Kang & McAuley, 2018) as a causal transformer over item ids: model.GPT with one token per
     item (+ padding), trained with full-softmax cross-entropy at every position; best on validation."""
     torch.manual_seed(seed)
-    config = gpt.GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
-                           n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd, dropout=cfg.sasrec_dropout)
-    net = gpt.GPT(config).to(device)
+    config = GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
+                       n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd, dropout=cfg.sasrec_dropout)
+    net = GPT(config).to(device)
     optimizer = net.configure_optimizers(cfg.sasrec_lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     sequences = [s for s in domain.train_sequences if len(s) >= 2]
-    select = domain.valid  # cheap enough to use every validation user
-    best, best_state = -1.0, None
-    interval = max(1, cfg.sasrec_steps // 5)
-    for step in range(cfg.sasrec_steps + 1):
-        if step % interval == 0 or step == cfg.sasrec_steps:
-            score = rank_metrics(rank_sasrec(net, domain, select, cfg, device))["ndcg@10"]
-            if score > best:
-                best, best_state = score, copy.deepcopy(net.state_dict())
-            log(f"  sasrec step {step:5d}  valid ndcg@10 {score:.4f}")
-        if step == cfg.sasrec_steps:
-            break
+    start, best = restore_loop(state.loop("sasrec"), net, optimizer, rng)
+
+    def train(step):
         net.train()
-        rows = rng.integers(len(sequences), size=cfg.sasrec_batch)
-        idx, mask, targets = sasrec_batch([sequences[r] for r in rows], cfg.sasrec_len, domain.n_items)
+        rows = rng.integers(len(sequences), size=cfg.sasrec_batch_size)
+        idx, mask, targets = sasrec_inputs([sequences[r] for r in rows], cfg.sasrec_len, domain.n_items)
         _, loss = net(idx.to(device), mask.to(device), targets.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    net.load_state_dict(best_state)
+
+    def validate():  # cheap enough to use every validation user
+        return rank_metrics(rank_sasrec(net, domain, domain.valid, cfg, device))["ndcg@10"]
+
+    train_and_select(net, train, cfg.sasrec_steps, max(1, cfg.sasrec_steps // 5), validate, start, best,
+                     save_state=loop_saver(state, "sasrec", net, optimizer, rng), label="sasrec step")
     return net
 
 
 # -----------------------------------------------------------------------------
+# 8. training: one step, then the two stages (stage 1: a mixture of domains; stage 2: the target domain)
+
+
+def lr_at(step, cfg, steps):
+    """Linear warmup, then cosine decay to a tenth."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype):
+    """One optimiser step on a batch of rows (item sequences) and extra negative items. The plumbing lives
+    here -- devices, mixed precision, several processes -- so that calrec_loss reads like the paper."""
+    rank, world = rank_and_world()
+    mine = slice(rank * len(rows) // world, (rank + 1) * len(rows) // world)  # this process's share
+    batch = builder.training_batch(rows[mine], cfg.every_position)
+    extra = extra[rank * len(extra) // world:(rank + 1) * len(extra) // world]
+    items = torch.cat([batch["item"], torch.tensor(extra, dtype=torch.long)])
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "item"}
+    if cfg.alpha + cfg.beta > 0:
+        inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in builder.item_batch(items.tolist()))
+    with autocast(device, dtype):
+        nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
+        # several processes (torchrun): L_NIG is the mean over the global batch's target tokens (DDP then
+        # averages the gradients over the processes, hence * world), and the contrastive losses see every
+        # process's vectors (gather_rows keeps their gradients)
+        l_nig = nig_sum * world / all_reduce_sum(n_tokens.detach()).clamp(min=1)
+        P = len(v_u)
+        v_u, v_tu = gather_rows(v_u), gather_rows(v_tu)
+        if v_t is not None:
+            v_t = torch.cat([gather_rows(v_t[:P]), gather_rows(v_t[P:])])  # every target, then every extra
+            items = items.to(device)
+            items = torch.cat([gather_rows(items[:P]), gather_rows(items[P:])])
+        loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(towers.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item(), parts
+
+
+def loop_saver(state, phase, net, optimizer, rng):
+    """save_state for train_and_select: everything the loop needs to continue exactly."""
+    def save(step, best):
+        state.save_loop(phase, step=step, best=best, weights=net.state_dict(), optimizer=optimizer.state_dict(),
+                        rng=rng.bit_generator.state, torch_rng=torch.get_rng_state())
+    return save
+
+
+def restore_loop(saved, net, optimizer, rng):
+    """Put a loop saved by loop_saver back; returns (start step, best) for train_and_select."""
+    if saved is None:
+        return 0, None
+    net.load_state_dict(saved["weights"])
+    optimizer.load_state_dict(saved["optimizer"])
+    rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    return saved["step"], saved["best"]
+
+
+def training_rows(domains, offsets, every_position):
+    """Per domain, the rows a stage draws from, in global item indices: each user's training sequence with
+    every_position, else every training example (history + target)."""
+    if every_position:
+        return [[[o + i for i in seq] for seq in d.train_sequences if len(seq) >= 2] for d, o in zip(domains, offsets)]
+    return [[[o + i for i in h] + [o + t] for h, t in d.train] for d, o in zip(domains, offsets)]
+
+
+def train_stage(exp, stage):
+    """Stage 1: rows drawn from a mixture of every domain; stage 2: from the target domain alone (spec
+    section 4). Validation NDCG@10 every eval_interval steps picks the weights the LM ends with."""
+    cfg, lm, device = exp.cfg, exp.lm, exp.args.device
+    sizes = np.array([len(r) for r in exp.rows], dtype=np.float64) ** (1.0 / cfg.domain_temperature)
+    probs = sizes / sizes.sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
+    steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+    catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
+    log.info(f"stage {stage}: {steps} steps on " + ", ".join(f"{d.name} {p:.2f}" for d, p in zip(exp.domains, probs)
+                                                             if p > 0) + f"; selection: {exp.select_path} path")
+    towers = Towers(lm)
+    if rank_and_world()[1] > 1:
+        dev = torch.device(device)
+        towers = torch.nn.parallel.DistributedDataParallel(towers, device_ids=None if dev.type == "cpu" else
+                                                           [dev.index or 0])
+    if exp.args.compile:
+        towers = torch.compile(towers, dynamic=True)  # batches are padded to different lengths
+    optimizer, scaler = lm.configure_optimizers(cfg.lr, cfg.weight_decay), grad_scaler(device, exp.args.dtype)
+    rng = np.random.default_rng([exp.args.seed, stage])
+    start, best = restore_loop(exp.state.loop(f"stage{stage}"), lm, optimizer, rng)
+
+    def train(step):
+        lm.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg, steps)
+        domains = rng.choice(len(exp.rows), size=cfg.batch_size, p=probs)
+        rows = [exp.rows[d][rng.integers(len(exp.rows[d]))] for d in domains]
+        extra = rng.choice(catalog, size=min(cfg.extra_negatives, len(catalog)), replace=False).tolist()
+        loss, parts = train_step(towers, optimizer, scaler, exp.builder, rows, extra, cfg, device, exp.args.dtype)
+        if step % max(1, cfg.eval_interval // 4) == 0:
+            log.debug(f"  step {step:5d}  loss {loss:.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+
+    best = train_and_select(lm, train, steps, cfg.eval_interval, exp.validate, start, best,
+                            save_state=loop_saver(exp.state, f"stage{stage}", lm, optimizer, rng))
+    exp.state.finish(f"stage{stage}", dict(score=best[0], step=best[1], weights=best[2]))
+
+
+# -----------------------------------------------------------------------------
 # 9. the whole experiment: python train.py --task calrec
+#    prepare reads and checks everything before anything is written; run trains, evaluates and writes
 
 
-def to_global(examples, offset):
-    return [([offset + i for i in h], offset + t) for h, t in examples]
+@dataclass
+class Experiment:
+    """Everything a run needs, read and checked by prepare() before anything is written."""
+    args: object
+    cfg: CALRecConfig
+    domains: list
+    target: int                  # index of the target domain
+    offsets: list                # global index of each domain's first item (items of all domains in one list)
+    texts: list                  # every item's text, global indices
+    lm: GPT
+    tokenizer: data.TextTokenizer
+    builder: data.PromptBuilder
+    state: RunState
+    rows: list                   # per domain, the training rows (training_rows)
+
+    @property
+    def catalog(self):
+        """Global indices of the target domain's items: the catalog every method ranks."""
+        return range(self.offsets[self.target], self.offsets[self.target + 1])
+
+    @property
+    def select_path(self):  # the path L_UT trains; without it, the generative one
+        return "dense" if self.cfg.beta > 0 else "generative"
+
+    def validate(self):
+        """Validation NDCG@10 of the LM on the first select_users validation users (model selection)."""
+        examples = self.domains[self.target].valid[:self.cfg.select_users]
+        if self.select_path == "dense":
+            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device)
+        else:
+            ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, self.cfg,
+                                    bm25=self.bm25)[0]
+        return rank_metrics(ranks)["ndcg@10"]
+
+    @functools.cached_property
+    def bm25(self):
+        """The target catalog's BM25 index (local item indices)."""
+        return BM25([self.texts[i] for i in self.catalog], self.cfg.bm25_k1, self.cfg.bm25_b)
 
 
-def format_table(results):
-    cols = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS]
-    names = {"calrec_bm25": "CALRec generative+BM25", "calrec_dense": "CALRec dense (two-tower)",
-             "sasrec": "SASRec", "popular": "most popular"}
-    lines = [f"{'split':6s} {'method':26s} " + " ".join(f"{c:>9s}" for c in cols)]
+def fingerprint(domains):
+    """A short hash of the domains' items and examples: --resume refuses data that changed."""
+    h = hashlib.sha1()
+    for d in domains:
+        h.update(repr((d.name, d.items, d.train, d.valid, d.test)).encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(args):
+    """Settings, data, tokenizer and LM (new, from --init, or from the state --resume continues), all checked."""
+    cfg = settings(args)
+    domains = data.load_domains(args.data) if args.data else data.make_world(seed=args.seed)
+    names = [d.name for d in domains]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--data: two folders are named {twice[0]}; a domain takes its folder's name, so rename one")
+    target_name = args.target or names[-1]
+    if target_name not in names:
+        raise UserError(f"--target {target_name}: not among the domains {names}")
+    target = names.index(target_name)
     for split in ("valid", "test"):
-        for method, m in results[split].items():
-            lines.append(f"{split:6s} {names.get(method, method):26s} " + " ".join(f"{m[c]:9.4f}" for c in cols))
+        if not getattr(domains[target], split):
+            raise UserError(f"{target_name}: has no {split} users (every user needs at least 3 items)")
+    offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
+    texts = [data.item_text(it, d.attributes, cfg.max_words) for d in domains for it in d.items]
+    _, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise UserError(f"the batch of {cfg.batch_size} rows does not split evenly over {world} processes")
+    run_key = dict(task="calrec", config=dataclasses.asdict(cfg), data=fingerprint(domains), target=target_name,
+                   stages=args.stages, seed=args.seed, init=args.init, dtype=args.dtype, world=world)
+    state = RunState(os.path.join(args.out_dir, "state.pt"), run_key, args.resume)
+    if args.resume:  # the tokenizer and the LM's shape of the run that is continued; its weights come later
+        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
+        lm = GPT(GPTConfig(**state.done["lm_config"]))
+    elif args.init:
+        lm, tokenizer = data.load_pretrained(args.init, dropout=cfg.dropout)
+    else:  # a BPE trained on prompts of the items, so that the template's words are single tokens
+        tokenizer = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
+                                         vocab_size=cfg.vocab_size)
+        lm = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
+                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
+    tokenizer.check_fits(lm.config.vocab_size)
+    c = lm.config  # the LM's own sizes (--init's may differ from the defaults), as results.json reports them
+    cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd)
+    builder = data.PromptBuilder(tokenizer, texts, c.block_size, cfg.max_history, cfg.max_item_tokens)
+    return Experiment(args, cfg, domains, target, offsets, texts, lm.to(args.device), tokenizer, builder, state,
+                      training_rows(domains, offsets, cfg.every_position))
+
+
+def run(exp):
+    """Train CALRec (stage 1 and/or 2), evaluate it and the baselines on the same split, write results.json."""
+    args, cfg, state, lm = exp.args, exp.cfg, exp.state, exp.lm
+    rank, _ = rank_and_world()
+    if "lm_config" not in state.done:
+        if rank == 0:
+            exp.tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))
+        state.finish("lm_config", dataclasses.asdict(lm.config))
+    for d in exp.domains:
+        log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
+                 f"{len(d.test)} test users")
+    log.info(f"model: {lm.num_params() / 1e6:.2f}M parameters, vocab {exp.tokenizer.vocab_size}, "
+             f"block {lm.config.block_size}")
+    stages = {"1": [1], "2": [2], "both": [1, 2]}[args.stages]
+    for stage in stages:
+        if f"stage{stage}" in state.done:
+            lm.load_state_dict(state.done[f"stage{stage}"]["weights"])  # finished before an interruption
+        else:
+            train_stage(exp, stage)
+    if rank != 0:
+        return None  # every process holds the same weights; process 0 evaluates and writes
+    if "checkpoint" not in state.done:
+        save_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), lm, None, lm.config, cfg.stage1_steps + cfg.stage2_steps,
+                        {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})
+        state.finish("checkpoint", True)
+    results = evaluate(exp)
+    return write_results(exp, results, stages)
+
+
+METHODS = {"calrec_generative": "CALRec generative+BM25", "calrec_constrained": "CALRec generative, catalog beams",
+           "calrec_dense": "CALRec dense (two-tower)", "sasrec": "SASRec", "popular": "most popular",
+           "last_item_bm25": "last item's text, BM25", "markov": "first-order Markov"}
+
+
+def evaluate(exp):
+    """Every path of CALRec and every baseline on the valid and the test split of the target domain, each
+    entry stored in the run state as it is done (a resumed run skips it). Test is evaluated once, here."""
+    cfg, lm, device, state = exp.cfg, exp.lm, exp.args.device, exp.state
+    domain, bm25 = exp.domains[exp.target], exp.bm25
+    trie = CatalogTrie([exp.builder.item_ids[i] for i in exp.catalog], exp.tokenizer.eot_id, lm.config.vocab_size)
+    local_texts = [exp.texts[i] for i in exp.catalog]
+
+    def generative(split, **grounding):  # the valid row uses the first bm25_valid_users users (beam search is slow)
+        examples = getattr(domain, split)[:cfg.bm25_valid_users or None] if split == "valid" else domain.test
+        return rank_generative(lm, exp.builder, exp.tokenizer, examples, exp.catalog, cfg, show=True, **grounding)
+
+    entries = {
+        "calrec_generative": lambda split: generative(split, bm25=bm25),
+        "calrec_constrained": lambda split: generative(split, trie=trie),
+        "calrec_dense": lambda split: (rank_dense(lm, exp.builder, getattr(domain, split), exp.catalog, device), None),
+        "sasrec": lambda split: (rank_sasrec(sasrec, domain, getattr(domain, split), cfg, device), None),
+        "popular": lambda split: (rank_popular(domain, getattr(domain, split)), None),
+        "last_item_bm25": lambda split: (rank_last_item_bm25(bm25, local_texts, getattr(domain, split)), None),
+        "markov": lambda split: (rank_markov(domain, getattr(domain, split)), None),
+    }
+    if not cfg.constrained_beams:
+        del entries["calrec_constrained"]
+    results = state.done.get("results", {"valid": {}, "test": {}})
+    sasrec = None
+    for method, rank_fn in entries.items():
+        if method == "sasrec" and not all(method in results[s] for s in results):
+            log.info("SASRec baseline")
+            sasrec = train_sasrec(domain, cfg, device, exp.args.seed, state)
+        for split in ("valid", "test"):
+            if method in results[split]:
+                continue
+            ranks, samples = rank_fn(split)
+            results[split][method] = rank_metrics(ranks)
+            if samples and split == "test":
+                log.info(f"{METHODS[method]}: best beams of the first test users: " + " | ".join(samples))
+            state.finish("results", results)
+    return results
+
+
+def format_table(results, methods):
+    cols = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS]
+    lines = [f"{'split':6s} {'method':33s} " + " ".join(f"{c:>9s}" for c in cols)]
+    for split in ("valid", "test"):
+        for method in methods:
+            m = results[split][method]
+            lines.append(f"{split:6s} {METHODS[method]:33s} " + " ".join(f"{m[c]:9.4f}" for c in cols))
     return "\n".join(lines)
 
 
-def run(args):
-    """Load the domains, train CALRec (stage 1 and/or 2), the baselines, evaluate, print, write results.json."""
-    t0 = time.time()
-    cfg = default_config(real_data=args.data is not None)
-    for name in ("alpha", "beta", "tau", "beams"):
-        if getattr(args, name, None) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.max_steps is not None:  # the steps of each stage, and at most that many for SASRec
-        cfg.stage1_steps = cfg.stage2_steps = args.max_steps
-        cfg.sasrec_steps = min(cfg.sasrec_steps, args.max_steps)
-    if args.eval_interval is not None:
-        cfg.eval_interval = args.eval_interval
-    if cfg.alpha + cfg.beta > 1.0:
-        raise SystemExit(f"error: --alpha + --beta must be <= 1 (L_NIG's weight is 1 - alpha - beta); "
-                         f"got {cfg.alpha} + {cfg.beta}")
-    rank = getattr(args, "rank", 0)  # under torchrun only process 0 logs, saves and evaluates at the end
-    log_file = open(os.path.join(args.out_dir, "log.txt"), "w") if rank == 0 else None
-
-    def log(line):
-        if rank != 0:
-            return
-        line = f"[{time.time() - t0:6.1f}s] {line}"
-        print(line, file=log_file, flush=True)
-        if "  step" not in line or "valid" in line:
-            tqdm.write(line)
-
-    # --- data
-    domains = data.load_domains(args.data) if args.data else data.make_world(seed=args.seed)
-    names = [d.name for d in domains]
-    target_name = args.target or names[-1]
-    if target_name not in names:
-        raise SystemExit(f"error: --target {target_name} is not among the domains {names}")
-    ti = names.index(target_name)
-    target = domains[ti]
-    offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
-    item_range = range(offsets[ti], offsets[ti + 1])
-    texts = [data.item_text(it, d.attributes, cfg.max_words) for d in domains for it in d.items]
-    for d in domains:
-        log(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
-            f"{len(d.test)} test users")
-
-    # --- tokenizer and model (from scratch, --init, or --resume)
-    resume = None
-    if args.resume:  # the weights, optimizer, stage and step of the last best checkpoint of this out_dir
-        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
-        model, resume = gpt.gpt_from_checkpoint(os.path.join(args.out_dir, "ckpt.pt"))
-        log(f"resuming stage {resume.get('stage', 1)} at step {resume['step']} from {args.out_dir}/ckpt.pt")
-    elif args.init:
-        tokenizer = data.load_tokenizer(args.init if os.path.isdir(args.init) else os.path.dirname(args.init))
-        model = gpt.load_init(args.init, dropout=cfg.dropout)
-        cfg.block_size = model.config.block_size
-    else:
-        tokenizer = data.train_tokenizer(texts + [data.history_prompt(texts[:2])], vocab_size=cfg.vocab_size)
-        model = gpt.GPT(gpt.GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size,
-                                      n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                      dropout=cfg.dropout))
-    tokenizer.check_fits(model.config.vocab_size)
-    if rank == 0:
-        tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))
-    model.to(args.device)
-    builder = data.PromptBuilder(tokenizer, texts, model.config.block_size, cfg.max_history, cfg.max_item_tokens)
-    log(f"model: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
-        f"block {model.config.block_size}")
-
-    valid_g, test_g = to_global(target.valid, offsets[ti]), to_global(target.test, offsets[ti])
-    select_examples = valid_g[:cfg.select_users]
-    select_path = "dense" if cfg.beta > 0 else "bm25"  # the path L_UT trains; without it, the generative one
-    bm25 = BM25(texts[item_range.start:item_range.stop], cfg.bm25_k1, cfg.bm25_b)
-
-    def select(m):
-        if select_path == "dense":
-            ranks = rank_dense(m, builder, select_examples, item_range, args.device)
-        else:
-            ranks = rank_generative(m, builder, tokenizer, bm25, select_examples, item_range, cfg,
-                                    args.device)[0]
-        return rank_metrics(ranks)["ndcg@10"]
-
-    # --- stage 1: every domain; stage 2: the target domain (spec section 4)
-    train_sets = [to_global(d.train, o) for d, o in zip(domains, offsets)]
-    sizes = np.array([len(s) for s in train_sets], dtype=np.float64) ** (1.0 / cfg.domain_temperature)
-    stages = {"1": [1], "2": [2], "both": [1, 2]}[args.stages]
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    stage_scores = {}
-    for stage in stages:
-        start, opt_state = 0, None
-        if resume is not None:
-            if stage < resume.get("stage", 1):
-                continue  # finished before the interruption
-            if stage == resume.get("stage", 1):
-                start, opt_state = resume["step"], resume["optimizer"]
-        if stage == 1:
-            probs, steps = sizes / sizes.sum(), cfg.stage1_steps
-        else:
-            probs, steps = np.eye(len(domains))[ti], cfg.stage2_steps
-        log(f"stage {stage}: {steps} steps on " + ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probs) if p > 0)
-            + f"; selection on {len(select_examples)} valid users ({select_path} path)")
-        best_state, best = train_stage(model, builder, train_sets, probs, select, cfg, steps, args.device,
-                                       args.seed + stage, log, ckpt_path, stage, start, opt_state,
-                                       dtype=args.dtype, compile_model=args.compile)
-        model.load_state_dict(best_state)
-        stage_scores[f"stage{stage}_valid_ndcg@10"] = best
-
-    if rank != 0:
-        return None  # the other processes are done: every process holds the same weights
-
-    # --- evaluate CALRec both ways, then the baselines, on the same split
-    results = {"valid": {}, "test": {}}
-    valid_bm25 = valid_g[:cfg.bm25_valid_users] if cfg.bm25_valid_users else valid_g
-    for split, examples, gen_examples in (("valid", valid_g, valid_bm25), ("test", test_g, test_g)):
-        ranks, samples = rank_generative(model, builder, tokenizer, bm25, gen_examples, item_range, cfg,
-                                         args.device, show=True)
-        results[split]["calrec_bm25"] = rank_metrics(ranks)
-        results[split]["calrec_dense"] = rank_metrics(rank_dense(model, builder, examples, item_range, args.device))
-        if split == "test":
-            log("best beams of the first test users: " + " | ".join(samples))
-    log("SASRec baseline")
-    sasrec = train_sasrec(target, cfg, args.device, args.seed, log)
-    for split, examples in (("valid", target.valid), ("test", target.test)):
-        results[split]["sasrec"] = rank_metrics(rank_sasrec(sasrec, target, examples, cfg, args.device))
-        results[split]["popular"] = rank_metrics(rank_popular(target, examples))
-
-    wall = time.time() - t0
-    config = dict(asdict(cfg), domains=names, target=target_name, stages=args.stages, seed=args.seed,
-                  device=args.device, n_valid_bm25=len(valid_bm25), n_valid=len(valid_g), n_test=len(test_g),
-                  **stage_scores)
-    out = {"valid": results["valid"], "test": results["test"], "config": config, "wall_s": wall}
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"\nCALRec on {target_name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
-          f"{cfg.beams} beams); full ranking over {target.n_items} items")
-    print(format_table(results))
-    print(f"wall time {wall:.0f} s; results in {os.path.join(args.out_dir, 'results.json')}")
-    log_file.close()
+def write_results(exp, results, stages):
+    """Print the table and write results.json (atomically)."""
+    args, cfg, domain = exp.args, exp.cfg, exp.domains[exp.target]
+    n_valid_gen = min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid))
+    config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name,
+                  stages=args.stages, seed=args.seed, device=args.device, init=args.init,
+                  n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
+                  **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
+    out = dict(valid=results["valid"], test=results["test"], config=config, wall_s=exp.state.seconds(),
+               resumed=exp.state.resumes)
+    save_json(os.path.join(args.out_dir, "results.json"), out)
+    methods = [m for m in METHODS if m in results["test"]]
+    log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
+             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams); full ranking over {domain.n_items} items")
+    log.info(format_table(results, methods))
+    log.info(f"wall time {out['wall_s']:.0f} s; results in {os.path.join(args.out_dir, 'results.json')}")
     return out

@@ -37,7 +37,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from model import UserError
+from model import UserError, load_init
 
 # -----------------------------------------------------------------------------
 # 1. tokenizer
@@ -60,8 +60,8 @@ class TextTokenizer:
         self.path = path
         self.eot_id = tokenizer.token_to_id(EOT)
         if self.eot_id is None:
-            raise ValueError(f"{path or 'tokenizer'}: has no {EOT} token; train one with train_tokenizer() "
-                             "or use GPT-2's tokenizer.json")
+            raise UserError(f"{path or 'tokenizer'}: has no {EOT} token; train one with train_tokenizer() "
+                            "or use GPT-2's tokenizer.json")
         pad, sep = tokenizer.token_to_id(PAD), tokenizer.token_to_id(SEP)
         self.pad_id = self.eot_id if pad is None else pad
         self.sep_id = self.eot_id if sep is None else sep
@@ -88,8 +88,8 @@ class TextTokenizer:
     def check_fits(self, vocab_size, path=None):
         """The model's embedding table must have a row for every token id."""
         if self.vocab_size > vocab_size:
-            raise ValueError(f"{path or self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does "
-                             f"not fit a model with vocab_size={vocab_size}")
+            raise UserError(f"{path or self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does "
+                            f"not fit a model with vocab_size={vocab_size}")
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
@@ -112,12 +112,43 @@ def load_tokenizer(path):
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no tokenizer.json here")
+        raise UserError(f"{path}: no tokenizer.json here")
     try:
         tok = Tokenizer.from_file(path)
     except Exception as e:  # the tokenizers package raises a bare Exception on a bad file
-        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+        raise UserError(f"{path}: not a valid tokenizer.json ({e})") from None
     return TextTokenizer(tok, path=path)
+
+
+def load_pretrained(path, dropout=0.0):
+    """What --init names -> (GPT, its tokenizer): a project checkpoint (.pt, with the tokenizer.json written
+    next to it by the run that made it) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
+    gpt = load_init(path, dropout=dropout)
+    tokenizer = load_tokenizer(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    tokenizer.check_fits(gpt.config.vocab_size)
+    return gpt, tokenizer
+
+
+def read_text(path):
+    """The text of a file (a .gz one unpacked; a leading byte-order mark dropped), with a UserError naming the
+    file, and the line and column of the first bad byte when it is not UTF-8."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot be read ({e})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}:{_where(raw, e.start)}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+
+
+def _where(raw, offset):
+    """'line:column' (from 1) of a byte offset."""
+    line, line_start = raw.count(b"\n", 0, offset) + 1, raw.rfind(b"\n", 0, offset) + 1
+    return f"{line}:{offset - line_start + 1}"
 
 
 def pad_batch(seqs, pad_id, length=None):
@@ -158,10 +189,10 @@ class Domain:
 def _check_examples(domain, split, source):
     for line, (history, target) in enumerate(getattr(domain, split), 1):
         if not history:
-            raise ValueError(f"{source}: {split} example {line} has an empty history")
+            raise UserError(f"{source}: {split} example {line} has an empty history")
         for i in list(history) + [target]:
             if not 0 <= i < domain.n_items:
-                raise ValueError(f"{source}: {split} example {line} names item {i}, not in the catalog")
+                raise UserError(f"{source}: {split} example {line} names item {i}, not in the catalog")
 
 
 def leave_one_out(sequences):
@@ -269,23 +300,21 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
 
 def _read_atomic_table(path, required):
     """A tab-separated file with a `name:type` header -> (column names, rows as lists of strings, line no.)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").rstrip("\r").split("\t")
-        names = [h.split(":")[0] for h in header]
-        for r in required:
-            if r not in names:
-                raise ValueError(f"{path}:1: header has no column '{r}' (found {header})")
-        rows = []
-        for line_no, line in enumerate(f, 2):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line:
-                continue
-            cols = line.split("\t")
-            if len(cols) != len(names):
-                raise ValueError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
-            rows.append((line_no, cols))
+    lines = io.StringIO(read_text(path), newline=None)  # universal newlines
+    header = lines.readline().rstrip("\n").split("\t")
+    names = [h.split(":")[0] for h in header]
+    for r in required:
+        if r not in names:
+            raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
+    rows = []
+    for line_no, line in enumerate(lines, 2):
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        cols = line.split("\t")
+        if len(cols) != len(names):
+            raise UserError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
+        rows.append((line_no, cols))
     return names, rows
 
 
@@ -326,14 +355,14 @@ def read_atomic(folder):
     folder = folder.rstrip("/")
     name = os.path.basename(folder)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: no such folder")
+        raise UserError(f"{folder}: no such folder")
     item_path, text_path = os.path.join(folder, f"{name}.item"), os.path.join(folder, f"{name}.text")
     items, keys, index, missing = [], [], {}, Counter()
     if os.path.isfile(item_path):  # ids are the .inter ids; every text column is an attribute
         names, rows = _read_atomic_table(item_path, ["item_id"])
         text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
         if not text_cols:
-            raise ValueError(f"{item_path}:1: no text column besides item_id")
+            raise UserError(f"{item_path}:1: no text column besides item_id")
         attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
         id_col = names.index("item_id")  # found by header name, wherever it stands
         for line_no, cols in rows:
@@ -346,42 +375,41 @@ def read_atomic(folder):
                 else:
                     missing[n] += 1
             if not item:
-                raise ValueError(f"{item_path}:{line_no}: item {key} has no text at all")
+                raise UserError(f"{item_path}:{line_no}: item {key} has no text at all")
             if key in index:
-                raise ValueError(f"{item_path}:{line_no}: item {key} listed twice")
+                raise UserError(f"{item_path}:{line_no}: item {key} listed twice")
             index[key] = len(items)
             items.append(item)
             keys.append(key)
     elif os.path.isfile(text_path):  # ids are ASINs, mapped to the .inter ids by X.item2index
         map_path = os.path.join(folder, f"{name}.item2index")
         if not os.path.isfile(map_path):
-            raise FileNotFoundError(f"{map_path}: needed to map the ASINs of {text_path} to .inter ids")
+            raise UserError(f"{map_path}: needed to map the ASINs of {text_path} to .inter ids")
         asin_to_id = {}
-        with open(map_path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                cols = line.rstrip("\n").split("\t")
-                if len(cols) != 2 or not cols[1].strip().isdigit():
-                    raise ValueError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
-                asin_to_id[cols[0]] = cols[1].strip()
+        for line_no, line in enumerate(io.StringIO(read_text(map_path), newline=None), 1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 2 or not cols[1].strip().isdigit():
+                raise UserError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
+            asin_to_id[cols[0]] = cols[1].strip()
         attributes = ("Title", "Category", "Brand")
         names, rows = _read_atomic_table(text_path, ["item_id", "text"])
         id_col, text_col = names.index("item_id"), names.index("text")
         for line_no, cols in rows:
             asin, text = cols[id_col], cols[text_col]
             if asin not in asin_to_id:
-                raise ValueError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
+                raise UserError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
             item = {k: v for k, v in _split_text_column(text).items() if v}
             for k in attributes:
                 if k not in item:
                     missing[k] += 1
             if not item:
-                raise ValueError(f"{text_path}:{line_no}: item {asin} has no text at all")
+                raise UserError(f"{text_path}:{line_no}: item {asin} has no text at all")
             index[asin_to_id[asin]] = len(items)
             items.append(item)
             keys.append(asin)
         _drop_common_category_root(items)
     else:
-        raise FileNotFoundError(f"{folder}: has neither {name}.item nor {name}.text")
+        raise UserError(f"{folder}: has neither {name}.item nor {name}.text")
     if missing:
         print(f"{folder}: missing attribute values written as Unknown: "
               + ", ".join(f"{k} {v}" for k, v in missing.items()))
@@ -396,9 +424,9 @@ def read_atomic(folder):
             ids = cols[jh].split() + [cols[jt].strip()]
             for i in ids:
                 if i not in index:
-                    raise ValueError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
+                    raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
             if len(ids) < 2:
-                raise ValueError(f"{path}:{line_no}: empty history")
+                raise UserError(f"{path}:{line_no}: empty history")
             seq = [index[i] for i in ids]
             examples.append((cols[ju], seq[:-1], seq[-1]))
         splits[split] = examples
@@ -417,21 +445,27 @@ def read_atomic(folder):
 # -----------------------------------------------------------------------------
 # 2c. the raw Amazon 2018 downloads: <Category>_5.json(.gz) reviews + meta_<Category>.json(.gz)
 
-def _open_text(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def _json_lines(path):
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+    """(line number, record) of a JSON-lines file, plain or .gz, read line by line (the files are large)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{line_no}:{e.start + 1}: not UTF-8 text (byte {raw[e.start]:#04x})") \
+                        from None
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{line_no}: not a JSON object")
+                yield line_no, record
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
+        raise UserError(f"{path}: cannot be read ({e})") from None
 
 
 def _meta_value(record, key, skipped):
@@ -460,7 +494,7 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     meta, dropped_no_title, markup = {}, 0, Counter()
     for line_no, r in _json_lines(meta_path):
         if "asin" not in r:
-            raise ValueError(f"{meta_path}:{line_no}: record has no 'asin'")
+            raise UserError(f"{meta_path}:{line_no}: record has no 'asin'")
         title = _meta_value(r, "title", markup)
         if not title:
             dropped_no_title += 1
@@ -475,11 +509,12 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     for line_no, r in _json_lines(reviews_path):
         for key in ("reviewerID", "asin", "unixReviewTime"):
             if key not in r:
-                raise ValueError(f"{reviews_path}:{line_no}: record has no '{key}'")
+                raise UserError(f"{reviews_path}:{line_no}: record has no '{key}'")
         try:
             t = int(r["unixReviewTime"])
         except (TypeError, ValueError):
-            raise ValueError(f"{reviews_path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
+            raise UserError(f"{reviews_path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") \
+                from None
         n_reviews += 1
         if r["asin"] not in meta:
             dropped_unknown += 1
@@ -557,10 +592,13 @@ def history_prompt(texts):
 
 
 class PromptBuilder:
-    """Token ids of prompts and targets, assembled from pre-tokenised pieces (each item is encoded once).
+    """Token ids of prompts and training rows, assembled from pre-tokenised pieces (each item is encoded once).
 
-    Every item is encoded as " " + its text, the way it follows 'as follows:' in a prompt; the item tower
-    reads exactly these tokens too, so v_T and v_T|U pool over the same token sequence.
+    Every item is encoded as " " + its text, the way it follows 'as follows:' in a prompt; the item tower reads
+    exactly these tokens too, so v_T and v_T|U pool over the same token sequence. A prompt keeps the most recent
+    history items (at most max_history) that fit block_size together with room for the longest item and its
+    end-of-text. Training and inference use that one rule: a training row is exactly the prompt that inference
+    builds for its history, followed by its target.
     """
 
     def __init__(self, tokenizer, item_texts, block_size, max_history=20, max_item_tokens=None):
@@ -573,67 +611,75 @@ class PromptBuilder:
         self.first = tokenizer.encode(FIRST_ITEM)
         self.next = tokenizer.encode(NEXT_ITEM)
         self.end = tokenizer.encode(ITEM_END)
-        longest = max(len(t) for t in self.item_ids)
-        room = block_size - len(self.header) - len(self.next) - longest - 1
-        if room < len(self.first) + longest + len(self.end):
-            raise ValueError(f"block_size={block_size} cannot hold one history item and a target of {longest} "
-                             "tokens; raise block_size or lower the per-attribute word cap")
+        self.room = max(len(t) for t in self.item_ids) + 1  # the longest target and its end-of-text
+        one_item = len(self.header) + len(self.first) + self.room - 1 + len(self.end) + len(self.next)
+        if one_item + self.room > block_size:
+            raise UserError(f"block_size={block_size} cannot hold a prompt of one history item and a target of "
+                            f"{self.room - 1} tokens; raise block_size or lower the per-attribute word cap")
 
-    def prompt(self, history, target_len):
-        """Tokens of the prompt for `history`, keeping the most recent items that fit before the target."""
-        budget = self.block_size - target_len - len(self.header) - len(self.next)
+    def _kept(self, history):
+        """The most recent items of `history` whose prompt leaves room for the longest target."""
+        budget = self.block_size - self.room - len(self.header) - len(self.next)
         kept, used = [], 0
+        prefix = max(len(self.first), len(self.next))  # which item comes first is known only at the end
         for i in reversed(history[-self.max_history:]):
-            cost = max(len(self.first), len(self.next)) + len(self.item_ids[i]) + len(self.end)
+            cost = prefix + len(self.item_ids[i]) + len(self.end)
             if used + cost > budget:
                 break
             kept.append(i)
             used += cost
-        kept.reverse()
-        ids = list(self.header)
-        for k, i in enumerate(kept):
-            ids += (self.first if k == 0 else self.next) + self.item_ids[i] + self.end
-        return ids + self.next
+        return kept[::-1]
 
-    def max_target_len(self):
-        return max(len(t) for t in self.item_ids) + 1  # + end of text
+    def _assemble(self, items):
+        """Header, then each item as 'The first/next purchased item is as follows: <item>.\n', then the prefix
+        of the next item. Returns the ids and where each item's tokens sit: [(start, end), ...]."""
+        ids, spans = list(self.header), []
+        for k, i in enumerate(items):
+            ids += self.first if k == 0 else self.next
+            spans.append((len(ids), len(ids) + len(self.item_ids[i])))
+            ids += self.item_ids[i] + self.end
+        return ids + self.next, spans
 
-    def joint_batch(self, examples):
-        """(history, target) pairs -> the generation sequences of the joint tower.
-
-        Returns idx (B, T) right-padded, attention_mask (B, T), targets (B, T) for next-token loss on the
-        target item and its end-of-text only (-100 elsewhere), history_mask (B, T) over the prompt tokens,
-        target_mask (B, T) over the target item's tokens (not its end-of-text).
-        """
-        rows, spans = [], []
-        for history, target in examples:
-            t_ids = self.item_ids[target] + [self.tok.eot_id]
-            p_ids = self.prompt(history, len(t_ids))
-            rows.append(p_ids + t_ids)
-            spans.append((len(p_ids), len(t_ids)))
-        B, T = len(rows), max(len(r) for r in rows)
-        idx = torch.full((B, T), self.tok.pad_id, dtype=torch.long)
-        targets = torch.full((B, T), -100, dtype=torch.long)
-        attention_mask = torch.zeros(B, T, dtype=torch.long)
-        history_mask = torch.zeros(B, T, dtype=torch.long)
-        target_mask = torch.zeros(B, T, dtype=torch.long)
-        for b, (row, (n_p, n_t)) in enumerate(zip(rows, spans)):
-            idx[b, :len(row)] = torch.tensor(row)
-            attention_mask[b, :len(row)] = 1
-            history_mask[b, :n_p] = 1
-            target_mask[b, n_p:n_p + n_t - 1] = 1
-            targets[b, n_p - 1:n_p + n_t - 1] = torch.tensor(row[n_p:])  # position t predicts token t+1
-        return idx, attention_mask, targets, history_mask, target_mask
+    def prompt(self, history):
+        """Tokens of the prompt for `history`: it ends where the next item's text goes."""
+        return self._assemble(self._kept(history))[0]
 
     def prompt_batch(self, histories):
-        """Histories -> right-padded prompts (B, T) and attention_mask (B, T): the input of beam search and of
-        the user tower at inference (room is kept for the longest target)."""
-        rows = [self.prompt(h, self.max_target_len()) for h in histories]
+        """Histories -> right-padded prompts (B, T) and attention_mask (B, T), and the prompts as lists: the
+        input of beam search and of the user tower at inference."""
+        rows = [self.prompt(h) for h in histories]
         return (*pad_batch(rows, self.tok.pad_id), rows)
 
     def item_batch(self, item_indices):
         """Items -> right-padded item-only texts (B, T) and attention_mask (B, T): the item tower's input."""
         return pad_batch([self.item_ids[i] for i in item_indices], self.tok.pad_id)
+
+    def training_batch(self, sequences, every_position=False):
+        """Item sequences, each a history followed by its target -> the rows of the joint (user) tower.
+
+        A row is prompt(history), the target's tokens and end-of-text. The target is predicted; with
+        every_position [beyond the paper] so is every kept history item after the first, each read after the
+        items before it (one pass gives a prediction at every item boundary, as SASRec trains).
+        Returns a dict: idx, attention_mask (B, T); targets (B, T), the next token at each position whose
+        token belongs to a predicted item (its end-of-text included for the target), -100 elsewhere; and per
+        prediction (P,): row, start, end (where the item's tokens sit: its prompt is [0, start)) and item.
+        """
+        rows, row, start, end, item = [], [], [], [], []
+        for b, sequence in enumerate(sequences):
+            items = self._kept(sequence[:-1]) + [sequence[-1]]
+            ids, spans = self._assemble(items)
+            ids = ids[:spans[-1][1]] + [self.tok.eot_id]  # the target ends with end-of-text, not with a prefix
+            rows.append(ids)
+            for k, ((s, e), i) in enumerate(zip(spans, items)):
+                if k == len(items) - 1 or (every_position and k > 0):
+                    row.append(b), start.append(s), end.append(e), item.append(i)
+        idx, attention_mask = pad_batch(rows, self.tok.pad_id)
+        targets = torch.full_like(idx, -100)
+        for b, s, e in zip(row, start, end):
+            last = e + 1 if e == len(rows[b]) - 1 else e  # the target also predicts its end-of-text
+            targets[b, s - 1:last - 1] = idx[b, s:last]   # position t predicts token t + 1
+        return dict(idx=idx, attention_mask=attention_mask, targets=targets, row=torch.tensor(row),
+                    start=torch.tensor(start), end=torch.tensor(end), item=torch.tensor(item))
 
 
 # -----------------------------------------------------------------------------
@@ -669,21 +715,18 @@ STSB_RANGE = (0.0, 5.0)
 
 def check_glue_task(name):
     if name not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; expected one of {', '.join(GLUE_TASKS)}")
+        raise UserError(f"unknown GLUE task {name!r}; expected one of {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[name]
 
 
 def read_tsv_rows(path):
     """Lines split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders read them); a leading
     byte-order mark (MRPC) is dropped. Returns [(line number, [fields])], blank lines skipped."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: strips the BOM if there is one
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                rows.append((lineno, line.split("\t")))
+    for lineno, line in enumerate(io.StringIO(read_text(path), newline=""), start=1):  # lines as written
+        line = line.rstrip("\r\n")
+        if line.strip():
+            rows.append((lineno, line.split("\t")))
     return rows
 
 
@@ -693,13 +736,13 @@ def read_glue_split(path, task):
     rows = read_tsv_rows(path)
     if spec.get("header", True):
         if not rows:
-            raise ValueError(f"{path}:1: empty file, expected a header line")
+            raise UserError(f"{path}:1: empty file, expected a header line")
         lineno, header = rows[0]
         rows = rows[1:]
         wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise ValueError(f"{path}:{lineno}: header has no column {', '.join(map(repr, missing))} "
+            raise UserError(f"{path}:{lineno}: header has no column {', '.join(map(repr, missing))} "
                              f"(not the official {task} layout; header: {header})")
         col = {c: header.index(c) for c in wanted}
         n_cols = len(header)
@@ -707,24 +750,24 @@ def read_glue_split(path, task):
         col = {c: c for c in (spec["text_a"], spec["label"])}
         n_cols = COLA_COLUMNS
         if rows and len(rows[0][1]) == 2 and rows[0][1][0] == "index":
-            raise ValueError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
+            raise UserError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
                              "a labelled file has 4 columns and no header")
     out = {"text_a": [], "text_b": [] if spec["text_b"] is not None else None, "y": []}
     for lineno, fields in rows:
         if len(fields) != n_cols:
-            raise ValueError(f"{path}:{lineno}: expected {n_cols} tab-separated columns for {task}, "
+            raise UserError(f"{path}:{lineno}: expected {n_cols} tab-separated columns for {task}, "
                              f"got {len(fields)}")
         raw = fields[col[spec["label"]]].strip()
         if spec["labels"] is None:  # STS-B: a similarity score
             try:
                 y = float(raw)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: {task} score {raw!r} is not a number") from None
+                raise UserError(f"{path}:{lineno}: {task} score {raw!r} is not a number") from None
             if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
-                raise ValueError(f"{path}:{lineno}: {task} score {y} is outside {STSB_RANGE}")
+                raise UserError(f"{path}:{lineno}: {task} score {y} is outside {STSB_RANGE}")
         else:
             if raw not in spec["labels"]:
-                raise ValueError(f"{path}:{lineno}: label {raw!r} is not one of {task}'s labels "
+                raise UserError(f"{path}:{lineno}: label {raw!r} is not one of {task}'s labels "
                                  f"{list(spec['labels'])}")
             y = spec["labels"].index(raw)
         out["text_a"].append(fields[col[spec["text_a"]]])
@@ -732,7 +775,7 @@ def read_glue_split(path, task):
             out["text_b"].append(fields[col[spec["text_b"]]])
         out["y"].append(y)
     if not out["y"]:
-        raise ValueError(f"{path}: no examples")
+        raise UserError(f"{path}: no examples")
     return out
 
 
@@ -758,7 +801,7 @@ def load_glue(root, names):
         check_glue_task(name)
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{folder}: no folder for GLUE task {name}")
+            raise UserError(f"{folder}: no folder for GLUE task {name}")
         tasks[name] = glue_task(name, folder)
     return tasks
 

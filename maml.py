@@ -22,11 +22,13 @@ Run it (CPU):
         --targets CoLA,MRPC,STS-B,RTE
 """
 
-import json
+import dataclasses
+import logging
 import math
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,8 +38,10 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 import data
-from model import (GPT, GPTConfig, average_gradients, load_checkpoint, load_init, load_model_state, mean_pool,
-                   rank_and_world, save_checkpoint)
+from model import (GPT, GPTConfig, RunState, UserError, average_gradients, mean_pool, rank_and_world, save_checkpoint,
+                   save_json, train_and_select)
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # 1. the functional core
@@ -50,7 +54,7 @@ from model import (GPT, GPTConfig, average_gradients, load_checkpoint, load_init
 # create_graph bookkeeping. Detaching each inner gradient gives first-order MAML (FOMAML).
 
 
-@dataclass
+@dataclass(frozen=True)
 class InnerLoop:
     """The inner loop's settings, named once and used by meta-training AND by adaptation at test time."""
     lr: float      # α, the inner learning rate
@@ -76,12 +80,6 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
     return params
 
 
-def task_query_loss(params, loss_fn, support, query, inner_lr, steps, first_order=False):
-    """L_Q(θ^(k)): adapt on the task's support batches, then score the query batch. One task."""
-    adapted = adapt(params, loss_fn, support, inner_lr, steps, first_order)
-    return loss_fn(adapted, query)
-
-
 def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False, chunk_size=None):
     """Mean over the tasks of a meta-batch of L_Q(θ_i^(k)), all tasks at once with vmap.
 
@@ -89,8 +87,8 @@ def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order
     query: one such batch. The tasks share every shape (padded sequences, fixed support/query sizes).
     randomness="different": each task draws its own dropout mask. chunk_size trades speed for memory.
     """
-    def one_task(task_support, task_query):
-        return task_query_loss(params, loss_fn, task_support, task_query, inner_lr, steps, first_order)
+    def one_task(task_support, task_query):  # L_Q(θ^(k)): adapt on the task's support batches, score its query
+        return loss_fn(adapt(params, loss_fn, task_support, inner_lr, steps, first_order), task_query)
     losses = vmap(one_task, randomness="different", chunk_size=chunk_size)(support, query)  # (N,)
     return losses.mean()
 
@@ -257,10 +255,16 @@ def task_metrics(metric_names, pred, gold):
     return {name: fns[name](pred, gold) for name in metric_names}
 
 
-def mean_ci95(values):
-    """Mean and the half-width of a normal 95% confidence interval."""
+def mean_std(values):
+    """Mean and sample standard deviation (0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def mean_ci95(values):
+    """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
+    mean, std = mean_std(values)
+    return mean, 1.96 * std / math.sqrt(len(values))
 
 
 # -----------------------------------------------------------------------------
@@ -270,22 +274,31 @@ def mean_ci95(values):
 # points of a new sine and must fit the whole curve. A network pretrained on all sines jointly can only
 # learn the mean function (≈ 0) and needs many steps to fit a new one; MAML's initialisation fits it in one.
 
-SINE_HIDDEN = 40          # MLP 1 -> 40 -> 40 -> 1, ReLU [paper]
-SINE_K = 10               # support (and query) points per task [paper]
-SINE_META_BATCH = 25      # tasks per meta-update [paper]
-SINE_OUTER_LR = 1e-3      # Adam [paper]
-SINE_INNER = InnerLoop(lr=0.01, steps=1)   # α and k, for meta-training and for test-time adaptation [paper]
-SINE_REPTILE_STEPS = 5    # [ours] Reptile with k = 1 is joint training; it needs several inner steps
-SINE_STEPS = 6000         # meta-updates per method [ours; the paper runs 70,000]
-SINE_EVAL_TASKS = 600     # held-out sines
-SINE_EVAL_POINTS = 100    # query points per held-out sine
-SINE_EVAL_STEPS = (1, 5, 10)
+@dataclass(frozen=True)
+class SineConfig:
+    hidden: int = 40                    # MLP 1 -> hidden -> hidden -> 1, ReLU [paper]
+    k: int = 10                         # support (and query) points per task [paper]
+    meta_batch: int = 25                # tasks per meta-update [paper]
+    outer_lr: float = 1e-3              # Adam [paper]
+    inner: InnerLoop = InnerLoop(lr=0.01, steps=1)  # α and k, for meta-training and test-time adaptation [paper]
+    reptile_steps: int = 5              # [ours] Reptile with k = 1 is joint training; it needs several steps
+    steps: int = 6000                   # meta-updates per method [ours; the paper runs 70,000]
+    eval_tasks: int = 600               # held-out sines
+    eval_points: int = 100              # query points per held-out sine
+    eval_steps: tuple = (1, 5, 10)      # report the MSE after 0 and each of these many steps
 
 
-def sine_mlp_init(generator):
-    """Parameters of the 1 -> 40 -> 40 -> 1 MLP (PyTorch's default Linear init)."""
+SINE = SineConfig()
+SINE_METHODS = ("maml", "fomaml", "reptile", "pretrained")
+# Finn et al. (2017) show these as curves (their Fig. 3), not a table; read off the K = 10 panel, so
+# approximate: MAML ≈ 0.5 after one step, pretrained ≈ 2.3 and barely moving with more steps.
+SINE_PAPER = {"maml": {1: "≈0.5"}, "pretrained": {1: "≈2.3"}}
+
+
+def sine_mlp_init(generator, hidden=SINE.hidden):
+    """Parameters of the 1 -> hidden -> hidden -> 1 MLP (PyTorch's default Linear init)."""
     params = {}
-    shapes = dict(l1=(1, SINE_HIDDEN), l2=(SINE_HIDDEN, SINE_HIDDEN), l3=(SINE_HIDDEN, 1))  # (in, out)
+    shapes = dict(l1=(1, hidden), l2=(hidden, hidden), l3=(hidden, 1))  # (in, out)
     for name, (n_in, n_out) in shapes.items():
         bound = 1.0 / math.sqrt(n_in)
         params[name + ".weight"] = (torch.rand(n_out, n_in, generator=generator) * 2 - 1) * bound
@@ -305,29 +318,26 @@ def sine_loss(params, batch):
     return F.mse_loss(sine_mlp(params, batch["x"]), batch["y"])
 
 
-def sample_sines(n_tasks, n_points, generator):
-    """Amplitudes, phases (n_tasks,) and a batch {"x", "y"} of shape (n_tasks, n_points, 1)."""
-    amp = 0.1 + 4.9 * torch.rand(n_tasks, generator=generator)
-    phase = math.pi * torch.rand(n_tasks, generator=generator)
-    x = -5.0 + 10.0 * torch.rand(n_tasks, n_points, 1, generator=generator)
-    y = amp[:, None, None] * torch.sin(x - phase[:, None, None])
-    return amp, phase, {"x": x, "y": y}
+def sine_tasks(n_tasks, generator):
+    """Amplitudes and phases (n_tasks,) of new sines: A ~ U[0.1, 5], φ ~ U[0, π]."""
+    return 0.1 + 4.9 * torch.rand(n_tasks, generator=generator), math.pi * torch.rand(n_tasks, generator=generator)
 
 
 def sine_points(amp, phase, n_points, generator):
+    """A batch {"x", "y"} of shape (n_tasks, n_points, 1): x ~ U[-5, 5] on each task's sine."""
     x = -5.0 + 10.0 * torch.rand(len(amp), n_points, 1, generator=generator)
     return {"x": x, "y": amp[:, None, None] * torch.sin(x - phase[:, None, None])}
 
 
-def train_sine(method, steps, seed):
+def train_sine(method, cfg, seed):
     """Meta-train (maml | fomaml | reptile) or jointly pretrain (pretrained) the sine MLP; returns params."""
     g = torch.Generator().manual_seed(seed)
-    params = {k: v.requires_grad_() for k, v in sine_mlp_init(torch.Generator().manual_seed(seed)).items()}
-    opt = torch.optim.Adam(params.values(), lr=SINE_OUTER_LR)
-    inner = InnerLoop(SINE_INNER.lr, SINE_REPTILE_STEPS) if method == "reptile" else SINE_INNER
-    for _ in tqdm(range(steps), desc=f"sinusoid {method}", leave=False, mininterval=2.0):
-        amp, phase, support = sample_sines(SINE_META_BATCH, SINE_K, g)
-        query = sine_points(amp, phase, SINE_K, g)
+    params = {k: v.requires_grad_() for k, v in sine_mlp_init(torch.Generator().manual_seed(seed), cfg.hidden).items()}
+    opt = torch.optim.Adam(params.values(), lr=cfg.outer_lr)
+    inner = dataclasses.replace(cfg.inner, steps=cfg.reptile_steps) if method == "reptile" else cfg.inner
+    for _ in tqdm(range(cfg.steps), desc=f"sinusoid {method}", leave=False, mininterval=2.0):
+        amp, phase = sine_tasks(cfg.meta_batch, g)
+        support, query = sine_points(amp, phase, cfg.k, g), sine_points(amp, phase, cfg.k, g)
         if method == "pretrained":  # one network fit to every task's points at once
             opt.zero_grad(set_to_none=True)
             both = {k: torch.cat([support[k], query[k]], 1).reshape(-1, 1) for k in support}
@@ -338,56 +348,49 @@ def train_sine(method, steps, seed):
     return {k: v.detach() for k, v in params.items()}
 
 
-def eval_sine(params, seed, eval_steps=SINE_EVAL_STEPS, inner_lr=SINE_INNER.lr):
-    """Query MSE on held-out sines after 0 and each of `eval_steps` plain SGD steps on K = 10 points.
-    Returns {steps: (mean, 95% CI half-width)} over SINE_EVAL_TASKS tasks."""
+def eval_sine(params, cfg, seed):
+    """Query MSE on held-out sines after 0 and each of cfg.eval_steps plain SGD steps on K points.
+    Returns {steps: (mean, 95% CI half-width)} over cfg.eval_tasks tasks."""
     g = torch.Generator().manual_seed(seed)
-    amp, phase, support = sample_sines(SINE_EVAL_TASKS, SINE_K, g)
-    query = sine_points(amp, phase, SINE_EVAL_POINTS, g)
+    amp, phase = sine_tasks(cfg.eval_tasks, g)
+    support, query = sine_points(amp, phase, cfg.k, g), sine_points(amp, phase, cfg.eval_points, g)
     out = {}
-    for k in (0,) + tuple(eval_steps):
+    for k in (0,) + tuple(cfg.eval_steps):
         def one_task(s, q):
-            return sine_loss(adapt(params, sine_loss, s, inner_lr, k), q)
+            return sine_loss(adapt(params, sine_loss, s, cfg.inner.lr, k), q)
         out[k] = mean_ci95(vmap(one_task)(support, query).numpy())
     return out
 
 
-# Finn et al. (2017) show these as curves (their Fig. 3), not a table; read off the K = 10 panel, so
-# approximate: MAML ≈ 0.5 after one step, pretrained ≈ 2.3 and barely moving with more steps.
-SINE_PAPER = {"maml": {1: "≈0.5"}, "pretrained": {1: "≈2.3"}}
+def prepare_sinusoid(args):
+    """`--task sinusoid` takes the paper's fixed settings; --max-steps and --set change them."""
+    flags = {} if args.max_steps is None else {"steps": args.max_steps}
+    return args, dataclasses.replace(SINE, **{**flags, **dict(args.set or ())})
 
 
-def run_sinusoid(args):
+def run_sinusoid(prepared):
     """`python train.py --task sinusoid`: the table of K-shot MSE after 1, 5, 10 steps, and results.json."""
+    args, cfg = prepared
     t0 = time.time()
-    steps = args.max_steps or SINE_STEPS
-    torch.set_num_threads(1)  # tiny matrices: one thread (OpenMP threads on shared cores only wait)
-    methods = ("maml", "fomaml", "reptile", "pretrained")
     results = {}
-    for method in methods:
+    for method in SINE_METHODS:
         t = time.time()
-        params = train_sine(method, steps, args.seed)
-        results[method] = eval_sine(params, seed=args.seed + 10_000)  # held-out tasks: another stream
-        print(f"{method:>10}: trained {steps} steps in {time.time() - t:.0f}s")
-    header = "| method | " + " | ".join(f"MSE after {k} step{'s' * (k != 1)}" for k in (0,) + SINE_EVAL_STEPS)
-    print(f"\nK = {SINE_K} shot sine regression, {SINE_EVAL_TASKS} held-out tasks, inner lr "
-          f"{SINE_INNER.lr}; mean ± 95% CI\n")
-    print(header + " | paper, 1 step |")
-    print("|" + "---|" * (len(SINE_EVAL_STEPS) + 3))
-    for method in methods:
-        cells = [f"{m:.3f} ± {ci:.3f}" for m, ci in (results[method][k] for k in (0,) + SINE_EVAL_STEPS)]
-        paper = SINE_PAPER.get(method, {}).get(1, "–")
-        print(f"| {method} | " + " | ".join(cells) + f" | {paper} |")
+        results[method] = eval_sine(train_sine(method, cfg, args.seed), cfg, seed=args.seed + 10_000)  # held out
+        log.info(f"{method:>10}: trained {cfg.steps} steps in {time.time() - t:.0f}s")
+    columns = (0,) + tuple(cfg.eval_steps)
+    log.info(f"\nK = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner lr {cfg.inner.lr}; "
+             "mean ± 95% CI\n")
+    log.info("| method | " + " | ".join(f"MSE after {k} step{'s' * (k != 1)}" for k in columns) + " | paper, 1 step |")
+    log.info("|" + "---|" * (len(columns) + 2))
+    for method in SINE_METHODS:
+        cells = [f"{m:.3f} ± {ci:.3f}" for m, ci in (results[method][k] for k in columns)]
+        log.info(f"| {method} | " + " | ".join(cells) + f" | {SINE_PAPER.get(method, {}).get(1, '–')} |")
     wall = time.time() - t0
     out = {"methods": {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()}
                        for m, r in results.items()},
-           "config": {"steps": steps, "k_shot": SINE_K, "meta_batch": SINE_META_BATCH, "inner": asdict(SINE_INNER),
-                      "reptile_inner_steps": SINE_REPTILE_STEPS, "outer_lr": SINE_OUTER_LR,
-                      "eval_tasks": SINE_EVAL_TASKS, "seed": args.seed},
-           "paper": SINE_PAPER, "wall_s": wall}
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+           "config": dict(dataclasses.asdict(cfg), seed=args.seed), "paper": SINE_PAPER, "wall_s": wall}
+    save_json(os.path.join(args.out_dir, "results.json"), out)
+    log.info(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 
@@ -456,7 +459,7 @@ def adapted_names(model, which):
         top = {f"gpt.transformer.h.{i}." for i in range(n_layer - int(which[3:]), n_layer)}
         return [n for n in names if n.startswith("head_") or n.startswith("gpt.transformer.ln_f.")
                 or any(n.startswith(p) for p in top)]
-    raise ValueError(f"unknown parameter selection {which!r}; expected all, head or top<n>")
+    raise UserError(f"unknown parameter selection {which!r}; expected all, head or top<n>")
 
 
 def make_task_loss(model, fast_names):
@@ -495,10 +498,10 @@ def evaluate(model, enc, metric_names):
 
 
 # -----------------------------------------------------------------------------
-# 6. meta-training, the multi-task baseline, fine-tuning the targets: `run`
+# 6. meta-training, the multi-task baseline, fine-tuning the targets: `prepare` and `run`
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Sizes of one setting; the built-in family's and GLUE's defaults are below."""
     n_layer: int
@@ -507,7 +510,7 @@ class RunConfig:
     vocab_size: int            # of the BPE trained on the setting's text
     max_len: int               # tokens per example (pairs are trimmed to fit)
     inner: InnerLoop           # α and k: meta-training's inner loop AND the test-time learning rate
-    adapt: str                 # which parameters the inner loop adapts (adapted_names)
+    adapted_params: str        # which parameters the inner loop adapts (adapted_names: all, head, top<n>)
     meta_batch: int            # tasks per meta-update
     meta_steps: int            # meta-updates (also the multi-task baseline's steps)
     outer_lr: float            # Adam on θ
@@ -519,14 +522,12 @@ class RunConfig:
     val_max: int               # at most this many validation examples
 
 
-FAMILY_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_len=48,
-                          inner=InnerLoop(lr=0.02, steps=2), adapt="all", meta_batch=4, meta_steps=200,
-                          outer_lr=1e-3, shot=8, ft_steps=60, ft_eval=15, n_train=(16, 64), seeds=3,
-                          val_max=100)
-GLUE_CONFIG = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64,
-                        inner=InnerLoop(lr=0.01, steps=2), adapt="all", meta_batch=4, meta_steps=400,
-                        outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25, n_train=(100, 1000), seeds=3,
-                        val_max=200)
+FAMILY = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_len=48, inner=InnerLoop(lr=0.02, steps=2),
+                   adapted_params="all", meta_batch=4, meta_steps=200, outer_lr=1e-3, shot=8, ft_steps=60, ft_eval=15,
+                   n_train=(16, 64), seeds=3, val_max=100)
+GLUE = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64, inner=InnerLoop(lr=0.01, steps=2),
+                 adapted_params="all", meta_batch=4, meta_steps=400, outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25,
+                 n_train=(100, 1000), seeds=3, val_max=200)
 FT_CLIP = 1.0                                        # gradient-norm clip while fine-tuning [ours]
 GLUE_AUX = ("MNLI", "QNLI", "QQP", "SST-2")          # [paper, secondary]
 GLUE_TARGETS = ("CoLA", "MRPC", "STS-B", "RTE")      # [paper]
@@ -568,44 +569,57 @@ def second_order_math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, steps):
+def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state=None, phase=None):
     """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
 
     Every method runs its tasks under vmap. Second order is right there because model.py writes its
     LayerNorm out (F.layer_norm's vmap rule gives wrong second derivatives; tests/test_model.py and
-    tests/test_maml_classifier.py check vmap == the per-task loop).
+    tests/test_maml_classifier.py check vmap == the per-task loop). With a RunState, the loop saves what it
+    needs to continue exactly (weights, optimizer, random stream, loss curve) every tenth of the run.
     """
-    fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapt))
+    fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapted_params))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     # under torchrun every process draws the same meta-batch and takes its own contiguous share of the tasks;
     # average_gradients then gives every process the meta-gradient of the whole meta-batch
     rank, world = rank_and_world()
-    if cfg.meta_batch % world:
-        raise SystemExit(f"error: a meta-batch of {cfg.meta_batch} tasks does not split over {world} processes")
     mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
-    device = model.head_weight.device
-    losses = []
-    with second_order_math_attention():
-        for _ in tqdm(range(steps), desc=f"meta-train {method}", leave=False, mininterval=5.0, disable=rank > 0):
-            chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
-            if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
-                batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"],
-                                    device)[0]
-                batch = task_slice(batch, mine)
-                opt.zero_grad(set_to_none=True)
-                loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
-                loss.backward()
-                average_gradients(optimizer_params(opt))
-                opt.step()
-            else:
-                batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
-                batches = [task_slice(b, mine) for b in batches]
-                loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
-            losses.append(float("nan") if loss is None else loss.item())
+    saved = state.loop(phase) if state is not None else None
+    losses = list(saved["losses"]) if saved else []
+    if saved:
+        model.load_state_dict(saved["weights"])
+        opt.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+
+    def step(_):
+        chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
+        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
+            batch = task_slice(stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"],
+                                           device)[0], mine)
+            opt.zero_grad(set_to_none=True)
+            loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
+            loss.backward()
+            average_gradients(optimizer_params(opt))
+            opt.step()
+        else:
+            batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
+            batches = [task_slice(b, mine) for b in batches]
+            loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
+        losses.append(float("nan") if loss is None else loss.item())
+        bar.update()
+
+    def save(step, best):
+        state.save_loop(phase, step=step, weights=model.state_dict(), optimizer=opt.state_dict(),
+                        rng=rng.bit_generator.state, losses=list(losses))
+
+    with second_order_math_attention(), tqdm(total=cfg.meta_steps, initial=saved["step"] if saved else 0,
+                                             desc=f"meta-train {method}", leave=False, mininterval=5.0,
+                                             disable=rank > 0) as bar:
+        train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=saved["step"] if saved
+                         else 0, save_state=save if state is not None else None)
     return losses
 
 
-def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed):
+def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
     """Fine-tune every parameter from `init_state` with plain SGD at the shared inner lr, on batches of
     `cfg.shot` of the `train` examples; keep the state with the best validation score (first metric,
     checked at step 0 and every cfg.ft_eval steps); report `test` once, from that state."""
@@ -613,56 +627,64 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.inner.lr)
     fast, loss_fn = make_task_loss(model, adapted_names(model, "all"))
     rng = np.random.default_rng(seed)
-    best, best_state, best_step = -math.inf, None, 0
-    for step in range(cfg.ft_steps + 1):
-        if step % cfg.ft_eval == 0 or step == cfg.ft_steps:
-            score = evaluate(model, val, metric_names[:1])[metric_names[0]]
-            if score > best:  # a nan score (diverged) is never the best
-                best, best_step = score, step
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        if step == cfg.ft_steps:
-            break
-        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"],
-                            model.head_weight.device)[0]
+
+    def step(_):
+        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"], device)[0]
         opt.zero_grad(set_to_none=True)
         loss_fn(fast, task_slice(batch, 0)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), FT_CLIP)
         opt.step()
-    if best_state is None:
-        raise SystemExit(f"fine-tuning diverged: every validation {metric_names[0]} was nan "
-                         f"(lower --inner-lr, now {cfg.inner.lr})")
-    model.load_state_dict(best_state)
-    return dict(evaluate(model, test, metric_names), val=best, stop_step=best_step)
+
+    score, stop_step, _ = train_and_select(model, step, cfg.ft_steps, cfg.ft_eval,
+                                           lambda: evaluate(model, val, metric_names[:1])[metric_names[0]],
+                                           label=None)
+    if stop_step is None:  # a nan score (diverged) is never the best
+        raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower --inner-lr "
+                        f"(now {cfg.inner.lr})")
+    return dict(evaluate(model, test, metric_names), val=score, stop_step=stop_step)
 
 
 def load_setting(args):
-    """(setting name, aux tasks, target tasks, RunConfig, few-shot root or None) from the flags."""
+    """(setting name, aux tasks, target tasks, default RunConfig, few-shot root or None) from the flags."""
     if args.data is None:
         if args.aux or args.targets:
-            raise ValueError("--aux/--targets name GLUE tasks; give --data with the GLUE folder")
+            raise UserError("--aux/--targets name GLUE tasks; give --data with the GLUE folder")
         aux, targets = data.task_family()
-        return "family", aux, targets, FAMILY_CONFIG, None
+        return "family", aux, targets, FAMILY, None
     if len(args.data) != 1:
-        raise ValueError(f"--task maml takes one GLUE folder, got {len(args.data)}: {args.data}")
+        raise UserError(f"--task maml takes one GLUE folder, got {len(args.data)}: {args.data}")
     root = args.data[0]
     aux_names, target_names = args.aux or list(GLUE_AUX), args.targets or list(GLUE_TARGETS)
+    for names, flag in ((aux_names, "--aux"), (target_names, "--targets")):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"{flag}: {twice[0]} is named twice")
+        for n in names:
+            data.check_glue_task(n)
+            if not os.path.isdir(os.path.join(root, n)):
+                raise UserError(f"{flag} {n}: {os.path.join(root, n)} is not there (python data.py glue fetches it)")
     overlap = set(aux_names) & set(target_names)
     if overlap:
-        raise ValueError(f"tasks {sorted(overlap)} are both auxiliary and target")
+        raise UserError(f"tasks {sorted(overlap)} are both auxiliary (--aux) and target (--targets)")
     aux, targets = data.load_glue(root, aux_names), data.load_glue(root, target_names)
     few_shot = os.path.join(os.path.dirname(os.path.abspath(root)), "glue-16shot")
-    return "glue", aux, targets, GLUE_CONFIG, few_shot if os.path.isdir(few_shot) else None
+    return "glue", aux, targets, GLUE, few_shot if os.path.isdir(few_shot) else None
 
 
-def apply_flags(cfg, args):
-    """The maml flags that override the setting's defaults (None = keep)."""
-    inner = InnerLoop(args.inner_lr if args.inner_lr is not None else cfg.inner.lr,
-                      args.inner_steps if args.inner_steps is not None else cfg.inner.steps)
-    return RunConfig(**dict(asdict(cfg), inner=inner,
-                            meta_batch=args.meta_batch or cfg.meta_batch,
-                            meta_steps=args.max_steps or cfg.meta_steps,
-                            ft_eval=args.eval_interval or cfg.ft_eval,
-                            n_train=tuple(args.n_train) if args.n_train else cfg.n_train))
+def settings(args, base):
+    """The setting's RunConfig with the flags applied (--set NAME=VALUE last)."""
+    inner = InnerLoop(args.inner_lr if args.inner_lr is not None else base.inner.lr,
+                      args.inner_steps if args.inner_steps is not None else base.inner.steps)
+    flags = dict(inner=inner, meta_batch=args.meta_batch or base.meta_batch,
+                 meta_steps=args.max_steps or base.meta_steps, ft_eval=args.eval_interval or base.ft_eval,
+                 n_train=tuple(args.n_train) if args.n_train else base.n_train)
+    cfg = dataclasses.replace(base, **{**flags, **dict(args.set or ())})
+    if not (cfg.adapted_params in ("all", "head") or re.fullmatch(r"top[0-9]+", cfg.adapted_params)):
+        raise UserError(f"--set adapted_params={cfg.adapted_params}: expected all, head or top<n>")
+    _, world = rank_and_world()
+    if cfg.meta_batch % world:
+        raise UserError(f"a meta-batch of {cfg.meta_batch} tasks does not split over {world} processes")
+    return cfg
 
 
 def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
@@ -682,11 +704,13 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
         val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
         test, reported = enc["dev"], "dev"
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
+    if len(val["ids"]) == 0:
+        raise UserError(f"{task['name']}: too few training examples to set aside a validation split")
     runs = []
     for n in cfg.n_train:
         if n > len(pool["ids"]):
-            raise SystemExit(f"error: --n-train {n} is more than the {len(pool['ids'])} training examples of "
-                             f"{task['name']} (after setting aside validation)")
+            raise UserError(f"--n-train {n} is more than the {len(pool['ids'])} training examples of "
+                            f"{task['name']} (after setting aside validation)")
         for s in range(cfg.seeds):
             rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
             runs.append((str(n), s, subset(pool, rows), val, test))
@@ -696,8 +720,8 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
         reported_pairs = pairs(task[reported])
         for folder in data.few_shot_folders(few_shot_root, task["name"]):
             shot = data.glue_task(task["name"], folder)
-            # the few-shot examples were drawn from GLUE's training set, which our dev.tsv is a re-split
-            # of: the few that also sit in the reported split are left out of it for this seed
+            # the few-shot examples were drawn from GLUE's training set; the few that also sit in the
+            # reported split (when it is a re-split of the training set) are left out of it for this seed
             seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
             keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
             runs.append(("16-shot", folder.rsplit("-", 1)[1],
@@ -706,109 +730,134 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
     return runs, reported
 
 
-def mean_std(values):
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+@dataclass
+class Experiment:
+    """Everything a run needs, read and checked by prepare() before anything is written."""
+    args: object
+    cfg: RunConfig
+    setting: str
+    aux: dict
+    targets: dict
+    inits: tuple
+    tokenizer: data.TextTokenizer
+    model: TaskClassifier
+    init_state: dict           # the classifier before any meta-training (random, or --init's encoder)
+    aux_encs: list
+    runs: dict                 # target -> (runs, reported split) of target_runs
+    state: RunState
 
 
-def run(args):
-    """`python train.py --task maml`: learn each initialisation, fine-tune every target from it at every
-    size and seed, print the table and write results.json."""
-    t0 = time.time()
-    if args.init is None:  # the from-scratch model's matrices are small: see run_sinusoid
-        torch.set_num_threads(1)
-    rank = getattr(args, "rank", 0)  # under torchrun: all processes meta-train, process 0 does the rest
-    say = print if rank == 0 else (lambda *a, **k: None)
-    setting, aux, targets, cfg, few_shot_root = load_setting(args)
-    cfg = apply_flags(cfg, args)
+def prepare(args):
+    """Settings, tasks, tokenizer and classifier, checked before anything is written; with --resume, the saved
+    run's settings are compared with these before any work."""
+    setting, aux, targets, base, few_shot_root = load_setting(args)
+    cfg = settings(args, base)
     inits = INITS if args.method == "all" else ("none", args.method) if args.method != "none" else ("none",)
-
-    # the tokenizer and the encoder: GPT-2's with --init <folder>, else trained here on the setting's text
-    texts = [t for task in list(aux.values()) + list(targets.values())
-             for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-    if args.init:  # the tokenizer that belongs to the weights: GPT-2's folder, or next to a project .pt
-        tokenizer = data.load_tokenizer(args.init if os.path.isdir(args.init) else os.path.dirname(args.init))
-    else:
-        tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
-    if rank == 0:
-        tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be an --init
-    if args.init:
-        gpt = load_init(args.init)
-        tokenizer.check_fits(gpt.config.vocab_size)
-        if gpt.config.block_size < cfg.max_len:
-            raise SystemExit(f"{args.init}: the model reads {gpt.config.block_size} tokens, but this setting "
-                             f"feeds it up to {cfg.max_len}")
-    else:
-        vocab = 64 * math.ceil(tokenizer.vocab_size / 64)
-        gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                            n_embd=cfg.n_embd))
     names = list(aux) + list(targets)
+    run_key = dict(task="maml", setting=setting, tasks=names, sampling=args.sampling, seed=args.seed,
+                   config=dataclasses.asdict(cfg), init=args.init, inits=list(inits),
+                   world=rank_and_world()[1])
+    state = RunState(os.path.join(args.out_dir, "state.pt"), run_key, args.resume)
+    # the tokenizer and the encoder: --init's (GPT-2's, or a project checkpoint's), else trained here
+    if args.resume:
+        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
+    if args.init:
+        gpt, tokenizer = data.load_pretrained(args.init)
+        if gpt.config.block_size < cfg.max_len:
+            raise UserError(f"{args.init}: the model reads {gpt.config.block_size} tokens, but this setting "
+                            f"feeds it up to {cfg.max_len}")
+    else:
+        if not args.resume:
+            texts = [t for task in list(aux.values()) + list(targets.values())
+                     for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
+            tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
+        gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
     all_tasks = {**aux, **targets}
-    scales = {n: max(t["train"]["y"]) if t["kind"] == "regression" else 1.0 for n, t in all_tasks.items()}
+    scales = {n: max(t["train"]["y"]) or 1.0 if t["kind"] == "regression" else 1.0 for n, t in all_tasks.items()}
     model = TaskClassifier(gpt, [1 if t["kind"] == "regression" else len(t["labels"]) for t in all_tasks.values()],
                            [t["kind"] == "regression" for t in all_tasks.values()]).to(args.device)
-    init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n])
-                for n in aux]
-    sizes = [len(e["ids"]) for e in aux_encs]
-    say(f"setting {setting}: {len(aux)} auxiliary tasks {list(aux)}, targets {list(targets)}; "
-        f"GPT {gpt.num_params() / 1e6:.2f}M parameters; tokenizer {tokenizer.vocab_size} tokens")
+    aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n]) for n in aux]
     runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
             for n in targets}
+    return Experiment(args, cfg, setting, aux, targets, inits, tokenizer, model,
+                      {k: v.clone() for k, v in model.state_dict().items()}, aux_encs, runs, state)
 
-    results, meta_curves = {n: {} for n in targets}, {}
-    for init in inits:
+
+def learn_init(exp, init):
+    """Meta-train (or multi-task train) one initialisation from the common start, save it as init_<init>.pt
+    (its encoder a plain GPT checkpoint, usable as --init; the task heads beside it); returns its weights."""
+    args, cfg, model, state = exp.args, exp.cfg, exp.model, exp.state
+    model.load_state_dict(exp.init_state)
+    if init == "none" or f"learned_{init}" in state.done:
+        return state.done.get(f"learned_{init}", {}).get("weights", exp.init_state)
+    rng = np.random.default_rng([args.seed, INITS.index(init)])  # its own stream: the same with any --method
+    curve = meta_train(model, exp.aux_encs, [len(e["ids"]) for e in exp.aux_encs], init, cfg, args.sampling, rng,
+                       args.device, state, phase=f"meta_{init}")
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
+    if rank_and_world()[0] == 0:
+        save_checkpoint(os.path.join(args.out_dir, f"init_{init}.pt"), model.gpt, None, model.gpt.config,
+                        cfg.meta_steps, {"loss_last": curve[-1]}, heads=heads)
+    tenth = max(1, len(curve) // 10)  # one meta-batch's loss is noisy: the means over the first and last tenth
+    summary = [] if math.isnan(curve[0]) else [float(np.mean(curve[:tenth])), float(np.mean(curve[-tenth:]))]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state.finish(f"learned_{init}", dict(weights=weights, loss_first_last_tenth=summary))
+    return weights
+
+
+def fine_tune_targets(exp, init, learned):
+    """Fine-tune every target from `learned` at every size and seed; each run's metrics are stored in the run
+    state as it ends (a resumed run skips those). Returns {target: {size: summary over seeds}}."""
+    done = exp.state.done.setdefault(f"fine_tuned_{init}", {})
+    for n, (task_runs, _) in exp.runs.items():
+        for size, seed, train, val, test in task_runs:
+            key = f"{n}/{size}/{seed}"
+            if key not in done:
+                done[key] = fine_tune(exp.model, learned, train, val, test, exp.targets[n]["metrics"], exp.cfg,
+                                      exp.args.seed + int(seed), exp.args.device)
+                exp.state.save()
+    out = {}
+    for n, (task_runs, _) in exp.runs.items():
+        per_size = {}
+        for size, seed, *_ in task_runs:
+            per_size.setdefault(size, []).append(done[f"{n}/{size}/{seed}"])
+        out[n] = {size: summarize(ms, exp.targets[n]["metrics"]) for size, ms in per_size.items()}
+    return out
+
+
+def run(exp):
+    """`python train.py --task maml`: learn each initialisation, fine-tune every target from it at every
+    size and seed, print the table and write results.json."""
+    args, cfg = exp.args, exp.cfg
+    rank, _ = rank_and_world()
+    if rank == 0 and not args.resume:
+        exp.tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be --init
+    log.info(f"setting {exp.setting}: {len(exp.aux)} auxiliary tasks {list(exp.aux)}, targets {list(exp.targets)}; "
+             f"GPT {exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
+    results = {n: {} for n in exp.targets}
+    for init in exp.inits:
         t = time.time()
-        model.load_state_dict(init_state)
-        ckpt = os.path.join(args.out_dir, f"init_{init}.pt")
-        run_key = dict(tasks=names, sampling=args.sampling, run_config=asdict(cfg), seed=args.seed)
-        if init != "none" and args.resume and os.path.isfile(ckpt):
-            saved = load_checkpoint(ckpt)
-            if saved.get("run_key") != run_key:
-                raise SystemExit(f"{ckpt}: was learned with other tasks or settings than this run; "
-                                 "resume with the same flags, or use another --out-dir")
-            load_model_state(model.gpt, saved["model"], ckpt)
-            model.load_state_dict(dict(model.state_dict(), **saved["heads"]))
-            say(f"{init}: loaded {ckpt}")
-        elif init != "none":
-            rng = np.random.default_rng([args.seed, INITS.index(init)])  # its own stream: same with any --method
-            curve = meta_train(model, aux_encs, sizes, init, cfg, args.sampling, rng, cfg.meta_steps)
-            if not math.isnan(curve[0]):  # Reptile has no query loss to record
-                meta_curves[init] = curve
-            # the encoder as a plain GPT checkpoint (usable as --init), the task heads beside it
-            heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
-            if rank == 0:
-                save_checkpoint(ckpt, model.gpt, None, gpt.config, cfg.meta_steps, {"loss_last": curve[-1]},
-                                heads=heads, run_key=run_key)
-        learned = {k: v.clone() for k, v in model.state_dict().items()}
+        learned = learn_init(exp, init)
         t_meta = time.time() - t
         if rank > 0:
             continue  # fine-tuning the targets is process 0's
-        for n, (task_runs, reported) in runs.items():
-            per_size = {}
-            for size, seed, train, val, test in task_runs:
-                m = fine_tune(model, learned, train, val, test, targets[n]["metrics"], cfg, args.seed + int(seed))
-                per_size.setdefault(size, []).append(m)
-            results[n][init] = {size: summarize(ms, targets[n]["metrics"]) for size, ms in per_size.items()}
-        say(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
-
+        for n, by_size in fine_tune_targets(exp, init, learned).items():
+            results[n][init] = by_size
+        log.info(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
     if rank > 0:
         return None
-    reported = {n: r[1] for n, r in runs.items()}
-    print_table(results, targets, inits, reported)
-    wall = time.time() - t0
+    reported = {n: r[1] for n, r in exp.runs.items()}
+    print_table(results, exp.targets, exp.inits, reported)
     out = {"targets": results,
-           "config": dict(asdict(cfg), setting=setting, aux=list(aux), targets=list(targets),
-                          sampling=args.sampling, inits=list(inits), seed=args.seed, init=args.init,
+           "config": dict(dataclasses.asdict(cfg), setting=exp.setting, aux=list(exp.aux), targets=list(exp.targets),
+                          sampling=args.sampling, inits=list(exp.inits), seed=args.seed, init=args.init,
                           reported_split=reported, device=args.device, threads=torch.get_num_threads(),
-                          # one meta-batch's loss is noisy: the mean over the first and the last tenth
-                          meta_loss_first_last_tenth={k: [float(np.mean(c[:max(1, len(c) // 10)])),
-                                                          float(np.mean(c[-max(1, len(c) // 10):]))]
-                                                      for k, c in meta_curves.items()}),
-           "wall_s": wall}
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    say(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+                          meta_loss_first_last_tenth={i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]
+                                                      for i in exp.inits if f"learned_{i}" in exp.state.done
+                                                      and exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]}),
+           "wall_s": exp.state.seconds(), "resumed": exp.state.resumes}
+    save_json(os.path.join(args.out_dir, "results.json"), out)
+    log.info(f"\nwall time {out['wall_s']:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 
@@ -823,14 +872,14 @@ def summarize(metric_dicts, metric_names):
 
 def print_table(results, targets, inits, reported):
     """One Markdown table: rows target x size, columns the initialisations; mean ± std over seeds."""
-    print(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
-          f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
-    print("| target | metric | size | " + " | ".join(inits) + " |")
-    print("|---|---|---|" + "---|" * len(inits))
+    log.info(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
+             f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
+    log.info("| target | metric | size | " + " | ".join(inits) + " |")
+    log.info("|---|---|---|" + "---|" * len(inits))
     for n in targets:
         sizes = list(results[n][inits[0]])
         for metric in targets[n]["metrics"]:
             for size in sizes:
                 cells = [f"{results[n][i][size][metric]:.3f} ± {results[n][i][size][metric + '_std']:.3f}"
                          for i in inits]
-                print(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")
+                log.info(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")

@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import struct
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -359,13 +360,14 @@ class GPT(nn.Module):
         return [_cut_at(row, eos_id) for row in out]
 
     @torch.no_grad()
-    def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True):
+    def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
         """Beam search for every prompt at once: B prompts x K beams.
 
         A beam's score is the sum of its tokens' log-probabilities. A beam that has emitted eos_id is
         finished: from then on its only continuation is eos_id at log-probability 0, so it keeps its score
         and competes with the open beams until the end. Returns, per prompt, K (new_tokens, score) pairs,
-        best first; a finished beam's tokens end with eos_id.
+        best first; a finished beam's tokens end with eos_id. allowed_next, when given, maps the beams' tokens
+        so far (B, K, t) to the tokens each may write next (B, K, V) bool: constrained decoding.
 
         With the cache, the K beams of a prompt share one copy of the prompt's keys and values. Each step
         feeds the K beams' new tokens as K positions of one row, writes their keys into K new slots of
@@ -398,6 +400,8 @@ class GPT(nn.Module):
         first_new = prompt_mask.sum(1)                         # (B,) position of the first new token
         beams = torch.arange(K, device=device)
         for step in range(max_new_tokens):
+            if allowed_next is not None:
+                logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
             logp = torch.where(finished[..., None], eos_only, logp)
             cand = (scores[..., None] + logp).view(B, K * V)   # (B, K*V) every extension of every beam
             scores, flat = torch.topk(cand, K, dim=-1)         # (B, K) the best K per prompt
@@ -708,7 +712,8 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
                     score = validate()
                     if score > best[0]:
                         best = (score, step, copy_weights(model))
-                    log.info(f"  {label} {step:5d}  valid {score:.4f}" + ("  (best)" if best[1] == step else ""))
+                    log.log(logging.INFO if label else logging.DEBUG,  # label=None: into log.txt only
+                            f"  {label or 'step'} {step:5d}  valid {score:.4f}" + ("  (best)" if best[1] == step else ""))
             if step == steps:
                 break
             train_step(step)
@@ -719,6 +724,54 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
     if best[2] is not None:
         model.load_state_dict(best[2])
     return best
+
+
+class RunState:
+    """What --resume continues from, in out_dir/state.pt: the run's settings, the results of its finished phases,
+    the saved loop of the phase in progress, and the time spent so far. Tensors and plain values only, written
+    atomically; only process 0 writes.
+
+    A phase (a training stage, an evaluation) stores what the rest of the run needs with finish(); a training
+    loop stores, at every validation point, what it needs to continue exactly: weights, optimizer, random
+    streams, step, best so far (save_loop; read back with loop). Resuming with other settings is an error,
+    found before any work.
+    """
+
+    def __init__(self, path, settings, resume):
+        self.path, self.settings, self.started = path, settings, time.time()
+        self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
+        if resume:
+            saved = load_torch(path, "the state of a run")
+            if not isinstance(saved, dict) or "settings" not in saved:
+                raise UserError(f"{path}: not the state of a run of this project")
+            changed = sorted(k for k in set(settings) | set(saved["settings"])
+                             if settings.get(k) != saved["settings"].get(k))
+            if changed:
+                raise UserError(f"{path}: was saved by a run with other settings ({', '.join(changed)}); resume "
+                                "with the flags of that run, or use another --out-dir")
+            self.done, self.current = saved["done"], saved["current"]
+            self.elapsed, self.resumes = saved["elapsed"], saved["resumes"] + 1
+
+    def seconds(self):
+        """Time spent by the run: every earlier piece until its last save, and this one until now."""
+        return self.elapsed + time.time() - self.started
+
+    def save(self):
+        if rank_and_world()[0] == 0:
+            save_torch(self.path, dict(settings=self.settings, done=self.done, current=self.current,
+                                       elapsed=self.seconds(), resumes=self.resumes))
+
+    def save_loop(self, phase, **loop):
+        self.current = dict(loop, phase=phase)
+        self.save()
+
+    def loop(self, phase):
+        """The saved loop of `phase`, or None (a fresh start)."""
+        return self.current if self.current and self.current["phase"] == phase else None
+
+    def finish(self, phase, result):
+        self.done[phase], self.current = result, None
+        self.save()
 
 
 # -----------------------------------------------------------------------------
@@ -749,27 +802,32 @@ def rank_and_world():
 
 
 class GatherRows(torch.autograd.Function):
-    """All-gather with a backward: each process gets the gradient of its own rows, summed over the losses
-    of every process (each process's loss reads every row)."""
+    """All-gather of rows with a backward: each process gets the gradient of its own rows, summed over the losses
+    of every process (each process's loss reads every row). Processes may hold different numbers of rows."""
 
     @staticmethod
     def forward(ctx, x):
         rank, world = rank_and_world()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        torch.distributed.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = rank, x.size(0)
-        return torch.cat(parts, dim=0)                                   # (W*B, ...)
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        torch.distributed.all_gather(sizes, torch.tensor([x.size(0)], device=x.device))
+        sizes = [int(n) for n in sizes]
+        padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded[:x.size(0)] = x  # all_gather wants equal shapes
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded)
+        ctx.start, ctx.rows = sum(sizes[:rank]), x.size(0)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)  # (sum of the sizes, ...)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)                               # sum over every process's loss
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]       # (B, ...) this process's rows
+        torch.distributed.all_reduce(grad)                                    # sum over every process's loss
+        return grad[ctx.start:ctx.start + ctx.rows]                           # this process's rows
 
 
 def gather_rows(x):
-    """Every process's rows of x, concatenated in rank order (W*B, ...), with gradients flowing back to
-    the process that owns each row. What contrastive losses need so that negatives span the global batch."""
+    """Every process's rows of x, concatenated in rank order, with gradients flowing back to the process that
+    owns each row. What contrastive losses need so that negatives span the global batch."""
     _, world = rank_and_world()
     return x if world == 1 else GatherRows.apply(x)  # for tensors without gradients (item ids) just the gather
 

@@ -2,6 +2,7 @@
 the quasi-round-robin merge and the metrics on hand-made lists, the pooling spans vs the strings they should
 cover, and an overfit smoke test. Run: python -m pytest -q tests/test_calrec.py"""
 
+import dataclasses
 import json
 import math
 import os
@@ -20,23 +21,27 @@ import model as gpt
 
 
 def naive_info_nce(q, k, ids, tau):
-    """-1/N sum_i log(exp(cos(q_i, k_i)/tau) / sum_{j: j == i or ids_j != ids_i} exp(cos(q_j, k_i)/tau))."""
+    """-1/B sum_i log(exp(cos(q_i, k_i)/tau) / sum_{j: j == i or ids_j != ids_i} exp(cos(q_i, k_j)/tau)),
+    i over the B queries, j over every key (the first B are the queries' own, the rest extra negatives)."""
     total = 0.0
-    for i in range(len(ids)):
+    for i in range(len(q)):
         num = math.exp(float(q[i] @ k[i]) / tau)
-        den = sum(math.exp(float(q[j] @ k[i]) / tau) for j in range(len(ids)) if j == i or ids[j] != ids[i])
+        den = sum(math.exp(float(q[i] @ k[j]) / tau) for j in range(len(k)) if j == i or ids[j] != ids[i])
         total += -math.log(num / den)
-    return total / len(ids)
+    return total / len(q)
 
 
 def test_info_nce_equals_naive_loop():
     torch.manual_seed(0)
     q = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=-1)
-    k = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=-1)
-    ids = torch.tensor([3, 1, 4, 1, 5, 9, 3])  # two pairs of rows share a target
+    k = F.normalize(torch.randn(10, 5, dtype=torch.float64), dim=-1)
+    ids = torch.tensor([3, 1, 4, 1, 5, 9, 3, 8, 4, 2])  # two pairs of rows share a target; an extra key is item 4
     for tau in (0.05, 0.5, 1.0):
-        assert calrec.info_nce(q, k, ids, tau).item() == pytest.approx(naive_info_nce(q, k, ids.tolist(), tau),
-                                                                       rel=1e-9)
+        want = naive_info_nce(q, k, ids.tolist(), tau)
+        assert calrec.info_nce(q, k, ids, tau).item() == pytest.approx(want, rel=1e-9)
+        # the spec's direction (each target item against the batch's users) is the same formula, roles swapped
+        want = naive_info_nce(k[:7], q, ids[:7].tolist(), tau)
+        assert calrec.info_nce(k[:7], q, ids[:7], tau).item() == pytest.approx(want, rel=1e-9)
 
 
 def test_duplicate_targets_are_not_negatives():
@@ -45,13 +50,13 @@ def test_duplicate_targets_are_not_negatives():
     k = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     q = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     tau = 1.0
-    loss = calrec.info_nce(q, k, torch.tensor([7, 7, 8]), tau).item()
+    loss = calrec.info_nce(k, q, torch.tensor([7, 7, 8]), tau).item()  # for each target item, over the users
     # row 0: pos cos(q0,k0)=0, negative q2: cos=0 -> -log(1/2); row 1: pos 1, neg q2: 0 -> -log(e/(e+1));
     # row 2: pos cos(q2,k2)=1, negatives q0: 1, q1: 0 -> -log(e/(e+e+1))
     e = math.e
     expected = (math.log(2) - math.log(e / (e + 1)) - math.log(e / (2 * e + 1))) / 3
     assert loss == pytest.approx(expected, rel=1e-6)
-    unmasked = calrec.info_nce(q, k, torch.tensor([7, 6, 8]), tau).item()
+    unmasked = calrec.info_nce(k, q, torch.tensor([7, 6, 8]), tau).item()
     assert unmasked > loss + 0.1  # without the mask, the duplicate counts as a (hard) negative
 
 
@@ -151,35 +156,51 @@ def test_pooling_spans_cover_exactly_history_and_target(small_world):
     _, _, texts, tok = small_world
     builder = data.PromptBuilder(tok, texts, block_size=128)
     examples = [([0, 1], 2), ([3], 0)]
-    idx, attn, targets, hist, tgt = builder.joint_batch(examples)
+    batch = builder.training_batch([h + [t] for h, t in examples])
+    idx, attn, targets = batch["idx"], batch["attention_mask"], batch["targets"]
+    assert batch["row"].tolist() == [0, 1] and batch["item"].tolist() == [2, 0]  # one prediction per row
     for b, (history, target) in enumerate(examples):
-        row = idx[b].tolist()
-        # the history span decodes to the prompt string, the target span to the target item's text
-        assert tok.decode([row[t] for t in range(len(row)) if hist[b, t]]) == \
-            data.history_prompt([texts[i] for i in history])
-        assert tok.decode([row[t] for t in range(len(row)) if tgt[b, t]]) == " " + texts[target]
-        # spans are contiguous, the target right after the history, then end-of-text, then padding
-        n_h, n_t = int(hist[b].sum()), int(tgt[b].sum())
-        assert hist[b, :n_h].all() and tgt[b, n_h:n_h + n_t].all()
-        assert row[n_h + n_t] == tok.eot_id and int(attn[b].sum()) == n_h + n_t + 1
+        row, start, end = idx[b].tolist(), int(batch["start"][b]), int(batch["end"][b])
+        # the prompt [0, start) decodes to the prompt string, [start, end) to the target item's text
+        assert tok.decode(row[:start]) == data.history_prompt([texts[i] for i in history])
+        assert tok.decode(row[start:end]) == " " + texts[target]
+        assert row[end] == tok.eot_id and int(attn[b].sum()) == end + 1  # then end-of-text, then padding
         # next-token targets: exactly the target tokens and the end-of-text, each predicted one step early
         pos = (targets[b] != -100).nonzero().view(-1).tolist()
-        assert pos == list(range(n_h - 1, n_h + n_t))
-        assert [int(targets[b, p]) for p in pos] == row[n_h:n_h + n_t + 1]
+        assert pos == list(range(start - 1, end))
+        assert [int(targets[b, p]) for p in pos] == row[start:end + 1]
     items_idx, items_mask = builder.item_batch([2, 0])
     assert tok.decode(items_idx[0][items_mask[0].bool()].tolist()) == " " + texts[2]
+
+
+def test_every_position_predicts_each_history_item_after_its_own_prompt(small_world):
+    _, _, texts, tok = small_world
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    batch = builder.training_batch([[3, 1, 0, 2]], every_position=True)
+    row = batch["idx"][0].tolist()
+    assert batch["item"].tolist() == [1, 0, 2]  # every item after the first is predicted
+    for k, (start, end, item) in enumerate(zip(batch["start"].tolist(), batch["end"].tolist(), batch["item"].tolist())):
+        # the prompt before each prediction is exactly the prompt inference builds for that history
+        assert row[:start] == builder.prompt([3, 1, 0, 2][:k + 1])
+        assert tok.decode(row[start:end]) == " " + texts[item]
+    # the loss positions: every predicted item's tokens, and the end-of-text only after the last one
+    pos = (batch["targets"][0] != -100).nonzero().view(-1).tolist()
+    want = [p for s, e in zip(batch["start"].tolist(), batch["end"].tolist()) for p in range(s - 1, e - 1)]
+    assert pos == want + [batch["end"][-1].item() - 1]
 
 
 def test_long_histories_keep_the_most_recent_items_that_fit(small_world):
     _, _, texts, tok = small_world
     builder = data.PromptBuilder(tok, texts, block_size=80)
     history = [0, 1, 2, 3, 0, 1, 2, 3]
-    idx, attn, _, hist, _ = builder.joint_batch([(history, 1)])
-    assert int(attn.sum()) <= 80
-    prompt = tok.decode(idx[0][hist[0].bool()].tolist())
+    batch = builder.training_batch([history + [1]])
+    assert int(batch["attention_mask"].sum()) <= 80
+    prompt = tok.decode(batch["idx"][0, :batch["start"][0]].tolist())
     kept = prompt.count("purchased item is as follows: ")
     assert 1 <= kept < len(history)
     assert prompt == data.history_prompt([texts[i] for i in history[-kept:]])
+    # inference keeps the same items: the room reserved for the target is the same (the longest item)
+    assert builder.prompt(history) == batch["idx"][0, :batch["start"][0]].tolist()
 
 
 # -----------------------------------------------------------------------------
@@ -193,22 +214,29 @@ def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
     builder = data.PromptBuilder(tok, texts, block_size=128)
     examples = [([0], 1), ([2], 3), ([1, 2], 0)]
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    joint = builder.joint_batch(examples)
-    ids = torch.tensor([t for _, t in examples])
-    items = builder.item_batch(ids.tolist())
+    batch = builder.training_batch([h + [t] for h, t in examples])
+    items = batch.pop("item")
+    cfg = calrec.CALRecConfig(alpha=0.2, beta=0.2, tau=0.1, beams=3, constrained_beams=3, top_k=4, eval_batch=4)
+    towers = calrec.Towers(net)
     losses = []
     for _ in range(120):
-        loss, parts = calrec.calrec_loss(net, joint, items, ids, alpha=0.2, beta=0.2, tau=0.1)
+        nig_sum, n_tokens, v_u, v_tu, v_t = towers(**batch, item_idx=builder.item_batch(items.tolist())[0],
+                                                   item_mask=builder.item_batch(items.tolist())[1])
+        loss, parts = calrec.calrec_loss(nig_sum / n_tokens, v_u, v_tu, v_t, items, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
     assert set(parts) == {"nig", "tt", "ut"}
-    cfg = calrec.CALRecConfig(beams=3, top_k=4, eval_batch=4)
-    ranks, _ = calrec.rank_generative(net, builder, tok, calrec.BM25(texts), examples, range(0, 4), cfg, "cpu")
+    catalog = range(0, 4)
+    # one beam: its BM25 list is the ranking (with more, the merge orders a round by BM25 score, not beam score)
+    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, dataclasses.replace(cfg, beams=1),
+                                      bm25=calrec.BM25(texts))
     assert ranks.tolist() == [1, 1, 1]
-    assert calrec.rank_dense(net, builder, examples, range(0, 4), "cpu").tolist() == [1, 1, 1]
+    trie = calrec.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
+    assert calrec.rank_generative(net, builder, tok, examples, catalog, cfg, trie=trie)[0].tolist() == [1, 1, 1]
+    assert calrec.rank_dense(net, builder, examples, catalog, "cpu").tolist() == [1, 1, 1]
 
 
 # -----------------------------------------------------------------------------
@@ -238,36 +266,16 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     write_atomic(b, "Beta")
     out = tmp_path / "out"
     train.main(["--task", "calrec", "--data", a, b, "--max-steps", "3", "--eval-interval", "2",
-                "--beams", "2", "--out-dir", str(out)])
+                "--beams", "2", "--set", "constrained_beams=3", "--out-dir", str(out)])
     res = json.loads((out / "results.json").read_text())
-    methods = {"calrec_bm25", "calrec_dense", "sasrec", "popular"}
+    methods = {"calrec_generative", "calrec_constrained", "calrec_dense", "sasrec", "popular", "last_item_bm25",
+               "markov"}
     metrics = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"}
     for split in ("valid", "test"):
         assert set(res[split]) == methods
         for m in methods:
             assert set(res[split][m]) == metrics
             assert all(0.0 <= v <= 1.0 for v in res[split][m].values())
-    assert res["config"]["target"] == "Beta" and res["wall_s"] > 0
+    assert res["config"]["target"] == "Beta" and res["wall_s"] > 0 and res["resumed"] == 0
     text = capsys.readouterr().out
-    assert "CALRec generative+BM25" in text and "most popular" in text
-    with pytest.raises(SystemExit, match="not among the domains"):
-        train.main(["--task", "calrec", "--data", a, b, "--target", "Gamma", "--out-dir", str(out)])
-
-
-def test_resume_continues_from_the_checkpoint(tmp_path):
-    import train
-    a = str(tmp_path / "Alpha")
-    write_atomic(a, "Alpha")
-    out = str(tmp_path / "out")
-    argv = ["--task", "calrec", "--data", a, "--max-steps", "4", "--eval-interval", "2", "--beams", "2",
-            "--stages", "2", "--out-dir", out]
-    first = train.main(argv)
-    ckpt = gpt.load_checkpoint(os.path.join(out, "ckpt.pt"))
-    assert ckpt["stage"] == 2 and ckpt["step"] in (0, 2, 4) and ckpt["optimizer"] is not None
-    second = train.main(argv + ["--resume"])
-    log = open(os.path.join(out, "log.txt")).read()
-    assert f"resuming stage 2 at step {ckpt['step']}" in log
-    # training picks up at the saved step: the first validation line of the resumed run is at that step
-    first_eval = next(line for line in log.splitlines() if "valid ndcg@10" in line)
-    assert f"step {ckpt['step']:5d}  valid" in first_eval
-    assert set(second["test"]) == set(first["test"])
+    assert "CALRec generative+BM25" in text and "most popular" in text and "first-order Markov" in text

@@ -84,12 +84,12 @@ def test_raw_reader_errors_name_file_and_line(tmp_path):
     write_lines(meta, META)
     bad = str(tmp_path / "bad_5.json")
     write_lines(bad, [review("u1", "A", 1), "{not json"])
-    with pytest.raises(ValueError, match=r"bad_5\.json:2: not a JSON object"):
+    with pytest.raises(data.UserError, match=r"bad_5\.json:2: not a JSON object"):
         data.read_amazon_raw(bad, meta)
     write_lines(bad, [review("u1", "A", 1), {"reviewerID": "u2", "asin": "A"}])
-    with pytest.raises(ValueError, match=r"bad_5\.json:2: record has no 'unixReviewTime'"):
+    with pytest.raises(data.UserError, match=r"bad_5\.json:2: record has no 'unixReviewTime'"):
         data.read_amazon_raw(bad, meta)
-    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+    with pytest.raises(data.UserError, match="nowhere.json"):
         data.read_amazon_raw(str(tmp_path / "nowhere.json"), meta)
 
 
@@ -149,7 +149,7 @@ def test_item_variant_takes_every_text_column(tmp_path):
     ("0\t0", r"Sci\.train\.inter:3: expected 3 tab-separated columns"),
 ])
 def test_bad_inter_rows_name_file_and_line(tmp_path, row, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(data.UserError, match=message):
         data.read_atomic(text_folder(tmp_path, train_rows=("0\t0\t1", row)))
 
 
@@ -157,9 +157,9 @@ def test_item_without_text_is_an_error(tmp_path):
     folder = tmp_path / "Toys"
     folder.mkdir()
     write(folder / "Toys.item", ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\t "])
-    with pytest.raises(ValueError, match=r"Toys\.item:3: item 9 has no text"):
+    with pytest.raises(data.UserError, match=r"Toys\.item:3: item 9 has no text"):
         data.read_atomic(str(folder))
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(data.UserError, match="neither"):
         data.read_atomic(str(tmp_path))
 
 

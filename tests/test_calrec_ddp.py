@@ -13,12 +13,15 @@ from multiprocess import join, leave, one_then_two
 ITEMS = [{"Title": "Red kettle", "Brand": "Acme"}, {"Title": "Blue kettle lid", "Brand": "Acme"},
          {"Title": "Green tea, loose", "Brand": "Leafy"}, {"Title": "Tea cup", "Brand": "Leafy"},
          {"Title": "Tea pot", "Brand": "Leafy"}, {"Title": "Kettle descaler", "Brand": "Acme"}]
-# repeated targets in one batch exercise the duplicate mask across processes
-EXAMPLES = [([0], 1), ([2], 3), ([1, 2], 0), ([3], 4), ([0, 1], 5), ([4], 3), ([5], 0), ([2, 3], 4)]
+# every position is predicted, so the two halves of the batch hold different numbers of predictions (5 and 6);
+# repeated targets in one batch exercise the duplicate mask across processes; two extra negative items
+ROWS = [[0, 1], [2, 3], [1, 2, 0], [3, 4], [0, 1, 5], [4, 3], [5, 0], [2, 3, 4]]
+EXTRA = [1, 4]
 
 
 def train_tiny(rank, world, port, out_path):
-    """Build the same model and data on every process, train 3 steps, save this process's parameters."""
+    """Build the same model and data on every process, take 3 steps on the same global batch, save this
+    process's parameters."""
     join(rank, world, port)
     torch.set_num_threads(1)
     texts = [data.item_text(it, ("Title", "Brand")) for it in ITEMS]
@@ -27,9 +30,15 @@ def train_tiny(rank, world, port, out_path):
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2,
                                 n_embd=32)).double()
     builder = data.PromptBuilder(tok, texts, block_size=128)
-    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, warmup=1, eval_interval=100, alpha=0.3, beta=0.3, tau=0.1)
-    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=3, device="cpu", seed=0,
-                       log=lambda line: None)
+    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, alpha=0.3, beta=0.3, tau=0.1, every_position=True,
+                              extra_negatives=len(EXTRA))
+    towers = calrec.Towers(net)
+    if world > 1:
+        towers = torch.nn.parallel.DistributedDataParallel(towers)
+    optimizer = net.configure_optimizers(cfg.lr, cfg.weight_decay)
+    for _ in range(3):
+        calrec.train_step(towers, optimizer, gpt.grad_scaler("cpu", "float32"), builder, ROWS, EXTRA, cfg, "cpu",
+                          "float32")
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path.format(rank=rank))
     leave(world)
 

@@ -41,14 +41,14 @@ def test_gpt2_style_tokenizer_without_pad_falls_back_to_eot(tmp_path):
 
 
 def test_bad_tokenizer_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(data.UserError, match="no tokenizer.json"):
         data.load_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizer.json"):
+    with pytest.raises(data.UserError, match="tokenizer.json: not a valid tokenizer.json"):
         data.load_tokenizer(str(tmp_path))
     t = Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))
     t.save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(ValueError, match="has no <\\|endoftext\\|> token"):
+    with pytest.raises(data.UserError, match="has no <\\|endoftext\\|> token"):
         data.load_tokenizer(str(tmp_path))
     json.loads((tmp_path / "tokenizer.json").read_text())  # the file itself was valid JSON
 
@@ -56,5 +56,5 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path):
 def test_vocabulary_must_fit_the_model():
     tok = data.train_tokenizer(TEXTS, vocab_size=300)
     tok.check_fits(300)
-    with pytest.raises(ValueError, match=f"vocabulary of {tok.vocab_size} tokens does not fit .*vocab_size=64"):
+    with pytest.raises(data.UserError, match=f"vocabulary of {tok.vocab_size} tokens does not fit .*vocab_size=64"):
         tok.check_fits(64)

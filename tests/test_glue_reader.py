@@ -94,17 +94,17 @@ def test_crlf_line_endings(tmp_path):
 ])
 def test_bad_input_names_file_and_line(tmp_path, name, text, message):
     folder = write_task(tmp_path, name, text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(data.UserError, match=message):
         data.glue_task(name, folder)
 
 
 def test_missing_files_and_unknown_tasks(tmp_path):
     folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train",))
-    with pytest.raises(FileNotFoundError, match="dev.tsv"):
+    with pytest.raises(data.UserError, match="dev.tsv"):
         data.glue_task("RTE", folder)
-    with pytest.raises(FileNotFoundError, match="no folder for GLUE task MRPC"):
+    with pytest.raises(data.UserError, match="no folder for GLUE task MRPC"):
         data.load_glue(str(tmp_path), ["MRPC"])
-    with pytest.raises(ValueError, match="unknown GLUE task 'WNLI'"):
+    with pytest.raises(data.UserError, match="unknown GLUE task 'WNLI'"):
         data.load_glue(str(tmp_path), ["WNLI"])
 
 

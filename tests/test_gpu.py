@@ -6,7 +6,6 @@ precision stays close to float32, torch.compile equals eager, and both tasks tra
 """
 
 import copy
-import json
 import math
 import os
 
@@ -17,8 +16,9 @@ import calrec
 import data
 import maml
 import model as gpt
-from test_calrec_ddp import EXAMPLES, ITEMS
-from test_maml_classifier import float64_task_batches, tiny_classifier, tiny_family_args
+import train
+from test_calrec_ddp import EXTRA, ITEMS, ROWS
+from test_maml_classifier import float64_task_batches, tiny_classifier, tiny_family
 
 DEVICE = os.environ.get("TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -43,63 +43,65 @@ def test_second_order_meta_gradient_on_the_gpu_equals_the_cpu():
 
 
 def test_maml_runs_end_to_end_on_the_gpu(tmp_path, monkeypatch):
-    args = tiny_family_args(monkeypatch, tmp_path, "--method", "maml")
-    args.device = DEVICE
-    maml.run(args)
-    out = json.loads((tmp_path / "results.json").read_text())
-    assert out["config"]["device"] == DEVICE
+    tiny_family(monkeypatch)
+    out = train.main(["--task", "maml", "--method", "maml", "--device", DEVICE, "--out-dir", str(tmp_path)])
+    assert out["config"]["device"].startswith(DEVICE)
     cells = [m for task in out["targets"].values() for init in task.values() for size in init.values()
              for k, m in size.items() if k != "n_seeds"]
     assert cells and all(math.isfinite(m) for m in cells)
 
 
+CFG = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1, every_position=True, batch_size=8, lr=1e-2,
+                          extra_negatives=2)
+
+
 def tiny_calrec(device, dtype=torch.float32):
+    """A tiny LM, its prompt builder, and one training batch (the towers' inputs and the items of its keys)."""
     texts = [data.item_text(it, ("Title", "Brand")) for it in ITEMS]
     tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
     torch.manual_seed(0)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=64))
     builder = data.PromptBuilder(tok, texts, block_size=128)
-    joint = [t.to(device) for t in builder.joint_batch(EXAMPLES)]
-    item_ids = torch.tensor([t for _, t in EXAMPLES], device=device)
-    items = [t.to(device) for t in builder.item_batch(item_ids.tolist())]
-    return net.to(device, dtype), builder, (joint, items, item_ids)
+    batch = builder.training_batch(ROWS, every_position=True)
+    items = torch.cat([batch.pop("item"), torch.tensor(EXTRA)])
+    batch["item_idx"], batch["item_mask"] = builder.item_batch(items.tolist())
+    return net.to(device, dtype), builder, ({k: v.to(device) for k, v in batch.items()}, items.to(device))
 
 
-def loss_and_grads(objective, net, batch, dtype="float32"):
+def loss_and_grads(towers, net, batch, dtype="float32"):
+    inputs, items = batch
     net.zero_grad(set_to_none=True)
     with gpt.autocast(DEVICE, dtype):
-        loss, _ = objective(*batch)
+        nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
+        loss, _ = calrec.calrec_loss(nig_sum / n_tokens, v_u, v_tu, v_t, items, CFG)
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten().cpu() for p in net.parameters()])
 
 
 def test_calrec_loss_on_the_gpu_equals_the_cpu():
-    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
     results = []
     for device in ("cpu", DEVICE):
         net, _, batch = tiny_calrec(device, torch.float64)
-        results.append(loss_and_grads(calrec.Objective(net, cfg), net, batch))
+        results.append(loss_and_grads(calrec.Towers(net), net, batch))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-9)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_stays_close_to_float32(dtype):
-    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
     net, _, batch = tiny_calrec(DEVICE)
-    objective = calrec.Objective(net, cfg)
-    loss32, grad32 = loss_and_grads(objective, net, batch)
-    loss16, grad16 = loss_and_grads(objective, net, batch, dtype)
+    towers = calrec.Towers(net)
+    loss32, grad32 = loss_and_grads(towers, net, batch)
+    loss16, grad16 = loss_and_grads(towers, net, batch, dtype)
     assert loss16 == pytest.approx(loss32, rel=3e-2)
     cosine = torch.nn.functional.cosine_similarity(grad16, grad32, dim=0).item()
     assert cosine > 0.99, cosine
 
 
 def test_compiled_loss_equals_eager():
-    cfg = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1)
     net, _, batch = tiny_calrec(DEVICE)
-    eager = loss_and_grads(calrec.Objective(net, cfg), net, batch)
-    compiled = loss_and_grads(torch.compile(calrec.Objective(net, cfg), dynamic=True), net, batch)
+    eager = loss_and_grads(calrec.Towers(net), net, batch)
+    compiled = loss_and_grads(torch.compile(calrec.Towers(net), dynamic=True), net, batch)
     assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-3, atol=1e-5)
 
@@ -108,10 +110,11 @@ def test_compiled_loss_equals_eager():
 def test_calrec_trains_on_the_gpu(dtype, compile_model):
     net, builder, _ = tiny_calrec(DEVICE)
     before = copy.deepcopy(net.state_dict())
-    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, warmup=1, eval_interval=100, alpha=0.3, beta=0.3, tau=0.1)
-    # 12 steps: float16's gradient scaler skips the first steps while it lowers its scale from 2**16
-    calrec.train_stage(net, builder, [EXAMPLES], [1.0], lambda m: 0.0, cfg, steps=12, device=DEVICE, seed=0,
-                       log=lambda line: None, dtype=dtype, compile_model=compile_model)
+    towers = calrec.Towers(net)
+    towers = torch.compile(towers, dynamic=True) if compile_model else towers
+    optimizer, scaler = net.configure_optimizers(CFG.lr, CFG.weight_decay), gpt.grad_scaler(DEVICE, dtype)
+    for _ in range(12):  # float16's gradient scaler skips the first steps while it lowers its scale from 2**16
+        calrec.train_step(towers, optimizer, scaler, builder, ROWS, EXTRA, CFG, DEVICE, dtype)
     after = net.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert max(float((after[k] - before[k]).abs().max()) for k in after) > 1e-4  # the steps were taken

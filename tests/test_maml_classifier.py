@@ -1,9 +1,9 @@
 """The classifier on model.GPT under the functional core: masked heads, regression, vmap against a loop,
 second-order MAML against finite differences, and a tiny meta-training run that must help adaptation."""
 
+import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -74,7 +74,7 @@ def test_adapted_parameter_selection():
     assert all(n.startswith(("gpt.transformer.h.1.", "gpt.transformer.ln_f.", "head_")) for n in top1)
     assert any(n.startswith("gpt.transformer.h.1.") for n in top1)
     assert len(maml.adapted_names(model, "all")) == len(list(model.parameters()))
-    with pytest.raises(ValueError, match="parameter selection"):
+    with pytest.raises(maml.UserError, match="parameter selection"):
         maml.adapted_names(model, "bottom")
 
 
@@ -152,8 +152,8 @@ def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
     gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=2, n_embd=32))
     model = maml.TaskClassifier(gpt, [2, 2, 2], [False] * 3)
     encs = family_encs(names, tok, aux, names)
-    cfg = maml.RunConfig(**dict(vars(maml.FAMILY_CONFIG), inner=maml.InnerLoop(0.1, 1), meta_batch=3, shot=8,
-                                outer_lr=3e-3))
+    cfg = dataclasses.replace(maml.FAMILY, inner=maml.InnerLoop(0.1, 1), meta_batch=3, shot=8, outer_lr=3e-3,
+                              meta_steps=60)
     held = maml.stack_tasks(encs, 2, 16, np.random.default_rng(99), tok.pad_id)  # fixed evaluation batch
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
 
@@ -162,29 +162,26 @@ def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
             return maml.meta_loss_loop(fast, loss_fn, held[:1], held[1], cfg.inner.lr, 1).item()
 
     before = post_adaptation()
-    maml.meta_train(model, encs, [1, 1, 1], "maml", cfg, "uniform", np.random.default_rng(0), 60)
+    maml.meta_train(model, encs, [1, 1, 1], "maml", cfg, "uniform", np.random.default_rng(0), "cpu")
     after = post_adaptation()
     assert after < before - 0.1, (before, after)   # ln 2 = 0.69 at the start
     assert math.isfinite(after)
 
 
-def tiny_family_args(monkeypatch, out_dir, *flags, seeds=2):
-    """A tiny built-in-family configuration, and the parsed command line `--task maml --out-dir out_dir *flags`."""
-    monkeypatch.setattr(maml, "FAMILY_CONFIG", maml.RunConfig(
-        n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32, inner=maml.InnerLoop(0.1, 1), adapt="all",
-        meta_batch=2, meta_steps=2, outer_lr=1e-3, shot=4, ft_steps=2, ft_eval=1, n_train=(8,), seeds=seeds,
-        val_max=20))
-    args = train.build_parser().parse_args(["--task", "maml", "--out-dir", str(out_dir), *flags])
-    args.device = "cpu"
-    os.makedirs(out_dir, exist_ok=True)
-    return args
+def tiny_family(monkeypatch, seeds=2):
+    """A tiny configuration of the built-in family for `train.py --task maml`."""
+    monkeypatch.setattr(maml, "FAMILY", maml.RunConfig(
+        n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32, inner=maml.InnerLoop(0.1, 1),
+        adapted_params="all", meta_batch=2, meta_steps=2, outer_lr=1e-3, shot=4, ft_steps=2, ft_eval=1, n_train=(8,),
+        seeds=seeds, val_max=20))
 
 
 def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
-    args = tiny_family_args(monkeypatch, tmp_path)
-    maml.run(args)
-    out = json.loads((tmp_path / "results.json").read_text())
-    assert set(out) == {"targets", "config", "wall_s"}
+    tiny_family(monkeypatch)
+    argv = ["--task", "maml", "--out-dir", str(tmp_path)]
+    out = train.main(argv)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))
+    assert set(out) == {"targets", "config", "wall_s", "resumed"}
     assert set(out["targets"]) == set(data.FAMILY_TARGETS)
     cell = out["targets"]["count-4"]["maml"]["8"]
     assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2
@@ -192,13 +189,10 @@ def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
     assert out["config"]["reported_split"]["more-2-5"] == "test"
     curves = out["config"]["meta_loss_first_last_tenth"]  # reptile has no query loss to record
     assert set(curves) == {"multitask", "maml", "fomaml"} and all(math.isfinite(v) for c in curves.values() for v in c)
-    # --resume reuses the saved initialisation: the same numbers without meta-training again
-    first = out["targets"]["more-2-5"]["maml"]
-    args.resume, args.method = True, "maml"
-    maml.run(args)
-    again = json.loads((tmp_path / "results.json").read_text())
-    assert again["targets"]["more-2-5"]["maml"] == first
+    # --resume of a finished run redoes nothing: the same numbers
+    again = train.main(argv + ["--resume"])
+    assert again["targets"] == out["targets"] and again["resumed"] == 1
     # the saved encoder is a plain GPT checkpoint with its tokenizer beside it: usable as --init
-    args.resume, args.method, args.init = False, "none", str(tmp_path / "init_maml.pt")
-    maml.run(args)
-    assert json.loads((tmp_path / "results.json").read_text())["config"]["init"].endswith("init_maml.pt")
+    out = train.main(["--task", "maml", "--out-dir", str(tmp_path / "again"), "--method", "none", "--init",
+                      str(tmp_path / "init_maml.pt")])
+    assert out["config"]["init"].endswith("init_maml.pt")

@@ -1,8 +1,8 @@
 """Oracles for maml.py's functional core: closed forms, a hand check, finite differences, a plain loop."""
 
+import dataclasses
 import json
 import math
-import types
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import maml
+import train
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -203,22 +204,21 @@ def test_task_samplers():
 def test_meta_training_lowers_post_adaptation_loss_on_sines():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(123)
-    amp, phase, support = maml.sample_sines(100, 10, g)
-    query = maml.sine_points(amp, phase, 50, g)
+    amp, phase = maml.sine_tasks(100, g)
+    support, query = maml.sine_points(amp, phase, 10, g), maml.sine_points(amp, phase, 50, g)
 
     def post_adaptation(params):
-        return maml.meta_loss_vmap(params, maml.sine_loss, [support], query, maml.SINE_INNER.lr, 1).item()
+        return maml.meta_loss_vmap(params, maml.sine_loss, [support], query, maml.SINE.inner.lr, 1).item()
 
     init = {k: v.detach() for k, v in maml.sine_mlp_init(torch.Generator().manual_seed(0)).items()}
-    trained = maml.train_sine("maml", 400, seed=0)
+    trained = maml.train_sine("maml", dataclasses.replace(maml.SINE, steps=400), seed=0)
     before, after = post_adaptation(init), post_adaptation(trained)
     assert after < 0.6 * before, (before, after)
     assert math.isfinite(after)
 
 
 def test_run_sinusoid_writes_its_table(tmp_path, capsys):
-    args = types.SimpleNamespace(max_steps=3, seed=0, out_dir=str(tmp_path))
-    maml.run_sinusoid(args)
+    train.main(["--task", "sinusoid", "--max-steps", "3", "--out-dir", str(tmp_path)])
     out = json.loads((tmp_path / "results.json").read_text())
     assert set(out["methods"]) == {"maml", "fomaml", "reptile", "pretrained"}
     assert set(out["methods"]["maml"]) == {"0", "1", "5", "10"}

@@ -21,7 +21,7 @@ def meta_train_tiny(rank, world, port, out_path):
     names = ["has-0", "more-0-1", "count-3", "share-0"]  # binary, binary, regression, pair
     tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=300)
     cfg = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=320, max_len=32,
-                         inner=maml.InnerLoop(0.1, 2), adapt="all", meta_batch=4, meta_steps=2, outer_lr=1e-2,
+                         inner=maml.InnerLoop(0.1, 2), adapted_params="all", meta_batch=4, meta_steps=2, outer_lr=1e-2,
                          shot=4, ft_steps=1, ft_eval=1, n_train=(8,), seeds=1, val_max=10)
     encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, 4.0) for i, n in enumerate(names)]
     out = {}
@@ -30,7 +30,7 @@ def meta_train_tiny(rank, world, port, out_path):
         gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16))
         model = maml.TaskClassifier(gpt, [2, 2, 1, 2], [False, False, True, False]).double()
         rng = np.random.default_rng(0)
-        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, "uniform", rng, cfg.meta_steps)
+        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, "uniform", rng, "cpu")
         out[method] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(out, out_path.format(rank=rank))
     leave(world)

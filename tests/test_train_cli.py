@@ -41,20 +41,17 @@ def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
     assert code == 2 and message in err
 
 
-def test_resume_needs_a_checkpoint(capsys, tmp_path):
+def test_resume_needs_a_saved_state(capsys, tmp_path):
     code, err = run_cli(capsys, "--task", "calrec", "--resume", "--out-dir", str(tmp_path))
-    assert code == 2 and "ckpt.pt to resume from" in err
+    assert code == 2 and "state.pt to resume from" in err
     code, err = run_cli(capsys, "--task", "maml", "--resume", "--out-dir", str(tmp_path))
-    assert code == 2 and "init_*.pt to resume from" in err
-    (tmp_path / "init_maml.pt").write_bytes(b"")  # maml resumes from its saved initialisations
-    train.check_args(train.build_parser(), train.build_parser().parse_args(
-        ["--task", "maml", "--resume", "--out-dir", str(tmp_path)]))
+    assert code == 2 and "state.pt to resume from" in err
 
 
 def test_device_choice(monkeypatch):
     assert train.pick_device("cpu") == "cpu"
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="no CUDA device"):
+    with pytest.raises(train.UserError, match="no CUDA device"):
         train.pick_device("cuda")
     monkeypatch.setattr(train.torch.backends.mps, "is_available", lambda: True)
     assert train.pick_device("auto") == "mps"
