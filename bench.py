@@ -1,30 +1,42 @@
 """
-Measurements of the project's speed and memory, printed as Markdown tables for the README.
+Measurements of the project's speed and memory, printed as Markdown tables for docs/results.md.
 
-    python bench.py                      # everything, on the best device (CPU here)
-    python bench.py --only train         # one part: train, generate, beam, maml
-    python bench.py --device cpu
+    python bench.py                      # everything that runs on this machine (CPU here), one thread
+    python bench.py --only beam          # one part (may be repeated): train, generate, beam, bm25, maml, threads,
+                                         #   ranking, mfu
+    python bench.py --only ranking --data data/amazon/Industrial_and_Scientific   # real data, when present
 
 What it measures:
   train     tokens/s of forward + backward + AdamW step, for three model sizes
-  generate  new tokens/s of greedy generation with and without the KV cache (64 new tokens)
-  beam      beam search throughput, batched over prompts, with the KV cache
+  generate  greedy generation: KV cache vs none, and today's code vs the code before the preallocated cache
+  beam      beam search (10 beams x 32 tokens after a 200-token prompt): today's code vs before
+  bm25      BM25 top-100 for 8,442 queries: today's code vs before, and the bm25s package when installed
   maml      the vmap path against the per-task loop, second- vs first-order step time and memory
-  mfu       (GPU) tokens/s and model FLOPs utilisation of the default size and GPT-2 124M in bf16:
-            python bench.py --only mfu --compile
-Peak memory is the process's peak resident set on CPU (it includes Python and torch themselves) and
-torch's peak allocation on CUDA.
+  threads   one default CALRec training step with 1 thread, 2 threads, 2 spinning threads, each on a quiet
+            machine and beside a busy process (subprocesses)
+  ranking   the test-time ranking of a real catalog (--data): beam search + BM25, catalog beams, dense
+  mfu       (GPU) tokens/s and model FLOPs utilisation of the default size and GPT-2 124M in bf16
+"The code before" is model.py and calrec.py at git revision --before (default: the last commit before the
+preallocated cache and the chunked BM25), loaded with `git show`; that part is skipped without git.
+Timings are medians of interleaved repeats. Peak memory is the process's peak resident set on CPU (it
+includes Python and torch themselves) and torch's peak allocation on CUDA.
 """
 
 import argparse
+import importlib.util
+import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 import weakref
 
 import numpy as np
 import torch
 
+import calrec
 import data
 import maml
 from model import GPT, GPTConfig, autocast, grad_scaler
@@ -34,6 +46,7 @@ SIZES = {  # name -> (n_layer, n_head, n_embd)
     "default": (GPTConfig.n_layer, GPTConfig.n_head, GPTConfig.n_embd),
     "medium": (6, 6, 384),
 }
+BEFORE = "4921438"  # the last commit before the preallocated KV cache and the chunked BM25
 
 
 def sync(device):
@@ -61,16 +74,42 @@ def timed(fn, device, repeats, warmup=1):
     return sorted(times)[len(times) // 2]
 
 
-def make_model(size, device, block_size=256, vocab_size=4096):
-    n_layer, n_head, n_embd = SIZES[size]
+def interleaved(fns, device, rounds=3, repeats=3):
+    """Median time of each of several functions, measured in turns so that a busy spell hits all of them."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device, repeats))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def make_model(size, device, block_size=256, vocab_size=4096, module=None):
+    n_layer, n_head, n_embd = SIZES[size] if isinstance(size, str) else size
+    mod = module or sys.modules[GPT.__module__]
     torch.manual_seed(0)
-    cfg = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    return GPT(cfg).to(device)
+    cfg = mod.GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    return mod.GPT(cfg).to(device)
+
+
+def before(path, rev):
+    """A project file as it was at git revision `rev`, loaded as a module; None (with a note) if git cannot."""
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, check=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout
+    except (OSError, subprocess.CalledProcessError):
+        print(f"\n(skipped: git cannot show {path} at revision {rev}; the before/after comparison needs the "
+              "repository's history)")
+        return None
+    spec = importlib.util.spec_from_loader(f"before_{path[:-3]}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    return module
 
 
 # -----------------------------------------------------------------------------
 
-def bench_train(device, batch=8, seq=256):
+def bench_train(device, batch=8, seq=256, **_):
     print(f"\n### Training: forward + backward + AdamW, batch {batch} x {seq} tokens\n")
     print("| size | layers / heads / width | params | tokens/s | ms/step |")
     print("|---|---|---|---|---|")
@@ -94,22 +133,12 @@ def bench_train(device, batch=8, seq=256):
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}  # dense, from the data sheets
 
 
-def peak_tflops(device, given):
-    if given is not None:
-        return given
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        for key, value in PEAK_BF16_TFLOPS.items():
-            if key in name:
-                return value
-    return None
-
-
-def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024, peak=None):
+def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024, peak=None, **_):
     """Training tokens/s and model FLOPs utilisation (MFU) for the default size and GPT-2 124M, in mixed
     precision. FLOPs per token as in the PaLM paper (appendix B): 6 N for the matrix products of forward and
     backward, plus 12 n_layer n_embd T for attention; MFU = achieved FLOPs / the card's peak."""
-    peak = peak_tflops(device, peak)
+    if peak is None and device == "cuda":
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
     print(f"\n### Training throughput and MFU, {dtype}, batch {batch} x {seq} tokens"
           f"{', torch.compile' if compile_model else ''}; peak {peak or '?'} TFLOPS\n")
     print("| model | params | tokens/s | TFLOPS achieved | MFU |")
@@ -117,9 +146,7 @@ def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024,
     shapes = {"default": (GPTConfig.n_layer, GPTConfig.n_head, GPTConfig.n_embd, 4096),
               "gpt2-124M": (12, 12, 768, 50304)}  # GPT-2's 50257 tokens padded to a multiple of 64
     for name, (n_layer, n_head, n_embd, vocab) in shapes.items():
-        torch.manual_seed(0)
-        m = GPT(GPTConfig(block_size=seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
-        m = m.to(device)
+        m = make_model((n_layer, n_head, n_embd), device, block_size=seq, vocab_size=vocab)
         opt = m.configure_optimizers(lr=3e-4)
         scaler = grad_scaler(device, dtype)
         forward = torch.compile(m) if compile_model else m
@@ -135,53 +162,139 @@ def bench_mfu(device, dtype="bfloat16", compile_model=False, batch=16, seq=1024,
 
         t = timed(step, device, repeats=5, warmup=3 if compile_model else 2)
         n = m.num_params(non_embedding=False)
-        flops_per_token = 6 * n + 12 * n_layer * n_embd * seq
-        achieved = flops_per_token * batch * seq / t / 1e12
+        achieved = (6 * n + 12 * n_layer * n_embd * seq) * batch * seq / t / 1e12
         mfu = f"{100 * achieved / peak:.1f}%" if peak else "? (give --peak-tflops)"
         print(f"| {name} | {n / 1e6:.1f}M | {batch * seq / t:,.0f} | {achieved:.1f} | {mfu} |")
 
 
-def bench_generate(device, batch=8, prompt_len=64, new=64):
-    print(f"\n### Greedy generation: {batch} prompts of {prompt_len} tokens, {new} new tokens each, "
-          "default size\n")
-    print("| KV cache | new tokens/s | seconds |")
-    print("|---|---|---|")
-    m = make_model("default", device).eval()
+SPEED_MODEL = dict(size=(4, 4, 256), vocab_size=8192)  # the size the speed issue measured: L4 C256 V8192
+
+
+def bench_generate(device, rev=BEFORE, **_):
+    print("\n### Greedy generation: 64 new tokens after a 32-token prompt, L4 C256 V8192\n")
+    new = make_model(SPEED_MODEL["size"], device, vocab_size=SPEED_MODEL["vocab_size"]).eval()
     g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, m.config.vocab_size, (batch, prompt_len), generator=g).tolist()
-    times = {}
-    for use_cache in (True, False):
-        times[use_cache] = timed(lambda: m.generate(prompts, new, greedy=True, use_cache=use_cache),
-                                 device, repeats=3)
-        print(f"| {'yes' if use_cache else 'no'} | {batch * new / times[use_cache]:,.0f} | "
-              f"{times[use_cache]:.2f} |")
-    print(f"\nKV cache speed-up: {times[False] / times[True]:.1f}x")
+    prompts = {b: torch.randint(0, new.config.vocab_size, (b, 32), generator=g).tolist() for b in (1, 8)}
+    t = interleaved({c: (lambda c=c: new.generate(prompts[8], 64, greedy=True, use_cache=c)) for c in (True, False)},
+                    device)
+    print(f"KV cache speed-up, batch 8: {t[False] / t[True]:.1f}x ({8 * 64 / t[True]:,.0f} new tokens/s with it, "
+          f"{8 * 64 / t[False]:,.0f} without)\n")
+    old_model = before("model.py", rev)
+    if old_model is None:
+        return
+    old = make_model(SPEED_MODEL["size"], device, vocab_size=SPEED_MODEL["vocab_size"], module=old_model).eval()
+    old.load_state_dict(new.state_dict())
+    print(f"| batch | before ({rev}) s | now s | speed-up |")
+    print("|---|---|---|---|")
+    for b, p in prompts.items():
+        assert old.generate(p, 64, greedy=True) == new.generate(p, 64, greedy=True), "not the same tokens"
+        t = interleaved({"before": lambda: old.generate(p, 64, greedy=True),
+                         "now": lambda: new.generate(p, 64, greedy=True)}, device)
+        print(f"| {b} | {t['before']:.3f} | {t['now']:.3f} | {t['before'] / t['now']:.2f}x |")
 
 
-def bench_beam(device, batch=16, prompt_len=128, new=32, beams=10):
-    print(f"\n### Beam search: {batch} prompts of {prompt_len} tokens, {beams} beams, {new} new tokens, "
-          "default size, KV cache\n")
-    m = make_model("default", device).eval()
+def bench_beam(device, rev=BEFORE, **_):
+    print("\n### Beam search: 10 beams x 32 new tokens after a 200-token prompt, L4 C256 V8192, KV cache\n")
+    new = make_model(SPEED_MODEL["size"], device, vocab_size=SPEED_MODEL["vocab_size"]).eval()
     g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, m.config.vocab_size, (batch, prompt_len), generator=g).tolist()
-    # eos_id=-1 never matches: every beam runs the full length, so the work is fixed
-    t = timed(lambda: m.beam_search(prompts, beams, new, eos_id=-1), device, repeats=3)
-    print("| prompts/s | beam tokens/s | seconds |")
+    prompts = torch.randint(0, new.config.vocab_size, (8, 200), generator=g).tolist()
+    old_model = before("model.py", rev)
+    if old_model is None:
+        t = timed(lambda: new.beam_search(prompts, 10, 32, eos_id=-1), device, repeats=3)
+        print(f"batch 8: {t:.2f} s")
+        return
+    old = make_model(SPEED_MODEL["size"], device, vocab_size=SPEED_MODEL["vocab_size"], module=old_model).eval()
+    old.load_state_dict(new.state_dict())
+    print(f"| prompts | before ({rev}) s | now s | speed-up | same beams |")
+    print("|---|---|---|---|---|")
+    for b in (1, 8):
+        # eos_id -1 is never written: every beam runs the full length, so the work is fixed
+        a, c = old.beam_search(prompts[:b], 10, 32, -1), new.beam_search(prompts[:b], 10, 32, -1)
+        same = [[t for t, _ in r] for r in a] == [[t for t, _ in r] for r in c] and \
+            np.allclose([[s for _, s in r] for r in a], [[s for _, s in r] for r in c], atol=1e-4)
+        t = interleaved({"before": lambda: old.beam_search(prompts[:b], 10, 32, -1),
+                         "now": lambda: new.beam_search(prompts[:b], 10, 32, -1)}, device, rounds=3, repeats=1)
+        print(f"| {b} | {t['before']:.2f} | {t['now']:.2f} | {t['before'] / t['now']:.2f}x | {'yes' if same else 'NO'} |")
+
+
+def scientific_queries(folder):
+    """The Scientific catalog's item texts and, as queries, each test user's last history item (8,442), or a
+    synthetic catalog of the same size when no folder is given."""
+    if folder:
+        d = data.read_atomic(folder)
+        texts = [data.item_text(it, d.attributes, calrec.REAL_DATA.max_words) for it in d.items]
+        return texts, [texts[h[-1]] for h, _ in d.test], os.path.basename(folder.rstrip("/"))
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(20000)]
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(8, 30), p=None)) for _ in range(4385)]
+    return texts, [texts[i] for i in rng.integers(len(texts), size=8442)], "synthetic"
+
+
+def bench_bm25(device, rev=BEFORE, data_folder=None, **_):
+    texts, queries, name = scientific_queries(data_folder)
+    print(f"\n### BM25 top-100: {len(queries):,} queries x {len(texts):,} documents ({name})\n")
+    contenders = {"now": calrec.BM25}
+    old_calrec = before("calrec.py", rev)
+    if old_calrec is not None:
+        contenders[f"before ({rev})"] = old_calrec.BM25
+    indexes = {k: cls(texts) for k, cls in contenders.items()}
+    fns = {k: (lambda index=index: index.search(queries, 100)) for k, index in indexes.items()}
+    try:
+        import bm25s  # not a dependency of the project: compared with when installed
+        corpus = [calrec.words(t) for t in texts]
+        retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+        retriever.index(corpus, show_progress=False)
+        tokens = [calrec.words(q) for q in queries]
+        fns["bm25s (same tokens)"] = lambda: retriever.retrieve(tokens, k=100, show_progress=False, n_threads=1)
+    except ImportError:
+        print("(bm25s is not installed: pip install bm25s to compare with it)\n")
+    t = interleaved(fns, device, rounds=3, repeats=1)
+    print("| implementation | search s | vs now |")
     print("|---|---|---|")
-    print(f"| {batch / t:,.1f} | {batch * beams * new / t:,.0f} | {t:.2f} |")
+    for k, v in t.items():
+        print(f"| {k} | {v:.2f} | {v / t['now']:.2f}x |")
+    if len(indexes) == 2:
+        a, b = (index.search(queries, 100) for index in indexes.values())
+        same = all(sorted(zip(x[1], x[0])) == sorted(zip(y[1], y[0])) or x[1] == y[1] for x, y in zip(a, b))
+        print(f"\nsame top-100 scores at every rank as before: {'yes' if same else 'NO'}")
 
 
-def bench_maml(device, repeats=5):
+def bench_ranking(device, data_folder=None, **_):
+    """The test phase of a real-data run, as train.py runs it: generative + BM25, catalog beams, dense."""
+    if not data_folder:
+        print("\n(ranking: give --data <a benchmark folder>, e.g. data/amazon/Industrial_and_Scientific)")
+        return
+    domain = data.read_atomic(data_folder)
+    cfg = calrec.REAL_DATA
+    texts = [data.item_text(it, domain.attributes, cfg.max_words) for it in domain.items]
+    tok = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)], cfg.vocab_size)
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                       n_embd=cfg.n_embd)).to(device)  # random weights: every beam runs to the longest item
+    builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
+    catalog, test = range(domain.n_items), domain.test
+    trie = calrec.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
+    print(f"\n### Test-time ranking of {domain.name}: {len(test):,} users x {domain.n_items:,} items, "
+          f"{cfg.beams} beams / {cfg.constrained_beams} catalog beams\n")
+    print("| path | seconds |")
+    print("|---|---|")
+    for name, fn in (("generative + BM25", lambda: calrec.rank_generative(lm, builder, tok, test, catalog, cfg,
+                                                                          bm25=calrec.BM25(texts))),
+                     ("catalog beams", lambda: calrec.rank_generative(lm, builder, tok, test, catalog, cfg, trie=trie)),
+                     ("dense", lambda: calrec.rank_dense(lm, builder, test, catalog, device))):
+        t0 = time.perf_counter()
+        fn()
+        print(f"| {name} | {time.perf_counter() - t0:.0f} |")
+
+
+def bench_maml(device, repeats=5, **_):
     """vmap over the tasks of a meta-batch vs the per-task loop; second- vs first-order step time and the
     memory autograd keeps for the backward pass, for 1-5 inner steps. Prints Markdown tables.
 
-    Two models: the sinusoid MLP (1-40-40-1) and the built-in family's classifier (GPT 2x64, the default
-    `python train.py --task maml` size). Memory: on CUDA torch's peak allocation during the step; on CPU the
-    bytes of the tensors autograd saves for backward during the forward (process RSS only ever grows, so it
-    cannot tell two configurations apart)."""
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: on shared CPU cores extra OpenMP threads only wait
+    Two models: the sinusoid MLP (1-40-40-1) and the built-in family's classifier, built as `train.py --task
+    maml` builds it. Memory: on CUDA torch's peak allocation during the step; on CPU the bytes of the tensors
+    autograd saves for backward during the forward (process RSS only ever grows, so it cannot tell two
+    configurations apart)."""
     sine_repeats = 4 * repeats
 
     def timed_ms(fn, n=repeats):
@@ -212,29 +325,27 @@ def bench_maml(device, repeats=5):
     print("| meta-batch | order | loop ms | vmap ms | speed-up |")
     print("|---|---|---|---|---|")
     for n_tasks in (4, 16, 64):
-        amp, phase, support = maml.sample_sines(n_tasks, maml.SINE_K, g)
-        query = maml.sine_points(amp, phase, maml.SINE_K, g)
-        support = {k: v.to(device) for k, v in support.items()}
-        query = {k: v.to(device) for k, v in query.items()}
+        amp, phase = maml.sine_tasks(n_tasks, g)
+        support = {k: v.to(device) for k, v in maml.sine_points(amp, phase, maml.SINE.k, g).items()}
+        query = {k: v.to(device) for k, v in maml.sine_points(amp, phase, maml.SINE.k, g).items()}
         for first_order in (False, True):
             ms = {}
             for name, fn in (("loop", maml.meta_loss_loop), ("vmap", maml.meta_loss_vmap)):
-                ms[name] = timed_ms(lambda: fn(sine, maml.sine_loss, [support], query, 0.01, 1,
+                ms[name] = timed_ms(lambda: fn(sine, maml.sine_loss, [support], query, maml.SINE.inner.lr, 1,
                                                first_order).backward(), sine_repeats)
             print(f"| {n_tasks} | {'first' if first_order else 'second'} | {ms['loop']:.1f} | {ms['vmap']:.1f} "
                   f"| {ms['loop'] / ms['vmap']:.1f}x |")
 
-    # --- the family's GPT classifier
-    aux, _ = data.task_family()
-    names = list(aux)
-    tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=512)
-    cfg = maml.FAMILY_CONFIG
+    # --- the family's GPT classifier, built by the run's own constructors
+    cfg = maml.FAMILY
+    aux, targets = data.task_family()
+    tasks = {**aux, **targets}
+    tok = data.train_tokenizer([t for task in tasks.values() for t in task["train"]["text_a"]
+                                + (task["train"]["text_b"] or [])], vocab_size=cfg.vocab_size)
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=576, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                        n_embd=cfg.n_embd))
-    model = maml.TaskClassifier(gpt, [1 if aux[n]["kind"] == "regression" else len(aux[n]["labels"])
-                                      for n in names], [aux[n]["kind"] == "regression" for n in names]).to(device)
-    encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, 4.0) for i, n in enumerate(names)]
+    model = maml.classifier_for(maml.new_encoder(tok, cfg), tasks).to(device)
+    encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, maml.regression_scale(aux[n]))
+            for i, n in enumerate(aux)]
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
     rng = np.random.default_rng(0)
 
@@ -269,18 +380,73 @@ def bench_maml(device, repeats=5):
                 row[first_order] = (timed_ms(lambda: forward().backward()), graph_mb(forward))
             (ms2, mb2), (ms1, mb1) = row[False], row[True]
             print(f"| {steps} | {ms2:.0f} | {ms1:.0f} | {mb2:.1f} | {mb1:.1f} |")
-    torch.set_num_threads(threads)
 
 
-PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "maml": bench_maml,
-         "mfu": bench_mfu}
+STEP_SCRIPT = """
+import os, sys, time, torch
+sys.path.insert(0, {root!r})
+import calrec, data
+torch.set_num_threads({threads})
+cfg = calrec.BUILT_IN
+world = data.make_world()
+texts = [data.item_text(it, world[0].attributes, cfg.max_words) for d in world for it in d.items]
+tok = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)], cfg.vocab_size)
+torch.manual_seed(0)
+lm = calrec.GPT(calrec.GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
+                                 n_head=cfg.n_head, n_embd=cfg.n_embd))
+builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
+rows = [[o + i for i in s] for d, o in zip(world, (0, 192, 384)) for s in d.train_sequences if len(s) >= 2]
+towers, opt = calrec.Towers(lm), lm.configure_optimizers(cfg.lr)
+scaler = calrec.grad_scaler("cpu", "float32")
+times = []
+for step in range(12):
+    t0 = time.perf_counter()
+    calrec.train_step(towers, opt, scaler, builder, rows[step * 32:(step + 1) * 32], [], cfg, "cpu", "float32")
+    times.append(time.perf_counter() - t0)
+print(sorted(times[2:])[len(times[2:]) // 2])
+"""
+
+
+def bench_threads(device, **_):
+    """One training step of the default CALRec run (built-in world, batch 32), median of 10, in a fresh process
+    per setting: torch's threads 1 or 2, OpenMP's idle threads sleeping (PASSIVE, what train.py sets) or
+    spinning (ACTIVE); on a quiet machine, then beside a busy process (one core's worth of Python spinning)."""
+    print("\n### Threads: one default CALRec training step (ms), quiet and beside a busy process\n")
+    print("| threads | OMP_WAIT_POLICY | quiet ms | busy ms |")
+    print("|---|---|---|---|")
+    root = os.path.dirname(os.path.abspath(__file__))
+    settings = ((1, "PASSIVE"), (2, "PASSIVE"), (2, "ACTIVE"))
+    result = {}
+    for busy in (False, True):
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            for threads, policy in settings:
+                with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+                    f.write(STEP_SCRIPT.format(root=root, threads=threads))
+                env = dict(os.environ, OMP_WAIT_POLICY=policy)
+                out = subprocess.run([sys.executable, f.name], env=env, capture_output=True, text=True, timeout=1800)
+                os.remove(f.name)
+                result[threads, policy, busy] = 1000 * float(out.stdout.split()[-1])
+        finally:
+            if burner:
+                burner.kill()
+    for threads, policy in settings:
+        print(f"| {threads} | {policy} | {result[threads, policy, False]:.0f} | {result[threads, policy, True]:.0f} |")
+
+
+PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "bm25": bench_bm25,
+         "maml": bench_maml, "threads": bench_threads, "ranking": bench_ranking, "mfu": bench_mfu}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], allow_abbrev=False)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--only", choices=tuple(PARTS), action="append",
-                   help="run only this part (may be repeated); mfu runs by default on CUDA only")
+                   help="run only this part (may be repeated); mfu runs by default on CUDA only, ranking needs "
+                        "--data, threads takes minutes")
+    p.add_argument("--threads", type=int, default=1, help="torch's CPU threads for every part but `threads`")
+    p.add_argument("--before", default=BEFORE, help="git revision of the code the speed-ups are measured against")
+    p.add_argument("--data", default=None, help="a benchmark folder (Scientific) for the bm25 and ranking parts")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                    help="precision of the mfu part (autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in the mfu part")
@@ -291,14 +457,15 @@ def main():
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-    print(f"## bench.py on {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}")
-    parts = args.only or [p for p in PARTS if p != "mfu" or device == "cuda"]
+    print(f"## bench.py on {device} ({name}), {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    parts = args.only or [p for p in PARTS if (p != "mfu" or device == "cuda") and p not in ("threads", "ranking")]
     for part in parts:
         if part == "mfu":
             bench_mfu(device, args.dtype, args.compile, batch=args.mfu_batch, peak=args.peak_tflops)
         else:
-            PARTS[part](device)
+            PARTS[part](device, rev=args.before, data_folder=args.data)
     print(f"\nPeak memory of the whole run: {peak_memory_mb(device):,.0f} MB")
 
 

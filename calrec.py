@@ -709,6 +709,10 @@ def prepare(args):
     for split in ("valid", "test"):
         if not getattr(domains[target], split):
             raise UserError(f"{target_name}: has no {split} users (every user needs at least 3 items)")
+    rows = training_rows(domains, np.cumsum([0] + [d.n_items for d in domains]).tolist(), cfg.every_position)
+    for d, r in zip(domains, rows):
+        if not r:
+            raise UserError(f"{d.name}: has no training sequence of two items or more to learn from")
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
     texts = [data.item_text(it, d.attributes, cfg.max_words) for d in domains for it in d.items]
     _, world = rank_and_world()
@@ -732,8 +736,7 @@ def prepare(args):
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
     builder = data.PromptBuilder(tokenizer, texts, c.block_size, cfg.max_history, cfg.max_item_tokens)
-    return Experiment(args, cfg, domains, target, offsets, texts, lm.to(args.device), tokenizer, builder, state,
-                      training_rows(domains, offsets, cfg.every_position))
+    return Experiment(args, cfg, domains, target, offsets, texts, lm.to(args.device), tokenizer, builder, state, rows)
 
 
 def run(exp):

@@ -730,6 +730,23 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
     return runs, reported
 
 
+def new_encoder(tokenizer, cfg):
+    """The from-scratch GPT of a setting (its vocabulary rounded up to a multiple of 64)."""
+    return GPT(GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
+                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+
+
+def classifier_for(gpt, tasks):
+    """The classifier over {name: task}: one head row per task, in that order (the task ids)."""
+    return TaskClassifier(gpt, [1 if t["kind"] == "regression" else len(t["labels"]) for t in tasks.values()],
+                          [t["kind"] == "regression" for t in tasks.values()])
+
+
+def regression_scale(task):
+    """A regression task's scores are divided by the largest training score, to [0, 1], for the loss."""
+    return (max(task["train"]["y"]) or 1.0) if task["kind"] == "regression" else 1.0
+
+
 @dataclass
 class Experiment:
     """Everything a run needs, read and checked by prepare() before anything is written."""
@@ -771,12 +788,10 @@ def prepare(args):
             texts = [t for task in list(aux.values()) + list(targets.values())
                      for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
             tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
-        gpt = GPT(GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
-                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+        gpt = new_encoder(tokenizer, cfg)
     all_tasks = {**aux, **targets}
-    scales = {n: max(t["train"]["y"]) or 1.0 if t["kind"] == "regression" else 1.0 for n, t in all_tasks.items()}
-    model = TaskClassifier(gpt, [1 if t["kind"] == "regression" else len(t["labels"]) for t in all_tasks.values()],
-                           [t["kind"] == "regression" for t in all_tasks.values()]).to(args.device)
+    scales = {n: regression_scale(t) for n, t in all_tasks.items()}
+    model = classifier_for(gpt, all_tasks).to(args.device)
     aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n]) for n in aux]
     runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
             for n in targets}
@@ -815,7 +830,7 @@ def fine_tune_targets(exp, init, learned):
             if key not in done:
                 done[key] = fine_tune(exp.model, learned, train, val, test, exp.targets[n]["metrics"], exp.cfg,
                                       exp.args.seed + int(seed), exp.args.device)
-                exp.state.save()
+                exp.state.save(f"fine_tuned_{init} {key}")
     out = {}
     for n, (task_runs, _) in exp.runs.items():
         per_size = {}

@@ -52,6 +52,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if not torch.is_grad_enabled():  # no gradient wanted (generation, evaluation): the fused kernel is the
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)  # same computation, faster
         mu = x.mean(-1, keepdim=True)                             # (..., 1)
         var = (x - mu).pow(2).mean(-1, keepdim=True)              # (..., 1) biased variance, as GPT-2
         y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight  # (..., C)
@@ -321,7 +323,7 @@ class GPT(nn.Module):
             h = self._run(new_tokens[:, None], pos, mask, cache)
         return self.lm_head(h[:, -1]), cache
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts, max_new_tokens, eos_id=None, temperature=1.0, top_k=None, greedy=False,
                  use_cache=True):
         """Continue each prompt (a list of token ids; lengths may differ), all in one batch.
@@ -359,7 +361,7 @@ class GPT(nn.Module):
         out = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(B)]
         return [_cut_at(row, eos_id) for row in out]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
         """Beam search for every prompt at once: B prompts x K beams.
 
@@ -590,10 +592,9 @@ def load_torch(path, what="a checkpoint"):
             raise UserError(f"{path}: refused: unpickling it would create Python objects other than tensors and "
                             "plain values, which can run code; this project loads only its own checkpoints "
                             "and plain weight files") from None
-        raise UserError(f"{path}: cannot be read as {what} (not a PyTorch file, or damaged)") from None
-    except Exception as e:  # torch raises several types for a corrupt or truncated file
-        first = (str(e).splitlines() or [""])[0]
-        raise UserError(f"{path}: cannot be read as {what} ({type(e).__name__}: {first})") from None
+        raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None
+    except Exception:  # torch raises several types for a file that is not its own, or truncated
+        raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None
 
 
 # -----------------------------------------------------------------------------
@@ -656,7 +657,11 @@ def load_init(path, dropout=0.0):
         return GPT.from_pretrained(path, dropout=dropout)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint file or GPT-2 folder")
-    model, _ = gpt_from_checkpoint(path)
+    try:
+        model, _ = gpt_from_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"{e}; --init takes a checkpoint written by this project or a Hugging Face GPT-2 "
+                        "folder") from None
     return model
 
 
@@ -756,14 +761,15 @@ class RunState:
         """Time spent by the run: every earlier piece until its last save, and this one until now."""
         return self.elapsed + time.time() - self.started
 
-    def save(self):
+    def save(self, what="progress"):
         if rank_and_world()[0] == 0:
             save_torch(self.path, dict(settings=self.settings, done=self.done, current=self.current,
                                        elapsed=self.seconds(), resumes=self.resumes))
+            log.debug(f"state saved: {what}")
 
     def save_loop(self, phase, **loop):
         self.current = dict(loop, phase=phase)
-        self.save()
+        self.save(f"{phase} step {loop.get('step')}")
 
     def loop(self, phase):
         """The saved loop of `phase`, or None (a fresh start)."""
@@ -771,7 +777,7 @@ class RunState:
 
     def finish(self, phase, result):
         self.done[phase], self.current = result, None
-        self.save()
+        self.save(phase)
 
 
 # -----------------------------------------------------------------------------

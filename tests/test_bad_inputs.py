@@ -1,0 +1,294 @@
+"""Every user mistake is one line: a table of bad inputs for all three tasks -- every reader, --init, --resume,
+--out-dir and the flags -- each through train.main. Each must exit with status 2, name the offending file or
+flag, print no traceback, and leave an earlier run's --out-dir byte for byte as it was."""
+
+import gzip
+import os
+import shutil
+
+import pytest
+import torch
+
+import train
+from test_calrec import write_atomic
+from test_calrec_data import META, raw_reviews, text_folder, write_lines
+from test_glue_reader import LAYOUTS, write_task
+from test_gpt2_init import write_gpt2_folder
+from test_model import RunsCode
+
+TINY_CALREC = ["--max-steps", "2", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2",
+               "--set", "select_users=4", "--set", "bm25_valid_users=4"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Good inputs of every kind, and the --out-dir of a finished run."""
+    root = tmp_path_factory.mktemp("world")
+    w = {"root": root}
+    w["alpha"] = str(root / "Alpha")
+    write_atomic(w["alpha"], "Alpha")
+    (root / "text").mkdir()
+    w["sci"] = text_folder(root / "text", "Sci", train_rows=("0\t0\t1", "0\t1\t2"))
+    w["raw"] = str(root / "Tools")
+    os.makedirs(w["raw"])
+    write_lines(os.path.join(w["raw"], "Tools_5.json.gz"), raw_reviews())
+    write_lines(os.path.join(w["raw"], "meta_Tools.json.gz"), META)
+    glue = root / "glue"
+    for name in ("RTE", "SST-2", "CoLA", "STS-B", "MRPC"):
+        rows = LAYOUTS[name].splitlines(keepends=True)
+        body = rows if name == "CoLA" else rows[1:]
+        write_task(str(glue), name, ("" if name == "CoLA" else rows[0]) + "".join(body * 12))
+    w["glue"] = str(glue)
+    w["gpt2"] = str(root / "gpt2")
+    write_gpt2_folder(w["gpt2"], ["Title: Alpha gadget number 1, Brand: Brand1"] * 5, n_positions=200)
+    w["out"] = str(root / "out")
+    train.main(["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--out-dir", w["out"]])
+    return w
+
+
+def snapshot(folder):
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = fh.read()
+    return out
+
+
+def copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def edit(path, old, new, count=1):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert old in text, (path, old)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(old, new, count))
+
+
+def write_gz(path, raw):
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+
+
+def append_bytes(path, raw):
+    with open(path, "ab") as f:
+        f.write(raw)
+
+
+# -----------------------------------------------------------------------------
+# the table: name -> case(world, tmp) returning (argv without --out-dir, text the message must hold)
+
+
+def calrec_data(mutate, message, folder="alpha", flags=()):
+    def case(w, tmp):
+        d = copy(w[folder], tmp / os.path.basename(w[folder]))
+        mutate(d)
+        return ["--task", "calrec", "--data", d, *flags], message
+    return case
+
+
+def glue(mutate, message, flags=("--aux", "SST-2", "--targets", "RTE")):
+    def case(w, tmp):
+        g = copy(w["glue"], tmp / "glue")
+        mutate(g)
+        return ["--task", "maml", "--data", g, *flags], message
+    return case
+
+
+def init(make, message, task="calrec"):
+    def case(w, tmp):
+        path = make(w, tmp)
+        data = ["--data", w["alpha"]] if task == "calrec" else []
+        return ["--task", task, *data, "--init", path], message
+    return case
+
+
+def resume(mutate, message, flags=()):
+    """--resume of the finished run, whose state.pt (a copy is put back afterwards) `mutate` may spoil."""
+    def case(w, tmp):
+        mutate(os.path.join(w["out"], "state.pt"), tmp)
+        return ["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, *flags, "--resume"], message
+    return case
+
+
+def flags(*argv, message):
+    return lambda w, tmp: (list(argv), message)
+
+
+def gpt2_variant(change):
+    def make(w, tmp):
+        folder = copy(w["gpt2"], tmp / "gpt2")
+        change(folder)
+        return folder
+    return make
+
+
+def evil_checkpoint(path, tmp):
+    torch.save(dict(model={}, config={}, step=0, metrics={}, payload=RunsCode(tmp / "ran")), path)
+
+
+CASES = {
+    # --- CALRec's readers: the benchmark folders (.item variant, .text + .item2index variant)
+    "empty data folder": calrec_data(lambda d: [os.remove(os.path.join(d, f)) for f in os.listdir(d)],
+                                     "Alpha: has neither Alpha.item nor Alpha.text"),
+    "inter column count": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), b"3\t1 2\n"),
+                                      "Alpha.train.inter:"),
+    "inter unknown item": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.test.inter"), b"3\t1 99\t2\n"),
+                                      "Alpha.test.inter:14: unknown item id '99'"),
+    "inter empty history": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.valid.inter"), b"3\t\t2\n"),
+                                       "Alpha.valid.inter:14: empty history"),
+    "inter not utf-8": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), b"3\t1\t\xff2\n"),
+                                   "Alpha.train.inter:"),
+    "inter missing": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")), "Alpha.valid.inter"),
+    "inter header": calrec_data(lambda d: edit(os.path.join(d, "Alpha.test.inter"), "item_id_list", "items"),
+                                "Alpha.test.inter:1: header has no column 'item_id_list'"),
+    "item listed twice": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"3\tagain\tBrand0\n"),
+                                     "Alpha.item:10: item 3 listed twice"),
+    "item without text": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"8\t \t \n"),
+                                     "Alpha.item:10: item 8 has no text"),
+    "item not utf-8": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"8\tgad\xc3get\tB\n"),
+                                  "Alpha.item:10"),
+    "item2index malformed": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.item2index"), b"AS4 three\n"),
+                                        "Sci.item2index:4: expected 'ASIN<TAB>integer id'", folder="sci"),
+    "text asin unmapped": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.text"), b"AS9\tNail. Root. X. \n"),
+                                      "Sci.text:5: item AS9 is not in", folder="sci"),
+    "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
+                                        "Sci: has no training sequence", folder="sci"),
+    "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
+                                             copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
+    "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
+                                      "--target Gamma: not among the domains"),
+    # --- CALRec's raw Amazon 2018 reader
+    "raw bad json": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + ["{no"]),
+                                "Tools_5.json.gz:20: not a JSON object", folder="raw"),
+    "raw no time": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"),
+                                                     raw_reviews() + [{"reviewerID": "u9", "asin": "A"}]),
+                               "Tools_5.json.gz:20: record has no 'unixReviewTime'", folder="raw"),
+    "raw time not int": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        {"reviewerID": "u9", "asin": "A", "unixReviewTime": "abc"}]), "Tools_5.json.gz:20: unixReviewTime 'abc'",
+        folder="raw"),
+    "raw truncated gz": calrec_data(lambda d: open(os.path.join(d, "Tools_5.json.gz"), "r+b").truncate(40),
+                                    "Tools_5.json.gz: cannot be read", folder="raw"),
+    "raw meta not utf-8": calrec_data(lambda d: write_gz(os.path.join(d, "meta_Tools.json.gz"),
+                                                         b'{"asin": "A", "title": "Th\xffing"}\n'),
+                                      "meta_Tools.json.gz:1:", folder="raw"),
+    "raw meta no asin": calrec_data(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"),
+                                                          META + [{"title": "x"}]),
+                                    "meta_Tools.json.gz:9: record has no 'asin'", folder="raw"),
+    # --- MAML's GLUE reader and its flags
+    "cola label 7": glue(lambda g: edit(os.path.join(g, "CoLA", "train.tsv"), "gj04\t1\t", "gj04\t7\t"),
+                         "CoLA/train.tsv:1: label '7'", flags=("--aux", "SST-2", "--targets", "CoLA")),
+    "stsb score abc": glue(lambda g: edit(os.path.join(g, "STS-B", "dev.tsv"), "4.750", "abc"),
+                           "STS-B/dev.tsv:2: STS-B score 'abc' is not a number",
+                           flags=("--aux", "SST-2", "--targets", "STS-B")),
+    "stsb score 9.0": glue(lambda g: edit(os.path.join(g, "STS-B", "train.tsv"), "4.750", "9.0"),
+                           "STS-B/train.tsv:2: STS-B score 9.0 is outside",
+                           flags=("--aux", "SST-2", "--targets", "STS-B")),
+    "missing header": glue(lambda g: edit(os.path.join(g, "RTE", "train.tsv"), "index\tsentence1\tsentence2\tlabel\n",
+                                          ""), "RTE/train.tsv:1: header has no column"),
+    "wrong column count": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "dev.tsv"), b"a\tb\t1\n"),
+                               "SST-2/dev.tsv:26: expected 2 tab-separated columns"),
+    "missing dev": glue(lambda g: os.remove(os.path.join(g, "RTE", "dev.tsv")), "RTE/dev.tsv: no such file"),
+    "glue not utf-8": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \xfe byte\t1\n"),
+                           "SST-2/train.tsv:26"),
+    "target not in folder": glue(lambda g: None, "--targets QNLI:", flags=("--aux", "SST-2", "--targets", "QNLI")),
+    "aux and target": glue(lambda g: None, "both auxiliary (--aux) and target",
+                           flags=("--aux", "RTE", "--targets", "RTE")),
+    "unknown glue task": glue(lambda g: None, "unknown GLUE task 'WNLI'", flags=("--aux", "SST-2", "--targets", "WNLI")),
+    "task named twice": glue(lambda g: None, "--aux: SST-2 is named twice", flags=("--aux", "SST-2,SST-2")),
+    "n-train too large": glue(lambda g: None, "--n-train 5000 is more than",
+                              flags=("--aux", "SST-2", "--targets", "RTE", "--n-train", "5000")),
+    "two glue folders": lambda w, tmp: (["--task", "maml", "--data", w["glue"], w["glue"]], "takes one GLUE folder"),
+    # --- --init
+    "init truncated safetensors": init(gpt2_variant(
+        lambda f: open(os.path.join(f, "model.safetensors"), "r+b").truncate(300)), "model.safetensors"),
+    "init config does not fit": init(gpt2_variant(lambda f: edit(os.path.join(f, "config.json"), '"n_embd": 32',
+                                                                 '"n_embd": 64')), "model.safetensors: "),
+    "init config not json": init(gpt2_variant(lambda f: open(os.path.join(f, "config.json"), "w").write("{")),
+                                 "config.json: not a GPT-2 config.json"),
+    "init no tokenizer": init(gpt2_variant(lambda f: os.remove(os.path.join(f, "tokenizer.json"))),
+                              "tokenizer.json: no tokenizer.json here"),
+    "init plain file": init(lambda w, tmp: (tmp / "notes.txt").write_text("hello") and str(tmp / "notes.txt"),
+                            "notes.txt: cannot be read as a checkpoint"),
+    "init corrupt checkpoint": init(lambda w, tmp: (tmp / "ckpt.pt").write_bytes(b"PK\x03\x04garbage") and
+                                    str(tmp / "ckpt.pt"), "ckpt.pt: cannot be read", task="maml"),
+    "init runs code": init(lambda w, tmp: evil_checkpoint(str(tmp / "evil.pt"), tmp) or str(tmp / "evil.pt"),
+                           "evil.pt: refused"),
+    "init empty folder": init(lambda w, tmp: (tmp / "empty").mkdir() or str(tmp / "empty"), "config.json: missing"),
+    # --- --resume
+    "resume corrupt state": resume(lambda p, tmp: open(p, "wb").write(b"\x80\x02junk"), "state.pt: cannot be read"),
+    "resume other settings": resume(lambda p, tmp: None, "state.pt: was saved by a run with other settings (config)",
+                                    flags=("--tau", "0.5")),
+    "resume runs code": resume(lambda p, tmp: evil_checkpoint(p, tmp), "state.pt: refused"),
+    "resume no state": lambda w, tmp: (["--task", "maml", "--resume", "--out-dir", str(tmp / "new")],
+                                       "state.pt to resume from"),
+    # --- --out-dir and flags
+    "out-dir is a file": lambda w, tmp: (["--task", "sinusoid", "--out-dir", w["out"] + "/results.json"],
+                                         "results.json: is a file"),
+    "out-dir under a file": lambda w, tmp: (["--task", "calrec", "--out-dir", w["out"] + "/log.txt/sub"],
+                                            "log.txt/sub: cannot be created"),
+    "seed -1": flags("--task", "calrec", "--seed", "-1", message="--seed: must be a whole number from 0"),
+    "seed text": flags("--task", "sinusoid", "--seed", "one", message="--seed: must be a whole number"),
+    "set unknown": flags("--task", "sinusoid", "--set", "speed=3", message="--set speed: --task sinusoid has no"),
+    "set bad value": flags("--task", "calrec", "--set", "tau=cold", message="--set tau=cold: expected a float"),
+    "alpha beta sum": flags("--task", "calrec", "--alpha", "0.7", "--beta", "0.6", message="--alpha + --beta"),
+    "flag of another task": flags("--task", "sinusoid", "--beams", "3", message="--beams applies to --task calrec"),
+    "data missing": flags("--task", "maml", "--data", "/no/such/glue", message="--data /no/such/glue"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_bad_input_is_one_line_and_changes_nothing(world, tmp_path, capsys, name):
+    original = snapshot(world["out"])
+    try:
+        argv, message = CASES[name](world, tmp_path)  # a --resume case may spoil the run's state.pt first
+        if "--out-dir" not in argv:
+            argv = argv + ["--out-dir", world["out"]]
+        before = snapshot(world["out"])
+        with pytest.raises(SystemExit) as e:
+            train.main(argv)
+        out, err = capsys.readouterr()
+        assert e.value.code == 2, err
+        assert message in err, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert "Traceback" not in out + err
+        after = snapshot(world["out"])
+        assert after == before, sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
+        assert not (tmp_path / "ran").exists()  # no pickle's code ran
+    finally:
+        for rel, raw in original.items():
+            with open(os.path.join(world["out"], rel), "wb") as f:
+                f.write(raw)
+
+
+def test_the_table_covers_every_task_and_kind_of_input():
+    assert len(CASES) >= 40
+    kinds = {"calrec": 0, "maml": 0, "sinusoid": 0, "init": 0, "resume": 0, "out-dir": 0, "raw": 0, "glue": 0}
+    for name, case in CASES.items():
+        text = name + repr(case.__code__.co_consts) + repr([c.cell_contents for c in case.__closure__ or ()])
+        for kind in kinds:
+            kinds[kind] += kind in text
+    assert all(kinds.values()), kinds
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "sinusoid", "--out-dir", str(folder)])
+    assert e.value.code == 2 and "ro: this folder is not writable" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(world, monkeypatch):
+    """Anything that is not the user's mistake is not turned into a one-liner."""
+    import calrec
+    monkeypatch.setattr(calrec, "prepare", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train.main(["--task", "calrec", "--out-dir", str(world["root"] / "bug")])
