@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,40 @@ def test_duplicate_targets_are_not_negatives():
     assert unmasked > loss + 0.1  # without the mask, the duplicate counts as a (hard) negative
 
 
+def test_loss_mixture_by_hand():
+    torch.manual_seed(1)
+    P, C = 5, 4
+    v_u, v_tu = (F.normalize(torch.randn(P, C, dtype=torch.float64), dim=-1) for _ in range(2))
+    v_t = F.normalize(torch.randn(P + 2, C, dtype=torch.float64), dim=-1)  # two extra negative items
+    items = torch.tensor([4, 2, 4, 7, 1, 9, 2])
+    l_nig = torch.tensor(3.0, dtype=torch.float64)
+    for alpha, beta in ((0.2, 0.3), (0.0, 0.5), (0.25, 0.0)):
+        cfg = calrec.CALRecConfig(alpha=alpha, beta=beta, tau=0.1, softmax_over="items")
+        loss, parts = calrec.calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg)
+        l_tt, l_ut = naive_info_nce(v_tu, v_t, items.tolist(), 0.1), naive_info_nce(v_u, v_t, items.tolist(), 0.1)
+        assert loss.item() == pytest.approx((1 - alpha - beta) * 3.0 + alpha * l_tt + beta * l_ut, rel=1e-9)
+        assert parts["nig"] == 3.0
+    # the spec's direction: each target item against the users of the batch (no extra negatives)
+    cfg = calrec.CALRecConfig(alpha=0.2, beta=0.3, tau=0.1, softmax_over="users")
+    loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t[:P], items[:P], cfg)
+    ids = items[:P].tolist()
+    want = 0.5 * 3.0 + 0.2 * naive_info_nce(v_t[:P], v_tu, ids, 0.1) + 0.3 * naive_info_nce(v_t[:P], v_u, ids, 0.1)
+    assert loss.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_user_and_target_vectors_are_means_over_their_spans():
+    torch.manual_seed(2)
+    h = torch.randn(2, 9, 3, dtype=torch.float64)
+    rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
+    v_u = calrec.user_vectors(h, rows, starts)
+    v_tu = calrec.target_vectors(h, rows, starts, ends)
+    for p, (b, s, e) in enumerate(zip(rows.tolist(), starts.tolist(), ends.tolist())):
+        prompt = sum(h[b, t] for t in range(s)) / s           # every position before the item
+        item = sum(h[b, t] for t in range(s, e)) / (e - s)     # the item's own positions
+        torch.testing.assert_close(v_u[p], prompt / prompt.norm())
+        torch.testing.assert_close(v_tu[p], item / item.norm())
+
+
 # -----------------------------------------------------------------------------
 # BM25
 
@@ -98,6 +133,47 @@ def test_merge_round_robin_on_hand_made_lists():
     assert calrec.merge_round_robin(lists, scores, exclude=[20, 12], k=4) == [11, 10, 30, 21]
     # equal scores within a round: the better beam (lower index) first
     assert calrec.merge_round_robin([[1], [2]], [[1.0], [1.0]], exclude=[], k=2) == [1, 2]
+
+
+def test_catalog_beams_are_exactly_the_best_catalog_items():
+    """With as many beams as items, beam search constrained by the catalog's prefix tree returns every item,
+    ranked by its log-probability -- compared with a full forward pass over each item's tokens."""
+    torch.manual_seed(3)
+    V, eot = 12, 11
+    net = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=16)).eval()
+    catalog = [[1, 2, 3], [1, 2], [4], [1, 5, 6, 7], [4, 9], [1, 2]]  # shared prefixes, a prefix of another, twins
+    trie = calrec.CatalogTrie(catalog, eot, V)
+    prompt = [3, 8, 1]
+    beams = net.beam_search([prompt], 5, 5, eot, allowed_next=trie)[0]  # 5 distinct token sequences
+    got = [(tokens, score) for tokens, score in beams]
+    want = []
+    for tokens in {tuple(t) for t in catalog}:
+        with torch.no_grad():
+            logp = torch.log_softmax(net(torch.tensor([prompt + list(tokens) + [eot]]))[0][0], -1)
+        want.append((list(tokens) + [eot], sum(float(logp[len(prompt) - 1 + i, t])
+                                               for i, t in enumerate(list(tokens) + [eot]))))
+    want.sort(key=lambda w: -w[1])
+    assert [t for t, _ in got] == [t for t, _ in want]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5)
+    assert sorted(trie.items[trie.node((1, 2, eot))]) == [1, 5]  # twins share a leaf
+
+
+def test_markov_and_last_item_baselines_by_hand():
+    d = data.Domain("D", [{"Title": "red apple"}, {"Title": "green pear"}, {"Title": "red cherry"},
+                          {"Title": "blue plum"}], ["a", "b", "c", "d"], train=[], valid=[], test=[],
+                    train_sequences=[[0, 1], [0, 1, 2], [0, 2], [3, 0, 1], [2, 3]], attributes=("Title",))
+    examples = [([0], 2), ([3], 1), ([1], 3), ([2], 0)]
+    # transitions: 0->1 three times, 0->2, 1->2, 2->3, 3->0 once each; popularity 0: 4, 1: 3, 2: 3, 3: 2.
+    # score = count(last -> j) * (4 + 1) + popularity(j); the history is excluded; ties count against the target
+    # user 0 (after 0): 1 scores 18, 2 scores 8 -> rank 2;  user 1 (after 3): 0 9, 1 3, 2 3 -> the tie: rank 3
+    # user 2 (after 1): 2 8, 0 4, 3 2 -> rank 3;           user 3 (after 2): 3 7, 0 4 -> rank 2
+    assert calrec.rank_markov(d, examples).tolist() == [2, 3, 3, 2]
+    texts = [data.item_text(it, d.attributes) for it in d.items]
+    bm = calrec.BM25(texts)
+    # the last item's text finds itself (excluded: it is the history) and the items sharing its words
+    ranks = calrec.rank_last_item_bm25(bm, texts, [([0], 2), ([2], 0), ([1], 3)]).tolist()
+    assert ranks[0] == 1 and ranks[1] == 1  # "red" links apple and cherry
+    assert ranks[2] == 3  # pear shares only "title": plum ties with apple and cherry, counted against it
 
 
 # -----------------------------------------------------------------------------

@@ -171,14 +171,20 @@ def test_start_keeps_signatures_and_docstrings_and_refuses_twice(name, tmp_path)
         assert ast.get_docstring(new, clean=False) == docstring, where
         assert len(new.body) == 1 + (docstring is not None), where
         assert ast.dump(new.body[-1]) == ast.dump(ast.parse(raise_line).body[0]), where
-        # byte for byte: everything up to the raise as before, the raise on one line, everything after as before
-        old_lines, new_lines = old_text.split("\n"), new_text.split("\n")
-        kept = new.body[-1].lineno - 1
-        if docstring is not None:
-            assert kept == old.body[0].end_lineno, where
-        assert new_lines[:kept] == old_lines[:kept], where
-        assert new_lines[kept].strip() == raise_line and new.end_lineno == kept + 1, where
-        assert new_lines[new.end_lineno:] == old_lines[old.end_lineno:], where
+    # byte for byte: each file is its original with, for each function (the last first, so that line numbers
+    # stay valid), the lines after the docstring up to the function's end replaced by the one raise line
+    by_file = {}
+    for where in exercise.exercise_named(name).functions:
+        file, qualname = where.split(":")
+        by_file.setdefault(file, []).append(find(ast.parse(original[file].decode()), qualname))
+    for file, nodes in by_file.items():
+        lines = original[file].decode().split("\n")
+        for node in sorted(nodes, key=lambda n: -n.lineno):
+            has_doc = ast.get_docstring(node, clean=False) is not None
+            first = node.body[0].end_lineno if has_doc else node.body[0].lineno - 1
+            indent = lines[node.body[-1].lineno - 1][:node.body[-1].col_offset]
+            lines[first:node.end_lineno] = [indent + raise_line]
+        assert started[file].decode() == "\n".join(lines), file
     assert changed(original, started) == sorted({f.split(":")[0] for f in exercise.exercise_named(name).functions}
                                                 | {os.path.join(".exercises", name + ".json")})
 
