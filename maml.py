@@ -18,7 +18,7 @@ Read it top to bottom:
 Run it (CPU):
     python train.py --task sinusoid              # MAML / FOMAML / Reptile / pretrained on sine waves
     python train.py --task maml                  # the built-in task family, all initialisations
-    python train.py --task maml --data ../shared/data/glue --aux MNLI,QNLI,QQP,SST-2 \\
+    python train.py --task maml --data data/glue --aux MNLI,QNLI,QQP,SST-2 \\
         --targets CoLA,MRPC,STS-B,RTE
 """
 

@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 
 import data
+from conftest import real_data
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "amazon")
+REAL_SCIENTIFIC, needs_scientific = real_data("amazon", "Scientific")
 
 
 # -----------------------------------------------------------------------------
@@ -163,9 +164,9 @@ def test_item_without_text_is_an_error(tmp_path):
         data.read_atomic(str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "Scientific")), reason="../shared/data is absent")
+@needs_scientific
 def test_real_scientific_folder_reads_as_documented():
-    d = data.read_atomic(os.path.join(SHARED, "Scientific"))
+    d = data.read_atomic(REAL_SCIENTIFIC)
     assert d.n_items == 4385 and len(d.test) == 8442 and len(d.valid) == 8442
     assert len(d.train) == 34101  # the lines of Scientific.train.inter, less its header
     assert d.item_keys[0] == "B0000223SI" and d.items[0]["Brand"] == "PORTER-CABLE"

@@ -1,4 +1,4 @@
-"""The GLUE reader on files written here in each official layout, its errors, and, when ../shared/data is
+"""The GLUE reader on files written here in each official layout, its errors, and, when REAL_DATA_DIR is
 present, the real files (fetching the official files: tests/test_data_download.py)."""
 
 import os
@@ -6,10 +6,11 @@ import os
 import pytest
 
 import data
+from conftest import real_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED_GLUE = os.path.join(HERE, "..", "..", "shared", "data", "glue")
-SHARED_16 = os.path.join(HERE, "..", "..", "shared", "data", "glue-16shot")
+REAL_GLUE, needs_glue = real_data("glue")
+REAL_16, needs_16shot = real_data("glue-16shot")
 
 # one labelled file per task, in its official layout (a quote character inside a sentence on purpose)
 LAYOUTS = {
@@ -108,20 +109,20 @@ def test_missing_files_and_unknown_tasks(tmp_path):
         data.load_glue(str(tmp_path), ["WNLI"])
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_GLUE), reason="../shared/data/glue is not present")
+@needs_glue
 def test_real_glue_files_parse_completely():
     for name in data.GLUE_TASKS:
-        task = data.glue_task(name, os.path.join(SHARED_GLUE, name))
+        task = data.glue_task(name, os.path.join(REAL_GLUE, name))
         for split in ("train", "dev"):
-            with open(os.path.join(SHARED_GLUE, name, f"{split}.tsv"), encoding="utf-8-sig") as f:
+            with open(os.path.join(REAL_GLUE, name, f"{split}.tsv"), encoding="utf-8-sig") as f:
                 lines = [line for line in f.read().split("\n") if line.strip()]
             n_header = 0 if name == "CoLA" else 1
             assert len(task[split]["y"]) == len(lines) - n_header, (name, split)  # nothing dropped
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_16), reason="../shared/data/glue-16shot is not present")
+@needs_16shot
 def test_real_few_shot_folders():
-    folders = data.few_shot_folders(SHARED_16, "MRPC")
+    folders = data.few_shot_folders(REAL_16, "MRPC")
     assert [f.rsplit("-", 1)[1] for f in folders] == ["13", "21", "42", "87", "100"]
     task = data.glue_task("MRPC", folders[0])  # these files keep the byte-order mark
     assert sorted(task["train"]["y"]) == [0] * 16 + [1] * 16
