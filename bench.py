@@ -2,13 +2,14 @@
 Measurements of the project's speed and memory, printed as Markdown tables for docs/results.md.
 
     python bench.py                      # everything that runs on this machine (CPU here), one thread
-    python bench.py --only beam          # one part (may be repeated): train, generate, beam, bm25, maml, threads,
-                                         #   ranking, mfu
+    python bench.py --only beam          # one part (may be repeated): train, generate, cache, beam, bm25, maml,
+                                         #   threads, ranking, mfu
     python bench.py --only ranking --data data/amazon/Industrial_and_Scientific   # real data, when present
 
 What it measures:
   train     tokens/s of forward + backward + AdamW step, for three model sizes
   generate  greedy generation: KV cache vs none, and today's code vs the code before the preallocated cache
+  cache     the KV cache's speed-up for 16, 64 and 192 new tokens
   beam      beam search (10 beams x 32 tokens after a 200-token prompt): today's code vs before
   bm25      BM25 top-100 for 8,442 queries: today's code vs before, and the bm25s package when installed
   maml      the vmap path against the per-task loop, second- vs first-order step time and memory
@@ -191,6 +192,20 @@ def bench_generate(device, rev=BEFORE, **_):
         t = interleaved({"before": lambda: old.generate(p, 64, greedy=True),
                          "now": lambda: new.generate(p, 64, greedy=True)}, device)
         print(f"| {b} | {t['before']:.3f} | {t['now']:.3f} | {t['before'] / t['now']:.2f}x |")
+
+
+def bench_cache(device, **_):
+    """The KV cache's speed-up as the generated sequence grows: without it every step recomputes every
+    position, so its cost grows with the length; with it a step costs about the same throughout."""
+    print("\n### Greedy generation, KV cache on and off: 8 prompts of 16 tokens, L4 C256 V8192\n")
+    m = make_model(SPEED_MODEL["size"], device, vocab_size=SPEED_MODEL["vocab_size"]).eval()
+    prompts = torch.randint(0, m.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    print("| new tokens | cache s | no cache s | speed-up |")
+    print("|---|---|---|---|")
+    for new in (16, 64, 192):
+        t = interleaved({c: (lambda c=c: m.generate(prompts, new, greedy=True, use_cache=c)) for c in (True, False)},
+                        device, rounds=1, repeats=3)
+        print(f"| {new} | {t[True]:.2f} | {t[False]:.2f} | {t[False] / t[True]:.1f}x |")
 
 
 def bench_beam(device, rev=BEFORE, **_):
@@ -434,7 +449,7 @@ def bench_threads(device, **_):
         print(f"| {threads} | {policy} | {result[threads, policy, False]:.0f} | {result[threads, policy, True]:.0f} |")
 
 
-PARTS = {"train": bench_train, "generate": bench_generate, "beam": bench_beam, "bm25": bench_bm25,
+PARTS = {"train": bench_train, "generate": bench_generate, "cache": bench_cache, "beam": bench_beam, "bm25": bench_bm25,
          "maml": bench_maml, "threads": bench_threads, "ranking": bench_ranking, "mfu": bench_mfu}
 
 

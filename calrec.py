@@ -65,6 +65,7 @@ class CALRecConfig:
     every_position: bool = True   # [beyond the paper] predict every history item of a row, not only the last
     softmax_over: str = "items"   # InfoNCE normalised over the batch's "items" (ours) or "users" (the paper)
     extra_negatives: int = 0      # [beyond the paper] random catalog items per batch, as extra negatives
+    same_prompt_room: bool = True  # training prompts keep room for the longest item, as inference's do
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -83,6 +84,8 @@ class CALRecConfig:
     top_k: int = 20                  # length of every ranked list (the largest K of the metrics)
     eval_batch: int = 50             # users per beam-search batch
     bm25_valid_users: int = 200      # 0: all; else the generative paths' valid rows use the first this many
+    evaluate_test: bool = True       # false: validation rows only (a sweep never looks at test)
+    baselines: bool = True           # false: CALRec's rows only (SASRec, popularity, Markov, last item skipped)
     # SASRec baseline (an item-id GPT of model.py)
     sasrec_layers: int = 2
     sasrec_heads: int = 2
@@ -104,12 +107,14 @@ class CALRecConfig:
         return self
 
 
-BUILT_IN = CALRecConfig()
+BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
+    stage1_steps=200, stage2_steps=100, batch_size=24, lr=4e-3, warmup=20, eval_interval=100, select_users=300,
+    beams=6, constrained_beams=10, sasrec_steps=400)
 REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=8,
     max_item_tokens=32, stage1_steps=1500, stage2_steps=1000, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=250, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
-    sasrec_steps=2000, sasrec_len=50)
+    extra_negatives=256, sasrec_steps=2000, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
@@ -188,9 +193,14 @@ def info_nce(query, key, key_items, tau):
 # 3. the towers and the loss mixture (spec sections 2 and 3)
 
 
+# Every batch of CALRec is right-padded, so no attention mask is needed: under plain causal attention a real
+# token only sees the real tokens before it, exactly as with the padding mask, and the padded positions are
+# never read (the pooling spans and the loss skip them). The fastest attention kernel then does the work.
+
+
 def item_vectors(lm, idx, mask):
     """The item tower: v_T, the normalised mean of the final hidden states over the item's text. (B, C)"""
-    return F.normalize(mean_pool(lm.hidden_states(idx, mask), mask), dim=-1)
+    return F.normalize(mean_pool(lm.hidden_states(idx), mask), dim=-1)
 
 
 def user_vectors(h, rows, ends):
@@ -237,8 +247,8 @@ class Towers(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, idx, attention_mask, targets, row, start, end, item_idx=None, item_mask=None):
-        h = self.lm.hidden_states(idx, attention_mask)                 # (B, T, C)
+    def forward(self, idx, targets, row, start, end, item_idx=None, item_mask=None):
+        h = self.lm.hidden_states(idx)                                 # (B, T, C), right-padded rows
         predict = targets != -100                                      # positions whose next token is a target's
         nig_sum = F.cross_entropy(self.lm.lm_head(h[predict]), targets[predict], reduction="sum")
         v_t = None if item_idx is None else item_vectors(self.lm, item_idx, item_mask)
@@ -438,7 +448,7 @@ def rank_dense(lm, builder, examples, catalog, device, batch=64):
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
         idx, mask, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
-        h = lm.hidden_states(idx.to(device), mask.to(device))         # (B, T, C)
+        h = lm.hidden_states(idx.to(device))                           # (B, T, C), right-padded prompts
         ends = torch.tensor([len(p) for p in prompts], device=device)
         v_u = user_vectors(h, torch.arange(len(chunk), device=device), ends)  # (B, C) over the whole prompt
         ranks.append(ranks_from_scores((v_u @ v_t.t()).cpu(), torch.tensor([t for _, t in chunk]),
@@ -549,10 +559,10 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
     here -- devices, mixed precision, several processes -- so that calrec_loss reads like the paper."""
     rank, world = rank_and_world()
     mine = slice(rank * len(rows) // world, (rank + 1) * len(rows) // world)  # this process's share
-    batch = builder.training_batch(rows[mine], cfg.every_position)
+    batch = builder.training_batch(rows[mine], cfg.every_position, cfg.same_prompt_room)
     extra = extra[rank * len(extra) // world:(rank + 1) * len(extra) // world]
     items = torch.cat([batch["item"], torch.tensor(extra, dtype=torch.long)])
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "item"}
+    inputs = {k: batch[k].to(device) for k in ("idx", "targets", "row", "start", "end")}
     if cfg.alpha + cfg.beta > 0:
         inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in builder.item_batch(items.tolist()))
     with autocast(device, dtype):
@@ -694,9 +704,8 @@ def fingerprint(domains):
     return h.hexdigest()[:16]
 
 
-def prepare(args):
-    """Settings, data, tokenizer and LM (new, from --init, or from the state --resume continues), all checked."""
-    cfg = settings(args)
+def load_data(args, cfg):
+    """The domains (--data, or the built-in world), the target's index and every domain's training rows, checked."""
     domains = data.load_domains(args.data) if args.data else data.make_world(seed=args.seed)
     names = [d.name for d in domains]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -705,32 +714,45 @@ def prepare(args):
     target_name = args.target or names[-1]
     if target_name not in names:
         raise UserError(f"--target {target_name}: not among the domains {names}")
-    target = names.index(target_name)
     for split in ("valid", "test"):
-        if not getattr(domains[target], split):
+        if not getattr(domains[names.index(target_name)], split):
             raise UserError(f"{target_name}: has no {split} users (every user needs at least 3 items)")
     rows = training_rows(domains, np.cumsum([0] + [d.n_items for d in domains]).tolist(), cfg.every_position)
     for d, r in zip(domains, rows):
         if not r:
             raise UserError(f"{d.name}: has no training sequence of two items or more to learn from")
+    return domains, names.index(target_name), rows
+
+
+def build_lm(args, cfg, texts, state):
+    """The tokenizer and the LM: the ones of the run --resume continues (its weights come later), --init's, or
+    new ones -- a BPE trained on prompts of the items (so that the template's words are single tokens)."""
+    if args.resume:
+        return GPT(GPTConfig(**state.done["lm_config"])), data.load_tokenizer(os.path.join(args.out_dir,
+                                                                                            "tokenizer.json"))
+    if args.init:
+        return data.load_pretrained(args.init, dropout=cfg.dropout)
+    tokenizer = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
+                                     vocab_size=cfg.vocab_size)
+    return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)), tokenizer
+
+
+def prepare(args):
+    """Settings, data, tokenizer and LM, all read and checked before anything is written; with --resume, the
+    saved run's settings are compared with these first."""
+    cfg = settings(args)
+    domains, target, rows = load_data(args, cfg)
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
     texts = [data.item_text(it, d.attributes, cfg.max_words) for d in domains for it in d.items]
     _, world = rank_and_world()
     if cfg.batch_size % world:
         raise UserError(f"the batch of {cfg.batch_size} rows does not split evenly over {world} processes")
-    run_key = dict(task="calrec", config=dataclasses.asdict(cfg), data=fingerprint(domains), target=target_name,
-                   stages=args.stages, seed=args.seed, init=args.init, dtype=args.dtype, world=world)
+    run_key = dict(task="calrec", config=dataclasses.asdict(cfg), data=fingerprint(domains),
+                   target=domains[target].name, stages=args.stages, seed=args.seed, init=args.init, dtype=args.dtype,
+                   world=world)
     state = RunState(os.path.join(args.out_dir, "state.pt"), run_key, args.resume)
-    if args.resume:  # the tokenizer and the LM's shape of the run that is continued; its weights come later
-        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
-        lm = GPT(GPTConfig(**state.done["lm_config"]))
-    elif args.init:
-        lm, tokenizer = data.load_pretrained(args.init, dropout=cfg.dropout)
-    else:  # a BPE trained on prompts of the items, so that the template's words are single tokens
-        tokenizer = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
-                                         vocab_size=cfg.vocab_size)
-        lm = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
-                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
+    lm, tokenizer = build_lm(args, cfg, texts, state)
     tokenizer.check_fits(lm.config.vocab_size)
     c = lm.config  # the LM's own sizes (--init's may differ from the defaults), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
@@ -796,13 +818,16 @@ def evaluate(exp):
     }
     if not cfg.constrained_beams:
         del entries["calrec_constrained"]
-    results = state.done.get("results", {"valid": {}, "test": {}})
+    if not cfg.baselines:
+        entries = {k: v for k, v in entries.items() if k.startswith("calrec")}
+    splits = ("valid", "test") if cfg.evaluate_test else ("valid",)
+    results = state.done.get("results", {s: {} for s in splits})
     sasrec = None
     for method, rank_fn in entries.items():
         if method == "sasrec" and not all(method in results[s] for s in results):
             log.info("SASRec baseline")
             sasrec = train_sasrec(domain, cfg, device, exp.args.seed, state)
-        for split in ("valid", "test"):
+        for split in splits:
             if method in results[split]:
                 continue
             ranks, samples = rank_fn(split)
@@ -816,7 +841,7 @@ def evaluate(exp):
 def format_table(results, methods):
     cols = [f"recall@{k}" for k in RECALL_KS] + [f"ndcg@{k}" for k in NDCG_KS]
     lines = [f"{'split':6s} {'method':33s} " + " ".join(f"{c:>9s}" for c in cols)]
-    for split in ("valid", "test"):
+    for split in results:
         for method in methods:
             m = results[split][method]
             lines.append(f"{split:6s} {METHODS[method]:33s} " + " ".join(f"{m[c]:9.4f}" for c in cols))
@@ -831,10 +856,9 @@ def write_results(exp, results, stages):
                   stages=args.stages, seed=args.seed, device=args.device, init=args.init,
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
-    out = dict(valid=results["valid"], test=results["test"], config=config, wall_s=exp.state.seconds(),
-               resumed=exp.state.resumes)
+    out = dict(**results, config=config, wall_s=exp.state.seconds(), resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
-    methods = [m for m in METHODS if m in results["test"]]
+    methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams); full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))

@@ -617,9 +617,9 @@ class PromptBuilder:
             raise UserError(f"block_size={block_size} cannot hold a prompt of one history item and a target of "
                             f"{self.room - 1} tokens; raise block_size or lower the per-attribute word cap")
 
-    def _kept(self, history):
-        """The most recent items of `history` whose prompt leaves room for the longest target."""
-        budget = self.block_size - self.room - len(self.header) - len(self.next)
+    def _kept(self, history, room=None):
+        """The most recent items of `history` whose prompt leaves `room` tokens (default: the longest target)."""
+        budget = self.block_size - (room or self.room) - len(self.header) - len(self.next)
         kept, used = [], 0
         prefix = max(len(self.first), len(self.next))  # which item comes first is known only at the end
         for i in reversed(history[-self.max_history:]):
@@ -654,19 +654,22 @@ class PromptBuilder:
         """Items -> right-padded item-only texts (B, T) and attention_mask (B, T): the item tower's input."""
         return pad_batch([self.item_ids[i] for i in item_indices], self.tok.pad_id)
 
-    def training_batch(self, sequences, every_position=False):
+    def training_batch(self, sequences, every_position=False, same_room=True):
         """Item sequences, each a history followed by its target -> the rows of the joint (user) tower.
 
         A row is prompt(history), the target's tokens and end-of-text. The target is predicted; with
         every_position [beyond the paper] so is every kept history item after the first, each read after the
-        items before it (one pass gives a prediction at every item boundary, as SASRec trains).
+        items before it (one pass gives a prediction at every item boundary, as SASRec trains). same_room=False
+        reserves room for the actual target only, not for the longest (so a row may keep more history than
+        inference would: the mismatch this project had before; kept to measure it).
         Returns a dict: idx, attention_mask (B, T); targets (B, T), the next token at each position whose
         token belongs to a predicted item (its end-of-text included for the target), -100 elsewhere; and per
         prediction (P,): row, start, end (where the item's tokens sit: its prompt is [0, start)) and item.
         """
         rows, row, start, end, item = [], [], [], [], []
         for b, sequence in enumerate(sequences):
-            items = self._kept(sequence[:-1]) + [sequence[-1]]
+            room = None if same_room else len(self.item_ids[sequence[-1]]) + 1
+            items = self._kept(sequence[:-1], room) + [sequence[-1]]
             ids, spans = self._assemble(items)
             ids = ids[:spans[-1][1]] + [self.tok.eot_id]  # the target ends with end-of-text, not with a prefix
             rows.append(ids)

@@ -474,10 +474,9 @@ def make_task_loss(model, fast_names):
     return fast, loss_fn
 
 
-def predict(model, enc, batch_size=128):
+def predict(model, enc, device, batch_size=128):
     """Predicted class indices, or scores for a regression task, of a whole encoded split."""
     model.eval()
-    device = model.head_weight.device
     outs = []
     with torch.no_grad():
         for i in range(0, len(enc["ids"]), batch_size):
@@ -488,8 +487,8 @@ def predict(model, enc, batch_size=128):
     return torch.cat(outs).cpu().numpy()
 
 
-def evaluate(model, enc, metric_names):
-    pred = predict(model, enc)
+def evaluate(model, enc, metric_names, device):
+    pred = predict(model, enc, device)
     gold = np.asarray(enc["y"])
     if enc["regression"]:
         pred = pred * enc["scale"]
@@ -584,22 +583,13 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state
     rank, world = rank_and_world()
     mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
     saved = state.loop(phase) if state is not None else None
-    losses = list(saved["losses"]) if saved else []
-    if saved:
-        model.load_state_dict(saved["weights"])
-        opt.load_state_dict(saved["optimizer"])
-        rng.bit_generator.state = saved["rng"]
+    losses = restore_meta_train(saved, model, opt, rng)
 
     def step(_):
         chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
-        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and data, no inner loop
-            batch = task_slice(stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"],
-                                           device)[0], mine)
-            opt.zero_grad(set_to_none=True)
-            loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
-            loss.backward()
-            average_gradients(optimizer_params(opt))
-            opt.step()
+        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and as much data, no inner loop
+            batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"], device)[0]
+            loss = multitask_step(fast, loss_fn, task_slice(batch, mine), opt)
         else:
             batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
             batches = [task_slice(b, mine) for b in batches]
@@ -619,6 +609,26 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state
     return losses
 
 
+def multitask_step(fast, loss_fn, batch, opt):
+    """One step of the multi-task baseline: the mean loss of the batch's tasks at θ itself, no inner loop."""
+    opt.zero_grad(set_to_none=True)
+    loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
+    loss.backward()
+    average_gradients(optimizer_params(opt))
+    opt.step()
+    return loss.detach()
+
+
+def restore_meta_train(saved, model, opt, rng):
+    """Put back a meta-training loop that a resumed run continues; returns its loss curve so far."""
+    if saved is None:
+        return []
+    model.load_state_dict(saved["weights"])
+    opt.load_state_dict(saved["optimizer"])
+    rng.bit_generator.state = saved["rng"]
+    return list(saved["losses"])
+
+
 def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
     """Fine-tune every parameter from `init_state` with plain SGD at the shared inner lr, on batches of
     `cfg.shot` of the `train` examples; keep the state with the best validation score (first metric,
@@ -636,12 +646,12 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, devi
         opt.step()
 
     score, stop_step, _ = train_and_select(model, step, cfg.ft_steps, cfg.ft_eval,
-                                           lambda: evaluate(model, val, metric_names[:1])[metric_names[0]],
+                                           lambda: evaluate(model, val, metric_names[:1], device)[metric_names[0]],
                                            label=None)
     if stop_step is None:  # a nan score (diverged) is never the best
         raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower --inner-lr "
                         f"(now {cfg.inner.lr})")
-    return dict(evaluate(model, test, metric_names), val=score, stop_step=stop_step)
+    return dict(evaluate(model, test, metric_names, device), val=score, stop_step=stop_step)
 
 
 def load_setting(args):
