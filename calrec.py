@@ -65,6 +65,8 @@ class CALRecConfig:
     every_position: bool = True   # [beyond the paper] predict every history item of a row, not only the last
     softmax_over: str = "items"   # InfoNCE normalised over the batch's "items" (ours) or "users" (the paper)
     extra_negatives: int = 0      # [beyond the paper] random catalog items per batch, as extra negatives
+    negative_bank: int = 0        # [beyond the paper] every this many steps, v_T of the whole catalog (no gradient)
+                                  # is recomputed; those vectors join every batch's negatives (0: no bank)
     same_prompt_room: bool = True  # training prompts keep room for the longest item, as inference's do
     # training, per stage (spec section 4)
     stage1_steps: int = 300
@@ -102,8 +104,8 @@ class CALRecConfig:
                             f"+ {self.beta}")
         if self.softmax_over not in ("items", "users"):
             raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
-        if self.softmax_over == "users" and self.extra_negatives:
-            raise UserError("extra_negatives are items: they need softmax_over=items")
+        if self.softmax_over == "users" and (self.extra_negatives or self.negative_bank):
+            raise UserError("extra_negatives and negative_bank are items: they need softmax_over=items")
         return self
 
 
@@ -554,9 +556,10 @@ def lr_at(step, cfg, steps):
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype):
-    """One optimiser step on a batch of rows (item sequences) and extra negative items. The plumbing lives
-    here -- devices, mixed precision, several processes -- so that calrec_loss reads like the paper."""
+def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype, bank=None):
+    """One optimiser step on a batch of rows (item sequences) and extra negative items (and a bank of catalog
+    vectors, (vectors, items), when there is one). The plumbing lives here -- devices, mixed precision, several
+    processes -- so that calrec_loss reads like the paper."""
     rank, world = rank_and_world()
     mine = slice(rank * len(rows) // world, (rank + 1) * len(rows) // world)  # this process's share
     batch = builder.training_batch(rows[mine], cfg.every_position, cfg.same_prompt_room)
@@ -577,6 +580,9 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
             v_t = torch.cat([gather_rows(v_t[:P]), gather_rows(v_t[P:])])  # every target, then every extra
             items = items.to(device)
             items = torch.cat([gather_rows(items[:P]), gather_rows(items[P:])])
+            if bank is not None:  # the bank's vectors of items not already among the live keys
+                keep = ~torch.isin(bank[1], items)
+                v_t, items = torch.cat([v_t, bank[0][keep].to(v_t.dtype)]), torch.cat([items, bank[1][keep]])
         loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -587,11 +593,12 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
     return loss.item(), parts
 
 
-def loop_saver(state, phase, net, optimizer, rng):
-    """save_state for train_and_select: everything the loop needs to continue exactly."""
+def loop_saver(state, phase, net, optimizer, rng, more=dict):
+    """save_state for train_and_select: everything the loop needs to continue exactly (`more()`: anything else
+    the loop keeps, such as a bank of negatives)."""
     def save(step, best):
         state.save_loop(phase, step=step, best=best, weights=net.state_dict(), optimizer=optimizer.state_dict(),
-                        rng=rng.bit_generator.state, torch_rng=torch.get_rng_state())
+                        rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), more=more())
     return save
 
 
@@ -633,21 +640,27 @@ def train_stage(exp, stage):
         towers = torch.compile(towers, dynamic=True)  # batches are padded to different lengths
     optimizer, scaler = lm.configure_optimizers(cfg.lr, cfg.weight_decay), grad_scaler(device, exp.args.dtype)
     rng = np.random.default_rng([exp.args.seed, stage])
-    start, best = restore_loop(exp.state.loop(f"stage{stage}"), lm, optimizer, rng)
+    saved = exp.state.loop(f"stage{stage}")
+    start, best = restore_loop(saved, lm, optimizer, rng)
+    bank = dict(saved["more"]) if saved else {}  # {"vectors": (N, C), "items": (N,)} of the last refresh
 
     def train(step):
+        if cfg.negative_bank and step % cfg.negative_bank == 0:
+            bank.update(vectors=catalog_vectors(lm, exp.builder, catalog.tolist(), device),
+                        items=torch.as_tensor(catalog, device=device))
         lm.train()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, steps)
         domains = rng.choice(len(exp.rows), size=cfg.batch_size, p=probs)
         rows = [exp.rows[d][rng.integers(len(exp.rows[d]))] for d in domains]
         extra = rng.choice(catalog, size=min(cfg.extra_negatives, len(catalog)), replace=False).tolist()
-        loss, parts = train_step(towers, optimizer, scaler, exp.builder, rows, extra, cfg, device, exp.args.dtype)
+        loss, parts = train_step(towers, optimizer, scaler, exp.builder, rows, extra, cfg, device, exp.args.dtype,
+                                 (bank["vectors"], bank["items"]) if bank else None)
         if step % max(1, cfg.eval_interval // 4) == 0:
             log.debug(f"  step {step:5d}  loss {loss:.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
 
     best = train_and_select(lm, train, steps, cfg.eval_interval, exp.validate, start, best,
-                            save_state=loop_saver(exp.state, f"stage{stage}", lm, optimizer, rng))
+                            save_state=loop_saver(exp.state, f"stage{stage}", lm, optimizer, rng, lambda: bank))
     exp.state.finish(f"stage{stage}", dict(score=best[0], step=best[1], weights=best[2]))
 
 

@@ -36,9 +36,13 @@ def train_tiny(rank, world, port, out_path):
     if world > 1:
         towers = torch.nn.parallel.DistributedDataParallel(towers)
     optimizer = net.configure_optimizers(cfg.lr, cfg.weight_decay)
+    torch.manual_seed(1)
+    bank = (torch.nn.functional.normalize(torch.randn(8, 32, dtype=torch.float64), dim=-1),
+            torch.tensor([0, 1, 6, 7, 8, 9, 10, 11]))  # a bank of vectors, the same on every process: 0 and 1 are
+    # items of the batch (left out, their live vectors count), the others extra negatives
     for _ in range(3):
         calrec.train_step(towers, optimizer, gpt.grad_scaler("cpu", "float32"), builder, ROWS, EXTRA, cfg, "cpu",
-                          "float32")
+                          "float32", bank)
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path.format(rank=rank))
     leave(world)
 

@@ -70,7 +70,8 @@ def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     write_atomic(a, "Alpha")
     write_atomic(b, "Beta")
     common = ["--task", "calrec", "--data", a, b, "--max-steps", "6", "--eval-interval", "2", "--beams", "2",
-              "--set", "constrained_beams=2", "--set", "extra_negatives=3", "--set", "select_users=6",
+              "--set", "constrained_beams=2", "--set", "extra_negatives=3", "--set", "negative_bank=3",
+              "--set", "select_users=6",
               "--set", "bm25_valid_users=6", "--set", "eval_batch=4"]
     run_to_the_end(common + ["--out-dir", str(tmp_path / "once")])
     triggers = ["state saved: stage1 step 2",       # stage 1, mid-way
