@@ -20,6 +20,7 @@ import gzip
 import http.client
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -38,6 +39,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from model import UserError, load_init
+
+log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # 1. tokenizer
@@ -411,7 +414,7 @@ def read_atomic(folder):
     else:
         raise UserError(f"{folder}: has neither {name}.item nor {name}.text")
     if missing:
-        print(f"{folder}: missing attribute values written as Unknown: "
+        log.info(f"{folder}: missing attribute values written as Unknown: "
               + ", ".join(f"{k} {v}" for k, v in missing.items()))
 
     splits = {}
@@ -537,12 +540,12 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
             break
         sequences = kept
     if markup:
-        print(f"{meta_path}: values that are page markup, not text, treated as missing: "
+        log.info(f"{meta_path}: values that are page markup, not text, treated as missing: "
               + ", ".join(f"{k} {v}" for k, v in markup.items()))
     asins = sorted({a for seq in sequences.values() for a in seq})
     index = {a: i for i, a in enumerate(asins)}
     train, valid, test, train_sequences = leave_one_out([[index[a] for a in seq] for seq in sequences.values()])
-    print(f"{reviews_path}: {n_reviews} reviews; {dropped_no_title} metadata records without a title and "
+    log.info(f"{reviews_path}: {n_reviews} reviews; {dropped_no_title} metadata records without a title and "
           f"{dropped_unknown} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
           f"after {min_count}-core")
     return Domain(name, [meta[a] for a in asins], asins, train, valid, test, train_sequences)
@@ -1117,7 +1120,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
     for category in categories:
         folder = os.path.join(out, category)
         if os.path.exists(folder):
-            print(f"{folder}: already there; delete it to rebuild")
+            log.info(f"{folder}: already there; delete it to rebuild")
             continue
         hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
         paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(downloads, file), hint) for sub, file in
@@ -1138,7 +1141,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
             if (back.item_keys, back.items, back.train, back.valid, back.test) != \
                     (domain.item_keys, items, domain.train, domain.valid, domain.test):
                 raise RuntimeError(f"{folder}: reads back other items or examples than were written")
-        print(f"{folder}: {len(domain.test)} users, {domain.n_items} items; {len(domain.train)} train, "
+        log.info(f"{folder}: {len(domain.test)} users, {domain.n_items} items; {len(domain.train)} train, "
               f"{len(domain.valid)} valid and {len(domain.test)} test examples")
 
 
@@ -1200,7 +1203,7 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
         check_glue_task(name)
         folder = os.path.join(out, name)
         if os.path.exists(folder):
-            print(f"{folder}: already there; delete it to rebuild")
+            log.info(f"{folder}: already there; delete it to rebuild")
             continue
         if name == "MRPC":
             sources = [fetch(mrpc_url + "msr_paraphrase_train.txt",
@@ -1221,7 +1224,7 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
             if expected_rows is not None and rows != tuple(expected_rows[name]):
                 raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official "
                                 f"files have {expected_rows[name][0]} and {expected_rows[name][1]}")
-        print(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
+        log.info(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
 
 
 # --- few-shot splits (LM-BFF) ------------------------------------------------------------
@@ -1273,7 +1276,7 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
             np.random.RandomState(seed).shuffle(shuffled)  # = np.random.seed(seed); np.random.shuffle(...)
             folder = os.path.join(out, name, f"{k}-{seed}")
             if os.path.exists(folder):
-                print(f"{folder}: already there; delete it to rebuild")
+                log.info(f"{folder}: already there; delete it to rebuild")
                 continue
             groups = {}
             for line in shuffled:
@@ -1288,7 +1291,7 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
                 shot = glue_task(name, tmp)
                 if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
                     raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
-            print(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")
+            log.info(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")
 
 
 # --- the command line ------------------------------------------------------------------
@@ -1379,6 +1382,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    console = logging.StreamHandler(sys.stdout)  # the progress lines of the data sets, as they are done
+    logging.getLogger().addHandler(console)
+    logging.getLogger().setLevel(logging.INFO)
     try:
         if args.command == "amazon":
             prepare_amazon(args.categories, args.out, base_url=args.url, min_count=args.min_count)
@@ -1395,6 +1401,8 @@ def main(argv=None):
         print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        logging.getLogger().removeHandler(console)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def serve_amazon(root):
 
 
 @pytest.mark.parametrize("scheme", ["http", "file"])
-def test_amazon_end_to_end(server, tmp_path, capsys, scheme):
+def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
+    caplog.set_level("INFO")
     raw_paths = serve_amazon(server.root)
     url = server.url if scheme == "http" else server.root.as_uri()
     out = tmp_path / "amazon"
@@ -156,11 +157,11 @@ def test_amazon_end_to_end(server, tmp_path, capsys, scheme):
     test_lines = (out / "Tools" / "Tools.test.inter").read_text(encoding="utf-8").split("\n")
     assert test_lines[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
     assert sorted(line.split("\t")[0] for line in test_lines[1:] if line) == ["0", "1", "2"]
-    assert "Tools: 3 users, 4 items; 3 train, 3 valid and 3 test examples" in capsys.readouterr().out
+    assert "Tools: 3 users, 4 items; 3 train, 3 valid and 3 test examples" in caplog.text
 
     requests = len(server.seen)
     data.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
-    assert "already there; delete it to rebuild" in capsys.readouterr().out and len(server.seen) == requests
+    assert "already there; delete it to rebuild" in caplog.text and len(server.seen) == requests
     # the downloads folder also reads as a raw-file domain (5-core leaves nothing of these few users)
     assert data.load_domains([str(out / "downloads")])[0].test == []
 
