@@ -229,7 +229,8 @@ def bench_beam(device, rev=BEFORE, **_):
             np.allclose([[s for _, s in r] for r in a], [[s for _, s in r] for r in c], atol=1e-4)
         t = interleaved({"before": lambda: old.beam_search(prompts[:b], 10, 32, -1),
                          "now": lambda: new.beam_search(prompts[:b], 10, 32, -1)}, device, rounds=3, repeats=1)
-        print(f"| {b} | {t['before']:.2f} | {t['now']:.2f} | {t['before'] / t['now']:.2f}x | {'yes' if same else 'NO'} |")
+        ratio = t["before"] / t["now"]
+        print(f"| {b} | {t['before']:.2f} | {t['now']:.2f} | {ratio:.2f}x | {'yes' if same else 'NO'} |")
 
 
 def scientific_queries(folder):

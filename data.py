@@ -1330,15 +1330,18 @@ def build_parser():
                "A finished folder is left alone; delete it to rebuild it.")
     commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
 
-    a = commands.add_parser(
-        "amazon", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        help="Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
-        description="Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and\n"
+    def command(name, summary, description, example):
+        return commands.add_parser(name, help=summary, description=description, epilog="example:\n" + example,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+
+    a = command(
+        "amazon", "Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
+        "Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and\n"
                     "McAuley, EMNLP 2019), apply the spec's protocol (items without a title dropped, time order,\n"
                     "de-duplication, iterative k-core, leave-one-out) and write <out>/<category>/ in the\n"
                     "RecBole/UniSRec atomic format (<category>.item, .train.inter, .valid.inter, .test.inter).",
-        epilog="example:\n  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
-               "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
+        "  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
+        "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
     a.add_argument("categories", nargs="+", metavar="CATEGORY",
                    help="a category's file name on the Amazon 2018 site, e.g. Industrial_and_Scientific")
     a.add_argument("--out", default="data/amazon", help="where the folders go (default: %(default)s)")
@@ -1349,26 +1352,24 @@ def build_parser():
                    help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
                         "file:// works) (default: %(default)s)")
 
-    g = commands.add_parser(
-        "glue", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        help="the official GLUE files -> one folder per task for --task maml",
-        description="Fetch GLUE's official archives (MRPC: built as GLUE's download script builds it), check\n"
+    g = command(
+        "glue", "the official GLUE files -> one folder per task for --task maml",
+        "Fetch GLUE's official archives (MRPC: built as GLUE's download script builds it), check\n"
                     "them (zip CRCs, every line parsed, the official row counts), drop the unlabelled test\n"
                     "files and write <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
-        epilog="example:\n  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
-               "  python train.py --task maml --data data/glue")
+        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
+        "  python train.py --task maml --data data/glue")
     g.add_argument("--tasks", type=_glue_tasks, default=list(GLUE_TASKS),
                    help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
     g.add_argument("--out", default="data/glue", help="where the task folders go (default: %(default)s)")
 
-    f = commands.add_parser(
-        "few-shot", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        help="LM-BFF's k-shot splits of GLUE's training files",
-        description="Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv:\n"
+    f = command(
+        "few-shot", "LM-BFF's k-shot splits of GLUE's training files",
+        "Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv:\n"
                     "for each seed, k training and k validation examples per label, in <out>/<task>/<k>-<seed>/.\n"
                     "train.py --task maml --data <glue> uses the 16-shot splits in glue-16shot next to <glue>.",
-        epilog="example:\n  python data.py glue --tasks CoLA,MRPC,STS-B,RTE\n"
-               "  python data.py few-shot --glue data/glue --out data/glue-16shot")
+        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE\n"
+        "  python data.py few-shot --glue data/glue --out data/glue-16shot")
     f.add_argument("--glue", default="data/glue", help="the GLUE folder of `data.py glue` (default: %(default)s)")
     f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue)")
     f.add_argument("--tasks", type=_glue_tasks, default=["CoLA", "MRPC", "STS-B", "RTE"],

@@ -42,13 +42,15 @@ class Exercise:
     tests: list      # the pytest node ids that grade it (a parametrised test counts once per case)
 
 
-M, C, Q, D = "tests/test_model.py::", "tests/test_calrec.py::", "tests/test_maml_core.py::", "tests/test_maml_metrics.py::"
+M, C = "tests/test_model.py::", "tests/test_calrec.py::"          # the graders' files, shortened below
+Q, D = "tests/test_maml_core.py::", "tests/test_maml_metrics.py::"
 EXERCISES = [
     # --- level 1: one idea, a few lines (about 20-30 minutes each)
     Exercise(name="layer-norm", level=1,
              title="LayerNorm written out: normalise each position to mean 0, variance 1, then scale and shift",
              functions=["model.py:LayerNorm.forward"],
-             tests=[M + "test_layer_norm_equals_torch", M + "test_second_order_through_vmap_equals_a_loop_over_tasks"]),
+             tests=[M + "test_layer_norm_equals_torch",
+                    M + "test_second_order_through_vmap_equals_a_loop_over_tasks"]),
     Exercise(name="attention", level=1,
              title="Attention written out, and the mask of a padded causal batch",
              functions=["model.py:manual_attention", "model.py:attention_mask_4d"],
@@ -59,14 +61,15 @@ EXERCISES = [
              functions=["model.py:mean_pool", "model.py:last_token_pool"],
              tests=[M + "test_pooling_by_hand"]),
     Exercise(name="ranking-metrics", level=1,
-             title="Full-catalog ranks with the history excluded and ties counted against the target; Recall and NDCG",
+             title="Full-catalog ranks (history excluded, ties against the target), Recall and NDCG",
              functions=["calrec.py:ranks_from_scores", "calrec.py:rank_metrics"],
-             tests=[C + "test_metrics_on_hand_made_ranks", C + "test_ranks_exclude_history_and_count_ties_against_the_target"]),
+             tests=[C + "test_metrics_on_hand_made_ranks",
+                    C + "test_ranks_exclude_history_and_count_ties_against_the_target"]),
     Exercise(name="glue-metrics", level=1,
              title="GLUE's metrics: Matthews correlation, Pearson, Spearman with tied ranks",
              functions=["maml.py:mcc", "maml.py:pearson", "maml.py:average_ranks"],
-             tests=[D + "test_accuracy_f1_mcc_by_hand", D + "test_pearson_by_hand", D + "test_spearman_with_ties_by_hand",
-                    D + "test_degenerate_cases"]),
+             tests=[D + "test_accuracy_f1_mcc_by_hand", D + "test_pearson_by_hand",
+                    D + "test_spearman_with_ties_by_hand", D + "test_degenerate_cases"]),
     Exercise(name="task-sampling", level=1,
              title="Which auxiliary task a meta-batch slot draws: uniform, proportional to size, mixed",
              functions=["maml.py:task_probabilities"],
@@ -117,7 +120,8 @@ EXERCISES = [
                     M + "test_beam_search_batched_equals_single_and_cached_equals_uncached"]),
     Exercise(name="catalog-trie", level=3,
              title="Constrained decoding: a prefix tree of the catalog that only lets beams write real items",
-             functions=["calrec.py:CatalogTrie.__init__", "calrec.py:CatalogTrie.node", "calrec.py:CatalogTrie.__call__"],
+             functions=["calrec.py:CatalogTrie.__init__", "calrec.py:CatalogTrie.node",
+                        "calrec.py:CatalogTrie.__call__"],
              tests=[C + "test_catalog_beams_are_exactly_the_best_catalog_items"]),
     Exercise(name="meta-gradient", level=3,
              title="First- and second-order meta-gradients, task by task, with autograd.grad(create_graph=...)",

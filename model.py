@@ -717,8 +717,9 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
                     score = validate()
                     if score > best[0]:
                         best = (score, step, copy_weights(model))
+                    mark = "  (best)" if best[1] == step else ""
                     log.log(logging.INFO if label else logging.DEBUG,  # label=None: into log.txt only
-                            f"  {label or 'step'} {step:5d}  valid {score:.4f}" + ("  (best)" if best[1] == step else ""))
+                            f"  {label or 'step'} {step:5d}  valid {score:.4f}{mark}")
             if step == steps:
                 break
             train_step(step)

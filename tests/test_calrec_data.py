@@ -5,7 +5,6 @@ Run: python -m pytest -q tests/test_calrec_data.py"""
 
 import gzip
 import json
-import os
 from collections import Counter
 
 import pytest

@@ -13,7 +13,6 @@ import re
 import shlex
 import zipfile
 
-import pytest
 
 import data
 import train
