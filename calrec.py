@@ -450,9 +450,9 @@ def rank_dense(lm, builder, examples, catalog, device, batch=64):
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
         idx, mask, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
-        h = lm.hidden_states(idx.to(device))                           # (B, T, C), right-padded prompts
+        hidden = lm.hidden_states(idx.to(device))                      # (B, T, C), right-padded prompts
         ends = torch.tensor([len(p) for p in prompts], device=device)
-        v_u = user_vectors(h, torch.arange(len(chunk), device=device), ends)  # (B, C) over the whole prompt
+        v_u = user_vectors(hidden, torch.arange(len(chunk), device=device), ends)  # (B, C) over the whole prompt
         ranks.append(ranks_from_scores((v_u @ v_t.t()).cpu(), torch.tensor([t for _, t in chunk]),
                                        [h for h, _ in chunk]))
     return torch.cat(ranks)
