@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 import data
 from model import (GPT, GPTConfig, RunState, UserError, all_reduce_sum, autocast, gather_rows, grad_scaler,
-                   last_token_pool, mean_pool, rank_and_world, save_checkpoint, save_json, train_and_select)
+                   last_token_pool, mean_pool, peak_memory_mb, rank_and_world, save_checkpoint, save_json,
+                   train_and_select)
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
     beams=6, constrained_beams=10, sasrec_steps=400)
 REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=8,
-    max_item_tokens=32, stage1_steps=1500, stage2_steps=1000, batch_size=32, lr=1e-3, warmup=100,
-    eval_interval=250, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
+    max_item_tokens=32, stage1_steps=600, stage2_steps=600, batch_size=32, lr=1e-3, warmup=100,
+    eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
     extra_negatives=256, constrained_beams=10, sasrec_steps=2000, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
@@ -869,11 +870,12 @@ def write_results(exp, results, stages):
                   stages=args.stages, seed=args.seed, device=args.device, init=args.init,
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
-    out = dict(**results, config=config, wall_s=exp.state.seconds(), resumed=exp.state.resumes)
+    out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
+               resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams); full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
-    log.info(f"wall time {out['wall_s']:.0f} s; results in {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; results in {os.path.join(args.out_dir, 'results.json')}")
     return out

@@ -412,7 +412,8 @@ def read_atomic(folder):
             keys.append(asin)
         _drop_common_category_root(items)
     else:
-        raise UserError(f"{folder}: has neither {name}.item nor {name}.text")
+        raise UserError(f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder), nor the raw "
+                        f"Amazon files <Category>_5.json.gz and meta_<Category>.json.gz")
     if missing:
         log.info(f"{folder}: missing attribute values written as Unknown: "
               + ", ".join(f"{k} {v}" for k, v in missing.items()))
@@ -561,6 +562,10 @@ def load_domains(folders):
         meta = sorted(f for f in files if re.match(r"meta_.*\.json(\.gz)?$", f))
         if raw and meta:
             domains.append(read_amazon_raw(os.path.join(folder, raw[0]), os.path.join(folder, meta[0]), name=name))
+        elif raw or meta:
+            have, lack = (raw[0], "meta_<Category>.json.gz") if raw else (meta[0], "<Category>_5.json.gz")
+            raise UserError(f"{os.path.join(folder, have)}: the raw Amazon layout needs {lack} beside it "
+                            f"(python data.py amazon writes both)")
         else:
             domains.append(read_atomic(folder))
         for split in ("train", "valid", "test"):

@@ -38,8 +38,8 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 import data
-from model import (GPT, GPTConfig, RunState, UserError, average_gradients, mean_pool, rank_and_world, save_checkpoint,
-                   save_json, train_and_select)
+from model import (GPT, GPTConfig, RunState, UserError, average_gradients, mean_pool, peak_memory_mb, rank_and_world,
+                   save_checkpoint, save_json, train_and_select)
 
 log = logging.getLogger(__name__)
 
@@ -388,9 +388,10 @@ def run_sinusoid(prepared):
     wall = time.time() - t0
     out = {"methods": {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()}
                        for m, r in results.items()},
-           "config": dict(dataclasses.asdict(cfg), seed=args.seed), "paper": SINE_PAPER, "wall_s": wall}
+           "config": dict(dataclasses.asdict(cfg), seed=args.seed), "paper": SINE_PAPER, "wall_s": wall,
+           "peak_memory_mb": peak_memory_mb()}
     save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {wall:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"\nwall time {wall:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 
@@ -880,9 +881,9 @@ def run(exp):
                           meta_loss_first_last_tenth={i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]
                                                       for i in exp.inits if f"learned_{i}" in exp.state.done
                                                       and exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]}),
-           "wall_s": exp.state.seconds(), "resumed": exp.state.resumes}
+           "wall_s": exp.state.seconds(), "peak_memory_mb": peak_memory_mb(), "resumed": exp.state.resumes}
     save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {out['wall_s']:.0f}s; wrote {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"\nwall time {out['wall_s']:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 

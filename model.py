@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -568,6 +569,16 @@ def atomic_write(path, write, mode="w"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def peak_memory_mb():
+    """This process's peak resident memory in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
 
 
 def save_json(path, obj):

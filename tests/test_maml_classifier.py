@@ -181,7 +181,7 @@ def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
     argv = ["--task", "maml", "--out-dir", str(tmp_path)]
     out = train.main(argv)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))
-    assert set(out) == {"targets", "config", "wall_s", "resumed"}
+    assert set(out) == {"targets", "config", "wall_s", "peak_memory_mb", "resumed"}
     assert set(out["targets"]) == set(data.FAMILY_TARGETS)
     cell = out["targets"]["count-4"]["maml"]["8"]
     assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2

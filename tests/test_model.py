@@ -421,3 +421,11 @@ def test_second_order_through_vmap_equals_a_loop_over_tasks():
         by_loop = torch.autograd.grad(sum(adapted_loss(params, x) for x in xs), list(params.values()))
     for a, b in zip(by_vmap, by_loop):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_peak_memory_counts_a_large_allocation():
+    if model.peak_memory_mb() is None:
+        pytest.skip("this platform does not report peak memory")
+    block = np.ones(300 * 2**20 // 8)  # 300 MB, every page touched
+    assert model.peak_memory_mb() >= 300
+    del block

@@ -1,7 +1,7 @@
 """--resume after a SIGKILL reproduces the uninterrupted run: real training processes, killed (kill -9) at
 several points of CALRec (stage 1, stage 2, SASRec, the final evaluation) and of MAML (meta-training of every
 method, fine-tuning), each time resumed with the same command; the final results.json must equal the
-uninterrupted run's, but for the wall time and the count of resumes."""
+uninterrupted run's, but for the wall time, the peak memory and the count of resumes."""
 
 import json
 import os
@@ -49,7 +49,7 @@ def kill_at(argv, log_path, trigger):
 def results_without_time(out_dir):
     with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
         res = json.load(f)
-    return {k: v for k, v in res.items() if k not in ("wall_s", "resumed")}, res["resumed"]
+    return {k: v for k, v in res.items() if k not in ("wall_s", "peak_memory_mb", "resumed")}, res["resumed"]
 
 
 def killed_and_resumed(argv, out_dir, triggers):
