@@ -115,9 +115,9 @@ BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
     beams=6, constrained_beams=10, sasrec_steps=400)
 REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=8,
-    max_item_tokens=32, stage1_steps=600, stage2_steps=600, batch_size=32, lr=1e-3, warmup=100,
+    max_item_tokens=32, stage1_steps=400, stage2_steps=600, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
-    extra_negatives=256, constrained_beams=10, sasrec_steps=2000, sasrec_len=50)
+    extra_negatives=256, constrained_beams=5, sasrec_steps=800, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)

@@ -119,6 +119,8 @@ def test_the_docs_real_data_commands_work_as_written(server, tmp_path, monkeypat
     for argv in glue:
         if not any(a.startswith("data/") for a in argv) or "--init" in argv:
             continue
+        if "--set" in argv or any("$" in a for a in argv):  # docs/results.md's runs: longer schedules, shell variables
+            continue
         task = argv[argv.index("--task") + 1]
         out = train.main(argv + TINY[task] + ["--out-dir", str(tmp_path / f"run{ran}")])
         assert out is not None and os.path.isfile(tmp_path / f"run{ran}" / "results.json")
