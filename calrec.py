@@ -877,5 +877,6 @@ def write_results(exp, results, stages):
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams); full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
-    log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; results in {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
+             f"results in {os.path.join(args.out_dir, 'results.json')}")
     return out

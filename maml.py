@@ -391,7 +391,8 @@ def run_sinusoid(prepared):
            "config": dict(dataclasses.asdict(cfg), seed=args.seed), "paper": SINE_PAPER, "wall_s": wall,
            "peak_memory_mb": peak_memory_mb()}
     save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {wall:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"\nwall time {wall:.0f}s; peak memory {out['peak_memory_mb']} MB; "
+             f"wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 
@@ -883,7 +884,8 @@ def run(exp):
                                                       and exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]}),
            "wall_s": exp.state.seconds(), "peak_memory_mb": peak_memory_mb(), "resumed": exp.state.resumes}
     save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {out['wall_s']:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {os.path.join(args.out_dir, 'results.json')}")
+    log.info(f"\nwall time {out['wall_s']:.0f}s; peak memory {out['peak_memory_mb']} MB; "
+             f"wrote {os.path.join(args.out_dir, 'results.json')}")
     return out
 
 
