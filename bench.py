@@ -40,7 +40,7 @@ import torch
 import calrec
 import data
 import maml
-from model import GPT, GPTConfig, autocast, grad_scaler
+from model import GPT, GPTConfig, autocast, grad_scaler, second_order_ops
 
 SIZES = {  # name -> (n_layer, n_head, n_embd)
     "tiny": (2, 2, 64),
@@ -373,7 +373,7 @@ def bench_maml(device, repeats=5, **_):
           f"batch, 1 inner step): vmap vs loop\n")
     print("| meta-batch | order | loop ms | vmap ms | speed-up |")
     print("|---|---|---|---|---|")
-    with maml.second_order_math_attention():
+    with second_order_ops():
         for n_tasks in (4, 8, 16):
             bs = batches_for(n_tasks, 1)
             for first_order in (False, True):

@@ -69,6 +69,7 @@ class CALRecConfig:
     negative_bank: int = 0        # [beyond the paper] every this many steps, v_T of the whole catalog (no gradient)
                                   # is recomputed; those vectors join every batch's negatives (0: no bank)
     same_prompt_room: bool = True  # training prompts keep room for the longest item, as inference's do
+    user_pool: str = "mean"       # v_U: the "mean" over the prompt (the paper) or its "last" token [beyond the paper]
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -105,6 +106,8 @@ class CALRecConfig:
                             f"+ {self.beta}")
         if self.softmax_over not in ("items", "users"):
             raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
+        if self.user_pool not in USER_POOLS:
+            raise UserError(f"user_pool must be mean or last, not {self.user_pool!r}")
         if self.softmax_over == "users" and (self.extra_negatives or self.negative_bank):
             raise UserError("extra_negatives and negative_bank are items: they need softmax_over=items")
         return self
@@ -117,7 +120,7 @@ REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=8,
     max_item_tokens=32, stage1_steps=400, stage2_steps=600, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
-    extra_negatives=256, constrained_beams=5, sasrec_steps=800, sasrec_len=50)
+    extra_negatives=256, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
@@ -214,6 +217,15 @@ def user_vectors(h, rows, ends):
     return F.normalize(running[rows, ends - 1] / ends[:, None].to(h.dtype), dim=-1)
 
 
+def last_token_vectors(h, rows, ends):
+    """v_U read at the prompt's last token [beyond the paper]: the hidden state at position ends[p] - 1 of row
+    rows[p], which attends to the whole prompt and weighs its parts as the model learns to. (P, C)"""
+    return F.normalize(h[rows, ends - 1], dim=-1)
+
+
+USER_POOLS = {"mean": user_vectors, "last": last_token_vectors}
+
+
 def target_vectors(h, rows, starts, ends):
     """v_T|U: the normalised mean of h over each predicted item's tokens [starts[p], ends[p]), as read after
     its prompt. (P, C)"""
@@ -246,16 +258,17 @@ class Towers(torch.nn.Module):
     v_U, v_T|U at every prediction; the item texts give v_T. A module, so that DistributedDataParallel can
     wrap it (it syncs gradients through a module's forward)."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, user_pool="mean"):
         super().__init__()
         self.lm = lm
+        self.user_vectors = USER_POOLS[user_pool]
 
     def forward(self, idx, targets, row, start, end, item_idx=None, item_mask=None):
         h = self.lm.hidden_states(idx)                                 # (B, T, C), right-padded rows
         predict = targets != -100                                      # positions whose next token is a target's
         nig_sum = F.cross_entropy(self.lm.lm_head(h[predict]), targets[predict], reduction="sum")
         v_t = None if item_idx is None else item_vectors(self.lm, item_idx, item_mask)
-        return nig_sum, predict.sum(), user_vectors(h, row, start), target_vectors(h, row, start, end), v_t
+        return nig_sum, predict.sum(), self.user_vectors(h, row, start), target_vectors(h, row, start, end), v_t
 
 
 # -----------------------------------------------------------------------------
@@ -442,7 +455,7 @@ def catalog_vectors(lm, builder, items, device, batch=256):
 
 
 @torch.no_grad()
-def rank_dense(lm, builder, examples, catalog, device, batch=64):
+def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean"):
     """Ranks of the targets when every catalog item is scored by cos(v_U, v_T) [beyond the paper]. catalog: the
     global indices of the target domain's items; examples use local indices (positions in catalog)."""
     lm.eval()
@@ -453,7 +466,7 @@ def rank_dense(lm, builder, examples, catalog, device, batch=64):
         idx, mask, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
         hidden = lm.hidden_states(idx.to(device))                      # (B, T, C), right-padded prompts
         ends = torch.tensor([len(p) for p in prompts], device=device)
-        v_u = user_vectors(hidden, torch.arange(len(chunk), device=device), ends)  # (B, C) over the whole prompt
+        v_u = USER_POOLS[user_pool](hidden, torch.arange(len(chunk), device=device), ends)  # (B, C)
         ranks.append(ranks_from_scores((v_u @ v_t.t()).cpu(), torch.tensor([t for _, t in chunk]),
                                        [h for h, _ in chunk]))
     return torch.cat(ranks)
@@ -495,11 +508,20 @@ def rank_markov(domain, examples):
 
 
 def sasrec_inputs(sequences, L, pad):
-    """Item sequences -> inputs (B, T) right-padded with `pad`, mask (B, T), next-item targets (B, T)."""
+    """Item sequences -> inputs (B, T) right-padded with `pad`, and next-item targets (B, T), -100 at padding."""
     seqs = [s[-(L + 1):] for s in sequences]
-    idx, mask = data.pad_batch([s[:-1] for s in seqs], pad)
+    idx, _ = data.pad_batch([s[:-1] for s in seqs], pad)
     targets, _ = data.pad_batch([s[1:] for s in seqs], -100)  # position t predicts item t+1
-    return idx, mask, targets
+    return idx, targets
+
+
+def sasrec_loss(net, idx, targets):
+    """Cross-entropy of the next item at every real position, a full softmax over the catalog. Right-padded rows
+    need no attention mask (a real position never sees the padding after it), and only real positions go
+    through the output layer: most of a batch is padding (Scientific: 82% of its positions)."""
+    h = net.hidden_states(idx)                                         # (B, T, C)
+    real = targets != -100
+    return F.cross_entropy(net.lm_head(h[real]), targets[real])
 
 
 @torch.no_grad()
@@ -531,8 +553,9 @@ def train_sasrec(domain, cfg, device, seed, state):
     def train(step):
         net.train()
         rows = rng.integers(len(sequences), size=cfg.sasrec_batch_size)
-        idx, mask, targets = sasrec_inputs([sequences[r] for r in rows], cfg.sasrec_len, domain.n_items)
-        _, loss = net(idx.to(device), mask.to(device), targets.to(device))
+        idx, targets = (t.to(device) for t in sasrec_inputs([sequences[r] for r in rows], cfg.sasrec_len,
+                                                            domain.n_items))
+        loss = sasrec_loss(net, idx, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -632,7 +655,7 @@ def train_stage(exp, stage):
     catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
     log.info(f"stage {stage}: {steps} steps on " + ", ".join(f"{d.name} {p:.2f}" for d, p in zip(exp.domains, probs)
                                                              if p > 0) + f"; selection: {exp.select_path} path")
-    towers = Towers(lm)
+    towers = Towers(lm, cfg.user_pool)
     if rank_and_world()[1] > 1:
         dev = torch.device(device)
         towers = torch.nn.parallel.DistributedDataParallel(towers, device_ids=None if dev.type == "cpu" else
@@ -698,7 +721,8 @@ class Experiment:
         """Validation NDCG@10 of the LM on the first select_users validation users (model selection)."""
         examples = self.domains[self.target].valid[:self.cfg.select_users]
         if self.select_path == "dense":
-            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device)
+            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
+                               user_pool=self.cfg.user_pool)
         else:
             ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, self.cfg,
                                     bm25=self.bm25)[0]
@@ -824,7 +848,8 @@ def evaluate(exp):
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
         "calrec_constrained": lambda split: generative(split, trie=trie),
-        "calrec_dense": lambda split: (rank_dense(lm, exp.builder, getattr(domain, split), exp.catalog, device), None),
+        "calrec_dense": lambda split: (rank_dense(lm, exp.builder, getattr(domain, split), exp.catalog, device,
+                                                   user_pool=cfg.user_pool), None),
         "sasrec": lambda split: (rank_sasrec(sasrec, domain, getattr(domain, split), cfg, device), None),
         "popular": lambda split: (rank_popular(domain, getattr(domain, split)), None),
         "last_item_bm25": lambda split: (rank_last_item_bm25(bm25, local_texts, getattr(domain, split)), None),

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import data
 from model import (GPT, GPTConfig, RunState, UserError, average_gradients, mean_pool, peak_memory_mb, rank_and_world,
-                   save_checkpoint, save_json, train_and_select)
+                   save_checkpoint, save_json, second_order_ops, train_and_select)
 
 log = logging.getLogger(__name__)
 
@@ -563,18 +563,11 @@ def stack_tasks(encs, n_batches, shot, rng, pad_id, device="cpu"):
     return batches
 
 
-def second_order_math_attention():
-    """The fused attention kernels (CPU and CUDA flash, memory-efficient) have no double backward; the MATH
-    kernel is made of ordinary ops."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel(SDPBackend.MATH)
-
-
 def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state=None, phase=None):
     """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
 
-    Every method runs its tasks under vmap. Second order is right there because model.py writes its
-    LayerNorm out (F.layer_norm's vmap rule gives wrong second derivatives; tests/test_model.py and
+    Every method runs its tasks under vmap, inside model.second_order_ops(): attention on the MATH kernel and
+    LayerNorm written out, so that second derivatives are right there (tests/test_model.py and
     tests/test_maml_classifier.py check vmap == the per-task loop). With a RunState, the loop saves what it
     needs to continue exactly (weights, optimizer, random stream, loss curve) every tenth of the run.
     """
@@ -603,7 +596,7 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state
         state.save_loop(phase, step=step, weights=model.state_dict(), optimizer=opt.state_dict(),
                         rng=rng.bit_generator.state, losses=list(losses))
 
-    with second_order_math_attention(), tqdm(total=cfg.meta_steps, initial=saved["step"] if saved else 0,
+    with second_order_ops(), tqdm(total=cfg.meta_steps, initial=saved["step"] if saved else 0,
                                              desc=f"meta-train {method}", leave=False, mininterval=5.0,
                                              disable=rank > 0) as bar:
         train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=saved["step"] if saved

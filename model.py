@@ -38,13 +38,15 @@ log = logging.getLogger(__name__)
 
 
 class LayerNorm(nn.Module):
-    """GPT-2's LayerNorm, written out: normalise each position's vector to mean 0 and variance 1, then
-    scale and shift it. Same parameters (weight, bias) and eps as nn.LayerNorm.
+    """GPT-2's LayerNorm: normalise each position's vector to mean 0 and variance 1, then scale and shift it.
+    Same parameters (weight, bias) and eps as nn.LayerNorm.
 
-    Why not F.layer_norm: under torch.func.vmap, the backward pass through the gradient of F.layer_norm
-    (what second-order MAML takes, task by task) comes out wrong in current PyTorch; these plain ops give
-    the right one (tests/test_model.py checks it against a loop over tasks).
+    Written out below, and run that way inside `second_order_ops()`: under torch.func.vmap, the backward
+    pass through the gradient of F.layer_norm (what second-order MAML takes, task by task) comes out wrong in
+    current PyTorch, and these plain ops give the right one (tests/test_model.py checks it against a loop over
+    tasks). Everywhere else the fused kernel computes the same thing, faster.
     """
+    written_out = False  # True inside second_order_ops()
 
     def __init__(self, ndim, bias=True, eps=1e-5):
         super().__init__()
@@ -53,12 +55,26 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        if not torch.is_grad_enabled():  # no gradient wanted (generation, evaluation): the fused kernel is the
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)  # same computation, faster
+        if not LayerNorm.written_out:
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         mu = x.mean(-1, keepdim=True)                             # (..., 1)
         var = (x - mu).pow(2).mean(-1, keepdim=True)              # (..., 1) biased variance, as GPT-2
         y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight  # (..., C)
         return y if self.bias is None else y + self.bias
+
+
+@contextlib.contextmanager
+def second_order_ops():
+    """Inside: every op of the model has a right second derivative under vmap, which second-order MAML takes.
+    Attention runs on the MATH kernel (the fused CPU and CUDA kernels have no double backward) and LayerNorm
+    on its written-out ops (see LayerNorm)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    before, LayerNorm.written_out = LayerNorm.written_out, True
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        LayerNorm.written_out = before
 
 
 # -----------------------------------------------------------------------------
@@ -102,8 +118,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.extend(layer, k, v)  # (B, nh, T_keys, hs): every position so far, these included
         dropout_p = self.dropout if self.training else 0.0
         # the fused kernel; manual_attention above is the same computation spelled out. Its fast CPU
-        # kernel has no double backward: second-order MAML runs it under
-        # torch.nn.attention.sdpa_kernel(SDPBackend.MATH), which is built from differentiable ops.
+        # kernel has no double backward: second-order MAML runs inside second_order_ops().
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                            is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again

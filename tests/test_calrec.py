@@ -93,6 +93,9 @@ def test_user_and_target_vectors_are_means_over_their_spans():
         item = sum(h[b, t] for t in range(s, e)) / (e - s)     # the item's own positions
         torch.testing.assert_close(v_u[p], prompt / prompt.norm())
         torch.testing.assert_close(v_tu[p], item / item.norm())
+    v_last = calrec.last_token_vectors(h, rows, starts)
+    for p, (b, s) in enumerate(zip(rows.tolist(), starts.tolist())):
+        torch.testing.assert_close(v_last[p], h[b, s - 1] / h[b, s - 1].norm())  # the prompt's last position
 
 
 # -----------------------------------------------------------------------------
@@ -314,6 +317,41 @@ def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
     trie = calrec.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
     assert calrec.rank_generative(net, builder, tok, examples, catalog, cfg, trie=trie)[0].tolist() == [1, 1, 1]
     assert calrec.rank_dense(net, builder, examples, catalog, "cpu").tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("user_pool", ["mean", "last"])
+def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world, user_pool):
+    # each prompt and each item alone through the model (no batch, no padding), cosine by hand, rank counted
+    _, _, texts, tok = small_world
+    torch.manual_seed(3)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    examples = [([0, 1], 2), ([3], 0), ([2], 3), ([1, 3, 0], 2)]
+    with torch.no_grad():
+        items = []
+        for ids in builder.item_ids:
+            h = net.hidden_states(torch.tensor([ids]))[0]
+            items.append(h.mean(0) / h.mean(0).norm())
+        want = []
+        for history, target in examples:
+            h = net.hidden_states(torch.tensor([builder.prompt(history)]))[0]
+            v = h.mean(0) if user_pool == "mean" else h[-1]
+            scores = [float(v @ items[i]) / float(v.norm()) for i in range(len(texts))]
+            want.append(sum(scores[i] >= scores[target] for i in range(len(texts)) if i not in history))
+    got = calrec.rank_dense(net, builder, examples, range(len(texts)), "cpu", user_pool=user_pool)
+    assert got.tolist() == want
+
+
+def test_sasrec_batch_and_loss_by_hand():
+    idx, targets = calrec.sasrec_inputs([[4, 5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6]], L=3, pad=0)
+    assert idx.tolist() == [[4, 5, 6], [8, 0, 0], [3, 4, 5]]           # the last L + 1 items, inputs then targets
+    assert targets.tolist() == [[5, 6, 7], [9, -100, -100], [4, 5, 6]]
+    torch.manual_seed(0)
+    net = gpt.GPT(gpt.GPTConfig(block_size=3, vocab_size=10, n_layer=1, n_head=2, n_embd=8)).eval()
+    with torch.no_grad():  # each real position alone: the sequence up to it, its next item's log-probability
+        want = -sum(F.log_softmax(net(idx[b:b + 1, :t + 1])[0][0, -1], -1)[targets[b, t]].item()
+                    for b in range(3) for t in range(3) if targets[b, t] != -100) / 7
+        assert calrec.sasrec_loss(net, idx, targets).item() == pytest.approx(want, rel=1e-5)
 
 
 # -----------------------------------------------------------------------------

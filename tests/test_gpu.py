@@ -34,7 +34,7 @@ def test_second_order_meta_gradient_on_the_gpu_equals_the_cpu():
     grads = []
     for model, device in ((cpu_model, "cpu"), (copy.deepcopy(cpu_model).to(DEVICE), DEVICE)):
         fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
-        with maml.second_order_math_attention():
+        with gpt.second_order_ops():
             maml.meta_loss_vmap(fast, loss_fn, [on(b, device) for b in batches[:2]], on(batches[2], device),
                                 0.3, 2).backward()
         grads.append({n: p.grad.cpu() for n, p in model.named_parameters()})

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import data
 import maml
 import train
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, second_order_ops
 
 
 def tiny_classifier(dtype=torch.float32, n_outputs=(3, 2, 1), seed=0):
@@ -90,14 +90,14 @@ def test_head_only_adaptation_leaves_encoder_at_theta():
 @pytest.mark.parametrize("first_order", [True, False])
 def test_vmap_equals_loop_on_the_classifier(first_order):
     # tasks with 3 classes, 2 classes and a regression in one vmapped meta-batch, float64, first and second
-    # order (second order under vmap is right because model.py writes its LayerNorm out)
+    # order (second order under vmap is right inside model.second_order_ops)
     model = tiny_classifier(torch.float64)
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
     batches = float64_task_batches(3, 3)
     grads = []
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         model.zero_grad()
-        with maml.second_order_math_attention():
+        with second_order_ops():
             fn(fast, loss_fn, batches[:2], batches[2], 0.3, 2, first_order).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n in grads[0]:
@@ -114,7 +114,7 @@ def second_order_setup():
 def test_second_order_loop_path_matches_finite_differences():
     model, fast, loss_fn, batches = second_order_setup()
     alpha, steps = 0.5, 1
-    with maml.second_order_math_attention():
+    with second_order_ops():
         maml.meta_loss_loop(fast, loss_fn, batches[:1], batches[1], alpha, steps).backward()
         g = torch.Generator().manual_seed(0)
         d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in fast.items()}
@@ -158,7 +158,7 @@ def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
     fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
 
     def post_adaptation():
-        with maml.second_order_math_attention():
+        with second_order_ops():
             return maml.meta_loss_loop(fast, loss_fn, held[:1], held[1], cfg.inner.lr, 1).item()
 
     before = post_adaptation()
