@@ -3,7 +3,7 @@ Measurements of the project's speed and memory, printed as Markdown tables for d
 
     python bench.py                      # everything that runs on this machine (CPU here), one thread
     python bench.py --only beam          # one part (may be repeated): train, generate, cache, beam, bm25, maml,
-                                         #   threads, ranking, mfu
+                                         #   steps, threads, ranking, mfu
     python bench.py --only ranking --data data/amazon/Industrial_and_Scientific   # real data, when present
 
 What it measures:
@@ -13,6 +13,9 @@ What it measures:
   beam      beam search (10 beams x 32 tokens after a 200-token prompt): today's code vs before
   bm25      BM25 top-100 for 8,442 queries: today's code vs before, and the bm25s package when installed
   maml      the vmap path against the per-task loop, second- vs first-order step time and memory
+  steps     training steps: CALRec's with LayerNorm written out (as before) vs fused; SASRec's with the
+            masked forward over every position (as before) vs its loss over real positions only (--data or
+            the built-in world)
   threads   one default CALRec training step with 1 thread, 2 threads, 2 spinning threads, each on a quiet
             machine and beside a busy process (subprocesses)
   ranking   the test-time ranking of a real catalog (--data): beam search + BM25, catalog beams, dense
@@ -40,7 +43,7 @@ import torch
 import calrec
 import data
 import maml
-from model import GPT, GPTConfig, autocast, grad_scaler, second_order_ops
+from model import GPT, GPTConfig, LayerNorm, autocast, grad_scaler, second_order_ops
 
 SIZES = {  # name -> (n_layer, n_head, n_embd)
     "tiny": (2, 2, 64),
@@ -192,6 +195,14 @@ def bench_generate(device, rev=BEFORE, **_):
         t = interleaved({"before": lambda: old.generate(p, 64, greedy=True),
                          "now": lambda: new.generate(p, 64, greedy=True)}, device)
         print(f"| {b} | {t['before']:.3f} | {t['now']:.3f} | {t['before'] / t['now']:.2f}x |")
+    # where one batch-1 decoding goes: the weights' matrix-vector products bound what any cache change can buy
+    from torch.profiler import profile
+    with profile() as prof:
+        new.generate(prompts[1], 64, greedy=True)
+    ops = {e.key: e.self_device_time_total if device == "cuda" else e.self_cpu_time_total for e in prof.key_averages()}
+    linear = sum(v for k, v in ops.items() if k in ("aten::addmm", "aten::mm"))
+    print(f"\nBatch 1, profiled: {linear / sum(ops.values()):.0%} of the time in the linear layers' products "
+          f"(aten::addmm, aten::mm); the rest is at most a {sum(ops.values()) / linear:.2f}x speed-up")
 
 
 def bench_cache(device, **_):
@@ -423,6 +434,57 @@ print(sorted(times[2:])[len(times[2:]) // 2])
 """
 
 
+def bench_steps(device, data_folder=None, **_):
+    """The two training steps this version made faster, each against its earlier form kept here:
+    CALRec (the default built-in run's step) with LayerNorm written out, as training ran it before, vs the
+    fused kernel; SASRec with GPT.forward's masked pass over every position vs calrec.sasrec_loss."""
+    cfg = calrec.BUILT_IN
+    world = data.make_world()
+    texts = [data.item_text(it, world[0].attributes, cfg.max_words) for d in world for it in d.items]
+    tok = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
+                               cfg.vocab_size)
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                       n_embd=cfg.n_embd)).to(device)
+    builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
+    rows = [[o + i for i in s] for d, o in zip(world, (0, 192, 384)) for s in d.train_sequences if len(s) >= 2]
+    towers, opt = calrec.Towers(lm), lm.configure_optimizers(cfg.lr)
+    scaler = calrec.grad_scaler(device, "float32")
+
+    def calrec_step(written_out):
+        LayerNorm.written_out = written_out
+        try:
+            calrec.train_step(towers, opt, scaler, builder, rows[:cfg.batch_size], [], cfg, device, "float32")
+        finally:
+            LayerNorm.written_out = False
+
+    domain = data.read_atomic(data_folder) if data_folder else world[2]
+    seqs = [s for s in domain.train_sequences if len(s) >= 2]
+    rc = calrec.REAL_DATA
+    net = GPT(GPTConfig(block_size=rc.sasrec_len, vocab_size=domain.n_items + 1, n_layer=rc.sasrec_layers,
+                        n_head=rc.sasrec_heads, n_embd=rc.sasrec_embd, dropout=rc.sasrec_dropout)).to(device)
+    sas_opt = net.configure_optimizers(rc.sasrec_lr, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    batch = [seqs[r] for r in rng.integers(len(seqs), size=rc.sasrec_batch_size)]
+    idx, targets = (t.to(device) for t in calrec.sasrec_inputs(batch, rc.sasrec_len, domain.n_items))
+    mask = (targets != -100).long()  # the attention mask the earlier step passed (its padding: no target)
+
+    def sasrec_step(masked_forward):
+        loss = net(idx, mask, targets)[1] if masked_forward else calrec.sasrec_loss(net, idx, targets)
+        sas_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sas_opt.step()
+
+    print(f"\n### Training steps, before and now ({cfg.batch_size} CALRec rows of the built-in world; "
+          f"{rc.sasrec_batch_size} SASRec sequences of {domain.name}, {mask.float().mean():.0%} of positions real)\n")
+    print("| step | before ms | now ms | speed-up |")
+    print("|---|---|---|---|")
+    for name, fn in (("CALRec, LayerNorm written out -> fused", calrec_step),
+                     ("SASRec, masked forward over every position -> real positions only", sasrec_step)):
+        t = interleaved({True: lambda: fn(True), False: lambda: fn(False)}, device, rounds=3, repeats=3)
+        print(f"| {name} | {1000 * t[True]:.0f} | {1000 * t[False]:.0f} | {t[True] / t[False]:.2f}x |")
+
+
 def bench_threads(device, **_):
     """One training step of the default CALRec run (built-in world, batch 32), median of 10, in a fresh process
     per setting: torch's threads 1 or 2, OpenMP's idle threads sleeping (PASSIVE, what train.py sets) or
@@ -451,7 +513,7 @@ def bench_threads(device, **_):
 
 
 PARTS = {"train": bench_train, "generate": bench_generate, "cache": bench_cache, "beam": bench_beam, "bm25": bench_bm25,
-         "maml": bench_maml, "threads": bench_threads, "ranking": bench_ranking, "mfu": bench_mfu}
+         "maml": bench_maml, "steps": bench_steps, "threads": bench_threads, "ranking": bench_ranking, "mfu": bench_mfu}
 
 
 def main():
