@@ -597,8 +597,8 @@ def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state
                         rng=rng.bit_generator.state, losses=list(losses))
 
     with second_order_ops(), tqdm(total=cfg.meta_steps, initial=saved["step"] if saved else 0,
-                                             desc=f"meta-train {method}", leave=False, mininterval=5.0,
-                                             disable=rank > 0) as bar:
+                                  desc=f"meta-train {method}", leave=False, mininterval=5.0,
+                                  disable=rank > 0) as bar:
         train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=saved["step"] if saved
                          else 0, save_state=save if state is not None else None)
     return losses
