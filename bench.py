@@ -412,19 +412,9 @@ def bench_maml(device, repeats=5, **_):
 STEP_SCRIPT = """
 import os, sys, time, torch
 sys.path.insert(0, {root!r})
-import calrec, data
+import bench, calrec
 torch.set_num_threads({threads})
-cfg = calrec.BUILT_IN
-world = data.make_world()
-texts = [data.item_text(it, world[0].attributes, cfg.max_words) for d in world for it in d.items]
-tok = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)], cfg.vocab_size)
-torch.manual_seed(0)
-lm = calrec.GPT(calrec.GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                                 n_head=cfg.n_head, n_embd=cfg.n_embd))
-builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
-rows = [[o + i for i in s] for d, o in zip(world, (0, 192, 384)) for s in d.train_sequences if len(s) >= 2]
-towers, opt = calrec.Towers(lm), lm.configure_optimizers(cfg.lr)
-scaler = calrec.grad_scaler("cpu", "float32")
+cfg, towers, opt, scaler, builder, rows = bench.builtin_calrec_step_setup("cpu")
 times = []
 for step in range(12):
     t0 = time.perf_counter()
@@ -434,10 +424,9 @@ print(sorted(times[2:])[len(times[2:]) // 2])
 """
 
 
-def bench_steps(device, data_folder=None, **_):
-    """The two training steps this version made faster, each against its earlier form kept here:
-    CALRec (the default built-in run's step) with LayerNorm written out, as training ran it before, vs the
-    fused kernel; SASRec with GPT.forward's masked pass over every position vs calrec.sasrec_loss."""
+def builtin_calrec_step_setup(device):
+    """What one training step of the default CALRec run needs, on the built-in world (random weights):
+    (cfg, towers, optimizer, scaler, prompt builder, every training row)."""
     cfg = calrec.BUILT_IN
     world = data.make_world()
     texts = [data.item_text(it, world[0].attributes, cfg.max_words) for d in world for it in d.items]
@@ -447,18 +436,25 @@ def bench_steps(device, data_folder=None, **_):
     lm = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                        n_embd=cfg.n_embd)).to(device)
     builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
-    rows = [[o + i for i in s] for d, o in zip(world, (0, 192, 384)) for s in d.train_sequences if len(s) >= 2]
-    towers, opt = calrec.Towers(lm), lm.configure_optimizers(cfg.lr)
-    scaler = calrec.grad_scaler(device, "float32")
+    offsets = np.cumsum([0] + [len(d.items) for d in world]).tolist()
+    rows = [[o + i for i in s] for d, o in zip(world, offsets) for s in d.train_sequences if len(s) >= 2]
+    return cfg, calrec.Towers(lm), lm.configure_optimizers(cfg.lr), calrec.grad_scaler(device, "float32"), builder, rows
+
+
+def bench_steps(device, data_folder=None, **_):
+    """The two training steps this version made faster, each against its earlier form kept here:
+    CALRec (the default built-in run's step) with LayerNorm written out, as training ran it before, vs the
+    fused kernel; SASRec with GPT.forward's masked pass over every position vs calrec.sasrec_loss."""
+    cfg, towers, opt, scaler, builder, rows = builtin_calrec_step_setup(device)
 
     def calrec_step(written_out):
-        LayerNorm.written_out = written_out
+        before, LayerNorm.written_out = LayerNorm.written_out, written_out
         try:
             calrec.train_step(towers, opt, scaler, builder, rows[:cfg.batch_size], [], cfg, device, "float32")
         finally:
-            LayerNorm.written_out = False
+            LayerNorm.written_out = before
 
-    domain = data.read_atomic(data_folder) if data_folder else world[2]
+    domain = data.read_atomic(data_folder) if data_folder else data.make_world()[2]
     seqs = [s for s in domain.train_sequences if len(s) >= 2]
     rc = calrec.REAL_DATA
     net = GPT(GPTConfig(block_size=rc.sasrec_len, vocab_size=domain.n_items + 1, n_layer=rc.sasrec_layers,
