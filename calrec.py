@@ -107,7 +107,7 @@ class CALRecConfig:
         if self.softmax_over not in ("items", "users"):
             raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
         if self.user_pool not in USER_POOLS:
-            raise UserError(f"user_pool must be mean or last, not {self.user_pool!r}")
+            raise UserError(f"user_pool must be {' or '.join(USER_POOLS)}, not {self.user_pool!r}")
         if self.softmax_over == "users" and (self.extra_negatives or self.negative_bank):
             raise UserError("extra_negatives and negative_bank are items: they need softmax_over=items")
         return self
