@@ -282,6 +282,19 @@ def test_long_histories_keep_the_most_recent_items_that_fit(small_world):
     assert builder.prompt(history) == batch["idx"][0, :batch["start"][0]].tolist()
 
 
+def test_max_history_keeps_only_the_most_recent_items(small_world):
+    _, _, texts, tok = small_world
+    history = [3, 1, 0]
+    for n in (1, 2):
+        builder = data.PromptBuilder(tok, texts, block_size=128, max_history=n)
+        assert tok.decode(builder.prompt(history)) == data.history_prompt([texts[i] for i in history[-n:]])
+        # a training row of the sequence holds the same kept items, then its target; every position predicts
+        # each kept item after the first, so one item gives one prediction: the sequence's last transition
+        batch = builder.training_batch([history + [2]], every_position=True)
+        assert batch["item"].tolist() == history[-n:][1:] + [2]
+        assert batch["idx"][0, :batch["start"][-1]].tolist() == builder.prompt(history)
+
+
 # -----------------------------------------------------------------------------
 # overfit smoke test: the whole loss and both inference paths on a memorised user
 
