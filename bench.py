@@ -39,6 +39,7 @@ import weakref
 
 import numpy as np
 import torch
+from torch.profiler import profile
 
 import calrec
 import data
@@ -196,7 +197,6 @@ def bench_generate(device, rev=BEFORE, **_):
                          "now": lambda: new.generate(p, 64, greedy=True)}, device)
         print(f"| {b} | {t['before']:.3f} | {t['now']:.3f} | {t['before'] / t['now']:.2f}x |")
     # where one batch-1 decoding goes: the weights' matrix-vector products bound what any cache change can buy
-    from torch.profiler import profile
     with profile() as prof:
         new.generate(prompts[1], 64, greedy=True)
     ops = {e.key: e.self_device_time_total if device == "cuda" else e.self_cpu_time_total for e in prof.key_averages()}
