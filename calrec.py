@@ -70,6 +70,8 @@ class CALRecConfig:
                                   # is recomputed; those vectors join every batch's negatives (0: no bank)
     same_prompt_room: bool = True  # training prompts keep room for the longest item, as inference's do
     user_pool: str = "mean"       # v_U: the "mean" over the prompt (the paper) or its "last" token [beyond the paper]
+    popularity_prior: bool = True  # [beyond the paper] the dense path scores cos(v_U, v_T) / tau + lambda log(1 + n_j),
+                                   # n_j: item j's training interactions; lambda chosen on validation (PRIOR_WEIGHTS)
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -99,6 +101,7 @@ class CALRecConfig:
     sasrec_steps: int = 600
     sasrec_batch_size: int = 128
     sasrec_lr: float = 2e-3
+    sasrec_decay: bool = False       # warmup, then cosine decay of the learning rate (lr_at), as CALRec's
 
     def check(self):
         if self.alpha + self.beta > 1.0:
@@ -455,21 +458,53 @@ def catalog_vectors(lm, builder, items, device, batch=256):
 
 
 @torch.no_grad()
-def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean"):
-    """Ranks of the targets when every catalog item is scored by cos(v_U, v_T) [beyond the paper]. catalog: the
-    global indices of the target domain's items; examples use local indices (positions in catalog)."""
+def dense_vectors(lm, builder, examples, catalog, device, batch=64, user_pool="mean"):
+    """The dense path's two towers [beyond the paper]: v_U of every example's history (B, C) and v_T of every
+    catalog item (N, C). catalog: the global indices of the target domain's items; examples use local indices
+    (positions in catalog)."""
     lm.eval()
     v_t = catalog_vectors(lm, builder, list(catalog), device)         # (N, C)
-    ranks = []
+    v_u = []
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
         idx, mask, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
         hidden = lm.hidden_states(idx.to(device))                      # (B, T, C), right-padded prompts
         ends = torch.tensor([len(p) for p in prompts], device=device)
-        v_u = USER_POOLS[user_pool](hidden, torch.arange(len(chunk), device=device), ends)  # (B, C)
-        ranks.append(ranks_from_scores((v_u @ v_t.t()).cpu(), torch.tensor([t for _, t in chunk]),
-                                       [h for h, _ in chunk]))
+        v_u.append(USER_POOLS[user_pool](hidden, torch.arange(len(chunk), device=device), ends))
+    return torch.cat(v_u).cpu(), v_t.cpu()
+
+
+def rank_vectors(v_u, v_t, examples, tau=1.0, prior=None, chunk=1024):
+    """Ranks of the targets when item j is scored by cos(v_U, v_T_j) / tau + prior_j (prior (N,), or none),
+    a chunk of users at a time (never the whole (users, items) matrix)."""
+    ranks = []
+    for s in range(0, len(examples), chunk):
+        scores = v_u[s:s + chunk] @ v_t.t() / tau                      # (chunk, N)
+        if prior is not None:
+            scores = scores + prior
+        part = examples[s:s + chunk]
+        ranks.append(ranks_from_scores(scores, torch.tensor([t for _, t in part]), [h for h, _ in part]))
     return torch.cat(ranks)
+
+
+def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean"):
+    """Ranks of the targets when every catalog item is scored by cos(v_U, v_T) alone."""
+    return rank_vectors(*dense_vectors(lm, builder, examples, catalog, device, batch, user_pool), examples)
+
+
+# The popularity prior [beyond the paper]. The contrastive losses score each target against the batch's other
+# targets, so an item serves as a negative about as often as it is bought: InfoNCE with such negatives learns
+# cos / tau ~ log p(j | u) - log q(j) + const, with q(j) the rate at which j is drawn as a negative (Yi et al.,
+# RecSys 2019, "sampling-bias-corrected" two-tower retrieval). Ranking the whole catalog needs log p(j | u), so
+# log q(j) is added back: q(j) ~ 1 + n_j for the in-batch negatives, uniform for the extra ones, a mixture in
+# between -- hence a weight lambda in [0, 1], chosen on the validation split, 0 among the candidates.
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_prior_weight(v_u, v_t, examples, tau, log_counts, weights=PRIOR_WEIGHTS):
+    """The lambda of `weights` with the best NDCG@10 on examples (the first on ties), and every lambda's NDCG@10."""
+    ndcg = {w: rank_metrics(rank_vectors(v_u, v_t, examples, tau, w * log_counts))["ndcg@10"] for w in weights}
+    return max(weights, key=lambda w: (ndcg[w], -weights.index(w))), ndcg
 
 
 # -----------------------------------------------------------------------------
@@ -552,6 +587,9 @@ def train_sasrec(domain, cfg, device, seed, state):
 
     def train(step):
         net.train()
+        if cfg.sasrec_decay:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg.sasrec_lr, cfg.warmup, cfg.sasrec_steps)
         rows = rng.integers(len(sequences), size=cfg.sasrec_batch_size)
         idx, targets = (t.to(device) for t in sasrec_inputs([sequences[r] for r in rows], cfg.sasrec_len,
                                                             domain.n_items))
@@ -572,12 +610,12 @@ def train_sasrec(domain, cfg, device, seed, state):
 # 8. training: one step, then the two stages (stage 1: a mixture of domains; stage 2: the target domain)
 
 
-def lr_at(step, cfg, steps):
-    """Linear warmup, then cosine decay to a tenth."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+def lr_at(step, lr, warmup, steps):
+    """Linear warmup to lr, then cosine decay to a tenth of it at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype, bank=None):
@@ -674,7 +712,7 @@ def train_stage(exp, stage):
                         items=torch.as_tensor(catalog, device=device))
         lm.train()
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg, steps)
+            group["lr"] = lr_at(step, cfg.lr, cfg.warmup, steps)
         domains = rng.choice(len(exp.rows), size=cfg.batch_size, p=probs)
         rows = [exp.rows[d][rng.integers(len(exp.rows[d]))] for d in domains]
         extra = rng.choice(catalog, size=min(cfg.extra_negatives, len(catalog)), replace=False).tolist()
@@ -829,7 +867,8 @@ def run(exp):
 
 
 METHODS = {"calrec_generative": "CALRec generative+BM25", "calrec_constrained": "CALRec generative, catalog beams",
-           "calrec_dense": "CALRec dense (two-tower)", "sasrec": "SASRec", "popular": "most popular",
+           "calrec_dense": "CALRec dense (two-tower)", "calrec_dense_cos": "CALRec dense, cosine alone",
+           "sasrec": "SASRec", "popular": "most popular",
            "last_item_bm25": "last item's text, BM25", "markov": "first-order Markov"}
 
 
@@ -845,11 +884,25 @@ def evaluate(exp):
         examples = getattr(domain, split)[:cfg.bm25_valid_users or None] if split == "valid" else domain.test
         return rank_generative(lm, exp.builder, exp.tokenizer, examples, exp.catalog, cfg, show=True, **grounding)
 
+    @functools.cache
+    def dense(split):
+        return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
+
+    def prior():  # lambda log(1 + n_j), lambda chosen on the validation split once (stored: a resumed run reuses it)
+        log_counts = torch.log1p(popularity(domain))
+        if "dense_prior" not in state.done:
+            weights = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
+            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, log_counts, weights)
+            log.info("dense path, popularity prior: validation NDCG@10 " +
+                     ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items()) + f"; lambda = {weight:g}")
+            state.finish("dense_prior", dict(weight=weight, valid_ndcg=ndcg))
+        return state.done["dense_prior"]["weight"] * log_counts
+
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
         "calrec_constrained": lambda split: generative(split, trie=trie),
-        "calrec_dense": lambda split: (rank_dense(lm, exp.builder, getattr(domain, split), exp.catalog, device,
-                                                   user_pool=cfg.user_pool), None),
+        "calrec_dense": lambda split: (rank_vectors(*dense(split), getattr(domain, split), cfg.tau, prior()), None),
+        "calrec_dense_cos": lambda split: (rank_vectors(*dense(split), getattr(domain, split)), None),  # no prior
         "sasrec": lambda split: (rank_sasrec(sasrec, domain, getattr(domain, split), cfg, device), None),
         "popular": lambda split: (rank_popular(domain, getattr(domain, split)), None),
         "last_item_bm25": lambda split: (rank_last_item_bm25(bm25, local_texts, getattr(domain, split)), None),
@@ -857,6 +910,8 @@ def evaluate(exp):
     }
     if not cfg.constrained_beams:
         del entries["calrec_constrained"]
+    if not cfg.popularity_prior:  # the dense row is then the cosine alone
+        del entries["calrec_dense_cos"]
     if not cfg.baselines:
         entries = {k: v for k, v in entries.items() if k.startswith("calrec")}
     splits = ("valid", "test") if cfg.evaluate_test else ("valid",)
@@ -894,13 +949,15 @@ def write_results(exp, results, stages):
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name,
                   stages=args.stages, seed=args.seed, device=args.device, init=args.init,
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
+                  dense_prior_weight=exp.state.done["dense_prior"]["weight"],
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
     out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
                resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
-             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams); full ranking over {domain.n_items} items")
+             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense popularity prior lambda "
+             f"{config['dense_prior_weight']:g}); full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
              f"results in {os.path.join(args.out_dir, 'results.json')}")

@@ -355,6 +355,57 @@ def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world, user_p
     assert got.tolist() == want
 
 
+def naive_prior_ranks(v_u, v_t, examples, tau, prior):
+    """score_j = cos(u, t_j) / tau + prior_j, one user and one item at a time; rank = candidates scoring >= the
+    target (history excluded, ties against the target); 0 for a target in its own history."""
+    ranks = []
+    for u, (history, target) in zip(v_u, examples):
+        score = [float(u @ v_t[j]) / float(u.norm() * v_t[j].norm()) / tau + float(prior[j]) for j in range(len(v_t))]
+        ranks.append(0 if target in history else
+                     sum(score[j] >= score[target] for j in range(len(v_t)) if j not in history))
+    return ranks
+
+
+def test_dense_ranks_with_a_popularity_prior_equal_a_naive_loop():
+    torch.manual_seed(0)
+    v_u, v_t = F.normalize(torch.randn(7, 5), dim=-1), F.normalize(torch.randn(9, 5), dim=-1)
+    examples = [([0, 3], 1), ([2], 2), ([], 8), ([5, 6, 7], 0), ([1], 4), ([8], 6), ([0], 3)]
+    prior = 0.5 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0]))
+    want = naive_prior_ranks(v_u, v_t, examples, 0.1, prior)
+    assert calrec.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
+    assert calrec.rank_vectors(v_u, v_t, examples).tolist() == naive_prior_ranks(v_u, v_t, examples, 1.0,
+                                                                                   torch.zeros(9))
+
+
+def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
+    # three items; cosine mildly prefers item 0 for every user. When users buy the popular item 2, a prior helps;
+    # when they buy the unpopular item 0, it hurts. The weight picked must be the best NDCG@10, computed by hand.
+    v_t = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]]), dim=-1)
+    v_u = F.normalize(torch.tensor([[1.0, 0.1]]).repeat(4, 1), dim=-1)
+    log_counts = torch.log1p(torch.tensor([1.0, 5.0, 50.0]))
+    weights = (0.0, 0.25, 0.5, 1.0)
+
+    def ndcg10(examples, w):  # one relevant item: 1 / log2(rank + 1)
+        ranks = naive_prior_ranks(v_u, v_t, examples, 0.05, w * log_counts)
+        return sum(1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in ranks) / len(ranks)
+
+    for target in (2, 0):
+        examples = [([], target)] * 4
+        best, ndcg = calrec.choose_prior_weight(v_u, v_t, examples, 0.05, log_counts, weights)
+        assert ndcg == pytest.approx({w: ndcg10(examples, w) for w in weights})
+        assert ndcg[best] == max(ndcg.values()) and best == min(w for w in weights if ndcg[w] == ndcg[best])
+        assert (best > 0) == (target == 2)
+
+
+def test_learning_rate_schedule_by_hand():
+    lr, warmup, steps = 1e-3, 10, 110
+    assert calrec.lr_at(0, lr, warmup, steps) == pytest.approx(1e-4)      # warmup: (step + 1) / warmup of lr
+    assert calrec.lr_at(9, lr, warmup, steps) == pytest.approx(1e-3)
+    assert calrec.lr_at(10, lr, warmup, steps) == pytest.approx(1e-3)     # cosine from the peak ...
+    assert calrec.lr_at(60, lr, warmup, steps) == pytest.approx(0.55e-3)  # ... halfway: (1 + 0.1) / 2 of it ...
+    assert calrec.lr_at(110, lr, warmup, steps) == pytest.approx(1e-4)    # ... to a tenth at the last step
+
+
 def test_sasrec_batch_and_loss_by_hand():
     idx, targets = calrec.sasrec_inputs([[4, 5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6]], L=3, pad=0)
     assert idx.tolist() == [[4, 5, 6], [8, 0, 0], [3, 4, 5]]           # the last L + 1 items, inputs then targets
@@ -396,8 +447,8 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     train.main(["--task", "calrec", "--data", a, b, "--max-steps", "3", "--eval-interval", "2",
                 "--beams", "2", "--set", "constrained_beams=3", "--out-dir", str(out)])
     res = json.loads((out / "results.json").read_text())
-    methods = {"calrec_generative", "calrec_constrained", "calrec_dense", "sasrec", "popular", "last_item_bm25",
-               "markov"}
+    methods = {"calrec_generative", "calrec_constrained", "calrec_dense", "calrec_dense_cos", "sasrec", "popular",
+               "last_item_bm25", "markov"}
     metrics = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"}
     for split in ("valid", "test"):
         assert set(res[split]) == methods
@@ -405,5 +456,6 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
             assert set(res[split][m]) == metrics
             assert all(0.0 <= v <= 1.0 for v in res[split][m].values())
     assert res["config"]["target"] == "Beta" and res["wall_s"] > 0 and res["resumed"] == 0
+    assert res["config"]["dense_prior_weight"] in calrec.PRIOR_WEIGHTS
     text = capsys.readouterr().out
     assert "CALRec generative+BM25" in text and "most popular" in text and "first-order Markov" in text
