@@ -101,7 +101,7 @@ class CALRecConfig:
     sasrec_steps: int = 600
     sasrec_batch_size: int = 128
     sasrec_lr: float = 2e-3
-    sasrec_decay: bool = False       # warmup, then cosine decay of the learning rate (lr_at), as CALRec's
+    sasrec_decay: bool = True        # warmup, then cosine decay of the learning rate (lr_at), as CALRec's
 
     def check(self):
         if self.alpha + self.beta > 1.0:
