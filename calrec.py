@@ -119,11 +119,11 @@ class CALRecConfig:
 BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
     stage1_steps=200, stage2_steps=100, batch_size=24, lr=4e-3, warmup=20, eval_interval=100, select_users=300,
     beams=6, constrained_beams=10, sasrec_steps=400)
-REAL_DATA = CALRecConfig(  # sized for about an hour on 2 CPU cores; max_history chosen on validation (results.md)
+REAL_DATA = CALRecConfig(  # about an hour on 2 CPU cores; chosen on Scientific's validation split (results.md)
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=1,
-    max_item_tokens=32, stage1_steps=600, stage2_steps=1200, batch_size=32, lr=1e-3, warmup=100,
+    max_item_tokens=32, stage1_steps=1200, stage2_steps=2400, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
-    extra_negatives=256, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
+    constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
@@ -756,15 +756,23 @@ class Experiment:
         return "dense" if self.cfg.beta > 0 else "generative"
 
     def validate(self):
-        """Validation NDCG@10 of the LM on the first select_users validation users (model selection)."""
+        """Validation NDCG@10 of the LM on the first select_users validation users (model selection); the dense
+        path's with its popularity prior, the weight chosen on these users too."""
         examples = self.domains[self.target].valid[:self.cfg.select_users]
         if self.select_path == "dense":
-            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
-                               user_pool=self.cfg.user_pool)
+            v_u, v_t = dense_vectors(self.lm, self.builder, examples, self.catalog, self.args.device,
+                                     user_pool=self.cfg.user_pool)
+            weights = PRIOR_WEIGHTS if self.cfg.popularity_prior else (0.0,)
+            return max(choose_prior_weight(v_u, v_t, examples, self.cfg.tau, self.log_counts, weights)[1].values())
         else:
             ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, self.cfg,
                                     bm25=self.bm25)[0]
         return rank_metrics(ranks)["ndcg@10"]
+
+    @functools.cached_property
+    def log_counts(self):
+        """log(1 + n_j) of every target item, n_j its training interactions: the popularity prior's shape."""
+        return torch.log1p(popularity(self.domains[self.target]))
 
     @functools.cached_property
     def bm25(self):
@@ -889,14 +897,13 @@ def evaluate(exp):
         return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
 
     def prior():  # lambda log(1 + n_j), lambda chosen on the validation split once (stored: a resumed run reuses it)
-        log_counts = torch.log1p(popularity(domain))
         if "dense_prior" not in state.done:
             weights = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
-            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, log_counts, weights)
+            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, exp.log_counts, weights)
             log.info("dense path, popularity prior: validation NDCG@10 " +
                      ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items()) + f"; lambda = {weight:g}")
             state.finish("dense_prior", dict(weight=weight, valid_ndcg=ndcg))
-        return state.done["dense_prior"]["weight"] * log_counts
+        return state.done["dense_prior"]["weight"] * exp.log_counts
 
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
