@@ -121,9 +121,9 @@ BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
     beams=6, constrained_beams=10, sasrec_steps=400)
 REAL_DATA = CALRecConfig(  # about an hour on 2 CPU cores; chosen on Scientific's validation split (results.md)
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=1,
-    max_item_tokens=32, stage1_steps=1200, stage2_steps=2400, batch_size=32, lr=1e-3, warmup=100,
+    max_item_tokens=32, stage1_steps=600, stage2_steps=1200, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
-    constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
+    extra_negatives=256, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
@@ -757,13 +757,11 @@ class Experiment:
 
     def validate(self):
         """Validation NDCG@10 of the LM on the first select_users validation users (model selection); the dense
-        path's with its popularity prior, the weight chosen on these users too."""
+        path by the cosine alone (its popularity prior is fitted once, after training)."""
         examples = self.domains[self.target].valid[:self.cfg.select_users]
         if self.select_path == "dense":
-            v_u, v_t = dense_vectors(self.lm, self.builder, examples, self.catalog, self.args.device,
-                                     user_pool=self.cfg.user_pool)
-            weights = PRIOR_WEIGHTS if self.cfg.popularity_prior else (0.0,)
-            return max(choose_prior_weight(v_u, v_t, examples, self.cfg.tau, self.log_counts, weights)[1].values())
+            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
+                               user_pool=self.cfg.user_pool)
         else:
             ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, self.cfg,
                                     bm25=self.bm25)[0]
