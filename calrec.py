@@ -70,7 +70,6 @@ class CALRecConfig:
                                   # is recomputed; those vectors join every batch's negatives (0: no bank)
     same_prompt_room: bool = True  # training prompts keep room for the longest item, as inference's do
     user_pool: str = "mean"       # v_U: the "mean" over the prompt (the paper) or its "last" token [beyond the paper]
-    logq_correction: bool = False  # [beyond the paper] InfoNCE logits minus log(1 + n_j) of each key (Yi et al., 2019)
     popularity_prior: bool = True  # [beyond the paper] the dense path scores cos(v_U, v_T) / tau + lambda log(1 + n_j),
                                    # n_j: item j's training interactions; lambda chosen on validation (PRIOR_WEIGHTS)
     # training, per stage (spec section 4)
@@ -185,17 +184,14 @@ def rank_metrics(ranks):
 # 2. InfoNCE with in-batch negatives (spec section 3), CLIP-shaped
 
 
-def info_nce(query, key, key_items, tau, key_bias=None):
+def info_nce(query, key, key_items, tau):
     """L = -1/B sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_i, k_j)/tau) ).
 
     query (B, C) and key (N >= B, C) are L2-normalised; key i < B is query i's positive, every other key a
     negative -- except a key of the same item as row i's (key_items (N,) equal): that one is masked out, not a
-    negative. Keys beyond B are extra negatives. key_bias (N,), when given, is subtracted from every logit of its
-    key: log q(j) of the sampling-bias correction [beyond the paper] (calrec_loss).
+    negative. Keys beyond B are extra negatives.
     """
     logits = query @ key.t() / tau                                    # (B, N) cosine similarities / tau
-    if key_bias is not None:
-        logits = logits - key_bias
     rows = torch.arange(len(query), device=query.device)
     same = key_items[:len(query), None] == key_items[None, :]         # (B, N) keys of row i's own item ...
     same[rows, rows] = False                                          # ... except its positive
@@ -241,19 +237,18 @@ def target_vectors(h, rows, starts, ends):
     return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
 
 
-def calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg, log_q=None):
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg):
     """L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT, and its parts.
 
     l_nig: next-item generation, the cross-entropy of the target tokens. v_u, v_tu (P, C): the user vector and
     the target read after the history, one per prediction; v_t (N >= P, C): the item tower's vectors of those
-    P targets, then of any extra negative items; items (N,) the item behind each row of v_t; log_q (N,), when
-    given, the log-rate at which each key's item is drawn as a negative, taken off its logits (logq_correction).
+    P targets, then of any extra negative items; items (N,) the item behind each row of v_t.
     softmax_over="items": each user (or v_T|U) against the batch's items; "users" (the spec's formula): each
     target item against the batch's users.
     """
     P = len(v_u)
     def nce(q):
-        return info_nce(q, v_t, items, cfg.tau, log_q) if cfg.softmax_over == "items" else \
+        return info_nce(q, v_t, items, cfg.tau) if cfg.softmax_over == "items" else \
             info_nce(v_t[:P], q, items[:P], cfg.tau)
     l_tt = nce(v_tu) if cfg.alpha > 0 else torch.zeros_like(l_nig)
     l_ut = nce(v_u) if cfg.beta > 0 else torch.zeros_like(l_nig)
@@ -623,7 +618,7 @@ def lr_at(step, lr, warmup, steps):
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype, bank=None, log_counts=None):
+def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype, bank=None):
     """One optimiser step on a batch of rows (item sequences) and extra negative items (and a bank of catalog
     vectors, (vectors, items), when there is one). The plumbing lives here -- devices, mixed precision, several
     processes -- so that calrec_loss reads like the paper."""
@@ -650,8 +645,7 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
             if bank is not None:  # the bank's vectors of items not already among the live keys
                 keep = ~torch.isin(bank[1], items)
                 v_t, items = torch.cat([v_t, bank[0][keep].to(v_t.dtype)]), torch.cat([items, bank[1][keep]])
-        log_q = log_counts.to(device)[items] if cfg.logq_correction and v_t is not None else None
-        loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg, log_q)
+        loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -723,7 +717,7 @@ def train_stage(exp, stage):
         rows = [exp.rows[d][rng.integers(len(exp.rows[d]))] for d in domains]
         extra = rng.choice(catalog, size=min(cfg.extra_negatives, len(catalog)), replace=False).tolist()
         loss, parts = train_step(towers, optimizer, scaler, exp.builder, rows, extra, cfg, device, exp.args.dtype,
-                                 (bank["vectors"], bank["items"]) if bank else None, exp.all_log_counts)
+                                 (bank["vectors"], bank["items"]) if bank else None)
         if step % max(1, cfg.eval_interval // 4) == 0:
             log.debug(f"  step {step:5d}  loss {loss:.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items()))
 
@@ -777,11 +771,6 @@ class Experiment:
     def log_counts(self):
         """log(1 + n_j) of every target item, n_j its training interactions: the popularity prior's shape."""
         return torch.log1p(popularity(self.domains[self.target]))
-
-    @functools.cached_property
-    def all_log_counts(self):
-        """log(1 + n_j) of every item of every domain (global indices): log q(j) of logq_correction."""
-        return torch.cat([torch.log1p(popularity(d)) for d in self.domains])
 
     @functools.cached_property
     def bm25(self):
