@@ -768,11 +768,6 @@ class Experiment:
         return rank_metrics(ranks)["ndcg@10"]
 
     @functools.cached_property
-    def log_counts(self):
-        """log(1 + n_j) of every target item, n_j its training interactions: the popularity prior's shape."""
-        return torch.log1p(popularity(self.domains[self.target]))
-
-    @functools.cached_property
     def bm25(self):
         """The target catalog's BM25 index (local item indices)."""
         return BM25([self.texts[i] for i in self.catalog], self.cfg.bm25_k1, self.cfg.bm25_b)
@@ -895,13 +890,14 @@ def evaluate(exp):
         return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
 
     def prior():  # lambda log(1 + n_j), lambda chosen on the validation split once (stored: a resumed run reuses it)
+        log_counts = torch.log1p(popularity(domain))
         if "dense_prior" not in state.done:
             weights = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
-            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, exp.log_counts, weights)
+            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, log_counts, weights)
             log.info("dense path, popularity prior: validation NDCG@10 " +
                      ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items()) + f"; lambda = {weight:g}")
             state.finish("dense_prior", dict(weight=weight, valid_ndcg=ndcg))
-        return state.done["dense_prior"]["weight"] * exp.log_counts
+        return state.done["dense_prior"]["weight"] * log_counts
 
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
