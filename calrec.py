@@ -81,7 +81,7 @@ class CALRecConfig:
     warmup: int = 30
     eval_interval: int = 100
     domain_temperature: float = 1.0  # stage-1 mixture: P(domain) ~ n_train ** (1 / temperature)
-    select_users: int = 500          # validation users used for model selection during training
+    select_users: int = 500          # validation users for model selection during training (0: all of them)
     # inference (spec section 5)
     beams: int = 10
     constrained_beams: int = 20      # beams of the catalog-constrained path (each beam is one item); 0: off
@@ -122,7 +122,7 @@ BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
 REAL_DATA = CALRecConfig(  # about an hour on 2 CPU cores; chosen on Scientific's validation split (results.md)
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=1,
     max_item_tokens=32, stage1_steps=600, stage2_steps=1200, batch_size=32, lr=1e-3, warmup=100,
-    eval_interval=200, domain_temperature=2.0, select_users=500, beams=5, eval_batch=64, bm25_valid_users=1000,
+    eval_interval=200, domain_temperature=2.0, select_users=0, beams=5, eval_batch=64, bm25_valid_users=1000,
     extra_negatives=256, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
@@ -756,9 +756,9 @@ class Experiment:
         return "dense" if self.cfg.beta > 0 else "generative"
 
     def validate(self):
-        """Validation NDCG@10 of the LM on the first select_users validation users (model selection); the dense
-        path by the cosine alone (its popularity prior is fitted once, after training)."""
-        examples = self.domains[self.target].valid[:self.cfg.select_users]
+        """Validation NDCG@10 of the LM on the first select_users validation users (0: all) for model selection;
+        the dense path by the cosine alone (its popularity prior is fitted once, after training)."""
+        examples = self.domains[self.target].valid[:self.cfg.select_users or None]
         if self.select_path == "dense":
             ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
                                user_pool=self.cfg.user_pool)
