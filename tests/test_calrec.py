@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -395,6 +396,28 @@ def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
         assert ndcg == pytest.approx({w: ndcg10(examples, w) for w in weights})
         assert ndcg[best] == max(ndcg.values()) and best == min(w for w in weights if ndcg[w] == ndcg[best])
         assert (best > 0) == (target == 2)
+
+
+def test_model_selection_scores_the_first_select_users_or_all_with_zero(small_world):
+    _, _, texts, tok = small_world
+    torch.manual_seed(0)
+    builder = data.PromptBuilder(tok, texts, block_size=128)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
+    valid = [([0], 1), ([1, 2], 3), ([3], 0), ([2], 1), ([0, 3], 2)]
+    domain = data.Domain("tea", [{}] * 4, list("abcd"), [], valid, valid)
+    v_u, v_t = calrec.dense_vectors(net, builder, valid, range(4), "cpu")
+    per_user = [1 / math.log2(r + 1) if r <= 10 else 0.0
+                for r in naive_prior_ranks(v_u, v_t, valid, 1.0, torch.zeros(4))]  # NDCG@10 of each user, by hand
+
+    def validate(select_users):  # Experiment.validate on what it reads
+        exp = SimpleNamespace(domains=[domain], target=0, lm=net, builder=builder, catalog=range(4),
+                              args=SimpleNamespace(device="cpu"), select_path="dense",
+                              cfg=dataclasses.replace(calrec.BUILT_IN, select_users=select_users))
+        return calrec.Experiment.validate(exp)
+
+    assert validate(2) == pytest.approx(sum(per_user[:2]) / 2)
+    assert validate(0) == pytest.approx(sum(per_user) / 5) == validate(5)
+    assert len(set(per_user)) > 1  # the users differ, so the count of users scored shows in the mean
 
 
 def test_learning_rate_schedule_by_hand():
