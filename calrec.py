@@ -72,6 +72,9 @@ class CALRecConfig:
     user_pool: str = "mean"       # v_U: the "mean" over the prompt (the paper) or its "last" token [beyond the paper]
     popularity_prior: bool = True  # [beyond the paper] the dense path scores cos(v_U, v_T) / tau + lambda log(1 + n_j),
                                    # n_j: item j's training interactions; lambda chosen on validation (PRIOR_WEIGHTS)
+    recent_items: int = 3         # [beyond the paper] the dense path's query mixes v_U with the mean item vector of
+                                  # the user's last recent_items history items, weight mu chosen on validation
+                                  # (RECENT_WEIGHTS); 0: v_U alone
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -500,11 +503,31 @@ def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean
 # between -- hence a weight lambda in [0, 1], chosen on the validation split, 0 among the candidates.
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
+# The recent items [beyond the paper]. A prompt holds only the last few history items (max_history), yet the item
+# tower has already placed every item the user bought: the mean of v_T over the last recent_items of them, r_U, is
+# a second query from the same towers -- what "items like the ones just bought" means to the model. The dense path
+# ranks by the cosine to q_U = (1 - mu) v_U + mu r_U, that is (1 - mu) cos(v_U, v_T_j) + mu mean_i cos(v_T_i, v_T_j)
+# (item vectors are unit length), with mu chosen on the validation split with lambda, 0 among the candidates.
+RECENT_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 
-def choose_prior_weight(v_u, v_t, examples, tau, log_counts, weights=PRIOR_WEIGHTS):
-    """The lambda of `weights` with the best NDCG@10 on examples (the first on ties), and every lambda's NDCG@10."""
-    ndcg = {w: rank_metrics(rank_vectors(v_u, v_t, examples, tau, w * log_counts))["ndcg@10"] for w in weights}
-    return max(weights, key=lambda w: (ndcg[w], -weights.index(w))), ndcg
+
+def recent_vectors(v_t, examples, k):
+    """r_U: the mean item vector of each example's last k history items (B, C); zeros for an empty history."""
+    return torch.stack([v_t[h[-k:]].mean(0) if h and k else torch.zeros(v_t.shape[1]) for h, _ in examples])
+
+
+def dense_queries(v_u, r_u, mu):
+    """The dense path's query: (1 - mu) v_U + mu r_U."""
+    return (1 - mu) * v_u + mu * r_u
+
+
+def choose_dense_weights(v_u, r_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS, weights=PRIOR_WEIGHTS):
+    """The (mu, lambda) of the grid with the best NDCG@10 on examples (the first in grid order on ties: the smaller
+    mu, then the smaller lambda), and every pair's NDCG@10."""
+    grid = [(m, w) for m in mus for w in weights]
+    ndcg = {(m, w): rank_metrics(rank_vectors(dense_queries(v_u, r_u, m), v_t, examples, tau, w * log_counts))
+            ["ndcg@10"] for m, w in grid}
+    return max(grid, key=lambda mw: (ndcg[mw], -grid.index(mw))), ndcg
 
 
 # -----------------------------------------------------------------------------
@@ -757,7 +780,7 @@ class Experiment:
 
     def validate(self):
         """Validation NDCG@10 of the LM on the first select_users validation users (0: all) for model selection;
-        the dense path by the cosine alone (its popularity prior is fitted once, after training)."""
+        the dense path by the cosine alone (its mu and lambda are fitted once, after training)."""
         examples = self.domains[self.target].valid[:self.cfg.select_users or None]
         if self.select_path == "dense":
             ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
@@ -889,21 +912,32 @@ def evaluate(exp):
     def dense(split):
         return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
 
-    def prior():  # lambda log(1 + n_j), lambda chosen on the validation split once (stored: a resumed run reuses it)
-        log_counts = torch.log1p(popularity(domain))
-        if "dense_prior" not in state.done:
-            weights = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
-            weight, ndcg = choose_prior_weight(*dense("valid"), domain.valid, cfg.tau, log_counts, weights)
-            log.info("dense path, popularity prior: validation NDCG@10 " +
-                     ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items()) + f"; lambda = {weight:g}")
-            state.finish("dense_prior", dict(weight=weight, valid_ndcg=ndcg))
-        return state.done["dense_prior"]["weight"] * log_counts
+    def weights():  # mu and lambda of the dense path, chosen on the validation split once (stored: a resumed
+        log_counts = torch.log1p(popularity(domain))  # run reuses them)
+        if "dense_weights" not in state.done:
+            v_u, v_t = dense("valid")
+            mus = RECENT_WEIGHTS if cfg.recent_items else (0.0,)
+            lams = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
+            (mu, lam), ndcg = choose_dense_weights(v_u, recent_vectors(v_t, domain.valid, cfg.recent_items), v_t,
+                                                   domain.valid, cfg.tau, log_counts, mus, lams)
+            log.info("dense path, validation NDCG@10 by (recent items' weight mu, popularity prior's lambda): " +
+                     ", ".join(f"({m:g}, {w:g}) {v:.4f}" for (m, w), v in ndcg.items()) +
+                     f"; mu = {mu:g}, lambda = {lam:g}")
+            state.finish("dense_weights", dict(weight=lam, recent_weight=mu,
+                                             valid_ndcg={f"{m:g},{w:g}": v for (m, w), v in ndcg.items()}))
+        return state.done["dense_weights"]["recent_weight"], state.done["dense_weights"]["weight"] * log_counts
+
+    def dense_full(split):  # q_U = (1 - mu) v_U + mu r_U, scored with the prior
+        (v_u, v_t), examples = dense(split), getattr(domain, split)
+        mu, prior = weights()
+        return rank_vectors(dense_queries(v_u, recent_vectors(v_t, examples, cfg.recent_items), mu), v_t, examples,
+                            cfg.tau, prior)
 
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
         "calrec_constrained": lambda split: generative(split, trie=trie),
-        "calrec_dense": lambda split: (rank_vectors(*dense(split), getattr(domain, split), cfg.tau, prior()), None),
-        "calrec_dense_cos": lambda split: (rank_vectors(*dense(split), getattr(domain, split)), None),  # no prior
+        "calrec_dense": lambda split: (dense_full(split), None),
+        "calrec_dense_cos": lambda split: (rank_vectors(*dense(split), getattr(domain, split)), None),  # v_U alone
         "sasrec": lambda split: (rank_sasrec(sasrec, domain, getattr(domain, split), cfg, device), None),
         "popular": lambda split: (rank_popular(domain, getattr(domain, split)), None),
         "last_item_bm25": lambda split: (rank_last_item_bm25(bm25, local_texts, getattr(domain, split)), None),
@@ -911,7 +945,7 @@ def evaluate(exp):
     }
     if not cfg.constrained_beams:
         del entries["calrec_constrained"]
-    if not cfg.popularity_prior:  # the dense row is then the cosine alone
+    if not cfg.popularity_prior and not cfg.recent_items:  # the dense row is then the cosine alone
         del entries["calrec_dense_cos"]
     if not cfg.baselines:
         entries = {k: v for k, v in entries.items() if k.startswith("calrec")}
@@ -950,15 +984,17 @@ def write_results(exp, results, stages):
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name,
                   stages=args.stages, seed=args.seed, device=args.device, init=args.init,
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
-                  dense_prior_weight=exp.state.done["dense_prior"]["weight"],
+                  dense_prior_weight=exp.state.done["dense_weights"]["weight"],
+                  dense_recent_weight=exp.state.done["dense_weights"]["recent_weight"],
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
     out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
                resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
-             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense popularity prior lambda "
-             f"{config['dense_prior_weight']:g}); full ranking over {domain.n_items} items")
+             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: recent items' mu "
+             f"{config['dense_recent_weight']:g}, popularity prior's lambda {config['dense_prior_weight']:g}); "
+             f"full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
              f"results in {os.path.join(args.out_dir, 'results.json')}")
