@@ -72,9 +72,8 @@ class CALRecConfig:
     user_pool: str = "mean"       # v_U: the "mean" over the prompt (the paper) or its "last" token [beyond the paper]
     popularity_prior: bool = True  # [beyond the paper] the dense path scores cos(v_U, v_T) / tau + lambda log(1 + n_j),
                                    # n_j: item j's training interactions; lambda chosen on validation (PRIOR_WEIGHTS)
-    recent_items: int = 3         # [beyond the paper] the dense path's query mixes v_U with the mean item vector of
-                                  # the user's last recent_items history items, weight mu chosen on validation
-                                  # (RECENT_WEIGHTS); 0: v_U alone
+    recent_items: bool = True     # [beyond the paper] the dense path's query mixes v_U with the recency-weighted
+                                  # mean item vector of the history; weights chosen on validation (RECENT_WEIGHTS)
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -504,16 +503,24 @@ def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # The recent items [beyond the paper]. A prompt holds only the last few history items (max_history), yet the item
-# tower has already placed every item the user bought: the mean of v_T over the last recent_items of them, r_U, is
-# a second query from the same towers -- what "items like the ones just bought" means to the model. The dense path
-# ranks by the cosine to q_U = (1 - mu) v_U + mu r_U, that is (1 - mu) cos(v_U, v_T_j) + mu mean_i cos(v_T_i, v_T_j)
-# (item vectors are unit length), with mu chosen on the validation split with lambda, 0 among the candidates.
-RECENT_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+# tower has placed every item the user bought: their vectors, weighted by recency, give a second query from the same
+# towers -- what "items like the ones just bought" means to the model, at no cost in training:
+#     r_U = sum_i gamma^a_i v_T_i / sum_i gamma^a_i,   a_i the age of history item i (0 for the last one),
+# and the dense path ranks by the cosine to q_U = (1 - mu) v_U + mu r_U, that is, item vectors being unit length,
+# (1 - mu) cos(v_U, v_T_j) + mu sum_i w_i cos(v_T_i, v_T_j). gamma, mu and lambda are chosen together on the
+# validation split after training; mu = 0 (v_U alone) is among the candidates.
+RECENT_WEIGHTS = (0.2, 0.4, 0.6, 0.8)      # mu, besides 0
+RECENT_DECAYS = (0.25, 0.5, 0.75, 1.0)     # gamma; 1: the plain mean of the history
 
 
-def recent_vectors(v_t, examples, k):
-    """r_U: the mean item vector of each example's last k history items (B, C); zeros for an empty history."""
-    return torch.stack([v_t[h[-k:]].mean(0) if h and k else torch.zeros(v_t.shape[1]) for h, _ in examples])
+def recent_vectors(v_t, examples, decay):
+    """r_U of every example (B, C): its history items' v_T weighted decay ** age, the weights summing to 1; zeros
+    for an empty history."""
+    out = []
+    for history, _ in examples:
+        w = decay ** torch.arange(len(history) - 1, -1, -1, dtype=v_t.dtype)
+        out.append(w @ v_t[history] / w.sum() if history else torch.zeros(v_t.shape[1], dtype=v_t.dtype))
+    return torch.stack(out)
 
 
 def dense_queries(v_u, r_u, mu):
@@ -521,13 +528,15 @@ def dense_queries(v_u, r_u, mu):
     return (1 - mu) * v_u + mu * r_u
 
 
-def choose_dense_weights(v_u, r_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS, weights=PRIOR_WEIGHTS):
-    """The (mu, lambda) of the grid with the best NDCG@10 on examples (the first in grid order on ties: the smaller
-    mu, then the smaller lambda), and every pair's NDCG@10."""
-    grid = [(m, w) for m in mus for w in weights]
-    ndcg = {(m, w): rank_metrics(rank_vectors(dense_queries(v_u, r_u, m), v_t, examples, tau, w * log_counts))
-            ["ndcg@10"] for m, w in grid}
-    return max(grid, key=lambda mw: (ndcg[mw], -grid.index(mw))), ndcg
+def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS, decays=RECENT_DECAYS,
+                         weights=PRIOR_WEIGHTS):
+    """The (mu, gamma, lambda) of the grid with the best NDCG@10 on examples, and every triple's NDCG@10. The grid
+    starts with mu = 0 (gamma unused: None), then every mu of mus with every gamma; ties go to the first."""
+    r_u = {g: recent_vectors(v_t, examples, g) for g in decays}
+    grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus for g in decays for w in weights]
+    ndcg = {(m, g, w): rank_metrics(rank_vectors(v_u if g is None else dense_queries(v_u, r_u[g], m), v_t, examples,
+                                                 tau, w * log_counts))["ndcg@10"] for m, g, w in grid}
+    return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
 
 
 # -----------------------------------------------------------------------------
@@ -912,26 +921,28 @@ def evaluate(exp):
     def dense(split):
         return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
 
-    def weights():  # mu and lambda of the dense path, chosen on the validation split once (stored: a resumed
-        log_counts = torch.log1p(popularity(domain))  # run reuses them)
+    def weights():  # mu, gamma and lambda of the dense path, chosen on the validation split once (stored: a
+        log_counts = torch.log1p(popularity(domain))  # resumed run reuses them)
         if "dense_weights" not in state.done:
-            v_u, v_t = dense("valid")
-            mus = RECENT_WEIGHTS if cfg.recent_items else (0.0,)
             lams = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
-            (mu, lam), ndcg = choose_dense_weights(v_u, recent_vectors(v_t, domain.valid, cfg.recent_items), v_t,
-                                                   domain.valid, cfg.tau, log_counts, mus, lams)
-            log.info("dense path, validation NDCG@10 by (recent items' weight mu, popularity prior's lambda): " +
-                     ", ".join(f"({m:g}, {w:g}) {v:.4f}" for (m, w), v in ndcg.items()) +
-                     f"; mu = {mu:g}, lambda = {lam:g}")
-            state.finish("dense_weights", dict(weight=lam, recent_weight=mu,
-                                             valid_ndcg={f"{m:g},{w:g}": v for (m, w), v in ndcg.items()}))
-        return state.done["dense_weights"]["recent_weight"], state.done["dense_weights"]["weight"] * log_counts
+            mus = RECENT_WEIGHTS if cfg.recent_items else ()
+            (mu, gamma, lam), ndcg = choose_dense_weights(*dense("valid"), domain.valid, cfg.tau, log_counts, mus,
+                                                          weights=lams)
+            log.info("dense path, validation NDCG@10 for lambda = " + ", ".join(f"{w:g}" for w in lams) + ":")
+            for m, g in dict.fromkeys((m, g) for m, g, _ in ndcg):
+                log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +
+                         " ".join(f"{ndcg[m, g, w]:.4f}" for w in lams))
+            log.info(f"chosen: mu {mu:g}, gamma {gamma}, lambda {lam:g}")
+            state.finish("dense_weights", dict(recent_weight=mu, recent_decay=gamma, weight=lam,
+                                               valid_ndcg={f"{m:g},{g},{w:g}": v for (m, g, w), v in ndcg.items()}))
+        chosen = state.done["dense_weights"]
+        return chosen["recent_weight"], chosen["recent_decay"], chosen["weight"] * log_counts
 
     def dense_full(split):  # q_U = (1 - mu) v_U + mu r_U, scored with the prior
         (v_u, v_t), examples = dense(split), getattr(domain, split)
-        mu, prior = weights()
-        return rank_vectors(dense_queries(v_u, recent_vectors(v_t, examples, cfg.recent_items), mu), v_t, examples,
-                            cfg.tau, prior)
+        mu, gamma, prior = weights()
+        q_u = v_u if gamma is None else dense_queries(v_u, recent_vectors(v_t, examples, gamma), mu)
+        return rank_vectors(q_u, v_t, examples, cfg.tau, prior)
 
     entries = {
         "calrec_generative": lambda split: generative(split, bm25=bm25),
@@ -986,6 +997,7 @@ def write_results(exp, results, stages):
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
                   dense_prior_weight=exp.state.done["dense_weights"]["weight"],
                   dense_recent_weight=exp.state.done["dense_weights"]["recent_weight"],
+                  dense_recent_decay=exp.state.done["dense_weights"]["recent_decay"],
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
     out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
                resumed=exp.state.resumes)
@@ -993,7 +1005,8 @@ def write_results(exp, results, stages):
     methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: recent items' mu "
-             f"{config['dense_recent_weight']:g}, popularity prior's lambda {config['dense_prior_weight']:g}); "
+             f"{config['dense_recent_weight']:g} gamma {config['dense_recent_decay']}, popularity prior's lambda "
+             f"{config['dense_prior_weight']:g}); "
              f"full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "

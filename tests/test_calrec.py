@@ -392,24 +392,24 @@ def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
 
     for target in (2, 0):
         examples = [([], target)] * 4
-        (mu, best), ndcg = calrec.choose_dense_weights(v_u, v_u, v_t, examples, 0.05, log_counts, (0.0,), weights)
-        assert ndcg == pytest.approx({(0.0, w): ndcg10(examples, w) for w in weights})
-        assert mu == 0.0 and best == min(w for w in weights if ndcg[0.0, w] == max(ndcg.values()))
+        (mu, gamma, best), ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (), (), weights)
+        assert ndcg == pytest.approx({(0.0, None, w): ndcg10(examples, w) for w in weights})
+        assert mu == 0.0 and gamma is None
+        assert best == min(w for w in weights if ndcg[0.0, None, w] == max(ndcg.values()))
         assert (best > 0) == (target == 2)
 
 
-def naive_recent_ranks(v_u, v_t, examples, k, mu, tau, prior):
-    """score_j = ((1 - mu) cos(u, t_j) + mu * mean over the last k history items i of cos(t_i, t_j)) / tau + prior_j,
-    one user, one item and one history item at a time; ranks as naive_prior_ranks."""
+def naive_recent_ranks(v_u, v_t, examples, gamma, mu, tau, prior):
+    """score_j = ((1 - mu) cos(u, t_j) + mu * sum_i w_i cos(t_i, t_j)) / tau + prior_j, w_i = gamma ** (items after
+    i in the history), normalised; one user, one item and one history item at a time; ranks as naive_prior_ranks."""
     def cos(a, b):
         return float(a @ b) / float(a.norm() * b.norm())
 
     ranks = []
     for u, (history, target) in zip(v_u, examples):
-        recent = history[-k:] if k else []
-        score = [((1 - mu) * cos(u, v_t[j]) + mu * (sum(cos(v_t[i], v_t[j]) for i in recent) / len(recent)
-                                                     if recent else 0.0)) / tau + float(prior[j])
-                 for j in range(len(v_t))]
+        w = [gamma ** (len(history) - 1 - n) for n in range(len(history))]
+        score = [((1 - mu) * cos(u, v_t[j]) + mu * sum(wi * cos(v_t[i], v_t[j]) for wi, i in zip(w, history))
+                  / max(sum(w), 1e-12)) / tau + float(prior[j]) for j in range(len(v_t))]
         ranks.append(0 if target in history else
                      sum(score[j] >= score[target] for j in range(len(v_t)) if j not in history))
     return ranks
@@ -420,10 +420,10 @@ def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
     v_u, v_t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(10, 4), dim=-1)
     examples = [([0, 3, 5, 7], 1), ([2], 2), ([9, 4], 8), ([5, 6, 7, 1, 2], 0), ([1], 4), ([8, 0], 6)]
     prior = 0.25 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0, 5.0]))
-    for k, mu in ((3, 0.5), (1, 0.75), (2, 0.0), (0, 0.5)):
-        got = calrec.rank_vectors(calrec.dense_queries(v_u, calrec.recent_vectors(v_t, examples, k), mu), v_t,
+    for gamma, mu in ((0.5, 0.5), (1.0, 0.75), (0.25, 0.0), (0.0, 0.4)):  # gamma 0: the last item alone
+        got = calrec.rank_vectors(calrec.dense_queries(v_u, calrec.recent_vectors(v_t, examples, gamma), mu), v_t,
                                   examples, 0.1, prior, chunk=4)
-        assert got.tolist() == naive_recent_ranks(v_u, v_t, examples, k, mu, 0.1, prior), (k, mu)
+        assert got.tolist() == naive_recent_ranks(v_u, v_t, examples, gamma, mu, 0.1, prior), (gamma, mu)
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
@@ -434,20 +434,19 @@ def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
     v_t = torch.stack([angles.cos(), angles.sin()], dim=1)
     v_u = v_t[[1]].repeat(4, 1)
     log_counts = torch.log1p(torch.tensor([3.0, 1.0, 1.0, 3.0]))
-    mus, weights = (0.0, 0.5, 0.75), (0.0, 0.5)
+    mus, decays, weights = (0.5, 0.75), (0.5, 1.0), (0.0, 0.5)
 
-    def ndcg10(examples, mu, w):
-        ranks = naive_recent_ranks(v_u, v_t, examples, 1, mu, 0.05, w * log_counts)
+    def ndcg10(examples, mu, gamma, w):
+        ranks = naive_recent_ranks(v_u, v_t, examples, gamma or 1.0, mu, 0.05, w * log_counts)
         return sum(1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in ranks) / len(ranks)
 
     for target in (2, 1):
-        examples = [([3], target)] * 4
-        r_u = calrec.recent_vectors(v_t, examples, 1)
-        best, ndcg = calrec.choose_dense_weights(v_u, r_u, v_t, examples, 0.05, log_counts, mus, weights)
-        want = {(m, w): ndcg10(examples, m, w) for m in mus for w in weights}
-        assert ndcg == pytest.approx(want)
-        grid = list(want)
-        assert best == max(grid, key=lambda mw: (want[mw], -grid.index(mw)))
+        examples = [([0, 3], target)] * 4  # item 0 first, item 3 last: gamma decides how much item 0 weighs
+        best, ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, mus, decays, weights)
+        grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus for g in decays for w in weights]
+        want = {c: ndcg10(examples, *c) for c in grid}
+        assert list(ndcg) == grid and ndcg == pytest.approx(want)
+        assert best == max(grid, key=lambda c: (want[c], -grid.index(c)))
         assert (best[0] > 0) == (target == 2)
 
 
@@ -533,6 +532,7 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
             assert all(0.0 <= v <= 1.0 for v in res[split][m].values())
     assert res["config"]["target"] == "Beta" and res["wall_s"] > 0 and res["resumed"] == 0
     assert res["config"]["dense_prior_weight"] in calrec.PRIOR_WEIGHTS
-    assert res["config"]["dense_recent_weight"] in calrec.RECENT_WEIGHTS
+    assert res["config"]["dense_recent_weight"] in (0.0,) + calrec.RECENT_WEIGHTS
+    assert res["config"]["dense_recent_decay"] in (None,) + calrec.RECENT_DECAYS
     text = capsys.readouterr().out
     assert "CALRec generative+BM25" in text and "most popular" in text and "first-order Markov" in text
