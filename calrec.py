@@ -932,7 +932,7 @@ def evaluate(exp):
             for m, g in dict.fromkeys((m, g) for m, g, _ in ndcg):
                 log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +
                          " ".join(f"{ndcg[m, g, w]:.4f}" for w in lams))
-            log.info(f"chosen: mu {mu:g}, gamma {gamma}, lambda {lam:g}")
+            log.info(f"chosen: mu {mu:g}" + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {lam:g}")
             state.finish("dense_weights", dict(recent_weight=mu, recent_decay=gamma, weight=lam,
                                                valid_ndcg={f"{m:g},{g},{w:g}": v for (m, g, w), v in ndcg.items()}))
         chosen = state.done["dense_weights"]
@@ -1003,10 +1003,10 @@ def write_results(exp, results, stages):
                resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
+    mu, gamma = config["dense_recent_weight"], config["dense_recent_decay"]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
-             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: recent items' mu "
-             f"{config['dense_recent_weight']:g} gamma {config['dense_recent_decay']}, popularity prior's lambda "
-             f"{config['dense_prior_weight']:g}); "
+             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: mu {mu:g}"
+             + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {config['dense_prior_weight']:g}); "
              f"full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
