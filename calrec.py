@@ -789,7 +789,7 @@ class Experiment:
 
     def validate(self):
         """Validation NDCG@10 of the LM on the first select_users validation users (0: all) for model selection;
-        the dense path by the cosine alone (its mu and lambda are fitted once, after training)."""
+        the dense path by the cosine alone (its mu, gamma and lambda are chosen once, after training)."""
         examples = self.domains[self.target].valid[:self.cfg.select_users or None]
         if self.select_path == "dense":
             ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
@@ -921,8 +921,9 @@ def evaluate(exp):
     def dense(split):
         return dense_vectors(lm, exp.builder, getattr(domain, split), exp.catalog, device, user_pool=cfg.user_pool)
 
-    def weights():  # mu, gamma and lambda of the dense path, chosen on the validation split once (stored: a
-        log_counts = torch.log1p(popularity(domain))  # resumed run reuses them)
+    # mu, gamma and lambda of the dense path, chosen on the validation split once (stored: a resumed run reuses them)
+    def weights():
+        log_counts = torch.log1p(popularity(domain))
         if "dense_weights" not in state.done:
             lams = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
             mus = RECENT_WEIGHTS if cfg.recent_items else ()
