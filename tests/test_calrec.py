@@ -356,52 +356,10 @@ def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world, user_p
     assert got.tolist() == want
 
 
-def naive_prior_ranks(v_u, v_t, examples, tau, prior):
-    """score_j = cos(u, t_j) / tau + prior_j, one user and one item at a time; rank = candidates scoring >= the
-    target (history excluded, ties against the target); 0 for a target in its own history."""
-    ranks = []
-    for u, (history, target) in zip(v_u, examples):
-        score = [float(u @ v_t[j]) / float(u.norm() * v_t[j].norm()) / tau + float(prior[j]) for j in range(len(v_t))]
-        ranks.append(0 if target in history else
-                     sum(score[j] >= score[target] for j in range(len(v_t)) if j not in history))
-    return ranks
-
-
-def test_dense_ranks_with_a_popularity_prior_equal_a_naive_loop():
-    torch.manual_seed(0)
-    v_u, v_t = F.normalize(torch.randn(7, 5), dim=-1), F.normalize(torch.randn(9, 5), dim=-1)
-    examples = [([0, 3], 1), ([2], 2), ([], 8), ([5, 6, 7], 0), ([1], 4), ([8], 6), ([0], 3)]
-    prior = 0.5 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0]))
-    want = naive_prior_ranks(v_u, v_t, examples, 0.1, prior)
-    assert calrec.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
-    assert calrec.rank_vectors(v_u, v_t, examples).tolist() == naive_prior_ranks(v_u, v_t, examples, 1.0,
-                                                                                   torch.zeros(9))
-
-
-def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
-    # three items; cosine mildly prefers item 0 for every user. When users buy the popular item 2, a prior helps;
-    # when they buy the unpopular item 0, it hurts. The weight picked must be the best NDCG@10, computed by hand.
-    v_t = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]]), dim=-1)
-    v_u = F.normalize(torch.tensor([[1.0, 0.1]]).repeat(4, 1), dim=-1)
-    log_counts = torch.log1p(torch.tensor([1.0, 5.0, 50.0]))
-    weights = (0.0, 0.25, 0.5, 1.0)
-
-    def ndcg10(examples, w):  # one relevant item: 1 / log2(rank + 1)
-        ranks = naive_prior_ranks(v_u, v_t, examples, 0.05, w * log_counts)
-        return sum(1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in ranks) / len(ranks)
-
-    for target in (2, 0):
-        examples = [([], target)] * 4
-        (mu, gamma, best), ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (), (), weights)
-        assert ndcg == pytest.approx({(0.0, None, w): ndcg10(examples, w) for w in weights})
-        assert mu == 0.0 and gamma is None
-        assert best == min(w for w in weights if ndcg[0.0, None, w] == max(ndcg.values()))
-        assert (best > 0) == (target == 2)
-
-
-def naive_recent_ranks(v_u, v_t, examples, gamma, mu, tau, prior):
+def naive_dense_ranks(v_u, v_t, examples, tau, prior, gamma=1.0, mu=0.0):
     """score_j = ((1 - mu) cos(u, t_j) + mu * sum_i w_i cos(t_i, t_j)) / tau + prior_j, w_i = gamma ** (items after
-    i in the history), normalised; one user, one item and one history item at a time; ranks as naive_prior_ranks."""
+    i in the history), normalised; one user, one item and one history item at a time. rank = candidates scoring >=
+    the target (history excluded, ties against the target); 0 for a target in its own history."""
     def cos(a, b):
         return float(a @ b) / float(a.norm() * b.norm())
 
@@ -415,6 +373,38 @@ def naive_recent_ranks(v_u, v_t, examples, gamma, mu, tau, prior):
     return ranks
 
 
+def test_dense_ranks_with_a_popularity_prior_equal_a_naive_loop():
+    torch.manual_seed(0)
+    v_u, v_t = F.normalize(torch.randn(7, 5), dim=-1), F.normalize(torch.randn(9, 5), dim=-1)
+    examples = [([0, 3], 1), ([2], 2), ([], 8), ([5, 6, 7], 0), ([1], 4), ([8], 6), ([0], 3)]
+    prior = 0.5 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0]))
+    want = naive_dense_ranks(v_u, v_t, examples, 0.1, prior)
+    assert calrec.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
+    assert calrec.rank_vectors(v_u, v_t, examples).tolist() == naive_dense_ranks(v_u, v_t, examples, 1.0,
+                                                                                  torch.zeros(9))
+
+
+def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
+    # three items; cosine mildly prefers item 0 for every user. When users buy the popular item 2, a prior helps;
+    # when they buy the unpopular item 0, it hurts. The weight picked must be the best NDCG@10, computed by hand.
+    v_t = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]]), dim=-1)
+    v_u = F.normalize(torch.tensor([[1.0, 0.1]]).repeat(4, 1), dim=-1)
+    log_counts = torch.log1p(torch.tensor([1.0, 5.0, 50.0]))
+    weights = (0.0, 0.25, 0.5, 1.0)
+
+    def ndcg10(examples, w):  # one relevant item: 1 / log2(rank + 1)
+        ranks = naive_dense_ranks(v_u, v_t, examples, 0.05, w * log_counts)
+        return sum(1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in ranks) / len(ranks)
+
+    for target in (2, 0):
+        examples = [([], target)] * 4
+        (mu, gamma, best), ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (), (), weights)
+        assert ndcg == pytest.approx({(0.0, None, w): ndcg10(examples, w) for w in weights})
+        assert mu == 0.0 and gamma is None
+        assert best == min(w for w in weights if ndcg[0.0, None, w] == max(ndcg.values()))
+        assert (best > 0) == (target == 2)
+
+
 def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
     torch.manual_seed(1)
     v_u, v_t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(10, 4), dim=-1)
@@ -423,7 +413,7 @@ def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
     for gamma, mu in ((0.5, 0.5), (1.0, 0.75), (0.25, 0.0), (0.0, 0.4)):  # gamma 0: the last item alone
         got = calrec.rank_vectors(calrec.dense_queries(v_u, calrec.recent_vectors(v_t, examples, gamma), mu), v_t,
                                   examples, 0.1, prior, chunk=4)
-        assert got.tolist() == naive_recent_ranks(v_u, v_t, examples, gamma, mu, 0.1, prior), (gamma, mu)
+        assert got.tolist() == naive_dense_ranks(v_u, v_t, examples, 0.1, prior, gamma, mu), (gamma, mu)
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
@@ -437,7 +427,7 @@ def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
     mus, decays, weights = (0.5, 0.75), (0.5, 1.0), (0.0, 0.5)
 
     def ndcg10(examples, mu, gamma, w):
-        ranks = naive_recent_ranks(v_u, v_t, examples, gamma or 1.0, mu, 0.05, w * log_counts)
+        ranks = naive_dense_ranks(v_u, v_t, examples, 0.05, w * log_counts, gamma or 1.0, mu)
         return sum(1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in ranks) / len(ranks)
 
     for target in (2, 1):
@@ -459,7 +449,7 @@ def test_model_selection_scores_the_first_select_users_or_all_with_zero(small_wo
     domain = data.Domain("tea", [{}] * 4, list("abcd"), [], valid, valid)
     v_u, v_t = calrec.dense_vectors(net, builder, valid, range(4), "cpu")
     per_user = [1 / math.log2(r + 1) if r <= 10 else 0.0
-                for r in naive_prior_ranks(v_u, v_t, valid, 1.0, torch.zeros(4))]  # NDCG@10 of each user, by hand
+                for r in naive_dense_ranks(v_u, v_t, valid, 1.0, torch.zeros(4))]  # NDCG@10 of each user, by hand
 
     def validate(select_users):  # Experiment.validate on what it reads
         exp = SimpleNamespace(domains=[domain], target=0, lm=net, builder=builder, catalog=range(4),
