@@ -539,6 +539,11 @@ def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS
     return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
 
 
+def describe_dense_weights(mu, gamma, lam):
+    """The chosen weights as the log and the table's header print them (gamma only when it is used)."""
+    return f"mu {mu:g}" + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {lam:g}"
+
+
 # -----------------------------------------------------------------------------
 # 7. baselines on the same split: most popular, the last item's text through BM25, a first-order Markov chain,
 #    and SASRec (model.GPT over item ids)
@@ -933,7 +938,7 @@ def evaluate(exp):
             for m, g in dict.fromkeys((m, g) for m, g, _ in ndcg):
                 log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +
                          " ".join(f"{ndcg[m, g, w]:.4f}" for w in lams))
-            log.info(f"chosen: mu {mu:g}" + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {lam:g}")
+            log.info("chosen: " + describe_dense_weights(mu, gamma, lam))
             state.finish("dense_weights", dict(recent_weight=mu, recent_decay=gamma, weight=lam,
                                                valid_ndcg={f"{m:g},{g},{w:g}": v for (m, g, w), v in ndcg.items()}))
         chosen = state.done["dense_weights"]
@@ -993,21 +998,20 @@ def write_results(exp, results, stages):
     """Print the table and write results.json (atomically)."""
     args, cfg, domain = exp.args, exp.cfg, exp.domains[exp.target]
     n_valid_gen = min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid))
+    chosen = exp.state.done["dense_weights"]
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name,
                   stages=args.stages, seed=args.seed, device=args.device, init=args.init,
                   n_valid_generative=n_valid_gen, n_valid=len(domain.valid), n_test=len(domain.test),
-                  dense_prior_weight=exp.state.done["dense_weights"]["weight"],
-                  dense_recent_weight=exp.state.done["dense_weights"]["recent_weight"],
-                  dense_recent_decay=exp.state.done["dense_weights"]["recent_decay"],
+                  dense_prior_weight=chosen["weight"], dense_recent_weight=chosen["recent_weight"],
+                  dense_recent_decay=chosen["recent_decay"],
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
     out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
                resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
-    mu, gamma = config["dense_recent_weight"], config["dense_recent_decay"]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
-             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: mu {mu:g}"
-             + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {config['dense_prior_weight']:g}); "
+             f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: "
+             f"{describe_dense_weights(chosen['recent_weight'], chosen['recent_decay'], chosen['weight'])}); "
              f"full ranking over {domain.n_items} items")
     log.info(format_table(results, methods))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
