@@ -84,6 +84,8 @@ class CALRecConfig:
     eval_interval: int = 100
     domain_temperature: float = 1.0  # stage-1 mixture: P(domain) ~ n_train ** (1 / temperature)
     select_users: int = 500          # validation users for model selection during training (0: all of them)
+    select_full: bool = True         # model selection scores the dense path as reported, at the best weights of its
+                                     # grid (choose_dense_weights); false: by the cosine alone
     # inference (spec section 5)
     beams: int = 10
     constrained_beams: int = 20      # beams of the catalog-constrained path (each beam is one item); 0: off
@@ -156,11 +158,10 @@ def ranks_from_scores(scores, targets, histories):
     target (rank = number of candidates scoring >= the target), so a constant scorer earns nothing.
     """
     scores = scores.clone().float()
-    for b, h in enumerate(histories):
-        if h:
-            scores[b, torch.as_tensor(h, dtype=torch.long)] = float("-inf")
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
+    scores[users, torch.tensor([i for h in histories for i in h], dtype=torch.long)] = float("-inf")
     t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
-    ranks = (scores >= t).sum(1)                                       # (B,) includes the target itself
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
     return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
 
 
@@ -515,12 +516,15 @@ RECENT_DECAYS = (0.25, 0.5, 0.75, 1.0)     # gamma; 1: the plain mean of the his
 
 def recent_vectors(v_t, examples, decay):
     """r_U of every example (B, C): its history items' v_T weighted decay ** age, the weights summing to 1; zeros
-    for an empty history."""
-    out = []
-    for history, _ in examples:
-        w = decay ** torch.arange(len(history) - 1, -1, -1, dtype=v_t.dtype)
-        out.append(w @ v_t[history] / w.sum() if history else torch.zeros(v_t.shape[1], dtype=v_t.dtype))
-    return torch.stack(out)
+    for an empty history. All histories at once, as one flat list of (user, item, age)."""
+    lengths = torch.tensor([len(h) for h, _ in examples], dtype=torch.long)
+    user = torch.repeat_interleave(torch.arange(len(examples)), lengths)          # (H,) whose history item
+    item = torch.tensor([i for h, _ in examples for i in h], dtype=torch.long)   # (H,) which item
+    age = lengths.cumsum(0)[user] - 1 - torch.arange(len(item))                  # (H,) 0: a history's last item
+    w = decay ** age.to(v_t.dtype)
+    total = torch.zeros(len(examples), v_t.shape[1], dtype=v_t.dtype).index_add_(0, user, w[:, None] * v_t[item])
+    norm = torch.zeros(len(examples), dtype=v_t.dtype).index_add_(0, user, w)
+    return total / norm.clamp(min=torch.finfo(v_t.dtype).tiny)[:, None]
 
 
 def dense_queries(v_u, r_u, mu):
@@ -529,14 +533,31 @@ def dense_queries(v_u, r_u, mu):
 
 
 def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS, decays=RECENT_DECAYS,
-                         weights=PRIOR_WEIGHTS):
+                         weights=PRIOR_WEIGHTS, chunk=1024):
     """The (mu, gamma, lambda) of the grid with the best NDCG@10 on examples, and every triple's NDCG@10. The grid
-    starts with mu = 0 (gamma unused: None), then every mu of mus with every gamma; ties go to the first."""
-    r_u = {g: recent_vectors(v_t, examples, g) for g in decays}
+    starts with mu = 0 (gamma unused: None), then every mu of mus with every gamma; ties go to the first.
+    Both cosines, cos(v_U, v_T_j) and r_U . v_T_j, are computed once per chunk of users, then mixed per triple."""
     grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus for g in decays for w in weights]
-    ndcg = {(m, g, w): rank_metrics(rank_vectors(v_u if g is None else dense_queries(v_u, r_u[g], m), v_t, examples,
-                                                 tau, w * log_counts))["ndcg@10"] for m, g, w in grid}
+    r_u = {g: recent_vectors(v_t, examples, g) for g in decays}
+    ranks = {c: [] for c in grid}
+    for s in range(0, len(examples), chunk):
+        part = examples[s:s + chunk]
+        targets, histories = torch.tensor([t for _, t in part]), [h for h, _ in part]
+        cos_u = v_u[s:s + chunk] @ v_t.t()                                     # (chunk, N) cos(v_U, v_T_j)
+        cos_r = {g: r[s:s + chunk] @ v_t.t() for g, r in r_u.items()}        # (chunk, N) sum_i w_i cos(v_T_i, v_T_j)
+        for m, g in dict.fromkeys((m, g) for m, g, _ in grid):
+            cos_q = cos_u if g is None else (1 - m) * cos_u + m * cos_r[g]
+            for w in weights:
+                ranks[m, g, w].append(ranks_from_scores(cos_q / tau + w * log_counts, targets, histories))
+    ndcg = {c: rank_metrics(torch.cat(r))["ndcg@10"] for c, r in ranks.items()}
     return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
+
+
+def dense_grid(cfg):
+    """The candidates of the dense path's weights under cfg, as choose_dense_weights takes them: (mus, gammas,
+    lambdas); mu = 0 and lambda = 0 are always candidates."""
+    return ((RECENT_WEIGHTS, RECENT_DECAYS) if cfg.recent_items else ((), ())) + \
+        (PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,),)
 
 
 def describe_dense_weights(mu, gamma, lam):
@@ -793,16 +814,21 @@ class Experiment:
         return "dense" if self.cfg.beta > 0 else "generative"
 
     def validate(self):
-        """Validation NDCG@10 of the LM on the first select_users validation users (0: all) for model selection;
-        the dense path by the cosine alone (its mu, gamma and lambda are chosen once, after training)."""
-        examples = self.domains[self.target].valid[:self.cfg.select_users or None]
-        if self.select_path == "dense":
-            ranks = rank_dense(self.lm, self.builder, examples, self.catalog, self.args.device,
-                               user_pool=self.cfg.user_pool)
-        else:
-            ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, self.cfg,
-                                    bm25=self.bm25)[0]
-        return rank_metrics(ranks)["ndcg@10"]
+        """Validation NDCG@10 of the LM on the first select_users validation users (0: all) for model selection.
+        The dense path is scored as it is reported, at the best (mu, gamma, lambda) of its grid for these weights
+        (select_full), or by the cosine alone."""
+        cfg, domain = self.cfg, self.domains[self.target]
+        examples = domain.valid[:cfg.select_users or None]
+        if self.select_path == "generative":
+            ranks = rank_generative(self.lm, self.builder, self.tokenizer, examples, self.catalog, cfg, bm25=self.bm25)
+            return rank_metrics(ranks[0])["ndcg@10"]
+        v_u, v_t = dense_vectors(self.lm, self.builder, examples, self.catalog, self.args.device,
+                                 user_pool=cfg.user_pool)
+        if not cfg.select_full:
+            return rank_metrics(rank_vectors(v_u, v_t, examples))["ndcg@10"]
+        best, ndcg = choose_dense_weights(v_u, v_t, examples, cfg.tau, torch.log1p(popularity(domain)),
+                                          *dense_grid(cfg))
+        return ndcg[best]
 
     @functools.cached_property
     def bm25(self):
@@ -930,10 +956,9 @@ def evaluate(exp):
     def weights():
         log_counts = torch.log1p(popularity(domain))
         if "dense_weights" not in state.done:
-            lams = PRIOR_WEIGHTS if cfg.popularity_prior else (0.0,)
-            mus = RECENT_WEIGHTS if cfg.recent_items else ()
+            mus, gammas, lams = dense_grid(cfg)
             (mu, gamma, lam), ndcg = choose_dense_weights(*dense("valid"), domain.valid, cfg.tau, log_counts, mus,
-                                                          weights=lams)
+                                                          gammas, lams)
             log.info("dense path, validation NDCG@10 for lambda = " + ", ".join(f"{w:g}" for w in lams) + ":")
             for m, g in dict.fromkeys((m, g) for m, g, _ in ndcg):
                 log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +

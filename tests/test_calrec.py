@@ -445,21 +445,33 @@ def test_model_selection_scores_the_first_select_users_or_all_with_zero(small_wo
     torch.manual_seed(0)
     builder = data.PromptBuilder(tok, texts, block_size=128)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
-    valid = [([0], 1), ([1, 2], 3), ([3], 0), ([2], 1), ([0, 3], 2)]
-    domain = data.Domain("tea", [{}] * 4, list("abcd"), [], valid, valid)
+    valid = [([0], 1), ([1, 2], 3), ([3], 0), ([2], 1), ([0, 3], 2), ([1, 0, 2], 3), ([3, 1], 2)]
+    bought = [[2, 2, 2, 2, 1], [3, 1, 2]]                         # training interactions: n = (0, 2, 5, 1)
+    domain = data.Domain("tea", [{}] * 4, list("abcd"), [], valid, valid, train_sequences=bought)
     v_u, v_t = calrec.dense_vectors(net, builder, valid, range(4), "cpu")
-    per_user = [1 / math.log2(r + 1) if r <= 10 else 0.0
-                for r in naive_dense_ranks(v_u, v_t, valid, 1.0, torch.zeros(4))]  # NDCG@10 of each user, by hand
+    prior = torch.log1p(torch.tensor([0.0, 2, 5, 1]))
 
-    def validate(select_users):  # Experiment.validate on what it reads
+    def per_user(mu, gamma, lam):  # NDCG@10 of each user, by hand from the naive loop's ranks
+        return [1 / math.log2(r + 1) if 0 < r <= 10 else 0.0 for r in
+                naive_dense_ranks(v_u, v_t, valid, 0.05, lam * prior, gamma or 1.0, mu)]
+
+    def validate(select_users, select_full):  # Experiment.validate on what it reads
+        cfg = dataclasses.replace(calrec.BUILT_IN, select_users=select_users, select_full=select_full, tau=0.05)
         exp = SimpleNamespace(domains=[domain], target=0, lm=net, builder=builder, catalog=range(4),
-                              args=SimpleNamespace(device="cpu"), select_path="dense",
-                              cfg=dataclasses.replace(calrec.BUILT_IN, select_users=select_users))
+                              args=SimpleNamespace(device="cpu"), select_path="dense", cfg=cfg)
         return calrec.Experiment.validate(exp)
 
-    assert validate(2) == pytest.approx(sum(per_user[:2]) / 2)
-    assert validate(0) == pytest.approx(sum(per_user) / 5) == validate(5)
-    assert len(set(per_user)) > 1  # the users differ, so the count of users scored shows in the mean
+    cosine = per_user(0.0, None, 0.0)                              # v_U alone
+    assert validate(2, False) == pytest.approx(sum(cosine[:2]) / 2)
+    assert validate(0, False) == pytest.approx(sum(cosine) / 7) == validate(7, False)
+    assert len(set(cosine)) > 1  # the users differ, so the count of users scored shows in the mean
+    # select_full: the best mean NDCG@10 over the whole grid of (mu, gamma, lambda), each computed by hand
+    grid = [(0.0, None, w) for w in calrec.PRIOR_WEIGHTS] + [(m, g, w) for m in calrec.RECENT_WEIGHTS
+                                                            for g in calrec.RECENT_DECAYS for w in calrec.PRIOR_WEIGHTS]
+    for users in (3, 7):
+        scores = [sum(per_user(*c)[:users]) / users for c in grid]
+        assert validate(users, True) == pytest.approx(max(scores))
+    assert max(scores) > sum(cosine) / 7  # the grid finds better weights than the cosine alone here
 
 
 def test_learning_rate_schedule_by_hand():
