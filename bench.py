@@ -3,7 +3,7 @@ Measurements of the project's speed and memory, printed as Markdown tables for d
 
     python bench.py                      # everything that runs on this machine (CPU here), one thread
     python bench.py --only beam          # one part (may be repeated): train, generate, cache, beam, bm25, maml,
-                                         #   steps, threads, ranking, mfu
+                                         #   steps, threads, ranking, grid, mfu
     python bench.py --only ranking --data data/amazon/Industrial_and_Scientific   # real data, when present
 
 What it measures:
@@ -19,6 +19,8 @@ What it measures:
   threads   one default CALRec training step with 1 thread, 2 threads, 2 spinning threads, each on a quiet
             machine and beside a busy process (subprocesses)
   ranking   the test-time ranking of a real catalog (--data): beam search + BM25, catalog beams, dense
+  grid      the dense path's choice of its weights on every validation user (--data, or synthetic users):
+            today's code vs the code at GRID_BEFORE
   mfu       (GPU) tokens/s and model FLOPs utilisation of the default size and GPT-2 124M in bf16
 "The code before" is model.py and calrec.py at git revision --before (default: the last commit before the
 preallocated cache and the chunked BM25), loaded with `git show`; that part is skipped without git.
@@ -52,6 +54,7 @@ SIZES = {  # name -> (n_layer, n_head, n_embd)
     "medium": (6, 6, 384),
 }
 BEFORE = "4921438"  # the last commit before the preallocated KV cache and the chunked BM25
+GRID_BEFORE = "de5205f"  # the last commit before the dense path's grid mixed cosine matrices
 
 
 def sync(device):
@@ -314,6 +317,48 @@ def bench_ranking(device, data_folder=None, **_):
         print(f"| {name} | {time.perf_counter() - t0:.0f} |")
 
 
+def bench_grid(device, data_folder=None, **_):
+    """The dense path's choice of (mu, gamma, lambda) on every validation user, as a run makes it after training and
+    at every model selection: today's choose_dense_weights vs the code before GRID_BEFORE. Vectors are random, each
+    user's placed near its target's, so the NDCG of the grid is far from zero and its argmax means something."""
+    if data_folder:
+        domain = data.read_atomic(data_folder)
+        examples, n_items, name = domain.valid, domain.n_items, domain.name
+        log_counts = torch.log1p(calrec.popularity(domain))
+    else:
+        rng = np.random.default_rng(0)
+        n_items, name = 4385, "synthetic"
+        examples = [(rng.integers(n_items, size=rng.integers(1, 12)).tolist(), int(rng.integers(n_items)))
+                    for _ in range(8442)]
+        log_counts = torch.log1p(torch.as_tensor(rng.poisson(8, n_items), dtype=torch.float32))
+    torch.manual_seed(0)
+    v_t = torch.nn.functional.normalize(torch.randn(n_items, 128), dim=-1)
+    near = v_t[[t for _, t in examples]] + 1.5 * torch.randn(len(examples), 128)  # each user near its target
+    v_u = torch.nn.functional.normalize(near, dim=-1)
+    print(f"\n### The dense path's grid of weights: {len(examples):,} validation users x {n_items:,} items ({name}), "
+          f"{1 + len(calrec.RECENT_WEIGHTS) * len(calrec.RECENT_DECAYS)} (mu, gamma) x {len(calrec.PRIOR_WEIGHTS)} "
+          "lambda\n")
+    contenders = {"now": calrec.choose_dense_weights}
+    old_calrec = before("calrec.py", GRID_BEFORE)
+    if old_calrec is not None:
+        contenders[f"before ({GRID_BEFORE})"] = old_calrec.choose_dense_weights
+    t, out = {}, {}
+    for k, choose in contenders.items():  # a minute each, on the CPU: once is enough
+        t0 = time.perf_counter()
+        out[k] = choose(v_u, v_t, examples, 0.05, log_counts)
+        t[k] = time.perf_counter() - t0
+    print("| implementation | seconds | vs now |")
+    print("|---|---|---|")
+    for k, v in t.items():
+        print(f"| {k} | {v:.1f} | {v / t['now']:.2f}x |")
+    if len(out) == 2:
+        (best, ndcg), (old_best, old_ndcg) = out.values()
+        gap = max(abs(ndcg[c] - old_ndcg[c]) for c in ndcg)
+        print(f"\nsame choice as before: {'yes' if best == old_best else 'NO'} "
+              f"({calrec.describe_dense_weights(*best)}, NDCG@10 {ndcg[best]:.4f}); "
+              f"largest difference of a grid point's NDCG@10: {gap:.1e}")
+
+
 def bench_maml(device, repeats=5, **_):
     """vmap over the tasks of a meta-batch vs the per-task loop; second- vs first-order step time and the
     memory autograd keeps for the backward pass, for 1-5 inner steps. Prints Markdown tables.
@@ -509,7 +554,8 @@ def bench_threads(device, **_):
 
 
 PARTS = {"train": bench_train, "generate": bench_generate, "cache": bench_cache, "beam": bench_beam, "bm25": bench_bm25,
-         "maml": bench_maml, "steps": bench_steps, "threads": bench_threads, "ranking": bench_ranking, "mfu": bench_mfu}
+         "maml": bench_maml, "steps": bench_steps, "threads": bench_threads, "ranking": bench_ranking,
+         "grid": bench_grid, "mfu": bench_mfu}
 
 
 def main():

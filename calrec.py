@@ -533,22 +533,21 @@ def dense_queries(v_u, r_u, mu):
 
 
 def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS, decays=RECENT_DECAYS,
-                         weights=PRIOR_WEIGHTS, chunk=1024):
+                         weights=PRIOR_WEIGHTS, chunk=128):
     """The (mu, gamma, lambda) of the grid with the best NDCG@10 on examples, and every triple's NDCG@10. The grid
     starts with mu = 0 (gamma unused: None), then every mu of mus with every gamma; ties go to the first.
-    Both cosines, cos(v_U, v_T_j) and r_U . v_T_j, are computed once per chunk of users, then mixed per triple."""
+    The cosines of each query are computed once per chunk of users and serve every lambda."""
     grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus for g in decays for w in weights]
     r_u = {g: recent_vectors(v_t, examples, g) for g in decays}
     ranks = {c: [] for c in grid}
-    for s in range(0, len(examples), chunk):
-        part = examples[s:s + chunk]
-        targets, histories = torch.tensor([t for _, t in part]), [h for h, _ in part]
-        cos_u = v_u[s:s + chunk] @ v_t.t()                                     # (chunk, N) cos(v_U, v_T_j)
-        cos_r = {g: r[s:s + chunk] @ v_t.t() for g, r in r_u.items()}        # (chunk, N) sum_i w_i cos(v_T_i, v_T_j)
-        for m, g in dict.fromkeys((m, g) for m, g, _ in grid):
-            cos_q = cos_u if g is None else (1 - m) * cos_u + m * cos_r[g]
+    for m, g in dict.fromkeys((m, g) for m, g, _ in grid):
+        q_u = v_u if g is None else dense_queries(v_u, r_u[g], m)
+        for s in range(0, len(examples), chunk):
+            part = examples[s:s + chunk]
+            targets, histories = torch.tensor([t for _, t in part]), [h for h, _ in part]
+            cos = q_u[s:s + chunk] @ v_t.t() / tau                     # (chunk, N)
             for w in weights:
-                ranks[m, g, w].append(ranks_from_scores(cos_q / tau + w * log_counts, targets, histories))
+                ranks[m, g, w].append(ranks_from_scores(cos + w * log_counts, targets, histories))
     ndcg = {c: rank_metrics(torch.cat(r))["ndcg@10"] for c, r in ranks.items()}
     return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
 
