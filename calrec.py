@@ -536,7 +536,8 @@ def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus=RECENT_WEIGHTS
                          weights=PRIOR_WEIGHTS, chunk=128):
     """The (mu, gamma, lambda) of the grid with the best NDCG@10 on examples, and every triple's NDCG@10. The grid
     starts with mu = 0 (gamma unused: None), then every mu of mus with every gamma; ties go to the first.
-    The cosines of each query are computed once per chunk of users and serve every lambda."""
+    Each query's cosines are computed once per chunk of users and serve every lambda; small chunks keep the
+    temporaries in cache, and the same few sizes reused do not grow the heap from one evaluation to the next."""
     grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus for g in decays for w in weights]
     r_u = {g: recent_vectors(v_t, examples, g) for g in decays}
     ranks = {c: [] for c in grid}
