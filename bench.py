@@ -54,7 +54,7 @@ SIZES = {  # name -> (n_layer, n_head, n_embd)
     "medium": (6, 6, 384),
 }
 BEFORE = "4921438"  # the last commit before the preallocated KV cache and the chunked BM25
-GRID_BEFORE = "de5205f"  # the last commit before the dense path's grid mixed cosine matrices
+GRID_BEFORE = "de5205f"  # the last commit before the dense path's grid scored each query once for every lambda
 
 
 def sync(device):
