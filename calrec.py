@@ -74,6 +74,8 @@ class CALRecConfig:
                                    # n_j: item j's training interactions; lambda chosen on validation (PRIOR_WEIGHTS)
     recent_items: bool = True     # [beyond the paper] the dense path's query mixes v_U with the recency-weighted
                                   # mean item vector of the history; weights chosen on validation (RECENT_WEIGHTS)
+    recent_in_loss: int = 0       # [beyond the paper] L_UT trains that mixed query (LOSS_RECENT), r_U over this many
+                                  # last history items, through the item tower; 0: L_UT trains v_U alone (the paper)
     # training, per stage (spec section 4)
     stage1_steps: int = 300
     stage2_steps: int = 200
@@ -115,6 +117,8 @@ class CALRecConfig:
             raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
         if self.user_pool not in USER_POOLS:
             raise UserError(f"user_pool must be {' or '.join(USER_POOLS)}, not {self.user_pool!r}")
+        if self.recent_in_loss < 0:
+            raise UserError(f"recent_in_loss is a number of history items, not {self.recent_in_loss}")
         if self.softmax_over == "users" and (self.extra_negatives or self.negative_bank):
             raise UserError("extra_negatives and negative_bank are items: they need softmax_over=items")
         return self
@@ -259,6 +263,12 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg):
     return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
 
 
+# [beyond the paper] With recent_in_loss, L_UT's query is the one the dense path ranks by (see recent_vectors),
+# at fixed weights: q_U = (1 - mu) v_U + mu r_U, r_U the decay ** age weighted mean of the last history items' v_T.
+# The item tower then learns "what follows what" directly, not only through v_U. (mu, decay):
+LOSS_RECENT = (0.5, 0.5)
+
+
 class Towers(torch.nn.Module):
     """One training batch through the two towers: the joint sequences give the generation loss's terms and
     v_U, v_T|U at every prediction; the item texts give v_T. A module, so that DistributedDataParallel can
@@ -269,12 +279,35 @@ class Towers(torch.nn.Module):
         self.lm = lm
         self.user_vectors = USER_POOLS[user_pool]
 
-    def forward(self, idx, targets, row, start, end, item_idx=None, item_mask=None):
+    def forward(self, idx, targets, row, start, end, item_idx=None, item_mask=None, recent=None):
+        """recent: (owner, weight) (H,) when the last H item texts are history items, each weighted into the r_U
+        of prediction owner[i] (the weights of a prediction sum to 1); v_U is then q_U (LOSS_RECENT)."""
         h = self.lm.hidden_states(idx)                                 # (B, T, C), right-padded rows
         predict = targets != -100                                      # positions whose next token is a target's
         nig_sum = F.cross_entropy(self.lm.lm_head(h[predict]), targets[predict], reduction="sum")
+        v_u = self.user_vectors(h, row, start)
         v_t = None if item_idx is None else item_vectors(self.lm, item_idx, item_mask)
-        return nig_sum, predict.sum(), self.user_vectors(h, row, start), target_vectors(h, row, start, end), v_t
+        if recent is not None:
+            (owner, weight), n = recent, len(v_t) - len(recent[0])
+            r_u = torch.zeros(len(v_u), v_t.shape[1], dtype=v_t.dtype, device=v_t.device)
+            r_u = r_u.index_add(0, owner, weight[:, None].to(v_t.dtype) * v_t[n:])
+            mu = LOSS_RECENT[0]
+            v_u, v_t = F.normalize((1 - mu) * v_u + mu * r_u, dim=-1), v_t[:n]
+        return nig_sum, predict.sum(), v_u, target_vectors(h, row, start, end), v_t
+
+
+def recent_history(sequences, row, position, n, decay):
+    """The last n history items of every prediction (row[p], position[p] of training_batch) and their weights,
+    decay ** age normalised per prediction (age 0: the item just before it). Returns items (H,) as a list, and
+    owner, weight (H,) tensors: Towers' `recent`."""
+    items, owner, weight = [], [], []
+    for p, (b, pos) in enumerate(zip(row.tolist(), position.tolist())):
+        history = sequences[b][max(0, pos - n):pos]
+        w = [decay ** age for age in range(len(history) - 1, -1, -1)]
+        items += history
+        owner += [p] * len(history)
+        weight += [x / sum(w) for x in w]
+    return items, torch.tensor(owner, dtype=torch.long), torch.tensor(weight)
 
 
 # -----------------------------------------------------------------------------
@@ -686,8 +719,13 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
     extra = extra[rank * len(extra) // world:(rank + 1) * len(extra) // world]
     items = torch.cat([batch["item"], torch.tensor(extra, dtype=torch.long)])
     inputs = {k: batch[k].to(device) for k in ("idx", "targets", "row", "start", "end")}
+    history = []
+    if cfg.recent_in_loss and cfg.beta > 0:  # the history items go through the item tower after the keys
+        history, owner, weight = recent_history(rows[mine], batch["row"], batch["position"], cfg.recent_in_loss,
+                                                LOSS_RECENT[1])
+        inputs["recent"] = owner.to(device), weight.to(device)
     if cfg.alpha + cfg.beta > 0:
-        inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in builder.item_batch(items.tolist()))
+        inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in builder.item_batch(items.tolist() + history))
     with autocast(device, dtype):
         nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
         # several processes (torchrun): L_NIG is the mean over the global batch's target tokens (DDP then

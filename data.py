@@ -672,9 +672,10 @@ class PromptBuilder:
         inference would: the mismatch this project had before; kept to measure it).
         Returns a dict: idx, attention_mask (B, T); targets (B, T), the next token at each position whose
         token belongs to a predicted item (its end-of-text included for the target), -100 elsewhere; and per
-        prediction (P,): row, start, end (where the item's tokens sit: its prompt is [0, start)) and item.
+        prediction (P,): row, start, end (where the item's tokens sit: its prompt is [0, start)), item, and
+        position (its index in the row's sequence: the history before it is sequence[:position]).
         """
-        rows, row, start, end, item = [], [], [], [], []
+        rows, row, start, end, item, position = [], [], [], [], [], []
         for b, sequence in enumerate(sequences):
             room = None if same_room else len(self.item_ids[sequence[-1]]) + 1
             items = self._kept(sequence[:-1], room) + [sequence[-1]]
@@ -684,13 +685,15 @@ class PromptBuilder:
             for k, ((s, e), i) in enumerate(zip(spans, items)):
                 if k == len(items) - 1 or (every_position and k > 0):
                     row.append(b), start.append(s), end.append(e), item.append(i)
+                    position.append(len(sequence) - len(items) + k)
         idx, attention_mask = pad_batch(rows, self.tok.pad_id)
         targets = torch.full_like(idx, -100)
         for b, s, e in zip(row, start, end):
             last = e + 1 if e == len(rows[b]) - 1 else e  # the target also predicts its end-of-text
             targets[b, s - 1:last - 1] = idx[b, s:last]   # position t predicts token t + 1
         return dict(idx=idx, attention_mask=attention_mask, targets=targets, row=torch.tensor(row),
-                    start=torch.tensor(start), end=torch.tensor(end), item=torch.tensor(item))
+                    start=torch.tensor(start), end=torch.tensor(end), item=torch.tensor(item),
+                    position=torch.tensor(position))
 
 
 # -----------------------------------------------------------------------------

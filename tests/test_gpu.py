@@ -64,7 +64,7 @@ def tiny_calrec(device, dtype=torch.float32):
     builder = data.PromptBuilder(tok, texts, block_size=128)
     batch = builder.training_batch(ROWS, every_position=True)
     items = torch.cat([batch.pop("item"), torch.tensor(EXTRA)])
-    del batch["attention_mask"]  # right-padded rows: the towers need no mask
+    del batch["attention_mask"], batch["position"]  # right-padded rows: the towers need no mask
     batch["item_idx"], batch["item_mask"] = builder.item_batch(items.tolist())
     return net.to(device, dtype), builder, ({k: v.to(device) for k, v in batch.items()}, items.to(device))
 
