@@ -296,6 +296,36 @@ def test_max_history_keeps_only_the_most_recent_items(small_world):
         assert batch["idx"][0, :batch["start"][-1]].tolist() == builder.prompt(history)
 
 
+def test_recent_in_loss_mixes_v_u_with_the_decayed_mean_of_the_last_history_items(small_world):
+    _, _, texts, tok = small_world
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=2)
+    sequences = [[3, 1, 0, 2], [2, 0]]
+    batch = builder.training_batch(sequences, every_position=True)
+    # predictions: row 0 predicts 0 (after 3, 1) and 2; row 1 predicts 0 -- at these places in their sequences
+    assert batch["item"].tolist() == [0, 2, 0] and batch["position"].tolist() == [2, 3, 1]
+    items, owner, weight = calrec.recent_history(sequences, batch["row"], batch["position"], 2, 0.5)
+    # by hand: the last two items before each prediction, weights 0.5 ** age normalised (1/3, 2/3); one item: 1
+    assert items == [3, 1, 1, 0, 2] and owner.tolist() == [0, 0, 1, 1, 2]
+    torch.testing.assert_close(weight, torch.tensor([1 / 3, 2 / 3, 1 / 3, 2 / 3, 1.0]))
+    torch.manual_seed(5)
+    net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    keys = batch["item"].tolist()
+    idx, mask = builder.item_batch(keys + items)
+    inputs = {k: batch[k] for k in ("idx", "targets", "row", "start", "end")}
+    _, _, plain_u, _, plain_t = calrec.Towers(net)(**inputs, item_idx=idx, item_mask=mask)
+    _, _, q_u, _, v_t = calrec.Towers(net)(**inputs, item_idx=idx, item_mask=mask, recent=(owner, weight))
+    torch.testing.assert_close(v_t, plain_t[:len(keys)])  # the keys are the item tower's vectors of the targets
+    mu, decay = calrec.LOSS_RECENT
+    with torch.no_grad():  # each history item through the item tower on its own, mixed by hand
+        for p, (b, pos) in enumerate(zip(batch["row"].tolist(), batch["position"].tolist())):
+            history = sequences[b][max(0, pos - 2):pos]
+            w = [decay ** (len(history) - 1 - k) for k in range(len(history))]
+            r = sum(wk * calrec.item_vectors(net, *builder.item_batch([i]))[0] for wk, i in zip(w, history)) / sum(w)
+            q = (1 - mu) * plain_u[p] + mu * r
+            torch.testing.assert_close(q_u[p], q / q.norm())
+            assert not torch.allclose(q_u[p], plain_u[p])
+
+
 # -----------------------------------------------------------------------------
 # overfit smoke test: the whole loss and both inference paths on a memorised user
 
