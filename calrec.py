@@ -117,8 +117,6 @@ class CALRecConfig:
             raise UserError(f"softmax_over must be items or users, not {self.softmax_over!r}")
         if self.user_pool not in USER_POOLS:
             raise UserError(f"user_pool must be {' or '.join(USER_POOLS)}, not {self.user_pool!r}")
-        if self.recent_in_loss < 0:
-            raise UserError(f"recent_in_loss is a number of history items, not {self.recent_in_loss}")
         if self.softmax_over == "users" and (self.extra_negatives or self.negative_bank):
             raise UserError("extra_negatives and negative_bank are items: they need softmax_over=items")
         return self
@@ -131,7 +129,7 @@ REAL_DATA = CALRecConfig(  # about an hour on 2 CPU cores; chosen on Scientific'
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=1,
     max_item_tokens=32, stage1_steps=600, stage2_steps=1200, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=0, beams=5, eval_batch=64, bm25_valid_users=1000,
-    extra_negatives=128, recent_in_loss=4, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
+    extra_negatives=256, recent_in_loss=4, constrained_beams=5, sasrec_steps=3000, sasrec_dropout=0.5, sasrec_len=50)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
