@@ -289,8 +289,7 @@ class Towers(torch.nn.Module):
             (owner, weight), n = recent, len(v_t) - len(recent[0])
             r_u = torch.zeros(len(v_u), v_t.shape[1], dtype=v_t.dtype, device=v_t.device)
             r_u = r_u.index_add(0, owner, weight[:, None].to(v_t.dtype) * v_t[n:])
-            mu = LOSS_RECENT[0]
-            v_u, v_t = F.normalize((1 - mu) * v_u + mu * r_u, dim=-1), v_t[:n]
+            v_u, v_t = F.normalize(dense_queries(v_u, r_u, LOSS_RECENT[0]), dim=-1), v_t[:n]
         return nig_sum, predict.sum(), v_u, target_vectors(h, row, start, end), v_t
 
 

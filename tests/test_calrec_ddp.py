@@ -14,7 +14,8 @@ ITEMS = [{"Title": "Red kettle", "Brand": "Acme"}, {"Title": "Blue kettle lid", 
          {"Title": "Green tea, loose", "Brand": "Leafy"}, {"Title": "Tea cup", "Brand": "Leafy"},
          {"Title": "Tea pot", "Brand": "Leafy"}, {"Title": "Kettle descaler", "Brand": "Acme"}]
 # every position is predicted, so the two halves of the batch hold different numbers of predictions (5 and 6);
-# repeated targets in one batch exercise the duplicate mask across processes; two extra negative items
+# repeated targets in one batch exercise the duplicate mask across processes; two extra negative items; L_UT's
+# query mixes in the history items of each process's own rows
 ROWS = [[0, 1], [2, 3], [1, 2, 0], [3, 4], [0, 1, 5], [4, 3], [5, 0], [2, 3, 4]]
 EXTRA = [1, 4]
 
@@ -31,7 +32,7 @@ def train_tiny(rank, world, port, out_path):
                                 n_embd=32)).double()
     builder = data.PromptBuilder(tok, texts, block_size=128)
     cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, alpha=0.3, beta=0.3, tau=0.1, every_position=True,
-                              extra_negatives=len(EXTRA))
+                              extra_negatives=len(EXTRA), recent_in_loss=2)  # and each row's history items
     towers = calrec.Towers(net)
     if world > 1:
         towers = torch.nn.parallel.DistributedDataParallel(towers)
