@@ -315,11 +315,11 @@ def test_recent_in_loss_mixes_v_u_with_the_decayed_mean_of_the_last_history_item
     _, _, plain_u, _, plain_t = calrec.Towers(net)(**inputs, item_idx=idx, item_mask=mask)
     _, _, q_u, _, v_t = calrec.Towers(net)(**inputs, item_idx=idx, item_mask=mask, recent=(owner, weight))
     torch.testing.assert_close(v_t, plain_t[:len(keys)])  # the keys are the item tower's vectors of the targets
-    mu, decay = calrec.LOSS_RECENT
+    mu = calrec.LOSS_RECENT[0]
     with torch.no_grad():  # each history item through the item tower on its own, mixed by hand
         for p, (b, pos) in enumerate(zip(batch["row"].tolist(), batch["position"].tolist())):
             history = sequences[b][max(0, pos - 2):pos]
-            w = [decay ** (len(history) - 1 - k) for k in range(len(history))]
+            w = [0.5 ** (len(history) - 1 - k) for k in range(len(history))]  # the decay given recent_history
             r = sum(wk * calrec.item_vectors(net, *builder.item_batch([i]))[0] for wk, i in zip(w, history)) / sum(w)
             q = (1 - mu) * plain_u[p] + mu * r
             torch.testing.assert_close(q_u[p], q / q.norm())
