@@ -3,7 +3,7 @@ Measurements of the project's speed and memory, printed as Markdown tables for d
 
     python bench.py                      # everything that runs on this machine (CPU here), one thread
     python bench.py --only beam          # one part (may be repeated): train, generate, cache, beam, bm25, maml,
-                                         #   steps, threads, ranking, grid, mfu
+                                         #   steps, threads, ranking, grid, baselines, mfu
     python bench.py --only ranking --data data/amazon/Industrial_and_Scientific   # real data, when present
 
 What it measures:
@@ -21,6 +21,8 @@ What it measures:
   ranking   the test-time ranking of a real catalog (--data): beam search + BM25, catalog beams, dense
   grid      the dense path's choice of its weights on every validation user (--data, or synthetic users):
             today's code vs the code at GRID_BEFORE
+  baselines the baselines' ranking of a real test split (--data; Video_Games shows it best), seconds and peak
+            memory: today's code vs the code at BASELINES_BEFORE
   mfu       (GPU) tokens/s and model FLOPs utilisation of the default size and GPT-2 124M in bf16
 "The code before" is model.py and calrec.py at git revision --before (default: the last commit before the
 preallocated cache and the chunked BM25), loaded with `git show`; that part is skipped without git.
@@ -31,6 +33,7 @@ includes Python and torch themselves) and torch's peak allocation on CUDA.
 import argparse
 import importlib.util
 import os
+import pickle
 import platform
 import resource
 import subprocess
@@ -55,6 +58,7 @@ SIZES = {  # name -> (n_layer, n_head, n_embd)
 }
 BEFORE = "4921438"  # the last commit before the preallocated KV cache and the chunked BM25
 GRID_BEFORE = "de5205f"  # the last commit before the dense path's grid scored each query once for every lambda
+BASELINES_BEFORE = "914d753"  # the last commit before the baselines ranked a chunk of users at a time
 
 
 def sync(device):
@@ -359,6 +363,57 @@ def bench_grid(device, data_folder=None, **_):
               f"largest difference of a grid point's NDCG@10: {gap:.1e}")
 
 
+def forked(fn):
+    """fn() in a forked copy of this process: (seconds, what fn returned, that process's peak memory in MB). Each
+    measurement starts from the same loaded data, and none sees the peak of another."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, send, leave without running the parent's cleanup
+        t0 = time.perf_counter()
+        out = fn()
+        with os.fdopen(write, "wb") as f:
+            pickle.dump((time.perf_counter() - t0, out, peak_memory_mb("cpu")), f)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        result = pickle.load(f)
+    os.waitpid(pid, 0)
+    return result
+
+
+def bench_baselines(device, data_folder=None, **_):
+    """The baselines' test-split ranking of a real catalog (--data): today's code, a chunk of users at a time, vs
+    the code at BASELINES_BEFORE, which held every user's scores at once (and the Markov chain as a dense (N, N)
+    matrix, SASRec's logits at every position). SASRec has random weights: only the ranking is timed."""
+    if not data_folder:
+        print("\n(baselines: give --data <a benchmark folder>, e.g. data/amazon/Video_Games)")
+        return
+    domain, cfg = data.read_atomic(data_folder), calrec.REAL_DATA
+    texts = [data.item_text(it, domain.attributes, cfg.max_words) for it in domain.items]
+    bm25, test = calrec.BM25(texts), domain.test
+    torch.manual_seed(0)
+    sasrec = GPT(GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
+                           n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd)).to(device)
+    contenders = {"now": calrec}
+    old_calrec = before("calrec.py", BASELINES_BEFORE)
+    if old_calrec is not None:
+        contenders[f"before ({BASELINES_BEFORE})"] = old_calrec
+    print(f"\n### The baselines' ranking of {domain.name}'s test split: {len(test):,} users x {domain.n_items:,} items"
+          "\n\nEach row in a forked process; peak memory is that process's, the loaded data (about "
+          f"{peak_memory_mb(device):,.0f} MB here) included.\n")
+    print("| baseline | code | seconds | peak MB | same ranks as now |")
+    print("|---|---|---|---|---|")
+    for name, rank in (("most popular", lambda c: c.rank_popular(domain, test)),
+                       ("first-order Markov", lambda c: c.rank_markov(domain, test)),
+                       ("last item's text, BM25", lambda c: c.rank_last_item_bm25(bm25, texts, test)),
+                       ("SASRec's ranking", lambda c: c.rank_sasrec(sasrec, domain, test, cfg, device))):
+        now = None
+        for code, module in contenders.items():
+            seconds, ranks, peak = forked(lambda: rank(module))
+            now = ranks if now is None else now
+            print(f"| {name} | {code} | {seconds:.1f} | {peak:,.0f} | {'yes' if torch.equal(ranks, now) else 'NO'} |")
+
+
 def bench_maml(device, repeats=5, **_):
     """vmap over the tasks of a meta-batch vs the per-task loop; second- vs first-order step time and the
     memory autograd keeps for the backward pass, for 1-5 inner steps. Prints Markdown tables.
@@ -555,18 +610,18 @@ def bench_threads(device, **_):
 
 PARTS = {"train": bench_train, "generate": bench_generate, "cache": bench_cache, "beam": bench_beam, "bm25": bench_bm25,
          "maml": bench_maml, "steps": bench_steps, "threads": bench_threads, "ranking": bench_ranking,
-         "grid": bench_grid, "mfu": bench_mfu}
+         "grid": bench_grid, "baselines": bench_baselines, "mfu": bench_mfu}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], allow_abbrev=False)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--only", choices=tuple(PARTS), action="append",
-                   help="run only this part (may be repeated); mfu runs by default on CUDA only, ranking needs "
-                        "--data, threads takes minutes")
+                   help="run only this part (may be repeated); mfu runs by default on CUDA only, ranking and "
+                        "baselines need --data, threads takes minutes")
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads for every part but `threads`")
     p.add_argument("--before", default=BEFORE, help="git revision of the code the speed-ups are measured against")
-    p.add_argument("--data", default=None, help="a benchmark folder (Scientific) for the bm25 and ranking parts")
+    p.add_argument("--data", default=None, help="a benchmark folder for the bm25, ranking, grid and baselines parts")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                    help="precision of the mfu part (autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in the mfu part")
@@ -580,7 +635,8 @@ def main():
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"## bench.py on {device} ({name}), {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    parts = args.only or [p for p in PARTS if (p != "mfu" or device == "cuda") and p not in ("threads", "ranking")]
+    parts = args.only or [p for p in PARTS if (p != "mfu" or device == "cuda") and p not in ("threads", "ranking",
+                                                                                            "baselines")]
     for part in parts:
         if part == "mfu":
             bench_mfu(device, args.dtype, args.compile, batch=args.mfu_batch, peak=args.peak_tflops)

@@ -167,6 +167,18 @@ def ranks_from_scores(scores, targets, histories):
     return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
 
 
+def ranks_in_chunks(scores, examples, chunk=1024):
+    """ranks_from_scores of every example, `chunk` users at a time: scores(rows) gives the (chunk, N) scores of
+    examples[rows] (rows a slice). Memory stays (chunk, N) however many users: the whole (users, N) matrix of a
+    Games-sized split (50k users, 17k items) would take 3.4 GB."""
+    ranks = []
+    for s in range(0, len(examples), chunk):
+        rows = slice(s, s + chunk)
+        part = examples[rows]
+        ranks.append(ranks_from_scores(scores(rows), torch.tensor([t for _, t in part]), [h for h, _ in part]))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int32)
+
+
 def ranks_from_lists(ranked_lists, targets):
     """Rank (from 1) of each target in its user's ranked list of item indices; 0 when absent."""
     return torch.tensor([lst.index(t) + 1 if t in lst else 0 for lst, t in zip(ranked_lists, targets)])
@@ -508,16 +520,11 @@ def dense_vectors(lm, builder, examples, catalog, device, batch=64, user_pool="m
 
 
 def rank_vectors(v_u, v_t, examples, tau=1.0, prior=None, chunk=1024):
-    """Ranks of the targets when item j is scored by cos(v_U, v_T_j) / tau + prior_j (prior (N,), or none),
-    a chunk of users at a time (never the whole (users, items) matrix)."""
-    ranks = []
-    for s in range(0, len(examples), chunk):
-        scores = v_u[s:s + chunk] @ v_t.t() / tau                      # (chunk, N)
-        if prior is not None:
-            scores = scores + prior
-        part = examples[s:s + chunk]
-        ranks.append(ranks_from_scores(scores, torch.tensor([t for _, t in part]), [h for h, _ in part]))
-    return torch.cat(ranks)
+    """Ranks of the targets when item j is scored by cos(v_U, v_T_j) / tau + prior_j (prior (N,), or none)."""
+    def scores(rows):
+        cos = v_u[rows] @ v_t.t() / tau                                # (chunk, N)
+        return cos if prior is None else cos + prior
+    return ranks_in_chunks(scores, examples, chunk)
 
 
 def rank_dense(lm, builder, examples, catalog, device, batch=64, user_pool="mean"):
@@ -607,27 +614,28 @@ def popularity(domain):
 
 
 def rank_popular(domain, examples):
-    scores = popularity(domain).expand(len(examples), -1)
-    return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
+    count = popularity(domain)
+    return ranks_in_chunks(lambda rows: count.expand(len(examples[rows]), -1), examples)
 
 
 def rank_last_item_bm25(bm25, texts, examples):
     """The text of the user's last history item as the BM25 query: what copying the last item gives."""
-    scores = torch.cat([bm25.scores([texts[h[-1]] for h, _ in examples[s:s + 1024]])
-                        for s in range(0, len(examples), 1024)])
-    return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[h[-1]] for h, _ in examples[rows]]), examples)
 
 
 def rank_markov(domain, examples):
     """A first-order Markov chain: score(j) = how often j followed the user's last item in the training
-    sequences, ties broken by popularity."""
+    sequences, ties broken by popularity. The counts are a sparse (N, N) matrix (dense, a 17k-item catalog's
+    would take 1.1 GB); each chunk of users reads the rows of its last items."""
     follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
-    nxt = torch.zeros(domain.n_items, domain.n_items)
-    for (a, b), n in follows.items():
-        nxt[a, b] = n
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
     pop = popularity(domain)
-    scores = nxt[[h[-1] for h, _ in examples]] * (pop.max() + 1) + pop    # (B, N) counts first, then popularity
-    return ranks_from_scores(scores, torch.tensor([t for _, t in examples]), [h for h, _ in examples])
+    last = torch.tensor([h[-1] for h, _ in examples], dtype=torch.long)
+    def scores(rows):                                                  # (chunk, N) counts first, then popularity
+        return nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+    return ranks_in_chunks(scores, examples)
 
 
 def sasrec_inputs(sequences, L, pad):
@@ -651,14 +659,12 @@ def sasrec_loss(net, idx, targets):
 def rank_sasrec(net, domain, examples, cfg, device, batch=256):
     """Ranks from SASRec's logits over every item at each history's last position."""
     net.eval()
-    ranks = []
-    for s in range(0, len(examples), batch):
-        chunk = examples[s:s + batch]
-        idx, mask = data.pad_batch([h[-cfg.sasrec_len:] for h, _ in chunk], domain.n_items)
-        logits, _ = net(idx.to(device), mask.to(device))                # (B, T, n_items + 1)
-        last = last_token_pool(logits, mask.to(device))[:, :domain.n_items]  # (B, N), padding id dropped
-        ranks.append(ranks_from_scores(last.cpu(), torch.tensor([t for _, t in chunk]), [h for h, _ in chunk]))
-    return torch.cat(ranks)
+    def scores(rows):
+        idx, mask = (t.to(device) for t in data.pad_batch([h[-cfg.sasrec_len:] for h, _ in examples[rows]],
+                                                          domain.n_items))
+        last = last_token_pool(net.hidden_states(idx, mask), mask)     # (B, C) each history's last position
+        return net.lm_head(last)[:, :domain.n_items].cpu()             # (B, N) the logits, padding id dropped
+    return ranks_in_chunks(scores, examples, batch)
 
 
 def train_sasrec(domain, cfg, device, seed, state):

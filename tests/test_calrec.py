@@ -202,6 +202,10 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     # user 1: items 4, 3 excluded; 0.2, 0.3 above -> rank 3
     # user 2: the target is in the history -> unrankable (0)
     assert calrec.ranks_from_scores(scores, targets, histories).tolist() == [3, 3, 0]
+    asked = []  # the same users two at a time: the same ranks, and never more than two users' scores at once
+    examples = [(h, t) for h, t in zip(histories, targets.tolist())]
+    ranks = calrec.ranks_in_chunks(lambda rows: asked.append(rows) or scores[rows], examples, chunk=2)
+    assert ranks.tolist() == [3, 3, 0] and asked == [slice(0, 2), slice(2, 4)]
     assert calrec.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist() == [3, 0]
 
 
