@@ -895,13 +895,15 @@ def load_data(args, cfg):
     target_name = args.target or names[-1]
     if target_name not in names:
         raise UserError(f"--target {target_name}: not among the domains {names}")
+    where = args.data or names  # what an error names: the folder a domain came from
     for split in ("valid", "test"):
         if not getattr(domains[names.index(target_name)], split):
-            raise UserError(f"{target_name}: has no {split} users (every user needs at least 3 items)")
+            raise UserError(f"{where[names.index(target_name)]}: has no {split} users (every user needs at least 3 "
+                            "items)")
     rows = training_rows(domains, np.cumsum([0] + [d.n_items for d in domains]).tolist(), cfg.every_position)
-    for d, r in zip(domains, rows):
+    for folder, r in zip(where, rows):
         if not r:
-            raise UserError(f"{d.name}: has no training sequence of two items or more to learn from")
+            raise UserError(f"{folder}: has no training sequence of two items or more to learn from")
     return domains, names.index(target_name), rows
 
 

@@ -158,6 +158,8 @@ CASES = {
                                       "Sci.text:5: item AS9 is not in", folder="sci"),
     "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
                                         "Sci: has no training sequence", folder="sci"),
+    "no test users": calrec_data(lambda d: open(os.path.join(d, "Alpha.test.inter"), "w").write(
+        "user_id:token\titem_id_list:token_seq\titem_id:token\n"), os.sep + "Alpha: has no test users"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
                                              copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
