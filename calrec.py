@@ -614,6 +614,7 @@ def popularity(domain):
 
 
 def rank_popular(domain, examples):
+    """Every user gets the same scores: the items' training-interaction counts."""
     count = popularity(domain)
     return ranks_in_chunks(lambda rows: count.expand(len(examples[rows]), -1), examples)
 
@@ -625,8 +626,8 @@ def rank_last_item_bm25(bm25, texts, examples):
 
 def rank_markov(domain, examples):
     """A first-order Markov chain: score(j) = how often j followed the user's last item in the training
-    sequences, ties broken by popularity. The counts are a sparse (N, N) matrix (dense, a 17k-item catalog's
-    would take 1.1 GB); each chunk of users reads the rows of its last items."""
+    sequences, ties broken by popularity. The counts are kept sparse (dense, the (N, N) matrix of a 17k-item
+    catalog takes 1.1 GB); each chunk of users reads the rows of its last items."""
     follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
     nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
                                   torch.tensor(list(follows.values()), dtype=torch.float32),

@@ -79,6 +79,13 @@ def append_bytes(path, raw):
         f.write(raw)
 
 
+def keep_header(path):
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header)
+
+
 # -----------------------------------------------------------------------------
 # the table: name -> case(world, tmp) returning (argv without --out-dir, text the message must hold)
 
@@ -158,8 +165,8 @@ CASES = {
                                       "Sci.text:5: item AS9 is not in", folder="sci"),
     "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
                                         "Sci: has no training sequence", folder="sci"),
-    "no test users": calrec_data(lambda d: open(os.path.join(d, "Alpha.test.inter"), "w").write(
-        "user_id:token\titem_id_list:token_seq\titem_id:token\n"), os.sep + "Alpha: has no test users"),
+    "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
+                                 os.sep + "Alpha: has no test users"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
                                              copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
