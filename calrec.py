@@ -495,6 +495,40 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, t
 
 
 @torch.no_grad()
+def text_log_probs(lm, prompts, continuations, device, batch=64):
+    """log p(continuation | prompt) under the LM for each pair: the sum of its tokens' log-probabilities. Rows are
+    right-padded, so causal attention needs no mask: padding comes after every token that is read."""
+    lm.eval()
+    out = []
+    for s in range(0, len(prompts), batch):
+        rows = [p + c for p, c in zip(prompts[s:s + batch], continuations[s:s + batch])]
+        idx, _ = data.pad_batch(rows, 0)
+        targets = torch.full_like(idx, -100)              # position t predicts token t + 1
+        for b, (p, c) in enumerate(zip(prompts[s:s + batch], continuations[s:s + batch])):
+            targets[b, len(p) - 1:len(p) + len(c) - 1] = idx[b, len(p):len(p) + len(c)]
+        logits, _ = lm(idx.to(device))
+        logp = F.log_softmax(logits.float(), -1).cpu()
+        picked = logp.gather(2, targets.clamp(min=0)[..., None])[..., 0]
+        out.append(torch.where(targets >= 0, picked, 0.0).sum(1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def generator_check(lm, builder, eot_id, examples, catalog, popular, device):
+    """What the generator prefers to write [a diagnostic]: after each user's prompt, the log-probability of three
+    item texts (each with its end-of-text) -- the user's next item, its last history item (copying it), and the
+    catalog's most popular item (local index `popular`). Returns the three means and the share of users for whom
+    the most popular item's text is more likely than their next item's."""
+    prompts = [builder.prompt([catalog[i] for i in h]) for h, _ in examples]
+    def log_p(items):
+        return text_log_probs(lm, prompts, [builder.item_ids[catalog[i]] + [eot_id] for i in items], device)
+    target = log_p([t for _, t in examples])
+    last = log_p([h[-1] for h, _ in examples])
+    top = log_p([popular] * len(examples))
+    return dict(next_item=target.mean().item(), last_item=last.mean().item(), most_popular=top.mean().item(),
+                popular_beats_next=(top > target).double().mean().item(), users=len(examples))
+
+
+@torch.no_grad()
 def catalog_vectors(lm, builder, items, device, batch=256):
     """v_T of the given items (N, C), computed once per evaluation."""
     out = []
@@ -1037,6 +1071,14 @@ def evaluate(exp):
         del entries["calrec_dense_cos"]
     if not cfg.baselines:
         entries = {k: v for k, v in entries.items() if k.startswith("calrec")}
+    if "generator_check" not in state.done:  # what the generator prefers to write (its log and results.json)
+        check = generator_check(lm, exp.builder, exp.tokenizer.eot_id, domain.valid[:cfg.bm25_valid_users or None],
+                                exp.catalog, int(popularity(domain).argmax()), device)
+        log.info(f"generator check, first {check['users']} validation users: mean log-probability of the text of "
+                 f"the next item {check['next_item']:.1f}, of the last history item {check['last_item']:.1f}, of the "
+                 f"most popular item {check['most_popular']:.1f}; the most popular one is the likelier for "
+                 f"{check['popular_beats_next']:.0%} of them")
+        state.finish("generator_check", check)
     splits = ("valid", "test") if cfg.evaluate_test else ("valid",)
     results = state.done.get("results", {s: {} for s in splits})
     sasrec = None
@@ -1076,8 +1118,8 @@ def write_results(exp, results, stages):
                   dense_prior_weight=chosen["weight"], dense_recent_weight=chosen["recent_weight"],
                   dense_recent_decay=chosen["recent_decay"],
                   **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
-    out = dict(**results, config=config, wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(),
-               resumed=exp.state.resumes)
+    out = dict(**results, config=config, generator_check=exp.state.done["generator_check"],
+               wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(), resumed=exp.state.resumes)
     save_json(os.path.join(args.out_dir, "results.json"), out)
     methods = [m for m in METHODS if m in results["valid"]]
     log.info(f"\nCALRec on {domain.name} (stages {args.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "

@@ -162,6 +162,42 @@ def test_catalog_beams_are_exactly_the_best_catalog_items():
     assert sorted(trie.items[trie.node((1, 2, eot))]) == [1, 5]  # twins share a leaf
 
 
+def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
+    """log p(continuation | prompt) of right-padded pairs of mixed lengths, against one unpadded forward pass per
+    token; the generator check's means and share, against those per-user sums."""
+    torch.manual_seed(4)
+    net = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=12, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompts, conts = [[3, 8, 1], [5], [2, 2, 9, 4, 7]], [[1, 2, 11], [4, 6, 6, 0, 11], [11]]
+
+    def naive(prompt, cont, net=net):
+        total = 0.0
+        for i, t in enumerate(cont):
+            with torch.no_grad():
+                logits = net(torch.tensor([prompt + cont[:i]]))[0][0, -1]
+            total += float(torch.log_softmax(logits, -1)[t])
+        return total
+
+    want = [naive(p, c) for p, c in zip(prompts, conts)]
+    np.testing.assert_allclose(calrec.text_log_probs(net, prompts, conts, "cpu", batch=2), want, rtol=1e-5)
+
+    _, _, texts, tok = small_world
+    lm = gpt.GPT(gpt.GPTConfig(block_size=256, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
+    builder = data.PromptBuilder(tok, texts, 256, max_history=2)
+    catalog = [0, 1, 2, 3]
+    examples = [([0, 1], 2), ([2], 3), ([3, 0], 1)]
+    check = calrec.generator_check(lm, builder, tok.eot_id, examples, catalog, 2, "cpu")
+
+    def per_user(item_of):
+        return [naive(builder.prompt(h), builder.item_ids[item_of(h, t)] + [tok.eot_id], lm) for h, t in examples]
+
+    nxt, last, top = per_user(lambda h, t: t), per_user(lambda h, t: h[-1]), per_user(lambda h, t: 2)
+    assert check["next_item"] == pytest.approx(np.mean(nxt), rel=1e-5)
+    assert check["last_item"] == pytest.approx(np.mean(last), rel=1e-5)
+    assert check["most_popular"] == pytest.approx(np.mean(top), rel=1e-5)
+    assert check["popular_beats_next"] == pytest.approx(np.mean([p > n for p, n in zip(top, nxt)]))
+    assert check["users"] == 3
+
+
 def test_markov_and_last_item_baselines_by_hand():
     d = data.Domain("D", [{"Title": "red apple"}, {"Title": "green pear"}, {"Title": "red cherry"},
                           {"Title": "blue plum"}], ["a", "b", "c", "d"], train=[], valid=[], test=[],
