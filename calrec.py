@@ -497,19 +497,19 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, t
 @torch.no_grad()
 def text_log_probs(lm, prompts, continuations, device, batch=64):
     """log p(continuation | prompt) under the LM for each pair: the sum of its tokens' log-probabilities. Rows are
-    right-padded, so causal attention needs no mask: padding comes after every token that is read."""
+    right-padded, so causal attention needs no mask: padding comes after every token that is read. Only the
+    positions that predict a continuation's token go through the output layer."""
     lm.eval()
     out = []
     for s in range(0, len(prompts), batch):
-        rows = [p + c for p, c in zip(prompts[s:s + batch], continuations[s:s + batch])]
-        idx, _ = data.pad_batch(rows, 0)
-        targets = torch.full_like(idx, -100)              # position t predicts token t + 1
-        for b, (p, c) in enumerate(zip(prompts[s:s + batch], continuations[s:s + batch])):
-            targets[b, len(p) - 1:len(p) + len(c) - 1] = idx[b, len(p):len(p) + len(c)]
-        logits, _ = lm(idx.to(device))
-        logp = F.log_softmax(logits.float(), -1).cpu()
-        picked = logp.gather(2, targets.clamp(min=0)[..., None])[..., 0]
-        out.append(torch.where(targets >= 0, picked, 0.0).sum(1))
+        pairs = list(zip(prompts[s:s + batch], continuations[s:s + batch]))
+        idx, _ = data.pad_batch([p + c for p, c in pairs], 0)
+        row = torch.tensor([b for b, (p, c) in enumerate(pairs) for _ in c])                   # (P,) whose token
+        at = torch.tensor([len(p) - 1 + i for p, c in pairs for i in range(len(c))])          # (P,) predicted from
+        token = torch.tensor([t for _, c in pairs for t in c])                                 # (P,) the token
+        h = lm.hidden_states(idx.to(device))[row.to(device), at.to(device)]                    # (P, C)
+        logp = -F.cross_entropy(lm.lm_head(h).float(), token.to(device), reduction="none").cpu()
+        out.append(torch.zeros(len(pairs)).index_add_(0, row, logp))
     return torch.cat(out) if out else torch.zeros(0)
 
 
