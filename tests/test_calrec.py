@@ -603,6 +603,9 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
             assert set(res[split][m]) == metrics
             assert all(0.0 <= v <= 1.0 for v in res[split][m].values())
     assert res["config"]["target"] == "Beta" and res["wall_s"] > 0 and res["resumed"] == 0
+    check = res["generator_check"]  # every one of Beta's 12 validation users (fewer than bm25_valid_users)
+    assert check["users"] == 12 and 0.0 <= check["popular_beats_next"] <= 1.0
+    assert all(check[k] < 0 for k in ("next_item", "last_item", "most_popular"))  # log-probabilities of texts
     assert res["config"]["dense_prior_weight"] in calrec.PRIOR_WEIGHTS
     assert res["config"]["dense_recent_weight"] in (0.0,) + calrec.RECENT_WEIGHTS
     assert res["config"]["dense_recent_decay"] in (None,) + calrec.RECENT_DECAYS
