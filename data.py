@@ -388,12 +388,16 @@ def read_atomic(folder):
         map_path = os.path.join(folder, f"{name}.item2index")
         if not os.path.isfile(map_path):
             raise UserError(f"{map_path}: needed to map the ASINs of {text_path} to .inter ids")
-        asin_to_id = {}
+        asin_to_id, id_line = {}, {}
         for line_no, line in enumerate(io.StringIO(read_text(map_path), newline=None), 1):
             cols = line.rstrip("\n").split("\t")
             if len(cols) != 2 or not cols[1].strip().isdigit():
                 raise UserError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
-            asin_to_id[cols[0]] = cols[1].strip()
+            asin, i = cols[0], cols[1].strip()
+            if asin in asin_to_id or i in id_line:  # an ASIN with two ids, or an id with two ASINs
+                raise UserError(f"{map_path}:{line_no}: " + (f"item {asin} listed twice" if asin in asin_to_id
+                                                             else f"id {i} already given to line {id_line[i]}"))
+            asin_to_id[asin], id_line[i] = i, line_no
         attributes = ("Title", "Category", "Brand")
         names, rows = _read_atomic_table(text_path, ["item_id", "text"])
         id_col, text_col = names.index("item_id"), names.index("text")
@@ -401,6 +405,8 @@ def read_atomic(folder):
             asin, text = cols[id_col], cols[text_col]
             if asin not in asin_to_id:
                 raise UserError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
+            if asin_to_id[asin] in index:
+                raise UserError(f"{text_path}:{line_no}: item {asin} listed twice")
             item = {k: v for k, v in _split_text_column(text).items() if v}
             for k in attributes:
                 if k not in item:

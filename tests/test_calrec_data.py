@@ -154,6 +154,20 @@ def test_bad_inter_rows_name_file_and_line(tmp_path, row, message):
         data.read_atomic(text_folder(tmp_path, train_rows=("0\t0\t1", row)))
 
 
+@pytest.mark.parametrize("file, lines, message", [
+    ("Sci.item2index", ["AS1\t0", "AS2\t1", "AS3\t2", "AS1\t3"], r"Sci\.item2index:4: item AS1 listed twice"),
+    ("Sci.item2index", ["AS1\t0", "AS2\t1", "AS3\t1"], r"Sci\.item2index:3: id 1 already given to line 2"),
+    ("Sci.text", ["item_id:token\ttext:token_seq", "AS1\tDrill. Root Tools. Bosch. ", "AS2\tSaw. Root Tools. . ",
+                  "AS3\tGlue. Root Glue. Gorilla. ", "AS2\tSaw, again. Root Tools. . "],
+     r"Sci\.text:5: item AS2 listed twice"),
+])
+def test_an_item_twice_in_the_text_variant_is_an_error(tmp_path, file, lines, message):
+    folder = text_folder(tmp_path)
+    write(f"{folder}/{file}", lines)
+    with pytest.raises(data.UserError, match=message):
+        data.read_atomic(folder)
+
+
 def test_item_without_text_is_an_error(tmp_path):
     folder = tmp_path / "Toys"
     folder.mkdir()
