@@ -59,6 +59,9 @@ class CALRecConfig:
     max_words: int = 24           # cap on every attribute value, in words
     max_history: int = 3          # most recent history items in a prompt (then as many as fit block_size)
     max_item_tokens: int = 64     # cap on an item's text in tokens (after the word cap), everywhere
+    fit_item_texts: bool = True   # [ours] an item over max_item_tokens loses words from its longest values
+                                  # (data.fitted_item_texts) and keeps every attribute; false: its tokens are
+                                  # cut at the end, which can drop the last attributes (the brand) whole
     # losses (spec section 3): L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT
     alpha: float = 0.2
     beta: float = 0.2
@@ -977,7 +980,10 @@ def prepare(args):
     c = lm.config  # the LM's own sizes (--init's may differ from the defaults), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
-    builder = data.PromptBuilder(tokenizer, texts, c.block_size, cfg.max_history, cfg.max_item_tokens)
+    items = [(it, d.attributes) for d in domains for it in d.items]
+    lm_texts = data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens) if cfg.fit_item_texts \
+        else texts  # the LM's item texts; BM25 and the baselines read the whole texts
+    builder = data.PromptBuilder(tokenizer, lm_texts, c.block_size, cfg.max_history, cfg.max_item_tokens)
     return Experiment(args, cfg, domains, target, offsets, texts, lm.to(args.device), tokenizer, builder, state, rows)
 
 

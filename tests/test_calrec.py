@@ -272,6 +272,27 @@ def test_item_text_and_prompt_templates(small_world):
         "The next purchased item is as follows:")
 
 
+class WordTokens:
+    """A tokenizer whose tokens are the words, so that token counts can be worked out by hand."""
+    def encode_batch(self, texts):
+        return [t.split() for t in texts]
+
+
+def test_fitted_item_texts_shorten_the_longest_value_and_keep_every_attribute():
+    items = [({"Title": "a b c d e f", "Brand": "x y"}, ("Title", "Brand")),           # 10 words
+             ({"Title": "a b c", "Brand": "w x y z"}, ("Title", "Brand")),             # 9 words
+             ({"Title": "a b c d", "Brand": "x"}, ("Title", "Brand", "Price")),        # 9, Price Unknown
+             ({"Title": "a"}, ("Title", "Brand"))]                                     # 4 words: fits
+    # by hand, at most 7 words: the first title gives up 3 words; the second brand one, then the title, the
+    # first of two equal values; the third title 2 words (Price: Unknown counts); the fourth fits as it is
+    assert data.fitted_item_texts(items, 24, WordTokens(), 7) == [
+        "Title: a b c, Brand: x y", "Title: a b, Brand: w x y", "Title: a b, Brand: x, Price: Unknown",
+        "Title: a, Brand: Unknown"]
+    # a value keeps one word even when the item cannot fit; the word cap applies first
+    assert data.fitted_item_texts(items[:1], 24, WordTokens(), 2) == ["Title: a, Brand: x"]
+    assert data.fitted_item_texts(items[:1], 2, WordTokens(), 99) == ["Title: a b, Brand: x y"]
+
+
 def test_pooling_spans_cover_exactly_history_and_target(small_world):
     _, _, texts, tok = small_world
     builder = data.PromptBuilder(tok, texts, block_size=128)
