@@ -998,6 +998,12 @@ def run(exp):
     for d in exp.domains:
         log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
                  f"{len(d.test)} test users")
+    lengths = np.array([len(ids) for ids in exp.tokenizer.encode_batch([" " + t for t in exp.texts])])
+    over = [np.mean(lengths[a:b] > cfg.max_item_tokens) for a, b in zip(exp.offsets, exp.offsets[1:])]
+    log.info(f"item texts longer than max_item_tokens={cfg.max_item_tokens}: " +
+             ", ".join(f"{d.name} {share:.1%}" for d, share in zip(exp.domains, over)) +
+             ("; each keeps every attribute, its longest values shortened" if cfg.fit_item_texts else
+              "; their tokens are cut at the end (fit_item_texts=false)"))
     log.info(f"model: {lm.num_params() / 1e6:.2f}M parameters, vocab {exp.tokenizer.vocab_size}, "
              f"block {lm.config.block_size}")
     stages = {"1": [1], "2": [2], "both": [1, 2]}[args.stages]

@@ -632,3 +632,5 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     assert res["config"]["dense_recent_decay"] in (None,) + calrec.RECENT_DECAYS
     text = capsys.readouterr().out
     assert "CALRec generative+BM25" in text and "most popular" in text and "first-order Markov" in text
+    # 'Title: Beta gadget number 7, Brand: Brand1' is far shorter than the real-data cap of 32 tokens
+    assert "item texts longer than max_item_tokens=32: Alpha 0.0%, Beta 0.0%; each keeps every attribute" in text
