@@ -130,7 +130,7 @@ class CALRecConfig:
 BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
     stage1_steps=200, stage2_steps=100, batch_size=24, lr=4e-3, warmup=20, eval_interval=100, select_users=300,
     beams=6, constrained_beams=10, sasrec_steps=400)
-REAL_DATA = CALRecConfig(  # 50 minutes on 2 CPU cores shared with a second run; chosen on Scientific's validation split
+REAL_DATA = CALRecConfig(  # 45 minutes alone on 2 CPU cores; chosen on Scientific's validation split (results.md)
     n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096, max_words=10, max_history=1,
     max_item_tokens=32, stage1_steps=600, stage2_steps=1200, batch_size=32, lr=1e-3, warmup=100,
     eval_interval=200, domain_temperature=2.0, select_users=10_000, beams=5, eval_batch=64, bm25_valid_users=1000,
