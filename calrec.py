@@ -967,7 +967,8 @@ def prepare(args):
     cfg = settings(args)
     domains, target, rows = load_data(args, cfg)
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
-    texts = [data.item_text(it, d.attributes, cfg.max_words) for d in domains for it in d.items]
+    items = [(it, d.attributes) for d in domains for it in d.items]  # every item, global indices
+    texts = [data.item_text(it, attributes, cfg.max_words) for it, attributes in items]
     _, world = rank_and_world()
     if cfg.batch_size % world:
         raise UserError(f"the batch of {cfg.batch_size} rows does not split evenly over {world} processes")
@@ -980,7 +981,6 @@ def prepare(args):
     c = lm.config  # the LM's own sizes (--init's may differ from the defaults), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
-    items = [(it, d.attributes) for d in domains for it in d.items]
     lm_texts = data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens) if cfg.fit_item_texts \
         else texts  # the LM's item texts; BM25 and the baselines read the whole texts
     builder = data.PromptBuilder(tokenizer, lm_texts, c.block_size, cfg.max_history, cfg.max_item_tokens)
