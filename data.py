@@ -1,44 +1,30 @@
 """
-Everything that turns files and text into tensors, for both tasks.
-
-Read in this order:
+Everything that turns files and text into tensors, for both tasks. Read in this order:
   1. the tokenizer: a byte-level BPE trained with the `tokenizers` package on the task's own text, or
      GPT-2's pretrained `tokenizer.json` when GPT-2 weights are swapped in;
   2. CALRec data: the built-in multi-domain shopping world, readers for the Amazon benchmark files and the
      raw Amazon 2018 downloads, the text templates, and batches;
-  3. MAML data: the GLUE reader, the built-in task family, and batches;
-  4. getting the real data, from the command line:
-
-    python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/
-    python data.py glue                                           # -> data/glue/<task>/
-    python data.py few-shot                                       # -> data/glue-16shot/<task>/16-<seed>/
+  3. MAML data: the GLUE reader, the built-in task family, and batches.
+Fetching the real data (`python data.py amazon | glue | few-shot`) lives in download.py.
 """
 
-import argparse
-import contextlib
+import functools
 import gzip
-import http.client
+import hashlib
 import io
 import json
 import logging
 import os
 import random
 import re
-import shutil
-import sys
-import urllib.error
-import urllib.request
-import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm import tqdm
 
-from model import UserError, load_init
+from model import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +38,11 @@ SPECIAL_TOKENS = (EOT, PAD, SEP)
 
 
 class TextTokenizer:
-    """A thin wrapper over a `tokenizers.Tokenizer` that knows the project's special tokens.
-
-    GPT-2's own tokenizer has only <|endoftext|>; there the padding and separator fall back to it (padding
-    is masked anyway, and a pair is then joined by the end-of-text token).
-    """
+    """A `tokenizers.Tokenizer` that knows the project's special tokens. GPT-2's own has only <|endoftext|>;
+    there padding (masked anyway) and the separator of a pair fall back to it."""
 
     def __init__(self, tokenizer, path=None):
-        self.tok = tokenizer
-        self.path = path
+        self.tok, self.path = tokenizer, path
         self.eot_id = tokenizer.token_to_id(EOT)
         if self.eot_id is None:
             raise UserError(f"{path or 'tokenizer'}: has no {EOT} token; train one with train_tokenizer() "
@@ -88,6 +70,12 @@ class TextTokenizer:
     def save(self, path):
         self.tok.save(path)
 
+    @property
+    def fingerprint(self):
+        """A short hash of the whole tokenizer: checkpoints and run states record it, so that --init and
+        --resume can refuse a model paired with another tokenizer (its ids would mean other tokens)."""
+        return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
+
     def check_fits(self, vocab_size, path=None):
         """The model's embedding table must have a row for every token id."""
         if self.vocab_size > vocab_size:
@@ -100,12 +88,8 @@ def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: nothing is unknown
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte: none unknown
     tok.train_from_iterator(texts, trainer=trainer)
     return TextTokenizer(tok)
 
@@ -123,17 +107,8 @@ def load_tokenizer(path):
     return TextTokenizer(tok, path=path)
 
 
-def load_pretrained(path, dropout=0.0):
-    """What --init names -> (GPT, its tokenizer): a project checkpoint (.pt, with the tokenizer.json written
-    next to it by the run that made it) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
-    gpt = load_init(path, dropout=dropout)
-    tokenizer = load_tokenizer(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
-    tokenizer.check_fits(gpt.config.vocab_size)
-    return gpt, tokenizer
-
-
 def read_text(path):
-    """The text of a file (a .gz one unpacked; a leading byte-order mark dropped), with a UserError naming the
+    """The text of a file (a .gz one unpacked; a leading byte-order mark dropped), or a UserError naming the
     file, and the line and column of the first bad byte when it is not UTF-8."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
@@ -145,13 +120,8 @@ def read_text(path):
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}:{_where(raw, e.start)}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
-
-
-def _where(raw, offset):
-    """'line:column' (from 1) of a byte offset."""
-    line, line_start = raw.count(b"\n", 0, offset) + 1, raw.rfind(b"\n", 0, offset) + 1
-    return f"{line}:{offset - line_start + 1}"
+        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise UserError(f"{path}:{line}:{column}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
 
 
 def pad_batch(seqs, pad_id, length=None):
@@ -168,9 +138,8 @@ def pad_batch(seqs, pad_id, length=None):
 # -----------------------------------------------------------------------------
 # 2. CALRec data
 #
-# One "domain" (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of
-# named text attributes, and three lists of (history, target) examples in item indices 0..n_items-1:
-# train (every prefix of the training part), valid (target = second to last item), test (target = last).
+# A "domain" (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of named
+# text attributes, and (history, target) examples in item indices 0..n_items-1, split by leave_one_out.
 
 
 @dataclass
@@ -189,22 +158,10 @@ class Domain:
         return len(self.items)
 
 
-def _check_examples(domain, split, source):
-    for line, (history, target) in enumerate(getattr(domain, split), 1):
-        if not history:
-            raise UserError(f"{source}: {split} example {line} has an empty history")
-        for i in list(history) + [target]:
-            if not 0 <= i < domain.n_items:
-                raise UserError(f"{source}: {split} example {line} names item {i}, not in the catalog")
-
-
 def leave_one_out(sequences):
-    """Chronological per-user sequences -> train prefixes, valid and test examples (the usual split).
-
-    A sequence [a, b, c, d, e] gives test ([a, b, c, d], e), valid ([a, b, c], d), train prefixes
-    ([a], b), ([a, b], c), and the training part [a, b, c] (for SASRec and popularity counts).
-    Users with fewer than 3 items have no training example and are left out (counted by the caller).
-    """
+    """Chronological per-user sequences -> train, valid and test examples and the training parts: [a, b, c, d, e]
+    gives test ([a, b, c, d], e), valid ([a, b, c], d), train ([a], b), ([a, b], c) and the training part
+    [a, b, c] (for SASRec and popularity counts). A user with fewer than 3 items is left out."""
     train, valid, test, train_sequences = [], [], [], []
     for seq in sequences:
         if len(seq) < 3:
@@ -220,14 +177,11 @@ def leave_one_out(sequences):
 # -----------------------------------------------------------------------------
 # 2a. the built-in multi-domain shopping world
 #
-# Shared latent structure across domains: the same brands (each with a price tier) and the same kinds of
-# behaviour. Every domain has a chain of complementary categories bought in order (a camera body, then a
-# lens, then a memory card, ...); each brand sells two product lines in every domain, each product in two
-# colours. A user keeps their brand and line (mostly), walks the chain in order, and keeps their colour.
-# So the next item is predictable from the *text* of the history (brand, line, colour words, the category
-# that comes next), and order matters (the chain only goes forward). A few items are "new releases": they
-# never appear in a history or as a training target, only as a last (test) item -- cold items that an
-# item-id model has never seen, but whose words a text model has.
+# The domains share brands (each with a price tier) and behaviour: a chain of complementary categories bought in
+# order (a camera body, a lens, a memory card, ...); each brand sells two product lines, each product in two
+# colours. A user mostly keeps a brand, line and colour and walks the chain forward, so the next item follows from
+# the *text* of the history, and order matters. A few "new releases" are only ever bought last (test targets):
+# cold items that an item-id model has never seen, but whose words a text model has.
 
 WORLD_BRANDS = (("Korvo", 1.0), ("Lumen", 1.3), ("Varta", 0.8), ("Ostra", 1.6),
                 ("Pelin", 0.9), ("Quori", 1.2), ("Sendo", 0.7), ("Talvi", 1.4))
@@ -244,81 +198,127 @@ WORLD_DOMAINS = {  # domain -> its chain of (category, base price in dollars)
 }
 
 
+def _colours(b, li):
+    """The two colours of brand b's product line li."""
+    return WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
+
+
+def _world_catalog(rng, d, name, chain, price_missing, cold_fraction):
+    """Domain d's items, their keys, index[(brand, line, category, colour)] -> item, and the new releases."""
+    items, keys, index = [], [], {}
+    for b, (brand, tier) in enumerate(WORLD_BRANDS):
+        for li in range(2):
+            line = WORLD_LINES[(2 * b + li + 3 * d) % len(WORLD_LINES)]
+            for c, (category, base) in enumerate(chain):
+                for colour in _colours(b, li):
+                    item = {"Title": f"{brand} {line} {category}, {colour}", "Category": category, "Brand": brand}
+                    if rng.random() >= price_missing:
+                        item["Price"] = f"${base * tier * (1.0 + 0.1 * li):.0f}"
+                    index[(b, li, c, colour)] = len(items)
+                    items.append(item)
+                    keys.append(f"{name}-{b}-{li}-{c}-{colour}")
+    cold = set()  # at most one colour of a product is a new release, so the other can stand in for it
+    for (b, li, c, colour), i in index.items():
+        first, second = _colours(b, li)
+        if colour == first and rng.random() < 2 * cold_fraction:
+            cold.add(i if rng.random() < 0.5 else index[(b, li, c, second)])
+    return items, keys, index, cold
+
+
+def _world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour):
+    """One user's purchases: the chain walked forward from a random category, in a brand, line and colour."""
+    b, li = rng.randrange(len(WORLD_BRANDS)), rng.randrange(2)
+    n = rng.randint(min_len, max_len)
+    start = rng.randrange(len(chain))  # the chain is a cycle: any category can come first
+    colours = _colours(b, li)
+    colour = rng.choice(colours)
+    seq = []
+    for t in range(n):
+        if t > 0 and rng.random() > p_stay:  # an occasional switch of line, or of brand
+            if rng.random() < 0.5:
+                li = 1 - li
+            else:
+                b = rng.randrange(len(WORLD_BRANDS))
+            colours = _colours(b, li)
+            colour = colours[0] if colour not in colours else colour
+        pick = colour if rng.random() < p_colour else rng.choice(colours)
+        c = (start + t) % len(chain)
+        i = index[(b, li, c, pick)]
+        if i in cold and t < n - 1:  # a new release is only ever bought last
+            i = index[(b, li, c, colours[1 - colours.index(pick)])]
+        if i not in seq:  # already owned: skip this step
+            seq.append(i)
+    return seq
+
+
 def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, p_colour=0.85,
                cold_fraction=0.1, price_missing=0.05):
     """Generate the built-in world: one Domain per entry of WORLD_DOMAINS, deterministic in `seed`."""
     rng = random.Random(seed)
     domains = []
-    for d, (dname, chain) in enumerate(WORLD_DOMAINS.items()):
-        items, keys, index = [], [], {}
-        for b, (brand, tier) in enumerate(WORLD_BRANDS):
-            for li in range(2):
-                line = WORLD_LINES[(2 * b + li + 3 * d) % len(WORLD_LINES)]
-                for c, (category, base) in enumerate(chain):
-                    for colour in WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]:  # two colours per line
-                        item = {"Title": f"{brand} {line} {category}, {colour}", "Category": category,
-                                "Brand": brand}
-                        if rng.random() >= price_missing:
-                            item["Price"] = f"${base * tier * (1.0 + 0.1 * li):.0f}"
-                        index[(b, li, c, colour)] = len(items)
-                        items.append(item)
-                        keys.append(f"{dname}-{b}-{li}-{c}-{colour}")
-        cold = set()  # at most one colour of a product is a new release, so the other can stand in for it
-        for (b, li, c, colour), i in index.items():
-            if colour == WORLD_COLOURS[(b + li) % 3] and rng.random() < 2 * cold_fraction:
-                cold.add(i if rng.random() < 0.5 else index[(b, li, c, WORLD_COLOURS[(b + li) % 3 + 1])])
-        sequences = []
-        for _ in range(users_per_domain):
-            b, li = rng.randrange(len(WORLD_BRANDS)), rng.randrange(2)
-            n = rng.randint(min_len, max_len)
-            start = rng.randrange(len(chain))  # the chain is a cycle: any category can come first
-            colours = WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
-            colour = rng.choice(colours)
-            seq = []
-            for t in range(n):
-                c = (start + t) % len(chain)
-                if t > 0 and rng.random() > p_stay:  # an occasional switch of line, or of brand
-                    if rng.random() < 0.5:
-                        li = 1 - li
-                    else:
-                        b = rng.randrange(len(WORLD_BRANDS))
-                    colours = WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
-                    colour = colours[0] if colour not in colours else colour
-                pick = colour if rng.random() < p_colour else rng.choice(colours)
-                i = index[(b, li, c, pick)]
-                if i in cold and t < n - 1:  # a new release is only ever bought last
-                    i = index[(b, li, c, colours[1 - colours.index(pick)])]
-                if i in seq:  # already owned: skip this step
-                    continue
-                seq.append(i)
-            sequences.append(seq)
-        train, valid, test, train_sequences = leave_one_out(sequences)
-        domains.append(Domain(dname, items, keys, train, valid, test, train_sequences))
+    for d, (name, chain) in enumerate(WORLD_DOMAINS.items()):
+        items, keys, index, cold = _world_catalog(rng, d, name, chain, price_missing, cold_fraction)
+        sequences = [_world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour)
+                     for _ in range(users_per_domain)]
+        domains.append(Domain(name, items, keys, *leave_one_out(sequences)))
     return domains
 
 
 # -----------------------------------------------------------------------------
-# 2b. the RecBole / UniSRec atomic benchmark folders (X.train.inter, X.valid.inter, X.test.inter + X.item
-#     or X.text + X.item2index)
+# 2b. the RecBole / UniSRec atomic benchmark folders: X.train.inter, X.valid.inter, X.test.inter, and the
+#     items in X.item, or in X.text + X.item2index
 
 def _read_atomic_table(path, required):
-    """A tab-separated file with a `name:type` header -> (column names, rows as lists of strings, line no.)."""
+    """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)])."""
     lines = io.StringIO(read_text(path), newline=None)  # universal newlines
     header = lines.readline().rstrip("\n").split("\t")
     names = [h.split(":")[0] for h in header]
     for r in required:
         if r not in names:
             raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
-    rows = []
-    for line_no, line in enumerate(lines, 2):
-        line = line.rstrip("\n")
-        if not line:
-            continue
-        cols = line.split("\t")
+    rows = [(line_no, line.rstrip("\n").split("\t")) for line_no, line in enumerate(lines, 2) if line.rstrip("\n")]
+    for line_no, cols in rows:
         if len(cols) != len(names):
             raise UserError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
-        rows.append((line_no, cols))
     return names, rows
+
+
+def _read_item_file(path):
+    """X.item, keyed by the .inter ids; every column besides item_id (found by name) is an attribute. Returns
+    the attributes, the missing values per column and {id: (id, item)} in file order."""
+    names, rows = _read_atomic_table(path, ["item_id"])
+    text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
+    if not text_cols:
+        raise UserError(f"{path}:1: no text column besides item_id")
+    attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
+    id_col = names.index("item_id")
+    entries, missing = {}, Counter()
+    for line_no, cols in rows:
+        key = cols[id_col]
+        item = {a: cols[j].strip() for (j, _), a in zip(text_cols, attributes) if cols[j].strip()}
+        missing.update(n for j, n in text_cols if not cols[j].strip())
+        if not item:
+            raise UserError(f"{path}:{line_no}: item {key} has no text at all")
+        if key in entries:
+            raise UserError(f"{path}:{line_no}: item {key} listed twice")
+        entries[key] = (key, item)
+    return attributes, missing, entries
+
+
+def _read_item2index(path):
+    """X.item2index: 'ASIN<TAB>integer id' lines -> {ASIN: id}, each ASIN and each id given once."""
+    asin_to_id, id_line = {}, {}
+    for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        cols = line.rstrip("\n").split("\t")
+        if len(cols) != 2 or not cols[1].strip().isdigit():
+            raise UserError(f"{path}:{line_no}: expected 'ASIN<TAB>integer id'")
+        asin, i = cols[0], cols[1].strip()
+        if asin in asin_to_id:
+            raise UserError(f"{path}:{line_no}: item {asin} listed twice")
+        if i in id_line:
+            raise UserError(f"{path}:{line_no}: id {i} already given to line {id_line[i]}")
+        asin_to_id[asin], id_line[i] = i, line_no
+    return asin_to_id
 
 
 def _split_text_column(text):
@@ -336,21 +336,58 @@ def _drop_common_category_root(items, share=0.9):
     root = []
     while paths:
         counts = Counter(tuple(p[:len(root) + 1]) for p in paths if len(p) > len(root))
-        if not counts:
-            break
-        prefix, n = counts.most_common(1)[0]
+        prefix, n = counts.most_common(1)[0] if counts else ((), 0)
         if n < share * len(paths):
             break
         root = list(prefix)
-    if not root:
-        return
     for it in items:
         words = it.get("Category", "").split()
-        if words[:len(root)] == root:
+        if root and words[:len(root)] == root:
             if len(words) > len(root):
                 it["Category"] = " ".join(words[len(root):])
             else:
                 del it["Category"]
+
+
+def _read_text_files(path, map_path):
+    """X.text ('title. category path. brand. ' per ASIN) and X.item2index (ASIN -> .inter id) -> what
+    _read_item_file returns, keyed by the .inter ids."""
+    if not os.path.isfile(map_path):
+        raise UserError(f"{map_path}: needed to map the ASINs of {path} to .inter ids")
+    asin_to_id = _read_item2index(map_path)
+    attributes = ("Title", "Category", "Brand")
+    names, rows = _read_atomic_table(path, ["item_id", "text"])
+    id_col, text_col = names.index("item_id"), names.index("text")
+    entries, missing = {}, Counter()
+    for line_no, cols in rows:
+        asin = cols[id_col]
+        if asin not in asin_to_id:
+            raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path}")
+        if asin_to_id[asin] in entries:
+            raise UserError(f"{path}:{line_no}: item {asin} listed twice")
+        item = {k: v for k, v in _split_text_column(cols[text_col]).items() if v}
+        missing.update(k for k in attributes if k not in item)
+        if not item:
+            raise UserError(f"{path}:{line_no}: item {asin} has no text at all")
+        entries[asin_to_id[asin]] = (asin, item)
+    _drop_common_category_root([item for _, item in entries.values()])
+    return attributes, missing, entries
+
+
+def _read_inter(path, index):
+    """X.<split>.inter -> [(user, history, target)], the items as indices (index: .inter id -> index)."""
+    names, rows = _read_atomic_table(path, ["user_id", "item_id_list", "item_id"])
+    ju, jh, jt = names.index("user_id"), names.index("item_id_list"), names.index("item_id")
+    examples = []
+    for line_no, cols in rows:
+        ids = cols[jh].split() + [cols[jt].strip()]
+        for i in ids:
+            if i not in index:
+                raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
+        if len(ids) < 2:
+            raise UserError(f"{path}:{line_no}: empty history")
+        examples.append((cols[ju], [index[i] for i in ids[:-1]], index[ids[-1]]))
+    return examples
 
 
 def read_atomic(folder):
@@ -359,97 +396,26 @@ def read_atomic(folder):
     name = os.path.basename(folder)
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
-    item_path, text_path = os.path.join(folder, f"{name}.item"), os.path.join(folder, f"{name}.text")
-    items, keys, index, missing = [], [], {}, Counter()
-    if os.path.isfile(item_path):  # ids are the .inter ids; every text column is an attribute
-        names, rows = _read_atomic_table(item_path, ["item_id"])
-        text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
-        if not text_cols:
-            raise UserError(f"{item_path}:1: no text column besides item_id")
-        attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
-        id_col = names.index("item_id")  # found by header name, wherever it stands
-        for line_no, cols in rows:
-            key = cols[id_col]
-            item = {}
-            for j, n in text_cols:
-                value = cols[j].strip()
-                if value:
-                    item[n.replace("_", " ").title()] = value
-                else:
-                    missing[n] += 1
-            if not item:
-                raise UserError(f"{item_path}:{line_no}: item {key} has no text at all")
-            if key in index:
-                raise UserError(f"{item_path}:{line_no}: item {key} listed twice")
-            index[key] = len(items)
-            items.append(item)
-            keys.append(key)
-    elif os.path.isfile(text_path):  # ids are ASINs, mapped to the .inter ids by X.item2index
-        map_path = os.path.join(folder, f"{name}.item2index")
-        if not os.path.isfile(map_path):
-            raise UserError(f"{map_path}: needed to map the ASINs of {text_path} to .inter ids")
-        asin_to_id, id_line = {}, {}
-        for line_no, line in enumerate(io.StringIO(read_text(map_path), newline=None), 1):
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) != 2 or not cols[1].strip().isdigit():
-                raise UserError(f"{map_path}:{line_no}: expected 'ASIN<TAB>integer id'")
-            asin, i = cols[0], cols[1].strip()
-            if asin in asin_to_id or i in id_line:  # an ASIN with two ids, or an id with two ASINs
-                raise UserError(f"{map_path}:{line_no}: " + (f"item {asin} listed twice" if asin in asin_to_id
-                                                             else f"id {i} already given to line {id_line[i]}"))
-            asin_to_id[asin], id_line[i] = i, line_no
-        attributes = ("Title", "Category", "Brand")
-        names, rows = _read_atomic_table(text_path, ["item_id", "text"])
-        id_col, text_col = names.index("item_id"), names.index("text")
-        for line_no, cols in rows:
-            asin, text = cols[id_col], cols[text_col]
-            if asin not in asin_to_id:
-                raise UserError(f"{text_path}:{line_no}: item {asin} is not in {map_path}")
-            if asin_to_id[asin] in index:
-                raise UserError(f"{text_path}:{line_no}: item {asin} listed twice")
-            item = {k: v for k, v in _split_text_column(text).items() if v}
-            for k in attributes:
-                if k not in item:
-                    missing[k] += 1
-            if not item:
-                raise UserError(f"{text_path}:{line_no}: item {asin} has no text at all")
-            index[asin_to_id[asin]] = len(items)
-            items.append(item)
-            keys.append(asin)
-        _drop_common_category_root(items)
+    path = os.path.join(folder, name)
+    if os.path.isfile(f"{path}.item"):
+        attributes, missing, entries = _read_item_file(f"{path}.item")
+    elif os.path.isfile(f"{path}.text"):
+        attributes, missing, entries = _read_text_files(f"{path}.text", f"{path}.item2index")
     else:
         raise UserError(f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder), nor the raw "
                         f"Amazon files <Category>_5.json.gz and meta_<Category>.json.gz")
     if missing:
         log.info(f"{folder}: missing attribute values written as Unknown: "
-              + ", ".join(f"{k} {v}" for k, v in missing.items()))
-
-    splits = {}
-    for split in ("train", "valid", "test"):
-        path = os.path.join(folder, f"{name}.{split}.inter")
-        names, rows = _read_atomic_table(path, ["user_id", "item_id_list", "item_id"])
-        ju, jh, jt = names.index("user_id"), names.index("item_id_list"), names.index("item_id")
-        examples = []
-        for line_no, cols in rows:
-            ids = cols[jh].split() + [cols[jt].strip()]
-            for i in ids:
-                if i not in index:
-                    raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
-            if len(ids) < 2:
-                raise UserError(f"{path}:{line_no}: empty history")
-            seq = [index[i] for i in ids]
-            examples.append((cols[ju], seq[:-1], seq[-1]))
-        splits[split] = examples
+                 + ", ".join(f"{k} {v}" for k, v in missing.items()))
+    index = {key: i for i, key in enumerate(entries)}
+    train, valid, test = (_read_inter(f"{path}.{split}.inter", index) for split in ("train", "valid", "test"))
     longest = {}  # the training part of each user = the longest training row, history + target
-    for user, history, target in splits["train"]:
+    for user, history, target in train:
         if len(history) + 1 > len(longest.get(user, ())):
             longest[user] = history + [target]
-    domain = Domain(name, items, keys,
-                    train=[(h, t) for _, h, t in splits["train"]],
-                    valid=[(h, t) for _, h, t in splits["valid"]],
-                    test=[(h, t) for _, h, t in splits["test"]],
-                    train_sequences=list(longest.values()), attributes=attributes)
-    return domain
+    return Domain(name, [item for _, item in entries.values()], [key for key, _ in entries.values()],
+                  *([(h, t) for _, h, t in split] for split in (train, valid, test)),
+                  train_sequences=list(longest.values()), attributes=attributes)
 
 
 # -----------------------------------------------------------------------------
@@ -491,91 +457,93 @@ def _meta_value(record, key, skipped):
     return v
 
 
-def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
-    """Raw Amazon 2018 files -> Domain, with the protocol of the spec (docs/calrec.md section 6).
-
-    1. items = metadata records with a title (the others are dropped, counted);
-    2. each user's reviews sorted by unixReviewTime, ties kept in file order (a stable sort), never by id;
-    3. a repeated item in a user's sequence is kept at its first purchase only;
-    4. iterative k-core: drop users and items with fewer than `min_count` interactions until none is left;
-    5. leave-one-out. Item indices follow sorted ASINs (not order of appearance, which would leak).
-    """
-    name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
-    meta, dropped_no_title, markup = {}, 0, Counter()
-    for line_no, r in _json_lines(meta_path):
+def _read_meta(path):
+    """Metadata -> {ASIN: item} of the records with a title, and how many records had none."""
+    meta, no_title, markup = {}, 0, Counter()
+    for line_no, r in _json_lines(path):
         if "asin" not in r:
-            raise UserError(f"{meta_path}:{line_no}: record has no 'asin'")
+            raise UserError(f"{path}:{line_no}: record has no 'asin'")
         title = _meta_value(r, "title", markup)
         if not title:
-            dropped_no_title += 1
+            no_title += 1
             continue
         item = {"Title": title}
         for key, attr in (("category", "Category"), ("brand", "Brand"), ("price", "Price")):
-            value = _meta_value(r, key, markup)
-            if value:
+            if value := _meta_value(r, key, markup):
                 item[attr] = value
         meta[r["asin"]] = item
-    by_user, n_reviews, dropped_unknown = {}, 0, 0
-    for line_no, r in _json_lines(reviews_path):
+    if markup:
+        log.info(f"{path}: values that are page markup, not text, treated as missing: "
+                 + ", ".join(f"{k} {v}" for k, v in markup.items()))
+    return meta, no_title
+
+
+def _read_purchases(path, meta):
+    """Reviews -> {user: [ASIN, ...]} in time order, ties in file order (a stable sort), never by id; an item at
+    its first purchase only; items not in `meta` dropped. Also the number of reviews and of those dropped."""
+    by_user, n_reviews, dropped = {}, 0, 0
+    for line_no, r in _json_lines(path):
         for key in ("reviewerID", "asin", "unixReviewTime"):
             if key not in r:
-                raise UserError(f"{reviews_path}:{line_no}: record has no '{key}'")
+                raise UserError(f"{path}:{line_no}: record has no '{key}'")
         try:
             t = int(r["unixReviewTime"])
         except (TypeError, ValueError):
-            raise UserError(f"{reviews_path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") \
-                from None
+            raise UserError(f"{path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
         n_reviews += 1
         if r["asin"] not in meta:
-            dropped_unknown += 1
+            dropped += 1
             continue
         by_user.setdefault(r["reviewerID"], []).append((t, r["asin"]))
-    sequences = {}
-    for user, events in by_user.items():
-        events.sort(key=lambda e: e[0])  # stable: equal times keep file order
-        seen, seq = set(), []
-        for _, asin in events:
-            if asin not in seen:
-                seen.add(asin)
-                seq.append(asin)
-        sequences[user] = seq
-    while True:  # iterative k-core
+    sequences = {user: list(dict.fromkeys(asin for _, asin in sorted(events, key=lambda e: e[0])))
+                 for user, events in by_user.items()}
+    return sequences, n_reviews, dropped
+
+
+def _k_core(sequences, k):
+    """Drop the items of fewer than k users and the users of fewer than k items, until none is left."""
+    while True:
         item_count = Counter(a for seq in sequences.values() for a in seq)
-        kept = {u: [a for a in seq if item_count[a] >= min_count] for u, seq in sequences.items()}
-        kept = {u: seq for u, seq in kept.items() if len(seq) >= min_count}
+        kept = {u: [a for a in seq if item_count[a] >= k] for u, seq in sequences.items()}
+        kept = {u: seq for u, seq in kept.items() if len(seq) >= k}
         if kept == sequences:
-            break
+            return sequences
         sequences = kept
-    if markup:
-        log.info(f"{meta_path}: values that are page markup, not text, treated as missing: "
-              + ", ".join(f"{k} {v}" for k, v in markup.items()))
+
+
+def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
+    """Raw Amazon 2018 files -> Domain, with the protocol of the spec (docs/calrec.md section 6): the items with
+    a title, each user's reviews in time order without repeats, an iterative `min_count`-core, leave-one-out.
+    Item indices follow sorted ASINs (not the order of appearance, which would leak)."""
+    name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
+    meta, no_title = _read_meta(meta_path)
+    sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
+    sequences = _k_core(sequences, min_count)
     asins = sorted({a for seq in sequences.values() for a in seq})
     index = {a: i for i, a in enumerate(asins)}
-    train, valid, test, train_sequences = leave_one_out([[index[a] for a in seq] for seq in sequences.values()])
-    log.info(f"{reviews_path}: {n_reviews} reviews; {dropped_no_title} metadata records without a title and "
-          f"{dropped_unknown} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
-          f"after {min_count}-core")
-    return Domain(name, [meta[a] for a in asins], asins, train, valid, test, train_sequences)
+    log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title and "
+             f"{dropped} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
+             f"after {min_count}-core")
+    return Domain(name, [meta[a] for a in asins], asins,
+                  *leave_one_out([[index[a] for a in seq] for seq in sequences.values()]))
 
 
 def load_domains(folders):
     """One Domain per folder: an atomic benchmark folder, or a folder with the raw Amazon 2018 files."""
     domains = []
     for folder in folders:
-        name = os.path.basename(folder.rstrip("/"))
         files = os.listdir(folder) if os.path.isdir(folder) else []
         raw = sorted(f for f in files if re.search(r"_5\.json(\.gz)?$", f))
         meta = sorted(f for f in files if re.match(r"meta_.*\.json(\.gz)?$", f))
         if raw and meta:
-            domains.append(read_amazon_raw(os.path.join(folder, raw[0]), os.path.join(folder, meta[0]), name=name))
+            domains.append(read_amazon_raw(os.path.join(folder, raw[0]), os.path.join(folder, meta[0]),
+                                           name=os.path.basename(folder.rstrip("/"))))
         elif raw or meta:
             have, lack = (raw[0], "meta_<Category>.json.gz") if raw else (meta[0], "<Category>_5.json.gz")
             raise UserError(f"{os.path.join(folder, have)}: the raw Amazon layout needs {lack} beside it "
                             f"(python data.py amazon writes both)")
         else:
             domains.append(read_atomic(folder))
-        for split in ("train", "valid", "test"):
-            _check_examples(domains[-1], split, folder)
     return domains
 
 
@@ -596,13 +564,11 @@ def item_text(item, attributes, max_words=24):
 
 
 def fitted_item_texts(items, max_words, tokenizer, max_tokens):
-    """item_text of every (item, attributes) pair, shortened to at most max_tokens tokens (as PromptBuilder
-    encodes it, after a space) without losing an attribute: while an item is too long, its longest value (in
-    words; the first of equals) gives up its last word. A value keeps at least one word.
-
-    Cutting the tokens at the end instead drops the last attributes: on Amazon Scientific (Title, Category, Brand,
-    at most 10 words each) 82% of the items are longer than 32 tokens, and a cut at the end took the brand of
-    nearly all of them (train.py logs the share of long items of each domain)."""
+    """item_text of every (item, attributes) pair, at most max_tokens tokens long (as PromptBuilder encodes it,
+    after a space) with every attribute: while an item is too long, its longest value (in words; the first of
+    equals) gives up its last word, down to one. Why: a cut at the end drops the last attributes; on Scientific
+    (Title, Category, Brand, at most 10 words each) 82% of the items exceed 32 tokens, and nearly all lost their
+    brand (train.py logs the share of long items of each domain)."""
     caps = [[min(len(item.get(a, "Unknown").split()), max_words) for a in attributes] for item, attributes in items]
     pending = list(range(len(items)))
     while pending:  # one round shortens every item still too long by one word
@@ -627,25 +593,18 @@ def history_prompt(texts):
 
 
 class PromptBuilder:
-    """Token ids of prompts and training rows, assembled from pre-tokenised pieces (each item is encoded once).
-
-    Every item is encoded as " " + its text, the way it follows 'as follows:' in a prompt; the item tower reads
-    exactly these tokens too, so v_T and v_T|U pool over the same token sequence. A prompt keeps the most recent
-    history items (at most max_history) that fit block_size together with room for the longest item and its
-    end-of-text. Training and inference use that one rule: a training row is exactly the prompt that inference
-    builds for its history, followed by its target.
-    """
+    """Token ids of prompts and training rows, assembled from pre-tokenised pieces (each item encoded once, as
+    " " + its text, the way it follows 'as follows:' in a prompt; the item tower reads these tokens too, so v_T and
+    v_T|U pool over the same sequence). A prompt keeps the most recent history items (at most max_history) that
+    fit block_size with room for the longest item and its end-of-text; a training row is exactly the prompt that
+    inference builds for its history, followed by its target."""
 
     def __init__(self, tokenizer, item_texts, block_size, max_history=20, max_item_tokens=None):
-        self.tok = tokenizer
-        self.block_size = block_size
-        self.max_history = max_history
+        self.tok, self.block_size, self.max_history = tokenizer, block_size, max_history
         # item i -> its tokens, cut at max_item_tokens (the same cut wherever the item appears)
         self.item_ids = [t[:max_item_tokens] for t in tokenizer.encode_batch([" " + t for t in item_texts])]
-        self.header = tokenizer.encode(HISTORY_HEADER)
-        self.first = tokenizer.encode(FIRST_ITEM)
-        self.next = tokenizer.encode(NEXT_ITEM)
-        self.end = tokenizer.encode(ITEM_END)
+        self.header, self.first = tokenizer.encode(HISTORY_HEADER), tokenizer.encode(FIRST_ITEM)
+        self.next, self.end = tokenizer.encode(NEXT_ITEM), tokenizer.encode(ITEM_END)
         self.room = max(len(t) for t in self.item_ids) + 1  # the longest target and its end-of-text
         one_item = len(self.header) + len(self.first) + self.room - 1 + len(self.end) + len(self.next)
         if one_item + self.room > block_size:
@@ -680,8 +639,7 @@ class PromptBuilder:
         return self._assemble(self._kept(history))[0]
 
     def prompt_batch(self, histories):
-        """Histories -> right-padded prompts (B, T) and attention_mask (B, T), and the prompts as lists: the
-        input of beam search and of the user tower at inference."""
+        """Histories -> right-padded prompts (B, T), attention_mask (B, T), and the prompts as lists."""
         rows = [self.prompt(h) for h in histories]
         return (*pad_batch(rows, self.tok.pad_id), rows)
 
@@ -690,18 +648,13 @@ class PromptBuilder:
         return pad_batch([self.item_ids[i] for i in item_indices], self.tok.pad_id)
 
     def training_batch(self, sequences, every_position=False, same_room=True):
-        """Item sequences, each a history followed by its target -> the rows of the joint (user) tower.
-
-        A row is prompt(history), the target's tokens and end-of-text. The target is predicted; with
-        every_position [beyond the paper] so is every kept history item after the first, each read after the
-        items before it (one pass gives a prediction at every item boundary, as SASRec trains). same_room=False
-        reserves room for the actual target only, not for the longest (so a row may keep more history than
-        inference would: the mismatch this project had before; kept to measure it).
-        Returns a dict: idx, attention_mask (B, T); targets (B, T), the next token at each position whose
-        token belongs to a predicted item (its end-of-text included for the target), -100 elsewhere; and per
-        prediction (P,): row, start, end (where the item's tokens sit: its prompt is [0, start)), item, and
-        position (its index in the row's sequence: the history before it is sequence[:position]).
-        """
+        """Item sequences, each a history followed by its target -> the rows of the joint (user) tower: each
+        prompt(history), the target's tokens and end-of-text. The target is predicted; with every_position [beyond
+        the paper] so is every kept history item after the first (as SASRec trains). same_room=False reserves room
+        for the actual target only (the train/inference mismatch this project once had; kept to measure it).
+        Returns idx, attention_mask, targets (B, T) (the next token where it belongs to a predicted item, the
+        target's end-of-text included; -100 elsewhere) and per prediction (P,): row, start, end (the item's tokens;
+        its prompt is [0, start)), item, and position (its index in the row's sequence)."""
         rows, row, start, end, item, position = [], [], [], [], [], []
         for b, sequence in enumerate(sequences):
             room = None if same_room else len(self.item_ids[sequence[-1]]) + 1
@@ -726,12 +679,10 @@ class PromptBuilder:
 # -----------------------------------------------------------------------------
 # 3. MAML data
 #
-# A task is a dict: name, kind ("classification" or "regression"), labels (the label strings of a
-# classification task, in class-index order), metrics (GLUE's names), pair (True for sentence pairs) and
-# one split per stage, each {"text_a": [str], "text_b": [str] or None, "y": [int class index or float]}.
-# Splits: "train" for training, "dev" for validation (choosing the stop point), "test" for the one final
-# report (a labelled test.tsv in dev.tsv's layout, when present).
-
+# A task is a dict: name, kind ("classification" or "regression"), labels (a classification task's label strings,
+# in class-index order), metrics (GLUE's names), pair (True for sentence pairs) and its splits "train", "dev" (to
+# choose the stop point) and "test" (the one final report; a labelled test.tsv, when present), each
+# {"text_a": [str], "text_b": [str] or None, "y": [class index or float]}.
 
 # Each task's official layout: the columns read by name (CoLA: by position, it has no header).
 GLUE_TASKS = {
@@ -761,60 +712,57 @@ def check_glue_task(name):
 
 
 def read_tsv_rows(path):
-    """Lines split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders read them); a leading
-    byte-order mark (MRPC) is dropped. Returns [(line number, [fields])], blank lines skipped."""
-    rows = []
-    for lineno, line in enumerate(io.StringIO(read_text(path), newline=""), start=1):  # lines as written
-        line = line.rstrip("\r\n")
-        if line.strip():
-            rows.append((lineno, line.split("\t")))
-    return rows
+    """[(line number, fields)] of the non-blank lines, split on tabs with no quote handling (csv.QUOTE_NONE, as
+    GLUE's loaders read them); a leading byte-order mark (MRPC) is dropped."""
+    lines = io.StringIO(read_text(path), newline="")  # the lines as written
+    return [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in enumerate(lines, 1) if line.strip()]
+
+
+def _glue_columns(path, task, spec, rows):
+    """Where a task's columns are ({column: index}), how many a line has, and the rows after any header."""
+    if not spec.get("header", True):  # CoLA: no header, columns by position
+        if rows and len(rows[0][1]) == 2 and rows[0][1][0] == "index":
+            raise UserError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
+                            "a labelled file has 4 columns and no header")
+        return {c: c for c in (spec["text_a"], spec["label"])}, COLA_COLUMNS, rows
+    if not rows:
+        raise UserError(f"{path}:1: empty file, expected a header line")
+    (lineno, header), rows = rows[0], rows[1:]
+    wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise UserError(f"{path}:{lineno}: header has no column {', '.join(map(repr, missing))} "
+                        f"(not the official {task} layout; header: {header})")
+    return {c: header.index(c) for c in wanted}, len(header), rows
+
+
+def _glue_label(raw, where, task, spec):
+    """A label's class index, or STS-B's similarity score."""
+    if spec["labels"] is not None:
+        if raw not in spec["labels"]:
+            raise UserError(f"{where}: label {raw!r} is not one of {task}'s labels {list(spec['labels'])}")
+        return spec["labels"].index(raw)
+    try:
+        y = float(raw)
+    except ValueError:
+        raise UserError(f"{where}: {task} score {raw!r} is not a number") from None
+    if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
+        raise UserError(f"{where}: {task} score {y} is outside {STSB_RANGE}")
+    return y
 
 
 def read_glue_split(path, task):
     """One split file of a GLUE task in its official layout -> {"text_a", "text_b", "y"}."""
     spec = check_glue_task(task)
-    rows = read_tsv_rows(path)
-    if spec.get("header", True):
-        if not rows:
-            raise UserError(f"{path}:1: empty file, expected a header line")
-        lineno, header = rows[0]
-        rows = rows[1:]
-        wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise UserError(f"{path}:{lineno}: header has no column {', '.join(map(repr, missing))} "
-                             f"(not the official {task} layout; header: {header})")
-        col = {c: header.index(c) for c in wanted}
-        n_cols = len(header)
-    else:  # CoLA: no header, columns by position
-        col = {c: c for c in (spec["text_a"], spec["label"])}
-        n_cols = COLA_COLUMNS
-        if rows and len(rows[0][1]) == 2 and rows[0][1][0] == "index":
-            raise UserError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
-                             "a labelled file has 4 columns and no header")
+    col, n_cols, rows = _glue_columns(path, task, spec, read_tsv_rows(path))
     out = {"text_a": [], "text_b": [] if spec["text_b"] is not None else None, "y": []}
     for lineno, fields in rows:
         if len(fields) != n_cols:
-            raise UserError(f"{path}:{lineno}: expected {n_cols} tab-separated columns for {task}, "
-                             f"got {len(fields)}")
-        raw = fields[col[spec["label"]]].strip()
-        if spec["labels"] is None:  # STS-B: a similarity score
-            try:
-                y = float(raw)
-            except ValueError:
-                raise UserError(f"{path}:{lineno}: {task} score {raw!r} is not a number") from None
-            if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
-                raise UserError(f"{path}:{lineno}: {task} score {y} is outside {STSB_RANGE}")
-        else:
-            if raw not in spec["labels"]:
-                raise UserError(f"{path}:{lineno}: label {raw!r} is not one of {task}'s labels "
-                                 f"{list(spec['labels'])}")
-            y = spec["labels"].index(raw)
+            raise UserError(f"{path}:{lineno}: expected {n_cols} tab-separated columns for {task}, got {len(fields)}")
+        out["y"].append(_glue_label(fields[col[spec["label"]]].strip(), f"{path}:{lineno}", task, spec))
         out["text_a"].append(fields[col[spec["text_a"]]])
         if spec["text_b"] is not None:
             out["text_b"].append(fields[col[spec["text_b"]]])
-        out["y"].append(y)
     if not out["y"]:
         raise UserError(f"{path}: no examples")
     return out
@@ -858,24 +806,18 @@ def few_shot_folders(root, name):
 
 # --- the built-in task family ----------------------------------------------------
 #
-# A made-up language: eight word *kinds* of twelve made-up words each, plus filler words. A sentence is a
-# shuffle of fillers and some kind-words. Every task asks something about the kinds of the words in a
-# sentence (or a pair), so all of them need the same knowledge — which word belongs to which kind — and
-# differ in what they do with it: that knowledge lives in the encoder (what transfers), the question in the
-# head and the top layers (what each task must adapt). The target tasks ask questions no meta-training task
-# asks (disjoint names and rules), about kinds the meta-training tasks do teach.
+# A made-up language: eight word *kinds* of twelve made-up words each, plus fillers; a sentence is a shuffle of
+# fillers and some kind-words. Every task asks about the kinds of a sentence's (or a pair's) words, so all need the
+# same knowledge -- which word is of which kind -- in the encoder (what transfers), and differ in the question, in
+# the head and top layers (what each task adapts). The targets ask questions no meta-training task asks (disjoint
+# names and rules), about kinds the meta-training tasks do teach.
 
 FAMILY_KINDS = 8
 FAMILY_WORDS_PER_KIND = 12
 FAMILY_FILLERS = 24
 FAMILY_SENTENCE_LEN = (5, 9)   # words per sentence
 FAMILY_SEED = 1234             # the language itself (fixed; the run's --seed only changes sampling)
-
-# name -> (rule, arguments, examples in train/dev/test). Rules:
-#   has k: 1 if a word of kind k occurs;  more a b: 1 if kind a occurs more often than kind b;
-#   most a b c: which of kinds a, b, c occurs most (3 classes);  count k: how many words of kind k (regression);
-#   share k: pair task, 1 if both sentences hold a word of kind k;  same a: pair, 1 if the two sentences hold
-#   the same number of kind-a words.
+# name -> (rule, its arguments, examples in train + dev); the rules: family_example
 FAMILY_AUX = {
     "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800),
     "has-5": ("has", (5,), 300), "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600),
@@ -914,57 +856,48 @@ def family_sentence(rng, kinds, fillers, counts):
     return " ".join(words)
 
 
+def _family_pair(rng, rule, k, sentence):
+    """The two sentences and label of a pair rule: share k (1 if both hold a word of kind k), same k (1 if both
+    hold as many words of kind k)."""
+    y = rng.randint(0, 1)
+    if rule == "share":
+        values = (1, 1) if y else rng.choice(((1, 0), (0, 1), (0, 0)))
+    else:
+        n1 = rng.randint(0, 3)
+        values = (n1, n1 if y else rng.choice([n for n in range(4) if n != n1]))
+    pair = []
+    for v in values:
+        counts = {j: rng.choice((0, 0, 0, 1)) for j in range(FAMILY_KINDS) if j != k}
+        counts[k] = (rng.randint(1, 2) if v else 0) if rule == "share" else v
+        pair.append(sentence(counts))
+    return pair[0], pair[1], y
+
+
 def family_example(rng, rule, args, kinds, fillers):
-    """(text_a, text_b or None, y) for one example of a rule; labels are balanced by construction."""
-    def random_counts(exclude=()):
-        return {k: rng.choice((0, 0, 0, 1)) for k in range(FAMILY_KINDS) if k not in exclude}
+    """(text_a, text_b or None, y) for one example of a rule, the labels balanced by construction. Rules: has k (1
+    if a word of kind k occurs), more a b (1 if kind a occurs more often than b), most a b c (which of the three
+    occurs most: 3 classes), count k (how many words of kind k: regression), and the pair rules of _family_pair."""
+    sentence = functools.partial(family_sentence, rng, kinds, fillers)
+    if rule in ("share", "same"):
+        return _family_pair(rng, rule, args[0], sentence)
+    if rule not in ("has", "more", "most", "count"):
+        raise ValueError(f"unknown family rule {rule!r}")
+    counts = {k: rng.choice((0, 0, 0, 1)) for k in range(FAMILY_KINDS) if k not in args}  # the other kinds
     if rule == "has":
-        (k,) = args
-        counts = random_counts((k,))
         y = rng.randint(0, 1)
-        counts[k] = rng.randint(1, 2) if y else 0
-        return family_sentence(rng, kinds, fillers, counts), None, y
-    if rule == "more":
-        a, b = args
-        counts = random_counts((a, b))
+        counts[args[0]] = rng.randint(1, 2) if y else 0
+    elif rule == "more":
         lo, hi = sorted(rng.sample(range(4), 2))
         y = rng.randint(0, 1)
-        counts[a], counts[b] = (hi, lo) if y else (lo, hi)
-        return family_sentence(rng, kinds, fillers, counts), None, y
-    if rule == "most":
-        counts = random_counts(args)
-        y = rng.randrange(3)
-        top = rng.randint(2, 3)
+        counts[args[0]], counts[args[1]] = (hi, lo) if y else (lo, hi)
+    elif rule == "most":
+        y, top = rng.randrange(3), rng.randint(2, 3)
         for i, k in enumerate(args):
             counts[k] = top if i == y else rng.randint(0, top - 1)
-        return family_sentence(rng, kinds, fillers, counts), None, y
-    if rule == "count":
-        (k,) = args
-        counts = random_counts((k,))
-        counts[k] = rng.randint(0, 4)
-        return family_sentence(rng, kinds, fillers, counts), None, float(counts[k])
-    if rule == "share":
-        (k,) = args
-        y = rng.randint(0, 1)
-        has = (1, 1) if y else rng.choice(((1, 0), (0, 1), (0, 0)))
-        sentences = []
-        for h in has:
-            counts = random_counts((k,))
-            counts[k] = rng.randint(1, 2) if h else 0
-            sentences.append(family_sentence(rng, kinds, fillers, counts))
-        return sentences[0], sentences[1], y
-    if rule == "same":
-        (a,) = args
-        y = rng.randint(0, 1)
-        n1 = rng.randint(0, 3)
-        n2 = n1 if y else rng.choice([n for n in range(4) if n != n1])
-        sentences = []
-        for n in (n1, n2):
-            counts = random_counts((a,))
-            counts[a] = n
-            sentences.append(family_sentence(rng, kinds, fillers, counts))
-        return sentences[0], sentences[1], y
-    raise ValueError(f"unknown family rule {rule!r}")
+    else:  # count
+        counts[args[0]] = rng.randint(0, 4)
+        y = float(counts[args[0]])
+    return sentence(counts), None, y
 
 
 def family_task(name, rule, args, sizes):
@@ -972,11 +905,10 @@ def family_task(name, rule, args, sizes):
     kinds, fillers = family_vocabulary()
     rng = random.Random(f"{FAMILY_SEED}:{name}")
     pair = rule in ("share", "same")
-    task = dict(name=name, kind="regression" if rule == "count" else "classification",
-                labels={"has": ("no", "yes"), "more": ("no", "yes"), "share": ("no", "yes"),
-                        "same": ("no", "yes"), "most": tuple(f"kind {k}" for k in args)}.get(rule),
-                metrics=("pearson", "spearman") if rule == "count" else ("mcc", "accuracy") if len(args) < 3
-                else ("accuracy",), pair=pair)
+    labels = None if rule == "count" else tuple(f"kind {k}" for k in args) if rule == "most" else ("no", "yes")
+    metrics = ("pearson", "spearman") if rule == "count" else ("mcc", "accuracy") if len(args) < 3 else ("accuracy",)
+    task = dict(name=name, kind="regression" if rule == "count" else "classification", labels=labels,
+                metrics=metrics, pair=pair)
     for split, n in sizes.items():
         ex = [family_example(rng, rule, args, kinds, fillers) for _ in range(n)]
         task[split] = {"text_a": [e[0] for e in ex], "text_b": [e[1] for e in ex] if pair else None,
@@ -997,8 +929,8 @@ def task_family():
 
 
 def encode_examples(tokenizer, split, max_len):
-    """Token ids of each example: text_a, or text_a <sep> text_b for a pair (each side cut to fit), then
-    <eot>. Returns a list of lists of ints, none longer than max_len."""
+    """Token ids of each example: text_a, or text_a <sep> text_b for a pair (each side cut to fit), then <eot>;
+    none longer than max_len."""
     a_ids = tokenizer.encode_batch(split["text_a"])
     if split["text_b"] is None:
         return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
@@ -1015,431 +947,6 @@ def encode_examples(tokenizer, split, max_len):
     return out
 
 
-
-
-# -----------------------------------------------------------------------------
-# 4. getting the real data: python data.py amazon | glue | few-shot
-#
-# Each data set is fetched from its official address into <out>/downloads/ (kept: a rerun resumes a partial
-# download and skips a complete one), checked (gzip's and zip's CRC-32s, GLUE's row counts), and laid out in
-# the folder format that the readers above take. A data set's folder is built under a temporary name and
-# renamed when it is complete, so it is never half-written; one that is already there is left alone.
-
-AMAZON_2018_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
-# The official GLUE archives, as GLUE's own download script names them. MRPC is not in one archive: it is
-# built from the Microsoft corpus's training file (mirrored by SentEval) and GLUE's list of dev pairs.
-GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
-GLUE_ARCHIVES = {"CoLA": "CoLA.zip", "SST-2": "SST-2.zip", "QQP": "QQP-clean.zip", "STS-B": "STS-B.zip",
-                 "MNLI": "MNLI.zip", "QNLI": "QNLIv2.zip", "RTE": "RTE.zip"}
-MRPC_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
-MRPC_DEV_IDS_URL = ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com/o/"
-                    "data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc")
-GLUE_ROWS = {  # task -> (train rows, dev rows) of the official files (MNLI's dev: dev_matched.tsv)
-    "CoLA": (8551, 1043), "SST-2": (67349, 872), "MRPC": (3668, 408), "STS-B": (5749, 1500),
-    "QQP": (363846, 40430), "MNLI": (392702, 9815), "QNLI": (104743, 5463), "RTE": (2490, 277),
-}
-
-
-def fetch(url, path, hint_if_missing=None):
-    """Download `url` to `path` (unless it is there already) and return `path`.
-
-    The bytes go to path + ".part" and only a complete download is renamed to `path`. An interrupted download
-    resumes: the server is asked for the rest (an HTTP Range request); one that answers with the whole file
-    (200 instead of 206 Partial Content) starts it over. A network failure is a UserError naming the URL;
-    `hint_if_missing` is added when the server has no such file (HTTP 404).
-    """
-    if os.path.isfile(path):
-        return path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    part = path + ".part"
-    have = os.path.getsize(part) if os.path.isfile(part) else 0
-    ranged = have > 0 and url.startswith(("http://", "https://"))  # file:// URLs are read whole
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if ranged else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            if response.status != 206:
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else None
-            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=os.path.basename(path))
-            with open(part, "ab" if have else "wb") as f, bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and ranged:  # "range not satisfiable": the .part is no prefix of this file
-            os.remove(part)
-            return fetch(url, path, hint_if_missing)
-        hint = f"; {hint_if_missing}" if e.code == 404 and hint_if_missing else ""
-        raise UserError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
-    except urllib.error.URLError as e:  # no connection: DNS, refused, timed out, no such local file
-        raise UserError(f"{url}: {e.reason}") from None
-    except (OSError, http.client.HTTPException) as e:  # mid-download: a timeout, a dropped connection
-        raise UserError(f"{url}: {str(e) or type(e).__name__}; rerun to resume the download") from None
-    if total is not None and os.path.getsize(part) != total:
-        raise UserError(f"{url}: the connection closed after {os.path.getsize(part)} of {total} bytes; "
-                        "rerun to resume the download")
-    os.replace(part, path)
-    return path
-
-
-@contextlib.contextmanager
-def building(folder):
-    """Yield a temporary folder to write `folder`'s files into; it becomes `folder` only if the body succeeds.
-
-    The temporary folder has `folder`'s name (readers such as `read_atomic` take the data set's name from it),
-    inside a hidden sibling that is removed whatever happens.
-    """
-    parent, name = os.path.split(os.path.normpath(folder))
-    scratch = os.path.join(parent, f".{name}.tmp{os.getpid()}")
-    tmp = os.path.join(scratch, name)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(scratch)
-
-
-# --- Amazon Review Data 2018 -> benchmark folders ------------------------------------
-
-
-def check_gzip(path):
-    """Read a .gz file to its end, where gzip checks the CRC-32 and length of what it unpacked. A truncated
-    or corrupt download is deleted, so that a rerun fetches it again."""
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 20):
-                pass
-    except (OSError, EOFError, zlib.error) as e:
-        os.remove(path)
-        raise UserError(f"{path}: not a complete gzip file ({e}); deleted, rerun to download it again") from None
-
-
-def fold_whitespace(text):
-    """Runs of whitespace (tabs, newlines, ...) -> one space: a cell must stay in its column and on its line."""
-    return " ".join(text.split())
-
-
-def write_benchmark_folder(domain, folder):
-    """A Domain -> the RecBole/UniSRec atomic files of section 2b in `folder` (named like the domain):
-    <name>.item (the item keys, one text column per attribute, a missing value an empty cell) and
-    <name>.train/.valid/.test.inter with one row per example of `leave_one_out`, users numbered 0..n-1."""
-    name, keys = os.path.basename(folder), domain.item_keys
-    columns = [f"{a.lower().replace(' ', '_')}:token_seq" for a in domain.attributes]  # read back as .title()
-    with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(["item_id:token"] + columns) + "\n")
-        for key, item in zip(keys, domain.items):
-            f.write("\t".join([key] + [fold_whitespace(item.get(a, "")) for a in domain.attributes]) + "\n")
-    for s, split in enumerate(("train", "valid", "test")):  # the order of leave_one_out's results
-        with open(os.path.join(folder, f"{name}.{split}.inter"), "w", encoding="utf-8", newline="\n") as f:
-            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
-            for user, (history, target) in enumerate(domain.test):  # a test example holds the whole sequence
-                for h, t in leave_one_out([history + [target]])[s]:
-                    f.write(f"{user}\t{' '.join(keys[i] for i in h)}\t{keys[t]}\n")
-
-
-def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
-    """Amazon Review Data 2018 categories -> out/<category>/, benchmark folders that `load_domains` reads.
-
-    `categories` are the site's file stems (Industrial_and_Scientific, Video_Games, ...). Each one's 5-core
-    reviews and metadata go through `read_amazon_raw` (the spec's protocol), are written by
-    `write_benchmark_folder`, and read back with `read_atomic`: the folder must hold exactly that Domain.
-    """
-    for category in categories:
-        if not re.fullmatch(r"[A-Za-z0-9_]+", category):
-            raise UserError(f"{category!r}: not an Amazon 2018 category file name; those are words joined by "
-                            "underscores, such as Industrial_and_Scientific")
-    downloads = os.path.join(out, "downloads")
-    for category in categories:
-        folder = os.path.join(out, category)
-        if os.path.exists(folder):
-            log.info(f"{folder}: already there; delete it to rebuild")
-            continue
-        hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
-        paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(downloads, file), hint) for sub, file in
-                 (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
-        for path in paths:
-            check_gzip(path)
-        try:
-            domain = read_amazon_raw(*paths, name=category, min_count=min_count)
-        except ValueError as e:  # a record that is not what the 2018 files hold, named by file and line
-            raise UserError(str(e)) from None
-        if not domain.test:
-            raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
-        with building(folder) as tmp:
-            write_benchmark_folder(domain, tmp)
-            with contextlib.redirect_stdout(io.StringIO()):  # its note on missing values comes at every load
-                back = read_atomic(tmp)
-            items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
-            if (back.item_keys, back.items, back.train, back.valid, back.test) != \
-                    (domain.item_keys, items, domain.train, domain.valid, domain.test):
-                raise RuntimeError(f"{folder}: reads back other items or examples than were written")
-        log.info(f"{folder}: {len(domain.test)} users, {domain.n_items} items; {len(domain.train)} train, "
-              f"{len(domain.valid)} valid and {len(domain.test)} test examples")
-
-
-# --- GLUE -> one folder per task --------------------------------------------------------
-
-
-def unpack_glue_archive(archive, folder):
-    """The files of an official GLUE archive's one top-level folder (CoLA/, QNLI/ in QNLIv2.zip, ...) -> folder,
-    less the unlabelled test files (test*.tsv) and the subfolders (the pre-GLUE originals)."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            bad = z.testzip()  # reads every member, checking its CRC-32
-            if bad is not None:
-                raise zipfile.BadZipFile(f"{bad} fails its CRC check")
-            tops = {n.split("/")[0] for n in z.namelist()}
-            if len(tops) != 1:
-                raise UserError(f"{archive}: expected one top-level folder, found {sorted(tops)}")
-            for member in z.namelist():
-                _, _, file = member.partition("/")
-                if file and "/" not in file and not (file.startswith("test") and file.endswith(".tsv")):
-                    with z.open(member) as src, open(os.path.join(folder, file), "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        os.remove(archive)
-        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, rerun to download it "
-                        "again") from None
-
-
-def build_mrpc(source, dev_ids, folder):
-    """GLUE's MRPC, made as GLUE's download script makes it: the lines of msr_paraphrase_train.txt whose pair
-    of ids is in GLUE's dev list go to dev.tsv, the others to train.tsv; both start with the header line as it
-    is (byte-order mark included). Each line is stripped, split on tabs and rejoined, with '\\n' line ends."""
-    with open(dev_ids, encoding="utf-8") as f:
-        dev = {tuple(line.strip().split("\t")) for line in f if line.strip()}
-    with open(source, encoding="utf-8") as f, \
-            open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="\n") as train_f, \
-            open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="\n") as dev_f:
-        header = f.readline()
-        train_f.write(header)
-        dev_f.write(header)
-        for line_no, line in enumerate(f, 2):
-            fields = line.strip().split("\t")
-            if len(fields) != 5:
-                raise UserError(f"{source}:{line_no}: expected 5 tab-separated columns, got {len(fields)}")
-            (dev_f if tuple(fields[1:3]) in dev else train_f).write("\t".join(fields) + "\n")
-
-
-def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_URL,
-                 mrpc_dev_ids_url=MRPC_DEV_IDS_URL, expected_rows=GLUE_ROWS):
-    """The official GLUE files -> out/<task>/ (train.tsv, dev.tsv; MNLI: dev_matched.tsv, dev_mismatched.tsv).
-
-    The official test files are unlabelled, so they are left out: dev then plays the held-out role, and the
-    MAML run carves its validation split out of train. Every split is parsed (`glue_task`) and its rows counted
-    against `expected_rows` ({task: (train, dev)}; None skips the count). The URLs are arguments so that tests
-    can serve files of the official layout from a local server.
-    """
-    downloads = os.path.join(out, "downloads")
-    for name in names:
-        check_glue_task(name)
-        folder = os.path.join(out, name)
-        if os.path.exists(folder):
-            log.info(f"{folder}: already there; delete it to rebuild")
-            continue
-        if name == "MRPC":
-            sources = [fetch(mrpc_url + "msr_paraphrase_train.txt",
-                             os.path.join(downloads, "msr_paraphrase_train.txt")),
-                       fetch(mrpc_dev_ids_url, os.path.join(downloads, "mrpc_dev_ids.tsv"))]
-        else:
-            sources = [fetch(base_url + GLUE_ARCHIVES[name], os.path.join(downloads, GLUE_ARCHIVES[name]))]
-        with building(folder) as tmp:
-            if name == "MRPC":
-                build_mrpc(*sources, tmp)
-            else:
-                unpack_glue_archive(sources[0], tmp)
-            try:
-                task = glue_task(name, tmp)  # every line of every split, or an error naming file and line
-            except (ValueError, FileNotFoundError) as e:
-                raise UserError(str(e)) from None
-            rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
-            if expected_rows is not None and rows != tuple(expected_rows[name]):
-                raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official "
-                                f"files have {expected_rows[name][0]} and {expected_rows[name][1]}")
-        log.info(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
-
-
-# --- few-shot splits (LM-BFF) ------------------------------------------------------------
-
-
-LM_BFF_SEEDS = (100, 13, 21, 42, 87)  # the order of LM-BFF's script, which matters for CoLA (see below)
-
-
-def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, seeds=LM_BFF_SEEDS):
-    """LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021; their tools/generate_k_shot_data.py) drawn
-    from glue_root/<task>/train.tsv -> out/<task>/<k>-<seed>/train.tsv and dev.tsv, k examples per label in each.
-
-    For each task and seed: the data lines, kept byte for byte, are shuffled by numpy's legacy generator
-    seeded with the seed, grouped by label in order of first appearance (STS-B: score < 2.5 or not);
-    train.tsv = the header + the first k lines of each group, dev.tsv (MNLI: dev_matched.tsv) = the header +
-    the next k. GLUE's dev set stays the test set. One quirk is kept so that the splits equal the released
-    ones: LM-BFF's script shuffles a file without a header (CoLA) in place, so each seed's shuffle starts from
-    the previous seed's order, the seeds taken in the script's order (100, 13, 21, 42, 87); a file with a
-    header is shuffled afresh from the file's order for every seed.
-    """
-    for name in names:
-        spec = check_glue_task(name)
-        path = os.path.join(glue_root, name, "train.tsv")
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
-        try:
-            read_glue_split(path, name)  # every line well-formed, or an error naming file and line
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        with open(path, "rb") as f:
-            lines = [line for line in f.read().splitlines(keepends=True) if line.strip()]
-        if not lines[-1].endswith((b"\n", b"\r")):
-            lines[-1] += b"\n"  # a last line without its line end must not run into the next one
-        if spec.get("header", True):
-            header, lines = lines[:1], lines[1:]
-            column = header[0].decode("utf-8-sig").rstrip("\r\n").split("\t").index(spec["label"])
-        else:
-            header, column = [], spec["label"]  # CoLA: by position
-        label = {line: line.decode("utf-8").rstrip("\r\n").split("\t")[column].strip() for line in lines}
-        if spec["labels"] is None:  # STS-B: the score, in two bins
-            label = {line: int(float(score) >= 2.5) for line, score in label.items()}
-        dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
-        in_place = not header  # LM-BFF's quirk, see above
-        order = sorted(seeds, key=lambda s: LM_BFF_SEEDS.index(s) if s in LM_BFF_SEEDS else len(LM_BFF_SEEDS))
-        shuffled = list(lines)
-        for seed in order if in_place else seeds:
-            if not in_place:
-                shuffled = list(lines)
-            np.random.RandomState(seed).shuffle(shuffled)  # = np.random.seed(seed); np.random.shuffle(...)
-            folder = os.path.join(out, name, f"{k}-{seed}")
-            if os.path.exists(folder):
-                log.info(f"{folder}: already there; delete it to rebuild")
-                continue
-            groups = {}
-            for line in shuffled:
-                groups.setdefault(label[line], []).append(line)
-            for value, group in groups.items():
-                if len(group) < 2 * k:
-                    raise UserError(f"{path}: label {value!r} has {len(group)} lines, fewer than 2k = {2 * k}")
-            with building(folder) as tmp:
-                for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):
-                    with open(os.path.join(tmp, file), "wb") as f:
-                        f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
-                shot = glue_task(name, tmp)
-                if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
-                    raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
-            log.info(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")
-
-
-# --- the command line ------------------------------------------------------------------
-
-def _positive_int(text):
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def _seeds(text):
-    seeds = text.split(",")
-    if not all(s.strip().isdigit() for s in seeds):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return [int(s) for s in seeds]
-
-
-def _glue_tasks(text):
-    names = [t.strip() for t in text.split(",")]
-    for t in names:
-        if t not in GLUE_TASKS:
-            raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
-    return names
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="data.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        description="Fetch the real data sets and lay them out in the folders that train.py reads.",
-        epilog="examples:\n"
-               "  python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/\n"
-               "  python data.py glue                                           # -> data/glue/<task>/\n"
-               "  python data.py few-shot                                       # -> data/glue-16shot/\n"
-               "  python data.py amazon --help                                  # one command's options\n\n"
-               "Downloads are kept in <out>/downloads/: an interrupted command resumes where it stopped.\n"
-               "A finished folder is left alone; delete it to rebuild it.")
-    commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
-
-    def command(name, summary, description, example):
-        return commands.add_parser(name, help=summary, description=description, epilog="example:\n" + example,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-
-    a = command(
-        "amazon", "Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
-        "Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and\n"
-                    "McAuley, EMNLP 2019), apply the spec's protocol (items without a title dropped, time order,\n"
-                    "de-duplication, iterative k-core, leave-one-out) and write <out>/<category>/ in the\n"
-                    "RecBole/UniSRec atomic format (<category>.item, .train.inter, .valid.inter, .test.inter).",
-        "  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
-        "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
-    a.add_argument("categories", nargs="+", metavar="CATEGORY",
-                   help="a category's file name on the Amazon 2018 site, e.g. Industrial_and_Scientific")
-    a.add_argument("--out", default="data/amazon", help="where the folders go (default: %(default)s)")
-    a.add_argument("--min-count", type=_positive_int, default=5,
-                   help="k of the iterative k-core: users and items with fewer interactions go "
-                        "(default: %(default)s)")
-    a.add_argument("--url", default=AMAZON_2018_URL,
-                   help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
-                        "file:// works) (default: %(default)s)")
-
-    g = command(
-        "glue", "the official GLUE files -> one folder per task for --task maml",
-        "Fetch GLUE's official archives (MRPC: built as GLUE's download script builds it), check\n"
-                    "them (zip CRCs, every line parsed, the official row counts), drop the unlabelled test\n"
-                    "files and write <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
-        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
-        "  python train.py --task maml --data data/glue")
-    g.add_argument("--tasks", type=_glue_tasks, default=list(GLUE_TASKS),
-                   help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
-    g.add_argument("--out", default="data/glue", help="where the task folders go (default: %(default)s)")
-
-    f = command(
-        "few-shot", "LM-BFF's k-shot splits of GLUE's training files",
-        "Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv:\n"
-                    "for each seed, k training and k validation examples per label, in <out>/<task>/<k>-<seed>/.\n"
-                    "train.py --task maml --data <glue> uses the 16-shot splits in glue-16shot next to <glue>.",
-        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE\n"
-        "  python data.py few-shot --glue data/glue --out data/glue-16shot")
-    f.add_argument("--glue", default="data/glue", help="the GLUE folder of `data.py glue` (default: %(default)s)")
-    f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue)")
-    f.add_argument("--tasks", type=_glue_tasks, default=["CoLA", "MRPC", "STS-B", "RTE"],
-                   help="comma-separated GLUE tasks (default: CoLA,MRPC,STS-B,RTE)")
-    f.add_argument("--k", type=_positive_int, default=16,
-                   help="examples per label in each split (default: %(default)s)")
-    f.add_argument("--seeds", type=_seeds, default=list(LM_BFF_SEEDS),
-                   help="comma-separated seeds, one split per seed (default: LM-BFF's, 100,13,21,42,87)")
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    console = logging.StreamHandler(sys.stdout)  # the progress lines of the data sets, as they are done
-    logging.getLogger().addHandler(console)
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-        if args.command == "amazon":
-            prepare_amazon(args.categories, args.out, base_url=args.url, min_count=args.min_count)
-        elif args.command == "glue":
-            prepare_glue(args.out, args.tasks)
-        else:
-            next_to_glue = os.path.join(os.path.dirname(os.path.abspath(args.glue)), "glue-16shot")  # as maml.py
-            make_few_shot(args.glue, args.out or os.path.relpath(next_to_glue), args.tasks, k=args.k,
-                          seeds=args.seeds)
-    except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",
-              file=sys.stderr)
-        sys.exit(130)
-    finally:
-        logging.getLogger().removeHandler(console)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line that fetches the real data lives in download.py
+    import download
+    download.main()

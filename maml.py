@@ -1,32 +1,24 @@
 """
 Meta-learning an initialisation for low-resource text classification: MAML, first-order MAML and Reptile.
 
-Papers: Dou, Yu and Anastasopoulos, "Investigating Meta-Learning Algorithms for Low-Resource Natural
-Language Understanding Tasks" (EMNLP 2019); the algorithm is Finn, Abbeel and Levine, "Model-Agnostic
-Meta-Learning for Fast Adaptation of Deep Networks" (ICML 2017); Reptile is Nichol, Achiam and Schulman,
-"On First-Order Meta-Learning Algorithms" (2018).
+Papers: Dou, Yu and Anastasopoulos, "Investigating Meta-Learning Algorithms for Low-Resource Natural Language
+Understanding Tasks" (EMNLP 2019); Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning" (ICML 2017); Nichol,
+Achiam and Schulman, "On First-Order Meta-Learning Algorithms" (Reptile, 2018). Method and decisions: docs/maml.md.
 
-Read it top to bottom:
-  1. the functional core: `adapt` (the inner loop) and the three meta-updates, written once over a dict of
-     parameters and a `loss_fn(params, batch)`, so that the same code serves any model;
-  2. task samplers (uniform, proportional to size, mixed);
-  3. GLUE's metrics in numpy;
-  4. the sinusoid regression check of Finn et al. (section 5.1): `run_sinusoid`;
-  5. the classifier on model.GPT: sentence / pair input, mean pooling, one masked head row per task;
-  6. meta-training, the multi-task baseline, fine-tuning and evaluation of the target tasks: `run`.
+Read it top to bottom: 1. the functional core (`adapt`, the inner loop, and the three meta-updates over a dict of
+parameters and a `loss_fn(params, batch)`, for any model); 2. task samplers; 3. the sinusoid check of Finn et al.;
+4. the classifier on model.GPT; 5. meta-training and fine-tuning; 6. the run (`MAMLConfig`, `prepare`, `run`).
+GLUE's metrics are in evaluation.py; checkpoints, the run state and processes in engine.py.
 
-Run it (CPU):
-    python train.py --task sinusoid              # MAML / FOMAML / Reptile / pretrained on sine waves
-    python train.py --task maml                  # the built-in task family, all initialisations
-    python train.py --task maml --data data/glue --aux MNLI,QNLI,QQP,SST-2 \\
-        --targets CoLA,MRPC,STS-B,RTE
+Run it (CPU):  python train.py --task sinusoid      # MAML / FOMAML / Reptile / pretrained on sine waves
+               python train.py --task maml          # the built-in task family, every initialisation
+               python train.py --task maml --data data/glue --show-config   # GLUE's settings, and what they allow
 """
 
 import dataclasses
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -38,8 +30,10 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 import data
-from model import (GPT, GPTConfig, RunState, UserError, average_gradients, mean_pool, peak_memory_mb, rank_and_world,
-                   save_checkpoint, save_json, second_order_ops, train_and_select)
+import engine
+from engine import setting, train_and_select
+from evaluation import mean_ci95, mean_std, task_metrics
+from model import GPT, GPTConfig, UserError, mean_pool, second_order_ops
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +46,6 @@ log = logging.getLogger(__name__)
 # `torch.func.grad` returns a gradient that ordinary autograd can differentiate again, so a loss computed
 # at θ^(k) back-propagates *through* the inner steps into θ: that is second-order MAML, with no
 # create_graph bookkeeping. Detaching each inner gradient gives first-order MAML (FOMAML).
-
-
-@dataclass(frozen=True)
-class InnerLoop:
-    """The inner loop's settings, named once and used by meta-training AND by adaptation at test time."""
-    lr: float      # α, the inner learning rate
-    steps: int     # k, the number of inner gradient steps
 
 
 def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
@@ -93,15 +80,19 @@ def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order
     return losses.mean()
 
 
+def task_slice(batch, i):
+    """Task i of a batch dict whose tensors have a leading task dimension."""
+    return {k: v[i] for k, v in batch.items()}
+
+
 def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
     """The reference path: the same mean query loss, one task at a time, with plain autograd.
 
     The inner gradient comes from torch.autograd.grad(create_graph=True) (second order) or without it
     (first order). Same inputs as meta_loss_vmap. Slow but obviously right; the tests compare the two.
     """
-    n_tasks = query_size(query)
     losses = []
-    for i in range(n_tasks):
+    for i in range(next(iter(query.values())).shape[0]):  # the tasks
         fast = dict(params)
         for j in range(steps):
             batch = task_slice(support[j % len(support)], i)
@@ -110,16 +101,6 @@ def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order
             fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
         losses.append(loss_fn(fast, task_slice(query, i)))
     return torch.stack(losses).mean()
-
-
-def query_size(batch):
-    """Number of tasks (the leading dimension) of a batch dict."""
-    return next(iter(batch.values())).shape[0]
-
-
-def task_slice(batch, i):
-    """Task i of a batch dict whose tensors have a leading task dimension."""
-    return {k: v[i] for k, v in batch.items()}
 
 
 def reptile_direction(params, loss_fn, support, inner_lr, steps):
@@ -135,11 +116,7 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):
     return {name: (adapted[name] - start[name]).mean(0) for name in start}
 
 
-def optimizer_params(optimizer):
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def meta_step(method, params, loss_fn, support, query, inner, optimizer, use_vmap=True):
+def meta_step(method, params, loss_fn, support, query, inner_lr, inner_steps, optimizer, use_vmap=True):
     """One outer update of `params` (leaf tensors the optimizer holds) for maml | fomaml | reptile.
 
     MAML / FOMAML: the gradient of the mean query loss goes to .grad. Reptile: -(θ' - θ) goes to .grad as
@@ -148,19 +125,16 @@ def meta_step(method, params, loss_fn, support, query, inner, optimizer, use_vma
     """
     optimizer.zero_grad(set_to_none=True)
     if method == "reptile":
-        direction = reptile_direction(params, loss_fn, support, inner.lr, inner.steps)
+        direction = reptile_direction(params, loss_fn, support, inner_lr, inner_steps)
         for name, p in params.items():
             p.grad = -direction[name]
-        average_gradients(optimizer_params(optimizer))  # under torchrun: the mean over every process's tasks
+        engine.average_gradients(params.values())  # under torchrun: the mean over every process's tasks
         optimizer.step()
         return None
-    first_order = method == "fomaml"
-    if use_vmap:
-        loss = meta_loss_vmap(params, loss_fn, support, query, inner.lr, inner.steps, first_order)
-    else:
-        loss = meta_loss_loop(params, loss_fn, support, query, inner.lr, inner.steps, first_order)
+    meta_loss = meta_loss_vmap if use_vmap else meta_loss_loop
+    loss = meta_loss(params, loss_fn, support, query, inner_lr, inner_steps, first_order=method == "fomaml")
     loss.backward()
-    average_gradients(optimizer_params(optimizer))
+    engine.average_gradients(params.values())
     optimizer.step()
     return loss.detach()
 
@@ -175,13 +149,10 @@ def task_probabilities(sizes, sampling):
     sizes = np.asarray(sizes, dtype=np.float64)
     uniform = np.full(len(sizes), 1.0 / len(sizes))
     pps = sizes / sizes.sum()
-    if sampling == "uniform":
-        return uniform
-    if sampling == "pps":
-        return pps
-    if sampling == "mixed":
-        return 0.5 * uniform + 0.5 * pps
-    raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
 
 
 def sample_tasks(sizes, n, sampling, rng):
@@ -190,85 +161,7 @@ def sample_tasks(sizes, n, sampling, rng):
 
 
 # -----------------------------------------------------------------------------
-# 3. GLUE's metrics (numpy; the names are GLUE's: mcc, f1, accuracy, pearson, spearman)
-
-
-def accuracy(pred, gold):
-    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
-
-
-def f1(pred, gold):
-    """F1 of the positive class 1 (MRPC, QQP)."""
-    pred, gold = np.asarray(pred), np.asarray(gold)
-    tp = np.sum((pred == 1) & (gold == 1))
-    fp = np.sum((pred == 1) & (gold != 1))
-    fn = np.sum((pred != 1) & (gold == 1))
-    return float(2 * tp / (2 * tp + fp + fn)) if tp > 0 else 0.0
-
-
-def mcc(pred, gold):
-    """Matthews correlation of a binary labelling (CoLA); 0 when a row or column of the table is empty."""
-    pred, gold = np.asarray(pred), np.asarray(gold)
-    tp = float(np.sum((pred == 1) & (gold == 1)))
-    tn = float(np.sum((pred == 0) & (gold == 0)))
-    fp = float(np.sum((pred == 1) & (gold == 0)))
-    fn = float(np.sum((pred == 0) & (gold == 1)))
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / denom if denom > 0 else 0.0
-
-
-def pearson(x, y):
-    """Pearson's r; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        return float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
-    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
-
-
-def average_ranks(x):
-    """Ranks 1..n, ties sharing the mean of their ranks (what Spearman's rho needs)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # positions i..j share their mean rank
-        i = j + 1
-    return ranks
-
-
-def spearman(x, y):
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):  # ranks would hide a diverged model
-        return float("nan")
-    return pearson(average_ranks(x), average_ranks(y))
-
-
-def task_metrics(metric_names, pred, gold):
-    """{name: value} for the metrics a task reports (see data.GLUE_TASKS)."""
-    fns = dict(accuracy=accuracy, f1=f1, mcc=mcc, pearson=pearson, spearman=spearman)
-    return {name: fns[name](pred, gold) for name in metric_names}
-
-
-def mean_std(values):
-    """Mean and sample standard deviation (0 for a single value)."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def mean_ci95(values):
-    """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
-    mean, std = mean_std(values)
-    return mean, 1.96 * std / math.sqrt(len(values))
-
-
-# -----------------------------------------------------------------------------
-# 4. the sinusoid check (Finn et al. 2017, section 5.1)
+# 3. the sinusoid check (Finn et al. 2017, section 5.1)
 #
 # Each task is a sine y = A sin(x - φ), A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[-5, 5]; a learner sees K = 10
 # points of a new sine and must fit the whole curve. A network pretrained on all sines jointly can only
@@ -276,16 +169,21 @@ def mean_ci95(values):
 
 @dataclass(frozen=True)
 class SineConfig:
-    hidden: int = 40                    # MLP 1 -> hidden -> hidden -> 1, ReLU [paper]
-    k: int = 10                         # support (and query) points per task [paper]
-    meta_batch: int = 25                # tasks per meta-update [paper]
-    outer_lr: float = 1e-3              # Adam [paper]
-    inner: InnerLoop = InnerLoop(lr=0.01, steps=1)  # α and k, for meta-training and test-time adaptation [paper]
-    reptile_steps: int = 5              # [ours] Reptile with k = 1 is joint training; it needs several steps
-    steps: int = 6000                   # meta-updates per method [ours; the paper runs 70,000]
-    eval_tasks: int = 600               # held-out sines
-    eval_points: int = 100              # query points per held-out sine
-    eval_steps: tuple = (1, 5, 10)      # report the MSE after 0 and each of these many steps
+    """The sinusoid check: the paper's settings, but for the number of meta-updates and Reptile's steps."""
+    hidden: int = setting(40, "> 0", "width of the MLP 1 -> hidden -> hidden -> 1, ReLU [paper]")
+    k: int = setting(10, "> 0", "support (and query) points per task, K [paper]")
+    meta_batch: int = setting(25, "> 0", "tasks per meta-update [paper]")
+    outer_lr: float = setting(1e-3, "> 0", "β, Adam's learning rate on θ [paper]")
+    inner_lr: float = setting(0.01, "> 0", "α: the inner learning rate, meta-training's and at test time [paper]")
+    inner_steps: int = setting(1, "> 0", "k, inner steps of MAML and FOMAML while meta-training [paper]")
+    reptile_steps: int = setting(5, "> 0", "Reptile's inner steps [ours]: with one step Reptile is joint training")
+    steps: int = setting(6000, "> 0", "meta-updates per method [ours; the paper runs 70,000]")
+    eval_tasks: int = setting(600, "> 0", "held-out sines")
+    eval_points: int = setting(100, "> 0", "query points per held-out sine")
+    eval_steps: tuple[int, ...] = setting((1, 5, 10), "> 0", "report the MSE after 0 and each of these many steps")
+
+    def check(self):
+        """No relations between the fields: each field's own range is all there is to check."""
 
 
 SINE = SineConfig()
@@ -334,7 +232,7 @@ def train_sine(method, cfg, seed):
     g = torch.Generator().manual_seed(seed)
     params = {k: v.requires_grad_() for k, v in sine_mlp_init(torch.Generator().manual_seed(seed), cfg.hidden).items()}
     opt = torch.optim.Adam(params.values(), lr=cfg.outer_lr)
-    inner = dataclasses.replace(cfg.inner, steps=cfg.reptile_steps) if method == "reptile" else cfg.inner
+    inner_steps = cfg.reptile_steps if method == "reptile" else cfg.inner_steps
     for _ in tqdm(range(cfg.steps), desc=f"sinusoid {method}", leave=False, mininterval=2.0):
         amp, phase = sine_tasks(cfg.meta_batch, g)
         support, query = sine_points(amp, phase, cfg.k, g), sine_points(amp, phase, cfg.k, g)
@@ -344,12 +242,12 @@ def train_sine(method, cfg, seed):
             sine_loss(params, both).backward()
             opt.step()
         else:
-            meta_step(method, params, sine_loss, [support], query, inner, opt)
+            meta_step(method, params, sine_loss, [support], query, cfg.inner_lr, inner_steps, opt)
     return {k: v.detach() for k, v in params.items()}
 
 
 def eval_sine(params, cfg, seed):
-    """Query MSE on held-out sines after 0 and each of cfg.eval_steps plain SGD steps on K points.
+    """Query MSE on held-out sines after 0 and each of cfg.eval_steps plain SGD steps at α on K points.
     Returns {steps: (mean, 95% CI half-width)} over cfg.eval_tasks tasks."""
     g = torch.Generator().manual_seed(seed)
     amp, phase = sine_tasks(cfg.eval_tasks, g)
@@ -357,47 +255,49 @@ def eval_sine(params, cfg, seed):
     out = {}
     for k in (0,) + tuple(cfg.eval_steps):
         def one_task(s, q):
-            return sine_loss(adapt(params, sine_loss, s, cfg.inner.lr, k), q)
+            return sine_loss(adapt(params, sine_loss, s, cfg.inner_lr, k), q)
         out[k] = mean_ci95(vmap(one_task)(support, query).numpy())
     return out
 
 
-def prepare_sinusoid(args):
-    """`--task sinusoid` takes the paper's fixed settings; --max-steps and --set change them."""
-    flags = {} if args.max_steps is None else {"steps": args.max_steps}
-    return args, dataclasses.replace(SINE, **{**flags, **dict(args.set or ())})
-
-
-def run_sinusoid(prepared):
-    """`python train.py --task sinusoid`: the table of K-shot MSE after 1, 5, 10 steps, and results.json."""
-    args, cfg = prepared
-    t0 = time.time()
-    results = {}
-    for method in SINE_METHODS:
-        t = time.time()
-        results[method] = eval_sine(train_sine(method, cfg, args.seed), cfg, seed=args.seed + 10_000)  # held out
-        log.info(f"{method:>10}: trained {cfg.steps} steps in {time.time() - t:.0f}s")
+def print_sine_table(results, cfg):
     columns = (0,) + tuple(cfg.eval_steps)
-    log.info(f"\nK = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner lr {cfg.inner.lr}; "
+    log.info(f"\nK = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner lr {cfg.inner_lr}; "
              "mean ± 95% CI\n")
     log.info("| method | " + " | ".join(f"MSE after {k} step{'s' * (k != 1)}" for k in columns) + " | paper, 1 step |")
     log.info("|" + "---|" * (len(columns) + 2))
     for method in SINE_METHODS:
         cells = [f"{m:.3f} ± {ci:.3f}" for m, ci in (results[method][k] for k in columns)]
         log.info(f"| {method} | " + " | ".join(cells) + f" | {SINE_PAPER.get(method, {}).get(1, '–')} |")
-    wall = time.time() - t0
-    out = {"methods": {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()}
-                       for m, r in results.items()},
-           "config": dict(dataclasses.asdict(cfg), seed=args.seed), "paper": SINE_PAPER, "wall_s": wall,
-           "peak_memory_mb": peak_memory_mb()}
-    save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {wall:.0f}s; peak memory {out['peak_memory_mb']} MB; "
-             f"wrote {os.path.join(args.out_dir, 'results.json')}")
+
+
+def write_results(out_dir, out, device, wall_s):
+    """out_dir/results.json: `out` (the table's numbers and the settings), the machine, the time and memory."""
+    out = dict(out, environment=engine.environment(device), wall_s=wall_s, peak_memory_mb=engine.peak_memory_mb())
+    engine.save_json(os.path.join(out_dir, "results.json"), out)
+    log.info(f"\nwall time {wall_s:.0f}s; peak memory {out['peak_memory_mb']} MB; "
+             f"wrote {os.path.join(out_dir, 'results.json')}")
     return out
 
 
+def run_sinusoid(cfg, out_dir, seed):
+    """`python train.py --task sinusoid` (CPU, one process): train each method, print the table of K-shot MSE
+    after 0, 1, 5, 10 steps on held-out sines, and write out_dir/results.json."""
+    engine.check_settings(cfg)
+    t0 = time.time()
+    results = {}
+    for method in SINE_METHODS:
+        t = time.time()
+        results[method] = eval_sine(train_sine(method, cfg, seed), cfg, seed=seed + 10_000)  # held out
+        log.info(f"{method:>10}: trained {cfg.steps} steps in {time.time() - t:.0f}s")
+    print_sine_table(results, cfg)
+    methods = {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()} for m, r in results.items()}
+    return write_results(out_dir, dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed),
+                                       paper=SINE_PAPER), "cpu", time.time() - t0)
+
+
 # -----------------------------------------------------------------------------
-# 5. the classifier on model.GPT
+# 4. the classifier on model.GPT
 #
 # Every task (auxiliary and target) owns one row of a shared head tensor (n_tasks, M, C), M = the largest
 # number of classes; a task with fewer classes masks the rest out, and a regression task (STS-B) reads its
@@ -424,8 +324,8 @@ class TaskClassifier(nn.Module):
     def forward(self, idx, attention_mask, task):
         """idx, attention_mask: (B, T); task: 0-d long tensor. Returns (B, M): logits, or the score in
         column 0 for a regression task; masked classes hold MASKED_LOGIT."""
-        h = self.gpt.hidden_states(idx, attention_mask)                     # (B, T, C)
-        pooled = mean_pool(h, attention_mask)                         # (B, C)
+        h = self.gpt.hidden_states(idx, attention_mask)               # (B, T, C)
+        pooled = mean_pool(h, attention_mask)                          # (B, C)
         t = task.reshape(1)
         w = self.head_weight.index_select(0, t)[0]                    # (M, C)
         b = self.head_bias.index_select(0, t)[0]                      # (M,)
@@ -446,38 +346,18 @@ def classifier_loss(model, params, batch):
     return torch.where(is_regression, mse, ce)
 
 
-def adapted_names(model, which):
-    """The parameters the inner loop adapts: "all"; "head" (the task heads only); or "top<n>" (the last n
-    transformer blocks, the final LayerNorm and the heads). The others stay at θ inside the inner loop;
-    MAML and FOMAML still meta-learn them through the outer gradient, Reptile (whose update is θ' − θ) does
-    not move them."""
-    names = [n for n, _ in model.named_parameters()]
-    if which == "all":
-        return names
-    if which == "head":
-        return [n for n in names if n.startswith("head_")]
-    if which.startswith("top") and which[3:].isdigit():
-        n_layer = model.gpt.config.n_layer
-        top = {f"gpt.transformer.h.{i}." for i in range(n_layer - int(which[3:]), n_layer)}
-        return [n for n in names if n.startswith("head_") or n.startswith("gpt.transformer.ln_f.")
-                or any(n.startswith(p) for p in top)]
-    raise UserError(f"unknown parameter selection {which!r}; expected all, head or top<n>")
+def task_loss(model):
+    """(θ, loss_fn): every parameter of the model as a dict (the inner loop adapts them all, as the paper),
+    and loss_fn(params, batch), the classifier's loss with those tensors. named_parameters() gives the tied
+    token embedding once, which functional_call needs."""
+    def loss_fn(params, batch):
+        return classifier_loss(model, params, batch)
+    return dict(model.named_parameters()), loss_fn
 
 
-def make_task_loss(model, fast_names):
-    """(fast params, loss_fn): loss_fn(fast, batch) runs the model with the adapted `fast` tensors and the
-    model's own tensors for everything else."""
-    params = dict(model.named_parameters())
-    fast = {n: params[n] for n in fast_names}
-    frozen = {n: p for n, p in params.items() if n not in fast}
-
-    def loss_fn(fast_params, batch):
-        return classifier_loss(model, {**frozen, **fast_params}, batch)
-    return fast, loss_fn
-
-
-def predict(model, enc, device, batch_size=128):
-    """Predicted class indices, or scores for a regression task, of a whole encoded split."""
+def split_metrics(model, enc, metric_names, device, batch_size=128):
+    """GLUE's metrics of the model's predictions on a whole encoded split: class indices, or scores (back on
+    the task's own scale) for a regression task."""
     model.eval()
     outs = []
     with torch.no_grad():
@@ -486,53 +366,10 @@ def predict(model, enc, device, batch_size=128):
             out = model(idx.to(device), mask.to(device), torch.tensor(enc["task_id"], device=device))
             outs.append(out[:, 0] if enc["regression"] else out.argmax(-1))
     model.train()
-    return torch.cat(outs).cpu().numpy()
-
-
-def evaluate(model, enc, metric_names, device):
-    pred = predict(model, enc, device)
-    gold = np.asarray(enc["y"])
+    pred, gold = torch.cat(outs).cpu().numpy(), np.asarray(enc["y"])
     if enc["regression"]:
-        pred = pred * enc["scale"]
-        gold = gold * enc["scale"]
+        pred, gold = pred * enc["scale"], gold * enc["scale"]
     return task_metrics(metric_names, pred, gold)
-
-
-# -----------------------------------------------------------------------------
-# 6. meta-training, the multi-task baseline, fine-tuning the targets: `prepare` and `run`
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Sizes of one setting; the built-in family's and GLUE's defaults are below."""
-    n_layer: int
-    n_head: int
-    n_embd: int
-    vocab_size: int            # of the BPE trained on the setting's text
-    max_len: int               # tokens per example (pairs are trimmed to fit)
-    inner: InnerLoop           # α and k: meta-training's inner loop AND the test-time learning rate
-    adapted_params: str        # which parameters the inner loop adapts (adapted_names: all, head, top<n>)
-    meta_batch: int            # tasks per meta-update
-    meta_steps: int            # meta-updates (also the multi-task baseline's steps)
-    outer_lr: float            # Adam on θ
-    shot: int                  # examples per support batch (each inner step draws one) and per query batch
-    ft_steps: int              # fine-tuning steps on a target (plain SGD at inner.lr, batch `shot`)
-    ft_eval: int               # evaluate on validation every this many fine-tuning steps
-    n_train: tuple             # training-set sizes of the targets (GLUE also runs its 16-shot folders)
-    seeds: int                 # seeds per size
-    val_max: int               # at most this many validation examples
-
-
-FAMILY = RunConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, max_len=48, inner=InnerLoop(lr=0.02, steps=2),
-                   adapted_params="all", meta_batch=4, meta_steps=200, outer_lr=1e-3, shot=8, ft_steps=60, ft_eval=15,
-                   n_train=(16, 64), seeds=3, val_max=100)
-GLUE = RunConfig(n_layer=2, n_head=2, n_embd=128, vocab_size=4096, max_len=64, inner=InnerLoop(lr=0.01, steps=2),
-                 adapted_params="all", meta_batch=4, meta_steps=400, outer_lr=5e-4, shot=8, ft_steps=100, ft_eval=25,
-                 n_train=(100, 1000), seeds=3, val_max=200)
-FT_CLIP = 1.0                                        # gradient-norm clip while fine-tuning [ours]
-GLUE_AUX = ("MNLI", "QNLI", "QQP", "SST-2")          # [paper, secondary]
-GLUE_TARGETS = ("CoLA", "MRPC", "STS-B", "RTE")      # [paper]
-INITS = ("none", "multitask", "maml", "fomaml", "reptile")
 
 
 def encode_split(tokenizer, task, split, task_id, max_len, scale):
@@ -540,6 +377,11 @@ def encode_split(tokenizer, task, split, task_id, max_len, scale):
     y = np.asarray(split["y"], dtype=np.float32) / scale  # regression scores to [0, 1]; classes unchanged
     return dict(ids=data.encode_examples(tokenizer, split, max_len), y=y, task_id=task_id,
                 regression=task["kind"] == "regression", scale=scale, pad_id=tokenizer.pad_id)
+
+
+def regression_scale(task):
+    """A regression task's scores are divided by the largest training score, to [0, 1], for the loss."""
+    return (max(task["train"]["y"]) or 1.0) if task["kind"] == "regression" else 1.0
 
 
 def subset(enc, rows):
@@ -563,180 +405,8 @@ def stack_tasks(encs, n_batches, shot, rng, pad_id, device="cpu"):
     return batches
 
 
-def meta_train(model, aux_encs, sizes, method, cfg, sampling, rng, device, state=None, phase=None):
-    """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
-
-    Every method runs its tasks under vmap, inside model.second_order_ops(): attention on the MATH kernel and
-    LayerNorm written out, so that second derivatives are right there (tests/test_model.py and
-    tests/test_maml_classifier.py check vmap == the per-task loop). With a RunState, the loop saves what it
-    needs to continue exactly (weights, optimizer, random stream, loss curve) every tenth of the run.
-    """
-    fast, loss_fn = make_task_loss(model, adapted_names(model, cfg.adapted_params))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
-    # under torchrun every process draws the same meta-batch and takes its own contiguous share of the tasks;
-    # average_gradients then gives every process the meta-gradient of the whole meta-batch
-    rank, world = rank_and_world()
-    mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
-    saved = state.loop(phase) if state is not None else None
-    losses = restore_meta_train(saved, model, opt, rng)
-
-    def step(_):
-        chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, sampling, rng)]
-        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and as much data, no inner loop
-            batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner.steps + 1), rng, chosen[0]["pad_id"], device)[0]
-            loss = multitask_step(fast, loss_fn, task_slice(batch, mine), opt)
-        else:
-            batches = stack_tasks(chosen, cfg.inner.steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
-            batches = [task_slice(b, mine) for b in batches]
-            loss = meta_step(method, fast, loss_fn, batches[:-1], batches[-1], cfg.inner, opt)
-        losses.append(float("nan") if loss is None else loss.item())
-        bar.update()
-
-    def save(step, best):
-        state.save_loop(phase, step=step, weights=model.state_dict(), optimizer=opt.state_dict(),
-                        rng=rng.bit_generator.state, losses=list(losses))
-
-    with second_order_ops(), tqdm(total=cfg.meta_steps, initial=saved["step"] if saved else 0,
-                                  desc=f"meta-train {method}", leave=False, mininterval=5.0,
-                                  disable=rank > 0) as bar:
-        train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=saved["step"] if saved
-                         else 0, save_state=save if state is not None else None)
-    return losses
-
-
-def multitask_step(fast, loss_fn, batch, opt):
-    """One step of the multi-task baseline: the mean loss of the batch's tasks at θ itself, no inner loop."""
-    opt.zero_grad(set_to_none=True)
-    loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(fast, batch).mean()
-    loss.backward()
-    average_gradients(optimizer_params(opt))
-    opt.step()
-    return loss.detach()
-
-
-def restore_meta_train(saved, model, opt, rng):
-    """Put back a meta-training loop that a resumed run continues; returns its loss curve so far."""
-    if saved is None:
-        return []
-    model.load_state_dict(saved["weights"])
-    opt.load_state_dict(saved["optimizer"])
-    rng.bit_generator.state = saved["rng"]
-    return list(saved["losses"])
-
-
-def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
-    """Fine-tune every parameter from `init_state` with plain SGD at the shared inner lr, on batches of
-    `cfg.shot` of the `train` examples; keep the state with the best validation score (first metric,
-    checked at step 0 and every cfg.ft_eval steps); report `test` once, from that state."""
-    model.load_state_dict(init_state)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.inner.lr)
-    fast, loss_fn = make_task_loss(model, adapted_names(model, "all"))
-    rng = np.random.default_rng(seed)
-
-    def step(_):
-        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"], device)[0]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(fast, task_slice(batch, 0)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), FT_CLIP)
-        opt.step()
-
-    score, stop_step, _ = train_and_select(model, step, cfg.ft_steps, cfg.ft_eval,
-                                           lambda: evaluate(model, val, metric_names[:1], device)[metric_names[0]],
-                                           label=None)
-    if stop_step is None:  # a nan score (diverged) is never the best
-        raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower --inner-lr "
-                        f"(now {cfg.inner.lr})")
-    return dict(evaluate(model, test, metric_names, device), val=score, stop_step=stop_step)
-
-
-def load_setting(args):
-    """(setting name, aux tasks, target tasks, default RunConfig, few-shot root or None) from the flags."""
-    if args.data is None:
-        if args.aux or args.targets:
-            raise UserError("--aux/--targets name GLUE tasks; give --data with the GLUE folder")
-        aux, targets = data.task_family()
-        return "family", aux, targets, FAMILY, None
-    if len(args.data) != 1:
-        raise UserError(f"--task maml takes one GLUE folder, got {len(args.data)}: {args.data}")
-    root = args.data[0]
-    aux_names, target_names = args.aux or list(GLUE_AUX), args.targets or list(GLUE_TARGETS)
-    for names, flag in ((aux_names, "--aux"), (target_names, "--targets")):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise UserError(f"{flag}: {twice[0]} is named twice")
-        for n in names:
-            data.check_glue_task(n)
-            if not os.path.isdir(os.path.join(root, n)):
-                raise UserError(f"{flag} {n}: {os.path.join(root, n)} is not there (python data.py glue fetches it)")
-    overlap = set(aux_names) & set(target_names)
-    if overlap:
-        raise UserError(f"tasks {sorted(overlap)} are both auxiliary (--aux) and target (--targets)")
-    aux, targets = data.load_glue(root, aux_names), data.load_glue(root, target_names)
-    few_shot = os.path.join(os.path.dirname(os.path.abspath(root)), "glue-16shot")
-    return "glue", aux, targets, GLUE, few_shot if os.path.isdir(few_shot) else None
-
-
-def settings(args, base):
-    """The setting's RunConfig with the flags applied (--set NAME=VALUE last)."""
-    inner = InnerLoop(args.inner_lr if args.inner_lr is not None else base.inner.lr,
-                      args.inner_steps if args.inner_steps is not None else base.inner.steps)
-    flags = dict(inner=inner, meta_batch=args.meta_batch or base.meta_batch,
-                 meta_steps=args.max_steps or base.meta_steps, ft_eval=args.eval_interval or base.ft_eval,
-                 n_train=tuple(args.n_train) if args.n_train else base.n_train)
-    cfg = dataclasses.replace(base, **{**flags, **dict(args.set or ())})
-    if not (cfg.adapted_params in ("all", "head") or re.fullmatch(r"top[0-9]+", cfg.adapted_params)):
-        raise UserError(f"--set adapted_params={cfg.adapted_params}: expected all, head or top<n>")
-    _, world = rank_and_world()
-    if cfg.meta_batch % world:
-        raise UserError(f"a meta-batch of {cfg.meta_batch} tasks does not split over {world} processes")
-    return cfg
-
-
-def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
-    """[(size label, seed, train enc, val enc, test enc)] for one target task, and the reported split.
-
-    With a labelled test split: validation = dev, report = test. Without one (GLUE's public files): a
-    validation split is carved out of train (never trained on), and dev is reported.
-    """
-    enc = {s: encode_split(tokenizer, task, task[s], tid, cfg.max_len, scale)
-           for s in ("train", "dev", "test") if s in task}
-    rng = np.random.default_rng(seed)
-    if "test" in enc:
-        pool, val, test, reported = enc["train"], enc["dev"], enc["test"], "test"
-    else:
-        order = rng.permutation(len(enc["train"]["ids"]))
-        n_val = min(cfg.val_max, len(order) // 10)
-        val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
-        test, reported = enc["dev"], "dev"
-    val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
-    if len(val["ids"]) == 0:
-        raise UserError(f"{task['name']}: too few training examples to set aside a validation split")
-    runs = []
-    for n in cfg.n_train:
-        if n > len(pool["ids"]):
-            raise UserError(f"--n-train {n} is more than the {len(pool['ids'])} training examples of "
-                            f"{task['name']} (after setting aside validation)")
-        for s in range(cfg.seeds):
-            rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
-            runs.append((str(n), s, subset(pool, rows), val, test))
-    if few_shot_root is not None:  # LM-BFF's 16-shot folders: their own train and dev
-        def pairs(split):
-            return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
-        reported_pairs = pairs(task[reported])
-        for folder in data.few_shot_folders(few_shot_root, task["name"]):
-            shot = data.glue_task(task["name"], folder)
-            # the few-shot examples were drawn from GLUE's training set; the few that also sit in the
-            # reported split (when it is a re-split of the training set) are left out of it for this seed
-            seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
-            keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
-            runs.append(("16-shot", folder.rsplit("-", 1)[1],
-                         encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
-                         encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), subset(test, keep)))
-    return runs, reported
-
-
 def new_encoder(tokenizer, cfg):
-    """The from-scratch GPT of a setting (its vocabulary rounded up to a multiple of 64)."""
+    """The from-scratch GPT of a run (its vocabulary rounded up to a multiple of 64)."""
     return GPT(GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
 
@@ -747,77 +417,278 @@ def classifier_for(gpt, tasks):
                           [t["kind"] == "regression" for t in tasks.values()])
 
 
-def regression_scale(task):
-    """A regression task's scores are divided by the largest training score, to [0, 1], for the loss."""
-    return (max(task["train"]["y"]) or 1.0) if task["kind"] == "regression" else 1.0
+# -----------------------------------------------------------------------------
+# 5. meta-training, the multi-task baseline, fine-tuning a target
+
+
+def multitask_step(params, loss_fn, batch, opt):
+    """One step of the multi-task baseline: the mean loss of the batch's tasks at θ itself, no inner loop."""
+    opt.zero_grad(set_to_none=True)
+    loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(params, batch).mean()
+    loss.backward()
+    engine.average_gradients(params.values())
+    opt.step()
+    return loss.detach()
+
+
+def meta_train(model, aux_encs, sizes, method, cfg, rng, device, state=None, phase=None):
+    """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
+
+    Every method runs its tasks under vmap, inside second_order_ops(model) (model.py): attention on the MATH
+    kernel and LayerNorm written out, so that second derivatives are right there (tests/test_model.py and
+    tests/test_maml_classifier.py check vmap == the per-task loop). With a RunState, the loop saves what it
+    needs to continue exactly (weights, optimizer, random streams, loss curve) every tenth of the run.
+    """
+    params, loss_fn = task_loss(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
+    # under torchrun every process draws the same meta-batch and takes its own contiguous share of the tasks;
+    # average_gradients then gives every process the meta-gradient of the whole meta-batch
+    rank, world = engine.rank_and_world()
+    mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
+    start, best, more = state.restore_loop(phase, model, opt, rng) if state else (0, None, {})
+    losses = list(more.get("losses", []))
+
+    def step(_):
+        chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, cfg.sampling, rng)]
+        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and as much data, no inner loop
+            batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner_steps + 1), rng, chosen[0]["pad_id"], device)[0]
+            loss = multitask_step(params, loss_fn, task_slice(batch, mine), opt)
+        else:
+            batches = stack_tasks(chosen, cfg.inner_steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
+            batches = [task_slice(b, mine) for b in batches]
+            loss = meta_step(method, params, loss_fn, batches[:-1], batches[-1], cfg.inner_lr, cfg.inner_steps, opt)
+        losses.append(float("nan") if loss is None else loss.item())  # Reptile has no query loss
+        bar.update()
+        return None if loss is None else losses[-1]
+
+    saver = state.loop_saver(phase, model, opt, rng, more=lambda: dict(losses=list(losses))) if state else None
+    with second_order_ops(model), tqdm(total=cfg.meta_steps, initial=start, desc=f"meta-train {method}",
+                                       leave=False, mininterval=5.0, disable=rank > 0) as bar:
+        train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=start, best=best,
+                         save_state=saver)
+    return losses
+
+
+def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
+    """Fine-tune every parameter from `init_state` with plain SGD at the inner learning rate α (the step MAML
+    learned its initialisation for), on batches of `cfg.shot` of the `train` examples; keep the state with
+    the best validation score (first metric, checked at step 0 and every cfg.eval_interval steps); report
+    `test` once, from that state. A diverged step shows as a nan validation score, which never wins."""
+    model.load_state_dict(init_state)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
+    params, loss_fn = task_loss(model)
+    rng = np.random.default_rng(seed)
+
+    def step(_):
+        batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"], device)[0]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(params, task_slice(batch, 0)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.ft_clip)
+        opt.step()
+
+    def validate():
+        return split_metrics(model, val, metric_names[:1], device)[metric_names[0]]
+    score, stop_step, _ = train_and_select(model, step, cfg.ft_steps, cfg.eval_interval, validate, label=None)
+    if stop_step is None:
+        raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower inner_lr "
+                        f"(now {cfg.inner_lr})")
+    return dict(split_metrics(model, test, metric_names, device), val=score, stop_step=stop_step)
+
+
+# -----------------------------------------------------------------------------
+# 6. the run: its settings; prepare() reads and checks every input, run() learns each initialisation and
+# fine-tunes the targets from it
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """One run: the tasks, the encoder, meta-training, fine-tuning. The defaults are the built-in family's."""
+    aux: tuple[str, ...] = setting(tuple(data.FAMILY_AUX), None, "auxiliary (meta-training) tasks")
+    targets: tuple[str, ...] = setting(tuple(data.FAMILY_TARGETS), None, "low-resource target tasks")
+    method: str = setting("all", ("all", "maml", "fomaml", "reptile", "multitask", "none"),
+                          "how θ is learned: all compares every way; X runs none (θ as it starts) and X")
+    sampling: str = setting("pps", ("uniform", "pps", "mixed"), "how auxiliary tasks are drawn: uniform, "
+                            "proportional to size [paper's best], or half of each [ours]")
+    n_layer: int = setting(2, "> 0", "transformer blocks of the GPT trained from scratch")
+    n_head: int = setting(2, "> 0", "attention heads per block")
+    n_embd: int = setting(64, "> 0", "width of the GPT's hidden states")
+    vocab_size: int = setting(512, "> 0", "tokens of the BPE trained on the tasks' text")
+    max_len: int = setting(48, "> 0", "tokens per example (a pair is trimmed to fit)")
+    inner_lr: float = setting(0.02, "> 0", "α: the inner loop's learning rate, and fine-tuning's")
+    inner_steps: int = setting(2, "> 0", "k: inner steps per task while meta-training, each on a new support batch")
+    meta_batch: int = setting(4, "> 0", "tasks per meta-update")
+    meta_steps: int = setting(200, "> 0", "meta-updates (also the multi-task baseline's steps)")
+    outer_lr: float = setting(1e-3, "> 0", "β: Adam's learning rate on θ")
+    shot: int = setting(8, "> 0", "examples per support, query and fine-tuning batch")
+    ft_steps: int = setting(60, "> 0", "fine-tuning steps on a target (plain SGD at inner_lr)")
+    eval_interval: int = setting(15, "> 0", "score validation every this many fine-tuning steps")
+    ft_clip: float = setting(1.0, "> 0", "gradient-norm clip while fine-tuning [ours]")
+    n_train: tuple[int, ...] = setting((16, 64), "> 0", "training-set sizes of the targets (and GLUE's 16-shot)")
+    seeds: int = setting(3, "> 0", "random training subsets (seeds) per size")
+    val_max: int = setting(100, "> 0", "at most this many validation examples per target")
+
+    def check(self):
+        """Relations between fields; prepare checks the task names against the data."""
+        world, tasks = engine.rank_and_world()[1], self.aux + self.targets
+        if self.n_embd % self.n_head:
+            raise UserError(f"settings n_embd={self.n_embd}, n_head={self.n_head}: the width must split into the heads")
+        if self.meta_batch % world:
+            raise UserError(f"setting meta_batch={self.meta_batch}: a meta-batch must split over the {world} processes")
+        twice = [n for n in dict.fromkeys(tasks) if tasks.count(n) > 1]
+        if twice:
+            raise UserError(f"settings aux and targets: {', '.join(twice)} named twice (a task is auxiliary or "
+                            "target, and once)")
+
+
+FAMILY = MAMLConfig()
+GLUE = MAMLConfig(aux=("MNLI", "QNLI", "QQP", "SST-2"),      # [paper, secondary]
+                  targets=("CoLA", "MRPC", "STS-B", "RTE"),  # [paper]
+                  n_embd=128, vocab_size=4096, max_len=64, inner_lr=0.01, meta_steps=400, outer_lr=5e-4,
+                  ft_steps=100, eval_interval=25, n_train=(100, 1000), val_max=200)
+INITS = ("none", "multitask", "maml", "fomaml", "reptile")
+
+
+def load_tasks(cfg, data_dir):
+    """(setting, aux tasks, target tasks, few-shot root or None), each {name: task} in cfg's order: the built-in
+    family's (data_dir None) or GLUE's, from data_dir."""
+    family = data.task_family() if data_dir is None else ({}, {})
+    known = {**family[0], **family[1]} if data_dir is None else data.GLUE_TASKS
+    where = "GLUE" if data_dir else "the built-in family (GLUE's need the GLUE folder)"
+    for field in ("aux", "targets"):
+        for n in getattr(cfg, field):
+            if n not in known:
+                raise UserError(f"setting {field}: {n} is not a task of {where}; expected some of {', '.join(known)}")
+            if data_dir and not os.path.isdir(os.path.join(data_dir, n)):
+                raise UserError(f"setting {field}: {n}: {os.path.join(data_dir, n)} is not there (python data.py "
+                                "glue fetches it)")
+    if data_dir is None:
+        return "family", {n: known[n] for n in cfg.aux}, {n: known[n] for n in cfg.targets}, None
+    few_shot = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "glue-16shot")
+    return ("glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets),
+            few_shot if os.path.isdir(few_shot) else None)
+
+
+def encoder_and_tokenizer(cfg, tasks, init, out_dir, resume):
+    """The GPT and its tokenizer: init's (GPT-2's, or a project checkpoint's), else a from-scratch GPT and a
+    BPE trained on the tasks' training text (which a resumed run reads back from out_dir)."""
+    if init:
+        gpt, tokenizer = engine.load_init(init)
+        if gpt.config.block_size < cfg.max_len:
+            raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens, but setting "
+                            f"max_len={cfg.max_len} feeds it more")
+        return gpt, tokenizer
+    if resume:
+        tokenizer = data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    else:
+        texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
+        tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
+    return new_encoder(tokenizer, cfg), tokenizer
+
+
+def few_shot_runs(task, tid, tokenizer, cfg, scale, root, test, reported):
+    """One run per LM-BFF 16-shot folder of a target: its own train and dev, scored on the reported split."""
+    def pairs(split):
+        return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
+    reported_pairs, runs = pairs(task[reported]), []
+    for folder in data.few_shot_folders(root, task["name"]):
+        shot = data.glue_task(task["name"], folder)
+        # the few-shot examples were drawn from GLUE's training set; the few that also sit in the
+        # reported split (when it is a re-split of the training set) are left out of it for this seed
+        seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
+        keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
+        runs.append(("16-shot", folder.rsplit("-", 1)[1],
+                     encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
+                     encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), subset(test, keep)))
+    return runs
+
+
+def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
+    """[(size label, seed, train enc, val enc, test enc)] for one target, and the reported split: cfg.seeds
+    random subsets of each size in cfg.n_train, then LM-BFF's 16-shot folders where there are some.
+
+    With a labelled test split: validation = dev, report = test. Without one (GLUE's public files): a
+    validation split is carved out of train (never trained on), and dev is reported."""
+    enc = {s: encode_split(tokenizer, task, task[s], tid, cfg.max_len, scale)
+           for s in ("train", "dev", "test") if s in task}
+    if "test" in enc:
+        pool, val, test, reported = enc["train"], enc["dev"], enc["test"], "test"
+    else:
+        order = np.random.default_rng(seed).permutation(len(enc["train"]["ids"]))
+        n_val = min(cfg.val_max, len(order) // 10)
+        val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
+        test, reported = enc["dev"], "dev"
+    val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
+    if len(val["ids"]) == 0:
+        raise UserError(f"{task['name']}: too few training examples to set aside a validation split")
+    runs = []
+    for n in cfg.n_train:
+        if n > len(pool["ids"]):
+            raise UserError(f"setting n_train: {n} is more than the {len(pool['ids'])} training examples of "
+                            f"{task['name']} (after setting aside validation)")
+        for s in range(cfg.seeds):
+            rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
+            runs.append((str(n), s, subset(pool, rows), val, test))
+    if few_shot_root is not None:
+        runs += few_shot_runs(task, tid, tokenizer, cfg, scale, few_shot_root, test, reported)
+    return runs, reported
 
 
 @dataclass
 class Experiment:
     """Everything a run needs, read and checked by prepare() before anything is written."""
-    args: object
-    cfg: RunConfig
-    setting: str
-    aux: dict
-    targets: dict
-    inits: tuple
+    cfg: MAMLConfig
+    device: str
+    seed: int
+    out_dir: str
+    init: str | None      # the GPT it starts from (a checkpoint or a GPT-2 folder); None: from scratch
+    resume: bool
+    setting: str          # family | glue
+    targets: dict         # {name: task}
+    inits: tuple          # the initialisations compared (from cfg.method)
     tokenizer: data.TextTokenizer
     model: TaskClassifier
-    init_state: dict           # the classifier before any meta-training (random, or --init's encoder)
-    aux_encs: list
-    runs: dict                 # target -> (runs, reported split) of target_runs
-    state: RunState
+    init_state: dict      # the classifier's weights before any meta-training
+    aux_encs: list        # the auxiliary tasks' encoded training sets
+    runs: dict            # target -> (runs, reported split) of target_runs
+    state: engine.RunState
 
 
-def prepare(args):
-    """Settings, tasks, tokenizer and classifier, checked before anything is written; with --resume, the saved
-    run's settings are compared with these before any work."""
-    setting, aux, targets, base, few_shot_root = load_setting(args)
-    cfg = settings(args, base)
-    inits = INITS if args.method == "all" else ("none", args.method) if args.method != "none" else ("none",)
-    names = list(aux) + list(targets)
-    run_key = dict(task="maml", setting=setting, tasks=names, sampling=args.sampling, seed=args.seed,
-                   config=dataclasses.asdict(cfg), init=args.init, inits=list(inits),
-                   world=rank_and_world()[1])
-    state = RunState(os.path.join(args.out_dir, "state.pt"), run_key, args.resume)
-    # the tokenizer and the encoder: --init's (GPT-2's, or a project checkpoint's), else trained here
-    if args.resume:
-        tokenizer = data.load_tokenizer(os.path.join(args.out_dir, "tokenizer.json"))
-    if args.init:
-        gpt, tokenizer = data.load_pretrained(args.init)
-        if gpt.config.block_size < cfg.max_len:
-            raise UserError(f"{args.init}: the model reads {gpt.config.block_size} tokens, but this setting "
-                            f"feeds it up to {cfg.max_len}")
-    else:
-        if not args.resume:
-            texts = [t for task in list(aux.values()) + list(targets.values())
-                     for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-            tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
-        gpt = new_encoder(tokenizer, cfg)
-    all_tasks = {**aux, **targets}
-    scales = {n: regression_scale(t) for n, t in all_tasks.items()}
-    model = classifier_for(gpt, all_tasks).to(args.device)
+def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
+    """Read and check everything a run needs, writing nothing: settings, tasks (data_dir None: the built-in
+    family; else the GLUE folder), tokenizer, classifier, the targets' runs. With resume, the saved run's key
+    (settings, tasks, seed, init, tokenizer, processes) must equal this one's, checked before any work."""
+    engine.check_settings(cfg)
+    setting_name, aux, targets, few_shot_root = load_tasks(cfg, data_dir)
+    tasks = {**aux, **targets}
+    torch.manual_seed(seed)  # the classifier's first weights
+    gpt, tokenizer = encoder_and_tokenizer(cfg, tasks, init, out_dir, resume)
+    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), tasks=list(tasks), seed=seed,
+               init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
+    state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
+    model = classifier_for(gpt, tasks).to(device)
+    names, scales = list(tasks), {n: regression_scale(t) for n, t in tasks.items()}
     aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n]) for n in aux]
-    runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, args.seed)
+    runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, seed)
             for n in targets}
-    return Experiment(args, cfg, setting, aux, targets, inits, tokenizer, model,
+    inits = INITS if cfg.method == "all" else ("none",) if cfg.method == "none" else ("none", cfg.method)
+    return Experiment(cfg, device, seed, out_dir, init, resume, setting_name, targets, inits, tokenizer, model,
                       {k: v.clone() for k, v in model.state_dict().items()}, aux_encs, runs, state)
 
 
 def learn_init(exp, init):
     """Meta-train (or multi-task train) one initialisation from the common start, save it as init_<init>.pt
-    (its encoder a plain GPT checkpoint, usable as --init; the task heads beside it); returns its weights."""
-    args, cfg, model, state = exp.args, exp.cfg, exp.model, exp.state
+    (its encoder a plain GPT checkpoint, usable as init; the task heads beside it); returns its weights."""
+    cfg, model, state = exp.cfg, exp.model, exp.state
     model.load_state_dict(exp.init_state)
     if init == "none" or f"learned_{init}" in state.done:
         return state.done.get(f"learned_{init}", {}).get("weights", exp.init_state)
-    rng = np.random.default_rng([args.seed, INITS.index(init)])  # its own stream: the same with any --method
-    curve = meta_train(model, exp.aux_encs, [len(e["ids"]) for e in exp.aux_encs], init, cfg, args.sampling, rng,
-                       args.device, state, phase=f"meta_{init}")
+    rng = np.random.default_rng([exp.seed, INITS.index(init)])  # its own stream: the same whatever cfg.method
+    curve = meta_train(model, exp.aux_encs, [len(e["ids"]) for e in exp.aux_encs], init, cfg, rng, exp.device,
+                       state, phase=f"meta_{init}")
     heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
-    if rank_and_world()[0] == 0:
-        save_checkpoint(os.path.join(args.out_dir, f"init_{init}.pt"), model.gpt, None, model.gpt.config,
-                        cfg.meta_steps, {"loss_last": curve[-1]}, heads=heads)
+    if engine.rank_and_world()[0] == 0:
+        engine.save_checkpoint(os.path.join(exp.out_dir, f"init_{init}.pt"), model.gpt, exp.tokenizer,
+                               cfg.meta_steps, {"loss_last": curve[-1]}, heads=heads)
     tenth = max(1, len(curve) // 10)  # one meta-batch's loss is noisy: the means over the first and last tenth
     summary = [] if math.isnan(curve[0]) else [float(np.mean(curve[:tenth])), float(np.mean(curve[-tenth:]))]
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -825,35 +696,56 @@ def learn_init(exp, init):
     return weights
 
 
-def fine_tune_targets(exp, init, learned):
-    """Fine-tune every target from `learned` at every size and seed; each run's metrics are stored in the run
-    state as it ends (a resumed run skips those). Returns {target: {size: summary over seeds}}."""
-    done = exp.state.done.setdefault(f"fine_tuned_{init}", {})
-    for n, (task_runs, _) in exp.runs.items():
-        for size, seed, train, val, test in task_runs:
-            key = f"{n}/{size}/{seed}"
-            if key not in done:
-                done[key] = fine_tune(exp.model, learned, train, val, test, exp.targets[n]["metrics"], exp.cfg,
-                                      exp.args.seed + int(seed), exp.args.device)
-                exp.state.save(f"fine_tuned_{init} {key}")
+def summarize(metric_dicts, metric_names):
+    """{metric: mean, metric_std: std, ...} over seeds, GLUE's names, plus the number of seeds."""
     out = {}
-    for n, (task_runs, _) in exp.runs.items():
-        per_size = {}
-        for size, seed, *_ in task_runs:
-            per_size.setdefault(size, []).append(done[f"{n}/{size}/{seed}"])
-        out[n] = {size: summarize(ms, exp.targets[n]["metrics"]) for size, ms in per_size.items()}
+    for name in metric_names:
+        out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
+    out["n_seeds"] = len(metric_dicts)
     return out
 
 
+def fine_tune_targets(exp, init, learned):
+    """Fine-tune every target from `learned` at every size and seed; each run's metrics go into the run state
+    as it ends (a resumed run skips those). Returns {target: {size: mean and std over seeds}}."""
+    done, out = exp.state.done.setdefault(f"fine_tuned_{init}", {}), {}
+    for n, (task_runs, _) in exp.runs.items():
+        metrics, per_size = exp.targets[n]["metrics"], {}
+        for size, seed, train, val, test in task_runs:
+            key = f"{n}/{size}/{seed}"
+            if key not in done:
+                done[key] = fine_tune(exp.model, learned, train, val, test, metrics, exp.cfg, exp.seed + int(seed),
+                                      exp.device)
+                exp.state.save(f"fine_tuned_{init} {key}")
+            per_size.setdefault(size, []).append(done[key])
+        out[n] = {size: summarize(rs, metrics) for size, rs in per_size.items()}
+    return out
+
+
+def print_table(results, targets, inits, reported):
+    """One Markdown table: rows target x size, columns the initialisations; mean ± std over seeds."""
+    log.info(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
+             f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
+    log.info("| target | metric | size | " + " | ".join(inits) + " |")
+    log.info("|---|---|---|" + "---|" * len(inits))
+    for n in targets:
+        for metric in targets[n]["metrics"]:
+            for size in results[n][inits[0]]:
+                cells = [f"{results[n][i][size][metric]:.3f} ± {results[n][i][size][metric + '_std']:.3f}"
+                         for i in inits]
+                log.info(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")
+
+
 def run(exp):
-    """`python train.py --task maml`: learn each initialisation, fine-tune every target from it at every
-    size and seed, print the table and write results.json."""
-    args, cfg = exp.args, exp.cfg
-    rank, _ = rank_and_world()
-    if rank == 0 and not args.resume:
-        exp.tokenizer.save(os.path.join(args.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be --init
-    log.info(f"setting {exp.setting}: {len(exp.aux)} auxiliary tasks {list(exp.aux)}, targets {list(exp.targets)}; "
-             f"GPT {exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
+    """Learn each initialisation, fine-tune every target from it at every size and seed, print the table and
+    write results.json; returns what it wrote (None on the other processes under torchrun)."""
+    rank, _ = engine.rank_and_world()
+    if rank == 0 and not exp.resume:
+        os.makedirs(exp.out_dir, exist_ok=True)
+        exp.tokenizer.save(os.path.join(exp.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be init
+    log.info(f"setting {exp.setting}: {len(exp.cfg.aux)} auxiliary tasks {list(exp.cfg.aux)}, targets "
+             f"{list(exp.targets)}; GPT {exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer "
+             f"{exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}
     for init in exp.inits:
         t = time.time()
@@ -868,39 +760,9 @@ def run(exp):
         return None
     reported = {n: r[1] for n, r in exp.runs.items()}
     print_table(results, exp.targets, exp.inits, reported)
-    out = {"targets": results,
-           "config": dict(dataclasses.asdict(cfg), setting=exp.setting, aux=list(exp.aux), targets=list(exp.targets),
-                          sampling=args.sampling, inits=list(exp.inits), seed=args.seed, init=args.init,
-                          reported_split=reported, device=args.device, threads=torch.get_num_threads(),
-                          meta_loss_first_last_tenth={i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]
-                                                      for i in exp.inits if f"learned_{i}" in exp.state.done
-                                                      and exp.state.done[f"learned_{i}"]["loss_first_last_tenth"]}),
-           "wall_s": exp.state.seconds(), "peak_memory_mb": peak_memory_mb(), "resumed": exp.state.resumes}
-    save_json(os.path.join(args.out_dir, "results.json"), out)
-    log.info(f"\nwall time {out['wall_s']:.0f}s; peak memory {out['peak_memory_mb']} MB; "
-             f"wrote {os.path.join(args.out_dir, 'results.json')}")
-    return out
-
-
-def summarize(metric_dicts, metric_names):
-    """{metric: mean, metric_std: std, ...} over seeds, GLUE's names, plus the number of seeds."""
-    out = {}
-    for name in metric_names:
-        out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
-    out["n_seeds"] = len(metric_dicts)
-    return out
-
-
-def print_table(results, targets, inits, reported):
-    """One Markdown table: rows target x size, columns the initialisations; mean ± std over seeds."""
-    log.info(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
-             f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
-    log.info("| target | metric | size | " + " | ".join(inits) + " |")
-    log.info("|---|---|---|" + "---|" * len(inits))
-    for n in targets:
-        sizes = list(results[n][inits[0]])
-        for metric in targets[n]["metrics"]:
-            for size in sizes:
-                cells = [f"{results[n][i][size][metric]:.3f} ± {results[n][i][size][metric + '_std']:.3f}"
-                         for i in inits]
-                log.info(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")
+    curves = {i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"] for i in exp.inits
+              if exp.state.done.get(f"learned_{i}", {}).get("loss_first_last_tenth")}
+    config = dict(dataclasses.asdict(exp.cfg), setting=exp.setting, inits=list(exp.inits), seed=exp.seed,
+                  init=exp.init, device=exp.device, reported_split=reported, meta_loss_first_last_tenth=curves)
+    return write_results(exp.out_dir, dict(targets=results, config=config, resumed=exp.state.resumes), exp.device,
+                         exp.state.seconds())

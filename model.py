@@ -1,11 +1,10 @@
 """
-A small decoder-only transformer with GPT-2's architecture and GPT-2's parameter names.
+A small decoder-only transformer with GPT-2's architecture and GPT-2's parameter names: the one model that both
+papers of the project run on. CALRec pools its hidden states into user and item vectors and generates item text;
+MAML puts a classifier head on its pooled hidden states.
 
 Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT (init, forward) -> the KV
-cache -> generation and beam search -> loading GPT-2 weights -> pooling -> files (errors, checkpoints, the state a
-run resumes from) -> training with model selection -> more hardware. Both papers of the project run on it:
-CALRec pools its hidden states into user and item vectors and generates item text; MAML puts a small
-classifier head on its pooled hidden states.
+cache -> generation and beam search -> loading GPT-2's weights -> pooling.
 
 References: Radford et al., "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
 Vaswani et al., "Attention Is All You Need" (2017). The module names equal those of the Hugging Face
@@ -17,21 +16,15 @@ Try it (CPU):  python -c "import model; m = model.GPT(model.GPTConfig()); print(
 
 import contextlib
 import json
-import logging
 import math
 import os
 import pickle
-import signal
 import struct
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 # -----------------------------------------------------------------------------
 # layer normalisation
@@ -41,21 +34,21 @@ class LayerNorm(nn.Module):
     """GPT-2's LayerNorm: normalise each position's vector to mean 0 and variance 1, then scale and shift it.
     Same parameters (weight, bias) and eps as nn.LayerNorm.
 
-    Written out below, and run that way inside `second_order_ops()`: under torch.func.vmap, the backward
+    Written out below, and run that way inside `second_order_ops(model)`: under torch.func.vmap, the backward
     pass through the gradient of F.layer_norm (what second-order MAML takes, task by task) comes out wrong in
     current PyTorch, and these plain ops give the right one (tests/test_model.py checks it against a loop over
     tasks). Everywhere else the fused kernel computes the same thing, faster.
     """
-    written_out = False  # True inside second_order_ops()
 
     def __init__(self, ndim, bias=True, eps=1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
         self.eps = eps
+        self.written_out = False  # True inside second_order_ops(model)
 
     def forward(self, x):
-        if not LayerNorm.written_out:
+        if not self.written_out:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         mu = x.mean(-1, keepdim=True)                             # (..., 1)
         var = (x - mu).pow(2).mean(-1, keepdim=True)              # (..., 1) biased variance, as GPT-2
@@ -64,17 +57,20 @@ class LayerNorm(nn.Module):
 
 
 @contextlib.contextmanager
-def second_order_ops():
-    """Inside: every op of the model has a right second derivative under vmap, which second-order MAML takes.
-    Attention runs on the MATH kernel (the fused CPU and CUDA kernels have no double backward) and LayerNorm
-    on its written-out ops (see LayerNorm)."""
+def second_order_ops(model):
+    """Inside: every op of `model` has a right second derivative under vmap, which second-order MAML takes.
+    Attention runs on the MATH kernel (the fused CPU and CUDA kernels have no double backward) and each
+    LayerNorm on its written-out ops (see LayerNorm)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    before, LayerNorm.written_out = LayerNorm.written_out, True
+    norms = [m for m in model.modules() if isinstance(m, LayerNorm)]
+    for m in norms:
+        m.written_out = True
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        LayerNorm.written_out = before
+        for m in norms:
+            m.written_out = False
 
 
 # -----------------------------------------------------------------------------
@@ -387,60 +383,64 @@ class GPT(nn.Module):
         best first; a finished beam's tokens end with eos_id. allowed_next, when given, maps the beams' tokens
         so far (B, K, t) to the tokens each may write next (B, K, V) bool: constrained decoding.
 
-        With the cache, the K beams of a prompt share one copy of the prompt's keys and values. Each step
-        feeds the K beams' new tokens as K positions of one row, writes their keys into K new slots of
-        the cache, and lets each beam attend to the prompt and to the slots of its own ancestors only: the
-        attention mask holds the beams' back-pointers, so reordering the beams copies a small mask instead
-        of the whole cache. Without the cache, every beam's whole sequence runs through the ordinary
-        forward pass at every step (the slow reference the tests compare with).
+        With the cache, the K beams of a prompt share one copy of the prompt's keys and values (_beam_start);
+        each step feeds the K beams' new tokens as K positions of one row and lets each beam attend to the
+        prompt and to the slots of its own ancestors only (_beam_next): reordering the beams copies a small
+        mask, `visible`, instead of the whole cache. Without the cache, every beam's whole sequence runs
+        through the ordinary forward pass at every step (the slow reference the tests compare with).
         """
         K = num_beams
         prompt, prompt_mask = self._left_pad(prompts)
-        (B, T), V, device = prompt.shape, self.config.vocab_size, prompt.device
+        (B, T), V = prompt.shape, self.config.vocab_size
         self._check_room(T, max_new_tokens)
-        cache = visible = None
-        if use_cache:
-            cache = KVCache(self.config, B, T + K * max_new_tokens, device, self.transformer.wte.weight.dtype)
-            pos = (prompt_mask.long().cumsum(1) - 1).clamp(min=0)                      # (B, T)
-            mask = None if prompt_mask.all() else attention_mask_4d(prompt_mask, 0, T)
-            logp = F.log_softmax(self.lm_head(self._run(prompt, pos, mask, cache)[:, -1]).float(), -1)
-            visible = torch.zeros(B, K, T + K * max_new_tokens, dtype=torch.bool, device=device)
-            visible[:, :, :T] = prompt_mask[:, None, :]       # every beam sees the prompt's real tokens
-        else:
-            logp = F.log_softmax(self.lm_head(self.hidden_states(prompt, prompt_mask)[:, -1]).float(), -1)
+        logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
         logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
-        scores = torch.full((B, K), float("-inf"), device=device)
+        scores = torch.full((B, K), float("-inf"), device=prompt.device)
         scores[:, 0] = 0.0                                     # ... so only the first may expand
-        finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-        tokens = torch.zeros(B, K, 0, dtype=torch.long, device=device)
-        eos_only = torch.full((V,), float("-inf"), device=device)
-        eos_only[eos_id] = 0.0
-        first_new = prompt_mask.sum(1)                         # (B,) position of the first new token
-        beams = torch.arange(K, device=device)
+        finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+        tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
         for step in range(max_new_tokens):
             if allowed_next is not None:
                 logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
-            logp = torch.where(finished[..., None], eos_only, logp)
-            cand = (scores[..., None] + logp).view(B, K * V)   # (B, K*V) every extension of every beam
-            scores, flat = torch.topk(cand, K, dim=-1)         # (B, K) the best K per prompt
-            src, tok = flat // V, flat % V                     # which beam each extends, with which token
+            scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
             tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
             finished = finished.gather(1, src) | (tok == eos_id)
             if finished.all() or step == max_new_tokens - 1:
                 break
-            if use_cache:
-                slot = T + K * step                            # this step's K slots: [slot, slot + K)
+            if cache is not None:
                 visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
-                visible[:, beams, slot + beams] = True          # ... and its own new token
-                pos = (first_new + step)[:, None].expand(B, K)
-                h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)  # (B, K, C)
-            else:
-                seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
-                seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
-                h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
-            logp = F.log_softmax(self.lm_head(h).float(), dim=-1)  # (B, K, V)
+            logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
         new, scores = tokens.tolist(), scores.tolist()
         return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+
+    def _beam_start(self, prompt, prompt_mask, K, max_new_tokens, use_cache):
+        """The prompt pass: log-probabilities (B, V) of the first new token; with the cache, also the KVCache
+        holding each prompt once and `visible` (B, K, slots) bool, the cache slots each beam attends to."""
+        (B, T), device = prompt.shape, prompt.device
+        if not use_cache:
+            return F.log_softmax(self.lm_head(self.hidden_states(prompt, prompt_mask)[:, -1]).float(), -1), None, None
+        slots = T + K * max_new_tokens                         # the prompt, then K slots per new token
+        cache = KVCache(self.config, B, slots, device, self.transformer.wte.weight.dtype)
+        pos = (prompt_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        mask = None if prompt_mask.all() else attention_mask_4d(prompt_mask, 0, T)
+        logp = F.log_softmax(self.lm_head(self._run(prompt, pos, mask, cache)[:, -1]).float(), -1)
+        visible = torch.zeros(B, K, slots, dtype=torch.bool, device=device)
+        visible[:, :, :T] = prompt_mask[:, None, :]            # every beam sees the prompt's real tokens
+        return logp, cache, visible
+
+    def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+        """Log-probabilities (B, K, V) of the token after each beam's newest one, tok (B, K)."""
+        (B, K), T = tok.shape, prompt.size(1)
+        if cache is None:  # the reference: every beam's whole sequence through the ordinary forward pass
+            seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+            seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+            h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+        else:
+            slot, beams = T + K * step, torch.arange(K, device=tok.device)  # this step's K slots: [slot, slot + K)
+            visible[:, beams, slot + beams] = True             # each beam also sees its own new token
+            pos = (prompt_mask.sum(1) + step)[:, None].expand(B, K)
+            h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)  # (B, K, C)
+        return F.log_softmax(self.lm_head(h).float(), dim=-1)
 
     # --- pretrained GPT-2 weights ----------------------------------------------------
 
@@ -448,22 +448,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, directory, dropout=0.0):
         """Load a Hugging Face GPT-2 checkpoint (any size) from a local folder holding config.json and
         model.safetensors or pytorch_model.bin, without the transformers package."""
-        cfg_path = os.path.join(directory, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise UserError(f"{cfg_path}: missing; a GPT-2 folder needs config.json and the weights")
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                hf = json.load(f)
-            sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{cfg_path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
-        bad = [k for k, v in sizes.items() if not (isinstance(v, int) and v > 0)]
-        if bad or sizes["n_embd"] % sizes["n_head"]:
-            raise UserError(f"{cfg_path}: {bad[0] if bad else 'n_embd'} = {sizes[bad[0] if bad else 'n_embd']} "
-                            "is not a positive whole number" + ("" if bad else " divisible by n_head"))
-        config = GPTConfig(block_size=sizes["n_positions"], vocab_size=sizes["vocab_size"],
-                           n_layer=sizes["n_layer"], n_head=sizes["n_head"], n_embd=sizes["n_embd"],
-                           dropout=dropout, bias=True)
+        config, cfg_path = read_gpt2_config(directory, dropout)
         weights_path, sd = read_hf_weights(directory)
         # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model); the causal-mask buffers
         # "attn.bias" / "attn.masked_bias" of old checkpoints are not weights; lm_head is tied to wte
@@ -488,6 +473,18 @@ class GPT(nn.Module):
                                      f"{cfg_path} implies {tuple(target[name].shape)}")
                 target[name].copy_(w)
         return model
+
+
+def _beam_choose(scores, logp, finished, eos_id):
+    """The best K extensions of B x K beams: new scores (B, K), the beam each extends and its token (B, K).
+    A finished beam's only extension is eos_id at log-probability 0."""
+    B, K, V = logp.shape
+    eos_only = torch.full((V,), float("-inf"), device=logp.device)
+    eos_only[eos_id] = 0.0
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)           # (B, K*V) every extension of every beam
+    scores, flat = torch.topk(cand, K, dim=-1)                 # (B, K) the best K per prompt
+    return scores, flat // V, flat % V
 
 
 def _cut_at(tokens, eos_id):
@@ -532,6 +529,26 @@ def read_safetensors(path):
     return tensors
 
 
+def read_gpt2_config(directory, dropout=0.0):
+    """(GPTConfig, path) of the sizes in a Hugging Face GPT-2 folder's config.json."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and the weights")
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+        sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    bad = [k for k, v in sizes.items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
+    if bad:
+        raise UserError(f"{path}: {bad[0]} = {sizes[bad[0]]!r} is not a positive whole number")
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise UserError(f"{path}: n_embd = {sizes['n_embd']} is not divisible by n_head = {sizes['n_head']}")
+    return GPTConfig(block_size=sizes["n_positions"], vocab_size=sizes["vocab_size"], n_layer=sizes["n_layer"],
+                     n_head=sizes["n_head"], n_embd=sizes["n_embd"], dropout=dropout, bias=True), path
+
+
 def read_hf_weights(directory):
     """(path, state dict) from model.safetensors, or else pytorch_model.bin, in directory."""
     st, pt = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
@@ -571,41 +588,6 @@ class UserError(Exception):
     status 2; anything else is a bug and keeps its traceback."""
 
 
-def atomic_write(path, write, mode="w"):
-    """Write a file through write(f) into a temporary file next to it, then rename it over `path`: a crash
-    mid-write leaves the previous file (or none) intact, never half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def peak_memory_mb():
-    """This process's peak resident memory in MB (None where the platform does not say)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
-
-
-def save_json(path, obj):
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
-
-
-def save_torch(path, obj):
-    """torch.save, atomically. `obj` holds tensors and plain Python values only, so that load_torch can read it
-    back without running any code."""
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
-
-
 def load_torch(path, what="a checkpoint"):
     """torch.load with weights_only=True: tensors and plain Python values, nothing else. A file that needs
     more -- a class or a function, which is how a malicious pickle runs code -- is refused, whoever wrote it."""
@@ -621,266 +603,3 @@ def load_torch(path, what="a checkpoint"):
         raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None
     except Exception:  # torch raises several types for a file that is not its own, or truncated
         raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None
-
-
-# -----------------------------------------------------------------------------
-# the project's own checkpoints
-
-
-def save_checkpoint(path, model, optimizer, config, step, metrics, **extra):
-    """Write {model, optimizer, config, step, metrics, ...} atomically: a crash mid-write leaves the previous
-    checkpoint intact. A project checkpoint is also what --init accepts."""
-    save_torch(path, dict(model=model.state_dict(),
-                          optimizer=None if optimizer is None else optimizer.state_dict(),
-                          config=asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config),
-                          step=step, metrics=dict(metrics), **extra))
-
-
-def load_checkpoint(path):
-    """Read a checkpoint written by save_checkpoint; a clear error for a missing, damaged or foreign file."""
-    ckpt = load_torch(path)
-    missing = {"model", "config", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
-    if missing:
-        raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
-    return ckpt
-
-
-def load_model_state(model, state_dict, path):
-    """model.load_state_dict with a clear message naming the file and the first mismatch."""
-    ours = model.state_dict()
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise UserError(f"{path}: the weights are not a dict of tensors")
-    missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
-    if missing or unexpected:
-        raise UserError(f"{path}: weights do not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    for k, v in state_dict.items():
-        if v.shape != ours[k].shape:
-            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but the model's config needs "
-                            f"{tuple(ours[k].shape)}")
-    model.load_state_dict(state_dict)
-
-
-def gpt_from_checkpoint(path):
-    """A GPT with the config and weights of a project checkpoint; returns (model, checkpoint dict)."""
-    ckpt = load_checkpoint(path)
-    try:
-        config = GPTConfig(**ckpt["config"])
-    except TypeError as e:
-        raise UserError(f"{path}: its config does not describe a GPT ({e})") from None
-    sizes = (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd)
-    if not all(isinstance(n, int) and n > 0 for n in sizes) or config.n_embd % config.n_head:
-        raise UserError(f"{path}: its config does not describe a GPT ({config})")
-    model = GPT(config)
-    load_model_state(model, ckpt["model"], path)
-    return model, ckpt
-
-
-def load_init(path, dropout=0.0):
-    """What train.py's --init names: a project checkpoint file (.pt) or a Hugging Face GPT-2 folder.
-    Returns the GPT; the caller loads the matching tokenizer (data.load_tokenizer) from the same place."""
-    if os.path.isdir(path):
-        return GPT.from_pretrained(path, dropout=dropout)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such checkpoint file or GPT-2 folder")
-    try:
-        model, _ = gpt_from_checkpoint(path)
-    except UserError as e:
-        raise UserError(f"{e}; --init takes a checkpoint written by this project or a Hugging Face GPT-2 "
-                        "folder") from None
-    return model
-
-
-# -----------------------------------------------------------------------------
-# training with model selection: the one loop behind CALRec's stages, SASRec, and MAML's meta-training and
-# fine-tuning
-
-
-def copy_weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Within the block, Ctrl-C only sets a flag (a second Ctrl-C stops at once): the training loop finishes its
-    step, saves a state it can resume from, then stops. Yields a function telling whether Ctrl-C came."""
-    pressed = []
-
-    def on_ctrl_c(signum, frame):
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(True)
-
-    try:
-        previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    except ValueError:  # not the main thread: leave Ctrl-C as it is
-        yield lambda: False
-        return
-    try:
-        yield lambda: bool(pressed)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
-                     label="step"):
-    """Train for `steps` steps, keeping the weights that score best on validation.
-
-    Validation runs at step 0, every eval_every steps and after the last step; train_step(step) takes one step
-    in between. validate() scores the weights as they are (higher is better, nan never wins); without it
-    nothing is selected and the model keeps its last weights. save_state(step, best), when given, runs at each
-    of those points just before validating, and after the step during which Ctrl-C came: a resumed run calls
-    this again with that `start` and `best` and continues exactly. best is (score, step, weights); returns it,
-    the model holding the best weights. Model selection looks at validation only, never at test.
-    """
-    best = best or (-math.inf, None, None)
-    with deferred_interrupt() as interrupted:
-        for step in range(start, steps + 1):
-            if step % eval_every == 0 or step == steps:
-                if save_state is not None:
-                    save_state(step, best)
-                if validate is not None:
-                    score = validate()
-                    if score > best[0]:
-                        best = (score, step, copy_weights(model))
-                    mark = "  (best)" if best[1] == step else ""
-                    log.log(logging.INFO if label else logging.DEBUG,  # label=None: into log.txt only
-                            f"  {label or 'step'} {step:5d}  valid {score:.4f}{mark}")
-            if step == steps:
-                break
-            train_step(step)
-            if interrupted():
-                if save_state is not None:
-                    save_state(step + 1, best)
-                raise KeyboardInterrupt
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    return best
-
-
-class RunState:
-    """What --resume continues from, in out_dir/state.pt: the run's settings, the results of its finished phases,
-    the saved loop of the phase in progress, and the time spent so far. Tensors and plain values only, written
-    atomically; only process 0 writes.
-
-    A phase (a training stage, an evaluation) stores what the rest of the run needs with finish(); a training
-    loop stores, at every validation point, what it needs to continue exactly: weights, optimizer, random
-    streams, step, best so far (save_loop; read back with loop). Resuming with other settings is an error,
-    found before any work.
-    """
-
-    def __init__(self, path, settings, resume):
-        self.path, self.settings, self.started = path, settings, time.time()
-        self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
-        if resume:
-            saved = load_torch(path, "the state of a run")
-            if not isinstance(saved, dict) or "settings" not in saved:
-                raise UserError(f"{path}: not the state of a run of this project")
-            changed = sorted(k for k in set(settings) | set(saved["settings"])
-                             if settings.get(k) != saved["settings"].get(k))
-            if changed:
-                raise UserError(f"{path}: was saved by a run with other settings ({', '.join(changed)}); resume "
-                                "with the flags of that run, or use another --out-dir")
-            self.done, self.current = saved["done"], saved["current"]
-            self.elapsed, self.resumes = saved["elapsed"], saved["resumes"] + 1
-
-    def seconds(self):
-        """Time spent by the run: every earlier piece until its last save, and this one until now."""
-        return self.elapsed + time.time() - self.started
-
-    def save(self, what="progress"):
-        if rank_and_world()[0] == 0:
-            save_torch(self.path, dict(settings=self.settings, done=self.done, current=self.current,
-                                       elapsed=self.seconds(), resumes=self.resumes))
-            log.debug(f"state saved: {what}")
-
-    def save_loop(self, phase, **loop):
-        self.current = dict(loop, phase=phase)
-        self.save(f"{phase} step {loop.get('step')}")
-
-    def loop(self, phase):
-        """The saved loop of `phase`, or None (a fresh start)."""
-        return self.current if self.current and self.current["phase"] == phase else None
-
-    def finish(self, phase, result):
-        self.done[phase], self.current = result, None
-        self.save(phase)
-
-
-# -----------------------------------------------------------------------------
-# more hardware: mixed precision and several processes (train.py's --dtype and torchrun)
-
-
-def autocast(device, dtype):
-    """Mixed precision on a GPU: matrix products in bfloat16 or float16, reductions kept in float32.
-    On the CPU, and for float32, it does nothing (CPU autocast is slower than float32 on most CPUs)."""
-    kind = torch.device(device).type
-    if dtype == "float32" or kind == "cpu":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
-
-
-def grad_scaler(device, dtype):
-    """float16 has a narrow range: scale the loss up before backward so small gradients do not round to 0.
-    bfloat16 and float32 need none (the scaler is then a no-op)."""
-    kind = torch.device(device).type
-    return torch.amp.GradScaler(kind, enabled=dtype == "float16" and kind != "cpu")
-
-
-def rank_and_world():
-    """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class GatherRows(torch.autograd.Function):
-    """All-gather of rows with a backward: each process gets the gradient of its own rows, summed over the losses
-    of every process (each process's loss reads every row). Processes may hold different numbers of rows."""
-
-    @staticmethod
-    def forward(ctx, x):
-        rank, world = rank_and_world()
-        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-        torch.distributed.all_gather(sizes, torch.tensor([x.size(0)], device=x.device))
-        sizes = [int(n) for n in sizes]
-        padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
-        padded[:x.size(0)] = x  # all_gather wants equal shapes
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        torch.distributed.all_gather(parts, padded)
-        ctx.start, ctx.rows = sum(sizes[:rank]), x.size(0)
-        return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)  # (sum of the sizes, ...)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)                                    # sum over every process's loss
-        return grad[ctx.start:ctx.start + ctx.rows]                           # this process's rows
-
-
-def gather_rows(x):
-    """Every process's rows of x, concatenated in rank order, with gradients flowing back to the process that
-    owns each row. What contrastive losses need so that negatives span the global batch."""
-    _, world = rank_and_world()
-    return x if world == 1 else GatherRows.apply(x)  # for tensors without gradients (item ids) just the gather
-
-
-def all_reduce_sum(x):
-    """Sum of a tensor over processes (no gradient): e.g. the global number of target tokens."""
-    _, world = rank_and_world()
-    if world > 1:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-    return x
-
-
-def average_gradients(params):
-    """Average .grad over processes in place: what DistributedDataParallel does, for code (MAML) that runs
-    the model through torch.func and so never calls a wrapped module's forward."""
-    _, world = rank_and_world()
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world

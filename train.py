@@ -4,6 +4,7 @@ The one command line of the project: train and evaluate a task on the small GPT 
     python train.py --task calrec                 # CALRec on the built-in multi-domain world (CPU, minutes)
     python train.py --task maml                   # MAML / FOMAML / Reptile on the built-in task family
     python train.py --task sinusoid               # the Finn et al. (2017) sinusoid regression check
+    python train.py --task calrec --show-config   # every setting, its value, what it allows
     python train.py --help                        # every flag, explained
 
 Real data (fetch it first with `python data.py --help`):
@@ -14,12 +15,12 @@ Real data (fetch it first with `python data.py --help`):
 Several GPUs (or CPU processes, with gloo):
 
     torchrun --nproc_per_node=4 train.py --task calrec --dtype bfloat16 --compile
-    torchrun --nproc_per_node=4 train.py --task maml       # meta-batch tasks split over the processes
 
-This file holds what every task shares: the flags, the threads, the device, the seed, the output folder, the
-log, and the one place where a user's mistake becomes a one-line error. Each task's module (calrec.py,
-maml.py) has two steps: prepare() reads and checks every input and writes nothing; run() trains, evaluates
-and writes. So a run that fails on its input leaves an existing --out-dir exactly as it was.
+A task's settings live in one frozen config (calrec.CALRecConfig, maml.MAMLConfig, maml.SineConfig): its preset
+(the built-in data's, or the real data's when --data is given), then the shortcut flags (each one field), then
+--set NAME=VALUE; every value is checked against what its field allows before anything is written. Each task
+has two steps: prepare() reads and checks every input and writes nothing; run() trains, evaluates and writes.
+So a run that fails on its input leaves an existing --out-dir exactly as it was.
 """
 
 import os
@@ -42,59 +43,52 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import calrec  # noqa: E402
+import maml  # noqa: E402
+from engine import apply_settings, format_value, show_config  # noqa: E402
 from model import UserError  # noqa: E402
 
-TASKS = ("calrec", "maml", "sinusoid")
+# task -> (its preset on the built-in data, its preset on real data)
+PRESETS = {"calrec": (calrec.BUILT_IN, calrec.REAL_DATA), "maml": (maml.FAMILY, maml.GLUE), "sinusoid": (maml.SINE,)}
+# the shortcut flags: each is one setting of the tasks that have it
+ALIASES = ("alpha", "beta", "tau", "beams", "stages", "target", "eval_interval", "aux", "targets", "method",
+           "sampling", "inner_lr", "inner_steps", "meta_batch", "n_train")
+# the run's own flags, and the tasks they apply to
+RUN_FLAGS = {"data": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
+             "dtype": ("calrec",), "compile": ("calrec",)}
+OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt")  # files a run writes in --out-dir
 SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 # -----------------------------------------------------------------------------
 # flags
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python train.py --help)")
+
+
+class Once(argparse.Action):
+    """Store a flag's value, refusing the flag given twice (argparse would keep the last one silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice")
+        setattr(namespace, self.dest, values)
 
 
 def seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text}")
-    return value
+    if not text.isdigit() or int(text) > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}")
+    return int(text)
 
 
-def number(low, strict):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (value > low if strict else value >= low) or value == float("inf"):  # also rejects nan
-            raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {low}, got {text}")
-        return value
-    return parse
-
-
-def comma_list(text):
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. CoLA,MRPC")
-    return items
-
-
-def int_list(text):
-    try:
-        return [positive_int(t) for t in comma_list(text)]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+def positive_int(text):
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def name_value(text):
@@ -104,178 +98,118 @@ def name_value(text):
     return name.strip(), value.strip()
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a flag's default in --help, unless it has none (then its help says who decides)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
-
-    def error(self, message):
-        print(f"error: {message} (see python train.py --help)", file=sys.stderr)
-        sys.exit(2)
+def alias_help(name):
+    """An alias's help: its field's, with the tasks that have it and their defaults."""
+    parts, text = [], ""
+    for task, presets in PRESETS.items():
+        field = {f.name: f for f in dataclasses.fields(presets[0])}.get(name)
+        if field is not None:
+            text = field.metadata["help"]
+            values = dict.fromkeys(format_value(getattr(p, name)) for p in presets)
+            parts.append(f"{task}: default {' / '.join(values) if len(values) == 1 else ' built-in, '.join(values) + ' with --data'}")
+    return f"{text} ({'; '.join(parts)}; = --set {name}=...)"
 
 
 def build_parser():
-    p = Parser(
-        description="Train and evaluate CALRec, MAML or the sinusoid check on the project's small GPT.",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,  # a typo must fail, not silently match another flag
-    )
-    g = p.add_argument_group("common")
-    g.add_argument("--task", choices=TASKS, required=True, help="which experiment to run")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="auto picks cuda, then mps (calrec only), then cpu; sinusoid always runs on the cpu")
-    g.add_argument("--threads", type=positive_int, default=1,
-                   help="CPU threads for torch's operations; the project's small models gain little from more, "
-                        "and extra threads can be far slower on a machine shared with other work")
-    g.add_argument("--seed", type=seed, default=0, help="seed for every random number generator")
-    g.add_argument("--out-dir", default=None,
-                   help="where checkpoints, the log and results.json go (default: out/<task>)")
-    g.add_argument("--max-steps", type=positive_int, default=None,
-                   help="training steps (per stage / meta-training); default: the task's own")
-    g.add_argument("--eval-interval", type=positive_int, default=None,
-                   help="evaluate on validation every this many steps; default: the task's own")
-    g.add_argument("--init", default=None,
-                   help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 directory")
+    p = Parser(description="Train and evaluate CALRec, MAML or the sinusoid check on the project's small GPT.",
+               allow_abbrev=False)  # a typo must fail, not silently match another flag
+    g = p.add_argument_group("the run")
+    g.add_argument("--task", choices=tuple(PRESETS), required=True, help="which experiment to run")
+    g.add_argument("--data", nargs="+", action=Once, metavar="DIR",
+                   help="real data instead of the built-in default: calrec takes one folder per domain, "
+                        "maml the GLUE folder (python data.py --help fetches them)")
+    g.add_argument("--out-dir", action=Once, help="where checkpoints, the log and results.json go (default: out/TASK)")
+    g.add_argument("--init", action=Once, help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
     g.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out-dir (after a crash, a kill or Ctrl-C) with the same flags: "
                         "it ends with the results the uninterrupted run would have given")
-    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="calrec: mixed precision on a GPU (autocast; float16 adds a gradient scaler); "
-                        "the CPU always computes in float32")
-    g.add_argument("--compile", action="store_true",
-                   help="calrec: torch.compile the training loss (slow to start; for GPUs)")
-    g.add_argument("--data", nargs="+", default=None, metavar="DIR",
-                   help="real data instead of the built-in default: calrec takes one folder per domain, "
-                        "maml the GLUE folder (python data.py --help fetches them)")
-    g.add_argument("--set", type=name_value, action="append", default=None, metavar="NAME=VALUE",
-                   help="change one setting of the task's configuration (calrec.CALRecConfig, maml.RunConfig, "
-                        "maml.SineConfig), e.g. --set every_position=false; may be repeated")
-
-    g = p.add_argument_group("calrec")
-    g.add_argument("--target", default=None, help="target domain (a --data folder name; default: the last)")
-    g.add_argument("--stages", default="both", choices=("1", "2", "both"),
-                   help="1: multi-domain only, 2: target domain only, both: 1 then 2")
-    g.add_argument("--alpha", type=number(0, strict=False), default=None, help="weight of L_TT")
-    g.add_argument("--beta", type=number(0, strict=False), default=None, help="weight of L_UT")
-    g.add_argument("--tau", type=number(0, strict=True), default=None,
-                   help="temperature of both contrastive losses")
-    g.add_argument("--beams", type=positive_int, default=None, help="beams of the generative + BM25 path")
-
-    g = p.add_argument_group("maml")
-    g.add_argument("--aux", type=comma_list, default=None, help="auxiliary (meta-training) GLUE tasks")
-    g.add_argument("--targets", type=comma_list, default=None, help="low-resource target GLUE tasks")
-    g.add_argument("--method", default="all", choices=("all", "maml", "fomaml", "reptile", "multitask", "none"),
-                   help="how the initialisation is learned (none: fine-tune from --init or random); all: "
-                        "every one, compared in one table (each run also fine-tunes from 'none')")
-    g.add_argument("--sampling", default="pps", choices=("uniform", "pps", "mixed"),
-                   help="how auxiliary tasks are drawn: uniform, proportional to size, or mixed")
-    g.add_argument("--inner-lr", type=number(0, strict=True), default=None, help="inner-loop learning rate")
-    g.add_argument("--inner-steps", type=positive_int, default=None, help="inner-loop steps")
-    g.add_argument("--meta-batch", type=positive_int, default=None, help="tasks per meta-update")
-    g.add_argument("--n-train", type=int_list, default=None,
-                   help="training-set sizes of the target tasks, e.g. 100,1000")
+    g.add_argument("--seed", type=seed, action=Once, help="seed for every random number generator (default: 0)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), action=Once,
+                   help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
+                   help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
+    g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss (for GPUs)")
+    g.add_argument("--threads", type=positive_int, action=Once,
+                   help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
+    g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
+    g.add_argument("--show-config", action="store_true", help="print every setting with its value and what it "
+                   "allows, then stop")
+    g.add_argument("--set", type=name_value, action="append", default=[], metavar="NAME=VALUE",
+                   help="change one setting, e.g. --set every_position=false; may be repeated")
+    for name in ALIASES:
+        g.add_argument("--" + name.replace("_", "-"), action=Once, metavar="VALUE", help=alias_help(name))
     return p
 
 
-# which flags each task reads: any other task refuses them, so that nothing is silently ignored
-FLAG_TASKS = {
-    "eval_interval": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
-    "data": ("calrec", "maml"), "dtype": ("calrec",), "compile": ("calrec",),
-    "target": ("calrec",), "stages": ("calrec",), "alpha": ("calrec",), "beta": ("calrec",),
-    "tau": ("calrec",), "beams": ("calrec",),
-    "aux": ("maml",), "targets": ("maml",), "method": ("maml",), "sampling": ("maml",), "inner_lr": ("maml",),
-    "inner_steps": ("maml",), "meta_batch": ("maml",), "n_train": ("maml",),
-}
+# -----------------------------------------------------------------------------
+# the settings and the paths, checked before any work
 
 
-def task_config(task):
-    """The frozen dataclass that --set changes, for each task."""
-    if task == "calrec":
-        import calrec
-        return calrec.CALRecConfig
-    import maml
-    return maml.RunConfig if task == "maml" else maml.SineConfig
+def settings(args):
+    """The task's config: its preset, then the shortcut flags, then --set; each value checked once."""
+    presets = PRESETS[args.task]
+    cfg = presets[1] if args.data and len(presets) > 1 else presets[0]
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    pairs = []
+    for name in ALIASES:
+        if getattr(args, name) is not None:
+            if name not in fields:
+                raise UserError(f"--{name.replace('_', '-')}: --task {args.task} has no setting {name}")
+            pairs.append((f"--{name.replace('_', '-')}", name, getattr(args, name)))
+    named = [n for _, n, _ in pairs] + [n for n, _ in args.set]
+    twice = sorted({n for n in named if named.count(n) > 1})
+    if twice:
+        raise UserError(f"setting {twice[0]} is given twice (by a flag and --set, or by --set twice)")
+    return apply_settings(cfg, pairs + [("--set", n, v) for n, v in args.set])
 
 
-def typed_settings(parser, task, pairs):
-    """--set NAME=VALUE pairs -> {name: value of the field's type}; unknown names and bad values are errors."""
-    fields = {f.name: f.type for f in dataclasses.fields(task_config(task))}
-    out = {}
-    for name, text in pairs or ():
-        kind = fields.get(name)
-        if kind is None:
-            parser.error(f"--set {name}: --task {task} has no setting {name!r}; it has {', '.join(fields)}")
-        kind = kind if isinstance(kind, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(kind)
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                out[name] = text.lower() in ("true", "1", "yes")
-            elif kind in (int, float, str):
-                out[name] = kind(text)
-                if kind is not str and not (0 <= out[name] < float("inf")):  # nan, inf and negatives are not settings
-                    raise ValueError
-            else:
-                parser.error(f"--set {name}: this setting cannot be changed from the command line")
-        except ValueError:
-            parser.error(f"--set {name}={text}: expected a{'n' if kind is int else ''} {kind.__name__} "
-                         f"{'(true or false)' if kind is bool else '>= 0'}")
-    return out
+def check_paths(args):
+    """Every path flag is the kind of path it must be: --data folders, --init a file or folder, --out-dir a
+    writable folder (or one that can be made) whose output names are not folders."""
+    for flag, tasks in RUN_FLAGS.items():
+        if args.task not in tasks and getattr(args, flag) not in (None, False):
+            raise UserError(f"--{flag} applies to --task {' and '.join(tasks)} only, not to --task {args.task}")
+    for d in args.data or ():
+        if not os.path.isdir(d):
+            raise UserError(f"--data {d}: {'is a file, not a folder' if os.path.exists(d) else 'no such folder'}")
+    if args.task == "maml" and args.data and len(args.data) != 1:
+        raise UserError(f"--data: --task maml takes one GLUE folder, got {len(args.data)}")
+    if args.init is not None and not os.path.exists(args.init):
+        raise UserError(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
+    if not args.out_dir.strip():
+        raise UserError("--out-dir: an empty path; give a folder")
+    check_out_dir(args.out_dir)
+    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
+        raise UserError(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
+    if args.task == "sinusoid" and (int(os.environ.get("WORLD_SIZE", 1)) > 1 or args.device in ("cuda", "mps")):
+        raise UserError("--task sinusoid runs as one process on the CPU (a 40-unit MLP); drop torchrun and --device")
 
 
-def check_out_dir(parser, path):
-    """--out-dir must be a folder we can write to, or a path where one can be made: checked before any work."""
+def check_out_dir(path):
+    """A folder we can write to, or a path where one can be made, holding no folder where a run writes a file."""
     if os.path.exists(path):
         if not os.path.isdir(path):
-            parser.error(f"--out-dir {path}: is a file, not a folder")
+            raise UserError(f"--out-dir {path}: is a file, not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
-            parser.error(f"--out-dir {path}: this folder is not writable")
+            raise UserError(f"--out-dir {path}: this folder is not writable")
+        for name in OUTPUTS:
+            if os.path.isdir(os.path.join(path, name)):
+                raise UserError(f"{os.path.join(path, name)}: is a folder; a run writes a file there")
         return
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        parser.error(f"--out-dir {path}: cannot be created ({parent} is not a writable folder)")
-
-
-def check_args(parser, args):
-    """Fail at once, before any work, when the command line cannot be right."""
-    for dest, tasks in FLAG_TASKS.items():
-        if args.task not in tasks and getattr(args, dest) != parser.get_default(dest):
-            flag = "--" + dest.replace("_", "-")
-            parser.error(f"{flag} applies to --task {' and '.join(tasks)} only, not to --task {args.task}")
-    if args.task == "sinusoid" and args.device in ("cuda", "mps"):
-        parser.error(f"--task sinusoid runs on the CPU (a 40-unit MLP); drop --device {args.device}")
-    for d in args.data or ():
-        if not os.path.isdir(d):
-            parser.error(f"--data {d}: no such folder")
-    if args.init is not None and not os.path.exists(args.init):
-        parser.error(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
-    if args.resume and args.init is not None:
-        parser.error("--resume and --init exclude each other: resuming restores the weights it saved")
-    check_out_dir(parser, args.out_dir)
-    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
-        parser.error(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
-    args.set = list(typed_settings(parser, args.task, args.set).items())
-    # torchrun splits CALRec's training and MAML's meta-training; the sinusoid check is one process
-    if args.task == "sinusoid" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        parser.error("--task sinusoid runs as one process (it takes about a minute); drop torchrun")
+        raise UserError(f"--out-dir {path}: cannot be created ({parent} is not a writable folder)")
 
 
 # -----------------------------------------------------------------------------
-# device, processes, seed
+# device, processes, seed, log
 
 
 def pick_device(name, mps=True):
-    """--device auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path
-    is unchecked on mps, so it runs there only when asked), else cpu."""
+    """auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path is unchecked
+    on mps, so it runs there only when asked), else cpu."""
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -290,27 +224,21 @@ def pick_device(name, mps=True):
 
 
 def setup_distributed(device):
-    """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs,
-    gloo on CPUs. Returns (world_size, device) with each GPU process on its own card."""
+    """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs, gloo on
+    CPUs. Returns (rank, device) with each GPU process on its own card."""
     if "RANK" not in os.environ:
-        return 1, device
-    world = int(os.environ["WORLD_SIZE"])
+        return 0, device
     if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return world, device
+    return torch.distributed.get_rank(), device
 
 
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# -----------------------------------------------------------------------------
-# the log: one logger for the whole project; the console gets the progress, log.txt everything
 
 
 class ConsoleHandler(logging.Handler):
@@ -321,26 +249,27 @@ class ConsoleHandler(logging.Handler):
 
 
 def setup_logging(rank):
+    """One logger for the whole project: the console gets the progress (process 0's), log.txt everything."""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = ConsoleHandler()
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)  # under torchrun, process 0 speaks
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     root.addHandler(console)
 
 
-def open_log_file(args, argv):
+def open_log_file(out_dir, argv, resume):
     """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
     whether it resumes. Called after every input has been checked, just before the first write."""
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     start = time.time()
-    handler = logging.FileHandler(os.path.join(args.out_dir, "log.txt"), mode="a", encoding="utf-8")
+    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     logging.getLogger().addHandler(handler)
     command = "python train.py " + " ".join(shlex.quote(a) for a in argv)
     when = datetime.datetime.now().isoformat(timespec="seconds")
-    handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if args.resume else ''}\n")
+    handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
     return handler
 
 
@@ -361,32 +290,38 @@ def main(argv=None):
 
 
 def run(argv):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.out_dir = args.out_dir or os.path.join("out", args.task)
-    check_args(parser, args)
-    torch.set_num_threads(args.threads)
-    device = "cpu" if args.task == "sinusoid" else pick_device(args.device, mps=args.task == "calrec")
-    args.world_size, args.device = setup_distributed(device)
-    rank = int(os.environ.get("RANK", 0))
+    args = build_parser().parse_args(argv)
+    args.out_dir = os.path.join("out", args.task) if args.out_dir is None else args.out_dir
+    cfg = settings(args)
+    if args.show_config:
+        print(f"--task {args.task}, preset {'real data (--data)' if args.data else 'built-in'}:\n{show_config(cfg)}")
+        return cfg
+    check_paths(args)
+    torch.set_num_threads(args.threads or 1)
+    device = "cpu" if args.task == "sinusoid" else pick_device(args.device or "auto", mps=args.task == "calrec")
+    rank, device = setup_distributed(device)
     setup_logging(rank)
-    seed_everything(args.seed)  # the same seed on every process: they draw the same global batches
-    if args.task == "calrec":
-        import calrec as task
-    else:
-        import maml as task
+    seed = args.seed or 0
+    seed_everything(seed)  # the same seed on every process: they draw the same global batches
     handler = None
     try:
-        # every input is read and checked first; nothing is written to --out-dir before this returns
-        prepared = task.prepare(args) if args.task != "sinusoid" else task.prepare_sinusoid(args)
+        # every input is read and checked first; nothing is written to --out-dir before prepare returns
+        if args.task == "calrec":
+            exp = calrec.prepare(cfg, args.data, args.out_dir, seed, device, args.init, args.resume,
+                                 args.dtype or "float32", args.compile)
+        elif args.task == "maml":
+            exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
+                               args.resume)
         if rank == 0:
-            handler = open_log_file(args, argv)
-        return task.run(prepared) if args.task != "sinusoid" else task.run_sinusoid(prepared)
+            handler = open_log_file(args.out_dir, argv, args.resume)
+        if args.task == "sinusoid":
+            return maml.run_sinusoid(cfg, args.out_dir, seed)
+        return (calrec if args.task == "calrec" else maml).run(exp)
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
-        if args.world_size > 1:
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

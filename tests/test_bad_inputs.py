@@ -14,10 +14,10 @@ from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
 from test_glue_reader import LAYOUTS, write_task
 from test_gpt2_init import write_gpt2_folder
-from test_model import RunsCode
+from test_engine import RunsCode
 
-TINY_CALREC = ["--max-steps", "2", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2",
-               "--set", "select_users=4", "--set", "bm25_valid_users=4"]
+TINY_CALREC = ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2", "--eval-interval", "2",
+               "--beams", "2", "--set", "constrained_beams=2", "--set", "select_users=4", "--set", "bm25_valid_users=4"]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ CASES = {
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
                                              copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
-                                      "--target Gamma: not among the domains"),
+                                      "setting target=Gamma: not among the domains"),
     # --- CALRec's raw Amazon 2018 reader
     "raw bad json": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + ["{no"]),
                                 "Tools_5.json.gz:20: not a JSON object", folder="raw"),
@@ -204,13 +204,13 @@ CASES = {
     "missing dev": glue(lambda g: os.remove(os.path.join(g, "RTE", "dev.tsv")), "RTE/dev.tsv: no such file"),
     "glue not utf-8": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \xfe byte\t1\n"),
                            "SST-2/train.tsv:26"),
-    "target not in folder": glue(lambda g: None, "--targets QNLI:", flags=("--aux", "SST-2", "--targets", "QNLI")),
-    "aux and target": glue(lambda g: None, "both auxiliary (--aux) and target",
+    "target not in folder": glue(lambda g: None, "setting targets: QNLI: ", flags=("--aux", "SST-2", "--targets", "QNLI")),
+    "aux and target": glue(lambda g: None, "settings aux and targets: RTE named twice",
                            flags=("--aux", "RTE", "--targets", "RTE")),
-    "unknown glue task": glue(lambda g: None, "unknown GLUE task 'WNLI'",
+    "unknown glue task": glue(lambda g: None, "setting targets: WNLI is not a task of GLUE",
                               flags=("--aux", "SST-2", "--targets", "WNLI")),
-    "task named twice": glue(lambda g: None, "--aux: SST-2 is named twice", flags=("--aux", "SST-2,SST-2")),
-    "n-train too large": glue(lambda g: None, "--n-train 5000 is more than",
+    "task named twice": glue(lambda g: None, "settings aux and targets: SST-2 named twice", flags=("--aux", "SST-2,SST-2")),
+    "n-train too large": glue(lambda g: None, "setting n_train: 5000 is more than",
                               flags=("--aux", "SST-2", "--targets", "RTE", "--n-train", "5000")),
     "two glue folders": lambda w, tmp: (["--task", "maml", "--data", w["glue"], w["glue"]], "takes one GLUE folder"),
     # --- --init
@@ -231,7 +231,7 @@ CASES = {
     "init empty folder": init(lambda w, tmp: (tmp / "empty").mkdir() or str(tmp / "empty"), "config.json: missing"),
     # --- --resume
     "resume corrupt state": resume(lambda p, tmp: open(p, "wb").write(b"\x80\x02junk"), "state.pt: cannot be read"),
-    "resume other settings": resume(lambda p, tmp: None, "state.pt: was saved by a run with other settings (config)",
+    "resume other settings": resume(lambda p, tmp: None, "state.pt: was saved by a run with other settings",
                                     flags=("--tau", "0.5")),
     "resume runs code": resume(lambda p, tmp: evil_checkpoint(p, tmp), "state.pt: refused"),
     "resume no state": lambda w, tmp: (["--task", "maml", "--resume", "--out-dir", str(tmp / "new")],
@@ -243,10 +243,10 @@ CASES = {
                                             "log.txt/sub: cannot be created"),
     "seed -1": flags("--task", "calrec", "--seed", "-1", message="--seed: must be a whole number from 0"),
     "seed text": flags("--task", "sinusoid", "--seed", "one", message="--seed: must be a whole number"),
-    "set unknown": flags("--task", "sinusoid", "--set", "speed=3", message="--set speed: --task sinusoid has no"),
-    "set bad value": flags("--task", "calrec", "--set", "tau=cold", message="--set tau=cold: expected a float"),
-    "alpha beta sum": flags("--task", "calrec", "--alpha", "0.7", "--beta", "0.6", message="--alpha + --beta"),
-    "flag of another task": flags("--task", "sinusoid", "--beams", "3", message="--beams applies to --task calrec"),
+    "set unknown": flags("--task", "sinusoid", "--set", "speed=3", message="--set: no setting 'speed'"),
+    "set bad value": flags("--task", "calrec", "--set", "tau=cold", message="--set: tau='cold': expected float > 0"),
+    "alpha beta sum": flags("--task", "calrec", "--alpha", "0.7", "--beta", "0.6", message="setting alpha + beta = 0.7 + 0.6: must be <= 1"),
+    "flag of another task": flags("--task", "sinusoid", "--beams", "3", message="--beams: --task sinusoid has no setting beams"),
     "data missing": flags("--task", "maml", "--data", "/no/such/glue", message="--data /no/such/glue"),
 }
 
@@ -299,6 +299,6 @@ def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
 def test_a_bug_keeps_its_traceback(world, monkeypatch):
     """Anything that is not the user's mistake is not turned into a one-liner."""
     import calrec
-    monkeypatch.setattr(calrec, "prepare", lambda args: 1 / 0)
+    monkeypatch.setattr(calrec, "prepare", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train.main(["--task", "calrec", "--out-dir", str(world["root"] / "bug")])

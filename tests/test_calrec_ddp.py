@@ -1,12 +1,15 @@
 """Two processes (gloo, CPU) training CALRec with DistributedDataParallel take the same steps as one process
 with the same global batch: the same parameters after training, in float64, to 1e-9."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
 
 import calrec
 import data
+import engine
 import model as gpt
 from multiprocess import join, leave, one_then_two
 
@@ -30,20 +33,16 @@ def train_tiny(rank, world, port, out_path):
     torch.manual_seed(0)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2,
                                 n_embd=32)).double()
-    builder = data.PromptBuilder(tok, texts, block_size=128)
-    cfg = calrec.CALRecConfig(batch_size=8, lr=1e-2, alpha=0.3, beta=0.3, tau=0.1, every_position=True,
-                              extra_negatives=len(EXTRA), recent_in_loss=2)  # and each row's history items
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=3, max_item_tokens=64)
+    cfg = dataclasses.replace(calrec.BUILT_IN, batch_size=8, lr=1e-2, alpha=0.3, beta=0.3, tau=0.1,
+                              every_position=True, extra_negatives=len(EXTRA), recent_in_loss=2)
     towers = calrec.Towers(net)
     if world > 1:
         towers = torch.nn.parallel.DistributedDataParallel(towers)
     optimizer = net.configure_optimizers(cfg.lr, cfg.weight_decay)
-    torch.manual_seed(1)
-    bank = (torch.nn.functional.normalize(torch.randn(8, 32, dtype=torch.float64), dim=-1),
-            torch.tensor([0, 1, 6, 7, 8, 9, 10, 11]))  # a bank of vectors, the same on every process: 0 and 1 are
-    # items of the batch (left out, their live vectors count), the others extra negatives
     for _ in range(3):
-        calrec.train_step(towers, optimizer, gpt.grad_scaler("cpu", "float32"), builder, ROWS, EXTRA, cfg, "cpu",
-                          "float32", bank)
+        calrec.train_step(towers, optimizer, engine.grad_scaler("cpu", "float32"), builder, ROWS, EXTRA, cfg, "cpu",
+                          "float32")
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path.format(rank=rank))
     leave(world)
 

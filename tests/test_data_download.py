@@ -1,11 +1,14 @@
-"""data.py's command line for the real data, offline: tiny files in the official layouts served by a local HTTP
-server started here (honouring `Range: bytes=N-`), or read through file:// URLs. Amazon 2018 -> benchmark
-folders, resumed and broken downloads, GLUE archives -> task folders, LM-BFF's few-shot splits against an
-independent draw, and the command line's errors. Run: python -m pytest -q tests/test_data_download.py"""
+"""download.py (the command line `python data.py amazon | glue | few-shot`), offline: tiny files in the official
+layouts served by a local HTTP server started here (honouring `Range: bytes=N-`), or read through file:// URLs.
+Amazon 2018 -> benchmark folders, resumed and broken downloads, GLUE archives -> task folders, LM-BFF's few-shot
+splits against an independent draw, and the command line's errors.
+Run: python -m pytest -q tests/test_data_download.py"""
 
 import http.server
 import os
 import re
+import subprocess
+import sys
 import threading
 import urllib.parse
 import zipfile
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 
 import data
+import download
 from model import UserError
 from test_calrec_data import META, raw_reviews, write_lines
 from test_glue_reader import LAYOUTS
@@ -71,15 +75,15 @@ def test_an_interrupted_download_resumes(server, tmp_path, ranges):
     path = str(tmp_path / "dl" / "big.bin")
     server.options["cut"] = 123_457  # the connection drops here
     with pytest.raises(UserError, match=r"/big\.bin: the connection closed after 123457 of 300000 bytes"):
-        data.fetch(server.url + "/big.bin", path)
+        download.fetch(server.url + "/big.bin", path)
     assert not os.path.exists(path) and os.path.getsize(path + ".part") == 123_457
     server.options.update(cut=None, ranges=ranges)  # ranges False: the server answers 200, the whole file
-    assert data.fetch(server.url + "/big.bin", path) == path
+    assert download.fetch(server.url + "/big.bin", path) == path
     assert server.seen == [("/big.bin", None), ("/big.bin", "bytes=123457-")]
     with open(path, "rb") as f:
         assert f.read() == body  # byte for byte: resumed on 206, started over on 200
     assert not os.path.exists(path + ".part")
-    data.fetch(server.url + "/big.bin", path)  # there already: no request
+    download.fetch(server.url + "/big.bin", path)  # there already: no request
     assert len(server.seen) == 2
 
 
@@ -88,7 +92,7 @@ def test_a_part_longer_than_the_file_starts_over(server, tmp_path):
     path = str(tmp_path / "a.bin")
     with open(path + ".part", "wb") as f:
         f.write(b"0123456789abc")  # not a prefix of the file (which changed on the server, say)
-    data.fetch(server.url + "/a.bin", path)
+    download.fetch(server.url + "/a.bin", path)
     assert server.seen == [("/a.bin", "bytes=13-"), ("/a.bin", None)]  # 416, then the whole file
     with open(path, "rb") as f:
         assert f.read() == b"0123456789"
@@ -101,7 +105,7 @@ def test_file_urls_start_over(tmp_path):
     path = str(tmp_path / "a.bin")
     with open(path + ".part", "wb") as f:
         f.write(b"01234xx")  # not resumable through file://: read whole again
-    data.fetch(source.as_uri(), path)
+    download.fetch(source.as_uri(), path)
     with open(path, "rb") as f:
         assert f.read() == b"0123456789"
 
@@ -109,9 +113,9 @@ def test_file_urls_start_over(tmp_path):
 def test_network_failures_name_the_url(server, tmp_path):
     url = server.url + "/missing.gz"
     with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; look elsewhere")):
-        data.fetch(url, str(tmp_path / "missing.gz"), hint_if_missing="look elsewhere")
+        download.fetch(url, str(tmp_path / "missing.gz"), hint_if_missing="look elsewhere")
     with pytest.raises(UserError, match=r"^http://127\.0\.0\.1:1/x\.gz: .*refused"):
-        data.fetch("http://127.0.0.1:1/x.gz", str(tmp_path / "x.gz"))
+        download.fetch("http://127.0.0.1:1/x.gz", str(tmp_path / "x.gz"))
     assert os.listdir(tmp_path) == ["server"]  # nothing written
 
 
@@ -138,7 +142,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     raw_paths = serve_amazon(server.root)
     url = server.url if scheme == "http" else server.root.as_uri()
     out = tmp_path / "amazon"
-    data.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)
+    download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)
     assert sorted(os.listdir(out)) == ["Tools", "downloads"]  # no temporary folder left
     assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz", "meta_Tools.json.gz"]
 
@@ -160,7 +164,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     assert "Tools: 3 users, 4 items; 3 train, 3 valid and 3 test examples" in caplog.text
 
     requests = len(server.seen)
-    data.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
+    download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
     assert "already there; delete it to rebuild" in caplog.text and len(server.seen) == requests
     # the downloads folder also reads as a raw-file domain (5-core leaves nothing of these few users)
     assert data.load_domains([str(out / "downloads")])[0].test == []
@@ -176,25 +180,25 @@ def test_a_broken_gzip_is_deleted_and_fetched_again(server, tmp_path, damage):
         f.write(bad)
     out = tmp_path / "amazon"
     with pytest.raises(UserError, match=r"Tools_5\.json\.gz: not a complete gzip file .*deleted, rerun"):
-        data.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
+        download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
     assert os.listdir(out) == ["downloads"]  # no Tools folder, finished or temporary
     assert sorted(os.listdir(out / "downloads")) == ["meta_Tools.json.gz"]  # the bad file is gone
     with open(good_path, "wb") as f:
         f.write(good)
-    data.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)  # the rerun fetches it again
+    download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)  # the rerun fetches it again
     assert len(data.read_atomic(str(out / "Tools")).test) == 3
 
 
 def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path):
     url = f"{server.url}/categoryFilesSmall/Nope_5.json.gz"
     with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; is 'Nope' an Amazon 2018 category")):
-        data.prepare_amazon(["Nope"], str(tmp_path / "amazon"), base_url=server.url)
+        download.prepare_amazon(["Nope"], str(tmp_path / "amazon"), base_url=server.url)
     assert not os.path.exists(tmp_path / "amazon" / "Nope")
     with pytest.raises(UserError, match="'Video Games': not an Amazon 2018 category file name"):
-        data.prepare_amazon(["Video Games"], str(tmp_path / "amazon"), base_url=server.url)
+        download.prepare_amazon(["Video Games"], str(tmp_path / "amazon"), base_url=server.url)
     serve_amazon(server.root)
     with pytest.raises(UserError, match=r"Tools_5\.json\.gz: no user is left after the 5-core"):
-        data.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url)  # too few for 5
+        download.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url)  # too few for 5
     assert os.listdir(tmp_path / "amazon") == ["downloads"]
 
 
@@ -236,7 +240,7 @@ def test_glue_archives_become_task_folders(server, tmp_path):
     serve_glue(server.root)
     out = tmp_path / "glue"
     rows = {"RTE": (2, 2), "MNLI": (3, 3), "QNLI": (2, 2), "MRPC": (2, 1)}
-    data.prepare_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"], expected_rows=rows, **glue_urls(server))
+    download.prepare_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"], expected_rows=rows, **glue_urls(server))
     assert sorted(os.listdir(out)) == ["MNLI", "MRPC", "QNLI", "RTE", "downloads"]
     assert sorted(os.listdir(out / "RTE")) == sorted(os.listdir(out / "QNLI")) == ["dev.tsv", "train.tsv"]
     assert sorted(os.listdir(out / "MNLI")) == ["README.txt", "dev_matched.tsv", "dev_mismatched.tsv", "train.tsv"]
@@ -273,7 +277,7 @@ def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, 
         make(server.root / "glue" / "RTE.zip")
     out = tmp_path / "glue"
     with pytest.raises(UserError, match=message):
-        data.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
+        download.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
     assert os.listdir(out) == ["downloads"]
 
 
@@ -319,7 +323,7 @@ def test_few_shot_splits_follow_lm_bff(tmp_path):
     cola = few_shot_source(glue, "CoLA", None, [f"gj04\t{y}\t{'' if y else '*'}\tSentence {i} ."
                                                 for i, y in enumerate(cola_labels)])
 
-    data.make_few_shot(str(glue), str(out), ["MRPC", "STS-B", "CoLA"], k=16, seeds=(21, 13))
+    download.make_few_shot(str(glue), str(out), ["MRPC", "STS-B", "CoLA"], k=16, seeds=(21, 13))
     for name, header, lines, labels in (("MRPC", mrpc_header, mrpc, mrpc_labels),
                                         ("STS-B", stsb_header, stsb, [int(s >= 2.5) for s in scores]),
                                         ("CoLA", None, cola, cola_labels)):
@@ -344,7 +348,7 @@ def test_few_shot_needs_two_k_lines_per_label(tmp_path):
     few_shot_source(tmp_path / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
                     [f"{i}\tA.\tB.\t{'entailment' if i % 4 else 'not_entailment'}" for i in range(40)])
     with pytest.raises(UserError, match=r"label 'not_entailment' has 10 lines, fewer than 2k = 16"):
-        data.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=8, seeds=(13,))
+        download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=8, seeds=(13,))
     assert not os.path.exists(tmp_path / "out" / "RTE" / "8-13")
 
 
@@ -354,7 +358,7 @@ def test_few_shot_needs_two_k_lines_per_label(tmp_path):
 
 def run_main(capsys, argv):
     with pytest.raises(SystemExit) as e:
-        data.main(argv)
+        download.main(argv)
     out, err = capsys.readouterr()
     return e.value.code, out, err
 
@@ -365,6 +369,16 @@ def test_help(capsys):
     for command in ("amazon", "glue", "few-shot"):
         code, out, _ = run_main(capsys, [command, "--help"])
         assert code == 0 and "example" in out
+
+
+@pytest.mark.parametrize("script", ["data.py", "download.py"])
+def test_the_command_is_still_python_data_py(script):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, script, "--help"], cwd=here, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("usage: data.py")
+    assert "{amazon,glue,few-shot}" in run.stdout
+    for command in ("amazon", "glue", "few-shot"):
+        assert f"python data.py {command}" in run.stdout
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -393,7 +407,7 @@ def test_few_shot_goes_next_to_the_glue_folder_by_default(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     few_shot_source(tmp_path / "data" / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
                     [f"{i}\tA.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(8)])
-    data.main(["few-shot", "--glue", "data/glue", "--tasks", "RTE", "--k", "2", "--seeds", "5"])
+    download.main(["few-shot", "--glue", "data/glue", "--tasks", "RTE", "--k", "2", "--seeds", "5"])
     assert os.listdir(tmp_path / "data" / "glue-16shot" / "RTE") == ["2-5"]
     assert "data/glue-16shot/RTE/2-5: 2 train and 2 dev examples for each of 2 labels" in capsys.readouterr().out
 
@@ -401,6 +415,6 @@ def test_few_shot_goes_next_to_the_glue_folder_by_default(tmp_path, monkeypatch,
 def test_an_interrupt_says_the_downloads_resume(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(data, "prepare_glue", interrupted)
+    monkeypatch.setattr(download, "prepare_glue", interrupted)
     code, _, err = run_main(capsys, ["glue"])
     assert code == 130 and ".part" in err and "resumes" in err

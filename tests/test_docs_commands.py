@@ -15,15 +15,16 @@ import zipfile
 
 
 import data
+import download
 import train
 from test_data_download import server  # noqa: F401  (the local HTTP server fixture)
 from test_glue_reader import LAYOUTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"calrec": ["--max-steps", "2", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2",
-                   "--set", "select_users=4", "--set", "bm25_valid_users=4", "--set", "sasrec_steps=2",
+TINY = {"calrec": ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--eval-interval", "2", "--beams", "2",
+                   "--set", "constrained_beams=2", "--set", "select_users=4", "--set", "bm25_valid_users=4", "--set", "sasrec_steps=2",
                    "--set", "n_layer=1", "--set", "n_embd=32", "--set", "vocab_size=400"],
-        "maml": ["--max-steps", "2", "--n-train", "8", "--eval-interval", "1", "--set", "n_layer=1",
+        "maml": ["--set", "meta_steps=2", "--n-train", "8", "--eval-interval", "1", "--set", "n_layer=1",
                  "--set", "n_embd=16", "--set", "n_head=1", "--set", "vocab_size=300", "--set", "seeds=1",
                  "--set", "ft_steps=1", "--set", "max_len=32"]}
 
@@ -83,7 +84,7 @@ def glue_rows(name, n, offset=0):
 
 def glue_files(root):
     os.makedirs(root / "glue")
-    for name, archive in data.GLUE_ARCHIVES.items():
+    for name, archive in download.GLUE_ARCHIVES.items():
         folder = {"QNLIv2.zip": "QNLI", "QQP-clean.zip": "QQP"}.get(archive, archive[:-4])
         dev = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
         with zipfile.ZipFile(root / "glue" / archive, "w") as z:
@@ -100,21 +101,21 @@ def test_the_docs_real_data_commands_work_as_written(server, tmp_path, monkeypat
     amazon, glue = doc_commands("data.py"), doc_commands("train.py")
     assert any(c[0] == "amazon" for c in amazon) and any(c[0] == "glue" for c in amazon)
     for i, category in enumerate({c for cmd in amazon if cmd[0] == "amazon" for c in
-                                  data.build_parser().parse_args(cmd).categories}):
+                                  download.build_parser().parse_args(cmd).categories}):
         amazon_files(server.root, category, seed=i)
     glue_files(server.root)
     work = tmp_path / "user"
     work.mkdir()
     monkeypatch.chdir(work)  # the docs' paths are relative: data/amazon, data/glue, ...
     for argv in amazon:  # python data.py ...: parsed as data.py parses it, fetched from the local server
-        args = data.build_parser().parse_args(argv)
+        args = download.build_parser().parse_args(argv)
         if args.command == "amazon":
-            data.prepare_amazon(args.categories, args.out, base_url=server.url + "/amazon", min_count=args.min_count)
+            download.prepare_amazon(args.categories, args.out, base_url=server.url + "/amazon", min_count=args.min_count)
         elif args.command == "glue":
-            data.prepare_glue(args.out, args.tasks, base_url=server.url + "/glue/", mrpc_url=server.url + "/senteval/",
+            download.prepare_glue(args.out, args.tasks, base_url=server.url + "/glue/", mrpc_url=server.url + "/senteval/",
                               mrpc_dev_ids_url=server.url + "/mrpc_dev_ids.tsv", expected_rows=None)
         else:
-            data.main(argv)  # few-shot: local, exactly as written
+            download.main(argv)  # few-shot: local, exactly as written
     ran = 0
     for argv in glue:
         if not any(a.startswith("data/") for a in argv) or "--init" in argv:
@@ -122,6 +123,8 @@ def test_the_docs_real_data_commands_work_as_written(server, tmp_path, monkeypat
         if "--set" in argv or any("$" in a for a in argv):  # docs/results.md's runs: longer schedules, shell variables
             continue
         task = argv[argv.index("--task") + 1]
+        if "--out-dir" in argv:  # the run goes to this test's folder
+            del argv[argv.index("--out-dir"):argv.index("--out-dir") + 2]
         out = train.main(argv + TINY[task] + ["--out-dir", str(tmp_path / f"run{ran}")])
         assert out is not None and os.path.isfile(tmp_path / f"run{ran}" / "results.json")
         ran += 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data
+import engine
 import model as gpt
 import train
 from test_calrec import write_atomic
@@ -49,7 +50,8 @@ def test_calrec_runs_from_gpt2_weights_and_tokenizer(tmp_path):
                             n_positions=200)  # not the task's own default of 256
     assert tok.pad_id == tok.sep_id == tok.eot_id  # GPT-2 has no padding token: it falls back to end-of-text
     out = tmp_path / "out"
-    res = train.main(["--task", "calrec", "--data", a, "--stages", "2", "--max-steps", "2", "--eval-interval", "2",
+    res = train.main(["--task", "calrec", "--data", a, "--stages", "2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2",
+                      "--eval-interval", "2",
                       "--beams", "2", "--init", g2, "--out-dir", str(out)])
     assert res["config"]["block_size"] == 200  # the context length comes from the GPT-2 config
     assert set(res["test"]) >= {"calrec_generative", "calrec_dense", "sasrec", "popular"}
@@ -71,7 +73,7 @@ def test_maml_runs_from_gpt2_weights_and_tokenizer(tmp_path, monkeypatch):
     saved = data.load_tokenizer(str(tmp_path / "out" / "tokenizer.json"))
     assert saved.vocab_size == tok.vocab_size
     # the encoder saved after meta-training is GPT-2-shaped: 64 positions, GPT-2's vocabulary
-    enc, _ = gpt.gpt_from_checkpoint(str(tmp_path / "out" / "init_fomaml.pt"))
+    enc, _ = engine.gpt_from_checkpoint(str(tmp_path / "out" / "init_fomaml.pt"))
     assert enc.config.block_size == 64 and enc.config.vocab_size == tok.vocab_size
     assert set(out["targets"]["more-2-5"]["fomaml"]["8"]) >= {"mcc", "accuracy"}
 

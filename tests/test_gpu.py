@@ -6,6 +6,7 @@ precision stays close to float32, torch.compile equals eager, and both tasks tra
 """
 
 import copy
+import dataclasses
 import math
 import os
 
@@ -14,6 +15,7 @@ import torch
 
 import calrec
 import data
+import engine
 import maml
 import model as gpt
 import train
@@ -33,8 +35,8 @@ def test_second_order_meta_gradient_on_the_gpu_equals_the_cpu():
     batches = float64_task_batches(3, 3)
     grads = []
     for model, device in ((cpu_model, "cpu"), (copy.deepcopy(cpu_model).to(DEVICE), DEVICE)):
-        fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
-        with gpt.second_order_ops():
+        fast, loss_fn = maml.task_loss(model)
+        with gpt.second_order_ops(model):
             maml.meta_loss_vmap(fast, loss_fn, [on(b, device) for b in batches[:2]], on(batches[2], device),
                                 0.3, 2).backward()
         grads.append({n: p.grad.cpu() for n, p in model.named_parameters()})
@@ -51,8 +53,7 @@ def test_maml_runs_end_to_end_on_the_gpu(tmp_path, monkeypatch):
     assert cells and all(math.isfinite(m) for m in cells)
 
 
-CFG = calrec.CALRecConfig(alpha=0.3, beta=0.3, tau=0.1, every_position=True, batch_size=8, lr=1e-2,
-                          extra_negatives=2)
+CFG = dataclasses.replace(calrec.BUILT_IN, alpha=0.3, beta=0.3, tau=0.1, batch_size=8, lr=1e-2, extra_negatives=2)
 
 
 def tiny_calrec(device, dtype=torch.float32):
@@ -61,7 +62,7 @@ def tiny_calrec(device, dtype=torch.float32):
     tok = data.train_tokenizer(texts * 5 + [data.history_prompt(texts)], vocab_size=400)
     torch.manual_seed(0)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=64))
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, 128, max_history=3, max_item_tokens=64)
     batch = builder.training_batch(ROWS, every_position=True)
     items = torch.cat([batch.pop("item"), torch.tensor(EXTRA)])
     del batch["attention_mask"], batch["position"]  # right-padded rows: the towers need no mask
@@ -72,9 +73,9 @@ def tiny_calrec(device, dtype=torch.float32):
 def loss_and_grads(towers, net, batch, dtype="float32"):
     inputs, items = batch
     net.zero_grad(set_to_none=True)
-    with gpt.autocast(DEVICE, dtype):
+    with engine.autocast(DEVICE, dtype):
         nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
-        loss, _ = calrec.calrec_loss(nig_sum / n_tokens, v_u, v_tu, v_t, items, CFG)
+        loss, _ = calrec.calrec_loss(nig_sum / n_tokens, v_u, v_tu, v_t, items, CFG.alpha, CFG.beta, CFG.tau)
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten().cpu() for p in net.parameters()])
 
@@ -113,7 +114,7 @@ def test_calrec_trains_on_the_gpu(dtype, compile_model):
     before = copy.deepcopy(net.state_dict())
     towers = calrec.Towers(net)
     towers = torch.compile(towers, dynamic=True) if compile_model else towers
-    optimizer, scaler = net.configure_optimizers(CFG.lr, CFG.weight_decay), gpt.grad_scaler(DEVICE, dtype)
+    optimizer, scaler = net.configure_optimizers(CFG.lr, CFG.weight_decay), engine.grad_scaler(DEVICE, dtype)
     for _ in range(12):  # float16's gradient scaler skips the first steps while it lowers its scale from 2**16
         calrec.train_step(towers, optimizer, scaler, builder, ROWS, EXTRA, CFG, DEVICE, dtype)
     after = net.state_dict()

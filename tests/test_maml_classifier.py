@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import data
+import engine
 import maml
-import train
 from model import GPT, GPTConfig, second_order_ops
+from test_glue_reader import LAYOUTS, write_task
 
 
 def tiny_classifier(dtype=torch.float32, n_outputs=(3, 2, 1), seed=0):
@@ -67,37 +68,17 @@ def test_masked_head_and_regression_losses():
     torch.testing.assert_close(maml.classifier_loss(model, params, batch), ((out[:, 0] - batch["y"]) ** 2).mean())
 
 
-def test_adapted_parameter_selection():
-    model = tiny_classifier()
-    assert maml.adapted_names(model, "head") == ["head_weight", "head_bias"]
-    top1 = maml.adapted_names(model, "top1")
-    assert all(n.startswith(("gpt.transformer.h.1.", "gpt.transformer.ln_f.", "head_")) for n in top1)
-    assert any(n.startswith("gpt.transformer.h.1.") for n in top1)
-    assert len(maml.adapted_names(model, "all")) == len(list(model.parameters()))
-    with pytest.raises(maml.UserError, match="parameter selection"):
-        maml.adapted_names(model, "bottom")
-
-
-def test_head_only_adaptation_leaves_encoder_at_theta():
-    model = tiny_classifier()
-    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "head"))
-    b = maml.task_slice(task_batches(3, 1)[0], 0)
-    adapted = maml.adapt(fast, loss_fn, b, inner_lr=0.5, steps=2)
-    assert set(adapted) == {"head_weight", "head_bias"}
-    assert not torch.allclose(adapted["head_weight"], fast["head_weight"])
-
-
 @pytest.mark.parametrize("first_order", [True, False])
 def test_vmap_equals_loop_on_the_classifier(first_order):
     # tasks with 3 classes, 2 classes and a regression in one vmapped meta-batch, float64, first and second
     # order (second order under vmap is right inside model.second_order_ops)
     model = tiny_classifier(torch.float64)
-    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    fast, loss_fn = maml.task_loss(model)
     batches = float64_task_batches(3, 3)
     grads = []
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         model.zero_grad()
-        with second_order_ops():
+        with second_order_ops(model):
             fn(fast, loss_fn, batches[:2], batches[2], 0.3, 2, first_order).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n in grads[0]:
@@ -106,7 +87,7 @@ def test_vmap_equals_loop_on_the_classifier(first_order):
 
 def second_order_setup():
     model = tiny_classifier(torch.float64, n_outputs=(2,))
-    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    fast, loss_fn = maml.task_loss(model)
     batches = float64_task_batches(2, 2, task_ids=[0, 0], n_outputs=(2,))
     return model, fast, loss_fn, batches
 
@@ -114,7 +95,7 @@ def second_order_setup():
 def test_second_order_loop_path_matches_finite_differences():
     model, fast, loss_fn, batches = second_order_setup()
     alpha, steps = 0.5, 1
-    with second_order_ops():
+    with second_order_ops(model):
         maml.meta_loss_loop(fast, loss_fn, batches[:1], batches[1], alpha, steps).backward()
         g = torch.Generator().manual_seed(0)
         d = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in fast.items()}
@@ -152,47 +133,103 @@ def test_meta_training_lowers_post_adaptation_query_loss_on_a_tiny_family():
     gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=2, n_embd=32))
     model = maml.TaskClassifier(gpt, [2, 2, 2], [False] * 3)
     encs = family_encs(names, tok, aux, names)
-    cfg = dataclasses.replace(maml.FAMILY, inner=maml.InnerLoop(0.1, 1), meta_batch=3, shot=8, outer_lr=3e-3,
-                              meta_steps=60)
+    cfg = dataclasses.replace(maml.FAMILY, inner_lr=0.1, inner_steps=1, meta_batch=3, shot=8, outer_lr=3e-3,
+                              meta_steps=60, sampling="uniform")
     held = maml.stack_tasks(encs, 2, 16, np.random.default_rng(99), tok.pad_id)  # fixed evaluation batch
-    fast, loss_fn = maml.make_task_loss(model, maml.adapted_names(model, "all"))
+    fast, loss_fn = maml.task_loss(model)
 
     def post_adaptation():
-        with second_order_ops():
-            return maml.meta_loss_loop(fast, loss_fn, held[:1], held[1], cfg.inner.lr, 1).item()
+        with second_order_ops(model):
+            return maml.meta_loss_loop(fast, loss_fn, held[:1], held[1], cfg.inner_lr, 1).item()
 
     before = post_adaptation()
-    maml.meta_train(model, encs, [1, 1, 1], "maml", cfg, "uniform", np.random.default_rng(0), "cpu")
+    maml.meta_train(model, encs, [1, 1, 1], "maml", cfg, np.random.default_rng(0), "cpu")
     after = post_adaptation()
     assert after < before - 0.1, (before, after)   # ln 2 = 0.69 at the start
     assert math.isfinite(after)
 
 
+def tiny_config(seeds=2, **changes):
+    """A tiny configuration of the built-in family: a run of every initialisation in seconds."""
+    tiny = dict(n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32, inner_lr=0.1, inner_steps=1, meta_batch=2,
+                meta_steps=2, outer_lr=1e-3, shot=4, ft_steps=2, eval_interval=1, n_train=(8,), seeds=seeds, val_max=20)
+    return dataclasses.replace(maml.FAMILY, **{**tiny, **changes})
+
+
 def tiny_family(monkeypatch, seeds=2):
-    """A tiny configuration of the built-in family for `train.py --task maml`."""
-    monkeypatch.setattr(maml, "FAMILY", maml.RunConfig(
-        n_layer=1, n_head=1, n_embd=16, vocab_size=300, max_len=32, inner=maml.InnerLoop(0.1, 1),
-        adapted_params="all", meta_batch=2, meta_steps=2, outer_lr=1e-3, shot=4, ft_steps=2, ft_eval=1, n_train=(8,),
-        seeds=seeds, val_max=20))
+    """The built-in family's preset made tiny, for the tests that run `train.py --task maml`."""
+    import train
+    monkeypatch.setitem(train.PRESETS, "maml", (tiny_config(seeds), maml.GLUE))
 
 
-def test_run_writes_results_in_the_issue_format(tmp_path, monkeypatch):
-    tiny_family(monkeypatch)
-    argv = ["--task", "maml", "--out-dir", str(tmp_path)]
-    out = train.main(argv)
+def test_run_writes_results_in_the_issue_format(tmp_path):
+    cfg = tiny_config()
+    out = maml.run(maml.prepare(cfg, None, str(tmp_path), seed=0, device="cpu"))
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))
-    assert set(out) == {"targets", "config", "wall_s", "peak_memory_mb", "resumed"}
+    assert set(out) == {"targets", "config", "environment", "wall_s", "peak_memory_mb", "resumed"}
     assert set(out["targets"]) == set(data.FAMILY_TARGETS)
+    assert set(out["targets"]["count-4"]) == set(maml.INITS)
     cell = out["targets"]["count-4"]["maml"]["8"]
     assert set(cell) == {"pearson", "pearson_std", "spearman", "spearman_std", "n_seeds"} and cell["n_seeds"] == 2
     assert set(out["targets"]["more-2-5"]["none"]["8"]) >= {"mcc", "mcc_std", "accuracy", "accuracy_std"}
     assert out["config"]["reported_split"]["more-2-5"] == "test"
+    assert out["config"]["inner_lr"] == 0.1 and list(out["config"]["aux"]) == list(data.FAMILY_AUX)
     curves = out["config"]["meta_loss_first_last_tenth"]  # reptile has no query loss to record
     assert set(curves) == {"multitask", "maml", "fomaml"} and all(math.isfinite(v) for c in curves.values() for v in c)
-    # --resume of a finished run redoes nothing: the same numbers
-    again = train.main(argv + ["--resume"])
+    # resuming a finished run redoes nothing: the same numbers
+    again = maml.run(maml.prepare(cfg, None, str(tmp_path), seed=0, device="cpu", resume=True))
     assert again["targets"] == out["targets"] and again["resumed"] == 1
-    # the saved encoder is a plain GPT checkpoint with its tokenizer beside it: usable as --init
-    out = train.main(["--task", "maml", "--out-dir", str(tmp_path / "again"), "--method", "none", "--init",
-                      str(tmp_path / "init_maml.pt")])
-    assert out["config"]["init"].endswith("init_maml.pt")
+    with pytest.raises(maml.UserError, match="seed"):  # ... and refuses another run's settings before any work
+        maml.prepare(cfg, None, str(tmp_path), seed=1, device="cpu", resume=True)
+    # the saved encoder is a plain GPT checkpoint with its tokenizer beside it: usable as init
+    init = str(tmp_path / "init_maml.pt")
+    out = maml.run(maml.prepare(dataclasses.replace(cfg, method="none"), None, str(tmp_path / "again"), seed=0,
+                                device="cpu", init=init))
+    assert out["config"]["init"] == init and out["config"]["inits"] == ["none"]
+
+
+def test_one_method_runs_none_and_that_method(tmp_path):
+    exp = maml.prepare(tiny_config(seeds=1, method="reptile", targets=("more-2-5",)), None, str(tmp_path), 0, "cpu")
+    assert exp.inits == ("none", "reptile") and list(exp.targets) == ["more-2-5"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(aux=("has-0", "CoLA")), "setting aux: CoLA is not a task of the built-in family"),
+    (dict(aux=("has-0", "more-2-5")), "more-2-5 named twice"),
+    (dict(n_embd=18, n_head=4), "n_embd=18, n_head=4"),
+    (dict(sampling="sizes"), "sampling=sizes"),
+    (dict(n_train=(8, 5000)), "n_train: 5000 is more than"),
+])
+def test_bad_settings_are_clear_errors_before_anything_is_written(tmp_path, changes, message):
+    with pytest.raises(maml.UserError, match=message):
+        maml.prepare(tiny_config(**changes), None, str(tmp_path / "out"), seed=0, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def tiny_glue(root):
+    """A GLUE folder of three tasks (24 examples a split, no labelled test split, as GLUE's public files), and
+    beside it LM-BFF's 16-shot folder of RTE, with examples of its own."""
+    for name in ("SST-2", "RTE", "STS-B"):
+        header, *rows = LAYOUTS[name].splitlines(keepends=True)
+        write_task(str(root / "glue"), name, header + "".join(rows * 12))
+    rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
+                   for i in range(8))
+    write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
+
+
+def test_a_glue_folder_reports_dev_and_runs_the_16_shot_folders(tmp_path):
+    tiny_glue(tmp_path)
+    cfg = tiny_config(seeds=1, method="none", aux=("SST-2",), targets=("RTE", "STS-B"), val_max=4)
+    out = maml.run(maml.prepare(cfg, str(tmp_path / "glue"), str(tmp_path / "out"), seed=0, device="cpu"))
+    assert out["config"]["reported_split"] == {"RTE": "dev", "STS-B": "dev"}  # validation is carved out of train
+    assert set(out["targets"]["RTE"]["none"]) == {"8", "16-shot"} and "16-shot" not in out["targets"]["STS-B"]["none"]
+    assert set(out["targets"]["STS-B"]["none"]["8"]) >= {"pearson", "spearman"}
+    with pytest.raises(maml.UserError, match="setting targets: QNLI: .* is not there"):
+        maml.prepare(dataclasses.replace(cfg, targets=("QNLI",)), str(tmp_path / "glue"), str(tmp_path / "no"), 0, "cpu")
+
+
+def test_configs_show_every_field():
+    for cfg in (maml.FAMILY, maml.GLUE, maml.SINE):
+        shown = engine.show_config(engine.check_settings(cfg))
+        assert all(f.name in shown for f in dataclasses.fields(cfg))
+    assert "CoLA,MRPC,STS-B,RTE" in engine.show_config(maml.GLUE)

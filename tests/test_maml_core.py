@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import math
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import maml
-import train
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -160,7 +160,7 @@ def test_reptile_one_step_is_one_sgd_step():
     alpha, beta = 0.1, 0.5
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     opt = torch.optim.SGD(leaves.values(), lr=beta)
-    maml.meta_step("reptile", leaves, tanh_mlp_loss, [support[0]], query, maml.InnerLoop(alpha, 1), opt)
+    maml.meta_step("reptile", leaves, tanh_mlp_loss, [support[0]], query, alpha, 1, opt)
     # oracle: θ + β(θ' - θ) = θ - βα ∇L_S(θ), with the gradient from plain autograd
     p = {k: v.clone().requires_grad_() for k, v in params.items()}
     loss = tanh_mlp_loss(p, {"x": support[0]["x"][0], "y": support[0]["y"][0]})
@@ -208,7 +208,7 @@ def test_meta_training_lowers_post_adaptation_loss_on_sines():
     support, query = maml.sine_points(amp, phase, 10, g), maml.sine_points(amp, phase, 50, g)
 
     def post_adaptation(params):
-        return maml.meta_loss_vmap(params, maml.sine_loss, [support], query, maml.SINE.inner.lr, 1).item()
+        return maml.meta_loss_vmap(params, maml.sine_loss, [support], query, maml.SINE.inner_lr, 1).item()
 
     init = {k: v.detach() for k, v in maml.sine_mlp_init(torch.Generator().manual_seed(0)).items()}
     trained = maml.train_sine("maml", dataclasses.replace(maml.SINE, steps=400), seed=0)
@@ -217,9 +217,18 @@ def test_meta_training_lowers_post_adaptation_loss_on_sines():
     assert math.isfinite(after)
 
 
-def test_run_sinusoid_writes_its_table(tmp_path, capsys):
-    train.main(["--task", "sinusoid", "--max-steps", "3", "--out-dir", str(tmp_path)])
-    out = json.loads((tmp_path / "results.json").read_text())
+def test_run_sinusoid_writes_its_table(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="maml")
+    cfg = dataclasses.replace(maml.SINE, steps=3, eval_tasks=20)
+    out = maml.run_sinusoid(cfg, str(tmp_path), seed=0)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))
     assert set(out["methods"]) == {"maml", "fomaml", "reptile", "pretrained"}
     assert set(out["methods"]["maml"]) == {"0", "1", "5", "10"}
-    assert "| pretrained |" in capsys.readouterr().out
+    assert out["config"]["steps"] == 3 and out["environment"]["threads"] == torch.get_num_threads()
+    assert "| pretrained |" in caplog.text
+
+
+def test_sine_settings_are_checked(tmp_path):
+    with pytest.raises(maml.UserError, match="inner_lr"):
+        maml.run_sinusoid(dataclasses.replace(maml.SINE, inner_lr=-0.1), str(tmp_path), seed=0)
+    assert not (tmp_path / "results.json").exists()

@@ -1,6 +1,8 @@
 """MAML, FOMAML, Reptile and the multi-task baseline split over 2 processes (gloo, CPU) take the same
 meta-updates as 1 process with the same meta-batch: the same parameters, in float64, to 1e-9."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,8 @@ def meta_train_tiny(rank, world, port, out_path):
     aux, _ = data.task_family()
     names = ["has-0", "more-0-1", "count-3", "share-0"]  # binary, binary, regression, pair
     tok = data.train_tokenizer([t for n in names for t in aux[n]["train"]["text_a"]], vocab_size=300)
-    cfg = maml.RunConfig(n_layer=1, n_head=1, n_embd=16, vocab_size=320, max_len=32,
-                         inner=maml.InnerLoop(0.1, 2), adapted_params="all", meta_batch=4, meta_steps=2, outer_lr=1e-2,
-                         shot=4, ft_steps=1, ft_eval=1, n_train=(8,), seeds=1, val_max=10)
+    cfg = dataclasses.replace(maml.FAMILY, n_layer=1, n_head=1, n_embd=16, vocab_size=320, max_len=32, inner_lr=0.1,
+                              inner_steps=2, meta_batch=4, meta_steps=2, outer_lr=1e-2, shot=4, sampling="uniform")
     encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, 4.0) for i, n in enumerate(names)]
     out = {}
     for method in METHODS:
@@ -30,7 +31,7 @@ def meta_train_tiny(rank, world, port, out_path):
         gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16))
         model = maml.TaskClassifier(gpt, [2, 2, 1, 2], [False, False, True, False]).double()
         rng = np.random.default_rng(0)
-        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, "uniform", rng, "cpu")
+        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, rng, "cpu")
         out[method] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(out, out_path.format(rank=rank))
     leave(world)

@@ -22,23 +22,55 @@ def test_help_lists_every_flag(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--task", "calrc"], "invalid choice: 'calrc'"),
-    (["--task", "calrec", "--max-step", "3"], "unrecognized arguments: --max-step"),  # no abbreviations
-    (["--task", "calrec", "--max-steps", "0"], "must be a positive integer"),
-    (["--task", "calrec", "--alpha", "-0.1"], "must be a number >= 0"),
-    (["--task", "calrec", "--tau", "nan"], "must be a number > 0"),
-    (["--task", "maml", "--n-train", "10,x"], "expected comma-separated positive integers"),
+    (["--task", "calrec", "--eval-interva", "3"], "unrecognized arguments: --eval-interva"),  # no abbreviations
+    (["--task", "calrec", "--eval-interval", "0"], "setting eval_interval=0: expected int >= 1"),
+    (["--task", "calrec", "--set", "eval_interval=0"], "setting eval_interval=0: expected int >= 1"),
+    (["--task", "calrec", "--alpha", "-0.1"], "setting alpha=-0.1: expected float 0..1"),
+    (["--task", "calrec", "--tau", "nan"], "setting tau=nan: expected float > 0"),
+    (["--task", "calrec", "--set", "tau=0"], "setting tau=0.0: expected float > 0"),
+    (["--task", "calrec", "--set", "batch_size=0"], "setting batch_size=0: expected int >= 1"),
+    (["--task", "calrec", "--set", "n_head=3"], "setting n_embd=128: not divisible by n_head=3"),
+    (["--task", "calrec", "--set", "softmax_over=keys"], "expected items or users"),
+    (["--task", "calrec", "--set", "every_position=maybe"], "expected bool"),
+    (["--task", "calrec", "--set", "nosuch=1"], "no setting 'nosuch'"),
+    (["--task", "calrec", "--tau", "0.1", "--set", "tau=0.2"], "setting tau is given twice"),
+    (["--task", "calrec", "--beams", "2", "--beams", "3"], "--beams is given twice"),
+    (["--task", "calrec", "--data", "a", "--data", "b"], "--data is given twice"),
+    (["--task", "maml", "--n-train", "10,x"], "n_train='10,x': expected comma-separated, each int > 0"),
     (["--task", "maml", "--data", "/no/such/glue"], "--data /no/such/glue: no such folder"),
     (["--task", "maml", "--init", "/no/such.pt"], "--init /no/such.pt: no such checkpoint"),
     (["--task", "maml", "--dtype", "bfloat16"], "--dtype applies to --task calrec only"),
     (["--task", "sinusoid", "--compile"], "--compile applies to --task calrec only"),
-    (["--task", "calrec", "--inner-lr", "0.1"], "--inner-lr applies to --task maml only, not to --task calrec"),
-    (["--task", "maml", "--beams", "5"], "--beams applies to --task calrec only"),
+    (["--task", "calrec", "--inner-lr", "0.1"], "--inner-lr: --task calrec has no setting inner_lr"),
+    (["--task", "maml", "--beams", "5"], "--beams: --task maml has no setting beams"),
     (["--task", "sinusoid", "--init", "."], "--init applies to --task calrec and maml only"),
-    (["--task", "sinusoid", "--device", "cuda"], "--task sinusoid runs on the CPU"),
+    (["--task", "sinusoid", "--device", "cuda"], "--task sinusoid runs as one process on the CPU"),
 ])
 def test_bad_command_lines_fail_with_a_message(capsys, tmp_path, argv, message):
     code, err = run_cli(capsys, *argv, "--out-dir", str(tmp_path))
     assert code == 2 and message in err
+
+
+def test_paths_are_checked_for_their_kind(capsys, tmp_path):
+    afile = tmp_path / "results.json"
+    afile.write_text("{}")
+    code, err = run_cli(capsys, "--task", "calrec", "--data", str(afile), "--out-dir", str(tmp_path / "o"))
+    assert code == 2 and f"--data {afile}: is a file, not a folder" in err
+    code, err = run_cli(capsys, "--task", "calrec", "--out-dir", str(afile))
+    assert code == 2 and "is a file, not a folder" in err
+    code, err = run_cli(capsys, "--task", "calrec", "--out-dir", "")
+    assert code == 2 and "--out-dir: an empty path" in err
+    (tmp_path / "out" / "results.json").mkdir(parents=True)
+    code, err = run_cli(capsys, "--task", "calrec", "--out-dir", str(tmp_path / "out"))
+    assert code == 2 and "results.json: is a folder; a run writes a file there" in err
+
+
+def test_show_config_prints_every_setting_of_the_preset(capsys):
+    cfg = train.main(["--task", "calrec", "--data", ".", "--beams", "3", "--show-config"])
+    out = capsys.readouterr().out
+    assert cfg.beams == 3 and cfg.max_history == 1  # the real-data preset, then the flag
+    assert "preset real data" in out and len(out.splitlines()) == 1 + len(train.dataclasses.fields(cfg))
+    assert any(line.split()[:2] == ["beams", "3"] for line in out.splitlines())
 
 
 def test_resume_needs_a_saved_state(capsys, tmp_path):

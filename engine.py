@@ -1,0 +1,462 @@
+"""
+The machinery both tasks share, so that calrec.py and maml.py can hold their papers and little else.
+
+Read it top to bottom: settings (one frozen config per task, each field declaring what it allows) -> files
+written whole -> checkpoints and --init -> the training loop with model selection -> the state a run resumes
+from -> more hardware (mixed precision, several processes) -> what a results.json says about the machine.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import time
+import typing
+
+import numpy as np
+import torch
+
+import data
+from model import GPT, GPTConfig, UserError, load_torch
+
+log = logging.getLogger(__name__)
+
+# -----------------------------------------------------------------------------
+# settings: a task's config is a frozen dataclass; every field says once what it allows, and one check serves
+# the presets, the flags and --set alike
+
+
+def setting(default, allowed, help):
+    """A config field: its default, the values it allows, and one line for --help and --show-config.
+
+    allowed: a tuple of choices; a range written as text, '>= 0', '> 0' or '0..1' (ends included); or None
+    (any value of the type, checked where it is used, e.g. a domain name against the data). A tuple-typed
+    field holds one or more values, each of which must be allowed."""
+    return dataclasses.field(default=default, metadata=dict(allowed=allowed, help=help))
+
+
+def allows(allowed, value):
+    if allowed is None:
+        return True
+    if isinstance(allowed, tuple):
+        return value in allowed
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if ".." in allowed:
+        low, high = (float(x) for x in allowed.split(".."))
+        return low <= value <= high
+    op, bound = allowed.split()
+    return value >= float(bound) if op == ">=" else value > float(bound)
+
+
+def describe(f):
+    """What a field allows, in words."""
+    allowed = f.metadata["allowed"]
+    kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) is tuple else f.type
+    if isinstance(allowed, tuple):
+        what = " or ".join(map(str, allowed))
+    else:
+        what = f"{kind.__name__} {allowed}" if allowed else kind.__name__
+    return f"comma-separated, each {what}" if typing.get_origin(f.type) is tuple else what
+
+
+def parse_value(kind, text):
+    """A setting's value from text, as the field's type: int, float, bool, str, or a tuple of one of them."""
+    if typing.get_origin(kind) is tuple:
+        return tuple(parse_value(typing.get_args(kind)[0], t.strip()) for t in text.split(",") if t.strip())
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError
+        return text.lower() in ("true", "1", "yes")
+    return kind(text)
+
+
+def apply_settings(cfg, pairs):
+    """cfg with (name, text) pairs applied: (where, name, text), `where` the flag that gave it. Unknown names
+    and values the field does not allow are errors naming the setting, the value and what is allowed."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes = {}
+    for where, name, text in pairs:
+        if name not in fields:
+            raise UserError(f"{where}: no setting {name!r}; --show-config lists them all")
+        try:
+            changes[name] = parse_value(fields[name].type, text)
+        except ValueError:
+            raise UserError(f"{where}: {name}={text!r}: expected {describe(fields[name])}") from None
+    return check_settings(dataclasses.replace(cfg, **changes))
+
+
+def check_settings(cfg):
+    """Every field within what it allows, then the config's own relations (its check()); returns cfg."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if typing.get_origin(f.type) is tuple else (value,)
+        if not values or not all(allows(f.metadata["allowed"], v) for v in values):
+            raise UserError(f"setting {f.name}={format_value(value)}: expected {describe(f)}")
+    cfg.check()
+    return cfg
+
+
+def format_value(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def show_config(cfg):
+    """Every field of cfg: name, value, what it allows, what it is (--show-config)."""
+    rows = [(f.name, format_value(getattr(cfg, f.name)), describe(f), f.metadata["help"])
+            for f in dataclasses.fields(cfg)]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}" for a, b, c, d in rows)
+
+
+# -----------------------------------------------------------------------------
+# files, written whole: a temporary file next to the target, then a rename
+
+
+def atomic_write(path, write, mode="w"):
+    """Write a file through write(f) into a temporary file next to it, then rename it over `path`: a crash
+    mid-write leaves the previous file (or none) intact, never half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+
+
+def save_torch(path, obj):
+    """torch.save, atomically. `obj` holds tensors and plain Python values only, so that model.load_torch can
+    read it back without running any code."""
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: the GPT's config and weights, and the fingerprint of the tokenizer it was trained with
+
+
+def save_checkpoint(path, model, tokenizer, step, metrics, **extra):
+    """Write {model, config, tokenizer, step, metrics, ...} atomically; its tokenizer.json goes beside it (the
+    caller writes it once per run). A project checkpoint is what --init accepts."""
+    save_torch(path, dict(model=model.state_dict(), config=dataclasses.asdict(model.config),
+                          tokenizer=tokenizer.fingerprint, step=step, metrics=dict(metrics), **extra))
+
+
+def load_model_state(model, state_dict, path):
+    """model.load_state_dict with a clear message naming the file and the first mismatch."""
+    ours = model.state_dict()
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise UserError(f"{path}: the weights are not a dict of tensors")
+    missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in state_dict.items():
+        if v.shape != ours[k].shape:
+            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but the model's config needs "
+                            f"{tuple(ours[k].shape)}")
+    model.load_state_dict(state_dict)
+
+
+def gpt_from_checkpoint(path):
+    """A GPT with the config and weights of a project checkpoint; returns (model, checkpoint dict)."""
+    ckpt = load_torch(path)
+    missing = {"model", "config", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
+    try:
+        config = GPTConfig(**ckpt["config"])
+    except TypeError as e:
+        raise UserError(f"{path}: its config does not describe a GPT ({e})") from None
+    sizes = (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd)
+    if not all(isinstance(n, int) and n > 0 for n in sizes) or config.n_embd % config.n_head:
+        raise UserError(f"{path}: its config does not describe a GPT ({config})")
+    model = GPT(config)
+    load_model_state(model, ckpt["model"], path)
+    return model, ckpt
+
+
+def load_init(path, dropout=0.0):
+    """What --init names -> (GPT, its tokenizer): a project checkpoint (.pt, with the tokenizer.json its run
+    wrote beside it; its own dropout) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
+    if os.path.isdir(path):
+        gpt, tokenizer = GPT.from_pretrained(path, dropout=dropout), data.load_tokenizer(path)
+    else:
+        try:
+            gpt, ckpt = gpt_from_checkpoint(path)
+        except UserError as e:
+            raise UserError(f"{e}; --init takes a checkpoint written by this project or a Hugging Face GPT-2 "
+                            "folder") from None
+        tokenizer = data.load_tokenizer(os.path.dirname(os.path.abspath(path)))
+        if ckpt.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
+            raise UserError(f"{path}: was trained with another tokenizer than {tokenizer.path} (fingerprints "
+                            f"{ckpt['tokenizer']} and {tokenizer.fingerprint}); keep a checkpoint with its run's "
+                            "tokenizer.json")
+    tokenizer.check_fits(gpt.config.vocab_size)
+    return gpt, tokenizer
+
+
+# -----------------------------------------------------------------------------
+# training with model selection: the one loop behind CALRec's stages, SASRec, MAML's meta-training and
+# fine-tuning
+
+
+def lr_at(step, lr, warmup, steps):
+    """Linear warmup to lr, then cosine decay to a tenth of it at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def copy_weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Within the block, Ctrl-C only sets a flag (a second Ctrl-C stops at once): the training loop finishes its
+    step, saves a state it can resume from, then stops. Yields a function telling whether Ctrl-C came."""
+    pressed = []
+
+    def on_ctrl_c(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
+                     label="step"):
+    """Train for `steps` steps, keeping the weights that score best on validation.
+
+    Validation runs at step 0, every eval_every steps and after the last step; train_step(step) takes one step
+    in between and returns its loss (or None): a loss that is not finite stops the run with a clear error.
+    validate() scores the weights as they are (higher is better, nan never wins); without it nothing is
+    selected and the model keeps its last weights. save_state(step, best), when given, runs at each of those
+    points just before validating, and after the step during which Ctrl-C came: a resumed run calls this again
+    with that `start` and `best` and continues exactly. best is (score, step, weights); returns it, the model
+    holding the best weights. Model selection looks at validation only, never at test.
+    """
+    best = best or (-math.inf, None, None)
+    with deferred_interrupt() as interrupted:
+        for step in range(start, steps + 1):
+            if step % eval_every == 0 or step == steps:
+                if save_state is not None:
+                    save_state(step, best)
+                if validate is not None:
+                    score = validate()
+                    if score > best[0]:
+                        best = (score, step, copy_weights(model))
+                    mark = "  (best)" if best[1] == step else ""
+                    log.log(logging.INFO if label else logging.DEBUG,  # label=None: into log.txt only
+                            f"  {label or 'step'} {step:5d}  valid {score:.4f}{mark}")
+            if step == steps:
+                break
+            loss = train_step(step)
+            if loss is not None and not math.isfinite(loss):
+                raise UserError(f"training diverged: the loss is {loss} at {label or 'step'} {step}; a smaller "
+                                "learning rate, or a temperature further from 0, trains stably")
+            if interrupted():
+                if save_state is not None:
+                    save_state(step + 1, best)
+                raise KeyboardInterrupt
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    return best
+
+
+# -----------------------------------------------------------------------------
+# the state a run resumes from
+
+
+class RunState:
+    """What --resume continues from, in out_dir/state.pt: the run's key (its settings, data and tokenizer), the
+    results of its finished phases, the saved loop of the phase in progress, and the time spent so far. Tensors
+    and plain values only, written atomically; only process 0 writes.
+
+    A phase (a training stage, an evaluation) stores what the rest of the run needs with finish(); a training
+    loop stores, at every validation point, what it needs to continue exactly (save_loop; read back with
+    restore_loop). Resuming with another key is an error, found before any work.
+    """
+
+    def __init__(self, path, key, resume):
+        self.path, self.key, self.started = path, key, time.time()
+        self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
+        if resume:
+            saved = load_torch(path, "the state of a run")
+            if not isinstance(saved, dict) or "key" not in saved:
+                raise UserError(f"{path}: not the state of a run of this project")
+            changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
+            if changed:
+                raise UserError(f"{path}: was saved by a run with other {', '.join(changed)}; resume with the "
+                                "flags and files of that run, or use another --out-dir")
+            self.done, self.current = saved["done"], saved["current"]
+            self.elapsed, self.resumes = saved["elapsed"], saved["resumes"] + 1
+
+    def seconds(self):
+        """Time spent by the run: every earlier piece until its last save, and this one until now."""
+        return self.elapsed + time.time() - self.started
+
+    def save(self, what="progress"):
+        if rank_and_world()[0] == 0:
+            save_torch(self.path, dict(key=self.key, done=self.done, current=self.current, elapsed=self.seconds(),
+                                       resumes=self.resumes))
+            log.debug(f"state saved: {what}")
+
+    def finish(self, phase, result):
+        self.done[phase], self.current = result, None
+        self.save(phase)
+
+    def loop_saver(self, phase, net, optimizer, rng, more=dict):
+        """save_state for train_and_select: what the loop needs to continue exactly (more(): anything else it
+        keeps, such as a loss curve)."""
+        def save(step, best):
+            self.current = dict(phase=phase, step=step, best=best, weights=net.state_dict(),
+                                optimizer=optimizer.state_dict(), rng=rng.bit_generator.state,
+                                torch_rng=torch.get_rng_state(), more=more())
+            self.save(f"{phase} step {step}")
+        return save
+
+    def restore_loop(self, phase, net, optimizer, rng):
+        """Put back the saved loop of `phase`: returns (start step, best, more) for train_and_select, or
+        (0, None, {}) for a fresh start."""
+        saved = self.current if self.current and self.current["phase"] == phase else None
+        if saved is None:
+            return 0, None, {}
+        net.load_state_dict(saved["weights"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        return saved["step"], saved["best"], saved["more"]
+
+
+# -----------------------------------------------------------------------------
+# more hardware: mixed precision and several processes (train.py's --dtype and torchrun)
+
+
+def autocast(device, dtype):
+    """Mixed precision on a GPU: matrix products in bfloat16 or float16, reductions kept in float32.
+    On the CPU, and for float32, it does nothing (CPU autocast is slower than float32 on most CPUs)."""
+    kind = torch.device(device).type
+    if dtype == "float32" or kind == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
+
+
+def grad_scaler(device, dtype):
+    """float16 has a narrow range: scale the loss up before backward so small gradients do not round to 0.
+    bfloat16 and float32 need none (the scaler is then a no-op)."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=dtype == "float16" and kind != "cpu")
+
+
+def rank_and_world():
+    """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class GatherRows(torch.autograd.Function):
+    """All-gather of rows with a backward: each process gets the gradient of its own rows, summed over the losses
+    of every process (each process's loss reads every row). Processes may hold different numbers of rows."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rank, world = rank_and_world()
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        torch.distributed.all_gather(sizes, torch.tensor([x.size(0)], device=x.device))
+        sizes = [int(n) for n in sizes]
+        padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded[:x.size(0)] = x  # all_gather wants equal shapes
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded)
+        ctx.start, ctx.rows = sum(sizes[:rank]), x.size(0)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)  # (sum of the sizes, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)                                    # sum over every process's loss
+        return grad[ctx.start:ctx.start + ctx.rows]                           # this process's rows
+
+
+def gather_rows(x):
+    """Every process's rows of x, concatenated in rank order, with gradients flowing back to the process that
+    owns each row. What contrastive losses need so that negatives span the global batch."""
+    _, world = rank_and_world()
+    return x if world == 1 else GatherRows.apply(x)  # for tensors without gradients (item ids) just the gather
+
+
+def all_reduce_sum(x):
+    """Sum of a tensor over processes (no gradient): e.g. the global number of target tokens."""
+    _, world = rank_and_world()
+    if world > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+    return x
+
+
+def average_gradients(params):
+    """Average .grad over processes in place: what DistributedDataParallel does, for code (MAML) that runs
+    the model through torch.func and so never calls a wrapped module's forward."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+# -----------------------------------------------------------------------------
+# what a results.json says about the machine it ran on
+
+
+def peak_memory_mb():
+    """This process's peak resident memory in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
+
+
+def environment(device):
+    """The versions, threads and processor a run's numbers depend on: another machine can move the last digits."""
+    import tokenizers
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else None
+    return dict(torch=torch.__version__, numpy=np.__version__, tokenizers=tokenizers.__version__,
+                python=platform.python_version(), threads=torch.get_num_threads(), cpu=cpu, gpu=gpu)
+
+
+def fingerprint(obj):
+    """A short hash of a value's repr: what --resume compares to refuse changed data."""
+    return hashlib.sha1(repr(obj).encode()).hexdigest()[:16]

@@ -1,0 +1,248 @@
+"""
+Evaluation, for both papers: CALRec's full-catalog ranking metrics and the baselines every table holds beside it
+(most popular, the last item's text through BM25, a first-order Markov chain, SASRec); GLUE's metrics for MAML.
+
+Every ranking scores the whole catalog of the target domain, a chunk of users at a time (no sampled negatives);
+a user's history is excluded from the candidates and ties count against the target, so a constant scorer earns
+nothing. Baselines are chosen on validation and scored on test once, like the models.
+"""
+
+import math
+from collections import Counter
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from engine import lr_at, train_and_select
+from model import GPT, GPTConfig, last_token_pool
+
+RECALL_KS = (1, 5, 10, 20)
+NDCG_KS = (5, 10, 20)
+
+# -----------------------------------------------------------------------------
+# full-catalog ranking: ranks, Recall@K and NDCG@K (one relevant item per user)
+
+
+def ranks_from_scores(scores, targets, histories):
+    """Rank (from 1) of each user's target among all catalog items; 0 when it cannot be ranked.
+
+    scores (B, N) over the whole catalog; targets (B,); histories: list of item lists, excluded from the
+    candidates (a target that is in its own history is thus unrankable: rank 0). Ties count against the
+    target (rank = number of candidates scoring >= the target), so a constant scorer earns nothing.
+    """
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
+    scores[users, torch.tensor([i for h in histories for i in h], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+
+
+def ranks_in_chunks(scores, examples, chunk=1024):
+    """ranks_from_scores of every example, `chunk` users at a time: scores(rows) gives the (chunk, N) scores of
+    examples[rows] (rows a slice). Memory stays (chunk, N) however many users: the whole (users, N) matrix of a
+    Games-sized split (50k users, 17k items) would take 3.4 GB."""
+    ranks = []
+    for s in range(0, len(examples), chunk):
+        rows = slice(s, s + chunk)
+        part = examples[rows]
+        ranks.append(ranks_from_scores(scores(rows), torch.tensor([t for _, t in part]), [h for h, _ in part]))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int32)
+
+
+def ranks_from_lists(ranked_lists, targets):
+    """Rank (from 1) of each target in its user's ranked list of item indices; 0 when absent."""
+    return torch.tensor([lst.index(t) + 1 if t in lst else 0 for lst, t in zip(ranked_lists, targets)])
+
+
+def rank_metrics(ranks):
+    """Recall@K and NDCG@K from ranks (0 = not retrieved): NDCG = 1 / log2(rank + 1) within K, else 0."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the baselines: most popular, the last item's text through BM25, a first-order Markov chain, and SASRec
+# (model.GPT over item ids)
+
+
+def popularity(domain):
+    """Training-interaction counts of every item (N,)."""
+    return torch.bincount(torch.tensor([i for seq in domain.train_sequences for i in seq], dtype=torch.long),
+                          minlength=domain.n_items).float()
+
+
+def rank_popular(domain, examples):
+    """Every user gets the same scores: the items' training-interaction counts."""
+    count = popularity(domain)
+    return ranks_in_chunks(lambda rows: count.expand(len(examples[rows]), -1), examples)
+
+
+def rank_last_item_bm25(bm25, texts, examples):
+    """The text of the user's last history item as the BM25 query: what copying the last item gives."""
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[h[-1]] for h, _ in examples[rows]]), examples)
+
+
+def rank_markov(domain, examples):
+    """A first-order Markov chain: score(j) = how often j followed the user's last item in the training
+    sequences, ties broken by popularity. The counts are kept sparse (dense, the (N, N) matrix of a 17k-item
+    catalog takes 1.1 GB); each chunk of users reads the rows of its last items."""
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
+    pop = popularity(domain)
+    last = torch.tensor([h[-1] for h, _ in examples], dtype=torch.long)
+    def scores(rows):                                                  # (chunk, N) counts first, then popularity
+        return nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+    return ranks_in_chunks(scores, examples)
+
+
+def sasrec_inputs(sequences, L, pad):
+    """Item sequences -> inputs (B, T) right-padded with `pad`, and next-item targets (B, T), -100 at padding."""
+    seqs = [s[-(L + 1):] for s in sequences]
+    idx, _ = data.pad_batch([s[:-1] for s in seqs], pad)
+    targets, _ = data.pad_batch([s[1:] for s in seqs], -100)  # position t predicts item t+1
+    return idx, targets
+
+
+def sasrec_loss(net, idx, targets):
+    """Cross-entropy of the next item at every real position, a full softmax over the catalog. Right-padded rows
+    need no attention mask (a real position never sees the padding after it), and only real positions go
+    through the output layer: most of a batch is padding (Scientific: 82% of its positions)."""
+    h = net.hidden_states(idx)                                         # (B, T, C)
+    real = targets != -100
+    return F.cross_entropy(net.lm_head(h[real]), targets[real])
+
+
+@torch.no_grad()
+def rank_sasrec(net, domain, examples, device, batch=256):
+    """Ranks from SASRec's logits over every item at each history's last position."""
+    net.eval()
+    L = net.config.block_size
+    def scores(rows):
+        idx, mask = (t.to(device) for t in data.pad_batch([h[-L:] for h, _ in examples[rows]], domain.n_items))
+        last = last_token_pool(net.hidden_states(idx, mask), mask)     # (B, C) each history's last position
+        return net.lm_head(last)[:, :domain.n_items].cpu()             # (B, N) the logits, padding id dropped
+    return ranks_in_chunks(scores, examples, batch)
+
+
+def train_sasrec(domain, cfg, device, seed, state):
+    """SASRec (Kang & McAuley, 2018) as a causal transformer over item ids: model.GPT with one token per
+    item (+ padding), trained with full-softmax cross-entropy at every position, the learning rate warmed up
+    and decayed as CALRec's (lr_at); the weights best on validation (every user) are kept."""
+    torch.manual_seed(seed)
+    config = GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
+                       n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd, dropout=cfg.sasrec_dropout)
+    net = GPT(config).to(device)
+    optimizer = net.configure_optimizers(cfg.sasrec_lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    sequences = [s for s in domain.train_sequences if len(s) >= 2]
+    start, best, _ = state.restore_loop("sasrec", net, optimizer, rng)
+
+    def train(step):
+        net.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.sasrec_lr, cfg.warmup, cfg.sasrec_steps)
+        rows = rng.integers(len(sequences), size=cfg.sasrec_batch_size)
+        idx, targets = (t.to(device) for t in sasrec_inputs([sequences[r] for r in rows], cfg.sasrec_len,
+                                                            domain.n_items))
+        loss = sasrec_loss(net, idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def validate():
+        return rank_metrics(rank_sasrec(net, domain, domain.valid, device))["ndcg@10"]
+
+    train_and_select(net, train, cfg.sasrec_steps, max(1, cfg.sasrec_steps // 5), validate, start, best,
+                     save_state=state.loop_saver("sasrec", net, optimizer, rng), label="sasrec step")
+    return net
+
+
+# -----------------------------------------------------------------------------
+# GLUE's metrics (numpy; the names are GLUE's: mcc, f1, accuracy, pearson, spearman)
+
+
+def accuracy(pred, gold):
+    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
+
+
+def f1(pred, gold):
+    """F1 of the positive class 1 (MRPC, QQP)."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.sum((pred == 1) & (gold == 1))
+    fp = np.sum((pred == 1) & (gold != 1))
+    fn = np.sum((pred != 1) & (gold == 1))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp > 0 else 0.0
+
+
+def mcc(pred, gold):
+    """Matthews correlation of a binary labelling (CoLA); 0 when a row or column of the table is empty."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = float(np.sum((pred == 1) & (gold == 1)))
+    tn = float(np.sum((pred == 0) & (gold == 0)))
+    fp = float(np.sum((pred == 1) & (gold == 0)))
+    fn = float(np.sum((pred == 0) & (gold == 1)))
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denom if denom > 0 else 0.0
+
+
+def pearson(x, y):
+    """Pearson's r; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
+    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+
+
+def average_ranks(x):
+    """Ranks 1..n, ties sharing the mean of their ranks (what Spearman's rho needs)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # positions i..j share their mean rank
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):  # ranks would hide a diverged model
+        return float("nan")
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def task_metrics(metric_names, pred, gold):
+    """{name: value} for the metrics a task reports (see data.GLUE_TASKS)."""
+    fns = dict(accuracy=accuracy, f1=f1, mcc=mcc, pearson=pearson, spearman=spearman)
+    return {name: fns[name](pred, gold) for name in metric_names}
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def mean_ci95(values):
+    """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
+    mean, std = mean_std(values)
+    return mean, 1.96 * std / math.sqrt(len(values))

@@ -1,0 +1,215 @@
+"""engine.py: settings that check themselves, checkpoints that know their tokenizer, the training loop's
+selection and its stop on a diverged loss, files written whole, peak memory."""
+
+import dataclasses
+import math
+import os
+import pickletools
+import typing
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import calrec
+import data
+import engine
+import maml
+from model import UserError, load_torch
+from test_model import tiny
+
+CONFIGS = [calrec.BUILT_IN, calrec.REAL_DATA, maml.FAMILY, maml.GLUE, maml.SINE]
+
+
+# -----------------------------------------------------------------------------
+# settings
+
+def test_allows_and_parse_by_hand():
+    assert engine.allows(">= 0", 0) and not engine.allows(">= 0", -1)
+    assert engine.allows("> 0", 1e-9) and not engine.allows("> 0", 0)
+    assert engine.allows("0..1", 0) and engine.allows("0..1", 1) and not engine.allows("0..1", 1.01)
+    assert not engine.allows("> 0", float("nan")) and not engine.allows(">= 0", float("inf"))
+    assert not engine.allows(">= 0", True)  # a bool is no number here
+    assert engine.allows(("a", "b"), "b") and not engine.allows(("a", "b"), "c")
+    assert engine.parse_value(tuple[float, ...], "0, 0.5,1") == (0.0, 0.5, 1.0)
+    assert engine.parse_value(bool, "No") is False and engine.parse_value(int, "7") == 7
+    with pytest.raises(ValueError):
+        engine.parse_value(bool, "maybe")
+
+
+def bad_value(f):
+    """A value outside what the field allows, as text: derived from the declaration, by kind of declaration."""
+    allowed = f.metadata["allowed"]
+    if isinstance(allowed, tuple):
+        return "no-such-choice"
+    if allowed is None:
+        return None  # any value of the type: nothing to refuse here
+    if ".." in allowed:
+        return str(float(allowed.split("..")[1]) + 1)
+    return str(float(allowed.split()[1]) - (0 if allowed.startswith(">") and not allowed.startswith(">=") else 1))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: type(c).__name__)
+def test_every_field_refuses_a_value_it_does_not_allow(cfg):
+    checked = 0
+    for f in dataclasses.fields(cfg):
+        text = bad_value(f)
+        if text is None:
+            continue
+        kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) is tuple else f.type
+        if kind is int and text.endswith(".0"):
+            text = text[:-2]
+        with pytest.raises(UserError, match=f.name):
+            engine.apply_settings(cfg, [("--set", f.name, text)])
+        checked += 1
+    assert checked >= len(dataclasses.fields(cfg)) // 2
+    engine.check_settings(cfg)  # the presets themselves are allowed
+
+
+def test_a_tuple_setting_must_not_be_empty_and_an_unknown_name_is_refused():
+    with pytest.raises(UserError, match="prior_weights"):
+        engine.apply_settings(calrec.BUILT_IN, [("--set", "prior_weights", "")])
+    with pytest.raises(UserError, match="no setting 'alhpa'"):
+        engine.apply_settings(calrec.BUILT_IN, [("--set", "alhpa", "0.1")])
+    with pytest.raises(UserError, match="alpha \\+ beta"):
+        engine.apply_settings(calrec.BUILT_IN, [("--alpha", "alpha", "0.7"), ("--beta", "beta", "0.7")])
+    with pytest.raises(UserError, match="n_embd=128: not divisible by n_head=3"):
+        engine.apply_settings(calrec.BUILT_IN, [("--set", "n_head", "3")])
+    cfg = engine.apply_settings(calrec.BUILT_IN, [("--set", "recent_weights", "0"), ("--tau", "tau", "0.1")])
+    assert cfg.recent_weights == (0.0,) and cfg.tau == 0.1
+
+
+def test_show_config_lists_every_field_with_what_it_allows():
+    text = engine.show_config(calrec.BUILT_IN)
+    assert len(text.splitlines()) == len(dataclasses.fields(calrec.BUILT_IN))
+    assert any(line.startswith("tau ") and "float > 0" in line for line in text.splitlines())
+    assert any(line.startswith("softmax_over ") and "items or users" in line for line in text.splitlines())
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def tokenizer(tmp_path, words="a b c d e f g"):
+    tok = data.train_tokenizer([words] * 5, vocab_size=270)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return data.load_tokenizer(str(tmp_path))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m, tok = tiny(vocab_size=300), tokenizer(tmp_path)
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, m, tok, step=2, metrics={"valid_loss": 1.5})
+    m2, ck = engine.gpt_from_checkpoint(path)
+    assert ck["step"] == 2 and ck["metrics"] == {"valid_loss": 1.5} and ck["tokenizer"] == tok.fingerprint
+    idx = torch.randint(0, 300, (2, 7))
+    assert torch.equal(m(idx)[0], m2.eval()(idx)[0])
+    m3, tok3 = engine.load_init(path)
+    assert tok3.fingerprint == tok.fingerprint and torch.equal(m3.eval()(idx)[0], m(idx)[0])
+
+
+def test_init_refuses_a_checkpoint_beside_another_tokenizer(tmp_path):
+    m, tok = tiny(vocab_size=300), tokenizer(tmp_path)
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, m, tok, step=0, metrics={})
+    tokenizer(tmp_path, "other words entirely here")  # another run's tokenizer.json, written over
+    with pytest.raises(UserError, match="ckpt.pt: was trained with another tokenizer than .*tokenizer.json"):
+        engine.load_init(path)
+
+
+def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    m, tok = tiny(), tokenizer(tmp_path)
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, m, tok, step=1, metrics={})
+
+    def dying_save(obj, f):
+        f.write(b"half a checkp")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.save_checkpoint(path, m, tok, step=2, metrics={})
+    monkeypatch.undo()
+    assert load_torch(path)["step"] == 1 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="nope.pt: no such file"):
+        engine.gpt_from_checkpoint(str(tmp_path / "nope.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match="bad.pt: cannot be read"):
+        engine.gpt_from_checkpoint(str(bad))
+    m = tiny()
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, m, tokenizer(tmp_path), step=0, metrics={})
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["n_embd"] = 32  # the config no longer matches the weights
+    torch.save(ck, path)
+    with pytest.raises(UserError, match=r"ckpt.pt: transformer.wte.weight has shape \(11, 16\)"):
+        engine.gpt_from_checkpoint(path)
+
+
+class RunsCode:
+    """What a malicious checkpoint holds: unpickling it calls os.system (here: it would only touch a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    m = tiny()
+    witness = tmp_path / "code-ran"
+    path = str(tmp_path / "evil.pt")
+    torch.save(dict(model=m.state_dict(), config={}, step=0, metrics={}, payload=RunsCode(witness)), path)
+    with pytest.raises(UserError, match="evil.pt: refused"):
+        engine.gpt_from_checkpoint(path)
+    with pytest.raises(UserError, match="evil.pt: refused"):
+        engine.load_init(path)
+    assert not witness.exists()
+    # the oracle: the pickle inside the file really asks for os.system (read with pickletools, never executed)
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    strings = [arg for op, arg, _ in pickletools.genops(pkl) if isinstance(arg, str)]
+    assert any(s.endswith(" system") for s in strings) and f"touch {witness}" in strings
+
+
+# -----------------------------------------------------------------------------
+# the training loop
+
+def test_train_and_select_keeps_the_best_weights_and_stops_on_a_diverged_loss():
+    net = torch.nn.Linear(1, 1, bias=False)
+    scores = iter([0.1, 0.5, 0.3])  # validations at steps 0, 2, 4: the best is step 2's weights
+
+    def step(s):
+        with torch.no_grad():
+            net.weight.fill_(s + 1.0)  # after step s the weight is s + 1
+        return 0.0
+
+    score, best_step, _ = engine.train_and_select(net, step, 4, 2, lambda: next(scores), label=None)
+    assert (score, best_step, net.weight.item()) == (0.5, 2, 2.0)
+    with pytest.raises(UserError, match="diverged: the loss is nan at step 1"):
+        engine.train_and_select(net, lambda s: [0.0, math.nan][s], 3, 10, label=None)
+
+
+def test_lr_at_by_hand():
+    assert engine.lr_at(0, 1.0, 4, 10) == 0.25 and engine.lr_at(3, 1.0, 4, 10) == 1.0
+    assert engine.lr_at(4, 1.0, 4, 10) == 1.0 and abs(engine.lr_at(10, 1.0, 4, 10) - 0.1) < 1e-12
+    assert abs(engine.lr_at(7, 1.0, 4, 10) - (0.1 + 0.9 * 0.5)) < 1e-12  # half way: the cosine at pi/2
+
+
+def test_peak_memory_counts_a_large_allocation():
+    if engine.peak_memory_mb() is None:
+        pytest.skip("this platform does not report peak memory")
+    before = engine.peak_memory_mb()
+    block = np.ones((before + 200) * 2**20 // 8)  # more than the peak so far, every page touched
+    assert engine.peak_memory_mb() >= before + 200
+    del block
+
+
+def test_environment_names_the_versions():
+    env = engine.environment("cpu")
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads() and env["cpu"]
