@@ -140,7 +140,7 @@ def bench_maml(device, **_):
             bs = maml.stack_tasks([encs[i % len(encs)] for i in range(n_tasks)], 2, cfg.shot, rng, tok.pad_id, device)
             for first_order in (False, True):
                 ms = {name: 1000 * timed(lambda fn=fn: fn(params, loss_fn, bs[:-1], bs[-1], cfg.inner_lr, 1,
-                                                         first_order).backward(), device)
+                                                          first_order).backward(), device)
                       for name, fn in (("loop", maml.meta_loss_loop), ("vmap", maml.meta_loss_vmap))}
                 print(f"| {n_tasks} | {'first' if first_order else 'second'} | {ms['loop']:.0f} | {ms['vmap']:.0f} "
                       f"| {ms['loop'] / ms['vmap']:.1f}x |")

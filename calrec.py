@@ -9,12 +9,11 @@ One small GPT (model.py) reads a user's purchase history as text and writes the 
 weights are also two towers: pooled over the history they give the user vector v_U, pooled over the target
 (read after the history) v_T|U, and over the item text alone v_T. Training mixes next-item generation with
 two InfoNCE alignments, in two stages; inference beam-searches item texts and grounds them in the catalog
-with BM25. Read in this order: 1. text -> 2. towers -> 3. losses -> 4. the two stages -> 5. inference ->
-6. beyond the paper (the dense path, catalog beams, the generator check) -> 7. the run.
+with BM25. Sections: 1. text, 2. towers, 3. losses, 4. the two stages, 5. inference, 6. the towers as a ranker
+(beyond the paper, with calrec_extras.py), 7. the run.
 
     python train.py --task calrec                    # the built-in world, CPU, about 2 minutes
     python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific
-                                                     # real data: stage 1 on both, stage 2 on the last
 """
 
 import dataclasses
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import calrec_extras as extras
 import evaluation as ev
 from engine import (RunState, all_reduce_sum, autocast, check_settings, environment, fingerprint, gather_rows,
                     grad_scaler, load_init, lr_at, peak_memory_mb, rank_and_world, save_checkpoint, save_json,
@@ -52,9 +52,8 @@ log = logging.getLogger(__name__)
 #
 # 2. the towers: one GPT, three mean-pooled views (docs/calrec.md section 1)
 #
-# Every batch is right-padded, so no attention mask is needed: under plain causal attention a real token only
-# sees the real tokens before it, and the padded positions are never read (the pooling spans and the loss skip
-# them). The fastest attention kernel then does the work.
+# Every batch is right-padded, so no attention mask is needed: under causal attention a real token only sees the
+# real tokens before it, and padded positions are never read (the spans and the loss skip them).
 
 
 def item_vectors(lm, idx, mask):
@@ -132,51 +131,39 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
 
 
 # -----------------------------------------------------------------------------
-# 4. training: one step, then the two stages (docs/calrec.md section 1: stage 1 a mixture of domains, stage 2
-#    the target domain)
+# 4. training: one step, then the two stages: a mixture of domains, then the target (docs/calrec.md section 1)
 
 
 def training_rows(domains, offsets, every_position):
-    """Per domain, the rows a stage draws from, in global item indices: each user's training sequence with
-    every_position [beyond the paper: every history item is predicted], else every training example (history
-    + target, one prediction: the paper)."""
+    """Per domain, the rows a stage draws from (global item indices): with every_position [beyond the paper] each
+    user's training sequence, every history item predicted; else every training example, as the paper."""
     if every_position:
         return [[[o + i for i in seq] for seq in d.train_sequences if len(seq) >= 2] for d, o in zip(domains, offsets)]
-    return [[[o + i for i in h] + [o + t] for h, t in d.train] for d, o in zip(domains, offsets)]
+    return [[[o + i for i in hist] + [o + t] for hist, t in d.train] for d, o in zip(domains, offsets)]
 
 
 def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype):
     """One optimiser step on a batch of rows (item sequences) and extra negative items. The plumbing lives here
     -- devices, mixed precision, several processes -- so that calrec_loss reads like the paper."""
     rank, world = rank_and_world()
-    mine = slice(rank * len(rows) // world, (rank + 1) * len(rows) // world)  # this process's share
-    batch = builder.training_batch(rows[mine], cfg.every_position)
-    extra = extra[rank * len(extra) // world:(rank + 1) * len(extra) // world]
+    rows, extra = share(rows, rank, world), share(extra, rank, world)
+    batch = builder.training_batch(rows, cfg.every_position)
     items = torch.cat([batch["item"], torch.tensor(extra, dtype=torch.long)])
-    history = []  # [beyond the paper] L_UT on the dense path's query: the last history items of each prediction
-    if cfg.recent_in_loss and cfg.beta > 0:
-        history = [rows[mine][b][max(0, p - cfg.recent_in_loss):p]
-                   for b, p in zip(batch["row"].tolist(), batch["position"].tolist())]
+    histories = [rows[b][max(0, p - cfg.recent_in_loss):p] for b, p in zip(batch["row"].tolist(),  # section 6
+                 batch["position"].tolist())] if cfg.recent_in_loss and cfg.beta > 0 else []
     inputs = {k: batch[k].to(device) for k in ("idx", "targets", "row", "start", "end")}
-    if cfg.alpha + cfg.beta > 0:  # the history items go through the item tower after the keys
-        flat = items.tolist() + [i for h in history for i in h]
-        inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in builder.item_batch(flat))
+    if cfg.alpha + cfg.beta > 0:  # the keys, then the history items, through the item tower
+        keys = builder.item_batch(items.tolist() + [i for hist in histories for i in hist])
+        inputs["item_idx"], inputs["item_mask"] = (t.to(device) for t in keys)
     with autocast(device, dtype):
         nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
-        if history:  # each prediction's history items are the rows after the keys, in order
-            v_t, v_hist, at = v_t[:len(items)], v_t[len(items):], iter(range(len(flat) - len(items)))
-            r_u = recent_vectors(v_hist, [[next(at) for _ in h] for h in history], cfg.recent_loss_decay)
-            v_u = F.normalize(dense_queries(v_u, r_u, cfg.recent_loss_weight), dim=-1)
+        if histories:
+            v_u, v_t = extras.loss_query(v_u, v_t, len(items), histories, cfg.recent_loss_decay, cfg.recent_loss_weight)
         # several processes (torchrun): L_NIG is the mean over the global batch's target tokens (DDP then
         # averages the gradients over the processes, hence * world), and the contrastive losses see every
-        # process's vectors (gather_rows keeps their gradients)
+        # process's vectors
         l_nig = nig_sum * world / all_reduce_sum(n_tokens.detach()).clamp(min=1)
-        P = len(v_u)
-        v_u, v_tu = gather_rows(v_u), gather_rows(v_tu)
-        if v_t is not None:
-            v_t = torch.cat([gather_rows(v_t[:P]), gather_rows(v_t[P:])])  # every target, then every extra
-            items = items.to(device)
-            items = torch.cat([gather_rows(items[:P]), gather_rows(items[P:])])
+        v_u, v_tu, v_t, items = gather_batch(v_u, v_tu, v_t, items.to(device))
         loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg.alpha, cfg.beta, cfg.tau,
                                   cfg.softmax_over == "users")
     optimizer.zero_grad(set_to_none=True)
@@ -186,6 +173,21 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
     scaler.step(optimizer)
     scaler.update()
     return loss.item(), parts
+
+
+def share(xs, rank, world):
+    """This process's contiguous share of a list that every process holds whole."""
+    return xs[rank * len(xs) // world:(rank + 1) * len(xs) // world]
+
+
+def gather_batch(v_u, v_tu, v_t, items):
+    """Every process's vectors, gradients flowing back to their owners (engine.gather_rows): the users', and the
+    keys as every process's targets followed by every process's extra items."""
+    P = len(v_u)
+    if v_t is not None:
+        v_t = torch.cat([gather_rows(v_t[:P]), gather_rows(v_t[P:])])
+        items = torch.cat([gather_rows(items[:P]), gather_rows(items[P:])])
+    return gather_rows(v_u), gather_rows(v_tu), v_t, items
 
 
 def train_stage(exp, stage, validate):
@@ -327,42 +329,38 @@ def beam_batches(lm, builder, tokenizer, examples, catalog, beams, batch, trie=N
     lm.eval()
     for s in tqdm(range(0, len(examples), batch), desc="beam search", disable=not show, leave=False):
         chunk = examples[s:s + batch]
-        prompts = [builder.prompt([catalog[i] for i in h]) for h, _ in chunk]
+        prompts = [builder.prompt([catalog[i] for i in hist]) for hist, _ in chunk]
         found = lm.beam_search(prompts, beams, builder.room, tokenizer.eot_id, allowed_next=trie)
         yield chunk, found, tokenizer.decode_batch([tokens for user in found for tokens, _ in user])
 
 
-def rank_generative(lm, builder, tokenizer, examples, catalog, bm25, cfg, show=False):
-    """Ranks of the targets in the top-k lists of the paper's inference: each beam's text is a BM25 query and
-    the beams' lists are merged quasi-round-robin. Also returns the best beam of the first users, to look at."""
+def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, trie=None, show=False):
+    """Ranks of the targets in the top-k lists that beam search writes. The paper grounds the beams in the
+    catalog with BM25 (bm25_lists); with a trie (calrec_extras.CatalogTrie, beyond the paper) beam search can only
+    write catalog items, taken in order of beam score. Also returns the best beam of the first users."""
     lists, samples = [], []
-    for chunk, _, texts in beam_batches(lm, builder, tokenizer, examples, catalog, cfg.beams, cfg.eval_batch,
-                                        show=show):
-        hits = bm25.search(texts, depth=2 * cfg.top_k + cfg.beams)
-        for b, (history, _) in enumerate(chunk):
-            per_beam = hits[b * cfg.beams:(b + 1) * cfg.beams]
-            lists.append(merge_round_robin([lst for lst, _ in per_beam], [sc for _, sc in per_beam], history,
-                                           cfg.top_k))
+    beams = cfg.beams if trie is None else cfg.constrained_beams
+    for chunk, found, texts in beam_batches(lm, builder, tokenizer, examples, catalog, beams, cfg.eval_batch, trie,
+                                            show):
+        histories = [hist for hist, _ in chunk]
+        lists += bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None else \
+            trie.ranked_items(found, histories, cfg.top_k)
         samples.append(texts[0])
     return ev.ranks_from_lists(lists, [t for _, t in examples]), samples[:3]
 
 
+def bm25_lists(bm25, texts, histories, beams, k):
+    """Each beam's text is a BM25 query; each user's beams' lists are merged quasi-round-robin."""
+    hits = bm25.search(texts, depth=2 * k + beams)
+    per_user = [hits[b * beams:(b + 1) * beams] for b in range(len(histories))]
+    return [merge_round_robin([lst for lst, _ in beams], [sc for _, sc in beams], history, k)
+            for beams, history in zip(per_user, histories)]
+
+
 # -----------------------------------------------------------------------------
-# 6. beyond the paper (docs/calrec.md section 2), each reported beside the paper's path:
-#    6a. the dense path: the two towers rank the whole catalog, cos(v_U, v_T); with the recent items in its
-#        query and a popularity prior, their weights chosen on validation;
-#    6b. catalog beams: beam search that can only write the catalog's items;
-#    6c. the generator check: which text the LM prefers to write after a prompt.
-
-
-@torch.no_grad()
-def catalog_vectors(lm, builder, items, device, batch=256):
-    """v_T of the given items (N, C), computed once per evaluation."""
-    out = []
-    for s in range(0, len(items), batch):
-        idx, mask = builder.item_batch(items[s:s + batch])
-        out.append(item_vectors(lm, idx.to(device), mask.to(device)))
-    return torch.cat(out)
+# 6. the towers as a ranker [beyond the paper]: v_U against the v_T of every catalog item, an exact full ranking
+#    (the dense path). calrec_extras.py adds the recent items and the popularity prior to it, and holds the other
+#    beyond-the-paper pieces: catalog beams and the generator check.
 
 
 @torch.no_grad()
@@ -370,166 +368,21 @@ def dense_vectors(lm, builder, examples, catalog, device, batch=64):
     """v_U of every example's history (B, C) and v_T of every catalog item (N, C), on the CPU. catalog: global
     indices; examples use local ones."""
     lm.eval()
-    v_t = catalog_vectors(lm, builder, list(catalog), device)         # (N, C)
+    v_t = [item_vectors(lm, *(t.to(device) for t in builder.item_batch(catalog[s:s + 4 * batch])))
+           for s in range(0, len(catalog), 4 * batch)]
     v_u = []
     for s in range(0, len(examples), batch):
         chunk = examples[s:s + batch]
-        idx, _, prompts = builder.prompt_batch([[catalog[i] for i in h] for h, _ in chunk])
+        idx, _, prompts = builder.prompt_batch([[catalog[i] for i in hist] for hist, _ in chunk])
         hidden = lm.hidden_states(idx.to(device))                      # (B, T, C), right-padded prompts
         ends = torch.tensor([len(p) for p in prompts], device=device)
         v_u.append(user_vectors(hidden, torch.arange(len(chunk), device=device), ends))
-    return torch.cat(v_u).cpu(), v_t.cpu()
-
-
-# The recent items. A prompt holds only the last few history items (max_history), yet the item tower has placed
-# every item the user bought: their vectors, weighted by recency, give a second query from the same towers,
-#     r_U = sum_i gamma^a_i v_T_i / sum_i gamma^a_i,   a_i the age of history item i (0 for the last one),
-# and the dense path ranks by the cosine to q_U = (1 - mu) v_U + mu r_U. With recent_in_loss, L_UT trains that
-# query too (at fixed mu and gamma, over the last few history items), so that the item tower learns what follows
-# what. The popularity prior: the contrastive losses draw their negatives from the batch's targets, that is, by
-# popularity, and so learn cos / tau ~ log p(j | u) - log q(j) (Yi et al., RecSys 2019); full-catalog ranking
-# needs log p(j | u), so log q(j) ~ lambda log(1 + n_j) is added back. mu, gamma and lambda are chosen together
-# on validation; mu = 0 and lambda = 0 are candidates.
-
-
-def recent_vectors(v_items, histories, decay):
-    """r_U of every history (B, C): the mean of its items' vectors weighted decay ** age (age 0: the last item),
-    zeros for an empty history. histories: lists of rows of v_items (N, C), oldest first."""
-    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
-    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)         # (H,) whose history item
-    item = torch.tensor([i for h in histories for i in h], dtype=torch.long)      # (H,) which item
-    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))                  # (H,) 0: a history's last
-    w = (decay ** age.to(v_items.dtype)).to(v_items.device)
-    owner, item = owner.to(v_items.device), item.to(v_items.device)
-    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
-    norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
-    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
-
-
-def dense_queries(v_u, r_u, mu):
-    """The dense path's query: (1 - mu) v_U + mu r_U."""
-    return (1 - mu) * v_u + mu * r_u
-
-
-def rank_vectors(v_u, v_t, examples, tau=1.0, prior=None, chunk=1024):
-    """Ranks of the targets when item j is scored by cos(v_U, v_T_j) / tau + prior_j (prior (N,), or none)."""
-    def scores(rows):
-        cos = v_u[rows] @ v_t.t() / tau                                # (chunk, N)
-        return cos if prior is None else cos + prior
-    return ev.ranks_in_chunks(scores, examples, chunk)
-
-
-def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus, decays, lams, chunk=128):
-    """The (mu, gamma, lambda) of the grid with the best NDCG@10 on examples, and every triple's NDCG@10. The
-    grid: mu = 0 (gamma unused: None) and every other mu with every gamma, each with every lambda; ties go to
-    the first. Each query's cosines are computed once per chunk of users and serve every lambda."""
-    pairs = [(0.0, None)] * (0.0 in mus) + [(m, g) for m in mus if m != 0 for g in decays]
-    grid = [(m, g, w) for m, g in pairs for w in lams]
-    histories = [h for h, _ in examples]
-    r_u = {g: recent_vectors(v_t, histories, g) for g in dict.fromkeys(g for _, g in pairs) if g is not None}
-    ranks = {c: [] for c in grid}
-    for m, g in pairs:
-        q_u = v_u if g is None else dense_queries(v_u, r_u[g], m)
-        for s in range(0, len(examples), chunk):
-            targets, part = torch.tensor([t for _, t in examples[s:s + chunk]]), histories[s:s + chunk]
-            cos = q_u[s:s + chunk] @ v_t.t() / tau                     # (chunk, N)
-            for w in lams:
-                ranks[m, g, w].append(ev.ranks_from_scores(cos + w * log_counts, targets, part))
-    ndcg = {c: ev.rank_metrics(torch.cat(r))["ndcg@10"] for c, r in ranks.items()}
-    return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
-
-
-def describe_dense_weights(mu, gamma, lam):
-    """The chosen weights as the log and the table's header print them (gamma only when it is used)."""
-    return f"mu {mu:g}" + ("" if gamma is None else f", gamma {gamma:g}") + f", lambda {lam:g}"
-
-
-class CatalogTrie:
-    """6b. A prefix tree of the catalog's item texts as tokens, each ended by end-of-text. As beam search's
-    `allowed_next`, it lets a beam write only a prefix of some item, so a finished beam is an item."""
-
-    def __init__(self, item_tokens, eot_id, vocab_size):
-        self.children, self.items = [{}], {}                         # node -> {token: node}; leaf -> items
-        self.eot_id, self.V = eot_id, vocab_size
-        for i, tokens in enumerate(item_tokens):
-            node = 0
-            for t in list(tokens) + [eot_id]:
-                if t not in self.children[node]:
-                    self.children[node][t] = len(self.children)
-                    self.children.append({})
-                node = self.children[node][t]
-            self.items.setdefault(node, []).append(i)  # items whose texts tokenise alike share a leaf
-        self.node_of = {(): 0}
-
-    def node(self, prefix):
-        """The node a beam's tokens lead to, or None if no item starts so (each prefix looked up once, from its
-        parent's node). Only a dead beam -- score -inf, when fewer than K continuations exist -- gets None."""
-        if prefix not in self.node_of:
-            parent = self.node(prefix[:-1])
-            self.node_of[prefix] = None if parent is None else self.children[parent].get(prefix[-1])
-        return self.node_of[prefix]
-
-    def __call__(self, tokens):
-        """tokens (B, K, t): each beam so far -> (B, K, V) bool, the tokens that may come next (none after the
-        end-of-text: beam search keeps a finished beam as it is)."""
-        B, K, _ = tokens.shape
-        allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
-        for b, beams in enumerate(tokens.tolist()):
-            for k, beam in enumerate(beams):
-                node = None if self.eot_id in beam else self.node(tuple(beam))
-                if node is not None:
-                    allowed[b, k, list(self.children[node])] = True
-        return allowed.to(tokens.device)
-
-
-def rank_catalog_beams(lm, builder, tokenizer, examples, catalog, trie, cfg, show=False):
-    """Ranks of the targets when beam search can only write catalog items, taken in order of beam score."""
-    lists, samples = [], []
-    for chunk, found, texts in beam_batches(lm, builder, tokenizer, examples, catalog, cfg.constrained_beams,
-                                            cfg.eval_batch, trie, show):
-        for (history, _), beams in zip(chunk, found):
-            leaves = [trie.items.get(trie.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
-            lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:cfg.top_k])
-        samples.append(texts[0])
-    return ev.ranks_from_lists(lists, [t for _, t in examples]), samples[:3]
-
-
-@torch.no_grad()
-def text_log_probs(lm, prompts, continuations, device, batch=64):
-    """6c. log p(continuation | prompt) under the LM for each pair: the sum of its tokens' log-probabilities. Rows
-    are right-padded, so causal attention needs no mask; only the positions that predict a continuation's token go
-    through the output layer."""
-    lm.eval()
-    out = []
-    for s in range(0, len(prompts), batch):
-        pairs = list(zip(prompts[s:s + batch], continuations[s:s + batch]))
-        idx, _ = data.pad_batch([p + c for p, c in pairs], 0)
-        row = torch.tensor([b for b, (p, c) in enumerate(pairs) for _ in c])                   # (P,) whose token
-        at = torch.tensor([len(p) - 1 + i for p, c in pairs for i in range(len(c))])          # (P,) predicted from
-        token = torch.tensor([t for _, c in pairs for t in c])                                 # (P,) the token
-        h = lm.hidden_states(idx.to(device))[row.to(device), at.to(device)]                    # (P, C)
-        logp = -F.cross_entropy(lm.lm_head(h).float(), token.to(device), reduction="none").cpu()
-        out.append(torch.zeros(len(pairs)).index_add_(0, row, logp))
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def generator_check(lm, builder, eot_id, examples, catalog, popular, device):
-    """What the generator prefers to write: after each user's prompt, the log-probability of three item texts
-    (each with its end-of-text) -- the user's next item, its last history item (copying it), and the catalog's
-    most popular item (local index `popular`). Returns the three means and the share of users for whom the most
-    popular item's text is more likely than their next item's."""
-    prompts = [builder.prompt([catalog[i] for i in h]) for h, _ in examples]
-    def log_p(items):
-        return text_log_probs(lm, prompts, [builder.item_ids[catalog[i]] + [eot_id] for i in items], device)
-    target, last, top = log_p([t for _, t in examples]), log_p([h[-1] for h, _ in examples]), \
-        log_p([popular] * len(examples))
-    return dict(next_item=target.mean().item(), last_item=last.mean().item(), most_popular=top.mean().item(),
-                popular_beats_next=(top > target).double().mean().item(), users=len(examples))
+    return torch.cat(v_u).cpu(), torch.cat(v_t).cpu()
 
 
 # -----------------------------------------------------------------------------
-# 7. the run: python train.py --task calrec. The settings (every number is ours unless its help says otherwise),
-#    then prepare (reads and checks everything, writes nothing), run (trains, evaluates, writes).
+# 7. the run: the settings (every number ours unless its help says otherwise), prepare (reads and checks
+#    everything, writes nothing), run (trains, evaluates, writes).
 
 
 @dataclass(frozen=True)
@@ -601,7 +454,8 @@ class CALRecConfig:
         if self.softmax_over == "users" and self.extra_negatives:
             raise UserError("setting extra_negatives: extra negatives are items; they need softmax_over=items")
         if self.batch_size % rank_and_world()[1]:
-            raise UserError(f"setting batch_size={self.batch_size}: does not split over {rank_and_world()[1]} processes")
+            raise UserError(f"setting batch_size={self.batch_size}: does not split over {rank_and_world()[1]} "
+                            "processes")
 
 
 BUILT_IN = CALRecConfig(  # sized to finish in under 3 minutes on one CPU core
@@ -633,8 +487,7 @@ class Experiment:
     init: str = None
     dtype: str = "float32"
     compile: bool = False
-    vectors: dict = dataclasses.field(default_factory=dict)  # split -> the dense path's (v_U, v_T), once
-    sasrec: GPT = None           # trained once, when the table first needs it
+    cache: dict = dataclasses.field(default_factory=dict)  # what evaluation computes once: vectors, SASRec
 
     @property
     def domain(self):
@@ -660,8 +513,7 @@ def load_data(cfg, data_dirs, seed):
         raise UserError(f"--data: two folders are named {twice[0]}; a domain takes its folder's name, so rename one")
     if (cfg.target or names[-1]) not in names:
         raise UserError(f"setting target={cfg.target}: not among the domains {names}")
-    target = names.index(cfg.target or names[-1])
-    where = data_dirs or names  # what an error names: the folder a domain came from
+    target, where = names.index(cfg.target or names[-1]), data_dirs or names  # an error names the folder
     for split in ("valid", "test"):
         if not getattr(domains[target], split):
             raise UserError(f"{where[target]}: has no {split} users (every user needs at least 3 items)")
@@ -702,8 +554,8 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     c = lm.config  # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
-    builder = data.PromptBuilder(tokenizer, data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens),
-                                 c.block_size, cfg.max_history, cfg.max_item_tokens)
+    fitted = data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens)
+    builder = data.PromptBuilder(tokenizer, fitted, c.block_size, cfg.max_history, cfg.max_item_tokens)
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
     return Experiment(cfg, domains, target, offsets, texts, lm.to(device), tokenizer, builder, rows, state, out_dir,
                       seed, device, init, dtype, compile)
@@ -716,7 +568,15 @@ def run(exp):
         if rank_and_world()[0] == 0:
             exp.tokenizer.save(os.path.join(exp.out_dir, "tokenizer.json"))
         state.finish("lm_config", dataclasses.asdict(lm.config))
-    describe_run(exp)
+    for d in exp.domains:
+        log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
+                 f"{len(d.test)} test users")
+    lengths = np.array([len(ids) for ids in exp.tokenizer.encode_batch([" " + t for t in exp.texts])])
+    shares = [np.mean(lengths[a:b] > cfg.max_item_tokens) for a, b in zip(exp.offsets, exp.offsets[1:])]
+    log.info(f"item texts longer than max_item_tokens={cfg.max_item_tokens}, shortened: " +
+             ", ".join(f"{d.name} {share:.1%}" for d, share in zip(exp.domains, shares)))
+    log.info(f"model: {lm.num_params() / 1e6:.2f}M parameters, vocab {exp.tokenizer.vocab_size}, block "
+             f"{lm.config.block_size}; selection: the {'dense' if cfg.beta > 0 else 'generative'} path")
     stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.stages]
     for stage in stages:
         if f"stage{stage}" in state.done:
@@ -732,175 +592,136 @@ def run(exp):
     return write_results(exp, evaluate(exp), stages)
 
 
-def describe_run(exp):
-    """The log's account of the data and the model."""
-    cfg = exp.cfg
-    for d in exp.domains:
-        log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "
-                 f"{len(d.test)} test users")
-    lengths = np.array([len(ids) for ids in exp.tokenizer.encode_batch([" " + t for t in exp.texts])])
-    over = [np.mean(lengths[a:b] > cfg.max_item_tokens) for a, b in zip(exp.offsets, exp.offsets[1:])]
-    log.info(f"item texts longer than max_item_tokens={cfg.max_item_tokens}: " +
-             ", ".join(f"{d.name} {share:.1%}" for d, share in zip(exp.domains, over)) +
-             "; each keeps every attribute, its longest values shortened")
-    log.info(f"model: {exp.lm.num_params() / 1e6:.2f}M parameters, vocab {exp.tokenizer.vocab_size}, "
-             f"block {exp.lm.config.block_size}; selection: the {'dense' if cfg.beta > 0 else 'generative'} path")
-
-
 def validate(exp):
     """Validation NDCG@10 for model selection, on the first select_users validation users (0: all): of the dense
     path as reported (at the best mu, gamma, lambda of its grid for the weights at hand) when L_UT trains the
     towers (beta > 0), else of the generative path."""
     cfg, examples = exp.cfg, exp.domain.valid[:exp.cfg.select_users or None]
     if cfg.beta == 0:
-        ranks, _ = rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.bm25, cfg)
-        return ev.rank_metrics(ranks)["ndcg@10"]
+        return ev.rank_metrics(rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, cfg,
+                                               bm25=exp.bm25)[0])["ndcg@10"]
     v_u, v_t = dense_vectors(exp.lm, exp.builder, examples, exp.catalog, exp.device)
-    _, ndcg = choose_dense_weights(v_u, v_t, examples, cfg.tau, torch.log1p(ev.popularity(exp.domain)),
-                                   cfg.recent_weights, cfg.recent_decays, cfg.prior_weights)
+    _, ndcg = extras.choose_dense_weights(v_u, v_t, examples, cfg.tau, torch.log1p(ev.popularity(exp.domain)),
+                                          cfg.recent_weights, cfg.recent_decays, cfg.prior_weights)
     return max(ndcg.values())
 
 
 # Evaluation: every method ranks the target's whole catalog for the valid and the test split; test is evaluated
-# once, here, after every choice was made on validation. Each entry: name -> (row label, ranks(exp, split)).
+# once, here, after every choice was made on validation. A method: (exp, its users) -> (ranks, texts or None).
 
 
-def split_of(exp, split):
-    """The examples a method ranks: the generative paths read the first bm25_valid_users of validation."""
-    examples = getattr(exp.domain, split)
-    return examples[:exp.cfg.bm25_valid_users or None] if split == "valid" else examples
+def once(exp, name, make):
+    """exp.cache[name], made by make() the first time it is asked for."""
+    if name not in exp.cache:
+        exp.cache[name] = make()
+    return exp.cache[name]
 
 
-def ranks_generative(exp, split):
-    return rank_generative(exp.lm, exp.builder, exp.tokenizer, split_of(exp, split), exp.catalog, exp.bm25, exp.cfg,
-                           show=True)
-
-
-def ranks_catalog_beams(exp, split):
-    trie = CatalogTrie([exp.builder.item_ids[i] for i in exp.catalog], exp.tokenizer.eot_id, exp.lm.config.vocab_size)
-    return rank_catalog_beams(exp.lm, exp.builder, exp.tokenizer, split_of(exp, split), exp.catalog, trie, exp.cfg,
-                              show=True)
-
-
-def dense_of(exp, split):
-    """The dense path's (v_U, v_T) of a split, computed once."""
-    if split not in exp.vectors:
-        exp.vectors[split] = dense_vectors(exp.lm, exp.builder, getattr(exp.domain, split), exp.catalog, exp.device)
-    return exp.vectors[split]
-
-
-def ranks_dense(exp, split):
-    """q_U = (1 - mu) v_U + mu r_U scored with the prior, at the (mu, gamma, lambda) chosen on validation once."""
-    cfg, (v_u, v_t), examples = exp.cfg, dense_of(exp, split), getattr(exp.domain, split)
-    log_counts = torch.log1p(ev.popularity(exp.domain))
+def dense_weights(exp):
+    """The dense path's (mu, gamma, lambda), chosen on every validation user once (the run state keeps them)."""
+    cfg, log_counts = exp.cfg, torch.log1p(ev.popularity(exp.domain))
     if "dense_weights" not in exp.state.done:
-        chosen, ndcg = choose_dense_weights(*dense_of(exp, "valid"), exp.domain.valid, cfg.tau, log_counts,
-                                            cfg.recent_weights, cfg.recent_decays, cfg.prior_weights)
+        v = once(exp, "valid", lambda: dense_vectors(exp.lm, exp.builder, exp.domain.valid, exp.catalog, exp.device))
+        chosen, ndcg = extras.choose_dense_weights(*v, exp.domain.valid, cfg.tau, log_counts, cfg.recent_weights,
+                                                   cfg.recent_decays, cfg.prior_weights)
         log.info("dense path, validation NDCG@10 for lambda = " + ", ".join(f"{w:g}" for w in cfg.prior_weights) + ":")
         for m, g in dict.fromkeys((m, g) for m, g, _ in ndcg):
             log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +
                      " ".join(f"{ndcg[m, g, w]:.4f}" for w in cfg.prior_weights))
-        log.info("chosen: " + describe_dense_weights(*chosen))
-        exp.state.finish("dense_weights", dict(mu=chosen[0], gamma=chosen[1], lam=chosen[2],
-                                               valid_ndcg={f"{m:g},{g},{w:g}": v for (m, g, w), v in ndcg.items()}))
-    w = exp.state.done["dense_weights"]
-    q_u = v_u if w["gamma"] is None else dense_queries(v_u, recent_vectors(v_t, [h for h, _ in examples], w["gamma"]),
-                                                       w["mu"])
-    return rank_vectors(q_u, v_t, examples, cfg.tau, w["lam"] * log_counts), None
+        log.info("chosen: " + extras.describe_dense_weights(*chosen))
+        exp.state.finish("dense_weights", dict(zip(("mu", "gamma", "lam"), chosen)))
+    return exp.state.done["dense_weights"]
 
 
-def ranks_cosine(exp, split):
-    """The dense path by cos(v_U, v_T) alone: the two towers as the paper trains them, no beyond-the-paper term."""
-    return rank_vectors(*dense_of(exp, split), getattr(exp.domain, split)), None
+def ranks_dense(exp, examples, split):
+    """q_U = (1 - mu) v_U + mu r_U scored with the prior lambda log(1 + n_j), at the weights chosen on validation."""
+    w, (v_u, v_t) = dense_weights(exp), once(exp, split, lambda: dense_vectors(exp.lm, exp.builder, examples,
+                                                                               exp.catalog, exp.device))
+    if w["gamma"] is not None:
+        v_u = extras.dense_queries(v_u, extras.recent_vectors(v_t, [hist for hist, _ in examples], w["gamma"]), w["mu"])
+    return extras.rank_vectors(v_u, v_t, examples, exp.cfg.tau, w["lam"] * torch.log1p(ev.popularity(exp.domain))), None
 
 
-def ranks_sasrec(exp, split):
-    if exp.sasrec is None:
-        log.info("SASRec baseline")
-        exp.sasrec = ev.train_sasrec(exp.domain, exp.cfg, exp.device, exp.seed, exp.state)
-    return ev.rank_sasrec(exp.sasrec, exp.domain, getattr(exp.domain, split), exp.device), None
+def ranks_cosine(exp, examples, split):
+    """The dense path by cos(v_U, v_T) alone: the two towers as the paper trains them."""
+    vectors = once(exp, split, lambda: dense_vectors(exp.lm, exp.builder, examples, exp.catalog, exp.device))
+    return extras.rank_vectors(*vectors, examples), None
 
 
-def ranks_popular(exp, split):
-    return ev.rank_popular(exp.domain, getattr(exp.domain, split)), None
+def ranks_catalog_beams(exp, examples, split):
+    trie = extras.CatalogTrie([exp.builder.item_ids[i] for i in exp.catalog], exp.tokenizer.eot_id,
+                              exp.lm.config.vocab_size)
+    return rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, trie=trie, show=True)
 
 
-def ranks_last_item(exp, split):
-    return ev.rank_last_item_bm25(exp.bm25, [exp.texts[i] for i in exp.catalog], getattr(exp.domain, split)), None
+def ranks_sasrec(exp, examples, split):
+    sasrec = once(exp, "sasrec", lambda: ev.train_sasrec(exp.domain, exp.cfg, exp.device, exp.seed, exp.state))
+    return ev.rank_sasrec(sasrec, exp.domain, examples, exp.device), None
 
 
-def ranks_markov(exp, split):
-    return ev.rank_markov(exp.domain, getattr(exp.domain, split)), None
-
-
-METHODS = {
-    "calrec_generative": ("CALRec generative+BM25", ranks_generative),
-    "calrec_constrained": ("CALRec generative, catalog beams", ranks_catalog_beams),
-    "calrec_dense": ("CALRec dense (two-tower)", ranks_dense),
-    "calrec_dense_cos": ("CALRec dense, cosine alone", ranks_cosine),
-    "sasrec": ("SASRec", ranks_sasrec),
-    "popular": ("most popular", ranks_popular),
-    "last_item_bm25": ("last item's text, BM25", ranks_last_item),
-    "markov": ("first-order Markov", ranks_markov),
+METHODS = {  # name -> (row label, ranks(exp, examples, split), whether it beam-searches)
+    "calrec_generative": ("CALRec generative+BM25", lambda exp, examples, split: rank_generative(
+        exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, bm25=exp.bm25, show=True), True),
+    "calrec_constrained": ("CALRec generative, catalog beams", ranks_catalog_beams, True),
+    "calrec_dense": ("CALRec dense (two-tower)", ranks_dense, False),
+    "calrec_dense_cos": ("CALRec dense, cosine alone", ranks_cosine, False),
+    "sasrec": ("SASRec", ranks_sasrec, False),
+    "popular": ("most popular", lambda exp, examples, split: (ev.rank_popular(exp.domain, examples), None), False),
+    "last_item_bm25": ("last item's text, BM25", lambda exp, examples, split: (ev.rank_last_item_bm25(
+        exp.bm25, [exp.texts[i] for i in exp.catalog], examples), None), False),
+    "markov": ("first-order Markov", lambda exp, examples, split: (ev.rank_markov(exp.domain, examples), None), False),
 }
 
 
-def methods_of(cfg):
-    """The methods a run evaluates: every CALRec path and baseline its settings switch on."""
-    return [m for m in METHODS if (m != "calrec_constrained" or cfg.constrained_beams)
-            and (m.startswith("calrec") or cfg.baselines)]
-
-
 def evaluate(exp):
-    """Every method on the valid and the test split of the target domain, each entry stored in the run state as
-    it is done (a resumed run skips it). First the generator check: what the LM prefers to write."""
-    cfg, domain, state = exp.cfg, exp.domain, exp.state
+    """First the generator check, then every method on the valid and the test split of the target domain, each
+    result stored in the run state as it is done (a resumed run skips it). Beam search reads the first
+    bm25_valid_users of validation; everything else, every user."""
+    cfg, state = exp.cfg, exp.state
+    generative_valid = exp.domain.valid[:cfg.bm25_valid_users or None]
     if "generator_check" not in state.done:
-        check = generator_check(exp.lm, exp.builder, exp.tokenizer.eot_id, split_of(exp, "valid"), exp.catalog,
-                                int(ev.popularity(domain).argmax()), exp.device)
+        check = extras.generator_check(exp.lm, exp.builder, exp.tokenizer.eot_id, generative_valid, exp.catalog,
+                                       int(ev.popularity(exp.domain).argmax()), exp.device)
         log.info(f"generator check, first {check['users']} validation users: mean log-probability of the text of "
                  f"the next item {check['next_item']:.1f}, of the last history item {check['last_item']:.1f}, of the "
                  f"most popular item {check['most_popular']:.1f}; the most popular one is the likelier for "
                  f"{check['popular_beats_next']:.0%} of them")
         state.finish("generator_check", check)
     results = state.done.get("results", {s: {} for s in (("valid", "test") if cfg.evaluate_test else ("valid",))})
-    for method in methods_of(cfg):
-        label, ranks_of = METHODS[method]
-        for split in results:
-            if method not in results[split]:
-                ranks, samples = ranks_of(exp, split)
-                results[split][method] = ev.rank_metrics(ranks)
-                if samples and split == "test":
-                    log.info(f"{label}: best beams of the first test users: " + " | ".join(samples))
-                state.finish("results", results)
+    for method, (label, ranks_of, beams) in METHODS.items():
+        if (method == "calrec_constrained" and not cfg.constrained_beams) or \
+                (not cfg.baselines and not method.startswith("calrec")):
+            continue
+        for split in (s for s in results if method not in results[s]):
+            examples = generative_valid if beams and split == "valid" else getattr(exp.domain, split)
+            ranks, samples = ranks_of(exp, examples, split)
+            results[split][method] = ev.rank_metrics(ranks)
+            if samples and split == "test":
+                log.info(f"{label}: best beams of the first test users: " + " | ".join(samples))
+            state.finish("results", results)
     return results
-
-
-def format_table(results):
-    cols = [f"recall@{k}" for k in ev.RECALL_KS] + [f"ndcg@{k}" for k in ev.NDCG_KS]
-    lines = [f"{'split':6s} {'method':33s} " + " ".join(f"{c:>9s}" for c in cols)]
-    for split, rows in results.items():
-        for method, m in rows.items():
-            lines.append(f"{split:6s} {METHODS[method][0]:33s} " + " ".join(f"{m[c]:9.4f}" for c in cols))
-    return "\n".join(lines)
 
 
 def write_results(exp, results, stages):
     """Print the table and write results.json (atomically)."""
     cfg, domain, w = exp.cfg, exp.domain, exp.state.done["dense_weights"]
+    cols = [f"recall@{k}" for k in ev.RECALL_KS] + [f"ndcg@{k}" for k in ev.NDCG_KS]
+    table = [f"{'split':6s} {'method':33s} " + " ".join(f"{c:>9s}" for c in cols)] + [
+        f"{split:6s} {METHODS[m][0]:33s} " + " ".join(f"{row[c]:9.4f}" for c in cols)
+        for split, rows in results.items() for m, row in rows.items()]
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name, seed=exp.seed,
-                  device=exp.device, dtype=exp.dtype, init=exp.init,
-                  n_valid_generative=len(split_of(exp, "valid")), n_valid=len(domain.valid), n_test=len(domain.test),
-                  dense_weights=dict(mu=w["mu"], gamma=w["gamma"], lam=w["lam"]),
-                  **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"] for s in stages})
+                  device=exp.device, dtype=exp.dtype, init=exp.init, dense_weights=w, n_valid=len(domain.valid),
+                  n_valid_generative=min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid)),
+                  n_test=len(domain.test), **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"]
+                                              for s in stages})
     out = dict(**results, config=config, generator_check=exp.state.done["generator_check"],
                wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(), resumed=exp.state.resumes,
                environment=environment(exp.device))
     save_json(os.path.join(exp.out_dir, "results.json"), out)
     log.info(f"\nCALRec on {domain.name} (stages {cfg.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: "
-             f"{describe_dense_weights(w['mu'], w['gamma'], w['lam'])}); full ranking over {domain.n_items} items")
-    log.info(format_table(results))
+             f"{extras.describe_dense_weights(*w.values())});"
+             f" full ranking over {domain.n_items} items\n" + "\n".join(table))
     log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
              f"results in {os.path.join(exp.out_dir, 'results.json')}")
     return out

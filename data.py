@@ -1,9 +1,8 @@
 """
-Everything that turns files and text into tensors, for both tasks. Read in this order:
-  1. the tokenizer: a byte-level BPE trained with the `tokenizers` package on the task's own text, or
-     GPT-2's pretrained `tokenizer.json` when GPT-2 weights are swapped in;
-  2. CALRec data: the built-in multi-domain shopping world, readers for the Amazon benchmark files and the
-     raw Amazon 2018 downloads, the text templates, and batches;
+Everything that turns files and text into tensors, for both tasks, in this order:
+  1. the tokenizer: a byte-level BPE trained on the task's own text, or GPT-2's `tokenizer.json`;
+  2. CALRec data: the built-in shopping world, readers for the Amazon benchmark folders and the raw Amazon 2018
+     files, the text templates, and batches;
   3. MAML data: the GLUE reader, the built-in task family, and batches.
 Fetching the real data (`python data.py amazon | glue | few-shot`) lives in download.py.
 """
@@ -12,7 +11,6 @@ import functools
 import gzip
 import hashlib
 import io
-import json
 import logging
 import os
 import random
@@ -50,10 +48,7 @@ class TextTokenizer:
         pad, sep = tokenizer.token_to_id(PAD), tokenizer.token_to_id(SEP)
         self.pad_id = self.eot_id if pad is None else pad
         self.sep_id = self.eot_id if sep is None else sep
-
-    @property
-    def vocab_size(self):
-        return self.tok.get_vocab_size()
+        self.vocab_size = tokenizer.get_vocab_size()
 
     def encode(self, text):
         return self.tok.encode(text).ids
@@ -72,19 +67,17 @@ class TextTokenizer:
 
     @property
     def fingerprint(self):
-        """A short hash of the whole tokenizer: checkpoints and run states record it, so that --init and
-        --resume can refuse a model paired with another tokenizer (its ids would mean other tokens)."""
+        """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
         return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
     def check_fits(self, vocab_size, path=None):
-        """The model's embedding table must have a row for every token id."""
         if self.vocab_size > vocab_size:
             raise UserError(f"{path or self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does "
                             f"not fit a model with vocab_size={vocab_size}")
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
-    """Train a byte-level BPE (GPT-2's scheme: bytes, then merges) on an iterable of strings."""
+    """A byte-level BPE (GPT-2's scheme: bytes, then merges) trained on an iterable of strings."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -95,7 +88,7 @@ def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
 
 
 def load_tokenizer(path):
-    """Load a `tokenizer.json` (ours, or GPT-2's); `path` may be the file or the folder holding it."""
+    """A `tokenizer.json` (ours, or GPT-2's); `path` may be the file or the folder holding it."""
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
@@ -108,8 +101,7 @@ def load_tokenizer(path):
 
 
 def read_text(path):
-    """The text of a file (a .gz one unpacked; a leading byte-order mark dropped), or a UserError naming the
-    file, and the line and column of the first bad byte when it is not UTF-8."""
+    """A file's text (.gz unpacked, a byte-order mark dropped); not UTF-8: an error naming line and column."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     try:
@@ -138,9 +130,8 @@ def pad_batch(seqs, pad_id, length=None):
 # -----------------------------------------------------------------------------
 # 2. CALRec data
 #
-# A "domain" (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of named
-# text attributes, and (history, target) examples in item indices 0..n_items-1, split by leave_one_out.
-
+# A domain (an Amazon category, or a part of the built-in world) is a catalog of items, each a dict of named text
+# attributes, and (history, target) examples in item indices 0..n_items-1, split by leave_one_out.
 
 @dataclass
 class Domain:
@@ -159,29 +150,26 @@ class Domain:
 
 
 def leave_one_out(sequences):
-    """Chronological per-user sequences -> train, valid and test examples and the training parts: [a, b, c, d, e]
-    gives test ([a, b, c, d], e), valid ([a, b, c], d), train ([a], b), ([a, b], c) and the training part
-    [a, b, c] (for SASRec and popularity counts). A user with fewer than 3 items is left out."""
+    """Per-user sequences in time order -> train, valid, test examples and training parts: [a, b, c, d, e] gives
+    test ([a, b, c, d], e), valid ([a, b, c], d), train ([a], b), ([a, b], c) and the training part [a, b, c]
+    (for SASRec and popularity counts). A user with fewer than 3 items is left out."""
     train, valid, test, train_sequences = [], [], [], []
-    for seq in sequences:
-        if len(seq) < 3:
-            continue
+    for seq in (s for s in sequences if len(s) >= 3):
         test.append((list(seq[:-1]), seq[-1]))
         valid.append((list(seq[:-2]), seq[-2]))
         train_sequences.append(list(seq[:-2]))
-        for t in range(1, len(seq) - 2):
-            train.append((list(seq[:t]), seq[t]))
+        train.extend((list(seq[:t]), seq[t]) for t in range(1, len(seq) - 2))
     return train, valid, test, train_sequences
 
 
 # -----------------------------------------------------------------------------
 # 2a. the built-in multi-domain shopping world
 #
-# The domains share brands (each with a price tier) and behaviour: a chain of complementary categories bought in
-# order (a camera body, a lens, a memory card, ...); each brand sells two product lines, each product in two
-# colours. A user mostly keeps a brand, line and colour and walks the chain forward, so the next item follows from
-# the *text* of the history, and order matters. A few "new releases" are only ever bought last (test targets):
-# cold items that an item-id model has never seen, but whose words a text model has.
+# The domains share brands (each with a price tier) and behaviour: a chain of categories bought in order (a camera
+# body, a lens, a memory card, ...); each brand sells two product lines, each product in two colours. A user mostly
+# keeps a brand, line and colour and walks the chain forward, so the next item follows from the *text* of the
+# history, and order matters. A few "new releases" are only ever bought last (test targets): cold items that an
+# item-id model has never seen, but whose words a text model has.
 
 WORLD_BRANDS = (("Korvo", 1.0), ("Lumen", 1.3), ("Varta", 0.8), ("Ostra", 1.6),
                 ("Pelin", 0.9), ("Quori", 1.2), ("Sendo", 0.7), ("Talvi", 1.4))
@@ -198,13 +186,12 @@ WORLD_DOMAINS = {  # domain -> its chain of (category, base price in dollars)
 }
 
 
-def _colours(b, li):
-    """The two colours of brand b's product line li."""
+def _colours(b, li):  # the two colours of brand b's product line li
     return WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
 
 
 def _world_catalog(rng, d, name, chain, price_missing, cold_fraction):
-    """Domain d's items, their keys, index[(brand, line, category, colour)] -> item, and the new releases."""
+    """Domain d's items, keys, index[(brand, line, category, colour)] -> item, and the new releases."""
     items, keys, index = [], [], {}
     for b, (brand, tier) in enumerate(WORLD_BRANDS):
         for li in range(2):
@@ -253,7 +240,7 @@ def _world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour):
 
 def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, p_colour=0.85,
                cold_fraction=0.1, price_missing=0.05):
-    """Generate the built-in world: one Domain per entry of WORLD_DOMAINS, deterministic in `seed`."""
+    """One Domain per entry of WORLD_DOMAINS, deterministic in `seed`."""
     rng = random.Random(seed)
     domains = []
     for d, (name, chain) in enumerate(WORLD_DOMAINS.items()):
@@ -270,9 +257,9 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
 
 def _read_atomic_table(path, required):
     """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)])."""
-    lines = io.StringIO(read_text(path), newline=None)  # universal newlines
+    lines = io.StringIO(read_text(path), newline=None)
     header = lines.readline().rstrip("\n").split("\t")
-    names = [h.split(":")[0] for h in header]
+    names = [col.split(":")[0] for col in header]
     for r in required:
         if r not in names:
             raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
@@ -284,8 +271,7 @@ def _read_atomic_table(path, required):
 
 
 def _read_item_file(path):
-    """X.item, keyed by the .inter ids; every column besides item_id (found by name) is an attribute. Returns
-    the attributes, the missing values per column and {id: (id, item)} in file order."""
+    """X.item (each column besides item_id an attribute) -> attributes, missing values per column, {id: (id, item)}."""
     names, rows = _read_atomic_table(path, ["item_id"])
     text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
     if not text_cols:
@@ -321,14 +307,6 @@ def _read_item2index(path):
     return asin_to_id
 
 
-def _split_text_column(text):
-    """UniSRec's X.text value is 'title. category path. brand. ' (a missing field is empty): split it back."""
-    s = text[:-2] if text.endswith(". ") else text.rstrip()
-    parts = s.rsplit(". ", 2)
-    parts = [""] * (3 - len(parts)) + parts if len(parts) < 3 else parts
-    return {"Title": parts[0].strip(), "Category": parts[1].strip(), "Brand": parts[2].strip()}
-
-
 def _drop_common_category_root(items, share=0.9):
     """'Industrial & Scientific Fasteners Nuts' -> 'Fasteners Nuts': drop the longest word prefix that at least
     `share` of the items' categories start with (the category root, the same for the whole file)."""
@@ -350,8 +328,7 @@ def _drop_common_category_root(items, share=0.9):
 
 
 def _read_text_files(path, map_path):
-    """X.text ('title. category path. brand. ' per ASIN) and X.item2index (ASIN -> .inter id) -> what
-    _read_item_file returns, keyed by the .inter ids."""
+    """X.text and X.item2index (ASIN -> .inter id) -> what _read_item_file returns."""
     if not os.path.isfile(map_path):
         raise UserError(f"{map_path}: needed to map the ASINs of {path} to .inter ids")
     asin_to_id = _read_item2index(map_path)
@@ -360,13 +337,15 @@ def _read_text_files(path, map_path):
     id_col, text_col = names.index("item_id"), names.index("text")
     entries, missing = {}, Counter()
     for line_no, cols in rows:
-        asin = cols[id_col]
+        asin, text = cols[id_col], cols[text_col]
         if asin not in asin_to_id:
             raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path}")
         if asin_to_id[asin] in entries:
             raise UserError(f"{path}:{line_no}: item {asin} listed twice")
-        item = {k: v for k, v in _split_text_column(cols[text_col]).items() if v}
-        missing.update(k for k in attributes if k not in item)
+        # UniSRec's text is 'title. category path. brand. ', a missing value empty: split it back
+        parts = (text[:-2] if text.endswith(". ") else text.rstrip()).rsplit(". ", 2)
+        item = {a: v.strip() for a, v in zip(attributes, [""] * (3 - len(parts)) + parts) if v.strip()}
+        missing.update(a for a in attributes if a not in item)
         if not item:
             raise UserError(f"{path}:{line_no}: item {asin} has no text at all")
         entries[asin_to_id[asin]] = (asin, item)
@@ -375,7 +354,7 @@ def _read_text_files(path, map_path):
 
 
 def _read_inter(path, index):
-    """X.<split>.inter -> [(user, history, target)], the items as indices (index: .inter id -> index)."""
+    """X.<split>.inter -> [(user, history, target)] in item indices (index: .inter id -> index)."""
     names, rows = _read_atomic_table(path, ["user_id", "item_id_list", "item_id"])
     ju, jh, jt = names.index("user_id"), names.index("item_id_list"), names.index("item_id")
     examples = []
@@ -391,7 +370,7 @@ def _read_inter(path, index):
 
 
 def read_atomic(folder):
-    """Read one UniSRec/RecBole benchmark folder (its name is the domain's name) into a Domain."""
+    """One UniSRec/RecBole benchmark folder -> a Domain named like the folder."""
     folder = folder.rstrip("/")
     name = os.path.basename(folder)
     if not os.path.isdir(folder):
@@ -414,141 +393,24 @@ def read_atomic(folder):
         if len(history) + 1 > len(longest.get(user, ())):
             longest[user] = history + [target]
     return Domain(name, [item for _, item in entries.values()], [key for key, _ in entries.values()],
-                  *([(h, t) for _, h, t in split] for split in (train, valid, test)),
+                  *([(hist, t) for _, hist, t in split] for split in (train, valid, test)),
                   train_sequences=list(longest.values()), attributes=attributes)
 
 
-# -----------------------------------------------------------------------------
-# 2c. the raw Amazon 2018 downloads: <Category>_5.json(.gz) reviews + meta_<Category>.json(.gz)
-
-def _json_lines(path):
-    """(line number, record) of a JSON-lines file, plain or .gz, read line by line (the files are large)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
-                except UnicodeDecodeError as e:
-                    raise UserError(f"{path}:{line_no}:{e.start + 1}: not UTF-8 text (byte {raw[e.start]:#04x})") \
-                        from None
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise UserError(f"{path}:{line_no}: not a JSON object")
-                yield line_no, record
-    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
-        raise UserError(f"{path}: cannot be read ({e})") from None
-
-
-def _meta_value(record, key, skipped):
-    """A metadata field as clean text; '' when missing. A list (the category path) is joined without its
-    root; a value that is page markup rather than text (a few records) counts in `skipped` as missing."""
-    v = record.get(key)
-    if isinstance(v, list):
-        v = " ".join(str(x).strip() for x in v[1:] if str(x).strip())  # drop the category root
-    v = "" if v is None else str(v).strip()
-    if v.startswith("<") or len(v) > 300:
-        skipped[key] += 1
-        return ""
-    return v
-
-
-def _read_meta(path):
-    """Metadata -> {ASIN: item} of the records with a title, and how many records had none."""
-    meta, no_title, markup = {}, 0, Counter()
-    for line_no, r in _json_lines(path):
-        if "asin" not in r:
-            raise UserError(f"{path}:{line_no}: record has no 'asin'")
-        title = _meta_value(r, "title", markup)
-        if not title:
-            no_title += 1
-            continue
-        item = {"Title": title}
-        for key, attr in (("category", "Category"), ("brand", "Brand"), ("price", "Price")):
-            if value := _meta_value(r, key, markup):
-                item[attr] = value
-        meta[r["asin"]] = item
-    if markup:
-        log.info(f"{path}: values that are page markup, not text, treated as missing: "
-                 + ", ".join(f"{k} {v}" for k, v in markup.items()))
-    return meta, no_title
-
-
-def _read_purchases(path, meta):
-    """Reviews -> {user: [ASIN, ...]} in time order, ties in file order (a stable sort), never by id; an item at
-    its first purchase only; items not in `meta` dropped. Also the number of reviews and of those dropped."""
-    by_user, n_reviews, dropped = {}, 0, 0
-    for line_no, r in _json_lines(path):
-        for key in ("reviewerID", "asin", "unixReviewTime"):
-            if key not in r:
-                raise UserError(f"{path}:{line_no}: record has no '{key}'")
-        try:
-            t = int(r["unixReviewTime"])
-        except (TypeError, ValueError):
-            raise UserError(f"{path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
-        n_reviews += 1
-        if r["asin"] not in meta:
-            dropped += 1
-            continue
-        by_user.setdefault(r["reviewerID"], []).append((t, r["asin"]))
-    sequences = {user: list(dict.fromkeys(asin for _, asin in sorted(events, key=lambda e: e[0])))
-                 for user, events in by_user.items()}
-    return sequences, n_reviews, dropped
-
-
-def _k_core(sequences, k):
-    """Drop the items of fewer than k users and the users of fewer than k items, until none is left."""
-    while True:
-        item_count = Counter(a for seq in sequences.values() for a in seq)
-        kept = {u: [a for a in seq if item_count[a] >= k] for u, seq in sequences.items()}
-        kept = {u: seq for u, seq in kept.items() if len(seq) >= k}
-        if kept == sequences:
-            return sequences
-        sequences = kept
-
-
-def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
-    """Raw Amazon 2018 files -> Domain, with the protocol of the spec (docs/calrec.md section 6): the items with
-    a title, each user's reviews in time order without repeats, an iterative `min_count`-core, leave-one-out.
-    Item indices follow sorted ASINs (not the order of appearance, which would leak)."""
-    name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
-    meta, no_title = _read_meta(meta_path)
-    sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
-    sequences = _k_core(sequences, min_count)
-    asins = sorted({a for seq in sequences.values() for a in seq})
-    index = {a: i for i, a in enumerate(asins)}
-    log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title and "
-             f"{dropped} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
-             f"after {min_count}-core")
-    return Domain(name, [meta[a] for a in asins], asins,
-                  *leave_one_out([[index[a] for a in seq] for seq in sequences.values()]))
-
-
 def load_domains(folders):
-    """One Domain per folder: an atomic benchmark folder, or a folder with the raw Amazon 2018 files."""
-    domains = []
+    """One Domain per benchmark folder. Raw Amazon 2018 files are converted first, by `python data.py amazon`."""
     for folder in folders:
         files = os.listdir(folder) if os.path.isdir(folder) else []
-        raw = sorted(f for f in files if re.search(r"_5\.json(\.gz)?$", f))
-        meta = sorted(f for f in files if re.match(r"meta_.*\.json(\.gz)?$", f))
-        if raw and meta:
-            domains.append(read_amazon_raw(os.path.join(folder, raw[0]), os.path.join(folder, meta[0]),
-                                           name=os.path.basename(folder.rstrip("/"))))
-        elif raw or meta:
-            have, lack = (raw[0], "meta_<Category>.json.gz") if raw else (meta[0], "<Category>_5.json.gz")
-            raise UserError(f"{os.path.join(folder, have)}: the raw Amazon layout needs {lack} beside it "
-                            f"(python data.py amazon writes both)")
-        else:
-            domains.append(read_atomic(folder))
-    return domains
+        raw = [f for f in files if re.search(r"(_5|^meta_.*)\.json(\.gz)?$", f)]
+        if raw:
+            raise UserError(f"{os.path.join(folder, raw[0])}: raw Amazon 2018 files; convert them into a benchmark "
+                            "folder first: python data.py amazon CATEGORY --url file:///FOLDER (FOLDER holding "
+                            "categoryFilesSmall/ and metaFiles2/, laid out as the Amazon site)")
+    return [read_atomic(folder) for folder in folders]
 
 
 # -----------------------------------------------------------------------------
-# 2d. the text templates (spec section 1) and batches
+# 2c. the text templates (docs/calrec.md section 1) and batches
 
 HISTORY_HEADER = "User purchase history: This is a summary of the user's purchase history.\n"
 FIRST_ITEM = "The first purchased item is as follows:"
@@ -557,18 +419,16 @@ ITEM_END = ".\n"
 
 
 def item_text(item, attributes, max_words=24):
-    """'Title: X, Category: Y, Brand: Z, Price: Unknown' -- each value capped at `max_words` words (one cap for
-    every attribute, or a list of one per attribute)."""
+    """'Title: X, Category: Y, Brand: Z, Price: Unknown', each value cut at max_words words (one per attribute)."""
     caps = max_words if isinstance(max_words, (list, tuple)) else [max_words] * len(attributes)
     return ", ".join(f"{a}: {' '.join(item.get(a, 'Unknown').split()[:cap])}" for a, cap in zip(attributes, caps))
 
 
 def fitted_item_texts(items, max_words, tokenizer, max_tokens):
-    """item_text of every (item, attributes) pair, at most max_tokens tokens long (as PromptBuilder encodes it,
-    after a space) with every attribute: while an item is too long, its longest value (in words; the first of
+    """item_text of every (item, attributes) pair, at most max_tokens tokens long (encoded after a space, as
+    PromptBuilder does) with every attribute: while an item is too long, its longest value (in words; the first of
     equals) gives up its last word, down to one. Why: a cut at the end drops the last attributes; on Scientific
-    (Title, Category, Brand, at most 10 words each) 82% of the items exceed 32 tokens, and nearly all lost their
-    brand (train.py logs the share of long items of each domain)."""
+    82% of the items exceed 32 tokens, and nearly all would lose their brand."""
     caps = [[min(len(item.get(a, "Unknown").split()), max_words) for a in attributes] for item, attributes in items]
     pending = list(range(len(items)))
     while pending:  # one round shortens every item still too long by one word
@@ -585,7 +445,7 @@ def fitted_item_texts(items, max_words, tokenizer, max_tokens):
 
 
 def history_prompt(texts):
-    """The few-shot style prompt over the item texts of a history; ends where the next item's text goes."""
+    """The prompt over the item texts of a history; it ends where the next item's text goes."""
     s = HISTORY_HEADER
     for k, t in enumerate(texts):
         s += (FIRST_ITEM if k == 0 else NEXT_ITEM) + " " + t + ITEM_END
@@ -593,40 +453,37 @@ def history_prompt(texts):
 
 
 class PromptBuilder:
-    """Token ids of prompts and training rows, assembled from pre-tokenised pieces (each item encoded once, as
-    " " + its text, the way it follows 'as follows:' in a prompt; the item tower reads these tokens too, so v_T and
-    v_T|U pool over the same sequence). A prompt keeps the most recent history items (at most max_history) that
-    fit block_size with room for the longest item and its end-of-text; a training row is exactly the prompt that
-    inference builds for its history, followed by its target."""
+    """history_prompt in token ids, assembled from pieces tokenised once. Each item is encoded as " " + its text
+    (as it follows 'as follows:'), cut at max_item_tokens (None: no cut); the item tower reads these tokens too,
+    so v_T and v_T|U pool over the same sequence. A prompt keeps the most recent history items (at most
+    max_history) that fit block_size with room for the longest item and its end-of-text; a training row is the
+    prompt inference builds for its history, followed by its target."""
 
-    def __init__(self, tokenizer, item_texts, block_size, max_history=20, max_item_tokens=None):
-        self.tok, self.block_size, self.max_history = tokenizer, block_size, max_history
-        # item i -> its tokens, cut at max_item_tokens (the same cut wherever the item appears)
+    def __init__(self, tokenizer, item_texts, block_size, max_history, max_item_tokens):
+        self.tok, self.max_history = tokenizer, max_history
         self.item_ids = [t[:max_item_tokens] for t in tokenizer.encode_batch([" " + t for t in item_texts])]
         self.header, self.first = tokenizer.encode(HISTORY_HEADER), tokenizer.encode(FIRST_ITEM)
         self.next, self.end = tokenizer.encode(NEXT_ITEM), tokenizer.encode(ITEM_END)
         self.room = max(len(t) for t in self.item_ids) + 1  # the longest target and its end-of-text
-        one_item = len(self.header) + len(self.first) + self.room - 1 + len(self.end) + len(self.next)
-        if one_item + self.room > block_size:
+        self.budget = block_size - self.room - len(self.header) - len(self.next)  # for the history items
+        if len(self.first) + self.room - 1 + len(self.end) > self.budget:  # not even one
             raise UserError(f"block_size={block_size} cannot hold a prompt of one history item and a target of "
                             f"{self.room - 1} tokens; raise block_size or lower the per-attribute word cap")
 
-    def _kept(self, history, room=None):
-        """The most recent items of `history` whose prompt leaves `room` tokens (default: the longest target)."""
-        budget = self.block_size - (room or self.room) - len(self.header) - len(self.next)
-        kept, used = [], 0
+    def _kept(self, history):
+        """The most recent items of `history` whose prompt leaves room for the longest target."""
         prefix = max(len(self.first), len(self.next))  # which item comes first is known only at the end
+        kept, used = [], 0
         for i in reversed(history[-self.max_history:]):
-            cost = prefix + len(self.item_ids[i]) + len(self.end)
-            if used + cost > budget:
+            used += prefix + len(self.item_ids[i]) + len(self.end)
+            if used > self.budget:
                 break
             kept.append(i)
-            used += cost
         return kept[::-1]
 
     def _assemble(self, items):
-        """Header, then each item as 'The first/next purchased item is as follows: <item>.\n', then the prefix
-        of the next item. Returns the ids and where each item's tokens sit: [(start, end), ...]."""
+        """The header, each item as 'The first/next purchased item is as follows: <item>.\n', then the prefix of
+        the next item -> the ids and where each item's tokens sit, [(start, end), ...]."""
         ids, spans = list(self.header), []
         for k, i in enumerate(items):
             ids += self.first if k == 0 else self.next
@@ -635,54 +492,48 @@ class PromptBuilder:
         return ids + self.next, spans
 
     def prompt(self, history):
-        """Tokens of the prompt for `history`: it ends where the next item's text goes."""
         return self._assemble(self._kept(history))[0]
 
     def prompt_batch(self, histories):
         """Histories -> right-padded prompts (B, T), attention_mask (B, T), and the prompts as lists."""
-        rows = [self.prompt(h) for h in histories]
+        rows = [self.prompt(hist) for hist in histories]
         return (*pad_batch(rows, self.tok.pad_id), rows)
 
     def item_batch(self, item_indices):
-        """Items -> right-padded item-only texts (B, T) and attention_mask (B, T): the item tower's input."""
+        """Items -> the item tower's input: right-padded item texts (B, T) and attention_mask (B, T)."""
         return pad_batch([self.item_ids[i] for i in item_indices], self.tok.pad_id)
 
-    def training_batch(self, sequences, every_position=False, same_room=True):
-        """Item sequences, each a history followed by its target -> the rows of the joint (user) tower: each
-        prompt(history), the target's tokens and end-of-text. The target is predicted; with every_position [beyond
-        the paper] so is every kept history item after the first (as SASRec trains). same_room=False reserves room
-        for the actual target only (the train/inference mismatch this project once had; kept to measure it).
-        Returns idx, attention_mask, targets (B, T) (the next token where it belongs to a predicted item, the
-        target's end-of-text included; -100 elsewhere) and per prediction (P,): row, start, end (the item's tokens;
-        its prompt is [0, start)), item, and position (its index in the row's sequence)."""
-        rows, row, start, end, item, position = [], [], [], [], [], []
+    def training_batch(self, sequences, every_position=False):
+        """Item sequences, each a history followed by its target -> the rows of the user tower: prompt(history),
+        the target's tokens and end-of-text. The target is predicted; with every_position [beyond the paper] so is
+        every kept history item after the first (as SASRec trains). Returns idx, attention_mask, targets (B, T)
+        (the next token where it belongs to a predicted item, the target's end-of-text included; -100 elsewhere)
+        and per prediction (P,): row, start, end (the item's tokens; its prompt is [0, start)), item, and
+        position (its index in the row's sequence)."""
+        rows, predicted = [], []  # predicted: (row, start, end, item, position)
         for b, sequence in enumerate(sequences):
-            room = None if same_room else len(self.item_ids[sequence[-1]]) + 1
-            items = self._kept(sequence[:-1], room) + [sequence[-1]]
+            items = self._kept(sequence[:-1]) + [sequence[-1]]
             ids, spans = self._assemble(items)
-            ids = ids[:spans[-1][1]] + [self.tok.eot_id]  # the target ends with end-of-text, not with a prefix
-            rows.append(ids)
+            rows.append(ids[:spans[-1][1]] + [self.tok.eot_id])  # the target ends with end-of-text, not a prefix
             for k, ((s, e), i) in enumerate(zip(spans, items)):
                 if k == len(items) - 1 or (every_position and k > 0):
-                    row.append(b), start.append(s), end.append(e), item.append(i)
-                    position.append(len(sequence) - len(items) + k)
+                    predicted.append((b, s, e, i, len(sequence) - len(items) + k))
         idx, attention_mask = pad_batch(rows, self.tok.pad_id)
         targets = torch.full_like(idx, -100)
-        for b, s, e in zip(row, start, end):
+        for b, s, e, _, _ in predicted:
             last = e + 1 if e == len(rows[b]) - 1 else e  # the target also predicts its end-of-text
             targets[b, s - 1:last - 1] = idx[b, s:last]   # position t predicts token t + 1
-        return dict(idx=idx, attention_mask=attention_mask, targets=targets, row=torch.tensor(row),
-                    start=torch.tensor(start), end=torch.tensor(end), item=torch.tensor(item),
-                    position=torch.tensor(position))
+        row, start, end, item, position = map(torch.tensor, zip(*predicted))
+        return dict(idx=idx, attention_mask=attention_mask, targets=targets, row=row, start=start, end=end,
+                    item=item, position=position)
 
 
 # -----------------------------------------------------------------------------
 # 3. MAML data
 #
-# A task is a dict: name, kind ("classification" or "regression"), labels (a classification task's label strings,
-# in class-index order), metrics (GLUE's names), pair (True for sentence pairs) and its splits "train", "dev" (to
-# choose the stop point) and "test" (the one final report; a labelled test.tsv, when present), each
-# {"text_a": [str], "text_b": [str] or None, "y": [class index or float]}.
+# A task is a dict: name, kind ("classification" or "regression"), labels (label strings in class-index order),
+# metrics (GLUE's names), pair (True for sentence pairs) and its splits "train", "dev" (to choose the stop point)
+# and "test" (the one final report, if labelled), each {"text_a": [str], "text_b": [str] or None, "y": [int or float]}.
 
 # Each task's official layout: the columns read by name (CoLA: by position, it has no header).
 GLUE_TASKS = {
@@ -690,8 +541,7 @@ GLUE_TASKS = {
     "SST-2": dict(text_a="sentence", text_b=None, label="label", labels=("0", "1"), metrics=("accuracy",)),
     "MRPC": dict(text_a="#1 String", text_b="#2 String", label="Quality", labels=("0", "1"),
                  metrics=("f1", "accuracy")),
-    "STS-B": dict(text_a="sentence1", text_b="sentence2", label="score", labels=None,
-                  metrics=("pearson", "spearman")),
+    "STS-B": dict(text_a="sentence1", text_b="sentence2", label="score", labels=None, metrics=("pearson", "spearman")),
     "QQP": dict(text_a="question1", text_b="question2", label="is_duplicate", labels=("0", "1"),
                 metrics=("f1", "accuracy")),
     "MNLI": dict(text_a="sentence1", text_b="sentence2", label="gold_label",
@@ -709,13 +559,6 @@ def check_glue_task(name):
     if name not in GLUE_TASKS:
         raise UserError(f"unknown GLUE task {name!r}; expected one of {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[name]
-
-
-def read_tsv_rows(path):
-    """[(line number, fields)] of the non-blank lines, split on tabs with no quote handling (csv.QUOTE_NONE, as
-    GLUE's loaders read them); a leading byte-order mark (MRPC) is dropped."""
-    lines = io.StringIO(read_text(path), newline="")  # the lines as written
-    return [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in enumerate(lines, 1) if line.strip()]
 
 
 def _glue_columns(path, task, spec, rows):
@@ -754,7 +597,10 @@ def _glue_label(raw, where, task, spec):
 def read_glue_split(path, task):
     """One split file of a GLUE task in its official layout -> {"text_a", "text_b", "y"}."""
     spec = check_glue_task(task)
-    col, n_cols, rows = _glue_columns(path, task, spec, read_tsv_rows(path))
+    # the non-blank lines as written, split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders)
+    lines = enumerate(io.StringIO(read_text(path), newline=""), 1)
+    rows = [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in lines if line.strip()]
+    col, n_cols, rows = _glue_columns(path, task, spec, rows)
     out = {"text_a": [], "text_b": [] if spec["text_b"] is not None else None, "y": []}
     for lineno, fields in rows:
         if len(fields) != n_cols:
@@ -806,29 +652,23 @@ def few_shot_folders(root, name):
 
 # --- the built-in task family ----------------------------------------------------
 #
-# A made-up language: eight word *kinds* of twelve made-up words each, plus fillers; a sentence is a shuffle of
-# fillers and some kind-words. Every task asks about the kinds of a sentence's (or a pair's) words, so all need the
-# same knowledge -- which word is of which kind -- in the encoder (what transfers), and differ in the question, in
-# the head and top layers (what each task adapts). The targets ask questions no meta-training task asks (disjoint
-# names and rules), about kinds the meta-training tasks do teach.
+# A made-up language: eight word *kinds* of twelve words each, plus fillers; a sentence is a shuffle of fillers
+# and kind-words. Every task asks about the kinds of a sentence's (or a pair's) words: all need the same knowledge,
+# which word is of which kind, in the encoder (what transfers), and differ in the question, in the head and top
+# layers (what each task adapts). The targets ask new questions (rules and names) about kinds the others teach.
 
-FAMILY_KINDS = 8
-FAMILY_WORDS_PER_KIND = 12
-FAMILY_FILLERS = 24
+FAMILY_KINDS, FAMILY_WORDS_PER_KIND, FAMILY_FILLERS = 8, 12, 24
 FAMILY_SENTENCE_LEN = (5, 9)   # words per sentence
 FAMILY_SEED = 1234             # the language itself (fixed; the run's --seed only changes sampling)
 # name -> (rule, its arguments, examples in train + dev); the rules: family_example
 FAMILY_AUX = {
-    "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800),
-    "has-5": ("has", (5,), 300), "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600),
-    "most-1-2-4": ("most", (1, 2, 4), 1000), "count-3": ("count", (3,), 500),
-    "count-5": ("count", (5,), 400), "share-0": ("share", (0,), 800), "share-4": ("share", (4,), 400),
-    "same-2": ("same", (2,), 600),
+    "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800), "has-5": ("has", (5,), 300),
+    "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600), "most-1-2-4": ("most", (1, 2, 4), 1000),
+    "count-3": ("count", (3,), 500), "count-5": ("count", (5,), 400), "share-0": ("share", (0,), 800),
+    "share-4": ("share", (4,), 400), "same-2": ("same", (2,), 600),
 }
-FAMILY_TARGETS = {
-    "more-2-5": ("more", (2, 5), 1000), "share-3": ("share", (3,), 1000),
-    "count-4": ("count", (4,), 1000), "most-0-3-5": ("most", (0, 3, 5), 1000),
-}
+FAMILY_TARGETS = {"more-2-5": ("more", (2, 5), 1000), "share-3": ("share", (3,), 1000),
+                  "count-4": ("count", (4,), 1000), "most-0-3-5": ("most", (0, 3, 5), 1000)}
 FAMILY_DEV, FAMILY_TEST = 100, 300   # target tasks: validation and test examples (aux: 10% dev)
 
 
@@ -838,13 +678,12 @@ def family_vocabulary():
     onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "n", "r", "s", "k"]
     words = set()
     while len(words) < FAMILY_KINDS * FAMILY_WORDS_PER_KIND + FAMILY_FILLERS:
-        n_syll = rng.choice((2, 2, 3))
-        words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(n_syll)))
+        syllables = range(rng.choice((2, 2, 3)))
+        words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in syllables))
     words = sorted(words)
     rng.shuffle(words)
     n = FAMILY_WORDS_PER_KIND
-    kinds = [words[k * n:(k + 1) * n] for k in range(FAMILY_KINDS)]
-    return kinds, words[FAMILY_KINDS * n:]
+    return [words[k * n:(k + 1) * n] for k in range(FAMILY_KINDS)], words[FAMILY_KINDS * n:]
 
 
 def family_sentence(rng, kinds, fillers, counts):
@@ -904,15 +743,13 @@ def family_task(name, rule, args, sizes):
     """A task of the family; sizes: {split: number of examples}. Deterministic in the task's name."""
     kinds, fillers = family_vocabulary()
     rng = random.Random(f"{FAMILY_SEED}:{name}")
-    pair = rule in ("share", "same")
     labels = None if rule == "count" else tuple(f"kind {k}" for k in args) if rule == "most" else ("no", "yes")
     metrics = ("pearson", "spearman") if rule == "count" else ("mcc", "accuracy") if len(args) < 3 else ("accuracy",)
     task = dict(name=name, kind="regression" if rule == "count" else "classification", labels=labels,
-                metrics=metrics, pair=pair)
+                metrics=metrics, pair=rule in ("share", "same"))
     for split, n in sizes.items():
-        ex = [family_example(rng, rule, args, kinds, fillers) for _ in range(n)]
-        task[split] = {"text_a": [e[0] for e in ex], "text_b": [e[1] for e in ex] if pair else None,
-                       "y": [e[2] for e in ex]}
+        a, b, y = zip(*(family_example(rng, rule, args, kinds, fillers) for _ in range(n)))
+        task[split] = {"text_a": list(a), "text_b": list(b) if task["pair"] else None, "y": list(y)}
     return task
 
 
@@ -927,22 +764,15 @@ def task_family():
 
 # --- batches ------------------------------------------------------------------------
 
-
 def encode_examples(tokenizer, split, max_len):
-    """Token ids of each example: text_a, or text_a <sep> text_b for a pair (each side cut to fit), then <eot>;
-    none longer than max_len."""
+    """Token ids of each example, at most max_len: text_a, or text_a <sep> text_b cut to fit, then <eot>."""
     a_ids = tokenizer.encode_batch(split["text_a"])
     if split["text_b"] is None:
         return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
-    b_ids = tokenizer.encode_batch(split["text_b"])
     out = []
-    for a, b in zip(a_ids, b_ids):
-        room = max_len - 2                      # <sep> and <eot>
-        while len(a) + len(b) > room:           # trim the longer side first, as BERT's recipe does
-            if len(a) >= len(b):
-                a = a[:-1]
-            else:
-                b = b[:-1]
+    for a, b in zip(a_ids, tokenizer.encode_batch(split["text_b"])):
+        while len(a) + len(b) > max_len - 2:  # room for <sep> and <eot>; trim the longer side first, as BERT does
+            a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
         out.append(a + [tokenizer.sep_id] + b + [tokenizer.eot_id])
     return out
 

@@ -1,15 +1,8 @@
 """
 Fetch the real data sets into the folders that data.py reads (nanoGPT keeps a prepare.py per data set; this one
-file holds all three):
+file holds all three). `python download.py ...` is the same command line.
 
-  amazon    Amazon Review Data 2018 (Ni, Li and McAuley, EMNLP 2019) from datarepo.eng.ucsd.edu: each category's
-            5-core reviews and metadata -> <out>/<category>/, a RecBole/UniSRec benchmark folder
-  glue      the official GLUE files from dl.fbaipublicfiles.com (MRPC built as GLUE's download script builds it)
-            -> <out>/<task>/train.tsv and dev.tsv
-  few-shot  LM-BFF's k-shot splits (Gao, Fisch and Chen, ACL 2021), drawn from GLUE's training files
-            -> <out>/<task>/<k>-<seed>/
-
-examples (python download.py ... is the same command line):
+examples:
   python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/
   python data.py glue                                           # -> data/glue/<task>/
   python data.py few-shot                                       # -> data/glue-16shot/<task>/16-<seed>/
@@ -24,6 +17,7 @@ import argparse
 import contextlib
 import gzip
 import http.client
+import json
 import logging
 import os
 import re
@@ -33,11 +27,12 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 
 import numpy as np
 from tqdm import tqdm
 
-from data import GLUE_TASKS, check_glue_task, glue_task, leave_one_out, read_amazon_raw, read_atomic, read_glue_split
+from data import GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split
 from model import UserError
 
 log = logging.getLogger(__name__)
@@ -61,10 +56,9 @@ GLUE_ROWS = {  # task -> (train rows, dev rows) of the official files (MNLI's de
 
 
 def fetch(url, path, hint_if_missing=None):
-    """Download `url` to `path` (unless it is there already) and return `path`. The bytes go to path + ".part",
-    renamed only when complete; an interrupted download resumes with an HTTP Range request (a server that answers
-    with the whole file, 200 not 206, starts it over). A network failure is a UserError naming the URL, with
-    `hint_if_missing` when the server has no such file (404)."""
+    """Download `url` to `path` unless it is there, and return `path`. The bytes go to path + ".part", renamed when
+    complete; an interrupted download resumes with an HTTP Range request (a server that answers 200, not 206,
+    starts it over). A network failure is a UserError naming the URL, with `hint_if_missing` on a 404."""
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -91,8 +85,7 @@ def fetch(url, path, hint_if_missing=None):
 
 
 def _download(url, part, have, name):
-    """Append `url` to `part` from byte `have` on (from 0 when the server sends the whole file), with a progress
-    bar; return the whole file's length when the server gives it."""
+    """Append `url` to `part` from byte `have` on (0 if the server sends it all); the file's length if known."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=60) as response:
         if response.status != 206:
@@ -109,9 +102,8 @@ def _download(url, part, have, name):
 
 @contextlib.contextmanager
 def building(folder):
-    """Yield a temporary folder to write `folder`'s files into; it becomes `folder` only if the body succeeds.
-    It has `folder`'s name (read_atomic takes the data set's name from it), inside a hidden sibling that is
-    removed whatever happens."""
+    """A temporary folder, renamed `folder` only if the body succeeds. It has `folder`'s name (read_atomic names
+    the data set after it), inside a hidden sibling that is removed whatever happens."""
     parent, name = os.path.split(os.path.normpath(folder))
     scratch = os.path.join(parent, f".{name}.tmp{os.getpid()}")
     tmp = os.path.join(scratch, name)
@@ -124,12 +116,114 @@ def building(folder):
 
 
 # -----------------------------------------------------------------------------
-# 2. Amazon Review Data 2018 -> benchmark folders
+# 2. Amazon Review Data 2018 -> benchmark folders: the raw files read by the protocol of docs/calrec.md
+#    section 3, then written in the atomic layout that data.read_atomic reads
+
+def _json_lines(path):
+    """(line number, record) of a JSON-lines file, plain or .gz, read line by line (the files are large)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{line_no}:{e.start + 1}: not UTF-8 text (byte {raw[e.start]:#04x})") \
+                        from None
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{line_no}: not a JSON object")
+                yield line_no, record
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
+        raise UserError(f"{path}: cannot be read ({e})") from None
+
+
+def _meta_value(record, key, skipped):
+    """A metadata field as text, '' when missing. A list (the category path) is joined without its root; page
+    markup instead of text (a few records) counts in `skipped` and as missing."""
+    v = record.get(key)
+    if isinstance(v, list):
+        v = " ".join(str(x).strip() for x in v[1:] if str(x).strip())  # drop the category root
+    v = "" if v is None else str(v).strip()
+    if v.startswith("<") or len(v) > 300:
+        skipped[key] += 1
+        return ""
+    return v
+
+
+def _read_meta(path):
+    """Metadata -> {ASIN: item} of the records with a title, and how many records had none."""
+    meta, no_title, markup = {}, 0, Counter()
+    for line_no, r in _json_lines(path):
+        if "asin" not in r:
+            raise UserError(f"{path}:{line_no}: record has no 'asin'")
+        title = _meta_value(r, "title", markup)
+        if not title:
+            no_title += 1
+            continue
+        item = {"Title": title} | {key.title(): _meta_value(r, key, markup) for key in ("category", "brand", "price")}
+        meta[r["asin"]] = {a: v for a, v in item.items() if v}
+    if markup:
+        log.info(f"{path}: values that are page markup, not text, treated as missing: "
+                 + ", ".join(f"{k} {v}" for k, v in markup.items()))
+    return meta, no_title
+
+
+def _read_purchases(path, meta):
+    """Reviews -> {user: [ASIN, ...]} in time order, ties in file order (a stable sort), never by id; an item at
+    its first purchase only; items not in `meta` dropped. Also how many reviews there were and were dropped."""
+    by_user, n_reviews, dropped = {}, 0, 0
+    for line_no, r in _json_lines(path):
+        for key in ("reviewerID", "asin", "unixReviewTime"):
+            if key not in r:
+                raise UserError(f"{path}:{line_no}: record has no '{key}'")
+        try:
+            t = int(r["unixReviewTime"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
+        n_reviews += 1
+        if r["asin"] not in meta:
+            dropped += 1
+            continue
+        by_user.setdefault(r["reviewerID"], []).append((t, r["asin"]))
+    sequences = {user: list(dict.fromkeys(asin for _, asin in sorted(events, key=lambda e: e[0])))
+                 for user, events in by_user.items()}
+    return sequences, n_reviews, dropped
+
+
+def _k_core(sequences, k):
+    """Drop the items of fewer than k users and the users of fewer than k items, until none is left."""
+    while True:
+        item_count = Counter(a for seq in sequences.values() for a in seq)
+        kept = {u: [a for a in seq if item_count[a] >= k] for u, seq in sequences.items()}
+        kept = {u: seq for u, seq in kept.items() if len(seq) >= k}
+        if kept == sequences:
+            return sequences
+        sequences = kept
+
+
+def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
+    """Raw Amazon 2018 files -> Domain, by the protocol of docs/calrec.md section 3 (`min_count`-core)."""
+    name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
+    meta, no_title = _read_meta(meta_path)
+    sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
+    sequences = _k_core(sequences, min_count)
+    asins = sorted({a for seq in sequences.values() for a in seq})
+    index = {a: i for i, a in enumerate(asins)}
+    log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title and "
+             f"{dropped} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
+             f"after {min_count}-core")
+    return Domain(name, [meta[a] for a in asins], asins,
+                  *leave_one_out([[index[a] for a in seq] for seq in sequences.values()]))
 
 
 def check_gzip(path):
-    """Read a .gz file to its end, where gzip checks the CRC-32 and length of what it unpacked. A truncated
-    or corrupt download is deleted, so that a rerun fetches it again."""
+    """Read a .gz file to its end, where gzip checks its CRC-32 and length; delete a truncated or corrupt one,
+    so that a rerun fetches it again."""
     try:
         with gzip.open(path, "rb") as f:
             while f.read(1 << 20):
@@ -139,15 +233,13 @@ def check_gzip(path):
         raise UserError(f"{path}: not a complete gzip file ({e}); deleted, rerun to download it again") from None
 
 
-def fold_whitespace(text):
-    """Runs of whitespace (tabs, newlines, ...) -> one space: a cell must stay in its column and on its line."""
+def fold_whitespace(text):  # tabs, newlines, ... -> one space: a cell must stay in its column and on its line
     return " ".join(text.split())
 
 
 def write_benchmark_folder(domain, folder):
-    """A Domain -> the RecBole/UniSRec atomic files that read_atomic reads, in `folder` (named like the domain):
-    <name>.item (the item keys, one text column per attribute, a missing value an empty cell) and
-    <name>.train/.valid/.test.inter with one row per example of `leave_one_out`, users numbered 0..n-1."""
+    """A Domain -> the atomic files read_atomic reads: <name>.item (the keys, a column per attribute, a missing
+    value empty) and <name>.train/.valid/.test.inter, a row per example of `leave_one_out`, users 0..n-1."""
     name, keys = os.path.basename(folder), domain.item_keys
     columns = [f"{a.lower().replace(' ', '_')}:token_seq" for a in domain.attributes]  # read back as .title()
     with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8", newline="\n") as f:
@@ -163,9 +255,8 @@ def write_benchmark_folder(domain, folder):
 
 
 def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
-    """Amazon Review Data 2018 categories (the site's file stems: Industrial_and_Scientific, ...) -> out/<category>/:
-    the 5-core reviews and metadata go through read_amazon_raw (the spec's protocol), are written by
-    write_benchmark_folder and read back with read_atomic, which must give the same Domain."""
+    """Amazon 2018 categories (file stems: Industrial_and_Scientific, ...) -> out/<category>/: the 5-core reviews
+    and metadata through read_amazon_raw, written and read back with read_atomic, which must give the same Domain."""
     for category in categories:
         if not re.fullmatch(r"[A-Za-z0-9_]+", category):
             raise UserError(f"{category!r}: not an Amazon 2018 category file name; those are words joined by "
@@ -197,10 +288,9 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
 # -----------------------------------------------------------------------------
 # 3. GLUE -> one folder per task
 
-
 def unpack_glue_archive(archive, folder):
-    """The files of an official GLUE archive's one top-level folder (CoLA/, QNLI/ in QNLIv2.zip, ...) -> folder,
-    less the unlabelled test files (test*.tsv) and the subfolders (the pre-GLUE originals)."""
+    """The files of a GLUE archive's top-level folder (CoLA/, ...) -> folder, less the unlabelled test*.tsv and
+    the subfolders (the pre-GLUE originals)."""
     try:
         with zipfile.ZipFile(archive) as z:
             bad = z.testzip()  # reads every member, checking its CRC-32
@@ -216,14 +306,12 @@ def unpack_glue_archive(archive, folder):
                         shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         os.remove(archive)
-        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, rerun to download it "
-                        "again") from None
+        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, rerun to download it again") from None
 
 
 def build_mrpc(source, dev_ids, folder):
-    """GLUE's MRPC, made as GLUE's download script makes it: the lines of msr_paraphrase_train.txt whose pair
-    of ids is in GLUE's dev list go to dev.tsv, the others to train.tsv; both start with the header line as it
-    is (byte-order mark included). Each line is stripped, split on tabs and rejoined, with '\\n' line ends."""
+    """MRPC as GLUE's download script makes it: the lines of msr_paraphrase_train.txt whose pair of ids is in GLUE's
+    dev list -> dev.tsv, the others -> train.tsv, after the header as it is; each stripped, with '\\n' line ends."""
     with open(dev_ids, encoding="utf-8") as f:
         dev = {tuple(line.strip().split("\t")) for line in f if line.strip()}
     with open(source, encoding="utf-8") as f, \
@@ -241,10 +329,9 @@ def build_mrpc(source, dev_ids, folder):
 
 def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_URL,
                  mrpc_dev_ids_url=MRPC_DEV_IDS_URL, expected_rows=GLUE_ROWS):
-    """The official GLUE files -> out/<task>/ (train.tsv, dev.tsv; MNLI: dev_matched.tsv, dev_mismatched.tsv),
-    without the unlabelled test files (dev plays the held-out role; the MAML run carves its validation split out
-    of train). Every split is parsed and its rows counted against `expected_rows` ({task: (train, dev)}; None
-    skips the count). The URLs are arguments so that tests can serve the official layout from a local server."""
+    """The official GLUE files -> out/<task>/ (train.tsv, dev.tsv; MNLI: dev_matched.tsv, dev_mismatched.tsv), no
+    unlabelled test files. Every split is parsed and its rows counted against `expected_rows` ({task: (train,
+    dev)}; None: no count). The URLs are arguments so that tests can serve the layout from a local server."""
     downloads = os.path.join(out, "downloads")
     for name in names:
         check_glue_task(name)
@@ -276,25 +363,20 @@ LM_BFF_SEEDS = (100, 13, 21, 42, 87)  # the order of LM-BFF's script, which matt
 
 
 def _labelled_lines(glue_root, name):
-    """glue_root/<name>/train.tsv checked (every line well-formed) -> its path, header ([] or [line]), data lines
-    (bytes, as in the file) and {line: label} (STS-B: whether the score is at least 2.5)."""
+    """glue_root/<name>/train.tsv -> its path, header ([] or [line]), data lines (bytes, as in the file) and
+    {line: label} (STS-B: whether the score is at least 2.5)."""
     spec = check_glue_task(name)
     path = os.path.join(glue_root, name, "train.tsv")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
-    read_glue_split(path, name)  # every line well-formed, or an error naming file and line
+    y = read_glue_split(path, name)["y"]  # every line well-formed, or an error naming file and line
     with open(path, "rb") as f:
         lines = [line for line in f.read().splitlines(keepends=True) if line.strip()]
     if not lines[-1].endswith((b"\n", b"\r")):
         lines[-1] += b"\n"  # a last line without its line end must not run into the next one
-    if spec.get("header", True):
-        header, lines = lines[:1], lines[1:]
-        column = header[0].decode("utf-8-sig").rstrip("\r\n").split("\t").index(spec["label"])
-    else:
-        header, column = [], spec["label"]  # CoLA: by position
-    label = {line: line.decode("utf-8").rstrip("\r\n").split("\t")[column].strip() for line in lines}
-    if spec["labels"] is None:  # STS-B: the score, in two bins
-        label = {line: int(float(score) >= 2.5) for line, score in label.items()}
+    header, lines = (lines[:1], lines[1:]) if spec.get("header", True) else ([], lines)
+    labelled = zip(lines, y, strict=True)  # STS-B's scores in two bins
+    label = {line: int(v >= 2.5) if spec["labels"] is None else spec["labels"][v] for line, v in labelled}
     return path, header, lines, label
 
 
@@ -319,11 +401,11 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
 
 def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, seeds=LM_BFF_SEEDS):
     """LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021; their tools/generate_k_shot_data.py) of
-    glue_root/<task>/train.tsv -> out/<task>/<k>-<seed>/: for each seed, the data lines (byte for byte) shuffled
-    by numpy's legacy generator, grouped by label in order of first appearance (STS-B: score < 2.5 or not), the
-    first k of each label to train.tsv, the next k to dev.tsv. GLUE's dev set stays the test set. A quirk is kept
-    so that the splits equal the released ones: LM-BFF's script shuffles a file without a header (CoLA) in place,
-    so each seed starts from the previous seed's order, in the script's order of seeds (100, 13, 21, 42, 87)."""
+    glue_root/<task>/train.tsv -> out/<task>/<k>-<seed>/: per seed, the data lines (byte for byte) shuffled by
+    numpy's legacy generator, grouped by label in order of first appearance, the first k of each label to
+    train.tsv, the next k to dev.tsv (GLUE's dev set stays the test set). LM-BFF's quirk is kept, so that the
+    splits equal the released ones: a file without a header (CoLA) is shuffled in place, each seed starting from
+    the previous seed's order, in the script's order of seeds."""
     for name in names:
         path, header, lines, label = _labelled_lines(glue_root, name)
         in_place = not header  # LM-BFF's quirk, see above
@@ -343,27 +425,6 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
 # -----------------------------------------------------------------------------
 # 5. the command line
 
-def _positive_int(text):
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def _seeds(text):
-    seeds = text.split(",")
-    if not all(s.strip().isdigit() for s in seeds):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return [int(s) for s in seeds]
-
-
-def _glue_tasks(text):
-    names = [t.strip() for t in text.split(",")]
-    for t in names:
-        if t not in GLUE_TASKS:
-            raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
-    return names
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="data.py", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,18 +434,34 @@ def build_parser():
         return commands.add_parser(name, help=summary, description=description, epilog="example:\n" + example,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
+    def positive_int(text):
+        if not text.isdigit() or int(text) == 0:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+        return int(text)
+
+    def seed_list(text):
+        if not all(s.strip().isdigit() for s in text.split(",")):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+        return [int(s) for s in text.split(",")]
+
+    def task_list(text):
+        names = [t.strip() for t in text.split(",")]
+        for t in names:
+            if t not in GLUE_TASKS:
+                raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
+        return names
+
     a = command(
         "amazon", "Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
         "Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and McAuley, EMNLP\n"
         "2019), apply the spec's protocol (items without a title dropped, time order, de-duplication, iterative\n"
-        "k-core, leave-one-out) and write <out>/<category>/ in the RecBole/UniSRec atomic format\n"
-        "(<category>.item, .train.inter, .valid.inter, .test.inter).",
+        "k-core, leave-one-out) and write <out>/<category>/, a RecBole/UniSRec benchmark folder.",
         "  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
         "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
     a.add_argument("categories", nargs="+", metavar="CATEGORY",
                    help="a category's file name on the Amazon 2018 site, e.g. Industrial_and_Scientific")
     a.add_argument("--out", default="data/amazon", help="where the folders go (default: %(default)s)")
-    a.add_argument("--min-count", type=_positive_int, default=5,
+    a.add_argument("--min-count", type=positive_int, default=5,
                    help="k of the iterative k-core: users and items with fewer interactions go "
                         "(default: %(default)s)")
     a.add_argument("--url", default=AMAZON_2018_URL,
@@ -393,12 +470,12 @@ def build_parser():
 
     g = command(
         "glue", "the official GLUE files -> one folder per task for --task maml",
-        "Fetch GLUE's official archives (MRPC: built as GLUE's download script builds it), check them (zip CRCs,\n"
-        "every line parsed, the official row counts), drop the unlabelled test files and write\n"
-        "<out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
+        "Fetch GLUE's official archives from dl.fbaipublicfiles.com (MRPC: built as GLUE's download script builds\n"
+        "it), check them (zip CRCs, every line parsed, the official row counts), drop the unlabelled test files and\n"
+        "write <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
         "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
         "  python train.py --task maml --data data/glue")
-    g.add_argument("--tasks", type=_glue_tasks, default=list(GLUE_TASKS),
+    g.add_argument("--tasks", type=task_list, default=list(GLUE_TASKS),
                    help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
     g.add_argument("--out", default="data/glue", help="where the task folders go (default: %(default)s)")
 
@@ -411,11 +488,11 @@ def build_parser():
         "  python data.py few-shot --glue data/glue --out data/glue-16shot")
     f.add_argument("--glue", default="data/glue", help="the GLUE folder of `data.py glue` (default: %(default)s)")
     f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue)")
-    f.add_argument("--tasks", type=_glue_tasks, default=["CoLA", "MRPC", "STS-B", "RTE"],
+    f.add_argument("--tasks", type=task_list, default=["CoLA", "MRPC", "STS-B", "RTE"],
                    help="comma-separated GLUE tasks (default: CoLA,MRPC,STS-B,RTE)")
-    f.add_argument("--k", type=_positive_int, default=16,
+    f.add_argument("--k", type=positive_int, default=16,
                    help="examples per label in each split (default: %(default)s)")
-    f.add_argument("--seeds", type=_seeds, default=list(LM_BFF_SEEDS),
+    f.add_argument("--seeds", type=seed_list, default=list(LM_BFF_SEEDS),
                    help="comma-separated seeds, one split per seed (default: LM-BFF's, 100,13,21,42,87)")
     return p
 

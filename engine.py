@@ -3,17 +3,21 @@ The machinery both tasks share, so that calrec.py and maml.py can hold their pap
 
 Read it top to bottom: settings (one frozen config per task, each field declaring what it allows) -> files
 written whole -> checkpoints and --init -> the training loop with model selection -> the state a run resumes
-from -> more hardware (mixed precision, several processes) -> what a results.json says about the machine.
+from -> more hardware (mixed precision, several processes) -> the run's device, processes, seed and log -> what
+a results.json says about the machine.
 """
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import random
+import shlex
 import signal
 import sys
 import time
@@ -21,6 +25,7 @@ import typing
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import data
 from model import GPT, GPTConfig, UserError, load_torch
@@ -429,6 +434,76 @@ def average_gradients(params):
         if p.grad is not None:
             torch.distributed.all_reduce(p.grad)
             p.grad /= world
+
+
+# -----------------------------------------------------------------------------
+# the run's device, processes, seed and log (train.py sets them up)
+
+
+def pick_device(name, mps=True):
+    """auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path is unchecked
+    on mps, so it runs there only when asked), else cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for, but this torch has no MPS device")
+    return name
+
+
+def setup_distributed(device):
+    """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs, gloo on
+    CPUs. Returns (rank, device) with each GPU process on its own card."""
+    if "RANK" not in os.environ:
+        return 0, device
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return torch.distributed.get_rank(), device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log lines through tqdm.write, so that they do not break a progress bar."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record))
+
+
+def setup_logging(rank):
+    """One logger for the whole project: the console gets the progress (process 0's), log.txt everything."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    console = ConsoleHandler()
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.addHandler(console)
+
+
+def open_log_file(out_dir, argv, resume):
+    """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
+    whether it resumes. Called after every input has been checked, just before the first write."""
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
+    logging.getLogger().addHandler(handler)
+    command = "python train.py " + " ".join(shlex.quote(a) for a in argv)
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
+    return handler
 
 
 # -----------------------------------------------------------------------------

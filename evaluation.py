@@ -33,8 +33,8 @@ def ranks_from_scores(scores, targets, histories):
     target (rank = number of candidates scoring >= the target), so a constant scorer earns nothing.
     """
     scores = scores.clone().float()
-    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
-    scores[users, torch.tensor([i for h in histories for i in h], dtype=torch.long)] = float("-inf")
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
     t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
     ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
     return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
@@ -48,7 +48,7 @@ def ranks_in_chunks(scores, examples, chunk=1024):
     for s in range(0, len(examples), chunk):
         rows = slice(s, s + chunk)
         part = examples[rows]
-        ranks.append(ranks_from_scores(scores(rows), torch.tensor([t for _, t in part]), [h for h, _ in part]))
+        ranks.append(ranks_from_scores(scores(rows), torch.tensor([t for _, t in part]), [hist for hist, _ in part]))
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int32)
 
 
@@ -89,7 +89,7 @@ def rank_popular(domain, examples):
 
 def rank_last_item_bm25(bm25, texts, examples):
     """The text of the user's last history item as the BM25 query: what copying the last item gives."""
-    return ranks_in_chunks(lambda rows: bm25.scores([texts[h[-1]] for h, _ in examples[rows]]), examples)
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[hist[-1]] for hist, _ in examples[rows]]), examples)
 
 
 def rank_markov(domain, examples):
@@ -101,7 +101,7 @@ def rank_markov(domain, examples):
                                   torch.tensor(list(follows.values()), dtype=torch.float32),
                                   (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
     pop = popularity(domain)
-    last = torch.tensor([h[-1] for h, _ in examples], dtype=torch.long)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
     def scores(rows):                                                  # (chunk, N) counts first, then popularity
         return nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
     return ranks_in_chunks(scores, examples)
@@ -130,7 +130,7 @@ def rank_sasrec(net, domain, examples, device, batch=256):
     net.eval()
     L = net.config.block_size
     def scores(rows):
-        idx, mask = (t.to(device) for t in data.pad_batch([h[-L:] for h, _ in examples[rows]], domain.n_items))
+        idx, mask = (t.to(device) for t in data.pad_batch([hist[-L:] for hist, _ in examples[rows]], domain.n_items))
         last = last_token_pool(net.hidden_states(idx, mask), mask)     # (B, C) each history's last position
         return net.lm_head(last)[:, :domain.n_items].cpu()             # (B, N) the logits, padding id dropped
     return ranks_in_chunks(scores, examples, batch)

@@ -1,13 +1,11 @@
-"""
-Meta-learning an initialisation for low-resource text classification: MAML, first-order MAML and Reptile.
+"""Meta-learning an initialisation for low-resource text classification: MAML, first-order MAML and Reptile.
 
 Papers: Dou, Yu and Anastasopoulos, "Investigating Meta-Learning Algorithms for Low-Resource Natural Language
 Understanding Tasks" (EMNLP 2019); Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning" (ICML 2017); Nichol,
 Achiam and Schulman, "On First-Order Meta-Learning Algorithms" (Reptile, 2018). Method and decisions: docs/maml.md.
 
-Read it top to bottom: 1. the functional core (`adapt`, the inner loop, and the three meta-updates over a dict of
-parameters and a `loss_fn(params, batch)`, for any model); 2. task samplers; 3. the sinusoid check of Finn et al.;
-4. the classifier on model.GPT; 5. meta-training and fine-tuning; 6. the run (`MAMLConfig`, `prepare`, `run`).
+Read it top to bottom: 1. the functional core, for any model, and task sampling; 2. the sinusoid check of Finn et
+al.; 3. the classifier on model.GPT; 4. meta-training and fine-tuning; 5. the run (`MAMLConfig`, `prepare`, `run`).
 GLUE's metrics are in evaluation.py; checkpoints, the run state and processes in engine.py.
 
 Run it (CPU):  python train.py --task sinusoid      # MAML / FOMAML / Reptile / pretrained on sine waves
@@ -16,11 +14,11 @@ Run it (CPU):  python train.py --task sinusoid      # MAML / FOMAML / Reptile / 
 """
 
 import dataclasses
+import functools
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,15 +47,11 @@ log = logging.getLogger(__name__)
 
 
 def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
-    """k steps of gradient descent from `params`; returns the adapted dict θ^(k).
-
-    batches: one batch (used at every step) or a list with one batch per step (a new support batch per
-    step, as the authors' code draws them; the list is cycled if shorter than `steps`).
-    first_order: treat each inner gradient as a constant (FOMAML / Reptile): the result still depends on
-    `params` through θ^(0) but not through the gradients.
-    """
-    if not isinstance(batches, (list, tuple)):
-        batches = [batches]
+    """k steps of gradient descent from `params`; returns the adapted dict θ^(k). batches: one batch (used at
+    every step) or a list with one batch per step (a new support batch per step, as the authors' code draws them;
+    cycled if shorter than `steps`). first_order: treat each inner gradient as a constant (FOMAML / Reptile): the
+    result still depends on `params` through θ^(0) but not through the gradients."""
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
     grad_fn = grad(loss_fn)  # d loss_fn / d params, as a dict like params
     for j in range(steps):
         g = grad_fn(params, batches[j % len(batches)])
@@ -67,36 +61,29 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
     return params
 
 
-def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False, chunk_size=None):
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):
     """Mean over the tasks of a meta-batch of L_Q(θ_i^(k)), all tasks at once with vmap.
-
     support: list (one per inner step) of batches whose tensors have a leading task dimension (N, ...);
     query: one such batch. The tasks share every shape (padded sequences, fixed support/query sizes).
-    randomness="different": each task draws its own dropout mask. chunk_size trades speed for memory.
-    """
+    randomness="different": each task draws its own dropout mask."""
     def one_task(task_support, task_query):  # L_Q(θ^(k)): adapt on the task's support batches, score its query
         return loss_fn(adapt(params, loss_fn, task_support, inner_lr, steps, first_order), task_query)
-    losses = vmap(one_task, randomness="different", chunk_size=chunk_size)(support, query)  # (N,)
-    return losses.mean()
+    return vmap(one_task, randomness="different")(support, query).mean()  # the mean of N losses
 
 
 def task_slice(batch, i):
-    """Task i of a batch dict whose tensors have a leading task dimension."""
+    """Task i (an index or a slice) of a batch dict whose tensors have a leading task dimension."""
     return {k: v[i] for k, v in batch.items()}
 
 
 def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
-    """The reference path: the same mean query loss, one task at a time, with plain autograd.
-
-    The inner gradient comes from torch.autograd.grad(create_graph=True) (second order) or without it
-    (first order). Same inputs as meta_loss_vmap. Slow but obviously right; the tests compare the two.
-    """
+    """The reference path: the same mean query loss, one task at a time, the inner gradient from autograd.grad
+    (create_graph=True for second order). Slow but obviously right; the tests compare the two."""
     losses = []
     for i in range(next(iter(query.values())).shape[0]):  # the tasks
         fast = dict(params)
         for j in range(steps):
-            batch = task_slice(support[j % len(support)], i)
-            loss = loss_fn(fast, batch)
+            loss = loss_fn(fast, task_slice(support[j % len(support)], i))
             gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
         losses.append(loss_fn(fast, task_slice(query, i)))
@@ -105,9 +92,7 @@ def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order
 
 def reptile_direction(params, loss_fn, support, inner_lr, steps):
     """mean_i(θ_i^(k) - θ): where the tasks' own inner loops moved, averaged over the meta-batch (vmap).
-
-    No query batch and no second derivative: the inner loop runs on detached parameters.
-    """
+    No query batch and no second derivative: the inner loop runs on detached parameters."""
     start = {name: p.detach() for name, p in params.items()}
 
     def one_task(task_support):
@@ -116,58 +101,42 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):
     return {name: (adapted[name] - start[name]).mean(0) for name in start}
 
 
-def meta_step(method, params, loss_fn, support, query, inner_lr, inner_steps, optimizer, use_vmap=True):
+def meta_step(method, params, loss_fn, support, query, inner_lr, inner_steps, optimizer):
     """One outer update of `params` (leaf tensors the optimizer holds) for maml | fomaml | reptile.
-
-    MAML / FOMAML: the gradient of the mean query loss goes to .grad. Reptile: -(θ' - θ) goes to .grad as
-    a pseudo-gradient, so that the same optimizer (Adam) takes the step. Returns the meta-batch's loss:
-    the mean query loss after adaptation (MAML, FOMAML) or None (Reptile).
-    """
+    MAML / FOMAML: the gradient of the mean query loss goes to .grad, and that loss is returned. Reptile:
+    -(θ' - θ) goes to .grad as a pseudo-gradient, so that the same optimizer (Adam) takes the step; None."""
     optimizer.zero_grad(set_to_none=True)
+    loss = None
     if method == "reptile":
         direction = reptile_direction(params, loss_fn, support, inner_lr, inner_steps)
         for name, p in params.items():
             p.grad = -direction[name]
-        engine.average_gradients(params.values())  # under torchrun: the mean over every process's tasks
-        optimizer.step()
-        return None
-    meta_loss = meta_loss_vmap if use_vmap else meta_loss_loop
-    loss = meta_loss(params, loss_fn, support, query, inner_lr, inner_steps, first_order=method == "fomaml")
-    loss.backward()
-    engine.average_gradients(params.values())
+    else:
+        loss = meta_loss_vmap(params, loss_fn, support, query, inner_lr, inner_steps, first_order=method == "fomaml")
+        loss.backward()
+    engine.average_gradients(params.values())  # under torchrun: the mean over every process's tasks
     optimizer.step()
-    return loss.detach()
-
-
-# -----------------------------------------------------------------------------
-# 2. task samplers: which auxiliary task each slot of a meta-batch draws
+    return None if loss is None else loss.detach()
 
 
 def task_probabilities(sizes, sampling):
-    """p_i for every task. uniform: 1/n. pps: |D_i| / sum_j |D_j| (Dou et al.'s best). mixed [ours]: each
-    draw is uniform with probability 1/2, else PPS, i.e. the average of the two distributions."""
+    """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
+    (Dou et al.'s best). mixed [ours]: each draw is uniform with probability 1/2, else PPS, i.e. the average."""
     sizes = np.asarray(sizes, dtype=np.float64)
-    uniform = np.full(len(sizes), 1.0 / len(sizes))
-    pps = sizes / sizes.sum()
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
     by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
     if sampling not in by_name:
         raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
     return by_name[sampling]
 
 
-def sample_tasks(sizes, n, sampling, rng):
-    """n task indices (with replacement) for one meta-batch; rng: a numpy Generator."""
-    return rng.choice(len(sizes), size=n, p=task_probabilities(sizes, sampling))
-
-
 # -----------------------------------------------------------------------------
-# 3. the sinusoid check (Finn et al. 2017, section 5.1)
+# 2. the sinusoid check (Finn et al. 2017, section 5.1)
 #
 # Each task is a sine y = A sin(x - φ), A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[-5, 5]; a learner sees K = 10
 # points of a new sine and must fit the whole curve. A network pretrained on all sines jointly can only
 # learn the mean function (≈ 0) and needs many steps to fit a new one; MAML's initialisation fits it in one.
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SineConfig:
     """The sinusoid check: the paper's settings, but for the number of meta-updates and Reptile's steps."""
     hidden: int = setting(40, "> 0", "width of the MLP 1 -> hidden -> hidden -> 1, ReLU [paper]")
@@ -188,32 +157,25 @@ class SineConfig:
 
 SINE = SineConfig()
 SINE_METHODS = ("maml", "fomaml", "reptile", "pretrained")
-# Finn et al. (2017) show these as curves (their Fig. 3), not a table; read off the K = 10 panel, so
-# approximate: MAML ≈ 0.5 after one step, pretrained ≈ 2.3 and barely moving with more steps.
+# approximate: read off the K = 10 panel of Finn et al.'s Fig. 3 (curves, not a table)
 SINE_PAPER = {"maml": {1: "≈0.5"}, "pretrained": {1: "≈2.3"}}
 
 
 def sine_mlp_init(generator, hidden=SINE.hidden):
     """Parameters of the 1 -> hidden -> hidden -> 1 MLP (PyTorch's default Linear init)."""
     params = {}
-    shapes = dict(l1=(1, hidden), l2=(hidden, hidden), l3=(hidden, 1))  # (in, out)
-    for name, (n_in, n_out) in shapes.items():
+    for name, (n_in, n_out) in dict(l1=(1, hidden), l2=(hidden, hidden), l3=(hidden, 1)).items():
         bound = 1.0 / math.sqrt(n_in)
         params[name + ".weight"] = (torch.rand(n_out, n_in, generator=generator) * 2 - 1) * bound
         params[name + ".bias"] = (torch.rand(n_out, generator=generator) * 2 - 1) * bound
     return params
 
 
-def sine_mlp(params, x):
-    """x: (n, 1) -> (n, 1)."""
-    h = F.relu(F.linear(x, params["l1.weight"], params["l1.bias"]))
-    h = F.relu(F.linear(h, params["l2.weight"], params["l2.bias"]))
-    return F.linear(h, params["l3.weight"], params["l3.bias"])
-
-
 def sine_loss(params, batch):
-    """Mean squared error of one task's batch {"x": (n, 1), "y": (n, 1)}."""
-    return F.mse_loss(sine_mlp(params, batch["x"]), batch["y"])
+    """Mean squared error of the MLP on one task's batch {"x": (n, 1), "y": (n, 1)}."""
+    h = F.relu(F.linear(batch["x"], params["l1.weight"], params["l1.bias"]))
+    h = F.relu(F.linear(h, params["l2.weight"], params["l2.bias"]))
+    return F.mse_loss(F.linear(h, params["l3.weight"], params["l3.bias"]), batch["y"])
 
 
 def sine_tasks(n_tasks, generator):
@@ -247,117 +209,93 @@ def train_sine(method, cfg, seed):
 
 
 def eval_sine(params, cfg, seed):
-    """Query MSE on held-out sines after 0 and each of cfg.eval_steps plain SGD steps at α on K points.
-    Returns {steps: (mean, 95% CI half-width)} over cfg.eval_tasks tasks."""
+    """{steps: (mean, 95% CI half-width)} of the held-out sines' query MSE after that many SGD steps at α."""
+    def mse_after(k, s, q):  # one sine's query MSE after k steps on its support points
+        return sine_loss(adapt(params, sine_loss, s, cfg.inner_lr, k), q)
     g = torch.Generator().manual_seed(seed)
     amp, phase = sine_tasks(cfg.eval_tasks, g)
     support, query = sine_points(amp, phase, cfg.k, g), sine_points(amp, phase, cfg.eval_points, g)
-    out = {}
-    for k in (0,) + tuple(cfg.eval_steps):
-        def one_task(s, q):
-            return sine_loss(adapt(params, sine_loss, s, cfg.inner_lr, k), q)
-        out[k] = mean_ci95(vmap(one_task)(support, query).numpy())
-    return out
+    return {k: mean_ci95(vmap(functools.partial(mse_after, k))(support, query).numpy()) for k in (0, *cfg.eval_steps)}
 
 
-def print_sine_table(results, cfg):
-    columns = (0,) + tuple(cfg.eval_steps)
-    log.info(f"\nK = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner lr {cfg.inner_lr}; "
-             "mean ± 95% CI\n")
-    log.info("| method | " + " | ".join(f"MSE after {k} step{'s' * (k != 1)}" for k in columns) + " | paper, 1 step |")
-    log.info("|" + "---|" * (len(columns) + 2))
-    for method in SINE_METHODS:
-        cells = [f"{m:.3f} ± {ci:.3f}" for m, ci in (results[method][k] for k in columns)]
-        log.info(f"| {method} | " + " | ".join(cells) + f" | {SINE_PAPER.get(method, {}).get(1, '–')} |")
-
-
-def write_results(out_dir, out, device, wall_s):
-    """out_dir/results.json: `out` (the table's numbers and the settings), the machine, the time and memory."""
+def write_results(out_dir, title, header, rows, out, device, wall_s):
+    """Log the table (title, header, rows); write out_dir/results.json: `out`, the machine, the time and memory."""
+    log.info(f"\n{title}\n")
+    log.info("| " + " | ".join(header) + " |")
+    log.info("|" + "---|" * len(header))
+    for row in rows:
+        log.info("| " + " | ".join(row) + " |")
     out = dict(out, environment=engine.environment(device), wall_s=wall_s, peak_memory_mb=engine.peak_memory_mb())
     engine.save_json(os.path.join(out_dir, "results.json"), out)
-    log.info(f"\nwall time {wall_s:.0f}s; peak memory {out['peak_memory_mb']} MB; "
-             f"wrote {os.path.join(out_dir, 'results.json')}")
+    log.info(f"\nwall time {wall_s:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
     return out
 
 
 def run_sinusoid(cfg, out_dir, seed):
-    """`python train.py --task sinusoid` (CPU, one process): train each method, print the table of K-shot MSE
-    after 0, 1, 5, 10 steps on held-out sines, and write out_dir/results.json."""
+    """`python train.py --task sinusoid`: train each method, log the table and write out_dir/results.json."""
     engine.check_settings(cfg)
-    t0 = time.time()
-    results = {}
+    t0, results, columns = time.time(), {}, (0,) + tuple(cfg.eval_steps)
     for method in SINE_METHODS:
         t = time.time()
         results[method] = eval_sine(train_sine(method, cfg, seed), cfg, seed=seed + 10_000)  # held out
         log.info(f"{method:>10}: trained {cfg.steps} steps in {time.time() - t:.0f}s")
-    print_sine_table(results, cfg)
+    header = ["method", *(f"MSE after {k} step{'s' * (k != 1)}" for k in columns), "paper, 1 step"]
+    rows = [[m, *(f"{mse:.3f} ± {ci:.3f}" for mse, ci in (results[m][k] for k in columns)),
+             SINE_PAPER.get(m, {}).get(1, "–")] for m in SINE_METHODS]
+    title = f"K = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, α = {cfg.inner_lr}; mean ± 95% CI"
     methods = {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()} for m, r in results.items()}
-    return write_results(out_dir, dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed),
-                                       paper=SINE_PAPER), "cpu", time.time() - t0)
+    out = dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed), paper=SINE_PAPER)
+    return write_results(out_dir, title, header, rows, out, "cpu", time.time() - t0)
 
 
 # -----------------------------------------------------------------------------
-# 4. the classifier on model.GPT
+# 3. the classifier on model.GPT
 #
 # Every task (auxiliary and target) owns one row of a shared head tensor (n_tasks, M, C), M = the largest
 # number of classes; a task with fewer classes masks the rest out, and a regression task (STS-B) reads its
 # score from output 0. One head tensor, indexed by a task-id tensor, is what lets vmap run a meta-batch of
 # tasks with different label spaces as one program.
-
-HEAD_INIT_STD = 0.02
 MASKED_LOGIT = -1e9
 
 
 class TaskClassifier(nn.Module):
-    """GPT encoder -> mean pooling over real tokens -> the task's row of the head."""
+    """GPT -> mean pooling over real tokens -> the task's head row. n_outputs: classes per task (1: regression)."""
 
     def __init__(self, gpt, n_outputs, regression):
-        """n_outputs: classes per task (1 for regression); regression: one bool per task."""
         super().__init__()
         self.gpt = gpt
         n_tasks, M, C = len(n_outputs), max(n_outputs), gpt.config.n_embd
-        self.head_weight = nn.Parameter(torch.randn(n_tasks, M, C) * HEAD_INIT_STD)  # (n_tasks, M, C)
-        self.head_bias = nn.Parameter(torch.zeros(n_tasks, M))                       # (n_tasks, M)
+        self.head_weight = nn.Parameter(torch.randn(n_tasks, M, C) * 0.02)  # (n_tasks, M, C), N(0, 0.02) as GPT's
+        self.head_bias = nn.Parameter(torch.zeros(n_tasks, M))               # (n_tasks, M)
         self.register_buffer("class_mask", torch.arange(M)[None, :] < torch.tensor(n_outputs)[:, None])
         self.register_buffer("is_regression", torch.tensor(regression, dtype=torch.bool))  # (n_tasks,)
 
     def forward(self, idx, attention_mask, task):
         """idx, attention_mask: (B, T); task: 0-d long tensor. Returns (B, M): logits, or the score in
         column 0 for a regression task; masked classes hold MASKED_LOGIT."""
-        h = self.gpt.hidden_states(idx, attention_mask)               # (B, T, C)
-        pooled = mean_pool(h, attention_mask)                          # (B, C)
+        pooled = mean_pool(self.gpt.hidden_states(idx, attention_mask), attention_mask)  # (B, T, C) -> (B, C)
         t = task.reshape(1)
-        w = self.head_weight.index_select(0, t)[0]                    # (M, C)
-        b = self.head_bias.index_select(0, t)[0]                      # (M,)
-        out = pooled @ w.T + b                                         # (B, M)
-        keep = self.class_mask.index_select(0, t)                      # (1, M)
-        return torch.where(keep, out, torch.full_like(out, MASKED_LOGIT))
+        out = pooled @ self.head_weight.index_select(0, t)[0].T + self.head_bias.index_select(0, t)[0]  # (B, M)
+        return torch.where(self.class_mask.index_select(0, t), out, torch.full_like(out, MASKED_LOGIT))
 
 
 def classifier_loss(model, params, batch):
-    """Cross-entropy (classification) or squared error (regression) of one task's batch
-    {"idx" (B, T), "mask" (B, T), "task" 0-d, "y" (B,) float}. Both are computed and one is selected with
-    a tensor, not an `if`, so that tasks of both kinds can share a vmap."""
-    out = functional_call(model, params, (batch["idx"], batch["mask"], batch["task"]))  # (B, M)
-    y = batch["y"]
+    """Cross-entropy or squared error (regression) of one task's batch {"idx", "mask" (B, T), "task" 0-d, "y" (B,)}.
+    Both are computed and one is selected with a tensor, not an `if`, so that both kinds can share a vmap."""
+    out, y = functional_call(model, params, (batch["idx"], batch["mask"], batch["task"])), batch["y"]  # (B, M), (B,)
     is_regression = model.is_regression.index_select(0, batch["task"].reshape(1))[0]
     ce = F.cross_entropy(out, y.long().clamp(0, out.size(1) - 1))
-    mse = F.mse_loss(out[:, 0], y)
-    return torch.where(is_regression, mse, ce)
+    return torch.where(is_regression, F.mse_loss(out[:, 0], y), ce)
 
 
 def task_loss(model):
-    """(θ, loss_fn): every parameter of the model as a dict (the inner loop adapts them all, as the paper),
-    and loss_fn(params, batch), the classifier's loss with those tensors. named_parameters() gives the tied
-    token embedding once, which functional_call needs."""
-    def loss_fn(params, batch):
-        return classifier_loss(model, params, batch)
-    return dict(model.named_parameters()), loss_fn
+    """(θ, loss_fn(params, batch)): every parameter as a dict (the inner loop adapts them all, as the paper);
+    named_parameters() gives the tied token embedding once, which functional_call needs."""
+    return dict(model.named_parameters()), functools.partial(classifier_loss, model)
 
 
 def split_metrics(model, enc, metric_names, device, batch_size=128):
-    """GLUE's metrics of the model's predictions on a whole encoded split: class indices, or scores (back on
-    the task's own scale) for a regression task."""
+    """GLUE's metrics of the predictions on an encoded split: classes, or scores back on the task's scale."""
     model.eval()
     outs = []
     with torch.no_grad():
@@ -390,16 +328,13 @@ def subset(enc, rows):
 
 def stack_tasks(encs, n_batches, shot, rng, pad_id, device="cpu"):
     """For each task enc of a meta-batch, `n_batches` random batches of `shot` examples, all padded to one
-    length. Returns a list of n_batches dicts {"idx" (N, shot, T), "mask", "task" (N,), "y" (N, shot)} of
-    tensors on `device`."""
-    drawn = [[rng.choice(len(e["ids"]), size=shot, replace=len(e["ids"]) < shot) for e in encs]
-             for _ in range(n_batches)]
+    length. Returns a list of n_batches dicts {"idx" (N, shot, T), "mask", "task" (N,), "y" (N, shot)}."""
+    drawn = [[rng.choice(len(e["ids"]), shot, replace=len(e["ids"]) < shot) for e in encs] for _ in range(n_batches)]
     T = max(len(e["ids"][i]) for rows in drawn for e, r in zip(encs, rows) for i in r)
     batches = []
     for rows in drawn:
         idx, mask = zip(*(data.pad_batch([e["ids"][i] for i in r], pad_id, T) for e, r in zip(encs, rows)))
-        batch = {"idx": torch.stack(idx), "mask": torch.stack(mask),
-                 "task": torch.tensor([e["task_id"] for e in encs]),
+        batch = {"idx": torch.stack(idx), "mask": torch.stack(mask), "task": torch.tensor([e["task_id"] for e in encs]),
                  "y": torch.stack([torch.from_numpy(e["y"][r]) for e, r in zip(encs, rows)])}
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
@@ -418,49 +353,35 @@ def classifier_for(gpt, tasks):
 
 
 # -----------------------------------------------------------------------------
-# 5. meta-training, the multi-task baseline, fine-tuning a target
+# 4. meta-training, the multi-task baseline, fine-tuning a target
 
 
-def multitask_step(params, loss_fn, batch, opt):
-    """One step of the multi-task baseline: the mean loss of the batch's tasks at θ itself, no inner loop."""
-    opt.zero_grad(set_to_none=True)
-    loss = vmap(loss_fn, in_dims=(None, 0), randomness="different")(params, batch).mean()
-    loss.backward()
-    engine.average_gradients(params.values())
-    opt.step()
-    return loss.detach()
-
-
-def meta_train(model, aux_encs, sizes, method, cfg, rng, device, state=None, phase=None):
-    """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks. Returns the loss curve.
-
-    Every method runs its tasks under vmap, inside second_order_ops(model) (model.py): attention on the MATH
-    kernel and LayerNorm written out, so that second derivatives are right there (tests/test_model.py and
-    tests/test_maml_classifier.py check vmap == the per-task loop). With a RunState, the loop saves what it
-    needs to continue exactly (weights, optimizer, random streams, loss curve) every tenth of the run.
-    """
+def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
+    """θ <- MAML / FOMAML / Reptile / multi-task training on the auxiliary tasks; returns the loss curve. Every
+    method runs its tasks under vmap inside second_order_ops(model) (attention on the MATH kernel and LayerNorm
+    written out), so that second derivatives are right there. A RunState saves the loop every tenth of the run."""
     params, loss_fn = task_loss(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
-    # under torchrun every process draws the same meta-batch and takes its own contiguous share of the tasks;
-    # average_gradients then gives every process the meta-gradient of the whole meta-batch
+    # under torchrun every process draws the same meta-batch and takes its share; meta_step averages the gradients
     rank, world = engine.rank_and_world()
     mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
+    phase, p = f"meta_{method}", task_probabilities([len(e["ids"]) for e in aux_encs], cfg.sampling)
     start, best, more = state.restore_loop(phase, model, opt, rng) if state else (0, None, {})
     losses = list(more.get("losses", []))
 
     def step(_):
-        chosen = [aux_encs[i] for i in sample_tasks(sizes, cfg.meta_batch, cfg.sampling, rng)]
-        if method == "multitask":  # the MT-DNN-style baseline: the same tasks and as much data, no inner loop
-            batch = stack_tasks(chosen, 1, cfg.shot * (cfg.inner_steps + 1), rng, chosen[0]["pad_id"], device)[0]
-            loss = multitask_step(params, loss_fn, task_slice(batch, mine), opt)
+        chosen = [aux_encs[i] for i in rng.choice(len(aux_encs), size=cfg.meta_batch, p=p)]  # with replacement
+        pad_id = chosen[0]["pad_id"]
+        if method == "multitask":  # the MT-DNN-style baseline, the same tasks and as much data: MAML with k = 0
+            batch = task_slice(stack_tasks(chosen, 1, cfg.shot * (cfg.inner_steps + 1), rng, pad_id, device)[0], mine)
+            loss = meta_step("maml", params, loss_fn, [], batch, cfg.inner_lr, 0, opt)  # mean loss at θ itself
         else:
-            batches = stack_tasks(chosen, cfg.inner_steps + 1, cfg.shot, rng, chosen[0]["pad_id"], device)
+            batches = stack_tasks(chosen, cfg.inner_steps + 1, cfg.shot, rng, pad_id, device)
             batches = [task_slice(b, mine) for b in batches]
             loss = meta_step(method, params, loss_fn, batches[:-1], batches[-1], cfg.inner_lr, cfg.inner_steps, opt)
         losses.append(float("nan") if loss is None else loss.item())  # Reptile has no query loss
         bar.update()
         return None if loss is None else losses[-1]
-
     saver = state.loop_saver(phase, model, opt, rng, more=lambda: dict(losses=list(losses))) if state else None
     with second_order_ops(model), tqdm(total=cfg.meta_steps, initial=start, desc=f"meta-train {method}",
                                        leave=False, mininterval=5.0, disable=rank > 0) as bar:
@@ -470,10 +391,9 @@ def meta_train(model, aux_encs, sizes, method, cfg, rng, device, state=None, pha
 
 
 def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
-    """Fine-tune every parameter from `init_state` with plain SGD at the inner learning rate α (the step MAML
-    learned its initialisation for), on batches of `cfg.shot` of the `train` examples; keep the state with
-    the best validation score (first metric, checked at step 0 and every cfg.eval_interval steps); report
-    `test` once, from that state. A diverged step shows as a nan validation score, which never wins."""
+    """Fine-tune every parameter from `init_state` with plain SGD at α (the step MAML learned its initialisation
+    for) on batches of cfg.shot train examples; report `test` once, from the state with the best validation
+    score (first metric, every cfg.eval_interval steps; a diverged step scores nan, which never wins)."""
     model.load_state_dict(init_state)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
     params, loss_fn = task_loss(model)
@@ -490,17 +410,15 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, devi
         return split_metrics(model, val, metric_names[:1], device)[metric_names[0]]
     score, stop_step, _ = train_and_select(model, step, cfg.ft_steps, cfg.eval_interval, validate, label=None)
     if stop_step is None:
-        raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower inner_lr "
-                        f"(now {cfg.inner_lr})")
+        raise UserError(f"fine-tuning diverged: every validation {metric_names[0]} was nan; lower inner_lr")
     return dict(split_metrics(model, test, metric_names, device), val=score, stop_step=stop_step)
 
 
 # -----------------------------------------------------------------------------
-# 6. the run: its settings; prepare() reads and checks every input, run() learns each initialisation and
-# fine-tunes the targets from it
+# 5. the run: its settings; prepare() reads and checks every input; run() learns and fine-tunes
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class MAMLConfig:
     """One run: the tasks, the encoder, meta-training, fine-tuning. The defaults are the built-in family's."""
     aux: tuple[str, ...] = setting(tuple(data.FAMILY_AUX), None, "auxiliary (meta-training) tasks")
@@ -536,8 +454,7 @@ class MAMLConfig:
             raise UserError(f"setting meta_batch={self.meta_batch}: a meta-batch must split over the {world} processes")
         twice = [n for n in dict.fromkeys(tasks) if tasks.count(n) > 1]
         if twice:
-            raise UserError(f"settings aux and targets: {', '.join(twice)} named twice (a task is auxiliary or "
-                            "target, and once)")
+            raise UserError(f"settings aux and targets: {', '.join(twice)} named twice (a task is one or the other)")
 
 
 FAMILY = MAMLConfig()
@@ -549,8 +466,7 @@ INITS = ("none", "multitask", "maml", "fomaml", "reptile")
 
 
 def load_tasks(cfg, data_dir):
-    """(setting, aux tasks, target tasks, few-shot root or None), each {name: task} in cfg's order: the built-in
-    family's (data_dir None) or GLUE's, from data_dir."""
+    """(setting, aux tasks, target tasks, few-shot root or None), each {name: task} in cfg's order."""
     family = data.task_family() if data_dir is None else ({}, {})
     known = {**family[0], **family[1]} if data_dir is None else data.GLUE_TASKS
     where = "GLUE" if data_dir else "the built-in family (GLUE's need the GLUE folder)"
@@ -559,8 +475,7 @@ def load_tasks(cfg, data_dir):
             if n not in known:
                 raise UserError(f"setting {field}: {n} is not a task of {where}; expected some of {', '.join(known)}")
             if data_dir and not os.path.isdir(os.path.join(data_dir, n)):
-                raise UserError(f"setting {field}: {n}: {os.path.join(data_dir, n)} is not there (python data.py "
-                                "glue fetches it)")
+                raise UserError(f"setting {field}: {n}: {os.path.join(data_dir, n)} is not there (python data.py glue)")
     if data_dir is None:
         return "family", {n: known[n] for n in cfg.aux}, {n: known[n] for n in cfg.targets}, None
     few_shot = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "glue-16shot")
@@ -568,24 +483,7 @@ def load_tasks(cfg, data_dir):
             few_shot if os.path.isdir(few_shot) else None)
 
 
-def encoder_and_tokenizer(cfg, tasks, init, out_dir, resume):
-    """The GPT and its tokenizer: init's (GPT-2's, or a project checkpoint's), else a from-scratch GPT and a
-    BPE trained on the tasks' training text (which a resumed run reads back from out_dir)."""
-    if init:
-        gpt, tokenizer = engine.load_init(init)
-        if gpt.config.block_size < cfg.max_len:
-            raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens, but setting "
-                            f"max_len={cfg.max_len} feeds it more")
-        return gpt, tokenizer
-    if resume:
-        tokenizer = data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
-    else:
-        texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-        tokenizer = data.train_tokenizer(texts, vocab_size=cfg.vocab_size)
-    return new_encoder(tokenizer, cfg), tokenizer
-
-
-def few_shot_runs(task, tid, tokenizer, cfg, scale, root, test, reported):
+def few_shot_runs(task, encode, root, test, reported):
     """One run per LM-BFF 16-shot folder of a target: its own train and dev, scored on the reported split."""
     def pairs(split):
         return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
@@ -596,20 +494,16 @@ def few_shot_runs(task, tid, tokenizer, cfg, scale, root, test, reported):
         # reported split (when it is a re-split of the training set) are left out of it for this seed
         seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
-        runs.append(("16-shot", folder.rsplit("-", 1)[1],
-                     encode_split(tokenizer, task, shot["train"], tid, cfg.max_len, scale),
-                     encode_split(tokenizer, task, shot["dev"], tid, cfg.max_len, scale), subset(test, keep)))
+        runs.append(("16-shot", folder.rsplit("-", 1)[1], encode(shot["train"]), encode(shot["dev"]),
+                     subset(test, keep)))
     return runs
 
 
-def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
-    """[(size label, seed, train enc, val enc, test enc)] for one target, and the reported split: cfg.seeds
-    random subsets of each size in cfg.n_train, then LM-BFF's 16-shot folders where there are some.
-
-    With a labelled test split: validation = dev, report = test. Without one (GLUE's public files): a
-    validation split is carved out of train (never trained on), and dev is reported."""
-    enc = {s: encode_split(tokenizer, task, task[s], tid, cfg.max_len, scale)
-           for s in ("train", "dev", "test") if s in task}
+def target_runs(task, encode, cfg, few_shot_root, seed):
+    """[(size label, seed, train enc, val enc, test enc)] for one target, and the reported split: cfg.seeds random
+    subsets of each size in cfg.n_train, then LM-BFF's 16-shot folders. With a labelled test split: validation
+    = dev, report = test; without one (GLUE's public files): validation carved out of train, report = dev."""
+    enc = {s: encode(task[s]) for s in ("train", "dev", "test") if s in task}
     if "test" in enc:
         pool, val, test, reported = enc["train"], enc["dev"], enc["test"], "test"
     else:
@@ -628,12 +522,10 @@ def target_runs(task, tid, tokenizer, cfg, scale, few_shot_root, seed):
         for s in range(cfg.seeds):
             rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
             runs.append((str(n), s, subset(pool, rows), val, test))
-    if few_shot_root is not None:
-        runs += few_shot_runs(task, tid, tokenizer, cfg, scale, few_shot_root, test, reported)
-    return runs, reported
+    return runs + (few_shot_runs(task, encode, few_shot_root, test, reported) if few_shot_root else []), reported
 
 
-@dataclass
+@dataclasses.dataclass
 class Experiment:
     """Everything a run needs, read and checked by prepare() before anything is written."""
     cfg: MAMLConfig
@@ -641,7 +533,6 @@ class Experiment:
     seed: int
     out_dir: str
     init: str | None      # the GPT it starts from (a checkpoint or a GPT-2 folder); None: from scratch
-    resume: bool
     setting: str          # family | glue
     targets: dict         # {name: task}
     inits: tuple          # the initialisations compared (from cfg.method)
@@ -654,25 +545,33 @@ class Experiment:
 
 
 def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
-    """Read and check everything a run needs, writing nothing: settings, tasks (data_dir None: the built-in
-    family; else the GLUE folder), tokenizer, classifier, the targets' runs. With resume, the saved run's key
-    (settings, tasks, seed, init, tokenizer, processes) must equal this one's, checked before any work."""
+    """Read and check everything a run needs, writing nothing (data_dir None: the built-in family). With resume,
+    the saved run's key (settings, tasks, seed, init, tokenizer, processes) must equal this one's."""
     engine.check_settings(cfg)
     setting_name, aux, targets, few_shot_root = load_tasks(cfg, data_dir)
     tasks = {**aux, **targets}
     torch.manual_seed(seed)  # the classifier's first weights
-    gpt, tokenizer = encoder_and_tokenizer(cfg, tasks, init, out_dir, resume)
+    if init:  # GPT-2's or a project checkpoint's
+        gpt, tokenizer = engine.load_init(init)
+        if gpt.config.block_size < cfg.max_len:
+            raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens; max_len={cfg.max_len} is more")
+    else:  # a BPE trained on the tasks' training text (a resumed run reads it back) and a from-scratch GPT
+        texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
+        tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
+                     else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
+        gpt = new_encoder(tokenizer, cfg)
     key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), tasks=list(tasks), seed=seed,
                init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
     state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
     model = classifier_for(gpt, tasks).to(device)
-    names, scales = list(tasks), {n: regression_scale(t) for n, t in tasks.items()}
-    aux_encs = [encode_split(tokenizer, aux[n], aux[n]["train"], names.index(n), cfg.max_len, scales[n]) for n in aux]
-    runs = {n: target_runs(targets[n], names.index(n), tokenizer, cfg, scales[n], few_shot_root, seed)
-            for n in targets}
+
+    def encode(n, split):  # the task id is the task's place in `tasks`, its head row
+        return encode_split(tokenizer, tasks[n], split, list(tasks).index(n), cfg.max_len, regression_scale(tasks[n]))
+    aux_encs = [encode(n, aux[n]["train"]) for n in aux]
+    runs = {n: target_runs(targets[n], functools.partial(encode, n), cfg, few_shot_root, seed) for n in targets}
     inits = INITS if cfg.method == "all" else ("none",) if cfg.method == "none" else ("none", cfg.method)
-    return Experiment(cfg, device, seed, out_dir, init, resume, setting_name, targets, inits, tokenizer, model,
-                      {k: v.clone() for k, v in model.state_dict().items()}, aux_encs, runs, state)
+    return Experiment(cfg, device, seed, out_dir, init, setting_name, targets, inits, tokenizer, model,
+                      engine.copy_weights(model), aux_encs, runs, state)
 
 
 def learn_init(exp, init):
@@ -683,15 +582,14 @@ def learn_init(exp, init):
     if init == "none" or f"learned_{init}" in state.done:
         return state.done.get(f"learned_{init}", {}).get("weights", exp.init_state)
     rng = np.random.default_rng([exp.seed, INITS.index(init)])  # its own stream: the same whatever cfg.method
-    curve = meta_train(model, exp.aux_encs, [len(e["ids"]) for e in exp.aux_encs], init, cfg, rng, exp.device,
-                       state, phase=f"meta_{init}")
-    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
+    curve = meta_train(model, exp.aux_encs, init, cfg, rng, exp.device, state)
     if engine.rank_and_world()[0] == 0:
-        engine.save_checkpoint(os.path.join(exp.out_dir, f"init_{init}.pt"), model.gpt, exp.tokenizer,
-                               cfg.meta_steps, {"loss_last": curve[-1]}, heads=heads)
+        heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
+        engine.save_checkpoint(os.path.join(exp.out_dir, f"init_{init}.pt"), model.gpt, exp.tokenizer, cfg.meta_steps,
+                               {"loss_last": curve[-1]}, heads=heads)
     tenth = max(1, len(curve) // 10)  # one meta-batch's loss is noisy: the means over the first and last tenth
     summary = [] if math.isnan(curve[0]) else [float(np.mean(curve[:tenth])), float(np.mean(curve[-tenth:]))]
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = engine.copy_weights(model)
     state.finish(f"learned_{init}", dict(weights=weights, loss_first_last_tenth=summary))
     return weights
 
@@ -701,13 +599,11 @@ def summarize(metric_dicts, metric_names):
     out = {}
     for name in metric_names:
         out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
-    out["n_seeds"] = len(metric_dicts)
-    return out
+    return dict(out, n_seeds=len(metric_dicts))
 
 
 def fine_tune_targets(exp, init, learned):
-    """Fine-tune every target from `learned` at every size and seed; each run's metrics go into the run state
-    as it ends (a resumed run skips those). Returns {target: {size: mean and std over seeds}}."""
+    """{target: {size: mean and std over seeds}} fine-tuned from `learned`; a resumed run skips the runs done."""
     done, out = exp.state.done.setdefault(f"fine_tuned_{init}", {}), {}
     for n, (task_runs, _) in exp.runs.items():
         metrics, per_size = exp.targets[n]["metrics"], {}
@@ -722,47 +618,33 @@ def fine_tune_targets(exp, init, learned):
     return out
 
 
-def print_table(results, targets, inits, reported):
-    """One Markdown table: rows target x size, columns the initialisations; mean ± std over seeds."""
-    log.info(f"\nTarget tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
-             f"{', '.join(f'{n}={s}' for n, s in reported.items())})\n")
-    log.info("| target | metric | size | " + " | ".join(inits) + " |")
-    log.info("|---|---|---|" + "---|" * len(inits))
-    for n in targets:
-        for metric in targets[n]["metrics"]:
-            for size in results[n][inits[0]]:
-                cells = [f"{results[n][i][size][metric]:.3f} ± {results[n][i][size][metric + '_std']:.3f}"
-                         for i in inits]
-                log.info(f"| {n} | {metric} | {size} | " + " | ".join(cells) + " |")
-
-
 def run(exp):
-    """Learn each initialisation, fine-tune every target from it at every size and seed, print the table and
-    write results.json; returns what it wrote (None on the other processes under torchrun)."""
-    rank, _ = engine.rank_and_world()
-    if rank == 0 and not exp.resume:
+    """Learn each initialisation, fine-tune the targets from it, write results.json; returns it (None if rank > 0)."""
+    rank = engine.rank_and_world()[0]
+    if rank == 0 and not exp.state.resumes:
         os.makedirs(exp.out_dir, exist_ok=True)
         exp.tokenizer.save(os.path.join(exp.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be init
-    log.info(f"setting {exp.setting}: {len(exp.cfg.aux)} auxiliary tasks {list(exp.cfg.aux)}, targets "
-             f"{list(exp.targets)}; GPT {exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer "
-             f"{exp.tokenizer.vocab_size} tokens")
+    log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
+             f"{exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}
     for init in exp.inits:
         t = time.time()
         learned = learn_init(exp, init)
-        t_meta = time.time() - t
-        if rank > 0:
-            continue  # fine-tuning the targets is process 0's
-        for n, by_size in fine_tune_targets(exp, init, learned).items():
-            results[n][init] = by_size
-        log.info(f"{init:>10}: learned in {t_meta:.0f}s, targets fine-tuned in {time.time() - t - t_meta:.0f}s")
+        if rank == 0:  # fine-tuning the targets is process 0's
+            for n, by_size in fine_tune_targets(exp, init, learned).items():
+                results[n][init] = by_size
+            log.info(f"{init:>10}: learned and targets fine-tuned in {time.time() - t:.0f}s")
     if rank > 0:
         return None
     reported = {n: r[1] for n, r in exp.runs.items()}
-    print_table(results, exp.targets, exp.inits, reported)
+    rows = [[n, m, size, *(f"{results[n][i][size][m]:.3f} ± {results[n][i][size][m + '_std']:.3f}" for i in exp.inits)]
+            for n in exp.targets for m in exp.targets[n]["metrics"] for size in results[n][exp.inits[0]]]
+    title = ("Target tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
+             f"{', '.join(f'{n}={s}' for n, s in reported.items())})")
     curves = {i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"] for i in exp.inits
               if exp.state.done.get(f"learned_{i}", {}).get("loss_first_last_tenth")}
     config = dict(dataclasses.asdict(exp.cfg), setting=exp.setting, inits=list(exp.inits), seed=exp.seed,
                   init=exp.init, device=exp.device, reported_split=reported, meta_loss_first_last_tenth=curves)
-    return write_results(exp.out_dir, dict(targets=results, config=config, resumed=exp.state.resumes), exp.device,
+    out = dict(targets=results, config=config, resumed=exp.state.resumes)
+    return write_results(exp.out_dir, title, ["target", "metric", "size", *exp.inits], rows, out, exp.device,
                          exp.state.seconds())

@@ -35,9 +35,8 @@ class LayerNorm(nn.Module):
     Same parameters (weight, bias) and eps as nn.LayerNorm.
 
     Written out below, and run that way inside `second_order_ops(model)`: under torch.func.vmap, the backward
-    pass through the gradient of F.layer_norm (what second-order MAML takes, task by task) comes out wrong in
-    current PyTorch, and these plain ops give the right one (tests/test_model.py checks it against a loop over
-    tasks). Everywhere else the fused kernel computes the same thing, faster.
+    pass through the gradient of F.layer_norm (what second-order MAML takes) comes out wrong in current PyTorch;
+    these plain ops give the right one (tests/test_model.py). Elsewhere the fused kernel does the same, faster.
     """
 
     def __init__(self, ndim, bias=True, eps=1e-5):
@@ -101,9 +100,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x, mask=None, cache=None, layer=0):
-        """x: (B, T, C). mask: (B, 1, T, T_keys) bool, True = may attend; None means plain causal attention
-        over x (or, for a single new token, attention to every key). cache: a KVCache, which stores this
-        step's keys and values after the earlier ones (of this `layer`) and hands back all of them."""
+        """x: (B, T, C). mask: (B, 1, T, T_keys) bool, True = may attend; None: plain causal attention (for one
+        new token, attention to every key). cache: a KVCache that stores this layer's new keys and values."""
         B, T, C = x.size()  # batch, sequence length, embedding dim
         q, k, v = self.c_attn(x).split(C, dim=2)
         hs = C // self.n_head
@@ -113,8 +111,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, nh, T_keys, hs): every position so far, these included
         dropout_p = self.dropout if self.training else 0.0
-        # the fused kernel; manual_attention above is the same computation spelled out. Its fast CPU
-        # kernel has no double backward: second-order MAML runs inside second_order_ops().
+        # the fused kernel: manual_attention above, spelled out (second-order MAML runs inside second_order_ops)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                            is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again
@@ -259,8 +256,7 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def hidden_states(self, idx, attention_mask=None):
-        """Final hidden states (B, T, C) of a right- or left-padded batch; attention_mask (B, T) is 1 for
-        real tokens. Pool them with mean_pool / last_token_pool below."""
+        """Final hidden states (B, T, C) of a right- or left-padded batch; attention_mask (B, T): 1 = real token."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
@@ -294,8 +290,8 @@ class GPT(nn.Module):
     # --- generation ----------------------------------------------------------------
 
     def _left_pad(self, prompts):
-        """Prompts of different lengths -> (B, T) left-padded tokens and (B, T) bool mask of real ones.
-        Left padding puts every prompt's last token in the last column, where generation continues."""
+        """Prompts -> (B, T) tokens left-padded (each last token in the last column, where generation goes on) and
+        (B, T) bool mask of the real ones."""
         if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         T = max(len(p) for p in prompts)
@@ -460,8 +456,8 @@ class GPT(nn.Module):
         missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
         if missing or unexpected:
             raise UserError(f"{weights_path}: keys do not match GPT-2 with the sizes of {cfg_path}; "
-                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+                            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         # GPT-2 stores these Linear layers as "Conv1D": weight (in, out) instead of (out, in)
         conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         target = model.state_dict()
@@ -470,7 +466,7 @@ class GPT(nn.Module):
                 w = sd[k].t() if k.endswith(conv1d) else sd[k]
                 if w.shape != target[name].shape:
                     raise UserError(f"{weights_path}: {k} has shape {tuple(sd[k].shape)}, but "
-                                     f"{cfg_path} implies {tuple(target[name].shape)}")
+                                    f"{cfg_path} implies {tuple(target[name].shape)}")
                 target[name].copy_(w)
         return model
 
@@ -489,17 +485,14 @@ def _beam_choose(scores, logp, finished, eos_id):
 
 def _cut_at(tokens, eos_id):
     """Tokens up to and including the first eos_id."""
-    if eos_id is not None and eos_id in tokens:
-        return tokens[:tokens.index(eos_id) + 1]
-    return tokens
+    return tokens[:tokens.index(eos_id) + 1] if eos_id is not None and eos_id in tokens else tokens
 
 
 # -----------------------------------------------------------------------------
 # reading Hugging Face weight files
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8,
-                       "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def read_safetensors(path):
@@ -523,9 +516,8 @@ def read_safetensors(path):
         if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
             raise UserError(f"{path}: tensor {name} runs past the end of the file or has the wrong size "
                             "(truncated download?)")
-        raw = data[begin:end]
-        t = torch.frombuffer(bytearray(raw), dtype=dtype) if len(raw) else torch.empty(0, dtype=dtype)
-        tensors[name] = t.reshape(shape)
+        raw = bytearray(data[begin:end])
+        tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
     return tensors
 
 

@@ -4,23 +4,14 @@ The one command line of the project: train and evaluate a task on the small GPT 
     python train.py --task calrec                 # CALRec on the built-in multi-domain world (CPU, minutes)
     python train.py --task maml                   # MAML / FOMAML / Reptile on the built-in task family
     python train.py --task sinusoid               # the Finn et al. (2017) sinusoid regression check
-    python train.py --task calrec --show-config   # every setting, its value, what it allows
-    python train.py --help                        # every flag, explained
-
-Real data (fetch it first with `python data.py --help`):
-
+    python train.py --task calrec --show-config   # every setting: its value and what it allows
     python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific
-    python train.py --task maml --data data/glue --aux MNLI,QNLI,QQP,SST-2 --targets CoLA,MRPC,STS-B,RTE
+    torchrun --nproc_per_node=4 train.py --task calrec --dtype bfloat16 --compile   # several GPUs
 
-Several GPUs (or CPU processes, with gloo):
-
-    torchrun --nproc_per_node=4 train.py --task calrec --dtype bfloat16 --compile
-
-A task's settings live in one frozen config (calrec.CALRecConfig, maml.MAMLConfig, maml.SineConfig): its preset
-(the built-in data's, or the real data's when --data is given), then the shortcut flags (each one field), then
---set NAME=VALUE; every value is checked against what its field allows before anything is written. Each task
-has two steps: prepare() reads and checks every input and writes nothing; run() trains, evaluates and writes.
-So a run that fails on its input leaves an existing --out-dir exactly as it was.
+A task's settings are one frozen config (calrec.CALRecConfig, maml.MAMLConfig, maml.SineConfig): its preset (for
+the built-in data, or for real data with --data), then the shortcut flags (each one setting), then --set NAME=VALUE,
+each value checked against what its field allows. Then the task's prepare() reads and checks every input and
+writes nothing, and its run() trains, evaluates and writes: a run that fails on its input leaves --out-dir as it was.
 """
 
 import os
@@ -32,20 +23,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import logging  # noqa: E402
-import random  # noqa: E402
-import shlex  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import apply_settings, format_value, show_config  # noqa: E402
+from engine import (apply_settings, format_value, open_log_file, pick_device, seed_everything,  # noqa: E402
+                    setup_distributed, setup_logging, show_config)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -99,15 +85,14 @@ def name_value(text):
 
 
 def alias_help(name):
-    """An alias's help: its field's, with the tasks that have it and their defaults."""
-    parts, text = [], ""
+    """An alias's help: for each task that has the setting, its help and default (built-in / with --data)."""
+    parts = []
     for task, presets in PRESETS.items():
         field = {f.name: f for f in dataclasses.fields(presets[0])}.get(name)
         if field is not None:
-            text = field.metadata["help"]
-            values = dict.fromkeys(format_value(getattr(p, name)) for p in presets)
-            parts.append(f"{task}: default {' / '.join(values) if len(values) == 1 else ' built-in, '.join(values) + ' with --data'}")
-    return f"{text} ({'; '.join(parts)}; = --set {name}=...)"
+            defaults = " / ".join(dict.fromkeys(format_value(getattr(p, name)) for p in presets))
+            parts.append(f"{task}: {field.metadata['help']} (default {defaults or 'empty'})")
+    return "; ".join(parts) + f"; the same as --set {name}=VALUE"
 
 
 def build_parser():
@@ -204,83 +189,13 @@ def check_out_dir(path):
 
 
 # -----------------------------------------------------------------------------
-# device, processes, seed, log
-
-
-def pick_device(name, mps=True):
-    """auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path is unchecked
-    on mps, so it runs there only when asked), else cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps was asked for, but this torch has no MPS device")
-    return name
-
-
-def setup_distributed(device):
-    """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs, gloo on
-    CPUs. Returns (rank, device) with each GPU process on its own card."""
-    if "RANK" not in os.environ:
-        return 0, device
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return torch.distributed.get_rank(), device
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class ConsoleHandler(logging.Handler):
-    """Log lines through tqdm.write, so that they do not break a progress bar."""
-
-    def emit(self, record):
-        tqdm.write(self.format(record))
-
-
-def setup_logging(rank):
-    """One logger for the whole project: the console gets the progress (process 0's), log.txt everything."""
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    console = ConsoleHandler()
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    root.addHandler(console)
-
-
-def open_log_file(out_dir, argv, resume):
-    """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
-    whether it resumes. Called after every input has been checked, just before the first write."""
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.time()
-    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
-    logging.getLogger().addHandler(handler)
-    command = "python train.py " + " ".join(shlex.quote(a) for a in argv)
-    when = datetime.datetime.now().isoformat(timespec="seconds")
-    handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
-    return handler
-
-
-# -----------------------------------------------------------------------------
 # main: the one place where a user's mistake becomes one line
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return run(argv)
+        return command(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -289,7 +204,8 @@ def main(argv=None):
         sys.exit(130)
 
 
-def run(argv):
+def command(argv):
+    """Parse and check the command line, then prepare and run the task; returns what its run returns."""
     args = build_parser().parse_args(argv)
     args.out_dir = os.path.join("out", args.task) if args.out_dir is None else args.out_dir
     cfg = settings(args)

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+import download
 import train
 from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
@@ -98,6 +99,18 @@ def calrec_data(mutate, message, folder="alpha", flags=()):
     return case
 
 
+def amazon_raw(mutate, message):
+    """`python data.py amazon Tools` from a local mirror of the Amazon 2018 site, one of whose files `mutate` spoils."""
+    def case(w, tmp):
+        flat = copy(w["raw"], tmp / "Tools")
+        mutate(flat)
+        for sub, name in (("categoryFilesSmall", "Tools_5.json.gz"), ("metaFiles2", "meta_Tools.json.gz")):
+            os.makedirs(tmp / "mirror" / sub, exist_ok=True)
+            shutil.copy(os.path.join(flat, name), tmp / "mirror" / sub / name)
+        return ["data.py", "amazon", "Tools", "--url", f"file://{tmp / 'mirror'}", "--out", str(tmp / "amazon")], message
+    return case
+
+
 def glue(mutate, message, flags=("--aux", "SST-2", "--targets", "RTE")):
     def case(w, tmp):
         g = copy(w["glue"], tmp / "glue")
@@ -171,23 +184,24 @@ CASES = {
                                              copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
                                       "setting target=Gamma: not among the domains"),
-    # --- CALRec's raw Amazon 2018 reader
-    "raw bad json": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + ["{no"]),
-                                "Tools_5.json.gz:20: not a JSON object", folder="raw"),
-    "raw no time": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"),
+    # --- CALRec's raw Amazon 2018 reader, through python data.py amazon; --data refuses raw files
+    "raw bad json": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + ["{no"]),
+                                "Tools_5.json.gz:20: not a JSON object"),
+    "raw no time": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"),
                                                      raw_reviews() + [{"reviewerID": "u9", "asin": "A"}]),
-                               "Tools_5.json.gz:20: record has no 'unixReviewTime'", folder="raw"),
-    "raw time not int": calrec_data(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
-        {"reviewerID": "u9", "asin": "A", "unixReviewTime": "abc"}]), "Tools_5.json.gz:20: unixReviewTime 'abc'",
-        folder="raw"),
-    "raw truncated gz": calrec_data(lambda d: open(os.path.join(d, "Tools_5.json.gz"), "r+b").truncate(40),
-                                    "Tools_5.json.gz: cannot be read", folder="raw"),
-    "raw meta not utf-8": calrec_data(lambda d: write_gz(os.path.join(d, "meta_Tools.json.gz"),
+                               "Tools_5.json.gz:20: record has no 'unixReviewTime'"),
+    "raw time not int": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        {"reviewerID": "u9", "asin": "A", "unixReviewTime": "abc"}]), "Tools_5.json.gz:20: unixReviewTime 'abc'",),
+    "raw truncated gz": amazon_raw(lambda d: open(os.path.join(d, "Tools_5.json.gz"), "r+b").truncate(40),
+                                    "Tools_5.json.gz: not a complete gzip file"),
+    "raw meta not utf-8": amazon_raw(lambda d: write_gz(os.path.join(d, "meta_Tools.json.gz"),
                                                          b'{"asin": "A", "title": "Th\xffing"}\n'),
-                                      "meta_Tools.json.gz:1:", folder="raw"),
-    "raw meta no asin": calrec_data(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"),
+                                      "meta_Tools.json.gz:1:"),
+    "raw meta no asin": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"),
                                                           META + [{"title": "x"}]),
-                                    "meta_Tools.json.gz:9: record has no 'asin'", folder="raw"),
+                                    "meta_Tools.json.gz:9: record has no 'asin'"),
+    "raw folder as --data": calrec_data(lambda d: None, "Tools_5.json.gz: raw Amazon 2018 files; convert them",
+                                        folder="raw"),
     # --- MAML's GLUE reader and its flags
     "cola label 7": glue(lambda g: edit(os.path.join(g, "CoLA", "train.tsv"), "gj04\t1\t", "gj04\t7\t"),
                          "CoLA/train.tsv:1: label '7'", flags=("--aux", "SST-2", "--targets", "CoLA")),
@@ -256,15 +270,15 @@ def test_a_bad_input_is_one_line_and_changes_nothing(world, tmp_path, capsys, na
     original = snapshot(world["out"])
     try:
         argv, message = CASES[name](world, tmp_path)  # a --resume case may spoil the run's state.pt first
-        if "--out-dir" not in argv:
+        if "--out-dir" not in argv and argv[0] != "data.py":
             argv = argv + ["--out-dir", world["out"]]
         before = snapshot(world["out"])
         with pytest.raises(SystemExit) as e:
-            train.main(argv)
+            download.main(argv[1:]) if argv[0] == "data.py" else train.main(argv)
         out, err = capsys.readouterr()
         assert e.value.code == 2, err
         assert message in err, err
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # not progress bars
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         assert "Traceback" not in out + err
         after = snapshot(world["out"])

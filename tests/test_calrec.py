@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import calrec
+import calrec_extras
 import data
 import engine
 import evaluation as ev
@@ -143,7 +144,7 @@ def test_catalog_beams_are_exactly_the_best_catalog_items():
     V, eot = 12, 11
     net = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=V, n_layer=1, n_head=2, n_embd=16)).eval()
     catalog = [[1, 2, 3], [1, 2], [4], [1, 5, 6, 7], [4, 9], [1, 2]]  # shared prefixes, a prefix of another, twins
-    trie = calrec.CatalogTrie(catalog, eot, V)
+    trie = calrec_extras.CatalogTrie(catalog, eot, V)
     prompt = [3, 8, 1]
     beams = net.beam_search([prompt], 5, 5, eot, allowed_next=trie)[0]  # 5 distinct token sequences
     got = [(tokens, score) for tokens, score in beams]
@@ -175,14 +176,14 @@ def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_wor
         return total
 
     want = [naive(p, c) for p, c in zip(prompts, conts)]
-    np.testing.assert_allclose(calrec.text_log_probs(net, prompts, conts, "cpu", batch=2), want, rtol=1e-5)
+    np.testing.assert_allclose(calrec_extras.text_log_probs(net, prompts, conts, "cpu", batch=2), want, rtol=1e-5)
 
     _, _, texts, tok = small_world
     lm = gpt.GPT(gpt.GPTConfig(block_size=256, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
-    builder = data.PromptBuilder(tok, texts, 256, max_history=2)
+    builder = data.PromptBuilder(tok, texts, 256, max_history=2, max_item_tokens=None)
     catalog = [0, 1, 2, 3]
     examples = [([0, 1], 2), ([2], 3), ([3, 0], 1)]
-    check = calrec.generator_check(lm, builder, tok.eot_id, examples, catalog, 2, "cpu")
+    check = calrec_extras.generator_check(lm, builder, tok.eot_id, examples, catalog, 2, "cpu")
 
     def per_user(item_of):
         return [naive(builder.prompt(h), builder.item_ids[item_of(h, t)] + [tok.eot_id], lm) for h, t in examples]
@@ -292,7 +293,7 @@ def test_fitted_item_texts_shorten_the_longest_value_and_keep_every_attribute():
 
 def test_pooling_spans_cover_exactly_history_and_target(small_world):
     _, _, texts, tok = small_world
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=20, max_item_tokens=None)
     examples = [([0, 1], 2), ([3], 0)]
     batch = builder.training_batch([h + [t] for h, t in examples])
     idx, attn, targets = batch["idx"], batch["attention_mask"], batch["targets"]
@@ -313,7 +314,7 @@ def test_pooling_spans_cover_exactly_history_and_target(small_world):
 
 def test_every_position_predicts_each_history_item_after_its_own_prompt(small_world):
     _, _, texts, tok = small_world
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=20, max_item_tokens=None)
     batch = builder.training_batch([[3, 1, 0, 2]], every_position=True)
     row = batch["idx"][0].tolist()
     assert batch["item"].tolist() == [1, 0, 2]  # every item after the first is predicted
@@ -329,7 +330,7 @@ def test_every_position_predicts_each_history_item_after_its_own_prompt(small_wo
 
 def test_long_histories_keep_the_most_recent_items_that_fit(small_world):
     _, _, texts, tok = small_world
-    builder = data.PromptBuilder(tok, texts, block_size=80)
+    builder = data.PromptBuilder(tok, texts, block_size=80, max_history=20, max_item_tokens=None)
     history = [0, 1, 2, 3, 0, 1, 2, 3]
     batch = builder.training_batch([history + [1]])
     assert int(batch["attention_mask"].sum()) <= 80
@@ -345,7 +346,7 @@ def test_max_history_keeps_only_the_most_recent_items(small_world):
     _, _, texts, tok = small_world
     history = [3, 1, 0]
     for n in (1, 2):
-        builder = data.PromptBuilder(tok, texts, block_size=128, max_history=n)
+        builder = data.PromptBuilder(tok, texts, block_size=128, max_history=n, max_item_tokens=None)
         assert tok.decode(builder.prompt(history)) == data.history_prompt([texts[i] for i in history[-n:]])
         # a training row of the sequence holds the same kept items, then its target; every position predicts
         # each kept item after the first, so one item gives one prediction: the sequence's last transition
@@ -405,7 +406,7 @@ def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
     _, _, texts, tok = small_world
     torch.manual_seed(0)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=48))
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=20, max_item_tokens=None)
     examples = [([0], 1), ([2], 3), ([1, 2], 0)]
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     batch = builder.training_batch([h + [t] for h, t in examples])
@@ -426,13 +427,13 @@ def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
     assert set(parts) == {"nig", "tt", "ut"}
     catalog = range(0, 4)
     # one beam: its BM25 list is the ranking (with more, the merge orders a round by BM25 score, not beam score)
-    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, calrec.BM25(texts),
-                                      dataclasses.replace(cfg, beams=1))
+    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, dataclasses.replace(cfg, beams=1),
+                                      bm25=calrec.BM25(texts))
     assert ranks.tolist() == [1, 1, 1]
-    trie = calrec.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
-    assert calrec.rank_catalog_beams(net, builder, tok, examples, catalog, trie, cfg)[0].tolist() == [1, 1, 1]
+    trie = calrec_extras.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
+    assert calrec.rank_generative(net, builder, tok, examples, catalog, cfg, trie=trie)[0].tolist() == [1, 1, 1]
     v_u, v_t = calrec.dense_vectors(net, builder, examples, catalog, "cpu")
-    assert calrec.rank_vectors(v_u, v_t, examples).tolist() == [1, 1, 1]
+    assert calrec_extras.rank_vectors(v_u, v_t, examples).tolist() == [1, 1, 1]
 
 
 def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world):
@@ -440,7 +441,7 @@ def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world):
     _, _, texts, tok = small_world
     torch.manual_seed(3)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=20, max_item_tokens=None)
     examples = [([0, 1], 2), ([3], 0), ([2], 3), ([1, 3, 0], 2)]
     with torch.no_grad():
         items = []
@@ -453,7 +454,7 @@ def test_dense_ranks_equal_a_naive_loop_over_users_and_items(small_world):
             v = h.mean(0)
             scores = [float(v @ items[i]) / float(v.norm()) for i in range(len(texts))]
             want.append(sum(scores[i] >= scores[target] for i in range(len(texts)) if i not in history))
-    got = calrec.rank_vectors(*calrec.dense_vectors(net, builder, examples, range(len(texts)), "cpu"), examples)
+    got = calrec_extras.rank_vectors(*calrec.dense_vectors(net, builder, examples, range(len(texts)), "cpu"), examples)
     assert got.tolist() == want
 
 
@@ -480,8 +481,8 @@ def test_dense_ranks_with_a_popularity_prior_equal_a_naive_loop():
     examples = [([0, 3], 1), ([2], 2), ([], 8), ([5, 6, 7], 0), ([1], 4), ([8], 6), ([0], 3)]
     prior = 0.5 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0]))
     want = naive_dense_ranks(v_u, v_t, examples, 0.1, prior)
-    assert calrec.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
-    assert calrec.rank_vectors(v_u, v_t, examples).tolist() == naive_dense_ranks(v_u, v_t, examples, 1.0,
+    assert calrec_extras.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
+    assert calrec_extras.rank_vectors(v_u, v_t, examples).tolist() == naive_dense_ranks(v_u, v_t, examples, 1.0,
                                                                                   torch.zeros(9))
 
 
@@ -499,7 +500,7 @@ def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
 
     for target in (2, 0):
         examples = [([], target)] * 4
-        (mu, gamma, best), ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (0.0,), (),
+        (mu, gamma, best), ndcg = calrec_extras.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (0.0,), (),
                                                               weights)
         assert ndcg == pytest.approx({(0.0, None, w): ndcg10(examples, w) for w in weights})
         assert mu == 0.0 and gamma is None
@@ -513,8 +514,8 @@ def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
     examples = [([0, 3, 5, 7], 1), ([2], 2), ([9, 4], 8), ([5, 6, 7, 1, 2], 0), ([1], 4), ([8, 0], 6)]
     prior = 0.25 * torch.log1p(torch.tensor([0, 3, 1, 9, 0, 2, 7, 1, 4.0, 5.0]))
     for gamma, mu in ((0.5, 0.5), (1.0, 0.75), (0.25, 0.0), (0.0, 0.4)):  # gamma 0: the last item alone
-        r_u = calrec.recent_vectors(v_t, [h for h, _ in examples], gamma)
-        got = calrec.rank_vectors(calrec.dense_queries(v_u, r_u, mu), v_t,
+        r_u = calrec_extras.recent_vectors(v_t, [h for h, _ in examples], gamma)
+        got = calrec_extras.rank_vectors(calrec_extras.dense_queries(v_u, r_u, mu), v_t,
                                   examples, 0.1, prior, chunk=4)
         assert got.tolist() == naive_dense_ranks(v_u, v_t, examples, 0.1, prior, gamma, mu), (gamma, mu)
 
@@ -535,7 +536,7 @@ def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
 
     for target in (2, 1):
         examples = [([0, 3], target)] * 4  # item 0 first, item 3 last: gamma decides how much item 0 weighs
-        best, ndcg = calrec.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, mus, decays, weights)
+        best, ndcg = calrec_extras.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, mus, decays, weights)
         grid = [(0.0, None, w) for w in weights] + [(m, g, w) for m in mus[1:] for g in decays for w in weights]
         want = {c: ndcg10(examples, *c) for c in grid}
         assert list(ndcg) == grid and ndcg == pytest.approx(want)
@@ -546,7 +547,7 @@ def test_recent_weight_is_the_validation_argmax_and_follows_the_data():
 def test_model_selection_scores_the_first_select_users_or_all_with_zero(small_world):
     _, _, texts, tok = small_world
     torch.manual_seed(0)
-    builder = data.PromptBuilder(tok, texts, block_size=128)
+    builder = data.PromptBuilder(tok, texts, block_size=128, max_history=20, max_item_tokens=None)
     net = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16)).eval()
     valid = [([0], 1), ([1, 2], 3), ([3], 0), ([2], 1), ([0, 3], 2), ([1, 0, 2], 3), ([3, 1], 2)]
     bought = [[2, 2, 2, 2, 1], [3, 1, 2]]                         # training interactions: n = (0, 2, 5, 1)
@@ -640,4 +641,4 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "CALRec generative+BM25" in text and "most popular" in text and "first-order Markov" in text
     # 'Title: Beta gadget number 7, Brand: Brand1' is far shorter than the real-data cap of 32 tokens
-    assert "item texts longer than max_item_tokens=32: Alpha 0.0%, Beta 0.0%; each keeps every attribute" in text
+    assert "item texts longer than max_item_tokens=32, shortened: Alpha 0.0%, Beta 0.0%" in text

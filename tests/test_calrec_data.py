@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 import data
+import download
 from conftest import real_data
 
 REAL_SCIENTIFIC, needs_scientific = real_data("amazon", "Scientific")
@@ -51,7 +52,7 @@ def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix):
     rev, meta = str(tmp_path / f"Tools_5.json{suffix}"), str(tmp_path / f"meta_Tools.json{suffix}")
     write_lines(rev, raw_reviews())
     write_lines(meta, META)
-    d = data.read_amazon_raw(rev, meta, min_count=3)
+    d = download.read_amazon_raw(rev, meta, min_count=3)
     assert d.name == "Tools"
     # G goes (1 user), then u4 (2 items left), then E (2 users left): a cascade of the iterative k-core
     assert d.item_keys == ["A", "B", "C", "D"]  # indices follow sorted ASINs
@@ -75,7 +76,7 @@ def test_iterative_kcore_repeats_until_stable(tmp_path):
                review("u5", "V", 1), review("u5", "Q", 2), review("u6", "Q", 1), review("u6", "R", 2)]
     write_lines(str(tmp_path / "r_5.json"), reviews)
     write_lines(str(tmp_path / "meta.json"), meta)
-    d = data.read_amazon_raw(str(tmp_path / "r_5.json"), str(tmp_path / "meta.json"), min_count=2)
+    d = download.read_amazon_raw(str(tmp_path / "r_5.json"), str(tmp_path / "meta.json"), min_count=2)
     assert d.item_keys == ["X", "Y"]
 
 
@@ -85,12 +86,12 @@ def test_raw_reader_errors_name_file_and_line(tmp_path):
     bad = str(tmp_path / "bad_5.json")
     write_lines(bad, [review("u1", "A", 1), "{not json"])
     with pytest.raises(data.UserError, match=r"bad_5\.json:2: not a JSON object"):
-        data.read_amazon_raw(bad, meta)
+        download.read_amazon_raw(bad, meta)
     write_lines(bad, [review("u1", "A", 1), {"reviewerID": "u2", "asin": "A"}])
     with pytest.raises(data.UserError, match=r"bad_5\.json:2: record has no 'unixReviewTime'"):
-        data.read_amazon_raw(bad, meta)
+        download.read_amazon_raw(bad, meta)
     with pytest.raises(data.UserError, match="nowhere.json"):
-        data.read_amazon_raw(str(tmp_path / "nowhere.json"), meta)
+        download.read_amazon_raw(str(tmp_path / "nowhere.json"), meta)
 
 
 # -----------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz", "meta_Tools.json.gz"]
 
     d = data.load_domains([str(out / "Tools")])[0]
-    raw = data.read_amazon_raw(*raw_paths, min_count=3)  # the protocol straight on the raw files
+    raw = download.read_amazon_raw(*raw_paths, min_count=3)  # the protocol straight on the raw files
     assert d.item_keys == raw.item_keys == ["A", "B", "C", "D"]
     assert d.items == [{k: " ".join(v.split()) for k, v in item.items()} for item in raw.items]
     assert (d.train, d.valid, d.test) == (raw.train, raw.valid, raw.test)
@@ -166,8 +166,9 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     requests = len(server.seen)
     download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
     assert "already there; delete it to rebuild" in caplog.text and len(server.seen) == requests
-    # the downloads folder also reads as a raw-file domain (5-core leaves nothing of these few users)
-    assert data.load_domains([str(out / "downloads")])[0].test == []
+    # the raw files are for `python data.py amazon` to convert; --data refuses them, saying how to convert them
+    with pytest.raises(UserError, match="Tools_5.json.gz: raw Amazon 2018 files; convert them"):
+        data.load_domains([str(out / "downloads")])
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bad crc"])

@@ -192,8 +192,6 @@ def test_task_samplers():
     np.testing.assert_allclose(maml.task_probabilities(sizes, "pps"), [0.1, 0.3, 0.6])
     np.testing.assert_allclose(maml.task_probabilities(sizes, "mixed"), [(1 / 3 + 0.1) / 2, (1 / 3 + 0.3) / 2,
                                                                          (1 / 3 + 0.6) / 2])
-    draws = maml.sample_tasks(sizes, 20000, "pps", np.random.default_rng(0))
-    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 20000, [0.1, 0.3, 0.6], atol=0.015)
     with pytest.raises(ValueError, match="sampling"):
         maml.task_probabilities(sizes, "nope")
 

@@ -31,7 +31,7 @@ def meta_train_tiny(rank, world, port, out_path):
         gpt = GPT(GPTConfig(block_size=32, vocab_size=320, n_layer=1, n_head=1, n_embd=16))
         model = maml.TaskClassifier(gpt, [2, 2, 1, 2], [False, False, True, False]).double()
         rng = np.random.default_rng(0)
-        maml.meta_train(model, encs, [len(e["ids"]) for e in encs], method, cfg, rng, "cpu")
+        maml.meta_train(model, encs, method, cfg, rng, "cpu")
         out[method] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(out, out_path.format(rank=rank))
     leave(world)
