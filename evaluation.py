@@ -58,7 +58,8 @@ def ranks_from_lists(ranked_lists, targets):
 
 
 def rank_metrics(ranks):
-    """Recall@K and NDCG@K from ranks (0 = not retrieved): NDCG = 1 / log2(rank + 1) within K, else 0."""
+    """Recall@K and NDCG@K from ranks (0 = not retrieved): NDCG = 1 / log2(rank + 1) within K, else 0; and the
+    standard error of NDCG@10 over the users, std / sqrt(n), what a difference between two rows is read against."""
     ranks = torch.as_tensor(ranks, dtype=torch.float64)
     hit = ranks > 0
     out = {}
@@ -67,6 +68,8 @@ def rank_metrics(ranks):
     for k in NDCG_KS:
         gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
         out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
     return out
 
 

@@ -224,6 +224,9 @@ def test_metrics_on_hand_made_ranks():
     assert m["ndcg@5"] == pytest.approx((1 + 1 / 2) / 4)          # 1/log2(2) + 1/log2(4)
     assert m["ndcg@10"] == pytest.approx((1 + 1 / 2) / 4)
     assert m["ndcg@20"] == pytest.approx((1 + 1 / 2 + 1 / math.log2(13)) / 4)
+    gains = [1, 1 / 2, 0, 0]  # NDCG@10 of each user; the standard error is their sample std / sqrt(4)
+    mean = sum(gains) / 4
+    assert m["ndcg@10_se"] == pytest.approx(math.sqrt(sum((g - mean) ** 2 for g in gains) / 3) / 2)
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
@@ -624,7 +627,7 @@ def test_run_writes_the_table_and_results_json(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     methods = {"calrec_generative", "calrec_constrained", "calrec_dense", "calrec_dense_cos", "sasrec", "popular",
                "last_item_bm25", "markov"}
-    metrics = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"}
+    metrics = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "ndcg@10_se"}
     for split in ("valid", "test"):
         assert set(res[split]) == methods
         for m in methods:
