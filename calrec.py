@@ -32,7 +32,7 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, autocast, check_settings, environment, fingerprint, gather_rows,
+from engine import (WARNINGS, RunState, all_reduce_sum, autocast, check_settings, environment, fingerprint, gather_rows,
                     grad_scaler, load_init, lr_at, peak_memory_mb, rank_and_world, save_checkpoint, save_json,
                     setting, train_and_select)
 from model import GPT, GPTConfig, UserError, mean_pool
@@ -555,7 +555,10 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
     fitted = data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens)
-    builder = data.PromptBuilder(tokenizer, fitted, c.block_size, cfg.max_history, cfg.max_item_tokens)
+    try:
+        builder = data.PromptBuilder(tokenizer, fitted, c.block_size, cfg.max_history, cfg.max_item_tokens)
+    except UserError as e:  # the LM of --init fixes block_size: name its file
+        raise UserError(f"{init}: its model reads at most {c.block_size} tokens: {e}" if init else str(e)) from None
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
     return Experiment(cfg, domains, target, offsets, texts, lm.to(device), tokenizer, builder, rows, state, out_dir,
                       seed, device, init, dtype, compile)
@@ -716,7 +719,7 @@ def write_results(exp, results, stages):
                                               for s in stages})
     out = dict(**results, config=config, generator_check=exp.state.done["generator_check"],
                wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(), resumed=exp.state.resumes,
-               environment=environment(exp.device))
+               environment=environment(exp.device), warnings=WARNINGS.messages)
     save_json(os.path.join(exp.out_dir, "results.json"), out)
     log.info(f"\nCALRec on {domain.name} (stages {cfg.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: "

@@ -101,19 +101,28 @@ def load_tokenizer(path):
 
 
 def read_text(path):
-    """A file's text (.gz unpacked, a byte-order mark dropped); not UTF-8: an error naming line and column."""
+    """A file's text (.gz unpacked, a byte-order mark dropped). Not UTF-8, or a NUL byte (never in text): an error
+    naming line and column. Other control characters (a few GLUE sentences hold some) are kept, with a warning."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {'is a folder, not a file' if os.path.isdir(path) else 'no such file'}")
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: cannot be read ({e})") from None
+    def where(at):  # 'line:column' of a byte
+        line, start = raw.count(b"\n", 0, at) + 1, raw.rfind(b"\n", 0, at)
+        return f"{line}:{at - start}"
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
-        raise UserError(f"{path}:{line}:{column}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+        raise UserError(f"{path}:{where(e.start)}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+    if b"\0" in raw:
+        raise UserError(f"{path}:{where(raw.index(bytes(1)))}: a NUL byte, which no text file holds")
+    control = re.search(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]", raw)
+    if control:
+        log.warning(f"{path}:{where(control.start())}: a control character ({control.group()!r}), kept as it is")
+    return text
 
 
 def pad_batch(seqs, pad_id, length=None):
@@ -354,7 +363,7 @@ def _read_text_files(path, map_path):
 
 
 def _read_inter(path, index):
-    """X.<split>.inter -> [(user, history, target)] in item indices (index: .inter id -> index)."""
+    """X.<split>.inter -> [(line number, user, history, target)] in item indices (index: .inter id -> index)."""
     names, rows = _read_atomic_table(path, ["user_id", "item_id_list", "item_id"])
     ju, jh, jt = names.index("user_id"), names.index("item_id_list"), names.index("item_id")
     examples = []
@@ -365,8 +374,22 @@ def _read_inter(path, index):
                 raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
         if len(ids) < 2:
             raise UserError(f"{path}:{line_no}: empty history")
-        examples.append((cols[ju], [index[i] for i in ids[:-1]], index[ids[-1]]))
+        examples.append((line_no, cols[ju], [index[i] for i in ids[:-1]], index[ids[-1]]))
     return examples
+
+
+def _check_users(path, valid, test):
+    """valid and test hold one row per user, for the same users (leave-one-out: each user's last two items)."""
+    for split, rows, other in (("valid", valid, test), ("test", test, valid)):
+        seen, others = {}, {user for _, user, _, _ in other}
+        for line_no, user, _, _ in rows:
+            if user in seen:
+                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} listed twice (line {seen[user]}); a "
+                                "split holds one row per user")
+            if user not in others:
+                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
+                                f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
+            seen[user] = line_no
 
 
 def read_atomic(folder):
@@ -388,12 +411,13 @@ def read_atomic(folder):
                  + ", ".join(f"{k} {v}" for k, v in missing.items()))
     index = {key: i for i, key in enumerate(entries)}
     train, valid, test = (_read_inter(f"{path}.{split}.inter", index) for split in ("train", "valid", "test"))
+    _check_users(path, valid, test)
     longest = {}  # the training part of each user = the longest training row, history + target
-    for user, history, target in train:
+    for _, user, history, target in train:
         if len(history) + 1 > len(longest.get(user, ())):
             longest[user] = history + [target]
     return Domain(name, [item for _, item in entries.values()], [key for key, _ in entries.values()],
-                  *([(hist, t) for _, hist, t in split] for split in (train, valid, test)),
+                  *([(hist, t) for _, _, hist, t in split] for split in (train, valid, test)),
                   train_sequences=list(longest.values()), attributes=attributes)
 
 
@@ -468,7 +492,7 @@ class PromptBuilder:
         self.budget = block_size - self.room - len(self.header) - len(self.next)  # for the history items
         if len(self.first) + self.room - 1 + len(self.end) > self.budget:  # not even one
             raise UserError(f"block_size={block_size} cannot hold a prompt of one history item and a target of "
-                            f"{self.room - 1} tokens; raise block_size or lower the per-attribute word cap")
+                            f"{self.room - 1} tokens; raise block_size or lower max_item_tokens")
 
     def _kept(self, history):
         """The most recent items of `history` whose prompt leaves room for the longest target."""

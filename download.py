@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split
+from engine import Parser, check_out_dir
 from model import UserError
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
 # 5. the command line
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="data.py", description=__doc__, allow_abbrev=False,
+    p = Parser(prog="data.py", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
 
@@ -498,11 +499,16 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     console = logging.StreamHandler(sys.stdout)  # the progress lines of the data sets, as they are done
     logging.getLogger().addHandler(console)
     logging.getLogger().setLevel(logging.INFO)
     try:
+        args = build_parser().parse_args(argv)
+        if args.command == "few-shot" and not os.path.isdir(args.glue):
+            what = "is a file, not a folder" if os.path.exists(args.glue) else "no such folder"
+            raise UserError(f"--glue {args.glue}: {what} (python data.py glue writes one)")
+        if args.out is not None:
+            check_out_dir(args.out, "--out")
         if args.command == "amazon":
             prepare_amazon(args.categories, args.out, base_url=args.url, min_count=args.min_count)
         elif args.command == "glue":

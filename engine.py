@@ -7,6 +7,7 @@ from -> more hardware (mixed precision, several processes) -> the run's device, 
 a results.json says about the machine.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -147,6 +148,32 @@ def save_torch(path, obj):
     """torch.save, atomically. `obj` holds tensors and plain Python values only, so that model.load_torch can
     read it back without running any code."""
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog.split()[0]} --help)")
+
+
+def check_out_dir(path, flag, outputs=()):
+    """A folder we can write to, or a path where one can be made, holding no folder where a run writes a file."""
+    if not path.strip():
+        raise UserError(f"{flag}: an empty path; give a folder")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UserError(f"{flag} {path}: is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: this folder is not writable")
+        for name in (n for n in outputs if os.path.isdir(os.path.join(path, n))):
+            raise UserError(f"{os.path.join(path, name)}: is a folder; a run writes a file there")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot be created ({parent} is not a writable folder)")
 
 
 # -----------------------------------------------------------------------------
@@ -314,6 +341,9 @@ class RunState:
             if not isinstance(saved, dict) or "key" not in saved:
                 raise UserError(f"{path}: not the state of a run of this project")
             changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
+            if "tokenizer" in changed:
+                raise UserError(f"{path}: was saved with another tokenizer than "
+                                f"{os.path.join(os.path.dirname(path), 'tokenizer.json')} (a file replaced since?)")
             if changed:
                 raise UserError(f"{path}: was saved by a run with other {', '.join(changed)}; resume with the "
                                 "flags and files of that run, or use another --out-dir")
@@ -481,14 +511,31 @@ class ConsoleHandler(logging.Handler):
         tqdm.write(self.format(record))
 
 
+class Warnings(logging.Handler):
+    """Keeps every warning a run logs, for its results.json."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+WARNINGS = Warnings()
+
+
 def setup_logging(rank):
-    """One logger for the whole project: the console gets the progress (process 0's), log.txt everything."""
+    """One logger for the whole project: the console gets the progress (process 0's), log.txt everything, and
+    WARNINGS every warning (results.json lists them)."""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     console = ConsoleHandler()
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    WARNINGS.messages.clear()
     root.addHandler(console)
+    root.addHandler(WARNINGS)
 
 
 def open_log_file(out_dir, argv, resume):

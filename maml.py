@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #
 # Parameters are a dict {name: tensor}. A task's loss is `loss_fn(params, batch) -> scalar`. The inner loop
 # takes `steps` plain gradient steps from the shared initialisation θ:
-#     θ^(0) = θ,   θ^(j+1) = θ^(j) - α ∇L_S(θ^(j))
+#     θ^(0) = θ,   θ^(j+1) = θ^(j) - inner_lr ∇L_S(θ^(j))
 # `torch.func.grad` returns a gradient that ordinary autograd can differentiate again, so a loss computed
 # at θ^(k) back-propagates *through* the inner steps into θ: that is second-order MAML, with no
 # create_graph bookkeeping. Detaching each inner gradient gives first-order MAML (FOMAML).
@@ -142,8 +142,8 @@ class SineConfig:
     hidden: int = setting(40, "> 0", "width of the MLP 1 -> hidden -> hidden -> 1, ReLU [paper]")
     k: int = setting(10, "> 0", "support (and query) points per task, K [paper]")
     meta_batch: int = setting(25, "> 0", "tasks per meta-update [paper]")
-    outer_lr: float = setting(1e-3, "> 0", "β, Adam's learning rate on θ [paper]")
-    inner_lr: float = setting(0.01, "> 0", "α: the inner learning rate, meta-training's and at test time [paper]")
+    outer_lr: float = setting(1e-3, "> 0", "Adam's learning rate on θ [paper]")
+    inner_lr: float = setting(0.01, "> 0", "the inner loop's learning rate, meta-training's and at test time [paper]")
     inner_steps: int = setting(1, "> 0", "k, inner steps of MAML and FOMAML while meta-training [paper]")
     reptile_steps: int = setting(5, "> 0", "Reptile's inner steps [ours]: with one step Reptile is joint training")
     steps: int = setting(6000, "> 0", "meta-updates per method [ours; the paper runs 70,000]")
@@ -209,7 +209,7 @@ def train_sine(method, cfg, seed):
 
 
 def eval_sine(params, cfg, seed):
-    """{steps: (mean, 95% CI half-width)} of the held-out sines' query MSE after that many SGD steps at α."""
+    """{steps: (mean, 95% CI half-width)} of the held-out sines' query MSE after that many SGD steps at inner_lr."""
     def mse_after(k, s, q):  # one sine's query MSE after k steps on its support points
         return sine_loss(adapt(params, sine_loss, s, cfg.inner_lr, k), q)
     g = torch.Generator().manual_seed(seed)
@@ -225,7 +225,8 @@ def write_results(out_dir, title, header, rows, out, device, wall_s):
     log.info("|" + "---|" * len(header))
     for row in rows:
         log.info("| " + " | ".join(row) + " |")
-    out = dict(out, environment=engine.environment(device), wall_s=wall_s, peak_memory_mb=engine.peak_memory_mb())
+    out = dict(out, environment=engine.environment(device), warnings=engine.WARNINGS.messages, wall_s=wall_s,
+               peak_memory_mb=engine.peak_memory_mb())
     engine.save_json(os.path.join(out_dir, "results.json"), out)
     log.info(f"\nwall time {wall_s:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
     return out
@@ -242,7 +243,7 @@ def run_sinusoid(cfg, out_dir, seed):
     header = ["method", *(f"MSE after {k} step{'s' * (k != 1)}" for k in columns), "paper, 1 step"]
     rows = [[m, *(f"{mse:.3f} ± {ci:.3f}" for mse, ci in (results[m][k] for k in columns)),
              SINE_PAPER.get(m, {}).get(1, "–")] for m in SINE_METHODS]
-    title = f"K = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, α = {cfg.inner_lr}; mean ± 95% CI"
+    title = f"K = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner_lr {cfg.inner_lr}; mean ± 95% CI"
     methods = {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()} for m, r in results.items()}
     out = dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed), paper=SINE_PAPER)
     return write_results(out_dir, title, header, rows, out, "cpu", time.time() - t0)
@@ -391,7 +392,7 @@ def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
 
 
 def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
-    """Fine-tune every parameter from `init_state` with plain SGD at α (the step MAML learned its initialisation
+    """Fine-tune every parameter from `init_state` with plain SGD at inner_lr (the step MAML learned its initialisation
     for) on batches of cfg.shot train examples; report `test` once, from the state with the best validation
     score (first metric, every cfg.eval_interval steps; a diverged step scores nan, which never wins)."""
     model.load_state_dict(init_state)
@@ -430,13 +431,13 @@ class MAMLConfig:
     n_layer: int = setting(2, "> 0", "transformer blocks of the GPT trained from scratch")
     n_head: int = setting(2, "> 0", "attention heads per block")
     n_embd: int = setting(64, "> 0", "width of the GPT's hidden states")
-    vocab_size: int = setting(512, "> 0", "tokens of the BPE trained on the tasks' text")
-    max_len: int = setting(48, "> 0", "tokens per example (a pair is trimmed to fit)")
-    inner_lr: float = setting(0.02, "> 0", "α: the inner loop's learning rate, and fine-tuning's")
+    vocab_size: int = setting(512, ">= 259", "BPE trained on the tasks' text (at least 256 bytes + 3 specials)")
+    max_len: int = setting(48, ">= 4", "tokens per example (a pair is trimmed to fit)")
+    inner_lr: float = setting(0.02, "> 0", "the inner loop's learning rate, and fine-tuning's")
     inner_steps: int = setting(2, "> 0", "k: inner steps per task while meta-training, each on a new support batch")
     meta_batch: int = setting(4, "> 0", "tasks per meta-update")
     meta_steps: int = setting(200, "> 0", "meta-updates (also the multi-task baseline's steps)")
-    outer_lr: float = setting(1e-3, "> 0", "β: Adam's learning rate on θ")
+    outer_lr: float = setting(1e-3, "> 0", "Adam's learning rate on θ")
     shot: int = setting(8, "> 0", "examples per support, query and fine-tuning batch")
     ft_steps: int = setting(60, "> 0", "fine-tuning steps on a target (plain SGD at inner_lr)")
     eval_interval: int = setting(15, "> 0", "score validation every this many fine-tuning steps")
@@ -560,8 +561,8 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
         tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
         gpt = new_encoder(tokenizer, cfg)
-    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), tasks=list(tasks), seed=seed,
-               init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
+    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), data=engine.fingerprint(tasks),
+               seed=seed, init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
     state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
     model = classifier_for(gpt, tasks).to(device)
 

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import (apply_settings, format_value, open_log_file, pick_device, seed_everything,  # noqa: E402
-                    setup_distributed, setup_logging, show_config)
+from engine import (Parser, apply_settings, check_out_dir, format_value, open_log_file, pick_device,  # noqa: E402
+                    seed_everything, setup_distributed, setup_logging, show_config)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -47,13 +47,6 @@ SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 # -----------------------------------------------------------------------------
 # flags
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python train.py --help)")
 
 
 class Once(argparse.Action):
@@ -161,31 +154,11 @@ def check_paths(args):
         raise UserError(f"--data: --task maml takes one GLUE folder, got {len(args.data)}")
     if args.init is not None and not os.path.exists(args.init):
         raise UserError(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
-    if not args.out_dir.strip():
-        raise UserError("--out-dir: an empty path; give a folder")
-    check_out_dir(args.out_dir)
+    check_out_dir(args.out_dir, "--out-dir", OUTPUTS)
     if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
         raise UserError(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
     if args.task == "sinusoid" and (int(os.environ.get("WORLD_SIZE", 1)) > 1 or args.device in ("cuda", "mps")):
         raise UserError("--task sinusoid runs as one process on the CPU (a 40-unit MLP); drop torchrun and --device")
-
-
-def check_out_dir(path):
-    """A folder we can write to, or a path where one can be made, holding no folder where a run writes a file."""
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise UserError(f"--out-dir {path}: is a file, not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f"--out-dir {path}: this folder is not writable")
-        for name in OUTPUTS:
-            if os.path.isdir(os.path.join(path, name)):
-                raise UserError(f"{os.path.join(path, name)}: is a folder; a run writes a file there")
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out-dir {path}: cannot be created ({parent} is not a writable folder)")
 
 
 # -----------------------------------------------------------------------------

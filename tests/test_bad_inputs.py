@@ -151,6 +151,65 @@ def evil_checkpoint(path, tmp):
     torch.save(dict(model={}, config={}, step=0, metrics={}, payload=RunsCode(tmp / "ran")), path)
 
 
+def data_py(*argv, message):
+    """`python data.py ...` (download.main), from this test's folder."""
+    return lambda w, tmp: (["data.py", *[a.format(tmp=tmp, **w) for a in argv]], message)
+
+
+def settings(task, *pairs):
+    """One setting given a value its field does not allow, through --set (and through its alias when there is one):
+    the message names the setting."""
+    return {f"{task} {name}={value}": flags("--task", task, "--set", f"{name}={value}", message=f"{name}")
+            for name, value in pairs}
+
+
+def other_tokenizer(w, tmp):
+    """The finished run's checkpoint, beside another run's tokenizer.json."""
+    folder = tmp / "ckpt"
+    folder.mkdir()
+    shutil.copy(os.path.join(w["out"], "ckpt.pt"), folder)
+    shutil.copy(os.path.join(w["gpt2"], "tokenizer.json"), folder)
+    return str(folder / "ckpt.pt")
+
+
+def short_model(w, tmp):
+    """A project checkpoint whose GPT reads 48 tokens (as MAML's init_*.pt), with a tokenizer that fits it."""
+    import data
+    import engine
+    from model import GPT, GPTConfig
+    folder = tmp / "maml"
+    folder.mkdir()
+    tok = data.load_tokenizer(os.path.join(w["out"], "tokenizer.json"))
+    tok.save(str(folder / "tokenizer.json"))
+    gpt = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    engine.save_checkpoint(str(folder / "init_maml.pt"), gpt, tok, step=0, metrics={})
+    return str(folder / "init_maml.pt")
+
+
+def resume_with_replaced_tokenizer(w, tmp):
+    shutil.copy(os.path.join(w["gpt2"], "tokenizer.json"), os.path.join(w["out"], "tokenizer.json"))
+    return ["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--resume"], "was saved with another tokenizer than"
+
+
+def half_the_users(path):
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines[:len(lines) // 2])
+
+
+def copy_and_edit_alpha(w, tmp):
+    """Alpha's folder with one item's text changed: other data than the finished run read."""
+    d = copy(w["alpha"], tmp / "Alpha")
+    edit(os.path.join(d, "Alpha.item"), "Alpha gadget number 0", "Alpha gizmo number 0")
+    return d
+
+
+def folder_holding(tmp, name):
+    os.makedirs(tmp / "o" / name)
+    return str(tmp / "o")
+
+
 CASES = {
     # --- CALRec's readers: the benchmark folders (.item variant, .text + .item2index variant)
     "empty data folder": calrec_data(lambda d: [os.remove(os.path.join(d, f)) for f in os.listdir(d)],
@@ -179,7 +238,7 @@ CASES = {
     "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
                                         "Sci: has no training sequence", folder="sci"),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
-                                 os.sep + "Alpha: has no test users"),
+                                 "Alpha.valid.inter:2: user 0 is not in the test split"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
                                              copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
@@ -262,6 +321,79 @@ CASES = {
     "alpha beta sum": flags("--task", "calrec", "--alpha", "0.7", "--beta", "0.6", message="setting alpha + beta = 0.7 + 0.6: must be <= 1"),
     "flag of another task": flags("--task", "sinusoid", "--beams", "3", message="--beams: --task sinusoid has no setting beams"),
     "data missing": flags("--task", "maml", "--data", "/no/such/glue", message="--data /no/such/glue"),
+    # --- every kind of setting refuses what it does not allow, through --set as through its flag
+    **settings("calrec", ("eval_interval", "0"), ("tau", "0"), ("beams", "0"), ("batch_size", "0"), ("n_head", "3"),
+               ("vocab_size", "10"), ("alpha", "1.5"), ("dropout", "0.95"), ("max_history", "0"),
+               ("softmax_over", "keys"), ("stages", "3"), ("every_position", "maybe"), ("prior_weights", ""),
+               ("recent_decays", "0.5,2"), ("lr", "nan"), ("lr", "inf"), ("top_k", "-1"), ("block_size", "8")),
+    **settings("maml", ("inner_steps", "0"), ("meta_batch", "0"), ("max_len", "2"), ("n_train", "0"),
+               ("method", "bogus"), ("sampling", "bogus"), ("inner_lr", "-1"), ("seeds", "0"), ("n_head", "3")),
+    **settings("sinusoid", ("steps", "0"), ("k", "0"), ("eval_steps", "1,x"), ("inner_lr", "0")),
+    "tau flag zero": flags("--task", "calrec", "--tau", "0", message="setting tau=0.0: expected float > 0"),
+    "stages flag": flags("--task", "calrec", "--stages", "3", message="setting stages=3: expected 1 or 2 or both"),
+    "inner steps flag": flags("--task", "maml", "--inner-steps", "0", message="setting inner_steps=0"),
+    "n-train flag": flags("--task", "maml", "--n-train", "8,x", message="n_train='8,x'"),
+    "threads zero": flags("--task", "sinusoid", "--threads", "0", message="--threads: must be a positive integer"),
+    "seed too large": flags("--task", "sinusoid", "--seed", str(2 ** 32), message="--seed: must be a whole number"),
+    "device unknown": flags("--task", "calrec", "--device", "tpu", message="--device: invalid choice"),
+    # --- nothing silent: a repeated flag, an empty path, splits that contradict each other, a NUL byte
+    "flag given twice": flags("--task", "calrec", "--beams", "2", "--beams", "3", message="--beams is given twice"),
+    "data given twice": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--data", w["sci"]],
+                                        "--data is given twice"),
+    "flag and set": flags("--task", "calrec", "--tau", "0.1", "--set", "tau=0.2", message="setting tau is given twice"),
+    "set twice": flags("--task", "calrec", "--set", "tau=0.1", "--set", "tau=0.2", message="setting tau is given twice"),
+    "empty out-dir": flags("--task", "sinusoid", "--out-dir", "", message="--out-dir: an empty path"),
+    "empty data": flags("--task", "calrec", "--data", "", message="--data : no such folder"),
+    "empty init": flags("--task", "calrec", "--init", "", message="--init : no such checkpoint"),
+    "test user twice": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.test.inter"), b"0\t1 2 3\t4\n"),
+                                   "Alpha.test.inter:14: user 0 listed twice (line 2)"),
+    "valid user twice": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.valid.inter"), b"3\t1 2\t4\n"),
+                                    "Alpha.valid.inter:14: user 3 listed twice"),
+    "valid missing half": calrec_data(lambda d: half_the_users(os.path.join(d, "Alpha.valid.inter")),
+                                      "Alpha.test.inter:7: user 5 is not in the valid split"),
+    "test user unknown to valid": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.test.inter"),
+                                                                     b"99\t1 2 3\t4\n"),
+                                              "Alpha.test.inter:14: user 99 is not in the valid split"),
+    "nul in item text": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"8\tgad\x00get\tB\n"),
+                                    "Alpha.item:10:6: a NUL byte"),
+    "nul in text file": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.text"), b"AS4\tNa\x00il. X. Y. \n"),
+                                    "Sci.text:5:", folder="sci"),
+    "nul in glue": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \x00 byte\t1\n"),
+                        "SST-2/train.tsv:26:5: a NUL byte"),
+    "loss diverges": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--set", "lr=1e30",
+                                      "--set", "warmup=0", "--out-dir", str(tmp / "diverged")],
+                                     "training diverged: the loss is nan"),
+    # --- a checkpoint and the tokenizer it was trained with
+    "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
+    "maml init into calrec": init(short_model, "init_maml.pt: its model reads at most 48 tokens"),
+    "resume with replaced tokenizer": resume_with_replaced_tokenizer,
+    "resume with other data": lambda w, tmp: (["--task", "calrec", "--data", copy_and_edit_alpha(w, tmp), *TINY_CALREC,
+                                               "--resume"], "state.pt: was saved by a run with other data"),
+    "resume with other seed": resume(lambda p, tmp: None, "state.pt: was saved by a run with other seed",
+                                     flags=("--seed", "3")),
+    "resume of another task": lambda w, tmp: (["--task", "maml", "--resume"], "state.pt: was saved by a run with other"),
+    # --- paths of the wrong kind
+    "data is a file": lambda w, tmp: (["--task", "calrec", "--data", os.path.join(w["alpha"], "Alpha.item")],
+                                      "Alpha.item: is a file, not a folder"),
+    "results.json is a folder": lambda w, tmp: (["--task", "sinusoid", "--out-dir", folder_holding(tmp, "results.json")],
+                                                "results.json: is a folder; a run writes a file there"),
+    "state.pt is a folder": lambda w, tmp: (["--task", "calrec", "--out-dir", folder_holding(tmp, "state.pt")],
+                                            "state.pt: is a folder; a run writes a file there"),
+    "init folder without config": init(lambda w, tmp: (tmp / "g").mkdir() or str(tmp / "g"), "config.json: missing"),
+    "item file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or
+                                         os.mkdir(os.path.join(d, "Alpha.valid.inter")),
+                                         "Alpha.valid.inter: is a folder, not a file"),
+    "few-shot out is a file": data_py("few-shot", "--glue", "{glue}", "--out", "{out}/log.txt",
+                                      message="log.txt: is a file, not a folder"),
+    "few-shot glue is a file": data_py("few-shot", "--glue", "{out}/log.txt", message="log.txt: is a file, not a folder"),
+    "few-shot glue missing": data_py("few-shot", "--glue", "{tmp}/nowhere", message="nowhere: no such folder"),
+    "glue out is a file": data_py("glue", "--tasks", "RTE", "--out", "{out}/log.txt", message="is a file, not a folder"),
+    "amazon out is a file": data_py("amazon", "Tools", "--out", "{out}/log.txt", message="is a file, not a folder"),
+    "amazon out empty": data_py("amazon", "Tools", "--out", "", message="--out: an empty path"),
+    "amazon bad category": data_py("amazon", "Tools/../x", "--out", "{tmp}/a", message="not an Amazon 2018 category"),
+    "few-shot k zero": data_py("few-shot", "--glue", "{glue}", "--k", "0", message="--k: must be a positive integer"),
+    "few-shot seeds": data_py("few-shot", "--glue", "{glue}", "--seeds", "1,x", message="--seeds: expected"),
+    "glue unknown task": data_py("glue", "--tasks", "WNLI", "--out", "{tmp}/g", message="unknown GLUE task"),
 }
 
 
@@ -291,7 +423,7 @@ def test_a_bad_input_is_one_line_and_changes_nothing(world, tmp_path, capsys, na
 
 
 def test_the_table_covers_every_task_and_kind_of_input():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 100
     kinds = {"calrec": 0, "maml": 0, "sinusoid": 0, "init": 0, "resume": 0, "out-dir": 0, "raw": 0, "glue": 0}
     for name, case in CASES.items():
         text = name + repr(case.__code__.co_consts) + repr([c.cell_contents for c in case.__closure__ or ()])

@@ -386,7 +386,7 @@ def test_the_command_is_still_python_data_py(script):
     (["amazon", "No_Such_Category"], "/categoryFilesSmall/No_Such_Category_5.json.gz: HTTP 404 Not Found; "
                                      "is 'No_Such_Category' an Amazon 2018 category"),
     (["amazon", "Video Games"], "'Video Games': not an Amazon 2018 category file name"),
-    (["few-shot", "--glue", "nowhere"], "nowhere/CoLA/train.tsv: no such file; fetch GLUE first"),
+    (["few-shot", "--glue", "nowhere"], "--glue nowhere: no such folder (python data.py glue writes one)"),
 ])
 def test_a_user_error_is_one_line(server, tmp_path, capsys, argv, message):
     code, _, err = run_main(capsys, argv + ["--out", str(tmp_path / "out")] +

@@ -166,7 +166,7 @@ def test_run_writes_results_in_the_issue_format(tmp_path):
     cfg = tiny_config()
     out = maml.run(maml.prepare(cfg, None, str(tmp_path), seed=0, device="cpu"))
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))
-    assert set(out) == {"targets", "config", "environment", "wall_s", "peak_memory_mb", "resumed"}
+    assert set(out) == {"targets", "config", "environment", "warnings", "wall_s", "peak_memory_mb", "resumed"}
     assert set(out["targets"]) == set(data.FAMILY_TARGETS)
     assert set(out["targets"]["count-4"]) == set(maml.INITS)
     cell = out["targets"]["count-4"]["maml"]["8"]

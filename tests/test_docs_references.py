@@ -1,0 +1,79 @@
+"""Every reference the code and the docs make resolves: `docs/X.md section N` to a numbered heading of X.md, a
+link `X.md#anchor` to a heading, and every `module.name` in backticks to a name the module defines."""
+
+import glob
+import importlib
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = ("model", "data", "engine", "evaluation", "calrec_extras", "calrec", "maml", "download", "train", "bench",
+           "exercise")
+FILES = sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "*.md")) +
+               glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def headings(doc):
+    """The numbers ('2', '2.1') and the GitHub anchors of a doc's headings."""
+    numbers, anchors = set(), set()
+    for line in read(os.path.join(ROOT, "docs", doc)).splitlines():
+        m = re.match(r"#+ (.*)", line)
+        if m:
+            title = m.group(1).strip()
+            n = re.match(r"(\d+(?:\.\d+)*)\.? ", title)
+            if n:
+                numbers.add(n.group(1))
+            anchors.add(re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-"))
+    return numbers, anchors
+
+
+def references():
+    for path in FILES:
+        text = re.sub(r"\s+", " ", read(path))  # a reference may wrap
+        for m in re.finditer(r"(?:docs/)?(calrec|maml|results|exercises|experiments|scaling)\.md,? sections? "
+                             r"(\d+(?:\.\d+)*)", text):
+            yield os.path.relpath(path, ROOT), m.group(1) + ".md", "section", m.group(2)
+        for m in re.finditer(r"\]\((?:docs/)?(\w+\.md)#([\w-]+)\)", text):
+            yield os.path.relpath(path, ROOT), m.group(1), "anchor", m.group(2)
+
+
+def test_every_section_reference_resolves():
+    refs = list(references())
+    assert len(refs) > 15  # the code and the docs do refer to sections: the check is not vacuous
+    bad = []
+    for where, doc, kind, target in refs:
+        numbers, anchors = headings(doc)
+        if target not in (numbers if kind == "section" else anchors):
+            bad.append(f"{where}: docs/{doc} {kind} {target}")
+    assert not bad, bad
+
+
+def test_every_module_name_in_backticks_exists():
+    names = set()
+    for path in FILES:
+        for span in re.findall(r"`([^`\n]+)`", read(path)):
+            for m in re.finditer(rf"\b({'|'.join(MODULES)})\.([A-Za-z_][\w.]*)", span):
+                if m.group(2) not in ("py", "md", "json", "txt", "tsv", "safetensors", "bin", "pt", "item", "text"):
+                    names.add((m.group(1), m.group(2).rstrip(".")))
+    assert len(names) > 30
+    missing = []
+    for module, attr in sorted(names):
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                missing.append(f"{module}.{attr}")
+                break
+            obj = getattr(obj, part)
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("doc", ["calrec.md", "maml.md", "results.md"])
+def test_numbered_headings_of_the_method_notes(doc):
+    assert headings(doc)[0]  # the docs that sections refer to are numbered
