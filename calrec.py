@@ -632,7 +632,8 @@ def dense_weights(exp):
             log.info(f"  mu {m:g}, gamma {'-' if g is None else f'{g:g}'}: " +
                      " ".join(f"{ndcg[m, g, w]:.4f}" for w in cfg.prior_weights))
         log.info("chosen: " + extras.describe_dense_weights(*chosen))
-        exp.state.finish("dense_weights", dict(zip(("mu", "gamma", "lam"), chosen)))
+        exp.state.finish("dense_weights", dict(zip(("mu", "gamma", "lam"), chosen), grid={
+            f"mu {m:g}, gamma {g}, lambda {w:g}": v for (m, g, w), v in ndcg.items()}))
     return exp.state.done["dense_weights"]
 
 
@@ -707,13 +708,15 @@ def evaluate(exp):
 
 def write_results(exp, results, stages):
     """Print the table and write results.json (atomically)."""
-    cfg, domain, w = exp.cfg, exp.domain, exp.state.done["dense_weights"]
+    cfg, domain, chosen = exp.cfg, exp.domain, exp.state.done["dense_weights"]
+    w = {k: chosen[k] for k in ("mu", "gamma", "lam")}
     cols = [f"recall@{k}" for k in ev.RECALL_KS] + [f"ndcg@{k}" for k in ev.NDCG_KS]
     table = [f"{'split':6s} {'method':33s} " + " ".join(f"{c:>9s}" for c in cols)] + [
         f"{split:6s} {METHODS[m][0]:33s} " + " ".join(f"{row[c]:9.4f}" for c in cols)
         for split, rows in results.items() for m, row in rows.items()]
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name, seed=exp.seed,
-                  device=exp.device, dtype=exp.dtype, init=exp.init, dense_weights=w, n_valid=len(domain.valid),
+                  device=exp.device, dtype=exp.dtype, init=exp.init, dense_weights=w, dense_grid=chosen["grid"],
+                  n_valid=len(domain.valid),
                   n_valid_generative=min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid)),
                   n_test=len(domain.test), **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"]
                                               for s in stages})
