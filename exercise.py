@@ -1,15 +1,15 @@
-"""Exercises: blank a function of the project, let a student write it again, grade it with the project's tests.
+"""Exercises: the project's own functions as assignments, graded by the project's own tests.
 
-    python exercise.py list                 # the exercises by level, and which ones are started
-    python exercise.py start info-nce       # replace the exercise's function bodies by a raise
-    python exercise.py check info-nce       # run exactly the tests that grade it, one line per test
-    python exercise.py restore info-nce     # put the reference code back
+    python exercise.py list                                 # the exercises, by level
+    python exercise.py handout info-nce bm25 --out hw       # a student's copy: those functions to write
+    python exercise.py grade hw                             # a score per exercise of a handed-in copy
+    python exercise.py check info-nce                       # in a handout: run the graders of one exercise
 
-`start` keeps each function's decorators, signature and docstring byte for byte, replaces the rest of its
-body by `raise NotImplementedError(...)`, and first saves the original text in .exercises/NAME.json
-(git-ignored); `restore` puts that text back (without a saved copy: the function as committed at git's
-HEAD). Only the standard library, and the project is never imported: the commands work while a student's
-model.py is half written. Paths are relative to this file, so it runs from any folder.
+A handout is a copy of the project without .git, outputs or data, in which each function of the chosen exercises
+keeps its decorators, signature and docstring while its body becomes `raise NotImplementedError(...)`; so do the
+functions that would give an answer away (an exercise's `hide`). `grade` runs the graders over a copy of the
+student's tree with the teacher's own tests/, so nothing a student edits in tests/ counts. Only the standard
+library: the project is never imported, so the commands work while a student's model.py is half written.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the project: every path below is relative to it
-SAVED = os.path.join(ROOT, ".exercises")           # the original text of each started exercise
+MANIFEST = "exercises.json"                         # in a handout: the exercises it holds
+NOT_HANDED_OUT = {".git", ".exercises", ".pytest_cache", "__pycache__", "out", "runs", "data", ".venv", MANIFEST,
+                  "test_exercises.py"}  # and the wrong answers of tests/wrong_answers*.py: each is one edit from a key
 
 
 # -----------------------------------------------------------------------------
@@ -35,109 +38,95 @@ SAVED = os.path.join(ROOT, ".exercises")           # the original text of each s
 
 @dataclass(frozen=True)
 class Exercise:
-    name: str        # short and kebab-case: what the student types
-    level: int       # 1, 2 or 3
-    title: str       # one line
-    functions: list  # what the student writes: "file.py:function" or "file.py:Class.method"
-    tests: list      # the pytest node ids that grade it (a parametrised test counts once per case)
+    name: str            # short and kebab-case: what the student types
+    level: int           # 1: a formula; 2: a paper's equation as a batched tensor program; 3: an algorithm
+    title: str           # one line
+    functions: tuple     # what the student writes: "file.py:function" or "file.py:Class.method"
+    tests: tuple         # the pytest node ids that grade it
+    hide: tuple = ()     # also blanked in a handout: functions that would give the answer away
 
 
 M, C = "tests/test_model.py::", "tests/test_calrec.py::"          # the graders' files, shortened below
 Q, D = "tests/test_maml_core.py::", "tests/test_maml_metrics.py::"
 EXERCISES = [
-    # --- level 1: one idea, a few lines (about 20-30 minutes each)
-    Exercise(name="layer-norm", level=1,
-             title="LayerNorm written out: normalise each position to mean 0, variance 1, then scale and shift",
-             functions=["model.py:LayerNorm.forward"],
-             tests=[M + "test_layer_norm_equals_torch",
-                    M + "test_second_order_through_vmap_equals_a_loop_over_tasks"]),
-    Exercise(name="attention", level=1,
-             title="Attention written out, and the mask of a padded causal batch",
-             functions=["model.py:manual_attention", "model.py:attention_mask_4d"],
-             tests=[M + "test_sdpa_equals_manual_attention", M + "test_attention_mask_by_hand",
-                    M + "test_padded_rows_equal_unpadded"]),
-    Exercise(name="pooling", level=1,
-             title="Mean pooling over a span, and the last real token of a right-padded row",
-             functions=["model.py:mean_pool", "model.py:last_token_pool"],
-             tests=[M + "test_pooling_by_hand"]),
-    Exercise(name="ranking-metrics", level=1,
-             title="Full-catalog ranks (history excluded, ties against the target), Recall and NDCG",
-             functions=["evaluation.py:ranks_from_scores", "evaluation.py:rank_metrics"],
-             tests=[C + "test_metrics_on_hand_made_ranks",
-                    C + "test_ranks_exclude_history_and_count_ties_against_the_target"]),
-    Exercise(name="glue-metrics", level=1,
-             title="GLUE's metrics: Matthews correlation, Pearson, Spearman with tied ranks",
-             functions=["evaluation.py:mcc", "evaluation.py:pearson", "evaluation.py:average_ranks"],
-             tests=[D + "test_accuracy_f1_mcc_by_hand", D + "test_pearson_by_hand",
-                    D + "test_spearman_with_ties_by_hand", D + "test_degenerate_cases"]),
-    Exercise(name="task-sampling", level=1,
-             title="Which auxiliary task a meta-batch slot draws: uniform, proportional to size, mixed",
-             functions=["maml.py:task_probabilities"],
-             tests=[Q + "test_task_samplers"]),
-    # --- level 2: a paper's equation, as a batched tensor program (about 45 minutes each)
-    Exercise(name="info-nce", level=2,
-             title="InfoNCE with in-batch negatives, keys of the same item masked out, CLIP-shaped",
-             functions=["calrec.py:info_nce"],
-             tests=[C + "test_info_nce_equals_naive_loop", C + "test_duplicate_targets_are_not_negatives"]),
-    Exercise(name="calrec-loss", level=2,
-             title="CALRec's mixture L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT",
-             functions=["calrec.py:calrec_loss"],
-             tests=[C + "test_loss_mixture_by_hand"]),
-    Exercise(name="prefix-pooling", level=2,
-             title="The user tower at every item boundary: running means of the hidden states",
-             functions=["calrec.py:user_vectors", "calrec.py:target_vectors"],
-             tests=[C + "test_user_and_target_vectors_are_means_over_their_spans"]),
-    Exercise(name="bm25", level=2,
-             title="Lucene's BM25 as a sparse matrix, and queries scored by one product",
-             functions=["calrec.py:BM25.__init__", "calrec.py:BM25.scores"],
-             tests=[C + "test_bm25_matches_hand_computed_scores"]),
-    Exercise(name="round-robin", level=2,
-             title="Merge the beams' BM25 lists into one ranking, round by round",
-             functions=["calrec.py:merge_round_robin"],
-             tests=[C + "test_merge_round_robin_on_hand_made_lists"]),
-    Exercise(name="baselines", level=2,
-             title="The anchors every recommender must beat: a first-order Markov chain, the last item's text",
-             functions=["evaluation.py:rank_markov", "evaluation.py:rank_last_item_bm25"],
-             tests=[C + "test_markov_and_last_item_baselines_by_hand"]),
-    Exercise(name="kv-cache", level=2,
-             title="The KV cache step: write the new keys and values in place, attend over all so far",
-             functions=["model.py:KVCache.extend"],
-             tests=[M + "test_greedy_batched_equals_one_at_a_time_and_cache_equals_no_cache",
-                    M + "test_cached_logits_equal_full_forward"]),
-    Exercise(name="inner-loop", level=2,
-             title="MAML's inner loop: k steps of gradient descent with torch.func.grad",
-             functions=["maml.py:adapt"],
-             tests=[Q + "test_one_dimensional_hand_check", Q + "test_least_squares_closed_form"]),
-    Exercise(name="reptile", level=2,
-             title="Reptile's direction: the mean of where each task's inner loop moved",
-             functions=["maml.py:reptile_direction"],
-             tests=[Q + "test_reptile_one_step_is_one_sgd_step"]),
-    # --- level 3: an algorithm with its bookkeeping (an hour or two each)
-    Exercise(name="beam-search", level=3,
-             title="Batched beam search with finished beams and a shared prompt cache",
-             functions=["model.py:GPT.beam_search"],
-             tests=[M + "test_beam_search_is_exact_when_the_beam_holds_every_prefix",
-                    M + "test_beam_search_batched_equals_single_and_cached_equals_uncached"]),
-    Exercise(name="catalog-trie", level=3,
-             title="Constrained decoding: a prefix tree of the catalog that only lets beams write real items",
-             functions=["calrec_extras.py:CatalogTrie.__init__", "calrec_extras.py:CatalogTrie.node",
-                        "calrec_extras.py:CatalogTrie.__call__"],
-             tests=[C + "test_catalog_beams_are_exactly_the_best_catalog_items"]),
-    Exercise(name="meta-gradient", level=3,
-             title="First- and second-order meta-gradients, task by task, with autograd.grad(create_graph=...)",
-             functions=["maml.py:meta_loss_loop"],
-             tests=[Q + "test_vmap_equals_loop_float64", Q + "test_least_squares_closed_form",
-                    Q + "test_one_dimensional_hand_check"]),
-    Exercise(name="vmap-tasks", level=3,
-             title="Every task of a meta-batch at once: vmap over adapt, then the query loss",
-             functions=["maml.py:meta_loss_vmap"],
-             tests=[Q + "test_maml_equals_fomaml_when_inner_lr_is_zero", Q + "test_finite_differences_tanh_mlp",
-                    Q + "test_vmap_equals_loop_float64"]),
+    # --- level 1: one formula, a few lines
+    Exercise("layer-norm", 1, "LayerNorm written out: each position to mean 0 and variance 1, then scale and shift",
+             ("model.py:LayerNorm.forward",),
+             (M + "test_layer_norm_equals_torch", M + "test_layer_norm_by_hand",
+              M + "test_second_order_through_vmap_equals_a_loop_over_tasks")),
+    Exercise("pooling", 1, "Mean pooling over a span, and the last real token of a right-padded row",
+             ("model.py:mean_pool", "model.py:last_token_pool"),
+             (M + "test_pooling_by_hand", M + "test_pooling_of_holes_empty_spans_and_full_rows_by_hand")),
+    Exercise("kv-cache", 1, "The KV cache step: write the new keys and values in place, return all so far",
+             ("model.py:KVCache.extend",),
+             (M + "test_greedy_batched_equals_one_at_a_time_and_cache_equals_no_cache",
+              M + "test_cached_logits_equal_full_forward", M + "test_kv_cache_extend_by_hand")),
+    Exercise("task-sampling", 1, "Which auxiliary task a meta-batch slot draws: uniform, proportional to size, mixed",
+             ("maml.py:task_probabilities",), (Q + "test_task_samplers",)),
+    Exercise("glue-metrics", 1, "GLUE's metrics: F1, Matthews correlation, Pearson, Spearman with tied ranks",
+             ("evaluation.py:f1", "evaluation.py:mcc", "evaluation.py:pearson", "evaluation.py:average_ranks"),
+             (D + "test_accuracy_f1_mcc_by_hand", D + "test_pearson_by_hand", D + "test_spearman_with_ties_by_hand",
+              D + "test_degenerate_cases", D + "test_a_diverged_prediction_scores_nan_not_zero")),
+    Exercise("calrec-loss", 1, "CALRec's mixture L = (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT",
+             ("calrec.py:calrec_loss",), (C + "test_loss_mixture_by_hand",)),
+    Exercise("round-robin", 1, "Merge the beams' BM25 lists into one ranking, round by round",
+             ("calrec.py:merge_round_robin",), (C + "test_merge_round_robin_on_hand_made_lists",)),
+    # --- level 2: a paper's equation as a batched tensor program
+    Exercise("attention", 2, "Attention written out, and the mask of a padded causal batch",
+             ("model.py:manual_attention", "model.py:attention_mask_4d"),
+             (M + "test_sdpa_equals_manual_attention", M + "test_attention_mask_by_hand",
+              M + "test_attention_mask_of_padding_queries_by_hand", M + "test_padded_rows_equal_unpadded")),
+    Exercise("ranking-metrics", 2, "Full-catalog ranks (history excluded, ties against the target), Recall, NDCG",
+             ("evaluation.py:ranks_from_scores", "evaluation.py:rank_metrics"),
+             (C + "test_metrics_on_hand_made_ranks", C + "test_ranks_exclude_history_and_count_ties_against_the_target")),
+    Exercise("info-nce", 2, "InfoNCE with in-batch negatives, keys of the same item masked out, CLIP-shaped",
+             ("calrec.py:info_nce",), (C + "test_info_nce_equals_naive_loop", C + "test_duplicate_targets_are_not_negatives")),
+    Exercise("prefix-pooling", 2, "The user tower at every item boundary: running means of the hidden states",
+             ("calrec.py:user_vectors", "calrec.py:target_vectors"),
+             (C + "test_user_and_target_vectors_are_means_over_their_spans",)),
+    Exercise("bm25", 2, "Lucene's BM25 as a sparse matrix, and queries scored by one product",
+             ("calrec.py:BM25.__init__", "calrec.py:BM25.scores"), (C + "test_bm25_matches_hand_computed_scores",)),
+    Exercise("baselines", 2, "What every recommender must beat: a first-order Markov chain, the last item's text",
+             ("evaluation.py:rank_markov", "evaluation.py:rank_last_item_bm25"),
+             (C + "test_markov_and_last_item_baselines_by_hand",)),
+    Exercise("recent-items", 2, "The recent items of the dense path: a decayed mean of each history's item vectors",
+             ("calrec_extras.py:recent_vectors",),
+             (C + "test_recent_vectors_by_hand", C + "test_dense_ranks_with_the_recent_items_equal_a_naive_loop",
+              C + "test_train_step_loss_equals_the_loss_computed_by_hand")),
+    Exercise("inner-loop", 2, "MAML's inner loop: k steps of gradient descent with torch.func.grad",
+             ("maml.py:adapt",),
+             (Q + "test_adapt_by_hand", Q + "test_adapt_least_squares_closed_form",
+              Q + "test_adapt_second_order_keeps_the_inner_gradients_and_first_order_drops_them",
+              Q + "test_adapt_equals_a_loop_on_a_tanh_mlp"),
+             hide=("maml.py:meta_loss_loop",)),
+    Exercise("reptile", 2, "Reptile's direction: the mean of where each task's inner loop moved",
+             ("maml.py:reptile_direction",),
+             (Q + "test_reptile_direction_by_hand", Q + "test_reptile_direction_equals_a_loop_over_tasks",
+              Q + "test_reptile_direction_holds_no_graph", Q + "test_reptile_one_step_is_one_sgd_step"),
+             hide=("maml.py:meta_loss_vmap",)),
+    # --- level 3: an algorithm with its bookkeeping
+    Exercise("beam-search", 3, "Batched beam search with finished beams and a shared prompt cache",
+             ("model.py:GPT.beam_search", "model.py:_beam_choose", "model.py:GPT._beam_next"),
+             (M + "test_beam_search_is_exact_when_the_beam_holds_every_prefix",
+              M + "test_beam_search_batched_and_constrained_is_exact",
+              M + "test_beam_search_batched_equals_single_and_cached_equals_uncached")),
+    Exercise("catalog-trie", 3, "Constrained decoding: a prefix tree of the catalog that lets beams write only items",
+             ("calrec_extras.py:CatalogTrie.__init__", "calrec_extras.py:CatalogTrie.node",
+              "calrec_extras.py:CatalogTrie.__call__", "calrec_extras.py:CatalogTrie.ranked_items"),
+             (C + "test_catalog_trie_by_hand", C + "test_catalog_beams_are_exactly_the_best_catalog_items")),
+    Exercise("meta-gradient", 3, "MAML's meta-gradient, all tasks under vmap and one by one with autograd.grad",
+             ("maml.py:adapt", "maml.py:meta_loss_vmap", "maml.py:meta_loss_loop"),
+             (Q + "test_one_dimensional_hand_check", Q + "test_least_squares_closed_form",
+              Q + "test_maml_equals_fomaml_when_inner_lr_is_zero", Q + "test_vmap_equals_loop_float64",
+              Q + "test_finite_differences_tanh_mlp", Q + "test_dropout_under_vmap_draws_a_mask_per_task",
+              Q + "test_two_tasks_two_steps_by_hand", Q + "test_adapt_by_hand",
+              Q + "test_adapt_least_squares_closed_form"),
+             hide=("maml.py:reptile_direction",)),
 ]
 
 
 class ExerciseError(Exception):
-    """A mistake of the user (an unknown name, an exercise started twice, ...): one line, exit status 2."""
+    """A mistake of the user (an unknown name, a folder that is not a handout, ...): one line, exit status 2."""
 
 
 def exercise_named(name):
@@ -147,44 +136,25 @@ def exercise_named(name):
     raise ExerciseError(f"no exercise named {name!r} (python exercise.py list shows them)")
 
 
-def saved_path(ex):
-    return os.path.join(SAVED, ex.name + ".json")
-
-
-def is_started(ex):
-    return os.path.exists(saved_path(ex))
-
-
 # -----------------------------------------------------------------------------
-# 2. finding a function in a source file with ast, and rewriting its lines
+# 2. finding a function in a source file with ast, and blanking its body
 
 
-def read(file):
-    """The text of a project file, line endings untouched (newline=""), so that a rewrite is byte-exact."""
+def read(root, file):
+    """The text of a file, line endings untouched (newline=""), so that a rewrite is byte-exact."""
     try:
-        with open(os.path.join(ROOT, file), encoding="utf-8", newline="") as f:
+        with open(os.path.join(root, file), encoding="utf-8", newline="") as f:
             return f.read()
     except OSError as e:
         raise ExerciseError(f"cannot read {file}: {e.strerror}") from None
 
 
-def write(file, text):
-    with open(os.path.join(ROOT, file), "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-
-
-def lines_of(text):
-    """The lines of `text` with their endings; like ast, only \\n, \\r\\n and \\r end a line."""
-    return io.StringIO(text, newline="").readlines()
-
-
 def find_def(source, qualname, where):
-    """The ast node of `function` or `Class.method` defined at the top level of the module (of the class)."""
+    """The ast node of `function` or `Class.method` defined at the top level of the module (or of its class)."""
     try:
         node = ast.parse(source)
     except SyntaxError as e:
-        file = where.partition(":")[0]
-        raise ExerciseError(f"cannot parse {file}, line {e.lineno}: {e.msg} (fix it first)") from None
+        raise ExerciseError(f"cannot parse {where.partition(':')[0]}, line {e.lineno}: {e.msg}") from None
     for part in qualname.split("."):
         found = [n for n in node.body if getattr(n, "name", None) == part
                  and isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -194,23 +164,6 @@ def find_def(source, qualname, where):
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise ExerciseError(f"{where} is a class, not a function")
     return node
-
-
-def span(node):
-    """First and last line (1-based, inclusive) of a def, decorators included."""
-    return min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno
-
-
-def function_text(source, qualname, where):
-    first, last = span(find_def(source, qualname, where))
-    return "".join(lines_of(source)[first - 1:last])
-
-
-def replace_def(source, qualname, where, text):
-    """`source` with the whole text of the function (decorators to last line) replaced by `text`."""
-    first, last = span(find_def(source, qualname, where))
-    lines = lines_of(source)
-    return "".join(lines[:first - 1]) + text + "".join(lines[last:])
 
 
 def signature_end(lines, node):
@@ -227,38 +180,23 @@ def signature_end(lines, node):
 
 def blank(source, qualname, where, message):
     """`source` with the function's body after its docstring replaced by `raise NotImplementedError(message)`.
-
-    Decorators, signature and docstring are kept byte for byte, and so is every line outside the function.
-    """
+    Decorators, signature and docstring are kept byte for byte, and so is every line outside the function."""
     node = find_def(source, qualname, where)
-    lines = lines_of(source)
+    lines = io.StringIO(source, newline="").readlines()
     head = signature_end(lines, node)  # the last line kept: the signature's, or the docstring's (below)
     if node.body[0].lineno == head:
         raise ExerciseError(f"cannot blank {where}: its body starts on the line of its signature")
     indent = re.match(r"[ \t]*", lines[node.body[0].lineno - 1]).group()
-    rest = node.body                    # the statements that the raise replaces
+    rest = node.body
     if ast.get_docstring(node, clean=False) is not None:
         head, rest = node.body[0].end_lineno, node.body[1:]
     if rest and rest[0].lineno <= head:
         raise ExerciseError(f"cannot blank {where}: its code starts on the line where its docstring ends")
     newline = re.search(r"\r\n|\r|\n|$", source).group() or "\n"  # the file's own line ending
     kept = "".join(lines[:head])
-    if not kept.endswith(("\n", "\r")):  # a function with only a docstring, on the file's last line
+    if not kept.endswith(("\n", "\r")):
         kept += newline
     return kept + f'{indent}raise NotImplementedError("{message}"){newline}' + "".join(lines[node.end_lineno:])
-
-
-def committed_text(where):
-    """The function's text as committed at git's HEAD: restore's fallback when there is no saved copy."""
-    file, _, qualname = where.partition(":")
-    try:
-        run = subprocess.run(["git", "show", f"HEAD:./{file}"], cwd=ROOT, capture_output=True, check=True)
-    except OSError as e:
-        raise ExerciseError(f"no saved copy in .exercises/ and no git to ask ({e.strerror})") from None
-    except subprocess.CalledProcessError as e:
-        why = "".join(e.stderr.decode(errors="replace").strip().splitlines()[:1])
-        raise ExerciseError(f"no saved copy in .exercises/ and git cannot show HEAD:{file} ({why})") from None
-    return function_text(run.stdout.decode("utf-8"), qualname, where + " at git HEAD")
 
 
 # -----------------------------------------------------------------------------
@@ -270,117 +208,184 @@ def list_exercises():
     for level in sorted({ex.level for ex in EXERCISES}):
         print(f"level {level}")
         for ex in (ex for ex in EXERCISES if ex.level == level):
-            status = "started" if is_started(ex) else "not started"
-            print(f"  {ex.name:<{width}}  {status:<11}  {ex.title}")
-            print(f"  {'':<{width}}  {'':<11}  write {', '.join(ex.functions)}")
+            print(f"  {ex.name:<{width}}  {ex.title}\n  {'':<{width}}  write {', '.join(ex.functions)}")
     return 0
 
 
-def start(ex):
-    if is_started(ex):
-        raise ExerciseError(f"exercise {ex.name} is already started (restore puts the reference code back)")
-    for other in EXERCISES:
-        shared = set(other.functions) & set(ex.functions)
-        if other is not ex and shared and is_started(other):
-            raise ExerciseError(f"exercise {other.name} also blanks {shared.pop()} and is started: restore it")
-    # everything is computed in memory first, so that a refusal changes nothing
-    message = f"exercise {ex.name}: see docs/exercises.md#{ex.name}"
-    sources, originals = {}, {}
-    for where in ex.functions:
-        file, _, qualname = where.partition(":")
-        if file not in sources:
-            sources[file] = read(file)
-        originals[where] = function_text(sources[file], qualname, where)
-        sources[file] = blank(sources[file], qualname, where, message)
-    os.makedirs(SAVED, exist_ok=True)
-    with open(saved_path(ex), "w", encoding="utf-8") as f:  # saved before any file changes
-        json.dump({"exercise": ex.name, "functions": originals}, f, indent=1)
-    for file, text in sources.items():
-        write(file, text)
-    print(f"started {ex.name}: write {', '.join(ex.functions)}; then python exercise.py check {ex.name}")
-    return 0
+def copy_tree(src, dst):
+    """The project's files under src, less what a handout leaves out, into dst."""
+    def ignore(folder, names):
+        return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")]
+    shutil.copytree(src, dst, ignore=ignore, symlinks=False)
 
 
-def restore(ex):
-    if is_started(ex):
-        with open(saved_path(ex), encoding="utf-8") as f:
-            originals = json.load(f)["functions"]
-    else:
-        originals = {where: committed_text(where) for where in ex.functions}
-        print(f"no saved copy of {ex.name}: restoring the functions as committed at git's HEAD")
+def handout(names, out):
+    """A student's copy of the project in `out` (which must not exist): every function of the exercises named,
+    and every function they hide, blanked; the exercises' names in out/exercises.json."""
+    exercises = [exercise_named(n) for n in dict.fromkeys(names)]
+    if os.path.exists(out):
+        raise ExerciseError(f"{out}: already there; a handout goes into a new folder")
     sources = {}
-    for where, text in originals.items():
-        file, _, qualname = where.partition(":")
-        if file not in sources:
-            sources[file] = read(file)
-        sources[file] = replace_def(sources[file], qualname, where, text)
+    for ex in exercises:  # everything is blanked in memory first, so that a refusal writes nothing
+        for where in ex.functions + ex.hide:
+            file, _, qualname = where.partition(":")
+            sources.setdefault(file, read(ROOT, file))
+            sources[file] = blank(sources[file], qualname, where, f"exercise {ex.name}: see docs/exercises.md#{ex.name}")
+    tmp = f"{os.path.abspath(out)}.tmp{os.getpid()}"
+    copy_tree(ROOT, tmp)
     for file, text in sources.items():
-        write(file, text)
-    if is_started(ex):
-        os.remove(saved_path(ex))
-    if os.path.isdir(SAVED) and not os.listdir(SAVED):
-        os.rmdir(SAVED)
-    print(f"restored {', '.join(originals)}")
+        with open(os.path.join(tmp, file), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump([ex.name for ex in exercises], f)
+    os.rename(tmp, out)
+    print(f"wrote {out}: write {', '.join(w for ex in exercises for w in ex.functions)}; then, in {out}, "
+          f"python exercise.py check NAME; a teacher grades it with python exercise.py grade {out}")
     return 0
 
 
-def read_report(report):
-    """[(test name, outcome, one-line reason)] from pytest's junit xml report; outcome: passed, FAILED, skipped."""
-    results = []
-    for case in ET.parse(report).iter("testcase"):
-        outcome, reason = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            problem = case.find(tag)
-            if problem is not None:
-                outcome = "skipped" if tag == "skipped" else "FAILED"
-                reason = (problem.get("message") or tag).strip().split("\n")[0]
-                if tag == "error":  # collection or fixture: the message is generic, the error ends the traceback
-                    e_lines = [line[1:].strip() for line in (problem.text or "").splitlines()
-                               if line.startswith("E ")]
-                    reason = e_lines[-1] if e_lines else reason
-                reason = reason[:200]
-                break
-        results.append((case.get("name"), outcome, reason))
-    return results
-
-
-def check(ex):
-    if not is_started(ex):
-        print(f"(exercise {ex.name} is not started: this checks the reference code)")
+def run_graders(root, node_ids):
+    """{pytest node id: (passed, message)} of the graders run in `root` with the interpreter running this file."""
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.xml")
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                   *ex.tests]
-        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        results = read_report(report) if os.path.exists(report) else []
-    if not results:
-        print((run.stdout + run.stderr)[-3000:], end="")
-        print(f"pytest ran none of the tests of {ex.name} (exit status {run.returncode})")
-        return 1
-    for name, outcome, reason in results:
-        print(f"{outcome:<6}  {name}" + (f": {reason}" if reason else ""))
-    n_pass = sum(outcome == "passed" for _, outcome, _ in results)
-    if n_pass == len(results) and run.returncode == 0:
-        print(f"{n_pass} of {len(results)} tests pass: exercise done")
-        return 0
-    print(f"{n_pass} of {len(results)} pass; the tracebacks: python -m pytest {' '.join(ex.tests)}")
-    return 1
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                              *node_ids], cwd=root, capture_output=True, text=True,
+                             env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+        if not os.path.exists(report):
+            raise ExerciseError(f"pytest ran none of the graders: {(run.stdout + run.stderr).strip()[-500:]}")
+        return {node_id(case): outcome(case) for case in ET.parse(report).iter("testcase")}
+
+
+def node_id(case):
+    """The node id of a junit test case: classname tests.test_a, name test_b[x] -> tests/test_a.py::test_b[x]."""
+    parts = case.get("classname").split(".")
+    return "/".join(parts[:2]) + ".py::" + "::".join(parts[2:] + [case.get("name")])
+
+
+def outcome(case):
+    """(passed, what went wrong in a few lines: the exception and the assertion's own lines)."""
+    for problem in case:
+        if problem.tag in ("failure", "error"):
+            text = problem.text or ""
+            lines = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")][:8]
+            return False, "\n".join(lines) or (problem.get("message") or problem.tag).strip()
+        if problem.tag == "skipped":
+            return False, "skipped: " + (problem.get("message") or "")
+    return True, ""
+
+
+def grade(root, names):
+    """Run the graders of each exercise in `root` and print a score per exercise; 0 if every one passes."""
+    exercises = [exercise_named(n) for n in names]
+    results = run_graders(root, [t for ex in exercises for t in ex.tests])
+    total = 0
+    for ex in exercises:
+        mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
+        passed = sum(ok for ok, _ in mine.values())
+        print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else ""))
+        for test, (ok, message) in mine.items():
+            if not ok:
+                print(f"  FAILED {test.split('::', 1)[1]}\n" + "\n".join("    " + line for line in message.splitlines()))
+        total += bool(mine) and passed == len(mine)
+    if total < len(exercises):
+        print(f"the tracebacks: {sys.executable} -m pytest " + " ".join(t for ex in exercises for t in ex.tests))
+    return 0 if total == len(exercises) else 1
+
+
+def grade_handout(folder, names):
+    """A handed-in copy, graded with this project's own tests/ (a copy of the student's tree is graded)."""
+    if not os.path.isdir(folder):
+        raise ExerciseError(f"{folder}: no such folder")
+    if not names:
+        try:
+            with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+                names = json.load(f)
+        except (OSError, ValueError):
+            raise ExerciseError(f"{folder}: no {MANIFEST}, so not a handout; name the exercises to grade") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_tree(folder, os.path.join(tmp, "work"))
+        shutil.rmtree(os.path.join(tmp, "work", "tests"), ignore_errors=True)
+        copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
+        return grade(os.path.join(tmp, "work"), names)
+
+
+# -----------------------------------------------------------------------------
+# 4. the experiments of docs/experiments.md: their commands, and the tables of their answers
+
+EXPERIMENTS_DOC = os.path.join(ROOT, "docs", "experiments.md")
+CALREC = "python train.py --task calrec --set baselines=false --out-dir out/exp{} --stages "
+EXPERIMENTS = {  # number -> the commands, each a shell line of the doc
+    1: [CALREC.format(f"1/{s}") + f"{s} --set stage1_steps=120 --set stage2_steps=120" for s in ("1", "2", "both")],
+    2: [CALREC.format("2/all") + "2 --set stage2_steps=150", CALREC.format("2/nig") + "2 --set stage2_steps=150 "
+        "--alpha 0 --beta 0"],
+    3: [CALREC.format(f"3/tau{t}") + f"2 --set stage2_steps=150 --tau {t}" for t in ("0.02", "0.05", "0.2")],
+    4: [CALREC.format("4/every") + "2 --set stage2_steps=150", CALREC.format("4/last") + "2 --set stage2_steps=150 "
+        "--set every_position=false"],
+    5: ["python train.py --task sinusoid --set steps=1500 --out-dir out/exp5"],
+}
+
+
+def answer_table(number):
+    """The table of an experiment's answer, from the results.json of its runs (markdown lines)."""
+    dirs = [cmd.split("--out-dir ")[1].split()[0] for cmd in EXPERIMENTS[number]]
+    res = {d: json.load(open(os.path.join(ROOT, d, "results.json"), encoding="utf-8")) for d in dirs}
+    if number == 5:
+        methods = res[dirs[0]]["methods"]
+        return ["| method | " + " | ".join(f"MSE after {k} steps" for k in methods["maml"]) + " |",
+                "|---|" + "---|" * len(methods["maml"])] + [
+            f"| {m} | " + " | ".join(f"{v['mse']:.3f} ± {v['mse_ci95']:.3f}" for v in r.values()) + " |"
+            for m, r in methods.items()]
+    paths = ("calrec_generative", "calrec_constrained", "calrec_dense")
+    return ["| run | generative+BM25 | catalog beams | dense |", "|---|---|---|---|"] + [
+        f"| `{d}` | " + " | ".join(f"{res[d]['test'][p]['ndcg@10']:.3f}" for p in paths) + " |" for d in dirs]
+
+
+def experiments(write):
+    """Run every experiment, print its table, and say which tables of docs/experiments.md no longer match; with
+    write, put the new tables in the doc (between its <!-- answer N --> and <!-- end --> lines)."""
+    doc = read(ROOT, "docs/experiments.md")
+    stale = []
+    for number, commands in EXPERIMENTS.items():
+        for cmd in commands:
+            print(f"$ {cmd}", flush=True)
+            subprocess.run([sys.executable] + cmd.split()[1:], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        table = "\n".join(answer_table(number))
+        print(table)
+        block = re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
+        if block is None or block.group(1).strip() != table:
+            stale.append(number)
+            doc = doc.replace(block.group(0), f"<!-- answer {number} -->\n{table}\n<!-- end -->") if block else doc
+    print(f"tables that no longer match docs/experiments.md: {stale or 'none'}")
+    if write and stale:
+        with open(EXPERIMENTS_DOC, "w", encoding="utf-8") as f:
+            f.write(doc)
+    return 1 if stale and not write else 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    commands.add_parser("list", help="the exercises by level, and which ones are started")
-    for command, text in [("start", "blank the exercise's functions (after saving them)"),
-                          ("check", "run the tests that grade the exercise"),
-                          ("restore", "put the reference code back")]:
-        commands.add_parser(command, help=text).add_argument("name", help="an exercise's name (see list)")
+    commands.add_parser("list", help="the exercises, by level")
+    h = commands.add_parser("handout", help="write a student's copy with the exercises' functions blanked")
+    h.add_argument("names", nargs="+", metavar="NAME")
+    h.add_argument("--out", required=True, help="the new folder")
+    g = commands.add_parser("grade", help="the graders of a handed-in copy, with this project's tests")
+    g.add_argument("folder")
+    g.add_argument("names", nargs="*", metavar="NAME", help="default: the exercises of its handout")
+    commands.add_parser("check", help="the graders of an exercise, in this tree").add_argument("name")
+    e = commands.add_parser("experiments", help="run docs/experiments.md's commands; compare its tables (minutes)")
+    e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
             return list_exercises()
-        command = {"start": start, "check": check, "restore": restore}[args.command]
-        return command(exercise_named(args.name))
+        if args.command == "handout":
+            return handout(args.names, args.out)
+        if args.command == "grade":
+            return grade_handout(args.folder, args.names)
+        if args.command == "experiments":
+            return experiments(args.write)
+        return grade(ROOT, [args.name])
     except ExerciseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,10 +43,16 @@ def test_info_nce_equals_naive_loop():
     ids = torch.tensor([3, 1, 4, 1, 5, 9, 3, 8, 4, 2])  # two pairs of rows share a target; an extra key is item 4
     for tau in (0.05, 0.5, 1.0):
         want = naive_info_nce(q, k, ids.tolist(), tau)
-        assert calrec.info_nce(q, k, ids, tau).item() == pytest.approx(want, rel=1e-9)
+        got = calrec.info_nce(q, k, ids, tau).item()
+        assert got == pytest.approx(want, rel=1e-9), (
+            f"info_nce of 7 queries against 10 keys (3 extra negatives; rows 0 and 6, 1 and 3 share an item, extra "
+            f"key 8 is row 2's item), tau={tau}: expected {want:.9f} (a naive loop over the rows), got {got:.9f}")
         # the spec's direction (each target item against the batch's users) is the same formula, roles swapped
         want = naive_info_nce(k[:7], q, ids[:7].tolist(), tau)
-        assert calrec.info_nce(k[:7], q, ids[:7], tau).item() == pytest.approx(want, rel=1e-9)
+        got = calrec.info_nce(k[:7], q, ids[:7], tau).item()
+        assert got == pytest.approx(want, rel=1e-9), (
+            f"info_nce of 7 queries against their 7 keys (rows 0 and 6, 1 and 3 share an item), tau={tau}: expected "
+            f"{want:.9f} (a naive loop over the rows), got {got:.9f}")
 
 
 def test_duplicate_targets_are_not_negatives():
@@ -60,9 +66,13 @@ def test_duplicate_targets_are_not_negatives():
     # row 2: pos cos(q2,k2)=1, negatives q0: 1, q1: 0 -> -log(e/(e+e+1))
     e = math.e
     expected = (math.log(2) - math.log(e / (e + 1)) - math.log(e / (2 * e + 1))) / 3
-    assert loss == pytest.approx(expected, rel=1e-6)
+    assert loss == pytest.approx(expected, rel=1e-6), (
+        f"info_nce of 3 rows, rows 0 and 1 of the same item 7 (each other's key masked out, not a negative), tau=1: "
+        f"expected (log 2 - log(e/(e+1)) - log(e/(2e+1))) / 3 = {expected:.6f}, got {loss:.6f}")
     unmasked = calrec.info_nce(k, q, torch.tensor([7, 6, 8]), tau).item()
-    assert unmasked > loss + 0.1  # without the mask, the duplicate counts as a (hard) negative
+    assert unmasked > loss + 0.1, (  # without the mask, the duplicate counts as a (hard) negative
+        f"info_nce of the same rows with three distinct items (nothing masked): expected more than the masked loss "
+        f"{loss:.6f} + 0.1, got {unmasked:.6f}")
 
 
 def test_loss_mixture_by_hand():
@@ -71,17 +81,45 @@ def test_loss_mixture_by_hand():
     v_u, v_tu = (F.normalize(torch.randn(P, C, dtype=torch.float64), dim=-1) for _ in range(2))
     v_t = F.normalize(torch.randn(P + 2, C, dtype=torch.float64), dim=-1)  # two extra negative items
     items = torch.tensor([4, 2, 4, 7, 1, 9, 2])
-    l_nig = torch.tensor(3.0, dtype=torch.float64)
+    l_tt, l_ut = naive_info_nce(v_tu, v_t, items.tolist(), 0.1), naive_info_nce(v_u, v_t, items.tolist(), 0.1)
     for alpha, beta in ((0.2, 0.3), (0.0, 0.5), (0.25, 0.0)):
+        l_nig = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
         loss, parts = calrec.calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, 0.1)
-        l_tt, l_ut = naive_info_nce(v_tu, v_t, items.tolist(), 0.1), naive_info_nce(v_u, v_t, items.tolist(), 0.1)
-        assert loss.item() == pytest.approx((1 - alpha - beta) * 3.0 + alpha * l_tt + beta * l_ut, rel=1e-9)
-        assert parts["nig"] == 3.0
+        want = (1 - alpha - beta) * 3.0 + alpha * l_tt + beta * l_ut
+        assert loss.item() == pytest.approx(want, rel=1e-9), (
+            f"calrec_loss with alpha={alpha}, beta={beta}, L_NIG = 3, L_TT = {l_tt:.10g}, L_UT = {l_ut:.10g}: expected "
+            f"(1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT = {want:.10g}, got {loss.item():.10g} "
+            f"({loss.dtype}; the inputs are float64)")
+        assert set(parts) == {"nig", "tt", "ut"} and all(type(v) is float for v in parts.values()), (
+            f"calrec_loss's parts: expected a dict {{'nig', 'tt', 'ut'}} of Python floats, got "
+            f"{ {k: type(v).__name__ for k, v in parts.items()} }")
+        assert parts["nig"] == 3.0, f"parts['nig']: expected L_NIG itself, 3.0 (not weighted), got {parts['nig']}"
+        for name, weight, value in (("tt", alpha, l_tt), ("ut", beta, l_ut)):
+            if weight > 0:  # a part whose weight is 0 need not be computed
+                assert parts[name] == pytest.approx(value, rel=1e-9), (
+                    f"parts[{name!r}] with alpha={alpha}, beta={beta}: expected L_{name.upper()} itself, "
+                    f"{value:.10g} (not weighted), got {parts[name]:.10g}")
+        # the loss is the graph of its terms: d loss / d L_NIG = 1 - alpha - beta
+        loss.backward()
+        assert l_nig.grad is not None and l_nig.grad.item() == pytest.approx(1 - alpha - beta), (
+            f"d loss / d L_NIG with alpha={alpha}, beta={beta}: expected 1 - alpha - beta = {1 - alpha - beta}, got "
+            f"{None if l_nig.grad is None else l_nig.grad.item()} (is the loss built from the parts' floats?)")
     # the spec's direction: each target item against the users of the batch (no extra negatives)
-    loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t[:P], items[:P], 0.2, 0.3, 0.1, over_users=True)
     ids = items[:P].tolist()
     want = 0.5 * 3.0 + 0.2 * naive_info_nce(v_t[:P], v_tu, ids, 0.1) + 0.3 * naive_info_nce(v_t[:P], v_u, ids, 0.1)
-    assert loss.item() == pytest.approx(want, rel=1e-9)
+    l_nig = torch.tensor(3.0, dtype=torch.float64)
+    loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t[:P], items[:P], 0.2, 0.3, 0.1, over_users=True)
+    assert loss.item() == pytest.approx(want, rel=1e-9), (
+        f"calrec_loss with over_users=True (each target item the query, the batch's users the keys), alpha=0.2, "
+        f"beta=0.3: expected {want:.10g}, got {loss.item():.10g}")
+    # extra negative items behind the P targets have no user: over the users, only the P targets are queries
+    with_extra = f"calrec_loss with over_users=True and 2 extra negative items in v_t (only the first P = {P} rows " \
+        f"are the users' targets, the queries)"
+    try:
+        loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t, items, 0.2, 0.3, 0.1, over_users=True)
+    except (RuntimeError, IndexError) as e:
+        pytest.fail(f"{with_extra}: expected {want:.10g}, got {type(e).__name__}: {e}")
+    assert loss.item() == pytest.approx(want, rel=1e-9), f"{with_extra}: expected {want:.10g}, got {loss.item():.10g}"
 
 
 def test_user_and_target_vectors_are_means_over_their_spans():
@@ -90,11 +128,17 @@ def test_user_and_target_vectors_are_means_over_their_spans():
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
     v_u = calrec.user_vectors(h, rows, starts)
     v_tu = calrec.target_vectors(h, rows, starts, ends)
+    for name, got in (("user_vectors", v_u), ("target_vectors", v_tu)):
+        assert tuple(got.shape) == (3, 3), f"{name} of 3 spans of a (2, 9, 3) batch: expected shape (3, 3), got " \
+            f"{tuple(got.shape)}"
     for p, (b, s, e) in enumerate(zip(rows.tolist(), starts.tolist(), ends.tolist())):
         prompt = sum(h[b, t] for t in range(s)) / s           # every position before the item
         item = sum(h[b, t] for t in range(s, e)) / (e - s)     # the item's own positions
-        torch.testing.assert_close(v_u[p], prompt / prompt.norm())
-        torch.testing.assert_close(v_tu[p], item / item.norm())
+        for name, got, want, span in (("user_vectors", v_u[p], prompt / prompt.norm(), f"positions 0 to {s - 1}"),
+                                      ("target_vectors", v_tu[p], item / item.norm(), f"positions {s} to {e - 1}")):
+            assert torch.allclose(got, want, rtol=1e-7, atol=1e-7), (
+                f"{name}, span {p} (row {b}, the item at positions {s} to {e - 1}): expected the normalised mean of h "
+                f"over {span}, {[round(x, 6) for x in want.tolist()]}, got {[round(x, 6) for x in got.tolist()]}")
 
 
 # -----------------------------------------------------------------------------
@@ -107,17 +151,27 @@ def test_bm25_matches_hand_computed_scores():
     # by hand: N = 3, lengths 2, 3, 3, avgdl = 8/3; "red" is in 2 documents:
     #   idf = ln(1 + (3 - 2 + 0.5) / (2 + 0.5)) = ln 1.6 = 0.4700036
     #   doc 0: tf 1, K = 1.2 (0.25 + 0.75 * 2 / (8/3)) = 0.975  -> 0.4700036 * 2.2 / 1.975 = 0.5235484
-    #   doc 2: tf 2, K = 1.2 (0.25 + 0.75 * 3 / (8/3)) = 1.3125 -> 0.4700036 * 4.4 / 3.3125 = 0.6243072
+    #   doc 2: tf 2, K = 1.2 (0.25 + 0.75 * 3 / (8/3)) = 1.3125 -> 0.4700036 * 4.4 / 3.3125 = 0.6243067
     # "pie" is in 1 document: idf = ln(1 + 2.5 / 1.5) = 0.9808293; doc 1: tf 1, K = 1.3125
     #   -> 0.9808293 * 2.2 / 2.3125 = 0.9331132
-    s = bm.scores(["red", "pie", "red pie", "unseen words"])
-    assert s.shape == (4, 3)
-    assert s[0].tolist() == pytest.approx([0.5235484, 0.0, 0.6243072], abs=1e-6)
-    assert s[1].tolist() == pytest.approx([0.0, 0.9331132, 0.0], abs=1e-6)
-    assert s[2].tolist() == pytest.approx([0.5235484, 0.9331132, 0.6243072], abs=1e-6)
-    assert s[3].tolist() == [0.0, 0.0, 0.0]
+    # "apple" is in 2 documents (idf 0.4700036), tf 1 in doc 0 (K = 0.975) and in doc 1 (K = 1.3125):
+    #   -> 0.4700036 * 2.2 / 1.975 = 0.5235484 and 0.4700036 * 2.2 / 2.3125 = 0.4471386
+    # a query word counts as often as the query repeats it: "red red" scores twice what "red" does
+    queries = ["red", "pie", "red pie", "unseen words", "red red", "pie red pie", "apple"]
+    want = [[0.5235484, 0.0, 0.6243067], [0.0, 0.9331132, 0.0], [0.5235484, 0.9331132, 0.6243067], [0.0, 0.0, 0.0],
+            [1.0470968, 0.0, 1.2486134], [0.5235484, 1.8662264, 0.6243067], [0.5235484, 0.4471386, 0.0]]
+    s = bm.scores(queries)
+    assert tuple(s.shape) == (len(queries), 3), f"BM25.scores of {len(queries)} queries on 3 documents: expected " \
+        f"shape ({len(queries)}, 3), got {tuple(s.shape)}"
+    for q, row, w in zip(queries, s.tolist(), want):
+        assert row == pytest.approx(w, abs=1e-6), (
+            f"BM25 scores of query {q!r} on the documents {docs}: expected {w}, got {[round(x, 7) for x in row]}")
+    assert s[3].tolist() == [0.0, 0.0, 0.0], f"BM25 scores of 'unseen words' (no known word): expected exactly 0, " \
+        f"got {s[3].tolist()}"
     hits = bm.search(["red", "unseen"], depth=3)
-    assert hits[0][0] == [2, 0] and hits[1] == ([], [])  # zero-score documents are not retrieved
+    assert hits[0][0] == [2, 0] and hits[1] == ([], []), (
+        f"BM25.search('red'), ('unseen'): expected documents [2, 0] and none (zero-score documents are not retrieved),"
+        f" got {hits[0][0]} and {hits[1][0]}")
 
 
 # -----------------------------------------------------------------------------
@@ -127,14 +181,21 @@ def test_bm25_matches_hand_computed_scores():
 def test_merge_round_robin_on_hand_made_lists():
     lists = [[10, 11, 12, 13], [20, 10, 21], [11, 30]]
     scores = [[5.0, 4.0, 3.0, 2.0], [9.0, 1.0, 0.5], [6.0, 0.1]]
-    # round 0: candidates 10 (5.0), 20 (9.0), 11 (6.0) -> by score: 20, 11, 10
-    # round 1: 11 (4.0, taken), 10 (1.0, taken), 30 (0.1) -> 30
-    # round 2: 12 (3.0), 21 (0.5) -> 12, 21 ; round 3: 13
-    assert calrec.merge_round_robin(lists, scores, exclude=[], k=10) == [20, 11, 10, 30, 12, 21, 13]
-    # history items are skipped; k stops early
-    assert calrec.merge_round_robin(lists, scores, exclude=[20, 12], k=4) == [11, 10, 30, 21]
-    # equal scores within a round: the better beam (lower index) first
-    assert calrec.merge_round_robin([[1], [2]], [[1.0], [1.0]], exclude=[], k=2) == [1, 2]
+    cases = [  # (what the case checks, lists, scores, exclude, k, the merge by hand)
+        # round 0: candidates 10 (5.0), 20 (9.0), 11 (6.0) -> by score: 20, 11, 10
+        # round 1: 11 (4.0, taken), 10 (1.0, taken), 30 (0.1) -> 30
+        # round 2: 12 (3.0), 21 (0.5) -> 12, 21 ; round 3: 13
+        ("every round, by score within a round", lists, scores, [], 10, [20, 11, 10, 30, 12, 21, 13]),
+        ("history items skipped, k stops early", lists, scores, [20, 12], 4, [11, 10, 30, 21]),
+        ("k reached in the middle of a round", lists, scores, [], 2, [20, 11]),
+        ("equal scores within a round: the better beam (lower index) first", [[1], [2]], [[1.0], [1.0]], [], 2, [1, 2]),
+        # the second beam's list is the longest: round 1 holds its item 3 alone
+        ("as many rounds as the longest list", [[1], [2, 3]], [[1.0], [2.0, 1.5]], [], 5, [2, 1, 3]),
+    ]
+    for what, ls, sc, exclude, k, want in cases:
+        got = calrec.merge_round_robin(ls, sc, exclude=exclude, k=k)
+        assert got == want, (f"merge_round_robin of lists {ls} with BM25 scores {sc}, exclude={exclude}, k={k} "
+                             f"({what}): expected {want}, got {got}")
 
 
 def test_catalog_beams_are_exactly_the_best_catalog_items():
@@ -155,9 +216,48 @@ def test_catalog_beams_are_exactly_the_best_catalog_items():
         want.append((list(tokens) + [eot], sum(float(logp[len(prompt) - 1 + i, t])
                                                for i, t in enumerate(list(tokens) + [eot]))))
     want.sort(key=lambda w: -w[1])
-    assert [t for t, _ in got] == [t for t, _ in want]
-    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5)
-    assert sorted(trie.items[trie.node((1, 2, eot))]) == [1, 5]  # twins share a leaf
+    assert [t for t, _ in got] == [t for t, _ in want], (
+        f"beam search with 5 beams constrained by CatalogTrie({catalog}, eot={eot}): expected every distinct item, "
+        f"best first, {[t for t, _ in want]}, got {[t for t, _ in got]}")
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5,
+                               err_msg="the constrained beams' scores against each item's log-probability")
+    twins = sorted(trie.items.get(trie.node((1, 2, eot)), []))
+    assert twins == [1, 5], f"items at the leaf of [1, 2, eot]: expected [1, 5] (twins share a leaf), got {twins}"
+
+
+def test_catalog_trie_by_hand():
+    V, eot = 12, 11
+    catalog = [[1, 2, 3], [1, 2], [4], [1, 5, 6, 7], [4, 9], [1, 2]]  # shared prefixes, a prefix of another, twins
+    trie = calrec_extras.CatalogTrie(catalog, eot, V)
+    # the nodes: every prefix of an item's tokens followed by end-of-text is one; nothing else is
+    for prefix in ((), (1,), (1, 2), (1, 2, eot), (1, 2, 3, eot), (4, eot), (1, 5, 6)):
+        assert trie.node(prefix) is not None, f"CatalogTrie.node({prefix}): expected a node (a prefix of an item " \
+            f"of {catalog}, each ended by end-of-text {eot}), got None"
+    for prefix in ((9,), (1, 9), (1, 9, 2), (4, 9, 9), (2, eot)):
+        assert trie.node(prefix) is None, f"CatalogTrie.node({prefix}): expected None (no item of {catalog} starts " \
+            f"so), got {trie.node(prefix)}"
+    leaves = {(1, 2, eot): [1, 5], (1, 2, 3, eot): [0], (4, eot): [2], (4, 9, eot): [4], (1, 5, 6, 7, eot): [3]}
+    for prefix, items in leaves.items():
+        got = sorted(trie.items.get(trie.node(prefix), []))
+        assert got == items, f"CatalogTrie.items at the leaf {prefix}: expected the items {items} (twins share a " \
+            f"leaf), got {got}"
+    # the tokens each beam may write next: an item's next token, end-of-text where an item ends, none after it
+    beams = {(1, 2): {3, eot}, (4, 9): {eot}, (2, 1): set(), (4, eot): set(), (1, 5): {6}}
+    allowed = trie(torch.tensor([list(beams)]))                       # (1 prompt, 5 beams, 2 tokens so far)
+    assert tuple(allowed.shape) == (1, len(beams), V) and allowed.dtype == torch.bool, (
+        f"CatalogTrie(tokens (1, {len(beams)}, 2)): expected a bool tensor (1, {len(beams)}, {V}), got "
+        f"{allowed.dtype} {tuple(allowed.shape)}")
+    for k, (beam, want) in enumerate(beams.items()):
+        got = set(allowed[0, k].nonzero().view(-1).tolist())
+        assert got == want, f"tokens allowed after the beam {list(beam)}: expected {sorted(want)}, got {sorted(got)}"
+    first = set(trie(torch.zeros(1, 2, 0, dtype=torch.long))[0, 1].nonzero().view(-1).tolist())
+    assert first == {1, 4}, f"tokens allowed first (no token yet): expected [1, 4], got {sorted(first)}"
+    # the items the finished beams wrote, best beam first, twins together, history out, dead beams (-inf) ignored
+    found = [[([1, 2, eot], -1.0), ([4, eot], -2.0), ([1, 2, 3, eot], -3.0), ([4, 9, eot], float("-inf"))]]
+    for history, k, want in (([1], 3, [5, 2, 0]), ([], 10, [1, 5, 2, 0]), ([2], 2, [1, 5])):
+        got = trie.ranked_items(found, [history], k)
+        assert got == [want], (f"ranked_items of the beams {found[0]} (items 1 and 5 are twins), history {history}, "
+                               f"k={k}: expected [{want}], got {got}")
 
 
 def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
@@ -200,50 +300,87 @@ def test_markov_and_last_item_baselines_by_hand():
     d = data.Domain("D", [{"Title": "red apple"}, {"Title": "green pear"}, {"Title": "red cherry"},
                           {"Title": "blue plum"}], ["a", "b", "c", "d"], train=[], valid=[], test=[],
                     train_sequences=[[0, 1], [0, 1, 2], [0, 2], [3, 0, 1], [2, 3]], attributes=("Title",))
-    examples = [([0], 2), ([3], 1), ([1], 3), ([2], 0)]
+    examples = [([0], 2), ([3], 1), ([1], 3), ([2], 0), ([1, 3], 0)]
     # transitions: 0->1 three times, 0->2, 1->2, 2->3, 3->0 once each; popularity 0: 4, 1: 3, 2: 3, 3: 2.
     # score = count(last -> j) * (4 + 1) + popularity(j); the history is excluded; ties count against the target
     # user 0 (after 0): 1 scores 18, 2 scores 8 -> rank 2;  user 1 (after 3): 0 9, 1 3, 2 3 -> the tie: rank 3
     # user 2 (after 1): 2 8, 0 4, 3 2 -> rank 3;           user 3 (after 2): 3 7, 0 4 -> rank 2
-    assert ev.rank_markov(d, examples).tolist() == [2, 3, 3, 2]
+    # user 4 (after 3, its last item; 1 and 3 excluded): 0 scores 9, 2 scores 3 -> rank 1
+    got = ev.rank_markov(d, examples).tolist()
+    assert got == [2, 3, 3, 2, 1], (
+        f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} (score = how "
+        f"often j followed the last history item, ties by popularity): expected ranks [2, 3, 3, 2, 1], got {got}")
     texts = [data.item_text(it, d.attributes) for it in d.items]
     bm = calrec.BM25(texts)
     # the last item's text finds itself (excluded: it is the history) and the items sharing its words
-    ranks = ev.rank_last_item_bm25(bm, texts, [([0], 2), ([2], 0), ([1], 3)]).tolist()
-    assert ranks[0] == 1 and ranks[1] == 1  # "red" links apple and cherry
-    assert ranks[2] == 3  # pear shares only "title": plum ties with apple and cherry, counted against it
+    # user 0: "red" links apple and cherry -> rank 1; user 1: the same, the other way round -> rank 1
+    # user 2: pear shares only "title": plum ties with apple and cherry, counted against it -> rank 3
+    # user 3 (apple then plum): plum's text shares only "title" with pear and cherry: the tie -> rank 2
+    examples = [([0], 2), ([2], 0), ([1], 3), ([0, 3], 2)]
+    ranks = ev.rank_last_item_bm25(bm, texts, examples).tolist()
+    assert ranks == [1, 1, 3, 2], (
+        f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over "
+        f"{texts} (the query: the last history item's text): expected ranks [1, 1, 3, 2], got {ranks}")
 
 
 # -----------------------------------------------------------------------------
 # metrics
 
 
+def check_metrics(ranks, want, exact=()):
+    """rank_metrics(ranks) against the hand-computed `want` ({metric: value}); `exact` the metrics compared exactly."""
+    got = ev.rank_metrics(torch.tensor(ranks))
+    for name, value in want.items():
+        assert name in got, f"rank_metrics({ranks}): no {name!r} in {sorted(got)}"
+        ok = got[name] == value if name in exact else got[name] == pytest.approx(value)
+        assert ok, f"rank_metrics of ranks {ranks} (0: not retrieved): {name} expected {value:.6f}, got {got[name]:.6f}"
+
+
 def test_metrics_on_hand_made_ranks():
-    m = ev.rank_metrics(torch.tensor([1, 3, 0, 12]))  # 0: not retrieved
-    assert m["recall@1"] == 0.25 and m["recall@5"] == 0.5 and m["recall@10"] == 0.5 and m["recall@20"] == 0.75
-    assert m["ndcg@5"] == pytest.approx((1 + 1 / 2) / 4)          # 1/log2(2) + 1/log2(4)
-    assert m["ndcg@10"] == pytest.approx((1 + 1 / 2) / 4)
-    assert m["ndcg@20"] == pytest.approx((1 + 1 / 2 + 1 / math.log2(13)) / 4)
     gains = [1, 1 / 2, 0, 0]  # NDCG@10 of each user; the standard error is their sample std / sqrt(4)
     mean = sum(gains) / 4
-    assert m["ndcg@10_se"] == pytest.approx(math.sqrt(sum((g - mean) ** 2 for g in gains) / 3) / 2)
+    check_metrics([1, 3, 0, 12], {  # 0: not retrieved
+        "recall@1": 0.25, "recall@5": 0.5, "recall@10": 0.5, "recall@20": 0.75,
+        "ndcg@5": (1 + 1 / 2) / 4,                              # 1/log2(2) + 1/log2(4)
+        "ndcg@10": (1 + 1 / 2) / 4,
+        "ndcg@20": (1 + 1 / 2 + 1 / math.log2(13)) / 4,
+        "ndcg@10_se": math.sqrt(sum((g - mean) ** 2 for g in gains) / 3) / 2},
+        exact=("recall@1", "recall@5", "recall@10", "recall@20"))
+    # ranks exactly at each cut-off count within it: rank K is inside @K
+    g5, g10, g20 = 1 / math.log2(6), 1 / math.log2(11), 1 / math.log2(21)
+    check_metrics([5, 10, 20, 21, 0], {
+        "recall@1": 0.0, "recall@5": 0.2, "recall@10": 0.4, "recall@20": 0.6,
+        "ndcg@5": g5 / 5, "ndcg@10": (g5 + g10) / 5, "ndcg@20": (g5 + g10 + g20) / 5})
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.1, 0.7],
                            [0.1, 0.2, 0.3, 0.4, 0.5],
-                           [0.5, 0.5, 0.5, 0.5, 0.5]])
-    targets = torch.tensor([2, 0, 1])
-    histories = [[0], [4, 3], [0, 1]]
+                           [0.5, 0.5, 0.5, 0.5, 0.5],
+                           [-0.2, -0.5, 0.3, -0.9, -0.5]])
+    given = scores.clone()
+    targets = torch.tensor([2, 0, 1, 1])
+    histories = [[0], [4, 3], [0, 1], [2, 4]]
     # user 0: item 0 excluded; 0.8 above; item 4 ties at 0.7 -> rank 3 (ties count against the target)
     # user 1: items 4, 3 excluded; 0.2, 0.3 above -> rank 3
     # user 2: the target is in the history -> unrankable (0)
-    assert ev.ranks_from_scores(scores, targets, histories).tolist() == [3, 3, 0]
+    # user 3 (cosines can be negative): items 2 and 4 excluded (not scored 0: that would be above -0.5); item 0 above
+    #   -> rank 2
+    got = ev.ranks_from_scores(scores, targets, histories).tolist()
+    assert got == [3, 3, 0, 2], (
+        f"ranks_from_scores of 4 users (rank = candidates scoring >= the target, history excluded, 0 when the target "
+        f"is in it): expected [3, 3, 0, 2], got {got}")
+    assert torch.equal(scores, given), \
+        "ranks_from_scores changed the scores it was given (exclude the history in a copy)"
     asked = []  # the same users two at a time: the same ranks, and never more than two users' scores at once
     examples = [(h, t) for h, t in zip(histories, targets.tolist())]
     ranks = ev.ranks_in_chunks(lambda rows: asked.append(rows) or scores[rows], examples, chunk=2)
-    assert ranks.tolist() == [3, 3, 0] and asked == [slice(0, 2), slice(2, 4)]
-    assert ev.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist() == [3, 0]
+    assert ranks.tolist() == [3, 3, 0, 2] and asked == [slice(0, 2), slice(2, 4)], (
+        f"ranks_in_chunks of the same 4 users, 2 at a time: expected ranks [3, 3, 0, 2] from the rows "
+        f"[slice(0, 2), slice(2, 4)], got {ranks.tolist()} from {asked}")
+    from_lists = ev.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist()
+    assert from_lists == [3, 0], \
+        f"ranks_from_lists of targets 9, 4 in [5, 2, 9], [1]: expected [3, 0], got {from_lists}"
 
 
 # -----------------------------------------------------------------------------
@@ -393,12 +530,16 @@ def test_train_step_loss_equals_the_loss_computed_by_hand(small_world):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
     loss, parts = calrec.train_step(calrec.Towers(net), optimizer, engine.grad_scaler("cpu", "float32"), builder,
                                     sequences, extra, cfg, "cpu", "float32")
-    assert loss == pytest.approx(want, rel=1e-5) and parts["nig"] == pytest.approx(nig.item(), rel=1e-5)
+    assert loss == pytest.approx(want, rel=1e-5) and parts["nig"] == pytest.approx(nig.item(), rel=1e-5), (
+        f"train_step's loss with L_UT on q_U (recent_in_loss=2, mu=0.4, decay 0.5): expected {want:.7g} (L_NIG "
+        f"{nig.item():.7g}), got {loss:.7g} (L_NIG {parts['nig']:.7g})")
     plain = dataclasses.replace(cfg, recent_in_loss=0)  # L_UT on v_U alone: the paper's
     loss, _ = calrec.train_step(calrec.Towers(net), optimizer, engine.grad_scaler("cpu", "float32"), builder,
                                 sequences, extra, plain, "cpu", "float32")
-    assert loss == pytest.approx(0.5 * nig.item() + 0.2 * naive_info_nce(torch.stack(v_tu), keys, ids, 0.1) +
-                                 0.3 * naive_info_nce(torch.stack(v_u), keys, ids, 0.1), rel=1e-5)
+    want = 0.5 * nig.item() + 0.2 * naive_info_nce(torch.stack(v_tu), keys, ids, 0.1) + \
+        0.3 * naive_info_nce(torch.stack(v_u), keys, ids, 0.1)
+    assert loss == pytest.approx(want, rel=1e-5), (
+        f"train_step's loss with the paper's L_UT on v_U (recent_in_loss=0): expected {want:.7g}, got {loss:.7g}")
 
 
 # -----------------------------------------------------------------------------
@@ -520,7 +661,28 @@ def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
         r_u = calrec_extras.recent_vectors(v_t, [h for h, _ in examples], gamma)
         got = calrec_extras.rank_vectors(calrec_extras.dense_queries(v_u, r_u, mu), v_t,
                                   examples, 0.1, prior, chunk=4)
-        assert got.tolist() == naive_dense_ranks(v_u, v_t, examples, 0.1, prior, gamma, mu), (gamma, mu)
+        want = naive_dense_ranks(v_u, v_t, examples, 0.1, prior, gamma, mu)
+        assert got.tolist() == want, (
+            f"dense ranks of the query (1 - mu) v_U + mu r_U, r_U = recent_vectors(v_T, histories, decay={gamma}), "
+            f"mu={mu}, histories {[h for h, _ in examples]}: expected {want} (a naive loop), got {got.tolist()}")
+
+
+def test_recent_vectors_by_hand():
+    # r_U = sum_i decay ** age_i v_i / sum_i decay ** age_i, age 0 for the last (newest) history item
+    v_items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    histories = [[0, 1, 2], [3], [], [2, 0]]
+    want = {
+        # decay 0.5: (0.25 v0 + 0.5 v1 + v2) / 1.75 = (1.25, 1.5) / 1.75; (0.5 v2 + v0) / 1.5 = (1.5, 0.5) / 1.5
+        0.5: [[5 / 7, 6 / 7], [2.0, -1.0], [0.0, 0.0], [1.0, 1 / 3]],
+        1.0: [[2 / 3, 2 / 3], [2.0, -1.0], [0.0, 0.0], [1.0, 0.5]],      # a plain mean
+        0.0: [[1.0, 1.0], [2.0, -1.0], [0.0, 0.0], [1.0, 0.0]],          # the last item alone (0 ** 0 = 1)
+    }
+    for decay, w in want.items():
+        got = calrec_extras.recent_vectors(v_items, histories, decay)
+        assert tuple(got.shape) == (4, 2) and torch.allclose(got, torch.tensor(w, dtype=torch.float64)), (
+            f"recent_vectors of the histories {histories} (oldest first; an empty one gives zeros) over the item "
+            f"vectors {v_items.tolist()}, decay {decay}: expected {[[round(x, 6) for x in r] for r in w]}, got "
+            f"{[[round(x, 6) for x in r] for r in got.tolist()]}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

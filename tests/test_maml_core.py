@@ -46,7 +46,118 @@ def meta_grad(fn, params, *args):
     return loss.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-# ---------------------------------------------------------------------------- closed forms
+def show(t, n=6):
+    """A tensor's first few values, rounded, for a failure message."""
+    values = torch.as_tensor(t).detach().flatten().tolist()
+    return "[" + ", ".join(f"{v:.6g}" for v in values[:n]) + (", ...]" if len(values) > n else "]")
+
+
+def assert_close(got, want, what, rtol=1e-12, atol=1e-12):
+    """torch.testing.assert_close with a message in the exercise's terms: what was computed, expected and got."""
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol,
+                               msg=lambda m: f"{what}\n  expected {show(want)}\n  got      {show(got)}\n{m}")
+
+
+def quadratic_loss(params, batch):
+    """L(θ) = c·θ²: one gradient step at inner_lr α multiplies θ by (1 − 2αc), so every θ^(k) is by hand."""
+    return batch["c"] * params["theta"] ** 2
+
+
+def scalar(value):
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def least_squares(steps, alpha=0.05):
+    """A least-squares task and its oracle in numpy: θ^(k) after k steps on the same support set, the MAML
+    gradient (I − αH_s)^k ∇L_Q(θ^(k)) and the first-order one ∇L_Q(θ^(k))."""
+    rng = np.random.default_rng(0)
+    d, n_s, n_q = 4, 8, 9
+    Xs, ys = rng.normal(size=(n_s, d)), rng.normal(size=n_s)
+    Xq, yq = rng.normal(size=(n_q, d)), rng.normal(size=n_q)
+    theta = rng.normal(size=d)
+    Hs = 2.0 / n_s * Xs.T @ Xs
+    th = theta.copy()
+    for _ in range(steps):
+        th = th - alpha * (2.0 / n_s * Xs.T @ (Xs @ th - ys))
+    grad_q = 2.0 / n_q * Xq.T @ (Xq @ th - yq)
+    return dict(Xs=Xs, ys=ys, Xq=Xq, yq=yq, theta=theta, alpha=alpha, theta_k=th,
+                maml=np.linalg.matrix_power(np.eye(d) - alpha * Hs, steps) @ grad_q, fomaml=grad_q)
+
+
+# ---------------------------------------------------------------------------- the inner loop alone: adapt
+
+
+def test_adapt_by_hand():
+    # L = c·θ², inner_lr 0.1, θ = 1: each step multiplies θ by (1 − 0.2c); a list of batches is cycled
+    one, half, two = ({"c": scalar(c)} for c in (1.0, 0.5, 2.0))
+    cases = [  # (batches, steps, expected θ^(k), how)
+        (one, 0, 1.0, "no step: θ^(0) = θ"),
+        (one, 1, 0.8, "θ' = θ − 0.1·2θ = 0.8"),
+        (one, 3, 0.512, "one batch (a dict) is used at every step: 0.8³"),
+        ([one, half], 3, 0.576, "a list is cycled, c = 1, 0.5, 1: 0.8·0.9·0.8"),
+        ([half, one, two], 2, 0.72, "steps < len(list): the first two batches, c = 0.5, 1: 0.9·0.8"),
+        ([half, two], 4, 0.2916, "c = 0.5, 2, 0.5, 2: (0.9·0.6)²"),
+    ]
+    wrong = []
+    for batches, steps, expected, how in cases:
+        got = maml.adapt({"theta": scalar(1.0)}, quadratic_loss, batches, inner_lr=0.1, steps=steps)["theta"].item()
+        if got != pytest.approx(expected, abs=1e-12):
+            cs = [b["c"].item() for b in batches] if isinstance(batches, list) else batches["c"].item()
+            wrong.append(f"  c = {cs}, steps = {steps}: expected θ^(k) = {expected} ({how}), got {got:.6g}")
+    assert not wrong, "adapt on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
+
+
+def test_adapt_second_order_keeps_the_inner_gradients_and_first_order_drops_them():
+    # θ^(k) = Π_j (1 − 2αc_j)·θ, so dθ^(k)/dθ = 0.8·0.9·0.8 = 0.576 through the inner gradients (second order);
+    # with each inner gradient a constant, θ^(k) = θ − const and dθ^(k)/dθ = 1 (first order)
+    batches = [{"c": scalar(1.0)}, {"c": scalar(0.5)}]
+    for first_order, expected in ((False, 0.576), (True, 1.0)):
+        theta = scalar(1.0).requires_grad_()
+        fast = maml.adapt({"theta": theta}, quadratic_loss, batches, 0.1, 3, first_order=first_order)["theta"]
+        assert fast.requires_grad, (f"adapt(first_order={first_order}) returned a θ^(k) with no path back to θ: "
+                                    "θ^(k) must still depend on θ through θ^(0)")
+        (slope,) = torch.autograd.grad(fast, theta)
+        assert slope.item() == pytest.approx(expected, abs=1e-12), (
+            f"dθ^(k)/dθ of adapt(first_order={first_order}) on L = c·θ², c = 1, 0.5, 1, inner_lr 0.1: expected "
+            f"{expected} ({'inner gradients constant: 1' if first_order else '0.8·0.9·0.8, through the gradients'})"
+            f", got {slope.item():.6g}")
+
+
+def test_adapt_equals_a_loop_on_a_tanh_mlp():
+    params, support, _ = tanh_mlp_tasks(1)
+    batches = [{"x": b["x"][0], "y": b["y"][0]} for b in support]  # two batches, cycled over three steps
+    alpha, steps = 0.3, 3
+    expected = {k: v.clone() for k, v in params.items()}  # the oracle: .backward() and a step, by hand
+    for j in range(steps):
+        leaves = {k: v.clone().requires_grad_() for k, v in expected.items()}
+        tanh_mlp_loss(leaves, batches[j % len(batches)]).backward()
+        expected = {k: (v - alpha * v.grad).detach() for k, v in leaves.items()}
+    fast = maml.adapt(params, tanh_mlp_loss, batches, alpha, steps)
+    assert set(fast) == set(params), f"adapt returned the names {sorted(fast)}, expected those of θ, {sorted(params)}"
+    for k in params:
+        assert_close(fast[k].detach(), expected[k], f"adapt on a tanh MLP, parameter {k}, 3 steps on 2 batches cycled",
+                     rtol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_adapt_least_squares_closed_form(steps):
+    o = least_squares(steps)
+    support, query = {"X": torch.tensor(o["Xs"]), "y": torch.tensor(o["ys"])}, {"X": torch.tensor(o["Xq"]),
+                                                                               "y": torch.tensor(o["yq"])}
+    for first_order in (False, True):
+        theta = torch.tensor(o["theta"]).requires_grad_()
+        fast = maml.adapt({"theta": theta}, lsq_loss, support, o["alpha"], steps, first_order=first_order)
+        np.testing.assert_allclose(fast["theta"].detach().numpy(), o["theta_k"], rtol=1e-10, atol=1e-12,
+                                   err_msg=f"θ^(k) of adapt on least squares, {steps} steps")
+        assert fast["theta"].requires_grad, f"adapt(first_order={first_order}): θ^(k) has no path back to θ"
+        (g,) = torch.autograd.grad(lsq_loss(fast, query), theta)  # the MAML gradient, written out by hand here
+        which = "fomaml" if first_order else "maml"
+        np.testing.assert_allclose(g.numpy(), o[which], rtol=1e-10, atol=1e-12, err_msg=(
+            f"d L_Q(adapt(θ, first_order={first_order})) / dθ, {steps} steps: expected the "
+            + ("first-order gradient ∇L_Q(θ^(k))" if first_order else "MAML gradient (I − αH_s)^k ∇L_Q(θ^(k))")))
+
+
+# ---------------------------------------------------------------------------- closed forms of the meta-gradient
 
 
 def test_one_dimensional_hand_check():
@@ -57,40 +168,55 @@ def test_one_dimensional_hand_check():
     support = {"c": torch.tensor(1.0, dtype=torch.float64)}
     query = {"c": torch.tensor(0.5, dtype=torch.float64)}
     adapted = maml.adapt(theta, loss_fn, support, inner_lr=0.1, steps=1)
-    assert adapted["theta"].item() == pytest.approx(0.8)
+    assert adapted["theta"].item() == pytest.approx(0.8), (
+        f"θ' = θ − 0.1·2θ = 0.8, adapt gave {adapted['theta'].item()}")
     batched = lambda b: {k: v[None] for k, v in b.items()}  # one task  # noqa: E731
     for first_order, expected in ((False, 0.64), (True, 0.8)):
         for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
             _, g = meta_grad(fn, theta, loss_fn, [batched(support)], batched(query), 0.1, 1, first_order)
-            assert g["theta"].item() == pytest.approx(expected, abs=1e-12), (fn.__name__, first_order)
+            assert g["theta"].item() == pytest.approx(expected, abs=1e-12), (
+                f"{fn.__name__}(first_order={first_order}) on L_S = θ², L_Q = θ²/2, inner_lr 0.1, θ = 1: expected the "
+                f"meta-gradient {expected} ({'θ′' if first_order else 'θ′·(1 − 2·0.1)'}), got {g['theta'].item():.6g}")
+
+
+def test_two_tasks_two_steps_by_hand():
+    # L = c·θ², inner_lr 0.1, θ = 1, two steps on the support batches in turn, then the query:
+    #   task 0: support c = 1, 0.5 -> θ_0^(2) = 0.8·0.9 = 0.72; query c = 0.5: L_Q = 0.5·0.72² = 0.2592
+    #   task 1: support c = 2, 1   -> θ_1^(2) = 0.6·0.8 = 0.48; query c = 1:   L_Q = 0.48²       = 0.2304
+    # dL_Q/dθ = 2c_q·θ^(2) · dθ^(2)/dθ, with dθ^(2)/dθ = θ^(2) (second order) or 1 (first order)
+    #   MAML:   (2·0.5·0.72·0.72 + 2·0.48·0.48) / 2 = (0.5184 + 0.4608) / 2 = 0.4896
+    #   FOMAML: (2·0.5·0.72      + 2·0.48)      / 2 = (0.72   + 0.96)   / 2 = 0.84
+    per_task = lambda *c: {"c": torch.tensor(c, dtype=torch.float64)}  # one value per task  # noqa: E731
+    support, query = [per_task(1.0, 2.0), per_task(0.5, 1.0)], per_task(0.5, 1.0)
+    for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+        for first_order, expected in ((False, 0.4896), (True, 0.84)):
+            loss, g = meta_grad(fn, {"theta": scalar(1.0)}, quadratic_loss, support, query, 0.1, 2, first_order)
+            what = (f"{fn.__name__}(first_order={first_order}) on two tasks, L = c·θ², support c = (1, 0.5) and "
+                    "(2, 1), query c = 0.5 and 1, inner_lr 0.1, 2 steps, θ = 1")
+            assert loss.item() == pytest.approx(0.2448, abs=1e-12), (
+                f"{what}: expected the mean query loss (0.2592 + 0.2304) / 2 = 0.2448, got {loss.item():.6g}")
+            assert g["theta"].item() == pytest.approx(expected, abs=1e-12), (
+                f"{what}: expected the meta-gradient {expected}, the mean of the tasks' "
+                f"{'first-order' if first_order else 'second-order'} gradients, got {g['theta'].item():.6g}")
 
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_least_squares_closed_form(steps):
-    rng = np.random.default_rng(0)
-    d, n_s, n_q, alpha = 4, 8, 9, 0.05
-    Xs, ys = rng.normal(size=(n_s, d)), rng.normal(size=n_s)
-    Xq, yq = rng.normal(size=(n_q, d)), rng.normal(size=n_q)
-    theta = rng.normal(size=d)
-    # the oracle, in numpy: k steps on the same support set, then the chain rule by hand
-    Hs = 2.0 / n_s * Xs.T @ Xs
-    th = theta.copy()
-    for _ in range(steps):
-        th = th - alpha * (2.0 / n_s * Xs.T @ (Xs @ th - ys))
-    grad_q = 2.0 / n_q * Xq.T @ (Xq @ th - yq)
-    maml_oracle = np.linalg.matrix_power(np.eye(d) - alpha * Hs, steps) @ grad_q
-    fomaml_oracle = grad_q
-
+    o = least_squares(steps)
+    maml_oracle, fomaml_oracle = o["maml"], o["fomaml"]
     t = lambda a: torch.tensor(a, dtype=torch.float64)[None]  # add the task dimension  # noqa: E731
-    support, query = [{"X": t(Xs), "y": t(ys)}], {"X": t(Xq), "y": t(yq)}
-    params = {"theta": torch.tensor(theta)}
+    support, query = [{"X": t(o["Xs"]), "y": t(o["ys"])}], {"X": t(o["Xq"]), "y": t(o["yq"])}
+    params = {"theta": torch.tensor(o["theta"])}
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
-        _, g2 = meta_grad(fn, params, lsq_loss, support, query, alpha, steps, False)
-        _, g1 = meta_grad(fn, params, lsq_loss, support, query, alpha, steps, True)
-        np.testing.assert_allclose(g2["theta"].numpy(), maml_oracle, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(g1["theta"].numpy(), fomaml_oracle, rtol=1e-10, atol=1e-12)
+        _, g2 = meta_grad(fn, params, lsq_loss, support, query, o["alpha"], steps, False)
+        _, g1 = meta_grad(fn, params, lsq_loss, support, query, o["alpha"], steps, True)
+        np.testing.assert_allclose(g2["theta"].numpy(), maml_oracle, rtol=1e-10, atol=1e-12, err_msg=(
+            f"{fn.__name__}(first_order=False), {steps} steps: the MAML gradient (I − αH_s)^k ∇L_Q(θ^(k))"))
+        np.testing.assert_allclose(g1["theta"].numpy(), fomaml_oracle, rtol=1e-10, atol=1e-12, err_msg=(
+            f"{fn.__name__}(first_order=True), {steps} steps: the first-order gradient ∇L_Q(θ^(k))"))
         # second order differs from first order exactly by the (I - αH)^k factor
-        assert np.abs(g2["theta"].numpy() - g1["theta"].numpy()).max() > 1e-3
+        gap = np.abs(g2["theta"].numpy() - g1["theta"].numpy()).max()
+        assert gap > 1e-3, f"{fn.__name__}: first and second order gave the same gradient (max difference {gap:.3g})"
 
 
 def test_maml_equals_fomaml_when_inner_lr_is_zero():
@@ -98,7 +224,7 @@ def test_maml_equals_fomaml_when_inner_lr_is_zero():
     _, g2 = meta_grad(maml.meta_loss_vmap, params, tanh_mlp_loss, support, query, 0.0, 2, False)
     _, g1 = meta_grad(maml.meta_loss_vmap, params, tanh_mlp_loss, support, query, 0.0, 2, True)
     for k in params:
-        torch.testing.assert_close(g2[k], g1[k], rtol=1e-12, atol=1e-12)
+        assert_close(g2[k], g1[k], f"meta_loss_vmap with inner_lr 0: MAML's and FOMAML's gradients of {k} must agree")
 
 
 # ---------------------------------------------------------------------------- vmap vs a plain loop
@@ -125,9 +251,10 @@ def test_vmap_equals_loop_float64(first_order):
     l_ref, g_ref = meta_grad(reference_loop, params, support, query, 0.3, 3, first_order)
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         l, g = meta_grad(fn, params, tanh_mlp_loss, support, query, 0.3, 3, first_order)
-        torch.testing.assert_close(l, l_ref, rtol=1e-12, atol=1e-12)
+        what = f"{fn.__name__}(first_order={first_order}), 5 tasks, 3 steps on 2 support batches cycled"
+        assert_close(l, l_ref, f"{what}: the mean over the tasks of each one's query loss at its own θ_i^(k)")
         for k in params:
-            torch.testing.assert_close(g[k], g_ref[k], rtol=1e-10, atol=1e-12)
+            assert_close(g[k], g_ref[k], f"{what}: the meta-gradient of {k}", rtol=1e-10)
 
 
 def test_finite_differences_tanh_mlp():
@@ -148,11 +275,69 @@ def test_finite_differences_tanh_mlp():
         fd = (plus - minus) / (2 * eps)
         analytic = sum((g2[k] * d[k]).sum().item() for k in params)
         first = sum((g1[k] * d[k]).sum().item() for k in params)
-        assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-8)
-        assert abs(first - fd) > 1e-4  # the first-order gradient is not the true gradient
+        assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-8), (
+            f"meta_loss_vmap's second-order gradient along a random direction: {analytic:.8g}; the central finite "
+            f"difference of the meta-objective: {fd:.8g}")
+        assert abs(first - fd) > 1e-4, (  # the first-order gradient is not the true gradient
+            f"meta_loss_vmap(first_order=True) along a random direction gave {first:.8g}, the true (finite-difference)"
+            f" derivative {fd:.8g}: first order must drop the inner gradients' dependence on θ")
 
 
-# ---------------------------------------------------------------------------- Reptile, dropout, samplers
+# ---------------------------------------------------------------------------- Reptile
+
+
+def reptile_by_loop(params, support, alpha, steps):
+    """Written here: each task's own `steps` SGD steps from θ, with .backward(); then mean_i(θ_i^(k) − θ)."""
+    n_tasks = support[0]["x"].shape[0]
+    moved = {k: torch.zeros_like(v) for k, v in params.items()}
+    for i in range(n_tasks):
+        p = {k: v.detach().clone() for k, v in params.items()}
+        for j in range(steps):
+            b = support[j % len(support)]
+            leaves = {k: v.requires_grad_() for k, v in p.items()}
+            tanh_mlp_loss(leaves, {"x": b["x"][i], "y": b["y"][i]}).backward()
+            p = {k: (v - alpha * v.grad).detach() for k, v in leaves.items()}
+        for k in moved:
+            moved[k] += (p[k] - params[k]) / n_tasks
+    return moved
+
+
+def test_reptile_direction_by_hand():
+    # L = c·θ², inner_lr 0.1, θ = 1: a task's θ^(k) = Π_j (1 − 0.2 c_j); the direction is mean_i(θ_i^(k) − 1)
+    cases = [  # (support: one {"c": per-task values} per inner step, steps, expected, how)
+        ([[1.0, 0.5]], 2, -0.275, "tasks c = 1 and 0.5, two steps: ((0.8² − 1) + (0.9² − 1)) / 2"),
+        ([[1.0, 0.5], [0.5, 1.0]], 3, -0.388, "task 0 c = 1, 0.5, 1; task 1 c = 0.5, 1, 0.5: (0.576 + 0.648) / 2 − 1"),
+        ([[1.0, 0.5, 2.0]], 1, -0.7 / 3, "three tasks, one step: (−0.2 − 0.1 − 0.4) / 3"),
+    ]
+    wrong = []
+    for cs, steps, expected, how in cases:
+        support = [{"c": torch.tensor(c, dtype=torch.float64)} for c in cs]
+        got = maml.reptile_direction({"theta": scalar(1.0)}, quadratic_loss, support, 0.1, steps)["theta"]
+        if got.shape != () or got.item() != pytest.approx(expected, abs=1e-12):
+            wrong.append(f"  support c = {cs}, {steps} step{'s' * (steps != 1)}: expected {expected:.6g} ({how}), got {show(got)} "
+                         f"of shape {tuple(got.shape)}")
+    assert not wrong, "reptile_direction on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
+
+
+def test_reptile_direction_equals_a_loop_over_tasks():
+    params, support, _ = tanh_mlp_tasks(3)
+    expected = reptile_by_loop(params, support, 0.3, 3)
+    got = maml.reptile_direction(params, tanh_mlp_loss, support, 0.3, 3)
+    assert set(got) == set(params), f"reptile_direction returned the names {sorted(got)}, expected {sorted(params)}"
+    for k in params:
+        assert_close(got[k].detach(), expected[k], f"reptile_direction on a tanh MLP, 3 tasks, 3 inner steps on 2 "
+                     f"support batches cycled: mean_i(θ_i^(k) − θ) of {k}", rtol=1e-10)
+
+
+def test_reptile_direction_holds_no_graph():
+    # Reptile is first order: the direction is a constant, no graph back to θ (that would be a second-order
+    # graph through the inner gradients, kept in memory for nothing)
+    params, support, _ = tanh_mlp_tasks(3)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    direction = maml.reptile_direction(leaves, tanh_mlp_loss, support, 0.3, 2)
+    kept = [k for k, v in direction.items() if v.requires_grad]
+    assert not kept, (f"reptile_direction returned {kept} still attached to θ's graph: run the inner loops on "
+                      "detached parameters (Reptile has no second derivative)")
 
 
 def test_reptile_one_step_is_one_sgd_step():
@@ -166,7 +351,11 @@ def test_reptile_one_step_is_one_sgd_step():
     loss = tanh_mlp_loss(p, {"x": support[0]["x"][0], "y": support[0]["y"][0]})
     gs = torch.autograd.grad(loss, list(p.values()))
     for (k, v), gk in zip(params.items(), gs):
-        torch.testing.assert_close(leaves[k].detach(), v - beta * alpha * gk, rtol=1e-12, atol=1e-12)
+        assert_close(leaves[k].detach(), v - beta * alpha * gk, f"meta_step('reptile') with one task and one inner "
+                     f"step, outer SGD at β: θ + β(θ' − θ) = θ − βα∇L_S(θ), parameter {k}")
+
+
+# ---------------------------------------------------------------------------- dropout under vmap, samplers
 
 
 def test_dropout_under_vmap_draws_a_mask_per_task():
@@ -183,17 +372,29 @@ def test_dropout_under_vmap_draws_a_mask_per_task():
     leaves = {"w": params["w"].clone().requires_grad_()}
     loss = maml.meta_loss_vmap(leaves, loss_fn, support, query, 0.1, 2)
     loss.backward()
-    assert torch.isfinite(leaves["w"].grad).all() and leaves["w"].grad.abs().sum() > 0
+    assert torch.isfinite(leaves["w"].grad).all() and leaves["w"].grad.abs().sum() > 0, (
+        f"meta_loss_vmap with dropout in the loss: expected a finite, non-zero gradient, got {show(leaves['w'].grad)}")
 
 
 def test_task_samplers():
-    sizes = [100, 300, 600]
-    np.testing.assert_allclose(maml.task_probabilities(sizes, "uniform"), [1 / 3] * 3)
-    np.testing.assert_allclose(maml.task_probabilities(sizes, "pps"), [0.1, 0.3, 0.6])
-    np.testing.assert_allclose(maml.task_probabilities(sizes, "mixed"), [(1 / 3 + 0.1) / 2, (1 / 3 + 0.3) / 2,
-                                                                         (1 / 3 + 0.6) / 2])
-    with pytest.raises(ValueError, match="sampling"):
-        maml.task_probabilities(sizes, "nope")
+    third = 1 / 3
+    cases = [  # (sizes, sampling, expected p)
+        ([100, 300, 600], "uniform", [third] * 3),
+        ([100, 300, 600], "pps", [0.1, 0.3, 0.6]),
+        ([100, 300, 600], "mixed", [(third + 0.1) / 2, (third + 0.3) / 2, (third + 0.6) / 2]),
+        ([1, 3], "uniform", [0.5, 0.5]),
+        ([1, 3], "pps", [0.25, 0.75]),
+        ([1, 3], "mixed", [0.375, 0.625]),
+        ([7], "pps", [1.0]),
+        ([7], "mixed", [1.0]),
+    ]
+    for sizes, sampling, expected in cases:
+        got = maml.task_probabilities(sizes, sampling)
+        np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes}, {sampling!r})")
+    with pytest.raises(ValueError, match="sampling"):  # an unknown name is the user's mistake: say so, never guess
+        got = maml.task_probabilities([100, 300, 600], "nope")
+        pytest.fail(f"task_probabilities(sizes, 'nope') returned {got}: an unknown sampling must raise a ValueError "
+                    "naming the setting")
 
 
 # ---------------------------------------------------------------------------- learning

@@ -8,32 +8,66 @@ import evaluation
 
 PRED = [1, 1, 0, 0, 1]
 GOLD = [1, 0, 0, 0, 1]   # tp = 2, tn = 2, fp = 1, fn = 0
+# every cell of the table filled, and a different F1 for each class: tp = 3, fp = 1, fn = 2, tn = 4
+PRED2 = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+GOLD2 = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0]
+
+
+def expect(fn, args, expected, how, abs=1e-12):
+    """Assert fn(*args) == expected, the message naming the call, the value expected, how, and what came out."""
+    got = fn(*args)
+    call = f"{fn.__name__}({', '.join(map(str, args))})"
+    assert got == pytest.approx(expected, abs=abs), f"{call}: expected {expected:.6g} ({how}), got {got}"
 
 
 def test_accuracy_f1_mcc_by_hand():
     assert evaluation.accuracy(PRED, GOLD) == pytest.approx(4 / 5)
-    assert evaluation.f1(PRED, GOLD) == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))                 # 0.8
-    assert evaluation.mcc(PRED, GOLD) == pytest.approx((2 * 2 - 1 * 0) / math.sqrt(3 * 2 * 3 * 2))  # 2/3
+    expect(evaluation.f1, (PRED, GOLD), 2 * 2 / (2 * 2 + 1 + 0), "tp 2, fp 1, fn 0: 2tp / (2tp + fp + fn)")  # 0.8
+    expect(evaluation.mcc, (PRED, GOLD), (2 * 2 - 1 * 0) / math.sqrt(3 * 2 * 3 * 2),                       # 2/3
+           "tp 2, tn 2, fp 1, fn 0: (tp·tn − fp·fn) / √((tp+fp)(tp+fn)(tn+fp)(tn+fn))")
+    # the positive class is 1: class 0 would score 2·4 / (2·4 + 2 + 1) = 8/11
+    expect(evaluation.f1, (PRED2, GOLD2), 6 / 9, "of the positive class 1; tp 3, fp 1, fn 2: 2·3 / (2·3 + 1 + 2)")
+    expect(evaluation.mcc, (PRED2, GOLD2), (3 * 4 - 1 * 2) / math.sqrt(4 * 5 * 5 * 6),
+           "tp 3, tn 4, fp 1, fn 2: (3·4 − 1·2) / √(4·5·5·6)")
 
 
 def test_degenerate_cases():
-    assert evaluation.mcc([1, 1, 1], [1, 0, 1]) == 0.0   # a constant prediction has no correlation
-    assert evaluation.f1([0, 0], [1, 1]) == 0.0
-    assert evaluation.mcc([0, 1, 0, 1], [1, 0, 1, 0]) == pytest.approx(-1.0)
+    expect(evaluation.mcc, ([1, 1, 1], [1, 0, 1]), 0.0, "a constant prediction has no correlation: 0, not 0/0", abs=0)
+    expect(evaluation.f1, ([0, 0], [1, 1]), 0.0, "no true positive", abs=0)
+    expect(evaluation.mcc, ([0, 1, 0, 1], [1, 0, 1, 0]), -1.0, "every label inverted: tp = tn = 0, fp = fn = 2")
+    expect(evaluation.mcc, ([0, 0, 1], [0, 0, 0]), 0.0, "no positive in gold: an empty column, 0")
+    expect(evaluation.pearson, ([2, 2, 2], [1, 2, 3]), 0.0, "a constant prediction: 0, not nan")
 
 
 def test_pearson_by_hand():
     # x - mean = (-1, 0, 1), y - mean = (-1, 1, 0): sum of products 1, norms sqrt(2) * sqrt(2)
-    assert evaluation.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
-    assert evaluation.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    expect(evaluation.pearson, ([1, 2, 3], [1, 3, 2]), 0.5, "centred (−1, 0, 1)·(−1, 1, 0) = 1 over √2·√2")
+    expect(evaluation.pearson, ([1, 2, 3], [2, 4, 6]), 1.0, "y = 2x")
+    expect(evaluation.pearson, ([1, 2, 3], [3, 2, 1]), -1.0, "y decreases with x")
+    # centred (−1.5, −0.5, 0.5, 1.5) and (−0.5, −1.5, 1.5, 0.5): 3 / (√5·√5)
+    expect(evaluation.pearson, ([1, 2, 3, 4], [2, 1, 4, 3]), 0.6, "centred products sum to 3, norms √5 and √5")
+    expect(evaluation.pearson, ([10.5, 10.0, 11.0], [3.0, 1.0, 2.0]), 0.5, "centred (0, −0.5, 0.5)·(1, −1, 0) = 0.5 "
+           "over √0.5·√2")
 
 
 def test_spearman_with_ties_by_hand():
     # ranks of x with a tie: (1, 2.5, 2.5, 4); of y: (1, 2, 3, 4)
     # centred: (-1.5, 0, 0, 1.5) and (-1.5, -0.5, 0.5, 1.5): 4.5 / sqrt(4.5 * 5)
-    assert list(evaluation.average_ranks([1, 2, 2, 3])) == [1, 2.5, 2.5, 4]
-    assert evaluation.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
-    assert evaluation.spearman([10, 20, 30], [1, 8, 27]) == pytest.approx(1.0)   # monotone, not linear
+    cases = [  # (x, ranks from 1, ties sharing the mean of their ranks)
+        ([1, 2, 2, 3], [1, 2.5, 2.5, 4]),
+        ([30, 10, 20], [3, 1, 2]),                 # each rank at its value's own place, not in sorted order
+        ([3, 1, 2, 1], [4, 1.5, 3, 1.5]),
+        ([2, 1, 2], [2.5, 1, 2.5]),                # a tie at the top
+        ([5, 5, 5], [2, 2, 2]),                    # all tied: the mean of 1, 2, 3
+        ([0.5, 0.2, 0.5, 0.2, 0.5], [4, 1.5, 4, 1.5, 4]),
+    ]
+    for x, expected in cases:
+        got = [float(r) for r in evaluation.average_ranks(x)]
+        assert got == expected, f"average_ranks({x}): expected {expected} (from 1, ties sharing their mean), got {got}"
+    expect(evaluation.spearman, ([1, 2, 2, 3], [1, 2, 3, 4]), 4.5 / math.sqrt(4.5 * 5),
+           "Pearson of the ranks (1, 2.5, 2.5, 4) and (1, 2, 3, 4)")
+    expect(evaluation.spearman, ([10, 20, 30], [1, 8, 27]), 1.0, "monotone, not linear")
+    expect(evaluation.spearman, ([30, 10, 20], [3, 1, 2]), 1.0, "the same order, unsorted")
 
 
 def test_task_metrics_uses_glue_names():
@@ -42,5 +76,6 @@ def test_task_metrics_uses_glue_names():
 
 
 def test_a_diverged_prediction_scores_nan_not_zero():
-    assert math.isnan(evaluation.pearson([1.0, float("nan"), 2.0], [1, 2, 3]))
-    assert math.isnan(evaluation.spearman([1.0, float("nan"), 2.0], [1, 2, 3]))
+    for fn in (evaluation.pearson, evaluation.spearman):
+        got = fn([1.0, float("nan"), 2.0], [1, 2, 3])
+        assert math.isnan(got), f"{fn.__name__}([1, nan, 2], [1, 2, 3]): expected nan (a diverged model), got {got}"

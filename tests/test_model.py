@@ -1,8 +1,10 @@
 """model.py against independent references: written-out attention, a numpy GPT-2 forward pass over the
 Hugging Face key names, brute-force beam search, one-prompt-at-a-time and uncached generation."""
 
+import contextlib
 import itertools
 import json
+import math
 import os
 import pickletools
 import struct
@@ -33,7 +35,17 @@ def test_sdpa_equals_manual_attention():
     mask = model.attention_mask_4d(key_mask, 2, 5)
     ref = model.manual_attention(q, k, v, mask)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, ref, msg=lambda m: (
+        "manual_attention(q, k, v, mask) differs from torch's F.scaled_dot_product_attention on q (3, 2, 5, 4), "
+        f"k and v (3, 2, 7, 4) and the mask of attention_mask_4d(key_mask, 2, 5); got shape {tuple(ref.shape)}, "
+        f"want {tuple(out.shape)}\n{m}"))
+
+
+def mask_table(want, got, first_query):
+    """Two (T, T_keys) bool masks side by side, one line per query, '<--' where they differ."""
+    return "\n".join(f"  query {first_query + i}: want {' '.join(str(int(x)) for x in w)}   "
+                     f"got {' '.join(str(int(x)) for x in g)}" + ("  <--" if w != g else "")
+                     for i, (w, g) in enumerate(zip(want.tolist(), got.tolist())))
 
 
 def test_attention_mask_by_hand():
@@ -42,22 +54,54 @@ def test_attention_mask_by_hand():
     expected = torch.tensor([[1, 0, 1, 0, 0],
                              [1, 0, 1, 1, 0],
                              [1, 0, 1, 1, 1]], dtype=torch.bool)
-    assert torch.equal(mask, expected)
+    assert mask.shape == expected.shape, "attention_mask_4d([[1, 0, 1, 1, 1]], T_past=2, T=3)[0, 0]: want shape " \
+        f"{tuple(expected.shape)} (T, T_past + T), got {tuple(mask.shape)}"
+    same = torch.equal(mask, expected)
+    assert same, ("attention_mask_4d([[1, 0, 1, 1, 1]], T_past=2, T=3)[0, 0], one column per key (1 = visible):\n"
+                  + mask_table(expected, mask, 2))
+
+
+def test_attention_mask_of_padding_queries_by_hand():
+    # one past position and three new queries (positions 1, 2, 3), in a right-padded row and a left-padded one.
+    # A padding query still sees the real keys before it, and always itself (the left-padded row's query 1 sees
+    # nothing else, so without that rule its softmax would be empty)
+    key_mask = torch.tensor([[True, True, True, False],
+                             [False, False, True, True]])
+    got = model.attention_mask_4d(key_mask, 1, 3)
+    expected = torch.tensor([[[1, 1, 0, 0],     # row 0: query 1 (real)
+                              [1, 1, 1, 0],     #        query 2 (real)
+                              [1, 1, 1, 1]],    #        query 3 (padding): the real keys 0-2, and itself
+                             [[0, 1, 0, 0],     # row 1: query 1 (padding): itself only
+                              [0, 0, 1, 0],     #        query 2 (real): itself, the first real token
+                              [0, 0, 1, 1]]],   #        query 3 (real)
+                            dtype=torch.bool)[:, None]
+    assert got.shape == expected.shape, f"attention_mask_4d of a (2, 4) key_mask, T_past=1, T=3: want shape " \
+        f"{tuple(expected.shape)} (B, 1, T, T_past + T), got {tuple(got.shape)}"
+    for b in range(2):
+        same = torch.equal(got[b, 0], expected[b, 0])
+        assert same, (f"attention_mask_4d({key_mask.int().tolist()}, T_past=1, T=3)[{b}, 0], one column per key "
+                      "(1 = visible):\n" + mask_table(expected[b, 0], got[b, 0], 1))
 
 
 def test_padded_rows_equal_unpadded():
     m = tiny()
     a, b = [3, 1, 4, 1, 5], [9, 2, 6]
     ref_a, ref_b = m.hidden_states(torch.tensor([a]))[0], m.hidden_states(torch.tensor([b]))[0]
+
+    def says(what):
+        return lambda detail: (f"hidden states of {what} differ from those of the row alone, unpadded (the padded "
+                               f"batch runs on attention_mask_4d's mask; the row alone on plain causal attention)"
+                               f"\n{detail}")
+
     # right padding
     idx = torch.tensor([a, b + [0, 0]])
     mask = torch.tensor([[1] * 5, [1] * 3 + [0, 0]])
     h = m.hidden_states(idx, mask)
-    torch.testing.assert_close(h[0], ref_a, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(h[1, :3], ref_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h[0], ref_a, atol=1e-5, rtol=1e-5, msg=says(f"{a} in a batch with {b} + 2 pads"))
+    torch.testing.assert_close(h[1, :3], ref_b, atol=1e-5, rtol=1e-5, msg=says(f"{b} + 2 pads (right-padded)"))
     # left padding: positions count real tokens, so the result is the same
     h = m.hidden_states(torch.tensor([a, [0, 0] + b]), torch.tensor([[1] * 5, [0, 0] + [1] * 3]))
-    torch.testing.assert_close(h[1, 2:], ref_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h[1, 2:], ref_b, atol=1e-5, rtol=1e-5, msg=says(f"2 pads + {b} (left-padded)"))
 
 
 def test_loss_ignores_marked_positions():
@@ -73,9 +117,35 @@ def test_loss_ignores_marked_positions():
 def test_pooling_by_hand():
     h = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3)
     span = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 0]])
-    torch.testing.assert_close(model.mean_pool(h, span), torch.stack([(h[0, 1] + h[0, 2]) / 2, h[1, 0]]))
+    torch.testing.assert_close(model.mean_pool(h, span), torch.stack([(h[0, 1] + h[0, 2]) / 2, h[1, 0]]),
+                               msg=lambda m: f"mean_pool(h, {span.tolist()}), h = arange(24).view(2, 4, 3): "
+                                             f"want [[4.5, 5.5, 6.5], [12, 13, 14]]\n{m}")
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    torch.testing.assert_close(model.last_token_pool(h, mask), torch.stack([h[0, 2], h[1, 0]]))
+    torch.testing.assert_close(model.last_token_pool(h, mask), torch.stack([h[0, 2], h[1, 0]]),
+                               msg=lambda m: f"last_token_pool(h, {mask.tolist()}), h = arange(24).view(2, 4, 3): "
+                                             f"want h[0, 2] = [6, 7, 8] and h[1, 0] = [12, 13, 14]\n{m}")
+
+
+def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():
+    h = torch.arange(3 * 5 * 2, dtype=torch.float).view(3, 5, 2)  # h[b, t] = [10 b + 2 t, 10 b + 2 t + 1]
+    span = torch.tensor([[1, 1, 0, 0, 1],    # a span with a hole: positions 0, 1 and 4
+                         [0, 0, 0, 0, 0],    # an empty span: the count is clamped at 1, so the mean is 0
+                         [1, 1, 1, 1, 1]])   # every position
+    want = torch.tensor([[(0 + 2 + 8) / 3, (1 + 3 + 9) / 3],
+                         [0.0, 0.0],
+                         [24.0, 25.0]])
+    got = model.mean_pool(h, span)
+    torch.testing.assert_close(got, want, msg=lambda m: (
+        f"mean_pool(h, span), h[b, t] = [10b + 2t, 10b + 2t + 1], span = {span.tolist()}: "
+        f"want {[[round(x, 4) for x in r] for r in want.tolist()]}, got {got.tolist()}\n{m}"))
+    mask = torch.tensor([[1, 1, 1, 1, 1],    # no padding: the last column
+                         [1, 1, 0, 0, 0],
+                         [1, 0, 0, 0, 0]])
+    want = torch.tensor([[8.0, 9.0], [12.0, 13.0], [20.0, 21.0]])  # h[0, 4], h[1, 1], h[2, 0]
+    got = model.last_token_pool(h, mask)
+    torch.testing.assert_close(got, want, msg=lambda m: (
+        f"last_token_pool(h, mask), h[b, t] = [10b + 2t, 10b + 2t + 1], right-padded mask = {mask.tolist()}: "
+        f"want h[0, 4], h[1, 1], h[2, 0] = {want.tolist()}, got {got.tolist()}\n{m}"))
 
 
 def test_init_and_tying():
@@ -123,7 +193,51 @@ def test_cached_logits_equal_full_forward():
     cached, _ = m._next_logits(idx, key_mask, cache, tok, use_cache=True)
     for i, p in enumerate(PROMPTS):
         full = m(torch.tensor([p + [int(tok[i])]]))[0][0, -1]
-        torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-5, msg=lambda m: (
+            f"logits after prompt {PROMPTS[i]} + [{int(tok[i])}]: the cached step (the prompt's keys and values "
+            f"from the cache, one new token) differs from a full forward pass over the {len(PROMPTS[i]) + 1} "
+            f"tokens\n{m}"))
+
+
+def test_kv_cache_extend_by_hand():
+    # 2 layers, 1 batch row, 1 head of size 2, room for 4 positions: a prompt step of 3 positions, then 1 more
+    cache = model.KVCache(GPTConfig(n_layer=2, n_head=1, n_embd=2), batch=1, capacity=4, device="cpu")
+    k = {0: torch.tensor([[[[1., 2.], [3., 4.], [5., 6.]]]]),        # (B, n_head, positions, head size) per layer
+         1: torch.tensor([[[[10., 20.], [30., 40.], [50., 60.]]]])}
+
+    def check(layer, got, want, what):
+        for name, g, w in zip(("keys", "values"), got, want):
+            assert g.shape == w.shape, f"{what}, layer {layer}: want {name} of shape {tuple(w.shape)} " \
+                                       f"(B, n_head, positions so far, head size), got {tuple(g.shape)}"
+            torch.testing.assert_close(g, w, msg=lambda m: f"{what}, layer {layer}: want {name}\n{w[0, 0].tolist()}, "
+                                                           f"got\n{g[0, 0].tolist()}\n{m}")
+        for name, g, buffer in zip(("keys", "values"), got, (cache.k, cache.v)):
+            a_view = g.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+            assert a_view, (
+                f"{what}, layer {layer}: the {name} returned are a new tensor; want a view of the cache's own buffer "
+                f"(self.{name[0]}[layer, :, :, :end]): nothing is concatenated or copied as the sequence grows")
+
+    for layer in (0, 1):  # the prompt step: layer by layer, as GPT._run calls it
+        check(layer, cache.extend(layer, k[layer], -k[layer]), (k[layer], -k[layer]), "step 1 (3 positions)")
+    assert cache.length == 0, f"extend changed cache.length to {cache.length}; GPT._run advances it once per " \
+                              "step, after the last layer"
+    torch.testing.assert_close(cache.k[0, :, :, :3], k[0], msg=lambda m: (
+        f"layer 0's keys in the cache after layer 1 was written: want them untouched, {k[0][0, 0].tolist()}; "
+        f"got {cache.k[0, 0, 0, :3].tolist()}\n{m}"))
+    cache.length += 3  # what GPT._run does
+    new = {0: torch.tensor([[[[7., 8.]]]]), 1: torch.tensor([[[[70., 80.]]]])}
+    for layer in (0, 1):  # the second step fills the last slot: every position so far comes back
+        want = torch.cat([k[layer], new[layer]], dim=2)
+        check(layer, cache.extend(layer, new[layer], -new[layer]), (want, -want), "step 2 (1 more position, the cache "
+              "now full)")
+    cache.length += 1
+    try:  # no room for a fifth position
+        cache.extend(0, new[0], -new[0])
+        raised = None
+    except Exception as e:  # the type is checked below
+        raised = e
+    assert isinstance(raised, ValueError), "extend past the capacity (a 5th position in a cache of 4): want a " \
+                                           f"ValueError that says so, got {raised!r}"
 
 
 def test_eos_stops_a_row():
@@ -148,17 +262,33 @@ def test_sampling_is_seeded_and_top_k_restricts():
 
 
 @torch.no_grad()
-def brute_force_beams(m, prompt, length, eos):
-    """Every continuation of up to `length` tokens (stopping at eos), scored by full forward passes."""
+def brute_force_beams(m, prompt, length, eos, may_follow=None):
+    """Every continuation of up to `length` tokens (stopping at eos), scored by full forward passes; with
+    may_follow (the tokens so far -> the tokens allowed next), only the continuations it allows."""
     V, seqs = m.config.vocab_size, []
     for n in range(1, length + 1):
         for tail in itertools.product(range(V), repeat=n):
             if eos in tail[:-1] or (n < length and tail[-1] != eos):
                 continue  # eos only at the end; shorter sequences must have ended
+            if may_follow and any(t not in may_follow(list(tail[:i])) for i, t in enumerate(tail)):
+                continue
             logp = torch.log_softmax(m(torch.tensor([prompt + list(tail)]))[0][0], -1)
             score = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tail))
             seqs.append((list(tail), score))
     return sorted(seqs, key=lambda s: -s[1])
+
+
+def assert_same_beams(got, want, what, atol=1e-4, rtol=1e-4):
+    """got, want: [(new tokens, score)], best first. The message lists both side by side, '<--' where they differ."""
+    rows = []
+    for i, (g, w) in enumerate(itertools.zip_longest(got, want, fillvalue=("-", float("nan")))):
+        differ = g[0] != w[0] or not math.isclose(g[1], w[1], rel_tol=rtol, abs_tol=atol)
+        rows.append(f"  {i:2d}  want {str(w[0]):<14} {w[1]:9.5f}   got {str(g[0]):<14} {g[1]:9.5f}"
+                    + ("  <--" if differ else ""))
+    table = f"{what}: beams best first (tokens after the prompt, score = sum of log-probabilities)\n" + "\n".join(rows)
+    assert len(got) == len(want), f"want {len(want)} beams, got {len(got)}\n{table}"
+    assert [t for t, _ in got] == [t for t, _ in want], table
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=rtol, atol=atol, err_msg=table)
 
 
 def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
@@ -167,8 +297,32 @@ def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
     for prompt in ([1, 2], [0]):
         got = m.beam_search([prompt], K, L, eos)[0]
         want = brute_force_beams(m, prompt, L, eos)[:K]
-        assert [t for t, _ in got] == [t for t, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-4, atol=1e-4)
+        assert_same_beams(got, want, f"beam_search([{prompt}], num_beams={K}, max_new_tokens={L}, eos_id={eos}) "
+                                     f"against every continuation scored by full forward passes")
+
+
+def test_beam_search_batched_and_constrained_is_exact():
+    """Two prompts of different lengths in one batch (the shorter one left-padded), and allowed_next: the first
+    token is never 0 and no token repeats the one before it. K = 8 holds every allowed prefix of up to 2 tokens
+    (7 of them), so the beams are the exact top 8 of the allowed continuations, with the cache and without."""
+    m = tiny(vocab_size=4)
+    eos, L, K, prompts = 3, 3, 8, [[1, 2], [0]]
+
+    def may_follow(prefix):
+        return [t for t in range(4) if (t != prefix[-1] if prefix else t != 0)]
+
+    def allowed_next(tokens):  # (B, K, t) -> (B, K, V) bool
+        allowed = torch.zeros(*tokens.shape[:2], 4, dtype=torch.bool)
+        for b, j in itertools.product(range(tokens.size(0)), range(tokens.size(1))):
+            allowed[b, j, may_follow(tokens[b, j].tolist())] = True
+        return allowed
+
+    want = [brute_force_beams(m, p, L, eos, may_follow)[:K] for p in prompts]
+    for use_cache in (True, False):
+        got = m.beam_search(prompts, K, L, eos, use_cache=use_cache, allowed_next=allowed_next)
+        for p, g, w in zip(prompts, got, want):
+            assert_same_beams(g, w, f"prompt {p} of beam_search({prompts}, num_beams={K}, max_new_tokens={L}, "
+                                    f"eos_id={eos}, use_cache={use_cache}, allowed_next=no 0 first, no repeated token)")
 
 
 def test_beam_search_batched_equals_single_and_cached_equals_uncached():
@@ -176,11 +330,17 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
     batched = m.beam_search(PROMPTS, 4, 6, eos_id=5)
     single = [m.beam_search([p], 4, 6, eos_id=5)[0] for p in PROMPTS]
     uncached = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=False)
-    for a, b, c in zip(batched, single, uncached):
-        assert [t for t, _ in a] == [t for t, _ in b] == [t for t, _ in c]
-        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
-        np.testing.assert_allclose([s for _, s in a], [s for _, s in c], atol=1e-4)
-        assert [s for _, s in a] == sorted([s for _, s in a], reverse=True)
+    for p, a, b, c in zip(PROMPTS, batched, single, uncached):
+        what = f"beam_search(num_beams=4, max_new_tokens=6, eos_id=5) of prompt {p}"
+        assert [t for t, _ in a] == [t for t, _ in b] == [t for t, _ in c], (
+            f"{what}: the beams differ, best first\n  in the batch of {len(PROMPTS)} (cached): {a}\n"
+            f"  alone (cached):             {b}\n  in the batch, uncached:     {c}")
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-4,
+                                   err_msg=f"{what}: scores in the batch (cached) against alone (cached)")
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in c], atol=1e-4,
+                                   err_msg=f"{what}: scores in the batch, cached against uncached")
+        assert [s for _, s in a] == sorted([s for _, s in a], reverse=True), \
+            f"{what}: the beams are not best first: scores {[s for _, s in a]}"
 
 
 # -----------------------------------------------------------------------------
@@ -311,7 +471,44 @@ def test_layer_norm_equals_torch():
         ln.bias.normal_()
     x = torch.randn(3, 4, 6)
     with model.second_order_ops(ln):  # the written-out ops
-        torch.testing.assert_close(ln(x), F.layer_norm(x, (6,), ln.weight, ln.bias, 1e-5))
+        got = ln(x)
+    want = F.layer_norm(x, (6,), ln.weight, ln.bias, 1e-5)
+    torch.testing.assert_close(got, want, msg=lambda m: (
+        f"LayerNorm(6) inside second_order_ops on x of shape (3, 4, 6), random weight and bias: got shape "
+        f"{tuple(got.shape)}, want {tuple(want.shape)}; at x[0, 0] = {[round(v, 3) for v in x[0, 0].tolist()]} "
+        f"want {[round(v, 4) for v in want[0, 0].tolist()]}, got {[round(v, 4) for v in got[0, 0].tolist()]}\n{m}"))
+
+
+def naive_layer_norm(row, weight, bias, eps):
+    """One position's LayerNorm in plain Python floats: biased variance, eps inside the square root."""
+    mu = sum(row) / len(row)
+    var = sum((x - mu) ** 2 for x in row) / len(row)
+    return [(x - mu) / math.sqrt(var + eps) * w + b for x, w, b in zip(row, weight, bias)]
+
+
+@pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])
+def test_layer_norm_by_hand(written_out):
+    # LayerNorm(4, bias=False, eps=0.1): [1, 2, 3, 4] has mean 2.5 and variance 1.25, so x_hat = (x - 2.5) / √1.35
+    # = [-1.2910, -0.4303, 0.4303, 1.2910]; a constant row normalises to 0. LayerNorm(4) (eps 1e-5, with a bias): a
+    # row of variance 1e-6, ten times smaller than eps (so eps must sit inside the square root), and one of variance 50
+    cases = [(dict(bias=False, eps=0.1), [[1., 2., 3., 4.], [5., 5., 5., 5.]], [1., 2., -1., .5], [0.] * 4),
+             (dict(), [[1e-3, -1e-3, 1e-3, -1e-3], [0., 10., 0., -10.]], [2., 1., 1., 1.], [.5, 0., -.5, 1.])]
+    for kw, rows, weight, bias in cases:
+        ln = model.LayerNorm(4, **kw)
+        with torch.no_grad():
+            ln.weight.copy_(torch.tensor(weight))
+            if ln.bias is not None:
+                ln.bias.copy_(torch.tensor(bias))
+        x = torch.tensor(rows)
+        with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+            got = ln(x)
+        want = torch.tensor([naive_layer_norm(r, weight, bias, kw.get("eps", 1e-5)) for r in rows])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m: (
+            f"LayerNorm(4, {', '.join(f'{k}={v}' for k, v in kw.items())}) "
+            f"{'inside' if written_out else 'outside'} second_order_ops, weight {weight}"
+            f"{'' if 'bias' in kw else f', bias {bias}'}, on the rows {rows}:\n"
+            f"want {[[round(v, 4) for v in r] for r in want.tolist()]}\ngot  "
+            f"{[[round(v, 4) for v in r] for r in got.tolist()]}\n{m}"))
 
 
 def test_second_order_through_vmap_equals_a_loop_over_tasks():
@@ -334,5 +531,7 @@ def test_second_order_through_vmap_equals_a_loop_over_tasks():
         by_vmap = torch.autograd.grad(vmap(adapted_loss, in_dims=(None, 0))(params, xs).sum(),
                                       list(params.values()))
         by_loop = torch.autograd.grad(sum(adapted_loss(params, x) for x in xs), list(params.values()))
-    for a, b in zip(by_vmap, by_loop):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    for name, a, b in zip(params, by_vmap, by_loop):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=lambda m: (
+            f"second-order MAML's gradient of {name}: vmap over 3 tasks differs from a loop over them (float64, "
+            f"inside second_order_ops: LayerNorm's written-out ops are what vmap differentiates twice)\n{m}"))

@@ -1,0 +1,722 @@
+"""Wrong answers to the exercises on calrec.py, evaluation.py and calrec_extras.py (see tests/wrong_answers.py):
+each a believable student answer that runs, with the mistake named in a comment."""
+
+WRONG_CALREC = {
+    "calrec-loss": [
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + beta * l_tt + alpha * l_ut  # alpha and beta swapped
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha) * l_nig + alpha * l_tt + beta * l_ut  # the NIG weight 1 - alpha
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig, "tt": l_tt, "ut": l_ut}  # the parts as tensors, not floats
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    nig = (1 - alpha - beta) * l_nig
+    tt = alpha * nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    ut = beta * nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    return nig + tt + ut, {"nig": nig.item(), "tt": tt.item(), "ut": ut.item()}  # the parts weighted
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    l_tt = info_nce(v_tu, v_t, items, tau) if alpha > 0 else torch.zeros_like(l_nig)  # over_users ignored
+    l_ut = info_nce(v_u, v_t, items, tau) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    def nce(q):  # over_users: every row of v_t a query, the extra negative items too
+        return info_nce(v_t, q, items, tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    parts = {"nig": l_nig.item(), "tt": nce(v_tu).item() if alpha > 0 else 0.0,
+             "ut": nce(v_u).item() if beta > 0 else 0.0}
+    # the loss rebuilt from the floats: no gradient reaches the model
+    loss = torch.tensor((1 - alpha - beta) * parts["nig"] + alpha * parts["tt"] + beta * parts["ut"])
+    return loss, parts
+'''},
+    ],
+    "round-robin": [
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        for m in range(len(lists)):  # within a round by beam, not by BM25 score
+            if p < len(lists[m]) and lists[m][p] not in seen:
+                seen.add(lists[m][p])
+                taken.append(lists[m][p])
+                if len(taken) == k:
+                    return taken
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken = []
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if item not in taken:  # the history is not skipped
+                taken.append(item)
+                if len(taken) == k:
+                    return taken
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+        if len(taken) >= k:  # stops at the end of the round: too late
+            return taken
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(reverse=True)  # equal scores: the later beam first
+        for _, _, item in round_p:
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+                if len(taken) == k:
+                    return taken
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # every list's items by BM25 score at once: no rounds
+    pooled = sorted((s, m, item) for m in range(len(lists)) for item, s in zip(lists[m], list_scores[m]))
+    pooled.sort(key=lambda c: (-c[0], c[1]))
+    taken, seen = [], set(exclude)
+    for _, _, item in pooled:
+        if item not in seen:
+            seen.add(item)
+            taken.append(item)
+            if len(taken) == k:
+                break
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken, seen = [], set(exclude)
+    for p in range(len(lists[0]) if lists else 0):  # as many rounds as the first list has items
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+                if len(taken) == k:
+                    return taken
+    return taken
+'''},
+    ],
+    "ranking-metrics": [
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores > t).sum(1, dtype=torch.int32) + 1  # ties counted for the target
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    scores = scores.float()
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)  # the history not excluded
+    in_history = torch.tensor([int(tg) in hist for tg, hist in zip(targets.tolist(), histories)])
+    return torch.where(in_history, torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    scores = scores.clone().float()
+    for u, hist in enumerate(histories):
+        scores[u, hist] = 0.0  # the history masked with 0, not -inf
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    in_history = torch.tensor([int(tg) in hist for tg, hist in zip(targets.tolist(), histories)])
+    return torch.where(in_history, torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    for u, hist in enumerate(histories):
+        scores[u, hist] = float("-inf")  # written into the caller's scores: no copy
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:rank_metrics": '''
+def rank_metrics(ranks):
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks), torch.zeros_like(ranks))  # log2(rank)
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''},
+        {"evaluation.py:rank_metrics": '''
+def rank_metrics(ranks):
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (ranks <= k).double().mean().item()  # rank 0 (not retrieved) counted as a hit
+    for k in NDCG_KS:
+        gain = torch.where((ranks > 0) & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''},
+        {"evaluation.py:rank_metrics": '''
+def rank_metrics(ranks):
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks < k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))  # rank K cut
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''},
+        {"evaluation.py:rank_metrics": '''
+def rank_metrics(ranks):
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:  # the population std (divides by n), not the sample std
+            out["ndcg@10_se"] = (gain.std(unbiased=False) / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''},
+    ],
+    "info-nce": [
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau  # no mask: a key of the same item is a negative
+    return F.cross_entropy(logits, torch.arange(len(query)))
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    same = key_items[:len(query), None] == key_items[None, :]  # the positive masked out too
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(query)))
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query))
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows, reduction="sum")  # sum, not mean
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() * tau  # times tau, not divided
+    rows = torch.arange(len(query))
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    B = len(query)
+    logits = query @ key.t() / tau
+    rows = torch.arange(B)
+    same = torch.zeros_like(logits, dtype=torch.bool)
+    same[:, :B] = key_items[:B, None] == key_items[None, :B]  # only the batch's own keys: extra ones not masked
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query))
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, 0.0), rows)  # masked to a logit of 0, not -inf
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query))
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    logp = torch.log_softmax(logits.masked_fill(same, float("-inf")), dim=0)  # softmax over the queries
+    return -logp[rows, rows].mean()
+'''},
+    ],
+    "prefix-pooling": [
+        {"calrec.py:user_vectors": '''
+def user_vectors(h, rows, ends):
+    running = h.cumsum(1)
+    return F.normalize(running[rows, ends] / (ends + 1)[:, None].to(h.dtype), dim=-1)  # the item's first token in
+'''},
+        {"calrec.py:user_vectors": '''
+def user_vectors(h, rows, ends):
+    running = h.cumsum(1)
+    return running[rows, ends - 1] / ends[:, None].to(h.dtype)  # the mean, not normalised
+''', "calrec.py:target_vectors": '''
+def target_vectors(h, rows, starts, ends):
+    running = F.pad(h.cumsum(1), (0, 0, 1, 0))
+    return (running[rows, ends] - running[rows, starts]) / (ends - starts)[:, None].to(h.dtype)
+'''},
+        {"calrec.py:target_vectors": '''
+def target_vectors(h, rows, starts, ends):
+    running = F.pad(h.cumsum(1), (0, 0, 1, 0))
+    span = running[rows, ends + 1] - running[rows, starts]  # the span's end included
+    return F.normalize(span / (ends - starts + 1)[:, None].to(h.dtype), dim=-1)
+'''},
+        {"calrec.py:target_vectors": '''
+def target_vectors(h, rows, starts, ends):
+    running = h.cumsum(1)  # no zero row in front: the span is (start, end], one token late
+    span = running[rows, ends] - running[rows, starts]
+    return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
+'''},
+        {"calrec.py:user_vectors": '''
+def user_vectors(h, rows, ends):
+    running = h.cumsum(1)
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(h.dtype), dim=0)  # normalised over the wrong dim
+'''},
+        {"calrec.py:user_vectors": '''
+def user_vectors(h, rows, ends):
+    return F.normalize(h[rows].mean(1), dim=-1)  # the whole row, not the prompt before the item
+'''},
+    ],
+    "bm25": [
+        {"calrec.py:BM25.scores": '''
+def scores(self, queries):
+    Q = torch.zeros(len(self.vocab), len(queries))
+    for j, text in enumerate(queries):
+        for x in set(words(text)):  # a repeated query word counted once
+            if x in self.vocab:
+                Q[self.vocab[x], j] = 1.0
+    return (self.matrix @ Q).t().contiguous()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(N / df)  # the classic idf log(N / n)
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log((N - df + 0.5) / (df + 0.5))  # Robertson's idf without Lucene's 1 +
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        counts = Counter(words(doc))
+        lengths.append(len(counts))  # the document's length in distinct words
+        for w, tf in counts.items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf / (tf + norm)  # the k1 + 1 of the numerator missing
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, lengths = [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w in set(ws):  # each word once per document: tf is always 1
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.ones(len(rows))
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.zeros(V).index_add_(0, cols, tf)  # n counts the word's occurrences, not the documents holding it
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl[rows].mean())  # avgdl over the (document, word) pairs
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+    ],
+    "baselines": [
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for (a, b), n in follows.items():
+        nxt[a, b] = n
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt[last[rows]], examples)  # ties not broken by popularity
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for (a, b), n in follows.items():
+        nxt[a, b] = n
+    pop = popularity(domain)
+    first = torch.tensor([hist[0] for hist, _ in examples], dtype=torch.long)  # the first history item, not the last
+    return ranks_in_chunks(lambda rows: nxt[first[rows]] * (pop.max() + 1) + pop, examples)
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for (a, b), n in follows.items():
+        nxt[a, b] = n
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt[last[rows]] + pop, examples)  # popularity added, not a tie-break
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for seq in domain.train_sequences:  # every later item counted, not only the next one
+        for i, a in enumerate(seq):
+            for b in seq[i + 1:]:
+                nxt[a, b] += 1
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt[last[rows]] * (pop.max() + 1) + pop, examples)
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.zeros(domain.n_items, domain.n_items)
+    for (a, b), n in follows.items():
+        nxt[b, a] = n  # the transposed chain: how often j came just before the last item
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt[last[rows]] * (pop.max() + 1) + pop, examples)
+'''},
+        {"evaluation.py:rank_last_item_bm25": '''
+def rank_last_item_bm25(bm25, texts, examples):
+    # the whole history's text as the query, not the last item's
+    return ranks_in_chunks(lambda rows: bm25.scores([" ".join(texts[i] for i in hist) for hist, _ in examples[rows]]),
+                           examples)
+'''},
+        {"evaluation.py:rank_last_item_bm25": '''
+def rank_last_item_bm25(bm25, texts, examples):
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[hist[0]] for hist, _ in examples[rows]]),
+                           examples)  # the first history item's text
+'''},
+        {"evaluation.py:rank_last_item_bm25": '''
+def rank_last_item_bm25(bm25, texts, examples):
+    scores = bm25.scores([texts[hist[-1]] for hist, _ in examples])
+    targets = torch.tensor([t for _, t in examples])
+    return ranks_from_scores(scores, targets, [[] for _ in examples])  # the history not excluded
+'''},
+    ],
+    "recent-items": [
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    out = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    for u, hist in enumerate(histories):
+        w = torch.tensor([decay ** a for a in range(len(hist))], dtype=v_items.dtype)  # age counted from the oldest
+        if len(hist):
+            out[u] = (w[:, None] * v_items[hist]).sum(0) / w.sum()
+    return out
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    out = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    for u, hist in enumerate(histories):
+        w = torch.tensor([decay ** (len(hist) - 1 - n) for n in range(len(hist))], dtype=v_items.dtype)
+        if len(hist):
+            out[u] = (w[:, None] * v_items[hist]).sum(0)  # the weights not normalised
+    return out
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    out = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    for u, hist in enumerate(histories):
+        # the weights decay ** (age + 1)
+        w = torch.tensor([decay ** (len(hist) - n) for n in range(len(hist))], dtype=v_items.dtype)
+        if len(hist):
+            out[u] = (w[:, None] * v_items[hist]).sum(0) / w.sum()
+    return out
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    w = decay ** age.to(v_items.dtype)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm[:, None]  # an empty history: 0 / 0
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = len(item) - 1 - torch.arange(len(item))  # the age counted over the whole batch, not each history
+    w = decay ** age.to(v_items.dtype)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=1e-12)[:, None]
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    out = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    for u, hist in enumerate(histories):
+        w = torch.tensor([decay ** (len(hist) - 1 - n) for n in range(len(hist))], dtype=v_items.dtype)
+        if len(hist):
+            out[u] = F.normalize((w[:, None] * v_items[hist]).sum(0), dim=0)  # unit length, not / sum of weights
+    return out
+'''},
+    ],
+    "catalog-trie": [
+        {"calrec_extras.py:CatalogTrie.__init__": '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, vocab_size
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in tokens:  # no end-of-text at the leaves
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items.setdefault(node, []).append(i)
+    self.node_of = {(): 0}
+'''},
+        {"calrec_extras.py:CatalogTrie.__init__": '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, vocab_size
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in list(tokens) + [eot_id]:
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items[node] = [i]  # twins overwrite each other
+    self.node_of = {(): 0}
+'''},
+        {"calrec_extras.py:CatalogTrie.__call__": '''
+def __call__(self, tokens):
+    B, K, _ = tokens.shape
+    allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
+    for b, beams in enumerate(tokens.tolist()):
+        for k, beam in enumerate(beams):
+            if self.eot_id in beam:  # a finished beam may go on writing end-of-text
+                allowed[b, k, self.eot_id] = True
+                continue
+            node = self.node(tuple(beam))
+            if node is not None:
+                allowed[b, k, list(self.children[node])] = True
+    return allowed.to(tokens.device)
+'''},
+        {"calrec_extras.py:CatalogTrie.node": '''
+def node(self, prefix):
+    node = 0
+    for t in prefix:
+        if t not in self.children[node]:
+            break  # stops where the prefix leaves the tree, instead of None
+        node = self.children[node][t]
+    return node
+'''},
+        {"calrec_extras.py:CatalogTrie.ranked_items": '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        top = list(dict.fromkeys(i for items in leaves for i in items))[:k]  # k cut before the history is left out
+        lists.append([i for i in top if i not in history])
+    return lists
+'''},
+        {"calrec_extras.py:CatalogTrie.ranked_items": '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams]  # dead beams kept
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''},
+        {"calrec_extras.py:CatalogTrie.ranked_items": '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        found_items = set()
+        for tokens, score in beams:
+            if score > float("-inf"):
+                found_items.update(self.items.get(self.node(tuple(tokens)), []))
+        lists.append(sorted(i for i in found_items if i not in history)[:k])  # by item index, not by beam
+    return lists
+'''},
+        {"calrec_extras.py:CatalogTrie.ranked_items": '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        best = []
+        for tokens, score in beams:
+            items = self.items.get(self.node(tuple(tokens)), [])
+            if score > float("-inf") and items and items[0] not in history and items[0] not in best:
+                best.append(items[0])  # a leaf's first item only: its twins lost
+        lists.append(best[:k])
+    return lists
+'''},
+    ],
+}

@@ -1,0 +1,476 @@
+"""Wrong answers to the exercises on maml.py and GLUE's metrics (see tests/wrong_answers.py): the mistakes students
+make with task sampling, the inner loop, Reptile, the meta-gradient and the metrics. Each is written as a student
+would write it, with one mistake; the comment on its first line names the mistake."""
+
+# ---------------------------------------------------------------------------- task-sampling
+
+TASK_SAMPLING = [
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # PPS not normalised: the sizes themselves
+    n = len(sizes)
+    weights = np.asarray(sizes, dtype=np.float64)
+    if sampling == "uniform":
+        return np.ones(n) / n
+    if sampling == "pps":
+        return weights
+    if sampling == "mixed":
+        return 0.5 * np.ones(n) / n + 0.5 * weights
+    raise ValueError(f"task sampling {sampling!r}: expected uniform, pps or mixed")
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # mixed as a product of the two distributions
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.ones(len(sizes)) / len(sizes)
+    pps = sizes / np.sum(sizes)
+    if sampling == "uniform":
+        return uniform
+    if sampling == "pps":
+        return pps
+    if sampling == "mixed":
+        return uniform * pps
+    raise ValueError(f"task sampling {sampling!r}: expected uniform, pps or mixed")
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # an unknown name silently falls back to uniform
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.ones(len(sizes)) / len(sizes)
+    pps = sizes / np.sum(sizes)
+    return {"pps": pps, "mixed": (uniform + pps) / 2}.get(sampling, uniform)
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # mixed adds the two without halving
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.ones(len(sizes)) / len(sizes)
+    pps = sizes / np.sum(sizes)
+    table = {"uniform": uniform, "pps": pps, "mixed": uniform + pps}
+    if sampling not in table:
+        raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
+    return table[sampling]
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # PPS divided by the largest task, not by the total
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.ones(len(sizes)) / len(sizes)
+    pps = sizes / sizes.max()
+    table = {"uniform": uniform, "pps": pps, "mixed": 0.5 * (uniform + pps)}
+    if sampling not in table:
+        raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
+    return table[sampling]
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # mixed as temperature sampling, |D_i|^(1/2) normalised
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.ones(len(sizes)) / len(sizes)
+    table = {"uniform": uniform, "pps": sizes / sizes.sum(), "mixed": np.sqrt(sizes) / np.sqrt(sizes).sum()}
+    if sampling not in table:
+        raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
+    return table[sampling]
+'''},
+]
+
+# ---------------------------------------------------------------------------- glue-metrics
+
+GLUE_METRICS = [
+    {"evaluation.py:mcc": '''
+def mcc(pred, gold):  # a factor missing from the denominator
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp, tn = np.sum((pred == 1) & (gold == 1)), np.sum((pred == 0) & (gold == 0))
+    fp, fn = np.sum((pred == 1) & (gold == 0)), np.sum((pred == 0) & (gold == 1))
+    d = math.sqrt((tp + fp) * (tp + fn) * (tn + fp))
+    return float((tp * tn - fp * fn) / d) if d else 0.0
+'''},
+    {"evaluation.py:mcc": '''
+def mcc(pred, gold):  # no square root over the denominator
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp, tn = np.sum((pred == 1) & (gold == 1)), np.sum((pred == 0) & (gold == 0))
+    fp, fn = np.sum((pred == 1) & (gold == 0)), np.sum((pred == 0) & (gold == 1))
+    d = float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / d) if d else 0.0
+'''},
+    {"evaluation.py:mcc": '''
+def mcc(pred, gold):  # no guard: an empty row or column of the table divides by zero
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp, tn = np.sum((pred == 1) & (gold == 1)), np.sum((pred == 0) & (gold == 0))
+    fp, fn = np.sum((pred == 1) & (gold == 0)), np.sum((pred == 0) & (gold == 1))
+    return float((tp * tn - fp * fn) / np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))))
+'''},
+    {"evaluation.py:f1": '''
+def f1(pred, gold):  # F1 of the wrong class (0)
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.sum((pred == 0) & (gold == 0))
+    precision = tp / max(np.sum(pred == 0), 1)
+    recall = tp / max(np.sum(gold == 0), 1)
+    return float(2 * precision * recall / (precision + recall)) if tp else 0.0
+'''},
+    {"evaluation.py:f1": '''
+def f1(pred, gold):  # the factor 2 dropped: tp / (tp + fp + fn)
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.sum((pred == 1) & (gold == 1))
+    fp = np.sum((pred == 1) & (gold == 0))
+    fn = np.sum((pred == 0) & (gold == 1))
+    return float(tp / (tp + fp + fn)) if tp else 0.0
+'''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # not centred: the cosine of x and y
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return float("nan")
+    d = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / d) if d > 0 else 0.0
+'''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # the sample covariance (n - 1) over population standard deviations (n)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return float("nan")
+    s = x.std() * y.std()
+    return float(np.cov(x, y)[0, 1] / s) if s > 0 else 0.0
+'''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # numpy's corrcoef: nan, not 0, for a constant input
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.corrcoef(x, y)[0, 1])
+'''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # no check for a diverged model: a nan prediction scores 0
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx, dy = x - x.mean(), y - y.mean()
+    d = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
+    return float(np.sum(dx * dy) / d) if d > 0 else 0.0
+'''},
+    {"evaluation.py:average_ranks": '''
+def average_ranks(x):  # ties not averaged: each value gets its place in the sorted order
+    x = np.asarray(x, dtype=np.float64)
+    ranks = np.empty(len(x))
+    ranks[np.argsort(x, kind="stable")] = np.arange(1, len(x) + 1)
+    return ranks
+'''},
+    {"evaluation.py:average_ranks": '''
+def average_ranks(x):  # 0-based ranks
+    x = np.asarray(x, dtype=np.float64)
+    idx = np.argsort(x, kind="stable")
+    out = np.zeros(len(x))
+    start = 0
+    while start < len(x):
+        end = start
+        while end + 1 < len(x) and x[idx[end + 1]] == x[idx[start]]:
+            end += 1
+        out[idx[start:end + 1]] = (start + end) / 2
+        start = end + 1
+    return out
+'''},
+    {"evaluation.py:average_ranks": '''
+def average_ranks(x):  # ranks written in sorted order, not at each value's own position
+    x = np.asarray(x, dtype=np.float64)
+    idx = np.argsort(x, kind="stable")
+    out = np.zeros(len(x))
+    start = 0
+    while start < len(x):
+        end = start
+        while end + 1 < len(x) and x[idx[end + 1]] == x[idx[start]]:
+            end += 1
+        out[start:end + 1] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+'''},
+    {"evaluation.py:average_ranks": '''
+def average_ranks(x):  # tied values share the lowest of their ranks (competition ranking), not the mean
+    x = np.asarray(x, dtype=np.float64)
+    return np.array([1.0 + np.sum(x < v) for v in x])
+'''},
+]
+
+# ---------------------------------------------------------------------------- inner-loop (adapt)
+
+ADAPT_FIRST_BATCH = {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # the first batch at every step
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for _ in range(steps):
+        grads = grad(loss_fn)(params, batches[0])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''}
+
+ADAPT_IGNORES_FIRST_ORDER = {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # first_order ignored: always second order
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''}
+
+INNER_LOOP = [
+    ADAPT_FIRST_BATCH,
+    ADAPT_IGNORES_FIRST_ORDER,
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # "+": a step up the gradient
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        params = {k: params[k] + inner_lr * grads[k] for k in params}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # past the list's end, the last batch again
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[min(step, len(batches) - 1)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # off by one: starts at the second batch
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(1, steps + 1):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # the gradient taken once, at θ^(0)
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    grads = grad(loss_fn)(params, batches[0])
+    if first_order:
+        grads = {k: v.detach() for k, v in grads.items()}
+    for _ in range(steps):
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # first order: θ detached, not the gradients
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    if first_order:
+        params = {k: v.detach() for k, v in params.items()}
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # autograd.grad without create_graph
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(steps):
+        loss = loss_fn(params, batches[step % len(batches)])
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {k: p - inner_lr * g for (k, p), g in zip(params.items(), grads)}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # every step starts again from θ
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    fast = params
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        fast = {k: params[k] - inner_lr * grads[k] for k in params}
+    return fast
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # a single batch taken for a list
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        params = {k: params[k] - inner_lr * grads[k] for k in params}
+    return params
+'''},
+]
+
+# ---------------------------------------------------------------------------- reptile
+
+REPTILE = [
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # summed over the tasks, not averaged
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True),
+                 randomness="different")(support)
+    return {k: (moved[k] - theta[k]).sum(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # `steps` ignored: one inner step
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, 1, first_order=True),
+                 randomness="different")(support)
+    return {k: (moved[k] - theta[k]).mean(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # the sign flipped: θ - θ'
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True),
+                 randomness="different")(support)
+    return {k: (theta[k] - moved[k]).mean(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # not detached: a second-order graph kept
+    moved = vmap(lambda s: adapt(params, loss_fn, s, inner_lr, steps), randomness="different")(support)
+    return {k: (moved[k] - params[k]).mean(0) for k in params}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # only the first support batch, at every step
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True),
+                 randomness="different")(support[0])
+    return {k: (moved[k] - theta[k]).mean(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # one inner loop on the tasks' mean loss
+    theta = {k: v.detach() for k, v in params.items()}
+
+    def mean_loss(p, batch):  # every task of the meta-batch at once
+        return vmap(loss_fn, in_dims=(None, 0), randomness="different")(p, batch).mean()
+    moved = adapt(theta, mean_loss, support, inner_lr, steps, first_order=True)
+    return {k: moved[k] - theta[k] for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # divided by inner_lr, as if a gradient
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True),
+                 randomness="different")(support)
+    return {k: (moved[k] - theta[k]).mean(0) / inner_lr for k in theta}
+'''},
+]
+
+# ---------------------------------------------------------------------------- meta-gradient
+
+META_GRADIENT = [
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # create_graph always True
+    total = []
+    for t in range(query[next(iter(query))].shape[0]):
+        fast = dict(params)
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=True)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # create_graph never set
+    total = []
+    for t in range(query[next(iter(query))].shape[0]):
+        fast = dict(params)
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()))
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # query loss at θ, not θ^(k)
+    total = []
+    for t in range(query[next(iter(query))].shape[0]):
+        fast = dict(params)
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(params, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # the support scored as query
+    total = []
+    for t in range(query[next(iter(query))].shape[0]):
+        fast = dict(params)
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(support[0], t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # θ not reset between tasks
+    total = []
+    fast = dict(params)
+    for t in range(query[next(iter(query))].shape[0]):
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # the first support batch only
+    total = []
+    for t in range(query[next(iter(query))].shape[0]):
+        fast = dict(params)
+        for _ in range(steps):
+            inner = loss_fn(fast, task_slice(support[0], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # tasks = len(support)
+    total = []
+    for t in range(len(support)):
+        fast = dict(params)
+        for s in range(steps):
+            inner = loss_fn(fast, task_slice(support[s % len(support)], t))
+            gs = torch.autograd.grad(inner, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - inner_lr * g for (k, v), g in zip(fast.items(), gs)}
+        total.append(loss_fn(fast, task_slice(query, t)))
+    return torch.stack(total).mean()
+'''},
+    {"maml.py:meta_loss_vmap": '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # summed over the tasks
+    def per_task(s, q):
+        return loss_fn(adapt(params, loss_fn, s, inner_lr, steps, first_order), q)
+    return vmap(per_task, randomness="different")(support, query).sum()
+'''},
+    {"maml.py:meta_loss_vmap": '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # one adaptation for all tasks
+    def mean_loss(p, batch):  # every task of the meta-batch at once
+        return vmap(loss_fn, in_dims=(None, 0), randomness="different")(p, batch).mean()
+    return mean_loss(adapt(params, mean_loss, support, inner_lr, steps, first_order), query)
+'''},
+    {"maml.py:meta_loss_vmap": '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # first_order not passed on
+    def per_task(s, q):
+        return loss_fn(adapt(params, loss_fn, s, inner_lr, steps), q)
+    return vmap(per_task, randomness="different")(support, query).mean()
+'''},
+    {"maml.py:meta_loss_vmap": '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # vmap's default randomness
+    def per_task(s, q):
+        return loss_fn(adapt(params, loss_fn, s, inner_lr, steps, first_order), q)
+    return vmap(per_task)(support, query).mean()
+'''},
+    ADAPT_FIRST_BATCH,
+    ADAPT_IGNORES_FIRST_ORDER,
+]
+
+WRONG_MAML = {
+    "task-sampling": TASK_SAMPLING,
+    "glue-metrics": GLUE_METRICS,
+    "inner-loop": INNER_LOOP,
+    "reptile": REPTILE,
+    "meta-gradient": META_GRADIENT,
+}

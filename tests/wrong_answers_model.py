@@ -1,0 +1,489 @@
+"""Wrong answers to the exercises on model.py (see tests/wrong_answers.py): the mistakes students make with
+LayerNorm, pooling, the KV cache, attention and its mask, and beam search. Each answer's first comment names the
+mistake; tests/test_model.py has the graders that catch it."""
+
+WRONG_MODEL = {
+    "layer-norm": [
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # unbiased variance (divides by C - 1), as torch.var does by default
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True)
+    y = (x - mu) / torch.sqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # eps added to the standard deviation, outside the square root
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    std = (x - mu).pow(2).mean(-1, keepdim=True).sqrt()
+    y = (x - mu) / (std + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # statistics over the whole tensor instead of over each position's C features
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean()
+    var = (x - mu).pow(2).mean()
+    y = (x - mu) / torch.sqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # shift before scale: (x_hat + beta) * gamma
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    x_hat = (x - mu) / torch.sqrt(var + self.eps)
+    return x_hat * self.weight if self.bias is None else (x_hat + self.bias) * self.weight
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # eps written as the literal 1e-5, not the module's own self.eps
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, 1e-5)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    y = (x - mu) / torch.sqrt(var + 1e-5) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # a LayerNorm built with bias=False (self.bias is None) forgotten
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + self.eps) * self.weight + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # the fused kernel everywhere: right values, wrong second derivative under vmap
+    return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+'''},
+    ],
+    "pooling": [
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # divides by the row's length T, padding and positions outside the span included
+    w = span_mask.to(h.dtype).unsqueeze(-1)
+    return (h * w).sum(1) / h.size(1)
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # no guard for an empty span: 0 / 0
+    w = span_mask.to(h.dtype).unsqueeze(-1)
+    return (h * w).sum(1) / w.sum(1)
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # divides by the span sizes of the whole batch, not of the row
+    w = span_mask.to(h.dtype).unsqueeze(-1)
+    return (h * w).sum(1) / w.sum().clamp(min=1.0)
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # takes the span as contiguous: every position from its first 1 to its last 1
+    out = []
+    for row, m in zip(h, span_mask):
+        where = m.nonzero()[:, 0]
+        out.append(row[where[0]:where[-1] + 1].mean(0) if len(where) else row.new_zeros(row.size(-1)))
+    return torch.stack(out)
+'''},
+        {"model.py:last_token_pool": '''
+def last_token_pool(h, attention_mask):
+    # off by one: the number of real tokens is the index of the first padding, not of the last real token
+    last = attention_mask.long().sum(1)
+    return h[torch.arange(h.size(0), device=h.device), last.clamp(max=h.size(1) - 1)]
+'''},
+        {"model.py:last_token_pool": '''
+def last_token_pool(h, attention_mask):
+    # the last column, padding or not
+    return h[:, -1]
+'''},
+        {"model.py:last_token_pool": '''
+def last_token_pool(h, attention_mask):
+    # argmax of the mask: the first real token, not the last
+    last = attention_mask.long().argmax(1)
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''},
+    ],
+    "kv-cache": [
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # ignores self.length: every step writes at position 0 and returns only its own T positions
+    T = k.size(2)
+    self.k[layer, :, :, :T] = k
+    self.v[layer, :, :, :T] = v
+    return self.k[layer, :, :, :T], self.v[layer, :, :, :T]
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # stores the new keys and values, but returns only them: attention never sees the past
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return k, v
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # advances self.length itself, once per layer (GPT._run advances it too)
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    self.length = end
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # returns the whole buffer, the unwritten zero slots after the new positions included
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer], self.v[layer]
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # right values, but concatenated: a new copy of the whole past at every step, not the buffer itself
+    past_k, past_v = self.k[layer, :, :, :self.length], self.v[layer, :, :, :self.length]
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # off-by-one guard: refuses to fill the very last slot
+    end = self.length + k.size(2)
+    if end >= self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # the layer index forgotten: every layer's buffer gets this layer's keys and values
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[:, :, :, self.length:end] = k
+    self.v[:, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''},
+    ],
+    "attention": [
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # scaled by d_head instead of its square root
+    att = (q @ k.transpose(-2, -1)) / k.size(-1)
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.dropout(F.softmax(att, dim=-1), p=dropout_p)
+    return att @ v
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # softmax over the queries (dim -2), not over the keys
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.dropout(F.softmax(att, dim=-2), p=dropout_p)
+    return att @ v
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # masked scores set to 0 instead of -inf: a hidden key still gets weight exp(0)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, 0.0)
+    att = F.dropout(F.softmax(att, dim=-1), p=dropout_p)
+    return att @ v
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # the mask applied after the softmax: the weights no longer sum to 1
+    att = F.softmax((q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1)), dim=-1)
+    att = att.masked_fill(~mask, 0.0)
+    return F.dropout(att, p=dropout_p) @ v
+'''},
+        {"model.py:attention_mask_4d": '''
+def attention_mask_4d(key_mask, T_past, T):
+    # no "a query always sees itself": a padding query has an empty softmax
+    q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    return (causal & key_mask[:, None, :])[:, None]
+'''},
+        {"model.py:attention_mask_4d": '''
+def attention_mask_4d(key_mask, T_past, T):
+    # causal as strict j < i: a query never sees its own key
+    q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] < q_pos[:, None]
+    return (causal & key_mask[:, None, :])[:, None]
+'''},
+        {"model.py:attention_mask_4d": '''
+def attention_mask_4d(key_mask, T_past, T):
+    # ignores T_past: the new queries are taken to sit at positions 0 .. T - 1
+    q_pos = torch.arange(T, device=key_mask.device)
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    itself = k_pos[None, :] == q_pos[:, None]
+    return ((causal & key_mask[:, None, :]) | itself)[:, None]
+'''},
+        {"model.py:attention_mask_4d": '''
+def attention_mask_4d(key_mask, T_past, T):
+    # the padding mask put on the queries (rows) instead of on the keys (columns)
+    q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    itself = k_pos[None, :] == q_pos[:, None]
+    return ((causal & key_mask[:, T_past:, None]) | itself)[:, None]
+'''},
+    ],
+    "beam-search": [
+        {"model.py:_beam_choose": '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # a finished beam keeps expanding like an open one
+    B, K, V = logp.shape
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''},
+        {"model.py:_beam_choose": '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # a finished beam may write any token at log-probability 0: V copies of it compete
+    B, K, V = logp.shape
+    logp = logp.masked_fill(finished[..., None], 0.0)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''},
+        {"model.py:_beam_choose": '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # a finished beam writes eos_id again, but pays eos_id's log-probability at every step
+    B, K, V = logp.shape
+    not_eos = torch.arange(V, device=logp.device) != eos_id
+    logp = logp.masked_fill(finished[..., None] & not_eos, float("-inf"))
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''},
+        {"model.py:_beam_choose": '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # the flat index unravelled with K instead of V
+    B, K, V = logp.shape
+    eos_only = torch.full((V,), float("-inf"), device=logp.device)
+    eos_only[eos_id] = 0.0
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // K, flat % K
+'''},
+        {"model.py:_beam_choose": '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # each beam keeps its own best token: K greedy searches, never two children of one beam
+    B, K, V = logp.shape
+    eos_only = torch.full((V,), float("-inf"), device=logp.device)
+    eos_only[eos_id] = 0.0
+    logp = torch.where(finished[..., None], eos_only, logp)
+    best, tok = (scores[..., None] + logp).max(-1)
+    order = best.argsort(-1, descending=True)
+    return best.gather(1, order), order, tok.gather(1, order)
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # every beam may expand at step 0: the K beams start as K copies of the same best token
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.zeros(B, K, device=prompt.device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # the new tokens appended in place, the beams' earlier tokens not reordered with their source beam
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens, tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # `finished` not reordered with the beams: a beam inherits another beam's flag
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # `visible` not reordered: a beam keeps attending to the cache slots of the beam that used to sit there
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # allowed_next applied only from the second token on: the first token is unconstrained
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT._beam_next": '''
+def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+    # positions counted from the padded prompt's length: a left-padded prompt's new tokens sit too far right
+    (B, K), T = tok.shape, prompt.size(1)
+    if cache is None:
+        seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+        seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+        h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+    else:
+        slot, beams = T + K * step, torch.arange(K, device=tok.device)
+        visible[:, beams, slot + beams] = True
+        pos = torch.full((B, K), T + step, device=tok.device)
+        h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)
+    return F.log_softmax(self.lm_head(h).float(), dim=-1)
+'''},
+        {"model.py:GPT._beam_next": '''
+def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+    # a beam's new token is written to the cache, but the beam is not allowed to see it
+    (B, K), T = tok.shape, prompt.size(1)
+    if cache is None:
+        seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+        seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+        h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+    else:
+        slot = T + K * step
+        pos = (prompt_mask.sum(1) + step)[:, None].expand(B, K)
+        h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)
+    return F.log_softmax(self.lm_head(h).float(), dim=-1)
+'''},
+        {"model.py:GPT._beam_next": '''
+def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+    # off by one: the first new token given the position of the prompt's last token
+    (B, K), T = tok.shape, prompt.size(1)
+    if cache is None:
+        seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+        seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+        h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+    else:
+        slot, beams = T + K * step, torch.arange(K, device=tok.device)
+        visible[:, beams, slot + beams] = True
+        pos = (prompt_mask.sum(1) - 1 + step)[:, None].expand(B, K)
+        h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)
+    return F.log_softmax(self.lm_head(h).float(), dim=-1)
+'''},
+    ],
+}
