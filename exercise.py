@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ class Exercise:
 M, C = "tests/test_model.py::", "tests/test_calrec.py::"          # the graders' files, shortened below
 Q, D = "tests/test_maml_core.py::", "tests/test_maml_metrics.py::"
 EXERCISES = [
-    # --- level 1: one formula, a few lines
+    # --- level 1: one idea in a few lines
     Exercise("layer-norm", 1, "LayerNorm written out: each position to mean 0 and variance 1, then scale and shift",
              ("model.py:LayerNorm.forward",),
              (M + "test_layer_norm_equals_torch", M + "test_layer_norm_by_hand",
@@ -71,6 +72,23 @@ EXERCISES = [
              ("calrec.py:calrec_loss",), (C + "test_loss_mixture_by_hand",)),
     Exercise("round-robin", 1, "Merge the beams' BM25 lists into one ranking, round by round",
              ("calrec.py:merge_round_robin",), (C + "test_merge_round_robin_on_hand_made_lists",)),
+    Exercise("info-nce", 1, "InfoNCE with in-batch negatives, keys of the same item masked out, CLIP-shaped",
+             ("calrec.py:info_nce",),
+             (C + "test_info_nce_equals_naive_loop", C + "test_duplicate_targets_are_not_negatives")),
+    Exercise("prefix-pooling", 1, "The user tower at every item boundary: running means of the hidden states",
+             ("calrec.py:user_vectors", "calrec.py:target_vectors"),
+             (C + "test_user_and_target_vectors_are_means_over_their_spans",)),
+    Exercise("inner-loop", 1, "MAML's inner loop: k steps of gradient descent with torch.func.grad",
+             ("maml.py:adapt",),
+             (Q + "test_adapt_by_hand", Q + "test_adapt_least_squares_closed_form",
+              Q + "test_adapt_second_order_keeps_the_inner_gradients_and_first_order_drops_them",
+              Q + "test_adapt_equals_a_loop_on_a_tanh_mlp"),
+             hide=("maml.py:meta_loss_loop",)),
+    Exercise("reptile", 1, "Reptile's direction: the mean of where each task's inner loop moved",
+             ("maml.py:reptile_direction",),
+             (Q + "test_reptile_direction_by_hand", Q + "test_reptile_direction_equals_a_loop_over_tasks",
+              Q + "test_reptile_direction_holds_no_graph", Q + "test_reptile_one_step_is_one_sgd_step"),
+             hide=("maml.py:meta_loss_vmap",)),
     # --- level 2: a paper's equation as a batched tensor program
     Exercise("attention", 2, "Attention written out, and the mask of a padded causal batch",
              ("model.py:manual_attention", "model.py:attention_mask_4d"),
@@ -78,12 +96,8 @@ EXERCISES = [
               M + "test_attention_mask_of_padding_queries_by_hand", M + "test_padded_rows_equal_unpadded")),
     Exercise("ranking-metrics", 2, "Full-catalog ranks (history excluded, ties against the target), Recall, NDCG",
              ("evaluation.py:ranks_from_scores", "evaluation.py:rank_metrics"),
-             (C + "test_metrics_on_hand_made_ranks", C + "test_ranks_exclude_history_and_count_ties_against_the_target")),
-    Exercise("info-nce", 2, "InfoNCE with in-batch negatives, keys of the same item masked out, CLIP-shaped",
-             ("calrec.py:info_nce",), (C + "test_info_nce_equals_naive_loop", C + "test_duplicate_targets_are_not_negatives")),
-    Exercise("prefix-pooling", 2, "The user tower at every item boundary: running means of the hidden states",
-             ("calrec.py:user_vectors", "calrec.py:target_vectors"),
-             (C + "test_user_and_target_vectors_are_means_over_their_spans",)),
+             (C + "test_metrics_on_hand_made_ranks",
+              C + "test_ranks_exclude_history_and_count_ties_against_the_target")),
     Exercise("bm25", 2, "Lucene's BM25 as a sparse matrix, and queries scored by one product",
              ("calrec.py:BM25.__init__", "calrec.py:BM25.scores"), (C + "test_bm25_matches_hand_computed_scores",)),
     Exercise("baselines", 2, "What every recommender must beat: a first-order Markov chain, the last item's text",
@@ -93,17 +107,6 @@ EXERCISES = [
              ("calrec_extras.py:recent_vectors",),
              (C + "test_recent_vectors_by_hand", C + "test_dense_ranks_with_the_recent_items_equal_a_naive_loop",
               C + "test_train_step_loss_equals_the_loss_computed_by_hand")),
-    Exercise("inner-loop", 2, "MAML's inner loop: k steps of gradient descent with torch.func.grad",
-             ("maml.py:adapt",),
-             (Q + "test_adapt_by_hand", Q + "test_adapt_least_squares_closed_form",
-              Q + "test_adapt_second_order_keeps_the_inner_gradients_and_first_order_drops_them",
-              Q + "test_adapt_equals_a_loop_on_a_tanh_mlp"),
-             hide=("maml.py:meta_loss_loop",)),
-    Exercise("reptile", 2, "Reptile's direction: the mean of where each task's inner loop moved",
-             ("maml.py:reptile_direction",),
-             (Q + "test_reptile_direction_by_hand", Q + "test_reptile_direction_equals_a_loop_over_tasks",
-              Q + "test_reptile_direction_holds_no_graph", Q + "test_reptile_one_step_is_one_sgd_step"),
-             hide=("maml.py:meta_loss_vmap",)),
     # --- level 3: an algorithm with its bookkeeping
     Exercise("beam-search", 3, "Batched beam search with finished beams and a shared prompt cache",
              ("model.py:GPT.beam_search", "model.py:_beam_choose", "model.py:GPT._beam_next"),
@@ -230,7 +233,8 @@ def handout(names, out):
         for where in ex.functions + ex.hide:
             file, _, qualname = where.partition(":")
             sources.setdefault(file, read(ROOT, file))
-            sources[file] = blank(sources[file], qualname, where, f"exercise {ex.name}: see docs/exercises.md#{ex.name}")
+            message = f"exercise {ex.name}: see docs/exercises.md#{ex.name}"
+            sources[file] = blank(sources[file], qualname, where, message)
     tmp = f"{os.path.abspath(out)}.tmp{os.getpid()}"
     copy_tree(ROOT, tmp)
     for file, text in sources.items():
@@ -285,7 +289,8 @@ def grade(root, names):
         print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else ""))
         for test, (ok, message) in mine.items():
             if not ok:
-                print(f"  FAILED {test.split('::', 1)[1]}\n" + "\n".join("    " + line for line in message.splitlines()))
+                print(f"  FAILED {test.split('::', 1)[1]}")
+                print("\n".join("    " + line for line in message.splitlines()))
         total += bool(mine) and passed == len(mine)
     if total < len(exercises):
         print(f"the tracebacks: {sys.executable} -m pytest " + " ".join(t for ex in exercises for t in ex.tests))
@@ -312,52 +317,72 @@ def grade_handout(folder, names):
 # -----------------------------------------------------------------------------
 # 4. the experiments of docs/experiments.md: their commands, and the tables of their answers
 
-EXPERIMENTS_DOC = os.path.join(ROOT, "docs", "experiments.md")
-CALREC = "python train.py --task calrec --set baselines=false --out-dir out/exp{} --stages "
-EXPERIMENTS = {  # number -> the commands, each a shell line of the doc
-    1: [CALREC.format(f"1/{s}") + f"{s} --set stage1_steps=120 --set stage2_steps=120" for s in ("1", "2", "both")],
-    2: [CALREC.format("2/all") + "2 --set stage2_steps=150", CALREC.format("2/nig") + "2 --set stage2_steps=150 "
-        "--alpha 0 --beta 0"],
-    3: [CALREC.format(f"3/tau{t}") + f"2 --set stage2_steps=150 --tau {t}" for t in ("0.02", "0.05", "0.2")],
-    4: [CALREC.format("4/every") + "2 --set stage2_steps=150", CALREC.format("4/last") + "2 --set stage2_steps=150 "
-        "--set every_position=false"],
+CALREC = "python train.py --task calrec --stages {} --set baselines=false {} --out-dir out/exp{}"
+SIX = """python -c "
+import torch, maml
+g = torch.Generator().manual_seed(0)
+params = {k: v.requires_grad_() for k, v in maml.sine_mlp_init(g).items()}
+amp, phase = maml.sine_tasks(8, g)
+support, query = maml.sine_points(amp, phase, 10, g), maml.sine_points(amp, phase, 10, g)
+grads = {}
+for first_order in (False, True):
+    for lr in (0.0, 0.01):
+        loss = maml.meta_loss_vmap(params, maml.sine_loss, [support], query, lr, 1, first_order)
+        grads[first_order, lr] = torch.autograd.grad(loss, list(params.values()))
+for lr in (0.0, 0.01):
+    diff = max((a - b).abs().max().item() for a, b in zip(grads[False, lr], grads[True, lr]))
+    print(f'inner_lr {lr}: largest difference between second- and first-order meta-gradients {diff:.2e}')
+\""""
+EXPERIMENTS = {  # number -> its commands, as docs/experiments.md shows them
+    1: [CALREC.format(s, "--set stage1_steps=120 --set stage2_steps=120", f"1/{s}") for s in ("1", "2", "both")],
+    2: [CALREC.format(2, "--set stage2_steps=150", "2/all"),
+        CALREC.format(2, "--set stage2_steps=150 --alpha 0 --beta 0", "2/nig")],
+    3: [CALREC.format(2, f"--set stage2_steps=150 --tau {t}", f"3/tau{t}") for t in ("0.02", "0.05", "0.2")],
+    4: [CALREC.format(2, "--set stage2_steps=150", "4/every"),
+        CALREC.format(2, "--set stage2_steps=150 --set every_position=false", "4/last")],
     5: ["python train.py --task sinusoid --set steps=1500 --out-dir out/exp5"],
+    6: [SIX],
 }
 
 
-def answer_table(number):
-    """The table of an experiment's answer, from the results.json of its runs (markdown lines)."""
+def answer(number, output):
+    """An experiment's answer, as docs/experiments.md holds it: a table from its runs' results.json, or what its
+    command printed."""
+    if number == 6:
+        return output.strip()
     dirs = [cmd.split("--out-dir ")[1].split()[0] for cmd in EXPERIMENTS[number]]
     res = {d: json.load(open(os.path.join(ROOT, d, "results.json"), encoding="utf-8")) for d in dirs}
     if number == 5:
         methods = res[dirs[0]]["methods"]
-        return ["| method | " + " | ".join(f"MSE after {k} steps" for k in methods["maml"]) + " |",
-                "|---|" + "---|" * len(methods["maml"])] + [
+        return "\n".join(["| method | " + " | ".join(f"MSE after {k} steps" for k in methods["maml"]) + " |",
+                          "|---|" + "---|" * len(methods["maml"])] + [
             f"| {m} | " + " | ".join(f"{v['mse']:.3f} ± {v['mse_ci95']:.3f}" for v in r.values()) + " |"
-            for m, r in methods.items()]
+            for m, r in methods.items()])
     paths = ("calrec_generative", "calrec_constrained", "calrec_dense")
-    return ["| run | generative+BM25 | catalog beams | dense |", "|---|---|---|---|"] + [
-        f"| `{d}` | " + " | ".join(f"{res[d]['test'][p]['ndcg@10']:.3f}" for p in paths) + " |" for d in dirs]
+    return "\n".join(["| run | generative+BM25 | catalog beams | dense |", "|---|---|---|---|"] + [
+        f"| `{d}` | " + " | ".join(f"{res[d]['test'][p]['ndcg@10']:.3f}" for p in paths) + " |" for d in dirs])
 
 
 def experiments(write):
-    """Run every experiment, print its table, and say which tables of docs/experiments.md no longer match; with
-    write, put the new tables in the doc (between its <!-- answer N --> and <!-- end --> lines)."""
-    doc = read(ROOT, "docs/experiments.md")
-    stale = []
+    """Run every experiment of docs/experiments.md, print its answer, and say which of the doc's answers no longer
+    match (each stands between <!-- answer N --> and <!-- end -->); with write, put the new ones in the doc."""
+    doc, stale = read(ROOT, "docs/experiments.md"), []
     for number, commands in EXPERIMENTS.items():
+        output = ""
         for cmd in commands:
             print(f"$ {cmd}", flush=True)
-            subprocess.run([sys.executable] + cmd.split()[1:], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        table = "\n".join(answer_table(number))
-        print(table)
-        block = re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
-        if block is None or block.group(1).strip() != table:
+            output = subprocess.run([sys.executable] + shlex.split(cmd)[1:], cwd=ROOT, check=True,
+                                    capture_output=True, text=True).stdout
+        new, old = answer(number, output), re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
+        print(new)
+        if old is None or old.group(1).strip() != new:
             stale.append(number)
-            doc = doc.replace(block.group(0), f"<!-- answer {number} -->\n{table}\n<!-- end -->") if block else doc
-    print(f"tables that no longer match docs/experiments.md: {stale or 'none'}")
+            doc = doc.replace(old.group(0), f"<!-- answer {number} -->\n{new}\n<!-- end -->") if old else doc
+    env = json.load(open(os.path.join(ROOT, "out/exp1/both/results.json"), encoding="utf-8"))["environment"]
+    print(f"ran on {env['cpu']}, {env['threads']} thread(s), torch {env['torch']}, python {env['python']}\n"
+          f"answers that no longer match docs/experiments.md: {stale or 'none'}")
     if write and stale:
-        with open(EXPERIMENTS_DOC, "w", encoding="utf-8") as f:
+        with open(os.path.join(ROOT, "docs", "experiments.md"), "w", encoding="utf-8") as f:
             f.write(doc)
     return 1 if stale and not write else 0
 

@@ -278,3 +278,36 @@ def test_registry_is_well_formed():
             assert re.fullmatch(r"tests/\w+\.py(::\w+)+", node_id), node_id
             assert re.search(rf"^def {node_id.split('::')[-1]}\(", open(os.path.join(ROOT, node_id.split("::")[0]),
                                                                       encoding="utf-8").read(), re.M), node_id
+
+
+# -----------------------------------------------------------------------------
+# the experiments of docs/experiments.md: its commands are the runner's, and the runner reports stale answers
+
+
+def test_the_experiments_page_shows_the_runners_commands():
+    text = open(os.path.join(ROOT, "docs", "experiments.md"), encoding="utf-8").read()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
+    for number, commands in exercise.EXPERIMENTS.items():
+        for cmd in commands:
+            assert cmd in blocks, f"experiment {number}: {cmd[:80]}"
+        assert f"<!-- answer {number} -->" in text, number
+
+
+def test_experiments_report_the_answers_that_no_longer_match(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "out" / "exp1" / "both"
+    run.mkdir(parents=True)
+    scores = {p: {"ndcg@10": v} for p, v in (("calrec_generative", 0.5), ("calrec_constrained", 0.25),
+                                             ("calrec_dense", 0.125))}
+    (run / "results.json").write_text(json.dumps({"test": scores, "environment": {
+        "cpu": "x", "threads": 1, "torch": "t", "python": "p"}}))
+    table = "| run | generative+BM25 | catalog beams | dense |\n|---|---|---|---|\n| `out/exp1/both` | 0.500 | 0.250 | 0.125 |"
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "experiments.md"
+    doc.write_text(f"<!-- answer 1 -->\n{table}\n<!-- end -->\ntext\n<!-- answer 6 -->\n41\n<!-- end -->\n")
+    monkeypatch.setattr(exercise, "ROOT", str(tmp_path))
+    monkeypatch.setattr(exercise, "EXPERIMENTS", {1: ["python -c pass --out-dir out/exp1/both"],
+                                                  6: ['python -c "print(42)"']})
+    assert exercise.experiments(write=False) == 1
+    assert "no longer match docs/experiments.md: [6]" in capsys.readouterr().out
+    assert exercise.experiments(write=True) == 0
+    assert doc.read_text() == f"<!-- answer 1 -->\n{table}\n<!-- end -->\ntext\n<!-- answer 6 -->\n42\n<!-- end -->\n"
