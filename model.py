@@ -223,16 +223,12 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, LayerNorm):
+        if isinstance(module, LayerNorm):
             torch.nn.init.ones_(module.weight)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
+        if isinstance(module, (nn.Linear, LayerNorm)) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding=True):
         """Parameter count; the position table is left out by default, as nanoGPT reports it."""

@@ -16,9 +16,8 @@ writes nothing, and its run() trains, evaluates and writes: a run that fails on 
 
 import os
 
-# OpenMP threads that wait for work sleep instead of spinning: on a machine busy with other processes, a
-# spinning thread steals the core its partner needs (measured: up to 1000x slower steps). Set before torch
-# starts OpenMP; a value in the environment wins.
+# OpenMP threads that wait for work sleep instead of spinning, which on a busy machine steals the core another
+# thread needs (docs/results.md section 4). Set before torch starts OpenMP; a value in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
