@@ -31,27 +31,25 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# tests/test_exercises.py runs an exercise's graders on wrong answers: EXERCISE_VARIANTS names a JSON file holding
-# a list of variants, each {"file.py:function" or "file.py:Class.method": the source of a def}; every test of the
-# session then runs once per variant, with those functions replaced by the variant's.
+# tests/test_exercises.py runs the exercises' graders on wrong answers: EXERCISE_VARIANTS names a JSON file mapping
+# a test's node id to its variants, [[id, {"file.py:function" or "file.py:Class.method": the source of a def}], ...];
+# each such test then runs once per variant, with those functions replaced by the variant's.
 VARIANTS = os.environ.get("EXERCISE_VARIANTS")
 
 
 def pytest_generate_tests(metafunc):
     if VARIANTS and "exercise_variant" in metafunc.fixturenames:
         with open(VARIANTS, encoding="utf-8") as f:
-            n = len(json.load(f))
-        metafunc.parametrize("exercise_variant", range(n), indirect=True, ids=[f"variant{i}" for i in range(n)])
+            variants = json.load(f).get(metafunc.definition.nodeid.split("[")[0], [])
+        metafunc.parametrize("exercise_variant", [v for _, v in variants], indirect=True, ids=[i for i, _ in variants])
 
 
 @pytest.fixture(autouse=True)
 def exercise_variant(request, monkeypatch):
-    if VARIANTS is None:
+    if not hasattr(request, "param"):
         yield
         return
-    with open(VARIANTS, encoding="utf-8") as f:
-        variant = json.load(f)[request.param]
-    for where, source in variant.items():
+    for where, source in request.param.items():
         file, _, qualname = where.partition(":")
         module = importlib.import_module(file[:-len(".py")])
         namespace = dict(vars(module))  # the module's globals: the variant sees what the original saw

@@ -70,19 +70,23 @@ def code_lines(where):
 # every exercise: its graders against its blank, its wrong answers and its hidden functions
 
 
-def grade_variants(name, variants, tmp):
-    """{variant index: [(test, passed)]} of the exercise's graders run once per variant (tests/conftest.py)."""
+def grade_variants(names, tmp):
+    """{name: {variant index: [(test, passed)]}}: every grader of these exercises run once per variant of its
+    exercise, in one pytest process (tests/conftest.py)."""
+    variants = {}  # node id -> [["EX=name=index", variant], ...]
+    for name in names:
+        for test in exercise.exercise_named(name).tests:
+            variants.setdefault(test, []).extend([f"EX={name}={i}", v] for i, v in enumerate(variants_of(name)))
     path, report = tmp / "variants.json", tmp / "report.xml"
     path.write_text(json.dumps(variants), encoding="utf-8")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                    *exercise.exercise_named(name).tests], cwd=ROOT, capture_output=True,
-                   env=dict(ENV, EXERCISE_VARIANTS=str(path)))
-    out = {}
+                    *variants], cwd=ROOT, capture_output=True, env=dict(ENV, EXERCISE_VARIANTS=str(path)))
+    out = {name: {} for name in names}
     for case in ET.parse(report).iter("testcase") if report.exists() else ():
-        m = re.search(r"variant(\d+)", case.get("name"))
+        m = re.search(r"EX=([\w-]+)=(\d+)", case.get("name"))
         if m:
             failed = any(p.tag in ("failure", "error") for p in case)
-            out.setdefault(int(m.group(1)), []).append((case.get("name"), not failed))
+            out[m.group(1)].setdefault(int(m.group(2)), []).append((case.get("name"), not failed))
     return out
 
 
@@ -94,18 +98,20 @@ def variants_of(name):
 
 @pytest.fixture(scope="module")
 def graded(request, tmp_path_factory):
-    """name -> a future of its graded variants, for each exercise this session tests; two pytest processes at once
-    (each spends most of its seconds importing torch)."""
+    """name -> a future of its graded variants, for each exercise this session tests: one pytest process per core,
+    each with a share of the exercises (a process spends seconds importing torch)."""
     names = [item.callspec.params["name"] for item in request.session.items
              if getattr(item, "originalname", None) == "test_graders_catch_the_blank_and_every_wrong_answer"]
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    yield {n: pool.submit(grade_variants, n, variants_of(n), tmp_path_factory.mktemp(n)) for n in names}
+    cores = min(os.cpu_count() or 1, len(names)) or 1
+    pool = ThreadPoolExecutor(max_workers=cores)
+    shares = [pool.submit(grade_variants, names[c::cores], tmp_path_factory.mktemp(f"share{c}")) for c in range(cores)]
+    yield {name: share for share in shares for name in names[shares.index(share)::cores]}
     pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_graders_catch_the_blank_and_every_wrong_answer(name, graded):
-    results = graded[name].result()
+    results = graded[name].result()[name]
     n = len(variants_of(name))
     assert sorted(results) == list(range(n)), f"pytest ran {sorted(results)} of {n} variants"
     assert all(ok for _, ok in results[0]), f"the graders need a function the handout hides: {results[0]}"
