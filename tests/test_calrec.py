@@ -627,7 +627,7 @@ def test_dense_ranks_with_a_popularity_prior_equal_a_naive_loop():
     want = naive_dense_ranks(v_u, v_t, examples, 0.1, prior)
     assert calrec_extras.rank_vectors(v_u, v_t, examples, 0.1, prior, chunk=3).tolist() == want   # chunks of 3 users
     assert calrec_extras.rank_vectors(v_u, v_t, examples).tolist() == naive_dense_ranks(v_u, v_t, examples, 1.0,
-                                                                                  torch.zeros(9))
+                                                                                        torch.zeros(9))
 
 
 def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
@@ -645,7 +645,7 @@ def test_prior_weight_is_the_validation_argmax_and_follows_the_data():
     for target in (2, 0):
         examples = [([], target)] * 4
         (mu, gamma, best), ndcg = calrec_extras.choose_dense_weights(v_u, v_t, examples, 0.05, log_counts, (0.0,), (),
-                                                              weights)
+                                                                     weights)
         assert ndcg == pytest.approx({(0.0, None, w): ndcg10(examples, w) for w in weights})
         assert mu == 0.0 and gamma is None
         assert best == min(w for w in weights if ndcg[0.0, None, w] == max(ndcg.values()))
@@ -660,7 +660,7 @@ def test_dense_ranks_with_the_recent_items_equal_a_naive_loop():
     for gamma, mu in ((0.5, 0.5), (1.0, 0.75), (0.25, 0.0), (0.0, 0.4)):  # gamma 0: the last item alone
         r_u = calrec_extras.recent_vectors(v_t, [h for h, _ in examples], gamma)
         got = calrec_extras.rank_vectors(calrec_extras.dense_queries(v_u, r_u, mu), v_t,
-                                  examples, 0.1, prior, chunk=4)
+                                         examples, 0.1, prior, chunk=4)
         want = naive_dense_ranks(v_u, v_t, examples, 0.1, prior, gamma, mu)
         assert got.tolist() == want, (
             f"dense ranks of the query (1 - mu) v_U + mu r_U, r_U = recent_vectors(v_T, histories, decay={gamma}), "
@@ -738,7 +738,7 @@ def test_model_selection_scores_the_first_select_users_or_all_with_zero(small_wo
     # the dense path as reported: the best mean NDCG@10 over the whole grid of (mu, gamma, lambda), by hand
     c = calrec.BUILT_IN
     grid = [(0.0, None, w) for w in c.prior_weights] + [(m, g, w) for m in c.recent_weights[1:]
-                                                         for g in c.recent_decays for w in c.prior_weights]
+                                                        for g in c.recent_decays for w in c.prior_weights]
     for users in (3, 7):
         scores = [sum(per_user(*g)[:users]) / users for g in grid]
         assert validate(users, False) == pytest.approx(max(scores))

@@ -170,7 +170,7 @@ def test_a_handout_of_every_exercise_holds_no_reference_body_nor_a_near_copy(tmp
     handed = list(defs_of(out))
     blanked_everywhere = {w for ex in exercise.EXERCISES for w in ex.functions + ex.hide}
     kept_code = "\n".join(line for file in ("model.py", "data.py", "engine.py", "evaluation.py", "calrec.py",
-                                             "calrec_extras.py", "maml.py") for line in kept_lines(file, blanked_everywhere))
+                                            "calrec_extras.py", "maml.py") for line in kept_lines(file, blanked_everywhere))
     for ex in exercise.EXERCISES:
         for where in ex.functions + ex.hide:
             file, _, qualname = where.partition(":")
@@ -283,7 +283,7 @@ def test_registry_is_well_formed():
         for node_id in ex.tests:
             assert re.fullmatch(r"tests/\w+\.py(::\w+)+", node_id), node_id
             assert re.search(rf"^def {node_id.split('::')[-1]}\(", open(os.path.join(ROOT, node_id.split("::")[0]),
-                                                                      encoding="utf-8").read(), re.M), node_id
+                                                                        encoding="utf-8").read(), re.M), node_id
 
 
 # -----------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_adapt_equals_a_loop_on_a_tanh_mlp():
 def test_adapt_least_squares_closed_form(steps):
     o = least_squares(steps)
     support, query = {"X": torch.tensor(o["Xs"]), "y": torch.tensor(o["ys"])}, {"X": torch.tensor(o["Xq"]),
-                                                                               "y": torch.tensor(o["yq"])}
+                                                                                "y": torch.tensor(o["yq"])}
     for first_order in (False, True):
         theta = torch.tensor(o["theta"]).requires_grad_()
         fast = maml.adapt({"theta": theta}, lsq_loss, support, o["alpha"], steps, first_order=first_order)

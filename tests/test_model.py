@@ -6,9 +6,7 @@ import itertools
 import json
 import math
 import os
-import pickletools
 import struct
-import zipfile
 
 import numpy as np
 import pytest
