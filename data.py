@@ -1,10 +1,8 @@
 """
-Everything that turns files and text into tensors, for both tasks, in this order:
-  1. the tokenizer: a byte-level BPE trained on the task's own text, or GPT-2's `tokenizer.json`;
-  2. CALRec data: the built-in shopping world, readers for the Amazon benchmark folders and the raw Amazon 2018
-     files, the text templates, and batches;
-  3. MAML data: the GLUE reader, the built-in task family, and batches.
-Fetching the real data (`python data.py amazon | glue | few-shot`) lives in download.py.
+Everything that turns files and text into tensors, for both tasks, in this order: 1. the tokenizer, a byte-level
+BPE trained on the task's own text, or GPT-2's `tokenizer.json`; 2. CALRec's data: the built-in shopping world, the
+reader of the Amazon benchmark folders, the text templates and batches; 3. MAML's data: the GLUE reader, the
+built-in task family and batches. Fetching the real data (`python data.py amazon | glue | few-shot`) is download.py.
 """
 
 import functools
@@ -196,7 +194,7 @@ WORLD_DOMAINS = {  # domain -> its chain of (category, base price in dollars)
 
 
 def _colours(b, li):  # the two colours of brand b's product line li
-    return WORLD_COLOURS[(b + li) % 3: (b + li) % 3 + 2]
+    return WORLD_COLOURS[(b + li) % 3:(b + li) % 3 + 2]
 
 
 def _world_catalog(rng, d, name, chain, price_missing, cold_fraction):
@@ -668,18 +666,16 @@ def load_glue(root, names):
 def few_shot_folders(root, name):
     """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
     folder = os.path.join(root, name)
-    if not os.path.isdir(folder):
-        return []
-    seeds = sorted(int(d[3:]) for d in os.listdir(folder) if d.startswith("16-") and d[3:].isdigit())
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    seeds = sorted(int(d[3:]) for d in names if d.startswith("16-") and d[3:].isdigit())
     return [os.path.join(folder, f"16-{s}") for s in seeds]
 
 
 # --- the built-in task family ----------------------------------------------------
 #
-# A made-up language: eight word *kinds* of twelve words each, plus fillers; a sentence is a shuffle of fillers
-# and kind-words. Every task asks about the kinds of a sentence's (or a pair's) words: all need the same knowledge,
-# which word is of which kind, in the encoder (what transfers), and differ in the question, in the head and top
-# layers (what each task adapts). The targets ask new questions (rules and names) about kinds the others teach.
+# A made-up language: eight word *kinds* of twelve words each, and fillers. Every task asks about the kinds of a
+# sentence's (or a pair's) words: all need to know which word is of which kind, in the encoder (what transfers),
+# and differ in the question, in the head (what each task adapts). The targets ask new questions of those kinds.
 
 FAMILY_KINDS, FAMILY_WORDS_PER_KIND, FAMILY_FILLERS = 8, 12, 24
 FAMILY_SENTENCE_LEN = (5, 9)   # words per sentence
@@ -720,8 +716,7 @@ def family_sentence(rng, kinds, fillers, counts):
 
 
 def _family_pair(rng, rule, k, sentence):
-    """The two sentences and label of a pair rule: share k (1 if both hold a word of kind k), same k (1 if both
-    hold as many words of kind k)."""
+    """A pair: share k (1 if both sentences hold a word of kind k), same k (1 if as many words of kind k)."""
     y = rng.randint(0, 1)
     if rule == "share":
         values = (1, 1) if y else rng.choice(((1, 0), (0, 1), (0, 0)))
