@@ -44,8 +44,7 @@ class TextTokenizer:
             raise UserError(f"{path or 'tokenizer'}: has no {EOT} token; train one with train_tokenizer() "
                             "or use GPT-2's tokenizer.json")
         pad, sep = tokenizer.token_to_id(PAD), tokenizer.token_to_id(SEP)
-        self.pad_id = self.eot_id if pad is None else pad
-        self.sep_id = self.eot_id if sep is None else sep
+        self.pad_id, self.sep_id = (self.eot_id if t is None else t for t in (pad, sep))
         self.vocab_size = tokenizer.get_vocab_size()
 
     def encode(self, text):
@@ -68,10 +67,10 @@ class TextTokenizer:
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
         return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
-    def check_fits(self, vocab_size, path=None):
+    def check_fits(self, vocab_size):
         if self.vocab_size > vocab_size:
-            raise UserError(f"{path or self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does "
-                            f"not fit a model with vocab_size={vocab_size}")
+            raise UserError(f"{self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does not fit a "
+                            f"model with vocab_size={vocab_size}")
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
@@ -278,7 +277,7 @@ def _read_atomic_table(path, required):
 
 
 def _read_item_file(path):
-    """X.item (each column besides item_id an attribute) -> attributes, missing values per column, {id: (id, item)}."""
+    """X.item (a column besides item_id: an attribute) -> attributes, missing values per column, {id: (id, item)}."""
     names, rows = _read_atomic_table(path, ["item_id"])
     text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
     if not text_cols:
