@@ -70,18 +70,18 @@ def code_lines(where):
 # every exercise: its graders against its blank, its wrong answers and its hidden functions
 
 
-def grade_variants(names, tmp):
-    """{name: {variant index: [(test, passed)]}}: every grader of these exercises run once per variant of its
-    exercise, in one pytest process (tests/conftest.py)."""
+def grade_variants(of_name, tmp):
+    """{name: {variant index: [(test, passed)]}}: every grader of these exercises ({name: its variants}) run once
+    per variant of its exercise, in one pytest process (tests/conftest.py)."""
     variants = {}  # node id -> [["EX=name=index", variant], ...]
-    for name in names:
+    for name, its_variants in of_name.items():
         for test in exercise.exercise_named(name).tests:
-            variants.setdefault(test, []).extend([f"EX={name}={i}", v] for i, v in enumerate(variants_of(name)))
+            variants.setdefault(test, []).extend([f"EX={name}={i}", v] for i, v in enumerate(its_variants))
     path, report = tmp / "variants.json", tmp / "report.xml"
     path.write_text(json.dumps(variants), encoding="utf-8")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
                     *variants], cwd=ROOT, capture_output=True, env=dict(ENV, EXERCISE_VARIANTS=str(path)))
-    out = {name: {} for name in names}
+    out = {name: {} for name in of_name}
     for case in ET.parse(report).iter("testcase") if report.exists() else ():
         m = re.search(r"EX=([\w-]+)=(\d+)", case.get("name"))
         if m:
@@ -103,8 +103,10 @@ def graded(request, tmp_path_factory):
     names = [item.callspec.params["name"] for item in request.session.items
              if getattr(item, "originalname", None) == "test_graders_catch_the_blank_and_every_wrong_answer"]
     cores = min(os.cpu_count() or 1, len(names)) or 1
+    of_name = {name: variants_of(name) for name in names}  # here, not in the threads: ast.parse is not thread-safe
     pool = ThreadPoolExecutor(max_workers=cores)
-    shares = [pool.submit(grade_variants, names[c::cores], tmp_path_factory.mktemp(f"share{c}")) for c in range(cores)]
+    shares = [pool.submit(grade_variants, {n: of_name[n] for n in names[c::cores]},
+                          tmp_path_factory.mktemp(f"share{c}")) for c in range(cores)]
     yield {name: share for share in shares for name in names[shares.index(share)::cores]}
     pool.shutdown(cancel_futures=True)
 
