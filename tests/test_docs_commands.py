@@ -110,8 +110,8 @@ def test_the_docs_real_data_commands_work_as_written(server, tmp_path, monkeypat
     for argv in amazon:  # python data.py ...: parsed as data.py parses it, fetched from the local server
         args = download.build_parser().parse_args(argv)
         if args.command == "amazon":
-            download.prepare_amazon(args.categories, args.out, base_url=server.url + \
-                                    "/amazon", min_count=args.min_count)
+            download.prepare_amazon(args.categories, args.out, base_url=server.url + "/amazon",
+                                    min_count=args.min_count)
         elif args.command == "glue":
             download.prepare_glue(args.out, args.tasks, base_url=server.url + "/glue/", mrpc_url=server.url + "/senteval/",
                                   mrpc_dev_ids_url=server.url + "/mrpc_dev_ids.tsv", expected_rows=None)

@@ -107,7 +107,7 @@ def graded(request, tmp_path_factory):
     pool = ThreadPoolExecutor(max_workers=cores)
     shares = [pool.submit(grade_variants, {n: of_name[n] for n in names[c::cores]},
                           tmp_path_factory.mktemp(f"share{c}")) for c in range(cores)]
-    yield {name: share for share in shares for name in names[shares.index(share)::cores]}
+    yield {name: shares[i % cores] for i, name in enumerate(names)}  # names[c::cores] went to shares[c]
     pool.shutdown(cancel_futures=True)
 
 

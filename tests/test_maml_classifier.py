@@ -225,8 +225,8 @@ def test_a_glue_folder_reports_dev_and_runs_the_16_shot_folders(tmp_path):
     assert set(out["targets"]["RTE"]["none"]) == {"8", "16-shot"} and "16-shot" not in out["targets"]["STS-B"]["none"]
     assert set(out["targets"]["STS-B"]["none"]["8"]) >= {"pearson", "spearman"}
     with pytest.raises(maml.UserError, match="setting targets: QNLI: .* is not there"):
-        maml.prepare(dataclasses.replace(cfg, targets=("QNLI",)), str(
-            tmp_path / "glue"), str(tmp_path / "no"), 0, "cpu")
+        maml.prepare(dataclasses.replace(cfg, targets=("QNLI",)), str(tmp_path / "glue"), str(tmp_path / "no"),
+                     0, "cpu")
 
 
 def test_configs_show_every_field():
