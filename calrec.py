@@ -286,7 +286,6 @@ class BM25:
 
         Best first; equal scores go by document index, lower first. Scores are >= 0, and a float32 >= 0 orders
         like its bits read as an integer, so the key (bits << 32) - index sorts by score, then by index.
-        `chunk` queries are scored at a time, so memory does not grow with the number of queries.
         """
         index = torch.arange(self.matrix.size(0))                        # (D,)
         out = []
@@ -297,8 +296,7 @@ class BM25:
             key -= index
             top = torch.topk(key, min(depth, s.size(1)), dim=1).indices  # (n, depth)
             vals = s.gather(1, top)                                      # (n, depth), descending
-            for idx, v, n in zip(top.tolist(), vals.tolist(), (vals > 0).sum(1).tolist()):
-                out.append((idx[:n], v[:n]))
+            out += [(idx[:n], v[:n]) for idx, v, n in zip(top.tolist(), vals.tolist(), (vals > 0).sum(1).tolist())]
         return out
 
 
@@ -322,29 +320,22 @@ def merge_round_robin(lists, list_scores, exclude, k):
     return taken
 
 
-def beam_batches(lm, builder, tokenizer, examples, catalog, beams, batch, trie=None, show=False):
-    """Beam search after the prompt of every example, `batch` users at a time: yields (chunk of examples, per user
-    its beams as (tokens, score), the beams' texts). catalog: the global indices of the target domain's items;
-    examples use local ones (positions in catalog). trie: constrained decoding (section 6)."""
-    lm.eval()
-    for s in tqdm(range(0, len(examples), batch), desc="beam search", disable=not show, leave=False):
-        chunk = examples[s:s + batch]
-        prompts = [builder.prompt([catalog[i] for i in hist]) for hist, _ in chunk]
-        found = lm.beam_search(prompts, beams, builder.room, tokenizer.eot_id, allowed_next=trie)
-        yield chunk, found, tokenizer.decode_batch([tokens for user in found for tokens, _ in user])
-
-
 def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, trie=None, show=False):
-    """Ranks of the targets in the top-k lists that beam search writes. The paper grounds the beams in the
-    catalog with BM25 (bm25_lists); with a trie (calrec_extras.CatalogTrie, beyond the paper) beam search can only
-    write catalog items, taken in order of beam score. Also returns the best beam of the first users."""
+    """Ranks of the targets in the top-k lists that beam search writes after each example's prompt, eval_batch
+    users at a time. The paper grounds the beams in the catalog with BM25 (bm25_lists); with a trie
+    (calrec_extras.CatalogTrie, beyond the paper) beam search can only write catalog items, taken in order of beam
+    score. catalog: the global indices of the target domain's items; examples use local ones (positions in
+    catalog). Also returns the best beam of the first users."""
+    lm.eval()
     lists, samples = [], []
     beams = cfg.beams if trie is None else cfg.constrained_beams
-    for chunk, found, texts in beam_batches(lm, builder, tokenizer, examples, catalog, beams, cfg.eval_batch, trie,
-                                            show):
-        histories = [hist for hist, _ in chunk]
-        lists += bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None else \
-            trie.ranked_items(found, histories, cfg.top_k)
+    for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):
+        histories = [hist for hist, _ in examples[s:s + cfg.eval_batch]]
+        prompts = [builder.prompt([catalog[i] for i in hist]) for hist in histories]
+        found = lm.beam_search(prompts, beams, builder.room, tokenizer.eot_id, allowed_next=trie)
+        texts = tokenizer.decode_batch([tokens for user in found for tokens, _ in user])
+        lists += (bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None
+                  else trie.ranked_items(found, histories, cfg.top_k))
         samples.append(texts[0])
     return ev.ranks_from_lists(lists, [t for _, t in examples]), samples[:3]
 

@@ -3,8 +3,7 @@ CALRec beyond the paper: what this project adds to the paper's method, each repo
 every table (docs/calrec.md section 2 says why each is here and what it buys on validation).
 
   - the recent items and the popularity prior of the dense path (calrec.py section 6 ranks the catalog by the
-    towers' cosine): q_U = (1 - mu) v_U + mu r_U, scored cos(q_U, v_T) / tau + lambda log(1 + n_j), the weights
-    chosen on validation; with recent_in_loss, L_UT trains q_U itself;
+    towers' cosine): item j scored cos(q_U, v_T_j) / tau + lambda log(1 + n_j), both terms explained below;
   - catalog beams: beam search that can only write the catalog's items;
   - the generator check: which text the LM prefers to write after a prompt.
 """
@@ -79,7 +78,7 @@ def choose_dense_weights(v_u, v_t, examples, tau, log_counts, mus, decays, lams,
             for w in lams:
                 ranks[m, g, w].append(ev.ranks_from_scores(cos + w * log_counts, targets, part))
     ndcg = {c: ev.rank_metrics(torch.cat(r))["ndcg@10"] for c, r in ranks.items()}
-    return max(grid, key=lambda c: (ndcg[c], -grid.index(c))), ndcg
+    return max(grid, key=ndcg.get), ndcg  # max keeps the first of equals
 
 
 def describe_dense_weights(mu, gamma, lam):
@@ -160,7 +159,7 @@ def generator_check(lm, builder, eot_id, examples, catalog, popular, device):
     prompts = [builder.prompt([catalog[i] for i in hist]) for hist, _ in examples]
     def log_p(items):
         return text_log_probs(lm, prompts, [builder.item_ids[catalog[i]] + [eot_id] for i in items], device)
-    target, last, top = log_p([t for _, t in examples]), log_p([hist[-1] for hist, _ in examples]), \
-        log_p([popular] * len(examples))
+    target, last = log_p([t for _, t in examples]), log_p([hist[-1] for hist, _ in examples])
+    top = log_p([popular] * len(examples))
     return dict(next_item=target.mean().item(), last_item=last.mean().item(), most_popular=top.mean().item(),
                 popular_beats_next=(top > target).double().mean().item(), users=len(examples))

@@ -467,10 +467,8 @@ def fitted_item_texts(items, max_words, tokenizer, max_tokens):
 
 def history_prompt(texts):
     """The prompt over the item texts of a history; it ends where the next item's text goes."""
-    s = HISTORY_HEADER
-    for k, t in enumerate(texts):
-        s += (FIRST_ITEM if k == 0 else NEXT_ITEM) + " " + t + ITEM_END
-    return s + NEXT_ITEM
+    items = "".join((FIRST_ITEM if k == 0 else NEXT_ITEM) + " " + t + ITEM_END for k, t in enumerate(texts))
+    return HISTORY_HEADER + items + NEXT_ITEM
 
 
 class PromptBuilder:
@@ -492,7 +490,6 @@ class PromptBuilder:
                             f"{self.room - 1} tokens; raise block_size or lower max_item_tokens")
 
     def _kept(self, history):
-        """The most recent items of `history` whose prompt leaves room for the longest target."""
         prefix = max(len(self.first), len(self.next))  # which item comes first is known only at the end
         kept, used = [], 0
         for i in reversed(history[-self.max_history:]):
@@ -503,8 +500,7 @@ class PromptBuilder:
         return kept[::-1]
 
     def _assemble(self, items):
-        """The header, each item as 'The first/next purchased item is as follows: <item>.\n', then the prefix of
-        the next item -> the ids and where each item's tokens sit, [(start, end), ...]."""
+        """history_prompt of `items` as ids, and where each item's tokens sit: [(start, end), ...]."""
         ids, spans = list(self.header), []
         for k, i in enumerate(items):
             ids += self.first if k == 0 else self.next

@@ -454,9 +454,8 @@ def build_parser():
 
     a = command(
         "amazon", "Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
-        "Fetch each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and McAuley, EMNLP\n"
-        "2019), apply the spec's protocol (items without a title dropped, time order, de-duplication, iterative\n"
-        "k-core, leave-one-out) and write <out>/<category>/, a RecBole/UniSRec benchmark folder.",
+        "Each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and McAuley, EMNLP 2019), by\n"
+        "the protocol of docs/calrec.md section 3 -> <out>/<category>/, a RecBole/UniSRec benchmark folder.",
         "  python data.py amazon Industrial_and_Scientific Video_Games --out data/amazon\n"
         "  python train.py --task calrec --data data/amazon/Video_Games data/amazon/Industrial_and_Scientific")
     a.add_argument("categories", nargs="+", metavar="CATEGORY",
@@ -471,9 +470,8 @@ def build_parser():
 
     g = command(
         "glue", "the official GLUE files -> one folder per task for --task maml",
-        "Fetch GLUE's official archives from dl.fbaipublicfiles.com (MRPC: built as GLUE's download script builds\n"
-        "it), check them (zip CRCs, every line parsed, the official row counts), drop the unlabelled test files and\n"
-        "write <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
+        "GLUE's official archives (MRPC: built as GLUE's download script builds it), every line parsed, less the\n"
+        "unlabelled test files -> <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
         "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
         "  python train.py --task maml --data data/glue")
     g.add_argument("--tasks", type=task_list, default=list(GLUE_TASKS),

@@ -377,8 +377,8 @@ class RunState:
     def restore_loop(self, phase, net, optimizer, rng):
         """Put back the saved loop of `phase`: returns (start step, best, more) for train_and_select, or
         (0, None, {}) for a fresh start."""
-        saved = self.current if self.current and self.current["phase"] == phase else None
-        if saved is None:
+        saved = self.current
+        if not saved or saved["phase"] != phase:
             return 0, None, {}
         net.load_state_dict(saved["weights"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -414,6 +414,15 @@ def rank_and_world():
     return 0, 1
 
 
+def all_reduce_sum(x):
+    """Sum of a tensor over processes (no gradient): e.g. the global number of target tokens."""
+    _, world = rank_and_world()
+    if world > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+    return x
+
+
 class GatherRows(torch.autograd.Function):
     """All-gather of rows with a backward: each process gets the gradient of its own rows, summed over the losses
     of every process (each process's loss reads every row). Processes may hold different numbers of rows."""
@@ -433,9 +442,7 @@ class GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)                                    # sum over every process's loss
-        return grad[ctx.start:ctx.start + ctx.rows]                           # this process's rows
+        return all_reduce_sum(grad.contiguous())[ctx.start:ctx.start + ctx.rows]  # this process's rows, summed
 
 
 def gather_rows(x):
@@ -443,15 +450,6 @@ def gather_rows(x):
     owns each row. What contrastive losses need so that negatives span the global batch."""
     _, world = rank_and_world()
     return x if world == 1 else GatherRows.apply(x)  # for tensors without gradients (item ids) just the gather
-
-
-def all_reduce_sum(x):
-    """Sum of a tensor over processes (no gradient): e.g. the global number of target tokens."""
-    _, world = rank_and_world()
-    if world > 1:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-    return x
 
 
 def average_gradients(params):
@@ -476,7 +474,7 @@ def pick_device(name, mps=True):
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
-        if mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if mps and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -531,8 +529,7 @@ def setup_logging(rank):
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
-    console = ConsoleHandler()
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console = ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING)
     WARNINGS.messages.clear()
     root.addHandler(console)
     root.addHandler(WARNINGS)
@@ -547,7 +544,7 @@ def open_log_file(out_dir, argv, resume):
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     logging.getLogger().addHandler(handler)
-    command = "python train.py " + " ".join(shlex.quote(a) for a in argv)
+    command = "python train.py " + shlex.join(argv)
     when = datetime.datetime.now().isoformat(timespec="seconds")
     handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
     return handler

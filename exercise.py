@@ -315,42 +315,27 @@ def grade_handout(folder, names):
 
 
 # -----------------------------------------------------------------------------
-# 4. the experiments of docs/experiments.md: their commands, and the tables of their answers
-
-CALREC = "python train.py --task calrec --stages {} --set baselines=false {} --out-dir out/exp{}"
-SIX = """python -c "
-import torch, maml
-g = torch.Generator().manual_seed(0)
-params = {k: v.requires_grad_() for k, v in maml.sine_mlp_init(g).items()}
-amp, phase = maml.sine_tasks(8, g)
-support, query = maml.sine_points(amp, phase, 10, g), maml.sine_points(amp, phase, 10, g)
-grads = {}
-for first_order in (False, True):
-    for lr in (0.0, 0.01):
-        loss = maml.meta_loss_vmap(params, maml.sine_loss, [support], query, lr, 1, first_order)
-        grads[first_order, lr] = torch.autograd.grad(loss, list(params.values()))
-for lr in (0.0, 0.01):
-    diff = max((a - b).abs().max().item() for a, b in zip(grads[False, lr], grads[True, lr]))
-    print(f'inner_lr {lr}: largest difference between second- and first-order meta-gradients {diff:.2e}')
-\""""
-EXPERIMENTS = {  # number -> its commands, as docs/experiments.md shows them
-    1: [CALREC.format(s, "--set stage1_steps=120 --set stage2_steps=120", f"1/{s}") for s in ("1", "2", "both")],
-    2: [CALREC.format(2, "--set stage2_steps=150", "2/all"),
-        CALREC.format(2, "--set stage2_steps=150 --alpha 0 --beta 0", "2/nig")],
-    3: [CALREC.format(2, f"--set stage2_steps=150 --tau {t}", f"3/tau{t}") for t in ("0.02", "0.05", "0.2")],
-    4: [CALREC.format(2, "--set stage2_steps=150", "4/every"),
-        CALREC.format(2, "--set stage2_steps=150 --set every_position=false", "4/last")],
-    5: ["python train.py --task sinusoid --set steps=1500 --out-dir out/exp5"],
-    6: [SIX],
-}
+# 4. the experiments of docs/experiments.md: their commands are the page's, and the tables of their answers
 
 
-def answer(number, output):
+def experiment_commands(doc):
+    """{N: commands} of each "## N." section of docs/experiments.md that has an answer (<!-- answer N -->): a line of
+    its ```bash blocks is a command, but a `python -c "` command runs on to the first line that ends in '"'."""
+    parts = re.split(r"^## (\d+)\. ", doc.partition("\n## Answers")[0], flags=re.M)[1:]  # N, its text, N, ...
+    commands = {}
+    for number, text in zip(parts[::2], parts[1::2]):
+        if f"<!-- answer {number} -->" in doc:
+            script = "".join(re.findall(r"```bash\n(.*?)```", text, re.S))
+            commands[int(number)] = re.findall(r'^python -c ".*?"$|^[^\n]+$', script, re.S | re.M)
+    return commands
+
+
+def answer(number, commands, output):
     """An experiment's answer, as docs/experiments.md holds it: a table from its runs' results.json, or what its
     command printed."""
     if number == 6:
         return output.strip()
-    dirs = [cmd.split("--out-dir ")[1].split()[0] for cmd in EXPERIMENTS[number]]
+    dirs = [cmd.split("--out-dir ")[1].split()[0] for cmd in commands]
     res = {d: json.load(open(os.path.join(ROOT, d, "results.json"), encoding="utf-8")) for d in dirs}
     if number == 5:
         methods = res[dirs[0]]["methods"]
@@ -367,13 +352,14 @@ def experiments(write):
     """Run every experiment of docs/experiments.md, print its answer, and say which of the doc's answers no longer
     match (each stands between <!-- answer N --> and <!-- end -->); with write, put the new ones in the doc."""
     doc, stale = read(ROOT, "docs/experiments.md"), []
-    for number, commands in EXPERIMENTS.items():
+    for number, commands in experiment_commands(doc).items():
         output = ""
         for cmd in commands:
             print(f"$ {cmd}", flush=True)
             output = subprocess.run([sys.executable] + shlex.split(cmd)[1:], cwd=ROOT, check=True,
                                     capture_output=True, text=True).stdout
-        new, old = answer(number, output), re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
+        new = answer(number, commands, output)
+        old = re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
         print(new)
         if old is None or old.group(1).strip() != new:
             stale.append(number)

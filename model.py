@@ -103,11 +103,8 @@ class CausalSelfAttention(nn.Module):
         """x: (B, T, C). mask: (B, 1, T, T_keys) bool, True = may attend; None: plain causal attention (for one
         new token, attention to every key). cache: a KVCache that stores this layer's new keys and values."""
         B, T, C = x.size()  # batch, sequence length, embedding dim
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs) each
+                   for t in self.c_attn(x).split(C, dim=2))
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, nh, T_keys, hs): every position so far, these included
         dropout_p = self.dropout if self.training else 0.0
@@ -223,11 +220,10 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
+        # (a LayerNorm starts as weight 1, bias 0 already)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, LayerNorm):
-            torch.nn.init.ones_(module.weight)
-        if isinstance(module, (nn.Linear, LayerNorm)) and module.bias is not None:
+        if isinstance(module, nn.Linear) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding=True):
@@ -238,12 +234,8 @@ class GPT(nn.Module):
     # --- the forward pass -------------------------------------------------------
 
     def _run(self, idx, pos, mask=None, cache=None):
-        """The transformer proper, shared by training and generation.
-
-        idx, pos: (B, T) tokens and their positions. mask: (B, 1, T, T_keys) bool, or None for plain causal
-        attention (or, for one new token, attention to every key). cache: a KVCache holding the keys and
-        values of earlier positions, or None. Returns hidden states (B, T, C) after the final LayerNorm.
-        """
+        """The transformer proper, shared by training and generation: hidden states (B, T, C) after the final
+        LayerNorm. idx, pos: (B, T) tokens and their positions; mask, cache: as in CausalSelfAttention.forward."""
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, layer)
@@ -267,20 +259,17 @@ class GPT(nn.Module):
         """Logits (B, T, V) and, when targets (B, T) are given, the mean cross-entropy over the positions
         whose target is not ignore_index (mark prompt and padding positions with it).
         targets[b, t] is the token that should follow idx[b, t]: the caller shifts."""
-        h = self.hidden_states(idx, attention_mask)
-        logits = self.lm_head(h)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=ignore_index)
-        return logits, loss
+        logits = self.lm_head(self.hidden_states(idx, attention_mask))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                       ignore_index=ignore_index)
 
     def configure_optimizers(self, lr, weight_decay=0.1, betas=(0.9, 0.95)):
         """AdamW; weight decay on matrices only (not on biases, LayerNorm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+                  dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
     # --- generation ----------------------------------------------------------------
@@ -406,17 +395,15 @@ class GPT(nn.Module):
         return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 
     def _beam_start(self, prompt, prompt_mask, K, max_new_tokens, use_cache):
-        """The prompt pass: log-probabilities (B, V) of the first new token; with the cache, also the KVCache
-        holding each prompt once and `visible` (B, K, slots) bool, the cache slots each beam attends to."""
-        (B, T), device = prompt.shape, prompt.device
-        if not use_cache:
-            return F.log_softmax(self.lm_head(self.hidden_states(prompt, prompt_mask)[:, -1]).float(), -1), None, None
-        slots = T + K * max_new_tokens                         # the prompt, then K slots per new token
-        cache = KVCache(self.config, B, slots, device, self.transformer.wte.weight.dtype)
-        pos = (prompt_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-        mask = None if prompt_mask.all() else attention_mask_4d(prompt_mask, 0, T)
-        logp = F.log_softmax(self.lm_head(self._run(prompt, pos, mask, cache)[:, -1]).float(), -1)
-        visible = torch.zeros(B, K, slots, dtype=torch.bool, device=device)
+        """The prompt pass, generate's (_next_logits): log-probabilities (B, V) of the first new token; with the
+        cache, also the KVCache holding each prompt once and `visible` (B, K, slots) bool, the cache slots each
+        beam attends to."""
+        (B, T), slots = prompt.shape, prompt.size(1) + K * max_new_tokens  # the prompt, then K slots per new token
+        logits, cache = self._next_logits(prompt, prompt_mask, None, None, use_cache, capacity=slots)
+        logp = F.log_softmax(logits.float(), -1)
+        if cache is None:
+            return logp, None, None
+        visible = torch.zeros(B, K, slots, dtype=torch.bool, device=prompt.device)
         visible[:, :, :T] = prompt_mask[:, None, :]            # every beam sees the prompt's real tokens
         return logp, cache, visible
 
@@ -583,11 +570,9 @@ def load_torch(path, what="a checkpoint"):
         raise UserError(f"{path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e):  # the file asks for a class or function by name
+    except Exception as e:  # torch raises several types for a file that is not its own, or truncated
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):  # it asks for a class or function by name
             raise UserError(f"{path}: refused: unpickling it would create Python objects other than tensors and "
                             "plain values, which can run code; this project loads only its own checkpoints "
                             "and plain weight files") from None
-        raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None
-    except Exception:  # torch raises several types for a file that is not its own, or truncated
         raise UserError(f"{path}: cannot be read as {what} (not a file torch.save wrote, or a damaged one)") from None

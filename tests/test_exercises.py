@@ -292,13 +292,15 @@ def test_registry_is_well_formed():
 # the experiments of docs/experiments.md: its commands are the runner's, and the runner reports stale answers
 
 
-def test_the_experiments_page_shows_the_runners_commands():
+def test_the_runner_reads_each_answered_experiments_commands_from_the_page():
     text = open(os.path.join(ROOT, "docs", "experiments.md"), encoding="utf-8").read()
-    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
-    for number, commands in exercise.EXPERIMENTS.items():
-        for cmd in commands:
-            assert cmd in blocks, f"experiment {number}: {cmd[:80]}"
-        assert f"<!-- answer {number} -->" in text, number
+    commands = exercise.experiment_commands(text)
+    assert {n: len(c) for n, c in commands.items()} == {1: 3, 2: 2, 3: 3, 4: 2, 5: 1, 6: 1}  # 7 has no answer
+    assert commands[1][2] == ("python train.py --task calrec --stages both --set baselines=false --set "
+                              "stage1_steps=120 --set stage2_steps=120 --out-dir out/exp1/both")
+    assert commands[6][0].startswith('python -c "\nimport torch, maml\n') and commands[6][0].endswith('\n"')
+    assert commands[6][0].count("\n") == 14  # the whole script (15 lines), one command
+    assert all("--out-dir out/exp" in c for n in range(1, 6) for c in commands[n])
 
 
 def test_experiments_report_the_answers_that_no_longer_match(tmp_path, monkeypatch, capsys):
@@ -311,11 +313,13 @@ def test_experiments_report_the_answers_that_no_longer_match(tmp_path, monkeypat
     table = "| run | generative+BM25 | catalog beams | dense |\n|---|---|---|---|\n| `out/exp1/both` | 0.500 | 0.250 | 0.125 |"
     (tmp_path / "docs").mkdir()
     doc = tmp_path / "docs" / "experiments.md"
-    doc.write_text(f"<!-- answer 1 -->\n{table}\n<!-- end -->\ntext\n<!-- answer 6 -->\n41\n<!-- end -->\n")
+    page = ("## 1. One\n\n```bash\npython -c pass --out-dir out/exp1/both\n```\n\n"
+            '## 6. Six\n\n```bash\npython -c "\nprint(42)\n"\n```\n\n'
+            '## 7. No answer\n\n```bash\npython -c "import sys; sys.exit(3)"\n```\n\n## Answers\n\n')
+    answers = "<!-- answer 1 -->\n{}\n<!-- end -->\ntext\n<!-- answer 6 -->\n{}\n<!-- end -->\n"
+    doc.write_text(page + answers.format(table, 41))
     monkeypatch.setattr(exercise, "ROOT", str(tmp_path))
-    monkeypatch.setattr(exercise, "EXPERIMENTS", {1: ["python -c pass --out-dir out/exp1/both"],
-                                                  6: ['python -c "print(42)"']})
     assert exercise.experiments(write=False) == 1
     assert "no longer match docs/experiments.md: [6]" in capsys.readouterr().out
     assert exercise.experiments(write=True) == 0
-    assert doc.read_text() == f"<!-- answer 1 -->\n{table}\n<!-- end -->\ntext\n<!-- answer 6 -->\n42\n<!-- end -->\n"
+    assert doc.read_text() == page + answers.format(table, 42)
