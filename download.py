@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split
-from engine import Parser, check_out_dir
+from engine import Parser, check_out_dir, positive_int
 from model import UserError
 
 log = logging.getLogger(__name__)
@@ -434,11 +434,6 @@ def build_parser():
     def command(name, summary, description, example):
         return commands.add_parser(name, help=summary, description=description, epilog="example:\n" + example,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-
-    def positive_int(text):
-        if not text.isdigit() or int(text) == 0:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-        return int(text)
 
     def seed_list(text):
         if not all(s.strip().isdigit() for s in text.split(",")):

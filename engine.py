@@ -157,6 +157,13 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python {self.prog.split()[0]} --help)")
 
 
+def positive_int(text):
+    """An argparse type: a whole number above 0."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def check_out_dir(path, flag, outputs=()):
     """A folder we can write to, or a path where one can be made, holding no folder where a run writes a file."""
     if not path.strip():

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import calrec  # noqa: E402
 import maml  # noqa: E402
 from engine import (Parser, apply_settings, check_out_dir, format_value, open_log_file, pick_device,  # noqa: E402
-                    seed_everything, setup_distributed, setup_logging, show_config)
+                    positive_int, seed_everything, setup_distributed, setup_logging, show_config)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -60,12 +60,6 @@ class Once(argparse.Action):
 def seed(text):
     if not text.isdigit() or int(text) > SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}")
-    return int(text)
-
-
-def positive_int(text):
-    if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
 
 
