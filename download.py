@@ -431,7 +431,7 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
 
-    def command(name, summary, description, example):
+    def add_command(name, summary, description, example):
         return commands.add_parser(name, help=summary, description=description, epilog="example:\n" + example,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
@@ -447,7 +447,7 @@ def build_parser():
                 raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
         return names
 
-    a = command(
+    a = add_command(
         "amazon", "Amazon Review Data 2018 categories -> benchmark folders for --task calrec",
         "Each category's 5-core reviews and metadata (Amazon Review Data 2018, Ni, Li and McAuley, EMNLP 2019), by\n"
         "the protocol of docs/calrec.md section 3 -> <out>/<category>/, a RecBole/UniSRec benchmark folder.",
@@ -463,7 +463,7 @@ def build_parser():
                    help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
                         "file:// works) (default: %(default)s)")
 
-    g = command(
+    g = add_command(
         "glue", "the official GLUE files -> one folder per task for --task maml",
         "GLUE's official archives (MRPC: built as GLUE's download script builds it), every line parsed, less the\n"
         "unlabelled test files -> <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
@@ -473,7 +473,7 @@ def build_parser():
                    help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
     g.add_argument("--out", default="data/glue", help="where the task folders go (default: %(default)s)")
 
-    f = command(
+    f = add_command(
         "few-shot", "LM-BFF's k-shot splits of GLUE's training files",
         "Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv: for each\n"
         "seed, k training and k validation examples per label, in <out>/<task>/<k>-<seed>/.\n"
