@@ -312,11 +312,11 @@ def merge_round_robin(lists, list_scores, exclude, k):
         round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
         round_p.sort(key=lambda c: (-c[0], c[1]))
         for _, _, item in round_p:
+            if len(taken) >= k:                                          # k taken (k = 0: none at all)
+                return taken
             if item not in seen:
                 seen.add(item)
                 taken.append(item)
-                if len(taken) == k:
-                    return taken
     return taken
 
 

@@ -19,6 +19,7 @@ import data
 import engine
 import evaluation as ev
 import model as gpt
+from oracles import gradients_match_finite_differences, leaves_inputs_alone
 
 
 # -----------------------------------------------------------------------------
@@ -53,6 +54,32 @@ def test_info_nce_equals_naive_loop():
         assert got == pytest.approx(want, rel=1e-9), (
             f"info_nce of 7 queries against their 7 keys (rows 0 and 6, 1 and 3 share an item), tau={tau}: expected "
             f"{want:.9f} (a naive loop over the rows), got {got:.9f}")
+    # float32 at a small tau: a cosine near 1 is a logit near 100 at tau = 0.01, and exp(100) overflows float32 (its
+    # largest value is about e^88.7): the log-sum-exp must be taken stably. In 3 dimensions many cosines are near 1
+    q = F.normalize(torch.randn(6, 3), dim=-1)
+    k = F.normalize(torch.cat([q[:1], torch.randn(8, 3)]), dim=-1)  # row 0's positive is its query: cosine 1
+    ids = torch.tensor([0, 1, 2, 0, 3, 4, 5, 1, 6])                 # rows 0 and 3 share an item; extra key 7 is row 1's
+    for tau in (0.01, 0.005):
+        want = naive_info_nce(q.double(), k.double(), ids.tolist(), tau)  # float64: e^200 is far from overflowing
+        got = calrec.info_nce(q, k, ids, tau)
+        assert got.dtype == torch.float32 and got.item() == pytest.approx(want, rel=1e-4, abs=1e-4), (
+            f"info_nce of float32 unit vectors (6 queries, 9 keys, cosines up to 1), tau={tau}: expected {want:.6f} "
+            f"(a naive loop in float64), got {got.item():.6f} ({got.dtype}; exp(cos / tau) overflows float32 unless "
+            f"the row's largest logit is taken out first)")
+    # every tensor made on the inputs' device: the inputs on the CPU while new tensors go by default to the "meta"
+    # device (shapes, no data), so one made without device= cannot meet them, as it could not on a GPU
+    q, k, ids = torch.eye(4, 3), torch.eye(6, 3), torch.tensor([0, 1, 2, 3, 4, 5])
+    try:
+        with torch.device("meta"):
+            loss = calrec.info_nce(q, k, ids, 0.1)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"info_nce of 4 queries and 6 keys on the CPU, with the default device set to 'meta': "
+                             f"{e} (a tensor made without device=?)") from None
+    assert loss.device == q.device and loss.shape == (), (
+        f"info_nce on the CPU with the default device 'meta': expected a scalar on the CPU, got {tuple(loss.shape)} "
+        f"on {loss.device}")
 
 
 def test_duplicate_targets_are_not_negatives():
@@ -122,6 +149,26 @@ def test_loss_mixture_by_hand():
     assert loss.item() == pytest.approx(want, rel=1e-9), f"{with_extra}: expected {want:.10g}, got {loss.item():.10g}"
 
 
+def test_loss_mixture_gradients_match_finite_differences():
+    # the loss is a graph of every input: its gradient reaches L_NIG, v_U, v_T|U and v_T (a term detached keeps its
+    # value, not its gradient); finite differences in float64 against autograd
+    torch.manual_seed(6)
+    P, C = 4, 3
+    v_u, v_tu = torch.randn(P, C), torch.randn(P, C)
+    v_t = torch.randn(P + 2, C)                                     # two extra negative items
+    items = torch.tensor([4, 2, 4, 7, 1, 9])
+    for alpha, beta, over_users in ((0.2, 0.3, False), (0.2, 0.3, True), (0.0, 0.5, False), (0.25, 0.0, True)):
+        def loss_of(l_nig, v_u, v_tu, v_t):
+            return calrec.calrec_loss(l_nig, F.normalize(v_u, dim=-1), F.normalize(v_tu, dim=-1),
+                                      F.normalize(v_t, dim=-1), items, alpha, beta, 0.1, over_users=over_users)[0]
+        try:
+            gradients_match_finite_differences(loss_of, torch.tensor(3.0), v_u, v_tu, v_t)
+        except RuntimeError as e:                                    # gradcheck's GradcheckError is one
+            pytest.fail(f"the gradients of calrec_loss (alpha={alpha}, beta={beta}, over_users={over_users}) with "
+                        f"respect to L_NIG, v_U, v_T|U and v_T: expected finite differences' (every term in the graph),"
+                        f" got others: {str(e).splitlines()[0]}")
+
+
 def test_user_and_target_vectors_are_means_over_their_spans():
     torch.manual_seed(2)
     h = torch.randn(2, 9, 3, dtype=torch.float64)
@@ -139,6 +186,16 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             assert torch.allclose(got, want, rtol=1e-7, atol=1e-7), (
                 f"{name}, span {p} (row {b}, the item at positions {s} to {e - 1}): expected the normalised mean of h "
                 f"over {span}, {[round(x, 6) for x in want.tolist()]}, got {[round(x, 6) for x in got.tolist()]}")
+    # a span may start at position 0: target_vectors alone needs no prompt before it
+    rows, starts, ends = torch.tensor([1, 0]), torch.tensor([0, 0]), torch.tensor([4, 9])
+    got = calrec.target_vectors(h, rows, starts, ends)
+    for p, (b, e) in enumerate(zip(rows.tolist(), ends.tolist())):
+        item = sum(h[b, t] for t in range(e)) / e
+        want = item / item.norm()
+        assert torch.allclose(got[p], want, rtol=1e-7, atol=1e-7), (
+            f"target_vectors, span {p} (row {b}, positions 0 to {e - 1}: a span that starts the row): expected the "
+            f"normalised mean of h over them, {[round(x, 6) for x in want.tolist()]}, got "
+            f"{[round(x, 6) for x in got[p].tolist()]}")
 
 
 # -----------------------------------------------------------------------------
@@ -174,6 +231,42 @@ def test_bm25_matches_hand_computed_scores():
         f" got {hits[0][0]} and {hits[1][0]}")
 
 
+def naive_bm25(documents, query, k1, b):
+    """BM25 of `query` on each document, one document and one query word (repeats too) at a time:
+    sum_w idf(w) tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl)), idf(w) = ln(1 + (N - n_w + 0.5) / (n_w + 0.5)),
+    |d| the document's number of words as the analyser (calrec.words) reads them, avgdl their mean."""
+    docs = [calrec.words(d) for d in documents]
+    avgdl = sum(len(d) for d in docs) / len(docs)
+    out = []
+    for d in docs:
+        total = 0.0
+        for w in calrec.words(query):
+            n = sum(w in other for other in docs)
+            tf = d.count(w)
+            if tf:                                                  # a word the document lacks adds nothing
+                idf = math.log(1 + (len(docs) - n + 0.5) / (n + 0.5))
+                total += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avgdl))
+        out.append(total)
+    return out
+
+
+def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
+    # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all
+    docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "?!"]
+    queries = ["red", "apple pie red", "car door door", "nothing here", "s"]
+    for k1, b in ((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0)):
+        s = calrec.BM25(docs, k1=k1, b=b).scores(queries)
+        assert tuple(s.shape) == (len(queries), len(docs)), (
+            f"BM25(k1={k1}, b={b}).scores of {len(queries)} queries on the documents {docs} (the last has no word): "
+            f"expected shape ({len(queries)}, {len(docs)}), got {tuple(s.shape)}")
+        for q, row in zip(queries, s.tolist()):
+            want = naive_bm25(docs, q, k1, b)
+            assert row == pytest.approx(want, rel=1e-5, abs=1e-6), (
+                f"BM25(k1={k1}, b={b}) scores of query {q!r} on the documents {docs}: expected "
+                f"{[round(x, 6) for x in want]} (a naive loop; |d| counts the analyser's words), got "
+                f"{[round(x, 6) for x in row]}")
+
+
 # -----------------------------------------------------------------------------
 # quasi-round-robin merge
 
@@ -189,6 +282,10 @@ def test_merge_round_robin_on_hand_made_lists():
         ("history items skipped, k stops early", lists, scores, [20, 12], 4, [11, 10, 30, 21]),
         ("k reached in the middle of a round", lists, scores, [], 2, [20, 11]),
         ("equal scores within a round: the better beam (lower index) first", [[1], [2]], [[1.0], [1.0]], [], 2, [1, 2]),
+        ("equal scores within a round: the better beam first, whatever the items' ids", [[2], [1]], [[1.0], [1.0]], [],
+         2, [2, 1]),
+        ("k = 0: no item", lists, scores, [], 0, []),
+        ("no lists: nothing to merge", [], [], [7], 3, []),
         # the second beam's list is the longest: round 1 holds its item 3 alone
         ("as many rounds as the longest list", [[1], [2, 3]], [[1.0], [2.0, 1.5]], [], 5, [2, 1, 3]),
     ]
@@ -196,6 +293,11 @@ def test_merge_round_robin_on_hand_made_lists():
         got = calrec.merge_round_robin(ls, sc, exclude=exclude, k=k)
         assert got == want, (f"merge_round_robin of lists {ls} with BM25 scores {sc}, exclude={exclude}, k={k} "
                              f"({what}): expected {want}, got {got}")
+    # the caller's lists, scores and history stay as they were
+    exclude = [20, 12]
+    got = leaves_inputs_alone(calrec.merge_round_robin, lists, scores, exclude=exclude, k=4)
+    assert got == [11, 10, 30, 21], \
+        f"merge_round_robin of the same lists, exclude=[20, 12], k=4: expected [11, 10, 30, 21], got {got}"
 
 
 def test_catalog_beams_are_exactly_the_best_catalog_items():
@@ -250,11 +352,20 @@ def test_catalog_trie_by_hand():
     for k, (beam, want) in enumerate(beams.items()):
         got = set(allowed[0, k].nonzero().view(-1).tolist())
         assert got == want, f"tokens allowed after the beam {list(beam)}: expected {sorted(want)}, got {sorted(got)}"
+    # two prompts, each with its own beams: each beam's allowed tokens are its own prompt's
+    two = {0: {(1, 2): {3, eot}, (4, eot): set()}, 1: {(1, 5): {6}, (4, 9): {eot}}}
+    allowed = trie(torch.tensor([list(two[0]), list(two[1])]))       # (2 prompts, 2 beams, 2 tokens so far)
+    for b, its_beams in two.items():
+        for k, (beam, want) in enumerate(its_beams.items()):
+            got = set(allowed[b, k].nonzero().view(-1).tolist())
+            assert got == want, (f"tokens allowed after the beam {list(beam)} of prompt {b} (of 2, each with its own "
+                                 f"beams): expected {sorted(want)}, got {sorted(got)}")
     first = set(trie(torch.zeros(1, 2, 0, dtype=torch.long))[0, 1].nonzero().view(-1).tolist())
     assert first == {1, 4}, f"tokens allowed first (no token yet): expected [1, 4], got {sorted(first)}"
     # the items the finished beams wrote, best beam first, twins together, history out, dead beams (-inf) ignored
     found = [[([1, 2, eot], -1.0), ([4, eot], -2.0), ([1, 2, 3, eot], -3.0), ([4, 9, eot], float("-inf"))]]
-    for history, k, want in (([1], 3, [5, 2, 0]), ([], 10, [1, 5, 2, 0]), ([2], 2, [1, 5])):
+    # the history goes before the top k are cut: k items whenever the beams hold k outside the history
+    for history, k, want in (([1], 3, [5, 2, 0]), ([], 10, [1, 5, 2, 0]), ([2], 2, [1, 5]), ([1, 5], 2, [2, 0])):
         got = trie.ranked_items(found, [history], k)
         assert got == [want], (f"ranked_items of the beams {found[0]} (items 1 and 5 are twins), history {history}, "
                                f"k={k}: expected [{want}], got {got}")
@@ -323,6 +434,42 @@ def test_markov_and_last_item_baselines_by_hand():
         f"{texts} (the query: the last history item's text): expected ranks [1, 1, 3, 2], got {ranks}")
 
 
+def naive_markov_ranks(sequences, n_items, examples):
+    """score(j) = (how often j came right after the last history item in the training sequences, j's popularity),
+    compared as pairs (the count first, popularity only to break its ties), one transition at a time. rank =
+    candidates (history excluded) scoring >= the target; 0 for a target in its own history."""
+    pop = [sum(seq.count(j) for seq in sequences) for j in range(n_items)]
+    ranks = []
+    for history, target in examples:
+        count = [0] * n_items
+        for seq in sequences:
+            for a, b in zip(seq, seq[1:]):
+                count[b] += a == history[-1]
+        key = [(count[j], pop[j]) for j in range(n_items)]
+        ranks.append(0 if target in history else
+                     sum(key[j] >= key[target] for j in range(n_items) if j not in history))
+    return ranks
+
+
+def test_markov_equals_a_naive_loop():
+    # a transition repeated within a sequence (0 -> 1 twice: each time counts), popularity above 1000 (item 3: a
+    # tie-break must stay below one transition however popular), and the highest item (5) in no transition
+    sequences = [[0, 1, 0, 1, 0, 2], [2], [2], [2], [1, 4, 0]] + [[3]] * 1200 + [[5]]
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(6)], list("abcdef"), train=[], valid=[], test=[],
+                    train_sequences=sequences, attributes=("Title",))
+    examples = [([0], 1), ([0], 2), ([4, 0], 3), ([1], 0), ([5], 3), ([2, 5], 4), ([3], 1), ([1], 1)]
+    want = naive_markov_ranks(sequences, 6, examples)
+    try:
+        got = ev.rank_markov(d, examples).tolist()
+    except (RuntimeError, IndexError) as e:
+        pytest.fail(f"rank_markov of 6 items, item 5 in no transition: expected ranks {want}, got "
+                    f"{type(e).__name__}: {e}")
+    assert got == want, (
+        f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over the "
+        f"training sequences {sequences[:5]} + [[3]] * 1200 + [[5]]: expected ranks {want} (a naive loop: the "
+        f"transition's count first, popularity only to break ties), got {got}")
+
+
 # -----------------------------------------------------------------------------
 # metrics
 
@@ -351,6 +498,8 @@ def test_metrics_on_hand_made_ranks():
     check_metrics([5, 10, 20, 21, 0], {
         "recall@1": 0.0, "recall@5": 0.2, "recall@10": 0.4, "recall@20": 0.6,
         "ndcg@5": g5 / 5, "ndcg@10": (g5 + g10) / 5, "ndcg@20": (g5 + g10 + g20) / 5})
+    # one user: no spread to measure, a standard error of 0 (the sample std of one value is nan)
+    check_metrics([2], {"recall@1": 0.0, "recall@5": 1.0, "ndcg@10": 1 / math.log2(3), "ndcg@10_se": 0.0})
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
@@ -372,6 +521,12 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
         f"is in it): expected [3, 3, 0, 2], got {got}")
     assert torch.equal(scores, given), \
         "ranks_from_scores changed the scores it was given (exclude the history in a copy)"
+    # float64 scores too stay as they were (float64's .double() is no copy)
+    got = leaves_inputs_alone(ev.ranks_from_scores, scores.double(), targets, histories).tolist()
+    assert got == [3, 3, 0, 2], f"ranks_from_scores of the same users, float64 scores: expected [3, 3, 0, 2], got {got}"
+    # no user has a history: nothing is excluded (user 0: 0.9, 0.8 and the tie 0.7 -> 4; user 1: every item -> 5)
+    got = ev.ranks_from_scores(scores[:2], targets[:2], [[], []]).tolist()
+    assert got == [4, 5], f"ranks_from_scores of users 0 and 1 with empty histories: expected [4, 5], got {got}"
     asked = []  # the same users two at a time: the same ranks, and never more than two users' scores at once
     examples = [(h, t) for h, t in zip(histories, targets.tolist())]
     ranks = ev.ranks_in_chunks(lambda rows: asked.append(rows) or scores[rows], examples, chunk=2)
@@ -683,6 +838,10 @@ def test_recent_vectors_by_hand():
             f"recent_vectors of the histories {histories} (oldest first; an empty one gives zeros) over the item "
             f"vectors {v_items.tolist()}, decay {decay}: expected {[[round(x, 6) for x in r] for r in w]}, got "
             f"{[[round(x, 6) for x in r] for r in got.tolist()]}")
+    # every history empty: zeros, nothing to index (an empty index is still an index)
+    got = calrec_extras.recent_vectors(v_items, [[], []], 0.5)
+    assert tuple(got.shape) == (2, 2) and torch.equal(got, torch.zeros(2, 2, dtype=torch.float64)), (
+        f"recent_vectors of two empty histories: expected zeros (2, 2), got {got.tolist()}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

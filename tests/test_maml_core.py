@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import maml
+from oracles import leaves_inputs_alone
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -56,6 +57,22 @@ def assert_close(got, want, what, rtol=1e-12, atol=1e-12):
     """torch.testing.assert_close with a message in the exercise's terms: what was computed, expected and got."""
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol,
                                msg=lambda m: f"{what}\n  expected {show(want)}\n  got      {show(got)}\n{m}")
+
+
+def dropout_mlp_loss(params, batch):
+    """A tanh MLP with dropout on its hidden layer: every call draws a mask."""
+    h = F.dropout(torch.tanh(batch["x"] @ params["w1"]), p=0.5, training=True)
+    return ((h @ params["w2"] - batch["y"]) ** 2).mean()
+
+
+def dropout_mlp_copies(n_tasks):
+    """θ of dropout_mlp_loss, and a batch holding n_tasks copies of one and the same task (float64)."""
+    g = torch.Generator().manual_seed(0)
+    params = {"w1": torch.randn(3, 8, generator=g, dtype=torch.float64),
+              "w2": torch.randn(8, 1, generator=g, dtype=torch.float64)}
+    task = {"x": torch.randn(6, 3, generator=g, dtype=torch.float64),
+            "y": torch.randn(6, 1, generator=g, dtype=torch.float64)}
+    return params, {k: v.expand(n_tasks, *v.shape).clone() for k, v in task.items()}
 
 
 def quadratic_loss(params, batch):
@@ -137,6 +154,16 @@ def test_adapt_equals_a_loop_on_a_tanh_mlp():
     for k in params:
         assert_close(fast[k].detach(), expected[k], f"adapt on a tanh MLP, parameter {k}, 3 steps on 2 batches cycled",
                      rtol=1e-10)
+
+
+def test_adapt_leaves_its_inputs_alone():
+    # θ is the caller's: the meta-gradient is taken at θ after every task's inner loop, so adapt builds new dicts
+    # and never writes into the dict (nor the tensors) it was given
+    params, support, _ = tanh_mlp_tasks(1)
+    batches = [{"x": b["x"][0], "y": b["y"][0]} for b in support]
+    for first_order in (False, True):
+        leaves_inputs_alone(maml.adapt, params, tanh_mlp_loss, batches, 0.3, 3, first_order=first_order)
+        leaves_inputs_alone(maml.adapt, params, tanh_mlp_loss, batches[0], 0.3, 1, first_order=first_order)
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -340,6 +367,24 @@ def test_reptile_direction_holds_no_graph():
                       "detached parameters (Reptile has no second derivative)")
 
 
+def test_reptile_direction_under_dropout_draws_a_mask_per_task():
+    # two copies of one task under dropout: each task of the meta-batch draws its own mask, so the two copies move
+    # θ apart and, from the same seed, their mean is not the move of the task alone (with one mask shared by every
+    # task, vmap's randomness="same", it would be, exactly); vmap's default randomness refuses dropout altogether
+    params, one = dropout_mlp_copies(1)
+    _, two = dropout_mlp_copies(2)
+    torch.manual_seed(0)
+    alone = maml.reptile_direction(params, dropout_mlp_loss, [one], 0.1, 2)
+    torch.manual_seed(0)
+    twice = maml.reptile_direction(params, dropout_mlp_loss, [two], 0.1, 2)
+    gap = max((twice[k] - alone[k]).abs().max().item() for k in params)
+    assert all(torch.isfinite(v).all() for v in twice.values()), f"reptile_direction with dropout: {twice}"
+    assert gap > 1e-6, (
+        f"reptile_direction with dropout in the loss, from the same seed: the direction of two copies of a task "
+        f"equals that of the task alone (largest difference {gap:.3g}): the copies drew the same dropout mask; each "
+        "task must draw its own (vmap's randomness=\"different\")")
+
+
 def test_reptile_one_step_is_one_sgd_step():
     params, support, query = tanh_mlp_tasks(1)
     alpha, beta = 0.1, 0.5
@@ -374,6 +419,27 @@ def test_dropout_under_vmap_draws_a_mask_per_task():
     loss.backward()
     assert torch.isfinite(leaves["w"].grad).all() and leaves["w"].grad.abs().sum() > 0, (
         f"meta_loss_vmap with dropout in the loss: expected a finite, non-zero gradient, got {show(leaves['w'].grad)}")
+    # two copies of one task: from the same seed, their mean query loss is not the task's alone (it would be,
+    # exactly, were one mask shared by every task: vmap's randomness="same")
+    params, one = dropout_mlp_copies(1)
+    _, two = dropout_mlp_copies(2)
+    torch.manual_seed(0)
+    alone = maml.meta_loss_vmap(params, dropout_mlp_loss, [one], one, 0.1, 2).item()
+    torch.manual_seed(0)
+    twice = maml.meta_loss_vmap(params, dropout_mlp_loss, [two], two, 0.1, 2).item()
+    assert math.isfinite(twice) and abs(twice - alone) > 1e-6 * abs(alone), (
+        f"meta_loss_vmap with dropout in the loss, from the same seed: two copies of a task gave the mean query "
+        f"loss {twice:.12g}, the task alone {alone:.12g}: the copies drew the same dropout mask; each task must draw "
+        "its own (vmap's randomness=\"different\")")
+
+
+def test_task_probabilities_leave_the_sizes_alone():
+    # the sizes are the caller's (the datasets' lengths): normalising them in place would rewrite them
+    for sampling, expected in (("uniform", [0.25, 0.25, 0.25, 0.25]), ("pps", [0.1, 0.2, 0.3, 0.4]),
+                               ("mixed", [0.175, 0.225, 0.275, 0.325])):
+        for sizes in (np.array([100.0, 200.0, 300.0, 400.0]), np.array([100, 200, 300, 400]), [100, 200, 300, 400]):
+            got = leaves_inputs_alone(maml.task_probabilities, sizes, sampling)
+            np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes!r}, {sampling!r})")
 
 
 def test_task_samplers():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 import evaluation
@@ -31,9 +32,24 @@ def test_accuracy_f1_mcc_by_hand():
            "tp 3, tn 4, fp 1, fn 2: (3·4 − 1·2) / √(4·5·5·6)")
 
 
+def test_mcc_of_a_large_table_by_hand():
+    # a dev set of 400,000 labels: the denominator's product (about 1.6e21) is past what an int64 holds (9.2e18),
+    # so the counts must be multiplied as floats (or Python ints), as here
+    tp, tn, fp, fn = 150_000, 130_000, 70_000, 50_000
+    pred = np.repeat([1, 0, 1, 0], [tp, tn, fp, fn])
+    gold = np.repeat([1, 0, 0, 1], [tp, tn, fp, fn])
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))  # Python ints: exact
+    got = evaluation.mcc(pred, gold)
+    assert got == pytest.approx(expected, rel=1e-12), (
+        f"mcc of 400,000 labels, tp {tp}, tn {tn}, fp {fp}, fn {fn}: expected {expected:.12g} "
+        f"((tp·tn − fp·fn) / √((tp+fp)(tp+fn)(tn+fp)(tn+fn)), the product about 1.6e21), got {got}")
+
+
 def test_degenerate_cases():
     expect(evaluation.mcc, ([1, 1, 1], [1, 0, 1]), 0.0, "a constant prediction has no correlation: 0, not 0/0", abs=0)
     expect(evaluation.f1, ([0, 0], [1, 1]), 0.0, "no true positive", abs=0)
+    expect(evaluation.f1, ([0, 0], [0, 0]), 0.0, "no true positive, nor any positive: 0, not 0/0 (nan is for a "
+           "diverged model)", abs=0)
     expect(evaluation.mcc, ([0, 1, 0, 1], [1, 0, 1, 0]), -1.0, "every label inverted: tp = tn = 0, fp = fn = 2")
     expect(evaluation.mcc, ([0, 0, 1], [0, 0, 0]), 0.0, "no positive in gold: an empty column, 0")
     expect(evaluation.pearson, ([2, 2, 2], [1, 2, 3]), 0.0, "a constant prediction: 0, not nan")
@@ -60,6 +76,7 @@ def test_spearman_with_ties_by_hand():
         ([2, 1, 2], [2.5, 1, 2.5]),                # a tie at the top
         ([5, 5, 5], [2, 2, 2]),                    # all tied: the mean of 1, 2, 3
         ([0.5, 0.2, 0.5, 0.2, 0.5], [4, 1.5, 4, 1.5, 4]),
+        ([1, 1 + 1e-9, 0.5], [2, 3, 1]),           # distinct in float64 (alike in float32): no tie
     ]
     for x, expected in cases:
         got = [float(r) for r in evaluation.average_ranks(x)]
@@ -68,6 +85,8 @@ def test_spearman_with_ties_by_hand():
            "Pearson of the ranks (1, 2.5, 2.5, 4) and (1, 2, 3, 4)")
     expect(evaluation.spearman, ([10, 20, 30], [1, 8, 27]), 1.0, "monotone, not linear")
     expect(evaluation.spearman, ([30, 10, 20], [3, 1, 2]), 1.0, "the same order, unsorted")
+    expect(evaluation.spearman, ([1, 1 + 1e-9, 1 + 2e-9], [1, 2, 3]), 1.0, "increasing: distinct in float64, "
+           "no tie")
 
 
 def test_task_metrics_uses_glue_names():

@@ -15,12 +15,25 @@ import torch.nn.functional as F
 
 import model
 from model import GPT, GPTConfig
+from oracles import gradients_match_finite_differences, leaves_inputs_alone
 
 
 def tiny(vocab_size=11, block_size=32, seed=0, **kw):
     torch.manual_seed(seed)
     m = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16, **kw))
     return m.eval()
+
+
+def assert_gradients_match_finite_differences(what, fn, *inputs):
+    """oracles.gradients_match_finite_differences, its failure (gradcheck's, which numbers the inputs from 0) said
+    in terms of what was differentiated."""
+    try:
+        gradients_match_finite_differences(fn, *inputs)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # gradcheck's GradcheckError, or autograd's own error
+        raise AssertionError(f"{what}: the gradients differ from finite differences (float64)\n"
+                             f"{type(e).__name__}: {e}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -37,6 +50,41 @@ def test_sdpa_equals_manual_attention():
         "manual_attention(q, k, v, mask) differs from torch's F.scaled_dot_product_attention on q (3, 2, 5, 4), "
         f"k and v (3, 2, 7, 4) and the mask of attention_mask_4d(key_mask, 2, 5); got shape {tuple(ref.shape)}, "
         f"want {tuple(out.shape)}\n{m}"))
+
+
+def test_manual_attention_on_large_scores_equals_sdpa():
+    # q and k scaled by 30: scores in the thousands, whose exp overflows float32 unless the softmax subtracts each
+    # query's largest score first (as F.softmax does). The mask, causal with two past keys, is built here
+    torch.manual_seed(0)
+    q, k, v = 30 * torch.randn(3, 2, 5, 4), 30 * torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 4)
+    mask = torch.ones(5, 7, dtype=torch.bool).tril(2)[None, None]
+    got = model.manual_attention(q, k, v, mask)
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask).float()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m: (
+        f"manual_attention(30 q, 30 k, v, causal mask) on q (3, 2, 5, 4), k and v (3, 2, 7, 4), scores up to "
+        f"{float((q @ k.transpose(-2, -1)).abs().max() / 2):.0f}: differs from F.scaled_dot_product_attention in "
+        f"float64; non-finite outputs: {int((~torch.isfinite(got)).sum())} of {got.numel()}\n{m}"))
+
+
+def test_manual_attention_dropout():
+    # dropout on the attention weights: p = 1 drops every weight; with p = 0.5 the kept weights are doubled, so the
+    # mean over many draws (the batch: 4000 copies of one example, each its own draw) is the output without dropout
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool).tril(2)[None, None]
+    dropped = model.manual_attention(q, k, v, mask, dropout_p=1.0)
+    assert dropped.shape == q.shape and not dropped.any(), (
+        f"manual_attention(q, k, v, mask, dropout_p=1.0): every attention weight dropped, want an all-zero output "
+        f"of shape {tuple(q.shape)}; got shape {tuple(dropped.shape)}, {dropped.flatten()[:6].tolist()}...")
+    n = 4000
+    draws = model.manual_attention(q.expand(n, -1, -1, -1), k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), mask,
+                                   dropout_p=0.5)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    mean = draws.mean(0, keepdim=True)
+    torch.testing.assert_close(mean, want, atol=0.1, rtol=0, msg=lambda m: (
+        f"manual_attention(q, k, v, mask, dropout_p=0.5): the mean of {n} draws should approach the output without "
+        f"dropout (kept weights scaled by 1 / (1 - p)); want {[round(x, 3) for x in want[0, 0, 0].tolist()]} at "
+        f"[0, 0, 0], got {[round(x, 3) for x in mean[0, 0, 0].tolist()]}\n{m}"))
 
 
 def mask_table(want, got, first_query):
@@ -79,6 +127,30 @@ def test_attention_mask_of_padding_queries_by_hand():
         same = torch.equal(got[b, 0], expected[b, 0])
         assert same, (f"attention_mask_4d({key_mask.int().tolist()}, T_past=1, T=3)[{b}, 0], one column per key "
                       "(1 = visible):\n" + mask_table(expected[b, 0], got[b, 0], 1))
+
+
+def test_attention_mask_is_made_on_the_device_of_key_mask():
+    # key_mask on the CPU while new tensors go by default to the "meta" device (shapes, no data): the mask must be
+    # made where key_mask lives (positions made on the default device, torch.arange without device=, cannot meet
+    # key_mask: on a GPU that is a device mismatch). The mask is that of test_attention_mask_by_hand
+    key_mask = torch.tensor([[True, False, True, True, True]])
+    try:
+        with torch.device("meta"):
+            got = model.attention_mask_4d(key_mask, 2, 3)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"attention_mask_4d(key_mask on the CPU, T_past=2, T=3) with the default device set to "
+                             f"'meta': {e}") from None
+    expected = torch.tensor([[1, 0, 1, 0, 0],
+                             [1, 0, 1, 1, 0],
+                             [1, 0, 1, 1, 1]], dtype=torch.bool)[None, None]
+    assert (got.device, tuple(got.shape), got.dtype) == (key_mask.device, (1, 1, 3, 5), torch.bool), (
+        "attention_mask_4d(key_mask (1, 5) on the CPU, T_past=2, T=3) with the default device set to 'meta': want a "
+        f"bool mask (1, 1, 3, 5) on the CPU, key_mask's device; got {got.dtype} {tuple(got.shape)} on {got.device}")
+    assert torch.equal(got, expected), ("attention_mask_4d([[1, 0, 1, 1, 1]], T_past=2, T=3)[0, 0] with the default "
+                                        "device set to 'meta', one column per key (1 = visible):\n"
+                                        + mask_table(expected[0, 0], got[0, 0], 2))
 
 
 def test_padded_rows_equal_unpadded():
@@ -144,6 +216,40 @@ def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():
     torch.testing.assert_close(got, want, msg=lambda m: (
         f"last_token_pool(h, mask), h[b, t] = [10b + 2t, 10b + 2t + 1], right-padded mask = {mask.tolist()}: "
         f"want h[0, 4], h[1, 1], h[2, 0] = {want.tolist()}, got {got.tolist()}\n{m}"))
+
+
+def test_pooling_is_one_row_per_batch_row_in_the_dtype_of_h():
+    # (B, C) for every B and C, 1 included (nothing squeezed), in h's own dtype: a bfloat16 model pools to bfloat16
+    for (B, T, C), dtype in itertools.product(((1, 3, 2), (2, 3, 1), (1, 1, 1)),
+                                              (torch.float32, torch.bfloat16, torch.float64)):
+        h = torch.arange(B * T * C, dtype=dtype).view(B, T, C)  # h[b, t, c] = (b T + t) C + c: small whole numbers
+        span = torch.tensor([[1] * T, [0] + [1] * (T - 1)][:B])  # row 1: every position but the first
+        mask = torch.tensor([[1] * T, [1] + [0] * (T - 1)][:B])  # row 1: one real token, then padding
+        want_mean = [[sum((b * T + t) * C + c for t in range(T) if span[b, t]) / int(span[b].sum()) for c in range(C)]
+                     for b in range(B)]
+        last = [int(r.sum()) - 1 for r in mask]
+        want_last = [[(b * T + last[b]) * C + c for c in range(C)] for b in range(B)]
+        for name, fn, m, want in (("mean_pool", model.mean_pool, span, want_mean),
+                                  ("last_token_pool", model.last_token_pool, mask, want_last)):
+            got = fn(h, m)
+            what = f"{name}(h {tuple(h.shape)} {dtype}, {m.tolist()})"
+            assert (tuple(got.shape), got.dtype) == ((B, C), dtype), \
+                f"{what}: want shape {(B, C)} (B, C) and h's dtype {dtype}, got {tuple(got.shape)} {got.dtype}"
+            torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.double), atol=1e-2, rtol=1e-2,
+                                       msg=lambda d: f"{what}: want {want}, got {got.tolist()}\n{d}")
+
+
+def test_pooling_gradients_match_finite_differences_with_an_empty_span():
+    # an empty span pools to 0 whatever h holds: its gradient is 0, not NaN (a 0 / 0 kept out of the values only,
+    # by torch.where, still reaches the gradient)
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 2)
+    span = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 1, 1]])
+    assert_gradients_match_finite_differences(f"mean_pool(h (3, 4, 2), {span.tolist()}) with respect to h",
+                                              lambda h: model.mean_pool(h, span), h)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    assert_gradients_match_finite_differences(f"last_token_pool(h (3, 4, 2), {mask.tolist()}) with respect to h",
+                                              lambda h: model.last_token_pool(h, mask), h)
 
 
 def test_init_and_tying():
@@ -236,6 +342,29 @@ def test_kv_cache_extend_by_hand():
         raised = e
     assert isinstance(raised, ValueError), "extend past the capacity (a 5th position in a cache of 4): want a " \
                                            f"ValueError that says so, got {raised!r}"
+
+
+def test_kv_cache_extend_returns_views_with_several_rows_and_heads():
+    # 2 batch rows and 2 heads: a slice [layer, :, :, :end] of the buffer is then not contiguous, so a copy of it
+    # (.contiguous(), .clone(), torch.cat) is a new tensor, not the buffer itself
+    cache = model.KVCache(GPTConfig(n_layer=2, n_head=2, n_embd=6), batch=2, capacity=5, device="cpu")
+    torch.manual_seed(0)
+    so_far = []
+    for step, new in enumerate([torch.randn(2, 2, 3, 3), torch.randn(2, 2, 1, 3)], 1):
+        so_far.append(new)
+        want = torch.cat(so_far, dim=2)
+        for layer in (0, 1):
+            got = cache.extend(layer, new + 10 * layer, -new - 10 * layer)
+            what = f"step {step} ({new.size(2)} new positions), layer {layer}, B = 2, n_head = 2"
+            for name, g, w, buffer in zip(("keys", "values"), got, (want + 10 * layer, -want - 10 * layer),
+                                          (cache.k, cache.v)):
+                assert g.shape == w.shape, f"{what}: want {name} of shape {tuple(w.shape)}, got {tuple(g.shape)}"
+                torch.testing.assert_close(g, w, msg=lambda m: f"{what}: the {name} so far differ\n{m}")
+                assert g.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr(), (
+                    f"{what}: the {name} returned are a new tensor; want a view of the cache's own buffer "
+                    f"(self.{name[0]}[layer, :, :, :end], not contiguous when B > 1 or n_head > 1): nothing is "
+                    "copied as the sequence grows")
+        cache.length += new.size(2)  # what GPT._run does
 
 
 def test_eos_stops_a_row():
@@ -339,6 +468,37 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
                                    err_msg=f"{what}: scores in the batch, cached against uncached")
         assert [s for _, s in a] == sorted([s for _, s in a], reverse=True), \
             f"{what}: the beams are not best first: scores {[s for _, s in a]}"
+
+
+def test_beam_search_dead_beams_score_minus_infinity():
+    """More beams than continuations: the beams past the last real one are dead, scored -inf (what
+    CatalogTrie.ranked_items skips), and the others are the exact continuations, best first. K = 6 beams, vocabulary
+    4: one step has 4 continuations; two steps writing only 0 or eos (allowed_next) have 3: [3], [0, 3], [0, 0]."""
+    m = tiny(vocab_size=4)
+    eos, K, prompts = 3, 6, [[1, 2], [0]]
+
+    def only_0_and_eos(prefix):
+        return [0, eos]
+
+    def allowed_next(tokens):  # (B, K, t) -> (B, K, V) bool
+        allowed = torch.zeros(*tokens.shape[:2], 4, dtype=torch.bool)
+        allowed[..., [0, eos]] = True
+        return allowed
+
+    cases = [(1, None, None, ""), (2, only_0_and_eos, allowed_next, ", allowed_next=only 0 and eos")]
+    for L, may_follow, allowed, how in cases:
+        want = [brute_force_beams(m, p, L, eos, may_follow) for p in prompts]  # every continuation: fewer than K
+        for use_cache in (True, False):
+            got = m.beam_search(prompts, K, L, eos, use_cache=use_cache, allowed_next=allowed)
+            for p, g, w in zip(prompts, got, want):
+                what = (f"prompt {p} of beam_search({prompts}, num_beams={K}, max_new_tokens={L}, eos_id={eos}, "
+                        f"use_cache={use_cache}{how})")
+                scores = [s for _, s in g]
+                assert len(g) == K and all(s == -math.inf for s in scores[len(w):]), (
+                    f"{what}: {len(w)} continuations exist, so want {K} beams of which the last {K - len(w)} are dead, "
+                    f"scored -inf; got the scores {scores}")
+                assert_same_beams(g[:len(w)], w, f"{what}: the live beams against every continuation scored by full "
+                                                 "forward passes")
 
 
 # -----------------------------------------------------------------------------
@@ -507,6 +667,35 @@ def test_layer_norm_by_hand(written_out):
             f"{'' if 'bias' in kw else f', bias {bias}'}, on the rows {rows}:\n"
             f"want {[[round(v, 4) for v in r] for r in want.tolist()]}\ngot  "
             f"{[[round(v, 4) for v in r] for r in got.tolist()]}\n{m}"))
+
+
+@pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])
+def test_layer_norm_gradients_match_finite_differences_and_leave_the_input_alone(written_out):
+    # the gradients with respect to x, weight and bias: the mean and the variance depend on x too (neither is a
+    # constant to detach); and x is the caller's, to be left as it was
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    for kw in (dict(), dict(bias=False, eps=0.1)):
+        ln = model.LayerNorm(5, **kw)
+        where = ("inside" if written_out else "outside") + " second_order_ops"
+        what = f"LayerNorm(5{''.join(f', {k}={v}' for k, v in kw.items())}) {where}"
+        x = torch.randn(2, 3, 5)
+        with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+            try:
+                leaves_inputs_alone(ln, x)
+            except AssertionError:
+                raise AssertionError(f"{what} changed x, the caller's tensor: want x as it was (the centred x is a "
+                                     "new tensor, not x changed in place)") from None
+
+        def fn(x, weight, *bias):
+            with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+                return functional_call(ln, {"weight": weight, **({"bias": bias[0]} if bias else {})}, (x,))
+
+        inputs = (x, 1 + 0.5 * torch.randn(5)) + ((torch.randn(5),) if ln.bias is not None else ())
+        assert_gradients_match_finite_differences(
+            f"{what} with respect to x (2, 3, 5), weight{', bias' if ln.bias is not None else ''} (inputs 0, 1"
+            f"{', 2' if ln.bias is not None else ''})", fn, *inputs)
 
 
 def test_second_order_through_vmap_equals_a_loop_over_tasks():

@@ -70,6 +70,17 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
     loss = torch.tensor((1 - alpha - beta) * parts["nig"] + alpha * parts["tt"] + beta * parts["ut"])
     return loss, parts
 '''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # the contrastive terms detached: the loss's value is right, but no gradient reaches v_U, v_T|U or v_T
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu).detach() if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u).detach() if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
     ],
     "round-robin": [
         {"calrec.py:merge_round_robin": '''
@@ -143,6 +154,66 @@ def merge_round_robin(lists, list_scores, exclude, k):
 def merge_round_robin(lists, list_scores, exclude, k):
     taken, seen = [], set(exclude)
     for p in range(len(lists[0]) if lists else 0):  # as many rounds as the first list has items
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+                if len(taken) == k:
+                    return taken
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # equal scores within a round by item id, not by beam
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[2]))
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # the caller's history list used as the set of items seen: every item taken is appended to it
+    taken, seen = [], exclude
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.append(item)
+                taken.append(item)
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # max() of the lists' lengths without a default: no lists at all crashes
+    taken, seen = [], set(exclude)
+    for p in range(max(len(lst) for lst in lists)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # k checked only after an item is taken: k = 0 takes every item
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
         round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
         round_p.sort(key=lambda c: (-c[0], c[1]))
         for _, _, item in round_p:
@@ -245,6 +316,41 @@ def rank_metrics(ranks):
             out["ndcg@10_se"] = (gain.std(unbiased=False) / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
     return out
 '''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    # the history's index tensor built without dtype=torch.long: float when every history is empty, not an index
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist])] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:rank_metrics": '''
+def rank_metrics(ranks):
+    # ndcg@10_se without a guard for one user: the sample std of one value is nan
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item()
+    return out
+'''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    # scores.double() for a copy: float64 scores are not copied, and the caller's get the -inf written in
+    scores = scores.double()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''},
     ],
     "info-nce": [
         {"calrec.py:info_nce": '''
@@ -301,6 +407,25 @@ def info_nce(query, key, key_items, tau):
     logp = torch.log_softmax(logits.masked_fill(same, float("-inf")), dim=0)  # softmax over the queries
     return -logp[rows, rows].mean()
 '''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    # log-sum-exp written out without taking out the row's max: exp(cos / tau) overflows at a small tau
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    return (torch.log(logits.exp().sum(1)) - logits[rows, rows]).mean()
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    # the row index made without device=: on the CPU whatever the inputs' device (a GPU's inputs break)
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query))
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''},
     ],
     "prefix-pooling": [
         {"calrec.py:user_vectors": '''
@@ -337,6 +462,13 @@ def user_vectors(h, rows, ends):
         {"calrec.py:user_vectors": '''
 def user_vectors(h, rows, ends):
     return F.normalize(h[rows].mean(1), dim=-1)  # the whole row, not the prompt before the item
+'''},
+        {"calrec.py:target_vectors": '''
+def target_vectors(h, rows, starts, ends):
+    # no zero row in front of the running sums: running[starts - 1] wraps to the row's last position at starts = 0
+    running = h.cumsum(1)
+    span = running[rows, ends - 1] - running[rows, starts - 1]
+    return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
 '''},
     ],
     "bm25": [
@@ -495,6 +627,72 @@ def __init__(self, documents, k1=1.2, b=0.75):
     weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
     self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
 '''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # k1 and b written as their defaults 1.2 and 0.75: the arguments ignored
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = 1.2 * (1.0 - 0.75 + 0.75 * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (1.2 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # a document's length from str.split(), not the analyser's words ("red,red car" is 2, not 3)
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(doc.split()))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''},
+        {"calrec.py:BM25.__init__": '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # the sparse matrix's size inferred from its indices: trailing documents with no word vanish from the scores
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight).coalesce()
+'''},
     ],
     "baselines": [
         {"evaluation.py:rank_markov": '''
@@ -564,6 +762,40 @@ def rank_last_item_bm25(bm25, texts, examples):
     targets = torch.tensor([t for _, t in examples])
     return ranks_from_scores(scores, targets, [[] for _ in examples])  # the history not excluded
 '''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    # the popularity tie-break under a count scaled by a fixed 1000: a popularity above 1000 outweighs a transition
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  (domain.n_items, domain.n_items)).coalesce()
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt.index_select(0, last[rows]).to_dense() * 1000 + pop, examples)
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    # a transition counted once per sequence (a set of pairs), not each time it occurs
+    follows = Counter(p for seq in domain.train_sequences for p in set(zip(seq, seq[1:])))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  (domain.n_items, domain.n_items)).coalesce()
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop,
+                           examples)
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    # the counts' sparse size inferred from the transitions: too small when the highest item is in none
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32)).coalesce()
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    return ranks_in_chunks(lambda rows: nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop,
+                           examples)
+'''},
     ],
     "recent-items": [
         {"calrec_extras.py:recent_vectors": '''
@@ -624,6 +856,18 @@ def recent_vectors(v_items, histories, decay):
         if len(hist):
             out[u] = F.normalize((w[:, None] * v_items[hist]).sum(0), dim=0)  # unit length, not / sum of weights
     return out
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    # the item index tensor built without dtype=torch.long: float when every history is empty, not an index
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist])
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    w = decay ** age.to(v_items.dtype)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=1e-12)[:, None]
 '''},
     ],
     "catalog-trie": [
@@ -716,6 +960,27 @@ def ranked_items(self, found, histories, k):
             if score > float("-inf") and items and items[0] not in history and items[0] not in best:
                 best.append(items[0])  # a leaf's first item only: its twins lost
         lists.append(best[:k])
+    return lists
+'''},
+        {"calrec_extras.py:CatalogTrie.__call__": '''
+def __call__(self, tokens):
+    # the first prompt's beams read for every prompt: right only for one prompt
+    B, K, _ = tokens.shape
+    allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
+    for beams in tokens.tolist()[:1]:
+        for k, beam in enumerate(beams):
+            node = None if self.eot_id in beam else self.node(tuple(beam))
+            if node is not None:
+                allowed[:, k, list(self.children[node])] = True
+    return allowed.to(tokens.device)
+'''},
+        {"calrec_extras.py:CatalogTrie.ranked_items": '''
+def ranked_items(self, found, histories, k):
+    # the first k beams kept, then the history left out: fewer than k items when the history held some
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams[:k] if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
     return lists
 '''},
     ],

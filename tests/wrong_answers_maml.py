@@ -66,6 +66,17 @@ def task_probabilities(sizes, sampling):  # mixed as temperature sampling, |D_i|
         raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
     return table[sampling]
 '''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # normalised in place: a caller's float array of sizes is overwritten
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.full(len(sizes), 1.0 / len(sizes))
+    sizes /= sizes.sum()
+    pps = sizes
+    table = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in table:
+        raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
+    return table[sampling]
+'''},
 ]
 
 # ---------------------------------------------------------------------------- glue-metrics
@@ -181,6 +192,37 @@ def average_ranks(x):  # tied values share the lowest of their ranks (competitio
     x = np.asarray(x, dtype=np.float64)
     return np.array([1.0 + np.sum(x < v) for v in x])
 '''},
+    {"evaluation.py:mcc": '''
+def mcc(pred, gold):  # integer counts: the denominator's product overflows int64 past ~110,000 labels
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp, tn = np.sum((pred == 1) & (gold == 1)), np.sum((pred == 0) & (gold == 0))
+    fp, fn = np.sum((pred == 1) & (gold == 0)), np.sum((pred == 0) & (gold == 1))
+    d = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / d) if d > 0 else 0.0
+'''},
+    {"evaluation.py:average_ranks": '''
+def average_ranks(x):  # in float32: values distinct in float64 that round alike become a tie
+    x = np.asarray(x, dtype=np.float32)
+    idx = np.argsort(x, kind="stable")
+    out = np.zeros(len(x))
+    start = 0
+    while start < len(x):
+        end = start
+        while end + 1 < len(x) and x[idx[end + 1]] == x[idx[start]]:
+            end += 1
+        out[idx[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+'''},
+    {"evaluation.py:f1": '''
+def f1(pred, gold):  # no guard: with no positive predicted nor gold, 0/0 gives nan
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.sum((pred == 1) & (gold == 1))
+    fp = np.sum((pred == 1) & (gold == 0))
+    fn = np.sum((pred == 0) & (gold == 1))
+    d = 2 * tp + fp + fn
+    return float(2 * tp / d) if d > 0 else float("nan")
+'''},
 ]
 
 # ---------------------------------------------------------------------------- inner-loop (adapt)
@@ -207,9 +249,23 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # firs
     return params
 '''}
 
+ADAPT_IN_PLACE = {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # steps written into the caller's θ dict
+    if not isinstance(batches, (list, tuple)):
+        batches = [batches]
+    for step in range(steps):
+        grads = grad(loss_fn)(params, batches[step % len(batches)])
+        if first_order:
+            grads = {k: v.detach() for k, v in grads.items()}
+        for k in list(params):
+            params[k] = params[k] - inner_lr * grads[k]
+    return params
+'''}
+
 INNER_LOOP = [
     ADAPT_FIRST_BATCH,
     ADAPT_IGNORES_FIRST_ORDER,
+    ADAPT_IN_PLACE,
     {"maml.py:adapt": '''
 def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # "+": a step up the gradient
     if not isinstance(batches, (list, tuple)):
@@ -350,6 +406,18 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):  # divided by 
                  randomness="different")(support)
     return {k: (moved[k] - theta[k]).mean(0) / inner_lr for k in theta}
 '''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # randomness="same": one dropout mask for all tasks
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True), randomness="same")(support)
+    return {k: (moved[k] - theta[k]).mean(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # vmap's default randomness: refuses dropout
+    theta = {k: v.detach() for k, v in params.items()}
+    moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True))(support)
+    return {k: (moved[k] - theta[k]).mean(0) for k in theta}
+'''},
 ]
 
 # ---------------------------------------------------------------------------- meta-gradient
@@ -463,8 +531,15 @@ def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order
         return loss_fn(adapt(params, loss_fn, s, inner_lr, steps, first_order), q)
     return vmap(per_task)(support, query).mean()
 '''},
+    {"maml.py:meta_loss_vmap": '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # one mask for every task
+    def per_task(s, q):
+        return loss_fn(adapt(params, loss_fn, s, inner_lr, steps, first_order), q)
+    return vmap(per_task, randomness="same")(support, query).mean()
+'''},
     ADAPT_FIRST_BATCH,
     ADAPT_IGNORES_FIRST_ORDER,
+    ADAPT_IN_PLACE,
 ]
 
 WRONG_MAML = {

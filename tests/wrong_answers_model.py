@@ -68,6 +68,38 @@ def forward(self, x):
     # the fused kernel everywhere: right values, wrong second derivative under vmap
     return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 '''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # the mean detached, taken as a constant statistic: right values, but no gradient through it
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True).detach()
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # the variance detached, taken as a constant statistic: right values, but no gradient through it
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    y = (x - mu) * torch.rsqrt(var.detach() + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # centres the input in place (x.sub_): the caller's tensor is changed, and a leaf that requires grad fails
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    x = x.sub_(mu)
+    mu = 0
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
     ],
     "pooling": [
         {"model.py:mean_pool": '''
@@ -113,6 +145,25 @@ def last_token_pool(h, attention_mask):
     # argmax of the mask: the first real token, not the last
     last = attention_mask.long().argmax(1)
     return h[torch.arange(h.size(0), device=h.device), last]
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # an empty span kept out of the values by torch.where: its 0 / 0 still makes the gradient NaN
+    w = span_mask.to(h.dtype).unsqueeze(-1)
+    s, n = (h * w).sum(1), w.sum(1)
+    return torch.where(n > 0, s / n, torch.zeros_like(s))
+'''},
+        {"model.py:last_token_pool": '''
+def last_token_pool(h, attention_mask):
+    # gather then squeeze(): a batch of one (or C = 1) loses its dimension, (C,) instead of (1, C)
+    last = attention_mask.long().sum(1) - 1
+    return h.gather(1, last[:, None, None].expand(-1, 1, h.size(-1))).squeeze()
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # the weights hard-wired to float32: a bfloat16 h pools to float32
+    w = span_mask.float().unsqueeze(-1)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 '''},
     ],
     "kv-cache": [
@@ -186,6 +237,16 @@ def extend(self, layer, k, v):
     self.v[:, :, :, self.length:end] = v
     return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 '''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # returns .contiguous() copies of the buffer's slices: a copy as soon as B > 1 or n_head > 1
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end].contiguous(), self.v[layer, :, :, :end].contiguous()
+'''},
     ],
     "attention": [
         {"model.py:manual_attention": '''
@@ -252,6 +313,32 @@ def attention_mask_4d(key_mask, T_past, T):
     causal = k_pos[None, :] <= q_pos[:, None]
     itself = k_pos[None, :] == q_pos[:, None]
     return ((causal & key_mask[:, T_past:, None]) | itself)[:, None]
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout_p ignored: no dropout on the attention weights
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return att @ v
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # softmax written out as exp / sum without subtracting the max: overflows for large scores
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = att.exp() / att.exp().sum(-1, keepdim=True)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''},
+        {"model.py:attention_mask_4d": '''
+def attention_mask_4d(key_mask, T_past, T):
+    # positions made on the default device (torch.arange without device=): a mismatch on a GPU
+    q_pos = torch.arange(T_past, T_past + T)
+    k_pos = torch.arange(T_past + T)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    itself = k_pos[None, :] == q_pos[:, None]
+    return ((causal & key_mask[:, None, :]) | itself)[:, None]
 '''},
     ],
     "beam-search": [
@@ -484,6 +571,34 @@ def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
         pos = (prompt_mask.sum(1) - 1 + step)[:, None].expand(B, K)
         h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)
     return F.log_softmax(self.lm_head(h).float(), dim=-1)
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # the K - 1 copies of the first beam start at -1e9, not -inf: dead beams come back with a finite score
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), -1e9, device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''},
     ],
 }
