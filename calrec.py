@@ -442,6 +442,13 @@ class CALRecConfig:
             if getattr(self, width) % getattr(self, heads):
                 raise UserError(f"setting {width}={getattr(self, width)}: not divisible by {heads}="
                                 f"{getattr(self, heads)}")
+        for name in ("beams", "constrained_beams"):  # a beam-search step: eval_batch x K beams attend to the prompt
+            k = getattr(self, name)                   # and to K cache slots per new token (model.GPT._beam_start)
+            scores = self.eval_batch * k * (self.block_size + k * (self.max_item_tokens + 1))
+            if scores > 2 ** 30:  # 4 GB a head in float32
+                raise UserError(f"setting {name}={k}: a beam-search step over eval_batch={self.eval_batch} users "
+                                f"would compute {scores:.1e} attention scores a head, over the 2**30 (4 GB) allowed; "
+                                f"lower {name} or eval_batch")
         if self.softmax_over == "users" and self.extra_negatives:
             raise UserError("setting extra_negatives: extra negatives are items; they need softmax_over=items")
         if self.batch_size % rank_and_world()[1]:
@@ -538,7 +545,9 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
                d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, init=init, dtype=dtype,
                processes=rank_and_world()[1])
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
-    lm = lm or GPT(GPTConfig(**state.done["lm_config"]))
+    if lm is None and "lm_config" not in state.done:  # every calrec state holds it from its first save
+        raise UserError(f"{state.path}: not the state of a run of this project")
+    lm = lm or GPT(GPTConfig(**state.done["lm_config"]))  # RunState has checked it
     tokenizer.check_fits(lm.config.vocab_size)
     c = lm.config  # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,

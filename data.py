@@ -68,9 +68,13 @@ class TextTokenizer:
         return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
     def check_fits(self, vocab_size):
-        if self.vocab_size > vocab_size:
-            raise UserError(f"{self.path or 'tokenizer'}: vocabulary of {self.vocab_size} tokens does not fit a "
-                            f"model with vocab_size={vocab_size}")
+        """Every id indexes a row of the model's embedding (ids need not be contiguous: an added token may have
+        any id)."""
+        ids = self.tok.get_vocab(with_added_tokens=True)
+        token = max(ids, key=ids.get)
+        if ids[token] >= vocab_size:
+            raise UserError(f"{self.path or 'tokenizer'}: token {token!r} has id {ids[token]}, beyond a model with "
+                            f"vocab_size={vocab_size} (ids 0..{vocab_size - 1})")
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
@@ -261,19 +265,40 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
 # 2b. the RecBole / UniSRec atomic benchmark folders: X.train.inter, X.valid.inter, X.test.inter, and the
 #     items in X.item, or in X.text + X.item2index
 
+def _attribute_name(column):
+    """How a column of an .item file is rendered in an item's text: sales_type -> Sales Type."""
+    return column.replace("_", " ").title()
+
+
 def _read_atomic_table(path, required):
-    """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)])."""
+    """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)]). Every column
+    has a name of its own (compared as _attribute_name renders it: title and TITLE are one name)."""
     lines = io.StringIO(read_text(path), newline=None)
     header = lines.readline().rstrip("\n").split("\t")
     names = [col.split(":")[0] for col in header]
     for r in required:
         if r not in names:
             raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
+    first = {}  # _attribute_name -> the number of the first column with that name
+    for j, (col, name) in enumerate(zip(header, names), 1):
+        if not name.strip():
+            raise UserError(f"{path}:1: column {j} ({col!r}) has no name")
+        k = first.setdefault(_attribute_name(name), j)
+        if k != j:
+            raise UserError(f"{path}:1: column {j} ({col!r}) repeats the name of column {k} ({header[k - 1]!r})")
     rows = [(line_no, line.rstrip("\n").split("\t")) for line_no, line in enumerate(lines, 2) if line.rstrip("\n")]
     for line_no, cols in rows:
         if len(cols) != len(names):
             raise UserError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
     return names, rows
+
+
+def _item_key(path, line_no, raw):
+    """An item's id in an item file: a token, as the .inter files' ids are (surrounding whitespace dropped)."""
+    key = raw.strip()
+    if not key:
+        raise UserError(f"{path}:{line_no}: an empty item id")
+    return key
 
 
 def _read_item_file(path):
@@ -282,11 +307,11 @@ def _read_item_file(path):
     text_cols = [(j, n) for j, n in enumerate(names) if n != "item_id"]
     if not text_cols:
         raise UserError(f"{path}:1: no text column besides item_id")
-    attributes = tuple(n.replace("_", " ").title() for _, n in text_cols)
+    attributes = tuple(_attribute_name(n) for _, n in text_cols)
     id_col = names.index("item_id")
     entries, missing = {}, Counter()
     for line_no, cols in rows:
-        key = cols[id_col]
+        key = _item_key(path, line_no, cols[id_col])
         item = {a: cols[j].strip() for (j, _), a in zip(text_cols, attributes) if cols[j].strip()}
         missing.update(n for j, n in text_cols if not cols[j].strip())
         if not item:
@@ -302,9 +327,9 @@ def _read_item2index(path):
     asin_to_id, id_line = {}, {}
     for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
         cols = line.rstrip("\n").split("\t")
-        if len(cols) != 2 or not cols[1].strip().isdigit():
+        if len(cols) != 2 or not re.fullmatch(r"[0-9]+", cols[1].strip()):
             raise UserError(f"{path}:{line_no}: expected 'ASIN<TAB>integer id'")
-        asin, i = cols[0], cols[1].strip()
+        asin, i = _item_key(path, line_no, cols[0]), cols[1].strip()
         if asin in asin_to_id:
             raise UserError(f"{path}:{line_no}: item {asin} listed twice")
         if i in id_line:
@@ -335,7 +360,7 @@ def _drop_common_category_root(items, share=0.9):
 
 def _read_text_files(path, map_path):
     """X.text and X.item2index (ASIN -> .inter id) -> what _read_item_file returns."""
-    if not os.path.isfile(map_path):
+    if not os.path.lexists(map_path):
         raise UserError(f"{map_path}: needed to map the ASINs of {path} to .inter ids")
     asin_to_id = _read_item2index(map_path)
     attributes = ("Title", "Category", "Brand")
@@ -343,7 +368,7 @@ def _read_text_files(path, map_path):
     id_col, text_col = names.index("item_id"), names.index("text")
     entries, missing = {}, Counter()
     for line_no, cols in rows:
-        asin, text = cols[id_col], cols[text_col]
+        asin, text = _item_key(path, line_no, cols[id_col]), cols[text_col]
         if asin not in asin_to_id:
             raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path}")
         if asin_to_id[asin] in entries:
@@ -391,14 +416,14 @@ def _check_users(path, valid, test):
 
 def read_atomic(folder):
     """One UniSRec/RecBole benchmark folder -> a Domain named like the folder."""
-    folder = folder.rstrip("/")
-    name = os.path.basename(folder)
+    folder = os.path.normpath(folder)  # Games/, Games/. and . (inside Games) are all the folder Games
+    name = os.path.basename(os.path.abspath(folder))
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
     path = os.path.join(folder, name)
-    if os.path.isfile(f"{path}.item"):
+    if os.path.lexists(f"{path}.item"):  # whatever is there (a folder, a broken link): read_text says what is wrong
         attributes, missing, entries = _read_item_file(f"{path}.item")
-    elif os.path.isfile(f"{path}.text"):
+    elif os.path.lexists(f"{path}.text"):
         attributes, missing, entries = _read_text_files(f"{path}.text", f"{path}.item2index")
     else:
         raise UserError(f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder), nor the raw "
@@ -588,6 +613,13 @@ def _glue_columns(path, task, spec, rows):
     if not rows:
         raise UserError(f"{path}:1: empty file, expected a header line")
     (lineno, header), rows = rows[0], rows[1:]
+    first = {}  # name -> the number of the first column with that name
+    for j, name in enumerate(header, 1):
+        if not name.strip():
+            raise UserError(f"{path}:{lineno}: column {j} ({name!r}) has no name")
+        k = first.setdefault(name, j)
+        if k != j:
+            raise UserError(f"{path}:{lineno}: column {j} ({name!r}) repeats the name of column {k}")
     wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -602,10 +634,9 @@ def _glue_label(raw, where, task, spec):
         if raw not in spec["labels"]:
             raise UserError(f"{where}: label {raw!r} is not one of {task}'s labels {list(spec['labels'])}")
         return spec["labels"].index(raw)
-    try:
-        y = float(raw)
-    except ValueError:
-        raise UserError(f"{where}: {task} score {raw!r} is not a number") from None
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", raw):  # float() also takes '4_0', 'nan', non-ASCII digits
+        raise UserError(f"{where}: {task} score {raw!r} is not a number")
+    y = float(raw)
     if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
         raise UserError(f"{where}: {task} score {y} is outside {STSB_RANGE}")
     return y
@@ -614,9 +645,10 @@ def _glue_label(raw, where, task, spec):
 def read_glue_split(path, task):
     """One split file of a GLUE task in its official layout -> {"text_a", "text_b", "y"}."""
     spec = check_glue_task(task)
-    # the non-blank lines as written, split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders)
+    # the non-blank lines as written, split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders);
+    # blank: ASCII whitespace only (a line of a no-break space is a malformed line, not a blank one)
     lines = enumerate(io.StringIO(read_text(path), newline=""), 1)
-    rows = [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in lines if line.strip()]
+    rows = [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in lines if line.strip(" \t\n\r\f\v")]
     col, n_cols, rows = _glue_columns(path, task, spec, rows)
     out = {"text_a": [], "text_b": [] if spec["text_b"] is not None else None, "y": []}
     for lineno, fields in rows:
@@ -778,6 +810,16 @@ def task_family():
 
 # --- batches ------------------------------------------------------------------------
 
+def pair_lengths(n_a, n_b, budget):
+    """How many of their n_a and n_b tokens text_a and text_b keep to fit `budget` together: BERT's trimming of
+    the longer side one token at a time (text_a on a tie), in closed form."""
+    if n_a + n_b <= budget:
+        return n_a, n_b
+    if 2 * min(n_a, n_b) <= budget:  # the shorter side stays whole; the longer is cut to the rest
+        return (n_a, budget - n_a) if n_a <= n_b else (budget - n_b, n_b)
+    return budget // 2, budget - budget // 2  # both are cut to a half; text_a gives up the odd token
+
+
 def encode_examples(tokenizer, split, max_len):
     """Token ids of each example, at most max_len: text_a, or text_a <sep> text_b cut to fit, then <eot>."""
     a_ids = tokenizer.encode_batch(split["text_a"])
@@ -785,9 +827,8 @@ def encode_examples(tokenizer, split, max_len):
         return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
     out = []
     for a, b in zip(a_ids, tokenizer.encode_batch(split["text_b"])):
-        while len(a) + len(b) > max_len - 2:  # room for <sep> and <eot>; trim the longer side first, as BERT does
-            a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
-        out.append(a + [tokenizer.sep_id] + b + [tokenizer.eot_id])
+        keep_a, keep_b = pair_lengths(len(a), len(b), max_len - 2)  # room for <sep> and <eot>
+        out.append(a[:keep_a] + [tokenizer.sep_id] + b[:keep_b] + [tokenizer.eot_id])
     return out
 
 

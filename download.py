@@ -21,9 +21,11 @@ import json
 import logging
 import os
 import re
+import reprlib
 import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -143,13 +145,36 @@ def _json_lines(path):
         raise UserError(f"{path}: cannot be read ({e})") from None
 
 
-def _meta_value(record, key, skipped):
-    """A metadata field as text, '' when missing. A list (the category path) is joined without its root; page
-    markup instead of text (a few records) counts in `skipped` and as missing."""
+def _is_text(v):  # a string a UTF-8 text file can hold: no NUL (read_text refuses it), no lone surrogate
+    return isinstance(v, str) and not re.search(r"[\0\ud800-\udfff]", v)
+
+
+def _field(path, line_no, record, key, kind):
+    """record[key], checked to be of its kind ("id", "integer", "text", "texts": a list), or an error naming the raw
+    file and line, never the folder it is written to. Text may be missing (None); an id or an integer may not."""
+    if key not in record and kind in ("id", "integer"):
+        raise UserError(f"{path}:{line_no}: record has no '{key}'")
     v = record.get(key)
+    if kind == "id":  # a cell of an atomic file, and a word of its item lists
+        ok, wanted = _is_text(v) and v.split() == [v], "an id (non-empty text without whitespace)"
+    elif kind == "integer":
+        ok, wanted = type(v) is int, "an integer"  # not a bool, nor a float (1e999)
+    elif kind == "text":
+        ok, wanted = v is None or _is_text(v), "text"
+    else:  # the category path
+        ok, wanted = v is None or isinstance(v, list) and all(map(_is_text, v)), "a list of texts"
+    if not ok:
+        raise UserError(f"{path}:{line_no}: {key} {reprlib.repr(v)} is not {wanted}")
+    return v
+
+
+def _meta_value(path, line_no, record, key, skipped):
+    """A metadata field as text, '' when missing. The category path (a list) is joined without its root; page
+    markup instead of text (a few records) counts in `skipped` and as missing."""
+    v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
     if isinstance(v, list):
-        v = " ".join(str(x).strip() for x in v[1:] if str(x).strip())  # drop the category root
-    v = "" if v is None else str(v).strip()
+        v = " ".join(x.strip() for x in v[1:] if x.strip())  # drop the category root
+    v = "" if v is None else v.strip()
     if v.startswith("<") or len(v) > 300:
         skipped[key] += 1
         return ""
@@ -160,14 +185,14 @@ def _read_meta(path):
     """Metadata -> {ASIN: item} of the records with a title, and how many records had none."""
     meta, no_title, markup = {}, 0, Counter()
     for line_no, r in _json_lines(path):
-        if "asin" not in r:
-            raise UserError(f"{path}:{line_no}: record has no 'asin'")
-        title = _meta_value(r, "title", markup)
+        asin = _field(path, line_no, r, "asin", "id")
+        title = _meta_value(path, line_no, r, "title", markup)
         if not title:
             no_title += 1
             continue
-        item = {"Title": title} | {key.title(): _meta_value(r, key, markup) for key in ("category", "brand", "price")}
-        meta[r["asin"]] = {a: v for a, v in item.items() if v}
+        item = {"Title": title} | {key.title(): _meta_value(path, line_no, r, key, markup)
+                                   for key in ("category", "brand", "price")}
+        meta[asin] = {a: v for a, v in item.items() if v}
     if markup:
         log.info(f"{path}: values that are page markup, not text, treated as missing: "
                  + ", ".join(f"{k} {v}" for k, v in markup.items()))
@@ -179,18 +204,13 @@ def _read_purchases(path, meta):
     its first purchase only; items not in `meta` dropped. Also how many reviews there were and were dropped."""
     by_user, n_reviews, dropped = {}, 0, 0
     for line_no, r in _json_lines(path):
-        for key in ("reviewerID", "asin", "unixReviewTime"):
-            if key not in r:
-                raise UserError(f"{path}:{line_no}: record has no '{key}'")
-        try:
-            t = int(r["unixReviewTime"])
-        except (TypeError, ValueError):
-            raise UserError(f"{path}:{line_no}: unixReviewTime {r['unixReviewTime']!r} is not an integer") from None
+        user, asin, t = (_field(path, line_no, r, key, kind) for key, kind in
+                         (("reviewerID", "id"), ("asin", "id"), ("unixReviewTime", "integer")))
         n_reviews += 1
-        if r["asin"] not in meta:
+        if asin not in meta:
             dropped += 1
             continue
-        by_user.setdefault(r["reviewerID"], []).append((t, r["asin"]))
+        by_user.setdefault(user, []).append((t, asin))
     sequences = {user: list(dict.fromkeys(asin for _, asin in sorted(events, key=lambda e: e[0])))
                  for user, events in by_user.items()}
     return sequences, n_reviews, dropped
@@ -361,6 +381,7 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
 # 4. few-shot splits (LM-BFF)
 
 LM_BFF_SEEDS = (100, 13, 21, 42, 87)  # the order of LM-BFF's script, which matters for CoLA (see below)
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 
 def _labelled_lines(glue_root, name):
@@ -371,8 +392,9 @@ def _labelled_lines(glue_root, name):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
     y = read_glue_split(path, name)["y"]  # every line well-formed, or an error naming file and line
-    with open(path, "rb") as f:
-        lines = [line for line in f.read().splitlines(keepends=True) if line.strip()]
+    with open(path, "rb") as f:  # split as read_glue_split does (on \n, \r, \r\n), blank lines dropped as it does
+        lines = [line for n, line in enumerate(f.read().splitlines(keepends=True))
+                 if line.decode("utf-8-sig" if n == 0 else "utf-8").strip(" \t\n\r\f\v")]
     if not lines[-1].endswith((b"\n", b"\r")):
         lines[-1] += b"\n"  # a last line without its line end must not run into the next one
     header, lines = (lines[:1], lines[1:]) if spec.get("header", True) else ([], lines)
@@ -436,9 +458,14 @@ def build_parser():
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
     def seed_list(text):
-        if not all(s.strip().isdigit() for s in text.split(",")):
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+        if not all(s.strip().isdigit() and int(s) <= SEED_MAX for s in text.split(",")):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to {SEED_MAX}, got {text!r}")
         return [int(s) for s in text.split(",")]
+
+    def url(text):
+        if urllib.parse.urlsplit(text).scheme not in ("http", "https", "file"):
+            raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got {text!r}")
+        return text
 
     def task_list(text):
         names = [t.strip() for t in text.split(",")]
@@ -459,7 +486,7 @@ def build_parser():
     a.add_argument("--min-count", type=positive_int, default=5,
                    help="k of the iterative k-core: users and items with fewer interactions go "
                         "(default: %(default)s)")
-    a.add_argument("--url", default=AMAZON_2018_URL,
+    a.add_argument("--url", type=url, default=AMAZON_2018_URL,
                    help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
                         "file:// works) (default: %(default)s)")
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import GPT, GPTConfig, UserError, load_torch
+from model import GPT, GPTConfig, UserError, check_weights, load_torch
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def positive_int(text):
 
 
 def check_out_dir(path, flag, outputs=()):
-    """A folder we can write to, or a path where one can be made, holding no folder where a run writes a file."""
+    """A folder we can write to, or a path where one can be made, where each of `outputs` that exists is a file."""
     if not path.strip():
         raise UserError(f"{flag}: an empty path; give a folder")
     if os.path.exists(path):
@@ -173,11 +173,13 @@ def check_out_dir(path, flag, outputs=()):
             raise UserError(f"{flag} {path}: is a file, not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path}: this folder is not writable")
-        for name in (n for n in outputs if os.path.isdir(os.path.join(path, n))):
-            raise UserError(f"{os.path.join(path, name)}: is a folder; a run writes a file there")
+        for out in (os.path.join(path, n) for n in outputs):
+            if os.path.lexists(out) and not os.path.isfile(out):  # a folder, a link to nowhere, a device, ...
+                raise UserError(f"{out}: is {'a folder' if os.path.isdir(out) else 'not a regular file'}; a run "
+                                "writes a file there")
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
+    parent = os.path.abspath(path)
+    while not os.path.lexists(parent):  # a link to nowhere (or a loop of links) stops here: it is no folder
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: cannot be created ({parent} is not a writable folder)")
@@ -194,19 +196,19 @@ def save_checkpoint(path, model, tokenizer, step, metrics, **extra):
                           tokenizer=tokenizer.fingerprint, step=step, metrics=dict(metrics), **extra))
 
 
-def load_model_state(model, state_dict, path):
-    """model.load_state_dict with a clear message naming the file and the first mismatch."""
-    ours = model.state_dict()
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise UserError(f"{path}: the weights are not a dict of tensors")
-    missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
-    if missing or unexpected:
-        raise UserError(f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in state_dict.items():
-        if v.shape != ours[k].shape:
-            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but the model's config needs "
-                            f"{tuple(ours[k].shape)}")
-    model.load_state_dict(state_dict)
+def gpt_config(raw, what):
+    """The GPTConfig a saved dict describes (a checkpoint's config, a run's lm_config), every field checked: the
+    sizes whole numbers above 0 with n_embd a multiple of n_head, dropout in [0, 1), bias true or false. what:
+    where the dict comes from, for the message."""
+    try:
+        c = GPTConfig(**raw)
+    except TypeError as e:  # not a dict, or other names than GPTConfig's
+        raise UserError(f"{what} does not describe a GPT ({e})") from None
+    sizes = (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd)
+    if not (all(type(n) is int and n > 0 for n in sizes) and c.n_embd % c.n_head == 0 and type(c.bias) is bool
+            and type(c.dropout) in (int, float) and 0 <= c.dropout < 1):
+        raise UserError(f"{what} does not describe a GPT ({c})")
+    return c
 
 
 def gpt_from_checkpoint(path):
@@ -215,15 +217,13 @@ def gpt_from_checkpoint(path):
     missing = {"model", "config", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
-    try:
-        config = GPTConfig(**ckpt["config"])
-    except TypeError as e:
-        raise UserError(f"{path}: its config does not describe a GPT ({e})") from None
-    sizes = (config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd)
-    if not all(isinstance(n, int) and n > 0 for n in sizes) or config.n_embd % config.n_head:
-        raise UserError(f"{path}: its config does not describe a GPT ({config})")
+    config = gpt_config(ckpt["config"], f"{path}: its config")
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"{path}: the weights are not a dict of tensors")
+    check_weights(weights, config, path, "its config")
     model = GPT(config)
-    load_model_state(model, ckpt["model"], path)
+    model.load_state_dict(weights)
     return model, ckpt
 
 
@@ -330,6 +330,11 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
 # the state a run resumes from
 
 
+def holds(saved, layout):
+    """saved is a dict with every key of layout, each value of the type layout gives."""
+    return isinstance(saved, dict) and all(k in saved and isinstance(saved[k], t) for k, t in layout.items())
+
+
 class RunState:
     """What --resume continues from, in out_dir/state.pt: the run's key (its settings, data and tokenizer), the
     results of its finished phases, the saved loop of the phase in progress, and the time spent so far. Tensors
@@ -340,13 +345,20 @@ class RunState:
     restore_loop). Resuming with another key is an error, found before any work.
     """
 
+    # what save() writes, each value's type; and those of a saved loop (current, when not None)
+    LAYOUT = dict(key=dict, done=dict, current=(dict, type(None)), elapsed=(int, float), resumes=int)
+    LOOP = dict(phase=str, step=int, best=tuple, weights=dict, optimizer=dict, rng=dict, torch_rng=torch.Tensor,
+                more=dict)
+
     def __init__(self, path, key, resume):
         self.path, self.key, self.started = path, key, time.time()
         self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
         if resume:
             saved = load_torch(path, "the state of a run")
-            if not isinstance(saved, dict) or "key" not in saved:
+            if not (holds(saved, self.LAYOUT) and (saved["current"] is None or holds(saved["current"], self.LOOP))):
                 raise UserError(f"{path}: not the state of a run of this project")
+            if "lm_config" in saved["done"]:  # the config of the run's GPT (calrec builds it from this)
+                gpt_config(saved["done"]["lm_config"], f"{path}: its lm_config")
             changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
             if "tokenizer" in changed:
                 raise UserError(f"{path}: was saved with another tokenizer than "

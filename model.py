@@ -434,23 +434,13 @@ class GPT(nn.Module):
         sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
         sd = {k: v for k, v in sd.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
+        check_weights(sd, config, weights_path, cfg_path, layout=gpt2_layout)
         model = cls(config)
-        ours = {k.removeprefix("transformer."): k for k in model.state_dict() if k != "lm_head.weight"}
-        missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
-        if missing or unexpected:
-            raise UserError(f"{weights_path}: keys do not match GPT-2 with the sizes of {cfg_path}; "
-                            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        # GPT-2 stores these Linear layers as "Conv1D": weight (in, out) instead of (out, in)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        target = model.state_dict()
         with torch.no_grad():
-            for k, name in ours.items():
-                w = sd[k].t() if k.endswith(conv1d) else sd[k]
-                if w.shape != target[name].shape:
-                    raise UserError(f"{weights_path}: {k} has shape {tuple(sd[k].shape)}, but "
-                                    f"{cfg_path} implies {tuple(target[name].shape)}")
-                target[name].copy_(w)
+            for name, w in model.state_dict().items():
+                if name != "lm_head.weight":
+                    k = name.removeprefix("transformer.")
+                    w.copy_(sd[k].t() if k.endswith(CONV1D) else sd[k])
         return model
 
 
@@ -485,23 +475,74 @@ def read_safetensors(path):
         blob = f.read()
     try:
         (n,) = struct.unpack("<Q", blob[:8])
+        if 8 + n > len(blob):
+            raise ValueError(f"{n} bytes of header, but the file holds {len(blob)} bytes")
         header = json.loads(blob[8:8 + n])
-        entries = [(name, info["data_offsets"], info["dtype"], info["shape"])
-                   for name, info in header.items() if name != "__metadata__"]
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a safetensors file (bad header: {type(e).__name__}: {e})") from None
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (struct.error, ValueError, RecursionError) as e:  # json's and UTF-8's decode errors are ValueErrors
+        raise UserError(f"{path}: not a safetensors file (bad header: {e})") from None
     data = memoryview(blob)[8 + n:]
     tensors = {}
-    for name, (begin, end), dtype_name, shape in entries:
-        dtype = _SAFETENSORS_DTYPES.get(dtype_name)
-        if dtype is None:
-            raise UserError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
-        if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
-            raise UserError(f"{path}: tensor {name} runs past the end of the file or has the wrong size "
-                            "(truncated download?)")
-        raw = bytearray(data[begin:end])
-        tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
+    for name, info in header.items():
+        if name != "__metadata__":
+            dtype, shape, begin, end = _safetensors_entry(path, name, info, len(data))
+            raw = bytearray(data[begin:end])
+            tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
     return tensors
+
+
+def _safetensors_entry(path, name, info, size):
+    """One tensor's header entry, checked -> (dtype, shape, begin, end): a dtype we read, a shape of whole numbers
+    >= 0, and offsets 0 <= begin <= end <= size (the bytes of data) that hold exactly the bytes of that shape."""
+    info = info if isinstance(info, dict) else {}
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and
+            all(type(x) is int and 0 <= x < 2 ** 63 for x in shape + offsets)):  # not bool, not float: int
+        raise UserError(f"{path}: tensor {name}: not a safetensors entry (expected a shape [sizes] and data_offsets "
+                        f"[begin, end], whole numbers >= 0; got shape {shape!r}, data_offsets {offsets!r})")
+    dtype = _SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+        raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')!r}")
+    begin, end = offsets
+    if not begin <= end <= size or end - begin != math.prod(shape) * dtype.itemsize:
+        raise UserError(f"{path}: tensor {name} runs past the end of the file or has the wrong size "
+                        "(truncated download?)")
+    return dtype, shape, begin, end
+
+
+# GPT-2 stores these Linear layers as "Conv1D": weight (in, out) instead of (out, in)
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def gpt2_layout(name, shape):
+    """Our weight's name and shape as a GPT-2 file holds it: no "transformer." prefix, Conv1D weights transposed,
+    no lm_head (tied to wte)."""
+    if name == "lm_head.weight":
+        return None
+    return name.removeprefix("transformer."), shape[::-1] if name.endswith(CONV1D) else shape
+
+
+def check_weights(weights, config, path, source, layout=lambda name, shape: (name, shape)):
+    """Refuse weights (read from `path`) that a GPT of `config` (from `source`) would not hold, before that GPT is
+    built: other names, other shapes, or values that are not finite (training from NaN can only diverge). The
+    shapes come from a GPT built on the meta device, which allocates nothing, so a config of 10**12 positions is
+    refused, not allocated. layout(name, shape): the name and shape a file holds a weight under (None: not held)."""
+    if config.n_layer > len(weights):  # each block has weights of its own (and is built, even on the meta device)
+        raise UserError(f"{path}: {len(weights)} tensors cannot fill the n_layer = {config.n_layer} blocks of {source}")
+    with torch.device("meta"):
+        ours = GPT(config).state_dict()
+    shapes = dict(filter(None, (layout(k, tuple(v.shape)) for k, v in ours.items())))
+    missing, unexpected = sorted(set(shapes) - set(weights)), sorted(set(weights) - set(shapes))
+    if missing or unexpected:
+        raise UserError(f"{path}: keys do not match a GPT with the sizes of {source}; "
+                        f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, w in weights.items():
+        if tuple(w.shape) != shapes[k]:
+            raise UserError(f"{path}: {k} has shape {tuple(w.shape)}, but {source} implies {shapes[k]}")
+        if not torch.isfinite(w).all():
+            raise UserError(f"{path}: {k} holds NaN or infinite values")
 
 
 def read_gpt2_config(directory, dropout=0.0):

@@ -63,6 +63,13 @@ def seed(text):
     return int(text)
 
 
+def threads(text):
+    n, cpus = positive_int(text), os.cpu_count() or 1
+    if n > cpus:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {cpus}, the CPUs here, got {text!r}")
+    return n
+
+
 def name_value(text):
     name, eq, value = text.partition("=")
     if not eq or not name.strip():
@@ -100,7 +107,7 @@ def build_parser():
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
                    help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
     g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss (for GPUs)")
-    g.add_argument("--threads", type=positive_int, action=Once,
+    g.add_argument("--threads", type=threads, action=Once,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
     g.add_argument("--show-config", action="store_true", help="print every setting with its value and what it "

@@ -14,8 +14,8 @@ import train
 from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
 from test_glue_reader import LAYOUTS, write_task
-from test_gpt2_init import write_gpt2_folder
-from test_engine import RunsCode
+from test_gpt2_init import edit_safetensors, nan_weights, write_gpt2_folder
+from test_engine import RunsCode, resave
 
 TINY_CALREC = ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2", "--eval-interval", "2",
                "--beams", "2", "--set", "constrained_beams=2", "--set", "select_users=4", "--set", "bm25_valid_users=4"]
@@ -394,6 +394,107 @@ CASES = {
     "few-shot k zero": data_py("few-shot", "--glue", "{glue}", "--k", "0", message="--k: must be a positive integer"),
     "few-shot seeds": data_py("few-shot", "--glue", "{glue}", "--seeds", "1,x", message="--seeds: expected"),
     "glue unknown task": data_py("glue", "--tasks", "WNLI", "--out", "{tmp}/g", message="unknown GLUE task"),
+    # --- the run's files: --out-dir, --init, --resume, the flags
+    "out-dir a loop of links": lambda w, tmp: (os.symlink(tmp / "loop", tmp / "loop") or
+                                               ["--task", "sinusoid", "--out-dir", str(tmp / "loop")],
+                                               "loop: cannot be created"),
+    "amazon out a dangling link": lambda w, tmp: (os.symlink(tmp / "nowhere" / "x", tmp / "a") or
+                                                  ["data.py", "amazon", "Tools", "--out", str(tmp / "a")],
+                                                  "a: cannot be created"),
+    "log.txt a dangling link": lambda w, tmp: (copy(w["out"], tmp / "o") and os.remove(tmp / "o" / "log.txt") or
+                                               os.symlink(tmp / "nowhere", tmp / "o" / "log.txt") or
+                                               ["--task", "sinusoid", "--out-dir", str(tmp / "o")],
+                                               "log.txt: is not a regular file; a run writes a file there"),
+    "threads beyond the cpus": flags("--task", "sinusoid", "--threads", "99999999999999999999",
+                                     message="--threads: must be a whole number from 1 to"),
+    "constrained beams beyond memory": flags("--task", "calrec", "--set", "constrained_beams=5000",
+                                             message="setting constrained_beams=5000: a beam-search step"),
+    "init config beyond the weights": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_positions": 200', f'"n_positions": {10 ** 12}')),
+        "model.safetensors: wpe.weight has shape (200, 32), but"),
+    "init safetensors offsets text": init(gpt2_variant(lambda f: edit_safetensors(
+        f, lambda h, d: h["wpe.weight"].update(data_offsets=["0", "4"]))), "wpe.weight: not a safetensors entry"),
+    "init safetensors shape negative": init(gpt2_variant(lambda f: edit_safetensors(
+        f, lambda h, d: h["wpe.weight"].update(shape=[-1, -1]))), "wpe.weight: not a safetensors entry"),
+    "init safetensors header past the end": init(gpt2_variant(lambda f: open(
+        os.path.join(f, "model.safetensors"), "r+b").write((2 ** 63).to_bytes(8, "little"))),
+        "model.safetensors: not a safetensors file"),
+    "init gpt2 weights nan": init(gpt2_variant(lambda f: edit_safetensors(f, nan_weights)),
+                                  "model.safetensors: wpe.weight holds NaN"),
+    "init checkpoint weights nan": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
+        "model"]["transformer.wpe.weight"].mul_(float("nan"))), "ckpt.pt: transformer.wpe.weight holds NaN"),
+    "init checkpoint dropout text": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
+        "config"].update(dropout="high")), "ckpt.pt: its config does not describe a GPT"),
+    "resume state without done": resume(lambda p, tmp: resave(p, lambda s: s.pop("done")),
+                                        "state.pt: not the state of a run of this project"),
+    "resume lm_config not a gpt": resume(lambda p, tmp: resave(p, lambda s: s["done"].update(lm_config={"x": 1})),
+                                         "state.pt: its lm_config does not describe a GPT"),
+    "resume state without lm_config": resume(lambda p, tmp: resave(p, lambda s: s["done"].pop("lm_config")),
+                                             "state.pt: not the state of a run of this project"),
+    # --- the readers of data.py
+    "item column named twice": calrec_data(lambda d: edit(os.path.join(d, "Alpha.item"), "brand:token", "TITLE"),
+                                           "Alpha.item:1: column 3 ('TITLE') repeats the name of column 2"),
+    "item column without a name": calrec_data(lambda d: edit(os.path.join(d, "Alpha.item"), "brand:", ":"),
+                                              "Alpha.item:1: column 3 (':token') has no name"),
+    "inter column named twice": calrec_data(lambda d: edit(os.path.join(d, "Alpha.valid.inter"), "item_id:token\n",
+                                                           "item_id:token\titem_id:token\n"),
+                                            "Alpha.valid.inter:1: column 4 ('item_id:token') repeats the name"),
+    "glue column named twice": glue(lambda g: edit(os.path.join(g, "RTE", "dev.tsv"), "\tlabel\n", "\tlabel\tlabel\n"),
+                                    "RTE/dev.tsv:1: column 5 ('label') repeats the name of column 4"),
+    "stsb score arabic digit": glue(lambda g: edit(os.path.join(g, "STS-B", "train.tsv"), "4.750", "\u0663"),
+                                    "STS-B/train.tsv:2: STS-B score '\u0663' is not a number",
+                                    flags=("--aux", "SST-2", "--targets", "STS-B")),
+    "stsb score 4_0": glue(lambda g: edit(os.path.join(g, "STS-B", "dev.tsv"), "4.750", "4_0"),
+                           "STS-B/dev.tsv:2: STS-B score '4_0' is not a number",
+                           flags=("--aux", "SST-2", "--targets", "STS-B")),
+    "glue line of a no-break space": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"\xc2\xa0\n"),
+                                          "SST-2/train.tsv:26: expected 2 tab-separated columns"),
+    "few-shot line of a no-break space": lambda w, tmp: (
+        append_bytes(os.path.join(copy(w["glue"], tmp / "glue"), "CoLA", "train.tsv"), b"\xc2\xa0\n")
+        or ["data.py", "few-shot", "--glue", str(tmp / "glue"), "--out", str(tmp / "fs")],
+        "CoLA/train.tsv:25: expected 4 tab-separated columns"),
+    "data path ends in /.": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], w["alpha"] + "/."],
+                                            "--data: two folders are named Alpha"),
+    "item text file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.item")) or
+                                              os.mkdir(os.path.join(d, "Alpha.item")),
+                                              "Alpha.item: is a folder, not a file"),
+    "item id empty": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b" \tgadget\tB\n"),
+                                 "Alpha.item:10: an empty item id"),
+    "item id with a space listed twice": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"),
+                                                                            b"3 \tagain\tBrand0\n"),
+                                                     "Alpha.item:10: item 3 listed twice"),
+    "init token id beyond the model": init(gpt2_variant(lambda f: edit(os.path.join(f, "tokenizer.json"),
+                                                                       '"<|endoftext|>": 0,', '"<|endoftext|>": 100000,')),
+                                           "tokenizer.json: token '<|endoftext|>' has id 100000, beyond a model"),
+    # --- the data commands (download.py)
+    "raw id a list": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        {"reviewerID": ["u9"], "asin": "A", "unixReviewTime": 1}]),
+        "Tools_5.json.gz:20: reviewerID ['u9'] is not an id"),
+    "raw meta id a dict": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": {"x": 1}, "title": "x"}]), "meta_Tools.json.gz:9: asin {'x': 1} is not an id"),
+    "raw meta id a number": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": 17, "title": "x"}]), "meta_Tools.json.gz:9: asin 17 is not an id"),
+    "raw meta id empty": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "", "title": "x"}]), "meta_Tools.json.gz:9: asin '' is not an id"),
+    "raw meta id with a space": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "H X", "title": "x"}]), "downloads/meta_Tools.json.gz:9: asin 'H X' is not an id"),  # the raw file
+    "raw time too large": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        '{"reviewerID": "u9", "asin": "A", "unixReviewTime": 1e999}']),
+        "Tools_5.json.gz:20: unixReviewTime inf is not an integer"),
+    "raw time a bool": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        {"reviewerID": "u9", "asin": "A", "unixReviewTime": True}]), "Tools_5.json.gz:20: unixReviewTime True is not"),
+    "raw meta text a dict": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "H", "title": "x", "brand": {"x": "y"}}]), "meta_Tools.json.gz:9: brand {'x': 'y'} is not text"),
+    "raw meta title a list": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "H", "title": ["a", "b"]}]), "meta_Tools.json.gz:9: title ['a', 'b'] is not text"),
+    "raw meta category path": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "H", "title": "x", "category": ["Root", 3]}]), "meta_Tools.json.gz:9: category ['Root', 3] is not a"),
+    "raw meta text with nul": amazon_raw(lambda d: write_lines(os.path.join(d, "meta_Tools.json.gz"), META + [
+        {"asin": "H", "title": "a\0b"}]), "meta_Tools.json.gz:9: title 'a\\x00b' is not text"),
+    "amazon url without scheme": data_py("amazon", "Tools", "--url", "{tmp}/mirror", "--out", "{tmp}/a",
+                                         message="--url: expected an http://, https:// or file:// URL"),
+    "few-shot seed too large": data_py("few-shot", "--glue", "{glue}", "--seeds", f"13,{2 ** 32}",
+                                       message="--seeds: expected comma-separated integers from 0 to 4294967295"),
 }
 
 

@@ -179,6 +179,61 @@ def test_item_without_text_is_an_error(tmp_path):
         data.read_atomic(str(tmp_path))
 
 
+def toys_folder(tmp_path, item_lines, name="Toys"):
+    """A benchmark folder of the .item variant: items 7 and 9 (whatever item_lines holds), one user."""
+    folder = tmp_path / name
+    folder.mkdir()
+    write(folder / f"{name}.item", item_lines)
+    for split, row in (("train", "u\t7\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
+        write(folder / f"{name}.{split}.inter", INTER + [row])
+    return folder
+
+
+@pytest.mark.parametrize("file, header, message", [
+    ("Toys.item", "item_id:token\ttitle:token_seq\ttitle:token_seq",
+     r"Toys\.item:1: column 3 \('title:token_seq'\) repeats the name of column 2 \('title:token_seq'\)"),
+    ("Toys.item", "item_id:token\ttitle:token_seq\tTITLE", r"Toys\.item:1: column 3 \('TITLE'\) repeats the name"),
+    ("Toys.item", "item_id:token\tsales_type\tSales Type:token", r"Toys\.item:1: column 3 .* repeats the name"),
+    ("Toys.item", "item_id:token\t:token_seq\tbrand", r"Toys\.item:1: column 2 \(':token_seq'\) has no name"),
+    ("Toys.valid.inter", INTER[0] + "\titem_id:token", r"Toys\.valid\.inter:1: column 4 \('item_id:token'\) repeats"),
+])
+def test_a_column_name_twice_or_none_is_an_error(tmp_path, file, header, message):
+    folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq\tbrand:token", "7\tYo-yo\tDuncan", "9\tKite\t"])
+    write(folder / file, [header] + (folder / file).read_text().splitlines()[1:])  # the header is read first
+    with pytest.raises(data.UserError, match=message):
+        data.read_atomic(str(folder))
+
+
+def test_item_ids_are_tokens(tmp_path):
+    folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7 \tYo-yo", " 9\tKite"])
+    assert data.read_atomic(str(folder)).item_keys == ["7", "9"]  # as the .inter files' ids, split on whitespace
+    write(folder / "Toys.item", ["item_id:token\ttitle:token_seq", "7\tYo-yo", " \tKite"])
+    with pytest.raises(data.UserError, match=r"Toys\.item:3: an empty item id"):
+        data.read_atomic(str(folder))
+    sci = text_folder(tmp_path)
+    write(f"{sci}/Sci.item2index", ["AS1 \t0", "AS2\t1", "\t2"])
+    with pytest.raises(data.UserError, match=r"Sci\.item2index:3: an empty item id"):
+        data.read_atomic(sci)
+    write(f"{sci}/Sci.item2index", ["AS1 \t0", "AS2\t1", "AS3\t\u0662"])  # an Arabic-Indic 2
+    with pytest.raises(data.UserError, match=r"Sci\.item2index:3: expected 'ASIN<TAB>integer id'"):
+        data.read_atomic(sci)
+
+
+def test_the_folder_name_does_not_depend_on_how_the_path_is_written(tmp_path, monkeypatch):
+    folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\tKite"])
+    monkeypatch.chdir(folder)
+    for path in (f"{folder}/", f"{folder}/.", ".", "./", "../Toys"):
+        assert data.read_atomic(path).name == "Toys", path
+
+
+def test_an_item_file_that_is_a_folder_is_named(tmp_path):
+    folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\tKite"])
+    (folder / "Toys.item").unlink()
+    (folder / "Toys.item").mkdir()
+    with pytest.raises(data.UserError, match=r"Toys\.item: is a folder, not a file"):
+        data.read_atomic(str(folder))
+
+
 @needs_scientific
 def test_real_scientific_folder_reads_as_documented():
     d = data.read_atomic(REAL_SCIENTIFIC)

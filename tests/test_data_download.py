@@ -353,6 +353,26 @@ def test_few_shot_needs_two_k_lines_per_label(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "RTE" / "8-13")
 
 
+@pytest.mark.parametrize("blank", ["", " \t", "\x0c", "\u00a0", "\u2028", "\x1c"])
+def test_few_shot_takes_the_lines_the_reader_takes(tmp_path, blank):
+    """The data lines drawn from are the rows read_glue_split reads, one for one, whatever a blank line holds (a
+    byte-order mark before a blank first line included); a line it does not take for blank is its error."""
+    rows = [f"{i}\tA {i}.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(8)]
+    text = "\ufeff\nindex\tsentence1\tsentence2\tlabel\n" + "\n".join(rows[:4] + [blank] + rows[4:]) + "\n"
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_bytes(text.encode("utf-8"))
+    try:
+        y = data.read_glue_split(str(tmp_path / "RTE" / "train.tsv"), "RTE")["y"]
+    except UserError:
+        with pytest.raises(UserError):
+            download._labelled_lines(str(tmp_path), "RTE")
+        return
+    _, header, lines, label = download._labelled_lines(str(tmp_path), "RTE")
+    assert header == [b"index\tsentence1\tsentence2\tlabel\n"]
+    assert lines == [row.encode("utf-8") + b"\n" for row in rows] and len(y) == len(rows)
+    assert [label[line] for line in lines] == [row.split("\t")[3] for row in rows]
+
+
 # -----------------------------------------------------------------------------
 # the command line
 
@@ -397,7 +417,10 @@ def test_a_user_error_is_one_line(server, tmp_path, capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["glue", "--tasks", "CoLA,WNLI"], "unknown GLUE task 'WNLI'"),
     (["amazon", "Tools", "--min-cou", "3"], "unrecognized arguments: --min-cou"),  # no abbreviations
-    (["few-shot", "--seeds", "13,x"], "expected comma-separated integers >= 0"),
+    (["few-shot", "--seeds", "13,x"], "expected comma-separated integers from 0 to 4294967295"),
+    (["few-shot", "--seeds", "4294967296"], "--seeds: expected comma-separated integers from 0 to 4294967295"),
+    (["amazon", "Tools", "--url", "mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
+    (["amazon", "Tools", "--url", "ftp://mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
 ])
 def test_bad_flags_fail_at_once(capsys, argv, message):
     code, _, err = run_main(capsys, argv)

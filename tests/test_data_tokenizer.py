@@ -55,6 +55,17 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path):
 
 def test_vocabulary_must_fit_the_model():
     tok = data.train_tokenizer(TEXTS, vocab_size=300)
-    tok.check_fits(300)
-    with pytest.raises(data.UserError, match=f"vocabulary of {tok.vocab_size} tokens does not fit .*vocab_size=64"):
+    tok.check_fits(tok.vocab_size)
+    with pytest.raises(data.UserError, match=f"has id {tok.vocab_size - 1}, beyond a model with vocab_size=64"):
         tok.check_fits(64)
+
+
+def test_the_largest_id_must_fit_not_the_number_of_tokens():
+    """A tokenizer.json may number its tokens with gaps: three tokens, one of them id 100000, need 100001 rows."""
+    t = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, data.EOT: 100000}, merges=[]))
+    t.add_special_tokens([data.EOT])
+    tok = data.TextTokenizer(t)
+    assert tok.vocab_size == 3
+    with pytest.raises(data.UserError, match=r"token '<\|endoftext\|>' has id 100000, beyond .*vocab_size=300"):
+        tok.check_fits(300)
+    tok.check_fits(100001)

@@ -150,6 +150,15 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         engine.gpt_from_checkpoint(path)
 
 
+def resave(path, change):
+    """A file torch.save wrote, rewritten after change(obj) edits what it holds in place: a damaged checkpoint or
+    run state. Returns path."""
+    obj = torch.load(path, weights_only=True)
+    change(obj)
+    torch.save(obj, path)
+    return path
+
+
 class RunsCode:
     """What a malicious checkpoint holds: unpickling it calls os.system (here: it would only touch a file)."""
 
@@ -175,6 +184,42 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
         pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     strings = [arg for op, arg, _ in pickletools.genops(pkl) if isinstance(arg, str)]
     assert any(s.endswith(" system") for s in strings) and f"touch {witness}" in strings
+
+
+@pytest.mark.parametrize("change", [dict(dropout="high"), dict(dropout=2.0), dict(dropout=math.nan), dict(bias="no"),
+                                    dict(n_layer=True), dict(vocab_size=0), dict(block_size=2.5), dict(n_embd=15),
+                                    dict(width=3)])
+def test_a_checkpoint_config_that_is_no_gpt_is_refused_before_any_allocation(tmp_path, change):
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, tiny(), tokenizer(tmp_path), step=0, metrics={})
+    resave(path, lambda ck: ck["config"].update(change))
+    with pytest.raises(UserError, match="ckpt.pt: its config does not describe a GPT"):
+        engine.gpt_from_checkpoint(path)
+
+
+@pytest.mark.parametrize("change", [dict(block_size=10 ** 12), dict(vocab_size=10 ** 11), dict(n_layer=10 ** 12)])
+def test_a_checkpoint_config_far_larger_than_its_weights_is_refused_without_allocating(tmp_path, change):
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, tiny(), tokenizer(tmp_path), step=0, metrics={})
+    resave(path, lambda ck: ck["config"].update(change))
+    with pytest.raises(UserError, match="ckpt.pt: "):
+        engine.gpt_from_checkpoint(path)
+
+
+def test_a_damaged_run_state_is_refused_as_one_message(tmp_path):
+    path, key = str(tmp_path / "state.pt"), dict(task="t", seed=0)
+    state = engine.RunState(path, key, resume=False)
+    state.finish("lm_config", dataclasses.asdict(tiny().config))
+    assert engine.RunState(path, key, resume=True).done["lm_config"]["n_embd"] == 16  # the good state reads back
+    for change in (lambda s: s.pop("done"), lambda s: s.pop("elapsed"), lambda s: s.update(key=[1, 2]),
+                   lambda s: s.update(current={"phase": "stage1"}), lambda s: s.update(resumes="0")):
+        resave(path, change)
+        with pytest.raises(UserError, match="state.pt: not the state of a run of this project"):
+            engine.RunState(path, key, resume=True)
+        state.save()
+    resave(path, lambda s: s["done"]["lm_config"].update(dropout=2.0))
+    with pytest.raises(UserError, match="state.pt: its lm_config does not describe a GPT"):
+        engine.RunState(path, key, resume=True)
 
 
 # -----------------------------------------------------------------------------

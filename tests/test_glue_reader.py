@@ -2,6 +2,7 @@
 present, the real files (fetching the official files: tests/test_data_download.py)."""
 
 import os
+import random
 
 import pytest
 
@@ -92,11 +93,55 @@ def test_crlf_line_endings(tmp_path):
     ("QNLI", LAYOUTS["QNLI"].replace("question\t", "query\t"), r"train.tsv:1: header has no column 'question'"),
     ("CoLA", LAYOUTS["CoLA"].replace("gj04\t0\t*\t", "gj04\t0\t"), r"train.tsv:2: expected 4 tab-separated"),
     ("CoLA", "index\tsentence\n0\tA test sentence.\n", r"train.tsv:1: this is CoLA's unlabelled test layout"),
+    ("RTE", LAYOUTS["RTE"].replace("label\n", "label\tlabel\n").replace("ent\n", "ent\tentailment\n"),
+     r"train.tsv:1: column 5 \('label'\) repeats the name of column 4"),
+    ("SST-2", LAYOUTS["SST-2"].replace("label\n", "label\t\n"), r"train.tsv:1: column 3 \(''\) has no name"),
+    ("STS-B", LAYOUTS["STS-B"].replace("4.750", "\u0663"), r"train.tsv:2: STS-B score '\u0663' is not a number"),
+    ("STS-B", LAYOUTS["STS-B"].replace("4.750", "4_0"), r"train.tsv:2: STS-B score '4_0' is not a number"),
+    ("STS-B", LAYOUTS["STS-B"].replace("4.750", "nan"), r"train.tsv:2: STS-B score 'nan' is not a number"),
+    ("SST-2", LAYOUTS["SST-2"] + "\u00a0\n", r"train.tsv:4: expected 2 tab-separated columns"),  # not blank
 ])
 def test_bad_input_names_file_and_line(tmp_path, name, text, message):
     folder = write_task(tmp_path, name, text)
     with pytest.raises(data.UserError, match=message):
         data.glue_task(name, folder)
+
+
+@pytest.mark.parametrize("score", ["0", "5", "4.750", "3.", ".5", "+2.5", "-0.0"])
+def test_scores_in_plain_decimal_notation(tmp_path, score):
+    folder = write_task(tmp_path, "STS-B", LAYOUTS["STS-B"].replace("4.750", score))
+    assert data.glue_task("STS-B", folder)["train"]["y"][0] == float(score)
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    folder = write_task(tmp_path, "SST-2", LAYOUTS["SST-2"].replace("\n", "\n \t\r\n\n", 1))
+    assert data.glue_task("SST-2", folder)["train"]["y"] == [1, 0]
+
+
+def old_trim(a, b, budget):
+    """encode_examples' former loop, one token at a time (O(n^2) on a long sentence): the reference."""
+    while len(a) + len(b) > budget:
+        a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
+    return a, b
+
+
+def test_pair_lengths_trim_as_the_token_by_token_loop():
+    rng = random.Random(0)
+    cases = [(n_a, n_b, budget) for n_a in range(15) for n_b in range(15) for budget in range(30)]
+    cases += [(rng.randint(0, 400), rng.randint(0, 400), rng.randint(2, 500)) for _ in range(3000)]
+    for n_a, n_b, budget in cases:
+        a, b = old_trim(list(range(n_a)), list(range(n_b)), budget)
+        assert data.pair_lengths(n_a, n_b, budget) == (len(a), len(b)), (n_a, n_b, budget)
+
+
+def test_encode_examples_cuts_pairs_as_before():
+    tok = data.train_tokenizer([LAYOUTS["MNLI"]], vocab_size=300)
+    words = LAYOUTS["MNLI"].split()
+    split = {"text_a": [" ".join(words[:n]) for n in (0, 3, 17, 40)],
+             "text_b": [" ".join(words[-n:]) for n in (9, 40, 1, 17)]}
+    for max_len in (4, 7, 12, 33, 200):
+        cut = [old_trim(tok.encode(a), tok.encode(b), max_len - 2) for a, b in zip(split["text_a"], split["text_b"])]
+        assert data.encode_examples(tok, split, max_len) == [a + [tok.sep_id] + b + [tok.eot_id] for a, b in cut]
 
 
 def test_missing_files_and_unknown_tasks(tmp_path):
@@ -114,8 +159,8 @@ def test_real_glue_files_parse_completely():
     for name in data.GLUE_TASKS:
         task = data.glue_task(name, os.path.join(REAL_GLUE, name))
         for split in ("train", "dev"):
-            with open(os.path.join(REAL_GLUE, name, f"{split}.tsv"), encoding="utf-8-sig") as f:
-                lines = [line for line in f.read().split("\n") if line.strip()]
+            with open(os.path.join(REAL_GLUE, name, f"{split}.tsv"), "rb") as f:
+                lines = [line for line in f.read().split(b"\n") if line.strip()]  # blank: ASCII whitespace
             n_header = 0 if name == "CoLA" else 1
             assert len(task[split]["y"]) == len(lines) - n_header, (name, split)  # nothing dropped
 

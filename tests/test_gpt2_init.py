@@ -41,6 +41,26 @@ def write_gpt2_folder(folder, texts, n_positions=256):
     return tok
 
 
+def edit_safetensors(folder, change):
+    """A GPT-2 folder's model.safetensors rewritten after change(header, data) edits its JSON header (a dict) and
+    its data (a bytearray) in place."""
+    path = os.path.join(folder, "model.safetensors")
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = int.from_bytes(blob[:8], "little")
+    header, data = json.loads(blob[8:8 + n]), bytearray(blob[8 + n:])
+    change(header, data)
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + data)
+
+
+def nan_weights(header, data, name="wpe.weight"):
+    """An edit_safetensors change: every value of one float32 tensor NaN."""
+    begin, end = header[name]["data_offsets"]
+    data[begin:end] = torch.full(((end - begin) // 4,), float("nan")).numpy().tobytes()
+
+
 def test_calrec_runs_from_gpt2_weights_and_tokenizer(tmp_path):
     a = str(tmp_path / "Alpha")
     write_atomic(a, "Alpha")
@@ -89,5 +109,26 @@ def test_a_tokenizer_that_does_not_fit_the_weights_is_a_clear_error(tmp_path, ca
     with pytest.raises(SystemExit) as e:
         train.main(["--task", "calrec", "--data", a, "--init", g2, "--out-dir", str(tmp_path / "out")])
     assert e.value.code == 2
-    assert re.search(r"tokenizer.json: vocabulary of \d+ tokens does not fit", capsys.readouterr().err)
+    assert re.search(r"tokenizer.json: token .* has id \d+, beyond a model with vocab_size=\d+",
+                     capsys.readouterr().err)
     assert not (tmp_path / "out").exists()  # the input was checked before anything was written
+
+
+@pytest.mark.parametrize("entry", [dict(data_offsets=[0]), dict(data_offsets=["0", "4"]), dict(data_offsets=[4, 0]),
+                                   dict(shape=[-1, -1]), dict(shape=[0.5, 2]), dict(shape=True), dict(dtype=["F32"]),
+                                   dict(dtype="F8"), dict(shape=[0, 10 ** 30], data_offsets=[0, 0]), dict(shape=[2])])
+def test_a_malformed_safetensors_entry_is_one_message_naming_the_tensor(tmp_path, entry):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], **entry}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(gpt.UserError, match=r"model.safetensors: tensor w\b"):
+        gpt.read_safetensors(str(path))
+
+
+@pytest.mark.parametrize("blob", [(2 ** 63).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little") + b"[]",
+                                  (1).to_bytes(8, "little") + b"\xff", b"\x01\x00"])
+def test_a_file_without_a_safetensors_header_is_not_a_safetensors_file(tmp_path, blob):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(blob)
+    with pytest.raises(gpt.UserError, match="model.safetensors: not a safetensors file"):
+        gpt.read_safetensors(str(path))
