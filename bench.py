@@ -107,7 +107,7 @@ def bench_beam(device, **_):
 
 def bench_bm25(device, data_folder=None, **_):
     if data_folder:
-        d = data.load_domains([data_folder])[0]
+        d = data.read_atomic(data_folder)
         texts = [data.item_text(it, d.attributes, calrec.REAL_DATA.max_words) for it in d.items]
         queries, name = [texts[h[-1]] for h, _ in d.test], d.name
     else:

@@ -442,13 +442,11 @@ class CALRecConfig:
             if getattr(self, width) % getattr(self, heads):
                 raise UserError(f"setting {width}={getattr(self, width)}: not divisible by {heads}="
                                 f"{getattr(self, heads)}")
-        for name in ("beams", "constrained_beams"):  # a beam-search step: eval_batch x K beams attend to the prompt
-            k = getattr(self, name)                   # and to K cache slots per new token (model.GPT._beam_start)
-            scores = self.eval_batch * k * (self.block_size + k * (self.max_item_tokens + 1))
+        for name, k in (("beams", self.beams), ("constrained_beams", self.constrained_beams)):
+            scores = self.eval_batch * k * (self.block_size + k * (self.max_item_tokens + 1))  # a beam-search step
             if scores > 2 ** 30:  # 4 GB a head in float32
                 raise UserError(f"setting {name}={k}: a beam-search step over eval_batch={self.eval_batch} users "
-                                f"would compute {scores:.1e} attention scores a head, over the 2**30 (4 GB) allowed; "
-                                f"lower {name} or eval_batch")
+                                f"would compute {scores:.1e} attention scores a head (2**30 allowed); lower it")
         if self.softmax_over == "users" and self.extra_negatives:
             raise UserError("setting extra_negatives: extra negatives are items; they need softmax_over=items")
         if self.batch_size % rank_and_world()[1]:
@@ -502,7 +500,7 @@ class Experiment:
 
 def load_data(cfg, data_dirs, seed):
     """The domains (data_dirs, or the built-in world), the target's index and every domain's rows, checked."""
-    domains = data.load_domains(data_dirs) if data_dirs else data.make_world(seed=seed)
+    domains = [data.read_atomic(d) for d in data_dirs] if data_dirs else data.make_world(seed=seed)
     names = [d.name for d in domains]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -518,6 +516,25 @@ def load_data(cfg, data_dirs, seed):
         if not r:
             raise UserError(f"{folder}: has no training sequence of two items or more to learn from")
     return domains, target, rows
+
+
+def fitted_item_texts(items, max_words, tokenizer, max_tokens):
+    """data.item_text of each (item, attributes), at most max_tokens tokens (after a space, as PromptBuilder encodes
+    it) with every attribute: while too long, its longest value (in words; the first of equals) loses its last word,
+    down to one. A cut at the end would drop the brand of nearly all of Scientific's items (82% exceed 32 tokens)."""
+    caps = [[min(len(item.get(a, "Unknown").split()), max_words) for a in attributes] for item, attributes in items]
+    pending = list(range(len(items)))
+    while pending:  # one round shortens every item still too long by one word
+        texts = [data.item_text(*items[i], caps[i]) for i in pending]
+        lengths = [len(ids) for ids in tokenizer.encode_batch([" " + t for t in texts])]
+        longer = []
+        for i, n in zip(pending, lengths):
+            j = max(range(len(caps[i])), key=lambda k: caps[i][k], default=None)
+            if n > max_tokens and j is not None and caps[i][j] > 1:
+                caps[i][j] -= 1
+                longer.append(i)
+        pending = longer
+    return [data.item_text(*pair, cap) for pair, cap in zip(items, caps)]
 
 
 def build_lm(cfg, texts, init, resume, out_dir):
@@ -552,7 +569,7 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     c = lm.config  # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
-    fitted = data.fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens)
+    fitted = fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens)
     try:
         builder = data.PromptBuilder(tokenizer, fitted, c.block_size, cfg.max_history, cfg.max_item_tokens)
     except UserError as e:  # the LM of --init fixes block_size: name its file

@@ -68,8 +68,7 @@ class TextTokenizer:
         return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
     def check_fits(self, vocab_size):
-        """Every id indexes a row of the model's embedding (ids need not be contiguous: an added token may have
-        any id)."""
+        """Every id indexes a row of the model's embedding (an added token may have any id)."""
         ids = self.tok.get_vocab(with_added_tokens=True)
         token = max(ids, key=ids.get)
         if ids[token] >= vocab_size:
@@ -265,27 +264,30 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
 # 2b. the RecBole / UniSRec atomic benchmark folders: X.train.inter, X.valid.inter, X.test.inter, and the
 #     items in X.item, or in X.text + X.item2index
 
+def check_column_names(path, line_no, header, names, key=str):
+    """Every column of a header has a name, and one of its own (names compared as key() reads them)."""
+    first = {}  # key(name) -> the number of the first column with that name
+    for j, (col, name) in enumerate(zip(header, names), 1):
+        k = first.setdefault(key(name), j) if name.strip() else None
+        if k != j:
+            raise UserError(f"{path}:{line_no}: column {j} ({col!r}) " + (
+                f"repeats the name of column {k} ({header[k - 1]!r})" if k else "has no name"))
+
+
 def _attribute_name(column):
     """How a column of an .item file is rendered in an item's text: sales_type -> Sales Type."""
     return column.replace("_", " ").title()
 
 
 def _read_atomic_table(path, required):
-    """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)]). Every column
-    has a name of its own (compared as _attribute_name renders it: title and TITLE are one name)."""
+    """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)])."""
     lines = io.StringIO(read_text(path), newline=None)
     header = lines.readline().rstrip("\n").split("\t")
     names = [col.split(":")[0] for col in header]
     for r in required:
         if r not in names:
             raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
-    first = {}  # _attribute_name -> the number of the first column with that name
-    for j, (col, name) in enumerate(zip(header, names), 1):
-        if not name.strip():
-            raise UserError(f"{path}:1: column {j} ({col!r}) has no name")
-        k = first.setdefault(_attribute_name(name), j)
-        if k != j:
-            raise UserError(f"{path}:1: column {j} ({col!r}) repeats the name of column {k} ({header[k - 1]!r})")
+    check_column_names(path, 1, header, names, key=_attribute_name)  # title and TITLE are one name
     rows = [(line_no, line.rstrip("\n").split("\t")) for line_no, line in enumerate(lines, 2) if line.rstrip("\n")]
     for line_no, cols in rows:
         if len(cols) != len(names):
@@ -426,8 +428,10 @@ def read_atomic(folder):
     elif os.path.lexists(f"{path}.text"):
         attributes, missing, entries = _read_text_files(f"{path}.text", f"{path}.item2index")
     else:
-        raise UserError(f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder), nor the raw "
-                        f"Amazon files <Category>_5.json.gz and meta_<Category>.json.gz")
+        raw = [f for f in sorted(os.listdir(folder)) if re.search(r"(_5|^meta_.*)\.json(\.gz)?$", f)]
+        raise UserError(f"{os.path.join(folder, raw[0])}: raw Amazon 2018 files; convert them into a benchmark folder "
+                        "first: python data.py amazon CATEGORY --url file:///FOLDER (FOLDER as the Amazon site)" if raw
+                        else f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder)")
     if missing:
         log.info(f"{folder}: missing attribute values written as Unknown: "
                  + ", ".join(f"{k} {v}" for k, v in missing.items()))
@@ -443,18 +447,6 @@ def read_atomic(folder):
                   train_sequences=list(longest.values()), attributes=attributes)
 
 
-def load_domains(folders):
-    """One Domain per benchmark folder. Raw Amazon 2018 files are converted first, by `python data.py amazon`."""
-    for folder in folders:
-        files = os.listdir(folder) if os.path.isdir(folder) else []
-        raw = [f for f in files if re.search(r"(_5|^meta_.*)\.json(\.gz)?$", f)]
-        if raw:
-            raise UserError(f"{os.path.join(folder, raw[0])}: raw Amazon 2018 files; convert them into a benchmark "
-                            "folder first: python data.py amazon CATEGORY --url file:///FOLDER (FOLDER holding "
-                            "categoryFilesSmall/ and metaFiles2/, laid out as the Amazon site)")
-    return [read_atomic(folder) for folder in folders]
-
-
 # -----------------------------------------------------------------------------
 # 2c. the text templates (docs/calrec.md section 1) and batches
 
@@ -468,26 +460,6 @@ def item_text(item, attributes, max_words=24):
     """'Title: X, Category: Y, Brand: Z, Price: Unknown', each value cut at max_words words (one per attribute)."""
     caps = max_words if isinstance(max_words, (list, tuple)) else [max_words] * len(attributes)
     return ", ".join(f"{a}: {' '.join(item.get(a, 'Unknown').split()[:cap])}" for a, cap in zip(attributes, caps))
-
-
-def fitted_item_texts(items, max_words, tokenizer, max_tokens):
-    """item_text of every (item, attributes) pair, at most max_tokens tokens long (encoded after a space, as
-    PromptBuilder does) with every attribute: while an item is too long, its longest value (in words; the first of
-    equals) gives up its last word, down to one. Why: a cut at the end drops the last attributes; on Scientific
-    82% of the items exceed 32 tokens, and nearly all would lose their brand."""
-    caps = [[min(len(item.get(a, "Unknown").split()), max_words) for a in attributes] for item, attributes in items]
-    pending = list(range(len(items)))
-    while pending:  # one round shortens every item still too long by one word
-        texts = [item_text(*items[i], caps[i]) for i in pending]
-        lengths = [len(ids) for ids in tokenizer.encode_batch([" " + t for t in texts])]
-        longer = []
-        for i, n in zip(pending, lengths):
-            j = max(range(len(caps[i])), key=lambda k: caps[i][k], default=None)
-            if n > max_tokens and j is not None and caps[i][j] > 1:
-                caps[i][j] -= 1
-                longer.append(i)
-        pending = longer
-    return [item_text(*pair, cap) for pair, cap in zip(items, caps)]
 
 
 def history_prompt(texts):
@@ -613,13 +585,7 @@ def _glue_columns(path, task, spec, rows):
     if not rows:
         raise UserError(f"{path}:1: empty file, expected a header line")
     (lineno, header), rows = rows[0], rows[1:]
-    first = {}  # name -> the number of the first column with that name
-    for j, name in enumerate(header, 1):
-        if not name.strip():
-            raise UserError(f"{path}:{lineno}: column {j} ({name!r}) has no name")
-        k = first.setdefault(name, j)
-        if k != j:
-            raise UserError(f"{path}:{lineno}: column {j} ({name!r}) repeats the name of column {k}")
+    check_column_names(path, lineno, header, header)
     wanted = [c for c in (spec["text_a"], spec["text_b"], spec["label"]) if c is not None]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -806,30 +772,6 @@ def task_family():
     targets = {name: family_task(name, rule, args, {"train": n, "dev": FAMILY_DEV, "test": FAMILY_TEST})
                for name, (rule, args, n) in FAMILY_TARGETS.items()}
     return aux, targets
-
-
-# --- batches ------------------------------------------------------------------------
-
-def pair_lengths(n_a, n_b, budget):
-    """How many of their n_a and n_b tokens text_a and text_b keep to fit `budget` together: BERT's trimming of
-    the longer side one token at a time (text_a on a tie), in closed form."""
-    if n_a + n_b <= budget:
-        return n_a, n_b
-    if 2 * min(n_a, n_b) <= budget:  # the shorter side stays whole; the longer is cut to the rest
-        return (n_a, budget - n_a) if n_a <= n_b else (budget - n_b, n_b)
-    return budget // 2, budget - budget // 2  # both are cut to a half; text_a gives up the odd token
-
-
-def encode_examples(tokenizer, split, max_len):
-    """Token ids of each example, at most max_len: text_a, or text_a <sep> text_b cut to fit, then <eot>."""
-    a_ids = tokenizer.encode_batch(split["text_a"])
-    if split["text_b"] is None:
-        return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
-    out = []
-    for a, b in zip(a_ids, tokenizer.encode_batch(split["text_b"])):
-        keep_a, keep_b = pair_lengths(len(a), len(b), max_len - 2)  # room for <sep> and <eot>
-        out.append(a[:keep_a] + [tokenizer.sep_id] + b[:keep_b] + [tokenizer.eot_id])
-    return out
 
 
 if __name__ == "__main__":  # the command line that fetches the real data lives in download.py

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split
-from engine import Parser, check_out_dir, positive_int
+from engine import SEED_MAX, Parser, check_out_dir, positive_int
 from model import UserError
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,6 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
 # 4. few-shot splits (LM-BFF)
 
 LM_BFF_SEEDS = (100, 13, 21, 42, 87)  # the order of LM-BFF's script, which matters for CoLA (see below)
-SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 
 def _labelled_lines(glue_root, name):

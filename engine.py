@@ -150,6 +150,9 @@ def save_torch(path, obj):
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
 
@@ -162,6 +165,35 @@ def positive_int(text):
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+class Once(argparse.Action):
+    """Store a flag's value, refusing the flag given twice (argparse would keep the last one silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice")
+        setattr(namespace, self.dest, values)
+
+
+def seed_number(text):
+    if not text.isdigit() or int(text) > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}")
+    return int(text)
+
+
+def thread_count(text):
+    n, cpus = positive_int(text), os.cpu_count() or 1
+    if n > cpus:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {cpus}, the CPUs here, got {text!r}")
+    return n
+
+
+def name_value(text):
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
 
 
 def check_out_dir(path, flag, outputs=()):

@@ -101,12 +101,17 @@ def rank_markov(domain, examples):
     catalog takes 1.1 GB); each chunk of users reads the rows of its last items."""
     follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
     nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
-                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
                                   (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
-    pop = popularity(domain)
+    pop = popularity(domain).long()
     last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
     def scores(rows):                                                  # (chunk, N) counts first, then popularity
-        return nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop  # exact, in int64
+        # ranks_from_scores compares float32, exact only below 2**24 (count * pop.max() passes it): each row's keys
+        # as their dense rank within the row (< N), which orders like the keys themselves
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
     return ranks_in_chunks(scores, examples)
 
 

@@ -311,10 +311,29 @@ def split_metrics(model, enc, metric_names, device, batch_size=128):
     return task_metrics(metric_names, pred, gold)
 
 
+def pair_lengths(n_a, n_b, budget):
+    """Tokens text_a and text_b keep of n_a, n_b to fit `budget`: BERT's trim of the longer side (text_a on a tie)."""
+    if n_a + n_b <= budget:
+        return n_a, n_b
+    if 2 * min(n_a, n_b) <= budget:  # the shorter side stays whole; the longer is cut to the rest
+        return (n_a, budget - n_a) if n_a <= n_b else (budget - n_b, n_b)
+    return budget // 2, budget - budget // 2  # both are cut to a half; text_a gives up the odd token
+
+
+def encode_examples(tokenizer, split, max_len):
+    """Token ids of each example, at most max_len: text_a, or text_a <sep> text_b cut to fit, then <eot>."""
+    a_ids = tokenizer.encode_batch(split["text_a"])
+    if split["text_b"] is None:
+        return [ids[:max_len - 1] + [tokenizer.eot_id] for ids in a_ids]
+    b_ids = tokenizer.encode_batch(split["text_b"])
+    keep = [pair_lengths(len(a), len(b), max_len - 2) for a, b in zip(a_ids, b_ids)]  # room for <sep> and <eot>
+    return [a[:i] + [tokenizer.sep_id] + b[:j] + [tokenizer.eot_id] for a, b, (i, j) in zip(a_ids, b_ids, keep)]
+
+
 def encode_split(tokenizer, task, split, task_id, max_len, scale):
     """Token ids and targets of one split, with what batching and evaluation need to know."""
     y = np.asarray(split["y"], dtype=np.float32) / scale  # regression scores to [0, 1]; classes unchanged
-    return dict(ids=data.encode_examples(tokenizer, split, max_len), y=y, task_id=task_id,
+    return dict(ids=encode_examples(tokenizer, split, max_len), y=y, task_id=task_id,
                 regression=task["kind"] == "regression", scale=scale, pad_id=tokenizer.pad_id)
 
 

@@ -431,8 +431,7 @@ class GPT(nn.Module):
         weights_path, sd = read_hf_weights(directory)
         # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model); the causal-mask buffers
         # "attn.bias" / "attn.masked_bias" of old checkpoints are not weights; lm_head is tied to wte
-        sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-        sd = {k: v for k, v in sd.items()
+        sd = {k.removeprefix("transformer."): v for k, v in sd.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
         check_weights(sd, config, weights_path, cfg_path, layout=gpt2_layout)
         model = cls(config)
@@ -493,8 +492,7 @@ def read_safetensors(path):
 
 
 def _safetensors_entry(path, name, info, size):
-    """One tensor's header entry, checked -> (dtype, shape, begin, end): a dtype we read, a shape of whole numbers
-    >= 0, and offsets 0 <= begin <= end <= size (the bytes of data) that hold exactly the bytes of that shape."""
+    """A header entry -> (dtype, shape, begin, end): a known dtype, whole numbers, the bytes of exactly that shape."""
     info = info if isinstance(info, dict) else {}
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and
@@ -524,10 +522,8 @@ def gpt2_layout(name, shape):
 
 
 def check_weights(weights, config, path, source, layout=lambda name, shape: (name, shape)):
-    """Refuse weights (read from `path`) that a GPT of `config` (from `source`) would not hold, before that GPT is
-    built: other names, other shapes, or values that are not finite (training from NaN can only diverge). The
-    shapes come from a GPT built on the meta device, which allocates nothing, so a config of 10**12 positions is
-    refused, not allocated. layout(name, shape): the name and shape a file holds a weight under (None: not held)."""
+    """Refuse weights (from `path`) of other names, shapes than a GPT of `config` (from `source`) holds, or not finite,
+    before any allocation (shapes from a GPT on the meta device). layout: a weight's (name, shape) in the file."""
     if config.n_layer > len(weights):  # each block has weights of its own (and is built, even on the meta device)
         raise UserError(f"{path}: {len(weights)} tensors cannot fill the n_layer = {config.n_layer} blocks of {source}")
     with torch.device("meta"):

@@ -20,7 +20,6 @@ import os
 # thread needs (docs/results.md section 4). Set before torch starts OpenMP; a value in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -29,8 +28,9 @@ import torch  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import (Parser, apply_settings, check_out_dir, format_value, open_log_file, pick_device,  # noqa: E402
-                    positive_int, seed_everything, setup_distributed, setup_logging, show_config)
+from engine import (Once, Parser, apply_settings, check_out_dir, format_value, name_value,  # noqa: E402
+                    open_log_file, pick_device, seed_everything, seed_number, setup_distributed, setup_logging,
+                    show_config, thread_count)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -42,39 +42,9 @@ ALIASES = ("alpha", "beta", "tau", "beams", "stages", "target", "eval_interval",
 RUN_FLAGS = {"data": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
              "dtype": ("calrec",), "compile": ("calrec",)}
 OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt")  # files a run writes in --out-dir
-SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 # -----------------------------------------------------------------------------
 # flags
-
-
-class Once(argparse.Action):
-    """Store a flag's value, refusing the flag given twice (argparse would keep the last one silently)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest) is not None:
-            parser.error(f"{option_string} is given twice")
-        setattr(namespace, self.dest, values)
-
-
-def seed(text):
-    if not text.isdigit() or int(text) > SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}")
-    return int(text)
-
-
-def threads(text):
-    n, cpus = positive_int(text), os.cpu_count() or 1
-    if n > cpus:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {cpus}, the CPUs here, got {text!r}")
-    return n
-
-
-def name_value(text):
-    name, eq, value = text.partition("=")
-    if not eq or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip(), value.strip()
 
 
 def alias_help(name):
@@ -101,13 +71,13 @@ def build_parser():
     g.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out-dir (after a crash, a kill or Ctrl-C) with the same flags: "
                         "it ends with the results the uninterrupted run would have given")
-    g.add_argument("--seed", type=seed, action=Once, help="seed for every random number generator (default: 0)")
+    g.add_argument("--seed", type=seed_number, action=Once, help="seed for every random number generator (default: 0)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), action=Once,
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
                    help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
     g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss (for GPUs)")
-    g.add_argument("--threads", type=threads, action=Once,
+    g.add_argument("--threads", type=thread_count, action=Once,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
     g.add_argument("--show-config", action="store_true", help="print every setting with its value and what it "

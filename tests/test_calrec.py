@@ -80,6 +80,31 @@ def test_info_nce_equals_naive_loop():
     assert loss.device == q.device and loss.shape == (), (
         f"info_nce on the CPU with the default device 'meta': expected a scalar on the CPU, got {tuple(loss.shape)} "
         f"on {loss.device}")
+    # a row whose logits all lie far below another row's: each row's log-sum-exp taken out with its own largest
+    # logit (the matrix's largest would underflow every exp of this row to 0: log 0, an infinite loss)
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 0.0]])       # row 0: cosine 1 to its key; row 1: 0 and -1
+    ids = torch.tensor([0, 1, 2])
+    for dtype, tau in ((torch.float32, 0.005), (torch.float64, 0.001)):
+        a, b = 1 / tau, -1 / tau                                      # in closed form: the naive loop overflows
+        row0 = math.log(2 + math.exp(-a))                             # log(e^a + e^0 + e^a) - a, the positive a
+        row1 = -b + math.log(2 + math.exp(b))                         # log(e^0 + e^b + e^0) - b, the positive b
+        want = (row0 + row1) / 2
+        got = calrec.info_nce(q.to(dtype), k.to(dtype), ids, tau).item()
+        assert got == pytest.approx(want, rel=1e-5), (
+            f"info_nce ({dtype}) of 2 queries, 3 keys, tau={tau}: row 0's logits {a:g}, 0, {a:g}; row 1's 0, {b:g}, 0 "
+            f"(all far below row 0's largest): expected {want:.6f}, got {got} (each row's log-sum-exp must be taken "
+            f"out with that row's own largest logit)")
+    # the loss is a graph of the queries and of the keys both (a key detached keeps the value, not the gradient)
+    torch.manual_seed(5)
+    q, k, ids = torch.randn(4, 3), torch.randn(6, 3), torch.tensor([2, 0, 2, 1, 3, 0])
+    for tau in (0.5, 1.0):
+        try:
+            gradients_match_finite_differences(
+                lambda q, k: calrec.info_nce(F.normalize(q, dim=-1), F.normalize(k, dim=-1), ids, tau), q, k)
+        except RuntimeError as e:                                     # gradcheck's GradcheckError is one
+            pytest.fail(f"the gradients of info_nce (4 queries, 6 keys, tau={tau}) with respect to the queries and the "
+                        f"keys: expected finite differences' (both in the graph), got others: {str(e).splitlines()[0]}")
 
 
 def test_duplicate_targets_are_not_negatives():
@@ -117,6 +142,9 @@ def test_loss_mixture_by_hand():
             f"calrec_loss with alpha={alpha}, beta={beta}, L_NIG = 3, L_TT = {l_tt:.10g}, L_UT = {l_ut:.10g}: expected "
             f"(1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT = {want:.10g}, got {loss.item():.10g} "
             f"({loss.dtype}; the inputs are float64)")
+        assert loss.shape == () and loss.dtype == torch.float64, (
+            f"calrec_loss with alpha={alpha}, beta={beta} of a 0-d float64 L_NIG: expected a 0-d float64 loss, got "
+            f"shape {tuple(loss.shape)}, {loss.dtype}")
         assert set(parts) == {"nig", "tt", "ut"} and all(type(v) is float for v in parts.values()), (
             f"calrec_loss's parts: expected a dict {{'nig', 'tt', 'ut'}} of Python floats, got "
             f"{ {k: type(v).__name__ for k, v in parts.items()} }")
@@ -147,6 +175,25 @@ def test_loss_mixture_by_hand():
     except (RuntimeError, IndexError) as e:
         pytest.fail(f"{with_extra}: expected {want:.10g}, got {type(e).__name__}: {e}")
     assert loss.item() == pytest.approx(want, rel=1e-9), f"{with_extra}: expected {want:.10g}, got {loss.item():.10g}"
+    # a term of weight 0 is not computed (alpha = beta = 0: the project has no item tower's vectors, v_T = None) and
+    # counts as a 0-d zero on L_NIG's device: the loss stays a scalar there, whatever the default device (here
+    # "meta", where a tensor made without device= would land: it could not meet the CPU's, as it could not a GPU's)
+    for alpha, beta, keys in ((0.0, 0.0, None), (0.0, 0.5, v_t), (0.25, 0.0, v_t)):
+        want = (1 - alpha - beta) * 3.0 + alpha * l_tt + beta * l_ut
+        what = f"calrec_loss with alpha={alpha}, beta={beta}{', v_t=None' if keys is None else ''}, the default " \
+            f"device 'meta'"
+        try:
+            with torch.device("meta"):
+                loss, parts = calrec.calrec_loss(l_nig, v_u, v_tu, keys, items, alpha, beta, 0.1)
+        except NotImplementedError:
+            raise
+        except (RuntimeError, TypeError, AttributeError, IndexError) as e:
+            pytest.fail(f"{what}: expected {want:.10g}, got {type(e).__name__}: {e}")
+        assert loss.shape == () and loss.device == l_nig.device, (
+            f"{what}: expected a 0-d loss on the CPU (L_NIG's device), got shape {tuple(loss.shape)} on {loss.device}")
+        assert loss.item() == pytest.approx(want, rel=1e-9), f"{what}: expected {want:.10g}, got {loss.item():.10g}"
+        zeros = {name: parts[name] for name, weight in (("tt", alpha), ("ut", beta)) if weight == 0}
+        assert all(v == 0.0 for v in zeros.values()), f"{what}: expected the parts of weight 0 as 0.0, got {zeros}"
 
 
 def test_loss_mixture_gradients_match_finite_differences():
@@ -196,6 +243,35 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"target_vectors, span {p} (row {b}, positions 0 to {e - 1}: a span that starts the row): expected the "
             f"normalised mean of h over them, {[round(x, 6) for x in want.tolist()]}, got "
             f"{[round(x, 6) for x in got[p].tolist()]}")
+    # the same spans of a transposed (non-contiguous) h, in bfloat16 (autocast's dtype), with the default device
+    # "meta" (a tensor made without device= or dtype= lands there, or in float32): the vectors in h's dtype, on the CPU
+    rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
+    want = {"user_vectors": calrec.user_vectors(h, rows, starts), "target_vectors": calrec.target_vectors(h, rows, starts,
+                                                                                                          ends)}
+    h_t = h.to(torch.bfloat16).transpose(0, 1).contiguous().transpose(0, 1)   # (2, 9, 3), not contiguous
+    for name, call in (("user_vectors", lambda x: calrec.user_vectors(x, rows, starts)),
+                       ("target_vectors", lambda x: calrec.target_vectors(x, rows, starts, ends))):
+        try:
+            with torch.device("meta"):
+                got = call(h_t)
+        except NotImplementedError:
+            raise
+        except RuntimeError as e:
+            pytest.fail(f"{name} of a non-contiguous bfloat16 h on the CPU, the default device 'meta': {e}")
+        assert got.dtype == torch.bfloat16 and got.device == h.device and tuple(got.shape) == (3, 3), (
+            f"{name} of a bfloat16 h on the CPU (the default device 'meta'): expected (3, 3) bfloat16 on the CPU, got "
+            f"{tuple(got.shape)} {got.dtype} on {got.device}")
+        assert torch.allclose(got.double(), want[name], atol=0.05), (
+            f"{name} of the same spans of h in bfloat16: expected about {want[name].tolist()}, got {got.tolist()}")
+    # the vectors are a graph of h: its gradient (a normalisation done in place breaks backward) against finite
+    # differences
+    for name, call in (("user_vectors", lambda x: calrec.user_vectors(x, rows, starts)),
+                       ("target_vectors", lambda x: calrec.target_vectors(x, rows, starts, ends))):
+        try:
+            gradients_match_finite_differences(call, h)
+        except RuntimeError as e:                                     # gradcheck's GradcheckError is one
+            pytest.fail(f"the gradient of {name} (3 spans of a (2, 9, 3) h) with respect to h: expected finite "
+                        f"differences', got others: {str(e).splitlines()[0]}")
 
 
 # -----------------------------------------------------------------------------
@@ -254,12 +330,14 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all
     docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "?!"]
     queries = ["red", "apple pie red", "car door door", "nothing here", "s"]
-    for k1, b in ((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0)):
-        s = calrec.BM25(docs, k1=k1, b=b).scores(queries)
-        assert tuple(s.shape) == (len(queries), len(docs)), (
-            f"BM25(k1={k1}, b={b}).scores of {len(queries)} queries on the documents {docs} (the last has no word): "
-            f"expected shape ({len(queries)}, {len(docs)}), got {tuple(s.shape)}")
-        for q, row in zip(queries, s.tolist()):
+    # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
+    for (k1, b), asked in zip(((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0), (1.2, 0.75), (1.2, 0.75), (1.2, 0.75)),
+                              (queries, queries, queries, queries, ["apple pie red"], ["nothing here", "?"], [])):
+        s = calrec.BM25(docs, k1=k1, b=b).scores(asked)
+        assert tuple(s.shape) == (len(asked), len(docs)), (
+            f"BM25(k1={k1}, b={b}).scores of {len(asked)} queries {asked} on the documents {docs} (the last has no "
+            f"word): expected shape ({len(asked)}, {len(docs)}), got {tuple(s.shape)}")
+        for q, row in zip(asked, s.tolist()):
             want = naive_bm25(docs, q, k1, b)
             assert row == pytest.approx(want, rel=1e-5, abs=1e-6), (
                 f"BM25(k1={k1}, b={b}) scores of query {q!r} on the documents {docs}: expected "
@@ -269,6 +347,21 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
 
 # -----------------------------------------------------------------------------
 # quasi-round-robin merge
+
+
+def naive_round_robin(lists, list_scores, exclude, k):
+    """Round p: while the round has candidates, the one of highest score (ties: the lower beam) is taken out and
+    kept if it is new and outside `exclude`; at most k kept in all."""
+    taken = []
+    depth = max(map(len, lists)) if lists else 0
+    for p in range(depth):
+        pool = [(sc[p], -m, lst[p]) for m, (lst, sc) in enumerate(zip(lists, list_scores)) if len(lst) > p]
+        while pool:
+            score, beam, item = max(pool)                           # the best score; of equal ones, the lower beam
+            pool.remove((score, beam, item))
+            if len(taken) < k and item not in taken and item not in exclude:
+                taken.append(item)
+    return taken
 
 
 def test_merge_round_robin_on_hand_made_lists():
@@ -293,6 +386,18 @@ def test_merge_round_robin_on_hand_made_lists():
         got = calrec.merge_round_robin(ls, sc, exclude=exclude, k=k)
         assert got == want, (f"merge_round_robin of lists {ls} with BM25 scores {sc}, exclude={exclude}, k={k} "
                              f"({what}): expected {want}, got {got}")
+    # a family of random merges against a naive loop: an item in several beams of one round (its best score
+    # counts), repeated in a list, rounds that add nothing (all taken or history) before rounds that do, equal scores
+    import random
+    rng = random.Random(0)
+    for case in range(300):
+        ls = [[rng.randrange(8) for _ in range(rng.randrange(6))] for _ in range(rng.randrange(5))]
+        sc = [sorted((rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in lst), reverse=True) for lst in ls]
+        exclude, k = rng.sample(range(8), rng.randrange(4)), rng.randrange(11)
+        want = naive_round_robin(ls, sc, exclude, k)
+        got = calrec.merge_round_robin(ls, sc, exclude=exclude, k=k)
+        assert got == want, (f"merge_round_robin of lists {ls} with BM25 scores {sc}, exclude={exclude}, k={k}: "
+                             f"expected {want} (a naive loop: round by round, the best score first), got {got}")
     # the caller's lists, scores and history stay as they were
     exclude = [20, 12]
     got = leaves_inputs_alone(calrec.merge_round_robin, lists, scores, exclude=exclude, k=4)
@@ -338,6 +443,15 @@ def test_catalog_trie_by_hand():
     for prefix in ((9,), (1, 9), (1, 9, 2), (4, 9, 9), (2, eot)):
         assert trie.node(prefix) is None, f"CatalogTrie.node({prefix}): expected None (no item of {catalog} starts " \
             f"so), got {trie.node(prefix)}"
+    # a second trie of another catalog: its own nodes (nothing carried over from the first)
+    other = calrec_extras.CatalogTrie([[9, 9], [1, 3]], eot, V)
+    for prefix, want in (((9,), True), ((9, 9, eot), True), ((1, 3), True), ((1, 2), False), ((4,), False)):
+        assert (other.node(prefix) is not None) == want, (
+            f"CatalogTrie([[9, 9], [1, 3]]).node({prefix}), built after a trie of {catalog}: expected "
+            f"{'a node' if want else 'None'}, got {other.node(prefix)}")
+    assert trie.node((9,)) is None and trie.node((1, 2)) is not None, (
+        f"CatalogTrie({catalog}).node((9,)), node((1, 2)) after another trie was built: expected None and a node, "
+        f"got {trie.node((9,))} and {trie.node((1, 2))}")
     leaves = {(1, 2, eot): [1, 5], (1, 2, 3, eot): [0], (4, eot): [2], (4, 9, eot): [4], (1, 5, 6, 7, eot): [3]}
     for prefix, items in leaves.items():
         got = sorted(trie.items.get(trie.node(prefix), []))
@@ -369,6 +483,11 @@ def test_catalog_trie_by_hand():
         got = trie.ranked_items(found, [history], k)
         assert got == [want], (f"ranked_items of the beams {found[0]} (items 1 and 5 are twins), history {history}, "
                                f"k={k}: expected [{want}], got {got}")
+    # twins come out in item order, whatever their ids: items 1 and 8 write [1, 2]
+    twins = [[2]] + [[1, 2]] + [[k + 3] for k in range(6)] + [[1, 2]]
+    got = calrec_extras.CatalogTrie(twins, eot, V).ranked_items([[([1, 2, eot], -1.0), ([3, eot], -2.0)]], [[]], 5)
+    assert got == [[1, 8, 2]], (f"ranked_items of the beams [1, 2, eot], [3, eot] over the catalog {twins} (items 1 "
+                                f"and 8 are twins): expected [[1, 8, 2]] (twins in item order), got {got}")
 
 
 def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
@@ -432,6 +551,21 @@ def test_markov_and_last_item_baselines_by_hand():
     assert ranks == [1, 1, 3, 2], (
         f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over "
         f"{texts} (the query: the last history item's text): expected ranks [1, 1, 3, 2], got {ranks}")
+    # against a naive loop over BM25 scores computed word by word: a target tied with an item of higher index (the
+    # tie counts against the target, whatever the indices), a target sharing no word with the query (score 0: it
+    # ties with every other 0, it is not unranked), a history of several items, a target in its history
+    texts = ["red apple", "red cherry", "red plum", "blue sky", "green sky"]
+    examples = [([2], 0), ([0], 3), ([1], 2), ([4, 0], 3), ([3], 3), ([1, 2], 4)]
+    want = []
+    for history, target in examples:
+        s = naive_bm25(texts, texts[history[-1]], 1.2, 0.75)
+        want.append(0 if target in history else
+                    sum(s[j] >= s[target] for j in range(len(texts)) if j not in history))
+    ranks = ev.rank_last_item_bm25(calrec.BM25(texts), texts, examples).tolist()
+    assert ranks == want, (
+        f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over "
+        f"{texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count against the "
+        f"target), got {ranks}")
 
 
 def naive_markov_ranks(sequences, n_items, examples):
@@ -468,6 +602,19 @@ def test_markov_equals_a_naive_loop():
         f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over the "
         f"training sequences {sequences[:5]} + [[3]] * 1200 + [[5]]: expected ranks {want} (a naive loop: the "
         f"transition's count first, popularity only to break ties), got {got}")
+    # counts times popularity past 2**24, where float32 no longer holds every integer: 1000 transitions 0 -> 1 and
+    # 0 -> 2 each, item 1 bought once more than item 2, item 3 bought 40000 times (count * 40001 is about 4e7)
+    sequences = [[0, 1]] * 1000 + [[0, 2]] * 1000 + [[1]] + [[3]] * 40000
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(4)], list("abcd"), train=[], valid=[], test=[],
+                    train_sequences=sequences, attributes=("Title",))
+    examples = [([0], 1), ([0], 2), ([3], 1), ([1], 3)]
+    want = naive_markov_ranks(sequences, 4, examples)
+    got = ev.rank_markov(d, examples).tolist()
+    assert got == want, (
+        f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over the "
+        f"training sequences [[0, 1]] * 1000 + [[0, 2]] * 1000 + [[1]] + [[3]] * 40000: expected ranks {want} (after "
+        f"item 0, items 1 and 2 tie on 1000 transitions and item 1 is the more popular), got {got} (count * "
+        f"(max popularity + 1) + popularity in float32 is exact only below 2**24)")
 
 
 # -----------------------------------------------------------------------------
@@ -538,6 +685,33 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
         f"ranks_from_lists of targets 9, 4 in [5, 2, 9], [1]: expected [3, 0], got {from_lists}"
 
 
+def test_ranks_from_scores_equal_a_naive_loop():
+    # a family of random users against a naive loop: histories of every length (empty ones beside longer ones,
+    # item 0 in none of them), items repeated within a history, targets in their own history, ties, negative scores;
+    # one user and several; float32, float64 and bfloat16 scores, contiguous or a transpose's view
+    def naive(scores, targets, histories):
+        out = []
+        for row, target, history in zip(scores.tolist(), targets.tolist(), histories):
+            out.append(0 if target in history else
+                       sum(row[j] >= row[target] for j in range(len(row)) if j not in history))
+        return out
+
+    gen = torch.Generator().manual_seed(0)
+    for case in range(40):
+        B, N = (1, 3, 5)[case % 3], 7
+        scores = torch.randint(-2, 3, (N, B), generator=gen).to((torch.float32, torch.float64, torch.bfloat16)[case % 3])
+        scores = scores.t() if case % 2 else scores.t().contiguous()    # (B, N), a transpose's view every other case
+        targets = torch.randint(0, N, (B,), generator=gen)
+        histories = [torch.randint(1, N, (int(torch.randint(0, 4, (), generator=gen)),), generator=gen).tolist()
+                     for _ in range(B)]
+        want = naive(scores, targets, histories)
+        got = leaves_inputs_alone(ev.ranks_from_scores, scores, targets, histories)
+        assert tuple(got.shape) == (B,) and got.tolist() == want, (
+            f"ranks_from_scores of the {scores.dtype} scores {scores.tolist()}, targets {targets.tolist()}, histories "
+            f"{histories}: expected {want} (a naive loop: candidates outside the history scoring >= the target), got "
+            f"{got.tolist()}")
+
+
 # -----------------------------------------------------------------------------
 # templates, batches and the pooling spans
 
@@ -578,12 +752,12 @@ def test_fitted_item_texts_shorten_the_longest_value_and_keep_every_attribute():
              ({"Title": "a"}, ("Title", "Brand"))]                                     # 4 words: fits
     # by hand, at most 7 words: the first title gives up 3 words; the second brand one, then the title, the
     # first of two equal values; the third title 2 words (Price: Unknown counts); the fourth fits as it is
-    assert data.fitted_item_texts(items, 24, WordTokens(), 7) == [
+    assert calrec.fitted_item_texts(items, 24, WordTokens(), 7) == [
         "Title: a b c, Brand: x y", "Title: a b, Brand: w x y", "Title: a b, Brand: x, Price: Unknown",
         "Title: a, Brand: Unknown"]
     # a value keeps one word even when the item cannot fit; the word cap applies first
-    assert data.fitted_item_texts(items[:1], 24, WordTokens(), 2) == ["Title: a, Brand: x"]
-    assert data.fitted_item_texts(items[:1], 2, WordTokens(), 99) == ["Title: a b, Brand: x y"]
+    assert calrec.fitted_item_texts(items[:1], 24, WordTokens(), 2) == ["Title: a, Brand: x"]
+    assert calrec.fitted_item_texts(items[:1], 2, WordTokens(), 99) == ["Title: a b, Brand: x y"]
 
 
 def test_pooling_spans_cover_exactly_history_and_target(small_world):
@@ -842,6 +1016,21 @@ def test_recent_vectors_by_hand():
     got = calrec_extras.recent_vectors(v_items, [[], []], 0.5)
     assert tuple(got.shape) == (2, 2) and torch.equal(got, torch.zeros(2, 2, dtype=torch.float64)), (
         f"recent_vectors of two empty histories: expected zeros (2, 2), got {got.tolist()}")
+    # an item bought twice counts twice, each time at its own age: [1, 1, 0] at decay 0.5 is
+    # (0.25 v1 + 0.5 v1 + v0) / 1.75 = (1, 0.75) / 1.75
+    got = calrec_extras.recent_vectors(v_items, [[1, 1, 0], [3, 3]], 0.5)
+    want = torch.tensor([[1 / 1.75, 0.75 / 1.75], [2.0, -1.0]], dtype=torch.float64)
+    assert torch.allclose(got, want), (
+        f"recent_vectors of the histories [[1, 1, 0], [3, 3]] (an item repeated: each occurrence weighs) over the item "
+        f"vectors {v_items.tolist()}, decay 0.5: expected {want.tolist()}, got {got.tolist()}")
+    # r_U is a graph of the item vectors (L_UT trains through it with recent_in_loss): its gradient against finite
+    # differences
+    try:
+        gradients_match_finite_differences(
+            lambda v: calrec_extras.recent_vectors(v, [[0, 1, 2], [3], [], [2, 0, 2]], 0.5), v_items)
+    except RuntimeError as e:                                         # gradcheck's GradcheckError is one
+        pytest.fail(f"the gradient of recent_vectors with respect to the item vectors: expected finite differences', "
+                    f"got others: {str(e).splitlines()[0]}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

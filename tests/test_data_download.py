@@ -146,7 +146,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     assert sorted(os.listdir(out)) == ["Tools", "downloads"]  # no temporary folder left
     assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz", "meta_Tools.json.gz"]
 
-    d = data.load_domains([str(out / "Tools")])[0]
+    d = data.read_atomic(str(out / "Tools"))
     raw = download.read_amazon_raw(*raw_paths, min_count=3)  # the protocol straight on the raw files
     assert d.item_keys == raw.item_keys == ["A", "B", "C", "D"]
     assert d.items == [{k: " ".join(v.split()) for k, v in item.items()} for item in raw.items]
@@ -168,7 +168,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     assert "already there; delete it to rebuild" in caplog.text and len(server.seen) == requests
     # the raw files are for `python data.py amazon` to convert; --data refuses them, saying how to convert them
     with pytest.raises(UserError, match="Tools_5.json.gz: raw Amazon 2018 files; convert them"):
-        data.load_domains([str(out / "downloads")])
+        data.read_atomic(str(out / "downloads"))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bad crc"])

@@ -7,6 +7,7 @@ import random
 import pytest
 
 import data
+import maml
 from conftest import real_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,7 +132,7 @@ def test_pair_lengths_trim_as_the_token_by_token_loop():
     cases += [(rng.randint(0, 400), rng.randint(0, 400), rng.randint(2, 500)) for _ in range(3000)]
     for n_a, n_b, budget in cases:
         a, b = old_trim(list(range(n_a)), list(range(n_b)), budget)
-        assert data.pair_lengths(n_a, n_b, budget) == (len(a), len(b)), (n_a, n_b, budget)
+        assert maml.pair_lengths(n_a, n_b, budget) == (len(a), len(b)), (n_a, n_b, budget)
 
 
 def test_encode_examples_cuts_pairs_as_before():
@@ -141,7 +142,7 @@ def test_encode_examples_cuts_pairs_as_before():
              "text_b": [" ".join(words[-n:]) for n in (9, 40, 1, 17)]}
     for max_len in (4, 7, 12, 33, 200):
         cut = [old_trim(tok.encode(a), tok.encode(b), max_len - 2) for a, b in zip(split["text_a"], split["text_b"])]
-        assert data.encode_examples(tok, split, max_len) == [a + [tok.sep_id] + b + [tok.eot_id] for a, b in cut]
+        assert maml.encode_examples(tok, split, max_len) == [a + [tok.sep_id] + b + [tok.eot_id] for a, b in cut]
 
 
 def test_missing_files_and_unknown_tasks(tmp_path):

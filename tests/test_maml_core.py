@@ -184,6 +184,73 @@ def test_adapt_least_squares_closed_form(steps):
             + ("first-order gradient ∇L_Q(θ^(k))" if first_order else "MAML gradient (I − αH_s)^k ∇L_Q(θ^(k))")))
 
 
+def scaled_tanh_mlp_loss(scale):
+    """A new loss function, scale·tanh_mlp_loss, made afresh for each call (as each run or model makes its own)."""
+    def loss_fn(params, batch):
+        return scale * tanh_mlp_loss(params, batch)
+    return loss_fn
+
+
+def task_of(batches, i):
+    """Task i of a batch dict, or of a list or tuple of them (the same container)."""
+    if isinstance(batches, dict):
+        return {k: v[i] for k, v in batches.items()}
+    return type(batches)(task_of(b, i) for b in batches)
+
+
+def adapt_by_loop(params, loss_fn, batches, alpha, steps):
+    """Written here: `steps` SGD steps with .backward(), batches[j % len] at step j (one batch: that batch)."""
+    batches = list(batches) if isinstance(batches, (list, tuple)) else [batches]
+    p = {k: v.detach().clone() for k, v in params.items()}
+    for j in range(steps):
+        leaves = {k: v.requires_grad_() for k, v in p.items()}
+        loss_fn(leaves, batches[j % len(batches)]).backward()
+        p = {k: (v - alpha * v.grad).detach() for k, v in leaves.items()}
+    return p
+
+
+def test_adapt_over_a_family_under_vmap_equals_a_loop_per_task():
+    # a generated family, as the project calls adapt: under torch.func.vmap over the tasks (meta_loss_vmap,
+    # reptile_direction) and alone; one batch (a dict), a list or a tuple of batches, cycled; 0 to 3 steps; no
+    # support at all ([]) with 0 steps (the multi-task baseline); first and second order; a new loss function each
+    # time (nothing kept between calls); the default device set to "meta" while the tensors stay on the CPU
+    params, support, _ = tanh_mlp_tasks(3)
+    alpha, wrong = 0.3, []
+    forms = {"a dict": lambda s: s[0], "a list": list, "a tuple": tuple}
+    cases = [(steps, form, (steps + n) % 2 == 1, n == steps % 3)
+             for steps in (0, 1, 3) for n, form in enumerate(forms)]
+    for case, (steps, form, first_order, meta_default) in enumerate(cases):
+        scale = 1.0 + 0.25 * case
+        loss_fn, batches = scaled_tanh_mlp_loss(scale), forms[form](support)
+        what = (f"adapt(θ, {scale}·tanh MLP loss, {form} of batches, inner_lr {alpha}, {steps} steps, "
+                f"first_order={first_order}){' with the default device meta' * meta_default}")
+
+        def run(b):
+            return maml.adapt(params, loss_fn, b, alpha, steps, first_order)
+        try:
+            with torch.device("meta") if meta_default else torch.device("cpu"):
+                batched = vmap(run, randomness="different")(batches)
+                alone = run(task_of(batches, 0))
+        except Exception as e:
+            wrong.append(f"  {what}: raised {type(e).__name__}: {str(e)[:120]}")
+            continue
+        for i in range(3):
+            expected = adapt_by_loop(params, loss_fn, task_of(batches, i), alpha, steps)
+            for k in params:
+                for how, got in (("under vmap", batched[k][i]),) + ((("alone", alone[k]),) if i == 0 else ()):
+                    if got.shape != params[k].shape or not torch.allclose(got.detach(), expected[k], rtol=1e-10,
+                                                                         atol=1e-12):
+                        wrong.append(f"  {what}, {how}, task {i}, {k}: expected {show(expected[k])}, got {show(got)}")
+    try:
+        got = maml.adapt(params, scaled_tanh_mlp_loss(2.0), [], alpha, 0)
+        if set(got) != set(params) or not all(torch.equal(got[k], params[k]) for k in params):
+            wrong.append(f"  adapt(θ, loss, [], inner_lr, 0 steps): expected θ itself, got {got}")
+    except Exception as e:
+        wrong.append(f"  adapt(θ, loss, [] (no support batch), inner_lr, 0 steps): expected θ, raised "
+                     f"{type(e).__name__}: {e}")
+    assert not wrong, "adapt over a family of calls:\n" + "\n".join(wrong[:10])
+
+
 # ---------------------------------------------------------------------------- closed forms of the meta-gradient
 
 
@@ -282,6 +349,50 @@ def test_vmap_equals_loop_float64(first_order):
         assert_close(l, l_ref, f"{what}: the mean over the tasks of each one's query loss at its own θ_i^(k)")
         for k in params:
             assert_close(g[k], g_ref[k], f"{what}: the meta-gradient of {k}", rtol=1e-10)
+
+
+def meta_loss_by_loop(params, loss_fn, support, query, alpha, steps, first_order):
+    """Written here, by recursion on k: θ_i^(k) = θ_i^(k-1) - α ∇L(θ_i^(k-1); support batch k-1, cycled), the
+    gradient left in the graph for second order; then the query loss of each task i at θ_i^(k), averaged."""
+    def theta(i, k):
+        if k == 0:
+            return params
+        before, names = theta(i, k - 1), sorted(params)
+        inner = loss_fn(before, task_of(support[(k - 1) % len(support)], i))
+        grads = torch.autograd.grad(inner, [before[n] for n in names], create_graph=not first_order)
+        return dict(zip(names, (before[n] - alpha * g for n, g in zip(names, grads))))
+    n_tasks = len(next(iter(query.values())))
+    return sum(loss_fn(theta(i, steps), task_of(query, i)) for i in range(n_tasks)) / n_tasks
+
+
+def test_meta_loss_over_a_family_equals_a_loop():
+    # a generated family: 1 or 3 tasks; no inner step and no support batch at all (support [], MAML with k = 0: the
+    # multi-task baseline of meta_train), one batch in a list, two in a tuple cycled over 3 steps; first and second
+    # order; a new loss function each time; the default device "meta" while the tensors stay on the CPU
+    wrong = []
+    cases = [(3, [], 0, False, False), (1, [], 0, True, True), (3, [0], 1, False, True), (1, (0, 1), 3, True, False),
+             (3, (0, 1), 3, False, False)]
+    for case, (n_tasks, which, steps, first_order, meta_default) in enumerate(cases):
+        params, support, query = tanh_mlp_tasks(n_tasks, seed=case)
+        support = type(which)(support[j] for j in which)
+        loss_fn = scaled_tanh_mlp_loss(1.0 + 0.5 * case)
+        l_ref, g_ref = meta_grad(meta_loss_by_loop, params, loss_fn, support, query, 0.3, steps, first_order)
+        for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+            what = (f"{fn.__name__}, {n_tasks} task{'s' * (n_tasks > 1)}, support {type(which).__name__} of "
+                    f"{len(support)} batch{'es' * (len(support) != 1)}, {steps} steps, first_order={first_order}"
+                    f"{', default device meta' * meta_default}")
+            try:
+                with torch.device("meta") if meta_default else torch.device("cpu"):
+                    l, g = meta_grad(fn, params, loss_fn, support, query, 0.3, steps, first_order)
+            except Exception as e:
+                wrong.append(f"  {what}: raised {type(e).__name__}: {str(e)[:120]}")
+                continue
+            if l.shape != () or not torch.allclose(l, l_ref, rtol=1e-10, atol=1e-12):
+                wrong.append(f"  {what}: expected the mean query loss {show(l_ref)}, got {show(l)}")
+            for k in params:
+                if not torch.allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12):
+                    wrong.append(f"  {what}: the meta-gradient of {k}: expected {show(g_ref[k])}, got {show(g[k])}")
+    assert not wrong, "the meta-loss over a family of calls:\n" + "\n".join(wrong[:10])
 
 
 def test_finite_differences_tanh_mlp():
@@ -400,6 +511,49 @@ def test_reptile_one_step_is_one_sgd_step():
                      f"step, outer SGD at β: θ + β(θ' − θ) = θ − βα∇L_S(θ), parameter {k}")
 
 
+def test_reptile_direction_over_a_family_equals_a_loop_and_leaves_theta_alone():
+    # a generated family: 1 or 3 tasks, one or two support batches (a list or a tuple), 1 to 3 steps, θ as the
+    # caller's trainable leaves or as plain tensors, a new loss function each time, the default device "meta" while
+    # the tensors stay on the CPU; against a loop of .backward() steps written here. The caller's θ must come back
+    # as it went in: the same values, still trainable leaves (fine-tuning follows meta-training on them)
+    wrong = []
+    cases = [(1, (0,), 1, list, True, False), (3, (0, 1), 3, tuple, True, True), (3, (1,), 2, list, False, False),
+             (1, (0, 1), 2, tuple, False, True)]
+    for case, (n_tasks, which, steps, container, trainable, meta_default) in enumerate(cases):
+        params, support, _ = tanh_mlp_tasks(n_tasks, seed=case)
+        support = container(support[j] for j in which)
+        loss_fn = scaled_tanh_mlp_loss(1.0 + 0.5 * case)
+        theta = {k: v.clone().requires_grad_(trainable) for k, v in params.items()}
+        what = (f"reptile_direction, {n_tasks} task{'s' * (n_tasks > 1)}, {len(support)} support batch"
+                f"{'es' * (len(support) > 1)} in a {container.__name__}, {steps} steps, θ "
+                f"{'trainable leaves' if trainable else 'plain tensors'}{', default device meta' * meta_default}")
+        try:
+            with torch.device("meta") if meta_default else torch.device("cpu"):
+                got = maml.reptile_direction(theta, loss_fn, support, 0.3, steps)
+        except Exception as e:
+            wrong.append(f"  {what}: raised {type(e).__name__}: {str(e)[:120]}")
+            continue
+        moved = [adapt_by_loop(params, loss_fn, task_of(support, i), 0.3, steps) for i in range(n_tasks)]
+        for k in params:
+            expected = sum(m[k] - params[k] for m in moved) / n_tasks
+            if got[k].requires_grad or not torch.allclose(got[k].detach(), expected, rtol=1e-10, atol=1e-12):
+                wrong.append(f"  {what}, {k}: expected mean_i(θ_i^(k) − θ) {show(expected)}, with no graph, got "
+                             f"{show(got[k])} (requires_grad {got[k].requires_grad})")
+            if not (theta[k].is_leaf and theta[k].requires_grad == trainable and torch.equal(theta[k].detach(),
+                                                                                             params[k])):
+                wrong.append(f"  {what}: the caller's θ[{k!r}] changed (requires_grad now "
+                             f"{theta[k].requires_grad}, a leaf: {theta[k].is_leaf})")
+    # two calls in a row under dropout, from one seed: each draws its own masks from the caller's random stream
+    params, two = dropout_mlp_copies(2)
+    torch.manual_seed(0)
+    first = maml.reptile_direction(params, dropout_mlp_loss, [two], 0.1, 2)
+    second = maml.reptile_direction(params, dropout_mlp_loss, [two], 0.1, 2)
+    if all(torch.equal(first[k], second[k]) for k in params):
+        wrong.append("  two calls in a row with dropout in the loss gave the same direction: each call must draw new "
+                     "masks from the caller's random stream (no seed set inside)")
+    assert not wrong, "reptile_direction over a family of calls:\n" + "\n".join(wrong[:10])
+
+
 # ---------------------------------------------------------------------------- dropout under vmap, samplers
 
 
@@ -461,6 +615,35 @@ def test_task_samplers():
         got = maml.task_probabilities([100, 300, 600], "nope")
         pytest.fail(f"task_probabilities(sizes, 'nope') returned {got}: an unknown sampling must raise a ValueError "
                     "naming the setting")
+
+
+def test_task_probabilities_over_a_family_are_float64_arrays_numpy_can_draw_from():
+    # what maml.meta_train does with them: rng.choice(n, size=meta_batch, p=p), which wants n probabilities summing to
+    # 1 within about 1e-8; a family of sizes (one task, equal sizes, a size of 1 beside 10^9, 49 tasks; a list, a
+    # tuple, an int array) against the closed forms in exact arithmetic
+    from fractions import Fraction
+    families = [[7], [1, 1, 1], [500, 500, 500], [100, 300, 600], [1, 10 ** 9], list(range(1, 50)), (3, 5, 11),
+                np.array([2, 7, 1, 9], dtype=np.int64)]
+    wrong = []
+    for sizes in families:
+        n, total = len(sizes), sum(int(s) for s in sizes)
+        exact = {"uniform": [Fraction(1, n)] * n, "pps": [Fraction(int(s), total) for s in sizes]}
+        exact["mixed"] = [(u + q) / 2 for u, q in zip(exact["uniform"], exact["pps"])]
+        for sampling, want in exact.items():
+            got = maml.task_probabilities(sizes, sampling)
+            call = f"task_probabilities({sizes!r}, {sampling!r})"
+            if not isinstance(got, np.ndarray) or got.dtype != np.float64 or got.shape != (n,):
+                wrong.append(f"  {call}: expected a float64 numpy array of shape ({n},), got {got!r}")
+                continue
+            if abs(got.sum() - 1.0) > 1e-12 or not np.allclose(got, [float(w) for w in want], rtol=1e-14, atol=0):
+                wrong.append(f"  {call}: expected {[float(w) for w in want]} (sum 1), got {got.tolist()} "
+                             f"(sum 1 {got.sum() - 1.0:+.3g})")
+                continue
+            try:
+                np.random.default_rng(0).choice(n, size=8, p=got)
+            except ValueError as e:
+                wrong.append(f"  {call}: numpy's Generator.choice refused it: {e}")
+    assert not wrong, "task_probabilities over a family of sizes:\n" + "\n".join(wrong[:10])
 
 
 # ---------------------------------------------------------------------------- learning

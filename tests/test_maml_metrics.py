@@ -1,6 +1,7 @@
 """GLUE's metrics (evaluation.py) against values computed by hand."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -98,3 +99,50 @@ def test_a_diverged_prediction_scores_nan_not_zero():
     for fn in (evaluation.pearson, evaluation.spearman):
         got = fn([1.0, float("nan"), 2.0], [1, 2, 3])
         assert math.isnan(got), f"{fn.__name__}([1, nan, 2], [1, 2, 3]): expected nan (a diverged model), got {got}"
+
+
+def exact_pearson(x, y):
+    """Pearson's r of the float values x and y, in exact rational arithmetic (two passes, no cancellation)."""
+    x, y = [Fraction(float(v)) for v in x], [Fraction(float(v)) for v in y]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return 0.0
+    return math.copysign(math.sqrt(sxy * sxy / (sxx * syy)), sxy)
+
+
+def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
+    # a generated family: 2 to 9 values, large common offsets that cancel (1e8 + small values) and tiny spreads
+    # (2.5 + 1e-9·noise, a near-collapsed regression head), against exact arithmetic; non-finite predictions (inf as
+    # well as nan) score nan; every metric returns a Python float (json and torch.load(weights_only=True) read it)
+    rng = np.random.default_rng(0)
+    wrong = []
+    for n in (2, 3, 5, 9):
+        for offset, spread in ((0.0, 1.0), (1e8, 1.0), (2.5, 1e-9), (-3e7, 10.0), (1e6, 1e-3)):
+            x, y = offset + spread * rng.normal(size=n), rng.normal(size=n)
+            for a, b in ((x, y), (y, x), (x, -x + 1.0)):
+                got, expected = evaluation.pearson(a, b), exact_pearson(a, b)
+                if type(got) is not float or abs(got - expected) > 1e-9:
+                    wrong.append(f"  pearson({a.tolist()}, {b.tolist()}): expected {expected!r} (exact arithmetic, "
+                                 f"centred first), got {got!r} of type {type(got).__name__}")
+        pred, gold = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+        for p, g in ((pred, gold), (gold, gold), (1 - gold, gold), (np.zeros(n, int), gold), (pred, np.zeros(n, int))):
+            tp = sum(1 for u, v in zip(p, g) if u == 1 and v == 1)
+            fp = sum(1 for u, v in zip(p, g) if u == 1 and v != 1)
+            fn = sum(1 for u, v in zip(p, g) if u != 1 and v == 1)
+            expected, got = 2 * tp / (2 * tp + fp + fn) if tp else 0.0, evaluation.f1(p, g)
+            if type(got) is not float or abs(got - expected) > 1e-12:
+                wrong.append(f"  f1({p.tolist()}, {g.tolist()}): expected the Python float {expected!r} (tp {tp}, "
+                             f"fp {fp}, fn {fn}), got {got!r} of type {type(got).__name__}")
+            got = evaluation.mcc(p, g)
+            if type(got) is not float:
+                wrong.append(f"  mcc({p.tolist()}, {g.tolist()}): expected a Python float, got {got!r} of type "
+                             f"{type(got).__name__}")
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        for fn_ in (evaluation.pearson, evaluation.spearman):
+            for args in (([1.0, bad, 2.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [1.0, bad, 2.0])):
+                got = fn_(*args)
+                if type(got) is not float or not math.isnan(got):
+                    wrong.append(f"  {fn_.__name__}{args}: expected nan (a diverged model), got {got!r}")
+    assert not wrong, "GLUE's metrics on a generated family of inputs:\n" + "\n".join(wrong[:12])

@@ -722,3 +722,233 @@ def test_second_order_through_vmap_equals_a_loop_over_tasks():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=lambda m: (
             f"second-order MAML's gradient of {name}: vmap over 3 tasks differs from a loop over them (float64, "
             f"inside second_order_ops: LayerNorm's written-out ops are what vmap differentiates twice)\n{m}"))
+
+
+# -----------------------------------------------------------------------------
+# each exercise's contract over a small family of valid inputs (batch sizes, strides, dtypes, devices, vmap,
+# boundaries), against an independent reference
+
+def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
+    # a family of valid inputs against F.scaled_dot_product_attention in float64: one row and several, a mask per row
+    # and one shared (1, 1, Tq, Tk), q, k, v as CausalSelfAttention makes them (a transpose: not contiguous), float64
+    # and bfloat16 inputs (the output in the inputs' dtype), and new tensors going by default to the "meta" device
+    torch.manual_seed(0)
+
+    def qkv(B, Tq, Tk, dtype=torch.float32, transposed=False):
+        if transposed:  # (B, T, nh, hs) -> (B, nh, T, hs), as CausalSelfAttention splits the heads
+            return tuple(torch.randn(B, T, 2, 4).transpose(1, 2).to(dtype) for T in (Tq, Tk, Tk))
+        return tuple(torch.randn(B, 2, T, 4).to(dtype) for T in (Tq, Tk, Tk))
+
+    causal = torch.ones(3, 5, dtype=torch.bool).tril(2)[None, None]  # (1, 1, 3, 5): two past keys
+    cases = [("one row, a shared causal mask", qkv(1, 3, 5), causal, torch.float32, False),
+             ("3 rows, attention_mask_4d's mask per row", qkv(3, 3, 5),
+              model.attention_mask_4d(torch.tensor([[1, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 0]]).bool(), 2, 3),
+              torch.float32, False),
+             ("2 rows, q, k, v transposed (not contiguous)", qkv(2, 3, 5, transposed=True), causal, torch.float32,
+              False),
+             ("float64", qkv(2, 3, 5, torch.float64), causal, torch.float64, False),
+             ("bfloat16", qkv(2, 3, 5, torch.bfloat16), causal, torch.bfloat16, False),
+             ("the default device set to 'meta'", qkv(2, 3, 5), causal, torch.float32, True)]
+    for what, (q, k, v), mask, dtype, meta in cases:
+        what = f"manual_attention, {what}: q {tuple(q.shape)}, k, v {tuple(k.shape)} {dtype}, mask {tuple(mask.shape)}"
+        try:
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                got = model.manual_attention(q, k, v, mask)
+        except NotImplementedError:
+            raise
+        except RuntimeError as e:
+            raise AssertionError(f"{what}: {type(e).__name__}: {e}") from None
+        want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+        assert (tuple(got.shape), got.dtype, got.device) == (tuple(q.shape), dtype, q.device), (
+            f"{what}: want {tuple(q.shape)} {dtype} on {q.device} (q's shape, dtype and device), got "
+            f"{tuple(got.shape)} {got.dtype} on {got.device}")
+        tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: (
+            f"{what}: differs from F.scaled_dot_product_attention in float64\n{m}"))
+
+
+def test_manual_attention_dropout_drops_attention_weights_not_outputs():
+    # v = [identity | ones]: the output's first Tk coordinates are the attention weights after dropout, its last their
+    # sum. Dropout on the weights zeroes some of them and scales the rest by 1 / (1 - p); the last coordinate is still
+    # their sum (dropout of the output itself would zero coordinates independently of each other)
+    torch.manual_seed(0)
+    Tq, Tk, p = 4, 6, 0.5
+    q, k = torch.randn(50, 2, Tq, 7), torch.randn(50, 2, Tk, 7)
+    v = torch.cat([torch.eye(Tk), torch.ones(Tk, 1)], dim=1).expand(50, 2, Tk, Tk + 1)
+    mask = torch.ones(Tq, Tk, dtype=torch.bool).tril(2)[None, None]
+    got = model.manual_attention(q, k, v, mask, dropout_p=p)
+    att = F.scaled_dot_product_attention(q, k, torch.eye(Tk).expand(50, 2, Tk, Tk), attn_mask=mask)  # the weights
+    what = f"manual_attention(q, k, v = [eye({Tk}) | ones], causal mask, dropout_p={p}) on 50 x 2 x {Tq} queries"
+    assert got.shape == (50, 2, Tq, Tk + 1), f"{what}: want shape {(50, 2, Tq, Tk + 1)}, got {tuple(got.shape)}"
+    w = got[..., :Tk]
+    kept_or_dropped = torch.isclose(w, att / (1 - p), atol=1e-6) | (w == 0)
+    assert bool(kept_or_dropped.all()), (
+        f"{what}: each attention weight after dropout must be 0 or the weight / (1 - p); "
+        f"{int((~kept_or_dropped).sum())} of {w.numel()} are neither")
+    torch.testing.assert_close(got[..., Tk], w.sum(-1), atol=1e-5, rtol=1e-5, msg=lambda m: (
+        f"{what}: the last coordinate (v's column of ones) must be the sum of the weights after dropout (dropout on "
+        f"the attention weights, not on the output att @ v)\n{m}"))
+    frac = float((w[att > 0] == 0).float().mean())
+    assert 0.4 < frac < 0.6, f"{what}: {frac:.2f} of the positive weights dropped, want about {p}"
+
+def naive_mean_pool(h, span):
+    """Mean over the span's positions, row by row, in float64; an empty span pools to 0."""
+    rows = []
+    for b in range(h.size(0)):
+        picked = [h[b, t].double() for t in range(h.size(1)) if span[b, t]]
+        rows.append(sum(picked) / len(picked) if picked else torch.zeros(h.size(2), dtype=torch.double))
+    return torch.stack(rows)
+
+
+def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
+    # a family of valid inputs against a loop over rows: one row and several (an empty span among them), h transposed
+    # (not contiguous), float64, new tensors going by default to the "meta" device; and mean_pool under
+    # torch.func.vmap over tasks, as MAML's classifier runs it (maml.meta_loss_vmap)
+    from torch.func import vmap
+
+    torch.manual_seed(0)
+    span = torch.tensor([[0, 1, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])   # right-padded
+    cases = [("one row", torch.randn(1, 5, 3), span[:1], mask[:1], False),
+             ("3 rows", torch.randn(3, 5, 3), span, mask, False),
+             ("3 rows, h transposed (not contiguous)", torch.randn(3, 3, 5).transpose(1, 2), span, mask, False),
+             ("float64", torch.randn(3, 5, 3, dtype=torch.float64), span, mask, False),
+             ("the default device set to 'meta'", torch.randn(3, 5, 3), span, mask, True)]
+    for what, h, s, m, meta in cases:
+        last = [int(r.sum()) - 1 for r in m]
+        for name, fn, arg, want in (("mean_pool", model.mean_pool, s, naive_mean_pool(h, s)),
+                                    ("last_token_pool", model.last_token_pool, m,
+                                     torch.stack([h[b, last[b]].double() for b in range(h.size(0))]))):
+            call = f"{name}(h {tuple(h.shape)} {h.dtype}, {arg.tolist()}), {what}"
+            try:
+                with torch.device("meta") if meta else contextlib.nullcontext():
+                    got = fn(h, arg)
+            except NotImplementedError:
+                raise
+            except RuntimeError as e:
+                raise AssertionError(f"{call}: {type(e).__name__}: {e}") from None
+            assert (tuple(got.shape), got.dtype, got.device) == ((h.size(0), h.size(2)), h.dtype, h.device), (
+                f"{call}: want {(h.size(0), h.size(2))} {h.dtype} on {h.device}, got {tuple(got.shape)} {got.dtype} "
+                f"on {got.device}")
+            torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6,
+                                       msg=lambda d: f"{call}: differs from a loop over the rows\n{d}")
+    h = torch.randn(3, 2, 5, 4)                                    # 3 tasks, each a batch (2, 5, 4)
+    spans = torch.stack([span[:2], span[1:], span[[2, 0]]])        # (3, 2, 5)
+    call = "vmap(mean_pool)(h (3 tasks, 2, 5, 4), span (3, 2, 5))"
+    try:
+        got = vmap(model.mean_pool)(h, spans)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"{call}, as MAML's classifier runs it: {type(e).__name__}: {e}") from None
+    want = torch.stack([naive_mean_pool(h[i], spans[i]) for i in range(3)])
+    assert got.shape == (3, 2, 4), f"{call}: want shape (3, 2, 4), got {tuple(got.shape)}"
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6,
+                               msg=lambda d: f"{call}: differs from a loop over tasks and rows\n{d}")
+
+def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacity():
+    # a schedule of steps against a plain model of the buffers: every write goes to [length, length + T), whatever
+    # wrote there before (length set back by 1 rewrites the last position: extend keeps no count of its own), and a
+    # write whose end passes the capacity is a ValueError, also one that starts inside the cache and runs past it
+    B, nh, hs, cap = 2, 2, 3, 6
+    for dtype in (torch.float32, torch.float64):
+        cache = model.KVCache(GPTConfig(n_layer=2, n_head=nh, n_embd=nh * hs), batch=B, capacity=cap, device="cpu",
+                              dtype=dtype)
+        mine = {(name, layer): torch.zeros(B, nh, cap, hs, dtype=dtype) for name in "kv" for layer in (0, 1)}
+        torch.manual_seed(0)
+        history = []
+        for length, T in ((0, 3), (3, 1), (3, 2), (5, 2), (5, 1), (6, 1)):   # (length before the step, new positions)
+            cache.length = length
+            history.append(f"length {length}, {T} new")
+            what = f"KVCache(capacity {cap}, B {B}, n_head {nh}, {dtype}), steps: {'; '.join(history)}"
+            for layer in (0, 1):
+                k, v = torch.randn(B, nh, T, hs, dtype=dtype), torch.randn(B, nh, T, hs, dtype=dtype)
+                if length + T > cap:
+                    try:
+                        cache.extend(layer, k, v)
+                        raised = None
+                    except Exception as e:  # the type is checked below
+                        raised = e
+                    assert isinstance(raised, ValueError), (
+                        f"{what}, layer {layer}: positions [{length}, {length + T}) run past the capacity {cap}; want "
+                        f"a ValueError that says so, got {raised!r}")
+                    continue
+                mine["k", layer][:, :, length:length + T] = k
+                mine["v", layer][:, :, length:length + T] = v
+                for name, got in zip("kv", cache.extend(layer, k, v)):
+                    want = mine[name, layer][:, :, :length + T]
+                    assert got.shape == want.shape, f"{what}, layer {layer}: want {name} so far of shape " \
+                                                    f"{tuple(want.shape)}, got {tuple(got.shape)}"
+                    torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m: (
+                        f"{what}, layer {layer}: the {'keys' if name == 'k' else 'values'} so far differ (this step's "
+                        f"go to [length, length + T))\n{m}"))
+
+def test_beam_search_refuses_a_prompt_and_new_tokens_past_block_size():
+    # block_size 8: the longest prompt (6 tokens) + 2 new ones fits exactly; + 3 is a ValueError, with the cache and
+    # without (positions past block_size have no position embedding)
+    m = tiny(vocab_size=4, block_size=8)
+    prompts = [[1, 2, 0, 1, 2, 0], [2]]
+    for use_cache in (True, False):
+        what = f"beam_search({prompts}, num_beams=2, eos_id=3, use_cache={use_cache}), block_size 8"
+        got = m.beam_search(prompts, 2, 2, eos_id=3, use_cache=use_cache)
+        assert len(got) == 2 and all(len(beams) == 2 for beams in got), \
+            f"{what}, max_new_tokens=2 (8 positions, exactly block_size): want 2 prompts x 2 beams, got {got}"
+        try:
+            m.beam_search(prompts, 2, 3, eos_id=3, use_cache=use_cache)
+            raised = None
+        except Exception as e:  # the type is checked below
+            raised = e
+        assert isinstance(raised, ValueError) and "block_size" in str(raised), (
+            f"{what}, max_new_tokens=3: 6 + 3 positions, more than block_size; want a ValueError that names "
+            f"block_size, got {raised!r}")
+
+
+def test_beam_search_of_a_bfloat16_model_scores_in_float32():
+    # a bfloat16 model (the KV cache is made in the model's dtype): a beam's score is still the sum of its tokens'
+    # log-probabilities, the log-softmax taken in float32 (in bfloat16 it is off by ~0.01 per token)
+    m = tiny(vocab_size=11, seed=0).to(torch.bfloat16)
+    for prompts in ([[7]], [[1, 2, 3], [4]]):
+        for use_cache in (True, False):
+            found = m.beam_search(prompts, 4, 4, eos_id=5, use_cache=use_cache)
+            for prompt, beams in zip(prompts, found):
+                for tokens, score in beams:
+                    with torch.no_grad():
+                        logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].float(), -1)
+                    exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+                    assert math.isclose(score, exact, abs_tol=1e-3), (
+                        f"beam_search({prompts}, num_beams=4, max_new_tokens=4, eos_id=5, use_cache={use_cache}) of a "
+                        f"bfloat16 model, prompt {prompt}: the beam {tokens} scores {score:.5f}; the sum of its "
+                        f"tokens' log-probabilities (log_softmax of the logits in float32) is {exact:.5f}")
+
+@pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])
+def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(written_out):
+    # a family of valid inputs against F.layer_norm in float64: one position and a (B, T, C) batch, x transposed (not
+    # contiguous), float64, and positions whose mean is large next to their spread (the variance as E[x²] - μ² then
+    # cancels to nothing; as the mean of (x - μ)² it does not)
+    torch.manual_seed(0)
+    ln = model.LayerNorm(6)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.5 * torch.randn(6))
+        ln.bias.copy_(torch.randn(6))
+    cases = [("one position", torch.randn(1, 6), 1e-5),
+             ("(B, T, C)", torch.randn(3, 4, 6), 1e-5),
+             ("(B, T, C) transposed from (B, C, T), not contiguous", torch.randn(2, 6, 4).transpose(1, 2), 1e-5),
+             ("float64", torch.randn(2, 3, 6, dtype=torch.float64), 1e-10),
+             ("mean 1000, spread 0.1", 1000 + 0.1 * torch.randn(2, 3, 6), 1e-2),
+             ("float64, mean 1e6, spread 1e-3", 1e6 + 1e-3 * torch.randn(2, 3, 6, dtype=torch.float64), 1e-6)]
+    where = "inside" if written_out else "outside"
+    for what, x, tol in cases:
+        call = f"LayerNorm(6) {where} second_order_ops on x {tuple(x.shape)} {x.dtype}, {what}"
+        lnx = ln.to(x.dtype)
+        try:
+            with model.second_order_ops(lnx) if written_out else contextlib.nullcontext():
+                got = lnx(x)
+        except NotImplementedError:
+            raise
+        except RuntimeError as e:
+            raise AssertionError(f"{call}: {type(e).__name__}: {e}") from None
+        want = F.layer_norm(x.double(), (6,), lnx.weight.double(), lnx.bias.double(), 1e-5)
+        assert (got.shape, got.dtype) == (x.shape, x.dtype), \
+            f"{call}: want {tuple(x.shape)} {x.dtype}, got {tuple(got.shape)} {got.dtype}"
+        torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=lambda m: (
+            f"{call}: differs from F.layer_norm in float64\n{m}"))

@@ -81,6 +81,38 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
     loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
     return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
 '''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # a term of weight 0 as torch.zeros(1): the loss becomes shape (1,) on the CPU
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros(1)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros(1)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # both contrastive terms computed whatever their weights: with alpha = beta = 0 the project passes v_t = None
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt, l_ut = nce(v_tu), nce(v_u)                                  # both terms, reported even at weight 0
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
+        {"calrec.py:calrec_loss": '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # a term of weight 0 as torch.zeros(1, dtype=l_nig.dtype): shape (1,), made on the default device
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros(1, dtype=l_nig.dtype)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros(1, dtype=l_nig.dtype)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''},
     ],
     "round-robin": [
         {"calrec.py:merge_round_robin": '''
@@ -224,6 +256,41 @@ def merge_round_robin(lists, list_scores, exclude, k):
                     return taken
     return taken
 '''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # a round's candidates deduplicated by item first (setdefault): an item in two beams keeps the first beam's score
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        cands = {}                                                   # item -> (score, beam), one per item
+        for m in range(len(lists)):
+            if p < len(lists[m]):
+                cands.setdefault(lists[m][p], (list_scores[m][p], m))
+        for item, _ in sorted(cands.items(), key=lambda c: (-c[1][0], c[1][1])):
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''},
+        {"calrec.py:merge_round_robin": '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # stops at the first round that adds nothing (taken for 'the lists are used up'): later rounds are lost
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        before = len(taken)
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+        if len(taken) == before:                                     # nothing new: the lists hold no more
+            break
+    return taken
+'''},
     ],
     "ranking-metrics": [
         {"evaluation.py:ranks_from_scores": '''
@@ -351,6 +418,30 @@ def ranks_from_scores(scores, targets, histories):
     ranks = (scores >= t).sum(1, dtype=torch.int32)
     return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
 '''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    # histories padded with pad_sequence (pad 0): item 0 excluded for every user with a shorter history
+    hist = torch.nn.utils.rnn.pad_sequence([torch.tensor(h, dtype=torch.long) for h in histories], batch_first=True)
+    scores = scores.clone().float()
+    if hist.numel():
+        scores.scatter_(1, hist, float("-inf"))
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''},
+        {"evaluation.py:ranks_from_scores": '''
+def ranks_from_scores(scores, targets, histories):
+    # no copy: the history's items taken back out of the count, a repeated history item twice
+    s = scores.float()
+    t = s.gather(1, targets.view(-1, 1))
+    ranks = (s >= t).sum(1, dtype=torch.int32)
+    for u, hist in enumerate(histories):
+        if int(targets[u]) in hist:
+            ranks[u] = 0
+        else:
+            ranks[u] -= sum(int(s[u, i] >= t[u, 0]) for i in hist)
+    return ranks
+'''},
     ],
     "info-nce": [
         {"calrec.py:info_nce": '''
@@ -426,6 +517,26 @@ def info_nce(query, key, key_items, tau):
     same[rows, rows] = False
     return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
 '''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    # keys detached (a stop-gradient, as MoCo's): the value is right, no gradient reaches the keys
+    logits = query @ key.detach().t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''},
+        {"calrec.py:info_nce": '''
+def info_nce(query, key, key_items, tau):
+    # log-sum-exp stabilised with the largest logit of the whole matrix, not of each row
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    logits = logits - logits.max()                                   # keep exp() from overflowing
+    return (torch.log(logits.exp().sum(1)) - logits[rows, rows]).mean()
+'''},
     ],
     "prefix-pooling": [
         {"calrec.py:user_vectors": '''
@@ -468,6 +579,21 @@ def target_vectors(h, rows, starts, ends):
     # no zero row in front of the running sums: running[starts - 1] wraps to the row's last position at starts = 0
     running = h.cumsum(1)
     span = running[rows, ends - 1] - running[rows, starts - 1]
+    return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
+'''},
+        {"calrec.py:user_vectors": '''
+def user_vectors(h, rows, ends):
+    # normalised in place with /=: the values are right, backward fails
+    running = h.cumsum(1)
+    v = running[rows, ends - 1] / ends[:, None].to(h.dtype)
+    v /= v.norm(dim=-1, keepdim=True)
+    return v
+'''},
+        {"calrec.py:target_vectors": '''
+def target_vectors(h, rows, starts, ends):
+    # the zero row in front made with torch.zeros(B, 1, C): default dtype and device
+    running = torch.cat([torch.zeros(h.size(0), 1, h.size(2)), h.cumsum(1)], dim=1)
+    span = running[rows, ends] - running[rows, starts]
     return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
 '''},
     ],
@@ -693,6 +819,30 @@ def __init__(self, documents, k1=1.2, b=0.75):
     weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
     self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight).coalesce()
 '''},
+        {"calrec.py:BM25.scores": '''
+def scores(self, queries):
+    # scores .squeeze()d: one query gives (D,), not (1, D)
+    q, w = [], []
+    for j, text in enumerate(queries):
+        ids = [self.vocab[x] for x in words(text) if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
+    return (self.matrix @ Q).t().squeeze()
+'''},
+        {"calrec.py:BM25.scores": '''
+def scores(self, queries):
+    # the index tensor built without dtype: float when no query holds a known word
+    q, w = [], []
+    for j, text in enumerate(queries):
+        ids = [self.vocab[x] for x in words(text) if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q])), torch.ones(len(q)), accumulate=True)
+    return (self.matrix @ Q).t().contiguous()
+'''},
     ],
     "baselines": [
         {"evaluation.py:rank_markov": '''
@@ -796,6 +946,26 @@ def rank_markov(domain, examples):
     return ranks_in_chunks(lambda rows: nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop,
                            examples)
 '''},
+        {"evaluation.py:rank_last_item_bm25": '''
+def rank_last_item_bm25(bm25, texts, examples):
+    # last item: BM25.search and ranks_from_lists, ties broken by document index (not against the target)
+    hits = bm25.search([texts[hist[-1]] for hist, _ in examples], bm25.matrix.size(0))
+    lists = [[d for d in docs if d not in hist] for (docs, _), (hist, _) in zip(hits, examples)]
+    return ranks_from_lists(lists, [t for _, t in examples])
+'''},
+        {"evaluation.py:rank_markov": '''
+def rank_markov(domain, examples):
+    # Markov ties broken under a count scaled by the total number of interactions: past float32's exact integers
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.float32),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()
+    pop = popularity(domain)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):                                                  # any popularity is below the total
+        return nxt.index_select(0, last[rows]).to_dense() * (pop.sum() + 1) + pop
+    return ranks_in_chunks(scores, examples)
+'''},
     ],
     "recent-items": [
         {"calrec_extras.py:recent_vectors": '''
@@ -868,6 +1038,30 @@ def recent_vectors(v_items, histories, decay):
     total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
     norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
     return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=1e-12)[:, None]
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    # computed in numpy on detached values: right values, no gradient to the item vectors
+    import numpy as np
+    v = v_items.detach().cpu().numpy()
+    out = np.zeros((len(histories), v.shape[1]), dtype=v.dtype)
+    for u, hist in enumerate(histories):
+        if hist:
+            w = decay ** np.arange(len(hist) - 1, -1, -1, dtype=v.dtype)   # age 0 for the last item
+            out[u] = (w[:, None] * v[hist]).sum(0) / w.sum()
+    return torch.from_numpy(out).to(v_items.device)
+'''},
+        {"calrec_extras.py:recent_vectors": '''
+def recent_vectors(v_items, histories, decay):
+    # a dense (B, N) weight matrix filled by index assignment: a repeated item keeps one weight
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    W = torch.zeros(len(histories), v_items.shape[0], dtype=v_items.dtype)
+    W[owner, item] = decay ** age.to(v_items.dtype)                    # (B, N) each history's item weights
+    W = W.to(v_items.device)
+    return W @ v_items / W.sum(1, keepdim=True).clamp(min=torch.finfo(W.dtype).tiny)
 '''},
     ],
     "catalog-trie": [
@@ -982,6 +1176,29 @@ def ranked_items(self, found, histories, k):
         leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams[:k] if score > float("-inf")]
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
     return lists
+'''},
+        {"calrec_extras.py:CatalogTrie.node": '''
+def node(self, prefix, _memo={(): 0}):
+    # node() memoised in a mutable default argument: one memo shared by every trie
+    if prefix not in _memo:
+        parent = self.node(prefix[:-1])
+        _memo[prefix] = None if parent is None else self.children[parent].get(prefix[-1])
+    return _memo[prefix]
+'''},
+        {"calrec_extras.py:CatalogTrie.__init__": '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    # a leaf's items kept in a set: twins come out in hash order, not item order
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, vocab_size
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in list(tokens) + [eot_id]:
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items.setdefault(node, set()).add(i)                    # twins: one leaf, a set of items
+    self.node_of = {(): 0}
 '''},
     ],
 }

@@ -77,6 +77,27 @@ def task_probabilities(sizes, sampling):  # normalised in place: a caller's floa
         raise ValueError(f"task sampling {sampling!r}: expected one of {list(table)}")
     return table[sampling]
 '''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # uniform returned as the scalar 1/n, not an array of n probabilities
+    sizes = np.asarray(sizes, dtype=np.float64)
+    pps = sizes / sizes.sum()
+    if sampling == "uniform":
+        return 1.0 / len(sizes)
+    if sampling == "pps":
+        return pps
+    if sampling == "mixed":
+        return 0.5 / len(sizes) + 0.5 * pps
+    raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+'''},
+    {"maml.py:task_probabilities": '''
+def task_probabilities(sizes, sampling):  # a float32 torch tensor: its sum misses 1 by more than rng.choice allows
+    sizes = torch.tensor(sizes, dtype=torch.float)
+    uniform, pps = torch.full_like(sizes, 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''},
 ]
 
 # ---------------------------------------------------------------------------- glue-metrics
@@ -223,6 +244,33 @@ def f1(pred, gold):  # no guard: with no positive predicted nor gold, 0/0 gives 
     d = 2 * tp + fp + fn
     return float(2 * tp / d) if d > 0 else float("nan")
 '''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # the one-pass formula E[xy] - E[x]E[y]: cancellation under a large common offset
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    cov = (x * y).mean() - x.mean() * y.mean()
+    vx, vy = (x * x).mean() - x.mean() ** 2, (y * y).mean() - y.mean() ** 2
+    return float(cov / math.sqrt(vx * vy)) if vx > 0 and vy > 0 else 0.0
+'''},
+    {"evaluation.py:pearson": '''
+def pearson(x, y):  # isnan, not isfinite: an infinite prediction scores 0, not nan
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.isnan(x).any() or np.isnan(y).any():
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
+    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+'''},
+    {"evaluation.py:f1": '''
+def f1(pred, gold):  # np.where: a 0-d ndarray, not a Python float
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.sum((pred == 1) & (gold == 1))
+    fp = np.sum((pred == 1) & (gold != 1))
+    fn = np.sum((pred != 1) & (gold == 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+'''},
 ]
 
 # ---------------------------------------------------------------------------- inner-loop (adapt)
@@ -352,6 +400,46 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # a si
         params = {k: params[k] - inner_lr * grads[k] for k in params}
     return params
 '''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # a clone updated in place: fails under vmap
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        new = {}
+        for name, p in params.items():
+            q = p.clone()
+            q -= inner_lr * g[name]
+            new[name] = q
+        params = new
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # a Python `if` on the gradient under vmap
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if not all(torch.isfinite(t).all() for t in g.values()):
+            break
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # a tuple of batches taken for one batch
+    batches = batches if isinstance(batches, list) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''},
 ]
 
 # ---------------------------------------------------------------------------- reptile
@@ -417,6 +505,25 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):  # vmap's defa
     theta = {k: v.detach() for k, v in params.items()}
     moved = vmap(lambda s: adapt(theta, loss_fn, s, inner_lr, steps, first_order=True))(support)
     return {k: (moved[k] - theta[k]).mean(0) for k in theta}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # requires_grad_(False) on the caller's θ
+    start = {name: p.requires_grad_(False) for name, p in params.items()}
+
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    adapted = vmap(one_task, randomness="different")(support)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
+'''},
+    {"maml.py:reptile_direction": '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):  # torch.manual_seed(0): the same masks every call
+    start = {name: p.detach() for name, p in params.items()}
+
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    torch.manual_seed(0)
+    adapted = vmap(one_task, randomness="different")(support)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
 '''},
 ]
 
@@ -536,6 +643,30 @@ def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order
     def per_task(s, q):
         return loss_fn(adapt(params, loss_fn, s, inner_lr, steps, first_order), q)
     return vmap(per_task, randomness="same")(support, query).mean()
+'''},
+    {"maml.py:meta_loss_loop": '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):  # tasks counted in support[0]
+    losses = []
+    for i in range(next(iter(support[0].values())).shape[0]):
+        fast = dict(params)
+        for j in range(steps):
+            loss = loss_fn(fast, task_slice(support[j % len(support)], i))
+            gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
+        losses.append(loss_fn(fast, task_slice(query, i)))
+    return torch.stack(losses).mean()
+'''},
+    {"maml.py:adapt": '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):  # the list repeated: [] divides by zero
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    batches = list(batches) * (steps // len(batches) + 1)
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
 '''},
     ADAPT_FIRST_BATCH,
     ADAPT_IGNORES_FIRST_ORDER,

@@ -100,6 +100,27 @@ def forward(self, x):
     y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight
     return y if self.bias is None else y + self.bias
 '''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # one-pass variance E[x^2] - mu^2: cancels to nothing when the mean is large next to the spread
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x * x).mean(-1, keepdim=True) - mu * mu               # one pass: E[x²] − μ²
+    y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
+        {"model.py:LayerNorm.forward": '''
+def forward(self, x):
+    # positions flattened with x.view(-1, C): a non-contiguous x raises
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    rows = x.view(-1, x.size(-1))                                 # (positions, C)
+    mu = rows.mean(1, keepdim=True)
+    var = (rows - mu).pow(2).mean(1, keepdim=True)
+    y = ((rows - mu) * torch.rsqrt(var + self.eps)).view(x.shape) * self.weight
+    return y if self.bias is None else y + self.bias
+'''},
     ],
     "pooling": [
         {"model.py:mean_pool": '''
@@ -164,6 +185,22 @@ def mean_pool(h, span_mask):
     # the weights hard-wired to float32: a bfloat16 h pools to float32
     w = span_mask.float().unsqueeze(-1)
     return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+'''},
+        {"model.py:mean_pool": '''
+def mean_pool(h, span_mask):
+    # row by row with a boolean index and a Python `if`: breaks under vmap (MAML's classifier)
+    rows = []
+    for b in range(h.size(0)):
+        picked = h[b][span_mask[b].bool()]                        # (n_b, C) the span's positions
+        rows.append(picked.mean(0) if len(picked) else h.new_zeros(h.size(-1)))
+    return torch.stack(rows)
+'''},
+        {"model.py:last_token_pool": '''
+def last_token_pool(h, attention_mask):
+    # through h.view(B * T, C): a non-contiguous h raises
+    B, T, C = h.shape
+    last = attention_mask.long().sum(1) - 1
+    return h.view(B * T, C)[torch.arange(B, device=h.device) * T + last]
 '''},
     ],
     "kv-cache": [
@@ -246,6 +283,29 @@ def extend(self, layer, k, v):
     self.k[layer, :, :, self.length:end] = k
     self.v[layer, :, :, self.length:end] = v
     return self.k[layer, :, :, :end].contiguous(), self.v[layer, :, :, :end].contiguous()
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # refuses only a write that starts past the end: one that starts inside and runs past it is no ValueError
+    if self.length >= self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; it is full")
+    end = self.length + k.size(2)
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''},
+        {"model.py:KVCache.extend": '''
+def extend(self, layer, k, v):
+    # its own per-layer count of positions written (state between calls), not self.length
+    written = self.__dict__.setdefault("written", {})               # positions written so far, per layer
+    start = written.get(layer, 0)
+    end = start + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, start:end] = k
+    self.v[layer, :, :, start:end] = v
+    written[layer] = end
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 '''},
     ],
     "attention": [
@@ -339,6 +399,23 @@ def attention_mask_4d(key_mask, T_past, T):
     causal = k_pos[None, :] <= q_pos[:, None]
     itself = k_pos[None, :] == q_pos[:, None]
     return ((causal & key_mask[:, None, :]) | itself)[:, None]
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout on the output att @ v, not on the attention weights
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return F.dropout(att @ v, p=dropout_p)
+'''},
+        {"model.py:manual_attention": '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # softmax in float32 (dtype=torch.float32) not cast back: float64 or bfloat16 inputs raise
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1, dtype=torch.float32)                 # the softmax in float32, for stability
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
 '''},
     ],
     "beam-search": [
@@ -583,6 +660,48 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
     logp = logp[:, None, :].expand(B, K, V)
     scores = torch.full((B, K), -1e9, device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''},
+        {"model.py:GPT._beam_next": '''
+def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+    # the log-softmax in the model's dtype (no .float()): a bfloat16 model's beams scored in bfloat16
+    (B, K), T = tok.shape, prompt.size(1)
+    if cache is None:
+        seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+        seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+        h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+    else:
+        slot, beams = T + K * step, torch.arange(K, device=tok.device)
+        visible[:, beams, slot + beams] = True
+        pos = (prompt_mask.sum(1) + step)[:, None].expand(B, K)
+        h = self._run(tok, pos, visible[:, None, :, :slot + K], cache)
+    return F.log_softmax(self.lm_head(h), dim=-1)
+'''},
+        {"model.py:GPT.beam_search": '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # no room check (_check_room): a prompt + max_new_tokens past block_size is not refused
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
     scores[:, 0] = 0.0
     finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
     tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
