@@ -1031,6 +1031,17 @@ def test_recent_vectors_by_hand():
     except RuntimeError as e:                                         # gradcheck's GradcheckError is one
         pytest.fail(f"the gradient of recent_vectors with respect to the item vectors: expected finite differences', "
                     f"got others: {str(e).splitlines()[0]}")
+    # every tensor on v_items' device: on the "meta" device (shapes, no data) a tensor left on the CPU cannot meet
+    # them, as it could not on a GPU
+    try:
+        got = calrec_extras.recent_vectors(torch.empty(5, 3, device="meta"), [[0, 1, 2], [], [4]], 0.5)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        pytest.fail(f"recent_vectors of item vectors on the meta device: {e} (a tensor left on the CPU?)")
+    assert (got.device.type, tuple(got.shape)) == ("meta", (3, 3)), (
+        f"recent_vectors of 3 histories over (5, 3) item vectors on the meta device: expected (3, 3) on meta, got "
+        f"{tuple(got.shape)} on {got.device}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

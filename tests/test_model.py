@@ -499,6 +499,19 @@ def test_beam_search_dead_beams_score_minus_infinity():
                     f"scored -inf; got the scores {scores}")
                 assert_same_beams(g[:len(w)], w, f"{what}: the live beams against every continuation scored by full "
                                                  "forward passes")
+    # _beam_choose makes its tensors on the inputs' device: with new tensors going by default to "meta" (shapes, no
+    # data), one made without device= cannot meet the CPU inputs, as a CPU tensor could not meet them on a GPU
+    scores, logp = torch.zeros(2, 3), torch.randn(2, 3, 7).log_softmax(-1)
+    finished = torch.tensor([[False, True, False], [False, False, False]])
+    try:
+        with torch.device("meta"):
+            got = model._beam_choose(scores, logp, finished, 0)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"_beam_choose of CPU inputs with the default device set to 'meta': {e}") from None
+    assert [t.device for t in got] == [scores.device] * 3, (
+        f"_beam_choose of CPU inputs, the default device 'meta': want its results on the CPU, got {[t.device for t in got]}")
 
 
 # -----------------------------------------------------------------------------
@@ -748,6 +761,13 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
               False),
              ("float64", qkv(2, 3, 5, torch.float64), causal, torch.float64, False),
              ("bfloat16", qkv(2, 3, 5, torch.bfloat16), causal, torch.bfloat16, False),
+             ("float16 (mixed precision's other type)", qkv(2, 3, 5, torch.float16), causal, torch.float16, False),
+             ("float64, every visible score near -80000 (below any finite stand-in for -inf)",
+              (200 * torch.ones(1, 2, 3, 4, dtype=torch.float64), -200 * torch.ones(1, 2, 5, 4, dtype=torch.float64),
+               torch.randn(1, 2, 5, 4, dtype=torch.float64)), causal, torch.float64, False),
+             ("float64, scores in the thousands a few apart",
+              tuple(40 * torch.randn(2, 2, T, 4, dtype=torch.float64) for T in (3, 5)) + (torch.randn(2, 2, 5, 4, dtype=torch.float64),),
+              causal, torch.float64, False),
              ("the default device set to 'meta'", qkv(2, 3, 5), causal, torch.float32, True)]
     for what, (q, k, v), mask, dtype, meta in cases:
         what = f"manual_attention, {what}: q {tuple(q.shape)}, k, v {tuple(k.shape)} {dtype}, mask {tuple(mask.shape)}"
@@ -762,7 +782,8 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
         assert (tuple(got.shape), got.dtype, got.device) == (tuple(q.shape), dtype, q.device), (
             f"{what}: want {tuple(q.shape)} {dtype} on {q.device} (q's shape, dtype and device), got "
             f"{tuple(got.shape)} {got.dtype} on {got.device}")
-        tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+        tol = {torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=3e-3, rtol=3e-3),
+               torch.float64: dict(atol=1e-9, rtol=1e-9)}.get(dtype, dict(atol=1e-5, rtol=1e-5))
         torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: (
             f"{what}: differs from F.scaled_dot_product_attention in float64\n{m}"))
 

@@ -1202,3 +1202,17 @@ def __init__(self, item_tokens, eot_id, vocab_size):
 '''},
     ],
 }
+
+# found by a third probe of the graders
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # index tensors and weights left on the CPU: not on v_items' device
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    w = decay ** age.to(v_items.dtype)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
+'''})

@@ -721,3 +721,51 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
 '''},
     ],
 }
+
+# found by a third probe of the graders
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # masked with -1e4 instead of -inf: a visible score below -1e4 loses to the masked ones
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, -1e4)
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # masked with -1e9 instead of -inf: float16 cannot hold it
+    """What F.scaled_dot_product_attention computes, written out (tests check the two agree).
+
+    q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs); mask: (B or 1, 1, Tq, Tk) bool, True = may attend.
+    """
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, -1e9)               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1)                              # each query's weights sum to 1
+    att = F.dropout(att, p=dropout_p)
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # softmax in float32, cast back: float64 inputs lose their precision
+    """What F.scaled_dot_product_attention computes, written out (tests check the two agree).
+
+    q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs); mask: (B or 1, 1, Tq, Tk) bool, True = may attend.
+    """
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, float("-inf"))               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1, dtype=torch.float32).to(v.dtype)                              # each query's weights sum to 1
+    att = F.dropout(att, p=dropout_p)
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
+WRONG_MODEL['beam-search'].append({'model.py:_beam_choose': '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # eos_only made without device=: on the CPU whatever the inputs' device
+    B, K, V = logp.shape
+    eos_only = torch.full((V,), float("-inf"))
+    eos_only[eos_id] = 0.0
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''})
