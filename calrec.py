@@ -32,9 +32,8 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (WARNINGS, RunState, all_reduce_sum, autocast, check_settings, environment, fingerprint, gather_rows,
-                    grad_scaler, load_init, lr_at, peak_memory_mb, rank_and_world, save_checkpoint, save_json,
-                    setting, train_and_select)
+from engine import (RunState, all_reduce_sum, autocast, check_settings, fingerprint, gather_rows, grad_scaler,
+                    load_init, lr_at, rank_and_world, save_checkpoint, save_results, setting, train_and_select)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -562,9 +561,7 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
                d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, init=init, dtype=dtype,
                processes=rank_and_world()[1])
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
-    if lm is None and "lm_config" not in state.done:  # every calrec state holds it from its first save
-        raise UserError(f"{state.path}: not the state of a run of this project")
-    lm = lm or GPT(GPTConfig(**state.done["lm_config"]))  # RunState has checked it
+    lm = lm or GPT(GPTConfig(**state.done["lm_config"]))  # a calrec state holds it from its first save
     tokenizer.check_fits(lm.config.vocab_size)
     c = lm.config  # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
@@ -735,14 +732,9 @@ def write_results(exp, results, stages):
                   n_valid_generative=min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid)),
                   n_test=len(domain.test), **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"]
                                               for s in stages})
-    out = dict(**results, config=config, generator_check=exp.state.done["generator_check"],
-               wall_s=exp.state.seconds(), peak_memory_mb=peak_memory_mb(), resumed=exp.state.resumes,
-               environment=environment(exp.device), warnings=WARNINGS.messages)
-    save_json(os.path.join(exp.out_dir, "results.json"), out)
     log.info(f"\nCALRec on {domain.name} (stages {cfg.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: "
              f"{extras.describe_dense_weights(*w.values())});"
              f" full ranking over {domain.n_items} items\n" + "\n".join(table))
-    log.info(f"wall time {out['wall_s']:.0f} s; peak memory {out['peak_memory_mb']} MB; "
-             f"results in {os.path.join(exp.out_dir, 'results.json')}")
-    return out
+    out = dict(**results, config=config, generator_check=exp.state.done["generator_check"], resumed=exp.state.resumes)
+    return save_results(exp.out_dir, out, exp.device, exp.state.seconds())

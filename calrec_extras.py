@@ -115,7 +115,7 @@ class CatalogTrie:
         """tokens (B, K, t): each beam so far -> (B, K, V) bool, the tokens that may come next (none after the
         end-of-text: beam search keeps a finished beam as it is)."""
         B, K, _ = tokens.shape
-        allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
+        allowed = torch.zeros(B, K, self.V, dtype=torch.bool, device="cpu")  # small writes: fastest on the CPU
         for b, beams in enumerate(tokens.tolist()):
             for k, beam in enumerate(beams):
                 node = None if self.eot_id in beam else self.node(tuple(beam))

@@ -182,10 +182,15 @@ def _meta_value(path, line_no, record, key, skipped):
 
 
 def _read_meta(path):
-    """Metadata -> {ASIN: item} of the records with a title, and how many records had none."""
-    meta, no_title, markup = {}, 0, Counter()
+    """Metadata -> {ASIN: item} of the records with a title, and how many records had none. An ASIN's first
+    record counts: the files repeat a few, which the log counts."""
+    meta, no_title, markup, seen, repeats = {}, 0, Counter(), set(), 0
     for line_no, r in _json_lines(path):
         asin = _field(path, line_no, r, "asin", "id")
+        if asin in seen:
+            repeats += 1
+            continue
+        seen.add(asin)
         title = _meta_value(path, line_no, r, "title", markup)
         if not title:
             no_title += 1
@@ -196,6 +201,8 @@ def _read_meta(path):
     if markup:
         log.info(f"{path}: values that are page markup, not text, treated as missing: "
                  + ", ".join(f"{k} {v}" for k, v in markup.items()))
+    if repeats:
+        log.info(f"{path}: {repeats} records of an ASIN read before, skipped")
     return meta, no_title
 
 

@@ -25,7 +25,9 @@ import time
 import typing
 
 import numpy as np
+import tokenizers
 import torch
+from tokenizers.pre_tokenizers import ByteLevel
 from tqdm import tqdm
 
 import data
@@ -264,6 +266,9 @@ def load_init(path, dropout=0.0):
     wrote beside it; its own dropout) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
     if os.path.isdir(path):
         gpt, tokenizer = GPT.from_pretrained(path, dropout=dropout), data.load_tokenizer(path)
+        tok = tokenizer.tok
+        if not (isinstance(tok.model, tokenizers.models.BPE) and isinstance(tok.pre_tokenizer, ByteLevel)):
+            raise UserError(f"{tokenizer.path}: a {type(tok.model).__name__} tokenizer; GPT-2's is a byte-level BPE")
     else:
         try:
             gpt, ckpt = gpt_from_checkpoint(path)
@@ -362,11 +367,6 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
 # the state a run resumes from
 
 
-def holds(saved, layout):
-    """saved is a dict with every key of layout, each value of the type layout gives."""
-    return isinstance(saved, dict) and all(k in saved and isinstance(saved[k], t) for k, t in layout.items())
-
-
 class RunState:
     """What --resume continues from, in out_dir/state.pt: the run's key (its settings, data and tokenizer), the
     results of its finished phases, the saved loop of the phase in progress, and the time spent so far. Tensors
@@ -374,24 +374,26 @@ class RunState:
 
     A phase (a training stage, an evaluation) stores what the rest of the run needs with finish(); a training
     loop stores, at every validation point, what it needs to continue exactly (save_loop; read back with
-    restore_loop). Resuming with another key is an error, found before any work.
+    restore_loop). The file holds the state and its fingerprint, so that a state damaged or edited since it was
+    written is refused whole, before any work, rather than failing at the entry that is wrong; so is resuming
+    with another key.
     """
-
-    # what save() writes, each value's type; and those of a saved loop (current, when not None)
-    LAYOUT = dict(key=dict, done=dict, current=(dict, type(None)), elapsed=(int, float), resumes=int)
-    LOOP = dict(phase=str, step=int, best=tuple, weights=dict, optimizer=dict, rng=dict, torch_rng=torch.Tensor,
-                more=dict)
 
     def __init__(self, path, key, resume):
         self.path, self.key, self.started = path, key, time.time()
         self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
         if resume:
             saved = load_torch(path, "the state of a run")
-            if not (holds(saved, self.LAYOUT) and (saved["current"] is None or holds(saved["current"], self.LOOP))):
+            if not (isinstance(saved, dict) and saved.keys() == {"state", "fingerprint"}):
                 raise UserError(f"{path}: not the state of a run of this project")
-            if "lm_config" in saved["done"]:  # the config of the run's GPT (calrec builds it from this)
-                gpt_config(saved["done"]["lm_config"], f"{path}: its lm_config")
+            if fingerprint(saved["state"]) != saved["fingerprint"]:
+                raise UserError(f"{path}: damaged or edited since the run wrote it (its fingerprint differs); "
+                                "start the run again without --resume, or in another --out-dir")
+            saved = saved["state"]
             changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
+            if "task" in changed:
+                raise UserError(f"{path}: is the state of a --task {saved['key']['task']} run; resume it with that "
+                                "task, or use another --out-dir")
             if "tokenizer" in changed:
                 raise UserError(f"{path}: was saved with another tokenizer than "
                                 f"{os.path.join(os.path.dirname(path), 'tokenizer.json')} (a file replaced since?)")
@@ -407,8 +409,9 @@ class RunState:
 
     def save(self, what="progress"):
         if rank_and_world()[0] == 0:
-            save_torch(self.path, dict(key=self.key, done=self.done, current=self.current, elapsed=self.seconds(),
-                                       resumes=self.resumes))
+            state = dict(key=self.key, done=self.done, current=self.current, elapsed=self.seconds(),
+                         resumes=self.resumes)
+            save_torch(self.path, dict(state=state, fingerprint=fingerprint(state)))
             log.debug(f"state saved: {what}")
 
     def finish(self, phase, result):
@@ -602,7 +605,16 @@ def open_log_file(out_dir, argv, resume):
 
 
 # -----------------------------------------------------------------------------
-# what a results.json says about the machine it ran on
+# results.json, and what it says about the machine it ran on
+
+
+def save_results(out_dir, out, device, wall_s):
+    """out_dir/results.json: a task's results `out`, with the time, peak memory, machine and warnings of the run."""
+    out = dict(out, wall_s=wall_s, peak_memory_mb=peak_memory_mb(), environment=environment(device),
+               warnings=WARNINGS.messages)
+    save_json(os.path.join(out_dir, "results.json"), out)
+    log.info(f"wall time {wall_s:.0f} s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
+    return out
 
 
 def peak_memory_mb():
@@ -617,7 +629,6 @@ def peak_memory_mb():
 
 def environment(device):
     """The versions, threads and processor a run's numbers depend on: another machine can move the last digits."""
-    import tokenizers
     cpu = platform.processor() or platform.machine()
     if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -628,5 +639,22 @@ def environment(device):
 
 
 def fingerprint(obj):
-    """A short hash of a value's repr: what --resume compares to refuse changed data."""
-    return hashlib.sha1(repr(obj).encode()).hexdigest()[:16]
+    """A SHA-256 of a value made of dicts, lists, tuples, tensors and plain values, a tensor by its bytes (its repr
+    elides them): --resume compares the data's, and RunState checks that a state is the one written."""
+    h = hashlib.sha256()
+
+    def add(x):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            h.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, (list, tuple)) and all(type(v) in (int, float, str) for v in x):
+            h.update(f"{x!r};".encode())  # a fast path for the lists that make up data sets
+        elif isinstance(x, (dict, list, tuple)):
+            h.update(f"{type(x).__name__} {len(x)};".encode())
+            for v in x.items() if isinstance(x, dict) else x:
+                add(v)
+        else:
+            h.update(f"{x!r};".encode())
+    add(obj)
+    return h.hexdigest()

@@ -225,11 +225,7 @@ def write_results(out_dir, title, header, rows, out, device, wall_s):
     log.info("|" + "---|" * len(header))
     for row in rows:
         log.info("| " + " | ".join(row) + " |")
-    out = dict(out, environment=engine.environment(device), warnings=engine.WARNINGS.messages, wall_s=wall_s,
-               peak_memory_mb=engine.peak_memory_mb())
-    engine.save_json(os.path.join(out_dir, "results.json"), out)
-    log.info(f"\nwall time {wall_s:.0f}s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
-    return out
+    return engine.save_results(out_dir, out, device, wall_s)
 
 
 def run_sinusoid(cfg, out_dir, seed):

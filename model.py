@@ -284,7 +284,7 @@ class GPT(nn.Module):
         idx = torch.zeros(len(prompts), T, dtype=torch.long, device=device)
         key_mask = torch.zeros(len(prompts), T, dtype=torch.bool, device=device)
         for i, p in enumerate(prompts):
-            idx[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            idx[i, T - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
             key_mask[i, T - len(p):] = True
         return idx, key_mask
 
@@ -482,12 +482,15 @@ def read_safetensors(path):
     except (struct.error, ValueError, RecursionError) as e:  # json's and UTF-8's decode errors are ValueErrors
         raise UserError(f"{path}: not a safetensors file (bad header: {e})") from None
     data = memoryview(blob)[8 + n:]
+    entries = {name: _safetensors_entry(path, name, info, len(data)) for name, info in header.items()
+               if name != "__metadata__"}
+    spans = sorted((begin, end) for _, _, begin, end in entries.values())  # the format's rule: they tile the data
+    if [b for b, _ in spans] != [0] + [e for _, e in spans[:-1]] or (spans[-1][1] if spans else 0) != len(data):
+        raise UserError(f"{path}: not a safetensors file (its tensors overlap, or leave bytes between or after them)")
     tensors = {}
-    for name, info in header.items():
-        if name != "__metadata__":
-            dtype, shape, begin, end = _safetensors_entry(path, name, info, len(data))
-            raw = bytearray(data[begin:end])
-            tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
+    for name, (dtype, shape, begin, end) in entries.items():
+        raw = bytearray(data[begin:end])
+        tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
     return tensors
 
 
@@ -541,6 +544,10 @@ def check_weights(weights, config, path, source, layout=lambda name, shape: (nam
             raise UserError(f"{path}: {k} holds NaN or infinite values")
 
 
+GPT2_COMPUTES = dict(model_type="gpt2", activation_function="gelu_new", layer_norm_epsilon=1e-5,  # config.json's
+                     scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)  # keys, with GPT-2's values
+
+
 def read_gpt2_config(directory, dropout=0.0):
     """(GPTConfig, path) of the sizes in a Hugging Face GPT-2 folder's config.json."""
     path = os.path.join(directory, "config.json")
@@ -550,8 +557,11 @@ def read_gpt2_config(directory, dropout=0.0):
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)
         sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
+        other = {k: hf[k] for k, v in GPT2_COMPUTES.items() if hf.get(k, v) != v}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    if other:
+        raise UserError(f"{path}: asks for {other}, which this GPT does not compute (GPT-2's: {GPT2_COMPUTES})")
     bad = [k for k, v in sizes.items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
     if bad:
         raise UserError(f"{path}: {bad[0]} = {sizes[bad[0]]!r} is not a positive whole number")

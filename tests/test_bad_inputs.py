@@ -19,6 +19,7 @@ from test_engine import RunsCode, resave
 
 TINY_CALREC = ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2", "--eval-interval", "2",
                "--beams", "2", "--set", "constrained_beams=2", "--set", "select_users=4", "--set", "bm25_valid_users=4"]
+DAMAGED = "state.pt: damaged or edited since the run wrote it (its fingerprint differs)"
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,14 @@ def other_tokenizer(w, tmp):
     shutil.copy(os.path.join(w["out"], "ckpt.pt"), folder)
     shutil.copy(os.path.join(w["gpt2"], "tokenizer.json"), folder)
     return str(folder / "ckpt.pt")
+
+
+def wordpiece_tokenizer(folder):
+    """A BERT-style tokenizer.json (WordPiece, with GPT-2's special token) in place of GPT-2's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordPiece({"<|endoftext|>": 0, "[UNK]": 1, "alpha": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(os.path.join(folder, "tokenizer.json"))
 
 
 def short_model(w, tmp):
@@ -371,7 +380,8 @@ CASES = {
                                                "--resume"], "state.pt: was saved by a run with other data"),
     "resume with other seed": resume(lambda p, tmp: None, "state.pt: was saved by a run with other seed",
                                      flags=("--seed", "3")),
-    "resume of another task": lambda w, tmp: (["--task", "maml", "--resume"], "state.pt: was saved by a run with other"),
+    "resume of another task": lambda w, tmp: (["--task", "maml", "--resume"],
+                                              "state.pt: is the state of a --task calrec run; resume it with that task"),
     # --- paths of the wrong kind
     "data is a file": lambda w, tmp: (["--task", "calrec", "--data", os.path.join(w["alpha"], "Alpha.item")],
                                       "Alpha.item: is a file, not a folder"),
@@ -419,18 +429,38 @@ CASES = {
     "init safetensors header past the end": init(gpt2_variant(lambda f: open(
         os.path.join(f, "model.safetensors"), "r+b").write((2 ** 63).to_bytes(8, "little"))),
         "model.safetensors: not a safetensors file"),
+    "init safetensors tensors overlap": init(gpt2_variant(lambda f: edit_safetensors(f, lambda h, d: h[
+        "h.0.ln_2.weight"].update(data_offsets=h["h.0.ln_1.weight"]["data_offsets"]))), "its tensors overlap"),
+    "init safetensors bytes after the tensors": init(gpt2_variant(lambda f: edit_safetensors(
+        f, lambda h, d: d.extend(bytes(8)))), "model.safetensors: not a safetensors file (its tensors overlap, or"),
+    "init config of another activation": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_positions"', '"activation_function": "relu", "n_positions"')),
+        "config.json: asks for {'activation_function': 'relu'}, which this GPT does not compute"),
+    "init config of another model": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_positions"', '"model_type": "gpt_neo", "n_positions"')),
+        "config.json: asks for {'model_type': 'gpt_neo'}"),
+    "init wordpiece tokenizer": init(gpt2_variant(wordpiece_tokenizer),
+                                     "tokenizer.json: a WordPiece tokenizer; GPT-2's is a byte-level BPE"),
     "init gpt2 weights nan": init(gpt2_variant(lambda f: edit_safetensors(f, nan_weights)),
                                   "model.safetensors: wpe.weight holds NaN"),
     "init checkpoint weights nan": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
         "model"]["transformer.wpe.weight"].mul_(float("nan"))), "ckpt.pt: transformer.wpe.weight holds NaN"),
     "init checkpoint dropout text": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
         "config"].update(dropout="high")), "ckpt.pt: its config does not describe a GPT"),
-    "resume state without done": resume(lambda p, tmp: resave(p, lambda s: s.pop("done")),
-                                        "state.pt: not the state of a run of this project"),
-    "resume lm_config not a gpt": resume(lambda p, tmp: resave(p, lambda s: s["done"].update(lm_config={"x": 1})),
-                                         "state.pt: its lm_config does not describe a GPT"),
-    "resume state without lm_config": resume(lambda p, tmp: resave(p, lambda s: s["done"].pop("lm_config")),
+    "resume state of another layout": resume(lambda p, tmp: resave(p, lambda s: s.update(s.pop("state"))),
                                              "state.pt: not the state of a run of this project"),
+    "resume state without done": resume(lambda p, tmp: resave(p, lambda s: s["state"].pop("done")), DAMAGED),
+    "resume lm_config not a gpt": resume(lambda p, tmp: resave(p, lambda s: s["state"]["done"].update(
+        lm_config={"x": 1})), DAMAGED),
+    "resume lm_config of other sizes": resume(lambda p, tmp: resave(p, lambda s: s["state"]["done"]["lm_config"].update(
+        vocab_size=7)), DAMAGED),
+    "resume results not a dict": resume(lambda p, tmp: resave(p, lambda s: s["state"]["done"].update(results="xx")),
+                                        DAMAGED),
+    "resume stage weights of another shape": resume(lambda p, tmp: resave(p, lambda s: [
+        w.resize_(1) for w in s["state"]["done"]["stage1"]["weights"].values()]), DAMAGED),
+    "resume elapsed nan": resume(lambda p, tmp: resave(p, lambda s: s["state"].update(elapsed=float("nan"))), DAMAGED),
+    "resume fingerprint of another state": resume(lambda p, tmp: resave(p, lambda s: s.update(fingerprint="0" * 64)),
+                                                  DAMAGED),
     # --- the readers of data.py
     "item column named twice": calrec_data(lambda d: edit(os.path.join(d, "Alpha.item"), "brand:token", "TITLE"),
                                            "Alpha.item:1: column 3 ('TITLE') repeats the name of column 2"),

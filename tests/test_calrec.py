@@ -432,6 +432,27 @@ def test_catalog_beams_are_exactly_the_best_catalog_items():
     assert twins == [1, 5], f"items at the leaf of [1, 2, eot]: expected [1, 5] (twins share a leaf), got {twins}"
 
 
+def test_catalog_trie_makes_its_mask_on_the_device_of_the_tokens():
+    # with new tensors going by default to "meta" (shapes, no data), the mask of CPU tokens must come back on the
+    # CPU, as on a GPU it must come back on the GPU: built with device= and moved to tokens.device
+    trie, eot = calrec_extras.CatalogTrie([[1, 2], [1, 3], [4]], 9, 10), 9
+    tokens = torch.tensor([[[1], [4]], [[2], [1]]])  # 2 prompts x 2 beams, one token each
+    want = torch.zeros(2, 2, 10, dtype=torch.bool)
+    want[0, 0, [2, 3]] = want[0, 1, eot] = want[1, 1, [2, 3]] = True  # (2,) starts no item: nothing
+    try:
+        with torch.device("meta"):
+            got = trie(tokens)
+    except (RuntimeError, NotImplementedError) as e:
+        if str(e).startswith("exercise"):
+            raise
+        raise AssertionError(f"CatalogTrie(tokens (2, 2, 1) on the CPU), the default device set to 'meta': {e}") \
+            from None
+    assert got.device == tokens.device, (
+        f"CatalogTrie(tokens on the CPU), the default device set to 'meta': want the mask on the tokens' device, the "
+        f"CPU, got it on {got.device}")
+    assert torch.equal(got, want), f"CatalogTrie([[1, 2], [1, 3], [4]])(tokens {tokens.tolist()}): want {want}, got {got}"
+
+
 def test_catalog_trie_by_hand():
     V, eot = 12, 11
     catalog = [[1, 2, 3], [1, 2], [4], [1, 5, 6, 7], [4, 9], [1, 2]]  # shared prefixes, a prefix of another, twins

@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_calrec_data.py"""
 
 import gzip
 import json
+import logging
 from collections import Counter
 
 import pytest
@@ -48,11 +49,13 @@ def raw_reviews():
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix):
+def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix, caplog):
     rev, meta = str(tmp_path / f"Tools_5.json{suffix}"), str(tmp_path / f"meta_Tools.json{suffix}")
     write_lines(rev, raw_reviews())
-    write_lines(meta, META)
-    d = download.read_amazon_raw(rev, meta, min_count=3)
+    write_lines(meta, META + [{"asin": "C", "title": "A second record of C"}, {"asin": "Z", "title": "Z"}])
+    with caplog.at_level(logging.INFO):
+        d = download.read_amazon_raw(rev, meta, min_count=3)
+    assert "meta_Tools.json" + suffix + ": 2 records of an ASIN read before, skipped" in caplog.text
     assert d.name == "Tools"
     # G goes (1 user), then u4 (2 items left), then E (2 users left): a cascade of the iterative k-core
     assert d.item_keys == ["A", "B", "C", "D"]  # indices follow sorted ASINs

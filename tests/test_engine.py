@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 import pickletools
+import shutil
 import typing
 import zipfile
 
@@ -206,19 +207,27 @@ def test_a_checkpoint_config_far_larger_than_its_weights_is_refused_without_allo
         engine.gpt_from_checkpoint(path)
 
 
-def test_a_damaged_run_state_is_refused_as_one_message(tmp_path):
+def test_a_run_state_edited_anywhere_is_refused_as_one_message(tmp_path):
     path, key = str(tmp_path / "state.pt"), dict(task="t", seed=0)
     state = engine.RunState(path, key, resume=False)
-    state.finish("lm_config", dataclasses.asdict(tiny().config))
-    assert engine.RunState(path, key, resume=True).done["lm_config"]["n_embd"] == 16  # the good state reads back
-    for change in (lambda s: s.pop("done"), lambda s: s.pop("elapsed"), lambda s: s.update(key=[1, 2]),
-                   lambda s: s.update(current={"phase": "stage1"}), lambda s: s.update(resumes="0")):
-        resave(path, change)
-        with pytest.raises(UserError, match="state.pt: not the state of a run of this project"):
+    state.finish("stage", dict(weights={"w": torch.arange(6.0).reshape(2, 3)}, history=[0.5, (1, "a")], flag=True))
+    resumed = engine.RunState(path, key, resume=True)  # the good state reads back
+    assert torch.equal(resumed.done["stage"]["weights"]["w"], torch.arange(6.0).reshape(2, 3))
+    assert resumed.done["stage"]["history"] == [0.5, (1, "a")] and resumed.resumes == 1
+    edits = [lambda s: s.pop("done"), lambda s: s.update(elapsed=math.nan), lambda s: s.update(resumes=2),
+             lambda s: s["done"]["stage"]["weights"]["w"].view(-1)[5].add_(1e-6),  # one weight, by a few ulps
+             lambda s: s["done"]["stage"]["weights"].update(w=torch.arange(6.0)),  # the same values, another shape
+             lambda s: s["done"]["stage"]["weights"].update(w=torch.arange(6.0).reshape(2, 3).double()),  # dtype
+             lambda s: s["done"]["stage"].update(history=[0.5, [1, "a"]]),  # a tuple become a list
+             lambda s: s["done"]["stage"].update(flag=1)]
+    for edit in edits:
+        shutil.copy(path, path + ".good")
+        resave(path, lambda saved: edit(saved["state"]))
+        with pytest.raises(UserError, match="state.pt: damaged or edited since the run wrote it"):
             engine.RunState(path, key, resume=True)
-        state.save()
-    resave(path, lambda s: s["done"]["lm_config"].update(dropout=2.0))
-    with pytest.raises(UserError, match="state.pt: its lm_config does not describe a GPT"):
+        shutil.move(path + ".good", path)
+    resave(path, lambda saved: saved.update(saved.pop("state")))  # a state without its fingerprint
+    with pytest.raises(UserError, match="state.pt: not the state of a run of this project"):
         engine.RunState(path, key, resume=True)
 
 

@@ -470,6 +470,24 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
             f"{what}: the beams are not best first: scores {[s for _, s in a]}"
 
 
+def test_beam_search_makes_its_tensors_on_the_models_device():
+    # with new tensors going by default to "meta" (shapes, no data), one made without device= cannot meet the CPU
+    # model's, as a CPU tensor could not meet a model on a GPU: the beams must be those made without the default
+    m = tiny()
+    for use_cache in (True, False):
+        want = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache)
+        what = f"beam_search(num_beams=4, max_new_tokens=6, eos_id=5, use_cache={use_cache}) of a CPU model"
+        try:
+            with torch.device("meta"):
+                got = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache)
+        except (RuntimeError, NotImplementedError) as e:
+            if str(e).startswith("exercise"):
+                raise
+            raise AssertionError(f"{what}, the default device set to 'meta': a tensor made without device=? {e}") \
+                from None
+        assert got == want, f"{what}: with the default device set to 'meta' {got}, without it {want}"
+
+
 def test_beam_search_dead_beams_score_minus_infinity():
     """More beams than continuations: the beams past the last real one are dead, scored -inf (what
     CatalogTrie.ranked_items skips), and the others are the exact continuations, best first. K = 6 beams, vocabulary

@@ -1216,3 +1216,16 @@ def recent_vectors(v_items, histories, decay):
     norm = torch.zeros(len(histories), dtype=v_items.dtype).index_add_(0, owner, w)
     return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
 '''})
+# left by the third probe (a tensor made off the model's device), caught on the meta device
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.__call__': '''
+def __call__(self, tokens):
+    # the mask made without device= and never moved to the tokens' device
+    B, K, _ = tokens.shape
+    allowed = torch.zeros(B, K, self.V, dtype=torch.bool)
+    for b, beams in enumerate(tokens.tolist()):
+        for k, beam in enumerate(beams):
+            node = None if self.eot_id in beam else self.node(tuple(beam))
+            if node is not None:
+                allowed[b, k, list(self.children[node])] = True
+    return allowed
+'''})

@@ -769,3 +769,58 @@ def _beam_choose(scores, logp, finished, eos_id):
     scores, flat = torch.topk(cand, K, dim=-1)
     return scores, flat // V, flat % V
 '''})
+# left by the third probe (a tensor made off the model's device), caught on the meta device
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # finished made without device=: on the CPU whatever the model's device
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0                                     # ... so only the first may expand
+    finished = torch.zeros(B, K, dtype=torch.bool)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # the scores made without device=: on the CPU whatever the model's device
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
+    scores = torch.full((B, K), float("-inf"))
+    scores[:, 0] = 0.0                                     # ... so only the first may expand
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
