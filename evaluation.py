@@ -28,16 +28,17 @@ NDCG_KS = (5, 10, 20)
 def ranks_from_scores(scores, targets, histories):
     """Rank (from 1) of each user's target among all catalog items; 0 when it cannot be ranked.
 
-    scores (B, N) over the whole catalog; targets (B,); histories: list of item lists, excluded from the
-    candidates (a target that is in its own history is thus unrankable: rank 0). Ties count against the
-    target (rank = number of candidates scoring >= the target), so a constant scorer earns nothing.
+    scores (B, N) over the whole catalog, compared in float32; targets (B,); histories: list of item lists,
+    excluded from the candidates by a score of -inf. A target scored -inf cannot be ranked: one in its own
+    history, or one its scorer ruled out. Ties count against the target (rank = number of candidates scoring >=
+    the target), so a constant scorer earns nothing.
     """
     scores = scores.clone().float()
     users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
     scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
     t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
     ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
-    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
 
 
 def ranks_in_chunks(scores, examples, chunk=1024):

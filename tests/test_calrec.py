@@ -243,6 +243,14 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"target_vectors, span {p} (row {b}, positions 0 to {e - 1}: a span that starts the row): expected the "
             f"normalised mean of h over them, {[round(x, 6) for x in want.tolist()]}, got "
             f"{[round(x, 6) for x in got[p].tolist()]}")
+    # a mean of zero (hidden states that cancel) normalises to zero, as F.normalize does, never to NaN
+    zero = torch.zeros(1, 4, 3, dtype=torch.float64)
+    for name, got in (("user_vectors", calrec.user_vectors(zero, torch.tensor([0]), torch.tensor([2]))),
+                      ("target_vectors", calrec.target_vectors(zero, torch.tensor([0]), torch.tensor([1]),
+                                                               torch.tensor([3])))):
+        assert torch.equal(got, torch.zeros(1, 3, dtype=torch.float64)), (
+            f"{name} of hidden states that are all 0: expected the zero vector (a mean of 0 normalised as F.normalize "
+            f"does it), got {got.tolist()}")
     # the same spans of a transposed (non-contiguous) h, in bfloat16 (autocast's dtype), with the default device
     # "meta" (a tensor made without device= or dtype= lands there, or in float32): the vectors in h's dtype, on the CPU
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
@@ -327,9 +335,10 @@ def naive_bm25(documents, query, k1, b):
 
 
 def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
-    # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all
+    # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all;
+    # queries read by the same analyser (capitals, punctuation)
     docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "?!"]
-    queries = ["red", "apple pie red", "car door door", "nothing here", "s"]
+    queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's"]
     # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
     for (k1, b), asked in zip(((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0), (1.2, 0.75), (1.2, 0.75), (1.2, 0.75)),
                               (queries, queries, queries, queries, ["apple pie red"], ["nothing here", "?"], [])):
@@ -574,19 +583,21 @@ def test_markov_and_last_item_baselines_by_hand():
         f"{texts} (the query: the last history item's text): expected ranks [1, 1, 3, 2], got {ranks}")
     # against a naive loop over BM25 scores computed word by word: a target tied with an item of higher index (the
     # tie counts against the target, whatever the indices), a target sharing no word with the query (score 0: it
-    # ties with every other 0, it is not unranked), a history of several items, a target in its history
-    texts = ["red apple", "red cherry", "red plum", "blue sky", "green sky"]
-    examples = [([2], 0), ([0], 3), ([1], 2), ([4, 0], 3), ([3], 3), ([1, 2], 4)]
-    want = []
-    for history, target in examples:
-        s = naive_bm25(texts, texts[history[-1]], 1.2, 0.75)
-        want.append(0 if target in history else
-                    sum(s[j] >= s[target] for j in range(len(texts)) if j not in history))
-    ranks = ev.rank_last_item_bm25(calrec.BM25(texts), texts, examples).tolist()
-    assert ranks == want, (
-        f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over "
-        f"{texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count against the "
-        f"target), got {ranks}")
+    # ties with every other 0, it is not unranked), a history of several items, a target in its history, a last
+    # item whose text repeats a word (the query counts it twice)
+    for texts, examples in ((["red apple", "red cherry", "red plum", "blue sky", "green sky"],
+                             [([2], 0), ([0], 3), ([1], 2), ([4, 0], 3), ([3], 3), ([1, 2], 4)]),
+                            (["red red bike", "red car", "bike"], [([0], 1), ([1], 0)])):
+        want = []
+        for history, target in examples:
+            s = naive_bm25(texts, texts[history[-1]], 1.2, 0.75)
+            want.append(0 if target in history else
+                        sum(s[j] >= s[target] for j in range(len(texts)) if j not in history))
+        ranks = ev.rank_last_item_bm25(calrec.BM25(texts), texts, examples).tolist()
+        assert ranks == want, (
+            f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} "
+            f"over {texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count "
+            f"against the target), got {ranks}")
 
 
 def naive_markov_ranks(sequences, n_items, examples):
@@ -668,6 +679,10 @@ def test_metrics_on_hand_made_ranks():
         "ndcg@5": g5 / 5, "ndcg@10": (g5 + g10) / 5, "ndcg@20": (g5 + g10 + g20) / 5})
     # one user: no spread to measure, a standard error of 0 (the sample std of one value is nan)
     check_metrics([2], {"recall@1": 0.0, "recall@5": 1.0, "ndcg@10": 1 / math.log2(3), "ndcg@10_se": 0.0})
+    # the caller's ranks stay as they were: a float64 tensor or array (torch.as_tensor of either is no copy)
+    for ranks in (torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64), np.array([1.0, 0.0, 3.0])):
+        got = leaves_inputs_alone(ev.rank_metrics, ranks)["recall@5"]
+        assert got == 2 / 3, f"rank_metrics of the ranks [1, 0, 3]: expected recall@5 = 2/3, got {got}"
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
@@ -1037,6 +1052,19 @@ def test_recent_vectors_by_hand():
     got = calrec_extras.recent_vectors(v_items, [[], []], 0.5)
     assert tuple(got.shape) == (2, 2) and torch.equal(got, torch.zeros(2, 2, dtype=torch.float64)), (
         f"recent_vectors of two empty histories: expected zeros (2, 2), got {got.tolist()}")
+    # long histories (60 items: every one weighs, however old) in float64, against a loop in Python floats: float64
+    # all the way (weights in float32 would be off by about 1e-8)
+    gen = torch.Generator().manual_seed(3)
+    v_long = torch.randn(30, 3, dtype=torch.float64, generator=gen)
+    long = [torch.randint(0, 30, (60,), generator=gen).tolist(), list(range(29, -1, -1)) * 2]
+    for decay in (1.0, 0.97, 0.7):
+        got = calrec_extras.recent_vectors(v_long, long, decay)
+        for hist, row in zip(long, got.tolist()):
+            w = [decay ** (len(hist) - 1 - i) for i in range(len(hist))]
+            want = [sum(wi * v_long[j, c].item() for wi, j in zip(w, hist)) / sum(w) for c in range(3)]
+            assert row == pytest.approx(want, rel=1e-12, abs=1e-12), (
+                f"recent_vectors of a history of {len(hist)} items in float64, decay {decay}: expected {want} (a loop "
+                f"over every item of the history, in Python floats), got {row}")
     # an item bought twice counts twice, each time at its own age: [1, 1, 0] at decay 0.5 is
     # (0.25 v1 + 0.5 v1 + v0) / 1.75 = (1, 0.75) / 1.75
     got = calrec_extras.recent_vectors(v_items, [[1, 1, 0], [3, 3]], 0.5)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import evaluation
+from oracles import leaves_inputs_alone
 
 PRED = [1, 1, 0, 0, 1]
 GOLD = [1, 0, 0, 0, 1]   # tp = 2, tn = 2, fp = 1, fn = 0
@@ -145,4 +146,23 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
                 got = fn_(*args)
                 if type(got) is not float or not math.isnan(got):
                     wrong.append(f"  {fn_.__name__}{args}: expected nan (a diverged model), got {got!r}")
+    # average ranks against their definition, counted by hand: rank = 1 + (values below) + (other values equal) / 2;
+    # with exact repeats and values one float64 step apart (distinct: no shared rank)
+    for n in (1, 2, 4, 7):
+        base = rng.integers(0, 3, size=n).astype(float)
+        for x in (base, np.nextafter(base, 9.0) * (rng.random(n) < 0.5) + base * (rng.random(n) >= 0.5), -base):
+            expected = [1 + sum(v < u for v in x) + (sum(v == u for v in x) - 1) / 2 for u in x]
+            got = evaluation.average_ranks(x)
+            if not np.array_equal(got, expected):
+                wrong.append(f"  average_ranks({x.tolist()}): expected {expected} (1 + the values below + half the "
+                             f"other equal ones), got {np.asarray(got).tolist()}")
+    # every metric leaves the caller's arrays (float64, as predictions are) as they were
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    labels = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    for fn_, args in ((evaluation.pearson, (x, y)), (evaluation.spearman, (x, y)), (evaluation.average_ranks, (x,)),
+                      (evaluation.f1, (labels, labels[::-1].copy())), (evaluation.mcc, (labels, labels[::-1].copy()))):
+        try:
+            leaves_inputs_alone(fn_, *args)
+        except AssertionError as e:
+            wrong.append(f"  {fn_.__name__} of float64 arrays: {e}")
     assert not wrong, "GLUE's metrics on a generated family of inputs:\n" + "\n".join(wrong[:12])

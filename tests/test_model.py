@@ -841,8 +841,8 @@ def naive_mean_pool(h, span):
 
 def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
     # a family of valid inputs against a loop over rows: one row and several (an empty span among them), h transposed
-    # (not contiguous), float64, new tensors going by default to the "meta" device; and mean_pool under
-    # torch.func.vmap over tasks, as MAML's classifier runs it (maml.meta_loss_vmap)
+    # (not contiguous), float64, new tensors going by default to the "meta" device, masks of 0/1 floats or of bools;
+    # and mean_pool under torch.func.vmap over tasks, as MAML's classifier runs it (maml.meta_loss_vmap)
     from torch.func import vmap
 
     torch.manual_seed(0)
@@ -852,7 +852,9 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
              ("3 rows", torch.randn(3, 5, 3), span, mask, False),
              ("3 rows, h transposed (not contiguous)", torch.randn(3, 3, 5).transpose(1, 2), span, mask, False),
              ("float64", torch.randn(3, 5, 3, dtype=torch.float64), span, mask, False),
-             ("the default device set to 'meta'", torch.randn(3, 5, 3), span, mask, True)]
+             ("the default device set to 'meta'", torch.randn(3, 5, 3), span, mask, True),
+             ("masks of floats", torch.randn(3, 5, 3), span.float(), mask.float(), False),
+             ("masks of bools", torch.randn(3, 5, 3), span.bool(), mask.bool(), False)]
     for what, h, s, m, meta in cases:
         last = [int(r.sum()) - 1 for r in m]
         for name, fn, arg, want in (("mean_pool", model.mean_pool, s, naive_mean_pool(h, s)),
@@ -864,7 +866,7 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
                     got = fn(h, arg)
             except NotImplementedError:
                 raise
-            except RuntimeError as e:
+            except (RuntimeError, IndexError) as e:
                 raise AssertionError(f"{call}: {type(e).__name__}: {e}") from None
             assert (tuple(got.shape), got.dtype, got.device) == ((h.size(0), h.size(2)), h.dtype, h.device), (
                 f"{call}: want {(h.size(0), h.size(2))} {h.dtype} on {h.device}, got {tuple(got.shape)} {got.dtype} "

@@ -680,3 +680,45 @@ WRONG_MAML = {
     "reptile": REPTILE,
     "meta-gradient": META_GRADIENT,
 }
+# found by a fourth probe of the graders
+WRONG_MAML['glue-metrics'].append({'evaluation.py:average_ranks': '''
+def average_ranks(x):
+    # ties found with np.isclose (rtol 1e-12): distinct values closer than that share a rank
+    x = np.asarray(x, dtype=np.float64)
+    idx = np.argsort(x, kind="stable")
+    out = np.zeros(len(x))
+    start = 0
+    while start < len(x):
+        end = start
+        while end + 1 < len(x) and np.isclose(x[idx[end + 1]], x[idx[start]], rtol=1e-12, atol=0.0):
+            end += 1
+        out[idx[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+'''})
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # sizes kept in their own dtype: a float32 array of sizes gives float32 probabilities
+    sizes = np.asarray(sizes)
+    n = len(sizes)
+    uniform = np.full(n, 1.0 / n)
+    pps = sizes / sizes.sum()
+    if sampling == "uniform":
+        return uniform
+    if sampling == "pps":
+        return pps
+    if sampling == "mixed":
+        return 0.5 * uniform + 0.5 * pps
+    raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # centred in place (x -= x.mean()): a caller's float64 array of predictions comes back centred
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    x -= x.mean()
+    y -= y.mean()
+    d = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum() / d) if d > 0 else 0.0
+'''})
