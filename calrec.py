@@ -193,8 +193,8 @@ def train_stage(exp, stage, validate):
     """Stage 1: rows drawn from a mixture of every domain, P(domain) ~ n_train ** (1 / domain_temperature);
     stage 2: the target domain alone. validate() every eval_interval steps picks the weights the LM ends with."""
     cfg, lm, device = exp.cfg, exp.lm, exp.device
-    sizes = np.array([len(r) for r in exp.rows], dtype=np.float64) ** (1.0 / cfg.domain_temperature)
-    probs = sizes / sizes.sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
+    w = np.log([len(r) for r in exp.rows]) / cfg.domain_temperature  # in logs: no overflow at a temperature near 0
+    probs = np.exp(w - w.max()) / np.exp(w - w.max()).sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
     log.info(f"stage {stage}: {steps} steps on " + ", ".join(f"{d.name} {p:.2f}" for d, p in zip(exp.domains, probs)
@@ -383,7 +383,7 @@ class CALRecConfig:
     n_embd: int = setting(128, ">= 1", "width of the residual stream")
     block_size: int = setting(256, ">= 16", "longest sequence the LM reads, in tokens")
     dropout: float = setting(0.0, "0..0.9", "dropout of the LM")
-    vocab_size: int = setting(2048, ">= 259", "BPE trained on the items' prompts (at least 256 bytes + 3 specials)")
+    vocab_size: int = setting(2048, "259..1048576", "BPE trained on the items' prompts (256 bytes, 3 specials, merges)")
     max_words: int = setting(24, ">= 1", "cap on every attribute value, in words")
     max_history: int = setting(3, ">= 1", "most recent history items in a prompt (as many as fit block_size)")
     max_item_tokens: int = setting(64, ">= 1", "an item's tokens; a longer item loses words of its longest values")

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import random
+import re
 import shlex
 import signal
 import sys
@@ -71,7 +72,7 @@ def describe(f):
         what = " or ".join(map(str, allowed))
     else:
         what = f"{kind.__name__} {allowed}" if allowed else kind.__name__
-    return f"comma-separated, each {what}" if typing.get_origin(f.type) is tuple else what
+    return f"comma-separated, each {what}, none twice" if typing.get_origin(f.type) is tuple else what
 
 
 def parse_value(kind, text):
@@ -105,7 +106,7 @@ def check_settings(cfg):
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         values = value if typing.get_origin(f.type) is tuple else (value,)
-        if not values or not all(allows(f.metadata["allowed"], v) for v in values):
+        if not values or len(set(values)) < len(values) or not all(allows(f.metadata["allowed"], v) for v in values):
             raise UserError(f"setting {f.name}={format_value(value)}: expected {describe(f)}")
     cfg.check()
     return cfg
@@ -121,6 +122,15 @@ def show_config(cfg):
             for f in dataclasses.fields(cfg)]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}" for a, b, c, d in rows)
+
+
+def out_of_memory(error):
+    """The one line for an allocation the machine cannot hold (a setting too large for it), or None."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error):
+        size = re.search(r"allocate ([\d.]+ \w+|\d+ bytes)", str(error))
+        return (f"out of memory{f' (allocating {size.group(1)})' if size else ''}: a setting asks for more than this "
+                "machine holds; lower it (--show-config lists them)")
+    return None
 
 
 # -----------------------------------------------------------------------------

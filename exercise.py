@@ -334,7 +334,10 @@ def grade_handout(folder, names):
             with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
                 names = json.load(f)
         except (OSError, ValueError):
-            raise ExerciseError(f"{folder}: no {MANIFEST}, so not a handout; name the exercises to grade") from None
+            names = None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ExerciseError(f"{folder}: no {MANIFEST} listing its exercises, so not a handout; name the exercises "
+                                "to grade")
     with tempfile.TemporaryDirectory() as tmp:
         copy_tree(folder, os.path.join(tmp, "work"))
         shutil.rmtree(os.path.join(tmp, "work", "tests"), ignore_errors=True)

@@ -446,7 +446,7 @@ class MAMLConfig:
     n_layer: int = setting(2, "> 0", "transformer blocks of the GPT trained from scratch")
     n_head: int = setting(2, "> 0", "attention heads per block")
     n_embd: int = setting(64, "> 0", "width of the GPT's hidden states")
-    vocab_size: int = setting(512, ">= 259", "BPE trained on the tasks' text (at least 256 bytes + 3 specials)")
+    vocab_size: int = setting(512, "259..1048576", "BPE trained on the tasks' text (256 bytes, 3 specials, merges)")
     max_len: int = setting(48, ">= 4", "tokens per example (a pair is trimmed to fit)")
     inner_lr: float = setting(0.02, "> 0", "the inner loop's learning rate, and fine-tuning's")
     inner_steps: int = setting(2, "> 0", "k: inner steps per task while meta-training, each on a new support batch")

@@ -544,24 +544,22 @@ def check_weights(weights, config, path, source, layout=lambda name, shape: (nam
             raise UserError(f"{path}: {k} holds NaN or infinite values")
 
 
-GPT2_COMPUTES = dict(model_type="gpt2", activation_function="gelu_new", layer_norm_epsilon=1e-5,  # config.json's
-                     scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)  # keys, with GPT-2's values
-
-
 def read_gpt2_config(directory, dropout=0.0):
     """(GPTConfig, path) of the sizes in a Hugging Face GPT-2 folder's config.json."""
     path = os.path.join(directory, "config.json")
+    gpt2 = dict(model_type="gpt2", activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
+                scale_attn_by_inverse_layer_idx=False)  # the keys of config.json that change what is computed
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and the weights")
     try:
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)
         sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
-        other = {k: hf[k] for k, v in GPT2_COMPUTES.items() if hf.get(k, v) != v}
+        other = {k: hf[k] for k, v in gpt2.items() if hf.get(k, v) != v}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
     if other:
-        raise UserError(f"{path}: asks for {other}, which this GPT does not compute (GPT-2's: {GPT2_COMPUTES})")
+        raise UserError(f"{path}: asks for {other}, which this GPT does not compute (GPT-2's: {gpt2})")
     bad = [k for k, v in sizes.items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
     if bad:
         raise UserError(f"{path}: {bad[0]} = {sizes[bad[0]]!r} is not a positive whole number")

@@ -29,8 +29,8 @@ import torch  # noqa: E402
 import calrec  # noqa: E402
 import maml  # noqa: E402
 from engine import (Once, Parser, apply_settings, check_out_dir, format_value, name_value,  # noqa: E402
-                    open_log_file, pick_device, seed_everything, seed_number, setup_distributed, setup_logging,
-                    show_config, thread_count)
+                    open_log_file, out_of_memory, pick_device, seed_everything, seed_number, setup_distributed,
+                    setup_logging, show_config, thread_count)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -41,7 +41,8 @@ ALIASES = ("alpha", "beta", "tau", "beams", "stages", "target", "eval_interval",
 # the run's own flags, and the tasks they apply to
 RUN_FLAGS = {"data": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
              "dtype": ("calrec",), "compile": ("calrec",)}
-OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt")  # files a run writes in --out-dir
+OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt",  # the files a run writes in --out-dir
+           *(f"init_{m}.pt" for m in maml.INITS))
 
 # -----------------------------------------------------------------------------
 # flags
@@ -139,8 +140,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return command(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
+        if not isinstance(e, UserError) and out_of_memory(e) is None:
+            raise
+        print(f"error: {out_of_memory(e) or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the same command with --resume continues from the last saved state", file=sys.stderr)

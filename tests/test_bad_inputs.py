@@ -291,7 +291,8 @@ CASES = {
                            flags=("--aux", "RTE", "--targets", "RTE")),
     "unknown glue task": glue(lambda g: None, "setting targets: WNLI is not a task of GLUE",
                               flags=("--aux", "SST-2", "--targets", "WNLI")),
-    "task named twice": glue(lambda g: None, "settings aux and targets: SST-2 named twice", flags=("--aux", "SST-2,SST-2")),
+    "task named twice": glue(lambda g: None, "settings aux and targets: RTE named twice",
+                             flags=("--aux", "SST-2,RTE", "--targets", "RTE")),
     "n-train too large": glue(lambda g: None, "setting n_train: 5000 is more than",
                               flags=("--aux", "SST-2", "--targets", "RTE", "--n-train", "5000")),
     "two glue folders": lambda w, tmp: (["--task", "maml", "--data", w["glue"], w["glue"]], "takes one GLUE folder"),
@@ -415,6 +416,14 @@ CASES = {
                                                os.symlink(tmp / "nowhere", tmp / "o" / "log.txt") or
                                                ["--task", "sinusoid", "--out-dir", str(tmp / "o")],
                                                "log.txt: is not a regular file; a run writes a file there"),
+    "a list setting naming a value twice": flags("--task", "maml", "--n-train", "16,16",
+                                                 message="setting n_train=16,16: expected comma-separated, each int > 0, none twice"),
+    "vocabulary beyond the tokenizer trainer": flags("--task", "calrec", "--set", "vocab_size=1000000000000",
+                                                     message="setting vocab_size=1000000000000: expected int 259..1048576"),
+    "sinusoid beyond memory": lambda w, tmp: (["--task", "sinusoid", "--set", "k=100000000000", "--set", "steps=1",
+                                               "--out-dir", str(tmp / "oom")], "error: out of memory (allocating"),
+    "init_maml.pt is a folder": lambda w, tmp: (["--task", "maml", "--out-dir", folder_holding(tmp, "init_maml.pt")],
+                                                "init_maml.pt: is a folder; a run writes a file there"),
     "threads beyond the cpus": flags("--task", "sinusoid", "--threads", "99999999999999999999",
                                      message="--threads: must be a whole number from 1 to"),
     "constrained beams beyond memory": flags("--task", "calrec", "--set", "constrained_beams=5000",
@@ -579,3 +588,16 @@ def test_a_bug_keeps_its_traceback(world, monkeypatch):
     monkeypatch.setattr(calrec, "prepare", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         train.main(["--task", "calrec", "--out-dir", str(world["root"] / "bug")])
+
+    def bug(*args):
+        raise RuntimeError("a shape mismatch")  # a RuntimeError other than running out of memory
+    monkeypatch.setattr(calrec, "prepare", bug)
+    with pytest.raises(RuntimeError, match="a shape mismatch"):
+        train.main(["--task", "calrec", "--out-dir", str(world["root"] / "bug")])
+
+
+def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
+    """P(domain) ~ n ** (1 / T) overflows as T -> 0 unless it is computed in logs: T = 1e-300 must run."""
+    train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--set", "domain_temperature=1e-300",
+                "--out-dir", str(tmp_path / "cold")])
+    assert (tmp_path / "cold" / "results.json").is_file()

@@ -218,6 +218,11 @@ def test_refusals_write_nothing(tmp_path):
     assert there.returncode == 2 and "already there" in there.stderr and os.listdir(tmp_path / "b") == []
     not_a_handout = cli("grade", str(tmp_path / "b"))
     assert not_a_handout.returncode == 2 and "not a handout" in not_a_handout.stderr
+    for manifest in ("null", '{"names": ["info-nce"]}', '["info-nce", 3]', "[]"):  # JSON, but no list of names
+        (tmp_path / "b" / "exercises.json").write_text(manifest)
+        graded = cli("grade", str(tmp_path / "b"))
+        assert graded.returncode == 2 and graded.stderr.count("\n") == 1 and "not a handout" in graded.stderr, (
+            manifest, graded.stderr)
 
 
 # -----------------------------------------------------------------------------
