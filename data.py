@@ -423,6 +423,8 @@ def read_atomic(folder):
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
     path = os.path.join(folder, name)
+    if os.path.lexists(f"{path}.item") and os.path.lexists(f"{path}.text"):
+        raise UserError(f"{folder}: holds both {name}.item and {name}.text; keep the one that is its item text")
     if os.path.lexists(f"{path}.item"):  # whatever is there (a folder, a broken link): read_text says what is wrong
         attributes, missing, entries = _read_item_file(f"{path}.item")
     elif os.path.lexists(f"{path}.text"):

@@ -618,8 +618,14 @@ def open_log_file(out_dir, argv, resume):
 # results.json, and what it says about the machine it ran on
 
 
-def save_results(out_dir, out, device, wall_s):
-    """out_dir/results.json: a task's results `out`, with the time, peak memory, machine and warnings of the run."""
+def save_results(out_dir, out, device, wall_s, table=None):
+    """out_dir/results.json: a task's results `out`, with the time, peak memory, machine and warnings of the run;
+    first, a table (title, header, rows) into the log as markdown."""
+    if table is not None:
+        title, header, rows = table
+        for line in (f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                     *("| " + " | ".join(row) + " |" for row in rows)):
+            log.info(line)
     out = dict(out, wall_s=wall_s, peak_memory_mb=peak_memory_mb(), environment=environment(device),
                warnings=WARNINGS.messages)
     save_json(os.path.join(out_dir, "results.json"), out)

@@ -247,7 +247,7 @@ def copy_tree(src, dst):
     """The project's files under src, less what a handout leaves out, into dst."""
     def ignore(folder, names):
         return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")]
-    shutil.copytree(src, dst, ignore=ignore, symlinks=False)
+    shutil.copytree(src, dst, ignore=ignore, symlinks=True)  # a link is copied as a link, dangling or not
 
 
 def handout(names, out):
@@ -314,7 +314,8 @@ def grade(root, names):
     for ex in exercises:
         mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
         passed = sum(ok for ok, _ in mine.values())
-        print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else ""))
+        print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else
+              "" if mine else " (none ran: does a file of the exercise fail to import? see the tracebacks)"))
         for test, (ok, message) in mine.items():
             if not ok:
                 print(f"  FAILED {test.split('::', 1)[1]}")
@@ -430,6 +431,10 @@ def main(argv=None):
         return grade(ROOT, [args.name])
     except ExerciseError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be read or written; shutil.Error: (source, target, why) per file
+        source, _, why = e.args[0][0] if isinstance(e, shutil.Error) else (e.filename, None, e.strerror or e)
+        print(f"error: {source}: {why}" if source else f"error: {why}", file=sys.stderr)
         return 2
 
 

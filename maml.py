@@ -205,6 +205,8 @@ def train_sine(method, cfg, seed):
             opt.step()
         else:
             meta_step(method, params, sine_loss, [support], query, cfg.inner_lr, inner_steps, opt)
+    if not all(torch.isfinite(v).all() for v in params.values()):
+        raise UserError(f"training diverged: the weights of sinusoid {method} are not finite; lower outer_lr")
     return {k: v.detach() for k, v in params.items()}
 
 
@@ -216,16 +218,6 @@ def eval_sine(params, cfg, seed):
     amp, phase = sine_tasks(cfg.eval_tasks, g)
     support, query = sine_points(amp, phase, cfg.k, g), sine_points(amp, phase, cfg.eval_points, g)
     return {k: mean_ci95(vmap(functools.partial(mse_after, k))(support, query).numpy()) for k in (0, *cfg.eval_steps)}
-
-
-def write_results(out_dir, title, header, rows, out, device, wall_s):
-    """Log the table (title, header, rows); write out_dir/results.json: `out`, the machine, the time and memory."""
-    log.info(f"\n{title}\n")
-    log.info("| " + " | ".join(header) + " |")
-    log.info("|" + "---|" * len(header))
-    for row in rows:
-        log.info("| " + " | ".join(row) + " |")
-    return engine.save_results(out_dir, out, device, wall_s)
 
 
 def run_sinusoid(cfg, out_dir, seed):
@@ -242,7 +234,7 @@ def run_sinusoid(cfg, out_dir, seed):
     title = f"K = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner_lr {cfg.inner_lr}; mean ± 95% CI"
     methods = {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()} for m, r in results.items()}
     out = dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed), paper=SINE_PAPER)
-    return write_results(out_dir, title, header, rows, out, "cpu", time.time() - t0)
+    return engine.save_results(out_dir, out, "cpu", time.time() - t0, (title, header, rows))
 
 
 # -----------------------------------------------------------------------------
@@ -662,5 +654,5 @@ def run(exp):
     config = dict(dataclasses.asdict(exp.cfg), setting=exp.setting, inits=list(exp.inits), seed=exp.seed,
                   init=exp.init, device=exp.device, reported_split=reported, meta_loss_first_last_tenth=curves)
     out = dict(targets=results, config=config, resumed=exp.state.resumes)
-    return write_results(exp.out_dir, title, ["target", "metric", "size", *exp.inits], rows, out, exp.device,
-                         exp.state.seconds())
+    return engine.save_results(exp.out_dir, out, exp.device, exp.state.seconds(),
+                               (title, ["target", "metric", "size", *exp.inits], rows))

@@ -204,6 +204,8 @@ def test_handout_check_grade_end_to_end(tmp_path):
     text = text.replace(blanked("calrec.py:merge_round_robin", "round-robin"), source_of("calrec.py:merge_round_robin"))
     path.write_text(text, encoding="utf-8")
     (out / "tests" / "test_calrec.py").write_text("def test_info_nce_equals_naive_loop():\n    pass\n")
+    os.symlink(tmp_path / "nowhere", out / "notes.txt")  # a student's stray links: copied as links, not followed
+    os.symlink(".", out / "loop")
     graded = cli("grade", str(out))
     assert graded.returncode == 1, graded.stdout + graded.stderr
     assert "round-robin: 1 of 1 graders pass -- done" in graded.stdout
@@ -223,6 +225,8 @@ def test_refusals_write_nothing(tmp_path):
         graded = cli("grade", str(tmp_path / "b"))
         assert graded.returncode == 2 and graded.stderr.count("\n") == 1 and "not a handout" in graded.stderr, (
             manifest, graded.stderr)
+    into_a_file = cli("handout", "round-robin", "--out", str(tmp_path / "b" / "exercises.json" / "hw"))
+    assert into_a_file.returncode == 2 and into_a_file.stderr.count("\n") == 1, into_a_file.stderr
 
 
 # -----------------------------------------------------------------------------
