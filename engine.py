@@ -395,7 +395,7 @@ class RunState:
         if resume:
             saved = load_torch(path, "the state of a run")
             if not (isinstance(saved, dict) and saved.keys() == {"state", "fingerprint"}):
-                raise UserError(f"{path}: not the state of a run of this project")
+                raise UserError(f"{path}: not the state of a run of this project (or of an earlier version of it)")
             if fingerprint(saved["state"]) != saved["fingerprint"]:
                 raise UserError(f"{path}: damaged or edited since the run wrote it (its fingerprint differs); "
                                 "start the run again without --resume, or in another --out-dir")
