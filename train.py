@@ -141,9 +141,10 @@ def main(argv=None):
     try:
         return command(argv)
     except (UserError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
-        if not isinstance(e, UserError) and out_of_memory(e) is None:
+        message = str(e) if isinstance(e, UserError) else out_of_memory(e)
+        if message is None:
             raise
-        print(f"error: {out_of_memory(e) or e}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the same command with --resume continues from the last saved state", file=sys.stderr)
