@@ -127,7 +127,7 @@ def bench_maml(device, **_):
     tok = data.train_tokenizer([t for task in tasks.values() for t in task["train"]["text_a"]
                                 + (task["train"]["text_b"] or [])], vocab_size=cfg.vocab_size)
     torch.manual_seed(0)
-    model = maml.classifier_for(maml.new_encoder(tok, cfg), tasks).to(device)
+    model = maml.classifier_for(GPT(maml.encoder_config(tok, cfg)), tasks).to(device)
     encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, maml.regression_scale(aux[n]))
             for i, n in enumerate(aux)]
     params, loss_fn = maml.task_loss(model)

@@ -32,8 +32,9 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, autocast, check_settings, fingerprint, gather_rows, grad_scaler,
-                    load_init, lr_at, rank_and_world, save_checkpoint, save_results, setting, train_and_select)
+from engine import (RunState, adam_floats, all_reduce_sum, autocast, check_memory, check_settings, fingerprint,
+                    gather_rows, grad_scaler, load_init, lr_at, rank_and_world, save_checkpoint, save_results, setting,
+                    train_and_select)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -536,17 +537,26 @@ def fitted_item_texts(items, max_words, tokenizer, max_tokens):
     return [data.item_text(*pair, cap) for pair, cap in zip(items, caps)]
 
 
-def build_lm(cfg, texts, init, resume, out_dir):
-    """The tokenizer and the LM: with resume, the run's own tokenizer (its LM comes from the run state); --init's;
-    or new ones -- a BPE trained on prompts of the items (so that the template's words are single tokens)."""
+def build_tokenizer(cfg, texts, init, resume, out_dir):
+    """The tokenizer, and --init's LM (None otherwise): with resume, the run's own tokenizer (its LM's config comes
+    from the run state); --init's; or a new BPE trained on prompts of the items (the template's words single tokens)."""
     if resume:
         return None, data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     if init:
         return load_init(init, dropout=cfg.dropout)
-    tokenizer = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
-                                     vocab_size=cfg.vocab_size)
-    return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)), tokenizer
+    return None, data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
+                                      vocab_size=cfg.vocab_size)
+
+
+def memory_needs(c, cfg, n_items):
+    """Lower bounds of what training holds at once (engine.check_memory), a row being at least one token."""
+    sasrec = GPTConfig(block_size=cfg.sasrec_len, vocab_size=n_items + 1, n_layer=cfg.sasrec_layers,
+                       n_embd=cfg.sasrec_embd)
+    return {"the LM's weights and Adam's moments (n_layer, n_embd, block_size, vocab_size)": adam_floats(c),
+            "a batch's logits and their gradients (batch_size, vocab_size)": 2 * cfg.batch_size * c.vocab_size,
+            "a batch's hidden states (batch_size, n_embd, n_layer)": cfg.batch_size * c.n_embd * c.n_layer,
+            "SASRec's weights and Adam's moments (sasrec_layers, sasrec_embd)": cfg.baselines * adam_floats(sasrec),
+            "SASRec's logits (sasrec_batch_size)": cfg.baselines * 2 * cfg.sasrec_batch_size * (n_items + 1)}
 
 
 def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtype="float32", compile=False):
@@ -556,14 +566,18 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     domains, target, rows = load_data(cfg, data_dirs, seed)
     items = [(it, d.attributes) for d in domains for it in d.items]  # every item, global indices
     texts = [data.item_text(it, attributes, cfg.max_words) for it, attributes in items]
-    lm, tokenizer = build_lm(cfg, texts, init, resume, out_dir)
+    lm, tokenizer = build_tokenizer(cfg, texts, init, resume, out_dir)
     key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.train, d.valid,
                d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, init=init, dtype=dtype,
                processes=rank_and_world()[1])
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
-    lm = lm or GPT(GPTConfig(**state.done["lm_config"]))  # a calrec state holds it from its first save
-    tokenizer.check_fits(lm.config.vocab_size)
-    c = lm.config  # the LM's own sizes (--init's may differ from the settings), as results.json reports them
+    c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
+         GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                   n_embd=cfg.n_embd, dropout=cfg.dropout))
+    check_memory(device, memory_needs(c, cfg, domains[target].n_items))
+    lm = lm or GPT(c)
+    tokenizer.check_fits(c.vocab_size)
+    # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
     fitted = fitted_item_texts(items, cfg.max_words, tokenizer, cfg.max_item_tokens)

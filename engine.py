@@ -133,6 +133,31 @@ def out_of_memory(error):
     return None
 
 
+def check_memory(device, needs):
+    """Refuse, before any work, settings whose run cannot fit in the device's memory. needs: {what, and the
+    settings it grows with: float32 values held at once}, each a lower bound, so that a refusal is never a guess."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    elif kind == "mps":
+        have = torch.mps.recommended_max_memory()
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:  # not on Windows
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        return
+    need = 4 * sum(needs.values())
+    if need > have:
+        what = max(needs, key=needs.get)
+        raise UserError(f"settings too large: the run needs at least {need / 2**30:,.1f} GB, most of it for {what}; "
+                        f"this {kind} has {have / 2**30:,.1f} GB (--show-config lists the settings)")
+
+
+def adam_floats(c):
+    """A lower bound of the float32 values that training a GPT of config c with AdamW holds: weights, gradients and
+    two moments of its embeddings and matrices (biases and LayerNorms left out)."""
+    return 4 * ((c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2)
+
+
 # -----------------------------------------------------------------------------
 # files, written whole: a temporary file next to the target, then a rename
 

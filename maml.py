@@ -152,7 +152,11 @@ class SineConfig:
     eval_steps: tuple[int, ...] = setting((1, 5, 10), "> 0", "report the MSE after 0 and each of these many steps")
 
     def check(self):
-        """No relations between the fields: each field's own range is all there is to check."""
+        """The largest tensors of a run (lower bounds) against the machine's memory."""
+        engine.check_memory("cpu", {
+            "the held-out sines' hidden states (eval_tasks, eval_points, hidden)": 2 * self.eval_tasks
+            * self.eval_points * self.hidden,
+            "a meta-batch's hidden states (meta_batch, k, hidden)": 2 * self.meta_batch * self.k * self.hidden})
 
 
 SINE = SineConfig()
@@ -348,10 +352,10 @@ def stack_tasks(encs, n_batches, shot, rng, pad_id, device="cpu"):
     return batches
 
 
-def new_encoder(tokenizer, cfg):
-    """The from-scratch GPT of a run (its vocabulary rounded up to a multiple of 64)."""
-    return GPT(GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
-                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+def encoder_config(tokenizer, cfg):
+    """The config of a run's from-scratch GPT (its vocabulary rounded up to a multiple of 64)."""
+    return GPTConfig(block_size=cfg.max_len, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64),
+                     n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
 
 
 def classifier_for(gpt, tasks):
@@ -563,11 +567,16 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
         gpt, tokenizer = engine.load_init(init)
         if gpt.config.block_size < cfg.max_len:
             raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens; max_len={cfg.max_len} is more")
-    else:  # a BPE trained on the tasks' training text (a resumed run reads it back) and a from-scratch GPT
+    else:  # a BPE trained on the tasks' training text (a resumed run reads it back); a from-scratch GPT below
         texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
         tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
-        gpt = new_encoder(tokenizer, cfg)
+    c = gpt.config if init else encoder_config(tokenizer, cfg)
+    engine.check_memory(device, {  # lower bounds, an example being at least one token
+        "the GPT's weights and Adam's moments (n_layer, n_embd, max_len, vocab_size)": engine.adam_floats(c),
+        "a meta-batch's hidden states (meta_batch, shot, n_embd, n_layer)": cfg.meta_batch * cfg.shot * c.n_embd
+        * c.n_layer})
+    gpt = gpt if init else GPT(c)
     key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), data=engine.fingerprint(tasks),
                seed=seed, init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
     state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)

@@ -420,8 +420,18 @@ CASES = {
                                                  message="setting n_train=16,16: expected comma-separated, each int > 0, none twice"),
     "vocabulary beyond the tokenizer trainer": flags("--task", "calrec", "--set", "vocab_size=1000000000000",
                                                      message="setting vocab_size=1000000000000: expected int 259..1048576"),
-    "sinusoid beyond memory": lambda w, tmp: (["--task", "sinusoid", "--set", "k=100000000000", "--set", "steps=1",
-                                               "--out-dir", str(tmp / "oom")], "error: out of memory (allocating"),
+    "sinusoid beyond memory": flags("--task", "sinusoid", "--set", "k=100000000000", message="settings too large: "
+                                    "the run needs at least 745,058.1 GB, most of it for a meta-batch's hidden"),
+    # ^ 4 bytes x 2 layers x meta_batch 25 x k 1e11 x hidden 40 = 745,058.1 GB (and the held-out sines' 0.02 GB)
+    "calrec batch beyond memory": flags("--task", "calrec", "--set", "batch_size=1000000000",
+                                        message="most of it for a batch's logits and their gradients (batch_size"),
+    "calrec layers beyond memory": flags("--task", "calrec", "--set", "n_layer=100000000",
+                                         message="most of it for the LM's weights and Adam's moments (n_layer"),
+    "SASRec batch beyond memory": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--set",
+                                                   "sasrec_batch_size=10000000000000"],
+                                                  "most of it for SASRec's logits (sasrec_batch_size)"),
+    "maml meta-batch beyond memory": flags("--task", "maml", "--set", "meta_batch=100000000000",
+                                           message="most of it for a meta-batch's hidden states (meta_batch"),
     "item and text files both": calrec_data(lambda d: shutil.copy(os.path.join(d, "Alpha.item"),
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
@@ -599,6 +609,24 @@ def test_a_bug_keeps_its_traceback(world, monkeypatch):
     monkeypatch.setattr(calrec, "prepare", bug)
     with pytest.raises(RuntimeError, match="a shape mismatch"):
         train.main(["--task", "calrec", "--out-dir", str(world["root"] / "bug")])
+
+
+@pytest.mark.parametrize("error, size", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ..."), "2.00 GiB"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 400000000000 bytes."),
+     "400000000000 bytes"),
+    (MemoryError(), None)])
+def test_running_out_of_memory_mid_run_is_one_line(world, monkeypatch, capsys, error, size):
+    """What the estimate before the run cannot foresee: an allocation fails during training (on any device)."""
+    import calrec
+
+    def oom(*args):
+        raise error
+    monkeypatch.setattr(calrec, "prepare", oom)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--out-dir", str(world["root"] / "oom")])
+    line = f"error: out of memory{f' (allocating {size})' if size else ''}: a setting asks for more than this machine"
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(line)
 
 
 def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):

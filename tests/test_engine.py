@@ -17,6 +17,7 @@ import calrec
 import data
 import engine
 import maml
+import model
 from model import UserError, load_torch
 from test_model import tiny
 
@@ -95,6 +96,26 @@ def tokenizer(tmp_path, words="a b c d e f g"):
     tok = data.train_tokenizer([words] * 5, vocab_size=270)
     tok.save(str(tmp_path / "tokenizer.json"))
     return data.load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("sizes", [(256, 2048, 2, 4, 128), (1024, 50257, 12, 12, 768), (48, 512, 1, 2, 64)])
+def test_adam_floats_is_a_tight_lower_bound_of_what_training_holds(sizes):
+    """Weights, gradients and AdamW's two moments: 4 values a parameter, counted on the model itself."""
+    c = model.GPTConfig(*sizes)
+    with torch.device("meta"):  # the real parameters, without their memory
+        n = sum(p.numel() for p in model.GPT(c).parameters())
+    assert 0.98 * 4 * n <= engine.adam_floats(c) <= 4 * n  # only biases and LayerNorms left out
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/meminfo"), reason="reads Linux's /proc/meminfo")
+def test_check_memory_refuses_only_what_the_machine_cannot_hold(monkeypatch):
+    with open("/proc/meminfo") as f:  # MemTotal in kB, read here apart from the code under test
+        have = 1024 * int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+    engine.check_memory("cpu", {"a": have // 8 - 2, "b": 1})  # 4 bytes a value: just under
+    with pytest.raises(UserError, match=r"at least [\d,.]+ GB, most of it for a; this cpu has"):
+        engine.check_memory("cpu", {"a": have // 8 + 1, "b": have // 8})  # just over
+    monkeypatch.setattr(engine.os, "sysconf_names", {})  # Windows: nothing to compare with, nothing refused
+    engine.check_memory("cpu", {"a": 10 ** 15})
 
 
 def test_checkpoint_round_trip(tmp_path):
