@@ -303,6 +303,12 @@ def _item_key(path, line_no, raw):
     return key
 
 
+def shown(value):
+    """A value's text, stripped; '' when it shows nothing (only spaces, zero-width or control characters)."""
+    value = value.strip()
+    return value if any(c.isprintable() and not c.isspace() for c in value) else ""
+
+
 def _read_item_file(path):
     """X.item (a column besides item_id: an attribute) -> attributes, missing values per column, {id: (id, item)}."""
     names, rows = _read_atomic_table(path, ["item_id"])
@@ -314,8 +320,8 @@ def _read_item_file(path):
     entries, missing = {}, Counter()
     for line_no, cols in rows:
         key = _item_key(path, line_no, cols[id_col])
-        item = {a: cols[j].strip() for (j, _), a in zip(text_cols, attributes) if cols[j].strip()}
-        missing.update(n for j, n in text_cols if not cols[j].strip())
+        item = {a: shown(cols[j]) for (j, _), a in zip(text_cols, attributes) if shown(cols[j])}
+        missing.update(n for j, n in text_cols if not shown(cols[j]))
         if not item:
             raise UserError(f"{path}:{line_no}: item {key} has no text at all")
         if key in entries:
@@ -377,7 +383,7 @@ def _read_text_files(path, map_path):
             raise UserError(f"{path}:{line_no}: item {asin} listed twice")
         # UniSRec's text is 'title. category path. brand. ', a missing value empty: split it back
         parts = (text[:-2] if text.endswith(". ") else text.rstrip()).rsplit(". ", 2)
-        item = {a: v.strip() for a, v in zip(attributes, [""] * (3 - len(parts)) + parts) if v.strip()}
+        item = {a: shown(v) for a, v in zip(attributes, [""] * (3 - len(parts)) + parts) if shown(v)}
         missing.update(a for a in attributes if a not in item)
         if not item:
             raise UserError(f"{path}:{line_no}: item {asin} has no text at all")

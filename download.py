@@ -34,7 +34,8 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from data import GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split
+from data import (GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split,
+                  shown)
 from engine import SEED_MAX, Parser, check_out_dir, positive_int
 from model import UserError
 
@@ -174,7 +175,7 @@ def _meta_value(path, line_no, record, key, skipped):
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
     if isinstance(v, list):
         v = " ".join(x.strip() for x in v[1:] if x.strip())  # drop the category root
-    v = "" if v is None else v.strip()
+    v = "" if v is None else shown(v)
     if v.startswith("<") or len(v) > 300:
         skipped[key] += 1
         return ""

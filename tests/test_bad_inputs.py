@@ -238,6 +238,8 @@ CASES = {
                                      "Alpha.item:10: item 3 listed twice"),
     "item without text": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"8\t \t \n"),
                                      "Alpha.item:10: item 8 has no text"),
+    "item whose text shows nothing": calrec_data(lambda d: append_bytes(os.path.join(
+        d, "Alpha.item"), "8\t\u200b\u200d\t\ufeff\u00a0\n".encode()), "Alpha.item:10: item 8 has no text"),
     "item not utf-8": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"8\tgad\xc3get\tB\n"),
                                   "Alpha.item:10"),
     "item2index malformed": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.item2index"), b"AS4 three\n"),
