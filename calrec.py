@@ -32,9 +32,9 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, adam_floats, all_reduce_sum, autocast, check_memory, check_settings, fingerprint,
-                    gather_rows, grad_scaler, load_init, lr_at, rank_and_world, save_checkpoint, save_results, setting,
-                    train_and_select)
+from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_memory, check_settings, fingerprint,
+                    gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint, save_results,
+                    setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ def training_rows(domains, offsets, every_position):
 def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dtype):
     """One optimiser step on a batch of rows (item sequences) and extra negative items. The plumbing lives here
     -- devices, mixed precision, several processes -- so that calrec_loss reads like the paper."""
-    rank, world = rank_and_world()
-    rows, extra = share(rows, rank, world), share(extra, rank, world)
+    world = rank_and_world()[1]
+    rows, extra = rows[my_share(len(rows))], extra[my_share(len(extra))]
     batch = builder.training_batch(rows, cfg.every_position)
     items = torch.cat([batch["item"], torch.tensor(extra, dtype=torch.long)])
     histories = [rows[b][max(0, p - cfg.recent_in_loss):p] for b, p in zip(batch["row"].tolist(),  # section 6
@@ -173,11 +173,6 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
     scaler.step(optimizer)
     scaler.update()
     return loss.item(), parts
-
-
-def share(xs, rank, world):
-    """This process's contiguous share of a list that every process holds whole."""
-    return xs[rank * len(xs) // world:(rank + 1) * len(xs) // world]
 
 
 def gather_batch(v_u, v_tu, v_t, items):
@@ -442,11 +437,6 @@ class CALRecConfig:
             if getattr(self, width) % getattr(self, heads):
                 raise UserError(f"setting {width}={getattr(self, width)}: not divisible by {heads}="
                                 f"{getattr(self, heads)}")
-        for name, k in (("beams", self.beams), ("constrained_beams", self.constrained_beams)):
-            scores = self.eval_batch * k * (self.block_size + k * (self.max_item_tokens + 1))  # a beam-search step
-            if scores > 2 ** 30:  # 4 GB a head in float32
-                raise UserError(f"setting {name}={k}: a beam-search step over eval_batch={self.eval_batch} users "
-                                f"would compute {scores:.1e} attention scores a head (2**30 allowed); lower it")
         if self.softmax_over == "users" and self.extra_negatives:
             raise UserError("setting extra_negatives: extra negatives are items; they need softmax_over=items")
         if self.batch_size % rank_and_world()[1]:
@@ -548,17 +538,6 @@ def build_tokenizer(cfg, texts, init, resume, out_dir):
                                       vocab_size=cfg.vocab_size)
 
 
-def memory_needs(c, cfg, n_items):
-    """Lower bounds of what training holds at once (engine.check_memory), a row being at least one token."""
-    sasrec = GPTConfig(block_size=cfg.sasrec_len, vocab_size=n_items + 1, n_layer=cfg.sasrec_layers,
-                       n_embd=cfg.sasrec_embd)
-    return {"the LM's weights and Adam's moments (n_layer, n_embd, block_size, vocab_size)": adam_floats(c),
-            "a batch's logits and their gradients (batch_size, vocab_size)": 2 * cfg.batch_size * c.vocab_size,
-            "a batch's hidden states (batch_size, n_embd, n_layer)": cfg.batch_size * c.n_embd * c.n_layer,
-            "SASRec's weights and Adam's moments (sasrec_layers, sasrec_embd)": cfg.baselines * adam_floats(sasrec),
-            "SASRec's logits (sasrec_batch_size)": cfg.baselines * 2 * cfg.sasrec_batch_size * (n_items + 1)}
-
-
 def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtype="float32", compile=False):
     """Settings, data, tokenizer and LM, all read and checked before anything is written; with resume, the saved
     run's key (settings, data, tokenizer) is compared with this one first."""
@@ -574,8 +553,6 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
          GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                    n_embd=cfg.n_embd, dropout=cfg.dropout))
-    check_memory(device, memory_needs(c, cfg, domains[target].n_items))
-    lm = lm or GPT(c)
     tokenizer.check_fits(c.vocab_size)
     # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
@@ -585,6 +562,14 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
         builder = data.PromptBuilder(tokenizer, fitted, c.block_size, cfg.max_history, cfg.max_item_tokens)
     except UserError as e:  # the LM of --init fixes block_size: name its file
         raise UserError(f"{init}: its model reads at most {c.block_size} tokens: {e}" if init else str(e)) from None
+    beams = max(cfg.beams, cfg.constrained_beams)
+    users = min(cfg.eval_batch, len(domains[target].valid[:cfg.bm25_valid_users or None]))  # the first beam search
+    check_memory(device, {  # lower bounds of what each phase holds at once; room: an item's tokens and its end
+        "a training step (n_layer, n_embd, block_size, vocab_size, batch_size)": training_floats(c, cfg.batch_size),
+        "SASRec's training step (sasrec_*)": cfg.baselines * training_floats(ev.sasrec_config(domains[target], cfg),
+                                                                             cfg.sasrec_batch_size),
+        "beam search (eval_batch, beams, constrained_beams)": beam_floats(c, users, beams, builder.room)})
+    lm = lm or GPT(c)
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
     return Experiment(cfg, domains, target, offsets, texts, lm.to(device), tokenizer, builder, rows, state, out_dir,
                       seed, device, init, dtype, compile)
@@ -641,9 +626,7 @@ def validate(exp):
 
 def once(exp, name, make):
     """exp.cache[name], made by make() the first time it is asked for."""
-    if name not in exp.cache:
-        exp.cache[name] = make()
-    return exp.cache[name]
+    return exp.cache[name] if name in exp.cache else exp.cache.setdefault(name, make())
 
 
 def dense_weights(exp):

@@ -303,10 +303,8 @@ def _item_key(path, line_no, raw):
     return key
 
 
-def shown(value):
-    """A value's text, stripped; '' when it shows nothing (only spaces, zero-width or control characters)."""
-    value = value.strip()
-    return value if any(c.isprintable() and not c.isspace() for c in value) else ""
+def shown(value):  # a value stripped; '' when it shows nothing (only spaces, zero-width or control characters)
+    return value.strip() if any(c.isprintable() and not c.isspace() for c in value) else ""
 
 
 def _read_item_file(path):

@@ -457,7 +457,7 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
 
 def build_parser():
     p = Parser(prog="data.py", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True, metavar="{amazon,glue,few-shot}")
 
     def add_command(name, summary, description, example):

@@ -134,8 +134,9 @@ def out_of_memory(error):
 
 
 def check_memory(device, needs):
-    """Refuse, before any work, settings whose run cannot fit in the device's memory. needs: {what, and the
-    settings it grows with: float32 values held at once}, each a lower bound, so that a refusal is never a guess."""
+    """Refuse, before any work, settings whose run cannot fit in the device's memory. needs: {a phase of the run,
+    and the settings it grows with: a lower bound of the float32 values it holds at once}, so that a refusal is
+    never a guess."""
     kind = torch.device(device).type
     if kind == "cuda":
         have = torch.cuda.get_device_properties(torch.device(device)).total_memory
@@ -145,17 +146,24 @@ def check_memory(device, needs):
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     else:
         return
-    need = 4 * sum(needs.values())
-    if need > have:
-        what = max(needs, key=needs.get)
-        raise UserError(f"settings too large: the run needs at least {need / 2**30:,.1f} GB, most of it for {what}; "
-                        f"this {kind} has {have / 2**30:,.1f} GB (--show-config lists the settings)")
+    what = max(needs, key=needs.get)
+    if 4 * needs[what] > have:
+        raise UserError(f"settings too large: {what} needs at least {4 * needs[what] / 2**30:,.1f} GB, and this "
+                        f"{kind} has {have / 2**30:,.1f} GB (--show-config lists the settings)")
 
 
-def adam_floats(c):
-    """A lower bound of the float32 values that training a GPT of config c with AdamW holds: weights, gradients and
-    two moments of its embeddings and matrices (biases and LayerNorms left out)."""
-    return 4 * ((c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2)
+def training_floats(c, rows, logits=True):
+    """A lower bound of the float32 values one AdamW step of a GPT of config c holds on a batch of `rows` rows,
+    each at least one token: the weights, their gradients and two moments (biases and LayerNorms left out), every
+    layer's hidden states, and the logits with their gradients."""
+    weights = (c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
+    return 4 * weights + rows * c.n_embd * c.n_layer + logits * 2 * rows * c.vocab_size
+
+
+def beam_floats(c, prompts, beams, new_tokens):
+    """A lower bound of what model.GPT.beam_search holds on top of the weights, in float32 values: the KV cache of
+    the beams' new tokens, and their (bool) mask of visible slots."""
+    return prompts * beams * new_tokens * (2 * c.n_layer * c.n_embd + beams / 4)
 
 
 # -----------------------------------------------------------------------------
@@ -501,6 +509,12 @@ def rank_and_world():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def my_share(n):
+    """This process's contiguous share of n things that every process holds whole: a slice."""
+    rank, world = rank_and_world()
+    return slice(rank * n // world, (rank + 1) * n // world)
 
 
 def all_reduce_sum(x):

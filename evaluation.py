@@ -145,14 +145,18 @@ def rank_sasrec(net, domain, examples, device, batch=256):
     return ranks_in_chunks(scores, examples, batch)
 
 
+def sasrec_config(domain, cfg):
+    """SASRec's GPT: a token per item of the domain, and one for padding."""
+    return GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
+                     n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd, dropout=cfg.sasrec_dropout)
+
+
 def train_sasrec(domain, cfg, device, seed, state):
     """SASRec (Kang & McAuley, 2018) as a causal transformer over item ids: model.GPT with one token per
     item (+ padding), trained with full-softmax cross-entropy at every position, the learning rate warmed up
     and decayed as CALRec's (lr_at); the weights best on validation (every user) are kept."""
     torch.manual_seed(seed)
-    config = GPTConfig(block_size=cfg.sasrec_len, vocab_size=domain.n_items + 1, n_layer=cfg.sasrec_layers,
-                       n_head=cfg.sasrec_heads, n_embd=cfg.sasrec_embd, dropout=cfg.sasrec_dropout)
-    net = GPT(config).to(device)
+    net = GPT(sasrec_config(domain, cfg)).to(device)
     optimizer = net.configure_optimizers(cfg.sasrec_lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     sequences = [s for s in domain.train_sequences if len(s) >= 2]

@@ -153,10 +153,9 @@ class SineConfig:
 
     def check(self):
         """The largest tensors of a run (lower bounds) against the machine's memory."""
-        engine.check_memory("cpu", {
-            "the held-out sines' hidden states (eval_tasks, eval_points, hidden)": 2 * self.eval_tasks
-            * self.eval_points * self.hidden,
-            "a meta-batch's hidden states (meta_batch, k, hidden)": 2 * self.meta_batch * self.k * self.hidden})
+        engine.check_memory("cpu", {"a meta-step (meta_batch, k, hidden)": 2 * self.meta_batch * self.k * self.hidden,
+                                    "the test (eval_tasks, eval_points, hidden)": 2 * self.eval_tasks
+                                    * self.eval_points * self.hidden})
 
 
 SINE = SineConfig()
@@ -375,8 +374,7 @@ def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
     params, loss_fn = task_loss(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
     # under torchrun every process draws the same meta-batch and takes its share; meta_step averages the gradients
-    rank, world = engine.rank_and_world()
-    mine = slice(rank * cfg.meta_batch // world, (rank + 1) * cfg.meta_batch // world)
+    mine = engine.my_share(cfg.meta_batch)
     phase, p = f"meta_{method}", task_probabilities([len(e["ids"]) for e in aux_encs], cfg.sampling)
     start, best, more = state.restore_loop(phase, model, opt, rng) if state else (0, None, {})
     losses = list(more.get("losses", []))
@@ -396,7 +394,7 @@ def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
         return None if loss is None else losses[-1]
     saver = state.loop_saver(phase, model, opt, rng, more=lambda: dict(losses=list(losses))) if state else None
     with second_order_ops(model), tqdm(total=cfg.meta_steps, initial=start, desc=f"meta-train {method}",
-                                       leave=False, mininterval=5.0, disable=rank > 0) as bar:
+                                       leave=False, mininterval=5.0, disable=engine.rank_and_world()[0] > 0) as bar:
         train_and_select(model, step, cfg.meta_steps, max(1, cfg.meta_steps // 10), start=start, best=best,
                          save_state=saver)
     return losses
@@ -572,10 +570,8 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
         tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
     c = gpt.config if init else encoder_config(tokenizer, cfg)
-    engine.check_memory(device, {  # lower bounds, an example being at least one token
-        "the GPT's weights and Adam's moments (n_layer, n_embd, max_len, vocab_size)": engine.adam_floats(c),
-        "a meta-batch's hidden states (meta_batch, shot, n_embd, n_layer)": cfg.meta_batch * cfg.shot * c.n_embd
-        * c.n_layer})
+    engine.check_memory(device, {"a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, shot)":
+                                 engine.training_floats(c, cfg.meta_batch * cfg.shot, logits=False)})
     gpt = gpt if init else GPT(c)
     key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), data=engine.fingerprint(tasks),
                seed=seed, init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])

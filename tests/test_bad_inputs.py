@@ -423,17 +423,20 @@ CASES = {
     "vocabulary beyond the tokenizer trainer": flags("--task", "calrec", "--set", "vocab_size=1000000000000",
                                                      message="setting vocab_size=1000000000000: expected int 259..1048576"),
     "sinusoid beyond memory": flags("--task", "sinusoid", "--set", "k=100000000000", message="settings too large: "
-                                    "the run needs at least 745,058.1 GB, most of it for a meta-batch's hidden"),
-    # ^ 4 bytes x 2 layers x meta_batch 25 x k 1e11 x hidden 40 = 745,058.1 GB (and the held-out sines' 0.02 GB)
+                                    "a meta-step (meta_batch, k, hidden) needs at least 745,058.1 GB"),
+    # ^ 4 bytes x 2 layers x meta_batch 25 x k 1e11 x hidden 40 = 745,058.1 GB
     "calrec batch beyond memory": flags("--task", "calrec", "--set", "batch_size=1000000000",
-                                        message="most of it for a batch's logits and their gradients (batch_size"),
-    "calrec layers beyond memory": flags("--task", "calrec", "--set", "n_layer=100000000",
-                                         message="most of it for the LM's weights and Adam's moments (n_layer"),
+                                        message="a training step (n_layer, n_embd, block_size, vocab_size, batch_size)"),
+    "calrec width beyond memory": flags("--task", "calrec", "--set", "n_embd=1000000", "--set", "n_head=1",
+                                        message="a training step (n_layer, n_embd, block_size, vocab_size, batch_size)"),
+    "calrec layers beyond memory": flags("--task", "calrec", "--set", "n_layer=100000000",  # the cache: 2 L C a slot
+                                         message="beam search (eval_batch, beams, constrained_beams) needs"),
     "SASRec batch beyond memory": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--set",
                                                    "sasrec_batch_size=10000000000000"],
-                                                  "most of it for SASRec's logits (sasrec_batch_size)"),
+                                                  "SASRec's training step (sasrec_*) needs at least"),
     "maml meta-batch beyond memory": flags("--task", "maml", "--set", "meta_batch=100000000000",
-                                           message="most of it for a meta-batch's hidden states (meta_batch"),
+                                           message="a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, "
+                                                   "shot) needs at least"),
     "item and text files both": calrec_data(lambda d: shutil.copy(os.path.join(d, "Alpha.item"),
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
@@ -444,7 +447,7 @@ CASES = {
     "threads beyond the cpus": flags("--task", "sinusoid", "--threads", "99999999999999999999",
                                      message="--threads: must be a whole number from 1 to"),
     "constrained beams beyond memory": flags("--task", "calrec", "--set", "constrained_beams=5000",
-                                             message="setting constrained_beams=5000: a beam-search step"),
+                                             message="beam search (eval_batch, beams, constrained_beams)"),
     "init config beyond the weights": init(gpt2_variant(lambda f: edit(
         os.path.join(f, "config.json"), '"n_positions": 200', f'"n_positions": {10 ** 12}')),
         "model.safetensors: wpe.weight has shape (200, 32), but"),

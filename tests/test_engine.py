@@ -99,21 +99,26 @@ def tokenizer(tmp_path, words="a b c d e f g"):
 
 
 @pytest.mark.parametrize("sizes", [(256, 2048, 2, 4, 128), (1024, 50257, 12, 12, 768), (48, 512, 1, 2, 64)])
-def test_adam_floats_is_a_tight_lower_bound_of_what_training_holds(sizes):
-    """Weights, gradients and AdamW's two moments: 4 values a parameter, counted on the model itself."""
+def test_training_floats_is_a_tight_lower_bound_of_what_training_holds(sizes):
+    """Weights, gradients and AdamW's two moments: 4 values a parameter, counted on the model itself; then, a row
+    of one token, its hidden state in every layer, and its logits with their gradients."""
     c = model.GPTConfig(*sizes)
     with torch.device("meta"):  # the real parameters, without their memory
         n = sum(p.numel() for p in model.GPT(c).parameters())
-    assert 0.98 * 4 * n <= engine.adam_floats(c) <= 4 * n  # only biases and LayerNorms left out
+    assert 0.98 * 4 * n <= engine.training_floats(c, 0) <= 4 * n  # only biases and LayerNorms left out
+    rows = 7
+    assert engine.training_floats(c, rows) - engine.training_floats(c, 0) == rows * (c.n_layer * c.n_embd
+                                                                                      + 2 * c.vocab_size)
+    assert engine.training_floats(c, rows, logits=False) - engine.training_floats(c, 0) == rows * c.n_layer * c.n_embd
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/meminfo"), reason="reads Linux's /proc/meminfo")
 def test_check_memory_refuses_only_what_the_machine_cannot_hold(monkeypatch):
     with open("/proc/meminfo") as f:  # MemTotal in kB, read here apart from the code under test
         have = 1024 * int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
-    engine.check_memory("cpu", {"a": have // 8 - 2, "b": 1})  # 4 bytes a value: just under
-    with pytest.raises(UserError, match=r"at least [\d,.]+ GB, most of it for a; this cpu has"):
-        engine.check_memory("cpu", {"a": have // 8 + 1, "b": have // 8})  # just over
+    engine.check_memory("cpu", {"a": have // 4, "b": 1})  # 4 bytes a value: all of it; phases one after another
+    with pytest.raises(UserError, match=r"settings too large: b needs at least [\d,.]+ GB, and this cpu has"):
+        engine.check_memory("cpu", {"a": have // 8, "b": have // 4 + 1})  # just over
     monkeypatch.setattr(engine.os, "sysconf_names", {})  # Windows: nothing to compare with, nothing refused
     engine.check_memory("cpu", {"a": 10 ** 15})
 
