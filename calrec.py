@@ -65,16 +65,16 @@ def user_vectors(h, rows, ends):
     """The user tower: v_U, the normalised mean of the hidden states h (B, T, C) over a prompt, positions
     [0, ends[p]) of row rows[p]. One row of the joint sequence holds a prompt before each of its predicted
     items, each a prefix of the next: a running mean gives all of them from one pass. (P, C)"""
-    running = h.cumsum(1)                                              # (B, T, C) sums over positions 0..t
-    return F.normalize(running[rows, ends - 1] / ends[:, None].to(h.dtype), dim=-1)
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))  # (B, T, C) sums over 0..t, >= float32
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(running.dtype), dim=-1).to(h.dtype)
 
 
 def target_vectors(h, rows, starts, ends):
     """v_T|U: the normalised mean of h over each predicted item's tokens [starts[p], ends[p]), as read after
     its prompt. (P, C)"""
-    running = F.pad(h.cumsum(1), (0, 0, 1, 0))                         # (B, T + 1, C) sums over 0..t-1
-    span = running[rows, ends] - running[rows, starts]
-    return F.normalize(span / (ends - starts)[:, None].to(h.dtype), dim=-1)
+    running = F.pad(h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32)), (0, 0, 1, 0))  # sums over 0..t-1
+    span = running[rows, ends] - running[rows, starts]                 # (P, C) each one's own sum, >= float32
+    return F.normalize(span / (ends - starts)[:, None].to(span.dtype), dim=-1).to(h.dtype)
 
 
 class Towers(torch.nn.Module):

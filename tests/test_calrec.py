@@ -271,6 +271,20 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"{tuple(got.shape)} {got.dtype} on {got.device}")
         assert torch.allclose(got.double(), want[name], atol=0.05), (
             f"{name} of the same spans of h in bfloat16: expected about {want[name].tolist()}, got {got.tolist()}")
+    # long bfloat16 rows (512 positions, hidden states around 2): a short span late in a row, taken as the difference
+    # of two running sums kept in bfloat16 (about 1000, rounded to multiples of 8), loses most of its digits
+    long = (torch.randn(2, 512, 64, dtype=torch.float64) + 2).to(torch.bfloat16)
+    rows, starts, ends = torch.tensor([0, 1, 1]), torch.tensor([500, 400, 2]), torch.tensor([504, 410, 511])
+    for name, got, (b, s, e) in [("user_vectors", v, (b, 0, s)) for v, b, s in zip(
+            calrec.user_vectors(long, rows, starts), rows.tolist(), starts.tolist())] + [
+            ("target_vectors", v, span) for v, span in zip(calrec.target_vectors(long, rows, starts, ends),
+                                                           zip(rows.tolist(), starts.tolist(), ends.tolist()))]:
+        mean = long[b, s:e].double().mean(0)
+        assert torch.allclose(got.double(), mean / mean.norm(), atol=0.01), (
+            f"{name} of a bfloat16 h (2, 512, 64), row {b}, positions {s} to {e - 1}: expected the normalised mean "
+            f"within bfloat16's rounding (0.01), differs by {float((got.double() - mean / mean.norm()).abs().max()):.3f}"
+            " (sums kept in bfloat16 cancel: keep them in float32 or wider)")
+    rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
     # the vectors are a graph of h: its gradient (a normalisation done in place breaks backward) against finite
     # differences
     for name, call in (("user_vectors", lambda x: calrec.user_vectors(x, rows, starts)),
@@ -309,6 +323,9 @@ def test_bm25_matches_hand_computed_scores():
             f"BM25 scores of query {q!r} on the documents {docs}: expected {w}, got {[round(x, 7) for x in row]}")
     assert s[3].tolist() == [0.0, 0.0, 0.0], f"BM25 scores of 'unseen words' (no known word): expected exactly 0, " \
         f"got {s[3].tolist()}"
+    assert bm.matrix.layout != torch.strided, (  # search() reads W as self.matrix
+        f"BM25's W (self.matrix): expected a sparse matrix, as the docstring says (dense, the (D, V) of a real catalog "
+        f"takes gigabytes), got a dense {bm.matrix.layout} one")
     hits = bm.search(["red", "unseen"], depth=3)
     assert hits[0][0] == [2, 0] and hits[1] == ([], []), (
         f"BM25.search('red'), ('unseen'): expected documents [2, 0] and none (zero-score documents are not retrieved),"
@@ -386,6 +403,7 @@ def test_merge_round_robin_on_hand_made_lists():
         ("equal scores within a round: the better beam (lower index) first", [[1], [2]], [[1.0], [1.0]], [], 2, [1, 2]),
         ("equal scores within a round: the better beam first, whatever the items' ids", [[2], [1]], [[1.0], [1.0]], [],
          2, [2, 1]),
+        ("scores 3e-7 apart are not equal: by score, not by beam", [[1], [2]], [[1.0000001], [1.0000004]], [], 2, [2, 1]),
         ("k = 0: no item", lists, scores, [], 0, []),
         ("no lists: nothing to merge", [], [], [7], 3, []),
         # the second beam's list is the longest: round 1 holds its item 3 alone
@@ -437,8 +455,9 @@ def test_catalog_beams_are_exactly_the_best_catalog_items():
         f"best first, {[t for t, _ in want]}, got {[t for t, _ in got]}")
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5, atol=1e-5,
                                err_msg="the constrained beams' scores against each item's log-probability")
-    twins = sorted(trie.items.get(trie.node((1, 2, eot)), []))
-    assert twins == [1, 5], f"items at the leaf of [1, 2, eot]: expected [1, 5] (twins share a leaf), got {twins}"
+    twins = trie.ranked_items([[([1, 2, eot], 0.0)]], [[]], 10)[0]
+    assert twins == [1, 5], f"items of a beam that wrote [1, 2, eot]: expected [1, 5] (twins share a leaf, in item " \
+        f"order), got {twins}"
 
 
 def test_catalog_trie_makes_its_mask_on_the_device_of_the_tokens():
@@ -483,10 +502,12 @@ def test_catalog_trie_by_hand():
         f"CatalogTrie({catalog}).node((9,)), node((1, 2)) after another trie was built: expected None and a node, "
         f"got {trie.node((9,))} and {trie.node((1, 2))}")
     leaves = {(1, 2, eot): [1, 5], (1, 2, 3, eot): [0], (4, eot): [2], (4, 9, eot): [4], (1, 5, 6, 7, eot): [3]}
-    for prefix, items in leaves.items():
-        got = sorted(trie.items.get(trie.node(prefix), []))
-        assert got == items, f"CatalogTrie.items at the leaf {prefix}: expected the items {items} (twins share a " \
-            f"leaf), got {got}"
+    for prefix, items in leaves.items():  # a finished beam's items, through the public ranked_items
+        got = trie.ranked_items([[(list(prefix), 0.0)]], [[]], 10)[0]
+        assert got == items, f"ranked_items of one beam {list(prefix)}: expected the items {items} (twins share a " \
+            f"leaf, in item order), got {got}"
+    got = trie.ranked_items([[([1, 2, eot], 0.0)]], [[]], 0)
+    assert got == [[]], f"ranked_items(..., k=0): expected the top 0, [[]], got {got}"
     # the tokens each beam may write next: an item's next token, end-of-text where an item ends, none after it
     beams = {(1, 2): {3, eot}, (4, 9): {eot}, (2, 1): set(), (4, eot): set(), (1, 5): {6}}
     allowed = trie(torch.tensor([list(beams)]))                       # (1 prompt, 5 beams, 2 tokens so far)
@@ -570,6 +591,12 @@ def test_markov_and_last_item_baselines_by_hand():
     assert got == [2, 3, 3, 2, 1], (
         f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} (score = how "
         f"often j followed the last history item, ties by popularity): expected ranks [2, 3, 3, 2, 1], got {got}")
+    # items 1 and 2 each followed 0 once and are equally popular: each ties with the other, whichever is the target
+    twins = data.Domain("T", [{"Title": t} for t in "abcde"], list("abcde"), train=[], valid=[], test=[],
+                        train_sequences=[[0, 1], [0, 2], [3, 4]], attributes=("Title",))
+    got = ev.rank_markov(twins, [([0], 1), ([0], 2)]).tolist()
+    assert got == [2, 2], (f"rank_markov after item 0, items 1 and 2 alike in count and popularity, each the target "
+                           f"once: expected [2, 2] (a tie counts against the target, whatever the indices), got {got}")
     texts = [data.item_text(it, d.attributes) for it in d.items]
     bm = calrec.BM25(texts)
     # the last item's text finds itself (excluded: it is the history) and the items sharing its words
@@ -716,6 +743,12 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     assert ranks.tolist() == [3, 3, 0, 2] and asked == [slice(0, 2), slice(2, 4)], (
         f"ranks_in_chunks of the same 4 users, 2 at a time: expected ranks [3, 3, 0, 2] from the rows "
         f"[slice(0, 2), slice(2, 4)], got {ranks.tolist()} from {asked}")
+    # float64 scores closer than float32 can tell apart tie (compared in float32), and a target its scorer ruled out
+    # (-inf, outside its history) cannot be ranked either
+    near = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.2], [0.3, float("-inf"), 0.5, 0.2]], dtype=torch.float64)
+    got = ev.ranks_from_scores(near, torch.tensor([1, 1]), [[], [3]]).tolist()
+    assert got == [2, 0], (f"ranks_from_scores of float64 scores {near.tolist()}, targets [1, 1], histories [[], [3]]: "
+                           f"expected [2, 0] (1.0 and 1.0 + 1e-12 tie in float32; a target scored -inf: 0), got {got}")
     from_lists = ev.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist()
     assert from_lists == [3, 0], \
         f"ranks_from_lists of targets 9, 4 in [5, 2, 9], [1]: expected [3, 0], got {from_lists}"

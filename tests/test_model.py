@@ -855,8 +855,11 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
              ("the default device set to 'meta'", torch.randn(3, 5, 3), span, mask, True),
              ("masks of floats", torch.randn(3, 5, 3), span.float(), mask.float(), False),
              ("masks of bools", torch.randn(3, 5, 3), span.bool(), mask.bool(), False)]
+    long = (torch.arange(600) < torch.tensor([[300], [555]])).long()  # counts past 256, bfloat16's last whole number
+    cases.append(("bfloat16, rows of 300 and 555 real tokens", torch.randn(2, 600, 3).bfloat16(), long, long, False))
     for what, h, s, m, meta in cases:
         last = [int(r.sum()) - 1 for r in m]
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[h.dtype]  # to the dtype's precision
         for name, fn, arg, want in (("mean_pool", model.mean_pool, s, naive_mean_pool(h, s)),
                                     ("last_token_pool", model.last_token_pool, m,
                                      torch.stack([h[b, last[b]].double() for b in range(h.size(0))]))):
@@ -871,7 +874,8 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
             assert (tuple(got.shape), got.dtype, got.device) == ((h.size(0), h.size(2)), h.dtype, h.device), (
                 f"{call}: want {(h.size(0), h.size(2))} {h.dtype} on {h.device}, got {tuple(got.shape)} {got.dtype} "
                 f"on {got.device}")
-            torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6,
+            exact = 0 if name == "last_token_pool" else tol  # picking a row's token is exact
+            torch.testing.assert_close(got.double(), want, atol=exact, rtol=exact,
                                        msg=lambda d: f"{call}: differs from a loop over the rows\n{d}")
     h = torch.randn(3, 2, 5, 4)                                    # 3 tasks, each a batch (2, 5, 4)
     spans = torch.stack([span[:2], span[1:], span[[2, 0]]])        # (3, 2, 5)

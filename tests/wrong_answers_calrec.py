@@ -1230,70 +1230,95 @@ def __call__(self, tokens):
     return allowed
 '''})
 # found by a fourth probe of the graders
-WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
-def user_vectors(h, rows, ends):
-    # normalised by hand, v / |v|: a zero mean gives NaN (F.normalize gives 0)
-    running = h.cumsum(1)
-    v = running[rows, ends - 1] / ends[:, None].to(h.dtype)
-    return v / v.norm(dim=-1, keepdim=True)
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:target_vectors': '''
+def target_vectors(h, rows, starts, ends):
+    # the running sum in h's own dtype: in bfloat16, long rows cancel
+    running = F.pad(h.cumsum(1), (0, 0, 1, 0))  # sums over 0..t-1
+    span = running[rows, ends] - running[rows, starts]                 # (P, C) each one's own sum
+    return F.normalize(span / (ends - starts)[:, None].to(span.dtype), dim=-1).to(h.dtype)
 '''})
-WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
-def scores(self, queries):
-    # the query split on whitespace and lower-cased, not run through the analyser: "Title:" is no word
-    Q = torch.zeros(len(self.vocab), len(queries))
-    for j, text in enumerate(queries):
-        for x in text.lower().split():
-            if x in self.vocab:
-                Q[self.vocab[x], j] += 1.0
-    return (self.matrix @ Q).t().contiguous()
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # scores compared in their own dtype: float64 near-ties are not ties
+    scores = scores.clone()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
 '''})
-WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
-def recent_vectors(v_items, histories, decay):
-    # only the last 20 items of a history: "recent"
-    out = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
-    rows = []
-    for u, hist in enumerate(histories):
-        hist = hist[-20:]
-        if hist:
-            w = decay ** torch.arange(len(hist) - 1, -1, -1, dtype=v_items.dtype, device=v_items.device)
-            rows.append((w[:, None] * v_items[hist]).sum(0) / w.sum())
-        else:
-            rows.append(torch.zeros(v_items.shape[1], dtype=v_items.dtype, device=v_items.device))
-    return torch.stack(rows) if rows else out
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # only a target in its history is unranked, not one its scorer ruled out (-inf)
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
+    return torch.where(torch.tensor([int(t) in h for t, h in zip(targets.tolist(), histories)]), torch.zeros_like(ranks), ranks)
 '''})
-WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
-def recent_vectors(v_items, histories, decay):
-    # the weights in float32 (decay ** age.float()): float64 item vectors averaged with float32 weights
-    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
-    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths).to(v_items.device)
-    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long, device=v_items.device)
-    age = (lengths.cumsum(0).to(v_items.device)[owner] - 1 - torch.arange(len(item), device=v_items.device))
-    w = decay ** age.float()
-    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
-    norm = torch.zeros(len(histories), dtype=w.dtype, device=v_items.device).index_add_(0, owner, w)
-    total = total.index_add_(0, owner, w[:, None].to(v_items.dtype) * v_items[item])
-    return total / norm.clamp(min=1e-30).to(v_items.dtype)[:, None]
-'''})
-WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
-def rank_metrics(ranks):
-    # rank 0 set to infinity in place so that 1/log2 gives 0: a caller's float64 ranks are overwritten
-    ranks = torch.as_tensor(ranks, dtype=torch.float64)
-    ranks[ranks == 0] = float("inf")
-    out = {}
-    for k in RECALL_KS:
-        out[f"recall@{k}"] = (ranks <= k).double().mean().item()
-    for k in NDCG_KS:
-        gain = torch.where(ranks <= k, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
-        out[f"ndcg@{k}"] = gain.mean().item()
-        if k == 10:
-            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
-    return out
-'''})
-WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
-def rank_last_item_bm25(bm25, texts, examples):
-    # the query is the last item's text with its words deduplicated (set): a repeated word counts once
-    def scores(rows):
-        return bm25.scores([" ".join(dict.fromkeys(words(texts[hist[-1]]))) for hist, _ in examples[rows]])
-    from calrec import words
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    # each key's position in the sorted row as its score: equal keys broken by item index
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):                                                  # (chunk, N) counts first, then popularity
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop  # exact, in int64
+        # ranks_from_scores compares float32, exact only below 2**24 (count * pop.max() passes it): each row's keys
+        # as their dense rank within the row (< N), which orders like the keys themselves
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, torch.arange(key.size(1)).expand_as(key).contiguous()).float()
     return ranks_in_chunks(scores, examples)
+'''})
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # W kept dense: a real catalog's (D, V) takes gigabytes
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()                  # documents holding each word
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))          # (V,)
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)          # one value per (document, word)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce().to_dense()  # (D, V)
+'''})
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # scores rounded to 6 decimals before sorting: close scores go by beam
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-round(c[0], 6), c[1]))
+        for _, _, item in round_p:
+            if len(taken) >= k:                                          # k taken (k = 0: none at all)
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # k = 0 read as no limit
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k or None])
+    return lists
 '''})

@@ -831,3 +831,21 @@ def last_token_pool(h, attention_mask):
     last = attention_mask.sum(1) - 1
     return h[torch.arange(h.size(0), device=h.device), last]
 '''})
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+def last_token_pool(h, attention_mask):
+    # the count in h's dtype: bfloat16 rounds it past 256 tokens
+    last = attention_mask.to(h.dtype).sum(1).long() - 1                        # (B,) index of the last real token
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+def last_token_pool(h, attention_mask):
+    # the count in uint8: it wraps at 256 tokens
+    last = attention_mask.to(torch.uint8).sum(1, dtype=torch.uint8).long() - 1                        # (B,) index of the last real token
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+def mean_pool(h, span_mask):
+    # an epsilon added to the count instead of clamping it: every mean a little small
+    w = span_mask.to(h.dtype).unsqueeze(-1)                        # (B, T, 1)
+    return (h * w).sum(1) / (w.sum(1) + 1e-8)
+'''})
