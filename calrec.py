@@ -547,8 +547,8 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     texts = [data.item_text(it, attributes, cfg.max_words) for it, attributes in items]
     lm, tokenizer = build_tokenizer(cfg, texts, init, resume, out_dir)
     key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.train, d.valid,
-               d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, init=init, dtype=dtype,
-               processes=rank_and_world()[1])
+               d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, dtype=dtype,
+               init=init and os.path.abspath(init), processes=rank_and_world()[1])
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
          GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -564,10 +564,11 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
         raise UserError(f"{init}: its model reads at most {c.block_size} tokens: {e}" if init else str(e)) from None
     beams = max(cfg.beams, cfg.constrained_beams)
     users = min(cfg.eval_batch, len(domains[target].valid[:cfg.bm25_valid_users or None]))  # the first beam search
-    check_memory(device, {  # lower bounds of what each phase holds at once; room: an item's tokens and its end
-        "a training step (n_layer, n_embd, block_size, vocab_size, batch_size)": training_floats(c, cfg.batch_size),
+    check_memory(device, {  # lower bounds of each phase; a row: at least the header and a target; room: an item
+        "a training step (n_layer, n_embd, block_size, vocab_size, batch_size)": training_floats(
+            c, cfg.batch_size * len(builder.header), cfg.batch_size),
         "SASRec's training step (sasrec_*)": cfg.baselines * training_floats(ev.sasrec_config(domains[target], cfg),
-                                                                             cfg.sasrec_batch_size),
+                                                                             *[cfg.sasrec_batch_size] * 2),
         "beam search (eval_batch, beams, constrained_beams)": beam_floats(c, users, beams, builder.room)})
     lm = lm or GPT(c)
     offsets = np.cumsum([0] + [d.n_items for d in domains]).tolist()
@@ -599,7 +600,7 @@ def run(exp):
             train_stage(exp, stage, functools.partial(validate, exp))
     if rank_and_world()[0] != 0:
         return None  # every process holds the same weights; process 0 evaluates and writes
-    if "checkpoint" not in state.done:
+    if "checkpoint" not in state.done or not os.path.isfile(os.path.join(exp.out_dir, "ckpt.pt")):  # deleted since
         save_checkpoint(os.path.join(exp.out_dir, "ckpt.pt"), lm, exp.tokenizer, cfg.stage1_steps + cfg.stage2_steps,
                         {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})
         state.finish("checkpoint", True)

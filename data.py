@@ -104,7 +104,8 @@ def read_text(path):
     """A file's text (.gz unpacked, a byte-order mark dropped). Not UTF-8, or a NUL byte (never in text): an error
     naming line and column. Other control characters (a few GLUE sentences hold some) are kept, with a warning."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: {'is a folder, not a file' if os.path.isdir(path) else 'no such file'}")
+        raise UserError(f"{path}: " + ("is a folder, not a file" if os.path.isdir(path) else "not a regular file"
+                                       if os.path.exists(path) else "no such file"))
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             raw = f.read()
@@ -665,9 +666,11 @@ def load_glue(root, names):
 def few_shot_folders(root, name):
     """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
     folder = os.path.join(root, name)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    seeds = sorted(int(d[3:]) for d in names if d.startswith("16-") and d[3:].isdigit())
-    return [os.path.join(folder, f"16-{s}") for s in seeds]
+    names = [d for d in os.listdir(folder) if d.startswith("16-")] if os.path.isdir(folder) else []
+    for d in names:
+        if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d):  # 16-013, 16-²: not what data.py few-shot writes
+            raise UserError(f"{os.path.join(folder, d)}: not a 16-shot folder name (16-<seed>, the seed in digits 0-9)")
+    return [os.path.join(folder, d) for d in sorted(names, key=lambda d: int(d[3:]))]
 
 
 # --- the built-in task family ----------------------------------------------------

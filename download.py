@@ -65,6 +65,9 @@ def fetch(url, path, hint_if_missing=None):
     starts it over). A network failure is a UserError naming the URL, with `hint_if_missing` on a 404."""
     if os.path.isfile(path):
         return path
+    for where, kind in ((os.path.dirname(path) or ".", "folder"), (path, "file")):  # what may stand in the way
+        if os.path.lexists(where) and (os.path.isdir(where) != (kind == "folder") or not os.path.exists(where)):
+            raise UserError(f"{where}: is not a {kind}; data.py keeps its downloads there (move it away)")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"
     have = os.path.getsize(part) if os.path.isfile(part) else 0
@@ -102,6 +105,19 @@ def _download(url, part, have, name):
                 f.write(chunk)
                 bar.update(len(chunk))
     return total
+
+
+def already_built(folder):
+    """Whether `folder` holds a finished build, left alone (say so); an empty one is removed, to be built again."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder}: is {'a file' if os.path.isfile(folder) else 'not a folder'}; data.py builds a "
+                        "folder there (move it away)")
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    if os.path.isdir(folder):
+        log.info(f"{folder}: already there; delete it to rebuild")
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -254,6 +270,8 @@ def check_gzip(path):
     """Read a .gz file to its end, where gzip checks its CRC-32 and length; delete a truncated or corrupt one,
     so that a rerun fetches it again."""
     try:
+        if os.path.getsize(path) == 0:  # gzip reads an empty file as empty data
+            raise EOFError("an empty file")
         with gzip.open(path, "rb") as f:
             while f.read(1 << 20):
                 pass
@@ -292,8 +310,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
                             "underscores, such as Industrial_and_Scientific")
     for category in categories:
         folder = os.path.join(out, category)
-        if os.path.exists(folder):
-            log.info(f"{folder}: already there; delete it to rebuild")
+        if already_built(folder):
             continue
         hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
         paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(out, "downloads", file), hint) for sub, file in
@@ -365,8 +382,7 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
     for name in names:
         check_glue_task(name)
         folder = os.path.join(out, name)
-        if os.path.exists(folder):
-            log.info(f"{folder}: already there; delete it to rebuild")
+        if already_built(folder):
             continue
         files = ({"msr_paraphrase_train.txt": mrpc_url + "msr_paraphrase_train.txt",
                   "mrpc_dev_ids.tsv": mrpc_dev_ids_url} if name == "MRPC" else
@@ -446,9 +462,7 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
                 shuffled = list(lines)
             np.random.RandomState(seed).shuffle(shuffled)  # = np.random.seed(seed); np.random.shuffle(...)
             folder = os.path.join(out, name, f"{k}-{seed}")
-            if os.path.exists(folder):
-                log.info(f"{folder}: already there; delete it to rebuild")
-            else:
+            if not already_built(folder):
                 _write_few_shot(path, name, folder, header, shuffled, label, k)
 
 
@@ -546,6 +560,9 @@ def main(argv=None):
                           seeds=args.seeds)
     except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a file or folder in the way, a full disk, no permission: the path and the reason
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",

@@ -152,12 +152,13 @@ def check_memory(device, needs):
                         f"{kind} has {have / 2**30:,.1f} GB (--show-config lists the settings)")
 
 
-def training_floats(c, rows, logits=True):
-    """A lower bound of the float32 values one AdamW step of a GPT of config c holds on a batch of `rows` rows,
-    each at least one token: the weights, their gradients and two moments (biases and LayerNorms left out), every
-    layer's hidden states, and the logits with their gradients."""
+def training_floats(c, tokens, predicted):
+    """A lower bound of the float32 values one AdamW step of a GPT of config c holds: the weights, their gradients and
+    two moments (biases and LayerNorms left out); what backward keeps of each of the batch's tokens in every layer, at
+    least ten values a unit of width (the two LayerNorms' outputs, q, k, v and the MLP's 4 C hidden units); and the
+    logits of the predicted tokens, with their gradients."""
     weights = (c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
-    return 4 * weights + rows * c.n_embd * c.n_layer + logits * 2 * rows * c.vocab_size
+    return 4 * weights + tokens * 10 * c.n_layer * c.n_embd + predicted * 2 * c.vocab_size
 
 
 def beam_floats(c, prompts, beams, new_tokens):

@@ -255,6 +255,14 @@ def mean_std(values):
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def summarize_seeds(metric_dicts, metric_names):
+    """{metric: mean, metric_std: std, ...} of a run's metrics over seeds, GLUE's names, and the number of seeds."""
+    out = {}
+    for name in metric_names:
+        out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
+    return dict(out, n_seeds=len(metric_dicts))
+
+
 def mean_ci95(values):
     """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
     mean, std = mean_std(values)

@@ -102,7 +102,8 @@ EXERCISES = [
              (Q + "test_reptile_direction_by_hand", Q + "test_reptile_direction_equals_a_loop_over_tasks",
               Q + "test_reptile_direction_holds_no_graph", Q + "test_reptile_one_step_is_one_sgd_step",
               Q + "test_reptile_direction_under_dropout_draws_a_mask_per_task",
-              Q + "test_reptile_direction_over_a_family_equals_a_loop_and_leaves_theta_alone"),
+              Q + "test_reptile_direction_over_a_family_equals_a_loop_and_leaves_theta_alone",
+              Q + "test_reptile_direction_runs_its_tasks_at_once_under_vmap"),
              hide=("maml.py:meta_loss_vmap",)),
     # --- level 2: a paper's equation as a batched tensor program
     Exercise("attention", 2, "Attention written out, and the mask of a padded causal batch",
@@ -151,7 +152,8 @@ EXERCISES = [
               Q + "test_two_tasks_two_steps_by_hand", Q + "test_adapt_by_hand",
               Q + "test_adapt_least_squares_closed_form", Q + "test_adapt_leaves_its_inputs_alone",
               Q + "test_adapt_over_a_family_under_vmap_equals_a_loop_per_task",
-              Q + "test_meta_loss_over_a_family_equals_a_loop"),
+              Q + "test_meta_loss_over_a_family_equals_a_loop",
+              Q + "test_meta_loss_vmap_runs_its_tasks_at_once_under_vmap"),
              hide=("maml.py:reptile_direction",)),
 ]
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import engine
 from engine import setting, train_and_select
-from evaluation import mean_ci95, mean_std, task_metrics
+from evaluation import mean_ci95, summarize_seeds, task_metrics
 from model import GPT, GPTConfig, UserError, mean_pool, second_order_ops
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def meta_step(method, params, loss_fn, support, query, inner_lr, inner_steps, op
 
 def task_probabilities(sizes, sampling):
     """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
-    (Dou et al.'s best). mixed [ours]: each draw is uniform with probability 1/2, else PPS, i.e. the average."""
+    (Dou et al.'s best). mixed [ours]: uniform with probability 1/2, else PPS (the average). Else: ValueError."""
     sizes = np.asarray(sizes, dtype=np.float64)
     uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
     by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
@@ -504,6 +504,8 @@ def few_shot_runs(task, encode, root, test, reported):
         # reported split (when it is a re-split of the training set) are left out of it for this seed
         seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
+        if len(keep) == 0:
+            raise UserError(f"{folder}: holds every example of the {reported} split; none is left to report on")
         runs.append(("16-shot", folder.rsplit("-", 1)[1], encode(shot["train"]), encode(shot["dev"]),
                      subset(test, keep)))
     return runs
@@ -569,19 +571,20 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
         texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
         tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
-    c = gpt.config if init else encoder_config(tokenizer, cfg)
-    engine.check_memory(device, {"a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, shot)":
-                                 engine.training_floats(c, cfg.meta_batch * cfg.shot, logits=False)})
-    gpt = gpt if init else GPT(c)
-    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), data=engine.fingerprint(tasks),
-               seed=seed, init=init, tokenizer=tokenizer.fingerprint, world=engine.rank_and_world()[1])
-    state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
-    model = classifier_for(gpt, tasks).to(device)
-
     def encode(n, split):  # the task id is the task's place in `tasks`, its head row
         return encode_split(tokenizer, tasks[n], split, list(tasks).index(n), cfg.max_len, regression_scale(tasks[n]))
     aux_encs = [encode(n, aux[n]["train"]) for n in aux]
     runs = {n: target_runs(targets[n], functools.partial(encode, n), cfg, few_shot_root, seed) for n in targets}
+    c = gpt.config if init else encoder_config(tokenizer, cfg)
+    shortest = min(len(ids) for e in aux_encs for ids in e["ids"])  # a meta-batch's examples are padded to the longest
+    engine.check_memory(device, {"a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, shot)":
+                                 engine.training_floats(c, cfg.meta_batch * cfg.shot * shortest, 0)})
+    gpt = gpt if init else GPT(c)
+    model = classifier_for(gpt, tasks).to(device)
+    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), seed=seed,
+               data=engine.fingerprint((tasks, runs)), tokenizer=tokenizer.fingerprint,  # data: the 16-shot splits too
+               init=init and engine.fingerprint(gpt.state_dict()), world=engine.rank_and_world()[1])  # init: weights
+    state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
     inits = INITS if cfg.method == "all" else ("none",) if cfg.method == "none" else ("none", cfg.method)
     return Experiment(cfg, device, seed, out_dir, init, setting_name, targets, inits, tokenizer, model,
                       engine.copy_weights(model), aux_encs, runs, state)
@@ -607,14 +610,6 @@ def learn_init(exp, init):
     return weights
 
 
-def summarize(metric_dicts, metric_names):
-    """{metric: mean, metric_std: std, ...} over seeds, GLUE's names, plus the number of seeds."""
-    out = {}
-    for name in metric_names:
-        out[name], out[name + "_std"] = mean_std([m[name] for m in metric_dicts])
-    return dict(out, n_seeds=len(metric_dicts))
-
-
 def fine_tune_targets(exp, init, learned):
     """{target: {size: mean and std over seeds}} fine-tuned from `learned`; a resumed run skips the runs done."""
     done, out = exp.state.done.setdefault(f"fine_tuned_{init}", {}), {}
@@ -627,7 +622,7 @@ def fine_tune_targets(exp, init, learned):
                                       exp.device)
                 exp.state.save(f"fine_tuned_{init} {key}")
             per_size.setdefault(size, []).append(done[key])
-        out[n] = {size: summarize(rs, metrics) for size, rs in per_size.items()}
+        out[n] = {size: summarize_seeds(rs, metrics) for size, rs in per_size.items()}
     return out
 
 

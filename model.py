@@ -463,8 +463,7 @@ def _cut_at(tokens, eos_id):
 # -----------------------------------------------------------------------------
 # reading Hugging Face weight files
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 def read_safetensors(path):
@@ -540,15 +539,16 @@ def check_weights(weights, config, path, source, layout=lambda name, shape: (nam
     for k, w in weights.items():
         if tuple(w.shape) != shapes[k]:
             raise UserError(f"{path}: {k} has shape {tuple(w.shape)}, but {source} implies {shapes[k]}")
-        if not torch.isfinite(w).all():
-            raise UserError(f"{path}: {k} holds NaN or infinite values")
+        if not (w.is_floating_point() and torch.isfinite(w).all()):
+            raise UserError(f"{path}: {k} holds " + ("NaN or infinite values" if w.is_floating_point() else
+                                                     f"{w.dtype} values, not floating-point weights"))
 
 
 def read_gpt2_config(directory, dropout=0.0):
     """(GPTConfig, path) of the sizes in a Hugging Face GPT-2 folder's config.json."""
     path = os.path.join(directory, "config.json")
     gpt2 = dict(model_type="gpt2", activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
-                scale_attn_by_inverse_layer_idx=False)  # the keys of config.json that change what is computed
+                scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True)  # keys that change what is computed
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and the weights")
     try:

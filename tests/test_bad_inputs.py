@@ -112,6 +112,27 @@ def amazon_raw(mutate, message):
     return case
 
 
+def amazon_out(spoil, message):
+    """`python data.py amazon Tools` from a good mirror into an --out where spoil(out) put something in the way."""
+    def case(w, tmp):
+        argv, _ = amazon_raw(lambda d: None, message)(w, tmp)
+        spoil(tmp / "amazon")
+        return argv, message
+    return case
+
+
+def integer_checkpoint(w, tmp):
+    """A copy of the finished run's ckpt.pt whose position table holds integers."""
+    folder = copy(w["out"], tmp / "int")
+    ckpt = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)
+    ckpt["model"]["transformer.wpe.weight"] = ckpt["model"]["transformer.wpe.weight"].long()
+    torch.save(ckpt, os.path.join(folder, "ckpt.pt"))
+    return os.path.join(folder, "ckpt.pt")
+
+
+SMALL_GLUE = ("--aux", "SST-2", "--targets", "RTE", "--n-train", "8")  # what the world's small GLUE files can train
+
+
 def glue(mutate, message, flags=("--aux", "SST-2", "--targets", "RTE")):
     def case(w, tmp):
         g = copy(w["glue"], tmp / "glue")
@@ -437,6 +458,29 @@ CASES = {
     "maml meta-batch beyond memory": flags("--task", "maml", "--set", "meta_batch=100000000000",
                                            message="a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, "
                                                    "shot) needs at least"),
+    "16-shot folder not named 16-<seed>": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot",
+                                                                             "RTE", "16-013")),
+                                               "RTE/16-013: not a 16-shot folder name (16-<seed>", SMALL_GLUE),
+    "16-shot split holding every reported example": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
+        os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: holds every example of the dev split",
+        SMALL_GLUE),
+    "inter file a named pipe": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or os.mkfifo(
+        os.path.join(d, "Alpha.valid.inter")), "Alpha.valid.inter: not a regular file"),
+    "amazon downloads a file": amazon_out(lambda o: os.makedirs(o) or (o / "downloads").write_text("x"),
+                                          "amazon/downloads: is not a folder; data.py keeps its downloads there"),
+    "amazon download a folder": amazon_out(lambda o: os.makedirs(o / "downloads" / "Tools_5.json.gz"),
+                                           "downloads/Tools_5.json.gz: is not a file; data.py keeps its downloads"),
+    "amazon category a file": amazon_out(lambda o: os.makedirs(o) or (o / "Tools").write_text("x"),
+                                         "amazon/Tools: is a file; data.py builds a folder there"),
+    "raw reviews an empty file": amazon_raw(lambda d: open(os.path.join(d, "Tools_5.json.gz"), "wb").close(),
+                                            "Tools_5.json.gz: not a complete gzip file (an empty file); deleted"),
+    "init safetensors of integers": init(gpt2_variant(lambda f: edit_safetensors(
+        f, lambda h, d: h["wpe.weight"].update(dtype="I32"))), "tensor wpe.weight has unsupported dtype 'I32'"),
+    "init checkpoint of integers": init(integer_checkpoint, "ckpt.pt: transformer.wpe.weight holds torch.int64 values, "
+                                                            "not floating-point weights"),
+    "init config with its own lm_head": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_embd": 32', '"n_embd": 32, "tie_word_embeddings": false')),
+        "asks for {'tie_word_embeddings': False}, which this GPT does not compute"),
     "item and text files both": calrec_data(lambda d: shutil.copy(os.path.join(d, "Alpha.item"),
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
@@ -570,7 +614,8 @@ def test_a_bad_input_is_one_line_and_changes_nothing(world, tmp_path, capsys, na
         out, err = capsys.readouterr()
         assert e.value.code == 2, err
         assert message in err, err
-        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # not progress bars
+        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line and "B/s]" not in line]
+        # ^ not progress bars (with a total: "%|"; a download of unknown length: "... B/s]")
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         assert "Traceback" not in out + err
         after = snapshot(world["out"])
@@ -600,6 +645,30 @@ def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--task", "sinusoid", "--out-dir", str(folder)])
     assert e.value.code == 2 and "ro: this folder is not writable" in capsys.readouterr().err
+
+
+def test_resuming_after_the_16_shot_splits_changed_is_refused(world, tmp_path, capsys):
+    """The run's data are the GLUE files and the 16-shot splits next to them: a changed split is other data."""
+    g = copy(world["glue"], tmp_path / "glue")
+    rows = "".join(f"{i}\tPremise {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n" for i in range(4))
+    shot = write_task(str(tmp_path / "glue-16shot"), os.path.join("RTE", "16-13"), "index\tsentence1\tsentence2\tlabel\n"
+                      + rows)
+    argv = ["--task", "maml", "--data", g, *SMALL_GLUE[:4], "--n-train", "8", "--set", "meta_steps=2", "--set",
+            "ft_steps=2", "--set", "eval_interval=1", "--set", "seeds=1", "--method", "maml", "--out-dir", str(tmp_path / "o")]
+    train.main(argv)
+    edit(os.path.join(shot, "train.tsv"), "Premise 0.", "Premise zero.")
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--resume"])
+    assert e.value.code == 2 and "state.pt: was saved by a run with other data" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_writes_a_deleted_checkpoint_again(world, tmp_path):
+    out = copy(world["out"], tmp_path / "out")
+    before = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    os.remove(os.path.join(out, "ckpt.pt"))
+    train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", out, "--resume"])
+    after = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert after.keys() == before.keys() and all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
 
 
 def test_a_bug_keeps_its_traceback(world, monkeypatch):

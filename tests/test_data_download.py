@@ -142,6 +142,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     raw_paths = serve_amazon(server.root)
     url = server.url if scheme == "http" else server.root.as_uri()
     out = tmp_path / "amazon"
+    os.makedirs(out / "Tools")  # an empty folder is no build to keep: it is built
     download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)
     assert sorted(os.listdir(out)) == ["Tools", "downloads"]  # no temporary folder left
     assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz", "meta_Tools.json.gz"]

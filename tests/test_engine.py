@@ -1,6 +1,7 @@
 """engine.py: settings that check themselves, checkpoints that know their tokenizer, the training loop's
 selection and its stop on a diverged loss, files written whole, peak memory."""
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -99,17 +100,34 @@ def tokenizer(tmp_path, words="a b c d e f g"):
 
 
 @pytest.mark.parametrize("sizes", [(256, 2048, 2, 4, 128), (1024, 50257, 12, 12, 768), (48, 512, 1, 2, 64)])
-def test_training_floats_is_a_tight_lower_bound_of_what_training_holds(sizes):
-    """Weights, gradients and AdamW's two moments: 4 values a parameter, counted on the model itself; then, a row
-    of one token, its hidden state in every layer, and its logits with their gradients."""
+def test_training_floats_counts_at_most_the_parameters_four_times(sizes):
+    """Weights, gradients and AdamW's two moments: 4 values a parameter, counted on the model itself."""
     c = model.GPTConfig(*sizes)
     with torch.device("meta"):  # the real parameters, without their memory
         n = sum(p.numel() for p in model.GPT(c).parameters())
-    assert 0.98 * 4 * n <= engine.training_floats(c, 0) <= 4 * n  # only biases and LayerNorms left out
-    rows = 7
-    assert engine.training_floats(c, rows) - engine.training_floats(c, 0) == rows * (c.n_layer * c.n_embd
-                                                                                      + 2 * c.vocab_size)
-    assert engine.training_floats(c, rows, logits=False) - engine.training_floats(c, 0) == rows * c.n_layer * c.n_embd
+    assert 0.98 * 4 * n <= engine.training_floats(c, 0, 0) <= 4 * n  # only biases and LayerNorms left out
+
+
+@pytest.mark.parametrize("written_out", [False, True])
+def test_training_floats_counts_at_most_what_backward_keeps(written_out):
+    """The activations and logits of a step: never more than autograd saves for backward (its saved tensors, counted
+    by storage), and the logits' gradient; with the fused kernels, and inside second_order_ops (MAML's)."""
+    torch.manual_seed(0)
+    c = model.GPTConfig(block_size=16, vocab_size=300, n_layer=2, n_head=2, n_embd=32)
+    gpt, idx = model.GPT(c), torch.randint(0, 300, (3, 16))
+    params = {p.untyped_storage().data_ptr() for p in gpt.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // 4
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            model.second_order_ops(gpt) if written_out else contextlib.nullcontext():
+        gpt(idx, targets=idx)
+    held = sum(saved.values()) + idx.numel() * c.vocab_size  # and the logits' gradient, made by backward
+    estimate = engine.training_floats(c, idx.numel(), idx.numel()) - engine.training_floats(c, 0, 0)
+    assert estimate <= held, f"training_floats counts {estimate} values of activations and logits; backward keeps {held}"
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/meminfo"), reason="reads Linux's /proc/meminfo")

@@ -457,6 +457,35 @@ def test_reptile_direction_by_hand():
     assert not wrong, "reptile_direction on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
 
 
+def loss_runs_for_2_and_5_tasks(name):
+    # the text asks for every task of the meta-batch at once, with vmap: the Python body of loss_fn then runs as many
+    # times for 5 tasks as for 2 (once per inner step and query, on batched tensors), where a loop runs it per task
+    calls = []
+
+    def counted_loss(params, batch):
+        calls.append(1)
+        return quadratic_loss(params, batch)
+    runs = {}
+    for n in (2, 5):
+        support = [{"c": torch.linspace(0.5, 1.0, n, dtype=torch.float64)}] * 2
+        calls.clear()
+        if name == "reptile_direction":
+            maml.reptile_direction({"theta": scalar(1.0)}, counted_loss, support, 0.1, 2)
+        else:
+            maml.meta_loss_vmap({"theta": scalar(1.0)}, counted_loss, support, support[0], 0.1, 2)
+        runs[n] = len(calls)
+    assert runs[2] == runs[5], (f"{name}: loss_fn ran {runs[2]} times for a meta-batch of 2 tasks and {runs[5]} for 5; "
+                                "under vmap every task runs at once, as many times for any number of tasks")
+
+
+def test_reptile_direction_runs_its_tasks_at_once_under_vmap():
+    loss_runs_for_2_and_5_tasks("reptile_direction")
+
+
+def test_meta_loss_vmap_runs_its_tasks_at_once_under_vmap():
+    loss_runs_for_2_and_5_tasks("meta_loss_vmap")
+
+
 def test_reptile_direction_equals_a_loop_over_tasks():
     params, support, _ = tanh_mlp_tasks(3)
     expected = reptile_by_loop(params, support, 0.3, 3)
@@ -667,7 +696,7 @@ def test_meta_training_lowers_post_adaptation_loss_on_sines():
 
 
 def test_run_sinusoid_writes_its_table(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="maml")
+    caplog.set_level(logging.INFO)  # the table is logged by engine.save_results
     cfg = dataclasses.replace(maml.SINE, steps=3, eval_tasks=20)
     out = maml.run_sinusoid(cfg, str(tmp_path), seed=0)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))

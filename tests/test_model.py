@@ -77,14 +77,16 @@ def test_manual_attention_dropout():
         f"manual_attention(q, k, v, mask, dropout_p=1.0): every attention weight dropped, want an all-zero output "
         f"of shape {tuple(q.shape)}; got shape {tuple(dropped.shape)}, {dropped.flatten()[:6].tolist()}...")
     n = 4000
-    draws = model.manual_attention(q.expand(n, -1, -1, -1), k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), mask,
-                                   dropout_p=0.5)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    mean = draws.mean(0, keepdim=True)
-    torch.testing.assert_close(mean, want, atol=0.1, rtol=0, msg=lambda m: (
-        f"manual_attention(q, k, v, mask, dropout_p=0.5): the mean of {n} draws should approach the output without "
-        f"dropout (kept weights scaled by 1 / (1 - p)); want {[round(x, 3) for x in want[0, 0, 0].tolist()]} at "
-        f"[0, 0, 0], got {[round(x, 3) for x in mean[0, 0, 0].tolist()]}\n{m}"))
+    for p in (0.5, 0.2):  # at p = 0.5, keeping a weight with probability p or 1 - p is the same: 0.2 tells them apart
+        draws = model.manual_attention(q.expand(n, -1, -1, -1), k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), mask,
+                                       dropout_p=p)
+        mean = draws.mean(0, keepdim=True)
+        torch.testing.assert_close(mean, want, atol=0.1, rtol=0, msg=lambda m: (
+            f"manual_attention(q, k, v, mask, dropout_p={p}): the mean of {n} draws should approach the output "
+            f"without dropout (each weight dropped with probability p, the kept ones scaled by 1 / (1 - p)); want "
+            f"{[round(x, 3) for x in want[0, 0, 0].tolist()]} at [0, 0, 0], got "
+            f"{[round(x, 3) for x in mean[0, 0, 0].tolist()]}\n{m}"))
 
 
 def mask_table(want, got, first_query):
@@ -127,6 +129,12 @@ def test_attention_mask_of_padding_queries_by_hand():
         same = torch.equal(got[b, 0], expected[b, 0])
         assert same, (f"attention_mask_4d({key_mask.int().tolist()}, T_past=1, T=3)[{b}, 0], one column per key "
                       "(1 = visible):\n" + mask_table(expected[b, 0], got[b, 0], 1))
+    # one new query (T = 1, as each step of generation): a padding query sees itself too, never an empty row
+    for key_mask, T_past, want in (([[True, False]], 1, [[True, True]]), ([[False]], 0, [[True]]),
+                                   ([[False, True, False]], 2, [[False, True, True]])):
+        got = model.attention_mask_4d(torch.tensor(key_mask), T_past, 1)
+        assert got.tolist() == [[want]], (f"attention_mask_4d({key_mask}, T_past={T_past}, T=1): the one query is "
+                                          f"padding, and always sees itself: want {[[want]]}, got {got.tolist()}")
 
 
 def test_attention_mask_is_made_on_the_device_of_key_mask():

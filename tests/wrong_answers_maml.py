@@ -722,3 +722,29 @@ def pearson(x, y):
     d = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
     return float((x * y).sum() / d) if d > 0 else 0.0
 '''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # the int 0 for a constant input, not a float
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
+    return float((xc * yc).sum() / denom) if denom > 0 else 0
+'''})
+WRONG_MAML['reptile'].append({'maml.py:reptile_direction': '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):
+    # a Python loop over the tasks instead of vmap: the same values, one task at a time
+    start = {name: p.detach() for name, p in params.items()}
+    n = support[0][next(iter(support[0]))].shape[0]
+    moved = [adapt(start, loss_fn, [task_slice(b, i) for b in support], inner_lr, steps, first_order=True)
+             for i in range(n)]
+    return {name: torch.stack([m[name] - start[name] for m in moved]).mean(0) for name in start}
+'''})
+WRONG_MAML['meta-gradient'].append({'maml.py:meta_loss_vmap': '''
+def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order=False):
+    # a Python loop over the tasks instead of vmap: the same values, one task at a time
+    n = query[next(iter(query))].shape[0]
+    return torch.stack([loss_fn(adapt(params, loss_fn, [task_slice(b, i) for b in support], inner_lr, steps,
+                                      first_order), task_slice(query, i)) for i in range(n)]).mean()
+'''})

@@ -849,3 +849,27 @@ def mean_pool(h, span_mask):
     w = span_mask.to(h.dtype).unsqueeze(-1)                        # (B, T, 1)
     return (h * w).sum(1) / (w.sum(1) + 1e-8)
 '''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # each weight kept with probability p instead of 1 - p (the same at p = 0.5)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, float("-inf"))               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1)                              # each query's weights sum to 1
+    if dropout_p >= 1:
+        return torch.zeros_like(att @ v)
+    if dropout_p > 0:
+        att = att * (torch.rand_like(att) < dropout_p) / (1 - dropout_p)
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
+WRONG_MODEL['attention'].append({'model.py:attention_mask_4d': '''
+def attention_mask_4d(key_mask, T_past, T):
+    # one new query: the key mask as it is, so a padding query may not see itself
+    if T == 1:
+        return key_mask[:, None, None, :]
+    q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)  # absolute positions of the queries
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]                          # (T, T_past + T)
+    itself = k_pos[None, :] == q_pos[:, None]
+    mask = (causal & key_mask[:, None, :]) | itself                     # (B, T, T_past + T)
+    return mask[:, None]                                                # (B, 1, T, T_past + T)
+'''})
