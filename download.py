@@ -65,8 +65,9 @@ def fetch(url, path, hint_if_missing=None):
     starts it over). A network failure is a UserError naming the URL, with `hint_if_missing` on a 404."""
     if os.path.isfile(path):
         return path
-    for where, kind in ((os.path.dirname(path) or ".", "folder"), (path, "file")):  # what may stand in the way
-        if os.path.lexists(where) and (os.path.isdir(where) != (kind == "folder") or not os.path.exists(where)):
+    for where, kind, is_kind in ((os.path.dirname(path) or ".", "folder", os.path.isdir),
+                                 (path, "file", os.path.isfile)):
+        if os.path.lexists(where) and not is_kind(where):  # something else stands in the way, a dangling link too
             raise UserError(f"{where}: is not a {kind}; data.py keeps its downloads there (move it away)")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"

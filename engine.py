@@ -155,8 +155,8 @@ def check_memory(device, needs):
 def training_floats(c, tokens, predicted):
     """A lower bound of the float32 values one AdamW step of a GPT of config c holds: the weights, their gradients and
     two moments (biases and LayerNorms left out); what backward keeps of each of the batch's tokens in every layer, at
-    least ten values a unit of width (the two LayerNorms' outputs, q, k, v and the MLP's 4 C hidden units); and the
-    logits of the predicted tokens, with their gradients."""
+    least ten values a unit of width (the two LayerNorms' outputs, q, k, v, the attention's output and the MLP's
+    4 C hidden units); and the logits of the predicted tokens, with their gradients."""
     weights = (c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
     return 4 * weights + tokens * 10 * c.n_layer * c.n_embd + predicted * 2 * c.vocab_size
 

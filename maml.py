@@ -571,6 +571,7 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
         texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
         tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
+
     def encode(n, split):  # the task id is the task's place in `tasks`, its head row
         return encode_split(tokenizer, tasks[n], split, list(tasks).index(n), cfg.max_len, regression_scale(tasks[n]))
     aux_encs = [encode(n, aux[n]["train"]) for n in aux]
