@@ -277,11 +277,9 @@ class BM25:
         return (self.matrix @ Q).t().contiguous()                        # (nq, D)
 
     def search(self, queries, depth, chunk=256):
-        """Top `depth` documents of each query with a positive score: lists of (indices, scores).
-
-        Best first; equal scores go by document index, lower first. Scores are >= 0, and a float32 >= 0 orders
-        like its bits read as an integer, so the key (bits << 32) - index sorts by score, then by index.
-        """
+        """Top `depth` documents of each query with a positive score, best first: lists of (indices, scores). Equal
+        scores go by document index, lower first: scores are >= 0, and a float32 >= 0 orders like its bits read as
+        an integer, so the key (bits << 32) - index sorts by score, then by index."""
         index = torch.arange(self.matrix.size(0))                        # (D,)
         out = []
         for start in range(0, len(queries), chunk):
@@ -296,12 +294,9 @@ class BM25:
 
 
 def merge_round_robin(lists, list_scores, exclude, k):
-    """Merge m ranked lists into one of at most k items.
-
-    Round p takes the p-th item of every list; within a round the candidates go in order of their BM25
-    score (ties: the better beam first); an item already taken or in `exclude` (the user's history) is
-    skipped. Stops at k items.
-    """
+    """Merge m ranked lists into one of at most k items: round p takes the p-th item of every list; within a round
+    the candidates go in order of their BM25 score (ties: the better beam first); an item already taken or in
+    `exclude` (the user's history) is skipped. Stops at k items."""
     taken, seen = [], set(exclude)
     for p in range(max((len(lst) for lst in lists), default=0)):
         round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]

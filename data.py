@@ -410,6 +410,10 @@ def _read_inter(path, index):
 def _check_users(path, valid, test):
     """valid and test hold one row per user, for the same users (leave-one-out: each user's last two items)."""
     for split, rows, other in (("valid", valid, test), ("test", test, valid)):
+        repeated = sum(target in history for _, _, history, target in rows)
+        if repeated:
+            log.warning(f"{path}.{split}.inter: {repeated} of {len(rows)} targets are in their user's history, which "
+                        "the ranking excludes: they count as misses")
         seen, others = {}, {user for _, user, _, _ in other}
         for line_no, user, _, _ in rows:
             if user in seen:

@@ -6,6 +6,7 @@ Run: python -m pytest -q tests/test_calrec_data.py"""
 import gzip
 import json
 import logging
+import os
 from collections import Counter
 
 import pytest
@@ -133,6 +134,12 @@ def test_text_variant_splits_attributes_and_drops_the_category_root(tmp_path, ca
     assert d.train_sequences == [[0, 1]]
 
 
+def test_targets_in_their_own_history_are_counted_in_a_warning(tmp_path, caplog):
+    data.read_atomic(text_folder(tmp_path))  # test: 0 1 2 -> 1, a target in its history; valid: 0 1 -> 2
+    assert [r.getMessage().split("/")[-1] for r in caplog.records if r.levelname == "WARNING"] == [
+        "Sci.test.inter: 1 of 1 targets are in their user's history, which the ranking excludes: they count as misses"]
+
+
 def test_item_variant_takes_every_text_column(tmp_path):
     folder = tmp_path / "Toys"
     folder.mkdir()
@@ -238,8 +245,13 @@ def test_an_item_file_that_is_a_folder_is_named(tmp_path):
 
 
 @needs_scientific
-def test_real_scientific_folder_reads_as_documented():
+def test_real_scientific_folder_reads_as_documented(caplog):
     d = data.read_atomic(REAL_SCIENTIFIC)
+    for split in ("valid", "test"):  # the targets in their own history, counted from the file's columns
+        with open(os.path.join(REAL_SCIENTIFIC, f"Scientific.{split}.inter"), encoding="utf-8") as f:
+            rows = [line.rstrip("\n").split("\t") for line in f][1:]
+        repeated = sum(target in history.split() for _, history, target in rows)
+        assert f"Scientific.{split}.inter: {repeated} of {len(rows)} targets are in their user's history" in caplog.text
     assert d.n_items == 4385 and len(d.test) == 8442 and len(d.valid) == 8442
     assert len(d.train) == 34101  # the lines of Scientific.train.inter, less its header
     assert d.item_keys[0] == "B0000223SI" and d.items[0]["Brand"] == "PORTER-CABLE"

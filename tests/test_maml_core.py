@@ -648,10 +648,11 @@ def test_task_samplers():
 
 def test_task_probabilities_over_a_family_are_float64_arrays_numpy_can_draw_from():
     # what maml.meta_train does with them: rng.choice(n, size=meta_batch, p=p), which wants n probabilities summing to
-    # 1 within about 1e-8; a family of sizes (one task, equal sizes, a size of 1 beside 10^9, 49 tasks; a list, a
-    # tuple, int64, int32 and float32 arrays) against the closed forms in exact arithmetic
+    # 1 within about 1e-8; a family of sizes (one task, equal sizes, a size of 1 beside 10^9, sizes no float32 holds,
+    # 49 tasks; a list, a tuple, int64, int32 and float32 arrays) against the closed forms in exact arithmetic
     from fractions import Fraction
-    families = [[7], [1, 1, 1], [500, 500, 500], [100, 300, 600], [1, 10 ** 9], list(range(1, 50)), (3, 5, 11),
+    families = [[7], [1, 1, 1], [500, 500, 500], [100, 300, 600], [1, 10 ** 9], [1, 123456789], [16777217, 3],
+                list(range(1, 50)), (3, 5, 11),
                 np.array([2, 7, 1, 9], dtype=np.int64), np.array([3, 7, 11, 9001], dtype=np.float32),
                 np.array([5, 2], dtype=np.int32)]
     wrong = []

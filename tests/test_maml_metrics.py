@@ -116,16 +116,18 @@ def exact_pearson(x, y):
 
 def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
     # a generated family: 2 to 9 values, large common offsets that cancel (1e8 + small values) and tiny spreads
-    # (2.5 + 1e-9·noise, a near-collapsed regression head), against exact arithmetic; non-finite predictions (inf as
-    # well as nan) score nan; every metric returns a Python float (json and torch.load(weights_only=True) read it)
+    # (2.5 + 1e-9·noise, a near-collapsed regression head; values of 1e-13), a constant on either side, against exact
+    # arithmetic; non-finite predictions (inf as well as nan, one or all of them) score nan; every metric returns a
+    # Python float (json and torch.load(weights_only=True) read it)
     rng = np.random.default_rng(0)
     wrong = []
     for n in (2, 3, 5, 9):
         for offset, spread in ((0.0, 1.0), (1e8, 1.0), (2.5, 1e-9), (-3e7, 10.0), (1e6, 1e-3)):
             x, y = offset + spread * rng.normal(size=n), rng.normal(size=n)
-            for a, b in ((x, y), (y, x), (x, -x + 1.0)):
+            tiny = 1e-13 * rng.normal(size=n)  # a small scale is no constant
+            for a, b in ((x, y), (y, x), (x, -x + 1.0), (x, np.full(n, 2.5)), (np.full(n, offset), y), (tiny, y)):
                 got, expected = evaluation.pearson(a, b), exact_pearson(a, b)
-                if type(got) is not float or abs(got - expected) > 1e-9:
+                if type(got) is not float or not abs(got - expected) <= 1e-9:  # nan too
                     wrong.append(f"  pearson({a.tolist()}, {b.tolist()}): expected {expected!r} (exact arithmetic, "
                                  f"centred first), got {got!r} of type {type(got).__name__}")
         pred, gold = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
@@ -134,7 +136,7 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
             fp = sum(1 for u, v in zip(p, g) if u == 1 and v != 1)
             fn = sum(1 for u, v in zip(p, g) if u != 1 and v == 1)
             expected, got = 2 * tp / (2 * tp + fp + fn) if tp else 0.0, evaluation.f1(p, g)
-            if type(got) is not float or abs(got - expected) > 1e-12:
+            if type(got) is not float or not abs(got - expected) <= 1e-12:
                 wrong.append(f"  f1({p.tolist()}, {g.tolist()}): expected the Python float {expected!r} (tp {tp}, "
                              f"fp {fp}, fn {fn}), got {got!r} of type {type(got).__name__}")
             got = evaluation.mcc(p, g)
@@ -143,7 +145,8 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
                              f"{type(got).__name__}")
     for bad in (float("inf"), float("-inf"), float("nan")):
         for fn_ in (evaluation.pearson, evaluation.spearman):
-            for args in (([1.0, bad, 2.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [1.0, bad, 2.0])):
+            for args in (([1.0, bad, 2.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [1.0, bad, 2.0]),
+                         ([bad] * 3, [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [bad] * 3)):
                 got = fn_(*args)
                 if type(got) is not float or not math.isnan(got):
                     wrong.append(f"  {fn_.__name__}{args}: expected nan (a diverged model), got {got!r}")

@@ -837,6 +837,15 @@ def test_manual_attention_dropout_drops_attention_weights_not_outputs():
         f"the attention weights, not on the output att @ v)\n{m}"))
     frac = float((w[att > 0] == 0).float().mean())
     assert 0.4 < frac < 0.6, f"{what}: {frac:.2f} of the positive weights dropped, want about {p}"
+    # each weight is dropped on its own draw: two batch rows, two heads or two queries share no mask (at p = 0.5 they
+    # drop the same weights about half the time; with one mask for all, every time)
+    dropped = w == 0
+    for name, a, b in (("batch rows", (slice(0, 25),), (slice(25, 50),)), ("heads", (slice(None), 0), (slice(None), 1)),
+                       ("queries", (..., 2, slice(0, 5)), (..., 3, slice(0, 5)))):  # keys 0..4: visible to both
+        same = float((dropped[a] == dropped[b]).float().mean())
+        assert same < 0.75, (f"{what}: two {name} drop the same weights {same:.0%} of the time, want about 50%: "
+                             "each attention weight is dropped on a draw of its own (one mask per row, head and query)")
+
 
 def naive_mean_pool(h, span):
     """Mean over the span's positions, row by row, in float64; an empty span pools to 0."""

@@ -1322,3 +1322,15 @@ def ranked_items(self, found, histories, k):
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k or None])
     return lists
 '''})
+# found by a seventh probe of the graders
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # the temperature fixed at 0.1, the argument ignored
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], 0.1) if over_users else info_nce(q, v_t, items, 0.1)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''})

@@ -748,3 +748,46 @@ def meta_loss_vmap(params, loss_fn, support, query, inner_lr, steps, first_order
     return torch.stack([loss_fn(adapt(params, loss_fn, [task_slice(b, i) for b in support], inner_lr, steps,
                                       first_order), task_slice(query, i)) for i in range(n)]).mean()
 '''})
+# found by a seventh probe of the graders
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the sizes through float32: a size above 2**24 is rounded
+    sizes = np.asarray(sizes, dtype=np.float32).astype(np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # a constant input checked before a non-finite one: all-inf predictions score 0, not nan
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # only the prediction checked for being constant: a constant gold divides by zero
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    if (xc ** 2).sum() == 0:
+        return 0.0
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # "constant" read as a standard deviation below 1e-12: values of 1e-13 count as constant
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.std() < 1e-12 or y.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+'''})

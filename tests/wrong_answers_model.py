@@ -873,3 +873,26 @@ def attention_mask_4d(key_mask, T_past, T):
     mask = (causal & key_mask[:, None, :]) | itself                     # (B, T, T_past + T)
     return mask[:, None]                                                # (B, 1, T, T_past + T)
 '''})
+# found by a seventh probe of the graders
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # one dropout mask shared by every head
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, float("-inf"))               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1)                              # each query's weights sum to 1
+    if dropout_p > 0:
+        keep = torch.rand(att.size(0), 1, att.size(2), att.size(3), device=att.device) >= dropout_p
+        att = torch.where(keep, att / (1 - dropout_p), torch.zeros((), dtype=att.dtype, device=att.device))
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # one dropout mask shared by every query of a head
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, float("-inf"))               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1)                              # each query's weights sum to 1
+    if dropout_p > 0:
+        keep = torch.rand(att.size(0), att.size(1), 1, att.size(3), device=att.device) >= dropout_p
+        att = torch.where(keep, att / (1 - dropout_p), torch.zeros((), dtype=att.dtype, device=att.device))
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
