@@ -541,6 +541,13 @@ def test_catalog_trie_by_hand():
     got = calrec_extras.CatalogTrie(twins, eot, V).ranked_items([[([1, 2, eot], -1.0), ([3, eot], -2.0)]], [[]], 5)
     assert got == [[1, 8, 2]], (f"ranked_items of the beams [1, 2, eot], [3, eot] over the catalog {twins} (items 1 "
                                 f"and 8 are twins): expected [[1, 8, 2]] (twins in item order), got {got}")
+    # several users, each with its own beams and history; a beam cut short (no end-of-text) wrote no item
+    found = [[([1, 2, eot], -1.0), ([4, eot], -2.0)], [([4, 9, eot], -0.5), ([1, 2, 3, eot], -0.7)],
+             [([1, 2], -0.1), ([4, eot], -0.2)]]
+    got = trie.ranked_items(found, [[2], [0], []], 3)
+    assert got == [[1, 5], [4], [2]], (f"ranked_items of three users' beams {found}, histories [[2], [0], []], k=3: "
+                                       f"expected [[1, 5], [4], [2]] (each user's own beams and history; the third "
+                                       f"user's first beam, [1, 2], never finished), got {got}")
 
 
 def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
@@ -676,6 +683,17 @@ def test_markov_equals_a_naive_loop():
         f"training sequences [[0, 1]] * 1000 + [[0, 2]] * 1000 + [[1]] + [[3]] * 40000: expected ranks {want} (after "
         f"item 0, items 1 and 2 tie on 1000 transitions and item 1 is the more popular), got {got} (count * "
         f"(max popularity + 1) + popularity in float32 is exact only below 2**24)")
+    # the same past 2**24 through the size of the catalog (count * (N + 1) is about 2e7 for N = 20,000 items), for a
+    # key that ranks the popularities instead of counting them
+    sequences, n = [[0, 1]] * 1003 + [[0, 2]] * 1003 + [[1]], 20000
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(n)], [str(i) for i in range(n)], train=[], valid=[],
+                    test=[], train_sequences=sequences, attributes=("Title",))
+    examples = [([0], 1), ([0], 2)]
+    want, got = naive_markov_ranks(sequences, n, examples), ev.rank_markov(d, examples).tolist()
+    assert got == want, (
+        f"rank_markov over {n} items of the histories [[0], [0]] -> targets [1, 2], training sequences [[0, 1]] * 1003 "
+        f"+ [[0, 2]] * 1003 + [[1]]: expected ranks {want} (items 1 and 2 tie on 1003 transitions, item 1 the more "
+        f"popular), got {got} (a key past 2**24 is not exact in float32)")
 
 
 # -----------------------------------------------------------------------------
@@ -687,6 +705,8 @@ def check_metrics(ranks, want, exact=()):
     got = ev.rank_metrics(torch.tensor(ranks))
     for name, value in want.items():
         assert name in got, f"rank_metrics({ranks}): no {name!r} in {sorted(got)}"
+        assert type(got[name]) is float, (f"rank_metrics({ranks})[{name!r}]: expected a Python float (results.json "
+                                          f"holds it), got {type(got[name]).__name__} {got[name]!r}")
         ok = got[name] == value if name in exact else got[name] == pytest.approx(value)
         assert ok, f"rank_metrics of ranks {ranks} (0: not retrieved): {name} expected {value:.6f}, got {got[name]:.6f}"
 

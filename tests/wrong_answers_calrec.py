@@ -1334,3 +1334,61 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
     loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
     return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
 '''})
+# found by an eighth probe of the graders
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # every user's history taken from the first user
+    lists = []
+    for beams in found:
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in histories[0]][:k])
+    return lists
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # every user given the first user's beams
+    lists = []
+    for history in histories:
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in found[0] if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # a beam cut short read as if it had ended: end-of-text added to it
+    lists = []
+    for beams, history in zip(found, histories):
+        ended = [list(tokens) + ([] if tokens and tokens[-1] == self.eot_id else [self.eot_id])
+                 for tokens, score in beams if score > float("-inf")]
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens in ended]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    # popularity replaced by its rank among the popularities, the key then read in float32 as it is
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
+    pop = torch.unique(popularity(domain).long(), return_inverse=True)[1]
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        return (nxt.index_select(0, last[rows]).to_dense() * (domain.n_items + 1) + pop).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+def rank_metrics(ranks):
+    # the metrics left as 0-d tensors, not Python floats (json cannot write them)
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5) if len(gain) > 1 else torch.zeros(())
+    return out
+'''})
