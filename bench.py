@@ -16,7 +16,6 @@ The project's speed, printed as Markdown tables for docs/results.md.
 Timings are medians of repeats taken in turns, so that a busy spell hits every contender.
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -28,8 +27,8 @@ import torch
 import calrec
 import data
 import maml
-from engine import environment, grad_scaler
-from model import GPT, GPTConfig, second_order_ops
+from engine import Parser, environment, grad_scaler, pick_device, thread_count
+from model import GPT, GPTConfig, UserError, second_order_ops
 
 
 def timed(fn, device, repeats=3, warmup=1):
@@ -197,18 +196,23 @@ PARTS = {"train": bench_train, "cache": bench_cache, "beam": bench_beam, "bm25":
 
 
 def main():
-    p = argparse.ArgumentParser(description="The project's speed, as Markdown tables.", allow_abbrev=False)
+    p = Parser(prog="bench.py", description="The project's speed, as Markdown tables.", allow_abbrev=False)
     p.add_argument("--only", choices=tuple(PARTS), action="append", help="run this part (may be repeated)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
-    p.add_argument("--threads", type=int, default=1, help="torch's CPU threads for every part but threads")
+    p.add_argument("--threads", type=thread_count, default=1, help="torch's CPU threads for every part but threads")
     p.add_argument("--data", default=None, help="a benchmark folder for the bm25 part")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    env = environment(args.device)
-    print(f"## python bench.py: {args.device} ({env['gpu'] or env['cpu']}), {env['threads']} thread(s), "
-          f"torch {env['torch']}")
-    for part in args.only or PARTS:
-        PARTS[part](args.device, data_folder=args.data)
+    try:  # a mistake is one line, as in train.py
+        args = p.parse_args()
+        device = pick_device(args.device)
+        torch.set_num_threads(args.threads)
+        env = environment(device)
+        print(f"## python bench.py: {device} ({env['gpu'] or env['cpu']}), {env['threads']} thread(s), "
+              f"torch {env['torch']}")
+        for part in args.only or PARTS:
+            PARTS[part](device, data_folder=args.data)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

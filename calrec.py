@@ -32,9 +32,9 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_memory, check_settings, fingerprint,
-                    gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint, save_results,
-                    setting, train_and_select, training_floats)
+from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_fits, check_memory, check_settings,
+                    fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint,
+                    save_results, setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,8 @@ def train_step(towers, optimizer, scaler, builder, rows, extra, cfg, device, dty
         nig_sum, n_tokens, v_u, v_tu, v_t = towers(**inputs)
         if histories:
             v_u, v_t = extras.loss_query(v_u, v_t, len(items), histories, cfg.recent_loss_decay, cfg.recent_loss_weight)
-        # several processes (torchrun): L_NIG is the mean over the global batch's target tokens (DDP then
-        # averages the gradients over the processes, hence * world), and the contrastive losses see every
-        # process's vectors
+        # several processes (torchrun): L_NIG is the mean over the global batch's target tokens (DDP then averages
+        # the gradients over the processes, hence * world), and the contrastive losses see every process's vectors
         l_nig = nig_sum * world / all_reduce_sum(n_tokens.detach()).clamp(min=1)
         v_u, v_tu, v_t, items = gather_batch(v_u, v_tu, v_t, items.to(device))
         loss, parts = calrec_loss(l_nig, v_u, v_tu, v_t, items, cfg.alpha, cfg.beta, cfg.tau,
@@ -405,7 +404,7 @@ class CALRecConfig:
     constrained_beams: int = setting(10, ">= 0", "[beyond] beams of the catalog-constrained path (0: off)")
     bm25_k1: float = setting(1.2, ">= 0", "BM25's k1")
     bm25_b: float = setting(0.75, "0..1", "BM25's b")
-    top_k: int = setting(20, ">= 1", "length of every ranked list")
+    top_k: int = setting(20, ">= 20", "length of every ranked list (the metrics read it to rank 20)")
     eval_batch: int = setting(50, ">= 1", "users per beam-search batch")
     bm25_valid_users: int = setting(200, ">= 0", "validation users of the generative rows (0: all)")
     prior_weights: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), ">= 0", "[beyond] lambda candidates")
@@ -548,7 +547,7 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
          GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                    n_embd=cfg.n_embd, dropout=cfg.dropout))
-    tokenizer.check_fits(c.vocab_size)
+    check_fits(tokenizer, c.vocab_size)
     # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)
@@ -595,10 +594,8 @@ def run(exp):
             train_stage(exp, stage, functools.partial(validate, exp))
     if rank_and_world()[0] != 0:
         return None  # every process holds the same weights; process 0 evaluates and writes
-    if "checkpoint" not in state.done or not os.path.isfile(os.path.join(exp.out_dir, "ckpt.pt")):  # deleted since
-        save_checkpoint(os.path.join(exp.out_dir, "ckpt.pt"), lm, exp.tokenizer, cfg.stage1_steps + cfg.stage2_steps,
-                        {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})
-        state.finish("checkpoint", True)
+    save_checkpoint(os.path.join(exp.out_dir, "ckpt.pt"), lm, exp.tokenizer, cfg.stage1_steps + cfg.stage2_steps,
+                    {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})  # on resume too
     return write_results(exp, evaluate(exp), stages)
 
 

@@ -67,14 +67,6 @@ class TextTokenizer:
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
         return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
-    def check_fits(self, vocab_size):
-        """Every id indexes a row of the model's embedding (an added token may have any id)."""
-        ids = self.tok.get_vocab(with_added_tokens=True)
-        token = max(ids, key=ids.get)
-        if ids[token] >= vocab_size:
-            raise UserError(f"{self.path or 'tokenizer'}: token {token!r} has id {ids[token]}, beyond a model with "
-                            f"vocab_size={vocab_size} (ids 0..{vocab_size - 1})")
-
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
     """A byte-level BPE (GPT-2's scheme: bytes, then merges) trained on an iterable of strings."""
@@ -409,19 +401,23 @@ def _read_inter(path, index):
 
 def _check_users(path, valid, test):
     """valid and test hold one row per user, for the same users (leave-one-out: each user's last two items)."""
+    before = {user: history[-1] for _, user, history, _ in test}
     for split, rows, other in (("valid", valid, test), ("test", test, valid)):
         repeated = sum(target in history for _, _, history, target in rows)
         if repeated:
             log.warning(f"{path}.{split}.inter: {repeated} of {len(rows)} targets are in their user's history, which "
                         "the ranking excludes: they count as misses")
         seen, others = {}, {user for _, user, _, _ in other}
-        for line_no, user, _, _ in rows:
+        for line_no, user, _, target in rows:
             if user in seen:
                 raise UserError(f"{path}.{split}.inter:{line_no}: user {user} listed twice (line {seen[user]}); a "
                                 "split holds one row per user")
             if user not in others:
                 raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
                                 f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
+            if split == "valid" and before[user] != target:  # leave-one-out: the item before the test target
+                raise UserError(f"{path}.valid.inter:{line_no}: user {user}'s target is not the last item of their "
+                                "test history (leave-one-out validates on the item before the test target)")
             seen[user] = line_no
 
 
@@ -640,8 +636,7 @@ def read_glue_split(path, task):
     return out
 
 
-def _labelled(path, spec):
-    """Whether a GLUE file's first line is a labelled one: GLUE's test.tsv has no label column ('index', ...)."""
+def _labelled(path, spec):  # whether a GLUE file's first line is a labelled one: no label column, or CoLA's 'index'
     first = next((line for line in io.StringIO(read_text(path)) if line.strip()), "").rstrip("\r\n").split("\t")
     return spec["label"] in first if spec.get("header", True) else first[0] != "index"
 
@@ -654,8 +649,8 @@ def glue_task(name, folder):
         path = os.path.join(folder, f"{split}.tsv")
         if split == "dev" and name == "MNLI" and not os.path.isfile(path):
             path = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
-        if split == "test" and not (os.path.isfile(path) and _labelled(path, spec)):
-            continue  # none, or GLUE's own test.tsv, whose labels are not public: the task reports on dev
+        if split == "test" and not (os.path.isfile(path) and _labelled(path, spec)):  # GLUE's own test.tsv is not:
+            continue                                                                    # the task reports on dev
         splits[split] = read_glue_split(path, name)
     return dict(name=name, kind="regression" if spec["labels"] is None else "classification",
                 labels=spec["labels"], metrics=spec["metrics"], pair=spec["text_b"] is not None, **splits)
@@ -676,6 +671,8 @@ def load_glue(root, names):
 def few_shot_folders(root, name):
     """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
     folder = os.path.join(root, name)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder}: is not a folder; the 16-shot splits of {name} go there (python data.py few-shot)")
     names = [d for d in os.listdir(folder) if d.startswith("16-")] if os.path.isdir(folder) else []
     for d in names:
         if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d):  # 16-013, 16-²: not what data.py few-shot writes

@@ -94,6 +94,9 @@ def fetch(url, path, hint_if_missing=None):
 
 def _download(url, part, have, name):
     """Append `url` to `part` from byte `have` on (0 if the server sends it all); the file's length if known."""
+    source = urllib.request.url2pathname(urllib.parse.urlsplit(url).path) if url.startswith("file:") else None
+    if source and os.path.exists(source) and not os.path.isfile(source):  # a folder, a named pipe, ...
+        raise urllib.error.URLError(f"{source} is not a regular file")
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=60) as response:
         if response.status != 206:
@@ -154,8 +157,8 @@ def _json_lines(path):
                 except UnicodeDecodeError as e:
                     raise UserError(f"{path}:{line_no}:{e.start + 1}: not UTF-8 text (byte {raw[e.start]:#04x})") \
                         from None
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+                except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer of over 4300 digits
+                    raise UserError(f"{path}:{line_no}: not a JSON object ({getattr(e, 'msg', e)})") from None
                 if not isinstance(record, dict):
                     raise UserError(f"{path}:{line_no}: not a JSON object")
                 yield line_no, record

@@ -181,6 +181,9 @@ def atomic_write(path, write, mode="w"):
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
         os.replace(tmp, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:  # a full disk, which torch.save reports as a RuntimeError, ...
+        why = e.strerror if isinstance(e, OSError) else f"is the disk full? {str(e).splitlines()[0]}"
+        raise UserError(f"{path}: cannot be written ({why})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -313,6 +316,12 @@ def load_init(path, dropout=0.0):
         tok = tokenizer.tok
         if not (isinstance(tok.model, tokenizers.models.BPE) and isinstance(tok.pre_tokenizer, ByteLevel)):
             raise UserError(f"{tokenizer.path}: a {type(tok.model).__name__} tokenizer; GPT-2's is a byte-level BPE")
+        text = "Title: Kite, Brand: Duncan"  # GPT-2's writes any text back as it was, with nothing added or cut
+        ids = tok.encode(text).ids
+        if tok.truncation or tok.padding or ids != tok.encode(text, add_special_tokens=False).ids \
+                or tokenizer.decode(ids) != text:
+            raise UserError(f"{tokenizer.path}: does not encode text as GPT-2's tokenizer does ({text!r} -> {ids} -> "
+                            f"{tokenizer.decode(ids)!r}; truncation {tok.truncation}, padding {tok.padding})")
     else:
         try:
             gpt, ckpt = gpt_from_checkpoint(path)
@@ -324,8 +333,17 @@ def load_init(path, dropout=0.0):
             raise UserError(f"{path}: was trained with another tokenizer than {tokenizer.path} (fingerprints "
                             f"{ckpt['tokenizer']} and {tokenizer.fingerprint}); keep a checkpoint with its run's "
                             "tokenizer.json")
-    tokenizer.check_fits(gpt.config.vocab_size)
+    check_fits(tokenizer, gpt.config.vocab_size)
     return gpt, tokenizer
+
+
+def check_fits(tokenizer, vocab_size):
+    """Every id of the tokenizer indexes a row of the model's embedding (an added token may have any id)."""
+    ids = tokenizer.tok.get_vocab(with_added_tokens=True)
+    token = max(ids, key=ids.get)
+    if ids[token] >= vocab_size:
+        raise UserError(f"{tokenizer.path or 'tokenizer'}: token {token!r} has id {ids[token]}, beyond a model with "
+                        f"vocab_size={vocab_size} (ids 0..{vocab_size - 1})")
 
 
 # -----------------------------------------------------------------------------
@@ -428,12 +446,21 @@ class RunState:
         self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
         if resume:
             saved = load_torch(path, "the state of a run")
+            other = f"{path}: not the state of a run of this project (or of an earlier version of it)"
             if not (isinstance(saved, dict) and saved.keys() == {"state", "fingerprint"}):
-                raise UserError(f"{path}: not the state of a run of this project (or of an earlier version of it)")
-            if fingerprint(saved["state"]) != saved["fingerprint"]:
+                raise UserError(other)
+            try:
+                same = fingerprint(saved["state"]) == saved["fingerprint"]
+            except RuntimeError:  # a tensor that has no bytes to hash (sparse, ...)
+                same = False
+            if not same:
                 raise UserError(f"{path}: damaged or edited since the run wrote it (its fingerprint differs); "
                                 "start the run again without --resume, or in another --out-dir")
-            saved = saved["state"]
+            saved, layout = saved["state"], dict(key=dict, done=dict, current=(dict, type(None)), elapsed=float,
+                                                 resumes=int)
+            if not (isinstance(saved, dict) and saved.keys() == layout.keys()
+                    and all(isinstance(saved[k], kind) for k, kind in layout.items())):
+                raise UserError(other)  # as another version of the project would write it
             changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
             if "task" in changed:
                 raise UserError(f"{path}: is the state of a --task {saved['key']['task']} run; resume it with that "
@@ -593,6 +620,9 @@ def setup_distributed(device):
     CPUs. Returns (rank, device) with each GPU process on its own card."""
     if "RANK" not in os.environ:
         return 0, device
+    if not all(os.environ.get(k, "").isdigit() for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")):
+        raise UserError("RANK is set, but not with WORLD_SIZE and MASTER_PORT as torchrun sets them: start several "
+                        "processes with torchrun, or one without RANK")
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)

@@ -249,6 +249,23 @@ def task_metrics(metric_names, pred, gold):
     return {name: fns[name](pred, gold) for name in metric_names}
 
 
+def split_metrics(model, enc, metric_names, device, batch_size=128):
+    """GLUE's metrics of a MAML classifier's predictions on a split encoded by maml.encode_split: classes, or scores
+    back on the task's scale."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(enc["ids"]), batch_size):
+            idx, mask = data.pad_batch(enc["ids"][i:i + batch_size], enc["pad_id"])
+            out = model(idx.to(device), mask.to(device), torch.tensor(enc["task_id"], device=device))
+            outs.append(out[:, 0] if enc["regression"] else out.argmax(-1))
+    model.train()
+    pred, gold = torch.cat(outs).cpu().numpy(), np.asarray(enc["y"])
+    if enc["regression"]:
+        pred, gold = pred * enc["scale"], gold * enc["scale"]
+    return task_metrics(metric_names, pred, gold)
+
+
 def mean_std(values):
     """Mean and sample standard deviation (0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)

@@ -256,7 +256,9 @@ def handout(names, out):
     """A student's copy of the project in `out` (which must not exist): every function of the exercises named,
     and every function they hide, blanked; the exercises' names in out/exercises.json."""
     exercises = [exercise_named(n) for n in dict.fromkeys(names)]
-    if os.path.exists(out):
+    if not out.strip():
+        raise ExerciseError("--out: an empty path; a handout goes into a new folder")
+    if os.path.lexists(out):  # a link to nowhere too
         raise ExerciseError(f"{out}: already there; a handout goes into a new folder")
     sources = {}
     for ex in exercises:  # everything is blanked in memory first, so that a refusal writes nothing
@@ -266,13 +268,16 @@ def handout(names, out):
             message = f"exercise {ex.name}: see docs/exercises.md#{ex.name}"
             sources[file] = blank(sources[file], qualname, where, message)
     tmp = f"{os.path.abspath(out)}.tmp{os.getpid()}"
-    copy_tree(ROOT, tmp)
-    for file, text in sources.items():
-        with open(os.path.join(tmp, file), "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump([ex.name for ex in exercises], f)
-    os.rename(tmp, out)
+    try:
+        copy_tree(ROOT, tmp)
+        for file, text in sources.items():
+            with open(os.path.join(tmp, file), "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump([ex.name for ex in exercises], f)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # what is left of it when something failed
     print(f"wrote {out}: write {', '.join(w for ex in exercises for w in ex.functions)}; then, in {out}, "
           f"python exercise.py check NAME; a teacher grades it with python exercise.py grade {out}")
     return 0
@@ -336,11 +341,15 @@ def grade_handout(folder, names):
         try:
             with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
                 names = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             names = None
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise ExerciseError(f"{folder}: no {MANIFEST} listing its exercises, so not a handout; name the exercises "
                                 "to grade")
+        unknown = [n for n in names if n not in {ex.name for ex in EXERCISES}]
+        if unknown:
+            raise ExerciseError(f"{os.path.join(folder, MANIFEST)}: names {unknown[0]!r}, which is no exercise (python "
+                                "exercise.py list shows them)")
     with tempfile.TemporaryDirectory() as tmp:
         copy_tree(folder, os.path.join(tmp, "work"))
         shutil.rmtree(os.path.join(tmp, "work", "tests"), ignore_errors=True)

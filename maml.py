@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import engine
 from engine import setting, train_and_select
-from evaluation import mean_ci95, summarize_seeds, task_metrics
+from evaluation import mean_ci95, split_metrics, summarize_seeds
 from model import GPT, GPTConfig, UserError, mean_pool, second_order_ops
 
 log = logging.getLogger(__name__)
@@ -286,22 +286,6 @@ def task_loss(model):
     return dict(model.named_parameters()), functools.partial(classifier_loss, model)
 
 
-def split_metrics(model, enc, metric_names, device, batch_size=128):
-    """GLUE's metrics of the predictions on an encoded split: classes, or scores back on the task's scale."""
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(enc["ids"]), batch_size):
-            idx, mask = data.pad_batch(enc["ids"][i:i + batch_size], enc["pad_id"])
-            out = model(idx.to(device), mask.to(device), torch.tensor(enc["task_id"], device=device))
-            outs.append(out[:, 0] if enc["regression"] else out.argmax(-1))
-    model.train()
-    pred, gold = torch.cat(outs).cpu().numpy(), np.asarray(enc["y"])
-    if enc["regression"]:
-        pred, gold = pred * enc["scale"], gold * enc["scale"]
-    return task_metrics(metric_names, pred, gold)
-
-
 def pair_lengths(n_a, n_b, budget):
     """Tokens text_a and text_b keep of n_a, n_b to fit `budget`: BERT's trim of the longer side (text_a on a tie)."""
     if n_a + n_b <= budget:
@@ -525,7 +509,8 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         test, reported = enc["dev"], "dev"
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
     if len(val["ids"]) == 0:
-        raise UserError(f"{task['name']}: too few training examples to set aside a validation split")
+        raise UserError(f"{task['name']}: {len(enc['train']['ids'])} training examples (its train.tsv) are too few to "
+                        "set aside a validation split")
     runs = []
     for n in cfg.n_train:
         if n > len(pool["ids"]):
@@ -577,6 +562,8 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
     aux_encs = [encode(n, aux[n]["train"]) for n in aux]
     runs = {n: target_runs(targets[n], functools.partial(encode, n), cfg, few_shot_root, seed) for n in targets}
     c = gpt.config if init else encoder_config(tokenizer, cfg)
+    if init:  # results.json reports the sizes of --init's GPT, not the settings'
+        cfg = dataclasses.replace(cfg, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size)
     shortest = min(len(ids) for e in aux_encs for ids in e["ids"])  # a meta-batch's examples are padded to the longest
     engine.check_memory(device, {"a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, shot)":
                                  engine.training_floats(c, cfg.meta_batch * cfg.shot * shortest, 0)})

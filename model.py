@@ -179,10 +179,9 @@ def attention_mask_4d(key_mask, T_past, T):
 
 
 class KVCache:
-    """The keys and values of every position so far, for every layer, in buffers allocated once:
-    (n_layer, B, n_head, capacity, head_size) each. A forward pass writes its T new keys and values in place
-    at [length, length + T) and attends over [0, length + T): nothing is concatenated or copied as the
-    sequence grows."""
+    """The keys and values of every position so far, for every layer, in buffers allocated once: (n_layer, B,
+    n_head, capacity, head_size) each. A forward pass writes its T new keys and values in place at [length, length +
+    T) and attends over [0, length + T): nothing is concatenated or copied as the sequence grows."""
 
     def __init__(self, config, batch, capacity, device, dtype=torch.float32):
         shape = (config.n_layer, batch, config.n_head, capacity, config.n_embd // config.n_head)
@@ -539,6 +538,8 @@ def check_weights(weights, config, path, source, layout=lambda name, shape: (nam
     for k, w in weights.items():
         if tuple(w.shape) != shapes[k]:
             raise UserError(f"{path}: {k} has shape {tuple(w.shape)}, but {source} implies {shapes[k]}")
+        if w.layout != torch.strided or w.is_meta:
+            raise UserError(f"{path}: {k} is not a dense tensor of values ({w.layout}, on {w.device})")
         if not (w.is_floating_point() and torch.isfinite(w).all()):
             raise UserError(f"{path}: {k} holds " + ("NaN or infinite values" if w.is_floating_point() else
                                                      f"{w.dtype} values, not floating-point weights"))
@@ -556,7 +557,7 @@ def read_gpt2_config(directory, dropout=0.0):
             hf = json.load(f)
         sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
         other = {k: hf[k] for k, v in gpt2.items() if hf.get(k, v) != v}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as e:  # json's errors are ValueErrors
         raise UserError(f"{path}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
     if other:
         raise UserError(f"{path}: asks for {other}, which this GPT does not compute (GPT-2's: {gpt2})")

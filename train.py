@@ -128,7 +128,7 @@ def check_paths(args):
     check_out_dir(args.out_dir, "--out-dir", OUTPUTS)
     if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
         raise UserError(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
-    if args.task == "sinusoid" and (int(os.environ.get("WORLD_SIZE", 1)) > 1 or args.device in ("cuda", "mps")):
+    if args.task == "sinusoid" and (os.environ.get("WORLD_SIZE", "1") != "1" or args.device in ("cuda", "mps")):
         raise UserError("--task sinusoid runs as one process on the CPU (a 40-unit MLP); drop torchrun and --device")
 
 
@@ -171,7 +171,7 @@ def command(argv):
         # every input is read and checked first; nothing is written to --out-dir before prepare returns
         if args.task == "calrec":
             exp = calrec.prepare(cfg, args.data, args.out_dir, seed, device, args.init, args.resume,
-                                 args.dtype or "float32", args.compile)
+                                 args.dtype if args.dtype and device != "cpu" else "float32", args.compile)
         elif args.task == "maml":
             exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
                                args.resume)

@@ -3,6 +3,7 @@
 flag, print no traceback, and leave an earlier run's --out-dir byte for byte as it was."""
 
 import gzip
+import json
 import os
 import shutil
 
@@ -15,6 +16,7 @@ from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
 from test_glue_reader import LAYOUTS, write_task
 from test_gpt2_init import edit_safetensors, nan_weights, write_gpt2_folder
+from engine import fingerprint
 from test_engine import RunsCode, resave
 
 TINY_CALREC = ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2", "--eval-interval", "2",
@@ -238,6 +240,32 @@ def copy_and_edit_alpha(w, tmp):
 def folder_holding(tmp, name):
     os.makedirs(tmp / "o" / name)
     return str(tmp / "o")
+
+
+def rewrite_json(path, **changes):
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(dict(obj, **changes), f)
+
+
+def refingerprinted(change):
+    """A state.pt edit that keeps its fingerprint right: a state of another layout, as another version would write."""
+    def mutate(path, tmp):
+        saved = torch.load(path, weights_only=True)
+        change(saved["state"])
+        torch.save(dict(state=saved["state"], fingerprint=fingerprint(saved["state"])), path)
+    return mutate
+
+
+def odd_tensor_checkpoint(make):
+    """A copy of the finished run's ckpt.pt whose position table make() turned into a sparse or a meta tensor."""
+    def checkpoint(w, tmp):
+        folder = copy(w["out"], tmp / "odd")
+        resave(os.path.join(folder, "ckpt.pt"), lambda c: c["model"].update(
+            {"transformer.wpe.weight": make(c["model"]["transformer.wpe.weight"])}))
+        return os.path.join(folder, "ckpt.pt")
+    return checkpoint
 
 
 CASES = {
@@ -598,6 +626,39 @@ CASES = {
                                          message="--url: expected an http://, https:// or file:// URL"),
     "few-shot seed too large": data_py("few-shot", "--glue", "{glue}", "--seeds", f"13,{2 ** 32}",
                                        message="--seeds: expected comma-separated integers from 0 to 4294967295"),
+    # --- found by a sixth probe
+    "init config.json nested deeply": init(gpt2_variant(lambda f: open(os.path.join(f, "config.json"), "w").write(
+        "[" * 100000 + "]" * 100000)), "config.json: not a GPT-2 config.json (RecursionError"),
+    "init config.json integer of 5000 digits": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_layer": 1', '"n_layer": 1' + "0" * 5000)), "config.json: not a GPT-2"),
+    "raw review nested deeply": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        "[" * 100000 + "]" * 100000]), "Tools_5.json.gz:20: not a JSON object"),
+    "raw time of 5000 digits": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
+        '{"reviewerID": "u9", "asin": "A", "unixReviewTime": 1' + "0" * 5000 + "}"]),
+        "Tools_5.json.gz:20: not a JSON object"),
+    "init weight sparse": init(odd_tensor_checkpoint(lambda t: t.to_sparse()), "wpe.weight is not a dense tensor"),
+    "init weight on the meta device": init(odd_tensor_checkpoint(lambda t: torch.empty_like(t, device="meta")),
+                                           "wpe.weight is not a dense tensor"),
+    "resume state refingerprinted without resumes": resume(refingerprinted(lambda st: st.pop("resumes")),
+                                             "state.pt: not the state of a run of this project"),
+    "resume state elapsed text": resume(refingerprinted(lambda st: st.update(elapsed="1 s")),
+                                        "state.pt: not the state of a run of this project"),
+    "init tokenizer that truncates": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "tokenizer.json"), '"truncation": null', '"truncation": {"direction": "Right", '
+        '"max_length": 3, "strategy": "LongestFirst", "stride": 0}')),
+        "tokenizer.json: does not encode text as GPT-2's tokenizer does"),
+    "init tokenizer without its decoder": init(gpt2_variant(lambda f: rewrite_json(os.path.join(f, "tokenizer.json"),
+                                                                                   decoder=None)),
+                                               "tokenizer.json: does not encode text as GPT-2's tokenizer does"),
+    "glue 16-shot task a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot")) or
+                                     open(os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "w").close(),
+                                     "glue-16shot/RTE: is not a folder; the 16-shot splits of RTE go there",
+                                     flags=SMALL_GLUE),
+    "valid target not the item before the test target": calrec_data(lambda d: shutil.copy(
+        os.path.join(d, "Alpha.test.inter"), os.path.join(d, "Alpha.valid.inter")),
+        "Alpha.valid.inter:2: user 0's target is not the last item of their test history"),
+    "top_k below the cut-offs reported": flags("--task", "calrec", "--set", "top_k=10",
+                                               message="setting top_k=10: expected int >= 20"),
 }
 
 
@@ -662,13 +723,37 @@ def test_resuming_after_the_16_shot_splits_changed_is_refused(world, tmp_path, c
     assert e.value.code == 2 and "state.pt: was saved by a run with other data" in capsys.readouterr().err
 
 
-def test_resuming_a_finished_run_writes_a_deleted_checkpoint_again(world, tmp_path):
+@pytest.mark.parametrize("spoil", ["delete", "truncate"])
+def test_resuming_a_finished_run_writes_a_deleted_or_damaged_checkpoint_again(world, tmp_path, spoil):
     out = copy(world["out"], tmp_path / "out")
     before = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
-    os.remove(os.path.join(out, "ckpt.pt"))
+    if spoil == "delete":
+        os.remove(os.path.join(out, "ckpt.pt"))
+    else:
+        os.truncate(os.path.join(out, "ckpt.pt"), 1000)
     train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", out, "--resume"])
     after = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert after.keys() == before.keys() and all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+
+
+def test_rank_without_torchrun_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: RANK is set, but not with WORLD_SIZE and MASTER_PORT") and \
+        err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_mirror_s_named_pipe_is_refused_not_read_forever(world, tmp_path, capsys):
+    for sub, name in (("categoryFilesSmall", "Tools_5.json.gz"), ("metaFiles2", "meta_Tools.json.gz")):
+        os.makedirs(tmp_path / "mirror" / sub)
+        os.mkfifo(tmp_path / "mirror" / sub / name)
+    with pytest.raises(SystemExit) as e:
+        download.main(["amazon", "Tools", "--url", f"file://{tmp_path / 'mirror'}", "--out", str(tmp_path / "a")])
+    assert e.value.code == 2 and "Tools_5.json.gz is not a regular file" in capsys.readouterr().err
 
 
 def test_a_bug_keeps_its_traceback(world, monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import data
+import engine
 
 TEXTS = ["Title: Sanding Roll, Brand: PORTER-CABLE", "Title: Safety Glasses, Brand: 3M"] * 20
 
@@ -55,9 +56,9 @@ def test_bad_tokenizer_files_are_clear_errors(tmp_path):
 
 def test_vocabulary_must_fit_the_model():
     tok = data.train_tokenizer(TEXTS, vocab_size=300)
-    tok.check_fits(tok.vocab_size)
+    engine.check_fits(tok, tok.vocab_size)
     with pytest.raises(data.UserError, match=f"has id {tok.vocab_size - 1}, beyond a model with vocab_size=64"):
-        tok.check_fits(64)
+        engine.check_fits(tok, 64)
 
 
 def test_the_largest_id_must_fit_not_the_number_of_tokens():
@@ -67,5 +68,5 @@ def test_the_largest_id_must_fit_not_the_number_of_tokens():
     tok = data.TextTokenizer(t)
     assert tok.vocab_size == 3
     with pytest.raises(data.UserError, match=r"token '<\|endoftext\|>' has id 100000, beyond .*vocab_size=300"):
-        tok.check_fits(300)
-    tok.check_fits(100001)
+        engine.check_fits(tok, 300)
+    engine.check_fits(tok, 100001)

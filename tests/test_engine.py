@@ -311,3 +311,21 @@ def test_peak_memory_counts_a_large_allocation():
 def test_environment_names_the_versions():
     env = engine.environment("cpu")
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads() and env["cpu"]
+
+
+@pytest.mark.parametrize("error, why", [(OSError(28, "No space left on device"), "(No space left on device)"),
+                                        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos"),
+                                         "(is the disk full? [enforce fail")])
+def test_a_write_that_fails_is_one_line_and_leaves_the_previous_file(tmp_path, error, why):
+    """A full disk, as open/write report it (OSError) and as torch.save does (RuntimeError): the previous file stays,
+    no temporary one is left, and the message names the file."""
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"the previous state")
+
+    def write(f):
+        f.write("half")
+        raise error
+    with pytest.raises(UserError) as e:
+        engine.atomic_write(str(path), write)
+    assert f"state.pt: cannot be written {why}" in str(e.value)
+    assert path.read_bytes() == b"the previous state" and os.listdir(tmp_path) == ["state.pt"]

@@ -227,6 +227,17 @@ def test_refusals_write_nothing(tmp_path):
             manifest, graded.stderr)
     into_a_file = cli("handout", "round-robin", "--out", str(tmp_path / "b" / "exercises.json" / "hw"))
     assert into_a_file.returncode == 2 and into_a_file.stderr.count("\n") == 1, into_a_file.stderr
+    (tmp_path / "b" / "exercises.json").write_text('["bm25", "no-such-exercise"]')
+    unknown_in_manifest = cli("grade", str(tmp_path / "b"))
+    assert unknown_in_manifest.returncode == 2 and "exercises.json: names 'no-such-exercise'" in \
+        unknown_in_manifest.stderr
+    (tmp_path / "c").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "c" / "link")
+    for out in ("", "link"):  # an empty path; a link to nowhere: refused before anything is copied
+        refused = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "handout", "bm25", "--out", out],
+                                 capture_output=True, text=True, env=ENV, cwd=tmp_path / "c")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert sorted(os.listdir(tmp_path)) == ["b", "c"] and os.listdir(tmp_path / "c") == ["link"]
 
 
 # -----------------------------------------------------------------------------

@@ -172,3 +172,23 @@ def test_real_few_shot_folders():
     assert [f.rsplit("-", 1)[1] for f in folders] == ["13", "21", "42", "87", "100"]
     task = data.glue_task("MRPC", folders[0])  # these files keep the byte-order mark
     assert sorted(task["train"]["y"]) == [0] * 16 + [1] * 16
+
+
+# GLUE's own test files, with their unlabelled layouts (the index, the sentences: their labels are not public)
+UNLABELLED_TEST = {"CoLA": "index\tsentence\n0\tBill whistled past the house.\n",
+                   "RTE": "index\tsentence1\tsentence2\n0\tDogs bark.\tAnimals make sounds.\n",
+                   "QQP": "id\tquestion1\tquestion2\n0\tWhy?\tHow?\n",
+                   "STS-B": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n"
+                            "0\tmain-news\tx\t2012\t0001\tnone\tnone\tA man plays.\tA man is playing.\n"}
+
+
+@pytest.mark.parametrize("name", sorted(UNLABELLED_TEST))
+def test_glue_s_own_unlabelled_test_file_is_left_out_and_a_labelled_one_read(tmp_path, name):
+    folder = write_task(tmp_path, name, LAYOUTS[name])
+    with open(os.path.join(folder, "test.tsv"), "w", encoding="utf-8") as f:
+        f.write(UNLABELLED_TEST[name])
+    task = data.glue_task(name, folder)  # as a folder of GLUE's download holds it: the task reports on dev.tsv
+    assert "test" not in task and len(task["dev"]["y"]) == len(task["train"]["y"]) == 2, sorted(task)
+    with open(os.path.join(folder, "test.tsv"), "w", encoding="utf-8") as f:
+        f.write(LAYOUTS[name])  # a labelled test split (a re-split of GLUE's files): the one the task reports on
+    assert len(data.glue_task(name, folder)["test"]["y"]) == 2

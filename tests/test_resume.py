@@ -77,7 +77,7 @@ def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     triggers = ["state saved: stage1 step 2",       # stage 1, mid-way
                 "state saved: stage1 step 6",       # stage 1, its last validation
                 "state saved: stage2 step 4",       # stage 2
-                "state saved: checkpoint",          # training done, evaluation not begun
+                "state saved: stage2\n",            # training done, evaluation not begun
                 "state saved: sasrec step 2",       # the SASRec baseline, mid-way
                 "state saved: results"]             # the final evaluation, one entry done
     killed = killed_and_resumed(common + ["--out-dir", str(tmp_path / "killed")], str(tmp_path / "killed"), triggers)
