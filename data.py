@@ -325,6 +325,8 @@ def _read_item2index(path):
     """X.item2index: 'ASIN<TAB>integer id' lines -> {ASIN: id}, each ASIN and each id given once."""
     asin_to_id, id_line = {}, {}
     for line_no, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        if not line.strip():  # a blank line, as the .inter files allow
+            continue
         cols = line.rstrip("\n").split("\t")
         if len(cols) != 2 or not re.fullmatch(r"[0-9]+", cols[1].strip()):
             raise UserError(f"{path}:{line_no}: expected 'ASIN<TAB>integer id'")

@@ -483,8 +483,10 @@ def build_parser():
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
     def seed_list(text):
-        if not all(s.strip().isdigit() and int(s) <= SEED_MAX for s in text.split(",")):
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to {SEED_MAX}, got {text!r}")
+        seeds = text.split(",")
+        if not all(s.strip().isdigit() and int(s) <= SEED_MAX for s in seeds) or len(set(map(int, seeds))) < len(seeds):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to {SEED_MAX}, none twice, "
+                                             f"got {text!r}")
         return [int(s) for s in text.split(",")]
 
     def url(text):
@@ -552,6 +554,8 @@ def main(argv=None):
         if args.command == "few-shot" and not os.path.isdir(args.glue):
             what = "is a file, not a folder" if os.path.exists(args.glue) else "no such folder"
             raise UserError(f"--glue {args.glue}: {what} (python data.py glue writes one)")
+        if args.command == "few-shot" and args.out and os.path.realpath(args.out) == os.path.realpath(args.glue):
+            raise UserError(f"--out {args.out}: is the --glue folder; the 16-shot splits go into a folder of their own")
         if args.out is not None:
             check_out_dir(args.out, "--out")
         if args.command == "amazon":

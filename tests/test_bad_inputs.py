@@ -626,6 +626,13 @@ CASES = {
                                          message="--url: expected an http://, https:// or file:// URL"),
     "few-shot seed too large": data_py("few-shot", "--glue", "{glue}", "--seeds", f"13,{2 ** 32}",
                                        message="--seeds: expected comma-separated integers from 0 to 4294967295"),
+    "few-shot seed twice": data_py("few-shot", "--glue", "{glue}", "--seeds", "13,13", "--out", "{tmp}/s",
+                                   message="--seeds: expected comma-separated integers from 0 to 4294967295, none twice"),
+    "few-shot out the glue folder": data_py("few-shot", "--glue", "{glue}", "--out", "{glue}",
+                                            message="is the --glue folder; the 16-shot splits go into a folder of"),
+    "item2index blank line then a bad one": calrec_data(
+        lambda d: append_bytes(os.path.join(d, "Sci.item2index"), b"\n\nAS9\tx\n"),
+        "Sci.item2index:6: expected 'ASIN<TAB>integer id'", folder="sci"),
     # --- found by a sixth probe
     "init config.json nested deeply": init(gpt2_variant(lambda f: open(os.path.join(f, "config.json"), "w").write(
         "[" * 100000 + "]" * 100000)), "config.json: not a GPT-2 config.json (RecursionError"),

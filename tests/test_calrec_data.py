@@ -134,6 +134,13 @@ def test_text_variant_splits_attributes_and_drops_the_category_root(tmp_path, ca
     assert d.train_sequences == [[0, 1]]
 
 
+def test_blank_lines_are_skipped_in_item2index_as_in_the_inter_files(tmp_path):
+    folder = text_folder(tmp_path)
+    with open(os.path.join(folder, "Sci.item2index"), "a", encoding="utf-8") as f:
+        f.write("\n \n")
+    assert data.read_atomic(folder).item_keys == ["AS1", "AS2", "AS3"]
+
+
 def test_targets_in_their_own_history_are_counted_in_a_warning(tmp_path, caplog):
     data.read_atomic(text_folder(tmp_path))  # test: 0 1 2 -> 1, a target in its history; valid: 0 1 -> 2
     assert [r.getMessage().split("/")[-1] for r in caplog.records if r.levelname == "WARNING"] == [
