@@ -594,8 +594,9 @@ def run(exp):
             train_stage(exp, stage, functools.partial(validate, exp))
     if rank_and_world()[0] != 0:
         return None  # every process holds the same weights; process 0 evaluates and writes
+    # written by every run that gets here, a resumed one too: a checkpoint deleted or damaged since is whole again
     save_checkpoint(os.path.join(exp.out_dir, "ckpt.pt"), lm, exp.tokenizer, cfg.stage1_steps + cfg.stage2_steps,
-                    {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})  # on resume too
+                    {f"stage{s}_valid_ndcg@10": state.done[f"stage{s}"]["score"] for s in stages})
     return write_results(exp, evaluate(exp), stages)
 
 

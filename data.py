@@ -638,7 +638,8 @@ def read_glue_split(path, task):
     return out
 
 
-def _labelled(path, spec):  # whether a GLUE file's first line is a labelled one: no label column, or CoLA's 'index'
+def _labelled(path, spec):
+    """Whether a GLUE file's first line is a labelled one: GLUE's own test.tsv has none (CoLA's starts 'index')."""
     first = next((line for line in io.StringIO(read_text(path)) if line.strip()), "").rstrip("\r\n").split("\t")
     return spec["label"] in first if spec.get("header", True) else first[0] != "index"
 
@@ -651,8 +652,8 @@ def glue_task(name, folder):
         path = os.path.join(folder, f"{split}.tsv")
         if split == "dev" and name == "MNLI" and not os.path.isfile(path):
             path = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
-        if split == "test" and not (os.path.isfile(path) and _labelled(path, spec)):  # GLUE's own test.tsv is not:
-            continue                                                                    # the task reports on dev
+        if split == "test" and not (os.path.isfile(path) and _labelled(path, spec)):
+            continue  # no test split, or GLUE's own, unlabelled: the task reports on dev
         splits[split] = read_glue_split(path, name)
     return dict(name=name, kind="regression" if spec["labels"] is None else "classification",
                 labels=spec["labels"], metrics=spec["metrics"], pair=spec["text_b"] is not None, **splits)

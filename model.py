@@ -179,9 +179,10 @@ def attention_mask_4d(key_mask, T_past, T):
 
 
 class KVCache:
-    """The keys and values of every position so far, for every layer, in buffers allocated once: (n_layer, B,
-    n_head, capacity, head_size) each. A forward pass writes its T new keys and values in place at [length, length +
-    T) and attends over [0, length + T): nothing is concatenated or copied as the sequence grows."""
+    """The keys and values of every position so far, for every layer, in buffers allocated once:
+    (n_layer, B, n_head, capacity, head_size) each. A forward pass writes its T new keys and values in place
+    at [length, length + T) and attends over [0, length + T): nothing is concatenated or copied as the
+    sequence grows."""
 
     def __init__(self, config, batch, capacity, device, dtype=torch.float32):
         shape = (config.n_layer, batch, config.n_head, capacity, config.n_embd // config.n_head)
