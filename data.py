@@ -339,24 +339,29 @@ def _read_item2index(path):
     return asin_to_id
 
 
-def _drop_common_category_root(items, share=0.9):
-    """'Industrial & Scientific Fasteners Nuts' -> 'Fasteners Nuts': drop the longest word prefix that at least
-    `share` of the items' categories start with (the category root, the same for the whole file)."""
-    paths = [it["Category"].split() for it in items if it.get("Category")]
+def _category_root(texts, share=0.9):
+    """The longest word prefix ('Industrial & Scientific') that `share` of UniSRec's texts hold right after a '. '."""
+    segments = [[part.split() for part in text.split(". ")[1:]] for text in texts]  # per text, where a path may start
     root = []
-    while paths:
-        counts = Counter(tuple(p[:len(root) + 1]) for p in paths if len(p) > len(root))
-        prefix, n = counts.most_common(1)[0] if counts else ((), 0)
-        if n < share * len(paths):
-            break
+    while True:
+        n = len(root) + 1
+        counts = Counter(p for segs in segments
+                         for p in {tuple(s[:n]) for s in segs if len(s) >= n and s[:n - 1] == root})
+        prefix, k = counts.most_common(1)[0] if counts else ((), 0)
+        if k < share * len(texts):
+            return " ".join(root)
         root = list(prefix)
-    for it in items:
-        words = it.get("Category", "").split()
-        if root and words[:len(root)] == root:
-            if len(words) > len(root):
-                it["Category"] = " ".join(words[len(root):])
-            else:
-                del it["Category"]
+
+
+def _split_text(text, root):
+    """UniSRec's 'title. category path. brand. ' -> [title, the path less its root, brand], '' where missing. The root
+    marks where the path starts, so that a title or a brand may hold '. ' too ('Mr. Heater')."""
+    body = text[:-2] if text.endswith(". ") else text.rstrip()
+    at = re.search(r"\. " + re.escape(root) + r"(?= |\. |$)", body) if root else None
+    if at is None:  # no root: the last two '. ' split it, values missing from the left
+        return ([""] * 2 + body.rsplit(". ", 2))[-3:]
+    category, _, brand = body[at.end():].lstrip(" ").partition(". ")
+    return [body[:at.start()], category, brand]
 
 
 def _read_text_files(path, map_path):
@@ -367,21 +372,18 @@ def _read_text_files(path, map_path):
     attributes = ("Title", "Category", "Brand")
     names, rows = _read_atomic_table(path, ["item_id", "text"])
     id_col, text_col = names.index("item_id"), names.index("text")
-    entries, missing = {}, Counter()
+    entries, missing, root = {}, Counter(), _category_root([cols[text_col] for _, cols in rows])
     for line_no, cols in rows:
         asin, text = _item_key(path, line_no, cols[id_col]), cols[text_col]
         if asin not in asin_to_id:
             raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path}")
         if asin_to_id[asin] in entries:
             raise UserError(f"{path}:{line_no}: item {asin} listed twice")
-        # UniSRec's text is 'title. category path. brand. ', a missing value empty: split it back
-        parts = (text[:-2] if text.endswith(". ") else text.rstrip()).rsplit(". ", 2)
-        item = {a: shown(v) for a, v in zip(attributes, [""] * (3 - len(parts)) + parts) if shown(v)}
+        item = {a: shown(v) for a, v in zip(attributes, _split_text(text, root)) if shown(v)}
         missing.update(a for a in attributes if a not in item)
         if not item:
             raise UserError(f"{path}:{line_no}: item {asin} has no text at all")
         entries[asin_to_id[asin]] = (asin, item)
-    _drop_common_category_root([item for _, item in entries.values()])
     return attributes, missing, entries
 
 
@@ -447,13 +449,14 @@ def read_atomic(folder):
     index = {key: i for i, key in enumerate(entries)}
     train, valid, test = (_read_inter(f"{path}.{split}.inter", index) for split in ("train", "valid", "test"))
     _check_users(path, valid, test)
-    longest = {}  # the training part of each user = the longest training row, history + target
-    for _, user, history, target in train:
-        if len(history) + 1 > len(longest.get(user, ())):
-            longest[user] = history + [target]
+    rows = {}  # a user's training part: its first history, then every training target, in time order (UniSRec
+    for _, user, history, target in train:  # lists a user's rows latest first, their histories cut at 50 items)
+        rows.setdefault(user, []).append((history, target))
+    order = [sorted(rs[::-1] if len(rs[0][0]) > len(rs[-1][0]) else rs, key=lambda r: len(r[0]))
+             for rs in rows.values()]
     return Domain(name, [item for _, item in entries.values()], [key for key, _ in entries.values()],
                   *([(hist, t) for _, _, hist, t in split] for split in (train, valid, test)),
-                  train_sequences=list(longest.values()), attributes=attributes)
+                  train_sequences=[rs[0][0] + [t for _, t in rs] for rs in order], attributes=attributes)
 
 
 # -----------------------------------------------------------------------------
@@ -638,8 +641,7 @@ def read_glue_split(path, task):
     return out
 
 
-def _labelled(path, spec):
-    """Whether a GLUE file's first line is a labelled one: GLUE's own test.tsv has none (CoLA's starts 'index')."""
+def _labelled(path, spec):  # whether a GLUE file's first line is labelled: GLUE's test.tsv's is not (CoLA's: 'index')
     first = next((line for line in io.StringIO(read_text(path)) if line.strip()), "").rstrip("\r\n").split("\t")
     return spec["label"] in first if spec.get("header", True) else first[0] != "index"
 
