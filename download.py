@@ -16,6 +16,7 @@ so it is never half-written. A finished folder is left alone; delete it to rebui
 import argparse
 import contextlib
 import gzip
+import html
 import http.client
 import json
 import logging
@@ -190,13 +191,14 @@ def _field(path, line_no, record, key, kind):
 
 
 def _meta_value(path, line_no, record, key, skipped):
-    """A metadata field as text, '' when missing. The category path (a list) is joined without its root; page
-    markup instead of text (a few records) counts in `skipped` and as missing."""
+    """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text).
+    The category path (a list) is joined without its root. Page markup instead of text (a value, or a category, that
+    starts with '<'; a value past 2,000 characters, UniSRec's limit) counts in `skipped` and as missing."""
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
-    if isinstance(v, list):
-        v = " ".join(x.strip() for x in v[1:] if x.strip())  # drop the category root
-    v = "" if v is None else shown(v)
-    if v.startswith("<") or len(v) > 300:
+    if isinstance(v, list):  # the root dropped, and any markup among the categories
+        v = " ".join(x for x in (shown(html.unescape(x)) for x in v[1:]) if x and not x.startswith("<"))
+    v = "" if v is None else shown(html.unescape(v))
+    if v.startswith("<") or len(v) > 2000:
         skipped[key] += 1
         return ""
     return v

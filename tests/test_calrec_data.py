@@ -71,6 +71,23 @@ def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix, caplog):
     assert sorted(tuple(name[i] for i in s) for s in d.train_sequences) == sorted([("A", "C"), ("A", "B"), ("D", "C")])
 
 
+def test_raw_metadata_entities_decoded_markup_left_out_and_long_titles_kept(tmp_path):
+    long_title = "iLLumiShield - New Nintendo 3DS XL Screen Protector " + "with a long description " * 12  # 340 chars
+    meta = [dict(m) for m in META]
+    meta[0].update(title="Pok&eacute;mon Moon", brand="Procter &amp; Gamble",
+                   category=["Root", "Test, Measure &amp; Inspect", '<span class="x">Sale</span>'])
+    meta[1].update(title=long_title)
+    meta[2].update(title='<div id="nav">menu</div>')  # page markup, not a title: C is dropped
+    rev, path = str(tmp_path / "Tools_5.json"), str(tmp_path / "meta_Tools.json")
+    write_lines(rev, raw_reviews())
+    write_lines(path, meta)
+    d = download.read_amazon_raw(rev, path, min_count=1)
+    items = dict(zip(d.item_keys, d.items))
+    assert items["A"] == {"Title": "Pokémon Moon", "Category": "Test, Measure & Inspect", "Brand": "Procter & Gamble",
+                          "Price": "$1"}
+    assert items["B"]["Title"] == long_title.strip() and "C" not in items
+
+
 def test_iterative_kcore_repeats_until_stable(tmp_path):
     # with k = 2: W, V and R have one user each and go; that leaves u3, u5 and u6 with one item each, so
     # they go; that leaves Q with no user. Only X and Y (bought by u1 and u2) survive.
@@ -145,6 +162,38 @@ def test_targets_in_their_own_history_are_counted_in_a_warning(tmp_path, caplog)
     data.read_atomic(text_folder(tmp_path))  # test: 0 1 2 -> 1, a target in its history; valid: 0 1 -> 2
     assert [r.getMessage().split("/")[-1] for r in caplog.records if r.levelname == "WARNING"] == [
         "Sci.test.inter: 1 of 1 targets are in their user's history, which the ranking excludes: they count as misses"]
+
+
+def test_text_variant_finds_the_category_path_by_its_root_when_a_title_or_brand_holds_a_dot(tmp_path):
+    folder = tmp_path / "Sci"
+    folder.mkdir()
+    write(folder / "Sci.text", ["item_id:token\ttext:token_seq",
+                                "A1\tMr. Heater Kit 3 in. x 2 ft. Root Tools Fittings. Mr. Heater. ",  # '. ' everywhere
+                                "A2\tSaw. Root Tools Saws. ",                 # UniSRec writes no brand it lacks
+                                "A3\tGlue. Root. Gorilla. ",                   # a path that is only the root
+                                "A4\tTape. Root Tools Tape. J.V. Converting. "])
+    write(folder / "Sci.item2index", ["A1\t0", "A2\t1", "A3\t2", "A4\t3"])
+    for split, row in (("train", "0\t0\t1"), ("valid", "0\t0 1\t2"), ("test", "0\t0 1 2\t3")):
+        write(folder / f"Sci.{split}.inter", INTER + [row])
+    assert data.read_atomic(str(folder)).items == [
+        {"Title": "Mr. Heater Kit 3 in. x 2 ft", "Category": "Tools Fittings", "Brand": "Mr. Heater"},
+        {"Title": "Saw", "Category": "Tools Saws"}, {"Title": "Glue", "Brand": "Gorilla"},
+        {"Title": "Tape", "Category": "Tools Tape", "Brand": "J.V. Converting"}]
+
+
+def test_a_user_s_training_part_is_whole_when_histories_are_cut_at_50_items(tmp_path):
+    # UniSRec's rows: newest first, each history the last 50 items at most; a user of 60 training items
+    folder = text_folder(tmp_path, train_rows=())
+    items = [f"A{i}" for i in range(62)]
+    write(f"{folder}/Sci.text", ["item_id:token\ttext:token_seq"] + [f"{a}\tItem {a}. Root Tools. Brand. " for a in items])
+    write(f"{folder}/Sci.item2index", [f"{a}\t{i}" for i, a in enumerate(items)])
+    rows = [f"0\t{' '.join(map(str, range(max(0, t - 50), t)))}\t{t}" for t in range(59, 0, -1)]
+    for split, lines in (("train", rows), ("valid", [f"0\t{' '.join(map(str, range(10, 60)))}\t60"]),
+                         ("test", [f"0\t{' '.join(map(str, range(11, 61)))}\t61"])):
+        write(f"{folder}/Sci.{split}.inter", INTER + lines)
+    assert data.read_atomic(folder).train_sequences == [list(range(60))]
+    write(f"{folder}/Sci.train.inter", INTER + rows[::-1])  # oldest first, as data.py amazon writes them
+    assert data.read_atomic(folder).train_sequences == [list(range(60))]
 
 
 def test_item_variant_takes_every_text_column(tmp_path):
