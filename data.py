@@ -348,7 +348,7 @@ def _category_root(texts, share=0.9):
         counts = Counter(p for segs in segments
                          for p in {tuple(s[:n]) for s in segs if len(s) >= n and s[:n - 1] == root})
         prefix, k = counts.most_common(1)[0] if counts else ((), 0)
-        if k < share * len(texts):
+        if not counts or k < share * len(texts):  # no text at all: no root
             return " ".join(root)
         root = list(prefix)
 

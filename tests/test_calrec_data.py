@@ -181,6 +181,13 @@ def test_text_variant_finds_the_category_path_by_its_root_when_a_title_or_brand_
         {"Title": "Tape", "Category": "Tools Tape", "Brand": "J.V. Converting"}]
 
 
+def test_a_text_file_of_no_items_is_refused_not_read_forever(tmp_path):
+    folder = text_folder(tmp_path)
+    write(f"{folder}/Sci.text", ["item_id:token\ttext:token_seq"])  # its category root is sought among no texts
+    with pytest.raises(data.UserError, match=r"Sci\.train\.inter:2: unknown item id '0'"):
+        data.read_atomic(folder)
+
+
 def test_a_user_s_training_part_is_whole_when_histories_are_cut_at_50_items(tmp_path):
     # UniSRec's rows: newest first, each history the last 50 items at most; a user of 60 training items
     folder = text_folder(tmp_path, train_rows=())
