@@ -32,9 +32,9 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_fits, check_memory, check_settings,
-                    fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint,
-                    save_results, setting, train_and_select, training_floats)
+from engine import (RunState, all_reduce_sum, atomic_write, autocast, beam_floats, check_fits, check_memory,
+                    check_settings, fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world,
+                    save_checkpoint, save_results, setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ class CALRecConfig:
     # inference and evaluation
     beams: int = setting(6, ">= 1", "beams of the generative path")
     constrained_beams: int = setting(10, ">= 0", "[beyond] beams of the catalog-constrained path (0: off)")
-    bm25_k1: float = setting(1.2, ">= 0", "BM25's k1")
+    bm25_k1: float = setting(1.2, "0..1000", "BM25's k1")
     bm25_b: float = setting(0.75, "0..1", "BM25's b")
     top_k: int = setting(20, ">= 20", "length of every ranked list (the metrics read it to rank 20)")
     eval_batch: int = setting(50, ">= 1", "users per beam-search batch")
@@ -575,7 +575,7 @@ def run(exp):
     cfg, state, lm = exp.cfg, exp.state, exp.lm
     if "lm_config" not in state.done:
         if rank_and_world()[0] == 0:
-            exp.tokenizer.save(os.path.join(exp.out_dir, "tokenizer.json"))
+            atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
         state.finish("lm_config", dataclasses.asdict(lm.config))
     for d in exp.domains:
         log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "

@@ -59,13 +59,13 @@ class TextTokenizer:
     def decode_batch(self, batch):
         return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
 
-    def save(self, path):
-        self.tok.save(path)
+    def to_json(self):
+        return self.tok.to_str()  # the tokenizer.json a run writes
 
     @property
     def fingerprint(self):
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
-        return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:16]
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
@@ -121,8 +121,7 @@ def read_text(path):
 def pad_batch(seqs, pad_id, length=None):
     """Right-pad lists of ids -> idx (B, T) long, attention_mask (B, T) long (1 = real token)."""
     T = length or max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    idx, mask = torch.full((len(seqs), T), pad_id, dtype=torch.long), torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
         idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
@@ -216,18 +215,14 @@ def _world_catalog(rng, d, name, chain, price_missing, cold_fraction):
 
 def _world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour):
     """One user's purchases: the chain walked forward from a random category, in a brand, line and colour."""
-    b, li = rng.randrange(len(WORLD_BRANDS)), rng.randrange(2)
-    n = rng.randint(min_len, max_len)
+    b, li, n = rng.randrange(len(WORLD_BRANDS)), rng.randrange(2), rng.randint(min_len, max_len)
     start = rng.randrange(len(chain))  # the chain is a cycle: any category can come first
     colours = _colours(b, li)
     colour = rng.choice(colours)
     seq = []
     for t in range(n):
         if t > 0 and rng.random() > p_stay:  # an occasional switch of line, or of brand
-            if rng.random() < 0.5:
-                li = 1 - li
-            else:
-                b = rng.randrange(len(WORLD_BRANDS))
+            li, b = (1 - li, b) if rng.random() < 0.5 else (li, rng.randrange(len(WORLD_BRANDS)))
             colours = _colours(b, li)
             colour = colours[0] if colour not in colours else colour
         pick = colour if rng.random() < p_colour else rng.choice(colours)
@@ -290,10 +285,9 @@ def _read_atomic_table(path, required):
 
 def _item_key(path, line_no, raw):
     """An item's id in an item file: a token, as the .inter files' ids are (surrounding whitespace dropped)."""
-    key = raw.strip()
-    if not key:
+    if not raw.strip():
         raise UserError(f"{path}:{line_no}: an empty item id")
-    return key
+    return raw.strip()
 
 
 def shown(value):  # a value stripped; '' when it shows nothing (only spaces, zero-width or control characters)
@@ -399,12 +393,18 @@ def _read_inter(path, index):
                 raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
         if len(ids) < 2:
             raise UserError(f"{path}:{line_no}: empty history")
-        examples.append((line_no, cols[ju], [index[i] for i in ids[:-1]], index[ids[-1]]))
+        examples.append((line_no, cols[ju].strip(), [index[i] for i in ids[:-1]], index[ids[-1]]))
     return examples
 
 
-def _check_users(path, valid, test):
-    """valid and test hold one row per user, for the same users (leave-one-out: each user's last two items)."""
+def _check_users(path, train, valid, test):
+    """valid and test hold one row per user, the same users (leave-one-out's last two items); train none of them."""
+    held_out = {(u, tuple(h), t): split for split, rows in (("valid", valid), ("test", test)) for _, u, h, t in rows}
+    for line_no, user, history, target in train:
+        if (user, tuple(history), target) in held_out:
+            split = held_out[user, tuple(history), target]
+            raise UserError(f"{path}.train.inter:{line_no}: user {user}'s row is its {split} row (the same history "
+                            "and target): training would see a held-out item")
     before = {user: history[-1] for _, user, history, _ in test}
     for split, rows, other in (("valid", valid, test), ("test", test, valid)):
         repeated = sum(target in history for _, _, history, target in rows)
@@ -448,7 +448,7 @@ def read_atomic(folder):
                  + ", ".join(f"{k} {v}" for k, v in missing.items()))
     index = {key: i for i, key in enumerate(entries)}
     train, valid, test = (_read_inter(f"{path}.{split}.inter", index) for split in ("train", "valid", "test"))
-    _check_users(path, valid, test)
+    _check_users(path, train, valid, test)
     rows = {}  # a user's training part: its first history, then every training target, in time order (UniSRec
     for _, user, history, target in train:  # lists a user's rows latest first, their histories cut at 50 items)
         rows.setdefault(user, []).append((history, target))

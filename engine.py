@@ -20,6 +20,7 @@ import platform
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -620,13 +621,22 @@ def setup_distributed(device):
     CPUs. Returns (rank, device) with each GPU process on its own card."""
     if "RANK" not in os.environ:
         return 0, device
-    if not all(os.environ.get(k, "").isdigit() for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")):
-        raise UserError("RANK is set, but not with WORLD_SIZE and MASTER_PORT as torchrun sets them: start several "
-                        "processes with torchrun, or one without RANK")
+    env = {k: os.environ.get(k, "") for k in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
+    env["LOCAL_RANK"] = os.environ.get("LOCAL_RANK", "0")
+    number = {k: int(v) if re.fullmatch("[0-9]{1,9}", v) else -1 for k, v in env.items()}
+    if not (0 <= number["RANK"] < number["WORLD_SIZE"] and 0 < number["MASTER_PORT"] < 65536
+            and number["LOCAL_RANK"] >= 0 and env["MASTER_ADDR"].strip()):
+        raise UserError("RANK is set, but not with WORLD_SIZE, MASTER_ADDR and MASTER_PORT as torchrun sets them "
+                        f"({', '.join(f'{k}={v!r}' for k, v in env.items())}; RANK below WORLD_SIZE, a port from 1 to "
+                        "65535): start several processes with torchrun, or one without RANK")
     if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        device = f"cuda:{number['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    except (RuntimeError, ValueError) as e:  # the port taken, the address unknown, ...
+        raise UserError(f"torchrun: cannot join the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
+                        f"({str(e).splitlines()[0]})") from None
     return torch.distributed.get_rank(), device
 
 
@@ -637,10 +647,12 @@ def seed_everything(seed):
 
 
 class ConsoleHandler(logging.Handler):
-    """Log lines through tqdm.write, so that they do not break a progress bar."""
+    """Log lines through tqdm.write, so that they do not break a progress bar; a character the console cannot show
+    (± on an ASCII terminal) becomes '?'."""
 
     def emit(self, record):
-        tqdm.write(self.format(record))
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        tqdm.write(self.format(record).encode(encoding, "replace").decode(encoding))
 
 
 class Warnings(logging.Handler):
@@ -669,6 +681,39 @@ def setup_logging(rank):
     root.addHandler(WARNINGS)
 
 
+@contextlib.contextmanager
+def kept_if_refused(out_dir, names):
+    """A run refused part-way (a UserError: a diverged loss, a full disk, ...) leaves out_dir's files `names` as it
+    found them. Each one an earlier run left is hard-linked aside first (every write replaces a file whole, so the
+    link keeps the old one) and put back; log.txt, only appended to, is cut back to its length; the run's new files
+    go. A run that finishes, or is interrupted (--resume continues it), keeps its files."""
+    existed = os.path.isdir(out_dir)
+    for stale in [n for n in os.listdir(out_dir) if n.startswith(".earlier")] if existed else ():
+        shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
+    aside = os.path.join(out_dir, f".earlier{os.getpid()}")
+    os.makedirs(aside, exist_ok=True)
+    sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
+    for n in sizes.keys() - {"log.txt"}:
+        try:
+            os.link(os.path.join(out_dir, n), os.path.join(aside, n))
+        except OSError:  # a file system without hard links
+            shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
+    try:
+        yield
+    except UserError:
+        for n, path in ((n, os.path.join(out_dir, n)) for n in names):
+            if n in sizes:
+                os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # made by this run, and empty: a refused run leaves nothing
+
+
 def open_log_file(out_dir, argv, resume):
     """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
     whether it resumes. Called after every input has been checked, just before the first write."""
@@ -681,6 +726,7 @@ def open_log_file(out_dir, argv, resume):
     command = "python train.py " + shlex.join(argv)
     when = datetime.datetime.now().isoformat(timespec="seconds")
     handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
+    handler.flush()
     return handler
 
 

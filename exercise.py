@@ -5,11 +5,12 @@
     python exercise.py grade hw                             # a score per exercise of a handed-in copy
     python exercise.py check info-nce                       # in a handout: run the graders of one exercise
 
-A handout is a copy of the project without .git, outputs or data, in which each function of the chosen exercises
-keeps its decorators, signature and docstring while its body becomes `raise NotImplementedError(...)`; so do the
-functions that would give an answer away (an exercise's `hide`). `grade` runs the graders over a copy of the
-student's tree with the teacher's own tests/, so nothing a student edits in tests/ counts. Only the standard
-library: the project is never imported, so the commands work while a student's model.py is half written.
+A handout is a copy of the files git tracks (no .git, outputs, data or untracked solutions), in which each function
+of the chosen exercises keeps its decorators, signature and docstring while its body becomes `raise
+NotImplementedError(...)`; so do the functions that would give an answer away (an exercise's `hide`). `grade` runs
+the graders over a copy of the student's tree with the teacher's own tests/, so nothing a student edits in tests/
+counts. Only the standard library: the project is never imported, so the commands work while a student's model.py
+is half written.
 """
 
 import argparse
@@ -245,11 +246,30 @@ def list_exercises():
     return 0
 
 
-def copy_tree(src, dst):
-    """The project's files under src, less what a handout leaves out, into dst."""
+def copy_tree(src, dst, only=None):
+    """The project's files under src, less what a handout leaves out, into dst; with `only` (paths relative to
+    src), those alone. A folder holding an exercises.json is an earlier handout, and is left out too."""
     def ignore(folder, names):
-        return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")]
+        rel = os.path.relpath(folder, src)
+        return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")
+                or os.path.isfile(os.path.join(folder, n, MANIFEST))
+                or only is not None and os.path.normpath(os.path.join(rel, n)) not in only]
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)  # a link is copied as a link, dangling or not
+
+
+def tracked(src):
+    """The files git tracks under src and the folders that hold them, or None where src is no checkout: a handout
+    copies these alone, so that nothing a teacher keeps beside the project (a solutions folder) is handed out."""
+    try:
+        listing = subprocess.run(["git", "-C", src, "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    paths = set()
+    for path in os.fsdecode(listing).split("\0"):
+        while path:
+            paths.add(os.path.normpath(path))
+            path = os.path.dirname(path)
+    return paths or None  # src untracked inside another checkout: every file
 
 
 def handout(names, out):
@@ -269,7 +289,7 @@ def handout(names, out):
             sources[file] = blank(sources[file], qualname, where, message)
     tmp = f"{os.path.abspath(out)}.tmp{os.getpid()}"
     try:
-        copy_tree(ROOT, tmp)
+        copy_tree(ROOT, tmp, only=tracked(ROOT))
         for file, text in sources.items():
             with open(os.path.join(tmp, file), "w", encoding="utf-8", newline="") as f:
                 f.write(text)

@@ -619,7 +619,7 @@ def run(exp):
     rank = engine.rank_and_world()[0]
     if rank == 0 and not exp.state.resumes:
         os.makedirs(exp.out_dir, exist_ok=True)
-        exp.tokenizer.save(os.path.join(exp.out_dir, "tokenizer.json"))  # so that out_dir/init_*.pt can be init
+        engine.atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
     log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
              f"{exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}

@@ -614,7 +614,7 @@ def load_torch(path, what="a checkpoint"):
     """torch.load with weights_only=True: tensors and plain Python values, nothing else. A file that needs
     more -- a class or a function, which is how a malicious pickle runs code -- is refused, whoever wrote it."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not its own, or truncated

@@ -20,6 +20,7 @@ import os
 # thread needs (docs/results.md section 4). Set before torch starts OpenMP; a value in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -28,9 +29,9 @@ import torch  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import (Once, Parser, apply_settings, check_out_dir, format_value, name_value,  # noqa: E402
-                    open_log_file, out_of_memory, pick_device, seed_everything, seed_number, setup_distributed,
-                    setup_logging, show_config, thread_count)
+from engine import (Once, Parser, apply_settings, check_out_dir, format_value, kept_if_refused,  # noqa: E402
+                    name_value, open_log_file, out_of_memory, pick_device, seed_everything, seed_number,
+                    setup_distributed, setup_logging, show_config, thread_count)
 from model import UserError  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
@@ -175,11 +176,12 @@ def command(argv):
         elif args.task == "maml":
             exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
                                args.resume)
-        if rank == 0:
-            handler = open_log_file(args.out_dir, argv, args.resume)
-        if args.task == "sinusoid":
-            return maml.run_sinusoid(cfg, args.out_dir, seed)
-        return (calrec if args.task == "calrec" else maml).run(exp)
+        with kept_if_refused(args.out_dir, OUTPUTS) if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                handler = open_log_file(args.out_dir, argv, args.resume)
+            if args.task == "sinusoid":
+                return maml.run_sinusoid(cfg, args.out_dir, seed)
+            return (calrec if args.task == "calrec" else maml).run(exp)
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)

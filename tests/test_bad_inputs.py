@@ -212,7 +212,7 @@ def short_model(w, tmp):
     folder = tmp / "maml"
     folder.mkdir()
     tok = data.load_tokenizer(os.path.join(w["out"], "tokenizer.json"))
-    tok.save(str(folder / "tokenizer.json"))
+    tok.tok.save(str(folder / "tokenizer.json"))
     gpt = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
     engine.save_checkpoint(str(folder / "init_maml.pt"), gpt, tok, step=0, metrics={})
     return str(folder / "init_maml.pt")
@@ -297,6 +297,8 @@ CASES = {
                                       "Sci.text:5: item AS9 is not in", folder="sci"),
     "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
                                         "Sci: has no training sequence", folder="sci"),
+    "train holds the valid rows": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), open(
+        os.path.join(d, "Alpha.valid.inter"), "rb").read().split(b"\n", 1)[1]), "'s row is its valid row"),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
                                  "Alpha.valid.inter:2: user 0 is not in the test split"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
@@ -421,10 +423,13 @@ CASES = {
                                     "Sci.text:5:", folder="sci"),
     "nul in glue": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \x00 byte\t1\n"),
                         "SST-2/train.tsv:26:5: a NUL byte"),
+    # --- a run refused part-way, into the finished run's --out-dir: its files are put back as they were
     "loss diverges": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--set", "lr=1e30",
-                                      "--set", "warmup=0", "--out-dir", str(tmp / "diverged")],
-                                     "training diverged: the loss is nan"),
+                                      "--set", "warmup=0"], "training diverged: the loss is nan"),
+    "maml diverges": lambda w, tmp: (["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "maml", "--set",
+                                      "outer_lr=1e30", "--set", "meta_steps=3", "--set", "seeds=1"], "diverged"),
     # --- a checkpoint and the tokenizer it was trained with
+    "init a device": init(lambda w, tmp: os.devnull, f"{os.devnull}: not a regular file"),
     "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
     "maml init into calrec": init(short_model, "init_maml.pt: its model reads at most 48 tokens"),
     "resume with replaced tokenizer": resume_with_replaced_tokenizer,
@@ -512,8 +517,8 @@ CASES = {
     "item and text files both": calrec_data(lambda d: shutil.copy(os.path.join(d, "Alpha.item"),
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
-    "sinusoid diverges": lambda w, tmp: (["--task", "sinusoid", "--set", "outer_lr=1e308", "--set", "steps=2",
-                                          "--out-dir", str(tmp / "diverged")], "training diverged: the weights of"),
+    "sinusoid diverges": flags("--task", "sinusoid", "--set", "outer_lr=1e308", "--set", "steps=2",
+                               message="training diverged: the weights of"),
     "init_maml.pt is a folder": lambda w, tmp: (["--task", "maml", "--out-dir", folder_holding(tmp, "init_maml.pt")],
                                                 "init_maml.pt: is a folder; a run writes a file there"),
     "threads beyond the cpus": flags("--task", "sinusoid", "--threads", "99999999999999999999",
@@ -705,6 +710,23 @@ def test_the_table_covers_every_task_and_kind_of_input():
     assert all(kinds.values()), kinds
 
 
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_the_earlier_run(world, monkeypatch, capsys):
+    """Every file a run writes goes through a temporary file (here: the tokenizer's, the first write, fails)."""
+    original, real_open = snapshot(world["out"]), open
+
+    def full_disk(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(".tokenizer.json.tmp"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", world["out"]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "tokenizer.json: cannot be written (No space left on device)" in err
+    assert snapshot(world["out"]) == original
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
 def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
     folder = tmp_path / "ro"
@@ -743,14 +765,20 @@ def test_resuming_a_finished_run_writes_a_deleted_or_damaged_checkpoint_again(wo
     assert after.keys() == before.keys() and all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
 
 
-def test_rank_without_torchrun_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("MASTER_PORT", raising=False)
+@pytest.mark.parametrize("env", [dict(RANK="0", MASTER_PORT=None), dict(MASTER_ADDR=None), dict(WORLD_SIZE="0"),
+                                 dict(RANK="3"), dict(MASTER_PORT="99999"), dict(MASTER_ADDR=" "),
+                                 dict(LOCAL_RANK="-1"), dict(WORLD_SIZE="2²")])
+def test_rank_without_torchrun_is_one_line(tmp_path, monkeypatch, capsys, env):
+    """torchrun's variables, one of them missing or impossible (RANK 3 of 2 would wait forever for its peers)."""
+    good = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29555", LOCAL_RANK="0")
+    for name, value in dict(good, **env).items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as e:
         train.main(["--task", "calrec", "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: RANK is set, but not with WORLD_SIZE and MASTER_PORT") and \
-        err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert e.value.code == 2 and err.startswith("error: RANK is set, but not with WORLD_SIZE, MASTER_ADDR and "
+                                                "MASTER_PORT as torchrun sets them") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

@@ -771,6 +771,13 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     got = ev.ranks_from_scores(near, torch.tensor([1, 1]), [[], [3]]).tolist()
     assert got == [2, 0], (f"ranks_from_scores of float64 scores {near.tolist()}, targets [1, 1], histories [[], [3]]: "
                            f"expected [2, 0] (1.0 and 1.0 + 1e-12 tie in float32; a target scored -inf: 0), got {got}")
+    # float32 scores close but distinct are no tie: 1.003 is above 1.0 (bfloat16 would round both to 1.0), and
+    # 1 - 2**-24 (float32's step below 1) is below it: a tie is equality, with no tolerance
+    close = torch.tensor([[1.0, 1.003, 1 - 2 ** -24, 0.99, 0.5]]).expand(4, 5)
+    got = ev.ranks_from_scores(close, torch.tensor([0, 1, 2, 3]), [[], [], [], []]).tolist()
+    assert got == [2, 1, 3, 4], (
+        f"ranks_from_scores of the float32 scores [1.0, 1.003, 1 - 2**-24, 0.99, 0.5], targets items 0, 1, 2, 3, no "
+        f"history: expected [2, 1, 3, 4] (only 1.003 is above 1.0; 1 - 2**-24 is below it, not a tie), got {got}")
     from_lists = ev.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist()
     assert from_lists == [3, 0], \
         f"ranks_from_lists of targets 9, 4 in [5, 2, 9], [1]: expected [3, 0], got {from_lists}"

@@ -208,7 +208,7 @@ def test_item_variant_takes_every_text_column(tmp_path):
     folder.mkdir()
     write(folder / "Toys.item", ["item_id:token\ttitle:token_seq\tbrand:token\tsales_type:token",
                                  "7\tYo-yo\tDuncan\tToys", "9\tKite\t\tOutdoor"])
-    for split, row in (("train", "u\t7\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
+    for split, row in (("train", "u\t9\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
         write(folder / f"Toys.{split}.inter", INTER + [row])
     d = data.read_atomic(str(folder))
     assert d.attributes == ("Title", "Brand", "Sales Type")
@@ -257,7 +257,7 @@ def toys_folder(tmp_path, item_lines, name="Toys"):
     folder = tmp_path / name
     folder.mkdir()
     write(folder / f"{name}.item", item_lines)
-    for split, row in (("train", "u\t7\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
+    for split, row in (("train", "u\t9\t9"), ("valid", "u\t7\t9"), ("test", "u\t9\t7")):
         write(folder / f"{name}.{split}.inter", INTER + [row])
     return folder
 
@@ -345,7 +345,7 @@ def test_item_file_columns_are_found_by_header_name(tmp_path):
     folder = tmp_path / "Toys"
     folder.mkdir()
     (folder / "Toys.item").write_text("title:token_seq\titem_id:token\nRed ball\t7\nBlue kite\t3\n")
-    for split, (h, t) in (("train", ("7", "3")), ("valid", ("7", "3")), ("test", ("7 3", "7"))):
+    for split, (h, t) in (("train", ("3", "3")), ("valid", ("7", "3")), ("test", ("7 3", "7"))):
         (folder / f"Toys.{split}.inter").write_text(
             f"user_id:token\titem_id_list:token_seq\titem_id:token\nu1\t{h}\t{t}\n")
     d = data.read_atomic(str(folder))

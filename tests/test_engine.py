@@ -3,10 +3,13 @@ selection and its stop on a diverged loss, files written whole, peak memory."""
 
 import contextlib
 import dataclasses
+import io
+import logging
 import math
 import os
 import pickletools
 import shutil
+import sys
 import typing
 import zipfile
 
@@ -95,7 +98,7 @@ def test_show_config_lists_every_field_with_what_it_allows():
 
 def tokenizer(tmp_path, words="a b c d e f g"):
     tok = data.train_tokenizer([words] * 5, vocab_size=270)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok.tok.save(str(tmp_path / "tokenizer.json"))
     return data.load_tokenizer(str(tmp_path))
 
 
@@ -329,3 +332,11 @@ def test_a_write_that_fails_is_one_line_and_leaves_the_previous_file(tmp_path, e
         engine.atomic_write(str(path), write)
     assert f"state.pt: cannot be written {why}" in str(e.value)
     assert path.read_bytes() == b"the previous state" and os.listdir(tmp_path) == ["state.pt"]
+
+
+def test_a_console_that_cannot_show_a_character_gets_a_question_mark(monkeypatch):
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # PYTHONIOENCODING=ascii, an old terminal
+    monkeypatch.setattr(sys, "stdout", stream)
+    engine.ConsoleHandler().handle(logging.makeLogRecord(dict(msg="0.5 ± 0.1 ≈", levelno=logging.INFO)))
+    stream.flush()
+    assert stream.buffer.getvalue() == b"0.5 ? 0.1 ?\n"

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tokenize
@@ -185,6 +186,22 @@ def test_a_handout_of_every_exercise_holds_no_reference_body_nor_a_near_copy(tmp
             for line in code_lines(where):  # no long line of the reference's code, verbatim, anywhere ...
                 code = line.split("#")[0].strip()  # ... but the boilerplate it shares with code a handout keeps
                 assert len(code) < 50 or code not in everything or code in kept_code, f"{where}: {code}"
+
+
+def test_a_handout_holds_what_git_tracks_and_no_solutions_or_earlier_handout_kept_beside_it(tmp_path):
+    project = tmp_path / "project"  # a clone of the committed project: the tracked files are the committed ones
+    if subprocess.run(["git", "clone", "-q", ROOT, str(project)], capture_output=True).returncode:
+        pytest.skip("the project is no git checkout here")
+    shutil.copy(os.path.join(ROOT, "exercise.py"), project)  # the version under test
+    (project / "solutions").mkdir()
+    (project / "solutions" / "key.py").write_text("ANSWER = 42\n")
+    assert cli("handout", "bm25", "--out", str(project / "hw1"), cwd=str(project)).returncode == 0
+    made = cli("handout", "bm25", "--out", str(tmp_path / "hw2"), cwd=str(project))
+    assert made.returncode == 0, made.stderr
+    handed = {os.path.relpath(os.path.join(f, n), tmp_path / "hw2") for f, _, files in os.walk(tmp_path / "hw2")
+              for n in files}
+    assert "model.py" in handed and "tests/test_calrec.py" in handed
+    assert not [p for p in handed if p.startswith(("solutions", "hw1"))], sorted(handed)
 
 
 # -----------------------------------------------------------------------------

@@ -166,8 +166,9 @@ def test_adapt_leaves_its_inputs_alone():
         leaves_inputs_alone(maml.adapt, params, tanh_mlp_loss, batches[0], 0.3, 1, first_order=first_order)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [0, 1, 3])
 def test_adapt_least_squares_closed_form(steps):
+    # steps = 0: θ^(0) = θ, and the meta-gradient is the plain gradient ∇L_Q(θ): θ itself comes back, with its path
     o = least_squares(steps)
     support, query = {"X": torch.tensor(o["Xs"]), "y": torch.tensor(o["ys"])}, {"X": torch.tensor(o["Xq"]),
                                                                                 "y": torch.tensor(o["yq"])}

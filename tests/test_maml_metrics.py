@@ -169,4 +169,15 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
             leaves_inputs_alone(fn_, *args)
         except AssertionError as e:
             wrong.append(f"  {fn_.__name__} of float64 arrays: {e}")
+    # float32 predictions (a model's own dtype) near 1e5 with a spread of 0.1, against float32 gold scores of 0 to 5:
+    # float32 steps of 1/128 there; the mean, the centring and the sums need float64 (exact arithmetic of the same
+    # float32 values is the oracle)
+    for n in (3, 5, 9):
+        x32 = (1e5 + 0.1 * rng.normal(size=n)).astype(np.float32)
+        y32 = (x32.astype(np.float64) - 1e5 + rng.uniform(0, 5, size=n)).astype(np.float32)
+        for a, b in ((x32, y32), (y32, x32)):
+            got, expected = evaluation.pearson(a, b), exact_pearson(a, b)
+            if type(got) is not float or not abs(got - expected) <= 1e-9:
+                wrong.append(f"  pearson(float32 {a.tolist()}, float32 {b.tolist()}): expected {expected!r} (exact "
+                             f"arithmetic of the float32 values), got {got!r} of type {type(got).__name__}")
     assert not wrong, "GLUE's metrics on a generated family of inputs:\n" + "\n".join(wrong[:12])

@@ -874,6 +874,10 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
              ("masks of bools", torch.randn(3, 5, 3), span.bool(), mask.bool(), False)]
     long = (torch.arange(600) < torch.tensor([[300], [555]])).long()  # counts past 256, bfloat16's last whole number
     cases.append(("bfloat16, rows of 300 and 555 real tokens", torch.randn(2, 600, 3).bfloat16(), long, long, False))
+    # values around 3, not around 0: a long span's sum grows past 1000, where a bfloat16 running sum stops adding
+    for dtype in (torch.float32, torch.bfloat16):
+        cases.append((f"{dtype}, rows of 300 and 555 real tokens, values around 3",
+                      (3 + 0.5 * torch.randn(2, 600, 3)).to(dtype), long, long, False))
     for what, h, s, m, meta in cases:
         last = [int(r.sum()) - 1 for r in m]
         tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[h.dtype]  # to the dtype's precision
@@ -944,6 +948,14 @@ def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacit
                     torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m: (
                         f"{what}, layer {layer}: the {'keys' if name == 'k' else 'values'} so far differ (this step's "
                         f"go to [length, length + T))\n{m}"))
+                # the whole buffers, every layer: this layer's write lands in this layer only (layer 1 is still
+                # zeros after layer 0's first write), and nowhere outside [length, length + T)
+                for name, buffer in (("k", cache.k), ("v", cache.v)):
+                    want = torch.stack([mine[name, layer_] for layer_ in (0, 1)])
+                    assert torch.equal(buffer, want), (
+                        f"{what}, after extend of layer {layer}: the buffer self.{name} (every layer, every position) "
+                        f"differs from the writes so far at [length, length + T) of each layer; layers where it "
+                        f"differs: {[i for i in (0, 1) if not torch.equal(buffer[i], want[i])]}")
 
 def test_beam_search_refuses_a_prompt_and_new_tokens_past_block_size():
     # block_size 8: the longest prompt (6 tokens) + 2 new ones fits exactly; + 3 is a ValueError, with the cache and

@@ -791,3 +791,28 @@ def pearson(x, y):
         return 0.0
     return float(np.corrcoef(x, y)[0, 1])
 '''})
+# found by a ninth probe of the graders
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    # no step: a detached copy of θ, so no one can write into the caller's θ through it (and no gradient reaches θ)
+    if steps == 0:
+        return {name: p.detach().clone() for name, p in params.items()}
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # the arrays kept in their own dtype: float32 predictions near 1e5 are centred and summed in float32
+    x, y = np.asarray(x), np.asarray(y)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
+    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+'''})

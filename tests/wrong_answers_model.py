@@ -896,3 +896,23 @@ def manual_attention(q, k, v, mask, dropout_p=0.0):
         att = torch.where(keep, att / (1 - dropout_p), torch.zeros((), dtype=att.dtype, device=att.device))
     return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
 '''})
+# found by a ninth probe of the graders
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+def mean_pool(h, span_mask):
+    # a running sum, one position at a time, in h's dtype: in bfloat16 a long span's sum stops growing
+    w = span_mask.to(h.dtype).unsqueeze(-1)                        # (B, T, 1)
+    total = torch.zeros_like(h[:, 0])                              # (B, C)
+    for t in range(h.size(1)):
+        total = total + h[:, t] * w[:, t]
+    return total / w.sum(1).clamp(min=1.0)
+'''})
+WRONG_MODEL['kv-cache'].append({'model.py:KVCache.extend': '''
+def extend(self, layer, k, v):
+    # self.k[layer:] for self.k[layer]: the write also lands in every later layer's buffer
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer:, :, :, self.length:end] = k
+    self.v[layer:, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''})
