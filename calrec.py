@@ -524,8 +524,9 @@ def fitted_item_texts(items, max_words, tokenizer, max_tokens):
 def build_tokenizer(cfg, texts, init, resume, out_dir):
     """The tokenizer, and --init's LM (None otherwise): with resume, the run's own tokenizer (its LM's config comes
     from the run state); --init's; or a new BPE trained on prompts of the items (the template's words single tokens)."""
-    if resume:
-        return None, data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    saved = os.path.join(out_dir, "tokenizer.json")  # a resumed run's; if deleted, trained again (the key checks it)
+    if resume and (init or os.path.exists(saved)):
+        return None, data.load_tokenizer(saved)
     if init:
         return load_init(init, dropout=cfg.dropout)
     return None, data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],
@@ -573,9 +574,9 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
 def run(exp):
     """Train CALRec (stage 1 and/or 2), evaluate it and the baselines on the same split, write results.json."""
     cfg, state, lm = exp.cfg, exp.state, exp.lm
+    if rank_and_world()[0] == 0:  # by a resumed run too: a tokenizer.json deleted since is there again
+        atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
     if "lm_config" not in state.done:
-        if rank_and_world()[0] == 0:
-            atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
         state.finish("lm_config", dataclasses.asdict(lm.config))
     for d in exp.domains:
         log.info(f"domain {d.name}: {d.n_items} items, {len(d.train)} training examples, {len(d.valid)} valid, "

@@ -554,7 +554,8 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
             raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens; max_len={cfg.max_len} is more")
     else:  # a BPE trained on the tasks' training text (a resumed run reads it back); a from-scratch GPT below
         texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-        tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json")) if resume
+        tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))  # if deleted: trained again
+                     if resume and os.path.exists(os.path.join(out_dir, "tokenizer.json"))
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
 
     def encode(n, split):  # the task id is the task's place in `tasks`, its head row
@@ -617,7 +618,7 @@ def fine_tune_targets(exp, init, learned):
 def run(exp):
     """Learn each initialisation, fine-tune the targets from it, write results.json; returns it (None if rank > 0)."""
     rank = engine.rank_and_world()[0]
-    if rank == 0 and not exp.state.resumes:
+    if rank == 0:  # a resumed run too: a tokenizer.json deleted since is there again
         os.makedirs(exp.out_dir, exist_ok=True)
         engine.atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
     log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "

@@ -765,6 +765,20 @@ def test_resuming_a_finished_run_writes_a_deleted_or_damaged_checkpoint_again(wo
     assert after.keys() == before.keys() and all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
 
 
+@pytest.mark.parametrize("task", ["calrec", "maml"])
+def test_resuming_a_run_whose_tokenizer_was_deleted_trains_the_same_one_again(world, tmp_path, task):
+    argv = (["--task", "calrec", "--data", world["alpha"], *TINY_CALREC] if task == "calrec" else
+            ["--task", "maml", "--data", world["glue"], *SMALL_GLUE, "--method", "maml", "--set", "meta_steps=2",
+             "--set", "ft_steps=2", "--set", "eval_interval=1", "--set", "seeds=1"])
+    out = copy(world["out"], tmp_path / "out") if task == "calrec" else str(tmp_path / "out")
+    if task == "maml":
+        train.main(argv + ["--out-dir", out])
+    before = snapshot(out)["tokenizer.json"]
+    os.remove(os.path.join(out, "tokenizer.json"))
+    train.main(argv + ["--out-dir", out, "--resume"])
+    assert snapshot(out)["tokenizer.json"] == before
+
+
 @pytest.mark.parametrize("env", [dict(RANK="0", MASTER_PORT=None), dict(MASTER_ADDR=None), dict(WORLD_SIZE="0"),
                                  dict(RANK="3"), dict(MASTER_PORT="99999"), dict(MASTER_ADDR=" "),
                                  dict(LOCAL_RANK="-1"), dict(WORLD_SIZE="2²")])
