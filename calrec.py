@@ -32,9 +32,9 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, atomic_write, autocast, beam_floats, check_fits, check_memory,
-                    check_settings, fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world,
-                    save_checkpoint, save_results, setting, train_and_select, training_floats)
+from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_fits, check_memory, check_settings,
+                    fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint,
+                    save_results, save_tokenizer, setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -575,7 +575,7 @@ def run(exp):
     """Train CALRec (stage 1 and/or 2), evaluate it and the baselines on the same split, write results.json."""
     cfg, state, lm = exp.cfg, exp.state, exp.lm
     if rank_and_world()[0] == 0:  # by a resumed run too: a tokenizer.json deleted since is there again
-        atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
+        save_tokenizer(exp.out_dir, exp.tokenizer)
     if "lm_config" not in state.done:
         state.finish("lm_config", dataclasses.asdict(lm.config))
     for d in exp.domains:

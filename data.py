@@ -60,12 +60,12 @@ class TextTokenizer:
         return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
 
     def to_json(self):
-        return self.tok.to_str()  # the tokenizer.json a run writes
+        return self.tok.to_str(pretty=True)  # the tokenizer.json a run writes, as tokenizers' own save writes it
 
     @property
     def fingerprint(self):
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
-        return hashlib.sha1(self.to_json().encode()).hexdigest()[:16]
+        return hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:16]
 
 
 def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):

@@ -194,6 +194,11 @@ def save_json(path, obj):
     atomic_write(path, lambda f: json.dump(obj, f, indent=2))
 
 
+def save_tokenizer(out_dir, tokenizer):
+    """out_dir/tokenizer.json, beside the run's checkpoints: they can be --init with it."""
+    atomic_write(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tokenizer.to_json()))
+
+
 def save_torch(path, obj):
     """torch.save, atomically. `obj` holds tensors and plain Python values only, so that model.load_torch can
     read it back without running any code."""

@@ -554,8 +554,8 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
             raise UserError(f"{init}: the model reads {gpt.config.block_size} tokens; max_len={cfg.max_len} is more")
     else:  # a BPE trained on the tasks' training text (a resumed run reads it back); a from-scratch GPT below
         texts = [t for task in tasks.values() for t in task["train"]["text_a"] + (task["train"]["text_b"] or [])]
-        tokenizer = (data.load_tokenizer(os.path.join(out_dir, "tokenizer.json"))  # if deleted: trained again
-                     if resume and os.path.exists(os.path.join(out_dir, "tokenizer.json"))
+        saved = os.path.join(out_dir, "tokenizer.json")  # if deleted, trained again (the run's key checks it)
+        tokenizer = (data.load_tokenizer(saved) if resume and os.path.exists(saved)
                      else data.train_tokenizer(texts, vocab_size=cfg.vocab_size))
 
     def encode(n, split):  # the task id is the task's place in `tasks`, its head row
@@ -619,8 +619,7 @@ def run(exp):
     """Learn each initialisation, fine-tune the targets from it, write results.json; returns it (None if rank > 0)."""
     rank = engine.rank_and_world()[0]
     if rank == 0:  # a resumed run too: a tokenizer.json deleted since is there again
-        os.makedirs(exp.out_dir, exist_ok=True)
-        engine.atomic_write(os.path.join(exp.out_dir, "tokenizer.json"), lambda f: f.write(exp.tokenizer.to_json()))
+        engine.save_tokenizer(exp.out_dir, exp.tokenizer)
     log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
              f"{exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}

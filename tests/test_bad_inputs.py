@@ -212,7 +212,7 @@ def short_model(w, tmp):
     folder = tmp / "maml"
     folder.mkdir()
     tok = data.load_tokenizer(os.path.join(w["out"], "tokenizer.json"))
-    tok.tok.save(str(folder / "tokenizer.json"))
+    engine.save_tokenizer(str(folder), tok)
     gpt = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
     engine.save_checkpoint(str(folder / "init_maml.pt"), gpt, tok, step=0, metrics={})
     return str(folder / "init_maml.pt")

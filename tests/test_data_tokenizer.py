@@ -16,8 +16,7 @@ def test_train_save_load_round_trip(tmp_path):
     assert tok.vocab_size <= 300
     text = "Title: Glasses, Brand: ÄÖ 3M ✓"  # unseen characters still encode: byte-level, nothing unknown
     assert tok.decode(tok.encode(text)) == text
-    path = str(tmp_path / "tokenizer.json")
-    tok.tok.save(path)
+    engine.save_tokenizer(str(tmp_path), tok)
     again = data.load_tokenizer(str(tmp_path))
     assert again.encode(text) == tok.encode(text)
     assert (again.eot_id, again.pad_id, again.sep_id) == (tok.eot_id, tok.pad_id, tok.sep_id)

@@ -98,7 +98,7 @@ def test_show_config_lists_every_field_with_what_it_allows():
 
 def tokenizer(tmp_path, words="a b c d e f g"):
     tok = data.train_tokenizer([words] * 5, vocab_size=270)
-    tok.tok.save(str(tmp_path / "tokenizer.json"))
+    engine.save_tokenizer(str(tmp_path), tok)
     return data.load_tokenizer(str(tmp_path))
 
 

@@ -25,7 +25,7 @@ def write_gpt2_folder(folder, texts, n_positions=256):
     no "transformer." prefix, no lm_head (tied)."""
     os.makedirs(folder, exist_ok=True)
     tok = data.train_tokenizer(texts, vocab_size=400, special_tokens=(data.EOT,))
-    tok.tok.save(os.path.join(folder, "tokenizer.json"))
+    engine.save_tokenizer(folder, tok)
     cfg = dict(n_layer=1, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"model_type": "gpt2", **cfg}, f)
@@ -103,7 +103,7 @@ def test_a_tokenizer_that_does_not_fit_the_weights_is_a_clear_error(tmp_path, ca
     write_gpt2_folder(g2, ["a b c d e f g"] * 5)
     big = data.train_tokenizer([" ".join(f"word{i}" for i in range(300))] * 3, vocab_size=600,
                                special_tokens=(data.EOT,))
-    big.tok.save(os.path.join(g2, "tokenizer.json"))
+    engine.save_tokenizer(g2, big)
     a = str(tmp_path / "Alpha")
     write_atomic(a, "Alpha")
     with pytest.raises(SystemExit) as e:
