@@ -81,8 +81,7 @@ def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
 
 def load_tokenizer(path):
     """A `tokenizer.json` (ours, or GPT-2's); `path` may be the file or the folder holding it."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
+    path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise UserError(f"{path}: no tokenizer.json here")
     try:
@@ -426,11 +425,12 @@ def _check_users(path, train, valid, test):
 
 
 def read_atomic(folder):
-    """One UniSRec/RecBole benchmark folder -> a Domain named like the folder."""
+    """One UniSRec/RecBole benchmark folder -> a Domain named like the folder (or like its one X.train.inter)."""
     folder = os.path.normpath(folder)  # Games/, Games/. and . (inside Games) are all the folder Games
-    name = os.path.basename(os.path.abspath(folder))
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
+    named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter")]  # a folder renamed,
+    name = named[0] if len(named) == 1 else os.path.basename(os.path.abspath(folder))  # or a link of another name
     path = os.path.join(folder, name)
     if os.path.lexists(f"{path}.item") and os.path.lexists(f"{path}.text"):
         raise UserError(f"{folder}: holds both {name}.item and {name}.text; keep the one that is its item text")

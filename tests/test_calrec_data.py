@@ -299,6 +299,18 @@ def test_the_folder_name_does_not_depend_on_how_the_path_is_written(tmp_path, mo
         assert data.read_atomic(path).name == "Toys", path
 
 
+def test_a_folder_renamed_or_linked_under_another_name_is_named_by_its_files(tmp_path):
+    sci = text_folder(tmp_path)
+    os.symlink(sci, tmp_path / "my_link")
+    assert (data.read_atomic(str(tmp_path / "my_link")).name, data.read_atomic(sci).name) == ("Sci", "Sci")
+    os.rename(sci, tmp_path / "Renamed")
+    domain = data.read_atomic(str(tmp_path / "Renamed"))
+    assert (domain.name, domain.item_keys) == ("Sci", ["AS1", "AS2", "AS3"])
+    write(tmp_path / "Renamed" / "Two.train.inter", INTER)  # two names: the folder's own is looked for
+    with pytest.raises(data.UserError, match="has neither Renamed.item nor Renamed.text"):
+        data.read_atomic(str(tmp_path / "Renamed"))
+
+
 def test_an_item_file_that_is_a_folder_is_named(tmp_path):
     folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\tKite"])
     (folder / "Toys.item").unlink()
