@@ -75,7 +75,8 @@ def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte: none unknown
-    tok.train_from_iterator(texts, trainer=trainer)
+    # a word over 1,000 characters (none in real text) is learnt from its first 1,000: BPE's time grows as length²
+    tok.train_from_iterator((re.sub(r"(?<!\S)(\S{1000})\S+", r"\1", t) for t in texts), trainer=trainer)
     return TextTokenizer(tok)
 
 
@@ -102,9 +103,9 @@ def read_text(path):
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: cannot be read ({e})") from None
-    def where(at):  # 'line:column' of a byte
-        line, start = raw.count(b"\n", 0, at) + 1, raw.rfind(b"\n", 0, at)
-        return f"{line}:{at - start}"
+    def where(at):  # 'line:column' of a byte; a line ends at \n, \r\n or \r, as the readers split lines
+        ends = [m.end() for m in re.finditer(rb"\r\n?|\n", raw[:at])]
+        return f"{len(ends) + 1}:{at - (ends[-1] if ends else 0) + 1}"
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -270,7 +271,7 @@ def _read_atomic_table(path, required):
     """A tab-separated file with a `name:type` header -> (column names, [(line number, columns)])."""
     lines = io.StringIO(read_text(path), newline=None)
     header = lines.readline().rstrip("\n").split("\t")
-    names = [col.split(":")[0] for col in header]
+    names = [col.split(":")[0].strip() for col in header]
     for r in required:
         if r not in names:
             raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
@@ -279,6 +280,8 @@ def _read_atomic_table(path, required):
     for line_no, cols in rows:
         if len(cols) != len(names):
             raise UserError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
+        if cols == header:
+            raise UserError(f"{path}:{line_no}: the header line again (files joined?); only the first line is one")
     return names, rows
 
 
@@ -339,7 +342,7 @@ def _category_root(texts, share=0.9):
     while True:
         n = len(root) + 1
         counts = Counter(p for segs in segments
-                         for p in {tuple(s[:n]) for s in segs if len(s) >= n and s[:n - 1] == root})
+                         for p in dict.fromkeys(tuple(s[:n]) for s in segs if len(s) >= n and s[:n - 1] == root))
         prefix, k = counts.most_common(1)[0] if counts else ((), 0)
         if not counts or k < share * len(texts):  # no text at all: no root
             return " ".join(root)
@@ -396,41 +399,13 @@ def _read_inter(path, index):
     return examples
 
 
-def _check_users(path, train, valid, test):
-    """valid and test hold one row per user, the same users (leave-one-out's last two items); train none of them."""
-    held_out = {(u, tuple(h), t): split for split, rows in (("valid", valid), ("test", test)) for _, u, h, t in rows}
-    for line_no, user, history, target in train:
-        if (user, tuple(history), target) in held_out:
-            split = held_out[user, tuple(history), target]
-            raise UserError(f"{path}.train.inter:{line_no}: user {user}'s row is its {split} row (the same history "
-                            "and target): training would see a held-out item")
-    before = {user: history[-1] for _, user, history, _ in test}
-    for split, rows, other in (("valid", valid, test), ("test", test, valid)):
-        repeated = sum(target in history for _, _, history, target in rows)
-        if repeated:
-            log.warning(f"{path}.{split}.inter: {repeated} of {len(rows)} targets are in their user's history, which "
-                        "the ranking excludes: they count as misses")
-        seen, others = {}, {user for _, user, _, _ in other}
-        for line_no, user, _, target in rows:
-            if user in seen:
-                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} listed twice (line {seen[user]}); a "
-                                "split holds one row per user")
-            if user not in others:
-                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
-                                f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
-            if split == "valid" and before[user] != target:  # leave-one-out: the item before the test target
-                raise UserError(f"{path}.valid.inter:{line_no}: user {user}'s target is not the last item of their "
-                                "test history (leave-one-out validates on the item before the test target)")
-            seen[user] = line_no
-
-
 def read_atomic(folder):
     """One UniSRec/RecBole benchmark folder -> a Domain named like the folder (or like its one X.train.inter)."""
     folder = os.path.normpath(folder)  # Games/, Games/. and . (inside Games) are all the folder Games
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such folder")
-    named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter")]  # a folder renamed,
-    name = named[0] if len(named) == 1 else os.path.basename(os.path.abspath(folder))  # or a link of another name
+    named = [f[:-12] for f in os.listdir(folder) if f.endswith(".train.inter") and f != ".train.inter"]  # renamed,
+    name = named[0] if len(named) == 1 else os.path.basename(os.path.abspath(folder))  # or linked: the files' name
     path = os.path.join(folder, name)
     if os.path.lexists(f"{path}.item") and os.path.lexists(f"{path}.text"):
         raise UserError(f"{folder}: holds both {name}.item and {name}.text; keep the one that is its item text")
@@ -448,15 +423,44 @@ def read_atomic(folder):
                  + ", ".join(f"{k} {v}" for k, v in missing.items()))
     index = {key: i for i, key in enumerate(entries)}
     train, valid, test = (_read_inter(f"{path}.{split}.inter", index) for split in ("train", "valid", "test"))
-    _check_users(path, train, valid, test)
-    rows = {}  # a user's training part: its first history, then every training target, in time order (UniSRec
-    for _, user, history, target in train:  # lists a user's rows latest first, their histories cut at 50 items)
-        rows.setdefault(user, []).append((history, target))
-    order = [sorted(rs[::-1] if len(rs[0][0]) > len(rs[-1][0]) else rs, key=lambda r: len(r[0]))
-             for rs in rows.values()]
     return Domain(name, [item for _, item in entries.values()], [key for key, _ in entries.values()],
                   *([(hist, t) for _, _, hist, t in split] for split in (train, valid, test)),
-                  train_sequences=[rs[0][0] + [t for _, t in rs] for rs in order], attributes=attributes)
+                  train_sequences=_training_parts(path, train, valid, test), attributes=attributes)
+
+
+def _training_parts(path, train, valid, test):
+    """Each user's training part, its rows checked: valid and test hold one row per user, the same users; each row's
+    history is the user's items before its target, cut to the longest (UniSRec cuts at 50): none missing or added."""
+    for split, rows, other in (("valid", valid, test), ("test", test, valid)):
+        repeated = sum(target in history for _, _, history, target in rows)
+        if repeated:
+            log.warning(f"{path}.{split}.inter: {repeated} of {len(rows)} targets are in their user's history, which "
+                        "the ranking excludes: they count as misses")
+        seen, others = {}, {user for _, user, _, _ in other}
+        for line_no, user, _, _ in rows:
+            if user in seen:
+                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} listed twice (line {seen[user]}); a "
+                                "split holds one row per user")
+            if user not in others:
+                raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
+                                f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
+            seen[user] = line_no
+    rows, cap = {}, max(len(h) for split in (train, valid, test) for _, _, h, _ in split)
+    for line_no, user, history, target in train:
+        rows.setdefault(user, []).append((line_no, history, target))
+    parts, checks = {}, []  # checks: (split, line number, history, the items before its target)
+    for user, rs in rows.items():  # UniSRec lists a user's rows latest first
+        rs = sorted(rs[::-1] if len(rs[0][1]) > len(rs[-1][1]) else rs, key=lambda r: len(r[1]))
+        parts[user] = rs[0][1] + [t for _, _, t in rs]
+        checks += [("train", n, h, parts[user][:len(rs[0][1]) + k]) for k, (n, h, _) in enumerate(rs)]
+    after_valid = {u: h + [t] for _, u, h, t in valid}
+    checks += [("valid", n, h, parts[u]) for n, u, h, _ in valid if u in parts]
+    checks += [("test", n, h, after_valid[u]) for n, u, h, _ in test]
+    for split, line_no, history, before in checks:
+        if history != before[-len(history):] or len(history) != min(len(before), cap):
+            raise UserError(f"{path}.{split}.inter:{line_no}: this history is not the user's items before its target "
+                            "in the other rows (a row missing, added or out of place)")
+    return list(parts.values())
 
 
 # -----------------------------------------------------------------------------
@@ -562,20 +566,17 @@ class PromptBuilder:
 # and "test" (the one final report, if labelled), each {"text_a": [str], "text_b": [str] or None, "y": [int or float]}.
 
 # Each task's official layout: the columns read by name (CoLA: by position, it has no header).
+BOOL, ENTAILS = ("0", "1"), ("entailment", "not_entailment")  # label sets that several tasks share
 GLUE_TASKS = {
-    "CoLA": dict(text_a=3, text_b=None, label=1, labels=("0", "1"), metrics=("mcc",), header=False),
-    "SST-2": dict(text_a="sentence", text_b=None, label="label", labels=("0", "1"), metrics=("accuracy",)),
-    "MRPC": dict(text_a="#1 String", text_b="#2 String", label="Quality", labels=("0", "1"),
-                 metrics=("f1", "accuracy")),
+    "CoLA": dict(text_a=3, text_b=None, label=1, labels=BOOL, metrics=("mcc",), header=False),
+    "SST-2": dict(text_a="sentence", text_b=None, label="label", labels=BOOL, metrics=("accuracy",)),
+    "MRPC": dict(text_a="#1 String", text_b="#2 String", label="Quality", labels=BOOL, metrics=("f1", "accuracy")),
     "STS-B": dict(text_a="sentence1", text_b="sentence2", label="score", labels=None, metrics=("pearson", "spearman")),
-    "QQP": dict(text_a="question1", text_b="question2", label="is_duplicate", labels=("0", "1"),
-                metrics=("f1", "accuracy")),
+    "QQP": dict(text_a="question1", text_b="question2", label="is_duplicate", labels=BOOL, metrics=("f1", "accuracy")),
     "MNLI": dict(text_a="sentence1", text_b="sentence2", label="gold_label",
                  labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",)),
-    "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=("entailment", "not_entailment"),
-                 metrics=("accuracy",)),
-    "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=("entailment", "not_entailment"),
-                metrics=("accuracy",)),
+    "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=ENTAILS, metrics=("accuracy",)),
+    "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=ENTAILS, metrics=("accuracy",)),
 }
 COLA_COLUMNS = 4  # source, label, original label (* for unacceptable), sentence
 STSB_RANGE = (0.0, 5.0)
@@ -623,8 +624,7 @@ def _glue_label(raw, where, task, spec):
 def read_glue_split(path, task):
     """One split file of a GLUE task in its official layout -> {"text_a", "text_b", "y"}."""
     spec = check_glue_task(task)
-    # the non-blank lines as written, split on tabs with no quote handling (csv.QUOTE_NONE, as GLUE's loaders);
-    # blank: ASCII whitespace only (a line of a no-break space is a malformed line, not a blank one)
+    # non-blank lines (a no-break space is not blank) split on tabs with no quote handling, as GLUE's loaders
     lines = enumerate(io.StringIO(read_text(path), newline=""), 1)
     rows = [(lineno, line.rstrip("\r\n").split("\t")) for lineno, line in lines if line.strip(" \t\n\r\f\v")]
     col, n_cols, rows = _glue_columns(path, task, spec, rows)
@@ -642,7 +642,7 @@ def read_glue_split(path, task):
 
 
 def _labelled(path, spec):  # whether a GLUE file's first line is labelled: GLUE's test.tsv's is not (CoLA's: 'index')
-    first = next((line for line in io.StringIO(read_text(path)) if line.strip()), "").rstrip("\r\n").split("\t")
+    first = next((ln for ln in io.StringIO(read_text(path), newline="") if ln.strip()), "").rstrip("\r\n").split("\t")
     return spec["label"] in first if spec.get("header", True) else first[0] != "index"
 
 
@@ -654,8 +654,8 @@ def glue_task(name, folder):
         path = os.path.join(folder, f"{split}.tsv")
         if split == "dev" and name == "MNLI" and not os.path.isfile(path):
             path = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
-        if split == "test" and not (os.path.isfile(path) and _labelled(path, spec)):
-            continue  # no test split, or GLUE's own, unlabelled: the task reports on dev
+        if split == "test" and not (os.path.lexists(path) and _labelled(path, spec)):
+            continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)
         splits[split] = read_glue_split(path, name)
     return dict(name=name, kind="regression" if spec["labels"] is None else "classification",
                 labels=spec["labels"], metrics=spec["metrics"], pair=spec["text_b"] is not None, **splits)

@@ -306,8 +306,8 @@ def gpt_from_checkpoint(path):
         raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
     config = gpt_config(ckpt["config"], f"{path}: its config")
     weights = ckpt["model"]
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise UserError(f"{path}: the weights are not a dict of tensors")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise UserError(f"{path}: the weights are not a dict of tensors by name")
     check_weights(weights, config, path, "its config")
     model = GPT(config)
     model.load_state_dict(weights)
@@ -421,7 +421,7 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
             loss = train_step(step)
             if loss is not None and not math.isfinite(loss):
                 raise UserError(f"training diverged: the loss is {loss} at {label or 'step'} {step}; a smaller "
-                                "learning rate, or a temperature further from 0, trains stably")
+                                "learning rate (CALRec: or a temperature further from 0) trains stably")
             if interrupted():
                 if save_state is not None:
                     save_state(step + 1, best)

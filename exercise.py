@@ -303,13 +303,21 @@ def handout(names, out):
     return 0
 
 
-def run_graders(root, node_ids):
-    """{pytest node id: (passed, message)} of the graders run in `root` with the interpreter running this file."""
+def run_graders(root, node_ids, timeout):
+    """{pytest node id: (passed, message)} of the graders run in `root` with the interpreter running this file, with
+    no pytest settings or conftest.py but tests/' own (a handed-in copy's cannot change how it is graded)."""
     with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.xml")
-        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                              *node_ids], cwd=root, capture_output=True, text=True,
-                             env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+        report, ini = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.ini")
+        with open(ini, "w", encoding="utf-8") as f:
+            f.write("[pytest]\n")
+        try:
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", ini,
+                                  "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
+                                  f"--junitxml={report}", *node_ids], cwd=root, capture_output=True, text=True,
+                                 env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
+                                "--timeout gives them longer") from None
         if not os.path.exists(report):
             raise ExerciseError(f"pytest ran none of the graders: {(run.stdout + run.stderr).strip()[-500:]}")
         return {node_id(case): outcome(case) for case in ET.parse(report).iter("testcase")}
@@ -333,10 +341,10 @@ def outcome(case):
     return True, ""
 
 
-def grade(root, names):
+def grade(root, names, timeout):
     """Run the graders of each exercise in `root` and print a score per exercise; 0 if every one passes."""
     exercises = [exercise_named(n) for n in names]
-    results = run_graders(root, [t for ex in exercises for t in ex.tests])
+    results = run_graders(root, [t for ex in exercises for t in ex.tests], timeout)
     total = 0
     for ex in exercises:
         mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
@@ -353,7 +361,7 @@ def grade(root, names):
     return 0 if total == len(exercises) else 1
 
 
-def grade_handout(folder, names):
+def grade_handout(folder, names, timeout):
     """A handed-in copy, graded with this project's own tests/ (a copy of the student's tree is graded)."""
     if not os.path.isdir(folder):
         raise ExerciseError(f"{folder}: no such folder")
@@ -374,7 +382,7 @@ def grade_handout(folder, names):
         copy_tree(folder, os.path.join(tmp, "work"))
         shutil.rmtree(os.path.join(tmp, "work", "tests"), ignore_errors=True)
         copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
-        return grade(os.path.join(tmp, "work"), names)
+        return grade(os.path.join(tmp, "work"), names, timeout)
 
 
 # -----------------------------------------------------------------------------
@@ -446,20 +454,25 @@ def main(argv=None):
     g = commands.add_parser("grade", help="the graders of a handed-in copy, with this project's tests")
     g.add_argument("folder")
     g.add_argument("names", nargs="*", metavar="NAME", help="default: the exercises of its handout")
-    commands.add_parser("check", help="the graders of an exercise, in this tree").add_argument("name")
+    c = commands.add_parser("check", help="the graders of an exercise, in this tree")
+    c.add_argument("name")
+    for p in (g, c):
+        p.add_argument("--timeout", type=int, default=600, help="seconds the graders may run (default: 600)")
     e = commands.add_parser("experiments", help="run docs/experiments.md's commands; compare its tables (minutes)")
     e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
     args = parser.parse_args(argv)
+    if getattr(args, "timeout", 1) <= 0:
+        parser.error(f"--timeout: must be a positive number of seconds, got {args.timeout}")
     try:
         if args.command == "list":
             return list_exercises()
         if args.command == "handout":
             return handout(args.names, args.out)
         if args.command == "grade":
-            return grade_handout(args.folder, args.names)
+            return grade_handout(args.folder, args.names, args.timeout)
         if args.command == "experiments":
             return experiments(args.write)
-        return grade(ROOT, [args.name])
+        return grade(ROOT, [args.name], args.timeout)
     except ExerciseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

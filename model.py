@@ -578,8 +578,8 @@ def read_hf_weights(directory):
         return st, read_safetensors(st)
     if os.path.isfile(pt):
         sd = load_torch(pt, "a PyTorch weights file")
-        if not (isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())):
-            raise UserError(f"{pt}: not a state dict of tensors")
+        if not (isinstance(sd, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items())):
+            raise UserError(f"{pt}: not a state dict of tensors by name")
         return pt, sd
     raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
 

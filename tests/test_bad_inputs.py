@@ -132,6 +132,23 @@ def integer_checkpoint(w, tmp):
     return os.path.join(folder, "ckpt.pt")
 
 
+def numbered_weight(w, tmp):
+    """A copy of the finished run's ckpt.pt with one more weight, named by an integer."""
+    folder = copy(w["out"], tmp / "numbered")
+    ckpt = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)
+    ckpt["model"][0] = torch.zeros(1)
+    torch.save(ckpt, os.path.join(folder, "ckpt.pt"))
+    return os.path.join(folder, "ckpt.pt")
+
+
+def numbered_bin(folder):
+    """A GPT-2 folder whose weights are a pytorch_model.bin with one more weight, named by an integer."""
+    from model import read_safetensors
+    weights = read_safetensors(os.path.join(folder, "model.safetensors"))
+    os.remove(os.path.join(folder, "model.safetensors"))
+    torch.save({**weights, 0: torch.zeros(1)}, os.path.join(folder, "pytorch_model.bin"))
+
+
 SMALL_GLUE = ("--aux", "SST-2", "--targets", "RTE", "--n-train", "8")  # what the world's small GLUE files can train
 
 
@@ -298,11 +315,24 @@ CASES = {
     "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
                                         "Sci: has no training sequence", folder="sci"),
     "train holds the valid rows": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), open(
-        os.path.join(d, "Alpha.valid.inter"), "rb").read().split(b"\n", 1)[1]), "'s row is its valid row"),
+        os.path.join(d, "Alpha.valid.inter"), "rb").read().split(b"\n", 1)[1]),
+        "Alpha.valid.inter:2: this history is not the user's items before its target in the other rows"),
+    "a training row missing": calrec_data(lambda d: edit(os.path.join(d, "Alpha.train.inter"), "0\t0 1\t2\n", ""),
+                                          "Alpha.valid.inter:2: this history is not the user's items before its"),
+    "a training row out of place": calrec_data(
+        lambda d: edit(os.path.join(d, "Alpha.train.inter"), "1\t1\t2", "1\t3\t2"),
+        "Alpha.train.inter:4: this history is not the user's items before"),
+    "item file holds its header again": calrec_data(
+        lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"item_id:token\ttitle:token_seq\tbrand:token\n"),
+        "Alpha.item:10: the header line again"),
+    "init checkpoint with a weight named by a number": init(numbered_weight, "the weights are not a dict of tensors"),
+    "init GPT-2 weights named by a number": init(gpt2_variant(numbered_bin), "not a state dict of tensors by name"),
+    "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
+                                   "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
                                  "Alpha.valid.inter:2: user 0 is not in the test split"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
-                                             copy(w["alpha"], tmp / "x" / "Alpha")], "two folders are named Alpha"),
+                                             copy(w["alpha"], tmp / "x" / "Beta")], "both hold a domain named Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
                                       "setting target=Gamma: not among the domains"),
     # --- CALRec's raw Amazon 2018 reader, through python data.py amazon; --data refuses raw files
@@ -590,7 +620,7 @@ CASES = {
         or ["data.py", "few-shot", "--glue", str(tmp / "glue"), "--out", str(tmp / "fs")],
         "CoLA/train.tsv:25: expected 4 tab-separated columns"),
     "data path ends in /.": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], w["alpha"] + "/."],
-                                            "--data: two folders are named Alpha"),
+                                            "/.: both hold a domain named Alpha"),
     "item text file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.item")) or
                                               os.mkdir(os.path.join(d, "Alpha.item")),
                                               "Alpha.item: is a folder, not a file"),
@@ -668,7 +698,7 @@ CASES = {
                                      flags=SMALL_GLUE),
     "valid target not the item before the test target": calrec_data(lambda d: shutil.copy(
         os.path.join(d, "Alpha.test.inter"), os.path.join(d, "Alpha.valid.inter")),
-        "Alpha.valid.inter:2: user 0's target is not the last item of their test history"),
+        "Alpha.valid.inter:2: this history is not the user's items before its target"),
     "top_k below the cut-offs reported": flags("--task", "calrec", "--set", "top_k=10",
                                                message="setting top_k=10: expected int >= 20"),
 }

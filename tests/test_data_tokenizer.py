@@ -69,3 +69,9 @@ def test_the_largest_id_must_fit_not_the_number_of_tokens():
     with pytest.raises(data.UserError, match=r"token '<\|endoftext\|>' has id 100000, beyond .*vocab_size=300"):
         engine.check_fits(tok, 300)
     engine.check_fits(tok, 100001)
+
+
+def test_a_word_over_1000_characters_is_learnt_from_its_first_1000():
+    texts = ["a short line of words", "x" * 1000 + " and more"]
+    cut = data.train_tokenizer(texts, vocab_size=300).fingerprint
+    assert data.train_tokenizer([texts[0], "x" * 50000 + " and more"], vocab_size=300).fingerprint == cut

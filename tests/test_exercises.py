@@ -223,10 +223,32 @@ def test_handout_check_grade_end_to_end(tmp_path):
     (out / "tests" / "test_calrec.py").write_text("def test_info_nce_equals_naive_loop():\n    pass\n")
     os.symlink(tmp_path / "nowhere", out / "notes.txt")  # a student's stray links: copied as links, not followed
     os.symlink(".", out / "loop")
+    (out / "conftest.py").write_text(PASS_EVERYTHING)  # nor do the copy's own pytest hooks and settings count
+    (out / "pytest.ini").write_text("[pytest]\naddopts = -p no:junitxml\n")
     graded = cli("grade", str(out))
     assert graded.returncode == 1, graded.stdout + graded.stderr
     assert "round-robin: 1 of 1 graders pass -- done" in graded.stdout
     assert "info-nce: 0 of 2 graders pass" in graded.stdout
+
+
+PASS_EVERYTHING = """import pytest
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    report.get_result().outcome = "passed"
+"""
+
+
+def test_graders_that_never_end_are_stopped_at_the_timeout(tmp_path):
+    out = tmp_path / "hw"
+    assert cli("handout", "round-robin", "--out", str(out)).returncode == 0
+    path = out / "calrec.py"
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        blanked("calrec.py:merge_round_robin", "round-robin"), "def merge_round_robin(*args, **kwargs):\n"
+        "    while True:\n        pass\n"), encoding="utf-8")
+    graded = cli("grade", str(out), "--timeout", "5")
+    assert graded.returncode == 2 and graded.stderr.count("\n") == 1, graded.stderr
+    assert "the graders ran over 5 s and were stopped" in graded.stderr
 
 
 def test_refusals_write_nothing(tmp_path):

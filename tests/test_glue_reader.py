@@ -82,9 +82,18 @@ def test_labelled_test_split_is_read_when_present(tmp_path):
     assert data.glue_task("RTE", folder)["test"]["y"] == [1, 0]
 
 
-def test_crlf_line_endings(tmp_path):
-    folder = write_task(tmp_path, "SST-2", LAYOUTS["SST-2"].replace("\n", "\r\n"))
-    assert data.glue_task("SST-2", folder)["train"]["text_a"][1] == "a dull , lifeless mess"
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+def test_crlf_and_cr_line_endings_in_every_split(tmp_path, end):
+    folder = write_task(tmp_path, "SST-2", LAYOUTS["SST-2"].replace("\n", end), splits=("train", "dev", "test"))
+    task = data.glue_task("SST-2", folder)  # test.tsv too: read as labelled, not left out
+    assert [task[s]["text_a"][1] for s in ("train", "dev", "test")] == ["a dull , lifeless mess"] * 3
+
+
+def test_an_error_s_line_number_counts_cr_line_ends_as_the_reader_does(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"sentence\tlabel\rgood\t1\r\nbad \xff\t0\n")  # CR, CR LF, LF: the bad byte is on line 3
+    with pytest.raises(data.UserError, match=r"train.tsv:3:5: not UTF-8 text \(byte 0xff\)"):
+        data.read_glue_split(str(path), "SST-2")
 
 
 @pytest.mark.parametrize("name, text, message", [
