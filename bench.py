@@ -28,7 +28,7 @@ import calrec
 import data
 import maml
 from engine import Parser, environment, grad_scaler, pick_device, thread_count
-from model import GPT, GPTConfig, UserError, second_order_ops
+from model import GPT, GPTConfig, UserError, error_line, second_order_ops
 
 
 def timed(fn, device, repeats=3, warmup=1):
@@ -211,7 +211,7 @@ def main():
         for part in args.only or PARTS:
             PARTS[part](device, data_folder=args.data)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         sys.exit(2)
 
 

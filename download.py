@@ -38,7 +38,7 @@ from tqdm import tqdm
 from data import (GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split,
                   shown)
 from engine import SEED_MAX, Parser, check_out_dir, positive_int
-from model import UserError
+from model import UserError, error_line
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def fetch(url, path, hint_if_missing=None):
 
 def _download(url, part, have, name):
     """Append `url` to `part` from byte `have` on (0 if the server sends it all); the file's length if known."""
-    source = urllib.request.url2pathname(urllib.parse.urlsplit(url).path) if url.startswith("file:") else None
+    parts = urllib.parse.urlsplit(url)  # the scheme in any case: urlopen takes FILE:// as file://
+    source = urllib.request.url2pathname(parts.path) if parts.scheme.lower() == "file" else None
     if source and os.path.exists(source) and not os.path.isfile(source):  # a folder, a named pipe, ...
         raise urllib.error.URLError(f"{source} is not a regular file")
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -340,11 +341,15 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
 # -----------------------------------------------------------------------------
 # 3. GLUE -> one folder per task
 
-def unpack_glue_archive(archive, folder):
+def unpack_glue_archive(archive, folder, max_bytes=2**31):
     """The files of a GLUE archive's top-level folder (CoLA/, ...) -> folder, less the unlabelled test*.tsv and
-    the subfolders (the pre-GLUE originals)."""
+    the subfolders (the pre-GLUE originals). A file over max_bytes (GLUE's largest has a few 100 MB) is refused."""
     try:
         with zipfile.ZipFile(archive) as z:
+            huge = [i for i in z.infolist() if i.file_size > max_bytes]  # before a byte is unpacked
+            if huge:
+                raise UserError(f"{archive}: {huge[0].filename} unpacks to {huge[0].file_size:,} bytes, more than any "
+                                "GLUE file; not GLUE's archive")
             bad = z.testzip()  # reads every member, checking its CRC-32
             if bad is not None:
                 raise zipfile.BadZipFile(f"{bad} fails its CRC check")
@@ -353,7 +358,7 @@ def unpack_glue_archive(archive, folder):
                 raise UserError(f"{archive}: expected one top-level folder, found {sorted(tops)}")
             for member in z.namelist():
                 _, _, file = member.partition("/")
-                if file and "/" not in file and not (file.startswith("test") and file.endswith(".tsv")):
+                if file not in ("", ".", "..") and "/" not in file and not re.fullmatch(r"test.*\.tsv", file):
                     with z.open(member) as src, open(os.path.join(folder, file), "wb") as dst:
                         shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
@@ -399,7 +404,10 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
                 build_mrpc(*sources, tmp)
             else:
                 unpack_glue_archive(*sources, tmp)
-            task = glue_task(name, tmp)  # every line of every split, or an error naming file and line
+            try:  # every line of every split, or an error naming the download, the file and the line
+                task = glue_task(name, tmp)
+            except UserError as e:  # (not the build folder, which is removed)
+                raise UserError(f"{sources[0]}: {str(e).replace(tmp + os.sep, name + '/')}") from None
             rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
             if expected_rows is not None and rows != tuple(expected_rows[name]):
                 raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official "
@@ -569,10 +577,10 @@ def main(argv=None):
             make_few_shot(args.glue, args.out or os.path.relpath(next_to_glue), args.tasks, k=args.k,
                           seeds=args.seeds)
     except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a file or folder in the way, a full disk, no permission: the path and the reason
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        print(error_line(f"{e.filename}: {e.strerror}" if e.filename else e), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",

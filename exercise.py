@@ -444,6 +444,10 @@ def experiments(write):
     return 1 if stale and not write else 0
 
 
+def error_line(message):  # as model.error_line, which this tool does not import (it would load torch)
+    return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -474,11 +478,11 @@ def main(argv=None):
             return experiments(args.write)
         return grade(ROOT, [args.name], args.timeout)
     except ExerciseError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except OSError as e:  # a folder that cannot be read or written; shutil.Error: (source, target, why) per file
         source, _, why = e.args[0][0] if isinstance(e, shutil.Error) else (e.filename, None, e.strerror or e)
-        print(f"error: {source}: {why}" if source else f"error: {why}", file=sys.stderr)
+        print(error_line(f"{source}: {why}" if source else why), file=sys.stderr)
         return 2
 
 

@@ -605,9 +605,12 @@ def last_token_pool(h, attention_mask):
 
 
 class UserError(Exception):
-    """A mistake in what the user gave (a flag, a file, a folder), found where the problem is: the message reads
-    'file[:line]: problem' with at most one hint. train.py prints it as one line `error: ...` and exits with
-    status 2; anything else is a bug and keeps its traceback."""
+    """A mistake in what the user gave (a flag, a file, a folder), found where it is: 'file[:line]: problem', at most
+    one hint. train.py prints it as error_line() and exits with status 2; anything else is a bug, with its traceback."""
+
+
+def error_line(message):  # `error: message` as one line: a control character (a newline in a path) shown as '\n'
+    return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
 def load_torch(path, what="a checkpoint"):

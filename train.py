@@ -32,7 +32,7 @@ import maml  # noqa: E402
 from engine import (Once, Parser, apply_settings, check_out_dir, format_value, kept_if_refused,  # noqa: E402
                     name_value, open_log_file, out_of_memory, pick_device, seed_everything, seed_number,
                     setup_distributed, setup_logging, show_config, thread_count)
-from model import UserError  # noqa: E402
+from model import UserError, error_line  # noqa: E402
 
 # task -> (its preset on the built-in data, its preset on real data)
 PRESETS = {"calrec": (calrec.BUILT_IN, calrec.REAL_DATA), "maml": (maml.FAMILY, maml.GLUE), "sinusoid": (maml.SINE,)}
@@ -138,14 +138,13 @@ def check_paths(args):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return command(argv)
+        return command(sys.argv[1:] if argv is None else list(argv))
     except (UserError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
         message = str(e) if isinstance(e, UserError) else out_of_memory(e)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(error_line(message), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the same command with --resume continues from the last saved state", file=sys.stderr)

@@ -332,7 +332,7 @@ CASES = {
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
                                  "Alpha.valid.inter:2: user 0 is not in the test split"),
     "two folders one name": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"],
-                                             copy(w["alpha"], tmp / "x" / "Beta")], "both hold a domain named Alpha"),
+                                             copy(w["alpha"], tmp / "x" / "Beta")], "both hold the domain Alpha"),
     "unknown target": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], "--target", "Gamma"],
                                       "setting target=Gamma: not among the domains"),
     # --- CALRec's raw Amazon 2018 reader, through python data.py amazon; --data refuses raw files
@@ -620,7 +620,7 @@ CASES = {
         or ["data.py", "few-shot", "--glue", str(tmp / "glue"), "--out", str(tmp / "fs")],
         "CoLA/train.tsv:25: expected 4 tab-separated columns"),
     "data path ends in /.": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], w["alpha"] + "/."],
-                                            "/.: both hold a domain named Alpha"),
+                                            "/.: both hold the domain Alpha"),
     "item text file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.item")) or
                                               os.mkdir(os.path.join(d, "Alpha.item")),
                                               "Alpha.item: is a folder, not a file"),
@@ -826,12 +826,13 @@ def test_rank_without_torchrun_is_one_line(tmp_path, monkeypatch, capsys, env):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
-def test_a_mirror_s_named_pipe_is_refused_not_read_forever(world, tmp_path, capsys):
+@pytest.mark.parametrize("scheme", ["file", "FILE"])  # urlopen takes the scheme in any case
+def test_a_mirror_s_named_pipe_is_refused_not_read_forever(world, tmp_path, capsys, scheme):
     for sub, name in (("categoryFilesSmall", "Tools_5.json.gz"), ("metaFiles2", "meta_Tools.json.gz")):
         os.makedirs(tmp_path / "mirror" / sub)
         os.mkfifo(tmp_path / "mirror" / sub / name)
     with pytest.raises(SystemExit) as e:
-        download.main(["amazon", "Tools", "--url", f"file://{tmp_path / 'mirror'}", "--out", str(tmp_path / "a")])
+        download.main(["amazon", "Tools", "--url", f"{scheme}://{tmp_path / 'mirror'}", "--out", str(tmp_path / "a")])
     assert e.value.code == 2 and "Tools_5.json.gz is not a regular file" in capsys.readouterr().err
 
 

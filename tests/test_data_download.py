@@ -271,7 +271,9 @@ def damaged_crc(path):
     (lambda p: p.write_bytes(p.read_bytes()[:-30]), (2, 2), r"RTE\.zip: not a complete zip archive .*deleted"),
     (damaged_crc, (2, 2), r"RTE\.zip: not a complete zip archive \(RTE/train\.tsv fails its CRC check\)"),
     (lambda p: zip_files(p, {"RTE/train.tsv": LAYOUTS["RTE"].replace("\tentailment\n", "\tmaybe\n"),
-                             "RTE/dev.tsv": LAYOUTS["RTE"]}), (2, 2), r"RTE/train\.tsv:3: label 'maybe'"),
+                             "RTE/dev.tsv": LAYOUTS["RTE"]}), (2, 2), r"RTE\.zip: RTE/train\.tsv:3: label 'maybe'"),
+    (lambda p: zip_files(p, {"RTE/train.tsv": LAYOUTS["RTE"], "RTE/..": ""}), (2, 2),  # the error names the
+     r"RTE\.zip: RTE/dev\.tsv: no such file$"),                                          # archive, not a build folder
 ])
 def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, message):
     serve_glue(server.root)
@@ -281,6 +283,14 @@ def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, 
     with pytest.raises(UserError, match=message):
         download.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
     assert os.listdir(out) == ["downloads"]
+
+
+def test_an_archive_that_unpacks_too_large_is_refused_before_a_byte_is_written(tmp_path):
+    zip_files(tmp_path / "RTE.zip", {"RTE/train.tsv": LAYOUTS["RTE"], "RTE/README.txt": "x" * 5000})
+    (tmp_path / "RTE").mkdir()
+    with pytest.raises(UserError, match=r"RTE\.zip: RTE/README\.txt unpacks to 5,000 bytes, more than any GLUE file"):
+        download.unpack_glue_archive(str(tmp_path / "RTE.zip"), str(tmp_path / "RTE"), max_bytes=4096)
+    assert os.listdir(tmp_path / "RTE") == []
 
 
 # -----------------------------------------------------------------------------
@@ -413,6 +423,12 @@ def test_a_user_error_is_one_line(server, tmp_path, capsys, argv, message):
     code, _, err = run_main(capsys, argv + ["--out", str(tmp_path / "out")] +
                             (["--url", server.url] if argv[0] == "amazon" else []))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
+    (tmp_path / "a\nb").write_text("a file where a folder goes")
+    code, _, err = run_main(capsys, ["amazon", "Tools", "--out", str(tmp_path / "a\nb")])
+    assert code == 2 and err.count("\n") == 1 and "a\\nb" in err, err
 
 
 @pytest.mark.parametrize("argv, message", [

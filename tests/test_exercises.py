@@ -251,6 +251,12 @@ def test_graders_that_never_end_are_stopped_at_the_timeout(tmp_path):
     assert "the graders ran over 5 s and were stopped" in graded.stderr
 
 
+def test_a_refusal_naming_a_path_with_a_newline_is_one_line(tmp_path):
+    (tmp_path / "hw\n2").mkdir()
+    made = cli("handout", "info-nce", "--out", str(tmp_path / "hw\n2"))
+    assert made.returncode == 2 and made.stderr.count("\n") == 1 and "hw\\n2: already there" in made.stderr
+
+
 def test_refusals_write_nothing(tmp_path):
     unknown = cli("handout", "no-such-exercise", "--out", str(tmp_path / "a"))
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and not (tmp_path / "a").exists()

@@ -60,6 +60,9 @@ def test_paths_are_checked_for_their_kind(capsys, tmp_path):
     assert code == 2 and "is a file, not a folder" in err
     code, err = run_cli(capsys, "--task", "calrec", "--out-dir", "")
     assert code == 2 and "--out-dir: an empty path" in err
+    (tmp_path / "a\nb").write_text("")  # a newline in a path: shown escaped, the error still one line
+    code, err = run_cli(capsys, "--task", "calrec", "--out-dir", str(tmp_path / "a\nb"))
+    assert code == 2 and err.count("\n") == 1 and "a\\nb: is a file, not a folder" in err, err
     (tmp_path / "out" / "results.json").mkdir(parents=True)
     code, err = run_cli(capsys, "--task", "calrec", "--out-dir", str(tmp_path / "out"))
     assert code == 2 and "results.json: is a folder; a run writes a file there" in err
