@@ -262,8 +262,7 @@ def check_column_names(path, line_no, header, names, key=str):
                 f"repeats the name of column {k} ({header[k - 1]!r})" if k else "has no name"))
 
 
-def _attribute_name(column):
-    """How a column of an .item file is rendered in an item's text: sales_type -> Sales Type."""
+def _attribute_name(column):  # how a column of an .item file is rendered in an item's text: sales_type -> Sales Type
     return column.replace("_", " ").title()
 
 
@@ -285,8 +284,7 @@ def _read_atomic_table(path, required):
     return names, rows
 
 
-def _item_key(path, line_no, raw):
-    """An item's id in an item file: a token, as the .inter files' ids are (surrounding whitespace dropped)."""
+def _item_key(path, line_no, raw):  # an item's id in an item file: a token, as in the .inter files (stripped)
     if not raw.strip():
         raise UserError(f"{path}:{line_no}: an empty item id")
     return raw.strip()
@@ -641,20 +639,21 @@ def read_glue_split(path, task):
     return out
 
 
-def _labelled(path, spec):  # whether a GLUE file's first line is labelled: GLUE's test.tsv's is not (CoLA's: 'index')
-    first = next((ln for ln in io.StringIO(read_text(path), newline="") if ln.strip()), "").rstrip("\r\n").split("\t")
-    return spec["label"] in first if spec.get("header", True) else first[0] != "index"
+def _labelled(path, dev_path, spec):  # GLUE's own test.tsv is not: 'index' (QQP 'id') first, dev's columns less label
+    first, dev = (next((ln for ln in io.StringIO(read_text(p), newline="") if ln.strip()), "").rstrip("\r\n")
+                  .split("\t") for p in (path, dev_path if spec.get("header", True) else path))  # CoLA: no header
+    return spec["label"] in first or first[0] not in ("index", "id") or not set(first) <= {"index", *dev}
 
 
 def glue_task(name, folder):
     """A GLUE task from `folder` holding train.tsv, dev.tsv and optionally a labelled test.tsv."""
     spec = check_glue_task(name)
-    splits = {}
+    splits, paths = {}, {}
     for split in ("train", "dev", "test"):
-        path = os.path.join(folder, f"{split}.tsv")
+        path = paths[split] = os.path.join(folder, f"{split}.tsv")
         if split == "dev" and name == "MNLI" and not os.path.isfile(path):
-            path = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
-        if split == "test" and not (os.path.lexists(path) and _labelled(path, spec)):
+            path = paths[split] = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
+        if split == "test" and not (os.path.lexists(path) and _labelled(path, paths["dev"], spec)):
             continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)
         splits[split] = read_glue_split(path, name)
     return dict(name=name, kind="regression" if spec["labels"] is None else "classification",

@@ -327,6 +327,9 @@ CASES = {
         "Alpha.item:10: the header line again"),
     "init checkpoint with a weight named by a number": init(numbered_weight, "the weights are not a dict of tensors"),
     "init GPT-2 weights named by a number": init(gpt2_variant(numbered_bin), "not a state dict of tensors by name"),
+    "glue test.tsv label misspelled": glue(  # not GLUE's unlabelled test.tsv, whose columns are dev's, less the label
+        lambda g: write_lines(os.path.join(g, "RTE", "test.tsv"), ["index\tsentence1\tsentence2\tlabl", "0\tA\tB\t0"]),
+        "RTE/test.tsv:1: header has no column 'label'", flags=SMALL_GLUE),
     "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
                                    "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
