@@ -446,13 +446,14 @@ def _training_parts(path, train, valid, test):
     rows, cap = {}, max(len(h) for split in (train, valid, test) for _, _, h, _ in split)
     for line_no, user, history, target in train:
         rows.setdefault(user, []).append((line_no, history, target))
-    parts, checks = {}, []  # checks: (split, line number, history, the items before its target)
-    for user, rs in rows.items():  # UniSRec lists a user's rows latest first
+    parts, checks, after_valid = {}, [], {u: h + [t] for _, u, h, t in valid}  # checks: (split, line number,
+    for user, rs in rows.items():  # history, the items before its target); UniSRec lists a user's rows latest first
+        if user not in after_valid:
+            raise UserError(f"{path}.train.inter:{rs[0][0]}: user {user} is not in the valid split")
         rs = sorted(rs[::-1] if len(rs[0][1]) > len(rs[-1][1]) else rs, key=lambda r: len(r[1]))
-        parts[user] = rs[0][1] + [t for _, _, t in rs]
-        checks += [("train", n, h, parts[user][:len(rs[0][1]) + k]) for k, (n, h, _) in enumerate(rs)]
-    after_valid = {u: h + [t] for _, u, h, t in valid}
-    checks += [("valid", n, h, parts[u]) for n, u, h, _ in valid if u in parts]
+        parts[user] = rs[0][1][:1] + [t for _, _, t in rs]  # a user's first row has one item of history
+        checks += [("train", n, h, parts[user][:1 + k]) for k, (n, h, _) in enumerate(rs)]
+    checks += [("valid", n, h, parts.get(u, h[:1])) for n, u, h, _ in valid]  # no rows: one item before valid's
     checks += [("test", n, h, after_valid[u]) for n, u, h, _ in test]
     for split, line_no, history, before in checks:
         if history != before[-len(history):] or len(history) != min(len(before), cap):

@@ -312,13 +312,24 @@ CASES = {
                                         "Sci.item2index:4: expected 'ASIN<TAB>integer id'", folder="sci"),
     "text asin unmapped": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.text"), b"AS9\tNail. Root. X. \n"),
                                       "Sci.text:5: item AS9 is not in", folder="sci"),
-    "no training sequence": calrec_data(lambda d: edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""),
-                                        "Sci: has no training sequence", folder="sci"),
+    "no training sequence": calrec_data(lambda d: (  # one user of three items: no training row, rightly
+        edit(os.path.join(d, "Sci.train.inter"), "0\t0\t1\n0\t1\t2\n", ""), edit(os.path.join(
+            d, "Sci.valid.inter"), "0\t0 1\t2", "0\t0\t1"), edit(os.path.join(d, "Sci.test.inter"), "0 1 2\t1", "0 1\t2")),
+        "Sci: has no training sequence", folder="sci"),
     "train holds the valid rows": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), open(
         os.path.join(d, "Alpha.valid.inter"), "rb").read().split(b"\n", 1)[1]),
         "Alpha.valid.inter:2: this history is not the user's items before its target in the other rows"),
     "a training row missing": calrec_data(lambda d: edit(os.path.join(d, "Alpha.train.inter"), "0\t0 1\t2\n", ""),
                                           "Alpha.valid.inter:2: this history is not the user's items before its"),
+    "a user's first training row missing": calrec_data(  # a file cut at its head: the rows that remain agree
+        lambda d: edit(os.path.join(d, "Alpha.train.inter"), "\n0\t0\t1\n", "\n"),
+        "Alpha.train.inter:2: this history is not the user's items before its target"),
+    "a user's training rows all missing": calrec_data(
+        lambda d: edit(os.path.join(d, "Alpha.train.inter"), "\n0\t0 1\t2\n0\t0\t1\n", "\n"),
+        "Alpha.valid.inter:2: this history is not the user's items before its target"),
+    "a training user in no other split": calrec_data(
+        lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), b"zzz\t0\t1\n"),
+        "Alpha.train.inter:26: user zzz is not in the valid split"),
     "a training row out of place": calrec_data(
         lambda d: edit(os.path.join(d, "Alpha.train.inter"), "1\t1\t2", "1\t3\t2"),
         "Alpha.train.inter:4: this history is not the user's items before"),
