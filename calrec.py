@@ -523,11 +523,11 @@ def fitted_item_texts(items, max_words, tokenizer, max_tokens):
 
 
 def build_tokenizer(cfg, texts, init, resume, out_dir):
-    """The tokenizer, and --init's LM (None otherwise): with resume, the run's own tokenizer (its LM's config comes
-    from the run state); --init's; or a new BPE trained on prompts of the items (the template's words single tokens)."""
+    """--init's LM (else None; a resumed run's saved stage replaces its weights) and the run's tokenizer, --init's,
+    or a new BPE trained on prompts of the items (the template's words single tokens)."""
     saved = os.path.join(out_dir, "tokenizer.json")  # a resumed run's; if deleted, trained again (the key checks it)
     if resume and (init or os.path.exists(saved)):
-        return None, data.load_tokenizer(saved)
+        return (load_init(init, dropout=cfg.dropout)[0] if init else None), data.load_tokenizer(saved)
     if init:
         return load_init(init, dropout=cfg.dropout)
     return None, data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)],

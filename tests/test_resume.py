@@ -88,6 +88,27 @@ def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     assert log.count("(resumed)") == len(triggers)  # the log was appended to, never rewritten
 
 
+def test_calrec_from_init_interrupted_before_its_first_step_resumes_from_the_init_weights(tmp_path, monkeypatch):
+    import calrec
+    import train
+    a = str(tmp_path / "Alpha")
+    write_atomic(a, "Alpha")
+    common = ["--task", "calrec", "--data", a, "--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set",
+              "baselines=false", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2"]
+    train.main(common + ["--seed", "7", "--out-dir", str(tmp_path / "init")])  # weights no seed-0 run starts from
+    common += ["--init", str(tmp_path / "init" / "ckpt.pt")]
+    train.main(common + ["--out-dir", str(tmp_path / "once")])
+
+    def ctrl_c(*args, **kwargs):  # after the state's first save (the LM's config), before stage 1's first step
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(calrec, "train_stage", ctrl_c)
+        with pytest.raises(SystemExit):
+            train.main(common + ["--out-dir", str(tmp_path / "killed")])
+    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])
+    assert results_without_time(tmp_path / "killed")[0] == results_without_time(tmp_path / "once")[0]
+
+
 def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     common = ["--task", "maml", "--set", "meta_steps=10", "--n-train", "8", "--inner-steps", "1", "--eval-interval", "1",
               "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set", "vocab_size=300",
