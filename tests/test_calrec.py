@@ -253,6 +253,15 @@ def test_user_and_target_vectors_are_means_over_their_spans():
         assert torch.equal(got, torch.zeros(1, 3, dtype=torch.float64)), (
             f"{name} of hidden states that are all 0: expected the zero vector (a mean of 0 normalised as F.normalize "
             f"does it), got {got.tolist()}")
+    # hidden states 1e-7 small: still unit vectors (a normalised mean does not depend on the scale of h; an epsilon
+    # added to the norm, as in m / (|m| + 1e-8), shortens them)
+    rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
+    for name, got in (("user_vectors", calrec.user_vectors(h * 1e-7, rows, starts)),
+                      ("target_vectors", calrec.target_vectors(h * 1e-7, rows, starts, ends))):
+        norms = got.norm(dim=-1).tolist()
+        assert norms == pytest.approx([1.0] * 3, rel=1e-9), (
+            f"{name} of the same spans of h * 1e-7 (float64): expected vectors of norm 1 (normalised as F.normalize "
+            f"does it, whatever the scale of h), got norms {norms}")
     # the same spans of a transposed (non-contiguous) h, in bfloat16 (autocast's dtype), with the default device
     # "meta" (a tensor made without device= or dtype= lands there, or in float32): the vectors in h's dtype, on the CPU
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
@@ -355,9 +364,10 @@ def naive_bm25(documents, query, k1, b):
 
 def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all;
-    # queries read by the same analyser (capitals, punctuation)
-    docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "?!"]
-    queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's"]
+    # queries read by the same analyser (capitals, punctuation); an accent or an underscore splits a word too
+    # ("Pokémon" is "pok" and "mon", "red_apple" is "red" and "apple": calrec.words keeps runs of a-z and 0-9)
+    docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "Pokémon red_apple 42", "?!"]
+    queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's", "mon 42"]
     # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
     for (k1, b), asked in zip(((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0), (1.2, 0.75), (1.2, 0.75), (1.2, 0.75)),
                               (queries, queries, queries, queries, ["apple pie red"], ["nothing here", "?"], [])):
@@ -406,6 +416,8 @@ def test_merge_round_robin_on_hand_made_lists():
         ("equal scores within a round: the better beam first, whatever the items' ids", [[2], [1]], [[1.0], [1.0]], [],
          2, [2, 1]),
         ("scores 3e-7 apart are not equal: by score, not by beam", [[1], [2]], [[1.0000001], [1.0000004]], [], 2, [2, 1]),
+        ("scores 1e-8 apart (equal in float32) are not equal: by score", [[1], [2]], [[1.00000001], [1.00000002]], [],
+         2, [2, 1]),
         ("k = 0: no item", lists, scores, [], 0, []),
         ("no lists: nothing to merge", [], [], [7], 3, []),
         # the second beam's list is the longest: round 1 holds its item 3 alone
@@ -670,6 +682,16 @@ def test_markov_equals_a_naive_loop():
         f"rank_markov of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} over the "
         f"training sequences {sequences[:5]} + [[3]] * 1200 + [[5]]: expected ranks {want} (a naive loop: the "
         f"transition's count first, popularity only to break ties), got {got}")
+    # popularity counts every purchase, a user's repeats too (item 2: 2 buyers, 4 purchases; item 1: 3 buyers, 3)
+    sequences = [[0, 1], [0, 2], [1], [3, 1], [3, 2, 3, 2, 3, 2]]
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(4)], list("abcd"), train=[], valid=[], test=[],
+                    train_sequences=sequences, attributes=("Title",))
+    examples = [([0], 1), ([0], 2)]
+    want, got = naive_markov_ranks(sequences, 4, examples), ev.rank_markov(d, examples).tolist()
+    assert got == want, (
+        f"rank_markov of the histories [[0], [0]] -> targets [1, 2] over the training sequences {sequences}: expected "
+        f"ranks {want} (items 1 and 2 tie on one transition after item 0; item 2 is bought 4 times, item 1 3 times), "
+        f"got {got}")
     # counts times popularity past 2**24, where float32 no longer holds every integer: 1000 transitions 0 -> 1 and
     # 0 -> 2 each, item 1 bought once more than item 2, item 3 bought 40000 times (count * 40001 is about 4e7)
     sequences = [[0, 1]] * 1000 + [[0, 2]] * 1000 + [[1]] + [[3]] * 40000
@@ -766,11 +788,15 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
         f"ranks_in_chunks of the same 4 users, 2 at a time: expected ranks [3, 3, 0, 2] from the rows "
         f"[slice(0, 2), slice(2, 4)], got {ranks.tolist()} from {asked}")
     # float64 scores closer than float32 can tell apart tie (compared in float32), and a target its scorer ruled out
-    # (-inf, outside its history) cannot be ranked either
-    near = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.2], [0.3, float("-inf"), 0.5, 0.2]], dtype=torch.float64)
-    got = ev.ranks_from_scores(near, torch.tensor([1, 1]), [[], [3]]).tolist()
-    assert got == [2, 0], (f"ranks_from_scores of float64 scores {near.tolist()}, targets [1, 1], histories [[], [3]]: "
-                           f"expected [2, 0] (1.0 and 1.0 + 1e-12 tie in float32; a target scored -inf: 0), got {got}")
+    # (-inf, outside its history) cannot be ranked either; one scored +inf can (first, or tied with another +inf)
+    inf = float("inf")
+    near = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.2], [0.3, -inf, 0.5, 0.2], [0.5, inf, 2.0, 1.0],
+                         [inf, inf, 0.0, 1.0]], dtype=torch.float64)
+    got = ev.ranks_from_scores(near, torch.tensor([1, 1, 1, 1]), [[], [3], [0], []]).tolist()
+    assert got == [2, 0, 1, 2], (
+        f"ranks_from_scores of float64 scores {near.tolist()}, targets [1, 1, 1, 1], histories [[], [3], [0], []]: "
+        f"expected [2, 0, 1, 2] (1.0 and 1.0 + 1e-12 tie in float32; a target scored -inf: 0; scored +inf: 1, or 2 "
+        f"beside another +inf), got {got}")
     # float32 scores close but distinct are no tie: 1.003 is above 1.0 (bfloat16 would round both to 1.0), and
     # 1 - 2**-24 (float32's step below 1) is below it: a tie is equality, with no tolerance
     close = torch.tensor([[1.0, 1.003, 1 - 2 ** -24, 0.99, 0.5]]).expand(4, 5)

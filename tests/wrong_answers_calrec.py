@@ -1413,3 +1413,94 @@ def ranks_from_scores(scores, targets, histories):
     ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
     return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
 '''})
+# found by a tenth probe of the graders
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # any infinite target score read as unrankable: a target scored +inf is first, not out
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
+    return torch.where(torch.isinf(t.view(-1)), torch.zeros_like(ranks), ranks)
+'''})
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+def user_vectors(h, rows, ends):
+    # an epsilon added to the norm: small hidden states give vectors shorter than 1
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    m = running[rows, ends - 1] / ends[:, None].to(running.dtype)
+    return (m / (m.norm(dim=-1, keepdim=True) + 1e-8)).to(h.dtype)
+''', 'calrec.py:target_vectors': '''
+def target_vectors(h, rows, starts, ends):
+    # the same epsilon
+    running = F.pad(h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32)), (0, 0, 1, 0))
+    m = (running[rows, ends] - running[rows, starts]) / (ends - starts)[:, None].to(running.dtype)
+    return (m / (m.norm(dim=-1, keepdim=True) + 1e-8)).to(h.dtype)
+'''})
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # an analyser of its own, \\w+: accents and underscores stay inside words, unlike calrec.words
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = re.findall(r"\\w+", doc.lower())
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce()
+''', 'calrec.py:BM25.scores': '''
+def scores(self, queries):
+    # the same analyser for the queries
+    q, w = [], []
+    for j, text in enumerate(queries):
+        ids = [self.vocab[x] for x in re.findall(r"\\w+", text.lower()) if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
+    return (self.matrix @ Q).t().contiguous()
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    # popularity as the number of users who bought an item, not the number of purchases
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()  # a then b
+    pop = torch.bincount(torch.tensor([i for seq in domain.train_sequences for i in set(seq)], dtype=torch.long),
+                         minlength=domain.n_items)
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # each round's scores sorted as a float32 tensor: scores 1e-8 apart tie and go by beam
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        beams = [m for m in range(len(lists)) if p < len(lists[m])]
+        s = torch.tensor([list_scores[m][p] for m in beams])
+        for o in torch.sort(-s, stable=True).indices.tolist():
+            if len(taken) >= k:
+                return taken
+            item = lists[beams[o]][p]
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''})
