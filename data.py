@@ -38,6 +38,7 @@ class TextTokenizer:
     there padding (masked anyway) and the separator of a pair fall back to it."""
 
     def __init__(self, tokenizer, path=None):
+        tokenizer.encode_special_tokens = True  # '<|pad|>' in a text is text: the special tokens are added by id
         self.tok, self.path = tokenizer, path
         self.eot_id = tokenizer.token_to_id(EOT)
         if self.eot_id is None:
@@ -121,11 +122,10 @@ def read_text(path):
 def pad_batch(seqs, pad_id, length=None):
     """Right-pad lists of ids -> idx (B, T) long, attention_mask (B, T) long (1 = real token)."""
     T = length or max(len(s) for s in seqs)
-    idx, mask = torch.full((len(seqs), T), pad_id, dtype=torch.long), torch.zeros((len(seqs), T), dtype=torch.long)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return idx, mask
+    return idx, (torch.arange(T) < torch.tensor([len(s) for s in seqs])[:, None]).long()
 
 
 # -----------------------------------------------------------------------------

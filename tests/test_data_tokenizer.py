@@ -22,12 +22,17 @@ def test_train_save_load_round_trip(tmp_path):
     assert (again.eot_id, again.pad_id, again.sep_id) == (tok.eot_id, tok.pad_id, tok.sep_id)
 
 
-def test_special_tokens_are_single_distinct_ids():
+def test_special_tokens_are_single_distinct_ids_that_no_text_encodes_to(tmp_path):
     tok = data.train_tokenizer(TEXTS, vocab_size=300)
-    assert len({tok.eot_id, tok.pad_id, tok.sep_id}) == 3
-    ids = tok.encode("a" + data.SEP + "b" + data.EOT)
-    assert ids.count(tok.sep_id) == 1 and ids[-1] == tok.eot_id
-    assert tok.decode(ids) == "ab"  # special tokens are dropped when decoding
+    special = [tok.eot_id, tok.pad_id, tok.sep_id]
+    assert [tok.tok.id_to_token(i) for i in special] == [data.EOT, data.PAD, data.SEP]
+    # a text holding their strings (a product so named, a sentence quoting them) is text: they go in by id only
+    text = "a" + data.SEP + "b" + data.EOT + " " + data.PAD
+    engine.save_tokenizer(str(tmp_path), tok)
+    for t in (tok, data.load_tokenizer(str(tmp_path))):
+        ids = t.encode(text)
+        assert not set(special) & set(ids) and t.encode_batch([text]) == [ids], ids
+        assert t.decode(ids + special) == text  # the special ids are dropped when decoding
 
 
 def test_gpt2_style_tokenizer_without_pad_falls_back_to_eot(tmp_path):
