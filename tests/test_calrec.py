@@ -125,6 +125,14 @@ def test_duplicate_targets_are_not_negatives():
     assert unmasked > loss + 0.1, (  # without the mask, the duplicate counts as a (hard) negative
         f"info_nce of the same rows with three distinct items (nothing masked): expected more than the masked loss "
         f"{loss:.6f} + 0.1, got {unmasked:.6f}")
+    # a masked key that is the row's best, at a temperature near 0: the loss of each row is 0 (its own key is the only
+    # one left), however large the masked logit (a row's max taken before the mask, a finite stand-in for -inf, fail)
+    q, k = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    for dtype, tau in ((torch.float32, 0.01), (torch.float64, 1e-5)):
+        loss = calrec.info_nce(q.to(dtype), k.to(dtype), torch.tensor([7, 7]), tau).item()
+        assert loss == 0.0, (
+            f"info_nce, {dtype}, tau={tau}, queries [[1, 0], [1, 0]], keys [[-1, 0], [1, 0]], both rows of item 7 (each "
+            f"other's key masked out): expected 0 (each row's own key is alone), got {loss}")
 
 
 def test_loss_mixture_by_hand():

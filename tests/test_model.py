@@ -350,6 +350,18 @@ def test_kv_cache_extend_by_hand():
         raised = e
     assert isinstance(raised, ValueError), "extend past the capacity (a 5th position in a cache of 4): want a " \
                                            f"ValueError that says so, got {raised!r}"
+    # the cache writes with tensors on its own device: with new tensors going by default to "meta" (shapes, no data),
+    # one made without device= (an index for index_copy_, say) cannot meet the CPU buffer, as it could not on a GPU
+    cache = model.KVCache(GPTConfig(n_layer=2, n_head=1, n_embd=2), batch=1, capacity=4, device="cpu")
+    try:
+        with torch.device("meta"):
+            got = cache.extend(0, k[0], -k[0])
+    except RuntimeError as e:
+        raise AssertionError(f"extend of a CPU cache with the default device set to 'meta': a tensor made without "
+                             f"device=? {e}") from None
+    assert torch.equal(got[0], k[0]) and torch.equal(got[1], -k[0]), (
+        f"extend of a CPU cache, the default device 'meta': want the keys {k[0][0, 0].tolist()} and their negatives, "
+        f"got {got[0][0, 0].tolist()} and {got[1][0, 0].tolist()}")
 
 
 def test_kv_cache_extend_returns_views_with_several_rows_and_heads():
@@ -482,12 +494,18 @@ def test_beam_search_makes_its_tensors_on_the_models_device():
     # with new tensors going by default to "meta" (shapes, no data), one made without device= cannot meet the CPU
     # model's, as a CPU tensor could not meet a model on a GPU: the beams must be those made without the default
     m = tiny()
-    for use_cache in (True, False):
-        want = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache)
-        what = f"beam_search(num_beams=4, max_new_tokens=6, eos_id=5, use_cache={use_cache}) of a CPU model"
+
+    def allowed_next(tokens):  # only 0 and eos, as a catalog would allow: made on the tokens' device
+        allowed = torch.zeros(*tokens.shape[:2], m.config.vocab_size, dtype=torch.bool, device=tokens.device)
+        allowed[..., 0] = allowed[..., 5] = True
+        return allowed
+    for use_cache, allowed in ((True, None), (False, None), (True, allowed_next), (False, allowed_next)):
+        want = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache, allowed_next=allowed)
+        what = (f"beam_search(num_beams=4, max_new_tokens=6, eos_id=5, use_cache={use_cache}"
+                f"{', allowed_next=only 0 and eos' if allowed else ''}) of a CPU model")
         try:
             with torch.device("meta"):
-                got = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache)
+                got = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=use_cache, allowed_next=allowed)
         except (RuntimeError, NotImplementedError) as e:
             if str(e).startswith("exercise"):
                 raise
@@ -845,6 +863,14 @@ def test_manual_attention_dropout_drops_attention_weights_not_outputs():
         same = float((dropped[a] == dropped[b]).float().mean())
         assert same < 0.75, (f"{what}: two {name} drop the same weights {same:.0%} of the time, want about 50%: "
                              "each attention weight is dropped on a draw of its own (one mask per row, head and query)")
+    # the dropout mask made on the inputs' device: with new tensors going by default to "meta", one made without
+    # device= cannot meet the CPU's weights, as a CPU mask could not meet them on a GPU
+    try:
+        with torch.device("meta"):
+            got = model.manual_attention(q[:2], k[:2], v[:2], mask, dropout_p=p)
+    except RuntimeError as e:
+        raise AssertionError(f"{what}, the default device set to 'meta': a tensor made without device=? {e}") from None
+    assert got.device == q.device, f"{what}, the default device 'meta': want the output on {q.device}, got {got.device}"
 
 
 def naive_mean_pool(h, span):
@@ -1009,7 +1035,8 @@ def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(wr
              ("(B, T, C) transposed from (B, C, T), not contiguous", torch.randn(2, 6, 4).transpose(1, 2), 1e-5),
              ("float64", torch.randn(2, 3, 6, dtype=torch.float64), 1e-10),
              ("mean 1000, spread 0.1", 1000 + 0.1 * torch.randn(2, 3, 6), 1e-2),
-             ("float64, mean 1e6, spread 1e-3", 1e6 + 1e-3 * torch.randn(2, 3, 6, dtype=torch.float64), 1e-6)]
+             ("float64, mean 1e6, spread 1e-3", 1e6 + 1e-3 * torch.randn(2, 3, 6, dtype=torch.float64), 1e-6),
+             ("bfloat16 (mixed precision: the output stays bfloat16)", torch.randn(2, 3, 6).bfloat16(), 5e-2)]
     where = "inside" if written_out else "outside"
     for what, x, tol in cases:
         call = f"LayerNorm(6) {where} second_order_ops on x {tuple(x.shape)} {x.dtype}, {what}"

@@ -1504,3 +1504,23 @@ def merge_round_robin(lists, list_scores, exclude, k):
                 taken.append(item)
     return taken
 '''})
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    # each row stabilised by its largest logit taken before the mask: a masked key can be that largest one
+    logits = query @ key.t() / tau
+    logits = logits - logits.max(1, keepdim=True).values.detach()
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    return (logits.exp().sum(1).log() - logits[rows, rows]).mean()
+'''})
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    # keys of the same item masked with -1e4 instead of -inf: at a temperature near 0 they still count
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, -1e4), rows)
+'''})

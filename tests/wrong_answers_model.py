@@ -916,3 +916,65 @@ def extend(self, layer, k, v):
     self.v[layer:, :, :, self.length:end] = v
     return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 '''})
+# found by a tenth probe of the graders
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout written out, its mask drawn with torch.rand(att.shape): on the default device, not att's
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        keep = torch.rand(att.shape) >= dropout_p
+        att = torch.where(keep, att / (1 - dropout_p), 0.0)
+    return att @ v
+'''})
+WRONG_MODEL['kv-cache'].append({'model.py:KVCache.extend': '''
+def extend(self, layer, k, v):
+    # the positions written with index_copy_ and an index made by torch.arange without device=
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    pos = torch.arange(self.length, end)
+    self.k[layer].index_copy_(2, pos, k)
+    self.v[layer].index_copy_(2, pos, v)
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''})
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # half-precision inputs upcast to float32 for the statistics, never cast back: bfloat16 in, float32 out
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mu = xf.mean(-1, keepdim=True)
+    var = (xf - mu).pow(2).mean(-1, keepdim=True)
+    y = (xf - mu) * torch.rsqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''})
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # the disallowed tokens filled from torch.full((B, K, V), -inf) made without device=
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = torch.where(allowed_next(tokens), logp, torch.full((B, K, V), float("-inf")))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
