@@ -284,7 +284,8 @@ def check_gzip(path):
                 pass
     except (OSError, EOFError, zlib.error) as e:
         os.remove(path)
-        raise UserError(f"{path}: not a complete gzip file ({e}); deleted, rerun to download it again") from None
+        raise UserError(f"{path}: not a complete gzip file ({e}); deleted, so a rerun downloads it again (the same "
+                        "error again: the source's copy is damaged)") from None
 
 
 def fold_whitespace(text):  # tabs, newlines, ... -> one space: a cell must stay in its column and on its line
@@ -363,7 +364,8 @@ def unpack_glue_archive(archive, folder, max_bytes=2**31):
                         shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         os.remove(archive)
-        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, rerun to download it again") from None
+        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, so a rerun downloads it again (the "
+                        "same error again: the source's copy is damaged)") from None
 
 
 def build_mrpc(source, dev_ids, folder):

@@ -181,7 +181,7 @@ def test_a_broken_gzip_is_deleted_and_fetched_again(server, tmp_path, damage):
     with open(good_path, "wb") as f:
         f.write(bad)
     out = tmp_path / "amazon"
-    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: not a complete gzip file .*deleted, rerun"):
+    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: not a complete gzip file .*deleted, so a rerun downloads"):
         download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
     assert os.listdir(out) == ["downloads"]  # no Tools folder, finished or temporary
     assert sorted(os.listdir(out / "downloads")) == ["meta_Tools.json.gz"]  # the bad file is gone
