@@ -467,16 +467,16 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
     numpy's legacy generator, grouped by label in order of first appearance, the first k of each label to
     train.tsv, the next k to dev.tsv (GLUE's dev set stays the test set). LM-BFF's quirk is kept, so that the
     splits equal the released ones: a file without a header (CoLA) is shuffled in place, each seed starting from
-    the previous seed's order, in the script's order of seeds."""
+    the previous seed's order, in the script's order of seeds. So one of LM-BFF's seeds replays the shuffles of
+    those before it in LM_BFF_SEEDS, whichever seeds are asked for and in whatever order (a split is the same
+    alone or among others); any other seed, and every seed of a file with a header, shuffles the file's order."""
     for name in names:
         path, header, lines, label = _labelled_lines(glue_root, name)
-        in_place = not header  # LM-BFF's quirk, see above
-        order = sorted(seeds, key=lambda s: LM_BFF_SEEDS.index(s) if s in LM_BFF_SEEDS else len(LM_BFF_SEEDS))
-        shuffled = list(lines)
-        for seed in order if in_place else seeds:
-            if not in_place:
-                shuffled = list(lines)
-            np.random.RandomState(seed).shuffle(shuffled)  # = np.random.seed(seed); np.random.shuffle(...)
+        for seed in seeds:
+            chain = LM_BFF_SEEDS[:LM_BFF_SEEDS.index(seed)] if not header and seed in LM_BFF_SEEDS else ()
+            shuffled = list(lines)
+            for s in chain + (seed,):  # = np.random.seed(s); np.random.shuffle(...), see above
+                np.random.RandomState(s).shuffle(shuffled)
             folder = os.path.join(out, name, f"{k}-{seed}")
             if not already_built(folder):
                 _write_few_shot(path, name, folder, header, shuffled, label, k)

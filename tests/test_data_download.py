@@ -342,8 +342,8 @@ def test_few_shot_splits_follow_lm_bff(tmp_path):
         folders = data.few_shot_folders(str(out), name)
         assert folders == [str(out / name / "16-13"), str(out / name / "16-21")]
         for folder, seed in zip(folders, (13, 21)):
-            # CoLA has no header: LM-BFF's order of seeds (100, 13, 21, ...) chains its shuffles, 13 then 21
-            before = (13,) if name == "CoLA" and seed == 21 else ()
+            # CoLA has no header: LM-BFF's order of seeds (100, 13, 21, ...) chains its shuffles, asked for or not
+            before = {13: (100,), 21: (100, 13)}[seed] if name == "CoLA" else ()
             train, dev = expected_few_shot(header, lines, labels, seed, 16, before)
             with open(os.path.join(folder, "train.tsv"), "rb") as f:
                 assert f.read() == train  # byte for byte, the header (and MRPC's byte-order mark) included
@@ -354,6 +354,40 @@ def test_few_shot_splits_follow_lm_bff(tmp_path):
                 bins = [int(y >= 2.5) for y in task[split]["y"]] if name == "STS-B" else task[split]["y"]
                 assert Counter(bins) == {0: 16, 1: 16}
     assert data.few_shot_folders(str(out), "RTE") == []
+
+
+def test_a_few_shot_split_is_the_same_whichever_seeds_are_asked_for(tmp_path):
+    """16-<seed> holds the same bytes made alone, among LM-BFF's seeds or in another order, with a header (RTE)
+    or without (CoLA, whose split of one of LM-BFF's seeds replays the shuffles of the seeds before it in
+    LM-BFF's order, asked for or not; any other seed shuffles the file's order, as with a header)."""
+    glue = tmp_path / "glue"
+    rte_header = b"index\tsentence1\tsentence2\tlabel\n"
+    rte_labels = ["entailment" if i % 3 else "not_entailment" for i in range(60)]
+    rte = few_shot_source(glue, "RTE", rte_header, [f"{i}\tA {i}.\tB {i}.\t{y}" for i, y in enumerate(rte_labels)])
+    cola_labels = [i % 2 for i in range(60)]
+    cola = few_shot_source(glue, "CoLA", None, [f"gj04\t{y}\t{'' if y else '*'}\tSentence {i} ."
+                                                for i, y in enumerate(cola_labels)])
+    runs = {"default": None, "13": "13", "42": "42", "7": "7", "87,13": "87,13", "87,42,21,13,100": "87,42,21,13,100",
+            "7,42,13": "7,42,13"}
+    for run, seeds in runs.items():
+        download.main(["few-shot", "--glue", str(glue), "--out", str(tmp_path / run), "--tasks", "CoLA,RTE",
+                       "--k", "4"] + (["--seeds", seeds] if seeds else []))
+
+    def split(run, name, seed):
+        folder = tmp_path / run / name / f"4-{seed}"
+        return (folder / "train.tsv").read_bytes(), (folder / "dev.tsv").read_bytes()
+
+    for name, header, lines, labels in (("CoLA", None, cola, cola_labels), ("RTE", rte_header, rte, rte_labels)):
+        for seed in (13, 42, 7):
+            made = [run for run in runs if str(seed) in run.split(",") or (run == "default" and seed != 7)]
+            before = download.LM_BFF_SEEDS[:download.LM_BFF_SEEDS.index(seed)] if name == "CoLA" and seed != 7 else ()
+            expected = expected_few_shot(header, lines, labels, seed, 4, before)
+            for run in made:
+                assert split(run, name, seed) == expected, (name, seed, run)
+        # the default seeds are LM-BFF's run of its script: CoLA's shuffles chained 100, 13, 21, 42, 87
+        for i, seed in enumerate(download.LM_BFF_SEEDS):
+            before = download.LM_BFF_SEEDS[:i] if name == "CoLA" else ()
+            assert split("default", name, seed) == expected_few_shot(header, lines, labels, seed, 4, before)
 
 
 def test_few_shot_needs_two_k_lines_per_label(tmp_path):
