@@ -190,8 +190,9 @@ def atomic_write(path, write, mode="w"):
             os.remove(tmp)
 
 
-def save_json(path, obj):
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+def save_json(path, obj):  # strict JSON: a float that is not finite (a nan metric) is written as null
+    strict = json.loads(json.dumps(obj), parse_constant=lambda c: None)
+    atomic_write(path, lambda f: json.dump(strict, f, indent=2))
 
 
 def save_tokenizer(out_dir, tokenizer):
@@ -199,9 +200,7 @@ def save_tokenizer(out_dir, tokenizer):
     atomic_write(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tokenizer.to_json()))
 
 
-def save_torch(path, obj):
-    """torch.save, atomically. `obj` holds tensors and plain Python values only, so that model.load_torch can
-    read it back without running any code."""
+def save_torch(path, obj):  # torch.save, atomically; tensors and plain values only, which load_torch reads safely
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
@@ -215,8 +214,7 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python {self.prog.split()[0]} --help)")
 
 
-def positive_int(text):
-    """An argparse type: a whole number above 0."""
+def positive_int(text):  # an argparse type: a whole number above 0
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
@@ -409,8 +407,12 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
             if step % eval_every == 0 or step == steps:
                 if save_state is not None:
                     save_state(step, best)
+                finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+                if not finite and validate is None:  # a step that returns no loss (Reptile's) shows it here
+                    raise UserError(f"training diverged: the weights are not finite at {label or 'step'} {step}; a "
+                                    "smaller learning rate trains stably")
                 if validate is not None:
-                    score = validate()
+                    score = validate() if finite else math.nan  # weights that are not finite never win
                     if score > best[0]:
                         best = (score, step, copy_weights(model))
                     mark = "  (best)" if best[1] == step else ""

@@ -209,7 +209,7 @@ def train_sine(method, cfg, seed):
         else:
             meta_step(method, params, sine_loss, [support], query, cfg.inner_lr, inner_steps, opt)
     if not all(torch.isfinite(v).all() for v in params.values()):
-        raise UserError(f"training diverged: the weights of sinusoid {method} are not finite; lower outer_lr")
+        raise UserError(f"training diverged: sinusoid {method}'s weights are not finite; lower outer_lr or inner_lr")
     return {k: v.detach() for k, v in params.items()}
 
 
@@ -509,8 +509,7 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         test, reported = enc["dev"], "dev"
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
     if len(val["ids"]) == 0:
-        raise UserError(f"{task['name']}: {len(enc['train']['ids'])} training examples (its train.tsv) are too few to "
-                        "set aside a validation split")
+        raise UserError(f"{task['name']}: {len(enc['train']['ids'])} training examples, too few for a validation split")
     runs = []
     for n in cfg.n_train:
         if n > len(pool["ids"]):
@@ -542,8 +541,7 @@ class Experiment:
 
 
 def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
-    """Read and check everything a run needs, writing nothing (data_dir None: the built-in family). With resume,
-    the saved run's key (settings, tasks, seed, init, tokenizer, processes) must equal this one's."""
+    """Read and check everything a run needs, writing nothing; with resume, the saved run's key must be this one's."""
     engine.check_settings(cfg)
     setting_name, aux, targets, few_shot_root = load_tasks(cfg, data_dir)
     tasks = {**aux, **targets}
@@ -584,19 +582,21 @@ def learn_init(exp, init):
     (its encoder a plain GPT checkpoint, usable as init; the task heads beside it); returns its weights."""
     cfg, model, state = exp.cfg, exp.model, exp.state
     model.load_state_dict(exp.init_state)
-    if init == "none" or f"learned_{init}" in state.done:
-        return state.done.get(f"learned_{init}", {}).get("weights", exp.init_state)
-    rng = np.random.default_rng([exp.seed, INITS.index(init)])  # its own stream: the same whatever cfg.method
-    curve = meta_train(model, exp.aux_encs, init, cfg, rng, exp.device, state)
-    if engine.rank_and_world()[0] == 0:
+    if init == "none":
+        return exp.init_state
+    if f"learned_{init}" not in state.done:
+        rng = np.random.default_rng([exp.seed, INITS.index(init)])  # its own stream: the same whatever cfg.method
+        curve = meta_train(model, exp.aux_encs, init, cfg, rng, exp.device, state)
+        tenth = max(1, len(curve) // 10)  # one meta-batch's loss is noisy: the means over the first and last tenth
+        summary = [] if math.isnan(curve[0]) else [float(np.mean(curve[:tenth])), float(np.mean(curve[-tenth:]))]
+        state.finish(f"learned_{init}", dict(weights=engine.copy_weights(model), loss_first_last_tenth=summary))
+    learned = state.done[f"learned_{init}"]
+    model.load_state_dict(learned["weights"])
+    if engine.rank_and_world()[0] == 0:  # by a resumed run too: a file deleted since is there again
         heads = {k: v for k, v in model.state_dict().items() if not k.startswith("gpt.")}
         engine.save_checkpoint(os.path.join(exp.out_dir, f"init_{init}.pt"), model.gpt, exp.tokenizer, cfg.meta_steps,
-                               {"loss_last": curve[-1]}, heads=heads)
-    tenth = max(1, len(curve) // 10)  # one meta-batch's loss is noisy: the means over the first and last tenth
-    summary = [] if math.isnan(curve[0]) else [float(np.mean(curve[:tenth])), float(np.mean(curve[-tenth:]))]
-    weights = engine.copy_weights(model)
-    state.finish(f"learned_{init}", dict(weights=weights, loss_first_last_tenth=summary))
-    return weights
+                               {"loss_first_last_tenth": learned["loss_first_last_tenth"]}, heads=heads)
+    return learned["weights"]
 
 
 def fine_tune_targets(exp, init, learned):
@@ -620,6 +620,7 @@ def run(exp):
     rank = engine.rank_and_world()[0]
     if rank == 0:  # a resumed run too: a tokenizer.json deleted since is there again
         engine.save_tokenizer(exp.out_dir, exp.tokenizer)
+    exp.state.save("start")  # from here on, --resume continues an interrupted run
     log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
              f"{exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}

@@ -167,8 +167,7 @@ def attention_mask_4d(key_mask, T_past, T):
 
     key_mask: (B, T_past + T) bool, True for real tokens (False for padding) at every position so far.
     Returns (B, 1, T, T_past + T) bool: key j is visible to query i when j <= i (causal) and j is a real
-    token. A query always sees itself, so that a padding row never has an empty softmax (its output is
-    ignored by the caller anyway).
+    token. A query always sees itself, so that a padding row never has an empty softmax (its output is unused).
     """
     q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)  # absolute positions of the queries
     k_pos = torch.arange(T_past + T, device=key_mask.device)

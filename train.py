@@ -65,14 +65,12 @@ def build_parser():
                allow_abbrev=False)  # a typo must fail, not silently match another flag
     g = p.add_argument_group("the run")
     g.add_argument("--task", choices=tuple(PRESETS), required=True, help="which experiment to run")
-    g.add_argument("--data", nargs="+", action=Once, metavar="DIR",
-                   help="real data instead of the built-in default: calrec takes one folder per domain, "
-                        "maml the GLUE folder (python data.py --help fetches them)")
+    g.add_argument("--data", nargs="+", action=Once, metavar="DIR", help="real data instead of the built-in: calrec "
+                   "takes one folder per domain, maml the GLUE folder (python data.py --help fetches them)")
     g.add_argument("--out-dir", action=Once, help="where checkpoints, the log and results.json go (default: out/TASK)")
     g.add_argument("--init", action=Once, help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out-dir (after a crash, a kill or Ctrl-C) with the same flags: "
-                        "it ends with the results the uninterrupted run would have given")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir (after a crash, a kill "
+                   "or Ctrl-C) with the same flags: it ends with the results the uninterrupted run would have given")
     g.add_argument("--seed", type=seed_number, action=Once, help="seed for every random number generator (default: 0)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), action=Once,
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
@@ -82,8 +80,7 @@ def build_parser():
     g.add_argument("--threads", type=thread_count, action=Once,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
-    g.add_argument("--show-config", action="store_true", help="print every setting with its value and what it "
-                   "allows, then stop")
+    g.add_argument("--show-config", action="store_true", help="print every setting, its value and what it allows; stop")
     g.add_argument("--set", type=name_value, action="append", default=[], metavar="NAME=VALUE",
                    help="change one setting, e.g. --set every_position=false; may be repeated")
     for name in ALIASES:
@@ -114,8 +111,8 @@ def settings(args):
 
 
 def check_paths(args):
-    """Every path flag is the kind of path it must be: --data folders, --init a file or folder, --out-dir a
-    writable folder (or one that can be made) whose output names are not folders."""
+    """Every path flag is the kind of path it must be: --data folders, --init a file or folder outside what the run
+    writes, --out-dir a writable folder (or one that can be made) whose output names are not folders."""
     for flag, tasks in RUN_FLAGS.items():
         if args.task not in tasks and getattr(args, flag) not in (None, False):
             raise UserError(f"--{flag} applies to --task {' and '.join(tasks)} only, not to --task {args.task}")
@@ -127,6 +124,9 @@ def check_paths(args):
     if args.init is not None and not os.path.exists(args.init):
         raise UserError(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
     check_out_dir(args.out_dir, "--out-dir", OUTPUTS)
+    written = {os.path.realpath(os.path.join(args.out_dir, n)) for n in ("", *OUTPUTS)}  # the folder, its files
+    if args.init and os.path.realpath(args.init) in written:
+        raise UserError(f"--init {args.init}: the run writes there (in --out-dir); copy it elsewhere first")
     if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
         raise UserError(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
     if args.task == "sinusoid" and (os.environ.get("WORLD_SIZE", "1") != "1" or args.device in ("cuda", "mps")):
@@ -147,7 +147,7 @@ def main(argv=None):
         print(error_line(message), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: the same command with --resume continues from the last saved state", file=sys.stderr)
+        print("interrupted: for --task calrec or maml, the same command with --resume continues", file=sys.stderr)
         sys.exit(130)
 
 

@@ -4,6 +4,7 @@ selection and its stop on a diverged loss, files written whole, peak memory."""
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -294,6 +295,32 @@ def test_train_and_select_keeps_the_best_weights_and_stops_on_a_diverged_loss():
     assert (score, best_step, net.weight.item()) == (0.5, 2, 2.0)
     with pytest.raises(UserError, match="diverged: the loss is nan at step 1"):
         engine.train_and_select(net, lambda s: [0.0, math.nan][s], 3, 10, label=None)
+
+
+def test_weights_that_are_not_finite_never_win_and_stop_a_loop_without_validation():
+    # a step that returns no loss (Reptile's, fine-tuning's): after step s the weight is s + 1, or nan from step 2 on;
+    # a scorer that gives nan weights a high finite score (argmax of nan logits picks class 0, which can score well)
+    net = torch.nn.Linear(1, 1, bias=False)
+
+    def step(s):
+        with torch.no_grad():
+            net.weight.fill_(math.nan if s >= 2 else s + 1.0)
+
+    def validate():
+        return 0.9 if math.isnan(net.weight.item()) else 0.1 * net.weight.item()
+    score, best_step, _ = engine.train_and_select(net, step, 4, 1, validate, label=None)
+    assert (best_step, net.weight.item()) == (2, 2.0) and score == pytest.approx(0.2), (score, best_step)
+    with pytest.raises(UserError, match="diverged: the weights are not finite at step 3"):
+        engine.train_and_select(net, step, 4, 1, label=None)
+
+
+def test_results_json_is_strict_json_a_value_that_is_not_finite_null(tmp_path):
+    engine.save_json(str(tmp_path / "r.json"), {"pearson": math.nan, "mse": [1.5, math.inf, -math.inf]})
+    text = (tmp_path / "r.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is no JSON")
+    assert json.loads(text, parse_constant=refuse) == {"pearson": None, "mse": [1.5, None, None]}
 
 
 def test_lr_at_by_hand():

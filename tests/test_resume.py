@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from test_calrec import write_atomic
 
@@ -126,6 +127,32 @@ def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     once, resumed = results_without_time(tmp_path / "once"), results_without_time(tmp_path / "killed")
     assert resumed[0] == once[0]
     assert resumed[1] == killed == len(triggers)
+
+
+def test_maml_interrupted_before_its_first_phase_resumes_and_a_resume_writes_a_deleted_init_again(tmp_path,
+                                                                                                  monkeypatch):
+    import maml
+    import train
+    common = ["--task", "maml", "--method", "maml", "--set", "meta_steps=4", "--n-train", "8", "--inner-steps", "1",
+              "--eval-interval", "1", "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set",
+              "vocab_size=300", "--set", "max_len=32", "--set", "seeds=1", "--set", "ft_steps=2", "--set", "shot=4",
+              "--set", "meta_batch=2"]
+    train.main(common + ["--out-dir", str(tmp_path / "once")])
+
+    def ctrl_c(*args, **kwargs):  # in the first fine-tuning of all, before any phase is finished
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(maml, "fine_tune", ctrl_c)
+        with pytest.raises(SystemExit):
+            train.main(common + ["--out-dir", str(tmp_path / "killed")])
+    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])
+    assert results_without_time(tmp_path / "killed")[0] == results_without_time(tmp_path / "once")[0]
+    init = tmp_path / "killed" / "init_maml.pt"
+    written = torch.load(init, weights_only=True)["model"]
+    init.unlink()
+    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])  # every phase done: it writes again
+    again = torch.load(init, weights_only=True)["model"]
+    assert written.keys() == again.keys() and all(torch.equal(written[k], again[k]) for k in written)
 
 
 def test_resume_refuses_other_settings_before_any_work(tmp_path):
