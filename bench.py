@@ -104,11 +104,10 @@ def bench_beam(device, **_):
         print(f"| {b} | {t[True]:.2f} | {t[False]:.2f} | {t[False] / t[True]:.1f}x | {'yes' if same else 'NO'} |")
 
 
-def bench_bm25(device, data_folder=None, **_):
-    if data_folder:
-        d = data.read_atomic(data_folder)
-        texts = [data.item_text(it, d.attributes, calrec.REAL_DATA.max_words) for it in d.items]
-        queries, name = [texts[h[-1]] for h, _ in d.test], d.name
+def bench_bm25(device, catalog=None, **_):
+    if catalog is not None:  # the --data folder, read before any part ran
+        texts = [data.item_text(it, catalog.attributes, calrec.REAL_DATA.max_words) for it in catalog.items]
+        queries, name = [texts[h[-1]] for h, _ in catalog.test], catalog.name
     else:
         rng = np.random.default_rng(0)
         texts = [" ".join(f"w{i}" for i in rng.integers(20000, size=rng.integers(8, 30))) for _ in range(4385)]
@@ -201,15 +200,18 @@ def main():
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     p.add_argument("--threads", type=thread_count, default=1, help="torch's CPU threads for every part but threads")
     p.add_argument("--data", default=None, help="a benchmark folder for the bm25 part")
-    try:  # a mistake is one line, as in train.py
+    try:  # a mistake is one line, as in train.py, and found before any part runs
         args = p.parse_args()
+        if args.data is not None and "bm25" not in (args.only or PARTS):
+            raise UserError("--data: only the bm25 part reads it, and --only leaves that part out")
+        catalog = data.read_atomic(args.data) if args.data is not None else None
         device = pick_device(args.device)
         torch.set_num_threads(args.threads)
         env = environment(device)
         print(f"## python bench.py: {device} ({env['gpu'] or env['cpu']}), {env['threads']} thread(s), "
               f"torch {env['torch']}")
         for part in args.only or PARTS:
-            PARTS[part](device, data_folder=args.data)
+            PARTS[part](device, catalog=catalog)
     except UserError as e:
         print(error_line(e), file=sys.stderr)
         sys.exit(2)

@@ -303,15 +303,22 @@ def handout(names, out):
     return 0
 
 
+# `python -m pytest`, but with the tree (the working directory) last on sys.path, not first: its modules are found,
+# but a pytest.py or numpy.py of its own never before the installed one (user site-packages and PYTHONPATH stay)
+GRADERS = ("import os, sys; tree = sys.argv.pop(1); sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') "
+           "!= os.path.abspath(tree)] + [tree]; import pytest; sys.exit(pytest.console_main())")
+
+
 def run_graders(root, node_ids, timeout):
     """{pytest node id: (passed, message)} of the graders run in `root` with the interpreter running this file, with
-    no pytest settings or conftest.py but tests/' own (a handed-in copy's cannot change how it is graded)."""
+    no pytest settings or conftest.py but tests/' own, nor a module of root's in place of an installed one (a
+    handed-in copy's cannot change how it is graded)."""
     with tempfile.TemporaryDirectory() as tmp:
         report, ini = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as f:
             f.write("[pytest]\n")
         try:
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", ini,
+            run = subprocess.run([sys.executable, "-c", GRADERS, root, "-q", "-p", "no:cacheprovider", "-c", ini,
                                   "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
                                   f"--junitxml={report}", *node_ids], cwd=root, capture_output=True, text=True,
                                  env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), timeout=timeout)
@@ -364,7 +371,7 @@ def grade(root, names, timeout):
 def grade_handout(folder, names, timeout):
     """A handed-in copy, graded with this project's own tests/ (a copy of the student's tree is graded)."""
     if not os.path.isdir(folder):
-        raise ExerciseError(f"{folder}: no such folder")
+        raise ExerciseError(f"{folder}: {'is a file, not a folder' if os.path.exists(folder) else 'no such folder'}")
     if not names:
         try:
             with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
@@ -448,8 +455,25 @@ def error_line(message):  # as model.error_line, which this tool does not import
     return "error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
+def command(args):
+    if args.command == "list":
+        return list_exercises()
+    if args.command == "handout":
+        return handout(args.names, args.out)
+    if args.command == "grade":
+        return grade_handout(args.folder, args.names, args.timeout)
+    if args.command == "experiments":
+        return experiments(args.write)
+    return grade(ROOT, [args.name], args.timeout)
+
+
+class Parser(argparse.ArgumentParser):  # as engine.Parser: a bad command line is one line, exit status 2
+    def error(self, message):
+        raise ExerciseError(f"{message} (see python {self.prog.split()[0]} --help)")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser("list", help="the exercises, by level")
     h = commands.add_parser("handout", help="write a student's copy with the exercises' functions blanked")
@@ -464,19 +488,16 @@ def main(argv=None):
         p.add_argument("--timeout", type=int, default=600, help="seconds the graders may run (default: 600)")
     e = commands.add_parser("experiments", help="run docs/experiments.md's commands; compare its tables (minutes)")
     e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
-    args = parser.parse_args(argv)
-    if getattr(args, "timeout", 1) <= 0:
-        parser.error(f"--timeout: must be a positive number of seconds, got {args.timeout}")
     try:
-        if args.command == "list":
-            return list_exercises()
-        if args.command == "handout":
-            return handout(args.names, args.out)
-        if args.command == "grade":
-            return grade_handout(args.folder, args.names, args.timeout)
-        if args.command == "experiments":
-            return experiments(args.write)
-        return grade(ROOT, [args.name], args.timeout)
+        args = parser.parse_args(argv)
+        if getattr(args, "timeout", 1) <= 0:
+            parser.error(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+        status = command(args)
+        sys.stdout.flush()  # here, so that a reader gone (| head) is seen below, not at exit
+        return status
+    except BrokenPipeError:  # stdout's reader stopped reading: no mistake of the user, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ExerciseError as e:
         print(error_line(e), file=sys.stderr)
         return 2

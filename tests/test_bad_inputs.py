@@ -338,6 +338,10 @@ CASES = {
         "Alpha.item:10: the header line again"),
     "init checkpoint with a weight named by a number": init(numbered_weight, "the weights are not a dict of tensors"),
     "init GPT-2 weights named by a number": init(gpt2_variant(numbered_bin), "not a state dict of tensors by name"),
+    "init a file the run writes": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
+                                                  os.path.join(w["out"], "ckpt.pt")], "the run writes there"),
+    "init the out-dir itself": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
+                                                w["out"]], "the run writes there"),
     "glue test.tsv label misspelled": glue(  # not GLUE's unlabelled test.tsv, whose columns are dev's, less the label
         lambda g: write_lines(os.path.join(g, "RTE", "test.tsv"), ["index\tsentence1\tsentence2\tlabl", "0\tA\tB\t0"]),
         "RTE/test.tsv:1: header has no column 'label'", flags=SMALL_GLUE),
@@ -472,6 +476,9 @@ CASES = {
                                       "--set", "warmup=0"], "training diverged: the loss is nan"),
     "maml diverges": lambda w, tmp: (["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "maml", "--set",
                                       "outer_lr=1e30", "--set", "meta_steps=3", "--set", "seeds=1"], "diverged"),
+    "reptile diverges (its step returns no loss)": lambda w, tmp: (
+        ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "reptile", "--set", "inner_lr=1e30", "--set",
+         "meta_steps=3", "--set", "seeds=1"], "training diverged: the weights are not finite"),
     # --- a checkpoint and the tokenizer it was trained with
     "init a device": init(lambda w, tmp: os.devnull, f"{os.devnull}: not a regular file"),
     "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
@@ -562,7 +569,7 @@ CASES = {
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
     "sinusoid diverges": flags("--task", "sinusoid", "--set", "outer_lr=1e308", "--set", "steps=2",
-                               message="training diverged: the weights of"),
+                               message="training diverged: sinusoid maml's weights are not finite"),
     "init_maml.pt is a folder": lambda w, tmp: (["--task", "maml", "--out-dir", folder_holding(tmp, "init_maml.pt")],
                                                 "init_maml.pt: is a folder; a run writes a file there"),
     "threads beyond the cpus": flags("--task", "sinusoid", "--threads", "99999999999999999999",
@@ -887,3 +894,29 @@ def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
     train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--set", "domain_temperature=1e-300",
                 "--out-dir", str(tmp_path / "cold")])
     assert (tmp_path / "cold" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "{tmp}/nowhere"], "nowhere: no such folder"),  # every part: refused before the first, not minutes on
+    (["--only", "train", "--only", "bm25", "--data", "{tmp}/Alpha/Alpha.item"], "Alpha.item: no such folder"),
+    (["--only", "train", "--data", "{tmp}/Alpha"], "--data: only the bm25 part reads it")])  # a good folder, unread
+def test_bench_data_is_checked_before_any_part_runs(tmp_path, monkeypatch, capsys, argv, message):
+    import bench
+    write_atomic(str(tmp_path / "Alpha"), "Alpha")
+    ran = []
+    for part in set(bench.PARTS) - {"bm25"}:  # bm25 itself reads --data
+        monkeypatch.setitem(bench.PARTS, part, lambda device, part=part, **_: ran.append(part))
+    monkeypatch.setattr("sys.argv", ["bench.py", *[a.format(tmp=tmp_path) for a in argv]])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert out == "" and ran == []
+
+
+def test_bench_bm25_reads_the_data_folder(tmp_path, monkeypatch, capsys):
+    import bench
+    write_atomic(str(tmp_path / "Alpha"), "Alpha")
+    monkeypatch.setattr("sys.argv", ["bench.py", "--only", "bm25", "--data", str(tmp_path / "Alpha")])
+    bench.main()
+    assert "### BM25 top-100 (Alpha): " in capsys.readouterr().out

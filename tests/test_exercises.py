@@ -285,6 +285,55 @@ def test_refusals_write_nothing(tmp_path):
         assert sorted(os.listdir(tmp_path)) == ["b", "c"] and os.listdir(tmp_path / "c") == ["link"]
 
 
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("list", "extra"), ("check",), ("grade",),
+                                  ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon")])
+def test_a_command_line_mistake_is_one_line(args):
+    refused = cli(*args)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, (
+        refused.stderr)
+    assert refused.stdout == ""
+
+
+def test_grading_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "hw.zip").write_bytes(b"PK\x03\x04")
+    graded = cli("grade", str(tmp_path / "hw.zip"))
+    assert graded.returncode == 2 and graded.stderr == f"error: {tmp_path / 'hw.zip'}: is a file, not a folder\n"
+
+
+def test_a_reader_that_stops_reading_is_no_error():
+    """python exercise.py list | head -1: stdout's reader gone (here: before the first line) is no mistake."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        listed = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "list"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+    finally:
+        os.close(write)
+    assert listed.returncode == 1 and listed.stderr == "", listed.stderr
+
+
+FAKE_PYTEST = """import sys
+open(MARK, "a").write("pytest.py ran ")
+report = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--junitxml=")][0]
+cases = [a.split("::") for a in sys.argv if "::" in a]
+with open(report, "w") as f:
+    f.write("<testsuite>" + "".join('<testcase classname="%s" name="%s"/>' % (path[:-3].replace("/", "."), name)
+                                    for path, name in cases) + "</testsuite>")
+"""
+
+
+def test_a_module_of_the_handed_in_tree_never_takes_the_place_of_an_installed_one(tmp_path):
+    """A pytest.py at the top of the tree that writes every grader as passed, or a numpy.py, is not what the graders
+    import: they run isolated, the tree last on sys.path."""
+    out, mark = tmp_path / "hw", tmp_path / "shadowed"
+    assert cli("handout", "info-nce", "--out", str(out)).returncode == 0
+    (out / "pytest.py").write_text(FAKE_PYTEST.replace("MARK", repr(str(mark))))
+    (out / "numpy.py").write_text(f"open({str(mark)!r}, 'a').write('numpy.py ran ')\n")
+    graded = cli("grade", str(out))
+    assert graded.returncode == 1 and "info-nce: 0 of 2 graders pass" in graded.stdout, graded.stdout + graded.stderr
+    assert not mark.exists(), mark.read_text()
+
+
 # -----------------------------------------------------------------------------
 # blanking a function, on hand-made source: methods, multi-line signatures, decorators, CRLF
 
