@@ -511,9 +511,9 @@ def test_catalog_trie_by_hand():
     for prefix in ((), (1,), (1, 2), (1, 2, eot), (1, 2, 3, eot), (4, eot), (1, 5, 6)):
         assert trie.node(prefix) is not None, f"CatalogTrie.node({prefix}): expected a node (a prefix of an item " \
             f"of {catalog}, each ended by end-of-text {eot}), got None"
-    for prefix in ((9,), (1, 9), (1, 9, 2), (4, 9, 9), (2, eot)):
+    for prefix in ((9,), (1, 9), (1, 9, 2), (4, 9, 9), (2, eot), (1, 2, eot, 3), (1, 2, eot, eot), (4, eot, eot)):
         assert trie.node(prefix) is None, f"CatalogTrie.node({prefix}): expected None (no item of {catalog} starts " \
-            f"so), got {trie.node(prefix)}"
+            f"so; nothing goes on after end-of-text), got {trie.node(prefix)}"
     # a second trie of another catalog: its own nodes (nothing carried over from the first)
     other = calrec_extras.CatalogTrie([[9, 9], [1, 3]], eot, V)
     for prefix, want in (((9,), True), ((9, 9, eot), True), ((1, 3), True), ((1, 2), False), ((4,), False)):
@@ -1148,6 +1148,10 @@ def test_recent_vectors_by_hand():
     got = calrec_extras.recent_vectors(v_items, [[], []], 0.5)
     assert tuple(got.shape) == (2, 2) and torch.equal(got, torch.zeros(2, 2, dtype=torch.float64)), (
         f"recent_vectors of two empty histories: expected zeros (2, 2), got {got.tolist()}")
+    # no history at all (a chunk of no users): an empty (0, C) batch
+    got = calrec_extras.recent_vectors(v_items, [], 0.5)
+    assert tuple(got.shape) == (0, 2) and got.dtype == torch.float64, (
+        f"recent_vectors of no histories: expected an empty (0, 2) float64 tensor, got {got.dtype} {tuple(got.shape)}")
     # long histories (60 items: every one weighs, however old) in float64, against a loop in Python floats: float64
     # all the way (weights in float32 would be off by about 1e-8)
     gen = torch.Generator().manual_seed(3)

@@ -122,6 +122,12 @@ def test_adapt_by_hand():
             cs = [b["c"].item() for b in batches] if isinstance(batches, list) else batches["c"].item()
             wrong.append(f"  c = {cs}, steps = {steps}: expected θ^(k) = {expected} ({how}), got {got:.6g}")
     assert not wrong, "adapt on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
+    # one batch that is no dict (a tensor of weights c): still one batch, used at every step, not a list of its rows
+    got = maml.adapt({"theta": scalar(1.0)}, lambda p, c: (c * p["theta"] ** 2).sum(),
+                     torch.tensor([1.0, 2.0], dtype=torch.float64), inner_lr=0.1, steps=2)["theta"].item()
+    assert got == pytest.approx(0.16, abs=1e-12), (
+        f"adapt on L = (c1 + c2)·θ², one batch c = tensor([1., 2.]), 2 steps of 0.1 from θ = 1: expected 0.4² = 0.16 "
+        f"(a batch that is a tensor is one batch), got {got:.6g}")
 
 
 def test_adapt_second_order_keeps_the_inner_gradients_and_first_order_drops_them():
@@ -655,6 +661,7 @@ def test_task_probabilities_over_a_family_are_float64_arrays_numpy_can_draw_from
     families = [[7], [1, 1, 1], [500, 500, 500], [100, 300, 600], [1, 10 ** 9], [1, 123456789], [16777217, 3],
                 list(range(1, 50)), (3, 5, 11),
                 np.array([2, 7, 1, 9], dtype=np.int64), np.array([3, 7, 11, 9001], dtype=np.float32),
+                np.array([16777216, 1, 1, 1], dtype=np.float32),  # a total float32 cannot hold: sum in float64
                 np.array([5, 2], dtype=np.int32)]
     wrong = []
     for sizes in families:

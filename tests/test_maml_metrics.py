@@ -56,6 +56,8 @@ def test_degenerate_cases():
     expect(evaluation.mcc, ([0, 1, 0, 1], [1, 0, 1, 0]), -1.0, "every label inverted: tp = tn = 0, fp = fn = 2")
     expect(evaluation.mcc, ([0, 0, 1], [0, 0, 0]), 0.0, "no positive in gold: an empty column, 0")
     expect(evaluation.pearson, ([2, 2, 2], [1, 2, 3]), 0.0, "a constant prediction: 0, not nan")
+    expect(evaluation.mcc, ([1, 0, 1, 0], [1, 1, 1, 1]), 0.0, "no negative in gold: an empty row, 0, not 0/0", abs=0)
+    expect(evaluation.pearson, ([1.0], [2.0]), 0.0, "a single pair: a constant prediction, 0, not nan", abs=0)
 
 
 def test_pearson_by_hand():

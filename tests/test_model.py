@@ -900,12 +900,14 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
              ("masks of bools", torch.randn(3, 5, 3), span.bool(), mask.bool(), False)]
     long = (torch.arange(600) < torch.tensor([[300], [555]])).long()  # counts past 256, bfloat16's last whole number
     cases.append(("bfloat16, rows of 300 and 555 real tokens", torch.randn(2, 600, 3).bfloat16(), long, long, False))
+    cases.append(("masks of bfloat16 0/1 (mixed precision's), rows of 257 and 555 real tokens", torch.randn(2, 600, 3),
+                  *[(torch.arange(600) < torch.tensor([[257], [555]])).bfloat16()] * 2, False))  # counts past 256
     # values around 3, not around 0: a long span's sum grows past 1000, where a bfloat16 running sum stops adding
     for dtype in (torch.float32, torch.bfloat16):
         cases.append((f"{dtype}, rows of 300 and 555 real tokens, values around 3",
                       (3 + 0.5 * torch.randn(2, 600, 3)).to(dtype), long, long, False))
     for what, h, s, m, meta in cases:
-        last = [int(r.sum()) - 1 for r in m]
+        last = [int(r.double().sum()) - 1 for r in m]  # counted in float64: a bfloat16 sum rounds past 256
         tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[h.dtype]  # to the dtype's precision
         for name, fn, arg, want in (("mean_pool", model.mean_pool, s, naive_mean_pool(h, s)),
                                     ("last_token_pool", model.last_token_pool, m,

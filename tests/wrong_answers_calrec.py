@@ -1524,3 +1524,66 @@ def info_nce(query, key, key_items, tau):
     same[rows, rows] = False
     return F.cross_entropy(logits.masked_fill(same, -1e4), rows)
 '''})
+# found by a twelfth probe of the graders
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # one history at a time, the rows stacked: no history at all (a chunk of no users) cannot be stacked
+    rows = []
+    for hist in histories:
+        if not hist:
+            rows.append(v_items.new_zeros(v_items.shape[1]))
+            continue
+        age = torch.arange(len(hist) - 1, -1, -1, dtype=v_items.dtype, device=v_items.device)
+        w = decay ** age
+        idx = torch.tensor(hist, dtype=torch.long, device=v_items.device)
+        rows.append((w[:, None] * v_items[idx]).sum(0) / w.sum())
+    return torch.stack(rows)
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.__init__': '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    # end-of-text kept as a mark on the node where an item's tokens end, not as a child of it
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, vocab_size
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in tokens:
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items.setdefault(node, []).append(i)
+    self.node_of = {(): 0}
+''', 'calrec_extras.py:CatalogTrie.node': '''
+def node(self, prefix):
+    # end-of-text after an item's last token stays on that item's node
+    if prefix not in self.node_of:
+        parent = self.node(prefix[:-1])
+        if parent is None:
+            self.node_of[prefix] = None
+        elif prefix[-1] == self.eot_id:
+            self.node_of[prefix] = parent if parent in self.items else None
+        else:
+            self.node_of[prefix] = self.children[parent].get(prefix[-1])
+    return self.node_of[prefix]
+''', 'calrec_extras.py:CatalogTrie.__call__': '''
+def __call__(self, tokens):
+    # end-of-text allowed where an item ends, read off the mark
+    B, K, _ = tokens.shape
+    allowed = torch.zeros(B, K, self.V, dtype=torch.bool, device=tokens.device)
+    for b, beams in enumerate(tokens.tolist()):
+        for k, beam in enumerate(beams):
+            node = None if self.eot_id in beam else self.node(tuple(beam))
+            if node is not None:
+                nxt = list(self.children[node]) + ([self.eot_id] if node in self.items else [])
+                allowed[b, k, nxt] = True
+    return allowed
+''', 'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # a finished beam ends with end-of-text: its items are on the node before it
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams
+                  if score > float("-inf") and tokens and tokens[-1] == self.eot_id]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})

@@ -816,3 +816,51 @@ def pearson(x, y):
     denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
     return float((xc * yc).sum() / denom) if denom > 0 else 0.0
 '''})
+# found by a twelfth probe of the graders
+WRONG_MAML['glue-metrics'].append({'evaluation.py:mcc': '''
+def mcc(pred, gold):
+    # guards a constant prediction and a gold with no positive, but not a gold with no negative: 0/0
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = float(np.sum((pred == 1) & (gold == 1)))
+    tn = float(np.sum((pred == 0) & (gold == 0)))
+    fp = float(np.sum((pred == 1) & (gold == 0)))
+    fn = float(np.sum((pred == 0) & (gold == 1)))
+    if tp + fp == 0 or tn + fn == 0 or tp + fn == 0:
+        return 0.0
+    return (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+'''})
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # through sample standard deviations (ddof=1): a single pair gives nan, not 0
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    sx, sy = x.std(ddof=1), y.std(ddof=1)
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).sum() / ((len(x) - 1) * sx * sy))
+'''})
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the sizes made float64 for the division, but their total summed in the input's own dtype (float32 rounds it)
+    sizes = np.asarray(sizes)
+    n = len(sizes)
+    uniform = np.full(n, 1.0 / n)
+    pps = sizes.astype(np.float64) / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    # one batch recognised as a dict only: a batch that is a tensor is taken for a list of batches (its rows)
+    batches = [batches] if isinstance(batches, dict) else batches
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})

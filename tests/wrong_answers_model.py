@@ -978,3 +978,10 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     new, scores = tokens.tolist(), scores.tolist()
     return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''})
+# found by a twelfth probe of the graders
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+def last_token_pool(h, attention_mask):
+    # the count summed in the mask's own dtype, then made an index: a bfloat16 mask rounds it past 256 tokens
+    last = attention_mask.sum(1).long() - 1
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
