@@ -309,12 +309,11 @@ def merge_round_robin(lists, list_scores, exclude, k):
     return taken
 
 
-def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, trie=None, show=False):
-    """Ranks of the targets in the top-k lists that beam search writes after each example's prompt, eval_batch
-    users at a time. The paper grounds the beams in the catalog with BM25 (bm25_lists); with a trie
-    (calrec_extras.CatalogTrie, beyond the paper) beam search can only write catalog items, taken in order of beam
-    score. catalog: the global indices of the target domain's items; examples use local ones (positions in
-    catalog). Also returns the best beam of the first users."""
+def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=None, trie=None, show=False):
+    """Ranks of the targets in the top-k lists that beam search writes after each example's prompt, eval_batch users
+    at a time, grounded in the catalog by BM25 (the paper's: bm25_lists) or, with a trie (calrec_extras.CatalogTrie,
+    beyond the paper), written as catalog items in beam order. catalog: the target's global indices (examples hold
+    local ones); twins: a key per item, equal where the path cannot tell items apart. Also the first best beams."""
     lm.eval()
     lists, samples = [], []
     beams = cfg.beams if trie is None else cfg.constrained_beams
@@ -326,12 +325,12 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, bm25=None, t
         lists += (bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None
                   else trie.ranked_items(found, histories, cfg.top_k))
         samples.append(texts[0])
-    return ev.ranks_from_lists(lists, [t for _, t in examples]), samples[:3]
+    return ev.ranks_from_lists(lists, [t for _, t in examples], [h for h, _ in examples], twins), samples[:3]
 
 
 def bm25_lists(bm25, texts, histories, beams, k):
     """Each beam's text is a BM25 query; each user's beams' lists are merged quasi-round-robin."""
-    hits = bm25.search(texts, depth=2 * k + beams)
+    hits = bm25.search(texts, depth=2 * k + beams + max(map(len, histories)))  # the history is left out after
     per_user = [hits[b * beams:(b + 1) * beams] for b in range(len(histories))]
     return [merge_round_robin([lst for lst, _ in beams], [sc for _, sc in beams], history, k)
             for beams, history in zip(per_user, histories)]
@@ -472,14 +471,16 @@ class Experiment:
         return self.domains[self.target]
 
     @property
-    def catalog(self):
-        """Global indices of the target domain's items: the catalog every method ranks."""
+    def catalog(self):  # global indices of the target domain's items: the catalog every method ranks
         return range(self.offsets[self.target], self.offsets[self.target + 1])
 
     @functools.cached_property
+    def documents(self):  # the target catalog's whole item texts (local item indices), what BM25 indexes
+        return [self.texts[i] for i in self.catalog]
+
+    @functools.cached_property
     def bm25(self):
-        """The target catalog's BM25 index over the whole item texts (local item indices)."""
-        return BM25([self.texts[i] for i in self.catalog], self.cfg.bm25_k1, self.cfg.bm25_b)
+        return BM25(self.documents, self.cfg.bm25_k1, self.cfg.bm25_b)
 
 
 def load_data(cfg, data_dirs, seed):
@@ -498,7 +499,7 @@ def load_data(cfg, data_dirs, seed):
             raise UserError(f"{where[target]}: has no {split} users (every user needs at least 3 items)")
     rows = training_rows(domains, np.cumsum([0] + [d.n_items for d in domains]).tolist(), cfg.every_position)
     for folder, r in zip(where, rows):
-        if not r:
+        if not r and (cfg.stages != "2" or folder == where[target]):  # stage 2 trains on the target alone
             raise UserError(f"{folder}: has no training sequence of two items or more to learn from")
     return domains, target, rows
 
@@ -542,8 +543,8 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     items = [(it, d.attributes) for d in domains for it in d.items]  # every item, global indices
     texts = [data.item_text(it, attributes, cfg.max_words) for it, attributes in items]
     lm, tokenizer = build_tokenizer(cfg, texts, init, resume, out_dir)
-    key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.train, d.valid,
-               d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, dtype=dtype,
+    key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.attributes,
+               d.train, d.valid, d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, dtype=dtype,
                init=init and os.path.abspath(init), processes=rank_and_world()[1])
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
@@ -603,13 +604,12 @@ def run(exp):
 
 
 def validate(exp):
-    """Validation NDCG@10 for model selection, on the first select_users validation users (0: all): of the dense
-    path as reported (at the best mu, gamma, lambda of its grid for the weights at hand) when L_UT trains the
-    towers (beta > 0), else of the generative path."""
+    """Validation NDCG@10 for model selection on the first select_users validation users (0: all): the dense path's
+    as reported (at the best mu, gamma, lambda of its grid) when L_UT trains the towers (beta > 0), else generative."""
     cfg, examples = exp.cfg, exp.domain.valid[:exp.cfg.select_users or None]
     if cfg.beta == 0:
         return ev.rank_metrics(rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, cfg,
-                                               bm25=exp.bm25)[0])["ndcg@10"]
+                                               exp.documents, bm25=exp.bm25)[0])["ndcg@10"]
     v_u, v_t = dense_vectors(exp.lm, exp.builder, examples, exp.catalog, exp.device)
     _, ndcg = extras.choose_dense_weights(v_u, v_t, examples, cfg.tau, torch.log1p(ev.popularity(exp.domain)),
                                           cfg.recent_weights, cfg.recent_decays, cfg.prior_weights)
@@ -658,9 +658,10 @@ def ranks_cosine(exp, examples, split):
 
 
 def ranks_catalog_beams(exp, examples, split):
-    trie = extras.CatalogTrie([exp.builder.item_ids[i] for i in exp.catalog], exp.tokenizer.eot_id,
-                              exp.lm.config.vocab_size)
-    return rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, trie=trie, show=True)
+    tokens = [exp.builder.item_ids[i] for i in exp.catalog]  # items that tokenise alike share a leaf: twins
+    trie = extras.CatalogTrie(tokens, exp.tokenizer.eot_id, exp.lm.config.vocab_size)
+    return rank_generative(exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, list(map(tuple, tokens)),
+                           trie=trie, show=True)
 
 
 def ranks_sasrec(exp, examples, split):
@@ -670,22 +671,21 @@ def ranks_sasrec(exp, examples, split):
 
 METHODS = {  # name -> (row label, ranks(exp, examples, split), whether it beam-searches)
     "calrec_generative": ("CALRec generative+BM25", lambda exp, examples, split: rank_generative(
-        exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, bm25=exp.bm25, show=True), True),
+        exp.lm, exp.builder, exp.tokenizer, examples, exp.catalog, exp.cfg, exp.documents, exp.bm25, show=True), True),
     "calrec_constrained": ("CALRec generative, catalog beams", ranks_catalog_beams, True),
     "calrec_dense": ("CALRec dense (two-tower)", ranks_dense, False),
     "calrec_dense_cos": ("CALRec dense, cosine alone", ranks_cosine, False),
     "sasrec": ("SASRec", ranks_sasrec, False),
     "popular": ("most popular", lambda exp, examples, split: (ev.rank_popular(exp.domain, examples), None), False),
     "last_item_bm25": ("last item's text, BM25", lambda exp, examples, split: (ev.rank_last_item_bm25(
-        exp.bm25, [exp.texts[i] for i in exp.catalog], examples), None), False),
+        exp.bm25, exp.documents, examples), None), False),
     "markov": ("first-order Markov", lambda exp, examples, split: (ev.rank_markov(exp.domain, examples), None), False),
 }
 
 
 def evaluate(exp):
-    """First the generator check, then every method on the valid and the test split of the target domain, each
-    result stored in the run state as it is done (a resumed run skips it). Beam search reads the first
-    bm25_valid_users of validation; everything else, every user."""
+    """The generator check, then every method on the target's valid and test splits, each result kept in the run
+    state as it is done (a resumed run skips it); beam search reads the first bm25_valid_users of validation."""
     cfg, state = exp.cfg, exp.state
     generative_valid = exp.domain.valid[:cfg.bm25_valid_users or None]
     if "generator_check" not in state.done:

@@ -453,7 +453,7 @@ def _training_parts(path, train, valid, test):
         rs = sorted(rs[::-1] if len(rs[0][1]) > len(rs[-1][1]) else rs, key=lambda r: len(r[1]))
         parts[user] = rs[0][1][:1] + [t for _, _, t in rs]  # a user's first row has one item of history
         checks += [("train", n, h, parts[user][:1 + k]) for k, (n, h, _) in enumerate(rs)]
-    checks += [("valid", n, h, parts.get(u, h[:1])) for n, u, h, _ in valid]  # no rows: one item before valid's
+    checks += [("valid", n, h, parts.setdefault(u, h[:1])) for n, u, h, _ in valid]  # no rows: one item, its part
     checks += [("test", n, h, after_valid[u]) for n, u, h, _ in test]
     for split, line_no, history, before in checks:
         if history != before[-len(history):] or len(history) != min(len(before), cap):

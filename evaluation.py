@@ -53,9 +53,19 @@ def ranks_in_chunks(scores, examples, chunk=1024):
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int32)
 
 
-def ranks_from_lists(ranked_lists, targets):
-    """Rank (from 1) of each target in its user's ranked list of item indices; 0 when absent."""
-    return torch.tensor([lst.index(t) + 1 if t in lst else 0 for lst, t in zip(ranked_lists, targets)])
+def ranks_from_lists(ranked_lists, targets, histories=None, twins=None):
+    """Rank (from 1) of each target in its user's ranked list of item indices; 0 when absent or in its history.
+    twins: a key per item, equal for items the ranker cannot tell apart (the same text); as ties count against the
+    target, its rank is then the worst of its twins' outside the history (0 if one is absent from the list)."""
+    group = {}
+    for i, key in enumerate(twins or ()):
+        group.setdefault(key, []).append(i)
+    ranks = []
+    for lst, t, hist in zip(ranked_lists, targets, histories or [()] * len(ranked_lists)):
+        alike = group[twins[t]] if twins else [t]
+        found = [lst.index(i) + 1 if i in lst else 0 for i in alike if i == t or i not in hist]
+        ranks.append(0 if t in hist or 0 in found else max(found))
+    return torch.tensor(ranks)
 
 
 def rank_metrics(ranks):

@@ -254,6 +254,16 @@ def copy_and_edit_alpha(w, tmp):
     return d
 
 
+def alpha_with_an_empty_column(w, tmp):
+    """Alpha's folder with a colour column of no value: every item text gains 'Colour: Unknown', other data."""
+    d = copy(w["alpha"], tmp / "Alpha")
+    with open(os.path.join(d, "Alpha.item"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(d, "Alpha.item"), "w", encoding="utf-8") as f:
+        f.write("\n".join([lines[0] + "\tcolour:token"] + [line + "\t" for line in lines[1:]]) + "\n")
+    return d
+
+
 def folder_holding(tmp, name):
     os.makedirs(tmp / "o" / name)
     return str(tmp / "o")
@@ -484,6 +494,8 @@ CASES = {
     "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
     "maml init into calrec": init(short_model, "init_maml.pt: its model reads at most 48 tokens"),
     "resume with replaced tokenizer": resume_with_replaced_tokenizer,
+    "resume with an empty column added": lambda w, tmp: (["--task", "calrec", "--data", alpha_with_an_empty_column(
+        w, tmp), *TINY_CALREC, "--resume"], "state.pt: was saved by a run with other data"),
     "resume with other data": lambda w, tmp: (["--task", "calrec", "--data", copy_and_edit_alpha(w, tmp), *TINY_CALREC,
                                                "--resume"], "state.pt: was saved by a run with other data"),
     "resume with other seed": resume(lambda p, tmp: None, "state.pt: was saved by a run with other seed",

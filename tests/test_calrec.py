@@ -410,6 +410,18 @@ def naive_round_robin(lists, list_scores, exclude, k):
     return taken
 
 
+def test_bm25_lists_reach_past_a_long_history():
+    # a user whose 45 history items are the query's best matches: one beam's list is still the top k of the whole
+    # BM25 order with the history left out (the search reaches past the history), here by a naive sort of the scores
+    docs = [f"Title: red red red widget {i}" for i in range(45)] + ["Title: red red widget 45"] + \
+        [f"Title: blue gadget {i}" for i in range(46, 100)]
+    bm25, history, k = calrec.BM25(docs), list(range(45)), 20
+    scores = bm25.scores(["Title: red widget"])[0].tolist()
+    want = [i for i in sorted(range(len(docs)), key=lambda i: (-scores[i], i)) if i not in history][:k]
+    got = calrec.bm25_lists(bm25, ["Title: red widget"], [history], beams=1, k=k)
+    assert got == [want], f"bm25_lists of one beam, a history of the 45 best matches, k={k}: expected {want}, got {got}"
+
+
 def test_merge_round_robin_on_hand_made_lists():
     lists = [[10, 11, 12, 13], [20, 10, 21], [11, 30]]
     scores = [[5.0, 4.0, 3.0, 2.0], [9.0, 1.0, 0.5], [6.0, 0.1]]
@@ -815,6 +827,16 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     from_lists = ev.ranks_from_lists([[5, 2, 9], [1]], [9, 4]).tolist()
     assert from_lists == [3, 0], \
         f"ranks_from_lists of targets 9, 4 in [5, 2, 9], [1]: expected [3, 0], got {from_lists}"
+    # twins (one key: items a ranker cannot tell apart) rank the target at the worst of their places outside the
+    # history, and nowhere (0) when one of them is missing from the list: items 2, 5, 7 and 9 share a text
+    twins = ["a", "b", "t", "c", "d", "t", "e", "t", "f", "t"]
+    lists = [[5, 2, 9, 1], [9, 5, 2, 7], [2, 9], [9, 5, 2], [5, 9, 2], [1, 3]]
+    targets, histories = [2, 2, 2, 2, 2, 3], [[7], [], [5, 7], [], [2, 7], []]
+    got = ev.ranks_from_lists(lists, targets, histories, twins).tolist()
+    assert got == [3, 4, 2, 0, 0, 2], (
+        f"ranks_from_lists of the lists {lists}, targets {targets}, histories {histories}, twins 2, 5, 7, 9: expected "
+        f"[3, 4, 2, 0, 0, 2] (the last place of a twin outside the history; 0 when twin 7 is missing or the target is "
+        f"in the history; item 3 has no twin), got {got}")
 
 
 def test_ranks_from_scores_equal_a_naive_loop():
@@ -1032,11 +1054,18 @@ def test_overfit_loss_falls_and_memorised_target_comes_first(small_world):
     assert set(parts) == {"nig", "tt", "ut"}
     catalog = range(0, 4)
     # one beam: its BM25 list is the ranking (with more, the merge orders a round by BM25 score, not beam score)
-    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, dataclasses.replace(cfg, beams=1),
+    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, dataclasses.replace(cfg, beams=1), texts,
                                       bm25=calrec.BM25(texts))
     assert ranks.tolist() == [1, 1, 1]
     trie = calrec_extras.CatalogTrie(builder.item_ids, tok.eot_id, tok.vocab_size)
-    assert calrec.rank_generative(net, builder, tok, examples, catalog, cfg, trie=trie)[0].tolist() == [1, 1, 1]
+    twins = list(map(tuple, builder.item_ids))
+    assert calrec.rank_generative(net, builder, tok, examples, catalog, cfg, twins, trie=trie)[0].tolist() == [1, 1, 1]
+    # item 0 given item 3's text: the two cannot be told apart, and as ties count against the target, the user whose
+    # target is 3 (first in the list, with its twin) ranks it 2nd, as it would 0 (its twin, outside the history)
+    same = [texts[3]] + texts[1:]
+    ranks, _ = calrec.rank_generative(net, builder, tok, examples, catalog, dataclasses.replace(cfg, beams=1), same,
+                                      bm25=calrec.BM25(same))
+    assert ranks.tolist()[1] == 2, ranks.tolist()
     v_u, v_t = calrec.dense_vectors(net, builder, examples, catalog, "cpu")
     assert calrec_extras.rank_vectors(v_u, v_t, examples).tolist() == [1, 1, 1]
 
@@ -1293,6 +1322,25 @@ def write_atomic(folder, name, n_users=12, n_items=8):
                 ends = range(cut - 1, 0, -1) if split == "train" else [cut - 1]
                 for e in ends:
                     f.write(f"{u}\t{' '.join(map(str, s[:e]))}\t{s[e]}\n")
+
+
+def test_stage_2_alone_needs_training_rows_of_the_target_only(tmp_path):
+    import train
+    tri = tmp_path / "Tri"  # every user bought 3 items: no training row, which stage 1 would need, stage 2 does not
+    write_atomic(str(tri), "Tri")
+    for split in ("train", "valid", "test"):
+        with open(tri / f"Tri.{split}.inter", "w") as f:
+            f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+            f.writelines(f"{u}\t{' '.join(map(str, range(u % 4, u % 4 + cut)))}\t{u % 4 + cut}\n"
+                         for u in range(6) for cut in {"train": (), "valid": (1,), "test": (2,)}[split])
+    write_atomic(str(tmp_path / "Alpha"), "Alpha")
+    argv = ["--task", "calrec", "--data", str(tri), str(tmp_path / "Alpha"), "--set", "stage1_steps=2", "--set",
+            "stage2_steps=2", "--set", "baselines=false", "--eval-interval", "2", "--beams", "2", "--set",
+            "constrained_beams=2"]
+    out = train.main(argv + ["--stages", "2", "--out-dir", str(tmp_path / "o")])
+    assert out["config"]["stages"] == "2"
+    with pytest.raises(SystemExit):  # stage 1 trains on Tri too: refused
+        train.main(argv + ["--stages", "both", "--out-dir", str(tmp_path / "o1")])
 
 
 def test_run_writes_the_table_and_results_json(tmp_path, capsys):

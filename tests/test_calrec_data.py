@@ -213,6 +213,16 @@ def test_a_user_s_training_part_is_whole_when_histories_are_cut_at_50_items(tmp_
     assert data.read_atomic(folder).train_sequences == [list(range(60))]
 
 
+def test_a_user_of_three_items_keeps_its_training_part_of_one_item(tmp_path):
+    # user 0 bought items 0, 1, 2: no training row (its first item has nothing before it), yet its training part is
+    # [0], as leave_one_out makes it (the popularity counts read it); user 1 bought 1, 2, 0, 2: one row, part [1, 2]
+    folder = text_folder(tmp_path, train_rows=("1\t1\t2",))
+    write(f"{folder}/Sci.valid.inter", INTER + ["0\t0\t1", "1\t1 2\t0"])
+    write(f"{folder}/Sci.test.inter", INTER + ["0\t0 1\t2", "1\t1 2 0\t2"])
+    parts = data.read_atomic(folder).train_sequences
+    assert sorted(parts) == sorted(data.leave_one_out([[0, 1, 2], [1, 2, 0, 2]])[3]) == [[0], [1, 2]], parts
+
+
 def test_item_variant_takes_every_text_column(tmp_path):
     folder = tmp_path / "Toys"
     folder.mkdir()
