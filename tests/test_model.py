@@ -830,6 +830,19 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
                torch.float64: dict(atol=1e-9, rtol=1e-9)}.get(dtype, dict(atol=1e-5, rtol=1e-5))
         torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: (
             f"{what}: differs from F.scaled_dot_product_attention in float64\n{m}"))
+    # and their gradients: SDPA's, in float64 (an op done in place on what the backward pass needs breaks it)
+    q, k, v = (t.double().requires_grad_() for t in qkv(2, 3, 5))
+    grads = []
+    for attend in (model.manual_attention, F.scaled_dot_product_attention):
+        q.grad = k.grad = v.grad = None
+        try:
+            (attend(q, k, v, causal) * torch.arange(4.0, dtype=torch.float64)).sum().backward()
+        except RuntimeError as e:
+            raise AssertionError(f"manual_attention of float64 q, k, v: the backward pass fails: {e}") from None
+        grads.append([t.grad.clone() for t in (q, k, v)])
+    for name, got, want in zip("qkv", *grads):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=lambda m: (
+            f"manual_attention of float64 q, k, v: the gradient of {name} differs from SDPA's\n{m}"))
 
 
 def test_manual_attention_dropout_drops_attention_weights_not_outputs():
@@ -863,6 +876,14 @@ def test_manual_attention_dropout_drops_attention_weights_not_outputs():
         same = float((dropped[a] == dropped[b]).float().mean())
         assert same < 0.75, (f"{what}: two {name} drop the same weights {same:.0%} of the time, want about 50%: "
                              "each attention weight is dropped on a draw of its own (one mask per row, head and query)")
+    # gradients flow back through the dropout (nothing the backward pass needs is overwritten in place)
+    qg, kg, vg = (t[:2].clone().double().requires_grad_() for t in (q, k, v))
+    try:
+        model.manual_attention(qg, kg, vg, mask, dropout_p=p).sum().backward()
+    except RuntimeError as e:
+        raise AssertionError(f"{what}: the backward pass fails: {e}") from None
+    assert all(t.grad is not None and bool(torch.isfinite(t.grad).all()) for t in (qg, kg, vg)), \
+        f"{what}: want finite gradients for q, k and v"
     # the dropout mask made on the inputs' device: with new tensors going by default to "meta", one made without
     # device= cannot meet the CPU's weights, as a CPU mask could not meet them on a GPU
     try:

@@ -985,3 +985,34 @@ def last_token_pool(h, attention_mask):
     last = attention_mask.sum(1).long() - 1
     return h[torch.arange(h.size(0), device=h.device), last]
 '''})
+# found by a thirteenth probe of the graders
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout in place on the softmax's output, which its backward pass needs
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p, inplace=True)
+    return att @ v
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # the softmax written out with exp_ and /= in place: its backward pass needs what they overwrite
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = (att - att.amax(-1, keepdim=True)).exp_()
+    att /= att.sum(-1, keepdim=True)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout written out, in place on the softmax's output
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        keep = torch.rand_like(att) >= dropout_p
+        att.mul_(keep).div_(1 - dropout_p) if dropout_p < 1 else att.zero_()
+    return att @ v
+'''})
