@@ -66,6 +66,21 @@ def killed_and_resumed(argv, out_dir, triggers):
     return killed
 
 
+def ctrl_c_then_resumed(monkeypatch, module, name, argv, once, killed):
+    """Run argv in this process with Ctrl-C pressed where module.name is first called, then with --resume: the
+    results must equal those of `once`, the uninterrupted run's out-dir."""
+    import train
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(module, name, ctrl_c)
+        with pytest.raises(SystemExit):
+            train.main(argv + ["--out-dir", str(killed)])
+    train.main(argv + ["--out-dir", str(killed), "--resume"])
+    assert results_without_time(killed)[0] == results_without_time(once)[0]
+
+
 def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     a, b = str(tmp_path / "Alpha"), str(tmp_path / "Beta")
     write_atomic(a, "Alpha")
@@ -99,15 +114,8 @@ def test_calrec_from_init_interrupted_before_its_first_step_resumes_from_the_ini
     train.main(common + ["--seed", "7", "--out-dir", str(tmp_path / "init")])  # weights no seed-0 run starts from
     common += ["--init", str(tmp_path / "init" / "ckpt.pt")]
     train.main(common + ["--out-dir", str(tmp_path / "once")])
-
-    def ctrl_c(*args, **kwargs):  # after the state's first save (the LM's config), before stage 1's first step
-        raise KeyboardInterrupt
-    with monkeypatch.context() as m:
-        m.setattr(calrec, "train_stage", ctrl_c)
-        with pytest.raises(SystemExit):
-            train.main(common + ["--out-dir", str(tmp_path / "killed")])
-    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])
-    assert results_without_time(tmp_path / "killed")[0] == results_without_time(tmp_path / "once")[0]
+    # Ctrl-C after the state's first save (the LM's config), before stage 1's first step
+    ctrl_c_then_resumed(monkeypatch, calrec, "train_stage", common, tmp_path / "once", tmp_path / "killed")
 
 
 def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
@@ -138,15 +146,8 @@ def test_maml_interrupted_before_its_first_phase_resumes_and_a_resume_writes_a_d
               "vocab_size=300", "--set", "max_len=32", "--set", "seeds=1", "--set", "ft_steps=2", "--set", "shot=4",
               "--set", "meta_batch=2"]
     train.main(common + ["--out-dir", str(tmp_path / "once")])
-
-    def ctrl_c(*args, **kwargs):  # in the first fine-tuning of all, before any phase is finished
-        raise KeyboardInterrupt
-    with monkeypatch.context() as m:
-        m.setattr(maml, "fine_tune", ctrl_c)
-        with pytest.raises(SystemExit):
-            train.main(common + ["--out-dir", str(tmp_path / "killed")])
-    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])
-    assert results_without_time(tmp_path / "killed")[0] == results_without_time(tmp_path / "once")[0]
+    # Ctrl-C in the first fine-tuning of all, before any phase is finished
+    ctrl_c_then_resumed(monkeypatch, maml, "fine_tune", common, tmp_path / "once", tmp_path / "killed")
     init = tmp_path / "killed" / "init_maml.pt"
     written = torch.load(init, weights_only=True)["model"]
     init.unlink()
