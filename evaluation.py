@@ -226,9 +226,10 @@ def pearson(x, y):
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return float("nan")
+    if x.min() == x.max() or y.min() == y.max():  # (not by the centred values: a mean can be inexact)
+        return 0.0
     xc, yc = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum()))
-    return float((xc * yc).sum() / denom) if denom > 0 else 0.0
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
 
 
 def average_ranks(x):

@@ -66,6 +66,15 @@ def test_info_nce_equals_naive_loop():
             f"info_nce of float32 unit vectors (6 queries, 9 keys, cosines up to 1), tau={tau}: expected {want:.6f} "
             f"(a naive loop in float64), got {got.item():.6f} ({got.dtype}; exp(cos / tau) overflows float32 unless "
             f"the row's largest logit is taken out first)")
+    # float16 (mixed precision's other type): the masked keys filled with what float16 holds (-inf; -1e9 overflows it)
+    want = naive_info_nce(q.half().double(), k.half().double(), ids.tolist(), 0.05)
+    try:
+        got = calrec.info_nce(q.half(), k.half(), ids, 0.05).item()
+    except RuntimeError as e:
+        pytest.fail(f"info_nce of float16 unit vectors (6 queries, 9 keys), tau=0.05: {e}")
+    assert got == pytest.approx(want, rel=1e-2), (
+        f"info_nce of float16 unit vectors (6 queries, 9 keys), tau=0.05: expected {want:.4f} (a naive loop in "
+        f"float64), got {got:.4f}")
     # every tensor made on the inputs' device: the inputs on the CPU while new tensors go by default to the "meta"
     # device (shapes, no data), so one made without device= cannot meet them, as it could not on a GPU
     q, k, ids = torch.eye(4, 3), torch.eye(6, 3), torch.tensor([0, 1, 2, 3, 4, 5])
@@ -303,6 +312,13 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"{name} of a bfloat16 h (2, 512, 64), row {b}, positions {s} to {e - 1}: expected the normalised mean "
             f"within bfloat16's rounding (0.01), differs by {float((got.double() - mean / mean.norm()).abs().max()):.3f}"
             " (sums kept in bfloat16 cancel: keep them in float32 or wider)")
+    # float16 hidden states of 120 over 600 positions: running sums up to 72000, past float16's largest (65504)
+    big, one = torch.full((1, 600, 4), 120.0, dtype=torch.float16), torch.tensor([0])
+    for name, got in (("user_vectors", calrec.user_vectors(big, one, torch.tensor([600]))),
+                      ("target_vectors", calrec.target_vectors(big, one, torch.tensor([550]), torch.tensor([600])))):
+        assert got.dtype == torch.float16 and got.tolist() == [[0.5] * 4], (
+            f"{name} of a float16 h (1, 600, 4) all 120 (sums to 72000 overflow float16: keep them in float32 or "
+            f"wider): expected [[0.5] * 4] in float16, got {got.tolist()} {got.dtype}")
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
     # the vectors are a graph of h: its gradient (a normalisation done in place breaks backward) against finite
     # differences
@@ -666,6 +682,17 @@ def test_markov_and_last_item_baselines_by_hand():
             f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} "
             f"over {texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count "
             f"against the target), got {ranks}")
+    # more users than one chunk of ranks_in_chunks (1024): each chunk's queries are its own users' last items
+    examples = [([i % 3], (i + 1) % 3) for i in range(1030)]
+    want = [sum(s[j] >= s[t] for j in range(3) if j not in h) for h, t in examples[:3]
+            for s in [naive_bm25(texts, texts[h[-1]], 1.2, 0.75)]] * 344
+    try:
+        ranks = ev.rank_last_item_bm25(calrec.BM25(texts), texts, examples).tolist()
+    except (RuntimeError, IndexError) as e:
+        ranks = f"{type(e).__name__}: {str(e)[:100]}"
+    assert ranks == want[:1030], (
+        f"rank_last_item_bm25 of 1030 users (more than one chunk of 1024) over {texts}: expected ranks {want[:6]}... "
+        f"(a naive loop), got {str(ranks)[:120]}")
 
 
 def naive_markov_ranks(sequences, n_items, examples):
@@ -736,6 +763,20 @@ def test_markov_equals_a_naive_loop():
         f"rank_markov over {n} items of the histories [[0], [0]] -> targets [1, 2], training sequences [[0, 1]] * 1003 "
         f"+ [[0, 2]] * 1003 + [[1]]: expected ranks {want} (items 1 and 2 tie on 1003 transitions, item 1 the more "
         f"popular), got {got} (a key past 2**24 is not exact in float32)")
+    # no transition at all (every training sequence a single item): popularity alone ranks; and more users than one
+    # chunk of ranks_in_chunks (1024): each chunk scored from its own users' last items
+    sequences = [[0], [1], [1], [2], [1], [2]]
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(4)], list("abcd"), train=[], valid=[], test=[],
+                    train_sequences=sequences, attributes=("Title",))
+    examples = [([i % 4], (i * 3 + 1) % 4) for i in range(1030)]
+    want = naive_markov_ranks(sequences, 4, examples[:4]) * 258
+    try:
+        got = ev.rank_markov(d, examples).tolist()
+    except (RuntimeError, IndexError) as e:
+        got = f"{type(e).__name__}: {str(e)[:100]}"
+    assert got == want[:1030], (
+        f"rank_markov of 1030 users (more than one chunk of 1024) over the training sequences {sequences} (no "
+        f"transition: popularity alone): expected ranks {want[:8]}... (a naive loop), got {str(got)[:120]}")
 
 
 # -----------------------------------------------------------------------------
@@ -793,6 +834,12 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     assert got == [3, 3, 0, 2], (
         f"ranks_from_scores of 4 users (rank = candidates scoring >= the target, history excluded, 0 when the target "
         f"is in it): expected [3, 3, 0, 2], got {got}")
+    # the same scores times 1e10 (scores below -1e9): the same ranks; the history is excluded by -inf, not by a finite
+    # stand-in that a low score lies below
+    got = ev.ranks_from_scores(scores * 1e10, targets, histories).tolist()
+    assert got == [3, 3, 0, 2], (
+        f"ranks_from_scores of the same users, scores times 1e10 (user 3's target at -5e9): expected the same ranks "
+        f"[3, 3, 0, 2], got {got}")
     assert torch.equal(scores, given), \
         "ranks_from_scores changed the scores it was given (exclude the history in a copy)"
     # float64 scores too stay as they were (float64's .double() is no copy)

@@ -647,10 +647,11 @@ def test_task_samplers():
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)
         np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes}, {sampling!r})")
-    with pytest.raises(ValueError, match="sampling"):  # an unknown name is the user's mistake: say so, never guess
-        got = maml.task_probabilities([100, 300, 600], "nope")
-        pytest.fail(f"task_probabilities(sizes, 'nope') returned {got}: an unknown sampling must raise a ValueError "
-                    "naming the setting")
+    for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", ""):  # an unknown name (near ones too): never guess
+        with pytest.raises(ValueError, match="sampling"):
+            got = maml.task_probabilities([100, 300, 600], name)
+            pytest.fail(f"task_probabilities(sizes, {name!r}) returned {got}: an unknown sampling (the names are "
+                        "exactly uniform, pps and mixed) must raise a ValueError naming the setting")
 
 
 def test_task_probabilities_over_a_family_are_float64_arrays_numpy_can_draw_from():

@@ -127,7 +127,8 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
         for offset, spread in ((0.0, 1.0), (1e8, 1.0), (2.5, 1e-9), (-3e7, 10.0), (1e6, 1e-3)):
             x, y = offset + spread * rng.normal(size=n), rng.normal(size=n)
             tiny = 1e-13 * rng.normal(size=n)  # a small scale is no constant
-            for a, b in ((x, y), (y, x), (x, -x + 1.0), (x, np.full(n, 2.5)), (np.full(n, offset), y), (tiny, y)):
+            for a, b in ((x, y), (y, x), (x, -x + 1.0), (x, np.full(n, 2.5)), (np.full(n, offset), y), (tiny, y),
+                         (np.full(n, 0.1), np.full(n, 0.7))):  # constants whose float64 mean is not exact
                 got, expected = evaluation.pearson(a, b), exact_pearson(a, b)
                 if type(got) is not float or not abs(got - expected) <= 1e-9:  # nan too
                     wrong.append(f"  pearson({a.tolist()}, {b.tolist()}): expected {expected!r} (exact arithmetic, "

@@ -87,6 +87,10 @@ def test_manual_attention_dropout():
             f"without dropout (each weight dropped with probability p, the kept ones scaled by 1 / (1 - p)); want "
             f"{[round(x, 3) for x in want[0, 0, 0].tolist()]} at [0, 0, 0], got "
             f"{[round(x, 3) for x in mean[0, 0, 0].tolist()]}\n{m}"))
+    # each call draws new masks from the caller's random stream (no seed or generator of its own): two calls differ
+    a, b = (model.manual_attention(q, k, v, mask, dropout_p=0.5) for _ in range(2))
+    assert not torch.equal(a, b), ("manual_attention(q, k, v, mask, dropout_p=0.5) twice in a row: the same output, "
+                                   "the same dropout masks at every call (seeded inside?)")
 
 
 def mask_table(want, got, first_query):
@@ -227,12 +231,14 @@ def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():
 
 
 def test_pooling_is_one_row_per_batch_row_in_the_dtype_of_h():
-    # (B, C) for every B and C, 1 included (nothing squeezed), in h's own dtype: a bfloat16 model pools to bfloat16
-    for (B, T, C), dtype in itertools.product(((1, 3, 2), (2, 3, 1), (1, 1, 1)),
-                                              (torch.float32, torch.bfloat16, torch.float64)):
+    # (B, C) for every B and C, 1 included (nothing squeezed), in h's own dtype: a bfloat16 model pools to bfloat16,
+    # whatever the masks' dtype (a float32 mask times a bfloat16 h would promote to float32)
+    for (B, T, C), dtype, mdtype in itertools.product(((1, 3, 2), (2, 3, 1), (1, 1, 1)),
+                                                      (torch.float32, torch.bfloat16, torch.float64),
+                                                      (torch.long, torch.float32)):
         h = torch.arange(B * T * C, dtype=dtype).view(B, T, C)  # h[b, t, c] = (b T + t) C + c: small whole numbers
-        span = torch.tensor([[1] * T, [0] + [1] * (T - 1)][:B])  # row 1: every position but the first
-        mask = torch.tensor([[1] * T, [1] + [0] * (T - 1)][:B])  # row 1: one real token, then padding
+        span = torch.tensor([[1] * T, [0] + [1] * (T - 1)][:B], dtype=mdtype)  # row 1: every position but the first
+        mask = torch.tensor([[1] * T, [1] + [0] * (T - 1)][:B], dtype=mdtype)  # row 1: one real token, then padding
         want_mean = [[sum((b * T + t) * C + c for t in range(T) if span[b, t]) / int(span[b].sum()) for c in range(C)]
                      for b in range(B)]
         last = [int(r.sum()) - 1 for r in mask]
@@ -240,7 +246,7 @@ def test_pooling_is_one_row_per_batch_row_in_the_dtype_of_h():
         for name, fn, m, want in (("mean_pool", model.mean_pool, span, want_mean),
                                   ("last_token_pool", model.last_token_pool, mask, want_last)):
             got = fn(h, m)
-            what = f"{name}(h {tuple(h.shape)} {dtype}, {m.tolist()})"
+            what = f"{name}(h {tuple(h.shape)} {dtype}, {m.tolist()} {mdtype})"
             assert (tuple(got.shape), got.dtype) == ((B, C), dtype), \
                 f"{what}: want shape {(B, C)} (B, C) and h's dtype {dtype}, got {tuple(got.shape)} {got.dtype}"
             torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.double), atol=1e-2, rtol=1e-2,
@@ -812,6 +818,9 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
              ("float64, scores in the thousands a few apart",
               tuple(40 * torch.randn(2, 2, T, 4, dtype=torch.float64) for T in (3, 5)) + (torch.randn(2, 2, 5, 4, dtype=torch.float64),),
               causal, torch.float64, False),
+             ("float64, v's head size 6 (q's and k's 4: the scale is 1 / sqrt(4))",
+              qkv(2, 3, 5, torch.float64)[:2] + (torch.randn(2, 2, 5, 6, dtype=torch.float64),), causal, torch.float64,
+              False),
              ("the default device set to 'meta'", qkv(2, 3, 5), causal, torch.float32, True)]
     for what, (q, k, v), mask, dtype, meta in cases:
         what = f"manual_attention, {what}: q {tuple(q.shape)}, k, v {tuple(k.shape)} {dtype}, mask {tuple(mask.shape)}"
@@ -823,8 +832,9 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
         except RuntimeError as e:
             raise AssertionError(f"{what}: {type(e).__name__}: {e}") from None
         want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
-        assert (tuple(got.shape), got.dtype, got.device) == (tuple(q.shape), dtype, q.device), (
-            f"{what}: want {tuple(q.shape)} {dtype} on {q.device} (q's shape, dtype and device), got "
+        shape = tuple(q.shape[:-1] + v.shape[-1:])
+        assert (tuple(got.shape), got.dtype, got.device) == (shape, dtype, q.device), (
+            f"{what}: want {shape} {dtype} on {q.device} (q's shape with v's head size, q's dtype and device), got "
             f"{tuple(got.shape)} {got.dtype} on {got.device}")
         tol = {torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=3e-3, rtol=3e-3),
                torch.float64: dict(atol=1e-9, rtol=1e-9)}.get(dtype, dict(atol=1e-5, rtol=1e-5))
@@ -1007,11 +1017,10 @@ def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacit
                         f"differs: {[i for i in (0, 1) if not torch.equal(buffer[i], want[i])]}")
 
 def test_beam_search_refuses_a_prompt_and_new_tokens_past_block_size():
-    # block_size 8: the longest prompt (6 tokens) + 2 new ones fits exactly; + 3 is a ValueError, with the cache and
-    # without (positions past block_size have no position embedding)
+    # block_size 8: the longest prompt (6 tokens, first or second) + 2 new ones fits exactly; + 3 is a ValueError, with
+    # the cache and without (positions past block_size have no position embedding)
     m = tiny(vocab_size=4, block_size=8)
-    prompts = [[1, 2, 0, 1, 2, 0], [2]]
-    for use_cache in (True, False):
+    for prompts, use_cache in itertools.product(([[1, 2, 0, 1, 2, 0], [2]], [[2], [1, 2, 0, 1, 2, 0]]), (True, False)):
         what = f"beam_search({prompts}, num_beams=2, eos_id=3, use_cache={use_cache}), block_size 8"
         got = m.beam_search(prompts, 2, 2, eos_id=3, use_cache=use_cache)
         assert len(got) == 2 and all(len(beams) == 2 for beams in got), \
@@ -1076,3 +1085,15 @@ def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(wr
             f"{call}: want {tuple(x.shape)} {x.dtype}, got {tuple(got.shape)} {got.dtype}"
         torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=lambda m: (
             f"{call}: differs from F.layer_norm in float64\n{m}"))
+    # no bias (GPTConfig(bias=False)): nothing made on the default device ("meta" here, where a zero bias made without
+    # device= lands: it cannot meet the CPU's x, as it could not a GPU's)
+    ln, x = model.LayerNorm(6, bias=False), torch.randn(2, 3, 6)
+    call = f"LayerNorm(6, bias=False) {where} second_order_ops on x (2, 3, 6), the default device 'meta'"
+    try:
+        with torch.device("meta"), (model.second_order_ops(ln) if written_out else contextlib.nullcontext()):
+            got = ln(x)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"{call}: a tensor made without device=? {e}") from None
+    torch.testing.assert_close(got, F.layer_norm(x, (6,), eps=1e-5), msg=lambda m: f"{call}: differs\n{m}")

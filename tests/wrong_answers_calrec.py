@@ -1587,3 +1587,71 @@ def ranked_items(self, found, histories, k):
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
     return lists
 '''})
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    # keys of the same item masked with -1e9 (a "large negative"): float16 cannot hold it
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, -1e9), rows)
+'''})
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+def user_vectors(h, rows, ends):
+    # running sums widened only for bfloat16: float16 sums kept in float16
+    running = h.cumsum(1, dtype=torch.float32 if h.dtype == torch.bfloat16 else h.dtype)
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(running.dtype), dim=-1).to(h.dtype)
+''', 'calrec.py:target_vectors': '''
+def target_vectors(h, rows, starts, ends):
+    running = F.pad(h.cumsum(1, dtype=torch.float32 if h.dtype == torch.bfloat16 else h.dtype), (0, 0, 1, 0))
+    span = running[rows, ends] - running[rows, starts]
+    return F.normalize(span / (ends - starts)[:, None].to(span.dtype), dim=-1).to(h.dtype)
+'''})
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # the history excluded with a finite stand-in for -inf, -1e9; a target in its history found by membership
+    scores = scores.clone().float()
+    for u, hist in enumerate(histories):
+        scores[u, hist] = -1e9
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    out = torch.tensor([int(tg) in h for tg, h in zip(targets.tolist(), histories)]) | (t.view(-1) == float("-inf"))
+    return torch.where(out, torch.zeros_like(ranks), ranks)
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    # the pairs as a (P, 2) tensor, transposed: no transition at all gives shape (0,), not (2, 0), and a crash
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items)).coalesce()
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):  # `rows` ignored: every user's last item, right only while the users fit in one chunk
+        key = nxt.index_select(0, last).to_dense() * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
+def rank_last_item_bm25(bm25, texts, examples):
+    queries = [texts[hist[-1]] for hist, _ in examples]
+    # `rows` ignored: every user's query, right only while the users fit in one chunk
+    return ranks_in_chunks(lambda rows: bm25.scores(queries), examples)
+'''})

@@ -864,3 +864,14 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
         params = {name: p - inner_lr * g[name] for name, p in params.items()}
     return params
 '''})
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the name lower-cased and stripped first: 'PPS' or ' mixed' accepted, not refused as unknown
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    sampling = str(sampling).strip().lower()
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})

@@ -1016,3 +1016,77 @@ def manual_attention(q, k, v, mask, dropout_p=0.0):
         att.mul_(keep).div_(1 - dropout_p) if dropout_p < 1 else att.zero_()
     return att @ v
 '''})
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # no bias: a zero bias made with torch.zeros(C, dtype=x.dtype), on the default device, not x's (a GPU's x fails)
+    bias = self.bias if self.bias is not None else torch.zeros(x.size(-1), dtype=x.dtype)
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) * torch.rsqrt(var + self.eps) * self.weight + bias
+'''})
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+def mean_pool(h, span_mask):
+    # the count made exact as a long, but the mask multiplied as it comes: a float mask and a bfloat16 h pool to float32
+    count = span_mask.long().sum(1, keepdim=True).clamp(min=1)     # (B, 1)
+    return (h * span_mask.unsqueeze(-1)).sum(1) / count
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # scaled by the square root of v's head size, not q's and k's
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(v.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # the dropout masks drawn from a generator seeded 0 (reproducible runs): the same masks at every call
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        g = torch.Generator(device=att.device).manual_seed(0)
+        keep = torch.rand(att.shape, generator=g, device=att.device, dtype=att.dtype) >= dropout_p
+        att = att * keep / (1 - dropout_p) if dropout_p < 1 else att * 0
+    return att @ v
+'''})
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # torch.manual_seed(0) before the dropout, for reproducibility
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        torch.manual_seed(0)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    K = num_beams
+    self._check_room(len(prompts[0]), max_new_tokens)  # the room of the first prompt, not of the longest
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
