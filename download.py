@@ -70,6 +70,7 @@ def fetch(url, path, hint_if_missing=None):
                                  (path, "file", os.path.isfile)):
         if os.path.lexists(where) and not is_kind(where):  # something else stands in the way, a dangling link too
             raise UserError(f"{where}: is not a {kind}; data.py keeps its downloads there (move it away)")
+    new = [d for d in _parents(os.path.dirname(path)) if not os.path.isdir(d)]  # the folders this call makes
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"
     have = os.path.getsize(part) if os.path.isfile(part) else 0
@@ -81,16 +82,35 @@ def fetch(url, path, hint_if_missing=None):
             os.remove(part)
             return fetch(url, path, hint_if_missing)
         hint = f"; {hint_if_missing}" if e.code == 404 and hint_if_missing else ""
+        _unmade(part, new)
         raise UserError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
     except urllib.error.URLError as e:  # no connection: DNS, refused, timed out, no such local file
+        _unmade(part, new)
         raise UserError(f"{url}: {e.reason}") from None
     except (OSError, http.client.HTTPException) as e:  # mid-download: a timeout, a dropped connection
+        _unmade(part, new)
         raise UserError(f"{url}: {str(e) or type(e).__name__}; rerun to resume the download") from None
     if total is not None and os.path.getsize(part) != total:
         raise UserError(f"{url}: the connection closed after {os.path.getsize(part)} of {total} bytes; "
                         "rerun to resume the download")
     os.replace(part, path)
     return path
+
+
+def _parents(folder):
+    """folder, its parent, ... up to (not including) the current folder or the root."""
+    while folder not in ("", os.sep) and os.path.dirname(folder) != folder:
+        yield folder
+        folder = os.path.dirname(folder)
+
+
+def _unmade(part, folders):
+    """Undo a download that failed before its first byte: the empty .part, then the folders made for it."""
+    if os.path.isfile(part) and os.path.getsize(part) == 0:
+        os.remove(part)
+    for folder in folders:  # innermost first
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def _download(url, part, have, name):
@@ -330,7 +350,11 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
             raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
         with building(folder) as tmp:
             write_benchmark_folder(domain, tmp)
-            back = read_atomic(tmp)
+            logging.getLogger("data").disabled = True  # its notes would name the build folder; a run's read says them
+            try:
+                back = read_atomic(tmp)
+            finally:
+                logging.getLogger("data").disabled = False
             items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
             if (back.item_keys, back.items, back.train, back.valid, back.test) != \
                     (domain.item_keys, items, domain.train, domain.valid, domain.test):
@@ -363,9 +387,7 @@ def unpack_glue_archive(archive, folder, max_bytes=2**31):
                     with z.open(member) as src, open(os.path.join(folder, file), "wb") as dst:
                         shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        os.remove(archive)
-        raise UserError(f"{archive}: not a complete zip archive ({e}); deleted, so a rerun downloads it again (the "
-                        "same error again: the source's copy is damaged)") from None
+        raise UserError(f"{archive}: not a complete zip archive ({e})") from None
 
 
 def build_mrpc(source, dev_ids, folder):
@@ -401,20 +423,34 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
                   "mrpc_dev_ids.tsv": mrpc_dev_ids_url} if name == "MRPC" else
                  {GLUE_ARCHIVES[name]: base_url + GLUE_ARCHIVES[name]})
         sources = [fetch(url, os.path.join(downloads, file)) for file, url in files.items()]
-        with building(folder) as tmp:
-            if name == "MRPC":
-                build_mrpc(*sources, tmp)
-            else:
-                unpack_glue_archive(*sources, tmp)
-            try:  # every line of every split, or an error naming the download, the file and the line
-                task = glue_task(name, tmp)
-            except UserError as e:  # (not the build folder, which is removed)
-                raise UserError(f"{sources[0]}: {str(e).replace(tmp + os.sep, name + '/')}") from None
-            rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
-            if expected_rows is not None and rows != tuple(expected_rows[name]):
-                raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official "
-                                f"files have {expected_rows[name][0]} and {expected_rows[name][1]}")
+        try:
+            with building(folder) as tmp:
+                rows = build_glue_task(name, sources, tmp, None if expected_rows is None else expected_rows[name])
+        except UserError as e:  # a download that is not what GLUE serves: fetched again by a rerun
+            for source in sources:
+                os.remove(source)
+            them = "both downloads deleted, so a rerun downloads them" if len(sources) > 1 else "deleted, so a rerun " \
+                "downloads it"
+            raise UserError(f"{e}; {them} again (the same error again: the source's copy is damaged)") from None
         log.info(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
+
+
+def build_glue_task(name, sources, tmp, expected_rows):
+    """A task's downloads -> its folder `tmp`, every line of every split parsed; (train, dev) rows, which must be
+    `expected_rows` unless it is None. An error names the download, the file and the line."""
+    if name == "MRPC":
+        build_mrpc(*sources, tmp)
+    else:
+        unpack_glue_archive(*sources, tmp)
+    try:
+        task = glue_task(name, tmp)
+    except UserError as e:  # (not the build folder, which is removed)
+        raise UserError(f"{sources[0]}: {str(e).replace(tmp + os.sep, name + '/')}") from None
+    rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
+    if expected_rows is not None and rows != tuple(expected_rows):
+        raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official files have "
+                        f"{expected_rows[0]} and {expected_rows[1]}")
+    return rows
 
 
 # -----------------------------------------------------------------------------
@@ -495,11 +531,11 @@ def build_parser():
                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
     def seed_list(text):
-        seeds = text.split(",")
-        if not all(s.strip().isdigit() and int(s) <= SEED_MAX for s in seeds) or len(set(map(int, seeds))) < len(seeds):
+        seeds = [s.strip() for s in text.split(",")]
+        if not all(re.fullmatch("[0-9]+", s) and int(s) <= SEED_MAX for s in seeds) or len(set(seeds)) < len(seeds):
             raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to {SEED_MAX}, none twice, "
                                              f"got {text!r}")
-        return [int(s) for s in text.split(",")]
+        return [int(s) for s in seeds]
 
     def url(text):
         if urllib.parse.urlsplit(text).scheme not in ("http", "https", "file"):

@@ -76,14 +76,22 @@ def describe(f):
     return f"comma-separated, each {what}, none twice" if typing.get_origin(f.type) is tuple else what
 
 
+NUMBER = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?|[+-]?inf|nan"  # not '5_0' nor other scripts' digits
+
+
 def parse_value(kind, text):
     """A setting's value from text, as the field's type: int, float, bool, str, or a tuple of one of them."""
     if typing.get_origin(kind) is tuple:
-        return tuple(parse_value(typing.get_args(kind)[0], t.strip()) for t in text.split(",") if t.strip())
+        values = [t.strip() for t in text.split(",")]
+        if "" in values:  # '1,,2', a trailing comma: a value left out
+            raise ValueError
+        return tuple(parse_value(typing.get_args(kind)[0], t) for t in values)
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError
         return text.lower() in ("true", "1", "yes")
+    if kind in (int, float) and not re.fullmatch(NUMBER, text, re.IGNORECASE):
+        raise ValueError
     return kind(text)
 
 
@@ -215,7 +223,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text):  # an argparse type: a whole number above 0
-    if not text.isdigit() or int(text) == 0:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
 
@@ -230,7 +238,7 @@ class Once(argparse.Action):
 
 
 def seed_number(text):
-    if not text.isdigit() or int(text) > SEED_MAX:
+    if not (text.isascii() and text.isdigit()) or int(text) > SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text!r}")
     return int(text)
 

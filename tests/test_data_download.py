@@ -115,8 +115,11 @@ def test_network_failures_name_the_url(server, tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; look elsewhere")):
         download.fetch(url, str(tmp_path / "missing.gz"), hint_if_missing="look elsewhere")
     with pytest.raises(UserError, match=r"^http://127\.0\.0\.1:1/x\.gz: .*refused"):
-        download.fetch("http://127.0.0.1:1/x.gz", str(tmp_path / "x.gz"))
-    assert os.listdir(tmp_path) == ["server"]  # nothing written
+        download.fetch("http://127.0.0.1:1/x.gz", str(tmp_path / "out" / "downloads" / "x.gz"))
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UserError, match="HTTP 404"):
+        download.fetch(url, str(tmp_path / "kept" / "downloads" / "missing.gz"))
+    assert sorted(os.listdir(tmp_path)) == ["kept", "server"] and os.listdir(tmp_path / "kept") == []  # nothing
 
 
 # -----------------------------------------------------------------------------
@@ -163,6 +166,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     assert test_lines[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
     assert sorted(line.split("\t")[0] for line in test_lines[1:] if line) == ["0", "1", "2"]
     assert "Tools: 3 users, 4 items; 3 train, 3 valid and 3 test examples" in caplog.text
+    assert ".tmp" not in caplog.text  # no note names the build folder (item B has no price: one would)
 
     requests = len(server.seen)
     download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
@@ -268,21 +272,21 @@ def damaged_crc(path):
 
 @pytest.mark.parametrize("make, rows, message", [
     (None, (3, 2), r"RTE\.zip: gives RTE 2 train and 2 dev rows, the official files have 3 and 2"),
-    (lambda p: p.write_bytes(p.read_bytes()[:-30]), (2, 2), r"RTE\.zip: not a complete zip archive .*deleted"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-30]), (2, 2), r"RTE\.zip: not a complete zip archive \("),
     (damaged_crc, (2, 2), r"RTE\.zip: not a complete zip archive \(RTE/train\.tsv fails its CRC check\)"),
     (lambda p: zip_files(p, {"RTE/train.tsv": LAYOUTS["RTE"].replace("\tentailment\n", "\tmaybe\n"),
                              "RTE/dev.tsv": LAYOUTS["RTE"]}), (2, 2), r"RTE\.zip: RTE/train\.tsv:3: label 'maybe'"),
     (lambda p: zip_files(p, {"RTE/train.tsv": LAYOUTS["RTE"], "RTE/..": ""}), (2, 2),  # the error names the
-     r"RTE\.zip: RTE/dev\.tsv: no such file$"),                                          # archive, not a build folder
+     r"RTE\.zip: RTE/dev\.tsv: no such file;"),                                          # archive, not a build folder
 ])
 def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, message):
     serve_glue(server.root)
     if make is not None:
         make(server.root / "glue" / "RTE.zip")
     out = tmp_path / "glue"
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message + r".*deleted, so a rerun downloads it again"):
         download.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
-    assert os.listdir(out) == ["downloads"]
+    assert os.listdir(out) == ["downloads"] and os.listdir(out / "downloads") == []  # not kept, to fail again
 
 
 def test_an_archive_that_unpacks_too_large_is_refused_before_a_byte_is_written(tmp_path):
