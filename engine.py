@@ -76,22 +76,16 @@ def describe(f):
     return f"comma-separated, each {what}, none twice" if typing.get_origin(f.type) is tuple else what
 
 
-NUMBER = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?|[+-]?inf|nan"  # not '5_0' nor other scripts' digits
-
-
 def parse_value(kind, text):
-    """A setting's value from text, as the field's type: int, float, bool, str, or a tuple of one of them."""
+    """A setting's value from text, as the field's type: int, float, bool, str or a tuple of one; numbers in ASCII."""
     if typing.get_origin(kind) is tuple:
-        values = [t.strip() for t in text.split(",")]
-        if "" in values:  # '1,,2', a trailing comma: a value left out
-            raise ValueError
-        return tuple(parse_value(typing.get_args(kind)[0], t) for t in values)
+        return tuple(parse_value(typing.get_args(kind)[0], t.strip()) for t in text.split(","))
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError
         return text.lower() in ("true", "1", "yes")
-    if kind in (int, float) and not re.fullmatch(NUMBER, text, re.IGNORECASE):
-        raise ValueError
+    if kind is not str and not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?|[+-]?inf|nan", text, re.I | re.A):
+        raise ValueError  # what float() takes besides: '0_1', other scripts' digits, '1,,2' (an empty one)
     return kind(text)
 
 
@@ -750,8 +744,7 @@ def open_log_file(out_dir, argv, resume):
 
 
 def save_results(out_dir, out, device, wall_s, table=None):
-    """out_dir/results.json: a task's results `out`, with the time, peak memory, machine and warnings of the run;
-    first, a table (title, header, rows) into the log as markdown."""
+    """A table (title, header, rows) to the log, then out_dir/results.json: out, time, memory, machine, warnings."""
     if table is not None:
         title, header, rows = table
         for line in (f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
