@@ -183,8 +183,7 @@ WORLD_DOMAINS = {  # domain -> its chain of (category, base price in dollars)
     "Kitchen": (("Espresso Machine", 300), ("Coffee Grinder", 90), ("Milk Frother", 40),
                 ("Tamper Set", 25), ("Knock Box", 30), ("Cleaning Kit", 20)),
     "Outdoor": (("Hiking Boots", 140), ("Trail Socks", 18), ("Backpack", 110), ("Water Bottle", 22),
-                ("Headlamp", 35), ("Rain Jacket", 160)),
-}
+                ("Headlamp", 35), ("Rain Jacket", 160))}
 
 
 def _colours(b, li):  # the two colours of brand b's product line li
@@ -279,7 +278,7 @@ def _read_atomic_table(path, required):
     for line_no, cols in rows:
         if len(cols) != len(names):
             raise UserError(f"{path}:{line_no}: expected {len(names)} tab-separated columns, got {len(cols)}")
-        if cols == header:
+        if [c.lstrip("\ufeff").split(":")[0].strip().lower() for c in cols] == [n.lower() for n in names]:
             raise UserError(f"{path}:{line_no}: the header line again (files joined?); only the first line is one")
     return names, rows
 
@@ -443,7 +442,7 @@ def _training_parts(path, train, valid, test):
                 raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
                                 f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
             seen[user] = line_no
-    rows, cap = {}, max(len(h) for split in (train, valid, test) for _, _, h, _ in split)
+    rows, cap = {}, max((len(h) for split in (train, valid, test) for _, _, h, _ in split), default=0)
     for line_no, user, history, target in train:
         rows.setdefault(user, []).append((line_no, history, target))
     parts, checks, after_valid = {}, [], {u: h + [t] for _, u, h, t in valid}  # checks: (split, line number,
@@ -575,8 +574,7 @@ GLUE_TASKS = {
     "MNLI": dict(text_a="sentence1", text_b="sentence2", label="gold_label",
                  labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",)),
     "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=ENTAILS, metrics=("accuracy",)),
-    "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=ENTAILS, metrics=("accuracy",)),
-}
+    "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=ENTAILS, metrics=("accuracy",))}
 COLA_COLUMNS = 4  # source, label, original label (* for unacceptable), sentence
 STSB_RANGE = (0.0, 5.0)
 
@@ -699,8 +697,7 @@ FAMILY_AUX = {
     "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800), "has-5": ("has", (5,), 300),
     "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600), "most-1-2-4": ("most", (1, 2, 4), 1000),
     "count-3": ("count", (3,), 500), "count-5": ("count", (5,), 400), "share-0": ("share", (0,), 800),
-    "share-4": ("share", (4,), 400), "same-2": ("same", (2,), 600),
-}
+    "share-4": ("share", (4,), 400), "same-2": ("same", (2,), 600)}
 FAMILY_TARGETS = {"more-2-5": ("more", (2, 5), 1000), "share-3": ("share", (3,), 1000),
                   "count-4": ("count", (4,), 1000), "most-0-3-5": ("most", (0, 3, 5), 1000)}
 FAMILY_DEV, FAMILY_TEST = 100, 300   # target tasks: validation and test examples (aux: 10% dev)

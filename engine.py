@@ -692,10 +692,9 @@ def setup_logging(rank):
 
 @contextlib.contextmanager
 def kept_if_refused(out_dir, names):
-    """A run refused part-way (a UserError: a diverged loss, a full disk, ...) leaves out_dir's files `names` as it
-    found them. Each one an earlier run left is hard-linked aside first (every write replaces a file whole, so the
-    link keeps the old one) and put back; log.txt, only appended to, is cut back to its length; the run's new files
-    go. A run that finishes, or is interrupted (--resume continues it), keeps its files."""
+    """A run refused part-way (a UserError: a diverged loss, a full disk, ...; or out of memory) leaves out_dir's
+    files `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back,
+    log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files."""
     existed = os.path.isdir(out_dir)
     for stale in [n for n in os.listdir(out_dir) if n.startswith(".earlier")] if existed else ():
         shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
@@ -709,8 +708,9 @@ def kept_if_refused(out_dir, names):
             shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
     try:
         yield
-    except UserError:
-        for n, path in ((n, os.path.join(out_dir, n)) for n in names):
+    except Exception as e:
+        refused = isinstance(e, UserError) or out_of_memory(e)  # what main reports in one line
+        for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
             if n in sizes:
                 os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
             elif os.path.lexists(path):

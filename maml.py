@@ -357,8 +357,7 @@ def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
     written out), so that second derivatives are right there. A RunState saves the loop every tenth of the run."""
     params, loss_fn = task_loss(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.outer_lr)
-    # under torchrun every process draws the same meta-batch and takes its share; meta_step averages the gradients
-    mine = engine.my_share(cfg.meta_batch)
+    mine = engine.my_share(cfg.meta_batch)  # torchrun: every process draws the same meta-batch, and takes its share
     phase, p = f"meta_{method}", task_probabilities([len(e["ids"]) for e in aux_encs], cfg.sampling)
     start, best, more = state.restore_loop(phase, model, opt, rng) if state else (0, None, {})
     losses = list(more.get("losses", []))
@@ -387,7 +386,7 @@ def meta_train(model, aux_encs, method, cfg, rng, device, state=None):
 def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, device):
     """Fine-tune every parameter from `init_state` with plain SGD at inner_lr (the step MAML learned its initialisation
     for) on batches of cfg.shot train examples; report `test` once, from the state with the best validation
-    score (first metric, every cfg.eval_interval steps; a diverged step scores nan, which never wins)."""
+    score (first metric, every cfg.eval_interval steps). A loss that is not finite stops the run: lower inner_lr."""
     model.load_state_dict(init_state)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
     params, loss_fn = task_loss(model)
@@ -396,9 +395,11 @@ def fine_tune(model, init_state, train, val, test, metric_names, cfg, seed, devi
     def step(_):
         batch = stack_tasks([train], 1, min(cfg.shot, len(train["ids"])), rng, train["pad_id"], device)[0]
         opt.zero_grad(set_to_none=True)
-        loss_fn(params, task_slice(batch, 0)).backward()
+        loss = loss_fn(params, task_slice(batch, 0))
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.ft_clip)
         opt.step()
+        return loss.item()  # not finite: a diverged fine-tune, which the selection must not hide behind step 0
 
     def validate():
         return split_metrics(model, val, metric_names[:1], device)[metric_names[0]]
@@ -484,8 +485,11 @@ def few_shot_runs(task, encode, root, test, reported):
     reported_pairs, runs = pairs(task[reported]), []
     for folder in data.few_shot_folders(root, task["name"]):
         shot = data.glue_task(task["name"], folder)
-        # the few-shot examples were drawn from GLUE's training set; the few that also sit in the
-        # reported split (when it is a re-split of the training set) are left out of it for this seed
+        for split, y in ((s, shot[s]["y"]) for s in ("train", "dev")):  # 16 of each label (STS-B: score < 2.5 or not)
+            per_label = np.unique(np.asarray(y) >= 2.5 if task["kind"] == "regression" else y, return_counts=True)[1]
+            if per_label.tolist() != [16] * (2 if task["kind"] == "regression" else len(task["labels"])):
+                raise UserError(f"{folder}: {split} holds {per_label.tolist()} examples per label, not 16 of each")
+        # examples of the reported split (a re-split of GLUE's train) that this seed's 16-shot ones hold are left out
         seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
         if len(keep) == 0:
@@ -561,8 +565,7 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
     aux_encs = [encode(n, aux[n]["train"]) for n in aux]
     runs = {n: target_runs(targets[n], functools.partial(encode, n), cfg, few_shot_root, seed) for n in targets}
     c = gpt.config if init else encoder_config(tokenizer, cfg)
-    if init:  # results.json reports the sizes of --init's GPT, not the settings'
-        cfg = dataclasses.replace(cfg, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size)
+    cfg = dataclasses.replace(cfg, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size)
     shortest = min(len(ids) for e in aux_encs for ids in e["ids"])  # a meta-batch's examples are padded to the longest
     engine.check_memory(device, {"a meta-step (n_layer, n_embd, max_len, vocab_size, meta_batch, shot)":
                                  engine.training_floats(c, cfg.meta_batch * cfg.shot * shortest, 0)})

@@ -94,6 +94,12 @@ def keep_header(path):
 # the table: name -> case(world, tmp) returning (argv without --out-dir, text the message must hold)
 
 
+def no_rows(folder):  # a benchmark folder whose three splits hold their header only
+    for split in ("train", "valid", "test"):
+        keep_header(os.path.join(folder, f"{os.path.basename(folder)}.{split}.inter"))
+    return folder
+
+
 def calrec_data(mutate, message, folder="alpha", flags=()):
     def case(w, tmp):
         d = copy(w[folder], tmp / os.path.basename(w[folder]))
@@ -346,6 +352,16 @@ CASES = {
     "item file holds its header again": calrec_data(
         lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"item_id:token\ttitle:token_seq\tbrand:token\n"),
         "Alpha.item:10: the header line again"),
+    "item file holds its header again, with a BOM": calrec_data(  # as `cat a.item b.item` gives, b saved by an editor
+        lambda d: append_bytes(os.path.join(d, "Alpha.item"), "\ufeffitem_id:token\ttitle:token_seq\tbrand:token\n"
+                               .encode()), "Alpha.item:10: the header line again", flags=TINY_CALREC),
+    "item file holds another header": calrec_data(  # other types, a space: the same names, not an item 'item_id:token'
+        lambda d: append_bytes(os.path.join(d, "Alpha.item"), b"item_id:token\ttitle:token\tbrand:token_seq \n"),
+        "Alpha.item:10: the header line again", flags=TINY_CALREC),
+    "every split only its header": calrec_data(
+        no_rows, "Alpha: has no valid users", flags=TINY_CALREC),
+    "a stage-1 domain of no rows": lambda w, tmp: (["--task", "calrec", "--data", no_rows(copy(w["sci"], tmp / "Sci")),
+                                                    w["alpha"], *TINY_CALREC], "Sci: has no training sequence"),
     "init checkpoint with a weight named by a number": init(numbered_weight, "the weights are not a dict of tensors"),
     "init GPT-2 weights named by a number": init(gpt2_variant(numbered_bin), "not a state dict of tensors by name"),
     "init a file the run writes": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
@@ -486,6 +502,9 @@ CASES = {
                                       "--set", "warmup=0"], "training diverged: the loss is nan"),
     "maml diverges": lambda w, tmp: (["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "maml", "--set",
                                       "outer_lr=1e30", "--set", "meta_steps=3", "--set", "seeds=1"], "diverged"),
+    "a fine-tune diverges (not hidden by selecting step 0)": lambda w, tmp: (
+        ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "none", "--set", "inner_lr=1e30", "--set",
+         "seeds=1"], "training diverged: the loss is nan"),
     "reptile diverges (its step returns no loss)": lambda w, tmp: (
         ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "reptile", "--set", "inner_lr=1e30", "--set",
          "meta_steps=3", "--set", "seeds=1"], "training diverged: the weights are not finite"),
@@ -557,9 +576,12 @@ CASES = {
     "16-shot folder not named 16-<seed>": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot",
                                                                              "RTE", "16-013")),
                                                "RTE/16-013: not a 16-shot folder name (16-<seed>", SMALL_GLUE),
-    "16-shot split holding every reported example": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
-        os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: holds every example of the dev split",
-        SMALL_GLUE),
+    "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 12 times each
+        os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", LAYOUTS["RTE"] + LAYOUTS["RTE"].split(
+            "\n", 1)[1] * 15), "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
+    "16-shot split of other sizes": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
+        os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [12, 12] examples per label, not "
+        "16 of each", SMALL_GLUE),
     "inter file a named pipe": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or os.mkfifo(
         os.path.join(d, "Alpha.valid.inter")), "Alpha.valid.inter: not a regular file"),
     "amazon downloads a file": amazon_out(lambda o: os.makedirs(o) or (o / "downloads").write_text("x"),
@@ -894,11 +916,14 @@ def test_running_out_of_memory_mid_run_is_one_line(world, monkeypatch, capsys, e
 
     def oom(*args):
         raise error
-    monkeypatch.setattr(calrec, "prepare", oom)
+    monkeypatch.setattr(calrec, "train_stage", oom)  # after the run has written its tokenizer, state and log
+    out = copy(world["out"], world["root"] / f"oom-{size}")  # an earlier run's folder, as it must stay
+    before = snapshot(out)
     with pytest.raises(SystemExit) as e:
-        train.main(["--task", "calrec", "--out-dir", str(world["root"] / "oom")])
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
     line = f"error: out of memory{f' (allocating {size})' if size else ''}: a setting asks for more than this machine"
     assert e.value.code == 2 and capsys.readouterr().err.startswith(line)
+    assert snapshot(out) == before, "a run out of memory changed the files an earlier run wrote"
 
 
 def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):

@@ -213,7 +213,7 @@ def tiny_glue(root):
         header, *rows = LAYOUTS[name].splitlines(keepends=True)
         write_task(str(root / "glue"), name, header + "".join(rows * 12))
     rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
-                   for i in range(8))
+                   for i in range(32))  # 16 of each label
     write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
 
 
