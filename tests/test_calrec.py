@@ -575,6 +575,12 @@ def test_catalog_trie_by_hand():
             got = set(allowed[b, k].nonzero().view(-1).tolist())
             assert got == want, (f"tokens allowed after the beam {list(beam)} of prompt {b} (of 2, each with its own "
                                  f"beams): expected {sorted(want)}, got {sorted(got)}")
+    # vocab_size columns, whatever the id of end-of-text (0 in the project's own tokenizer, whose special tokens come
+    # first; a mask of eot_id + 1 columns would broadcast over the logits)
+    wide = calrec_extras.CatalogTrie(catalog, eot, 16)(torch.tensor([[[1, 2]]]))
+    assert tuple(wide.shape) == (1, 1, 16) and set(wide[0, 0].nonzero().view(-1).tolist()) == {3, eot}, (
+        f"CatalogTrie({catalog}, eot={eot}, vocab_size=16) of the beam [1, 2]: expected a (1, 1, 16) mask allowing "
+        f"[3, {eot}], got {tuple(wide.shape)} allowing {wide[0, 0].nonzero().view(-1).tolist()}")
     first = set(trie(torch.zeros(1, 2, 0, dtype=torch.long))[0, 1].nonzero().view(-1).tolist())
     assert first == {1, 4}, f"tokens allowed first (no token yet): expected [1, 4], got {sorted(first)}"
     # the items the finished beams wrote, best beam first, twins together, history out, dead beams (-inf) ignored
@@ -592,7 +598,7 @@ def test_catalog_trie_by_hand():
     # several users, each with its own beams and history; a beam cut short (no end-of-text) wrote no item
     found = [[([1, 2, eot], -1.0), ([4, eot], -2.0)], [([4, 9, eot], -0.5), ([1, 2, 3, eot], -0.7)],
              [([1, 2], -0.1), ([4, eot], -0.2)]]
-    got = trie.ranked_items(found, [[2], [0], []], 3)
+    got = leaves_inputs_alone(trie.ranked_items, found, [[2], [0], []], 3)  # the caller's histories stay as they were
     assert got == [[1, 5], [4], [2]], (f"ranked_items of three users' beams {found}, histories [[2], [0], []], k=3: "
                                        f"expected [[1, 5], [4], [2]] (each user's own beams and history; the third "
                                        f"user's first beam, [1, 2], never finished), got {got}")
@@ -682,6 +688,15 @@ def test_markov_and_last_item_baselines_by_hand():
             f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} "
             f"over {texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count "
             f"against the target), got {ranks}")
+    # the index given, with its own k1 and b (the run's bm25_k1 and bm25_b), not one built anew with the defaults: the
+    # long text repeating "red" beats the short one at b = 0 (no length normalisation), not at b = 0.75
+    docs = ["red", "red red red blue blue blue blue blue blue blue", "red green", "blue"]
+    for k1, b in ((1.2, 0.0), (2.0, 0.3), (1.2, 0.75)):
+        want = [sum(s[j] >= s[t] for j in range(4) if j not in h) for h, t in ([[0], 1], [[0], 2])
+                for s in [naive_bm25(docs, docs[h[-1]], k1, b)]]
+        ranks = ev.rank_last_item_bm25(calrec.BM25(docs, k1, b), docs, [([0], 1), ([0], 2)]).tolist()
+        assert ranks == want, (f"rank_last_item_bm25 with the index BM25({docs}, k1={k1}, b={b}), histories [[0], [0]] "
+                               f"-> targets [1, 2]: expected ranks {want} (the scores of the index given), got {ranks}")
     # more users than one chunk of ranks_in_chunks (1024): each chunk's queries are its own users' last items
     examples = [([i % 3], (i + 1) % 3) for i in range(1030)]
     want = [sum(s[j] >= s[t] for j in range(3) if j not in h) for h, t in examples[:3]

@@ -57,6 +57,8 @@ def test_degenerate_cases():
     expect(evaluation.mcc, ([0, 0, 1], [0, 0, 0]), 0.0, "no positive in gold: an empty column, 0")
     expect(evaluation.pearson, ([2, 2, 2], [1, 2, 3]), 0.0, "a constant prediction: 0, not nan")
     expect(evaluation.mcc, ([1, 0, 1, 0], [1, 1, 1, 1]), 0.0, "no negative in gold: an empty row, 0, not 0/0", abs=0)
+    expect(evaluation.mcc, ([0, 0, 0, 0], [1, 0, 1, 0]), 0.0, "no positive predicted (a collapsed model): 0, not 0/0",
+           abs=0)
     expect(evaluation.pearson, ([1.0], [2.0]), 0.0, "a single pair: a constant prediction, 0, not nan", abs=0)
 
 
@@ -142,10 +144,12 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
             if type(got) is not float or not abs(got - expected) <= 1e-12:
                 wrong.append(f"  f1({p.tolist()}, {g.tolist()}): expected the Python float {expected!r} (tp {tp}, "
                              f"fp {fp}, fn {fn}), got {got!r} of type {type(got).__name__}")
-            got = evaluation.mcc(p, g)
-            if type(got) is not float:
-                wrong.append(f"  mcc({p.tolist()}, {g.tolist()}): expected a Python float, got {got!r} of type "
-                             f"{type(got).__name__}")
+            tn = sum(1 for u, v in zip(p, g) if u != 1 and v != 1)
+            factors = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)  # exact ints; 0: an empty row or column
+            expected, got = (tp * tn - fp * fn) / math.sqrt(factors) if factors else 0.0, evaluation.mcc(p, g)
+            if type(got) is not float or not abs(got - expected) <= 1e-12:
+                wrong.append(f"  mcc({p.tolist()}, {g.tolist()}): expected the Python float {expected!r} (tp {tp}, "
+                             f"tn {tn}, fp {fp}, fn {fn}), got {got!r} of type {type(got).__name__}")
     for bad in (float("inf"), float("-inf"), float("nan")):
         for fn_ in (evaluation.pearson, evaluation.spearman):
             for args in (([1.0, bad, 2.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [1.0, bad, 2.0]),

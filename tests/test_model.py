@@ -446,8 +446,9 @@ def assert_same_beams(got, want, what, atol=1e-4, rtol=1e-4):
 
 def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
     m = tiny(vocab_size=4)
-    eos, L, K = 3, 3, 16  # K >= V^(L-1): no prefix is ever pruned, so the beams are the exact top K
-    for prompt in ([1, 2], [0]):
+    L, K = 3, 16  # K >= V^(L-1): no prefix is ever pruned, so the beams are the exact top K
+    # the stop token 0 too: the id of end-of-text in the project's own tokenizer (its special tokens come first)
+    for prompt, eos in (([1, 2], 3), ([0], 3), ([1, 2], 0)):
         got = m.beam_search([prompt], K, L, eos)[0]
         want = brute_force_beams(m, prompt, L, eos)[:K]
         assert_same_beams(got, want, f"beam_search([{prompt}], num_beams={K}, max_new_tokens={L}, eos_id={eos}) "
@@ -818,6 +819,8 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
              ("float64, scores in the thousands a few apart",
               tuple(40 * torch.randn(2, 2, T, 4, dtype=torch.float64) for T in (3, 5)) + (torch.randn(2, 2, 5, 4, dtype=torch.float64),),
               causal, torch.float64, False),
+             ("float64, head size 6 (its square root in float64: float32's sqrt(6) is off by 4e-8)",
+              tuple(torch.randn(2, 2, T, 6, dtype=torch.float64) for T in (3, 5, 5)), causal, torch.float64, False),
              ("float64, v's head size 6 (q's and k's 4: the scale is 1 / sqrt(4))",
               qkv(2, 3, 5, torch.float64)[:2] + (torch.randn(2, 2, 5, 6, dtype=torch.float64),), causal, torch.float64,
               False),

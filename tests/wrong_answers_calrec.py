@@ -1655,3 +1655,43 @@ def rank_last_item_bm25(bm25, texts, examples):
     # `rows` ignored: every user's query, right only while the users fit in one chunk
     return ranks_in_chunks(lambda rows: bm25.scores(queries), examples)
 '''})
+
+# found by probe G of the graders
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # the items taken appended to the caller's history list, to be skipped like it: the caller's histories grow
+    lists = []
+    for beams, history in zip(found, histories):
+        taken, seen = [], history
+        for tokens, score in beams:
+            if score == float("-inf"):
+                continue
+            for i in self.items.get(self.node(tuple(tokens)), []):
+                if i not in seen and len(taken) < k:
+                    seen.append(i)
+                    taken.append(i)
+        lists.append(taken)
+    return lists
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.__init__': '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    # the mask sized eot_id + 1 (end-of-text taken to be the vocabulary's last token), vocab_size ignored
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, eot_id + 1
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in list(tokens) + [eot_id]:
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items.setdefault(node, []).append(i)
+    self.node_of = {(): 0}
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
+def rank_last_item_bm25(bm25, texts, examples):
+    # an index of its own over `texts`, BM25's default k1 and b: the given index (and its k1, b) ignored
+    from calrec import BM25
+    own = BM25(texts)
+    return ranks_in_chunks(lambda rows: own.scores([texts[hist[-1]] for hist, _ in examples[rows]]), examples)
+'''})

@@ -875,3 +875,16 @@ def task_probabilities(sizes, sampling):
         raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
     return by_name[sampling]
 '''})
+# found by a probe of the graders (F): a prediction with no positive never scored
+WRONG_MAML['glue-metrics'].append({'evaluation.py:mcc': '''
+def mcc(pred, gold):
+    # guards a prediction with no negative and a gold with one class, not a prediction with no positive: 0/0 is nan
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    tp = np.float64(np.sum((pred == 1) & (gold == 1)))
+    tn = np.float64(np.sum((pred == 0) & (gold == 0)))
+    fp = np.float64(np.sum((pred == 1) & (gold == 0)))
+    fn = np.float64(np.sum((pred == 0) & (gold == 1)))
+    if tn + fn == 0 or tp + fn == 0 or tn + fp == 0:
+        return 0.0
+    return float((tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+'''})

@@ -1090,3 +1090,45 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     new, scores = tokens.tolist(), scores.tolist()
     return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''})
+
+# found by probe G of the graders
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # the scale's square root taken on a float32 tensor: float64 inputs scaled by a rounded sqrt(d_head)
+    scale = torch.sqrt(torch.tensor(k.size(-1), dtype=torch.float32, device=q.device))
+    att = (q @ k.transpose(-2, -1)) / scale
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+
+# found by probe G of the graders: a stop token 0
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # eos_id tested by truthiness (as if it could be None): stop token 0, the id of end-of-text in the project's
+    # own tokenizer, never finishes a beam
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0                                     # ... so only the first may expand
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id) if eos_id else finished.gather(1, src)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
