@@ -107,7 +107,7 @@ def bench_beam(device, **_):
 def bench_bm25(device, catalog=None, **_):
     if catalog is not None:  # the --data folder, read before any part ran
         texts = [data.item_text(it, catalog.attributes, calrec.REAL_DATA.max_words) for it in catalog.items]
-        queries, name = [texts[h[-1]] for h, _ in catalog.test], catalog.name
+        queries, name = [texts[hist[-1]] for hist, _ in catalog.test], catalog.name
     else:
         rng = np.random.default_rng(0)
         texts = [" ".join(f"w{i}" for i in rng.integers(20000, size=rng.integers(8, 30))) for _ in range(4385)]

@@ -3,7 +3,7 @@ CALRec: sequential recommendation as text generation, with a two-tower contrasti
 
 Paper: Li, Zhai, Alzantot, Yu, Vulic, Korhonen, Hammad. "CALRec: Contrastive Alignment of Generative LLMs
 for Sequential Recommendation." RecSys 2024 (arXiv 2405.02429). What the paper specifies and what we decided
-where it is silent: docs/calrec.md, whose sections this file follows.
+where it is silent: docs/calrec.md; this file follows its section 1, in order.
 
 One small GPT (model.py) reads a user's purchase history as text and writes the next item's text. The same
 weights are also two towers: pooled over the history they give the user vector v_U, pooled over the target
@@ -118,8 +118,8 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
     l_nig: next-item generation, the cross-entropy of the target tokens. v_u, v_tu (P, C): the user vector and
     the target read after the history, one per prediction; v_t (N >= P, C): the item tower's vectors of those
     P targets, then of any extra negative items; items (N,) the item behind each row of v_t. Each user (or
-    v_T|U) is contrasted with the batch's items; over_users (the spec's formula) contrasts each target item
-    with the batch's users instead.
+    v_T|U) is contrasted with the batch's items; over_users (the paper's, as docs/calrec.md reads it)
+    contrasts each target item with the batch's users instead.
     """
     P = len(v_u)
     def nce(q):
@@ -188,7 +188,7 @@ def train_stage(exp, stage, validate):
     """Stage 1: rows drawn from a mixture of every domain, P(domain) ~ n_train ** (1 / domain_temperature);
     stage 2: the target domain alone. validate() every eval_interval steps picks the weights the LM ends with."""
     cfg, lm, device = exp.cfg, exp.lm, exp.device
-    w = np.log([len(r) for r in exp.rows]) / cfg.domain_temperature  # in logs: no overflow at a temperature near 0
+    w = np.log([len(r) or 1 for r in exp.rows]) / cfg.domain_temperature  # logs: no overflow at a temperature near 0
     probs = np.exp(w - w.max()) / np.exp(w - w.max()).sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
@@ -325,7 +325,7 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
         lists += (bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None
                   else trie.ranked_items(found, histories, cfg.top_k))
         samples.append(texts[0])
-    return ev.ranks_from_lists(lists, [t for _, t in examples], [h for h, _ in examples], twins), samples[:3]
+    return ev.ranks_from_lists(lists, [t for _, t in examples], [hist for hist, _ in examples], twins), samples[:3]
 
 
 def bm25_lists(bm25, texts, histories, beams, k):
@@ -405,7 +405,7 @@ class CALRecConfig:
     bm25_b: float = setting(0.75, "0..1", "BM25's b")
     top_k: int = setting(20, ">= 20", "length of every ranked list (the metrics read it to rank 20)")
     eval_batch: int = setting(50, ">= 1", "users per beam-search batch")
-    bm25_valid_users: int = setting(200, ">= 0", "validation users of the generative rows (0: all)")
+    bm25_valid_users: int = setting(200, ">= 0", "validation users of beam search's rows and check (0: all)")
     prior_weights: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), ">= 0", "[beyond] lambda candidates")
     recent_weights: tuple[float, ...] = setting((0.0, 0.2, 0.4, 0.6, 0.8), "0..1", "[beyond] mu candidates")
     recent_decays: tuple[float, ...] = setting((0.25, 0.5, 0.75, 1.0), "0..1", "[beyond] gamma candidates")
@@ -684,8 +684,8 @@ METHODS = {  # name -> (row label, ranks(exp, examples, split), whether it beam-
 
 
 def evaluate(exp):
-    """The generator check, then every method on the target's valid and test splits, each result kept in the run
-    state as it is done (a resumed run skips it); beam search reads the first bm25_valid_users of validation."""
+    """The generator check, then each method (baselines: if `baselines`) on valid, and on test if `evaluate_test`,
+    each result kept in the run state (a resumed run skips it); beam search reads bm25_valid_users of valid."""
     cfg, state = exp.cfg, exp.state
     generative_valid = exp.domain.valid[:cfg.bm25_valid_users or None]
     if "generator_check" not in state.done:

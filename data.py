@@ -442,18 +442,18 @@ def _training_parts(path, train, valid, test):
                 raise UserError(f"{path}.{split}.inter:{line_no}: user {user} is not in the "
                                 f"{'test' if split == 'valid' else 'valid'} split; both hold every user")
             seen[user] = line_no
-    rows, cap = {}, max((len(h) for split in (train, valid, test) for _, _, h, _ in split), default=0)
+    rows, cap = {}, max((len(hist) for split in (train, valid, test) for _, _, hist, _ in split), default=0)
     for line_no, user, history, target in train:
         rows.setdefault(user, []).append((line_no, history, target))
-    parts, checks, after_valid = {}, [], {u: h + [t] for _, u, h, t in valid}  # checks: (split, line number,
+    parts, checks, after_valid = {}, [], {u: hist + [t] for _, u, hist, t in valid}  # checks: (split, line number,
     for user, rs in rows.items():  # history, the items before its target); UniSRec lists a user's rows latest first
         if user not in after_valid:
             raise UserError(f"{path}.train.inter:{rs[0][0]}: user {user} is not in the valid split")
         rs = sorted(rs[::-1] if len(rs[0][1]) > len(rs[-1][1]) else rs, key=lambda r: len(r[1]))
         parts[user] = rs[0][1][:1] + [t for _, _, t in rs]  # a user's first row has one item of history
-        checks += [("train", n, h, parts[user][:1 + k]) for k, (n, h, _) in enumerate(rs)]
-    checks += [("valid", n, h, parts.setdefault(u, h[:1])) for n, u, h, _ in valid]  # no rows: one item, its part
-    checks += [("test", n, h, after_valid[u]) for n, u, h, _ in test]
+        checks += [("train", n, hist, parts[user][:1 + k]) for k, (n, hist, _) in enumerate(rs)]
+    checks += [("valid", n, hist, parts.setdefault(u, hist[:1])) for n, u, hist, _ in valid]  # no rows: part [first]
+    checks += [("test", n, hist, after_valid[u]) for n, u, hist, _ in test]
     for split, line_no, history, before in checks:
         if history != before[-len(history):] or len(history) != min(len(before), cap):
             raise UserError(f"{path}.{split}.inter:{line_no}: this history is not the user's items before its target "

@@ -325,8 +325,8 @@ def write_benchmark_folder(domain, folder):
         with open(os.path.join(folder, f"{name}.{split}.inter"), "w", encoding="utf-8", newline="\n") as f:
             f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
             for user, (history, target) in enumerate(domain.test):  # a test example holds the whole sequence
-                for h, t in leave_one_out([history + [target]])[s]:
-                    f.write(f"{user}\t{' '.join(keys[i] for i in h)}\t{keys[t]}\n")
+                for hist, t in leave_one_out([history + [target]])[s]:
+                    f.write(f"{user}\t{' '.join(keys[i] for i in hist)}\t{keys[t]}\n")
 
 
 def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):

@@ -393,16 +393,14 @@ def deferred_interrupt():
 
 def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
                      label="step"):
-    """Train for `steps` steps, keeping the weights that score best on validation.
+    """Train for `steps` steps, keeping the weights that score best on validation (never on test).
 
-    Validation runs at step 0, every eval_every steps and after the last step; train_step(step) takes one step
-    in between and returns its loss (or None): a loss that is not finite stops the run with a clear error.
-    validate() scores the weights as they are (higher is better, nan never wins); without it nothing is
-    selected and the model keeps its last weights. save_state(step, best), when given, runs at each of those
-    points just before validating, and after the step during which Ctrl-C came: a resumed run calls this again
-    with that `start` and `best` and continues exactly. best is (score, step, weights); returns it, the model
-    holding the best weights. Model selection looks at validation only, never at test.
-    """
+    Validation runs at step 0, every eval_every steps and after the last; train_step(step) takes a step between
+    and returns its loss or None: a loss that is not finite stops the run with an error (so do weights that are
+    not finite, without validate). validate() scores the weights (higher is better, nan never wins); without it
+    the model keeps its last weights. save_state(step, best), when given, runs before each validation and after
+    the step Ctrl-C came in: a resumed run passes that `start` and `best` back and continues exactly. best is
+    (score, step, weights); returns it, the model holding the best weights."""
     best = best or (-math.inf, None, None)
     with deferred_interrupt() as interrupted:
         for step in range(start, steps + 1):
@@ -781,20 +779,20 @@ def environment(device):
 def fingerprint(obj):
     """A SHA-256 of a value made of dicts, lists, tuples, tensors and plain values, a tensor by its bytes (its repr
     elides them): --resume compares the data's, and RunState checks that a state is the one written."""
-    h = hashlib.sha256()
+    sha = hashlib.sha256()
 
     def add(x):
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().contiguous()
-            h.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
-            h.update(x.reshape(-1).view(torch.uint8).numpy())
+            sha.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            sha.update(x.reshape(-1).view(torch.uint8).numpy())
         elif isinstance(x, (list, tuple)) and all(type(v) in (int, float, str) for v in x):
-            h.update(f"{x!r};".encode())  # a fast path for the lists that make up data sets
+            sha.update(f"{x!r};".encode())  # a fast path for the lists that make up data sets
         elif isinstance(x, (dict, list, tuple)):
-            h.update(f"{type(x).__name__} {len(x)};".encode())
+            sha.update(f"{type(x).__name__} {len(x)};".encode())
             for v in x.items() if isinstance(x, dict) else x:
                 add(v)
         else:
-            h.update(f"{x!r};".encode())
+            sha.update(f"{x!r};".encode())
     add(obj)
-    return h.hexdigest()
+    return sha.hexdigest()

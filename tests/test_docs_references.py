@@ -1,6 +1,7 @@
 """Every reference the code and the docs make resolves: `docs/X.md section N` to a numbered heading of X.md, a
 link `X.md#anchor` to a heading, and every `module.name` in backticks to a name the module defines."""
 
+import ast
 import glob
 import importlib
 import os
@@ -77,3 +78,20 @@ def test_every_module_name_in_backticks_exists():
 @pytest.mark.parametrize("doc", ["calrec.md", "maml.md", "results.md"])
 def test_numbered_headings_of_the_method_notes(doc):
     assert headings(doc)[0]  # the docs that sections refer to are numbered
+
+
+def test_readme_size_promises():
+    """README: no file over 800 lines; no function over 40 lines (nested ones counted in theirs) but the argparse
+    builder of download.py; the five files of the layout (model, data, calrec, maml, train) 3,000 lines at most."""
+    lines, long = {}, []
+    for path in glob.glob(os.path.join(ROOT, "*.py")):
+        text, name = read(path), os.path.basename(path)
+        lines[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            for f in getattr(node, "body", []) if isinstance(node, (ast.Module, ast.ClassDef)) else []:
+                if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno >= 40 and (name, f.name) != (
+                        "download.py", "build_parser"):
+                    long.append(f"{name}: {f.name}, {f.end_lineno - f.lineno + 1} lines")
+    assert max(lines.values()) <= 800, {n: c for n, c in lines.items() if c > 800}
+    assert not long, long
+    assert sum(lines[f] for f in ("model.py", "data.py", "calrec.py", "maml.py", "train.py")) <= 3000
