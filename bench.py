@@ -202,6 +202,8 @@ def main():
     p.add_argument("--data", default=None, help="a benchmark folder for the bm25 part")
     try:  # a mistake is one line, as in train.py, and found before any part runs
         args = p.parse_args()
+        if args.data is not None and not args.data.strip():
+            raise UserError("--data: an empty path; give a benchmark folder")
         if args.data is not None and "bm25" not in (args.only or PARTS):
             raise UserError("--data: only the bm25 part reads it, and --only leaves that part out")
         catalog = data.read_atomic(args.data) if args.data is not None else None

@@ -400,7 +400,7 @@ def read_atomic(folder):
     """One UniSRec/RecBole benchmark folder -> a Domain named like the folder (or like its one X.train.inter)."""
     folder = os.path.normpath(folder)  # Games/, Games/. and . (inside Games) are all the folder Games
     if not os.path.isdir(folder):
-        raise UserError(f"{folder}: no such folder")
+        raise UserError(f"{folder}: {'is a file, not a folder' if os.path.exists(folder) else 'no such folder'}")
     named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter")]  # a folder renamed
     name = named[0] if len(named) == 1 and named[0] else os.path.basename(os.path.abspath(folder))  # or linked
     path = os.path.join(folder, name)
@@ -678,8 +678,8 @@ def few_shot_folders(root, name):
         raise UserError(f"{folder}: is not a folder; the 16-shot splits of {name} go there (python data.py few-shot)")
     names = [d for d in os.listdir(folder) if d.startswith("16-")] if os.path.isdir(folder) else []
     for d in names:
-        if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d):  # 16-013, 16-²: not what data.py few-shot writes
-            raise UserError(f"{os.path.join(folder, d)}: not a 16-shot folder name (16-<seed>, the seed in digits 0-9)")
+        if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d) or not os.path.isdir(os.path.join(folder, d)):  # 16-013, 16-²
+            raise UserError(f"{os.path.join(folder, d)}: not a 16-shot folder (a folder 16-<seed>, the seed in digits)")
     return [os.path.join(folder, d) for d in sorted(names, key=lambda d: int(d[3:]))]
 
 

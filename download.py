@@ -139,6 +139,8 @@ def already_built(folder):
         raise UserError(f"{folder}: is {'a file' if os.path.isfile(folder) else 'not a folder'}; data.py builds a "
                         "folder there (move it away)")
     if os.path.isdir(folder) and not os.listdir(folder):
+        if os.path.islink(folder):
+            raise UserError(f"{folder}: a link to an empty folder; data.py builds a folder there (remove the link)")
         os.rmdir(folder)
     if os.path.isdir(folder):
         log.info(f"{folder}: already there; delete it to rebuild")
@@ -283,6 +285,9 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
     meta, no_title = _read_meta(meta_path)
     sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
+    if n_reviews and dropped == n_reviews:
+        raise UserError(f"{meta_path}: no record with a title is an item of {reviews_path} ({len(meta)} records with a "
+                        "title); is it the same category's metadata?")
     sequences = _k_core(sequences, min_count)
     asins = sorted({a for seq in sequences.values() for a in seq})
     index = {a: i for i, a in enumerate(asins)}
@@ -537,6 +542,11 @@ def build_parser():
                                              f"got {text!r}")
         return [int(s) for s in seeds]
 
+    def core_size(text):  # leave-one-out needs three items of a user: for train, valid and test
+        if positive_int(text) < 3:
+            raise argparse.ArgumentTypeError(f"must be 3 or more (a user's items for train, valid, test), got {text!r}")
+        return int(text)
+
     def url(text):
         if urllib.parse.urlsplit(text).scheme not in ("http", "https", "file"):
             raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got {text!r}")
@@ -558,9 +568,9 @@ def build_parser():
     a.add_argument("categories", nargs="+", metavar="CATEGORY",
                    help="a category's file name on the Amazon 2018 site, e.g. Industrial_and_Scientific")
     a.add_argument("--out", default="data/amazon", help="where the folders go (default: %(default)s)")
-    a.add_argument("--min-count", type=positive_int, default=5,
-                   help="k of the iterative k-core: users and items with fewer interactions go "
-                        "(default: %(default)s)")
+    a.add_argument("--min-count", type=core_size, default=5,
+                   help="k of the iterative k-core: users and items with fewer interactions go; at least 3, the "
+                        "items of leave-one-out (default: %(default)s)")
     a.add_argument("--url", type=url, default=AMAZON_2018_URL,
                    help="the Amazon 2018 site, or a mirror laid out like it (categoryFilesSmall/, metaFiles2/; "
                         "file:// works) (default: %(default)s)")

@@ -473,7 +473,7 @@ class RunState:
             if "task" in changed:
                 raise UserError(f"{path}: is the state of a --task {saved['key']['task']} run; resume it with that "
                                 "task, or use another --out-dir")
-            if "tokenizer" in changed:
+            if "tokenizer" in changed and "init" not in changed:  # (--init brings its own tokenizer)
                 raise UserError(f"{path}: was saved with another tokenizer than "
                                 f"{os.path.join(os.path.dirname(path), 'tokenizer.json')} (a file replaced since?)")
             if changed:

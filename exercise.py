@@ -379,8 +379,10 @@ def grade_handout(folder, names, timeout):
         except (OSError, ValueError, RecursionError):
             names = None
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            raise ExerciseError(f"{folder}: no {MANIFEST} listing its exercises, so not a handout; name the exercises "
-                                "to grade")
+            manifest = os.path.join(folder, MANIFEST)
+            raise ExerciseError(f"{manifest}: not a JSON list of exercise names (as handout writes it); name the "
+                                "exercises to grade" if os.path.lexists(manifest) else f"{folder}: no {MANIFEST} "
+                                "listing its exercises, so not a handout; name the exercises to grade")
         unknown = [n for n in names if n not in {ex.name for ex in EXERCISES}]
         if unknown:
             raise ExerciseError(f"{os.path.join(folder, MANIFEST)}: names {unknown[0]!r}, which is no exercise (python "

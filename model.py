@@ -551,7 +551,7 @@ def read_gpt2_config(directory, dropout=0.0):
     gpt2 = dict(model_type="gpt2", activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
                 scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True)  # keys that change what is computed
     if not os.path.isfile(path):
-        raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and the weights")
+        raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and weights (a run's checkpoint: its .pt)")
     try:
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)

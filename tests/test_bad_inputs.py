@@ -364,6 +364,9 @@ CASES = {
                                                     w["alpha"], *TINY_CALREC], "Sci: has no training sequence"),
     "init checkpoint with a weight named by a number": init(numbered_weight, "the weights are not a dict of tensors"),
     "init GPT-2 weights named by a number": init(gpt2_variant(numbered_bin), "not a state dict of tensors by name"),
+    "init a run's folder, not its checkpoint": init(lambda w, tmp: copy(w["out"], tmp / "earlier"),
+                                                   "earlier/config.json: missing; a GPT-2 folder needs config.json and "
+                                                   "weights (a run's checkpoint: its .pt)"),
     "init a file the run writes": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
                                                   os.path.join(w["out"], "ckpt.pt")], "the run writes there"),
     "init the out-dir itself": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
@@ -506,13 +509,15 @@ CASES = {
         ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "none", "--set", "inner_lr=1e30", "--set",
          "seeds=1"], "training diverged: the loss is nan"),
     "reptile diverges (its step returns no loss)": lambda w, tmp: (
-        ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "reptile", "--set", "inner_lr=1e30", "--set",
+        ["--task", "maml", "--data", w["glue"], *SMALL_GLUE, "--method", "reptile", "--set", "outer_lr=1e30", "--set",
          "meta_steps=3", "--set", "seeds=1"], "training diverged: the weights are not finite"),
     # --- a checkpoint and the tokenizer it was trained with
     "init a device": init(lambda w, tmp: os.devnull, f"{os.devnull}: not a regular file"),
     "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
     "maml init into calrec": init(short_model, "init_maml.pt: its model reads at most 48 tokens"),
     "resume with replaced tokenizer": resume_with_replaced_tokenizer,
+    "resume with --init added": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
+                                                 w["gpt2"], "--resume"], "was saved by a run with other init;"),
     "resume with an empty column added": lambda w, tmp: (["--task", "calrec", "--data", alpha_with_an_empty_column(
         w, tmp), *TINY_CALREC, "--resume"], "state.pt: was saved by a run with other data"),
     "resume with other data": lambda w, tmp: (["--task", "calrec", "--data", copy_and_edit_alpha(w, tmp), *TINY_CALREC,
@@ -575,7 +580,10 @@ CASES = {
                                                    "shot) needs at least"),
     "16-shot folder not named 16-<seed>": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot",
                                                                              "RTE", "16-013")),
-                                               "RTE/16-013: not a 16-shot folder name (16-<seed>", SMALL_GLUE),
+                                               "RTE/16-013: not a 16-shot folder (a folder 16-<seed>", SMALL_GLUE),
+    "16-shot folder a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot", "RTE")) or
+                                  write_lines(os.path.join(os.path.dirname(g), "glue-16shot", "RTE", "16-13"), ["x"]),
+                                  "RTE/16-13: not a 16-shot folder (a folder", SMALL_GLUE),
     "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 12 times each
         os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", LAYOUTS["RTE"] + LAYOUTS["RTE"].split(
             "\n", 1)[1] * 15), "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
@@ -584,6 +592,8 @@ CASES = {
         "16 of each", SMALL_GLUE),
     "inter file a named pipe": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or os.mkfifo(
         os.path.join(d, "Alpha.valid.inter")), "Alpha.valid.inter: not a regular file"),
+    "amazon category a link to an empty folder": amazon_out(lambda o: os.makedirs(o / "empty") or os.symlink(
+        o / "empty", o / "Tools"), "amazon/Tools: a link to an empty folder; data.py builds a folder there"),
     "amazon downloads a file": amazon_out(lambda o: os.makedirs(o) or (o / "downloads").write_text("x"),
                                           "amazon/downloads: is not a folder; data.py keeps its downloads there"),
     "amazon download a folder": amazon_out(lambda o: os.makedirs(o / "downloads" / "Tools_5.json.gz"),
@@ -825,7 +835,7 @@ def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
 def test_resuming_after_the_16_shot_splits_changed_is_refused(world, tmp_path, capsys):
     """The run's data are the GLUE files and the 16-shot splits next to them: a changed split is other data."""
     g = copy(world["glue"], tmp_path / "glue")
-    rows = "".join(f"{i}\tPremise {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n" for i in range(4))
+    rows = "".join(f"{i}\tPremise {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n" for i in range(32))
     shot = write_task(str(tmp_path / "glue-16shot"), os.path.join("RTE", "16-13"), "index\tsentence1\tsentence2\tlabel\n"
                       + rows)
     argv = ["--task", "maml", "--data", g, *SMALL_GLUE[:4], "--n-train", "8", "--set", "meta_steps=2", "--set",
@@ -935,7 +945,8 @@ def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--data", "{tmp}/nowhere"], "nowhere: no such folder"),  # every part: refused before the first, not minutes on
-    (["--only", "train", "--only", "bm25", "--data", "{tmp}/Alpha/Alpha.item"], "Alpha.item: no such folder"),
+    (["--only", "train", "--only", "bm25", "--data", "{tmp}/Alpha/Alpha.item"], "Alpha.item: is a file, not a folder"),
+    (["--only", "bm25", "--data", ""], "--data: an empty path"),  # not the current folder
     (["--only", "train", "--data", "{tmp}/Alpha"], "--data: only the bm25 part reads it")])  # a good folder, unread
 def test_bench_data_is_checked_before_any_part_runs(tmp_path, monkeypatch, capsys, argv, message):
     import bench

@@ -206,6 +206,10 @@ def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path
     with pytest.raises(UserError, match=r"Tools_5\.json\.gz: no user is left after the 5-core"):
         download.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url)  # too few for 5
     assert os.listdir(tmp_path / "amazon") == ["downloads"]
+    write_lines(str(server.root / "metaFiles2" / "meta_Tools.json.gz"), [dict(m, asin="X" + m["asin"]) for m in META])
+    with pytest.raises(UserError, match=r"meta_Tools\.json\.gz: no record with a title is an item of .*Tools_5\.json"
+                                        r"\.gz \(\d+ records with a title\); is it the same category's metadata"):
+        download.prepare_amazon(["Tools"], str(tmp_path / "other"), base_url=server.url, min_count=3)  # other ASINs
 
 
 # -----------------------------------------------------------------------------
@@ -472,6 +476,7 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["glue", "--tasks", "CoLA,WNLI"], "unknown GLUE task 'WNLI'"),
     (["amazon", "Tools", "--min-cou", "3"], "unrecognized arguments: --min-cou"),  # no abbreviations
+    (["amazon", "Tools", "--min-count", "2"], "--min-count: must be 3 or more"),  # leave-one-out would drop users
     (["few-shot", "--seeds", "13,x"], "expected comma-separated integers from 0 to 4294967295"),
     (["few-shot", "--seeds", "4294967296"], "--seeds: expected comma-separated integers from 0 to 4294967295"),
     (["amazon", "Tools", "--url", "mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),

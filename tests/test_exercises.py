@@ -268,8 +268,8 @@ def test_refusals_write_nothing(tmp_path):
     for manifest in ("null", '{"names": ["info-nce"]}', '["info-nce", 3]', "[]"):  # JSON, but no list of names
         (tmp_path / "b" / "exercises.json").write_text(manifest)
         graded = cli("grade", str(tmp_path / "b"))
-        assert graded.returncode == 2 and graded.stderr.count("\n") == 1 and "not a handout" in graded.stderr, (
-            manifest, graded.stderr)
+        assert graded.returncode == 2 and graded.stderr.count("\n") == 1 and "exercises.json: not a JSON list of " \
+            "exercise names" in graded.stderr, (manifest, graded.stderr)  # the file is there: what is wrong with it
     into_a_file = cli("handout", "round-robin", "--out", str(tmp_path / "b" / "exercises.json" / "hw"))
     assert into_a_file.returncode == 2 and into_a_file.stderr.count("\n") == 1, into_a_file.stderr
     (tmp_path / "b" / "exercises.json").write_text('["bm25", "no-such-exercise"]')
