@@ -43,6 +43,11 @@ def references():
             yield os.path.relpath(path, ROOT), m.group(1) + ".md", "section", m.group(2)
         for m in re.finditer(r"\]\((?:docs/)?(\w+\.md)#([\w-]+)\)", text):
             yield os.path.relpath(path, ROOT), m.group(1), "anchor", m.group(2)
+        if os.path.dirname(path).endswith("docs"):  # "section 2.1" with no file named: the doc's own
+            for m in re.finditer(r"(?<!\.md )(?<!\.md, )(?<!\.py )\bsections? (\d+(?:\.\d+)*)", text):
+                yield os.path.relpath(path, ROOT), os.path.basename(path), "section", m.group(1)
+        for m in re.finditer(r"\b(\w+\.py),? sections? (\d+)", text):  # a code file's numbered '# N. ' comments
+            yield os.path.relpath(path, ROOT), m.group(1), "code section", m.group(2)
 
 
 def test_every_section_reference_resolves():
@@ -50,6 +55,10 @@ def test_every_section_reference_resolves():
     assert len(refs) > 15  # the code and the docs do refer to sections: the check is not vacuous
     bad = []
     for where, doc, kind, target in refs:
+        if kind == "code section":
+            if not re.search(rf"^# {target}\. ", read(os.path.join(ROOT, doc)), re.MULTILINE):
+                bad.append(f"{where}: {doc} section {target}")
+            continue
         numbers, anchors = headings(doc)
         if target not in (numbers if kind == "section" else anchors):
             bad.append(f"{where}: docs/{doc} {kind} {target}")
