@@ -557,6 +557,8 @@ def build_parser():
         for t in names:
             if t not in GLUE_TASKS:
                 raise argparse.ArgumentTypeError(f"unknown GLUE task {t!r}; expected some of {','.join(GLUE_TASKS)}")
+            if names.count(t) > 1:
+                raise argparse.ArgumentTypeError(f"{t} is named twice")
         return names
 
     a = add_command(

@@ -475,6 +475,7 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["glue", "--tasks", "CoLA,WNLI"], "unknown GLUE task 'WNLI'"),
+    (["few-shot", "--tasks", "RTE,RTE"], "--tasks: RTE is named twice"),
     (["amazon", "Tools", "--min-cou", "3"], "unrecognized arguments: --min-cou"),  # no abbreviations
     (["amazon", "Tools", "--min-count", "2"], "--min-count: must be 3 or more"),  # leave-one-out would drop users
     (["few-shot", "--seeds", "13,x"], "expected comma-separated integers from 0 to 4294967295"),
