@@ -264,7 +264,7 @@ class BM25:
                                               check_invariants=True).coalesce()  # (D, V) sparse
 
     def scores(self, queries):
-        """BM25 scores (nq, D) of every document for every query string."""
+        """BM25 scores (nq, D), float32 (search sorts their bits), of every document for every query string."""
         q, w = [], []                                                    # (query, word) index pairs, one per
         for j, text in enumerate(queries):                               # occurrence of a known word
             ids = [self.vocab[x] for x in words(text) if x in self.vocab]
