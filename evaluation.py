@@ -202,7 +202,7 @@ def accuracy(pred, gold):
 
 
 def f1(pred, gold):
-    """F1 of the positive class 1 (MRPC, QQP)."""
+    """F1 of the positive class 1 (MRPC, QQP), a Python float (as every metric here)."""
     pred, gold = np.asarray(pred), np.asarray(gold)
     tp = np.sum((pred == 1) & (gold == 1))
     fp = np.sum((pred == 1) & (gold != 1))
@@ -211,7 +211,7 @@ def f1(pred, gold):
 
 
 def mcc(pred, gold):
-    """Matthews correlation of a binary labelling (CoLA); 0 when a row or column of the table is empty."""
+    """Matthews correlation (CoLA), a Python float; 0 when a row or column of the binary table is empty."""
     pred, gold = np.asarray(pred), np.asarray(gold)
     tp = float(np.sum((pred == 1) & (gold == 1)))
     tn = float(np.sum((pred == 0) & (gold == 0)))
@@ -222,7 +222,7 @@ def mcc(pred, gold):
 
 
 def pearson(x, y):
-    """Pearson's r; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
+    """Pearson's r, a Python float; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return float("nan")

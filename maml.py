@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 
 
 def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
-    """k steps of gradient descent from `params`; returns the adapted dict θ^(k). batches: one batch (used at
-    every step) or a list with one batch per step (a new support batch per step, as the authors' code draws them;
-    cycled if shorter than `steps`). first_order: treat each inner gradient as a constant (FOMAML / Reptile): the
-    result still depends on `params` through θ^(0) but not through the gradients."""
+    """k steps of gradient descent from `params` (each gradient by torch.func.grad: adapt runs under vmap, on params
+    that need not require grad); returns θ^(k). batches: one batch (every step) or one per step (a new support batch
+    per step, as the authors' code draws them; cycled if shorter than `steps`). first_order: each inner gradient a
+    constant (FOMAML / Reptile): the result depends on `params` through θ^(0), not through the gradients."""
     batches = batches if isinstance(batches, (list, tuple)) else [batches]
     grad_fn = grad(loss_fn)  # d loss_fn / d params, as a dict like params
     for j in range(steps):
