@@ -248,8 +248,7 @@ def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, 
 
 
 # -----------------------------------------------------------------------------
-# 2b. the RecBole / UniSRec atomic benchmark folders: X.train.inter, X.valid.inter, X.test.inter, and the
-#     items in X.item, or in X.text + X.item2index
+# 2b. RecBole / UniSRec benchmark folders: X.train.inter, X.valid.inter, X.test.inter; X.item or X.text + X.item2index
 
 def check_column_names(path, line_no, header, names, key=str):
     """Every column of a header has a name, and one of its own (names compared as key() reads them)."""
@@ -364,6 +363,8 @@ def _read_text_files(path, map_path):
     asin_to_id = _read_item2index(map_path)
     attributes = ("Title", "Category", "Brand")
     names, rows = _read_atomic_table(path, ["item_id", "text"])
+    if len(names) > 2:  # UniSRec's X.text: the ASIN and one text, whose parts are the attributes
+        raise UserError(f"{path}:1: columns {names}; an X.text holds item_id and text only (more attributes: X.item)")
     id_col, text_col = names.index("item_id"), names.index("text")
     entries, missing, root = {}, Counter(), _category_root([cols[text_col] for _, cols in rows])
     for line_no, cols in rows:
@@ -575,7 +576,6 @@ GLUE_TASKS = {
                  labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",)),
     "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=ENTAILS, metrics=("accuracy",)),
     "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=ENTAILS, metrics=("accuracy",))}
-COLA_COLUMNS = 4  # source, label, original label (* for unacceptable), sentence
 STSB_RANGE = (0.0, 5.0)
 
 
@@ -591,7 +591,7 @@ def _glue_columns(path, task, spec, rows):
         if rows and len(rows[0][1]) == 2 and rows[0][1][0] == "index":
             raise UserError(f"{path}:{rows[0][0]}: this is CoLA's unlabelled test layout (index, sentence); "
                             "a labelled file has 4 columns and no header")
-        return {c: c for c in (spec["text_a"], spec["label"])}, COLA_COLUMNS, rows
+        return {c: c for c in (spec["text_a"], spec["label"])}, 4, rows  # source, label, original label, sentence
     if not rows:
         raise UserError(f"{path}:1: empty file, expected a header line")
     (lineno, header), rows = rows[0], rows[1:]
@@ -650,7 +650,7 @@ def glue_task(name, folder):
     splits, paths = {}, {}
     for split in ("train", "dev", "test"):
         path = paths[split] = os.path.join(folder, f"{split}.tsv")
-        if split == "dev" and name == "MNLI" and not os.path.isfile(path):
+        if split == "dev" and name == "MNLI" and not os.path.lexists(path):
             path = paths[split] = os.path.join(folder, "dev_matched.tsv")  # the official MNLI download's name
         if split == "test" and not (os.path.lexists(path) and _labelled(path, paths["dev"], spec)):
             continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)

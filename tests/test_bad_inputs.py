@@ -326,6 +326,11 @@ CASES = {
                                   "Alpha.item:10"),
     "item2index malformed": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.item2index"), b"AS4 three\n"),
                                         "Sci.item2index:4: expected 'ASIN<TAB>integer id'", folder="sci"),
+    "text file with a column of its own": calrec_data(lambda d: write_lines(os.path.join(d, "Sci.text"), [
+        "item_id:token\ttext:token_seq\tbrand:token", "AS1\tDrill. Root Tools. Bosch. \tBosch",
+        "AS2\tSaw. Root Tools. . \tMakita", "AS3\tGlue. Root Glue. Gorilla. \tGorilla"]),
+        "Sci.text:1: columns ['item_id', 'text', 'brand']; an X.text holds item_id and text only", folder="sci",
+        flags=TINY_CALREC),
     "text asin unmapped": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.text"), b"AS9\tNail. Root. X. \n"),
                                       "Sci.text:5: item AS9 is not in", folder="sci"),
     "no training sequence": calrec_data(lambda d: (  # one user of three items: no training row, rightly
@@ -374,6 +379,9 @@ CASES = {
     "glue test.tsv label misspelled": glue(  # not GLUE's unlabelled test.tsv, whose columns are dev's, less the label
         lambda g: write_lines(os.path.join(g, "RTE", "test.tsv"), ["index\tsentence1\tsentence2\tlabl", "0\tA\tB\t0"]),
         "RTE/test.tsv:1: header has no column 'label'", flags=SMALL_GLUE),
+    "glue MNLI dev.tsv a folder": glue(lambda g: os.mkdir(os.path.join(write_task(g, "MNLI", LAYOUTS["MNLI"], splits=(
+        "train", "dev_matched")), "dev.tsv")),  # not read as missing, for dev_matched.tsv to stand in
+        "MNLI/dev.tsv: is a folder, not a file", flags=("--aux", "MNLI", "--targets", "RTE", "--n-train", "8")),
     "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
                                    "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
