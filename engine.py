@@ -438,16 +438,11 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
 
 
 class RunState:
-    """What --resume continues from, in out_dir/state.pt: the run's key (its settings, data and tokenizer), the
-    results of its finished phases, the saved loop of the phase in progress, and the time spent so far. Tensors
-    and plain values only, written atomically; only process 0 writes.
-
-    A phase (a training stage, an evaluation) stores what the rest of the run needs with finish(); a training
-    loop stores, at every validation point, what it needs to continue exactly (save_loop; read back with
-    restore_loop). The file holds the state and its fingerprint, so that a state damaged or edited since it was
-    written is refused whole, before any work, rather than failing at the entry that is wrong; so is resuming
-    with another key.
-    """
+    """What --resume continues from, in out_dir/state.pt (tensors and plain values, written atomically by process 0):
+    the run's key (its settings, data and tokenizer), the results of its finished phases (finish()), the loop of the
+    phase in progress as saved at its last validation point (loop_saver, restore_loop), and the time spent so far.
+    The state is stored with its fingerprint: one damaged or edited since, or of another key, is refused whole,
+    before any work, rather than failing at the entry that is wrong."""
 
     def __init__(self, path, key, resume):
         self.path, self.key, self.started = path, key, time.time()
@@ -707,12 +702,19 @@ def kept_if_refused(out_dir, names):
     try:
         yield
     except Exception as e:
-        refused = isinstance(e, UserError) or out_of_memory(e)  # what main reports in one line
+        refused, failed = str(e) if isinstance(e, UserError) else out_of_memory(e), []  # main's one line, or None
         for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
-            if n in sizes:
-                os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
-            elif os.path.lexists(path):
-                os.remove(path)
+            try:
+                if n in sizes:
+                    os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
+                elif os.path.lexists(path):
+                    os.remove(path)
+            except OSError as why:  # a file that cannot be replaced (made immutable, ...): its earlier copy is kept
+                failed.append(f"{n} ({why.strerror})")
+        if failed:
+            os.replace(aside, kept := os.path.join(out_dir, f"earlier-files-{os.getpid()}"))
+            raise UserError(f"{refused}; and {', '.join(failed)} could not be put back: the earlier run's files are "
+                            f"in {kept}") from None
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)

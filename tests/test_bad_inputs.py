@@ -17,6 +17,7 @@ from test_calrec_data import META, raw_reviews, text_folder, write_lines
 from test_glue_reader import LAYOUTS, write_task
 from test_gpt2_init import edit_safetensors, nan_weights, write_gpt2_folder
 from engine import fingerprint
+from model import UserError
 from test_engine import RunsCode, resave
 
 TINY_CALREC = ["--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set", "sasrec_steps=2", "--eval-interval", "2",
@@ -942,6 +943,34 @@ def test_running_out_of_memory_mid_run_is_one_line(world, monkeypatch, capsys, e
     line = f"error: out of memory{f' (allocating {size})' if size else ''}: a setting asks for more than this machine"
     assert e.value.code == 2 and capsys.readouterr().err.startswith(line)
     assert snapshot(out) == before, "a run out of memory changed the files an earlier run wrote"
+
+
+def test_a_file_that_cannot_be_put_back_keeps_its_earlier_copy(world, monkeypatch, capsys):
+    """A refused run puts the earlier run's files back; one that cannot be (made immutable since) is not lost: the
+    others are put back, and its earlier copy stays in a folder the one error line names."""
+    import calrec
+    out = copy(world["out"], world["root"] / "immutable")
+    before, replace = snapshot(out), os.replace
+
+    def refused(*args):
+        raise UserError("a refusal part-way")
+
+    def replace_but_the_checkpoint(src, dst):
+        if ".earlier" in str(src) and os.path.basename(dst) == "ckpt.pt":
+            raise PermissionError(1, "Operation not permitted", dst)
+        replace(src, dst)
+    monkeypatch.setattr(calrec, "train_stage", refused)
+    monkeypatch.setattr(os, "replace", replace_but_the_checkpoint)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "a refusal part-way; and ckpt.pt (Operation not permitted) " \
+        "could not be put back: the earlier run's files are in " in err, err
+    kept = err.rstrip("\n").rsplit(" ", 1)[1]
+    with open(os.path.join(kept, "ckpt.pt"), "rb") as f:
+        assert f.read() == before["ckpt.pt"]
+    after = snapshot(out)
+    assert {n: after[n] for n in before if n != "ckpt.pt"} == {n: b for n, b in before.items() if n != "ckpt.pt"}
 
 
 def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
