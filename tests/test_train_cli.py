@@ -39,7 +39,7 @@ def test_help_lists_every_flag(capsys):
     (["--task", "maml", "--n-train", "10,x"], "n_train='10,x': expected comma-separated, each int > 0"),
     (["--task", "maml", "--n-train", "10,,20"], "n_train='10,,20': expected comma-separated"),  # not (10, 20)
     (["--task", "maml", "--n-train", "10,"], "n_train='10,': expected comma-separated"),
-    (["--task", "calrec", "--alpha", "0_1"], "alpha='0_1': expected float 0..1"),  # float() reads 1/100
+    (["--task", "calrec", "--alpha", "0_1"], "alpha='0_1': expected float 0..1"),  # float() reads it as 1.0
     (["--task", "calrec", "--set", "batch_size=\u0665"], "batch_size='\u0665': expected int"),  # int() reads 5
     (["--task", "calrec", "--seed", "\uff15"], "--seed: must be a whole number"),
     (["--task", "maml", "--data", "/no/such/glue"], "--data /no/such/glue: no such folder"),
