@@ -434,9 +434,9 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
         except UserError as e:  # a download that is not what GLUE serves: fetched again by a rerun
             for source in sources:
                 os.remove(source)
-            them = "both downloads deleted, so a rerun downloads them" if len(sources) > 1 else "deleted, so a rerun " \
-                "downloads it"
-            raise UserError(f"{e}; {them} again (the same error again: the source's copy is damaged)") from None
+            what, it = ("both downloads deleted", "them") if len(sources) > 1 else ("deleted", "it")
+            raise UserError(f"{e}; {what}, so a rerun downloads {it} again (the same error again: the source's copy "
+                            "is damaged)") from None
         log.info(f"{folder}: {rows[0]} train and {rows[1]} dev examples")
 
 
