@@ -160,8 +160,7 @@ class SineConfig:
 
 SINE = SineConfig()
 SINE_METHODS = ("maml", "fomaml", "reptile", "pretrained")
-# approximate: read off the K = 10 panel of Finn et al.'s Fig. 3 (curves, not a table)
-SINE_PAPER = {"maml": {1: "≈0.5"}, "pretrained": {1: "≈2.3"}}
+SINE_PAPER = {"maml": {1: "≈0.5"}, "pretrained": {1: "≈2.3"}}  # approximate: read off Finn et al.'s Fig. 3, K = 10
 
 
 def sine_mlp_init(generator, hidden=SINE.hidden):
@@ -230,6 +229,8 @@ def run_sinusoid(cfg, out_dir, seed):
     for method in SINE_METHODS:
         t = time.time()
         results[method] = eval_sine(train_sine(method, cfg, seed), cfg, seed=seed + 10_000)  # held out
+        if not all(math.isfinite(mse) for mse, _ in results[method].values()):  # nan in a table reads as a result
+            raise UserError(f"the test diverged: {method}'s held-out MSE is not finite; lower inner_lr")
         log.info(f"{method:>10}: trained {cfg.steps} steps in {time.time() - t:.0f}s")
     header = ["method", *(f"MSE after {k} step{'s' * (k != 1)}" for k in columns), "paper, 1 step"]
     rows = [[m, *(f"{mse:.3f} ± {ci:.3f}" for mse, ci in (results[m][k] for k in columns)),
@@ -520,7 +521,7 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
             raise UserError(f"setting n_train: {n} is more than the {len(pool['ids'])} training examples of "
                             f"{task['name']} (after setting aside validation)")
         for s in range(cfg.seeds):
-            rows = np.random.default_rng(seed + 1000 * s + n).permutation(len(pool["ids"]))[:n]
+            rows = np.random.default_rng([seed, s, n]).permutation(len(pool["ids"]))[:n]  # a stream per (seed, s, n)
             runs.append((str(n), s, subset(pool, rows), val, test))
     return runs + (few_shot_runs(task, encode, few_shot_root, test, reported) if few_shot_root else []), reported
 
@@ -607,11 +608,10 @@ def fine_tune_targets(exp, init, learned):
     done, out = exp.state.done.setdefault(f"fine_tuned_{init}", {}), {}
     for n, (task_runs, _) in exp.runs.items():
         metrics, per_size = exp.targets[n]["metrics"], {}
-        for size, seed, train, val, test in task_runs:
+        for i, (size, seed, train, val, test) in enumerate(task_runs):
             key = f"{n}/{size}/{seed}"
-            if key not in done:
-                done[key] = fine_tune(exp.model, learned, train, val, test, metrics, exp.cfg, exp.seed + int(seed),
-                                      exp.device)
+            if key not in done:  # batches drawn from a stream of their own: (the run's seed, the run's place)
+                done[key] = fine_tune(exp.model, learned, train, val, test, metrics, exp.cfg, [exp.seed, i], exp.device)
                 exp.state.save(f"fine_tuned_{init} {key}")
             per_size.setdefault(size, []).append(done[key])
         out[n] = {size: summarize_seeds(rs, metrics) for size, rs in per_size.items()}

@@ -1,6 +1,7 @@
 """The classifier on model.GPT under the functional core: masked heads, regression, vmap against a loop,
 second-order MAML against finite differences, and a tiny meta-training run that must help adaptation."""
 
+import argparse
 import dataclasses
 import json
 import math
@@ -186,6 +187,33 @@ def test_run_writes_results_in_the_issue_format(tmp_path):
     out = maml.run(maml.prepare(dataclasses.replace(cfg, method="none"), None, str(tmp_path / "again"), seed=0,
                                 device="cpu", init=init))
     assert out["config"]["init"] == init and out["config"]["inits"] == ["none"]
+
+
+@pytest.mark.parametrize("splits, reported", [(("train", "dev", "test"), "test"), (("train", "dev"), "dev")])
+def test_no_two_seeds_share_a_training_subset_or_fine_tuning_batches(monkeypatch, splits, reported):
+    # every (--seed, subset) pair draws its own training rows and its own batch stream: with a seed offset
+    # (`--seed + 1000 s`, `--seed + s`), --seed 1000 or --seed 1 repeated --seed 0's second subset or batches
+    task = {"name": "t", **{split: list(range(400 if split == "train" else 10)) for split in splits}}
+
+    def encode(split):  # rows stand for themselves
+        return {"ids": [[i] for i in split], "y": np.array(split)}
+
+    def fine_tune(*args):  # records the first draws of the batch stream it is given
+        streams.append(tuple(np.random.default_rng(args[-2]).random(4)))
+        return {"accuracy": 0.5, "val": 0.5, "stop_step": 0}
+    monkeypatch.setattr(maml, "fine_tune", fine_tune)
+    cfg, subsets, streams = tiny_config(seeds=3, n_train=(8, 16)), [], []
+    for seed in (0, 1, 1000, 1001):
+        runs, split = maml.target_runs(task, encode, cfg, None, seed)
+        assert split == reported and [(size, s) for size, s, *_ in runs] == [(n, s) for n in "8 16".split()
+                                                                             for s in range(3)]
+        subsets += [tuple(sorted(train["y"])) for _, _, train, _, _ in runs]
+        exp = argparse.Namespace(seed=seed, runs={"t": (runs, split)}, targets={"t": {"metrics": ["accuracy"]}},
+                                 state=argparse.Namespace(done={}, save=lambda _: None), model=None, cfg=cfg,
+                                 device="cpu")
+        maml.fine_tune_targets(exp, "none", None)
+    assert len(set(subsets)) == len(subsets) == 24
+    assert len(set(streams)) == len(streams) == 24
 
 
 def test_one_method_runs_none_and_that_method(tmp_path):

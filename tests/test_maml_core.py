@@ -716,6 +716,14 @@ def test_run_sinusoid_writes_its_table(tmp_path, caplog):
     assert "| pretrained |" in caplog.text
 
 
+def test_a_diverged_sinusoid_test_is_refused_not_tabled(tmp_path):
+    # 50 steps at inner_lr 0.5 send the held-out sines' weights to inf: the mean MSE is nan, not a number to print
+    cfg = dataclasses.replace(maml.SINE, steps=2, eval_tasks=5, inner_lr=0.5, eval_steps=(1, 50))
+    with pytest.raises(maml.UserError, match="diverged: maml's held-out MSE is not finite"):
+        maml.run_sinusoid(cfg, str(tmp_path), seed=0)
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_sine_settings_are_checked(tmp_path):
     with pytest.raises(maml.UserError, match="inner_lr"):
         maml.run_sinusoid(dataclasses.replace(maml.SINE, inner_lr=-0.1), str(tmp_path), seed=0)
