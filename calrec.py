@@ -490,7 +490,7 @@ def load_data(cfg, data_dirs, seed):
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         both = " and ".join(d for d, n in zip(data_dirs, names) if n == twice[0])
-        raise UserError(f"--data {both}: both hold the domain {twice[0]} ({twice[0]}.train.inter); rename one")
+        raise UserError(f"--data {both}: both hold the domain {twice[0]} ({twice[0]}.*): give it once or rename one")
     if (cfg.target or names[-1]) not in names:
         raise UserError(f"setting target={cfg.target}: not among the domains {names}")
     target, where = names.index(cfg.target or names[-1]), data_dirs or names  # an error names the folder

@@ -694,7 +694,7 @@ CASES = {
         or ["data.py", "few-shot", "--glue", str(tmp / "glue"), "--out", str(tmp / "fs")],
         "CoLA/train.tsv:25: expected 4 tab-separated columns"),
     "data path ends in /.": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], w["alpha"] + "/."],
-                                            "/.: both hold the domain Alpha"),
+                                            "/.: both hold the domain Alpha (Alpha.*): give it once or rename one"),
     "item text file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.item")) or
                                               os.mkdir(os.path.join(d, "Alpha.item")),
                                               "Alpha.item: is a folder, not a file"),
