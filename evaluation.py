@@ -291,6 +291,11 @@ def summarize_seeds(metric_dicts, metric_names):
     return dict(out, n_seeds=len(metric_dicts))
 
 
+def plus_minus(cell, name):
+    """'mean ± std' of one of summarize_seeds' metrics; the mean alone from one seed, which shows no spread."""
+    return f"{cell[name]:.3f}" + (f" ± {cell[name + '_std']:.3f}" if cell["n_seeds"] > 1 else "")
+
+
 def mean_ci95(values):
     """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
     mean, std = mean_std(values)

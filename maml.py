@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import engine
 from engine import setting, train_and_select
-from evaluation import mean_ci95, split_metrics, summarize_seeds
+from evaluation import mean_ci95, plus_minus, split_metrics, summarize_seeds
 from model import GPT, GPTConfig, UserError, mean_pool, second_order_ops
 
 log = logging.getLogger(__name__)
@@ -637,7 +637,7 @@ def run(exp):
     if rank > 0:
         return None
     reported = {n: r[1] for n, r in exp.runs.items()}
-    rows = [[n, m, size, *(f"{results[n][i][size][m]:.3f} ± {results[n][i][size][m + '_std']:.3f}" for i in exp.inits)]
+    rows = [[n, m, size, *(plus_minus(results[n][i][size], m) for i in exp.inits)]
             for n in exp.targets for m in exp.targets[n]["metrics"] for size in results[n][exp.inits[0]]]
     title = ("Target tasks after fine-tuning from each initialisation (mean ± std over seeds; split reported: "
              f"{', '.join(f'{n}={s}' for n, s in reported.items())})")

@@ -188,3 +188,11 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
                 wrong.append(f"  pearson(float32 {a.tolist()}, float32 {b.tolist()}): expected {expected!r} (exact "
                              f"arithmetic of the float32 values), got {got!r} of type {type(got).__name__}")
     assert not wrong, "GLUE's metrics on a generated family of inputs:\n" + "\n".join(wrong[:12])
+
+
+def test_the_table_shows_a_spread_only_over_several_seeds():
+    # three seeds: mean 0.2, sample std sqrt(((0.1)^2 + 0 + (0.1)^2) / 2) = 0.1; one seed has no spread to show
+    three = evaluation.summarize_seeds([{"mcc": 0.1}, {"mcc": 0.2}, {"mcc": 0.3}], ["mcc"])
+    assert evaluation.plus_minus(three, "mcc") == "0.200 ± 0.100"
+    one = evaluation.summarize_seeds([{"mcc": 0.25}], ["mcc"])
+    assert evaluation.plus_minus(one, "mcc") == "0.250", "one seed: '± 0.000' would claim the seeds agree"
