@@ -22,7 +22,6 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -364,7 +363,7 @@ def dense_vectors(lm, builder, examples, catalog, device, batch=64):
 #    everything, writes nothing), run (trains, evaluates, writes).
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CALRecConfig:
     # the LM (model.GPTConfig) and its text
     n_layer: int = setting(2, ">= 1", "transformer blocks of the LM")
@@ -445,7 +444,7 @@ REAL_DATA = dataclasses.replace(  # under 40 minutes alone on 2 CPU cores; chose
     sasrec_steps=3000, sasrec_dropout=0.5)
 
 
-@dataclass
+@dataclasses.dataclass
 class Experiment:
     """Everything a run needs, read and checked by prepare() before anything is written."""
     cfg: CALRecConfig

@@ -576,7 +576,6 @@ GLUE_TASKS = {
                  labels=("entailment", "neutral", "contradiction"), metrics=("accuracy",)),
     "QNLI": dict(text_a="question", text_b="sentence", label="label", labels=ENTAILS, metrics=("accuracy",)),
     "RTE": dict(text_a="sentence1", text_b="sentence2", label="label", labels=ENTAILS, metrics=("accuracy",))}
-STSB_RANGE = (0.0, 5.0)
 
 
 def check_glue_task(name):
@@ -613,8 +612,8 @@ def _glue_label(raw, where, task, spec):
     if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", raw):  # float() also takes '4_0', 'nan', non-ASCII digits
         raise UserError(f"{where}: {task} score {raw!r} is not a number")
     y = float(raw)
-    if not STSB_RANGE[0] <= y <= STSB_RANGE[1]:
-        raise UserError(f"{where}: {task} score {y} is outside {STSB_RANGE}")
+    if not 0.0 <= y <= 5.0:  # STS-B's similarity scale
+        raise UserError(f"{where}: {task} score {y} is outside (0.0, 5.0)")
     return y
 
 
@@ -644,8 +643,8 @@ def _labelled(path, dev_path, spec):  # GLUE's own test.tsv is not: 'index' (QQP
     return spec["label"] in first or first[0] not in ("index", "id") or not set(first) <= {"index", *dev}
 
 
-def glue_task(name, folder):
-    """A GLUE task from `folder` holding train.tsv, dev.tsv and optionally a labelled test.tsv."""
+def glue_task(name, folder, target=False):
+    """A GLUE task from `folder` holding train.tsv, dev.tsv and optionally a labelled test.tsv (target: see below)."""
     spec = check_glue_task(name)
     splits, paths = {}, {}
     for split in ("train", "dev", "test"):
@@ -655,19 +654,23 @@ def glue_task(name, folder):
         if split == "test" and not (os.path.lexists(path) and _labelled(path, paths["dev"], spec)):
             continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)
         splits[split] = read_glue_split(path, name)
+    pairs = {s: set(zip(v["text_a"], v["text_b"] or v["text_a"])) for s, v in splits.items()}  # the examples' texts
+    reported = "test" if "test" in splits else "dev"  # what a target reports on must be held out of the other splits
+    if target and pairs.pop(reported) <= set().union(*pairs.values()):
+        raise UserError(f"{paths[reported]}: every example is also in another split of {name}; it is not held out")
     return dict(name=name, kind="regression" if spec["labels"] is None else "classification",
                 labels=spec["labels"], metrics=spec["metrics"], pair=spec["text_b"] is not None, **splits)
 
 
-def load_glue(root, names):
-    """{name: task} for the named tasks under `root` (root/<name>/train.tsv ...)."""
+def load_glue(root, names, target=False):
+    """{name: task} for the named tasks under `root` (root/<name>/train.tsv ...); target: see glue_task."""
     tasks = {}
     for name in names:
         check_glue_task(name)
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             raise UserError(f"{folder}: no folder for GLUE task {name}")
-        tasks[name] = glue_task(name, folder)
+        tasks[name] = glue_task(name, folder, target)
     return tasks
 
 

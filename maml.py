@@ -475,7 +475,7 @@ def load_tasks(cfg, data_dir):
     if data_dir is None:
         return "family", {n: known[n] for n in cfg.aux}, {n: known[n] for n in cfg.targets}, None
     few_shot = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "glue-16shot")
-    return ("glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets),
+    return ("glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets, target=True),
             few_shot if os.path.isdir(few_shot) else None)
 
 
@@ -490,8 +490,7 @@ def few_shot_runs(task, encode, root, test, reported):
             per_label = np.unique(np.asarray(y) >= 2.5 if task["kind"] == "regression" else y, return_counts=True)[1]
             if per_label.tolist() != [16] * (2 if task["kind"] == "regression" else len(task["labels"])):
                 raise UserError(f"{folder}: {split} holds {per_label.tolist()} examples per label, not 16 of each")
-        # examples of the reported split (a re-split of GLUE's train) that this seed's 16-shot ones hold are left out
-        seen = set(pairs(shot["train"]) + pairs(shot["dev"]))
+        seen = set(pairs(shot["train"]) + pairs(shot["dev"]))  # the reported examples these hold are left out
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
         if len(keep) == 0:
             raise UserError(f"{folder}: holds every example of the {reported} split; none is left to report on")

@@ -219,8 +219,7 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        # (a LayerNorm starts as weight 1, bias 0 already)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding)):  # (a LayerNorm starts as weight 1, bias 0 already)
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
@@ -255,9 +254,8 @@ class GPT(nn.Module):
         return self._run(idx, pos, attention_mask_4d(key_mask, 0, T))
 
     def forward(self, idx, attention_mask=None, targets=None, ignore_index=-100):
-        """Logits (B, T, V) and, when targets (B, T) are given, the mean cross-entropy over the positions
-        whose target is not ignore_index (mark prompt and padding positions with it).
-        targets[b, t] is the token that should follow idx[b, t]: the caller shifts."""
+        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy over the positions whose target is not
+        ignore_index (mark prompt and padding with it); targets[b, t] should follow idx[b, t]: the caller shifts."""
         logits = self.lm_head(self.hidden_states(idx, attention_mask))  # (B, T, V)
         if targets is None:
             return logits, None

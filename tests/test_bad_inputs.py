@@ -14,7 +14,7 @@ import download
 import train
 from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
-from test_glue_reader import LAYOUTS, write_task
+from test_glue_reader import LAYOUTS, held_out, write_task
 from test_gpt2_init import edit_safetensors, nan_weights, write_gpt2_folder
 from engine import fingerprint
 from model import UserError
@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     for name in ("RTE", "SST-2", "CoLA", "STS-B", "MRPC"):
         rows = LAYOUTS[name].splitlines(keepends=True)
         body = rows if name == "CoLA" else rows[1:]
-        write_task(str(glue), name, ("" if name == "CoLA" else rows[0]) + "".join(body * 12))
+        held_out(write_task(str(glue), name, ("" if name == "CoLA" else rows[0]) + "".join(body * 12)), name)
     w["glue"] = str(glue)
     w["gpt2"] = str(root / "gpt2")
     write_gpt2_folder(w["gpt2"], ["Title: Alpha gadget number 1, Brand: Brand1"] * 5, n_positions=200)
@@ -383,6 +383,14 @@ CASES = {
     "glue MNLI dev.tsv a folder": glue(lambda g: os.mkdir(os.path.join(write_task(g, "MNLI", LAYOUTS["MNLI"], splits=(
         "train", "dev_matched")), "dev.tsv")),  # not read as missing, for dev_matched.tsv to stand in
         "MNLI/dev.tsv: is a folder, not a file", flags=("--aux", "MNLI", "--targets", "RTE", "--n-train", "8")),
+    # the split a run reports on (a labelled test.tsv, else dev.tsv) must be held out: not a copy of the others
+    "glue labelled test.tsv a copy of dev.tsv": glue(
+        lambda g: shutil.copy(os.path.join(g, "RTE", "dev.tsv"), os.path.join(g, "RTE", "test.tsv")),
+        "RTE/test.tsv: every example is also in another split of RTE; it is not held out", flags=SMALL_GLUE),
+    "glue dev.tsv a copy of rows of train.tsv": glue(
+        lambda g: write_lines(os.path.join(g, "RTE", "dev.tsv"), open(os.path.join(g, "RTE", "train.tsv"),
+                                                                      encoding="utf-8").read().splitlines()[:4]),
+        "RTE/dev.tsv: every example is also in another split of RTE; it is not held out", flags=SMALL_GLUE),
     "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
                                    "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
@@ -594,8 +602,9 @@ CASES = {
                                   write_lines(os.path.join(os.path.dirname(g), "glue-16shot", "RTE", "16-13"), ["x"]),
                                   "RTE/16-13: not a 16-shot folder (a folder", SMALL_GLUE),
     "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 12 times each
-        os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", LAYOUTS["RTE"] + LAYOUTS["RTE"].split(
-            "\n", 1)[1] * 15), "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
+        os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", (lambda rows: rows[0] + "".join(rows[1:3]) * 16)(
+            open(os.path.join(g, "RTE", "dev.tsv"), encoding="utf-8").read().splitlines(keepends=True))),
+        "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
     "16-shot split of other sizes": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
         os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [12, 12] examples per label, not "
         "16 of each", SMALL_GLUE),

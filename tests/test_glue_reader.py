@@ -63,6 +63,24 @@ def write_task(root, name, text, splits=("train", "dev")):
     return folder
 
 
+def held_out(folder, name):
+    """folder/dev.tsv (and a test.tsv) with each first sentence changed: examples train.tsv does not hold, as a
+    target's reported split must (a copy of train is refused)."""
+    column = data.GLUE_TASKS[name]["text_a"]
+    for split in ("dev", "test"):
+        path = os.path.join(folder, f"{split}.tsv")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", newline="") as f:
+                lines = [line.rstrip("\r\n").split("\t") for line in f]
+            header = [] if isinstance(column, int) else lines.pop(0)
+            col = column if isinstance(column, int) else [h.lstrip("\ufeff") for h in header].index(column)
+            for fields in lines:
+                fields[col] += " (held out)"
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.writelines("\t".join(fields) + "\n" for fields in ([header] if header else []) + lines)
+    return folder
+
+
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_reads_each_official_layout(tmp_path, name):
     folder = write_task(tmp_path, name, LAYOUTS[name])

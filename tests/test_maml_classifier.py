@@ -15,7 +15,7 @@ import data
 import engine
 import maml
 from model import GPT, GPTConfig, second_order_ops
-from test_glue_reader import LAYOUTS, write_task
+from test_glue_reader import LAYOUTS, held_out, write_task
 
 
 def tiny_classifier(dtype=torch.float32, n_outputs=(3, 2, 1), seed=0):
@@ -239,7 +239,7 @@ def tiny_glue(root):
     beside it LM-BFF's 16-shot folder of RTE, with examples of its own."""
     for name in ("SST-2", "RTE", "STS-B"):
         header, *rows = LAYOUTS[name].splitlines(keepends=True)
-        write_task(str(root / "glue"), name, header + "".join(rows * 12))
+        held_out(write_task(str(root / "glue"), name, header + "".join(rows * 12)), name)
     rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
                    for i in range(32))  # 16 of each label
     write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
