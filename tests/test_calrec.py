@@ -391,9 +391,12 @@ def naive_bm25(documents, query, k1, b):
 def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all;
     # queries read by the same analyser (capitals, punctuation); an accent or an underscore splits a word too
-    # ("Pokémon" is "pok" and "mon", "red_apple" is "red" and "apple": calrec.words keeps runs of a-z and 0-9)
-    docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "Pokémon red_apple 42", "?!"]
-    queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's", "mon 42"]
+    # ("Pokémon" is "pok" and "mon", "red_apple" is "red" and "apple": calrec.words keeps runs of a-z and 0-9); a word
+    # inside another word is not that word, in a document or a query ("shredded" is no "red", "carpets" no "car")
+    docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "Pokémon red_apple 42",
+            "A red car on shredded carpets, a piece of greenery", "?!"]
+    queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's", "mon 42",
+               "Carpets and pieces"]
     # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
     for (k1, b), asked in zip(((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0), (1.2, 0.75), (1.2, 0.75), (1.2, 0.75)),
                               (queries, queries, queries, queries, ["apple pie red"], ["nothing here", "?"], [])):
@@ -405,7 +408,8 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
             want = naive_bm25(docs, q, k1, b)
             assert row == pytest.approx(want, rel=1e-5, abs=1e-6), (
                 f"BM25(k1={k1}, b={b}) scores of query {q!r} on the documents {docs}: expected "
-                f"{[round(x, 6) for x in want]} (a naive loop; |d| counts the analyser's words), got "
+                f"{[round(x, 6) for x in want]} (a naive loop; tf, n_w and |d| count the analyser's words, not "
+                f"substrings of the text), got "
                 f"{[round(x, 6) for x in row]}")
 
 

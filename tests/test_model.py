@@ -431,6 +431,24 @@ def brute_force_beams(m, prompt, length, eos, may_follow=None):
     return sorted(seqs, key=lambda s: -s[1])
 
 
+@torch.no_grad()
+def naive_beam_search(m, prompt, K, length, eos):
+    """Beam search as its definition reads, one beam at a time, scored by full forward passes: at each step the K best
+    of every open beam's extensions (its score + the token's log-probability) and of every finished beam as it is
+    (its score kept: it competes with the open beams until the end)."""
+    beams = [([], 0.0)]  # the K beams start as one
+    for _ in range(length):
+        candidates = []
+        for tokens, score in beams:
+            if tokens and tokens[-1] == eos:
+                candidates.append((tokens, score))
+                continue
+            logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0, -1].float(), -1)
+            candidates += [(tokens + [t], score + float(lp)) for t, lp in enumerate(logp)]
+        beams = sorted(candidates, key=lambda c: -c[1])[:K]
+    return beams
+
+
 def assert_same_beams(got, want, what, atol=1e-4, rtol=1e-4):
     """got, want: [(new tokens, score)], best first. The message lists both side by side, '<--' where they differ."""
     rows = []
@@ -495,6 +513,21 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
                                    err_msg=f"{what}: scores in the batch, cached against uncached")
         assert [s for _, s in a] == sorted([s for _, s in a], reverse=True), \
             f"{what}: the beams are not best first: scores {[s for _, s in a]}"
+    # a beam too narrow to hold every prefix (3 beams, a vocabulary of 5), on a model whose next tokens are far from
+    # uniform (its embeddings scaled by 30): the beams of a naive beam search, in which a finished beam keeps its score
+    # and competes with the open beams' extensions at every step (neither set aside, its place given to an open beam,
+    # nor kept whatever the open beams score)
+    m = tiny(vocab_size=5)
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(30)
+    prompts, K, L, eos = [[1, 2], [3, 1, 0]], 3, 4, 1
+    want = [naive_beam_search(m, p, K, L, eos) for p in prompts]
+    for use_cache in (True, False):
+        got = m.beam_search(prompts, K, L, eos, use_cache=use_cache)
+        for p, g, w in zip(prompts, got, want):
+            assert_same_beams(g, w, f"prompt {p} of beam_search({prompts}, num_beams={K}, max_new_tokens={L}, "
+                                    f"eos_id={eos}, use_cache={use_cache}) against a naive beam search (each step: "
+                                    f"the {K} best of the open beams' extensions and the finished beams as they are)")
 
 
 def test_beam_search_makes_its_tensors_on_the_models_device():

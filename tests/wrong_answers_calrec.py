@@ -1695,3 +1695,57 @@ def rank_last_item_bm25(bm25, texts, examples):
     own = BM25(texts)
     return ranks_in_chunks(lambda rows: own.scores([texts[hist[-1]] for hist, _ in examples[rows]]), examples)
 '''})
+# found by probe L of the graders: a word read by substring, not by the analyser's words
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # tf as str.count on the lower-cased text: "red" is counted inside "shredded", "car" inside "carpets"
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w in dict.fromkeys(ws):                                   # each distinct word of the document once
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(doc.lower().count(w))                          # its count in the text
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V)).coalesce()
+'''})
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+def scores(self, queries):
+    # each known word's count in the query text by str.count: "car" is counted inside "carpets", "a" in "and"
+    Q = torch.zeros(len(self.vocab), len(queries))                   # (V, nq) the queries' word counts
+    for j, text in enumerate(queries):
+        low = text.lower()
+        for w, i in self.vocab.items():
+            Q[i, j] = low.count(w)
+    return (self.matrix @ Q).t().contiguous()
+'''})
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # n_w as the documents whose text holds w: `w in text` is a substring test ("pie" is in "a piece")
+    docs = [words(doc) for doc in documents]
+    self.vocab = {}
+    for ws in docs:
+        for w in ws:
+            self.vocab.setdefault(w, len(self.vocab))
+    N, avgdl = len(documents), sum(len(ws) for ws in docs) / len(documents)
+    df = torch.tensor([float(sum(w in doc.lower() for doc in documents)) for w in self.vocab])
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    rows, cols, vals = [], [], []
+    for d, ws in enumerate(docs):
+        for w, tf in Counter(ws).items():
+            j = self.vocab[w]
+            rows.append(d)
+            cols.append(j)
+            vals.append(float(self.idf[j]) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(ws) / avgdl)))
+    self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).view(2, -1),
+                                          torch.tensor(vals, dtype=torch.float32), (N, len(self.vocab))).coalesce()
+'''})
