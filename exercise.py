@@ -326,7 +326,9 @@ def run_graders(root, node_ids, timeout):
             raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
                                 "--timeout gives them longer") from None
         if not os.path.exists(report):
-            raise ExerciseError(f"pytest ran none of the graders: {(run.stdout + run.stderr).strip()[-500:]}")
+            last = (run.stdout + run.stderr).strip().splitlines()[-1:]  # its last word, if it said any
+            raise ExerciseError(f"pytest ran none of the graders, exit status {run.returncode}" + "".join(
+                f": {line[-300:]}" for line in last))
         return {node_id(case): outcome(case) for case in ET.parse(report).iter("testcase")}
 
 
@@ -349,15 +351,19 @@ def outcome(case):
 
 
 def grade(root, names, timeout):
-    """Run the graders of each exercise in `root` and print a score per exercise; 0 if every one passes."""
+    """Run the graders of each exercise in `root`, in a process of its own (code that fails to import, loops or ends
+    the process costs its own exercise only), and print a score per exercise; 0 if every one passes."""
     exercises = [exercise_named(n) for n in names]
-    results = run_graders(root, [t for ex in exercises for t in ex.tests], timeout)
     total = 0
     for ex in exercises:
+        try:
+            results, why = run_graders(root, ex.tests, timeout), "none ran: does a file of it fail to import? see below"
+        except ExerciseError as e:  # its process ended early, or ran over the timeout
+            results, why = {}, str(e)
         mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
         passed = sum(ok for ok, _ in mine.values())
         print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else
-              "" if mine else " (none ran: does a file of the exercise fail to import? see the tracebacks)"))
+              "" if mine else f" ({why})"))
         for test, (ok, message) in mine.items():
             if not ok:
                 print(f"  FAILED {test.split('::', 1)[1]}")
@@ -372,24 +378,35 @@ def grade_handout(folder, names, timeout):
     """A handed-in copy, graded with this project's own tests/ (a copy of the student's tree is graded)."""
     if not os.path.isdir(folder):
         raise ExerciseError(f"{folder}: {'is a file, not a folder' if os.path.exists(folder) else 'no such folder'}")
-    if not names:
+    manifest, listed = os.path.join(folder, MANIFEST), None
+    if os.path.isfile(manifest):  # a named pipe there would block the read
         try:
-            with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-                names = json.load(f)
+            with open(manifest, encoding="utf-8") as f:
+                listed = json.load(f)
         except (OSError, ValueError, RecursionError):
-            names = None
-        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            manifest = os.path.join(folder, MANIFEST)
-            raise ExerciseError(f"{manifest}: not a JSON list of exercise names (as handout writes it); name the "
-                                "exercises to grade" if os.path.lexists(manifest) else f"{folder}: no {MANIFEST} "
-                                "listing its exercises, so not a handout; name the exercises to grade")
-        unknown = [n for n in names if n not in {ex.name for ex in EXERCISES}]
-        if unknown:
-            raise ExerciseError(f"{os.path.join(folder, MANIFEST)}: names {unknown[0]!r}, which is no exercise (python "
-                                "exercise.py list shows them)")
+            pass
+    if not (isinstance(listed, list) and listed and all(isinstance(n, str) for n in listed)):
+        if names and not os.path.lexists(manifest):  # not a handout: a tree of the teacher's choosing
+            listed = names
+        else:
+            raise ExerciseError(f"{manifest}: not a JSON list of exercise names (as handout writes it)" if
+                                os.path.lexists(manifest) else f"{folder}: no {MANIFEST} listing its exercises, so "
+                                "not a handout; name the exercises to grade")
+    unknown = [n for n in listed if n not in {ex.name for ex in EXERCISES}]
+    if unknown:
+        raise ExerciseError(f"{manifest}: names {unknown[0]!r}, which is no exercise (python exercise.py list shows "
+                            "them)")
+    apart = [n for n in names if n not in listed]  # its function was never blanked: the copy holds the answer
+    if apart:
+        raise ExerciseError(f"{apart[0]}: not an exercise of this handout ({manifest} lists {', '.join(listed)})")
+    names = names or listed
     with tempfile.TemporaryDirectory() as tmp:
         copy_tree(folder, os.path.join(tmp, "work"))
-        shutil.rmtree(os.path.join(tmp, "work", "tests"), ignore_errors=True)
+        theirs = os.path.join(tmp, "work", "tests")  # whatever the copy holds there: a folder, a file, a link
+        if os.path.isdir(theirs) and not os.path.islink(theirs):
+            shutil.rmtree(theirs)
+        elif os.path.lexists(theirs):
+            os.remove(theirs)
         copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
         return grade(os.path.join(tmp, "work"), names, timeout)
 
@@ -483,17 +500,19 @@ def main(argv=None):
     hand.add_argument("--out", required=True, help="the new folder")
     g = commands.add_parser("grade", help="the graders of a handed-in copy, with this project's tests")
     g.add_argument("folder")
-    g.add_argument("names", nargs="*", metavar="NAME", help="default: the exercises of its handout")
+    g.add_argument("names", nargs="*", metavar="NAME",
+                   help="default: the exercises its exercises.json lists (a file the student can edit)")
     c = commands.add_parser("check", help="the graders of an exercise, in this tree")
     c.add_argument("name")
     for p in (g, c):
-        p.add_argument("--timeout", type=int, default=600, help="seconds the graders may run (default: 600)")
+        p.add_argument("--timeout", type=int, default=600,
+                       help="seconds the graders of one exercise may run (default: 600; at most a day)")
     e = commands.add_parser("experiments", help="run docs/experiments.md's commands; compare its tables (minutes)")
     e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
     try:
         args = parser.parse_args(argv)
-        if getattr(args, "timeout", 1) <= 0:
-            parser.error(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+        if not 0 < getattr(args, "timeout", 1) <= 86400:
+            parser.error(f"--timeout: must be a number of seconds from 1 to 86400 (a day), got {args.timeout}")
         status = command(args)
         sys.stdout.flush()  # here, so that a reader gone (| head) is seen below, not at exit
         return status

@@ -247,8 +247,49 @@ def test_graders_that_never_end_are_stopped_at_the_timeout(tmp_path):
         blanked("calrec.py:merge_round_robin", "round-robin"), "def merge_round_robin(*args, **kwargs):\n"
         "    while True:\n        pass\n"), encoding="utf-8")
     graded = cli("grade", str(out), "--timeout", "5")
-    assert graded.returncode == 2 and graded.stderr.count("\n") == 1, graded.stderr
-    assert "the graders ran over 5 s and were stopped" in graded.stderr
+    assert graded.returncode == 1 and graded.stderr == "", graded.stderr  # a student's failing, not a tool's error
+    assert "round-robin: 0 of 0 graders pass (the graders ran over 5 s and were stopped" in graded.stdout
+
+
+def test_one_exercise_whose_code_breaks_the_graders_costs_only_its_own_score(tmp_path):
+    """Each exercise's graders run in a process of their own: a syntax error in calrec.py, or a call that ends the
+    process, leaves pooling (model.py, graded by tests that never import calrec.py) scored as written."""
+    out = tmp_path / "hw"
+    assert cli("handout", "round-robin", "pooling", "--out", str(out)).returncode == 0
+    model = out / "model.py"
+    text = model.read_text(encoding="utf-8")
+    for where in ("model.py:mean_pool", "model.py:last_token_pool"):  # pooling written: the reference
+        text = text.replace(blanked(where, "pooling"), source_of(where))
+    model.write_text(text, encoding="utf-8")
+    path = out / "calrec.py"
+    blank = path.read_text(encoding="utf-8")
+    for spoilt, why in ((blank + "\ndef broken(:\n", "none ran: does a file of it fail to import?"),
+                        (blank.replace(blanked("calrec.py:merge_round_robin", "round-robin"),
+                                       "def merge_round_robin(*args, **kwargs):\n    import os\n    os._exit(0)\n"),
+                         "pytest ran none of the graders, exit status 0")):
+        path.write_text(spoilt, encoding="utf-8")
+        graded = cli("grade", str(out))
+        assert graded.returncode == 1 and "pooling: 5 of 5 graders pass -- done" in graded.stdout, graded.stdout
+        assert f"round-robin: 0 of 0 graders pass ({why}" in graded.stdout, graded.stdout
+
+
+def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
+    """An exercise the handout never blanked holds its answer: naming it is refused. A manifest that is no file (a
+    named pipe, which would block the read) is refused too; a copy's own `tests` file is replaced, whatever it is."""
+    out = tmp_path / "hw"
+    assert cli("handout", "round-robin", "--out", str(out)).returncode == 0
+    graded = cli("grade", str(out), "info-nce")
+    assert graded.returncode == 2 and graded.stderr == (f"error: info-nce: not an exercise of this handout "
+                                                       f"({out / 'exercises.json'} lists round-robin)\n")
+    shutil.rmtree(out / "tests")
+    (out / "tests").write_text("a student's notes\n")
+    graded = cli("grade", str(out))
+    assert graded.returncode == 1 and "round-robin: 0 of 1 graders pass" in graded.stdout, graded.stdout + graded.stderr
+    os.remove(out / "exercises.json")
+    os.mkfifo(out / "exercises.json")
+    graded = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "grade", str(out)], capture_output=True,
+                            text=True, env=ENV, timeout=60)
+    assert graded.returncode == 2 and "exercises.json: not a JSON list of exercise names" in graded.stderr
 
 
 def test_a_refusal_naming_a_path_with_a_newline_is_one_line(tmp_path):
@@ -286,7 +327,8 @@ def test_refusals_write_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args", [(), ("frobnicate",), ("list", "extra"), ("check",), ("grade",),
-                                  ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon")])
+                                  ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon"),
+                                  ("check", "info-nce", "--timeout", "2147484")])
 def test_a_command_line_mistake_is_one_line(args):
     refused = cli(*args)
     assert refused.returncode == 2 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, (
