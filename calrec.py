@@ -544,7 +544,7 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     lm, tokenizer = build_tokenizer(cfg, texts, init, resume, out_dir)
     key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.attributes,
                d.train, d.valid, d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, dtype=dtype,
-               init=init and os.path.abspath(init), processes=rank_and_world()[1])
+               init=init and fingerprint(lm.state_dict()), processes=rank_and_world()[1])  # init: its weights
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
          GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,

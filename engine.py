@@ -301,7 +301,7 @@ def gpt_config(raw, what):
 def gpt_from_checkpoint(path):
     """A GPT with the config and weights of a project checkpoint; returns (model, checkpoint dict)."""
     ckpt = load_torch(path)
-    missing = {"model", "config", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
+    missing = {"model", "config", "tokenizer", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
     config = gpt_config(ckpt["config"], f"{path}: its config")
@@ -335,7 +335,7 @@ def load_init(path, dropout=0.0):
             raise UserError(f"{e}; --init takes a checkpoint written by this project or a Hugging Face GPT-2 "
                             "folder") from None
         tokenizer = data.load_tokenizer(os.path.dirname(os.path.abspath(path)))
-        if ckpt.get("tokenizer", tokenizer.fingerprint) != tokenizer.fingerprint:
+        if ckpt["tokenizer"] != tokenizer.fingerprint:
             raise UserError(f"{path}: was trained with another tokenizer than {tokenizer.path} (fingerprints "
                             f"{ckpt['tokenizer']} and {tokenizer.fingerprint}); keep a checkpoint with its run's "
                             "tokenizer.json")
@@ -689,7 +689,7 @@ def kept_if_refused(out_dir, names):
     files `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back,
     log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files."""
     existed = os.path.isdir(out_dir)
-    for stale in [n for n in os.listdir(out_dir) if n.startswith(".earlier")] if existed else ():
+    for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if existed else ():
         shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
     os.makedirs(aside, exist_ok=True)

@@ -140,8 +140,9 @@ def check_paths(args):
 def main(argv=None):
     try:
         return command(sys.argv[1:] if argv is None else list(argv))
-    except (UserError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
-        message = str(e) if isinstance(e, UserError) else out_of_memory(e)
+    except (UserError, OSError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
+        message = str(e) if isinstance(e, UserError) else (f"{e.filename}: {e.strerror}" if isinstance(e, OSError)
+                                                           and e.filename else out_of_memory(e))  # a file refused
         if message is None:
             raise
         print(error_line(message), file=sys.stderr)

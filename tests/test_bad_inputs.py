@@ -247,6 +247,30 @@ def resume_with_replaced_tokenizer(w, tmp):
     return ["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--resume"], "was saved with another tokenizer than"
 
 
+def checkpoint_without(key, w, tmp):
+    """The finished run's ckpt.pt, less one entry, with its tokenizer.json beside it."""
+    os.makedirs(tmp / "less")
+    ckpt = torch.load(os.path.join(w["out"], "ckpt.pt"), weights_only=True)
+    del ckpt[key]
+    torch.save(ckpt, tmp / "less" / "ckpt.pt")
+    shutil.copy(os.path.join(w["out"], "tokenizer.json"), tmp / "less")
+    return str(tmp / "less" / "ckpt.pt")
+
+
+def resume_after_the_init_file_changed(w, tmp):
+    """A run from --init, resumed after other weights were written to that path (same sizes, same tokenizer)."""
+    os.makedirs(tmp / "init")
+    for n in ("ckpt.pt", "tokenizer.json"):
+        shutil.copy(os.path.join(w["out"], n), tmp / "init" / n)
+    argv = ["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init", str(tmp / "init" / "ckpt.pt"),
+            "--out-dir", str(tmp / "run")]
+    train.main(argv)
+    ckpt = torch.load(tmp / "init" / "ckpt.pt", weights_only=True)
+    ckpt["model"]["transformer.wte.weight"] += 1
+    torch.save(ckpt, tmp / "init" / "ckpt.pt")
+    return argv + ["--resume"], "was saved by a run with other init;"
+
+
 def half_the_users(path):
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
@@ -458,6 +482,8 @@ CASES = {
                                     str(tmp / "ckpt.pt"), "ckpt.pt: cannot be read", task="maml"),
     "init runs code": init(lambda w, tmp: evil_checkpoint(str(tmp / "evil.pt"), tmp) or str(tmp / "evil.pt"),
                            "evil.pt: refused"),
+    "init checkpoint with no tokenizer fingerprint": init(lambda w, tmp: checkpoint_without("tokenizer", w, tmp),
+                                                          "not a checkpoint of this project (missing ['tokenizer'])"),
     "init empty folder": init(lambda w, tmp: (tmp / "empty").mkdir() or str(tmp / "empty"), "config.json: missing"),
     # --- --resume
     "resume corrupt state": resume(lambda p, tmp: open(p, "wb").write(b"\x80\x02junk"), "state.pt: cannot be read"),
@@ -533,6 +559,7 @@ CASES = {
     "init beside another tokenizer": init(other_tokenizer, "ckpt.pt: was trained with another tokenizer than"),
     "maml init into calrec": init(short_model, "init_maml.pt: its model reads at most 48 tokens"),
     "resume with replaced tokenizer": resume_with_replaced_tokenizer,
+    "resume after the --init file changed": resume_after_the_init_file_changed,
     "resume with --init added": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--init",
                                                  w["gpt2"], "--resume"], "was saved by a run with other init;"),
     "resume with an empty column added": lambda w, tmp: (["--task", "calrec", "--data", alpha_with_an_empty_column(
@@ -952,6 +979,38 @@ def test_running_out_of_memory_mid_run_is_one_line(world, monkeypatch, capsys, e
     line = f"error: out of memory{f' (allocating {size})' if size else ''}: a setting asks for more than this machine"
     assert e.value.code == 2 and capsys.readouterr().err.startswith(line)
     assert snapshot(out) == before, "a run out of memory changed the files an earlier run wrote"
+
+
+@pytest.mark.parametrize("where", ["prepare", "log"])
+def test_a_file_the_system_refuses_is_one_line(world, monkeypatch, capsys, where):
+    """No permission (a folder that cannot be listed, a log.txt that cannot be appended to: what a user who is not
+    root meets) is the path and the reason on one line, whichever step meets it; an OSError of no file is a bug."""
+    import calrec
+    out = copy(world["out"], world["root"] / f"refused-{where}")
+    before, denied = snapshot(out), PermissionError(13, "Permission denied", os.path.join(out, "log.txt"))
+
+    def refuse(*args):
+        raise denied
+    monkeypatch.setattr(*(calrec, "prepare") if where == "prepare" else (train, "open_log_file"), refuse)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: {denied.filename}: Permission denied\n"
+    assert snapshot(out) == before
+    denied.filename = None
+    with pytest.raises(PermissionError):
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
+
+
+def test_a_folder_of_the_users_whose_name_starts_like_a_runs_aside_folder_is_kept(world):
+    """A run puts its earlier files aside in .earlier<pid> and clears those a killed run left: nothing else."""
+    out = copy(world["out"], world["root"] / "notes")
+    os.makedirs(os.path.join(out, ".earlier-runs"))
+    with open(os.path.join(out, ".earlier-runs", "notes.txt"), "w") as f:
+        f.write("mine\n")
+    os.makedirs(os.path.join(out, ".earlier12345"))  # left by a run killed outright
+    train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
+    assert os.path.isfile(os.path.join(out, ".earlier-runs", "notes.txt"))
+    assert not os.path.exists(os.path.join(out, ".earlier12345"))
 
 
 def test_a_file_that_cannot_be_put_back_keeps_its_earlier_copy(world, monkeypatch, capsys):
