@@ -430,7 +430,7 @@ class CALRecConfig:
                 raise UserError(f"setting {width}={getattr(self, width)}: not divisible by {heads}="
                                 f"{getattr(self, heads)}")
         if self.softmax_over == "users" and self.extra_negatives:
-            raise UserError("setting extra_negatives: extra negatives are items; they need softmax_over=items")
+            raise UserError("setting softmax_over=users: add --set extra_negatives=0 (extra negatives are items)")
         if self.batch_size % rank_and_world()[1]:
             raise UserError(f"setting batch_size={self.batch_size}: does not split over {rank_and_world()[1]} "
                             "processes")

@@ -677,8 +677,8 @@ def load_glue(root, names, target=False):
 def few_shot_folders(root, name):
     """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
     folder = os.path.join(root, name)
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{folder}: is not a folder; the 16-shot splits of {name} go there (python data.py few-shot)")
+    for path in (p for p in (root, folder) if os.path.lexists(p) and not os.path.isdir(p)):  # a file, a dead link
+        raise UserError(f"{path}: is not a folder; the 16-shot splits of {name} go there (python data.py few-shot)")
     names = [d for d in os.listdir(folder) if d.startswith("16-")] if os.path.isdir(folder) else []
     for d in names:
         if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d) or not os.path.isdir(os.path.join(folder, d)):  # 16-013, 16-²

@@ -393,20 +393,27 @@ def unpack_glue_archive(archive, folder, max_bytes=2**31):
                         shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise UserError(f"{archive}: not a complete zip archive ({e})") from None
+    except (NotImplementedError, RuntimeError) as e:  # a compression method zipfile lacks (Deflate64), a password
+        raise UserError(f"{archive}: not a zip archive as GLUE serves it ({e})") from None
 
 
 def build_mrpc(source, dev_ids, folder):
     """MRPC as GLUE's download script makes it: the lines of msr_paraphrase_train.txt whose pair of ids is in GLUE's
     dev list -> dev.tsv, the others -> train.tsv, after the header as it is; each stripped, with '\\n' line ends."""
-    with open(dev_ids, encoding="utf-8") as f:
-        dev = {tuple(line.strip().split("\t")) for line in f if line.strip()}
-    with open(source, encoding="utf-8") as f, \
-            open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="\n") as train_f, \
+    lines = {}
+    for path in (source, dev_ids):
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines[path] = f.readlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r})") from None
+    dev = {tuple(line.strip().split("\t")) for line in lines[dev_ids] if line.strip()}
+    with open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="\n") as train_f, \
             open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="\n") as dev_f:
-        header = f.readline()
+        header, *rows = lines[source] or [""]
         train_f.write(header)
         dev_f.write(header)
-        for line_no, line in enumerate(f, 2):
+        for line_no, line in enumerate(rows, 2):
             fields = line.strip().split("\t")
             if len(fields) != 5:
                 raise UserError(f"{source}:{line_no}: expected 5 tab-separated columns, got {len(fields)}")
@@ -488,9 +495,9 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
     groups = {}
     for line in shuffled:
         groups.setdefault(label[line], []).append(line)
-    for value, group in groups.items():
-        if len(group) < 2 * k:
-            raise UserError(f"{path}: label {value!r} has {len(group)} lines, fewer than 2k = {2 * k}")
+    for value in check_glue_task(name)["labels"] or (0, 1):  # every label of the task (STS-B: score < 2.5, or not)
+        if len(groups.get(value, [])) < 2 * k:
+            raise UserError(f"{path}: label {value!r} has {len(groups.get(value, []))} lines, fewer than 2k = {2 * k}")
     dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
     with building(folder) as tmp:
         for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):

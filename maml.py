@@ -476,7 +476,7 @@ def load_tasks(cfg, data_dir):
         return "family", {n: known[n] for n in cfg.aux}, {n: known[n] for n in cfg.targets}, None
     few_shot = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "glue-16shot")
     return ("glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets, target=True),
-            few_shot if os.path.isdir(few_shot) else None)
+            few_shot if os.path.lexists(few_shot) else None)  # not a folder: few_shot_folders says so
 
 
 def few_shot_runs(task, encode, root, test, reported):
@@ -512,8 +512,8 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
         test, reported = enc["dev"], "dev"
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
-    if len(val["ids"]) == 0:
-        raise UserError(f"{task['name']}: {len(enc['train']['ids'])} training examples, too few for a validation split")
+    if len(set(val["y"].tolist())) < 2:  # one label or score (or none): MCC, F1, Pearson alike at every step
+        raise UserError(f"{task['name']}: a validation split of {len(val['ids'])} holds under 2 labels (val_max low?)")
     runs = []
     for n in cfg.n_train:
         if n > len(pool["ids"]):

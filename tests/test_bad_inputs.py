@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     for name in ("RTE", "SST-2", "CoLA", "STS-B", "MRPC"):
         rows = LAYOUTS[name].splitlines(keepends=True)
         body = rows if name == "CoLA" else rows[1:]
-        held_out(write_task(str(glue), name, ("" if name == "CoLA" else rows[0]) + "".join(body * 12)), name)
+        held_out(write_task(str(glue), name, ("" if name == "CoLA" else rows[0]) + "".join(body * 30)), name)  # validation: 6 rows
     w["glue"] = str(glue)
     w["gpt2"] = str(root / "gpt2")
     write_gpt2_folder(w["gpt2"], ["Title: Alpha gadget number 1, Brand: Brand1"] * 5, n_positions=200)
@@ -415,6 +415,8 @@ CASES = {
         lambda g: write_lines(os.path.join(g, "RTE", "dev.tsv"), open(os.path.join(g, "RTE", "train.tsv"),
                                                                       encoding="utf-8").read().splitlines()[:4]),
         "RTE/dev.tsv: every example is also in another split of RTE; it is not held out", flags=SMALL_GLUE),
+    "maml validation of one example": flags("--task", "maml", "--set", "val_max=1",  # every score alike: step 0 kept
+                                            message="more-2-5: a validation split of 1 holds under 2 labels"),
     "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
                                    "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
@@ -453,10 +455,10 @@ CASES = {
     "missing header": glue(lambda g: edit(os.path.join(g, "RTE", "train.tsv"), "index\tsentence1\tsentence2\tlabel\n",
                                           ""), "RTE/train.tsv:1: header has no column"),
     "wrong column count": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "dev.tsv"), b"a\tb\t1\n"),
-                               "SST-2/dev.tsv:26: expected 2 tab-separated columns"),
+                               "SST-2/dev.tsv:62: expected 2 tab-separated columns"),
     "missing dev": glue(lambda g: os.remove(os.path.join(g, "RTE", "dev.tsv")), "RTE/dev.tsv: no such file"),
     "glue not utf-8": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \xfe byte\t1\n"),
-                           "SST-2/train.tsv:26"),
+                           "SST-2/train.tsv:62"),
     "target not in folder": glue(lambda g: None, "setting targets: QNLI: ", flags=("--aux", "SST-2", "--targets", "QNLI")),
     "aux and target": glue(lambda g: None, "settings aux and targets: RTE named twice",
                            flags=("--aux", "RTE", "--targets", "RTE")),
@@ -542,7 +544,7 @@ CASES = {
     "nul in text file": calrec_data(lambda d: append_bytes(os.path.join(d, "Sci.text"), b"AS4\tNa\x00il. X. Y. \n"),
                                     "Sci.text:5:", folder="sci"),
     "nul in glue": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"bad \x00 byte\t1\n"),
-                        "SST-2/train.tsv:26:5: a NUL byte"),
+                        "SST-2/train.tsv:62:5: a NUL byte"),
     # --- a run refused part-way, into the finished run's --out-dir: its files are put back as they were
     "loss diverges": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], *TINY_CALREC, "--set", "lr=1e30",
                                       "--set", "warmup=0"], "training diverged: the loss is nan"),
@@ -625,15 +627,19 @@ CASES = {
     "16-shot folder not named 16-<seed>": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot",
                                                                              "RTE", "16-013")),
                                                "RTE/16-013: not a 16-shot folder (a folder 16-<seed>", SMALL_GLUE),
+    "glue-16shot a file": glue(lambda g: write_lines(os.path.join(os.path.dirname(g), "glue-16shot"), ["x"]),
+                               "glue-16shot: is not a folder; the 16-shot splits of RTE go there", SMALL_GLUE),
+    "glue-16shot a link to nowhere": glue(lambda g: os.symlink(os.path.join(os.path.dirname(g), "nowhere"), os.path.join(
+        os.path.dirname(g), "glue-16shot")), "glue-16shot: is not a folder; the 16-shot splits of RTE go there", SMALL_GLUE),
     "16-shot folder a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot", "RTE")) or
                                   write_lines(os.path.join(os.path.dirname(g), "glue-16shot", "RTE", "16-13"), ["x"]),
                                   "RTE/16-13: not a 16-shot folder (a folder", SMALL_GLUE),
-    "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 12 times each
+    "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 30 times each
         os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", (lambda rows: rows[0] + "".join(rows[1:3]) * 16)(
             open(os.path.join(g, "RTE", "dev.tsv"), encoding="utf-8").read().splitlines(keepends=True))),
         "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
     "16-shot split of other sizes": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
-        os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [12, 12] examples per label, not "
+        os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [30, 30] examples per label, not "
         "16 of each", SMALL_GLUE),
     "inter file a named pipe": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or os.mkfifo(
         os.path.join(d, "Alpha.valid.inter")), "Alpha.valid.inter: not a regular file"),
@@ -724,11 +730,11 @@ CASES = {
                            "STS-B/dev.tsv:2: STS-B score '4_0' is not a number",
                            flags=("--aux", "SST-2", "--targets", "STS-B")),
     "glue line of a no-break space": glue(lambda g: append_bytes(os.path.join(g, "SST-2", "train.tsv"), b"\xc2\xa0\n"),
-                                          "SST-2/train.tsv:26: expected 2 tab-separated columns"),
+                                          "SST-2/train.tsv:62: expected 2 tab-separated columns"),
     "few-shot line of a no-break space": lambda w, tmp: (
         append_bytes(os.path.join(copy(w["glue"], tmp / "glue"), "CoLA", "train.tsv"), b"\xc2\xa0\n")
         or ["data.py", "few-shot", "--glue", str(tmp / "glue"), "--out", str(tmp / "fs")],
-        "CoLA/train.tsv:25: expected 4 tab-separated columns"),
+        "CoLA/train.tsv:61: expected 4 tab-separated columns"),
     "data path ends in /.": lambda w, tmp: (["--task", "calrec", "--data", w["alpha"], w["alpha"] + "/."],
                                             "/.: both hold the domain Alpha (Alpha.*): give it once or rename one"),
     "item text file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.item")) or

@@ -274,7 +274,20 @@ def damaged_crc(path):
     path.write_bytes(body[:at] + b"R" + body[at + 1:])
 
 
+def header_field(path, local_at, central_at, change):
+    """Each member's local and central zip header, one 2-byte field changed: what zipfile cannot unpack."""
+    body = bytearray(path.read_bytes())
+    for signature, at in ((b"PK\x03\x04", local_at), (b"PK\x01\x02", central_at)):
+        for start in [m.start() for m in re.finditer(re.escape(signature), bytes(body))]:
+            value = change(int.from_bytes(body[start + at:start + at + 2], "little"))
+            body[start + at:start + at + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(body))
+
+
 @pytest.mark.parametrize("make, rows, message", [
+    # Deflate64 (method 9: what Windows writes for large folders) and a password (flag bit 0): zipfile has neither
+    (lambda p: header_field(p, 8, 10, lambda method: 9), (2, 2), r"RTE\.zip: not a zip archive as GLUE serves it \("),
+    (lambda p: header_field(p, 6, 8, lambda flags: flags | 1), (2, 2), r"RTE\.zip: not a zip archive as GLUE serves "),
     (None, (3, 2), r"RTE\.zip: gives RTE 2 train and 2 dev rows, the official files have 3 and 2"),
     (lambda p: p.write_bytes(p.read_bytes()[:-30]), (2, 2), r"RTE\.zip: not a complete zip archive \("),
     (damaged_crc, (2, 2), r"RTE\.zip: not a complete zip archive \(RTE/train\.tsv fails its CRC check\)"),
@@ -291,6 +304,17 @@ def test_a_bad_glue_archive_leaves_no_task_folder(server, tmp_path, make, rows, 
     with pytest.raises(UserError, match=message + r".*deleted, so a rerun downloads it again"):
         download.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": rows}, **glue_urls(server))
     assert os.listdir(out) == ["downloads"] and os.listdir(out / "downloads") == []  # not kept, to fail again
+
+
+def test_an_mrpc_download_that_is_not_utf8_is_deleted(server, tmp_path):
+    serve_glue(server.root)
+    latin1 = MRPC_SOURCE.encode("utf-8") + b"1\t1\t2\tCaf\xe9\tCafe\n"  # a line saved as Latin-1
+    (server.root / "senteval" / "msr_paraphrase_train.txt").write_bytes(latin1)
+    out = tmp_path / "glue"
+    with pytest.raises(UserError, match=r"msr_paraphrase_train\.txt: not UTF-8 text \(invalid continuation byte: "
+                                        r"byte b'\\xe9'\); both downloads deleted, so a rerun downloads them again"):
+        download.prepare_glue(str(out), ["MRPC"], expected_rows=None, **glue_urls(server))
+    assert os.listdir(out) == ["downloads"] and os.listdir(out / "downloads") == []
 
 
 def test_an_archive_that_unpacks_too_large_is_refused_before_a_byte_is_written(tmp_path):
@@ -404,6 +428,16 @@ def test_few_shot_needs_two_k_lines_per_label(tmp_path):
     with pytest.raises(UserError, match=r"label 'not_entailment' has 10 lines, fewer than 2k = 16"):
         download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=8, seeds=(13,))
     assert not os.path.exists(tmp_path / "out" / "RTE" / "8-13")
+    # a label with no line at all (every pair entails; STS-B: every score at least 2.5) is as short of 2k
+    for name, header, rows, label in (
+            ("RTE", b"index\tsentence1\tsentence2\tlabel\n", [f"{i}\tA {i}.\tB.\tentailment" for i in range(40)],
+             "'not_entailment'"),
+            ("STS-B", b"index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n",
+             [f"{i}\tg\tf\t2012\t{i}\tnone\tnone\tA {i}.\tB.\t4.0" for i in range(40)], "0")):
+        few_shot_source(tmp_path / "one", name, header, rows)
+        with pytest.raises(UserError, match=f"{name}/train.tsv: label {label} has 0 lines, fewer than 2k = 16"):
+            download.make_few_shot(str(tmp_path / "one"), str(tmp_path / "out"), [name], k=8, seeds=(13,))
+        assert not os.path.exists(tmp_path / "out" / name)
 
 
 @pytest.mark.parametrize("blank", ["", " \t", "\x0c", "\u00a0", "\u2028", "\x1c"])

@@ -235,11 +235,11 @@ def test_bad_settings_are_clear_errors_before_anything_is_written(tmp_path, chan
 
 
 def tiny_glue(root):
-    """A GLUE folder of three tasks (24 examples a split, no labelled test split, as GLUE's public files), and
+    """A GLUE folder of three tasks (60 examples a split, no labelled test split, as GLUE's public files), and
     beside it LM-BFF's 16-shot folder of RTE, with examples of its own."""
     for name in ("SST-2", "RTE", "STS-B"):
         header, *rows = LAYOUTS[name].splitlines(keepends=True)
-        held_out(write_task(str(root / "glue"), name, header + "".join(rows * 12)), name)
+        held_out(write_task(str(root / "glue"), name, header + "".join(rows * 30)), name)
     rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
                    for i in range(32))  # 16 of each label
     write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
