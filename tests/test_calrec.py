@@ -271,14 +271,16 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"{name} of hidden states that are all 0: expected the zero vector (a mean of 0 normalised as F.normalize "
             f"does it), got {got.tolist()}")
     # hidden states 1e-7 small: still unit vectors (a normalised mean does not depend on the scale of h; an epsilon
-    # added to the norm, as in m / (|m| + 1e-8), shortens them)
+    # added to the norm, as in m / (|m| + 1e-8), shortens them); and 1e-10 small, means of norm about 1e-10, still
+    # above F.normalize's floor of 1e-12 (a floor of 1e-8, torch.cosine_similarity's eps, shortens them)
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
-    for name, got in (("user_vectors", calrec.user_vectors(h * 1e-7, rows, starts)),
-                      ("target_vectors", calrec.target_vectors(h * 1e-7, rows, starts, ends))):
-        norms = got.norm(dim=-1).tolist()
-        assert norms == pytest.approx([1.0] * 3, rel=1e-9), (
-            f"{name} of the same spans of h * 1e-7 (float64): expected vectors of norm 1 (normalised as F.normalize "
-            f"does it, whatever the scale of h), got norms {norms}")
+    for scale in (1e-7, 1e-10):
+        for name, got in (("user_vectors", calrec.user_vectors(h * scale, rows, starts)),
+                          ("target_vectors", calrec.target_vectors(h * scale, rows, starts, ends))):
+            norms = got.norm(dim=-1).tolist()
+            assert norms == pytest.approx([1.0] * 3, rel=1e-9), (
+                f"{name} of the same spans of h * {scale:g} (float64): expected vectors of norm 1 (normalised as "
+                f"F.normalize does it, whatever the scale of h), got norms {norms}")
     # the same spans of a transposed (non-contiguous) h, in bfloat16 (autocast's dtype), with the default device
     # "meta" (a tensor made without device= or dtype= lands there, or in float32): the vectors in h's dtype, on the CPU
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
@@ -464,6 +466,11 @@ def test_merge_round_robin_on_hand_made_lists():
         ("no lists: nothing to merge", [], [], [7], 3, []),
         # the second beam's list is the longest: round 1 holds its item 3 alone
         ("as many rounds as the longest list", [[1], [2, 3]], [[1.0], [2.0, 1.5]], [], 5, [2, 1, 3]),
+        # 20 beams in one round (a sort that is not stable, as torch.sort or np.argsort past 16 values, mixes equal
+        # scores): beams 0, 3, ..., 18 (item 100 + m) score 2.0, the others 1.0, each group in beam order
+        ("20 beams, equal scores in a round: by beam, whatever the sort", [[100 + m] for m in range(20)],
+         [[2.0 if m % 3 == 0 else 1.0] for m in range(20)], [], 20,
+         [100 + m for m in range(0, 20, 3)] + [100 + m for m in range(20) if m % 3]),
     ]
     for what, ls, sc, exclude, k, want in cases:
         got = calrec.merge_round_robin(ls, sc, exclude=exclude, k=k)  # a list, or a tuple: its callers read either

@@ -202,7 +202,11 @@ def test_pooling_by_hand():
     torch.testing.assert_close(model.mean_pool(h, span), torch.stack([(h[0, 1] + h[0, 2]) / 2, h[1, 0]]),
                                msg=lambda m: f"mean_pool(h, {span.tolist()}), h = arange(24).view(2, 4, 3): "
                                              f"want [[4.5, 5.5, 6.5], [12, 13, 14]]\n{m}")
+    # a float mask of h's own dtype, which .to(h.dtype) hands back as the caller's tensor: it stays as it was
+    got = leaves_inputs_alone(model.mean_pool, h, span.float())
+    torch.testing.assert_close(got, torch.stack([(h[0, 1] + h[0, 2]) / 2, h[1, 0]]))
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    leaves_inputs_alone(model.last_token_pool, h, mask.float())
     torch.testing.assert_close(model.last_token_pool(h, mask), torch.stack([h[0, 2], h[1, 0]]),
                                msg=lambda m: f"last_token_pool(h, {mask.tolist()}), h = arange(24).view(2, 4, 3): "
                                              f"want h[0, 2] = [6, 7, 8] and h[1, 0] = [12, 13, 14]\n{m}")
@@ -837,6 +841,8 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
         return tuple(torch.randn(B, 2, T, 4).to(dtype) for T in (Tq, Tk, Tk))
 
     causal = torch.ones(3, 5, dtype=torch.bool).tril(2)[None, None]  # (1, 1, 3, 5): two past keys
+    not_causal = torch.tensor([[[1, 0, 0, 1, 1], [0, 1, 0, 0, 1], [0, 0, 1, 1, 1]],     # (2, 1, 3, 5), a mask per row;
+                               [[0, 0, 0, 0, 1], [1, 1, 1, 1, 1], [1, 0, 1, 0, 0]]]).bool()[:, None]  # no empty row
     cases = [("one row, a shared causal mask", qkv(1, 3, 5), causal, torch.float32, False),
              ("3 rows, attention_mask_4d's mask per row", qkv(3, 3, 5),
               model.attention_mask_4d(torch.tensor([[1, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 0]]).bool(), 2, 3),
@@ -857,6 +863,8 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
              ("float64, v's head size 6 (q's and k's 4: the scale is 1 / sqrt(4))",
               qkv(2, 3, 5, torch.float64)[:2] + (torch.randn(2, 2, 5, 6, dtype=torch.float64),), causal, torch.float64,
               False),
+             ("float64, a mask that is not causal (later keys visible, earlier ones hidden: SDPA's mask is any "
+              "pattern, and the only one applied)", qkv(2, 3, 5, torch.float64), not_causal, torch.float64, False),
              ("the default device set to 'meta'", qkv(2, 3, 5), causal, torch.float32, True)]
     for what, (q, k, v), mask, dtype, meta in cases:
         what = f"manual_attention, {what}: q {tuple(q.shape)}, k, v {tuple(k.shape)} {dtype}, mask {tuple(mask.shape)}"

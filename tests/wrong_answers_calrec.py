@@ -1749,3 +1749,27 @@ def __init__(self, documents, k1=1.2, b=0.75):
     self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).view(2, -1),
                                           torch.tensor(vals, dtype=torch.float32), (N, len(self.vocab))).coalesce()
 '''})
+# found by probe M of the graders: a round of more than 16 beams, where torch.sort is not stable
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # each round ordered by torch.sort(descending=True): not stable, so past 16 beams equal scores leave beam order
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        cand = [(list_scores[m][p], lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        order = torch.sort(torch.tensor([s for s, _ in cand], dtype=torch.float64), descending=True).indices
+        for i in order.tolist():
+            if len(taken) >= k:
+                return taken
+            if cand[i][1] not in seen:
+                seen.add(cand[i][1])
+                taken.append(cand[i][1])
+    return taken
+'''})
+# found by probe M of the graders: small hidden states, whose means fall below a floor of 1e-8
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+def user_vectors(h, rows, ends):
+    # the norm floored at 1e-8 (torch.cosine_similarity's eps), not F.normalize's 1e-12: a mean of norm 1e-10 is short
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    v = running[rows, ends - 1] / ends[:, None].to(running.dtype)
+    return (v / v.norm(dim=-1, keepdim=True).clamp(min=1e-8)).to(h.dtype)
+'''})

@@ -1172,3 +1172,22 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
         out.append(beams + [(new[b][0], float("-inf"))] * (K - len(beams)))
     return out
 '''})
+
+# found by probe M of the graders: a mask that is not causal, which SDPA applies as it is
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # nanoGPT's causal buffer (tril, aligned to the last key) on top of the mask given: a later key it allows is hidden
+    Tq, Tk = q.size(-2), k.size(-2)
+    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~(mask & causal), float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+def mean_pool(h, span_mask):
+    # the mask widened in place: .to(h.dtype) of a float mask is the caller's own tensor, now (B, T, 1)
+    w = span_mask.to(h.dtype).unsqueeze_(-1)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+'''})
