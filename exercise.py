@@ -253,6 +253,7 @@ def copy_tree(src, dst, only=None):
         rel = os.path.relpath(folder, src)
         return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")
                 or os.path.isfile(os.path.join(folder, n, MANIFEST))
+                or os.path.abspath(os.path.join(folder, n)) == os.path.abspath(dst)  # never the copy into itself
                 or only is not None and os.path.normpath(os.path.join(rel, n)) not in only]
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)  # a link is copied as a link, dangling or not
 
@@ -262,7 +263,12 @@ def tracked(src):
     copies these alone, so that nothing a teacher keeps beside the project (a solutions folder) is handed out."""
     try:
         listing = subprocess.run(["git", "-C", src, "ls-files", "-z"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError) as e:
+        if os.path.lexists(os.path.join(src, ".git")):  # a checkout whose list cannot be read: not every file
+            why = e.strerror if isinstance(e, OSError) else e.stderr.decode(errors="replace").strip()
+            raise ExerciseError(f"{src}: git cannot list the files it tracks ({why}), and a handout holds those "
+                                "alone (not a solutions folder beside them); install git, or work in a copy without "
+                                ".git") from None
         return None
     paths = set()
     for path in os.fsdecode(listing).split("\0"):
@@ -453,8 +459,11 @@ def experiments(write):
         output = ""
         for cmd in commands:
             print(f"$ {cmd}", flush=True)
-            output = subprocess.run([sys.executable] + shlex.split(cmd)[1:], cwd=ROOT, check=True,
-                                    capture_output=True, text=True).stdout
+            run = subprocess.run([sys.executable] + shlex.split(cmd)[1:], cwd=ROOT, capture_output=True, text=True)
+            if run.returncode != 0:  # its own one line says why
+                last = run.stderr.strip().splitlines()[-1:] or [""]
+                raise ExerciseError(f"experiment {number}: {cmd} failed (exit status {run.returncode}): {last[0]}")
+            output = run.stdout
         new = answer(number, commands, output)
         old = re.search(rf"<!-- answer {number} -->\n(.*?)<!-- end -->", doc, re.S)
         print(new)

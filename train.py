@@ -76,7 +76,7 @@ def build_parser():
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
                    help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
-    g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss (for GPUs)")
+    g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss on a GPU")
     g.add_argument("--threads", type=thread_count, action=Once,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
@@ -172,7 +172,7 @@ def command(argv):
         # every input is read and checked first; nothing is written to --out-dir before prepare returns
         if args.task == "calrec":
             exp = calrec.prepare(cfg, args.data, args.out_dir, seed, device, args.init, args.resume,
-                                 args.dtype if args.dtype and device != "cpu" else "float32", args.compile)
+                                 *(args.dtype or "float32", args.compile) if device != "cpu" else ("float32", False))
         elif args.task == "maml":
             exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
                                args.resume)

@@ -1007,6 +1007,17 @@ def test_a_file_the_system_refuses_is_one_line(world, monkeypatch, capsys, where
         train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--seed", "1", "--out-dir", out])
 
 
+def test_compile_is_for_a_gpu_and_the_cpu_runs_the_loss_as_it_is(world, monkeypatch, tmp_path):
+    """torch.compile on the CPU needs a C++ compiler (many machines have none) and failed at the first step, after
+    the run had replaced an earlier run's files; --compile applies on a GPU, as --dtype does."""
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--compile", "--out-dir",
+                str(tmp_path / "run")])
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
 def test_a_folder_of_the_users_whose_name_starts_like_a_runs_aside_folder_is_kept(world):
     """A run puts its earlier files aside in .earlier<pid> and clears those a killed run left: nothing else."""
     out = copy(world["out"], world["root"] / "notes")

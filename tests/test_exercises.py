@@ -292,6 +292,42 @@ def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
     assert graded.returncode == 2 and "exercises.json: not a JSON list of exercise names" in graded.stderr
 
 
+def project_copy(where):
+    """The project's tracked files in `where`, with no .git: as a user who downloaded an archive has it."""
+    exercise.copy_tree(ROOT, str(where), only=exercise.tracked(ROOT))
+    return where
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".git")), reason="the project is not a git checkout here")
+def test_a_checkout_whose_tracked_files_git_cannot_list_is_not_handed_out_whole(tmp_path):
+    """With git missing, every file (a teacher's solutions folder too) went into the handout: refused instead."""
+    made = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "handout", "layer-norm", "--out",
+                           str(tmp_path / "hw")], capture_output=True, text=True, env=dict(ENV, PATH="/nonexistent"))
+    assert made.returncode == 2 and made.stderr.count("\n") == 1, made.stderr
+    assert "git cannot list the files it tracks" in made.stderr and not (tmp_path / "hw").exists()
+
+
+def test_a_handout_into_a_folder_of_a_copy_without_git_does_not_copy_itself(tmp_path):
+    """From a copy with no .git every file is handed out; the folder being filled is not one of them."""
+    copy = project_copy(tmp_path / "project")
+    made = subprocess.run([sys.executable, "exercise.py", "handout", "layer-norm", "--out", "docs/hw"],
+                          capture_output=True, text=True, env=ENV, cwd=copy)
+    assert made.returncode == 0, made.stderr
+    assert not os.path.exists(copy / "docs" / "hw" / "docs" / "hw") and (copy / "docs" / "hw" / "model.py").is_file()
+    assert not [n for n in os.listdir(copy / "docs" / "hw" / "docs") if n.startswith("hw")]
+
+
+def test_a_failing_experiment_is_one_line_with_its_commands_own(tmp_path):
+    copy = project_copy(tmp_path / "project")
+    os.makedirs(copy / "out")
+    (copy / "out" / "exp1").write_text("my notes\n")  # the first experiment's --out-dir cannot be made
+    ran = subprocess.run([sys.executable, "exercise.py", "experiments"], capture_output=True, text=True, env=ENV,
+                         cwd=copy, timeout=300)
+    assert ran.returncode == 2 and ran.stderr.count("\n") == 1, ran.stderr
+    assert ran.stderr.startswith("error: experiment 1: python train.py") and "failed (exit status 2): error: " \
+        "--out-dir out/exp1/" in ran.stderr, ran.stderr
+
+
 def test_a_refusal_naming_a_path_with_a_newline_is_one_line(tmp_path):
     (tmp_path / "hw\n2").mkdir()
     made = cli("handout", "info-nce", "--out", str(tmp_path / "hw\n2"))
