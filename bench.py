@@ -207,6 +207,8 @@ def main():
         if args.data is not None and "bm25" not in (args.only or PARTS):
             raise UserError("--data: only the bm25 part reads it, and --only leaves that part out")
         catalog = data.read_atomic(args.data) if args.data is not None else None
+        if catalog is not None and not catalog.test:  # (train.py refuses it too)
+            raise UserError(f"{args.data}: has no test users, whose last items the bm25 part searches with")
         device = pick_device(args.device)
         torch.set_num_threads(args.threads)
         env = environment(device)

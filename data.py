@@ -447,12 +447,12 @@ def _training_parts(path, train, valid, test):
     for line_no, user, history, target in train:
         rows.setdefault(user, []).append((line_no, history, target))
     parts, checks, after_valid = {}, [], {u: hist + [t] for _, u, hist, t in valid}  # checks: (split, line number,
-    for user, rs in rows.items():  # history, the items before its target); UniSRec lists a user's rows latest first
+    for user, rs in rows.items():  # history, the last cap items before its target); UniSRec: rows latest first
         if user not in after_valid:
             raise UserError(f"{path}.train.inter:{rs[0][0]}: user {user} is not in the valid split")
         rs = sorted(rs[::-1] if len(rs[0][1]) > len(rs[-1][1]) else rs, key=lambda r: len(r[1]))
         parts[user] = rs[0][1][:1] + [t for _, _, t in rs]  # a user's first row has one item of history
-        checks += [("train", n, hist, parts[user][:1 + k]) for k, (n, hist, _) in enumerate(rs)]
+        checks += [("train", n, hist, parts[user][max(0, k + 1 - cap):k + 1]) for k, (n, hist, _) in enumerate(rs)]
     checks += [("valid", n, hist, parts.setdefault(u, hist[:1])) for n, u, hist, _ in valid]  # no rows: part [first]
     checks += [("test", n, hist, after_valid[u]) for n, u, hist, _ in test]
     for split, line_no, history, before in checks:

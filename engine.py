@@ -621,7 +621,7 @@ def pick_device(name, mps=True):
 def setup_distributed(device):
     """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs, gloo on
     CPUs. Returns (rank, device) with each GPU process on its own card."""
-    if "RANK" not in os.environ:
+    if "RANK" not in os.environ or os.environ.get("WORLD_SIZE") == "1":  # one process: no group to join
         return 0, device
     env = {k: os.environ.get(k, "") for k in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
     env["LOCAL_RANK"] = os.environ.get("LOCAL_RANK", "0")

@@ -941,6 +941,15 @@ def test_rank_without_torchrun_is_one_line(tmp_path, monkeypatch, capsys, env):
     assert not (tmp_path / "o").exists()
 
 
+def test_one_process_of_torchrun_s_variables_joins_no_group(world, tmp_path, monkeypatch):
+    """WORLD_SIZE=1 (torchrun --nproc_per_node=1, or variables left in a shell): a master that cannot be reached
+    made the run wait for it half an hour; one process has no peer to wait for."""
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="no.such.host.invalid", MASTER_PORT="29520").items():
+        monkeypatch.setenv(name, value)
+    train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", str(tmp_path / "one")])
+    assert (tmp_path / "one" / "results.json").is_file()
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 @pytest.mark.parametrize("scheme", ["file", "FILE"])  # urlopen takes the scheme in any case
 def test_a_mirror_s_named_pipe_is_refused_not_read_forever(world, tmp_path, capsys, scheme):
@@ -1069,10 +1078,13 @@ def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
     (["--data", "{tmp}/nowhere"], "nowhere: no such folder"),  # every part: refused before the first, not minutes on
     (["--only", "train", "--only", "bm25", "--data", "{tmp}/Alpha/Alpha.item"], "Alpha.item: is a file, not a folder"),
     (["--only", "bm25", "--data", ""], "--data: an empty path"),  # not the current folder
-    (["--only", "train", "--data", "{tmp}/Alpha"], "--data: only the bm25 part reads it")])  # a good folder, unread
+    (["--only", "train", "--data", "{tmp}/Alpha"], "--data: only the bm25 part reads it"),  # a good folder, unread
+    (["--only", "bm25", "--data", "{tmp}/Empty"], "Empty: has no test users")])  # "0 queries ... 0.00 s", as a time
 def test_bench_data_is_checked_before_any_part_runs(tmp_path, monkeypatch, capsys, argv, message):
     import bench
     write_atomic(str(tmp_path / "Alpha"), "Alpha")
+    write_atomic(str(tmp_path / "Empty"), "Empty")
+    no_rows(str(tmp_path / "Empty"))
     ran = []
     for part in set(bench.PARTS) - {"bm25"}:  # bm25 itself reads --data
         monkeypatch.setitem(bench.PARTS, part, lambda device, part=part, **_: ran.append(part))
