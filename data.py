@@ -283,8 +283,8 @@ def _read_atomic_table(path, required):
 
 
 def _item_key(path, line_no, raw):  # an item's id in an item file: a token, as in the .inter files (stripped)
-    if not raw.strip():
-        raise UserError(f"{path}:{line_no}: an empty item id")
+    if not raw.strip() or len(raw.split()) > 1:  # a history lists ids split on spaces: 'a b' would be two items
+        raise UserError(f"{path}:{line_no}: item id {raw.strip()!r} is empty or holds a space (a history splits there)")
     return raw.strip()
 
 

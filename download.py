@@ -285,7 +285,9 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
     meta, no_title = _read_meta(meta_path)
     sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
-    if n_reviews and dropped == n_reviews:
+    if not n_reviews:
+        raise UserError(f"{reviews_path}: holds no review (a file of reviews, one JSON record a line)")
+    if dropped == n_reviews:
         raise UserError(f"{meta_path}: no record with a title is an item of {reviews_path} ({len(meta)} records with a "
                         "title); is it the same category's metadata?")
     sequences = _k_core(sequences, min_count)

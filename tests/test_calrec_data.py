@@ -301,11 +301,11 @@ def test_item_ids_are_tokens(tmp_path):
     folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7 \tYo-yo", " 9\tKite"])
     assert data.read_atomic(str(folder)).item_keys == ["7", "9"]  # as the .inter files' ids, split on whitespace
     write(folder / "Toys.item", ["item_id:token\ttitle:token_seq", "7\tYo-yo", " \tKite"])
-    with pytest.raises(data.UserError, match=r"Toys\.item:3: an empty item id"):
+    with pytest.raises(data.UserError, match=r"Toys\.item:3: item id \'\' is empty or holds a space"):
         data.read_atomic(str(folder))
     sci = text_folder(tmp_path)
     write(f"{sci}/Sci.item2index", ["AS1 \t0", "AS2\t1", "\t2"])
-    with pytest.raises(data.UserError, match=r"Sci\.item2index:3: an empty item id"):
+    with pytest.raises(data.UserError, match=r"Sci\.item2index:3: item id \'\' is empty or holds a space"):
         data.read_atomic(sci)
     write(f"{sci}/Sci.item2index", ["AS1 \t0", "AS2\t1", "AS3\t\u0662"])  # an Arabic-Indic 2
     with pytest.raises(data.UserError, match=r"Sci\.item2index:3: expected 'ASIN<TAB>integer id'"):
