@@ -153,8 +153,9 @@ def building(folder):
     """A temporary folder, renamed `folder` only if the body succeeds. It has `folder`'s name (read_atomic names
     the data set after it), inside a hidden sibling that is removed whatever happens."""
     parent, name = os.path.split(os.path.normpath(folder))
-    scratch = os.path.join(parent, f".{name}.tmp{os.getpid()}")
+    scratch = os.path.join(parent, f".{name}.tmp")
     tmp = os.path.join(scratch, name)
+    shutil.rmtree(scratch, ignore_errors=True)  # what a killed run left
     os.makedirs(tmp)
     try:
         yield tmp

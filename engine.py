@@ -179,7 +179,7 @@ def atomic_write(path, write, mode="w"):
     mid-write leaves the previous file (or none) intact, never half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")  # one a killed run left is written over
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)

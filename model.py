@@ -314,8 +314,7 @@ class GPT(nn.Module):
         return self.lm_head(h[:, -1]), cache
 
     @torch.inference_mode()
-    def generate(self, prompts, max_new_tokens, eos_id=None, temperature=1.0, top_k=None, greedy=False,
-                 use_cache=True):
+    def generate(self, prompts, max_new_tokens, eos_id=None, temperature=1.0, top_k=None, greedy=False, use_cache=True):
         """Continue each prompt (a list of token ids; lengths may differ), all in one batch.
         Greedy picks the most likely token; otherwise sample from softmax(logits / temperature), cut to
         the top_k tokens if given. A row stops at eos_id (kept in its output). Returns the new tokens."""

@@ -537,3 +537,12 @@ def test_an_interrupt_says_the_downloads_resume(monkeypatch, capsys):
     monkeypatch.setattr(download, "prepare_glue", interrupted)
     code, _, err = run_main(capsys, ["glue"])
     assert code == 130 and ".part" in err and "resumes" in err
+
+
+def test_a_build_folder_that_a_killed_run_left_is_cleared(tmp_path):
+    os.makedirs(tmp_path / ".Tools.tmp" / "Tools")
+    (tmp_path / ".Tools.tmp" / "Tools" / "half.inter").write_text("a killed run's\n")
+    with download.building(str(tmp_path / "Tools")) as tmp:
+        with open(os.path.join(tmp, "Tools.item"), "w") as f:
+            f.write("item_id:token\n")
+    assert os.listdir(tmp_path) == ["Tools"] and os.listdir(tmp_path / "Tools") == ["Tools.item"]

@@ -367,3 +367,11 @@ def test_a_console_that_cannot_show_a_character_gets_a_question_mark(monkeypatch
     engine.ConsoleHandler().handle(logging.makeLogRecord(dict(msg="0.5 ± 0.1 ≈", levelno=logging.INFO)))
     stream.flush()
     assert stream.buffer.getvalue() == b"0.5 ? 0.1 ?\n"
+
+
+def test_a_temporary_file_that_a_killed_write_left_is_written_over(tmp_path):
+    """A run killed mid-write leaves .NAME.tmp beside NAME; the next write of NAME takes it over, none piles up."""
+    (tmp_path / ".results.json.tmp").write_text("half a file")
+    engine.save_json(str(tmp_path / "results.json"), {"a": 1})
+    assert os.listdir(tmp_path) == ["results.json"]
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}

@@ -118,6 +118,31 @@ def test_calrec_from_init_interrupted_before_its_first_step_resumes_from_the_ini
     ctrl_c_then_resumed(monkeypatch, calrec, "train_stage", common, tmp_path / "once", tmp_path / "killed")
 
 
+def test_calrec_with_dropout_stopped_between_its_stages_resumes_exactly(tmp_path, monkeypatch):
+    """Dropout draws torch's random numbers: stage 2 resumed in a new process, after stage 1 finished in another,
+    must draw the masks the uninterrupted run drew (it drew from whatever state reading the data had left)."""
+    import calrec
+    import train
+    a = str(tmp_path / "Alpha")
+    write_atomic(a, "Alpha")
+    common = ["--task", "calrec", "--data", a, "--set", "stage1_steps=4", "--set", "stage2_steps=4", "--set",
+              "baselines=false", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2", "--set",
+              "dropout=0.1"]
+    train.main(common + ["--out-dir", str(tmp_path / "once")])
+    first = calrec.train_stage
+
+    def stopped_before_stage_2(exp, stage, validate):
+        if stage == 2:
+            raise KeyboardInterrupt
+        first(exp, stage, validate)
+    with monkeypatch.context() as m:
+        m.setattr(calrec, "train_stage", stopped_before_stage_2)
+        with pytest.raises(SystemExit):
+            train.main(common + ["--out-dir", str(tmp_path / "killed")])
+    train.main(common + ["--out-dir", str(tmp_path / "killed"), "--resume"])
+    assert results_without_time(tmp_path / "killed")[0] == results_without_time(tmp_path / "once")[0]
+
+
 def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
     common = ["--task", "maml", "--set", "meta_steps=10", "--n-train", "8", "--inner-steps", "1", "--eval-interval", "1",
               "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set", "vocab_size=300",
