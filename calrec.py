@@ -201,8 +201,8 @@ def train_stage(exp, stage, validate):
     if exp.compile:
         towers = torch.compile(towers, dynamic=True)  # batches are padded to different lengths
     optimizer, scaler = lm.configure_optimizers(cfg.lr, cfg.weight_decay), grad_scaler(device, exp.dtype)
-    rng = np.random.default_rng([exp.seed, stage])  # the batches; dropout's masks: torch's, from the same seeds
-    torch.manual_seed(int(np.random.default_rng([exp.seed, stage, 1]).integers(2**62)))  # (whichever stage ran before)
+    rng = np.random.default_rng([exp.seed, stage])  # the batches; below, dropout's masks, as a resumed run draws them
+    torch.manual_seed(int(np.random.default_rng([exp.seed, stage, 1]).integers(2**62)))
     start, best, _ = exp.state.restore_loop(f"stage{stage}", lm, optimizer, rng)
 
     def train(step):
