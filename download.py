@@ -499,8 +499,9 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
     for line in shuffled:
         groups.setdefault(label[line], []).append(line)
     for value in check_glue_task(name)["labels"] or (0, 1):  # every label of the task (STS-B: score < 2.5, or not)
-        if len(groups.get(value, [])) < 2 * k:
-            raise UserError(f"{path}: label {value!r} has {len(groups.get(value, []))} lines, fewer than 2k = {2 * k}")
+        n = len(groups.get(value, []))
+        if n < 2 * k:
+            raise UserError(f"{path}: label {value!r} has {n} lines, fewer than 2k = {2 * k}")
     dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
     with building(folder) as tmp:
         for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):
