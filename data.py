@@ -94,16 +94,17 @@ def load_tokenizer(path):
 
 
 def read_text(path):
-    """A file's text (.gz unpacked, a byte-order mark dropped). Not UTF-8, or a NUL byte (never in text): an error
+    """A file's text (gzip unpacked, a byte-order mark dropped). Not UTF-8, or a NUL byte (never in text): an error
     naming line and column. Other control characters (a few GLUE sentences hold some) are kept, with a warning."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: " + ("is a folder, not a file" if os.path.isdir(path) else "not a regular file"
-                                       if os.path.exists(path) else "no such file"))
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        if os.path.exists(path) and not os.path.isfile(path):  # a named pipe, which open would wait on, ...
+            raise UserError(f"{path}: {'is a folder, not a file' if os.path.isdir(path) else 'not a regular file'}")
+        with open(path, "rb") as f:
             raw = f.read()
+        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip's magic number, whatever the name
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: cannot be read ({e})") from None
+        known = {FileNotFoundError: "no such file", PermissionError: "permission denied"}  # else errno's words
+        raise UserError(f"{path}: {known.get(type(e), f'cannot be read ({e})')}") from None
     def where(at):  # 'line:column' of a byte; a line ends at \n, \r\n or \r, as the readers split lines
         ends = [m.end() for m in re.finditer(rb"\r\n?|\n", raw[:at])]
         return f"{len(ends) + 1}:{at - (ends[-1] if ends else 0) + 1}"
@@ -714,9 +715,8 @@ def family_vocabulary():
     while len(words) < FAMILY_KINDS * FAMILY_WORDS_PER_KIND + FAMILY_FILLERS:
         syllables = range(rng.choice((2, 2, 3)))
         words.add("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in syllables))
-    words = sorted(words)
+    words, n = sorted(words), FAMILY_WORDS_PER_KIND
     rng.shuffle(words)
-    n = FAMILY_WORDS_PER_KIND
     return [words[k * n:(k + 1) * n] for k in range(FAMILY_KINDS)], words[FAMILY_KINDS * n:]
 
 

@@ -173,7 +173,9 @@ def _json_lines(path):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        with open(path, "rb") as f:
+            packed = f.read(2) == b"\x1f\x8b"  # gzip's magic number, whatever the file's name
+        with (gzip.open if packed else open)(path, "rb") as f:
             for line_no, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -322,7 +324,8 @@ def fold_whitespace(text):  # tabs, newlines, ... -> one space: a cell must stay
 
 def write_benchmark_folder(domain, folder):
     """A Domain -> the atomic files read_atomic reads: <name>.item (the keys, a column per attribute, a missing
-    value empty) and <name>.train/.valid/.test.inter, a row per example of `leave_one_out`, users 0..n-1."""
+    value empty) and <name>.train/.valid/.test.inter, a row per example of `leave_one_out`, users 0..n-1, each
+    history cut to its last 50 items as in UniSRec's files (a user of n items would take n²/2 ids uncut)."""
     name, keys = os.path.basename(folder), domain.item_keys
     columns = [f"{a.lower().replace(' ', '_')}:token_seq" for a in domain.attributes]  # read back as .title()
     with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8", newline="\n") as f:
@@ -333,8 +336,8 @@ def write_benchmark_folder(domain, folder):
         with open(os.path.join(folder, f"{name}.{split}.inter"), "w", encoding="utf-8", newline="\n") as f:
             f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
             for user, (history, target) in enumerate(domain.test):  # a test example holds the whole sequence
-                for hist, t in leave_one_out([history + [target]])[s]:
-                    f.write(f"{user}\t{' '.join(keys[i] for i in hist)}\t{keys[t]}\n")
+                for hist, t in leave_one_out([history + [target]])[s]:  # a history: its last 50 items, as UniSRec's
+                    f.write(f"{user}\t{' '.join(keys[i] for i in hist[-50:])}\t{keys[t]}\n")
 
 
 def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):

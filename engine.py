@@ -374,7 +374,6 @@ def deferred_interrupt():
     """Within the block, Ctrl-C only sets a flag (a second Ctrl-C stops at once): the training loop finishes its
     step, saves a state it can resume from, then stops. Yields a function telling whether Ctrl-C came."""
     pressed = []
-
     def on_ctrl_c(signum, frame):
         if pressed:
             raise KeyboardInterrupt
@@ -389,18 +388,19 @@ def deferred_interrupt():
         yield lambda: bool(pressed)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if pressed:  # it came after the block's last look (in the last validation): stop now all the same
+        raise KeyboardInterrupt
 
 
 def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
                      label="step"):
-    """Train for `steps` steps, keeping the weights that score best on validation (never on test).
-
-    Validation runs at step 0, every eval_every steps and after the last; train_step(step) takes a step between
-    and returns its loss or None: a loss that is not finite stops the run with an error (so do weights that are
-    not finite, without validate). validate() scores the weights (higher is better, nan never wins); without it
-    the model keeps its last weights. save_state(step, best), when given, runs before each validation and after
-    the step Ctrl-C came in: a resumed run passes that `start` and `best` back and continues exactly. best is
-    (score, step, weights); returns it, the model holding the best weights."""
+    """Train for `steps` steps, keeping the weights that score best on validation (never on test). Validation
+    runs at step 0, every eval_every steps and after the last; train_step(step) takes a step between and returns
+    its loss or None: a loss that is not finite stops the run with an error (so do weights that are not finite,
+    without validate). validate() scores the weights (higher is better, nan never wins); without it the model
+    keeps its last weights. save_state(step, best), when given, runs before each validation and after the step
+    Ctrl-C came in: a resumed run passes that `start` and `best` back and continues exactly. best is (score,
+    step, weights); returns it, the model holding the best weights."""
     best = best or (-math.inf, None, None)
     with deferred_interrupt() as interrupted:
         for step in range(start, steps + 1):
@@ -439,13 +439,13 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
 
 class RunState:
     """What --resume continues from, in out_dir/state.pt (tensors and plain values, written atomically by process 0):
-    the run's key (its settings, data and tokenizer), the results of its finished phases (finish()), the loop of the
+    the run's key (settings, data, tokenizer, threads), the results of its finished phases (finish()), the loop of the
     phase in progress as saved at its last validation point (loop_saver, restore_loop), and the time spent so far.
     The state is stored with its fingerprint: one damaged or edited since, or of another key, is refused whole,
     before any work, rather than failing at the entry that is wrong."""
 
     def __init__(self, path, key, resume):
-        self.path, self.key, self.started = path, key, time.time()
+        self.path, self.key, self.started = path, dict(key, threads=torch.get_num_threads()), time.time()
         self.done, self.current, self.elapsed, self.resumes = {}, None, 0.0, 0
         if resume:
             saved = load_torch(path, "the state of a run")
@@ -464,7 +464,7 @@ class RunState:
             if not (isinstance(saved, dict) and saved.keys() == layout.keys()
                     and all(isinstance(saved[k], kind) for k, kind in layout.items())):
                 raise UserError(other)  # as another version of the project would write it
-            changed = sorted(k for k in set(key) | set(saved["key"]) if key.get(k) != saved["key"].get(k))
+            changed = sorted(k for k in set(self.key) | set(saved["key"]) if self.key.get(k) != saved["key"].get(k))
             if "task" in changed:
                 raise UserError(f"{path}: is the state of a --task {saved['key']['task']} run; resume it with that "
                                 "task, or use another --out-dir")

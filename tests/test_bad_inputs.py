@@ -572,6 +572,8 @@ CASES = {
                                                "--resume"], "state.pt: was saved by a run with other data"),
     "resume with other seed": resume(lambda p, tmp: None, "state.pt: was saved by a run with other seed",
                                      flags=("--seed", "3")),
+    "resume with other threads": resume(lambda p, tmp: resave(p, lambda s: (s["state"]["key"].update(threads=3), s.update(
+        fingerprint=fingerprint(s["state"])))), "state.pt: was saved by a run with other threads"),
     "resume of another task": lambda w, tmp: (["--task", "maml", "--resume"],
                                               "state.pt: is the state of a --task calrec run; resume it with that task"),
     # --- paths of the wrong kind

@@ -139,6 +139,22 @@ def serve_amazon(root):
     return str(reviews), str(meta)
 
 
+def test_written_histories_keep_their_last_50_items_and_read_back_whole(tmp_path):
+    sequences = [list(range(70)), [3, 1, 4, 1 + 4, 9], list(range(69, 9, -1))]  # users of 70, 5 and 60 items
+    train, valid, test, parts = data.leave_one_out(sequences)
+    keys = [f"i{k}" for k in range(70)]
+    domain = data.Domain("Long", [{"Title": f"item {k}"} for k in keys], keys, train, valid, test, parts, ("Title",))
+    os.makedirs(tmp_path / "Long")
+    download.write_benchmark_folder(domain, str(tmp_path / "Long"))
+    for split in ("train", "valid", "test"):
+        lines = (tmp_path / "Long" / f"Long.{split}.inter").read_text(encoding="utf-8").splitlines()[1:]
+        assert max(len(line.split("\t")[1].split()) for line in lines) == 50
+    d = data.read_atomic(str(tmp_path / "Long"))
+    cut = [[(h[-50:], t) for h, t in split] for split in (train, valid, test)]
+    assert (sorted(d.train), d.valid, d.test) == (sorted(cut[0]), cut[1], cut[2])
+    assert d.train_sequences == parts  # each user's whole training part, though no row holds all of it
+
+
 @pytest.mark.parametrize("scheme", ["http", "file"])
 def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     caplog.set_level("INFO")

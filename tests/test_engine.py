@@ -297,6 +297,22 @@ def test_train_and_select_keeps_the_best_weights_and_stops_on_a_diverged_loss():
         engine.train_and_select(net, lambda s: [0.0, math.nan][s], 3, 10, label=None)
 
 
+def test_ctrl_c_during_any_validation_stops_the_loop_with_a_state_to_resume_from():
+    import signal
+    net, saved = torch.nn.Linear(1, 1, bias=False), []
+    for last in (2, 4):  # Ctrl-C while validating at step 2 (then step 2 runs) or at the last step, 4
+
+        def validate():
+            if len(saved) == 1 + last // 2:  # the validation of step `last`
+                os.kill(os.getpid(), signal.SIGINT)
+            return 0.0
+        saved.clear()
+        with pytest.raises(KeyboardInterrupt):
+            engine.train_and_select(net, lambda s: 0.0, 4, 2, validate, label=None,
+                                    save_state=lambda step, best: saved.append(step))
+        assert saved == ([0, 2, 3] if last == 2 else [0, 2, 4])  # the last: resumed at 4 and validated again
+
+
 def test_weights_that_are_not_finite_never_win_and_stop_a_loop_without_validation():
     # a step that returns no loss (Reptile's, fine-tuning's): after step s the weight is s + 1, or nan from step 2 on;
     # a scorer that gives nan weights a high finite score (argmax of nan logits picks class 0, which can score well)

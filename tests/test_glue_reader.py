@@ -114,6 +114,21 @@ def test_an_error_s_line_number_counts_cr_line_ends_as_the_reader_does(tmp_path)
         data.read_glue_split(str(path), "SST-2")
 
 
+def test_a_file_is_read_as_gzip_by_its_bytes_and_unreadable_files_say_why(tmp_path, monkeypatch):
+    import gzip
+    (tmp_path / "train.tsv").write_bytes(gzip.compress(LAYOUTS["SST-2"].encode()))  # packed, not named .gz
+    assert data.read_text(str(tmp_path / "train.tsv")) == LAYOUTS["SST-2"]
+    (tmp_path / "cut.tsv").write_bytes(gzip.compress(LAYOUTS["SST-2"].encode())[:-9])
+    with pytest.raises(data.UserError, match=r"cut.tsv: cannot be read \(Compressed file ended"):
+        data.read_text(str(tmp_path / "cut.tsv"))
+
+    def refused(path, mode="r", *args, **kwargs):  # what open says of a file its user may not read
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr("builtins.open", refused)
+    with pytest.raises(data.UserError, match=r"train.tsv: permission denied$"):
+        data.read_text(str(tmp_path / "train.tsv"))
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("RTE", LAYOUTS["RTE"].replace("\tentailment\n", "\tmaybe\n"), r"train.tsv:3: label 'maybe'"),
     ("STS-B", LAYOUTS["STS-B"].replace("4.750", "high"), r"train.tsv:2: STS-B score 'high' is not a number"),
