@@ -601,7 +601,9 @@ def test_catalog_trie_by_hand():
     # the items the finished beams wrote, best beam first, twins together, history out, dead beams (-inf) ignored
     found = [[([1, 2, eot], -1.0), ([4, eot], -2.0), ([1, 2, 3, eot], -3.0), ([4, 9, eot], float("-inf"))]]
     # the history goes before the top k are cut: k items whenever the beams hold k outside the history
-    for history, k, want in (([1], 3, [5, 2, 0]), ([], 10, [1, 5, 2, 0]), ([2], 2, [1, 5]), ([1, 5], 2, [2, 0])):
+    # (k = 1 and a history holding twin 1: its twin 5 moves up, not the next beam's item 2)
+    for history, k, want in (([1], 3, [5, 2, 0]), ([], 10, [1, 5, 2, 0]), ([2], 2, [1, 5]), ([1, 5], 2, [2, 0]),
+                             ([1], 1, [5])):
         got = trie.ranked_items(found, [history], k)
         assert got == [want], (f"ranked_items of the beams {found[0]} (items 1 and 5 are twins), history {history}, "
                                f"k={k}: expected [{want}], got {got}")
@@ -703,6 +705,14 @@ def test_markov_and_last_item_baselines_by_hand():
             f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} "
             f"over {texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count "
             f"against the target), got {ranks}")
+    # a catalog of 300 items, targets ranked past 100 (a retriever's depth): every item is scored, not the top few
+    many = ["red " + "filler " * i for i in range(150)] + [f"blue thing{i}" for i in range(150)]
+    deep = [([0], 121), ([0], 149), ([3], 2)]
+    expected = [sum(s[j] >= s[t] for j in range(len(many)) if j not in h) for h, t in deep
+                for s in [naive_bm25(many, many[h[-1]], 1.2, 0.75)]]
+    got = ev.rank_last_item_bm25(calrec.BM25(many), many, deep).tolist()
+    assert got == expected, (f"rank_last_item_bm25 over a catalog of 300 items (targets ranked past 100): expected "
+                             f"{expected} (a naive loop over every item's BM25 score), got {got}")
     # the index given, with its own k1 and b (the run's bm25_k1 and bm25_b), not one built anew with the defaults: the
     # long text repeating "red" beats the short one at b = 0 (no length normalisation), not at b = 0.75
     docs = ["red", "red red red blue blue blue blue blue blue blue", "red green", "blue"]
@@ -818,7 +828,7 @@ def check_metrics(ranks, want, exact=()):
     got = ev.rank_metrics(torch.tensor(ranks))
     for name, value in want.items():
         assert name in got, f"rank_metrics({ranks}): no {name!r} in {sorted(got)}"
-        assert type(got[name]) is float, (f"rank_metrics({ranks})[{name!r}]: expected a Python float (results.json "
+        assert isinstance(got[name], float), (f"rank_metrics({ranks})[{name!r}]: expected a float (results.json "
                                           f"holds it), got {type(got[name]).__name__} {got[name]!r}")
         ok = got[name] == value if name in exact else got[name] == pytest.approx(value)
         assert ok, f"rank_metrics of ranks {ranks} (0: not retrieved): {name} expected {value:.6f}, got {got[name]:.6f}"
