@@ -392,7 +392,7 @@ class CALRecConfig:
     stage1_steps: int = setting(200, ">= 1", "steps of stage 1")
     stage2_steps: int = setting(100, ">= 1", "steps of stage 2")
     batch_size: int = setting(24, ">= 1", "rows (user sequences or training examples) per step")
-    lr: float = setting(4e-3, "> 0", "peak learning rate (warmup, then cosine decay to a tenth)")
+    lr: float = setting(4e-3, "0..1e30", "peak learning rate (warmup, then cosine decay to a tenth)")
     weight_decay: float = setting(0.01, ">= 0", "AdamW's weight decay on matrices")
     warmup: int = setting(20, ">= 0", "warmup steps (CALRec's and SASRec's)")
     eval_interval: int = setting(100, ">= 1", "validate every this many steps; each stage keeps its best weights")
@@ -419,7 +419,7 @@ class CALRecConfig:
     sasrec_dropout: float = setting(0.2, "0..0.9", "SASRec's dropout")
     sasrec_steps: int = setting(400, ">= 1", "SASRec's training steps")
     sasrec_batch_size: int = setting(128, ">= 1", "SASRec's sequences per step")
-    sasrec_lr: float = setting(2e-3, "> 0", "SASRec's peak learning rate")
+    sasrec_lr: float = setting(2e-3, "0..1e30", "SASRec's peak learning rate")
 
     def check(self):
         """What one field cannot say alone."""

@@ -44,8 +44,7 @@ class TextTokenizer:
         if self.eot_id is None:
             raise UserError(f"{path or 'tokenizer'}: has no {EOT} token; train one with train_tokenizer() "
                             "or use GPT-2's tokenizer.json")
-        pad, sep = tokenizer.token_to_id(PAD), tokenizer.token_to_id(SEP)
-        self.pad_id, self.sep_id = (self.eot_id if t is None else t for t in (pad, sep))
+        self.pad_id, self.sep_id = (self.eot_id if t is None else t for t in map(tokenizer.token_to_id, (PAD, SEP)))
         self.vocab_size = tokenizer.get_vocab_size()
 
     def encode(self, text):
@@ -84,10 +83,9 @@ def train_tokenizer(texts, vocab_size=4096, special_tokens=SPECIAL_TOKENS):
 def load_tokenizer(path):
     """A `tokenizer.json` (ours, or GPT-2's); `path` may be the file or the folder holding it."""
     path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no tokenizer.json here")
+    text = read_text(path)  # no such file, not a regular file (a named pipe), not UTF-8, ...: says so
     try:
-        tok = Tokenizer.from_file(path)
+        tok = Tokenizer.from_str(text)
     except Exception as e:  # the tokenizers package raises a bare Exception on a bad file
         raise UserError(f"{path}: not a valid tokenizer.json ({e})") from None
     return TextTokenizer(tok, path=path)
@@ -348,9 +346,11 @@ def _category_root(texts, share=0.9):
 
 def _split_text(text, root):
     """UniSRec's 'title. category path. brand. ' -> [title, the path less its root, brand], '' where missing. The root
-    marks where the path starts, so that a title or a brand may hold '. ' too ('Mr. Heater')."""
-    body = text[:-2] if text.endswith(". ") else text.rstrip()
-    at = re.search(r"\. " + re.escape(root) + r"(?= |\. |$)", body) if root else None
+    marks where the path starts, so that a title or a brand may hold '. ' too ('Mr. Heater'); else an empty path
+    ('title. . brand'), else the longest start of the root (a path of a branch most items are not in)."""
+    body, words = (text[:-2] if text.endswith(". ") else text.rstrip()), root.split()
+    paths = [re.escape(" ".join(words[:n])) + r"(?= |\. |$)" for n in range(len(words), 0, -1)]
+    at = next(filter(None, (re.search(r"\. " + p, body) for p in paths[:1] + [r"(?=\. )"] + paths[1:])), None)
     if at is None:  # no root: the last two '. ' split it, values missing from the left
         return ([""] * 2 + body.rsplit(". ", 2))[-3:]
     category, _, brand = body[at.end():].lstrip(" ").partition(". ")

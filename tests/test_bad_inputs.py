@@ -479,7 +479,7 @@ CASES = {
     "init config not json": init(gpt2_variant(lambda f: open(os.path.join(f, "config.json"), "w").write("{")),
                                  "config.json: not a GPT-2 config.json"),
     "init no tokenizer": init(gpt2_variant(lambda f: os.remove(os.path.join(f, "tokenizer.json"))),
-                              "tokenizer.json: no tokenizer.json here"),
+                              "tokenizer.json: no such file"),
     "init plain file": init(lambda w, tmp: (tmp / "notes.txt").write_text("hello") and str(tmp / "notes.txt"),
                             "notes.txt: cannot be read as a checkpoint"),
     "init corrupt checkpoint": init(lambda w, tmp: (tmp / "ckpt.pt").write_bytes(b"PK\x03\x04garbage") and
@@ -667,7 +667,7 @@ CASES = {
     "item and text files both": calrec_data(lambda d: shutil.copy(os.path.join(d, "Alpha.item"),
                                                                   os.path.join(d, "Alpha.text")),
                                             "holds both Alpha.item and Alpha.text"),
-    "sinusoid diverges": flags("--task", "sinusoid", "--set", "outer_lr=1e308", "--set", "steps=2",
+    "sinusoid diverges": flags("--task", "sinusoid", "--set", "outer_lr=1e30", "--set", "steps=2",
                                message="training diverged: sinusoid maml's weights are not finite"),
     "init_maml.pt is a folder": lambda w, tmp: (["--task", "maml", "--out-dir", folder_holding(tmp, "init_maml.pt")],
                                                 "init_maml.pt: is a folder; a run writes a file there"),
@@ -821,6 +821,10 @@ CASES = {
     "valid target not the item before the test target": calrec_data(lambda d: shutil.copy(
         os.path.join(d, "Alpha.test.inter"), os.path.join(d, "Alpha.valid.inter")),
         "Alpha.valid.inter:2: this history is not the user's items before its target"),
+    "learning rate past a float32 step": flags("--task", "calrec", "--set", "lr=1e40",
+                                               message="setting lr=1e+40: expected float 0..1e30"),
+    "inner learning rate past a float32 step": flags("--task", "maml", "--set", "inner_lr=1e308",
+                                                     message="setting inner_lr=1e+308: expected float 0..1e30"),
     "top_k below the cut-offs reported": flags("--task", "calrec", "--set", "top_k=10",
                                                message="setting top_k=10: expected int >= 20"),
 }

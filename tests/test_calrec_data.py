@@ -181,6 +181,19 @@ def test_text_variant_finds_the_category_path_by_its_root_when_a_title_or_brand_
         {"Title": "Tape", "Category": "Tools Tape", "Brand": "J.V. Converting"}]
 
 
+def test_text_variant_without_the_root_splits_at_an_empty_path_or_at_the_longest_start_of_the_root():
+    # UniSRec writes an empty category as '. ' ('title. . brand. '); a path of a branch most items are not in holds
+    # only a start of the root: each split where its path is, though the brand holds '. ' (values worked out by hand)
+    for text, root, want in (
+            ("Wheel (Pack of 1). . Norton Abrasives - St. Gobain. ", "Industrial & Scientific",
+             ["Wheel (Pack of 1)", "", "Norton Abrasives - St. Gobain"]),
+            ("Mr. Heater Big Buddy. . Mr. Heater. ", "", ["Mr. Heater Big Buddy", "", "Mr. Heater"]),  # no root at all
+            ("Ink 8. Office Products Office Electronics Printers. Dr. Ink Co. ", "Office Products Office & School",
+             ["Ink 8", "Electronics Printers", "Dr. Ink Co"]),
+            ("Tape. . . ", "Root", ["Tape", "", ""])):
+        assert data._split_text(text, root) == want, (text, root)
+
+
 def test_a_category_root_tied_with_a_brand_is_the_one_written_first_whatever_the_hash_seed():
     # every item holds the same path and brand: each is a candidate root of every text; the path comes first in
     # UniSRec's texts, so it is the root, in every process (a set's order would change with PYTHONHASHSEED)

@@ -46,7 +46,7 @@ def test_gpt2_style_tokenizer_without_pad_falls_back_to_eot(tmp_path):
 
 
 def test_bad_tokenizer_files_are_clear_errors(tmp_path):
-    with pytest.raises(data.UserError, match="no tokenizer.json"):
+    with pytest.raises(data.UserError, match="tokenizer.json: no such file"):
         data.load_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(data.UserError, match="tokenizer.json: not a valid tokenizer.json"):

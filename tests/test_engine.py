@@ -53,7 +53,7 @@ def bad_value(f):
     if allowed is None:
         return None  # any value of the type: nothing to refuse here
     if ".." in allowed:
-        return str(float(allowed.split("..")[1]) + 1)
+        return str(2 * float(allowed.split("..")[1]) + 1)  # past the top, however large (1e30 + 1 is 1e30)
     return str(float(allowed.split()[1]) - (0 if allowed.startswith(">") and not allowed.startswith(">=") else 1))
 
 
