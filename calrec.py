@@ -388,7 +388,7 @@ class CALRecConfig:
     recent_loss_decay: float = setting(0.5, "0..1", "gamma of the q_U that L_UT trains")
     # training
     stages: str = setting("both", ("1", "2", "both"), "1: the mixture of domains, 2: the target alone, both: 1 then 2")
-    target: str = setting("", None, "the target domain, a --data folder's name (empty: the last)")
+    target: str = setting("", None, "the target domain, by name: X of its X.train.inter (empty: the last)")
     stage1_steps: int = setting(200, ">= 1", "steps of stage 1")
     stage2_steps: int = setting(100, ">= 1", "steps of stage 2")
     batch_size: int = setting(24, ">= 1", "rows (user sequences or training examples) per step")

@@ -403,8 +403,8 @@ def read_atomic(folder):
     folder = os.path.normpath(folder)  # Games/, Games/. and . (inside Games) are all the folder Games
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: {'is a file, not a folder' if os.path.exists(folder) else 'no such folder'}")
-    named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter")]  # a folder renamed
-    name = named[0] if len(named) == 1 and named[0] else os.path.basename(os.path.abspath(folder))  # or linked
+    named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter") and f[0] != "."]
+    name = named[0] if len(named) == 1 else os.path.basename(os.path.abspath(folder))  # a folder renamed, or linked
     path = os.path.join(folder, name)
     if os.path.lexists(f"{path}.item") and os.path.lexists(f"{path}.text"):
         raise UserError(f"{folder}: holds both {name}.item and {name}.text; keep the one that is its item text")

@@ -339,6 +339,8 @@ def test_a_folder_renamed_or_linked_under_another_name_is_named_by_its_files(tmp
     os.rename(sci, tmp_path / "Renamed")
     domain = data.read_atomic(str(tmp_path / "Renamed"))
     assert (domain.name, domain.item_keys) == ("Sci", ["AS1", "AS2", "AS3"])
+    (tmp_path / "Renamed" / "._Sci.train.inter").write_bytes(b"\0\5\26\7")  # a Mac's AppleDouble file: hidden
+    assert data.read_atomic(str(tmp_path / "Renamed")).name == "Sci"
     write(tmp_path / "Renamed" / "Two.train.inter", INTER)  # two names: the folder's own is looked for
     with pytest.raises(data.UserError, match="has neither Renamed.item nor Renamed.text"):
         data.read_atomic(str(tmp_path / "Renamed"))
