@@ -321,6 +321,33 @@ def test_user_and_target_vectors_are_means_over_their_spans():
         assert got.dtype == torch.float16 and got.tolist() == [[0.5] * 4], (
             f"{name} of a float16 h (1, 600, 4) all 120 (sums to 72000 overflow float16: keep them in float32 or "
             f"wider): expected [[0.5] * 4] in float16, got {got.tolist()} {got.dtype}")
+    # float16 hidden states of 3000 over 768 features: each mean fits float16, its norm (83,000) does not: normalise
+    # in float32 or wider, then cast (each coordinate 1 / sqrt(768) = 0.0361)
+    big, want = torch.full((1, 4, 768), 3000.0, dtype=torch.float16), 1 / math.sqrt(768)
+    for name, got in (("user_vectors", calrec.user_vectors(big, one, torch.tensor([4]))),
+                      ("target_vectors", calrec.target_vectors(big, one, torch.tensor([1]), torch.tensor([4])))):
+        assert got.dtype == torch.float16 and tuple(got.shape) == (1, 768) and torch.allclose(
+            got.double(), torch.full((1, 768), want, dtype=torch.double), atol=1e-3), (
+            f"{name} of a float16 h (1, 4, 768) all 3000 (a mean of norm 83,000, past float16's 65504: normalise in "
+            f"float32 or wider): expected every coordinate {want:.4f} in float16, got {got[0, :3].tolist()}... "
+            f"{got.dtype}")
+    # h and its spans all on the "meta" device, as a GPU's are all on the GPU: a tensor made once at import (a zero
+    # row on the CPU, which the default device "meta" above cannot see) cannot meet them
+    rows, starts, ends = (torch.tensor(v, device="meta") for v in ([0, 0, 1], [2, 5, 3], [4, 8, 7]))
+    for name, call in (("user_vectors", lambda x: calrec.user_vectors(x, rows, starts)),
+                       ("target_vectors", lambda x: calrec.target_vectors(x, rows, starts, ends))):
+        try:
+            got = call(torch.empty(2, 9, 3, device="meta"))
+        except (RuntimeError, NotImplementedError) as e:
+            if str(e).startswith("exercise "):  # a blank body
+                raise
+            if "device" in str(e):
+                pytest.fail(f"{name} of an h (2, 9, 3) and spans on the 'meta' device: {e} (a tensor made elsewhere: "
+                            "a zero row made once at import?)")
+            continue  # an op that "meta" cannot run (a loop over .tolist(), say) is not the body's fault
+        assert got.device.type == "meta" and tuple(got.shape) == (3, 3), (
+            f"{name} of an h (2, 9, 3) and spans on the 'meta' device: expected (3, 3) on meta, got "
+            f"{tuple(got.shape)} on {got.device}")
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
     # the vectors are a graph of h: its gradient (a normalisation done in place breaks backward) against finite
     # differences
@@ -413,6 +440,15 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
                 f"{[round(x, 6) for x in want]} (a naive loop; tf, n_w and |d| count the analyser's words, not "
                 f"substrings of the text), got "
                 f"{[round(x, 6) for x in row]}")
+    # two indexes over different catalogs, the same query texts: each scores against its own vocabulary (nothing
+    # learnt from one index, a query's word ids, say, reaches another)
+    for docs in (["red apple", "green pear", "red car"], ["blue sky", "apple pie", "red apple pie"]):
+        got = calrec.BM25(docs).scores(["apple", "red apple"]).tolist()
+        for q, row in zip(["apple", "red apple"], got):
+            want = naive_bm25(docs, q, 1.2, 0.75)
+            assert row == pytest.approx(want, rel=1e-5, abs=1e-6), (
+                f"BM25({docs}).scores([{q!r}]), after an index over another catalog scored the same query: expected "
+                f"{[round(x, 6) for x in want]} (a naive loop), got {[round(x, 6) for x in row]}")
 
 
 # -----------------------------------------------------------------------------
@@ -495,6 +531,14 @@ def test_merge_round_robin_on_hand_made_lists():
     got = leaves_inputs_alone(calrec.merge_round_robin, lists, scores, exclude=exclude, k=4)
     assert list(got) == [11, 10, 30, 21] and isinstance(got, (list, tuple)), \
         f"merge_round_robin of the same lists, exclude=[20, 12], k=4: expected [11, 10, 30, 21], got {got}"
+    # k = 300 of 400 distinct candidates (past 256, CPython's cached small ints: k compared by `is` never matches):
+    # exactly the first 300 of the merge
+    ls = [[4 * i + m for i in range(100)] for m in range(4)]
+    sc = [[float(100 - i) for i in range(100)] for _ in range(4)]
+    got, want = calrec.merge_round_robin(ls, sc, exclude=[], k=300), naive_round_robin(ls, sc, [], 300)
+    assert list(got) == want, (f"merge_round_robin of 4 lists of 100 distinct items, k=300: expected the first 300 "
+                               f"items of the merge (a naive loop), got {len(got)} items"
+                               + ("" if len(got) != 300 else ", another order"))
 
 
 def test_catalog_beams_are_exactly_the_best_catalog_items():

@@ -630,6 +630,13 @@ def test_task_probabilities_leave_the_sizes_alone():
         for sizes in (np.array([100.0, 200.0, 300.0, 400.0]), np.array([100, 200, 300, 400]), [100, 200, 300, 400]):
             got = leaves_inputs_alone(maml.task_probabilities, sizes, sampling)
             np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes!r}, {sampling!r})")
+    # and the array returned is the caller's to change (renormalised or masked in place): a later call is not affected
+    first = maml.task_probabilities([1, 3], "pps")
+    first *= 0
+    again = maml.task_probabilities([1, 3], "pps")
+    assert np.allclose(again, [0.25, 0.75]), (
+        f"task_probabilities([1, 3], 'pps') after the caller zeroed the array of an earlier call in place: expected "
+        f"[0.25, 0.75], got {np.asarray(again).tolist()} (the earlier call's array kept and handed out again?)")
 
 
 def test_task_samplers():
@@ -652,6 +659,17 @@ def test_task_samplers():
             got = maml.task_probabilities([100, 300, 600], name)
             pytest.fail(f"task_probabilities(sizes, {name!r}) returned {got}: an unknown sampling (the names are "
                         "exactly uniform, pps and mixed) must raise a ValueError naming the setting")
+    # a name read at run time (argparse, a JSON config) is a new str, equal to the literal but not it: compared by ==
+    for literal, expected in (("uniform", [third] * 3), ("pps", [0.1, 0.3, 0.6]),
+                              ("mixed", [(third + 0.1) / 2, (third + 0.3) / 2, (third + 0.6) / 2])):
+        name = json.loads(json.dumps(literal))  # an equal string, another object
+        try:
+            got = maml.task_probabilities([100, 300, 600], name)
+        except ValueError as e:
+            pytest.fail(f"task_probabilities([100, 300, 600], {name!r}) with the name read from JSON (equal to "
+                        f"{literal!r}, another str object): expected {expected}, got ValueError: {e}")
+        np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities([100, 300, 600], {name!r}) with the "
+                                                          f"name read from JSON (equal to {literal!r}, another object)")
 
 
 def test_task_probabilities_over_a_family_are_float64_arrays_numpy_can_draw_from():

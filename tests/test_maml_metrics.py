@@ -71,6 +71,11 @@ def test_pearson_by_hand():
     expect(evaluation.pearson, ([1, 2, 3, 4], [2, 1, 4, 3]), 0.6, "centred products sum to 3, norms √5 and √5")
     expect(evaluation.pearson, ([10.5, 10.0, 11.0], [3.0, 1.0, 2.0]), 0.5, "centred (0, −0.5, 0.5)·(1, −1, 0) = 0.5 "
            "over √0.5·√2")
+    # distinct values are not constant, however close: x = 1 + (0, 2, 4)·2^-52 rises with y
+    eps = 2.0 ** -52
+    expect(evaluation.pearson, ([1.0, 1.0 + 2 * eps, 1.0 + 4 * eps], [1.0, 2.0, 3.0]), 1.0,
+           "values a few float64 steps apart are distinct, not constant: centred (−2, 0, 2)·2^-52, y's (−1, 0, 1)",
+           abs=1e-9)
 
 
 def test_spearman_with_ties_by_hand():

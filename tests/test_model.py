@@ -91,6 +91,18 @@ def test_manual_attention_dropout():
     a, b = (model.manual_attention(q, k, v, mask, dropout_p=0.5) for _ in range(2))
     assert not torch.equal(a, b), ("manual_attention(q, k, v, mask, dropout_p=0.5) twice in a row: the same output, "
                                    "the same dropout masks at every call (seeded inside?)")
+    # and from torch's own stream: the same torch.manual_seed gives the same masks (a run is reproducible from its
+    # seed), another seed other masks (a generator of the body's own ignores the seed, and cannot draw on a GPU)
+    outs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        outs.append(model.manual_attention(q, k, v, mask, dropout_p=0.5))
+    assert torch.equal(outs[0], outs[1]), (
+        "manual_attention(q, k, v, mask, dropout_p=0.5) after torch.manual_seed(0), twice: want the same output (the "
+        "masks drawn from torch's random stream, as F.dropout draws them), got two different ones")
+    assert not torch.equal(outs[0], outs[2]), (
+        "manual_attention(q, k, v, mask, dropout_p=0.5) after torch.manual_seed(0) and after torch.manual_seed(1): "
+        "want different masks, got the same output (a generator of its own ignores the caller's seed)")
 
 
 def mask_table(want, got, first_query):
@@ -163,6 +175,30 @@ def test_attention_mask_is_made_on_the_device_of_key_mask():
     assert torch.equal(got, expected), ("attention_mask_4d([[1, 0, 1, 1, 1]], T_past=2, T=3)[0, 0] with the default "
                                         "device set to 'meta', one column per key (1 = visible):\n"
                                         + mask_table(expected[0, 0], got[0, 0], 2))
+    # key_mask itself on "meta", as a GPU's key_mask is on the GPU: a tensor made once at import (nanoGPT's causal
+    # buffer, on the CPU) cannot meet it, though the default device above could not see it
+    try:
+        got = model.attention_mask_4d(key_mask.to("meta"), 2, 3)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"attention_mask_4d(key_mask on the 'meta' device, T_past=2, T=3): {e} (a tensor made "
+                             "elsewhere than key_mask's device: a buffer made once at import?)") from None
+    assert (got.device.type, tuple(got.shape)) == ("meta", (1, 1, 3, 5)), (
+        f"attention_mask_4d of a key_mask (1, 5) on the 'meta' device, T_past=2, T=3: want (1, 1, 3, 5) on meta, got "
+        f"{tuple(got.shape)} on {got.device}")
+    # past 1024 positions (a block_size of 2048 is allowed), against the definition: key j visible to query i when
+    # (j <= i and j is real) or j == i
+    T_past, T = 1100, 3
+    key_mask = torch.rand(2, T_past + T, generator=torch.Generator().manual_seed(0)) > 0.2
+    got = model.attention_mask_4d(key_mask, T_past, T)
+    real = key_mask.tolist()
+    want = torch.tensor([[[(j <= i and real[b][j]) or j == i for j in range(T_past + T)]
+                          for i in range(T_past, T_past + T)] for b in range(2)])[:, None]
+    same = tuple(got.shape) == tuple(want.shape) and torch.equal(got, want)
+    assert same, (f"attention_mask_4d(key_mask (2, {T_past + T}), T_past={T_past}, T={T}) (past 1024 positions): "
+                  f"want {tuple(want.shape)} equal to the definition, got {tuple(got.shape)}"
+                  + ("" if got.shape != want.shape else f", {int((got != want).sum())} entries differ"))
 
 
 def test_padded_rows_equal_unpadded():
@@ -232,6 +268,16 @@ def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():
     torch.testing.assert_close(got, want, msg=lambda m: (
         f"last_token_pool(h, mask), h[b, t] = [10b + 2t, 10b + 2t + 1], right-padded mask = {mask.tolist()}: "
         f"want h[0, 4], h[1, 1], h[2, 0] = {want.tolist()}, got {got.tolist()}\n{m}"))
+    # a diverged model's hidden states: the mean of a span holding nan is nan, of one holding inf is inf (a sum over
+    # the span's positions over its length), not a mean over the finite ones nor the largest float
+    h = torch.tensor([[[1.0], [float("nan")], [3.0]], [[1.0], [float("inf")], [3.0]], [[1.0], [2.0], [3.0]]])
+    span = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 1]])
+    got = model.mean_pool(h, span)
+    want = [[sum(float(h[b, t, 0]) for t in range(3) if span[b, t]) / int(span[b].sum())] for b in range(3)]
+    ok = (tuple(got.shape) == (3, 1) and math.isnan(got[0, 0]) and float(got[1, 0]) == math.inf
+          and float(got[2, 0]) == want[2][0])
+    assert ok, (f"mean_pool(h = [[1, nan, 3], [1, inf, 3], [1, 2, 3]], spans {span.tolist()}): want {want} (a sum over "
+                f"each span / its length: nan and inf stay), got {got.tolist()}")
 
 
 def test_pooling_is_one_row_per_batch_row_in_the_dtype_of_h():
@@ -255,6 +301,21 @@ def test_pooling_is_one_row_per_batch_row_in_the_dtype_of_h():
                 f"{what}: want shape {(B, C)} (B, C) and h's dtype {dtype}, got {tuple(got.shape)} {got.dtype}"
             torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.double), atol=1e-2, rtol=1e-2,
                                        msg=lambda d: f"{what}: want {want}, got {got.tolist()}\n{d}")
+    # 5000 rows (a large evaluation chunk): row b's last real token, nothing limited to a fixed number of rows
+    B = 5000
+    h = torch.arange(B * 2, dtype=torch.float32).view(B, 2, 1)   # h[b, t, 0] = 2b + t
+    mask = torch.tensor([[1, 1] if b % 2 else [1, 0] for b in range(B)])
+    try:
+        got = model.last_token_pool(h, mask)
+    except NotImplementedError:
+        raise
+    except (RuntimeError, IndexError) as e:
+        raise AssertionError(f"last_token_pool(h ({B}, 2, 1), mask): {type(e).__name__}: {e}") from None
+    want = torch.tensor([[float(2 * b + b % 2)] for b in range(B)])
+    assert tuple(got.shape) == (B, 1) and torch.equal(got, want), (
+        f"last_token_pool(h ({B}, 2, 1), h[b, t] = 2b + t, mask: row b's last real token at t = b % 2): want "
+        f"{want[:4].flatten().tolist()}..., got shape {tuple(got.shape)}"
+        + (f", {got[:4].flatten().tolist()}..." if tuple(got.shape) == (B, 1) else ""))
 
 
 def test_pooling_gradients_match_finite_differences_with_an_empty_span():
@@ -372,6 +433,20 @@ def test_kv_cache_extend_by_hand():
     assert torch.equal(got[0], k[0]) and torch.equal(got[1], -k[0]), (
         f"extend of a CPU cache, the default device 'meta': want the keys {k[0][0, 0].tolist()} and their negatives, "
         f"got {got[0][0, 0].tolist()} and {got[1][0, 0].tolist()}")
+    # a cache whose buffers live on "meta" (as a GPU's live on the GPU), and keys and values there too: every tensor
+    # extend uses is on the cache's device, an index made once at import (on the CPU, out of the default's reach) too
+    cache = model.KVCache(GPTConfig(n_layer=2, n_head=2, n_embd=6), batch=2, capacity=5, device="meta")
+    new_k = torch.empty(2, 2, 3, 3, device="meta")
+    try:
+        got = cache.extend(1, new_k, new_k)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"extend of a cache on the 'meta' device, 3 positions: {e} (a tensor not made on the "
+                             "cache's device: an index made once at import?)") from None
+    assert all(t.device.type == "meta" and tuple(t.shape) == (2, 2, 3, 3) for t in got), (
+        f"extend of a cache on the 'meta' device, 3 positions: want keys and values (2, 2, 3, 3) on meta, got "
+        f"{[(tuple(t.shape), str(t.device)) for t in got]}")
 
 
 def test_kv_cache_extend_returns_views_with_several_rows_and_heads():
@@ -768,6 +843,21 @@ def test_layer_norm_by_hand(written_out):
             f"{'' if 'bias' in kw else f', bias {bias}'}, on the rows {rows}:\n"
             f"want {[[round(v, 4) for v in r] for r in want.tolist()]}\ngot  "
             f"{[[round(v, 4) for v in r] for r in got.tolist()]}\n{m}"))
+    # x of shape (C,), no leading dimension at all ("...": any number of them, none too, as F.layer_norm takes)
+    ln = model.LayerNorm(4, eps=0.1)
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    want = torch.tensor(naive_layer_norm(x.tolist(), [1.0] * 4, [0.0] * 4, 0.1))
+    try:
+        with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+            got = ln(x)
+    except NotImplementedError:
+        raise
+    except (RuntimeError, IndexError) as e:
+        raise AssertionError(f"LayerNorm(4, eps=0.1) {'inside' if written_out else 'outside'} second_order_ops on "
+                             f"x = [1, 2, 3, 4] of shape (4,): {type(e).__name__}: {e}") from None
+    assert tuple(got.shape) == (4,) and torch.allclose(got, want, atol=1e-5, rtol=1e-4), (
+        f"LayerNorm(4, eps=0.1) {'inside' if written_out else 'outside'} second_order_ops on x = [1, 2, 3, 4] of shape "
+        f"(4,): want {[round(v, 4) for v in want.tolist()]}, got {got.tolist()}")
 
 
 @pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])

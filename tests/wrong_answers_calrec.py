@@ -1797,3 +1797,53 @@ def rank_last_item_bm25(bm25, texts, examples):  # only the top 100 documents sc
         return torch.zeros_like(s).scatter_(1, top.indices, top.values)
     return ranks_in_chunks(scores, examples)
 '''})
+# found by a probe of the graders (round 5): the zero row before the running sums made once at import, on the CPU
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:target_vectors': '''
+_ZERO_ROW = torch.zeros(1, 1, 1)
+def target_vectors(h, rows, starts, ends):
+    # the zero row in front of the running sums made once at import, on the CPU
+    run = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    run = torch.cat([_ZERO_ROW.expand(h.size(0), 1, h.size(2)).to(run.dtype), run], 1)
+    span = run[rows, ends] - run[rows, starts]
+    return F.normalize(span / (ends - starts)[:, None].to(span.dtype), dim=-1).to(h.dtype)
+'''})
+# found by a probe of the graders (round 5): a float16 mean normalised in float16, its norm past 65504
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+def user_vectors(h, rows, ends):
+    # the mean cast back to h's dtype before normalising: a float16 norm past 65504 is inf, the vector 0
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    mean = (running[rows, ends - 1] / ends[:, None]).to(h.dtype)
+    return F.normalize(mean, dim=-1)
+'''})
+# found by a probe of the graders (round 5): the analysed queries memoised by text across indexes
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+_QUERY_IDS = {}
+def scores(self, queries):
+    # the analysed queries memoised by text in a module-level dict: a second index reads the first index's word ids
+    q, w = [], []
+    for j, text in enumerate(queries):
+        if text not in _QUERY_IDS:
+            _QUERY_IDS[text] = [self.vocab[x] for x in words(text) if x in self.vocab]
+        ids = _QUERY_IDS[text]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
+    return (self.matrix @ Q).t().contiguous()
+'''})
+# found by a probe of the graders (round 5): k compared with `is`, which holds for small ints only
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # k compared with `is`: past 256 (CPython's small ints) never equal, every item is taken
+    taken, seen = [], set(exclude)
+    for p in range(max((len(l) for l in lists), default=0)):
+        rnd = sorted(((list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])),
+                     key=lambda c: (-c[0], c[1]))
+        for _, _, item in rnd:
+            if len(taken) is k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''})

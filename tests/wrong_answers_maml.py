@@ -888,3 +888,43 @@ def mcc(pred, gold):
         return 0.0
     return float((tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
 '''})
+# found by a probe of the graders (round 5): the names compared with `is`, which holds for interned literals only
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the names compared with `is`: only interned literals match, a name read from JSON or argv is refused
+    sizes = np.asarray(sizes, dtype=np.float64)
+    n = len(sizes)
+    if sampling is "uniform":
+        return np.full(n, 1.0 / n)
+    if sampling is "pps":
+        return sizes / sizes.sum()
+    if sampling is "mixed":
+        return 0.5 * np.full(n, 1.0 / n) + 0.5 * sizes / sizes.sum()
+    raise ValueError(f"unknown task sampling {sampling!r}")
+'''})
+# found by a probe of the graders (round 5): results memoised, every caller handed the same array
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+_PROBS = {}
+def task_probabilities(sizes, sampling):
+    # memoised in a module-level dict: every call hands out the same array, which the caller may change
+    if sampling not in ("uniform", "pps", "mixed"):
+        raise ValueError(f"unknown task sampling {sampling!r}")
+    key = (tuple(float(s) for s in np.asarray(sizes).tolist()), sampling)
+    if key not in _PROBS:
+        s = np.asarray(sizes, dtype=np.float64)
+        u, p = np.full(len(s), 1.0 / len(s)), s / s.sum()
+        _PROBS[key] = {"uniform": u, "pps": p, "mixed": 0.5 * u + 0.5 * p}[sampling]
+    return _PROBS[key]
+'''})
+# found by a probe of the graders (round 5): 'constant' read as equal to the first value within a relative 1e-12
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # 'constant' as np.allclose(x, x[0], rtol=1e-12): distinct values a few float64 steps apart score 0
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if np.allclose(x, x[0], rtol=1e-12, atol=0) or np.allclose(y, y[0], rtol=1e-12, atol=0):
+        return 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    return float(xc @ yc / (np.linalg.norm(xc) * np.linalg.norm(yc)))
+'''})

@@ -1191,3 +1191,68 @@ def mean_pool(h, span_mask):
     w = span_mask.to(h.dtype).unsqueeze_(-1)
     return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 '''})
+# found by a probe of the graders (round 5): nanoGPT's causal buffer made once at import, on the CPU
+WRONG_MODEL['attention'].append({'model.py:attention_mask_4d': '''
+_TRIL = torch.ones(1024, 1024, dtype=torch.bool).tril()   # nanoGPT's causal buffer, made once
+_EYE = torch.eye(1024, dtype=torch.bool)
+def attention_mask_4d(key_mask, T_past, T):
+    # nanoGPT's causal buffer (and an eye) made once at import: on the CPU, 1024 positions
+    causal = _TRIL[T_past:T_past + T, :T_past + T]
+    itself = _EYE[T_past:T_past + T, :T_past + T]
+    return ((causal & key_mask[:, None, :]) | itself)[:, None]
+'''})
+# found by a probe of the graders (round 5): dropout masks from a generator of the body's own
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+_DROPOUT_GEN = torch.Generator().manual_seed(1234)   # reproducible dropout, its own stream
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout masks from a generator of its own, seeded once at import: torch.manual_seed does not reach them
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        keep = torch.rand(att.shape, generator=_DROPOUT_GEN, device=att.device, dtype=att.dtype) >= dropout_p
+        att = att * keep / (1 - dropout_p) if dropout_p < 1 else torch.zeros_like(att)
+    return att @ v
+'''})
+# found by a probe of the graders (round 5): the positions of index_copy_ made once at import, on the CPU
+WRONG_MODEL['kv-cache'].append({'model.py:KVCache.extend': '''
+_POSITIONS = torch.arange(4096)
+def extend(self, layer, k, v):
+    # index_copy_ with positions from an arange made once at import: on the CPU, 4096 positions
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    where = _POSITIONS[self.length:end]
+    self.k[layer].index_copy_(2, where, k)
+    self.v[layer].index_copy_(2, where, v)
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''})
+# found by a probe of the graders (round 5): a NaN in a span skipped, an inf made the largest float
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+def mean_pool(h, span_mask):
+    # masked mean through NaN and nanmean, then nan_to_num: a NaN in a span is skipped, inf becomes the largest float
+    m = span_mask.bool().unsqueeze(-1)
+    return torch.nanmean(h.masked_fill(~m, float("nan")), dim=1).nan_to_num(0.0)
+'''})
+# found by a probe of the graders (round 5): x of shape (C,), no leading dimension, refused
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # positions flattened with flatten(0, -2): a single vector x of shape (C,) raises
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    x2 = x.flatten(0, -2)
+    mu = x2.mean(1, keepdim=True)
+    var = ((x2 - mu) ** 2).mean(1, keepdim=True)
+    y = (x2 - mu) / torch.sqrt(var + self.eps) * self.weight
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(x.shape)
+'''})
+# found by a probe of the graders (round 5): the batch rows of an arange(4096) made once at import
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+_ROWS = torch.arange(4096)
+def last_token_pool(h, attention_mask):
+    # the rows from an arange(4096) made once: a batch of more than 4096 rows raises
+    last = attention_mask.long().sum(1) - 1
+    return h[_ROWS[:h.size(0)].to(h.device), last]
+'''})
