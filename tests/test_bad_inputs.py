@@ -515,7 +515,7 @@ CASES = {
                ("recent_decays", "0.5,2"), ("lr", "nan"), ("lr", "inf"), ("top_k", "-1"), ("block_size", "8")),
     **settings("maml", ("inner_steps", "0"), ("meta_batch", "0"), ("max_len", "2"), ("n_train", "0"),
                ("method", "bogus"), ("sampling", "bogus"), ("inner_lr", "-1"), ("seeds", "0"), ("n_head", "3")),
-    **settings("sinusoid", ("steps", "0"), ("k", "0"), ("eval_steps", "1,x"), ("inner_lr", "0")),
+    **settings("sinusoid", ("steps", "0"), ("k", "0"), ("eval_steps", "1,x"), ("inner_lr", "-1")),
     "tau flag zero": flags("--task", "calrec", "--tau", "0", message="setting tau=0.0: expected float > 0"),
     "stages flag": flags("--task", "calrec", "--stages", "3", message="setting stages=3: expected 1 or 2 or both"),
     "inner steps flag": flags("--task", "maml", "--inner-steps", "0", message="setting inner_steps=0"),
