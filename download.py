@@ -322,6 +322,9 @@ def fold_whitespace(text):  # tabs, newlines, ... -> one space: a cell must stay
     return " ".join(text.split())
 
 
+HISTORY = 50  # the items a written history keeps, its last: UniSRec's files keep 50
+
+
 def write_benchmark_folder(domain, folder):
     """A Domain -> the atomic files read_atomic reads: <name>.item (the keys, a column per attribute, a missing
     value empty) and <name>.train/.valid/.test.inter, a row per example of `leave_one_out`, users 0..n-1, each
@@ -336,8 +339,8 @@ def write_benchmark_folder(domain, folder):
         with open(os.path.join(folder, f"{name}.{split}.inter"), "w", encoding="utf-8", newline="\n") as f:
             f.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
             for user, (history, target) in enumerate(domain.test):  # a test example holds the whole sequence
-                for hist, t in leave_one_out([history + [target]])[s]:  # a history: its last 50 items, as UniSRec's
-                    f.write(f"{user}\t{' '.join(keys[i] for i in hist[-50:])}\t{keys[t]}\n")
+                for hist, t in leave_one_out([history + [target]])[s]:
+                    f.write(f"{user}\t{' '.join(keys[i] for i in hist[-HISTORY:])}\t{keys[t]}\n")
 
 
 def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
@@ -367,8 +370,9 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
             finally:
                 logging.getLogger("data").disabled = False
             items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
-            if (back.item_keys, back.items, back.train, back.valid, back.test) != \
-                    (domain.item_keys, items, domain.train, domain.valid, domain.test):
+            cut = [[(h[-HISTORY:], t) for h, t in split] for split in (domain.train, domain.valid, domain.test)]
+            if (back.item_keys, back.items, back.train, back.valid, back.test, back.train_sequences) != \
+                    (domain.item_keys, items, *cut, domain.train_sequences):
                 raise RuntimeError(f"{folder}: reads back other items or examples than were written")
         log.info(f"{folder}: {len(domain.test)} users, {domain.n_items} items; {len(domain.train)} train, "
                  f"{len(domain.valid)} valid and {len(domain.test)} test examples")

@@ -139,6 +139,23 @@ def serve_amazon(root):
     return str(reviews), str(meta)
 
 
+def test_a_category_with_a_user_of_over_51_items_is_built_with_the_histories_cut(server, tmp_path):
+    # three users buy the same 60 items (so every item survives the 3-core), each in another order
+    items = [f"I{k}" for k in range(60)]
+    orders = [items, items[::-1], items[30:] + items[:30]]
+    reviews = [{"reviewerID": f"u{u}", "asin": a, "unixReviewTime": t, "overall": 5.0}
+               for u, order in enumerate(orders) for t, a in enumerate(order)]
+    for sub, name, records in (("categoryFilesSmall", "Tools_5.json.gz", reviews),
+                               ("metaFiles2", "meta_Tools.json.gz", [{"asin": a, "title": f"Thing {a}"} for a in items])):
+        (server.root / sub).mkdir()
+        write_lines(str(server.root / sub / name), records)
+    download.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url, min_count=3)
+    d = data.read_atomic(str(tmp_path / "amazon" / "Tools"))
+    name = dict(enumerate(d.item_keys))
+    assert sorted([name[i] for i in h + [t]] for h, t in d.test) == sorted(o[-51:] for o in orders)  # 50 and target
+    assert sorted([name[i] for i in seq] for seq in d.train_sequences) == sorted(o[:-2] for o in orders)
+
+
 def test_written_histories_keep_their_last_50_items_and_read_back_whole(tmp_path):
     sequences = [list(range(70)), [3, 1, 4, 1 + 4, 9], list(range(69, 9, -1))]  # users of 70, 5 and 60 items
     train, valid, test, parts = data.leave_one_out(sequences)
