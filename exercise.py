@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -323,16 +324,25 @@ def run_graders(root, node_ids, timeout):
         report, ini = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as f:
             f.write("[pytest]\n")
+        run = subprocess.Popen([sys.executable, "-c", GRADERS, root, "-q", "-p", "no:cacheprovider", "-c", ini,
+                                "--rootdir", root, "--confcutdir", os.path.join(root, "tests"), f"--junitxml={report}",
+                                *node_ids], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), start_new_session=True)
         try:
-            run = subprocess.run([sys.executable, "-c", GRADERS, root, "-q", "-p", "no:cacheprovider", "-c", ini,
-                                  "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
-                                  f"--junitxml={report}", *node_ids], cwd=root, capture_output=True, text=True,
-                                 env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), timeout=timeout)
+            stdout, stderr = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
                                 "--timeout gives them longer") from None
+        finally:  # the graders' process group, with anything the student's code left running (POSIX)
+            try:
+                if hasattr(os, "killpg"):
+                    os.killpg(run.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):  # none left
+                pass
+            run.kill()
+            run.wait()
         if not os.path.exists(report):
-            last = (run.stdout + run.stderr).strip().splitlines()[-1:]  # its last word, if it said any
+            last = (stdout + stderr).strip().splitlines()[-1:]  # its last word, if it said any
             raise ExerciseError(f"pytest ran none of the graders, exit status {run.returncode}" + "".join(
                 f": {line[-300:]}" for line in last))
         return {node_id(case): outcome(case) for case in ET.parse(report).iter("testcase")}
@@ -405,7 +415,7 @@ def grade_handout(folder, names, timeout):
     apart = [n for n in names if n not in listed]  # its function was never blanked: the copy holds the answer
     if apart:
         raise ExerciseError(f"{apart[0]}: not an exercise of this handout ({manifest} lists {', '.join(listed)})")
-    names = names or listed
+    names = list(dict.fromkeys(names or listed))  # an exercise named twice is graded once
     with tempfile.TemporaryDirectory() as tmp:
         copy_tree(folder, os.path.join(tmp, "work"))
         theirs = os.path.join(tmp, "work", "tests")  # whatever the copy holds there: a folder, a file, a link

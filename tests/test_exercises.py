@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tokenize
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -246,9 +247,24 @@ def test_graders_that_never_end_are_stopped_at_the_timeout(tmp_path):
     path.write_text(path.read_text(encoding="utf-8").replace(
         blanked("calrec.py:merge_round_robin", "round-robin"), "def merge_round_robin(*args, **kwargs):\n"
         "    while True:\n        pass\n"), encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as f:  # and a worker started at import, which would outlive the graders
+        f.write("\nimport subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
+                "'stray-7319'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n")
     graded = cli("grade", str(out), "--timeout", "5")
     assert graded.returncode == 1 and graded.stderr == "", graded.stderr  # a student's failing, not a tool's error
     assert "round-robin: 0 of 0 graders pass (the graders ran over 5 s and were stopped" in graded.stdout
+    if os.path.isdir("/proc"):  # the graders' process group is stopped whole
+        time.sleep(0.5)
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and b"stray-7319" in read_or_empty(pid)]
+        assert not left, f"processes the student's code started are still running after grade: {left}"
+
+
+def read_or_empty(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:  # ended meanwhile
+        return b""
 
 
 def test_one_exercise_whose_code_breaks_the_graders_costs_only_its_own_score(tmp_path):
@@ -281,6 +297,9 @@ def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
     graded = cli("grade", str(out), "info-nce")
     assert graded.returncode == 2 and graded.stderr == (f"error: info-nce: not an exercise of this handout "
                                                        f"({out / 'exercises.json'} lists round-robin)\n")
+    graded = cli("grade", str(out), "round-robin", "round-robin")
+    scores = [line for line in graded.stdout.splitlines() if line.startswith("round-robin: ")]
+    assert len(scores) == 1, graded.stdout  # named twice, graded once
     shutil.rmtree(out / "tests")
     (out / "tests").write_text("a student's notes\n")
     graded = cli("grade", str(out))
