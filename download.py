@@ -359,7 +359,13 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
                  (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
         for path in paths:
             check_gzip(path)
-        domain = read_amazon_raw(*paths, name=category, min_count=min_count)
+        try:
+            domain = read_amazon_raw(*paths, name=category, min_count=min_count)
+        except UserError as e:  # a download it names is not kept: a rerun (from another --url) fetches it again
+            named = [path for path in paths if str(e).startswith(path)]
+            for path in named:
+                os.remove(path)
+            raise UserError(f"{e}; deleted, so a rerun downloads it again" if named else str(e)) from None
         if not domain.test:
             raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
         with building(folder) as tmp:

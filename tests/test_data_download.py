@@ -228,6 +228,21 @@ def test_a_broken_gzip_is_deleted_and_fetched_again(server, tmp_path, damage):
     assert len(data.read_atomic(str(out / "Tools")).test) == 3
 
 
+def test_a_download_that_does_not_parse_is_deleted_and_fetched_again(server, tmp_path):
+    _, meta_path = serve_amazon(server.root)
+    with open(meta_path, "rb") as f:
+        good = f.read()
+    write_lines(meta_path, ["{'asin': 'A', 'title': 'a Python dict, not JSON'}"])  # a mirror's wrong file
+    out = tmp_path / "amazon"
+    with pytest.raises(UserError, match=r"meta_Tools\.json\.gz:1: not a JSON object.*deleted, so a rerun downloads"):
+        download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
+    assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz"]  # the reviews, which did parse, are kept
+    with open(meta_path, "wb") as f:
+        f.write(good)
+    download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)  # the rerun fetches it again
+    assert len(data.read_atomic(str(out / "Tools")).test) == 3
+
+
 def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path):
     url = f"{server.url}/categoryFilesSmall/Nope_5.json.gz"
     with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; is 'Nope' an Amazon 2018 category")):
