@@ -89,6 +89,37 @@ def test_info_nce_equals_naive_loop():
     assert loss.device == q.device and loss.shape == (), (
         f"info_nce on the CPU with the default device 'meta': expected a scalar on the CPU, got {tuple(loss.shape)} "
         f"on {loss.device}")
+    # the inputs themselves on "meta" (as a GPU's would be), after a call on the CPU: nothing made once on the CPU
+    # (at import, or by the first call: a row index, a cached mask) may meet them
+    calrec.info_nce(q, k, ids, 0.1)
+    try:
+        loss = calrec.info_nce(q.to("meta"), k.to("meta"), ids.to("meta"), 0.1)
+    except (RuntimeError, NotImplementedError) as e:
+        if str(e).startswith("exercise"):
+            raise
+        raise AssertionError(f"info_nce of 4 queries and 6 keys on the 'meta' device (as on a GPU), after a call on "
+                             f"the CPU: expected a scalar on meta, got {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]} (a tensor made once, on the CPU?)") from None
+    assert loss.device.type == "meta" and loss.shape == (), (
+        f"info_nce of inputs on 'meta': expected a scalar on meta, got {tuple(loss.shape)} on {loss.device}")
+    # distinct items whose ids agree in int16 (65536 apart) or in float32 (past 2**24): nothing is masked
+    q = F.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [1.0, 1.0]], dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.tensor([[0.9, 0.1], [0.2, 1.0], [1.0, 0.8]], dtype=torch.float64), dim=-1)
+    for ids in ([5, 65541, 7], [2 ** 24, 2 ** 24 + 1, 3]):
+        want = naive_info_nce(q, k, ids, 0.5)
+        got = calrec.info_nce(q, k, torch.tensor(ids), 0.5).item()
+        assert got == pytest.approx(want, rel=1e-9), (
+            f"info_nce of 3 queries, items {ids} (all distinct: nothing masked), tau=0.5: expected {want:.9f} (a "
+            f"naive loop over the rows), got {got:.9f}")
+    # a temperature below 1e-3 (float64): each positive below one negative, the loss in closed form, 1200 at 1e-4
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    k = torch.tensor([[0.6, 0.8], [0.8, 0.6]], dtype=torch.float64)   # row 0: 0.6 vs 0.8; row 1: 0.96 vs 1.0
+    for tau in (1e-4, 1e-5):
+        want = sum(d / tau + math.log1p(math.exp(-d / tau)) for d in (0.8 - 0.6, 1.0 - 0.96)) / 2
+        got = calrec.info_nce(q, k, torch.tensor([0, 1]), tau).item()
+        assert got == pytest.approx(want, rel=1e-9), (
+            f"info_nce (float64) of 2 queries, each positive's cosine below a negative's (0.6 < 0.8, 0.96 < 1.0), "
+            f"tau={tau}: expected {want:.6f} (in closed form), got {got:.6f}")
     # a row whose logits all lie far below another row's: each row's log-sum-exp taken out with its own largest
     # logit (the matrix's largest would underflow every exp of this row to 0: log 0, an infinite loss)
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -588,6 +619,20 @@ def test_catalog_trie_makes_its_mask_on_the_device_of_the_tokens():
         f"CatalogTrie(tokens on the CPU), the default device set to 'meta': want the mask on the tokens' device, the "
         f"CPU, got it on {got.device}")
     assert torch.equal(got, want), f"CatalogTrie([[1, 2], [1, 3], [4]])(tokens {tokens.tolist()}): want {want}, got {got}"
+    # tokens that can be read (tolist) but live on another device, as a GPU's do: the mask must come back on theirs
+    class TokensElsewhere:
+        def __init__(self, t):
+            self.t, self.shape, self.device = t, t.shape, torch.device("meta")
+
+        def tolist(self):
+            return self.t.tolist()
+    try:
+        got = trie(TokensElsewhere(tokens))
+    except AttributeError as e:
+        raise AssertionError(f"CatalogTrie(tokens on another device, read with tokens.tolist()): {e}") from None
+    assert got.device.type == "meta", (
+        f"CatalogTrie(tokens on the 'meta' device, readable by tolist()): want the mask on the tokens' device, meta, "
+        f"got it on {got.device} (made on the CPU and not moved to tokens.device?)")
 
 
 def test_catalog_trie_by_hand():
@@ -617,6 +662,16 @@ def test_catalog_trie_by_hand():
             f"leaf, in item order), got {got}"
     got = trie.ranked_items([[([1, 2, eot], 0.0)]], [[]], 0)
     assert got == [[]], f"ranked_items(..., k=0): expected the top 0, [[]], got {got}"
+    # an unfinished beam (no end-of-text) is no item, whatever items end where it would: only [1, 2, eot] counts
+    got = trie.ranked_items([[([1, 2], -1.0), ([4, 9], -1.5), ([1, 2, eot], -2.0)]], [[]], 10)
+    assert got == [[1, 5]], (f"ranked_items of the beams [1, 2], [4, 9] (unfinished: no end-of-text) and [1, 2, eot] "
+                             f"(items 1 and 5): expected [[1, 5]], got {got}")
+    # a long history (61 items, the oldest first) is left out whole
+    many = calrec_extras.CatalogTrie([[i + 1] for i in range(70)], 99, 100)   # item i is the token i + 1
+    history = [1] + list(range(10, 70))
+    got = many.ranked_items([[([2, 99], -1.0), ([1, 99], -2.0)]], [history], 5)
+    assert got == [[0]], (f"ranked_items of beams that wrote item 1, then item 0, history [1, 10..69] (61 items, "
+                          f"item 1 the oldest): expected [[0]], got {got}")
     # the tokens each beam may write next: an item's next token, end-of-text where an item ends, none after it
     beams = {(1, 2): {3, eot}, (4, 9): {eot}, (2, 1): set(), (4, eot): set(), (1, 5): {6}}
     allowed = trie(torch.tensor([list(beams)]))                       # (1 prompt, 5 beams, 2 tokens so far)
@@ -721,6 +776,17 @@ def test_markov_and_last_item_baselines_by_hand():
     got = ev.rank_markov(twins, [([0], 1), ([0], 2)]).tolist()
     assert got == [2, 2], (f"rank_markov after item 0, items 1 and 2 alike in count and popularity, each the target "
                            f"once: expected [2, 2] (a tie counts against the target, whatever the indices), got {got}")
+    # one transition outweighs any popularity (item 3 is 5 times popular in 2 sequences), and a transition at the
+    # start of a long sequence counts as much as one at its end
+    def domain(seqs, n):
+        return data.Domain("D", [{"Title": f"t{i}"} for i in range(n)], [str(i) for i in range(n)], train=[],
+                           valid=[], test=[], train_sequences=seqs, attributes=("Title",))
+    for seqs, n, what in (([[0, 2], [3, 3, 3, 3, 3]], 4, "2 followed 0 once; 3, never, is 5 times popular"),
+                          ([[0, 1] + list(range(2, 62)), [5, 7], [5, 7]], 62, "0 -> 1 starts a 62-item sequence")):
+        target = seqs[0][1]
+        got = ev.rank_markov(domain(seqs, n), [([0], target)]).tolist()
+        assert got == [1], (f"rank_markov, history [0], target {target} ({what}): expected [1] (the only item that "
+                            f"ever followed 0), got {got}")
     texts = [data.item_text(it, d.attributes) for it in d.items]
     bm = calrec.BM25(texts)
     # the last item's text finds itself (excluded: it is the history) and the items sharing its words
@@ -749,6 +815,13 @@ def test_markov_and_last_item_baselines_by_hand():
             f"rank_last_item_bm25 of the histories {[h for h, _ in examples]} -> targets {[t for _, t in examples]} "
             f"over {texts}: expected ranks {want} (a naive loop over the BM25 scores; ties and zero scores count "
             f"against the target), got {ranks}")
+    # a last item of 81 words: the whole text is the query, its last word ('zebra') too
+    long = [" ".join(f"w{i}" for i in range(80)) + " zebra", "zebra", "w1 a b c d e f g h"]
+    s = naive_bm25(long, long[0], 1.2, 0.75)
+    want = [sum(s[j] >= s[1] for j in (1, 2))]
+    got = ev.rank_last_item_bm25(calrec.BM25(long), long, [([0], 1)]).tolist()
+    assert got == want, (f"rank_last_item_bm25, the last item's text 81 words ending in 'zebra', target the item "
+                         f"'zebra': expected {want} (a naive loop over the BM25 scores), got {got}")
     # a catalog of 300 items, targets ranked past 100 (a retriever's depth): every item is scored, not the top few
     many = ["red " + "filler " * i for i in range(150)] + [f"blue thing{i}" for i in range(150)]
     deep = [([0], 121), ([0], 149), ([3], 2)]
@@ -899,6 +972,10 @@ def test_metrics_on_hand_made_ranks():
     for ranks in (torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64), np.array([1.0, 0.0, 3.0])):
         got = leaves_inputs_alone(ev.rank_metrics, ranks)["recall@5"]  # 2/3 to float32's precision will do
         assert got == pytest.approx(2 / 3), f"rank_metrics of the ranks [1, 0, 3]: expected recall@5 = 2/3, got {got}"
+    # ranks past int16 (65537 is 1 in int16, 70000 is 4464): past every cut-off, no metric counts them
+    got = ev.rank_metrics([65537, 65539, 70000])
+    assert not {k: v for k, v in got.items() if v != 0.0}, (
+        f"rank_metrics of the ranks [65537, 65539, 70000] (all past every K): expected every metric 0, got {got}")
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
@@ -995,6 +1072,15 @@ def test_ranks_from_scores_equal_a_naive_loop():
             f"ranks_from_scores of the {scores.dtype} scores {scores.tolist()}, targets {targets.tolist()}, histories "
             f"{histories}: expected {want} (a naive loop: candidates outside the history scoring >= the target), got "
             f"{got.tolist()}")
+    # a catalog past int16 (a constant scorer: all 40000 items tie with the target) and a history of 300 items
+    got = ev.ranks_from_scores(torch.zeros(1, 40000), torch.tensor([0]), [[]]).tolist()
+    assert got == [40000], f"ranks_from_scores of a constant scorer over 40000 items: expected [40000] (every tie " \
+        f"counts against the target), got {got}"
+    scores, history = torch.arange(400, 0, -1, dtype=torch.float32)[None], list(range(1, 301))  # item 0 the best
+    want = naive(scores, torch.tensor([350]), [history])
+    got = ev.ranks_from_scores(scores, torch.tensor([350]), [history]).tolist()
+    assert got == want, (f"ranks_from_scores of 400 items (item 0 the best, 399 the worst), target 350, history the "
+                         f"300 items 1..300: expected {want} (a naive loop), got {got}")
 
 
 # -----------------------------------------------------------------------------

@@ -400,6 +400,14 @@ def test_meta_loss_over_a_family_equals_a_loop():
                 if not torch.allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12):
                     wrong.append(f"  {what}: the meta-gradient of {k}: expected {show(g_ref[k])}, got {show(g[k])}")
     assert not wrong, "the meta-loss over a family of calls:\n" + "\n".join(wrong[:10])
+    # the caller's support list of 1 batch, cycled over 3 steps, stays a list of 1 batch
+    params, support, query = tanh_mlp_tasks(1, seed=0)
+    for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+        given = [support[0]]
+        meta_grad(fn, params, tanh_mlp_loss, given, query, 0.3, 3, False)
+        assert len(given) == 1 and given[0] is support[0], (
+            f"{fn.__name__} of a support list of 1 batch over 3 steps: expected the caller's list left as it was (1 "
+            f"batch), got {len(given)} batches in it afterwards")
 
 
 def test_finite_differences_tanh_mlp():

@@ -607,6 +607,16 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
             assert_same_beams(g, w, f"prompt {p} of beam_search({prompts}, num_beams={K}, max_new_tokens={L}, "
                                     f"eos_id={eos}, use_cache={use_cache}) against a naive beam search (each step: "
                                     f"the {K} best of the open beams' extensions and the finished beams as they are)")
+    # more than 64 beams (nothing sized by a constant): 70 beams, a vocabulary of 9, 3 new tokens (81 prefixes of 2)
+    m, prompt, K, L, eos = tiny(vocab_size=9), [1, 2], 70, 3, 3
+    want = naive_beam_search(m, prompt, K, L, eos)
+    for use_cache in (True, False):
+        what = f"beam_search([{prompt}], num_beams={K}, max_new_tokens={L}, eos_id={eos}, use_cache={use_cache})"
+        try:
+            got = m.beam_search([prompt], K, L, eos, use_cache=use_cache)[0]
+        except (RuntimeError, IndexError) as e:
+            raise AssertionError(f"{what}: expected {K} beams, got {type(e).__name__}: {str(e)[:160]}") from None
+        assert_same_beams(got, want, f"{what} against a naive beam search")
 
 
 def test_beam_search_makes_its_tensors_on_the_models_device():
@@ -675,6 +685,29 @@ def test_beam_search_dead_beams_score_minus_infinity():
         raise AssertionError(f"_beam_choose of CPU inputs with the default device set to 'meta': {e}") from None
     assert [t.device for t in got] == [scores.device] * 3, (
         f"_beam_choose of CPU inputs, the default device 'meta': want its results on the CPU, got {[t.device for t in got]}")
+    # nothing kept from an earlier call: a finished beam's extension is this call's eos, made on this call's device
+    logp = torch.randn(1, 2, 5, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    finished = torch.tensor([[True, False]])
+    model._beam_choose(torch.zeros(1, 2), logp, finished, 2)                  # a first call: eos 2, on the CPU
+    s, src, tok = model._beam_choose(torch.tensor([[0.0, -100.0]]), logp, finished, 4)
+    assert (src[0, 0].item(), tok[0, 0].item(), s[0, 0].item()) == (0, 4, 0.0), (
+        f"_beam_choose, beam 0 finished at score 0, beam 1 at -100, eos_id=4 (after a call with eos_id=2): expected "
+        f"beam 0's extension eos 4 at score 0 first, got token {tok[0, 0].item()} of beam {src[0, 0].item()} at "
+        f"{s[0, 0].item()}")
+    try:
+        got = model._beam_choose(torch.zeros(1, 2, device="meta"), logp.to("meta"), finished.to("meta"), 4)
+    except (RuntimeError, NotImplementedError) as e:
+        if str(e).startswith("exercise"):
+            raise
+        raise AssertionError(f"_beam_choose of inputs on the 'meta' device (as on a GPU), after calls on the CPU: "
+                             f"{type(e).__name__}: {str(e)[:160]}") from None
+    assert [t.device.type for t in got] == ["meta"] * 3, (
+        f"_beam_choose of inputs on 'meta': want its results on meta, got {[t.device for t in got]}")
+    # no new tokens: K empty beams, the first scored 0 (the prompt itself), nothing written
+    got = tiny(vocab_size=4).beam_search([[1, 2]], 3, 0, eos)
+    assert [t for t, _ in got[0]] == [[], [], []] and got[0][0][1] == 0.0, (
+        f"beam_search([[1, 2]], num_beams=3, max_new_tokens=0): expected 3 empty beams, the first scored 0, got "
+        f"{got[0]}")
 
 
 # -----------------------------------------------------------------------------

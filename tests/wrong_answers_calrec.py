@@ -1847,3 +1847,154 @@ def merge_round_robin(lists, list_scores, exclude, k):
                 taken.append(item)
     return taken
 '''})
+# found by a probe of the graders (round 6): the row index sliced from an arange made once at import (CPU, 4096 rows)
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+_ROWS = torch.arange(4096)   # the targets 0..B-1, made once
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    rows = _ROWS[:len(query)]
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''})
+# found by a probe of the graders (round 6): the same-item mask cached by the ids' values (not their device)
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+_MASKS = {}
+def info_nce(query, key, key_items, tau):
+    B = len(query)
+    rows = torch.arange(B, device=query.device)
+    k = (B, tuple(key_items.tolist()))
+    if k not in _MASKS:
+        same = key_items[:B, None] == key_items[None, :]
+        same[rows.to(same.device), rows.to(same.device)] = False
+        _MASKS[k] = same
+    logits = query @ key.t() / tau
+    return F.cross_entropy(logits.masked_fill(_MASKS[k], float("-inf")), rows)
+'''})
+# found by a probe of the graders (round 6): the ids compared in int16 (ids 65536 apart collide)
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    ids = key_items.to(torch.int16)   # item ids are small
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    same = ids[:len(query), None] == ids[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''})
+# found by a probe of the graders (round 6): logits / tau with tau floored at 1e-3 (a temperature floor)
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / max(tau, 1e-3)
+    rows = torch.arange(len(query), device=query.device)
+    same = key_items[:len(query), None] == key_items[None, :]
+    same[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''})
+# found by a probe of the graders (round 6): ranks summed in int16 (catalogs past 32767 wrap)
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int16).int()
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})
+# found by a probe of the graders (round 6): rank_metrics: the ranks cast to int16 first (ranks past 65535 wrap to hits)
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+def rank_metrics(ranks):
+    ranks = torch.as_tensor(ranks).to(torch.int16).double()
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''})
+# found by a probe of the graders (round 6): ranks_from_scores: histories excluded only up to their last 200 items
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    histories = [hist[-200:] for hist in histories]
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})
+# found by a probe of the graders (round 6): the tie-break scale the number of sequences + 1 (repeats exceed it)
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()
+    pop = popularity(domain).long()
+    scale = len(domain.train_sequences) + 1     # an item is bought at most once per user
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt.index_select(0, last[rows]).to_dense() * scale + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+# found by a probe of the graders (round 6): transitions only within the last 50 items of each sequence
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq[-50:], seq[-50:][1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+# found by a probe of the graders (round 6): last-item query cut to its first 64 words
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
+def rank_last_item_bm25(bm25, texts, examples):
+    return ranks_in_chunks(lambda rows: bm25.scores([" ".join(texts[hist[-1]].split()[:64])
+                                                     for hist, _ in examples[rows]]), examples)
+'''})
+# found by a probe of the graders (round 6): __call__ returns the CPU mask (not moved to the tokens' device)
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.__call__': '''
+def __call__(self, tokens):
+    B, K, _ = tokens.shape
+    allowed = torch.zeros(B, K, self.V, dtype=torch.bool, device="cpu")
+    for b, beams in enumerate(tokens.tolist()):
+        for k, beam in enumerate(beams):
+            node = None if self.eot_id in beam else self.node(tuple(beam))
+            if node is not None:
+                allowed[b, k, list(self.children[node])] = True
+    return allowed   # small writes: the CPU
+'''})
+# found by a probe of the graders (round 6): ranked_items reads the item at the eot child of tokens[:-1] (unfinished)
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.children[n].get(self.eot_id), [])
+                  if (n := self.node(tuple(tokens[:-1]))) is not None else []
+                  for tokens, score in beams if score > float('-inf')]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
+# found by a probe of the graders (round 6): ranked_items: history excluded as a set of its last 50 items
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    lists = []
+    for beams, history in zip(found, histories):
+        recent = set(history[-50:])
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in recent][:k])
+    return lists
+'''})

@@ -928,3 +928,18 @@ def pearson(x, y):
     xc, yc = x - x.mean(), y - y.mean()
     return float(xc @ yc / (np.linalg.norm(xc) * np.linalg.norm(yc)))
 '''})
+# found by a probe of the graders (round 6): meta_loss_loop cycles the support by extending the caller's list
+WRONG_MAML['meta-gradient'].append({'maml.py:meta_loss_loop': '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
+    losses = []
+    while 0 < len(support) < steps:
+        support += support[:steps - len(support)]
+    for i in range(next(iter(query.values())).shape[0]):
+        fast = dict(params)
+        for j in range(steps):
+            loss = loss_fn(fast, task_slice(support[j], i))
+            gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
+        losses.append(loss_fn(fast, task_slice(query, i)))
+    return torch.stack(losses).mean()
+'''})

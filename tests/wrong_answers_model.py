@@ -1256,3 +1256,90 @@ def last_token_pool(h, attention_mask):
     last = attention_mask.long().sum(1) - 1
     return h[_ROWS[:h.size(0)].to(h.device), last]
 '''})
+# found by a probe of the graders (round 6): the starting scores [0, -inf, ...] made once at import (CPU, 64 beams)
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+_FIRST = torch.tensor([0.0] + [float('-inf')] * 63)
+
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = _FIRST[:K].expand(B, K).clone()   # only the first beam may expand
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
+# found by a probe of the graders (round 6): eos_only row cached per V only (eos_id of the first call)
+WRONG_MODEL['beam-search'].append({'model.py:_beam_choose': '''
+_EOS_ROWS = {}
+
+def _beam_choose(scores, logp, finished, eos_id):
+    B, K, V = logp.shape
+    if V not in _EOS_ROWS:
+        row = torch.full((V,), float("-inf"), device=logp.device)
+        row[eos_id] = 0.0
+        _EOS_ROWS[V] = row
+    eos_only = _EOS_ROWS[V]
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''})
+# found by a probe of the graders (round 6): the eos row cached per (V, eos_id), on the first call's device
+WRONG_MODEL['beam-search'].append({'model.py:_beam_choose': '''
+_EOS_ROWS = {}
+
+def _beam_choose(scores, logp, finished, eos_id):
+    B, K, V = logp.shape
+    if (V, eos_id) not in _EOS_ROWS:
+        row = torch.full((V,), float("-inf"), device=logp.device)
+        row[eos_id] = 0.0
+        _EOS_ROWS[(V, eos_id)] = row
+    eos_only = _EOS_ROWS[(V, eos_id)]
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores, flat // V, flat % V
+'''})
+# found by a probe of the graders (round 6): at least one step even for max_new_tokens=0
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max(max_new_tokens, 1)):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step >= max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
