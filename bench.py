@@ -214,7 +214,7 @@ def main():
         env = environment(device)
         print(f"## python bench.py: {device} ({env['gpu'] or env['cpu']}), {env['threads']} thread(s), "
               f"torch {env['torch']}")
-        for part in args.only or PARTS:
+        for part in dict.fromkeys(args.only or PARTS):  # a part named twice runs once
             PARTS[part](device, catalog=catalog)
     except UserError as e:
         print(error_line(e), file=sys.stderr)
