@@ -572,8 +572,12 @@ def build_parser():
         return int(text)
 
     def url(text):
-        if urllib.parse.urlsplit(text).scheme not in ("http", "https", "file"):
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme not in ("http", "https", "file"):
             raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got {text!r}")
+        if parts.scheme == "file" and parts.netloc not in ("", "localhost"):  # file://tmp/x: 'tmp' read as a host
+            raise argparse.ArgumentTypeError(f"{text!r} names the host {parts.netloc!r}; a folder here is "
+                                             f"file:///{parts.netloc}{parts.path} (three slashes)")
         return text
 
     def task_list(text):

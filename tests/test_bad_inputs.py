@@ -590,6 +590,9 @@ CASES = {
     "few-shot out is a file": data_py("few-shot", "--glue", "{glue}", "--out", "{out}/log.txt",
                                       message="log.txt: is a file, not a folder"),
     "few-shot glue is a file": data_py("few-shot", "--glue", "{out}/log.txt", message="log.txt: is a file, not a folder"),
+    "file url of two slashes": data_py("amazon", "Tools", "--url", "file://tmp/mirror", "--out", "{tmp}/a",
+                                       message="'file://tmp/mirror' names the host 'tmp'; a folder here is "
+                                               "file:///tmp/mirror (three slashes)"),
     "few-shot glue missing": data_py("few-shot", "--glue", "{tmp}/nowhere", message="nowhere: no such folder"),
     "glue out is a file": data_py("glue", "--tasks", "RTE", "--out", "{out}/log.txt", message="is a file, not a folder"),
     "amazon out is a file": data_py("amazon", "Tools", "--out", "{out}/log.txt", message="is a file, not a folder"),
