@@ -945,8 +945,9 @@ def check_metrics(ranks, want, exact=()):
     got = ev.rank_metrics(torch.tensor(ranks))
     for name, value in want.items():
         assert name in got, f"rank_metrics({ranks}): no {name!r} in {sorted(got)}"
-        assert isinstance(got[name], float), (f"rank_metrics({ranks})[{name!r}]: expected a float (results.json "
-                                          f"holds it), got {type(got[name]).__name__} {got[name]!r}")
+        assert type(got[name]) is float, (
+            f"rank_metrics({ranks})[{name!r}]: expected a Python float (the run state, which torch.load("
+            f"weights_only=True) reads, takes no numpy scalar), got {type(got[name]).__name__} {got[name]!r}")
         ok = got[name] == value if name in exact else got[name] == pytest.approx(value)
         assert ok, f"rank_metrics of ranks {ranks} (0: not retrieved): {name} expected {value:.6f}, got {got[name]:.6f}"
 

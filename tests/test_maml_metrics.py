@@ -21,7 +21,8 @@ def expect(fn, args, expected, how, abs=1e-12):
     got = fn(*args)
     call = f"{fn.__name__}({', '.join(map(str, args))})"
     assert got == pytest.approx(expected, abs=abs), f"{call}: expected {expected:.6g} ({how}), got {got}"
-    assert isinstance(got, float), f"{call}: expected a float (results.json holds it), got {type(got).__name__}"
+    assert type(got) is float, (f"{call}: expected a Python float (json and torch.load(weights_only=True), which reads "
+                                f"the run state, take no numpy scalar), got {type(got).__name__}")
 
 
 def test_accuracy_f1_mcc_by_hand():
