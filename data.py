@@ -59,9 +59,6 @@ class TextTokenizer:
     def decode_batch(self, batch):
         return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
 
-    def to_json(self):
-        return self.tok.to_str(pretty=True)  # the tokenizer.json a run writes, as tokenizers' own save writes it
-
     @property
     def fingerprint(self):
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
@@ -371,7 +368,7 @@ def _read_text_files(path, map_path):
     for line_no, cols in rows:
         asin, text = _item_key(path, line_no, cols[id_col]), cols[text_col]
         if asin not in asin_to_id:
-            raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path}")
+            raise UserError(f"{path}:{line_no}: item {asin} is not in {map_path} (X.text names items by ASIN)")
         if asin_to_id[asin] in entries:
             raise UserError(f"{path}:{line_no}: item {asin} listed twice")
         item = {a: shown(v) for a, v in zip(attributes, _split_text(text, root)) if shown(v)}

@@ -198,8 +198,8 @@ def save_json(path, obj):  # strict JSON: a float that is not finite (a nan metr
 
 
 def save_tokenizer(out_dir, tokenizer):
-    """out_dir/tokenizer.json, beside the run's checkpoints: they can be --init with it."""
-    atomic_write(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tokenizer.to_json()))
+    """out_dir/tokenizer.json, beside the run's checkpoints (they can be --init with it), as tokenizers' save does."""
+    atomic_write(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tokenizer.tok.to_str(pretty=True)))
 
 
 def save_torch(path, obj):  # torch.save, atomically; tensors and plain values only, which load_torch reads safely

@@ -224,10 +224,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding=True):
-        """Parameter count; the position table is left out by default, as nanoGPT reports it."""
-        n = sum(p.numel() for p in self.parameters())  # the tied matrix is counted once
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+    def num_params(self):
+        """Parameter count less the position table, as nanoGPT reports it (the tied matrix counted once)."""
+        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
 
     # --- the forward pass -------------------------------------------------------
 
@@ -425,9 +424,9 @@ class GPT(nn.Module):
         model.safetensors or pytorch_model.bin, without the transformers package."""
         config, cfg_path = read_gpt2_config(directory, dropout)
         weights_path, sd = read_hf_weights(directory)
-        # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model); the causal-mask buffers
-        # "attn.bias" / "attn.masked_bias" of old checkpoints are not weights; lm_head is tied to wte
-        sd = {k.removeprefix("transformer."): v for k, v in sd.items()
+        # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model; of X and transformer.X both, the second
+        # stays, which check_weights refuses); old files' causal masks "attn.bias", "attn.masked_bias" are not weights
+        sd = {(k[12:] if k.startswith("transformer.") and k[12:] not in sd else k): v for k, v in sd.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
         check_weights(sd, config, weights_path, cfg_path, layout=gpt2_layout)
         model = cls(config)
@@ -482,11 +481,8 @@ def read_safetensors(path):
     spans = sorted((begin, end) for _, _, begin, end in entries.values())  # the format's rule: they tile the data
     if [b for b, _ in spans] != [0] + [e for _, e in spans[:-1]] or (spans[-1][1] if spans else 0) != len(data):
         raise UserError(f"{path}: not a safetensors file (its tensors overlap, or leave bytes between or after them)")
-    tensors = {}
-    for name, (dtype, shape, begin, end) in entries.items():
-        raw = bytearray(data[begin:end])
-        tensors[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(shape)
-    return tensors
+    return {name: (torch.frombuffer(bytearray(data[b:e]), dtype=dtype) if e > b else torch.empty(0, dtype=dtype))
+            .reshape(shape) for name, (dtype, shape, b, e) in entries.items()}  # bytearray: a writable copy
 
 
 def _safetensors_entry(path, name, info, size):
@@ -563,6 +559,8 @@ def read_gpt2_config(directory, dropout=0.0):
         raise UserError(f"{path}: {bad[0]} = {sizes[bad[0]]!r} is not a positive whole number")
     if sizes["n_embd"] % sizes["n_head"]:
         raise UserError(f"{path}: n_embd = {sizes['n_embd']} is not divisible by n_head = {sizes['n_head']}")
+    if hf.get("n_inner") not in (None, 4 * sizes["n_embd"]):  # GPT-2's MLP is 4 * n_embd wide (null in its files)
+        raise UserError(f"{path}: n_inner = {hf['n_inner']!r}, but this GPT's MLP is 4 * n_embd wide")
     return GPTConfig(block_size=sizes["n_positions"], vocab_size=sizes["vocab_size"], n_layer=sizes["n_layer"],
                      n_head=sizes["n_head"], n_embd=sizes["n_embd"], dropout=dropout, bias=True), path
 

@@ -123,6 +123,9 @@ def check_paths(args):
         raise UserError(f"--data: --task maml takes one GLUE folder, got {len(args.data)}")
     if args.init is not None and not os.path.exists(args.init):
         raise UserError(f"--init {args.init}: no such checkpoint file or GPT-2 folder")
+    sized = [n for n, _ in args.set if n in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")]
+    if args.init and sized:  # the model of --init is the model: its sizes are not settings any more
+        raise UserError(f"--set {sized[0]}: --init {args.init} brings its own model sizes; drop this --set")
     check_out_dir(args.out_dir, "--out-dir", OUTPUTS)
     written = {os.path.realpath(os.path.join(args.out_dir, n)) for n in ("", *OUTPUTS)}  # the folder, its files
     if args.init and os.path.realpath(args.init) in written:

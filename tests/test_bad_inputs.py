@@ -195,6 +195,13 @@ def gpt2_variant(change):
     return make
 
 
+def named_twice(header, data):
+    """An edit_safetensors change: wte.weight again, as transformer.wte.weight (a file merged from both layouts)."""
+    begin, end = header["wte.weight"]["data_offsets"]
+    header["transformer.wte.weight"] = dict(header["wte.weight"], data_offsets=[len(data), len(data) + end - begin])
+    data.extend(bytes(end - begin))  # zeros: loading this copy would erase the embedding
+
+
 def evil_checkpoint(path, tmp):
     torch.save(dict(model={}, config={}, step=0, metrics={}, payload=RunsCode(tmp / "ran")), path)
 
@@ -695,6 +702,13 @@ CASES = {
     "init config of another activation": init(gpt2_variant(lambda f: edit(
         os.path.join(f, "config.json"), '"n_positions"', '"activation_function": "relu", "n_positions"')),
         "config.json: asks for {'activation_function': 'relu'}, which this GPT does not compute"),
+    "init with a model size set": lambda w, tmp: (["--task", "maml", "--init", w["gpt2"], "--set", "n_layer=3"],
+                                                  "--set n_layer: --init "),
+    "init weights named twice": init(gpt2_variant(lambda f: edit_safetensors(f, named_twice)),
+                                     "missing [], unexpected ['transformer.wte.weight']"),
+    "init config of another MLP width": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"n_positions"', '"n_inner": 64, "n_positions"')),
+        "config.json: n_inner = 64, but this GPT's MLP is 4 * n_embd wide"),
     "init config of another model": init(gpt2_variant(lambda f: edit(
         os.path.join(f, "config.json"), '"n_positions"', '"model_type": "gpt_neo", "n_positions"')),
         "config.json: asks for {'model_type': 'gpt_neo'}"),
