@@ -27,7 +27,7 @@ import torch
 import calrec
 import data
 import maml
-from engine import Parser, environment, grad_scaler, pick_device, thread_count
+from engine import Once, Parser, environment, grad_scaler, pick_device, thread_count
 from model import GPT, GPTConfig, UserError, error_line, second_order_ops
 
 
@@ -197,15 +197,19 @@ PARTS = {"train": bench_train, "cache": bench_cache, "beam": bench_beam, "bm25":
 def main():
     p = Parser(prog="bench.py", description="The project's speed, as Markdown tables.", allow_abbrev=False)
     p.add_argument("--only", choices=tuple(PARTS), action="append", help="run this part (may be repeated)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
-    p.add_argument("--threads", type=thread_count, default=1, help="torch's CPU threads for every part but threads")
-    p.add_argument("--data", default=None, help="a benchmark folder for the bm25 part")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"), help="where to measure (default: cpu)")
+    p.add_argument("--threads", type=thread_count, default=1,
+                   help="torch's CPU threads for every part but threads (default: 1)")
+    p.add_argument("--data", action=Once, help="a benchmark folder for the bm25 part")
     try:  # a mistake is one line, as in train.py, and found before any part runs
         args = p.parse_args()
         if args.data is not None and not args.data.strip():
             raise UserError("--data: an empty path; give a benchmark folder")
         if args.data is not None and "bm25" not in (args.only or PARTS):
             raise UserError("--data: only the bm25 part reads it, and --only leaves that part out")
+        if args.data is not None and not os.path.isdir(args.data):  # as train.py words it
+            what = "is a file, not a folder" if os.path.exists(args.data) else "no such folder"
+            raise UserError(f"--data {args.data}: {what}")
         catalog = data.read_atomic(args.data) if args.data is not None else None
         if catalog is not None and not catalog.test:  # (train.py refuses it too)
             raise UserError(f"{args.data}: has no test users, whose last items the bm25 part searches with")

@@ -321,7 +321,7 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
         histories = [hist for hist, _ in examples[s:s + cfg.eval_batch]]
         prompts = [builder.prompt([catalog[i] for i in hist]) for hist in histories]
         found = lm.beam_search(prompts, beams, builder.room, tokenizer.eot_id, allowed_next=trie)
-        texts = tokenizer.decode_batch([tokens for user in found for tokens, _ in user])
+        texts = [tokenizer.decode(tokens) for user in found for tokens, _ in user]
         lists += (bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None
                   else trie.ranked_items(found, histories, cfg.top_k))
         samples.append(texts[0])
@@ -372,7 +372,7 @@ class CALRecConfig:
     n_embd: int = setting(128, ">= 1", "width of the residual stream")
     block_size: int = setting(256, ">= 16", "longest sequence the LM reads, in tokens")
     dropout: float = setting(0.0, "0..0.9", "dropout of the LM")
-    vocab_size: int = setting(2048, "259..1048576", "BPE trained on the items' prompts (256 bytes, 3 specials, merges)")
+    vocab_size: int = setting(2048, "259..1048576", "BPE tokens at most (fewer if the items' prompts are too short)")
     max_words: int = setting(24, ">= 1", "cap on every attribute value, in words")
     max_history: int = setting(3, ">= 1", "most recent history items in a prompt (as many as fit block_size)")
     max_item_tokens: int = setting(64, ">= 1", "an item's tokens; a longer item loses words of its longest values")
@@ -438,7 +438,7 @@ class CALRecConfig:
 
 
 BUILT_IN = CALRecConfig()  # the defaults: sized to finish in under 3 minutes on one CPU core
-REAL_DATA = dataclasses.replace(  # under 40 minutes alone on 2 CPU cores; chosen on Scientific's validation split
+REAL_DATA = dataclasses.replace(  # 34 minutes on 2 CPU cores (docs/results.md); chosen on Scientific's validation
     BUILT_IN, vocab_size=4096, max_words=10, max_history=1, max_item_tokens=32, stage1_steps=600, stage2_steps=1200,
     batch_size=32, lr=1e-3, warmup=100, eval_interval=200, domain_temperature=2.0, select_users=10_000, beams=5,
     eval_batch=64, bm25_valid_users=1000, extra_negatives=256, recent_in_loss=4, constrained_beams=5,

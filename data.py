@@ -56,9 +56,6 @@ class TextTokenizer:
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
-    def decode_batch(self, batch):
-        return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
-
     @property
     def fingerprint(self):
         """Recorded by checkpoints: --init and --resume refuse a model of another tokenizer (other ids)."""
@@ -348,8 +345,8 @@ def _split_text(text, root):
     body, words = (text[:-2] if text.endswith(". ") else text.rstrip()), root.split()
     paths = [re.escape(" ".join(words[:n])) + r"(?= |\. |$)" for n in range(len(words), 0, -1)]
     at = next(filter(None, (re.search(r"\. " + p, body) for p in paths[:1] + [r"(?=\. )"] + paths[1:])), None)
-    if at is None:  # no root: the last two '. ' split it, values missing from the left
-        return ([""] * 2 + body.rsplit(". ", 2))[-3:]
+    if at is None:  # no root: the last two '. ' split it; UniSRec writes every title, so the right part is missing
+        return (body.rsplit(". ", 2) + ["", ""])[:3]
     category, _, brand = body[at.end():].lstrip(" ").partition(". ")
     return [body[:at.start()], category, brand]
 
@@ -497,7 +494,7 @@ class PromptBuilder:
         self.budget = block_size - self.room - len(self.header) - len(self.next)  # for the history items
         if len(self.first) + self.room - 1 + len(self.end) > self.budget:  # not even one
             raise UserError(f"block_size={block_size} cannot hold a prompt of one history item and a target of "
-                            f"{self.room - 1} tokens; raise block_size or lower max_item_tokens")
+                            f"{self.room - 1} tokens; it takes a longer block_size or a lower max_item_tokens")
 
     def _kept(self, history):
         prefix = max(len(self.first), len(self.next))  # which item comes first is known only at the end
@@ -611,7 +608,7 @@ def _glue_label(raw, where, task, spec):
         raise UserError(f"{where}: {task} score {raw!r} is not a number")
     y = float(raw)
     if not 0.0 <= y <= 5.0:  # STS-B's similarity scale
-        raise UserError(f"{where}: {task} score {y} is outside (0.0, 5.0)")
+        raise UserError(f"{where}: {task} score {y} is outside [0, 5]")
     return y
 
 

@@ -1,6 +1,5 @@
 """
-Fetch the real data sets into the folders that data.py reads (nanoGPT keeps a prepare.py per data set; this one
-file holds all three). `python download.py ...` is the same command line.
+Fetch the real data sets into the folders that data.py reads. `python download.py ...` is the same command line.
 
 examples:
   python data.py amazon Industrial_and_Scientific Video_Games   # -> data/amazon/<category>/
@@ -156,12 +155,14 @@ def building(folder):
     scratch = os.path.join(parent, f".{name}.tmp")
     tmp = os.path.join(scratch, name)
     shutil.rmtree(scratch, ignore_errors=True)  # what a killed run left
+    made = [p for p in _parents(parent) if not os.path.lexists(p)]  # innermost first
     os.makedirs(tmp)
     try:
         yield tmp
         os.rename(tmp, folder)
     finally:
         shutil.rmtree(scratch)
+        _unmade("", made)  # a folder made for it and left empty (the body failed)
 
 
 # -----------------------------------------------------------------------------
@@ -496,7 +497,9 @@ def _labelled_lines(glue_root, name):
         raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
     y = read_glue_split(path, name)["y"]  # every line well-formed, or an error naming file and line
     with open(path, "rb") as f:  # split as read_glue_split does (on \n, \r, \r\n), blank lines dropped as it does
-        lines = [line for n, line in enumerate(f.read().splitlines(keepends=True))
+        raw = f.read()
+        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # unpacked as read_glue_split unpacks it
+        lines = [line for n, line in enumerate(raw.splitlines(keepends=True))
                  if line.decode("utf-8-sig" if n == 0 else "utf-8").strip(" \t\n\r\f\v")]
     if not lines[-1].endswith((b"\n", b"\r")):
         lines[-1] += b"\n"  # a last line without its line end must not run into the next one
@@ -518,8 +521,11 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
     dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
     with building(folder) as tmp:
         for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):
-            with open(os.path.join(tmp, file), "wb") as f:
-                f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
+            try:
+                with open(os.path.join(tmp, file), "wb") as f:
+                    f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
+            except OSError as e:  # a full disk: name the file (the folder is never half-written)
+                raise UserError(f"{os.path.join(folder, file)}: cannot be written ({e.strerror})") from None
         shot = glue_task(name, tmp)
         if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
             raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
@@ -609,7 +615,7 @@ def build_parser():
         "glue", "the official GLUE files -> one folder per task for --task maml",
         "GLUE's official archives (MRPC: built as GLUE's download script builds it), every line parsed, less the\n"
         "unlabelled test files -> <out>/<task>/train.tsv and dev.tsv (MNLI: dev_matched.tsv, dev_mismatched.tsv).",
-        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE --out data/glue\n"
+        "  python data.py glue --out data/glue                  # all eight: the auxiliary tasks and the targets\n"
         "  python train.py --task maml --data data/glue")
     g.add_argument("--tasks", type=task_list, default=list(GLUE_TASKS),
                    help=f"comma-separated GLUE tasks (default: all eight, {','.join(GLUE_TASKS)})")
@@ -620,14 +626,15 @@ def build_parser():
         "Draw LM-BFF's few-shot splits (Gao, Fisch and Chen, ACL 2021) from <glue>/<task>/train.tsv: for each\n"
         "seed, k training and k validation examples per label, in <out>/<task>/<k>-<seed>/.\n"
         "train.py --task maml --data <glue> uses the 16-shot splits in glue-16shot next to <glue>.",
-        "  python data.py glue --tasks CoLA,MRPC,STS-B,RTE\n"
-        "  python data.py few-shot --glue data/glue --out data/glue-16shot")
+        "  python data.py glue\n"
+        "  python data.py few-shot --glue data/glue             # -> data/glue-16shot, where train.py looks")
     f.add_argument("--glue", default="data/glue", help="the GLUE folder of `data.py glue` (default: %(default)s)")
-    f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue)")
+    f.add_argument("--out", default=None, help="where the splits go (default: glue-16shot next to --glue, the one "
+                   "place train.py looks)")
     f.add_argument("--tasks", type=task_list, default=["CoLA", "MRPC", "STS-B", "RTE"],
                    help="comma-separated GLUE tasks (default: CoLA,MRPC,STS-B,RTE)")
     f.add_argument("--k", type=positive_int, default=16,
-                   help="examples per label in each split (default: %(default)s)")
+                   help="examples per label in each split (default: %(default)s; train.py reads the 16-shot splits)")
     f.add_argument("--seeds", type=seed_list, default=list(LM_BFF_SEEDS),
                    help="comma-separated seeds, one split per seed (default: LM-BFF's, 100,13,21,42,87)")
     return p

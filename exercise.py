@@ -366,9 +366,10 @@ def outcome(case):
     return True, ""
 
 
-def grade(root, names, timeout):
+def grade(root, names, timeout, where=None):
     """Run the graders of each exercise in `root`, in a process of its own (code that fails to import, loops or ends
-    the process costs its own exercise only), and print a score per exercise; 0 if every one passes."""
+    the process costs its own exercise only), and print a score per exercise; 0 if every one passes. where: the
+    folder whose copy `root` is, where the printed pytest command runs (None: the working folder)."""
     exercises = [exercise_named(n) for n in names]
     total = 0
     for ex in exercises:
@@ -386,7 +387,8 @@ def grade(root, names, timeout):
                 print("\n".join("    " + line for line in message.splitlines()))
         total += bool(mine) and passed == len(mine)
     if total < len(exercises):
-        print(f"the tracebacks: {sys.executable} -m pytest " + " ".join(t for ex in exercises for t in ex.tests))
+        cd = f"cd {shlex.quote(where)} && " if where else ""
+        print(f"the tracebacks: {cd}{sys.executable} -m pytest " + " ".join(t for ex in exercises for t in ex.tests))
     return 0 if total == len(exercises) else 1
 
 
@@ -397,7 +399,7 @@ def grade_handout(folder, names, timeout):
     manifest, listed = os.path.join(folder, MANIFEST), None
     if os.path.isfile(manifest):  # a named pipe there would block the read
         try:
-            with open(manifest, encoding="utf-8") as f:
+            with open(manifest, encoding="utf-8-sig") as f:  # as a Windows editor may save it: a BOM first
                 listed = json.load(f)
         except (OSError, ValueError, RecursionError):
             pass
@@ -424,7 +426,7 @@ def grade_handout(folder, names, timeout):
         elif os.path.lexists(theirs):
             os.remove(theirs)
         copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
-        return grade(os.path.join(tmp, "work"), names, timeout)
+        return grade(os.path.join(tmp, "work"), names, timeout, where=folder)
 
 
 # -----------------------------------------------------------------------------
@@ -526,7 +528,8 @@ def main(argv=None):
     for p in (g, c):
         p.add_argument("--timeout", type=int, default=600,
                        help="seconds the graders of one exercise may run (default: 600; at most a day)")
-    e = commands.add_parser("experiments", help="run docs/experiments.md's commands; compare its tables (minutes)")
+    e = commands.add_parser("experiments", help="run docs/experiments.md's commands one after another and compare "
+                            "its tables (about 20 minutes on one thread)")
     e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
     try:
         args = parser.parse_args(argv)

@@ -140,11 +140,11 @@ def task_probabilities(sizes, sampling):
 class SineConfig:
     """The sinusoid check: the paper's settings, but for the number of meta-updates and Reptile's steps."""
     hidden: int = setting(40, "> 0", "width of the MLP 1 -> hidden -> hidden -> 1, ReLU [paper]")
-    k: int = setting(10, "> 0", "support (and query) points per task, K [paper]")
+    k: int = setting(10, "> 0", "K of K-shot: support (and query) points per task [paper]")
     meta_batch: int = setting(25, "> 0", "tasks per meta-update [paper]")
     outer_lr: float = setting(1e-3, "0..1e30", "Adam's learning rate on θ [paper]")
     inner_lr: float = setting(0.01, "0..1e30", "the inner loop's learning rate, in meta-training and at test [paper]")
-    inner_steps: int = setting(1, "> 0", "k, inner steps of MAML and FOMAML while meta-training [paper]")
+    inner_steps: int = setting(1, "> 0", "inner steps of MAML and FOMAML while meta-training [paper]")
     reptile_steps: int = setting(5, "> 0", "Reptile's inner steps [ours]: with one step Reptile is joint training")
     steps: int = setting(6000, "> 0", "meta-updates per method [ours; the paper runs 70,000]")
     eval_tasks: int = setting(600, "> 0", "held-out sines")
@@ -426,7 +426,7 @@ class MAMLConfig:
     n_layer: int = setting(2, "> 0", "transformer blocks of the GPT trained from scratch")
     n_head: int = setting(2, "> 0", "attention heads per block")
     n_embd: int = setting(64, "> 0", "width of the GPT's hidden states")
-    vocab_size: int = setting(512, "259..1048576", "BPE trained on the tasks' text (256 bytes, 3 specials, merges)")
+    vocab_size: int = setting(512, "259..1048576", "BPE tokens at most (fewer if the tasks hold too little text)")
     max_len: int = setting(48, ">= 4", "tokens per example (a pair is trimmed to fit)")
     inner_lr: float = setting(0.02, "0..1e30", "the inner loop's learning rate, and fine-tuning's")
     inner_steps: int = setting(2, "> 0", "k: inner steps per task while meta-training, each on a new support batch")
@@ -437,7 +437,7 @@ class MAMLConfig:
     ft_steps: int = setting(60, "> 0", "fine-tuning steps on a target (plain SGD at inner_lr)")
     eval_interval: int = setting(15, "> 0", "score validation every this many fine-tuning steps")
     ft_clip: float = setting(1.0, "> 0", "gradient-norm clip while fine-tuning [ours]")
-    n_train: tuple[int, ...] = setting((16, 64), "> 0", "training-set sizes of the targets (and GLUE's 16-shot)")
+    n_train: tuple[int, ...] = setting((16, 64), "> 0", "random training-set sizes per target (GLUE: 16-shot too)")
     seeds: int = setting(3, "> 0", "random training subsets (seeds) per size")
     val_max: int = setting(100, "> 0", "at most this many validation examples per target")
 
@@ -454,7 +454,7 @@ class MAMLConfig:
 
 
 FAMILY = MAMLConfig()
-GLUE = MAMLConfig(aux=("MNLI", "QNLI", "QQP", "SST-2"),      # [paper, secondary]
+GLUE = MAMLConfig(aux=("MNLI", "QNLI", "QQP", "SST-2"),      # [paper: its auxiliary tasks]
                   targets=("CoLA", "MRPC", "STS-B", "RTE"),  # [paper]
                   n_embd=128, vocab_size=4096, max_len=64, inner_lr=0.01, meta_steps=400, outer_lr=5e-4,
                   ft_steps=100, eval_interval=25, n_train=(100, 1000), val_max=200)
@@ -475,16 +475,17 @@ def load_tasks(cfg, data_dir):
     if data_dir is None:
         return "family", {n: known[n] for n in cfg.aux}, {n: known[n] for n in cfg.targets}, None
     few_shot = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "glue-16shot")
-    return ("glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets, target=True),
-            few_shot if os.path.lexists(few_shot) else None)  # not a folder: few_shot_folders says so
+    return "glue", data.load_glue(data_dir, cfg.aux), data.load_glue(data_dir, cfg.targets, target=True), few_shot
 
 
 def few_shot_runs(task, encode, root, test, reported):
     """One run per LM-BFF 16-shot folder of a target: its own train and dev, scored on the reported split."""
     def pairs(split):
         return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
-    reported_pairs, runs = pairs(task[reported]), []
-    for folder in data.few_shot_folders(root, task["name"]):
+    reported_pairs, runs, folders = pairs(task[reported]), [], data.few_shot_folders(root, task["name"])
+    if not folders:  # where data.py few-shot writes them, with its default --k
+        log.warning(f"{os.path.join(root, task['name'])}: no 16-shot splits (16-<seed>/), so no 16-shot rows")
+    for folder in folders:
         shot = data.glue_task(task["name"], folder)
         for split, y in ((s, shot[s]["y"]) for s in ("train", "dev")):  # 16 of each label (STS-B: score < 2.5 or not)
             per_label = np.unique(np.asarray(y) >= 2.5 if task["kind"] == "regression" else y, return_counts=True)[1]

@@ -108,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, nh, T_keys, hs): every position so far, these included
         dropout_p = self.dropout if self.training else 0.0
-        # the fused kernel: manual_attention above, spelled out (second-order MAML runs inside second_order_ops)
+        # the fused kernel; manual_attention above is what it computes (second-order MAML: see second_order_ops)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                            is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again

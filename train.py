@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import (Once, Parser, apply_settings, check_out_dir, format_value, kept_if_refused,  # noqa: E402
+from engine import (Once, Parser, apply_settings, check_out_dir, describe, format_value, kept_if_refused,  # noqa: E402
                     name_value, open_log_file, out_of_memory, pick_device, seed_everything, seed_number,
                     setup_distributed, setup_logging, show_config, thread_count)
 from model import UserError, error_line  # noqa: E402
@@ -56,7 +56,7 @@ def alias_help(name):
         field = {f.name: f for f in dataclasses.fields(presets[0])}.get(name)
         if field is not None:
             defaults = " / ".join(dict.fromkeys(format_value(getattr(p, name)) for p in presets))
-            parts.append(f"{task}: {field.metadata['help']} (default {defaults or 'empty'})")
+            parts.append(f"{task}: {field.metadata['help']} ({describe(field)}; default {defaults or 'empty'})")
     return "; ".join(parts) + f"; the same as --set {name}=VALUE"
 
 
@@ -143,6 +143,8 @@ def check_paths(args):
 def main(argv=None):
     try:
         return command(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:  # the reader of a pipe stopped early (--show-config | head): it has what it wanted
+        os._exit(141)  # at once: the interpreter's exit would write into the closed pipe again, with a traceback
     except (UserError, OSError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
         message = str(e) if isinstance(e, UserError) else (f"{e.filename}: {e.strerror}" if isinstance(e, OSError)
                                                            and e.filename else out_of_memory(e))  # a file refused
@@ -160,10 +162,11 @@ def command(argv):
     args = build_parser().parse_args(argv)
     args.out_dir = os.path.join("out", args.task) if args.out_dir is None else args.out_dir
     cfg = settings(args)
-    if args.show_config:
-        print(f"--task {args.task}, preset {'real data (--data)' if args.data else 'built-in'}:\n{show_config(cfg)}")
-        return cfg
     check_paths(args)
+    if args.show_config:
+        print(f"--task {args.task}, preset {'real data (--data)' if args.data else 'built-in'}:\n{show_config(cfg)}",
+              flush=True)
+        return cfg
     torch.set_num_threads(args.threads or 1)
     device = "cpu" if args.task == "sinusoid" else pick_device(args.device or "auto", mps=args.task == "calrec")
     rank, device = setup_distributed(device)

@@ -1102,8 +1102,9 @@ def test_a_domain_temperature_near_0_is_a_valid_setting(world, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "{tmp}/nowhere"], "nowhere: no such folder"),  # every part: refused before the first, not minutes on
+    (["--data", "{tmp}/nowhere"], "error: --data {tmp}/nowhere: no such folder"),  # refused before the first part
     (["--only", "train", "--only", "bm25", "--data", "{tmp}/Alpha/Alpha.item"], "Alpha.item: is a file, not a folder"),
+    (["--only", "bm25", "--data", "{tmp}/Alpha", "--data", "{tmp}/Empty"], "--data is given twice"),
     (["--only", "bm25", "--data", ""], "--data: an empty path"),  # not the current folder
     (["--only", "train", "--data", "{tmp}/Alpha"], "--data: only the bm25 part reads it"),  # a good folder, unread
     (["--only", "bm25", "--data", "{tmp}/Empty"], "Empty: has no test users")])  # "0 queries ... 0.00 s", as a time
@@ -1119,8 +1120,8 @@ def test_bench_data_is_checked_before_any_part_runs(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         bench.main()
     out, err = capsys.readouterr()
-    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert out == "" and ran == []
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err and out == "" and ran == []
 
 
 def test_bench_bm25_reads_the_data_folder(tmp_path, monkeypatch, capsys):

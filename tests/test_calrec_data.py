@@ -190,7 +190,10 @@ def test_text_variant_without_the_root_splits_at_an_empty_path_or_at_the_longest
             ("Mr. Heater Big Buddy. . Mr. Heater. ", "", ["Mr. Heater Big Buddy", "", "Mr. Heater"]),  # no root at all
             ("Ink 8. Office Products Office Electronics Printers. Dr. Ink Co. ", "Office Products Office & School",
              ["Ink 8", "Electronics Printers", "Dr. Ink Co"]),
-            ("Tape. . . ", "Root", ["Tape", "", ""])):
+            ("Tape. . . ", "Root", ["Tape", "", ""]),
+            ("Widget Pro. ", "Root", ["Widget Pro", "", ""]),  # no category, no brand: a title alone, not a brand
+            ("Widget Pro", "", ["Widget Pro", "", ""]),  # one description an item (a data set without categories)
+            ("Widget. Tools Saws", "Root", ["Widget", "Tools Saws", ""])):
         assert data._split_text(text, root) == want, (text, root)
 
 

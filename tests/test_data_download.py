@@ -4,6 +4,7 @@ Amazon 2018 -> benchmark folders, resumed and broken downloads, GLUE archives ->
 splits against an independent draw, and the command line's errors.
 Run: python -m pytest -q tests/test_data_download.py"""
 
+import gzip
 import http.server
 import os
 import re
@@ -468,6 +469,35 @@ def test_a_few_shot_split_is_the_same_whichever_seeds_are_asked_for(tmp_path):
         for i, seed in enumerate(download.LM_BFF_SEEDS):
             before = download.LM_BFF_SEEDS[:i] if name == "CoLA" else ()
             assert split("default", name, seed) == expected_few_shot(header, lines, labels, seed, 4, before)
+
+
+def test_few_shot_of_a_gzipped_train_file_is_that_of_the_file_unpacked(tmp_path):
+    """train.py reads a gzip-compressed train.tsv whatever its name; few-shot draws the same lines from it as from
+    the plain file (which it copies byte for byte)."""
+    header = b"index\tsentence1\tsentence2\tlabel\n"
+    labels = ["entailment" if i % 3 else "not_entailment" for i in range(40)]
+    lines = few_shot_source(tmp_path / "glue", "RTE", header, [f"{i}\tA {i}.\tB.\t{y}" for i, y in enumerate(labels)])
+    path = tmp_path / "glue" / "RTE" / "train.tsv"
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=4, seeds=(13,))
+    split = tmp_path / "out" / "RTE" / "4-13"
+    assert ((split / "train.tsv").read_bytes(), (split / "dev.tsv").read_bytes()) == \
+        expected_few_shot(header, lines, labels, 13, 4)
+
+
+def test_few_shot_onto_a_full_disk_names_the_file_and_leaves_no_folder(tmp_path, monkeypatch):
+    few_shot_source(tmp_path / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
+                    [f"{i}\tA {i}.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(20)])
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):  # a disk with no room left: writing fails, as ENOSPC does
+        if "w" in mode and str(path).endswith("train.tsv"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(UserError, match=r"out/RTE/4-13/train.tsv: cannot be written \(No space left on device\)"):
+        download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=4, seeds=(13,))
+    assert not (tmp_path / "out").exists()  # nor the folders made for it
 
 
 def test_few_shot_needs_two_k_lines_per_label(tmp_path):

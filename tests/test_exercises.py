@@ -230,6 +230,8 @@ def test_handout_check_grade_end_to_end(tmp_path):
     assert graded.returncode == 1, graded.stdout + graded.stderr
     assert "round-robin: 1 of 1 graders pass -- done" in graded.stdout
     assert "info-nce: 0 of 2 graders pass" in graded.stdout
+    assert f"the tracebacks: cd {out} && {sys.executable} -m pytest " in graded.stdout  # in the handout, not here
+    assert "the tracebacks: cd" not in checked.stdout  # check runs where the student is
 
 
 PASS_EVERYTHING = """import pytest
@@ -302,6 +304,9 @@ def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
     assert len(scores) == 1, graded.stdout  # named twice, graded once
     shutil.rmtree(out / "tests")
     (out / "tests").write_text("a student's notes\n")
+    graded = cli("grade", str(out))
+    assert graded.returncode == 1 and "round-robin: 0 of 1 graders pass" in graded.stdout, graded.stdout + graded.stderr
+    (out / "exercises.json").write_bytes(b'\xef\xbb\xbf["round-robin"]\r\n')  # as Notepad saves it, a BOM first
     graded = cli("grade", str(out))
     assert graded.returncode == 1 and "round-robin: 0 of 1 graders pass" in graded.stdout, graded.stdout + graded.stderr
     os.remove(out / "exercises.json")

@@ -245,10 +245,12 @@ def tiny_glue(root):
     write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
 
 
-def test_a_glue_folder_reports_dev_and_runs_the_16_shot_folders(tmp_path):
+def test_a_glue_folder_reports_dev_and_runs_the_16_shot_folders(tmp_path, caplog):
     tiny_glue(tmp_path)
     cfg = tiny_config(seeds=1, method="none", aux=("SST-2",), targets=("RTE", "STS-B"), val_max=4)
     out = maml.run(maml.prepare(cfg, str(tmp_path / "glue"), str(tmp_path / "out"), seed=0, device="cpu"))
+    missing = [r.getMessage() for r in caplog.records if "no 16-shot splits" in r.getMessage()]
+    assert missing == [f"{tmp_path / 'glue-16shot' / 'STS-B'}: no 16-shot splits (16-<seed>/), so no 16-shot rows"]
     assert out["config"]["reported_split"] == {"RTE": "dev", "STS-B": "dev"}  # validation is carved out of train
     assert set(out["targets"]["RTE"]["none"]) == {"8", "16-shot"} and "16-shot" not in out["targets"]["STS-B"]["none"]
     assert set(out["targets"]["STS-B"]["none"]["8"]) >= {"pearson", "spearman"}

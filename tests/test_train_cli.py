@@ -1,5 +1,9 @@
 """train.py's command line: typos and bad values fail at once with a message; --help explains every flag."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import train
@@ -79,6 +83,17 @@ def test_show_config_prints_every_setting_of_the_preset(capsys):
     assert cfg.beams == 3 and cfg.max_history == 1  # the real-data preset, then the flag
     assert "preset real data" in out and len(out.splitlines()) == 1 + len(train.dataclasses.fields(cfg))
     assert any(line.split()[:2] == ["beams", "3"] for line in out.splitlines())
+
+
+def test_show_config_checks_the_paths_and_stops_quietly_when_its_reader_does(capsys, tmp_path):
+    code, err = run_cli(capsys, "--task", "calrec", "--data", str(tmp_path / "none"), "--show-config")
+    assert code == 2 and "none: no such folder" in err  # what the run would refuse, --show-config refuses
+    read, write = os.pipe()
+    os.close(read)  # `| head -0`: the reader has gone before the table is written
+    run = subprocess.run([sys.executable, "train.py", "--task", "maml", "--show-config"], stdout=write,
+                         stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.abspath(train.__file__)))
+    os.close(write)
+    assert (run.returncode, run.stderr) == (141, "")
 
 
 def test_resume_needs_a_saved_state(capsys, tmp_path):
