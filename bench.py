@@ -27,7 +27,8 @@ import torch
 import calrec
 import data
 import maml
-from engine import Once, Parser, environment, grad_scaler, pick_device, thread_count
+from engine import Once, Parser, grad_scaler, pick_device, thread_count
+from evaluation import environment
 from model import GPT, GPTConfig, UserError, error_line, second_order_ops
 
 

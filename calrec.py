@@ -33,7 +33,7 @@ import calrec_extras as extras
 import evaluation as ev
 from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_fits, check_memory, check_settings,
                     fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint,
-                    save_results, save_tokenizer, setting, train_and_select, training_floats)
+                    save_tokenizer, setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
 
 log = logging.getLogger(__name__)
@@ -730,4 +730,4 @@ def write_results(exp, results, stages):
              f"{extras.describe_dense_weights(*w.values())});"
              f" full ranking over {domain.n_items} items\n" + "\n".join(table))
     out = dict(**results, config=config, generator_check=exp.state.done["generator_check"], resumed=exp.state.resumes)
-    return save_results(exp.out_dir, out, exp.device, exp.state.seconds())
+    return ev.save_results(exp.out_dir, out, exp.device, exp.state.seconds())

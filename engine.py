@@ -3,8 +3,8 @@ The machinery both tasks share, so that calrec.py and maml.py can hold their pap
 
 Read it top to bottom: settings (one frozen config per task, each field declaring what it allows) -> files
 written whole -> checkpoints and --init -> the training loop with model selection -> the state a run resumes
-from -> more hardware (mixed precision, several processes) -> the run's device, processes, seed and log -> what
-a results.json says about the machine.
+from -> more hardware (mixed precision, several processes) -> the run's device, processes, seed and log ->
+fingerprints. What a results.json holds is evaluation.save_results'.
 """
 
 import argparse
@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import re
 import shlex
@@ -319,6 +318,11 @@ def load_init(path, dropout=0.0):
     wrote beside it; its own dropout) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
     if os.path.isdir(path):
         gpt, tokenizer = GPT.from_pretrained(path, dropout=dropout), data.load_tokenizer(path)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:  # read and checked by from_pretrained
+            eos = json.load(f).get("eos_token_id")  # GPT-2's: 50256, its <|endoftext|>
+        if eos is not None and tokenizer.eot_id not in (eos if isinstance(eos, list) else [eos]):
+            raise UserError(f"{tokenizer.path}: {data.EOT} is id {tokenizer.eot_id}, but {path}'s config.json says "
+                            f"eos_token_id {eos}: not the tokenizer these weights were trained with")
         tok = tokenizer.tok
         if not (isinstance(tok.model, tokenizers.models.BPE) and isinstance(tok.pre_tokenizer, ByteLevel)):
             raise UserError(f"{tokenizer.path}: a {type(tok.model).__name__} tokenizer; GPT-2's is a byte-level BPE")
@@ -723,59 +727,38 @@ def kept_if_refused(out_dir, names):
                 os.rmdir(out_dir)  # made by this run, and empty: a refused run leaves nothing
 
 
+class LogFile(logging.FileHandler):
+    """out_dir/log.txt, appended to. A line it cannot write (a full disk) ends the run with one line naming the file,
+    as any file a run writes (kept_if_refused then cuts log.txt back); logging's own would print a traceback a line."""
+
+    def handleError(self, record):
+        why = sys.exc_info()[1]
+        if not isinstance(why, OSError):  # a message that cannot be formatted, a bug: logging's own report
+            return super().handleError(record)
+        logging.getLogger().removeHandler(self)
+        if self.stream is not None:  # closed under its buffer: the line it holds never lands after the cut
+            self.stream.buffer.raw.close()
+            self.stream = None
+        raise UserError(f"{self.baseFilename}: cannot be written ({why.strerror})") from None
+
+
 def open_log_file(out_dir, argv, resume):
     """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
     whether it resumes. Called after every input has been checked, just before the first write."""
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
-    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
+    handler = LogFile(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     logging.getLogger().addHandler(handler)
-    command = "python train.py " + shlex.join(argv)
     when = datetime.datetime.now().isoformat(timespec="seconds")
-    handler.stream.write(f"\n=== {when} {command}{'  (resumed)' if resume else ''}\n")
-    handler.flush()
+    header = f"\n=== {when} python train.py {shlex.join(argv)}{'  (resumed)' if resume else ''}"
+    handler.emit(logging.makeLogRecord(dict(msg=header)))  # emit: past the filter that stamps the time
+    handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     return handler
 
 
 # -----------------------------------------------------------------------------
-# results.json, and what it says about the machine it ran on
-
-
-def save_results(out_dir, out, device, wall_s, table=None):
-    """A table (title, header, rows) to the log, then out_dir/results.json: out, time, memory, machine, warnings."""
-    if table is not None:
-        title, header, rows = table
-        for line in (f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                     *("| " + " | ".join(row) + " |" for row in rows)):
-            log.info(line)
-    out = dict(out, wall_s=wall_s, peak_memory_mb=peak_memory_mb(), environment=environment(device),
-               warnings=WARNINGS.messages)
-    save_json(os.path.join(out_dir, "results.json"), out)
-    log.info(f"wall time {wall_s:.0f} s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
-    return out
-
-
-def peak_memory_mb():
-    """This process's peak resident memory in MB (None where the platform does not say)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
-
-
-def environment(device):
-    """The versions, threads and processor a run's numbers depend on: another machine can move the last digits."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    gpu = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else None
-    return dict(torch=torch.__version__, numpy=np.__version__, tokenizers=tokenizers.__version__,
-                python=platform.python_version(), threads=torch.get_num_threads(), cpu=cpu, gpu=gpu)
+# fingerprints: what --resume compares, and how a run state proves it is the one written
 
 
 def fingerprint(obj):

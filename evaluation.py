@@ -1,22 +1,30 @@
 """
 Evaluation, for both papers: CALRec's full-catalog ranking metrics and the baselines every table holds beside it
-(most popular, the last item's text through BM25, a first-order Markov chain, SASRec); GLUE's metrics for MAML.
+(most popular, the last item's text through BM25, a first-order Markov chain, SASRec); GLUE's metrics for MAML;
+the results.json every run ends with.
 
 Every ranking scores the whole catalog of the target domain, a chunk of users at a time (no sampled negatives);
 a user's history is excluded from the candidates and ties count against the target, so a constant scorer earns
 nothing. Baselines are chosen on validation and scored on test once, like the models.
 """
 
+import logging
 import math
+import os
+import platform
+import sys
 from collections import Counter
 
 import numpy as np
+import tokenizers
 import torch
 import torch.nn.functional as F
 
 import data
-from engine import lr_at, train_and_select
+from engine import WARNINGS, lr_at, save_json, train_and_select
 from model import GPT, GPTConfig, last_token_pool
+
+log = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 10, 20)
 NDCG_KS = (5, 10, 20)
@@ -300,3 +308,42 @@ def mean_ci95(values):
     """Mean and the half-width of a normal 95% confidence interval, 1.96 std / sqrt(n)."""
     mean, std = mean_std(values)
     return mean, 1.96 * std / math.sqrt(len(values))
+
+
+# -----------------------------------------------------------------------------
+# results.json: a run's numbers, and the machine that computed them
+
+
+def save_results(out_dir, out, device, wall_s, table=None):
+    """A table (title, header, rows) to the log, then out_dir/results.json: out, time, memory, machine, warnings."""
+    if table is not None:
+        title, header, rows = table
+        for line in (f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                     *("| " + " | ".join(row) + " |" for row in rows)):
+            log.info(line)
+    out = dict(out, wall_s=wall_s, peak_memory_mb=peak_memory_mb(), environment=environment(device),
+               warnings=WARNINGS.messages)
+    save_json(os.path.join(out_dir, "results.json"), out)
+    log.info(f"wall time {wall_s:.0f} s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
+    return out
+
+
+def peak_memory_mb():
+    """This process's peak resident memory in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
+
+
+def environment(device):
+    """The versions, threads and processor a run's numbers depend on: another machine can move the last digits."""
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else None
+    return dict(torch=torch.__version__, numpy=np.__version__, tokenizers=tokenizers.__version__,
+                python=platform.python_version(), threads=torch.get_num_threads(), cpu=cpu, gpu=gpu)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import engine
 from engine import setting, train_and_select
-from evaluation import mean_ci95, plus_minus, split_metrics, summarize_seeds
+from evaluation import mean_ci95, plus_minus, save_results, split_metrics, summarize_seeds
 from model import GPT, GPTConfig, UserError, mean_pool, second_order_ops
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def run_sinusoid(cfg, out_dir, seed):
     title = f"K = {cfg.k} shot sine regression, {cfg.eval_tasks} held-out tasks, inner_lr {cfg.inner_lr}; mean ± 95% CI"
     methods = {m: {str(k): {"mse": v[0], "mse_ci95": v[1]} for k, v in r.items()} for m, r in results.items()}
     out = dict(methods=methods, config=dict(dataclasses.asdict(cfg), seed=seed), paper=SINE_PAPER)
-    return engine.save_results(out_dir, out, "cpu", time.time() - t0, (title, header, rows))
+    return save_results(out_dir, out, "cpu", time.time() - t0, (title, header, rows))
 
 
 # -----------------------------------------------------------------------------
@@ -646,5 +646,5 @@ def run(exp):
     config = dict(dataclasses.asdict(exp.cfg), setting=exp.setting, inits=list(exp.inits), seed=exp.seed,
                   init=exp.init, device=exp.device, reported_split=reported, meta_loss_first_last_tenth=curves)
     out = dict(targets=results, config=config, resumed=exp.state.resumes)
-    return engine.save_results(exp.out_dir, out, exp.device, exp.state.seconds(),
-                               (title, ["target", "metric", "size", *exp.inits], rows))
+    return save_results(exp.out_dir, out, exp.device, exp.state.seconds(),
+                        (title, ["target", "metric", "size", *exp.inits], rows))

@@ -3,6 +3,7 @@
 flag, print no traceback, and leave an earlier run's --out-dir byte for byte as it was."""
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import download
+import engine
 import train
 from test_calrec import write_atomic
 from test_calrec_data import META, raw_reviews, text_folder, write_lines
@@ -704,6 +706,9 @@ CASES = {
         "config.json: asks for {'activation_function': 'relu'}, which this GPT does not compute"),
     "init with a model size set": lambda w, tmp: (["--task", "maml", "--init", w["gpt2"], "--set", "n_layer=3"],
                                                   "--set n_layer: --init "),
+    "init tokenizer of other weights": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"eos_token_id": 0', '"eos_token_id": 399')),
+        "tokenizer.json: <|endoftext|> is id 0, but "),
     "init weights named twice": init(gpt2_variant(lambda f: edit_safetensors(f, named_twice)),
                                      "missing [], unexpected ['transformer.wte.weight']"),
     "init config of another MLP width": init(gpt2_variant(lambda f: edit(
@@ -768,8 +773,9 @@ CASES = {
     "item id with a space listed twice": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.item"),
                                                                             b"3 \tagain\tBrand0\n"),
                                                      "Alpha.item:10: item 3 listed twice"),
-    "init token id beyond the model": init(gpt2_variant(lambda f: edit(os.path.join(f, "tokenizer.json"),
-                                                                       '"<|endoftext|>": 0,', '"<|endoftext|>": 100000,')),
+    "init token id beyond the model": init(gpt2_variant(lambda f: (
+        edit(os.path.join(f, "tokenizer.json"), '"<|endoftext|>": 0,', '"<|endoftext|>": 100000,'),
+        edit(os.path.join(f, "config.json"), '"eos_token_id": 0', '"eos_token_id": 100000'))),  # config.json agrees
                                            "tokenizer.json: token '<|endoftext|>' has id 100000, beyond a model"),
     # --- the data commands (download.py)
     "raw id a list": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + [
@@ -898,6 +904,39 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_the_earlier_run(wor
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert "tokenizer.json: cannot be written (No space left on device)" in err
     assert snapshot(world["out"]) == original
+
+
+class DiskWithRoom(io.RawIOBase):
+    """A file appended to on a disk with `room` bytes left: a write past them fails, as ENOSPC does."""
+
+    def __init__(self, path, room):
+        self.file, self.room = open(path, "ab"), room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(b)
+        return self.file.write(b)
+
+    def close(self):
+        self.file.close()
+        super().close()
+
+
+@pytest.mark.parametrize("room", [0, 3000])  # full at the run's header line in log.txt, or after some lines
+def test_a_disk_that_fills_up_under_log_txt_is_one_line_and_leaves_the_earlier_run(world, monkeypatch, capsys, room):
+    original = snapshot(world["out"])
+    monkeypatch.setattr(engine.LogFile, "_open", lambda self: io.TextIOWrapper(
+        io.BufferedWriter(DiskWithRoom(self.baseFilename, room)), encoding="utf-8"))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", world["out"]])
+    err = capsys.readouterr().err.split("\r")[-1]  # after the progress bars
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "log.txt: cannot be written (No space left on device)" in err
+    assert snapshot(world["out"]) == original  # log.txt cut back to its length, the other files put back
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")

@@ -28,7 +28,7 @@ def write_gpt2_folder(folder, texts, n_positions=256):
     engine.save_tokenizer(folder, tok)
     cfg = dict(n_layer=1, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "gpt2", **cfg}, f)
+        json.dump({"model_type": "gpt2", "bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, **cfg}, f)
     torch.manual_seed(0)
     net = gpt.GPT(gpt.GPTConfig(block_size=n_positions, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32))
     sd = {}
