@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import difflib
 import hashlib
 import json
 import logging
@@ -95,7 +96,8 @@ def apply_settings(cfg, pairs):
     changes = {}
     for where, name, text in pairs:
         if name not in fields:
-            raise UserError(f"{where}: no setting {name!r}; --show-config lists them all")
+            near = "".join(f" (did you mean {n}?)" for n in difflib.get_close_matches(name, fields, n=1))
+            raise UserError(f"{where}: no setting {name!r}{near}; --show-config lists them all")
         try:
             changes[name] = parse_value(fields[name].type, text)
         except ValueError:

@@ -78,8 +78,10 @@ def test_every_field_refuses_a_value_it_does_not_allow(cfg):
 def test_a_tuple_setting_must_not_be_empty_and_an_unknown_name_is_refused():
     with pytest.raises(UserError, match="prior_weights"):
         engine.apply_settings(calrec.BUILT_IN, [("--set", "prior_weights", "")])
-    with pytest.raises(UserError, match="no setting 'alhpa'"):
+    with pytest.raises(UserError, match=r"no setting 'alhpa' \(did you mean alpha\?\); --show-config lists them all"):
         engine.apply_settings(calrec.BUILT_IN, [("--set", "alhpa", "0.1")])
+    with pytest.raises(UserError, match=r"no setting 'nosuch'; --show-config"):  # nothing near: no guess
+        engine.apply_settings(calrec.BUILT_IN, [("--set", "nosuch", "0.1")])
     with pytest.raises(UserError, match="alpha \\+ beta"):
         engine.apply_settings(calrec.BUILT_IN, [("--alpha", "alpha", "0.7"), ("--beta", "beta", "0.7")])
     with pytest.raises(UserError, match="n_embd=128: not divisible by n_head=3"):
