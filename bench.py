@@ -224,6 +224,8 @@ def main():
     except UserError as e:
         print(error_line(e), file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # the reader of a pipe stopped early (| head): it has what it wanted
+        os._exit(141)  # at once: the interpreter's exit would write into the closed pipe again
 
 
 if __name__ == "__main__":

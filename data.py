@@ -333,8 +333,8 @@ def _category_root(texts, share=0.9):
         counts = Counter(p for segs in segments
                          for p in dict.fromkeys(tuple(s[:n]) for s in segs if len(s) >= n and s[:n - 1] == root))
         prefix, k = counts.most_common(1)[0] if counts else ((), 0)
-        if not counts or k < share * len(texts):  # no text at all: no root
-            return " ".join(root)
+        if not counts or k < share * len(texts) or prefix[-1] in root and prefix[-1].isalpha():  # no text: no root;
+            return " ".join(root)  # a word of the root again starts a level of its own ('Office Products' 'Office ...')
         root = list(prefix)
 
 
@@ -345,8 +345,8 @@ def _split_text(text, root):
     body, words = (text[:-2] if text.endswith(". ") else text.rstrip()), root.split()
     paths = [re.escape(" ".join(words[:n])) + r"(?= |\. |$)" for n in range(len(words), 0, -1)]
     at = next(filter(None, (re.search(r"\. " + p, body) for p in paths[:1] + [r"(?=\. )"] + paths[1:])), None)
-    if at is None:  # no root: the last two '. ' split it; UniSRec writes every title, so the right part is missing
-        return (body.rsplit(". ", 2) + ["", ""])[:3]
+    if at is None:  # no root: the last two '. ' split three parts or more; fewer are a title (which may hold '. ')
+        return [body, "", ""] if len(parts := body.rsplit(". ", 2)) < 3 else parts
     category, _, brand = body[at.end():].lstrip(" ").partition(". ")
     return [body[:at.start()], category, brand]
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data import (GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split,
                   shown)
-from engine import SEED_MAX, Parser, check_out_dir, positive_int
+from engine import SEED_MAX, ConsoleHandler, Parser, check_out_dir, positive_int
 from model import UserError, error_line
 
 log = logging.getLogger(__name__)
@@ -641,7 +641,7 @@ def build_parser():
 
 
 def main(argv=None):
-    console = logging.StreamHandler(sys.stdout)  # the progress lines of the data sets, as they are done
+    console = ConsoleHandler(logging.INFO)  # the progress lines of the data sets, as they are done
     logging.getLogger().addHandler(console)
     logging.getLogger().setLevel(logging.INFO)
     try:

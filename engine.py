@@ -96,7 +96,7 @@ def apply_settings(cfg, pairs):
     changes = {}
     for where, name, text in pairs:
         if name not in fields:
-            near = "".join(f" (did you mean {n}?)" for n in difflib.get_close_matches(name, fields, n=1))
+            near = "".join(f" (did you mean {n}?)" for n in difflib.get_close_matches(name, fields, 1, 0.8))
             raise UserError(f"{where}: no setting {name!r}{near}; --show-config lists them all")
         try:
             changes[name] = parse_value(fields[name].type, text)
@@ -299,8 +299,9 @@ def gpt_config(raw, what):
     return c
 
 
-def gpt_from_checkpoint(path):
-    """A GPT with the config and weights of a project checkpoint; returns (model, checkpoint dict)."""
+def gpt_from_checkpoint(path, dropout=None):
+    """A GPT with the config and weights of a project checkpoint (and `dropout`, unless None: the checkpoint's);
+    returns (model, checkpoint dict)."""
     ckpt = load_torch(path)
     missing = {"model", "config", "tokenizer", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
@@ -310,21 +311,22 @@ def gpt_from_checkpoint(path):
     if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
         raise UserError(f"{path}: the weights are not a dict of tensors by name")
     check_weights(weights, config, path, "its config")
-    model = GPT(config)
+    model = GPT(config if dropout is None else dataclasses.replace(config, dropout=dropout))
     model.load_state_dict(weights)
     return model, ckpt
 
 
 def load_init(path, dropout=0.0):
-    """What --init names -> (GPT, its tokenizer): a project checkpoint (.pt, with the tokenizer.json its run
-    wrote beside it; its own dropout) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
+    """What --init names -> (GPT with this dropout, its tokenizer): a project checkpoint (.pt, with the tokenizer.json
+    its run wrote beside it) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
     if os.path.isdir(path):
         gpt, tokenizer = GPT.from_pretrained(path, dropout=dropout), data.load_tokenizer(path)
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:  # read and checked by from_pretrained
             eos = json.load(f).get("eos_token_id")  # GPT-2's: 50256, its <|endoftext|>
-        if eos is not None and tokenizer.eot_id not in (eos if isinstance(eos, list) else [eos]):
+        if eos is not None and not any(type(i) is int and i == tokenizer.eot_id for i in (
+                eos if isinstance(eos, list) else [eos])):
             raise UserError(f"{tokenizer.path}: {data.EOT} is id {tokenizer.eot_id}, but {path}'s config.json says "
-                            f"eos_token_id {eos}: not the tokenizer these weights were trained with")
+                            f"eos_token_id {eos!r}: not the tokenizer these weights were trained with")
         tok = tokenizer.tok
         if not (isinstance(tok.model, tokenizers.models.BPE) and isinstance(tok.pre_tokenizer, ByteLevel)):
             raise UserError(f"{tokenizer.path}: a {type(tok.model).__name__} tokenizer; GPT-2's is a byte-level BPE")
@@ -336,7 +338,7 @@ def load_init(path, dropout=0.0):
                             f"{tokenizer.decode(ids)!r}; truncation {tok.truncation}, padding {tok.padding})")
     else:
         try:
-            gpt, ckpt = gpt_from_checkpoint(path)
+            gpt, ckpt = gpt_from_checkpoint(path, dropout)
         except UserError as e:
             raise UserError(f"{e}; --init takes a checkpoint written by this project or a Hugging Face GPT-2 "
                             "folder") from None
@@ -660,7 +662,11 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record):
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-        tqdm.write(self.format(record).encode(encoding, "replace").decode(encoding))
+        try:
+            tqdm.write(self.format(record).encode(encoding, "replace").decode(encoding))
+        except OSError:  # the console is gone (its pipe closed, `| head`): the run goes on, log.txt has every line
+            logging.getLogger().removeHandler(self)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what stdout holds goes nowhere
 
 
 class Warnings(logging.Handler):
@@ -698,13 +704,17 @@ def kept_if_refused(out_dir, names):
     for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if existed else ():
         shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
-    os.makedirs(aside, exist_ok=True)
     sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
-    for n in sizes.keys() - {"log.txt"}:
-        try:
-            os.link(os.path.join(out_dir, n), os.path.join(aside, n))
-        except OSError:  # a file system without hard links
-            shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
+    try:
+        os.makedirs(aside, exist_ok=True)
+        for n in sizes.keys() - {"log.txt"}:
+            try:
+                os.link(os.path.join(out_dir, n), os.path.join(aside, n))
+            except OSError:  # a file system without hard links
+                shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
+    except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written
+        shutil.rmtree(aside if existed else out_dir, ignore_errors=True)  # a new out_dir holds nothing else yet
+        raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None
     try:
         yield
     except Exception as e:
@@ -749,7 +759,7 @@ def open_log_file(out_dir, argv, resume):
     whether it resumes. Called after every input has been checked, just before the first write."""
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
-    handler = LogFile(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8")
+    handler = LogFile(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger().addHandler(handler)
     when = datetime.datetime.now().isoformat(timespec="seconds")

@@ -387,8 +387,9 @@ def grade(root, names, timeout, where=None):
                 print("\n".join("    " + line for line in message.splitlines()))
         total += bool(mine) and passed == len(mine)
     if total < len(exercises):
-        cd = f"cd {shlex.quote(where)} && " if where else ""
-        print(f"the tracebacks: {cd}{sys.executable} -m pytest " + " ".join(t for ex in exercises for t in ex.tests))
+        cd = f"cd {shlex.quote(where)} && " if where else ""  # (there its own tests/, which grading replaced)
+        print(f"the tracebacks{' (with the tests/ it holds)' if where else ''}: {cd}{sys.executable} -m pytest "
+              + " ".join(t for ex in exercises for t in ex.tests))
     return 0 if total == len(exercises) else 1
 
 

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -709,6 +711,8 @@ CASES = {
     "init tokenizer of other weights": init(gpt2_variant(lambda f: edit(
         os.path.join(f, "config.json"), '"eos_token_id": 0', '"eos_token_id": 399')),
         "tokenizer.json: <|endoftext|> is id 0, but "),
+    "init eos id as text": init(gpt2_variant(lambda f: edit(
+        os.path.join(f, "config.json"), '"eos_token_id": 0', '"eos_token_id": "0"')), "says eos_token_id '0': not"),
     "init weights named twice": init(gpt2_variant(lambda f: edit_safetensors(f, named_twice)),
                                      "missing [], unexpected ['transformer.wte.weight']"),
     "init config of another MLP width": init(gpt2_variant(lambda f: edit(
@@ -904,6 +908,33 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_the_earlier_run(wor
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert "tokenizer.json: cannot be written (No space left on device)" in err
     assert snapshot(world["out"]) == original
+
+
+def test_a_run_whose_console_goes_away_finishes_with_every_line_in_its_log(world, tmp_path):
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has what it wanted: every console line meets a closed pipe
+    run = subprocess.run([sys.executable, "train.py", "--task", "calrec", "--data", world["alpha"], *TINY_CALREC,
+                          "--out-dir", str(tmp_path / "out")], stdout=write, stderr=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.abspath(train.__file__)))
+    os.close(write)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert "wrote " + str(tmp_path / "out" / "results.json") in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_no_room_to_set_the_earlier_run_aside_is_one_line_and_changes_nothing(world, monkeypatch, capsys):
+    original, entries = snapshot(world["out"]), sorted(os.listdir(world["out"]))
+
+    def no_room(*args, **kwargs):  # out of inodes: neither a hard link nor a copy can be made
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "link", no_room)
+    monkeypatch.setattr(shutil, "copy2", no_room)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", world["out"]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"--out-dir {world['out']}: cannot set the earlier run's files aside (No space left on device)" in err
+    assert snapshot(world["out"]) == original and sorted(os.listdir(world["out"])) == entries  # no .earlier<pid>
 
 
 class DiskWithRoom(io.RawIOBase):

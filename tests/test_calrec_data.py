@@ -193,8 +193,20 @@ def test_text_variant_without_the_root_splits_at_an_empty_path_or_at_the_longest
             ("Tape. . . ", "Root", ["Tape", "", ""]),
             ("Widget Pro. ", "Root", ["Widget Pro", "", ""]),  # no category, no brand: a title alone, not a brand
             ("Widget Pro", "", ["Widget Pro", "", ""]),  # one description an item (a data set without categories)
-            ("Widget. Tools Saws", "Root", ["Widget", "Tools Saws", ""])):
+            ("Mr. Heater Big Buddy", "", ["Mr. Heater Big Buddy", "", ""]),  # titles only: a title may hold '. '
+            ("Widget. Tools Saws", "Root", ["Widget. Tools Saws", "", ""])):  # two parts: which is which? both kept
         assert data._split_text(text, root) == want, (text, root)
+
+
+def test_a_category_root_stops_before_a_level_that_repeats_its_word():
+    # Office Products' levels: 'Office & School Supplies', 'Office Electronics', ...: every path holds 'Office
+    # Products Office', but the root is 'Office Products' and each item keeps its level's whole name
+    subs = ["Office & School Supplies Paper", "Office Electronics Printers", "Office Furniture & Lighting Chairs"]
+    texts = [f"Item {i}. Office Products {subs[i % 3]}. Brand{i % 7}. " for i in range(30)]
+    assert data._category_root(texts) == "Office Products"
+    assert data._split_text(texts[1], "Office Products") == ["Item 1", "Office Electronics Printers", "Brand1"]
+    texts = [f"Item {i}. Industrial & Scientific Lab {i % 4}. Acme. " for i in range(30)]  # no word again
+    assert data._category_root(texts) == "Industrial & Scientific Lab"
 
 
 def test_a_category_root_tied_with_a_brand_is_the_one_written_first_whatever_the_hash_seed():

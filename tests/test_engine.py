@@ -158,6 +158,8 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(m(idx)[0], m2.eval()(idx)[0])
     m3, tok3 = engine.load_init(path)
     assert tok3.fingerprint == tok.fingerprint and torch.equal(m3.eval()(idx)[0], m(idx)[0])
+    m4, _ = engine.load_init(path, dropout=0.3)  # the run's dropout, as results.json records it
+    assert m4.config.dropout == 0.3 and all(d.p == 0.3 for d in m4.modules() if isinstance(d, torch.nn.Dropout))
 
 
 def test_init_refuses_a_checkpoint_beside_another_tokenizer(tmp_path):

@@ -230,7 +230,7 @@ def test_handout_check_grade_end_to_end(tmp_path):
     assert graded.returncode == 1, graded.stdout + graded.stderr
     assert "round-robin: 1 of 1 graders pass -- done" in graded.stdout
     assert "info-nce: 0 of 2 graders pass" in graded.stdout
-    assert f"the tracebacks: cd {out} && {sys.executable} -m pytest " in graded.stdout  # in the handout, not here
+    assert f"the tracebacks (with the tests/ it holds): cd {out} && {sys.executable} -m pytest " in graded.stdout
     assert "the tracebacks: cd" not in checked.stdout  # check runs where the student is
 
 
