@@ -69,10 +69,7 @@ def describe(f):
     """What a field allows, in words."""
     allowed = f.metadata["allowed"]
     kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) is tuple else f.type
-    if isinstance(allowed, tuple):
-        what = " or ".join(map(str, allowed))
-    else:
-        what = f"{kind.__name__} {allowed}" if allowed else kind.__name__
+    what = " or ".join(map(str, allowed)) if isinstance(allowed, tuple) else f"{kind.__name__} {allowed or ''}".strip()
     return f"comma-separated, each {what}, none twice" if typing.get_origin(f.type) is tuple else what
 
 
@@ -695,6 +692,19 @@ def setup_logging(rank):
     root.addHandler(WARNINGS)
 
 
+def set_aside(out_dir, names, aside):
+    """{name: size} of out_dir's files `names`, each hard-linked (or copied) into the folder `aside`, but log.txt, which
+    only grows: its size is enough to cut it back."""
+    sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
+    os.makedirs(aside, exist_ok=True)
+    for n in sizes.keys() - {"log.txt"}:
+        try:
+            os.link(os.path.join(out_dir, n), os.path.join(aside, n))
+        except OSError:  # a file system without hard links
+            shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
+    return sizes
+
+
 @contextlib.contextmanager
 def kept_if_refused(out_dir, names):
     """A run refused part-way (a UserError: a diverged loss, a full disk, ...; or out of memory) leaves out_dir's
@@ -704,14 +714,8 @@ def kept_if_refused(out_dir, names):
     for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if existed else ():
         shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
-    sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
     try:
-        os.makedirs(aside, exist_ok=True)
-        for n in sizes.keys() - {"log.txt"}:
-            try:
-                os.link(os.path.join(out_dir, n), os.path.join(aside, n))
-            except OSError:  # a file system without hard links
-                shutil.copy2(os.path.join(out_dir, n), os.path.join(aside, n))
+        sizes = set_aside(out_dir, names, aside)
     except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written
         shutil.rmtree(aside if existed else out_dir, ignore_errors=True)  # a new out_dir holds nothing else yet
         raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None

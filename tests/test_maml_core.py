@@ -399,6 +399,30 @@ def test_meta_loss_over_a_family_equals_a_loop():
             for k in params:
                 if not torch.allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12):
                     wrong.append(f"  {what}: the meta-gradient of {k}: expected {show(g_ref[k])}, got {show(g[k])}")
+    # a loss over a class dimension (softmax regression: cross-entropy of x @ W against labels y): loss_fn gets each
+    # task's own batch, x (4, 3) and y (4,), with no leading task dimension of 1 (which the losses above broadcast)
+    def softmax_regression_loss(params, batch):
+        return F.cross_entropy(batch["x"] @ params["W"], batch["y"])
+    gen = torch.Generator().manual_seed(0)
+    params = {"W": torch.randn(3, 2, dtype=torch.float64, generator=gen)}
+    support = [{"x": torch.randn(2, 4, 3, dtype=torch.float64, generator=gen),
+                "y": torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]])}]
+    query = {"x": torch.randn(2, 4, 3, dtype=torch.float64, generator=gen),
+             "y": torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1]])}
+    for first_order in (False, True):
+        l_ref, g_ref = meta_grad(meta_loss_by_loop, params, softmax_regression_loss, support, query, 0.5, 2,
+                                 first_order)
+        for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+            what = f"{fn.__name__}, softmax regression (x (2, 4, 3), y (2, 4)), 2 steps, first_order={first_order}"
+            try:
+                l, g = meta_grad(fn, params, softmax_regression_loss, support, query, 0.5, 2, first_order)
+            except Exception as e:
+                wrong.append(f"  {what}: raised {type(e).__name__}: {str(e)[:120]}")
+                continue
+            if l.shape != () or not torch.allclose(l, l_ref, rtol=1e-10, atol=1e-12):
+                wrong.append(f"  {what}: expected the mean query loss {show(l_ref)}, got {show(l)}")
+            if not torch.allclose(g["W"], g_ref["W"], rtol=1e-10, atol=1e-12):
+                wrong.append(f"  {what}: the meta-gradient of W: expected {show(g_ref['W'])}, got {show(g['W'])}")
     assert not wrong, "the meta-loss over a family of calls:\n" + "\n".join(wrong[:10])
     # the caller's support list of 1 batch, cycled over 3 steps, stays a list of 1 batch
     params, support, query = tanh_mlp_tasks(1, seed=0)
@@ -469,6 +493,17 @@ def test_reptile_direction_by_hand():
         if got.shape != () or got.item() != pytest.approx(expected, abs=1e-12):
             wrong.append(f"  support c = {cs}, {steps} step{'s' * (steps != 1)}: expected {expected:.6g} ({how}), got {show(got)} "
                          f"of shape {tuple(got.shape)}")
+    # θ the caller's trainable leaf in one dict, changed in place between calls (as meta_train's optimizer changes
+    # it): each call starts from θ as it is now; one step on c = 1 moves it by −0.1·2θ
+    theta = scalar(1.0).requires_grad_()
+    params, support = {"theta": theta}, [{"c": torch.tensor([1.0], dtype=torch.float64)}]
+    for value in (1.0, 2.0, -3.0):
+        with torch.no_grad():
+            theta.fill_(value)
+        got = maml.reptile_direction(params, quadratic_loss, support, 0.1, 1)["theta"]
+        if got.item() != pytest.approx(-0.2 * value, abs=1e-12):
+            wrong.append(f"  one task c = 1, one step, the same dict with θ set to {value} in place since the last "
+                         f"call: expected {-0.2 * value:.6g} (−0.1·2θ, from θ as it is now), got {show(got)}")
     assert not wrong, "reptile_direction on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
 
 
@@ -732,7 +767,7 @@ def test_meta_training_lowers_post_adaptation_loss_on_sines():
 
 
 def test_run_sinusoid_writes_its_table(tmp_path, caplog):
-    caplog.set_level(logging.INFO)  # the table is logged by engine.save_results
+    caplog.set_level(logging.INFO)  # the table is logged by evaluation.save_results
     cfg = dataclasses.replace(maml.SINE, steps=3, eval_tasks=20)
     out = maml.run_sinusoid(cfg, str(tmp_path), seed=0)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(out))

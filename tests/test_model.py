@@ -1266,3 +1266,19 @@ def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(wr
     except RuntimeError as e:
         raise AssertionError(f"{call}: a tensor made without device=? {e}") from None
     torch.testing.assert_close(got, F.layer_norm(x, (6,), eps=1e-5), msg=lambda m: f"{call}: differs\n{m}")
+    # then a layer without bias of the same width, and x, on "meta" itself (as a GPU's would be), after those calls
+    # on the CPU: nothing a first call made (a zero bias cached per width and dtype, say) may meet them
+    ln_meta = model.LayerNorm(6, bias=False).to("meta")
+    call = f"LayerNorm(6, bias=False) {where} second_order_ops, layer and x (2, 3, 6) on 'meta', after calls on the CPU"
+    try:
+        with model.second_order_ops(ln_meta) if written_out else contextlib.nullcontext():
+            got = ln_meta(torch.empty(2, 3, 6, device="meta"))
+    except (RuntimeError, NotImplementedError) as e:
+        if str(e).startswith("exercise"):  # a blank body
+            raise
+        if "device" in str(e):
+            raise AssertionError(f"{call}: {type(e).__name__}: {str(e).splitlines()[0][:160]} (something kept from "
+                                 "a call on the CPU?)") from None
+        got = None  # an op that "meta" cannot run is not the body's fault
+    assert got is None or (got.device.type == "meta" and tuple(got.shape) == (2, 3, 6)), (
+        f"{call}: expected (2, 3, 6) on meta, got {tuple(got.shape)} on {got.device}")

@@ -943,3 +943,32 @@ def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order
         losses.append(loss_fn(fast, task_slice(query, i)))
     return torch.stack(losses).mean()
 '''})
+# found by a probe of the graders (round 7): the detached start cloned once per params dict (by id) and reused
+WRONG_MAML['reptile'].append({'maml.py:reptile_direction': '''
+_START = {}
+def reptile_direction(params, loss_fn, support, inner_lr, steps):
+    # cloned once per dict: meta_train's optimizer changes the same tensors in place, so later calls start from the
+    # θ of the first call
+    key = id(params)
+    if key not in _START:
+        _START[key] = {name: p.detach().clone() for name, p in params.items()}
+    start = _START[key]
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    adapted = vmap(one_task, randomness="different")(support)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
+'''})
+# found by a probe of the graders (round 7): meta_loss_loop slices task i with slice(i, i + 1) (a leading dim of 1)
+WRONG_MAML['meta-gradient'].append({'maml.py:meta_loss_loop': '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
+    losses = []
+    for i in range(next(iter(query.values())).shape[0]):
+        fast = dict(params)
+        for j in range(steps):
+            # slice(i, i + 1): loss_fn gets a batch of 1 task, not the task's own batch (a cross-entropy refuses it)
+            loss = loss_fn(fast, task_slice(support[j % len(support)], slice(i, i + 1)))
+            gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
+        losses.append(loss_fn(fast, task_slice(query, slice(i, i + 1))))
+    return torch.stack(losses).mean()
+'''})

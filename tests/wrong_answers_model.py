@@ -1343,3 +1343,19 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     new, scores = tokens.tolist(), scores.tolist()
     return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''})
+# found by a probe of the graders (round 7): the zero bias cached per (C, dtype), on the first call's device
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+_ZERO_BIAS = {}
+def forward(self, x):
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    bias = self.bias
+    if bias is None:   # a zero bias made once per width and dtype: on the CPU, if the first call was there
+        key = (x.shape[-1], x.dtype)
+        if key not in _ZERO_BIAS:
+            _ZERO_BIAS[key] = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        bias = _ZERO_BIAS[key]
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) * torch.rsqrt(var + self.eps) * self.weight + bias
+'''})
