@@ -426,7 +426,7 @@ class GPT(nn.Module):
         weights_path, sd = read_hf_weights(directory)
         # HF names: "transformer." prefix or not (GPT2LMHeadModel vs GPT2Model; of X and transformer.X both, the second
         # stays, which check_weights refuses); old files' causal masks "attn.bias", "attn.masked_bias" are not weights
-        sd = {(k[12:] if k.startswith("transformer.") and k[12:] not in sd else k): v for k, v in sd.items()
+        sd = {k if k.removeprefix("transformer.") in sd else k.removeprefix("transformer."): v for k, v in sd.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}
         check_weights(sd, config, weights_path, cfg_path, layout=gpt2_layout)
         model = cls(config)
