@@ -4,7 +4,7 @@ The machinery both tasks share, so that calrec.py and maml.py can hold their pap
 Read it top to bottom: settings (one frozen config per task, each field declaring what it allows) -> files
 written whole -> checkpoints and --init -> the training loop with model selection -> the state a run resumes
 from -> more hardware (mixed precision, several processes) -> the run's device, processes, seed and log ->
-fingerprints. What a results.json holds is evaluation.save_results'.
+fingerprints. A run's results.json is written by evaluation.save_results.
 """
 
 import argparse
