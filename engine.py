@@ -428,7 +428,7 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
             loss = train_step(step)
             if loss is not None and not math.isfinite(loss):
                 raise UserError(f"training diverged: the loss is {loss} at {label or 'step'} {step}; a smaller "
-                                "learning rate (CALRec: or a temperature further from 0) trains stably")
+                                "learning rate (CALRec: or weight_decay, or a tau further from 0) trains stably")
             if interrupted():
                 if save_state is not None:
                     save_state(step + 1, best)
