@@ -768,7 +768,8 @@ def open_log_file(out_dir, argv, resume):
     logging.getLogger().addHandler(handler)
     when = datetime.datetime.now().isoformat(timespec="seconds")
     header = f"\n=== {when} python train.py {shlex.join(argv)}{'  (resumed)' if resume else ''}"
-    handler.emit(logging.makeLogRecord(dict(msg=header)))  # emit: past the filter that stamps the time
+    for line in (header, *WARNINGS.messages):  # and what reading the inputs warned of, before there was a log.txt
+        handler.emit(logging.makeLogRecord(dict(msg=line)))  # emit: past the filter that stamps the time
     handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     return handler
 

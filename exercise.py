@@ -311,9 +311,12 @@ def handout(names, out):
 
 
 # `python -m pytest`, but with the tree (the working directory) last on sys.path, not first: its modules are found,
-# but a pytest.py or numpy.py of its own never before the installed one (user site-packages and PYTHONPATH stay)
-GRADERS = ("import os, sys; tree = sys.argv.pop(1); sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') "
-           "!= os.path.abspath(tree)] + [tree]; import pytest; sys.exit(pytest.console_main())")
+# but a pytest.py or numpy.py of its own never before the installed one. User site-packages and PYTHONPATH stay, less
+# a folder holding a module of the project's (the teacher's copy on PYTHONPATH must not answer for the tree's code)
+GRADERS = ("import os, sys; tree, mods = sys.argv.pop(1), sys.argv.pop(1).split(','); sys.path[:] = [p for p in "
+           "sys.path if os.path.abspath(p or '.') != os.path.abspath(tree) and not any(os.path.isfile(os.path.join("
+           "p or '.', m)) for m in mods)] + [tree]; import pytest; sys.exit(pytest.console_main())")
+MODULES = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))  # the project's, found in the tree alone
 
 
 def run_graders(root, node_ids, timeout):
@@ -324,10 +327,12 @@ def run_graders(root, node_ids, timeout):
         report, ini = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as f:
             f.write("[pytest]\n")
-        run = subprocess.Popen([sys.executable, "-c", GRADERS, root, "-q", "-p", "no:cacheprovider", "-c", ini,
-                                "--rootdir", root, "--confcutdir", os.path.join(root, "tests"), f"--junitxml={report}",
-                                *node_ids], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), start_new_session=True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # no -k or --deselect of its own
+        run = subprocess.Popen([sys.executable, "-c", GRADERS, root, ",".join(MODULES), "-q", "-p", "no:cacheprovider",
+                                "-c", ini, "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
+                                f"--junitxml={report}", *node_ids], cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
+                               start_new_session=True)
         try:
             stdout, stderr = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -378,6 +383,8 @@ def grade(root, names, timeout, where=None):
         except ExerciseError as e:  # its process ended early, or ran over the timeout
             results, why = {}, str(e)
         mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
+        mine |= {t: (False, "did not run") for t in ex.tests if mine and not any(  # some ran: each must have
+            k == t or k.startswith(t + "[") for k in mine)}
         passed = sum(ok for ok, _ in mine.values())
         print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else
               "" if mine else f" ({why})"))

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pickletools
+import re
 import shutil
 import sys
 import typing
@@ -396,3 +397,18 @@ def test_a_temporary_file_that_a_killed_write_left_is_written_over(tmp_path):
     engine.save_json(str(tmp_path / "results.json"), {"a": 1})
     assert os.listdir(tmp_path) == ["results.json"]
     assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
+
+
+def test_log_txt_opens_with_the_runs_header_and_what_reading_its_inputs_warned_of(tmp_path):
+    engine.setup_logging(0)
+    logging.getLogger("data").warning("X.test.inter: 1 of 1 targets are in their user's history")  # before the log
+    handler = engine.open_log_file(str(tmp_path), ["--task", "calrec"], resume=False)
+    try:
+        logging.getLogger("calrec").info("stage 1")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    lines = (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "" and lines[1].startswith("=== ") and lines[1].endswith(" python train.py --task calrec")
+    assert lines[2] == "X.test.inter: 1 of 1 targets are in their user's history"
+    assert re.fullmatch(r"\[ *\d+\.\ds\] stage 1", lines[3]) and len(lines) == 4

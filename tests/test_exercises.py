@@ -234,6 +234,17 @@ def test_handout_check_grade_end_to_end(tmp_path):
     assert "the tracebacks: cd" not in checked.stdout  # check runs where the student is
 
 
+def test_grading_reads_the_handouts_code_whatever_pythonpath_and_pytest_addopts_say(tmp_path):
+    """The teacher's copy on PYTHONPATH (a shell set up for the project) must not answer for a blank handout, and a
+    PYTEST_ADDOPTS that deselects graders must not make the rest a pass."""
+    out = tmp_path / "hw"
+    assert cli("handout", "info-nce", "--out", str(out)).returncode == 0
+    for extra in (dict(PYTHONPATH=ROOT), dict(PYTEST_ADDOPTS="-k test_info_nce_equals_naive_loop")):
+        graded = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "grade", str(out)],
+                                capture_output=True, text=True, env=dict(ENV, **extra))
+        assert graded.returncode == 1 and "info-nce: 0 of 2 graders pass" in graded.stdout, (extra, graded.stdout)
+
+
 PASS_EVERYTHING = """import pytest
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
