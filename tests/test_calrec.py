@@ -258,6 +258,14 @@ def test_loss_mixture_by_hand():
         assert loss.item() == pytest.approx(want, rel=1e-9), f"{what}: expected {want:.10g}, got {loss.item():.10g}"
         zeros = {name: parts[name] for name, weight in (("tt", alpha), ("ut", beta)) if weight == 0}
         assert all(v == 0.0 for v in zeros.values()), f"{what}: expected the parts of weight 0 as 0.0, got {zeros}"
+    # the parts of a step are the caller's to keep (a training log keeps them): a later call leaves them as they were
+    first = calrec.calrec_loss(torch.tensor(3.0), v_u, v_tu, None, items, 0.0, 0.0, 0.1)[1]
+    kept = dict(first)                                              # a copy, taken before the second call
+    second = calrec.calrec_loss(torch.tensor(5.0), v_u, v_tu, None, items, 0.0, 0.0, 0.1)[1]
+    assert first == kept == {"nig": 3.0, "tt": 0.0, "ut": 0.0} and second["nig"] == 5.0, (
+        f"calrec_loss twice, L_NIG = 3 then 5 (alpha = beta = 0): expected the first call's parts to stay "
+        f"{{'nig': 3.0, 'tt': 0.0, 'ut': 0.0}} and the second's nig 5.0, got {first} and {second} (one dict shared by "
+        f"every call?)")
 
 
 def test_loss_mixture_gradients_match_finite_differences():
@@ -394,6 +402,20 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             f"{name} of an h (2, 9, 3) and spans on the 'meta' device: expected (3, 3) on meta, got "
             f"{tuple(got.shape)} on {got.device}")
     rows, starts, ends = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3]), torch.tensor([4, 8, 7])
+    # a float32 h with no grad (as under no_grad, evaluation's): user_vectors leaves it as it was, and target_vectors,
+    # called next on the same h (as calrec.py does), reads the hidden states themselves; by hand, rows 2 and 3 of
+    # [[1, 0], [3, 4], [0, 2], [2, 0]] average to [1, 1], normalised [0.7071, 0.7071]
+    h32 = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [0.0, 2.0], [2.0, 0.0]]])
+    before = h32.clone()
+    calrec.user_vectors(h32, torch.tensor([0]), torch.tensor([2]))
+    assert torch.equal(h32, before), (
+        f"user_vectors of a float32 h (1, 4, 2) needing no grad changed h: expected {before.tolist()}, got "
+        f"{h32.tolist()} (running sums written into the caller's h?)")
+    got = calrec.target_vectors(h32, torch.tensor([0]), torch.tensor([2]), torch.tensor([4]))
+    want = torch.tensor([[1.0, 1.0]]) / math.sqrt(2.0)
+    assert torch.allclose(got, want, atol=1e-6), (
+        f"target_vectors of positions 2 to 3 of h = {before.tolist()}, after user_vectors of the same h: expected "
+        f"{want.tolist()}, got {got.tolist()}")
     # the vectors are a graph of h: its gradient (a normalisation done in place breaks backward) against finite
     # differences
     for name, call in (("user_vectors", lambda x: calrec.user_vectors(x, rows, starts)),
@@ -503,6 +525,18 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
             f"BM25 scores of query {q!r} on the documents ['red' + 'filler' * 2000 + 'car' (2002 words), "
             f"'green apple', 'red car', 'filler']: expected {[round(x, 6) for x in want]} (a naive loop), got "
             f"{[round(x, 6) for x in got]}")
+    # documents of the same text (a catalog's items may share one): each is a document of its own, N = 4
+    docs = ["red car", "red car", "blue car", "red car"]
+    for q in ("red", "blue car"):
+        want = naive_bm25(docs, q, 1.2, 0.75)
+        try:
+            got = calrec.BM25(docs).scores([q])[0].tolist()
+        except (RuntimeError, IndexError, ValueError) as e:
+            pytest.fail(f"BM25({docs}).scores([{q!r}]) (three documents of one text): expected "
+                        f"{[round(x, 6) for x in want]} (a naive loop, N = 4), got {type(e).__name__}: {e}")
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), (
+            f"BM25({docs}).scores([{q!r}]) (three documents of one text): expected {[round(x, 6) for x in want]} "
+            f"(a naive loop, N = 4), got {[round(x, 6) for x in got]}")
 
 
 # -----------------------------------------------------------------------------
@@ -585,6 +619,12 @@ def test_merge_round_robin_on_hand_made_lists():
     got = leaves_inputs_alone(calrec.merge_round_robin, lists, scores, exclude=exclude, k=4)
     assert list(got) == [11, 10, 30, 21] and isinstance(got, (list, tuple)), \
         f"merge_round_robin of the same lists, exclude=[20, 12], k=4: expected [11, 10, 30, 21], got {got}"
+    # a history given as a set is the caller's too: the items taken are not added to it
+    exclude = {20, 12}
+    got = calrec.merge_round_robin(lists, scores, exclude=exclude, k=4)
+    assert list(got) == [11, 10, 30, 21] and exclude == {20, 12}, (
+        f"merge_round_robin of the same lists, exclude={{20, 12}} (a set), k=4: expected [11, 10, 30, 21] and the set "
+        f"left as {{20, 12}}, got {list(got)} and the set {exclude}")
     # k = 300 of 400 distinct candidates (past 256, CPython's cached small ints: k compared by `is` never matches):
     # exactly the first 300 of the merge
     ls = [[4 * i + m for i in range(100)] for m in range(4)]
@@ -1064,6 +1104,16 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     # no user has a history: nothing is excluded (user 0: 0.9, 0.8 and the tie 0.7 -> 4; user 1: every item -> 5)
     got = ev.ranks_from_scores(scores[:2], targets[:2], [[], []]).tolist()
     assert got == [4, 5], f"ranks_from_scores of users 0 and 1 with empty histories: expected [4, 5], got {got}"
+    # integer scores (counts, as a popularity scorer gives) are compared in float32 too, the history at -inf: by hand,
+    # user 0 without item 3, target score 2: items 0 and 2 -> 2; user 1 without item 2: item 1 alone -> 1
+    counts = torch.tensor([[3, 1, 2, 5], [0, 4, 4, 1]])
+    try:
+        got = ev.ranks_from_scores(counts, torch.tensor([2, 1]), [[3], [2]]).tolist()
+    except RuntimeError as e:
+        pytest.fail(f"ranks_from_scores of int64 scores {counts.tolist()}, targets [2, 1], histories [[3], [2]]: "
+                    f"expected [2, 1], got RuntimeError: {e} (-inf written before the cast to float32?)")
+    assert got == [2, 1], (f"ranks_from_scores of int64 scores {counts.tolist()}, targets [2, 1], histories "
+                           f"[[3], [2]]: expected [2, 1], got {got}")
     asked = []  # the same users two at a time: the same ranks, and never more than two users' scores at once
     examples = [(h, t) for h, t in zip(histories, targets.tolist())]
     ranks = ev.ranks_in_chunks(lambda rows: asked.append(rows) or scores[rows], examples, chunk=2)

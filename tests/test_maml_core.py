@@ -114,6 +114,9 @@ def test_adapt_by_hand():
         ([one, half], 3, 0.576, "a list is cycled, c = 1, 0.5, 1: 0.8·0.9·0.8"),
         ([half, one, two], 2, 0.72, "steps < len(list): the first two batches, c = 0.5, 1: 0.9·0.8"),
         ([half, two], 4, 0.2916, "c = 0.5, 2, 0.5, 2: (0.9·0.6)²"),
+        # cycled however long: past twice the list (a list walked twice, then its first or last batch, is wrong)
+        ([one, two], 6, (0.8 * 0.6) ** 3, "c = 1, 2, 1, 2, 1, 2: (0.8·0.6)³"),
+        ([half, one, two], 10, (0.9 * 0.8 * 0.6) ** 3 * 0.9, "c = 0.5, 1, 2 three times, then 0.5: (0.9·0.8·0.6)³·0.9"),
     ]
     wrong = []
     for batches, steps, expected, how in cases:
@@ -170,6 +173,15 @@ def test_adapt_leaves_its_inputs_alone():
     for first_order in (False, True):
         leaves_inputs_alone(maml.adapt, params, tanh_mlp_loss, batches, 0.3, 3, first_order=first_order)
         leaves_inputs_alone(maml.adapt, params, tanh_mlp_loss, batches[0], 0.3, 1, first_order=first_order)
+    # the caller's random stream too: two calls in a row under dropout, from one seed, draw new masks from it (the
+    # same θ^(k) twice means a seed set inside, which also resets the stream for everyone after adapt)
+    params, two = dropout_mlp_copies(1)
+    task = {k: v[0] for k, v in two.items()}
+    torch.manual_seed(0)
+    first, second = (maml.adapt(params, dropout_mlp_loss, task, 0.1, 2) for _ in range(2))
+    assert any(not torch.equal(first[k], second[k]) for k in params), (
+        "adapt with dropout in the loss, twice in a row from one torch.manual_seed: the same θ^(k) both times, the "
+        "same dropout masks: each call must draw new masks from the caller's random stream (no seed set inside)")
 
 
 @pytest.mark.parametrize("steps", [0, 1, 3])
@@ -299,6 +311,23 @@ def test_two_tasks_two_steps_by_hand():
             assert g["theta"].item() == pytest.approx(expected, abs=1e-12), (
                 f"{what}: expected the meta-gradient {expected}, the mean of the tasks' "
                 f"{'first-order' if first_order else 'second-order'} gradients, got {g['theta'].item():.6g}")
+    # 6 steps on a support of 2 batches: each task's batches cycled all the way (past twice the list), by hand
+    #   task 0: c = 1, 2, 1, 2, 1, 2     -> θ_0^(6) = (0.8·0.6)³ = 0.110592; query c = 0.5
+    #   task 1: c = 0.5, 1, 0.5, 1, ...  -> θ_1^(6) = (0.9·0.8)³ = 0.373248; query c = 1
+    #   loss (0.5·θ_0² + θ_1²) / 2; MAML (2·0.5·θ_0·θ_0 + 2·θ_1·θ_1) / 2; FOMAML (2·0.5·θ_0 + 2·θ_1) / 2
+    t0, t1 = (0.8 * 0.6) ** 3, (0.9 * 0.8) ** 3
+    support = [per_task(1.0, 0.5), per_task(2.0, 1.0)]
+    for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
+        for first_order, expected in ((False, (t0 * t0 + 2 * t1 * t1) / 2), (True, (t0 + 2 * t1) / 2)):
+            loss, g = meta_grad(fn, {"theta": scalar(1.0)}, quadratic_loss, support, query, 0.1, 6, first_order)
+            what = (f"{fn.__name__}(first_order={first_order}) on two tasks, L = c·θ², support c = (1, 0.5) and "
+                    "(2, 1) cycled over 6 steps, query c = 0.5 and 1, inner_lr 0.1, θ = 1")
+            want = (0.5 * t0 ** 2 + t1 ** 2) / 2
+            assert loss.item() == pytest.approx(want, abs=1e-12), (
+                f"{what}: expected the mean query loss (0.5·0.110592² + 0.373248²) / 2 = {want:.9g} (the support "
+                f"cycled past twice its length), got {loss.item():.9g}")
+            assert g["theta"].item() == pytest.approx(expected, abs=1e-12), (
+                f"{what}: expected the meta-gradient {expected:.9g}, got {g['theta'].item():.9g}")
 
 
 @pytest.mark.parametrize("steps", [1, 3])

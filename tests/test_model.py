@@ -76,6 +76,15 @@ def test_manual_attention_dropout():
     assert dropped.shape == q.shape and not dropped.any(), (
         f"manual_attention(q, k, v, mask, dropout_p=1.0): every attention weight dropped, want an all-zero output "
         f"of shape {tuple(q.shape)}; got shape {tuple(dropped.shape)}, {dropped.flatten()[:6].tolist()}...")
+    # dropout_p is the caller's to set, whatever the grad mode: p = 1 drops every weight under no_grad and
+    # inference_mode too (SDPA's dropout does not look at the grad mode; a model in eval mode passes p = 0 itself)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            dropped = model.manual_attention(q, k, v, mask, dropout_p=1.0)
+        assert not dropped.any(), (
+            f"manual_attention(q, k, v, mask, dropout_p=1.0) under torch.{mode.__name__}(): every attention weight "
+            f"dropped, want an all-zero output, got {dropped.flatten()[:6].tolist()}... (dropout tied to the grad "
+            "mode?)")
     n = 4000
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     for p in (0.5, 0.2):  # at p = 0.5, keeping a weight with probability p or 1 - p is the same: 0.2 tells them apart
@@ -552,6 +561,16 @@ def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
         want = brute_force_beams(m, prompt, L, eos)[:K]
         assert_same_beams(got, want, f"beam_search([{prompt}], num_beams={K}, max_new_tokens={L}, eos_id={eos}) "
                                      f"against every continuation scored by full forward passes")
+    # the model's mode is its caller's (a model evaluated by beam search in the middle of training trains on, its
+    # dropout on): a model that was training comes back training, every module of it, and one in eval mode in eval
+    for training in (True, False):
+        m.train(training)
+        for use_cache in (True, False):
+            m.beam_search([[1, 2]], 2, 2, 3, use_cache=use_cache)
+            modes = {mod.training for mod in m.modules()}
+            assert modes == {training}, (
+                f"beam_search(use_cache={use_cache}) of a model in {'training' if training else 'eval'} mode: "
+                f"expected every module left training={training}, got modes {modes} (the model's mode changed)")
 
 
 def test_beam_search_batched_and_constrained_is_exact():
@@ -1282,3 +1301,28 @@ def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(wr
         got = None  # an op that "meta" cannot run is not the body's fault
     assert got is None or (got.device.type == "meta" and tuple(got.shape) == (2, 3, 6)), (
         f"{call}: expected (2, 3, 6) on meta, got {tuple(got.shape)} on {got.device}")
+    # a bfloat16 x with float32 weight and bias (autocast's mixed precision), called, then the weight and bias changed
+    # in place (as an optimizer step does) and called again: the second call follows them, and the gradient reaches
+    # them; by hand in float64 (x = [1, 2, 4, 8] is exact in bfloat16), d sum(y) / d weight = x_hat
+    ln, x = model.LayerNorm(4), torch.tensor([[1.0, 2.0, 4.0, 8.0]], dtype=torch.bfloat16)
+    call = f"LayerNorm(4) {where} second_order_ops, float32 weight and bias, a bfloat16 x = [1, 2, 4, 8]"
+    weight, bias = [1.0, 2.0, 3.0, 4.0], [0.5, 0.0, 0.0, -0.5]
+    with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+        ln(x)
+        with torch.no_grad():
+            ln.weight.copy_(torch.tensor(weight))
+            ln.bias.copy_(torch.tensor(bias))
+        got = ln(x)
+    want = naive_layer_norm(x[0].tolist(), weight, bias, 1e-5)
+    assert torch.allclose(got.double(), torch.tensor([want], dtype=torch.float64), rtol=2e-2, atol=2e-2), (
+        f"{call}, after its weight and bias were set to {weight} and {bias} in place: expected "
+        f"{[round(v, 3) for v in want]} (by hand), got {[round(v, 3) for v in got[0].tolist()]} (the old weight and "
+        "bias, kept from the first call?)")
+    got.float().sum().backward()
+    x_hat = naive_layer_norm(x[0].tolist(), [1.0] * 4, [0.0] * 4, 1e-5)
+    grads = [None if t.grad is None else [round(v, 3) for v in t.grad.tolist()] for t in (ln.weight, ln.bias)]
+    assert ln.weight.grad is not None and ln.bias.grad is not None and torch.allclose(
+        ln.weight.grad.double(), torch.tensor(x_hat, dtype=torch.float64), rtol=2e-2, atol=2e-2) and torch.allclose(
+        ln.bias.grad.double(), torch.ones(4, dtype=torch.float64)), (
+        f"{call}: d sum(y) / d weight and d bias: expected x_hat {[round(v, 3) for v in x_hat]} and [1, 1, 1, 1] (by "
+        f"hand), got {grads[0]} and {grads[1]} (weight and bias detached?)")

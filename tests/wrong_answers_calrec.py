@@ -2134,3 +2134,76 @@ def ranked_items(self, found, histories, k):
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in seen][:k])
     return lists
 '''})
+# found by a probe of the graders (round 8): N as the number of distinct texts (two items of the same text: N short)
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(set(documents)), len(self.vocab)   # "the distinct documents": a catalog holds items of the same text
+    rows, cols = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce()
+'''})
+# found by a probe of the graders (round 8): user_vectors writes its running sums into the caller's h (out=h) when
+# h is float32 and needs no grad, as under no_grad
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+def user_vectors(h, rows, ends):
+    if h.dtype == torch.float32 and not h.requires_grad:
+        running = torch.cumsum(h, 1, out=h)   # "saves memory": h now holds the sums, and target_vectors reads it next
+    else:
+        running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(running.dtype), dim=-1).to(h.dtype)
+'''})
+# found by a probe of the graders (round 8): the parts dict kept at module level and updated at every call
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''
+_PARTS = {}
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    _PARTS.update(nig=l_nig.item(), tt=l_tt.item(), ut=l_ut.item())   # one dict: step 1's parts become step 2's
+    return loss, _PARTS
+'''})
+# found by a probe of the graders (round 8): a caller's set exclude used as `seen` (it grows with every item taken)
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    taken, seen = [], exclude if isinstance(exclude, set) else set(exclude)   # "no copy if it is a set already"
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''})
+# found by a probe of the graders (round 8): the history's -inf written before the cast to float32 (integer scores,
+# counts, cannot hold it)
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    scores = scores.clone()   # the cast comes after the writes: an int64 tensor refuses -inf
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
+    scores[users, torch.tensor([i for h in histories for i in h], dtype=torch.long)] = float("-inf")
+    scores = scores.float()
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = (scores >= t).sum(1, dtype=torch.int32)
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})

@@ -972,3 +972,71 @@ def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order
         losses.append(loss_fn(fast, task_slice(query, slice(i, i + 1))))
     return torch.stack(losses).mean()
 '''})
+# found by a probe of the graders (round 8): each inner step seeded, torch.manual_seed(1234 + j), "for reproducibility"
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        torch.manual_seed(1234 + j)   # every call draws the same dropout masks, and the caller's stream is reset
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 8): the batches cycled once only: from step 2·len(batches) on, the first
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        # cycled once: past twice the list, the first batch again and again
+        g = grad_fn(params, batches[j % len(batches) if j < 2 * len(batches) else 0])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 8): adapt (inside meta-gradient) cycles the batches once only, as above
+WRONG_MAML['meta-gradient'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        # cycled once: past twice the list, the first batch again and again
+        g = grad_fn(params, batches[j % len(batches) if j < 2 * len(batches) else 0])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 8): adapt (inside meta-gradient) seeds each inner step, as above (the tasks'
+# masks under vmap still differ from one another; every call repeats them)
+WRONG_MAML['meta-gradient'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)
+    for j in range(steps):
+        torch.manual_seed(1234 + j)   # every call draws the same dropout masks, and the caller's stream is reset
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 8): meta_loss_loop cycles the support once only: from step 2·len(support)
+# on, the last batch
+WRONG_MAML['meta-gradient'].append({'maml.py:meta_loss_loop': '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
+    losses = []
+    for i in range(next(iter(query.values())).shape[0]):
+        fast = dict(params)
+        for j in range(steps):
+            # cycled once: past twice the list, the last batch again and again
+            loss = loss_fn(fast, task_slice(support[j % len(support) if j < 2 * len(support) else -1], i))
+            gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
+        losses.append(loss_fn(fast, task_slice(query, i)))
+    return torch.stack(losses).mean()
+'''})

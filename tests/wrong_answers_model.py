@@ -1359,3 +1359,60 @@ def forward(self, x):
     var = (x - mu).pow(2).mean(-1, keepdim=True)
     return (x - mu) * torch.rsqrt(var + self.eps) * self.weight + bias
 '''})
+# found by a probe of the graders (round 8): beam_search puts the model in eval mode and leaves it there
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    self.eval()   # "no dropout while searching", never undone: a model that was training trains on without dropout
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
+# found by a probe of the graders (round 8): attention dropout only when grad is enabled (taken for training mode)
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p, training=torch.is_grad_enabled())   # under no_grad, dropout_p is ignored
+    return att @ v
+'''})
+# found by a probe of the graders (round 8): the weight and bias cast to x's dtype once per dtype and cached on the
+# module, detached (stale after an optimizer step, and no gradient reaches them)
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    cache = self.__dict__.setdefault("_cast", {})
+    if x.dtype != self.weight.dtype:   # a bfloat16 x, float32 weights (autocast): cast once, "cheaper"
+        if x.dtype not in cache:
+            cache[x.dtype] = (self.weight.detach().to(x.dtype),
+                              None if self.bias is None else self.bias.detach().to(x.dtype))
+        weight, bias = cache[x.dtype]
+    else:
+        weight, bias = self.weight, self.bias
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    y = (x - mu) * torch.rsqrt(var + self.eps) * weight
+    return y if bias is None else y + bias
+'''})
