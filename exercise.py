@@ -382,9 +382,9 @@ def grade(root, names, timeout, where=None):
             results, why = run_graders(root, ex.tests, timeout), "none ran: does a file of it fail to import? see below"
         except ExerciseError as e:  # its process ended early, or ran over the timeout
             results, why = {}, str(e)
-        mine = {k: v for k, v in results.items() if any(k == t or k.startswith(t + "[") for t in ex.tests)}
-        mine |= {t: (False, "did not run") for t in ex.tests if mine and not any(  # some ran: each must have
-            k == t or k.startswith(t + "[") for k in mine)}
+        ran = {t: {k: v for k, v in results.items() if k == t or k.startswith(t + "[")} for t in ex.tests}
+        mine = {k: v for t in ex.tests for k, v in ran[t].items()}
+        mine |= {t: (False, "did not run") for t in ex.tests if mine and not ran[t]}  # some ran: each must have
         passed = sum(ok for ok, _ in mine.values())
         print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else
               "" if mine else f" ({why})"))
@@ -394,7 +394,7 @@ def grade(root, names, timeout, where=None):
                 print("\n".join("    " + line for line in message.splitlines()))
         total += bool(mine) and passed == len(mine)
     if total < len(exercises):
-        cd = f"cd {shlex.quote(where)} && " if where else ""  # (there its own tests/, which grading replaced)
+        cd = f"cd {shlex.quote(where)} && " if where else ""
         print(f"the tracebacks{' (with the tests/ it holds)' if where else ''}: {cd}{sys.executable} -m pytest "
               + " ".join(t for ex in exercises for t in ex.tests))
     return 0 if total == len(exercises) else 1
