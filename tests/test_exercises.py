@@ -74,7 +74,8 @@ def code_lines(where):
 
 def grade_variants(of_name, tmp):
     """{name: {variant index: [(test, passed)]}}: every grader of these exercises ({name: its variants}) run once
-    per variant of its exercise, in one pytest process (tests/conftest.py)."""
+    per variant of its exercise, in one pytest process (tests/conftest.py); a wrong answer one grader failed counts
+    as failed by the graders after it, which skip it."""
     variants = {}  # node id -> [["EX=name=index", variant], ...]
     for name, its_variants in of_name.items():
         for test in exercise.exercise_named(name).tests:
@@ -87,7 +88,8 @@ def grade_variants(of_name, tmp):
     for case in ET.parse(report).iter("testcase") if report.exists() else ():
         m = re.search(r"EX=([\w-]+)=(\d+)", case.get("name"))
         if m:
-            failed = any(p.tag in ("failure", "error") for p in case)
+            failed = any(p.tag in ("failure", "error") or "caught by an earlier grader" in p.get("message", "")
+                         for p in case)
             out[m.group(1)].setdefault(int(m.group(2)), []).append((case.get("name"), not failed))
     return out
 
