@@ -611,11 +611,7 @@ def pick_device(name, mps=True):
     """auto: cuda, else mps (only when `mps` is true: calrec; MAML's second-order torch.func path is unchecked
     on mps, so it runs there only when asked), else cpu."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if mps and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps and torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but torch sees no CUDA device")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -686,15 +682,16 @@ def setup_logging(rank):
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
-    console = ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING)
     WARNINGS.messages.clear()
-    root.addHandler(console)
-    root.addHandler(WARNINGS)
+    for handler in (ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING), WARNINGS):
+        root.addHandler(handler)
 
 
 def set_aside(out_dir, names, aside):
     """{name: size} of out_dir's files `names`, each hard-linked (or copied) into the folder `aside`, but log.txt, which
-    only grows: its size is enough to cut it back."""
+    only grows: its size is enough to cut it back. The folders a run killed outright left aside go first."""
+    for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if os.path.isdir(out_dir) else ():
+        shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
     sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
     os.makedirs(aside, exist_ok=True)
     for n in sizes.keys() - {"log.txt"}:
@@ -706,13 +703,13 @@ def set_aside(out_dir, names, aside):
 
 
 @contextlib.contextmanager
-def kept_if_refused(out_dir, names):
+def kept_if_refused(out_dir, names, fresh):
     """A run refused part-way (a UserError: a diverged loss, a full disk, ...; or out of memory) leaves out_dir's
     files `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back,
-    log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files."""
+    log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files; one that
+    finishes `fresh` (not resumed) removes those of an earlier run it did not write again (another method's init_*.pt,
+    where the file system has hard links)."""
     existed = os.path.isdir(out_dir)
-    for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if existed else ():
-        shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)  # left by a run killed outright
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
     try:
         sizes = set_aside(out_dir, names, aside)
@@ -721,6 +718,9 @@ def kept_if_refused(out_dir, names):
         raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None
     try:
         yield
+        for n in sizes.keys() - {"log.txt"} if fresh else ():  # not written again: still the file linked aside
+            if os.path.isfile(path := os.path.join(out_dir, n)) and os.path.samefile(path, os.path.join(aside, n)):
+                os.remove(path)
     except Exception as e:
         refused, failed = str(e) if isinstance(e, UserError) else out_of_memory(e), []  # main's one line, or None
         for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):

@@ -182,7 +182,7 @@ def command(argv):
         elif args.task == "maml":
             exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
                                args.resume)
-        with kept_if_refused(args.out_dir, OUTPUTS) if rank == 0 else contextlib.nullcontext():
+        with kept_if_refused(args.out_dir, OUTPUTS, not args.resume) if rank == 0 else contextlib.nullcontext():
             if rank == 0:
                 handler = open_log_file(args.out_dir, argv, args.resume)
             if args.task == "sinusoid":

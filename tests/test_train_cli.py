@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import engine
 import train
 
 
@@ -101,6 +102,25 @@ def test_resume_needs_a_saved_state(capsys, tmp_path):
     assert code == 2 and "state.pt to resume from" in err
     code, err = run_cli(capsys, "--task", "maml", "--resume", "--out-dir", str(tmp_path))
     assert code == 2 and "state.pt to resume from" in err
+
+
+def test_a_run_that_ends_well_leaves_no_file_of_an_earlier_run_it_did_not_write_again(tmp_path):
+    for name in ("init_reptile.pt", "state.pt", "ckpt.pt", "results.json", "log.txt"):  # an earlier run's, of any task
+        (tmp_path / name).write_text("earlier\n")
+    train.main(["--task", "sinusoid", "--set", "steps=2", "--set", "eval_tasks=2", "--out-dir", str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "results.json"]
+    assert (tmp_path / "log.txt").read_text().startswith("earlier\n")  # appended to
+    assert (tmp_path / "results.json").read_text() != "earlier\n"
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_resumed_run_keeps_the_files_of_its_earlier_pieces(tmp_path, fresh):
+    for name in ("a.pt", "b.pt", "log.txt"):
+        (tmp_path / name).write_text("earlier")
+    with engine.kept_if_refused(str(tmp_path), ("a.pt", "b.pt", "log.txt"), fresh):
+        engine.atomic_write(str(tmp_path / "b.pt"), lambda f: f.write("new"))
+    assert sorted(os.listdir(tmp_path)) == (["b.pt", "log.txt"] if fresh else ["a.pt", "b.pt", "log.txt"])
+    assert (tmp_path / "b.pt").read_text() == "new" and (tmp_path / "log.txt").read_text() == "earlier"
 
 
 def test_device_choice(monkeypatch):
