@@ -228,8 +228,10 @@ def train_stage(exp, stage, validate):
 
 
 def words(text):
-    """BM25's analyser: lower-cased runs of letters and digits."""
-    return re.findall(r"[a-z0-9]+", text.lower())
+    """BM25's analyser: lower-cased runs of letters and digits, of any script; each hiragana and CJK ideograph is a
+    word of its own, as in Lucene's StandardTokenizer (such text is written without spaces)."""
+    cjk = "\u3040-\u309f\u3400-\u9fff\uf900-\ufaff"
+    return re.findall(f"[{cjk}]|[^\\W_{cjk}]+", text.lower())
 
 
 class BM25:
@@ -721,13 +723,12 @@ def write_results(exp, results, stages):
         for split, rows in results.items() for m, row in rows.items()]
     config = dict(dataclasses.asdict(cfg), domains=[d.name for d in exp.domains], target=domain.name, seed=exp.seed,
                   device=exp.device, dtype=exp.dtype, init=exp.init, dense_weights=w, dense_grid=chosen["grid"],
-                  n_valid=len(domain.valid),
-                  n_valid_generative=min(cfg.bm25_valid_users or len(domain.valid), len(domain.valid)),
+                  n_valid=len(domain.valid), n_valid_generative=len(domain.valid[:cfg.bm25_valid_users or None]),
                   n_test=len(domain.test), **{f"stage{s}_valid_ndcg@10": exp.state.done[f"stage{s}"]["score"]
                                               for s in stages})
     log.info(f"\nCALRec on {domain.name} (stages {cfg.stages}; alpha {cfg.alpha}, beta {cfg.beta}, tau {cfg.tau}; "
              f"{cfg.beams} beams, {cfg.constrained_beams} catalog beams; dense path: "
-             f"{extras.describe_dense_weights(*w.values())});"
-             f" full ranking over {domain.n_items} items\n" + "\n".join(table))
+             f"{extras.describe_dense_weights(*w.values())}); full ranking over {domain.n_items} items\n"
+             + "\n".join(table))
     out = dict(**results, config=config, generator_check=exp.state.done["generator_check"], resumed=exp.state.resumes)
     return ev.save_results(exp.out_dir, out, exp.device, exp.state.seconds())
