@@ -400,6 +400,17 @@ def grade(root, names, timeout, where=None):
     return 0 if total == len(exercises) else 1
 
 
+def outside(folder, copy):
+    """Refuse a link of the handed-in tree (as copied) that leads out of it: the grade would be the named file's."""
+    for at, dirs, files in os.walk(copy):
+        dirs[:] = [d for d in dirs if (at, d) != (copy, "tests")]  # this project's own
+        for n in (n for n in dirs + files if os.path.islink(os.path.join(at, n))):
+            link = os.path.join(folder, os.path.relpath(os.path.join(at, n), copy))
+            if os.path.commonpath([os.path.realpath(link), os.path.realpath(folder)]) != os.path.realpath(folder):
+                raise ExerciseError(f"{link}: a link to {os.readlink(link)}, outside the handed-in folder; hand in "
+                                    "the file itself")
+
+
 def grade_handout(folder, names, timeout):
     """A handed-in copy, graded with this project's own tests/ (a copy of the student's tree is graded)."""
     if not os.path.isdir(folder):
@@ -434,6 +445,7 @@ def grade_handout(folder, names, timeout):
         elif os.path.lexists(theirs):
             os.remove(theirs)
         copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
+        outside(folder, os.path.join(tmp, "work"))
         return grade(os.path.join(tmp, "work"), names, timeout, where=folder)
 
 

@@ -802,6 +802,11 @@ def test_catalog_trie_by_hand():
     assert got == [[1, 5], [4], [2]], (f"ranked_items of three users' beams {found}, histories [[2], [0], []], k=3: "
                                        f"expected [[1, 5], [4], [2]] (each user's own beams and history; the third "
                                        f"user's first beam, [1, 2], never finished), got {got}")
+    # each call returns lists of their own: a caller that keeps one call's result finds it as it was after the next
+    first = trie.ranked_items([[([4, eot], -1.0)]], [[]], 5)
+    trie.ranked_items([[([4, 9, eot], -1.0)], [([1, 2, 3, eot], -1.0)]], [[], []], 5)
+    assert first == [[2]], (f"ranked_items of the beam [4, eot] (item 2), after a second call on other beams: "
+                            f"expected [[2]] as it was, got {first} (the lists of one call reused by the next?)")
 
 
 def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
@@ -1071,6 +1076,13 @@ def test_metrics_on_hand_made_ranks():
     got = ev.rank_metrics([65537, 65539, 70000])
     assert not {k: v for k, v in got.items() if v != 0.0}, (
         f"rank_metrics of the ranks [65537, 65539, 70000] (all past every K): expected every metric 0, got {got}")
+    # each call returns a dict of its own (calrec.py keeps one per split and method): the first stays as it was
+    first = ev.rank_metrics([1, 1])
+    ev.rank_metrics([0, 0])
+    want = {"recall@1": 1.0, "recall@20": 1.0, "ndcg@5": 1.0, "ndcg@20": 1.0, "ndcg@10_se": 0.0}
+    assert {name: first.get(name) for name in want} == want, (
+        f"rank_metrics([1, 1]) after a call on the ranks [0, 0]: expected {want} (every user at rank 1), got {first} "
+        f"(one dict shared by every call?)")
 
 
 def test_ranks_exclude_history_and_count_ties_against_the_target():
@@ -1506,6 +1518,11 @@ def test_recent_vectors_by_hand():
     got = calrec_extras.recent_vectors(v_items, [[], []], 0.5)
     assert tuple(got.shape) == (2, 2) and torch.equal(got, torch.zeros(2, 2, dtype=torch.float64)), (
         f"recent_vectors of two empty histories: expected zeros (2, 2), got {got.tolist()}")
+    # more users than items (B > N): still one row per history
+    got = calrec_extras.recent_vectors(v_items[:2], [[], [], []], 0.5)
+    assert tuple(got.shape) == (3, 2) and torch.equal(got, torch.zeros(3, 2, dtype=torch.float64)), (
+        f"recent_vectors of three empty histories over 2 items: expected zeros (3, 2), one row per history, got "
+        f"{tuple(got.shape)} {got.tolist()}")
     # no history at all (a chunk of no users): an empty (0, C) batch
     got = calrec_extras.recent_vectors(v_items, [], 0.5)
     assert tuple(got.shape) == (0, 2) and got.dtype == torch.float64, (

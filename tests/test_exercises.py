@@ -247,6 +247,26 @@ def test_grading_reads_the_handouts_code_whatever_pythonpath_and_pytest_addopts_
         assert graded.returncode == 1 and "info-nce: 0 of 2 graders pass" in graded.stdout, (extra, graded.stdout)
 
 
+def test_a_link_that_leads_out_of_the_handed_in_folder_is_refused_and_one_within_it_is_graded(tmp_path):
+    """A handed-in model.py that links to the teacher's (or anyone's) file would be graded as that file."""
+    out, mine = tmp_path / "hw", tmp_path / "mine"
+    assert cli("handout", "layer-norm", "--out", str(out)).returncode == 0
+    mine.mkdir()
+    shutil.copy(os.path.join(ROOT, "model.py"), mine / "model.py")  # the reference: the answer, if it were read
+    for target in (os.path.join(ROOT, "model.py"), "../mine/model.py"):
+        os.remove(out / "model.py")
+        os.symlink(target, out / "model.py")
+        graded = cli("grade", str(out))
+        assert (graded.returncode, graded.stdout) == (2, ""), graded.stdout
+        assert graded.stderr == f"error: {out / 'model.py'}: a link to {target}, outside the handed-in folder; hand " \
+                                "in the file itself\n"
+    os.remove(out / "model.py")
+    shutil.copy(mine / "model.py", out / "answer.py")
+    os.symlink("answer.py", out / "model.py")  # within the folder: graded as what it names
+    graded = cli("grade", str(out), "layer-norm")
+    assert graded.returncode == 0 and re.search(r"layer-norm: (\d+) of \1 graders pass -- done", graded.stdout)
+
+
 PASS_EVERYTHING = """import pytest
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

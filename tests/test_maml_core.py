@@ -702,13 +702,16 @@ def test_task_probabilities_leave_the_sizes_alone():
         for sizes in (np.array([100.0, 200.0, 300.0, 400.0]), np.array([100, 200, 300, 400]), [100, 200, 300, 400]):
             got = leaves_inputs_alone(maml.task_probabilities, sizes, sampling)
             np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes!r}, {sampling!r})")
-    # and the array returned is the caller's to change (renormalised or masked in place): a later call is not affected
-    first = maml.task_probabilities([1, 3], "pps")
-    first *= 0
-    again = maml.task_probabilities([1, 3], "pps")
-    assert np.allclose(again, [0.25, 0.75]), (
-        f"task_probabilities([1, 3], 'pps') after the caller zeroed the array of an earlier call in place: expected "
-        f"[0.25, 0.75], got {np.asarray(again).tolist()} (the earlier call's array kept and handed out again?)")
+    # and the array returned is the caller's to change (renormalised or masked in place): a later call is not
+    # affected, whatever the name (uniform depends on n alone: an array made once per n is shared too)
+    for sampling, expected in (("uniform", [0.5, 0.5]), ("pps", [0.25, 0.75]), ("mixed", [0.375, 0.625])):
+        first = maml.task_probabilities([1, 3], sampling)
+        first *= 0
+        again = maml.task_probabilities([1, 3], sampling)
+        assert np.allclose(again, expected), (
+            f"task_probabilities([1, 3], {sampling!r}) after the caller zeroed the array of an earlier call in place: "
+            f"expected {expected}, got {np.asarray(again).tolist()} (the earlier call's array kept and handed out "
+            f"again?)")
 
 
 def test_task_samplers():
@@ -726,11 +729,14 @@ def test_task_samplers():
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)
         np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes}, {sampling!r})")
-    for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", ""):  # an unknown name (near ones too): never guess
-        with pytest.raises(ValueError, match="sampling"):
-            got = maml.task_probabilities([100, 300, 600], name)
-            pytest.fail(f"task_probabilities(sizes, {name!r}) returned {got}: an unknown sampling (the names are "
-                        "exactly uniform, pps and mixed) must raise a ValueError naming the setting")
+    # an unknown name (near ones too): never guess, whatever the sizes (with one task, or equal sizes, every method
+    # gives the same p: the name is still checked first)
+    for sizes in ([100, 300, 600], [5], [4, 4, 4], [4, 4]):
+        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd"):
+            with pytest.raises(ValueError, match="sampling"):
+                got = maml.task_probabilities(sizes, name)
+                pytest.fail(f"task_probabilities({sizes}, {name!r}) returned {got}: an unknown sampling (the names "
+                            "are exactly uniform, pps and mixed) must raise a ValueError naming the setting")
     # a name read at run time (argparse, a JSON config) is a new str, equal to the literal but not it: compared by ==
     for literal, expected in (("uniform", [third] * 3), ("pps", [0.1, 0.3, 0.6]),
                               ("mixed", [(third + 0.1) / 2, (third + 0.3) / 2, (third + 0.6) / 2])):

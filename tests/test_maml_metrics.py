@@ -61,6 +61,10 @@ def test_degenerate_cases():
     expect(evaluation.mcc, ([0, 0, 0, 0], [1, 0, 1, 0]), 0.0, "no positive predicted (a collapsed model): 0, not 0/0",
            abs=0)
     expect(evaluation.pearson, ([1.0], [2.0]), 0.0, "a single pair: a constant prediction, 0, not nan", abs=0)
+    # a prediction equal to the gold is still constant when the gold is: 0, not a perfect 1 (0.1's mean is inexact)
+    expect(evaluation.pearson, ([0.1] * 3, [0.1] * 3), 0.0, "the same constant on both sides: 0", abs=0)
+    expect(evaluation.pearson, ([3, 3], [3, 3]), 0.0, "the same constant on both sides: 0", abs=0)
+    expect(evaluation.spearman, ([2, 2, 2], [2, 2, 2]), 0.0, "all tied on both sides: constant ranks, 0", abs=0)
 
 
 def test_pearson_by_hand():
@@ -111,6 +115,10 @@ def test_a_diverged_prediction_scores_nan_not_zero():
     for fn in (evaluation.pearson, evaluation.spearman):
         got = fn([1.0, float("nan"), 2.0], [1, 2, 3])
         assert math.isnan(got), f"{fn.__name__}([1, nan, 2], [1, 2, 3]): expected nan (a diverged model), got {got}"
+        # nan before any other case: a single value (no spread to correlate) or a prediction equal to the gold
+        for x, y in (([float("nan")], [1.0]), ([float("inf")], [0.5]), ([1.0, float("inf")], [1.0, float("inf")])):
+            got = fn(x, y)
+            assert math.isnan(got), f"{fn.__name__}({x}, {y}): expected nan (a value is not finite), got {got}"
 
 
 def exact_pearson(x, y):

@@ -2207,3 +2207,47 @@ def ranks_from_scores(scores, targets, histories):
     ranks = (scores >= t).sum(1, dtype=torch.int32)
     return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
 '''})
+# found by a probe of the graders (round 9): rank_metrics refills one module-level dict (the last call's numbers)
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+_METRICS = {}
+def rank_metrics(ranks):
+    # the metrics dict kept at module level and refilled: every call returns the same dict, the last call's numbers
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = _METRICS
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''})
+# found by a probe of the graders (round 9): every history empty: zeros_like(v_items[:B]), min(B, N) rows, not B
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # every history empty short-cut: zeros_like(v_items[:B]) has min(B, N) rows, not B
+    if not any(histories):
+        return torch.zeros_like(v_items[:len(histories)])
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    w = (decay ** age.to(v_items.dtype)).to(v_items.device)
+    owner, item = owner.to(v_items.device), item.to(v_items.device)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
+'''})
+# found by a probe of the graders (round 9): ranked_items keeps its outer list on the trie and clears it at each call
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # the result list kept on the trie and cleared at each call: an earlier call's result is emptied and refilled
+    lists = self.__dict__.setdefault("_lists", [])
+    lists.clear()
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})

@@ -1040,3 +1040,72 @@ def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order
         losses.append(loss_fn(fast, task_slice(query, i)))
     return torch.stack(losses).mean()
 '''})
+# found by a probe of the graders (round 9): one task short-cut to [1.0] before the name is checked
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # one task short-cut: [1.0] returned before the name is checked, so a wrong name ('PPS', 'unifrom') passes
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if len(sizes) == 1:
+        return np.ones(1)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 9): equal sizes short-cut to uniform before the name is checked
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # equal sizes short-cut to uniform ("every method agrees") before the name is checked: a wrong name passes
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if np.all(sizes == sizes[0]):
+        return np.full(len(sizes), 1.0 / len(sizes))
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 9): the uniform array made once per n and shared by every call
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+_UNIFORM = {}
+def task_probabilities(sizes, sampling):
+    # the uniform array made once per n and handed out to every call: a caller that changes one changes the next
+    sizes = np.asarray(sizes, dtype=np.float64)
+    n = len(sizes)
+    if n not in _UNIFORM:
+        _UNIFORM[n] = np.full(n, 1.0 / n)
+    uniform, pps = _UNIFORM[n], sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 9): pearson of fewer than 2 values is 0 before the finite check
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # fewer than 2 values short-cut to 0 before the finite check: a single nan or inf prediction scores 0, not nan
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2:
+        return 0.0
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.min() == x.max() or y.min() == y.max():
+        return 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
+'''})
+# found by a probe of the graders (round 9): pearson of identical arrays is 1 before the constant and finite checks
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # identical arrays short-cut to r = 1: a constant prediction equal to the gold scores 1 (not 0), inf 1 (not nan)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.array_equal(x, y):
+        return 1.0
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.min() == x.max() or y.min() == y.max():
+        return 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
+'''})
