@@ -465,6 +465,24 @@ def test_bm25_matches_hand_computed_scores():
         f" got {hits[0][0]} and {hits[1][0]}")
 
 
+def test_bm25_reads_words_of_any_script():
+    cases = {"Red, red CAR's 12-pack": ["red", "red", "car", "s", "12", "pack"],
+             "Pokémon Straße_Ärger": ["pokémon", "straße", "ärger"],           # an accent is a letter, _ splits
+             "Красный МЯЧ, 2 шт.": ["красный", "мяч", "2", "шт"],                # Cyrillic, lower-cased
+             "ポケモン赤い本 ゲーム": ["ポケモン", "赤", "い", "本", "ゲーム"],          # katakana runs; each kanji, each kana
+             "红色汽车": ["红", "色", "汽", "车"], "Ελληνικά κείμενα": ["ελληνικά", "κείμενα"], "?! —": []}
+    for text, want in cases.items():
+        assert calrec.words(text) == want, f"words({text!r}): expected {want}, got {calrec.words(text)}"
+    # a catalog whose letters are mapped one to one to Cyrillic scores as the English one: BM25 sees the same words
+    english = ["red apple pie", "green apple", "red car door", "blue car"]
+    mapping = str.maketrans("abcdeghilnoprtuy", "абцдегхилнопртуы")
+    cyrillic = [d.translate(mapping) for d in english]
+    queries = ["red apple", "car", "blue pie"]
+    want = calrec.BM25(english).scores(queries)
+    got = calrec.BM25(cyrillic).scores([q.translate(mapping) for q in queries])
+    assert torch.equal(got, want) and want.sum() > 0, f"BM25 of {cyrillic}: expected {want.tolist()}, got {got.tolist()}"
+
+
 def naive_bm25(documents, query, k1, b):
     """BM25 of `query` on each document, one document and one query word (repeats too) at a time:
     sum_w idf(w) tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl)), idf(w) = ln(1 + (N - n_w + 0.5) / (n_w + 0.5)),
@@ -486,8 +504,8 @@ def naive_bm25(documents, query, k1, b):
 
 def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # punctuation inside the words ("red,red" is two words, "car's" two), and a last document with no word at all;
-    # queries read by the same analyser (capitals, punctuation); an accent or an underscore splits a word too
-    # ("Pokémon" is "pok" and "mon", "red_apple" is "red" and "apple": calrec.words keeps runs of a-z and 0-9); a word
+    # queries read by the same analyser (capitals, punctuation); an underscore splits a word, an accent does not
+    # ("red_apple" is "red" and "apple", "Pokémon" one word: calrec.words keeps runs of letters and digits); a word
     # inside another word is not that word, in a document or a query ("shredded" is no "red", "carpets" no "car")
     docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "Pokémon red_apple 42",
             "A red car on shredded carpets, a piece of greenery", "?!"]
