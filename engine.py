@@ -318,7 +318,7 @@ def load_init(path, dropout=0.0):
     its run wrote beside it) or a Hugging Face GPT-2 folder (config.json, weights, tokenizer.json)."""
     if os.path.isdir(path):
         gpt, tokenizer = GPT.from_pretrained(path, dropout=dropout), data.load_tokenizer(path)
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:  # read and checked by from_pretrained
+        with open(os.path.join(path, "config.json"), encoding="utf-8-sig") as f:  # read, checked by from_pretrained
             eos = json.load(f).get("eos_token_id")  # GPT-2's: 50256, its <|endoftext|>
         if eos is not None and not any(type(i) is int and i == tokenizer.eot_id for i in (
                 eos if isinstance(eos, list) else [eos])):

@@ -546,7 +546,7 @@ def read_gpt2_config(directory, dropout=0.0):
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing; a GPT-2 folder needs config.json and weights (a run's checkpoint: its .pt)")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM first, as a Windows editor may save it
             hf = json.load(f)
         sizes = {k: hf[k] for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")}
         other = {k: hf[k] for k, v in gpt2.items() if hf.get(k, v) != v}

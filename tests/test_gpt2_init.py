@@ -98,6 +98,14 @@ def test_maml_runs_from_gpt2_weights_and_tokenizer(tmp_path, monkeypatch):
     assert set(out["targets"]["more-2-5"]["fomaml"]["8"]) >= {"mcc", "accuracy"}
 
 
+def test_a_config_json_saved_with_a_bom_is_read(tmp_path):
+    tok = write_gpt2_folder(tmp_path, ["Title: Kite, Brand: Duncan"] * 20)
+    config = tmp_path / "config.json"
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())  # as a Windows editor saves it
+    model, tokenizer = engine.load_init(str(tmp_path))
+    assert (model.config.n_embd, model.config.vocab_size, tokenizer.eot_id) == (32, tok.vocab_size, tok.eot_id)
+
+
 def test_a_tokenizer_that_does_not_fit_the_weights_is_a_clear_error(tmp_path, capsys):
     g2 = str(tmp_path / "gpt2")
     write_gpt2_folder(g2, ["a b c d e f g"] * 5)
