@@ -217,18 +217,23 @@ def _field(path, line_no, record, key, kind):
     return v
 
 
+PRICE = re.compile(r"\$?\d[\d,]*(\.\d+)?( - \$?\d[\d,]*(\.\d+)?)?")  # $12.99, $1,299.00, $12.99 - $15.99
+
+
 def _meta_value(path, line_no, record, key, skipped):
-    """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text).
-    The category path (a list) is joined without its root. Page markup instead of text (a value, or a category, that
-    starts with '<'; a value past 2,000 characters, UniSRec's limit) counts in `skipped` and as missing."""
+    """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text)
+    and tags within it left out ('<b>'). The category path (a list) is joined without its root. Page markup instead
+    of text (a value, or a category, that starts with '<'; style rules, '{color:gray}'; a value past 2,000 characters,
+    UniSRec's limit; a price that is no price) counts in `skipped` and as missing."""
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
     if isinstance(v, list):  # the root dropped, and any markup among the categories
         v = " ".join(x for x in (shown(html.unescape(x)) for x in v[1:]) if x and not x.startswith("<"))
     v = "" if v is None else shown(html.unescape(v))
-    if v.startswith("<") or len(v) > 2000:
+    if v.startswith("<") or re.search(r"\{[^{}]*:[^{}]*\}", v) or len(v) > 2000 or (
+            key == "price" and v and not PRICE.fullmatch(v)):
         skipped[key] += 1
         return ""
-    return v
+    return fold_whitespace(re.sub(r"<[^<>]*>", " ", v))
 
 
 def _read_meta(path):
@@ -249,7 +254,7 @@ def _read_meta(path):
                                    for key in ("category", "brand", "price")}
         meta[asin] = {a: v for a, v in item.items() if v}
     if markup:
-        log.info(f"{path}: values that are page markup, not text, treated as missing: "
+        log.info(f"{path}: values that are page markup (or no price), not text, treated as missing: "
                  + ", ".join(f"{k} {v}" for k, v in markup.items()))
     if repeats:
         log.info(f"{path}: {repeats} records of an ASIN read before, skipped")
@@ -297,8 +302,8 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     sequences = _k_core(sequences, min_count)
     asins = sorted({a for seq in sequences.values() for a in seq})
     index = {a: i for i, a in enumerate(asins)}
-    log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title and "
-             f"{dropped} reviews of such items dropped; {len(sequences)} users and {len(asins)} items "
+    log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title; {dropped} reviews "
+             f"of items without a record with a title dropped; {len(sequences)} users and {len(asins)} items "
              f"after {min_count}-core")
     return Domain(name, [meta[a] for a in asins], asins,
                   *leave_one_out([[index[a] for a in seq] for seq in sequences.values()]))

@@ -71,21 +71,29 @@ def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix, caplog):
     assert sorted(tuple(name[i] for i in s) for s in d.train_sequences) == sorted([("A", "C"), ("A", "B"), ("D", "C")])
 
 
-def test_raw_metadata_entities_decoded_markup_left_out_and_long_titles_kept(tmp_path):
+def test_raw_metadata_entities_decoded_markup_left_out_and_long_titles_kept(tmp_path, caplog):
     long_title = "iLLumiShield - New Nintendo 3DS XL Screen Protector " + "with a long description " * 12  # 340 chars
     meta = [dict(m) for m in META]
     meta[0].update(title="Pok&eacute;mon Moon", brand="Procter &amp; Gamble",
                    category=["Root", "Test, Measure &amp; Inspect", '<span class="x">Sale</span>'])
-    meta[1].update(title=long_title)
+    meta[1].update(title=long_title, price="$12.99 - $1,015.00")
     meta[2].update(title='<div id="nav">menu</div>')  # page markup, not a title: C is dropped
+    # tags within a value left out; style rules leaked into a price (as in Amazon 2018's files), or a price that
+    # is no price, missing
+    meta[3].update(title="Widget <b>Bold</b> Zero<br/>", price=".a-box-inner{background-color:#fff}#a .x{color:gray}")
+    meta[4].update(price="Currently unavailable.")
     rev, path = str(tmp_path / "Tools_5.json"), str(tmp_path / "meta_Tools.json")
     write_lines(rev, raw_reviews())
     write_lines(path, meta)
-    d = download.read_amazon_raw(rev, path, min_count=1)
+    with caplog.at_level(logging.INFO):
+        d = download.read_amazon_raw(rev, path, min_count=1)
     items = dict(zip(d.item_keys, d.items))
     assert items["A"] == {"Title": "Pokémon Moon", "Category": "Test, Measure & Inspect", "Brand": "Procter & Gamble",
                           "Price": "$1"}
-    assert items["B"]["Title"] == long_title.strip() and "C" not in items
+    assert items["B"] == {"Title": long_title.strip(), "Category": "Tools B", "Brand": "Acme",
+                          "Price": "$12.99 - $1,015.00"} and "C" not in items
+    assert items["D"]["Title"] == "Widget Bold Zero" and "Price" not in items["D"] and "Price" not in items["E"]
+    assert "treated as missing: title 1, price 2" in caplog.text
 
 
 def test_iterative_kcore_repeats_until_stable(tmp_path):
