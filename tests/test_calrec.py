@@ -266,6 +266,25 @@ def test_loss_mixture_by_hand():
         f"calrec_loss twice, L_NIG = 3 then 5 (alpha = beta = 0): expected the first call's parts to stay "
         f"{{'nig': 3.0, 'tt': 0.0, 'ut': 0.0}} and the second's nig 5.0, got {first} and {second} (one dict shared by "
         f"every call?)")
+    # one prediction (P = 1: v_U and v_T|U of shape (1, C)) beside 2 extra negatives: over the items, the naive loop;
+    # over the users, one key only, the query's own, so L_TT = L_UT = 0 (nothing squeezed: P stays 1, not C)
+    v_u1, v_tu1 = v_u[:1], v_tu[:1]
+    for over_users in (False, True):
+        l_tt, l_ut = ((0.0, 0.0) if over_users else
+                      (naive_info_nce(q, v_t[:3], items[:3].tolist(), 0.5) for q in (v_tu1, v_u1)))
+        want = 0.5 * 3.0 + 0.2 * l_tt + 0.3 * l_ut
+        what = (f"calrec_loss with one prediction (v_U, v_T|U of shape (1, {C})), v_T (3, {C}), alpha=0.2, beta=0.3, "
+                f"tau=0.5, over_users={over_users}")
+        try:
+            loss, parts = calrec.calrec_loss(l_nig, v_u1, v_tu1, v_t[:3], items[:3], 0.2, 0.3, 0.5,
+                                             over_users=over_users)
+        except NotImplementedError:
+            raise
+        except (RuntimeError, IndexError, ValueError) as e:
+            pytest.fail(f"{what}: expected {want:.10g}, got {type(e).__name__}: {e}")
+        got = (loss.item(), parts["tt"], parts["ut"])
+        assert got == pytest.approx((want, l_tt, l_ut), rel=1e-9, abs=1e-12), (
+            f"{what}: expected loss, L_TT, L_UT = {want:.10g}, {l_tt:.10g}, {l_ut:.10g}; got {got}")
 
 
 def test_loss_mixture_gradients_match_finite_differences():
@@ -1224,6 +1243,24 @@ def test_ranks_from_scores_equal_a_naive_loop():
     assert got == [501], (f"ranks_from_scores of 2000 items (item i scores 2000 - i), target 1500, a history of 4996 "
                           f"items (item 0, the best, its oldest; then items 1..999 five times): expected [501] (items "
                           f"1000..1500), got {got}")
+    # every rank of every catalog of N = 1..100 items, and of 1,000, 4,097 and 17,000 (a Games-sized catalog): item i
+    # scores N - i, so by hand (as the loop counts) item i's rank is i + 1: a count, not the share of the catalog at
+    # or above the target times N (in float32, 1/41 * 41 is 0.99999994 and 13/22 * 22 is 12.999999: truncated)
+    missed = []
+    for N in list(range(1, 101)) + [1000, 4097, 17000]:
+        scores = torch.arange(N, 0, -1, dtype=torch.float32)         # item i scores N - i: distinct, best first
+        chunk = max(1, 2 ** 22 // N)                                   # at most 4M scores at a time
+        for s in range(0, N, chunk):
+            targets = torch.arange(s, min(N, s + chunk))
+            got = ev.ranks_from_scores(scores.expand(len(targets), N), targets, [[] for _ in targets]).long()
+            wrong = (got != targets + 1).nonzero().view(-1)
+            if len(wrong):
+                missed.append(f"N = {N}: target ranks {(targets[wrong][:4] + 1).tolist()} came out as "
+                              f"{got[wrong][:4].tolist()}")
+                break
+    assert not missed, ("ranks_from_scores of N items scored N - i (no history), every target: expected rank i + 1 "
+                        f"for item i (the count of items scoring >= it); {len(missed)} catalogs missed, e.g.\n  "
+                        + "\n  ".join(missed[:5]))
 
 
 # -----------------------------------------------------------------------------

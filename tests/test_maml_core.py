@@ -712,6 +712,19 @@ def test_task_probabilities_leave_the_sizes_alone():
             f"task_probabilities([1, 3], {sampling!r}) after the caller zeroed the array of an earlier call in place: "
             f"expected {expected}, got {np.asarray(again).tolist()} (the earlier call's array kept and handed out "
             f"again?)")
+    # float64 sizes that already sum to 1 are still the caller's: each name returns a new array, not the sizes
+    # themselves (np.asarray of a float64 array is no copy), so zeroing the result leaves the sizes as they were
+    for sampling, expected in (("uniform", [0.5, 0.5]), ("pps", [0.25, 0.75]), ("mixed", [0.375, 0.625])):
+        sizes = np.array([0.25, 0.75])
+        first = maml.task_probabilities(sizes, sampling)
+        shared = np.shares_memory(first, sizes)
+        first *= 0
+        again = maml.task_probabilities(sizes, sampling)
+        assert not shared and sizes.tolist() == [0.25, 0.75] and np.allclose(again, expected), (
+            f"task_probabilities(np.array([0.25, 0.75]), {sampling!r}) (sizes that already sum to 1), the result then "
+            f"zeroed in place by the caller: expected an array of its own, the sizes still [0.25, 0.75] and the next "
+            f"call {expected}; got {'the sizes array itself' if shared else 'a new array'}, sizes {sizes.tolist()}, "
+            f"then {np.asarray(again).tolist()}")
 
 
 def test_task_samplers():
@@ -729,10 +742,10 @@ def test_task_samplers():
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)
         np.testing.assert_allclose(got, expected, err_msg=f"task_probabilities({sizes}, {sampling!r})")
-    # an unknown name (near ones too): never guess, whatever the sizes (with one task, or equal sizes, every method
-    # gives the same p: the name is still checked first)
+    # an unknown name (near ones too, and None, no name at all): never guess, whatever the sizes (with one task, or
+    # equal sizes, every method gives the same p: the name is still checked first)
     for sizes in ([100, 300, 600], [5], [4, 4, 4], [4, 4]):
-        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd"):
+        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd", None):  # None: no default
             with pytest.raises(ValueError, match="sampling"):
                 got = maml.task_probabilities(sizes, name)
                 pytest.fail(f"task_probabilities({sizes}, {name!r}) returned {got}: an unknown sampling (the names "

@@ -912,6 +912,18 @@ def test_layer_norm_by_hand(written_out):
     assert tuple(got.shape) == (4,) and torch.allclose(got, want, atol=1e-5, rtol=1e-4), (
         f"LayerNorm(4, eps=0.1) {'inside' if written_out else 'outside'} second_order_ops on x = [1, 2, 3, 4] of shape "
         f"(4,): want {[round(v, 4) for v in want.tolist()]}, got {got.tolist()}")
+    # a width of C = 1: each position is its own mean, its biased variance (x - μ)² / 1 = 0, so y = β exactly;
+    # torch.var's unbiased variance of one value is nan, and nan · (C - 1) / C stays nan
+    ln = model.LayerNorm(1)
+    with torch.no_grad():
+        ln.weight.fill_(2.0)
+        ln.bias.fill_(0.5)
+    x = torch.tensor([[3.0], [7.0]])
+    with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+        got = ln(x)
+    assert tuple(got.shape) == (2, 1) and got.tolist() == [[0.5], [0.5]], (
+        f"LayerNorm(1) {'inside' if written_out else 'outside'} second_order_ops, weight 2, bias 0.5, on x = [[3], "
+        f"[7]]: want [[0.5], [0.5]] (x - μ = 0, σ² = 0: the bias), got {got.tolist()}")
 
 
 @pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])
@@ -1158,11 +1170,28 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
     assert got.shape == (3, 2, 4), f"{call}: want shape (3, 2, 4), got {tuple(got.shape)}"
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6,
                                msg=lambda d: f"{call}: differs from a loop over tasks and rows\n{d}")
+    # every right-padded row of every width T up to 400: n real tokens, n = 1..T, pool position n - 1 (an index
+    # counted, not a fraction of T times T: in float32 (13 / 22) * 22 is 12.999999, and 1/41 * 41 truncates to 0)
+    missed = []
+    for T in range(1, 401):
+        n = torch.arange(1, T + 1)                                     # row n - 1 holds n real tokens
+        mask = torch.arange(T) < n[:, None]                            # (T, T), right-padded
+        h = torch.arange(T, dtype=torch.float32).view(1, T, 1).expand(T, T, 1)   # h[b, t] = t
+        for m in (mask, mask.float()):
+            got = model.last_token_pool(h, m).view(-1)
+            wrong = (got != n - 1).nonzero().view(-1)
+            if len(wrong):
+                missed.append(f"T = {T}, {m.dtype} mask, n = {(n[wrong][:3]).tolist()}: got position(s) "
+                              f"{got[wrong][:3].long().tolist()}")
+    assert not missed, ("last_token_pool(h[b, t] = t, a right-padded mask of n real tokens of T): want position "
+                        f"n - 1 for every n <= T <= 400; {len(missed)} (T, mask) missed, e.g.\n  "
+                        + "\n  ".join(missed[:5]))
 
 def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacity():
     # a schedule of steps against a plain model of the buffers: every write goes to [length, length + T), whatever
     # wrote there before (length set back by 1 rewrites the last position: extend keeps no count of its own), and a
-    # write whose end passes the capacity is a ValueError, also one that starts inside the cache and runs past it
+    # write whose end passes the capacity is a ValueError, also one that starts inside the cache and runs past it;
+    # a step of 0 new positions writes nothing and returns the `length` positions so far (not its own empty k, v)
     B, nh, hs, cap = 2, 2, 3, 6
     for dtype in (torch.float32, torch.float64):
         cache = model.KVCache(GPTConfig(n_layer=2, n_head=nh, n_embd=nh * hs), batch=B, capacity=cap, device="cpu",
@@ -1170,7 +1199,7 @@ def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacit
         mine = {(name, layer): torch.zeros(B, nh, cap, hs, dtype=dtype) for name in "kv" for layer in (0, 1)}
         torch.manual_seed(0)
         history = []
-        for length, T in ((0, 3), (3, 1), (3, 2), (5, 2), (5, 1), (6, 1)):   # (length before the step, new positions)
+        for length, T in ((0, 3), (3, 1), (3, 2), (5, 0), (5, 2), (5, 1), (6, 1)):  # (length before, new positions)
             cache.length = length
             history.append(f"length {length}, {T} new")
             what = f"KVCache(capacity {cap}, B {B}, n_head {nh}, {dtype}), steps: {'; '.join(history)}"

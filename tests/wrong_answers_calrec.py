@@ -2251,3 +2251,28 @@ def ranked_items(self, found, histories, k):
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
     return lists
 '''})
+# found by a probe of the graders (round 10): the rank as the catalog's share >= the target times N, truncated
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # the rank as the share of the catalog scoring >= the target times N, truncated by .long(): 1/41 * 41 is 0.99999994
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = ((scores >= t).float().mean(1) * scores.size(1)).long()
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})
+# found by a probe of the graders (round 10): v_U and v_T|U squeezed: one prediction (P = 1) makes P equal to C
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # the vectors squeezed "to be safe": with one prediction (P = 1) v_u is (C,) and P = len(v_u) is C
+    v_u = v_u.squeeze()
+    v_tu = v_tu.squeeze() if v_tu is not None else v_tu
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''})

@@ -1109,3 +1109,41 @@ def pearson(x, y):
     xc, yc = x - x.mean(), y - y.mean()
     return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
 '''})
+# found by a probe of the graders (round 10): float64 sizes that already sum to 1 returned as pps itself
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # sizes that already sum to 1 are taken as probabilities as they are: pps hands back the caller's own float64 array
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform = np.full(len(sizes), 1.0 / len(sizes))
+    pps = sizes if sizes.sum() == 1.0 else sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 10): sampling None read as the default, uniform, instead of a ValueError
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # no sampling given (None) read as the default, uniform: an unset setting is not refused
+    if sampling is None:
+        sampling = "uniform"
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 10): a sampling that is not a str (None) answered with uniform in an except
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the name looked up in a try: a KeyError is an unknown name, but a sampling that is no str (None) gets uniform
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    try:
+        return {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}[sampling]
+    except (KeyError, TypeError):
+        if not isinstance(sampling, str):
+            return uniform
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+'''})

@@ -1416,3 +1416,36 @@ def forward(self, x):
     y = (x - mu) * torch.rsqrt(var + self.eps) * weight
     return y if bias is None else y + bias
 '''})
+# found by a probe of the graders (round 10): the biased variance as torch.var's times (C - 1) / C: nan for C = 1
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # the biased variance as torch.var's unbiased one times (C - 1) / C: with C = 1 that is nan * 0 = nan, not 0
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    C = x.size(-1)
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True) * (C - 1) / C
+    y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''})
+# found by a probe of the graders (round 10): last_token_pool counts the real tokens as mean × T, truncated
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+def last_token_pool(h, attention_mask):
+    # the number of real tokens as the fraction of real tokens times T, truncated by .long(): (13/22)*22 is 12.999999
+    T = attention_mask.size(1)
+    last = (attention_mask.float().mean(1) * T).long() - 1
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
+# found by a probe of the graders (round 10): a step of 0 new positions returns its own empty k, v
+WRONG_MODEL['kv-cache'].append({'model.py:KVCache.extend': '''
+def extend(self, layer, k, v):
+    # nothing to write (T = 0): the step's own (empty) keys and values returned, not every position so far
+    if k.size(2) == 0:
+        return k, v
+    end = self.length + k.size(2)
+    if end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''})
