@@ -440,7 +440,7 @@ class CALRecConfig:
 
 
 BUILT_IN = CALRecConfig()  # the defaults: sized to finish in under 3 minutes on one CPU core
-REAL_DATA = dataclasses.replace(  # 34 minutes on 2 CPU cores (docs/results.md); chosen on Scientific's validation
+REAL_DATA = dataclasses.replace(  # 32 minutes on 2 CPU cores (docs/results.md); chosen on Scientific's validation
     BUILT_IN, vocab_size=4096, max_words=10, max_history=1, max_item_tokens=32, stage1_steps=600, stage2_steps=1200,
     batch_size=32, lr=1e-3, warmup=100, eval_interval=200, domain_temperature=2.0, select_users=10_000, beams=5,
     eval_batch=64, bm25_valid_users=1000, extra_negatives=256, recent_in_loss=4, constrained_beams=5,
