@@ -401,12 +401,14 @@ def grade(root, names, timeout, where=None):
 
 
 def outside(folder, copy):
-    """Refuse a link of the handed-in tree (as copied) that leads out of it: the grade would be the named file's."""
+    """Refuse a link of the handed-in tree (as copied) that leads out of it to a file or folder: the grade would be
+    that file's (a link to nowhere, a student's stray one, reads nothing)."""
     for at, dirs, files in os.walk(copy):
         dirs[:] = [d for d in dirs if (at, d) != (copy, "tests")]  # this project's own
         for n in (n for n in dirs + files if os.path.islink(os.path.join(at, n))):
             link = os.path.join(folder, os.path.relpath(os.path.join(at, n), copy))
-            if os.path.commonpath([os.path.realpath(link), os.path.realpath(folder)]) != os.path.realpath(folder):
+            if os.path.exists(link) and os.path.commonpath([os.path.realpath(link), os.path.realpath(folder)]) != \
+                    os.path.realpath(folder):
                 raise ExerciseError(f"{link}: a link to {os.readlink(link)}, outside the handed-in folder; hand in "
                                     "the file itself")
 
