@@ -31,6 +31,11 @@ import zipfile
 import zlib
 from collections import Counter
 
+try:
+    import fcntl  # a lock the system drops when its process ends; Windows has none, and data.py runs unlocked there
+except ImportError:
+    fcntl = None
+
 import numpy as np
 from tqdm import tqdm
 
@@ -101,6 +106,26 @@ def _parents(folder):
     while folder not in ("", os.sep) and os.path.dirname(folder) != folder:
         yield folder
         folder = os.path.dirname(folder)
+
+
+@contextlib.contextmanager
+def alone_in(folder):
+    """Refuse a second data.py writing into `folder` while one does: they would share its hidden build folders and
+    downloads. The folders made for it go again if they stay empty."""
+    made = [p for p in _parents(os.path.normpath(folder)) if not os.path.isdir(p)]  # innermost first
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY) if fcntl else None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"--out {folder}: another data.py is writing there now; wait for it to end") from None
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+        _unmade("", made)
 
 
 def _unmade(part, folders):
@@ -658,14 +683,16 @@ def main(argv=None):
             raise UserError(f"--out {args.out}: is the --glue folder; the 16-shot splits go into a folder of their own")
         if args.out is not None:
             check_out_dir(args.out, "--out")
-        if args.command == "amazon":
-            prepare_amazon(args.categories, args.out, base_url=args.url, min_count=args.min_count)
-        elif args.command == "glue":
-            prepare_glue(args.out, args.tasks)
-        else:
-            next_to_glue = os.path.join(os.path.dirname(os.path.abspath(args.glue)), "glue-16shot")  # as maml.py
-            make_few_shot(args.glue, args.out or os.path.relpath(next_to_glue), args.tasks, k=args.k,
-                          seeds=args.seeds)
+        next_to_glue = args.command == "few-shot" and os.path.join(os.path.dirname(os.path.abspath(args.glue)),
+                                                                    "glue-16shot")  # where maml.py looks
+        out = args.out or os.path.relpath(next_to_glue)
+        with alone_in(out):
+            if args.command == "amazon":
+                prepare_amazon(args.categories, out, base_url=args.url, min_count=args.min_count)
+            elif args.command == "glue":
+                prepare_glue(out, args.tasks)
+            else:
+                make_few_shot(args.glue, out, args.tasks, k=args.k, seeds=args.seeds)
     except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
         print(error_line(e), file=sys.stderr)
         sys.exit(2)

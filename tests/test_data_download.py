@@ -557,6 +557,22 @@ def test_help(capsys):
         assert code == 0 and "example" in out
 
 
+@pytest.mark.skipif(download.fcntl is None, reason="no file locks on this system (Windows): data.py runs unlocked")
+def test_a_second_data_py_into_the_same_out_folder_is_refused_while_the_first_writes(tmp_path):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "amazon"
+    with download.alone_in(str(out)):  # the first run, in the middle of its work
+        (out / "Tools").mkdir()
+        second = subprocess.run([sys.executable, "data.py", "amazon", "Tools", "--out", str(out), "--url",
+                                 (tmp_path / "site").as_uri()], cwd=here, capture_output=True, text=True)
+        assert (second.returncode, second.stderr) == (2, f"error: --out {out}: another data.py is writing there "
+                                                         "now; wait for it to end\n")
+        assert os.listdir(out) == ["Tools"]  # nothing of the second run's
+    with download.alone_in(str(tmp_path / "new" / "folder")):  # made for the run, and removed if left empty
+        assert (tmp_path / "new" / "folder").is_dir()
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("script", ["data.py", "download.py"])
 def test_the_command_is_still_python_data_py(script):
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
