@@ -344,9 +344,13 @@ def check_gzip(path):
             while f.read(1 << 20):
                 pass
     except (OSError, EOFError, zlib.error) as e:
+        with open(path, "rb") as f:  # a server or proxy that answers with a page of its own (a login, an error)
+            page = f.read(1024).lstrip().lower().startswith((b"<!doctype html", b"<html"))
         os.remove(path)
-        raise UserError(f"{path}: not a complete gzip file ({e}); deleted, so a rerun downloads it again (the same "
-                        "error again: the source's copy is damaged)") from None
+        why = ("an HTML page, not the gzip file (the server answered with a page of its own); deleted" if page else
+               f"not a complete gzip file ({e}); deleted, so a rerun downloads it again (the same error again: the "
+               "source's copy is damaged)")
+        raise UserError(f"{path}: {why}") from None
 
 
 def fold_whitespace(text):  # tabs, newlines, ... -> one space: a cell must stay in its column and on its line

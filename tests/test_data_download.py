@@ -210,16 +210,18 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
         data.read_atomic(str(out / "downloads"))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bad crc"])
+@pytest.mark.parametrize("damage", ["truncated", "bad crc", "a page"])
 def test_a_broken_gzip_is_deleted_and_fetched_again(server, tmp_path, damage):
     good_path, _ = serve_amazon(server.root)
     with open(good_path, "rb") as f:
         good = f.read()
-    bad = good[:len(good) // 2] if damage == "truncated" else good[:-8] + bytes([good[-8] ^ 1]) + good[-7:]
+    bad = {"truncated": good[:len(good) // 2], "bad crc": good[:-8] + bytes([good[-8] ^ 1]) + good[-7:],
+           "a page": b"\n<!DOCTYPE html><html><body>Please sign in</body></html>"}[damage]  # a proxy's, with 200
     with open(good_path, "wb") as f:
         f.write(bad)
     out = tmp_path / "amazon"
-    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: not a complete gzip file .*deleted, so a rerun downloads"):
+    message = "an HTML page, not the gzip" if damage == "a page" else "not a complete gzip file .*deleted, so a rerun"
+    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: " + message):
         download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
     assert os.listdir(out) == ["downloads"]  # no Tools folder, finished or temporary
     assert sorted(os.listdir(out / "downloads")) == ["meta_Tools.json.gz"]  # the bad file is gone
