@@ -400,7 +400,7 @@ def grade(root, names, timeout, where=None):
     return 0 if total == len(exercises) else 1
 
 
-def outside(folder, copy):
+def refuse_links_out(folder, copy):
     """Refuse a link of the handed-in tree (as copied) that leads out of it to a file or folder: the grade would be
     that file's (a link to nowhere, a student's stray one, reads nothing)."""
     for at, dirs, files in os.walk(copy):
@@ -447,7 +447,7 @@ def grade_handout(folder, names, timeout):
         elif os.path.lexists(theirs):
             os.remove(theirs)
         copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
-        outside(folder, os.path.join(tmp, "work"))
+        refuse_links_out(folder, os.path.join(tmp, "work"))
         return grade(os.path.join(tmp, "work"), names, timeout, where=folder)
 
 
