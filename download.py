@@ -31,17 +31,12 @@ import zipfile
 import zlib
 from collections import Counter
 
-try:
-    import fcntl  # a lock the system drops when its process ends; Windows has none, and data.py runs unlocked there
-except ImportError:
-    fcntl = None
-
 import numpy as np
 from tqdm import tqdm
 
 from data import (GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split,
                   shown)
-from engine import SEED_MAX, ConsoleHandler, Parser, check_out_dir, positive_int
+from engine import SEED_MAX, ConsoleHandler, Parser, check_out_dir, held, positive_int
 from model import UserError, error_line
 
 log = logging.getLogger(__name__)
@@ -110,21 +105,13 @@ def _parents(folder):
 
 @contextlib.contextmanager
 def alone_in(folder):
-    """Refuse a second data.py writing into `folder` while one does: they would share its hidden build folders and
-    downloads. The folders made for it go again if they stay empty."""
+    """engine.held for data.py: a second data.py into `folder` would share its hidden build folders and downloads.
+    The folders made for it go again if they stay empty."""
     made = [p for p in _parents(os.path.normpath(folder)) if not os.path.isdir(p)]  # innermost first
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY) if fcntl else None
     try:
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"--out {folder}: another data.py is writing there now; wait for it to end") from None
-        yield
+        with held(folder, "--out", "data.py"):
+            yield
     finally:
-        if fd is not None:
-            os.close(fd)
         _unmade("", made)
 
 

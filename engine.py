@@ -1,11 +1,6 @@
-"""
-The machinery both tasks share, so that calrec.py and maml.py can hold their papers and little else.
-
-Read it top to bottom: settings (one frozen config per task, each field declaring what it allows) -> files
-written whole -> checkpoints and --init -> the training loop with model selection -> the state a run resumes
-from -> more hardware (mixed precision, several processes) -> the run's device, processes, seed and log ->
-fingerprints. A run's results.json is written by evaluation.save_results.
-"""
+"""The machinery both tasks share, so that calrec.py and maml.py can hold their papers and little else. Top to bottom:
+settings -> files written whole -> checkpoints and --init -> the training loop with model selection -> the state a run
+resumes from (and fingerprints) -> more hardware -> the run's device, processes, seed and log."""
 
 import argparse
 import contextlib
@@ -26,6 +21,10 @@ import sys
 import time
 import typing
 
+try:
+    import fcntl  # a lock the system drops when its process ends; Windows has none, and runs there unlocked
+except ImportError:
+    fcntl = None
 import numpy as np
 import tokenizers
 import torch
@@ -43,11 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def setting(default, allowed, help):
-    """A config field: its default, the values it allows, and one line for --help and --show-config.
-
-    allowed: a tuple of choices; a range written as text, '>= 0', '> 0' or '0..1' (ends included); or None
-    (any value of the type, checked where it is used, e.g. a domain name against the data). A tuple-typed
-    field holds one or more values, each of which must be allowed."""
+    """A config field: its default, the values it allows, and one line for --help and --show-config. allowed: a
+    tuple of choices; a range written as text, '>= 0', '> 0' or '0..1' (ends included); or None (any value of the
+    type, checked where it is used, e.g. a domain name against the data). A tuple field's values each allowed."""
     return dataclasses.field(default=default, metadata=dict(allowed=allowed, help=help))
 
 
@@ -135,9 +132,8 @@ def out_of_memory(error):
 
 
 def check_memory(device, needs):
-    """Refuse, before any work, settings whose run cannot fit in the device's memory. needs: {a phase of the run,
-    and the settings it grows with: a lower bound of the float32 values it holds at once}, so that a refusal is
-    never a guess."""
+    """Refuse, before any work, settings whose run cannot fit in the device's memory. needs: {a phase of the run and
+    the settings it grows with: a lower bound of the float32 values it holds at once}: a refusal is never a guess."""
     kind = torch.device(device).type
     if kind == "cuda":
         have = torch.cuda.get_device_properties(torch.device(device)).total_memory
@@ -154,10 +150,9 @@ def check_memory(device, needs):
 
 
 def training_floats(c, tokens, predicted):
-    """A lower bound of the float32 values one AdamW step of a GPT of config c holds: the weights, their gradients and
-    two moments (biases and LayerNorms left out); what backward keeps of each of the batch's tokens in every layer, at
-    least ten values a unit of width (the two LayerNorms' outputs, q, k, v, the attention's output and the MLP's
-    4 C hidden units); and the logits of the predicted tokens, with their gradients."""
+    """A lower bound of the float32 values one AdamW step of a GPT of config c holds: weights, gradients and two moments
+    (biases and LayerNorms left out); what backward keeps of each token in every layer, at least ten values a unit of
+    width (two LayerNorms' outputs, q, k, v, attention's output, the MLP's 4 C); the predicted tokens' logits, grads."""
     weights = (c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
     return 4 * weights + tokens * 10 * c.n_layer * c.n_embd + predicted * 2 * c.vocab_size
 
@@ -399,13 +394,12 @@ def deferred_interrupt():
 
 def train_and_select(model, train_step, steps, eval_every, validate=None, start=0, best=None, save_state=None,
                      label="step"):
-    """Train for `steps` steps, keeping the weights that score best on validation (never on test). Validation
-    runs at step 0, every eval_every steps and after the last; train_step(step) takes a step between and returns
-    its loss or None: a loss that is not finite stops the run with an error (so do weights that are not finite,
-    without validate). validate() scores the weights (higher is better, nan never wins); without it the model
-    keeps its last weights. save_state(step, best), when given, runs before each validation and after the step
-    Ctrl-C came in: a resumed run passes that `start` and `best` back and continues exactly. best is (score,
-    step, weights); returns it, the model holding the best weights."""
+    """Train for `steps` steps, keeping the weights that score best on validation (never on test). Validation runs at
+    step 0, every eval_every steps and after the last; train_step(step) takes a step between and returns its loss or
+    None: a loss that is not finite stops the run with an error (so do weights that are not finite, without validate).
+    validate() scores the weights (higher is better, nan never wins); without it the model keeps its last weights.
+    save_state(step, best), when given, runs before each validation and after the step Ctrl-C came in: a resumed run
+    passes that `start` and `best` back and continues exactly. Returns best, (score, step, weights), loaded."""
     best = best or (-math.inf, None, None)
     with deferred_interrupt() as interrupted:
         for step in range(start, steps + 1):
@@ -439,15 +433,36 @@ def train_and_select(model, train_step, steps, eval_every, validate=None, start=
 
 
 # -----------------------------------------------------------------------------
-# the state a run resumes from
+# the state a run resumes from, and the fingerprints that check it
+
+
+def fingerprint(obj):
+    """A SHA-256 of a value made of dicts, lists, tuples, tensors and plain values, a tensor by its bytes (its repr
+    elides them): --resume compares the data's, and RunState checks that a state is the one written."""
+    sha = hashlib.sha256()
+
+    def add(x):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            sha.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            sha.update(x.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, (list, tuple)) and all(type(v) in (int, float, str) for v in x):
+            sha.update(f"{x!r};".encode())  # a fast path for the lists that make up data sets
+        elif isinstance(x, (dict, list, tuple)):
+            sha.update(f"{type(x).__name__} {len(x)};".encode())
+            for v in x.items() if isinstance(x, dict) else x:
+                add(v)
+        else:
+            sha.update(f"{x!r};".encode())
+    add(obj)
+    return sha.hexdigest()
 
 
 class RunState:
     """What --resume continues from, in out_dir/state.pt (tensors and plain values, written atomically by process 0):
     the run's key (settings, data, tokenizer, threads), the results of its finished phases (finish()), the loop of the
     phase in progress as saved at its last validation point (loop_saver, restore_loop), and the time spent so far.
-    The state is stored with its fingerprint: one damaged or edited since, or of another key, is refused whole,
-    before any work, rather than failing at the entry that is wrong."""
+    Stored with its fingerprint: one damaged or edited since, or of another key, is refused whole, before any work."""
 
     def __init__(self, path, key, resume):
         self.path, self.key, self.started = path, dict(key, threads=torch.get_num_threads()), time.time()
@@ -664,33 +679,48 @@ class ConsoleHandler(logging.Handler):
 
 class Warnings(logging.Handler):
     """Keeps every warning a run logs, for its results.json."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
+    messages = []
 
     def emit(self, record):
         self.messages.append(record.getMessage())
 
 
-WARNINGS = Warnings()
+WARNINGS = Warnings(logging.WARNING)
 
 
 def setup_logging(rank):
     """One logger for the whole project: the console gets the progress (process 0's), log.txt everything, and
     WARNINGS every warning (results.json lists them)."""
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
+    logging.getLogger().setLevel(logging.DEBUG)
+    logging.getLogger().handlers[:] = [ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING), WARNINGS]
     WARNINGS.messages.clear()
-    for handler in (ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING), WARNINGS):
-        root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def held(folder, flag, program):
+    """`folder` for this process alone while the block runs: a second `program` writing there, whose files would mix
+    with this one's, is refused. A folder made for it goes again if it is left empty."""
+    made = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY) if fcntl else None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{flag} {folder}: another {program} is writing there; wait for it to end") from None
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if made and os.path.isdir(folder) and not os.listdir(folder):  # a refused run leaves nothing
+            os.rmdir(folder)
 
 
 def set_aside(out_dir, names, aside):
     """{name: size} of out_dir's files `names`, each hard-linked (or copied) into the folder `aside`, but log.txt, which
     only grows: its size is enough to cut it back. The folders a run killed outright left aside go first."""
-    for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)] if os.path.isdir(out_dir) else ():
+    for stale in [n for n in os.listdir(out_dir) if re.fullmatch(r"\.earlier\d+", n)]:
         shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
     sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in names if os.path.isfile(os.path.join(out_dir, n))}
     os.makedirs(aside, exist_ok=True)
@@ -707,40 +737,37 @@ def kept_if_refused(out_dir, names, fresh):
     """A run refused part-way (a UserError: a diverged loss, a full disk, ...; or out of memory) leaves out_dir's
     files `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back,
     log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files; one that
-    finishes `fresh` (not resumed) removes those of an earlier run it did not write again (another method's init_*.pt,
-    where the file system has hard links)."""
-    existed = os.path.isdir(out_dir)
+    finishes `fresh` (not resumed) removes an earlier run's files it did not write again (where there are hard links).
+    A second train.py into out_dir is refused while this one runs."""
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
-    try:
-        sizes = set_aside(out_dir, names, aside)
-    except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written
-        shutil.rmtree(aside if existed else out_dir, ignore_errors=True)  # a new out_dir holds nothing else yet
-        raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None
-    try:
-        yield
-        for n in sizes.keys() - {"log.txt"} if fresh else ():  # not written again: still the file linked aside
-            if os.path.isfile(path := os.path.join(out_dir, n)) and os.path.samefile(path, os.path.join(aside, n)):
-                os.remove(path)
-    except Exception as e:
-        refused, failed = str(e) if isinstance(e, UserError) else out_of_memory(e), []  # main's one line, or None
-        for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
-            try:
-                if n in sizes:
-                    os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
-                elif os.path.lexists(path):
+    with held(out_dir, "--out-dir", "train.py"):
+        try:
+            sizes = set_aside(out_dir, names, aside)
+        except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written
+            shutil.rmtree(aside, ignore_errors=True)
+            raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None
+        try:
+            yield
+            for n in sizes.keys() - {"log.txt"} if fresh else ():  # not written again: still the file linked aside
+                if os.path.isfile(path := os.path.join(out_dir, n)) and os.path.samefile(path, os.path.join(aside, n)):
                     os.remove(path)
-            except OSError as why:  # a file that cannot be replaced (made immutable, ...): its earlier copy is kept
-                failed.append(f"{n} ({why.strerror})")
-        if failed:
-            os.replace(aside, kept := os.path.join(out_dir, f"earlier-files-{os.getpid()}"))
-            raise UserError(f"{refused}; and {', '.join(failed)} could not be put back: the earlier run's files are "
-                            f"in {kept}") from None
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
-        if not existed:
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)  # made by this run, and empty: a refused run leaves nothing
+        except Exception as e:
+            refused, failed = str(e) if isinstance(e, UserError) else out_of_memory(e), []  # main's one line, or None
+            for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
+                try:
+                    if n in sizes:
+                        os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
+                    elif os.path.lexists(path):
+                        os.remove(path)
+                except OSError as why:  # a file that cannot be replaced (made immutable, ...): its earlier copy is kept
+                    failed.append(f"{n} ({why.strerror})")
+            if failed:
+                os.replace(aside, kept := os.path.join(out_dir, f"earlier-files-{os.getpid()}"))
+                raise UserError(f"{refused}; and {', '.join(failed)} could not be put back: the earlier run's files "
+                                f"are in {kept}") from None
+            raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 class LogFile(logging.FileHandler):
@@ -761,7 +788,6 @@ class LogFile(logging.FileHandler):
 def open_log_file(out_dir, argv, resume):
     """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
     whether it resumes. Called after every input has been checked, just before the first write."""
-    os.makedirs(out_dir, exist_ok=True)
     start = time.time()
     handler = LogFile(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -772,29 +798,3 @@ def open_log_file(out_dir, argv, resume):
         handler.emit(logging.makeLogRecord(dict(msg=line)))  # emit: past the filter that stamps the time
     handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
     return handler
-
-
-# -----------------------------------------------------------------------------
-# fingerprints: what --resume compares, and how a run state proves it is the one written
-
-
-def fingerprint(obj):
-    """A SHA-256 of a value made of dicts, lists, tuples, tensors and plain values, a tensor by its bytes (its repr
-    elides them): --resume compares the data's, and RunState checks that a state is the one written."""
-    sha = hashlib.sha256()
-
-    def add(x):
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().contiguous()
-            sha.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
-            sha.update(x.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(x, (list, tuple)) and all(type(v) in (int, float, str) for v in x):
-            sha.update(f"{x!r};".encode())  # a fast path for the lists that make up data sets
-        elif isinstance(x, (dict, list, tuple)):
-            sha.update(f"{type(x).__name__} {len(x)};".encode())
-            for v in x.items() if isinstance(x, dict) else x:
-                add(v)
-        else:
-            sha.update(f"{x!r};".encode())
-    add(obj)
-    return sha.hexdigest()

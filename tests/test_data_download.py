@@ -21,6 +21,7 @@ import pytest
 
 import data
 import download
+import engine
 from model import UserError
 from test_calrec_data import META, raw_reviews, write_lines
 from test_glue_reader import LAYOUTS
@@ -559,7 +560,7 @@ def test_help(capsys):
         assert code == 0 and "example" in out
 
 
-@pytest.mark.skipif(download.fcntl is None, reason="no file locks on this system (Windows): data.py runs unlocked")
+@pytest.mark.skipif(engine.fcntl is None, reason="no file locks on this system (Windows): data.py runs unlocked")
 def test_a_second_data_py_into_the_same_out_folder_is_refused_while_the_first_writes(tmp_path):
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "amazon"
@@ -567,8 +568,8 @@ def test_a_second_data_py_into_the_same_out_folder_is_refused_while_the_first_wr
         (out / "Tools").mkdir()
         second = subprocess.run([sys.executable, "data.py", "amazon", "Tools", "--out", str(out), "--url",
                                  (tmp_path / "site").as_uri()], cwd=here, capture_output=True, text=True)
-        assert (second.returncode, second.stderr) == (2, f"error: --out {out}: another data.py is writing there "
-                                                         "now; wait for it to end\n")
+        assert (second.returncode, second.stderr) == (2, f"error: --out {out}: another data.py is writing there; "
+                                                         "wait for it to end\n")
         assert os.listdir(out) == ["Tools"]  # nothing of the second run's
     with download.alone_in(str(tmp_path / "new" / "folder")):  # made for the run, and removed if left empty
         assert (tmp_path / "new" / "folder").is_dir()

@@ -123,6 +123,22 @@ def test_a_resumed_run_keeps_the_files_of_its_earlier_pieces(tmp_path, fresh):
     assert (tmp_path / "b.pt").read_text() == "new" and (tmp_path / "log.txt").read_text() == "earlier"
 
 
+@pytest.mark.skipif(engine.fcntl is None, reason="no file locks on this system (Windows): runs are not held apart")
+def test_a_second_run_into_the_same_out_dir_is_refused_while_the_first_writes(tmp_path):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "log.txt").write_text("the first run's\n")
+    with engine.kept_if_refused(str(tmp_path), ("log.txt", "results.json"), True):  # the first run, at work
+        (tmp_path / ".earlier1").mkdir()  # as a run killed outright leaves: only a run that holds the folder clears it
+        second = subprocess.run([sys.executable, "train.py", "--task", "sinusoid", "--set", "steps=2", "--out-dir",
+                                 str(tmp_path)], cwd=here, capture_output=True, text=True)
+        assert (second.returncode, second.stderr) == (2, f"error: --out-dir {tmp_path}: another train.py is writing "
+                                                         "there; wait for it to end\n")
+        assert sorted(os.listdir(tmp_path)) == [".earlier1", f".earlier{os.getpid()}", "log.txt"]
+    assert (tmp_path / "log.txt").read_text() == "the first run's\n"
+    train.main(["--task", "sinusoid", "--set", "steps=2", "--set", "eval_tasks=2", "--out-dir", str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "results.json"]  # once the first has ended
+
+
 def test_device_choice(monkeypatch):
     assert train.pick_device("cpu") == "cpu"
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
