@@ -122,8 +122,11 @@ def show_config(cfg):
     return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}" for a, b, c, d in rows)
 
 
-def out_of_memory(error):
-    """The one line for an allocation the machine cannot hold (a setting too large for it), or None."""
+def refusal(error):
+    """The one line for an error that is no bug, or None: the user's (a UserError), a file the system refuses (an
+    OSError naming it), or an allocation the machine cannot hold (a setting too large for it)."""
+    if isinstance(error, UserError) or isinstance(error, OSError) and error.filename:
+        return str(error) if isinstance(error, UserError) else f"{error.filename}: {error.strerror}"
     if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(error):
         size = re.search(r"allocate ([\d.]+ \w+|\d+ bytes)", str(error))
         return (f"out of memory{f' (allocating {size.group(1)})' if size else ''}: a setting asks for more than this "
@@ -277,9 +280,8 @@ def save_checkpoint(path, model, tokenizer, step, metrics, **extra):
 
 
 def gpt_config(raw, what):
-    """The GPTConfig a saved dict describes (a checkpoint's config, a run's lm_config), every field checked: the
-    sizes whole numbers above 0 with n_embd a multiple of n_head, dropout in [0, 1), bias true or false. what:
-    where the dict comes from, for the message."""
+    """The GPTConfig a saved dict (a checkpoint's config, a run's lm_config; named by `what`) describes, checked: its
+    sizes whole numbers above 0, n_embd a multiple of n_head, dropout in [0, 1), bias true or false."""
     try:
         c = GPTConfig(**raw)
     except TypeError as e:  # not a dict, or other names than GPTConfig's
@@ -378,7 +380,6 @@ def deferred_interrupt():
         if pressed:
             raise KeyboardInterrupt
         pressed.append(True)
-
     try:
         previous = signal.signal(signal.SIGINT, on_ctrl_c)
     except ValueError:  # not the main thread: leave Ctrl-C as it is
@@ -734,11 +735,10 @@ def set_aside(out_dir, names, aside):
 
 @contextlib.contextmanager
 def kept_if_refused(out_dir, names, fresh):
-    """A run refused part-way (a UserError: a diverged loss, a full disk, ...; or out of memory) leaves out_dir's
-    files `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back,
-    log.txt cut back to its length, new files removed. A run that finishes or is interrupted keeps its files; one that
-    finishes `fresh` (not resumed) removes an earlier run's files it did not write again (where there are hard links).
-    A second train.py into out_dir is refused while this one runs."""
+    """A run refused part-way (an error that is no bug: a diverged loss, a full disk, ...) leaves out_dir's files
+    `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back, log.txt cut
+    back to its length, new files removed. A `fresh` run (not resumed) starts without the earlier run's files but
+    log.txt, so that they never mix with its own, even if it is interrupted. A second train.py there is refused."""
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
     with held(out_dir, "--out-dir", "train.py"):
         try:
@@ -746,13 +746,13 @@ def kept_if_refused(out_dir, names, fresh):
         except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written
             shutil.rmtree(aside, ignore_errors=True)
             raise UserError(f"--out-dir {out_dir}: cannot set the earlier run's files aside ({e.strerror})") from None
+        for n in sizes.keys() - {"log.txt"} if fresh else ():  # a refused run puts back its copy aside
+            with contextlib.suppress(OSError):  # one that cannot be removed stays
+                os.remove(os.path.join(out_dir, n))
         try:
             yield
-            for n in sizes.keys() - {"log.txt"} if fresh else ():  # not written again: still the file linked aside
-                if os.path.isfile(path := os.path.join(out_dir, n)) and os.path.samefile(path, os.path.join(aside, n)):
-                    os.remove(path)
         except Exception as e:
-            refused, failed = str(e) if isinstance(e, UserError) else out_of_memory(e), []  # main's one line, or None
+            refused, failed = refusal(e), []  # main's one line, or None (a bug)
             for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
                 try:
                     if n in sizes:

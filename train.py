@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import calrec  # noqa: E402
 import maml  # noqa: E402
 from engine import (Once, Parser, apply_settings, check_out_dir, describe, format_value, kept_if_refused,  # noqa: E402
-                    name_value, open_log_file, out_of_memory, pick_device, seed_everything, seed_number,
+                    name_value, open_log_file, pick_device, refusal, seed_everything, seed_number,
                     setup_distributed, setup_logging, show_config, thread_count)
 from model import UserError, error_line  # noqa: E402
 
@@ -146,8 +146,7 @@ def main(argv=None):
     except BrokenPipeError:  # the reader of a pipe stopped early (--show-config | head): it has what it wanted
         os._exit(141)  # at once: the interpreter's exit would write into the closed pipe again, with a traceback
     except (UserError, OSError, MemoryError, RuntimeError) as e:  # of RuntimeErrors, only running out of memory
-        message = str(e) if isinstance(e, UserError) else (f"{e.filename}: {e.strerror}" if isinstance(e, OSError)
-                                                           and e.filename else out_of_memory(e))  # a file refused
+        message = refusal(e)
         if message is None:
             raise
         print(error_line(message), file=sys.stderr)

@@ -113,6 +113,19 @@ def test_a_run_that_ends_well_leaves_no_file_of_an_earlier_run_it_did_not_write_
     assert (tmp_path / "results.json").read_text() != "earlier\n"
 
 
+def test_an_interrupted_fresh_run_resumed_keeps_no_file_of_an_earlier_run(tmp_path):
+    for name in ("init_reptile.pt", "state.pt", "log.txt"):  # an earlier run's
+        (tmp_path / name).write_text("earlier")
+    names = ("init_reptile.pt", "init_maml.pt", "state.pt", "log.txt")
+    with pytest.raises(KeyboardInterrupt), engine.kept_if_refused(str(tmp_path), names, True):
+        engine.atomic_write(str(tmp_path / "state.pt"), lambda f: f.write("mine"))
+        raise KeyboardInterrupt  # Ctrl-C, after the state was saved
+    with engine.kept_if_refused(str(tmp_path), names, False):  # --resume
+        engine.atomic_write(str(tmp_path / "init_maml.pt"), lambda f: f.write("mine"))
+    assert sorted(os.listdir(tmp_path)) == ["init_maml.pt", "log.txt", "state.pt"]
+    assert (tmp_path / "state.pt").read_text() == "mine" and (tmp_path / "log.txt").read_text() == "earlier"
+
+
 @pytest.mark.parametrize("fresh", [True, False])
 def test_a_resumed_run_keeps_the_files_of_its_earlier_pieces(tmp_path, fresh):
     for name in ("a.pt", "b.pt", "log.txt"):
