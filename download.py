@@ -132,9 +132,13 @@ def _download(url, part, have, name):
         raise urllib.error.URLError(f"{source} is not a regular file")
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=60) as response:
+        length = response.headers.get("Content-Length")
+        asked = re.fullmatch(r"bytes (\d+)-(\d+)/.*", response.headers.get("Content-Range") or "")
+        if have and response.status == 206 and not (asked and int(asked[1]) == have and length in (
+                None, str(int(asked[2]) + 1 - have))):  # other bytes than asked for: the file starts over, whole
+            return _download(url, part, 0, name)
         if response.status != 206:
             have = 0
-        length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name)
         with open(part, "ab" if have else "wb") as f, bar:
