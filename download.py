@@ -59,6 +59,9 @@ GLUE_ROWS = {  # task -> (train rows, dev rows) of the official files (MNLI's de
 # 1. downloads that resume, folders that appear only when complete
 
 
+TIMEOUT = 60  # seconds a server may send nothing
+
+
 def fetch(url, path, hint_if_missing=None):
     """Download `url` to `path` unless it is there, and return `path`. The bytes go to path + ".part", renamed when
     complete; an interrupted download resumes with an HTTP Range request (a server that answers 200, not 206,
@@ -88,7 +91,8 @@ def fetch(url, path, hint_if_missing=None):
         raise UserError(f"{url}: {e.reason}") from None
     except (OSError, http.client.HTTPException) as e:  # mid-download: a timeout, a dropped connection
         _unmade(part, new)
-        raise UserError(f"{url}: {str(e) or type(e).__name__}; rerun to resume the download") from None
+        why = f"the server sent nothing for {TIMEOUT} s" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
+        raise UserError(f"{url}: {why}; rerun to resume the download") from None
     if total is not None and os.path.getsize(part) != total:
         raise UserError(f"{url}: the connection closed after {os.path.getsize(part)} of {total} bytes; "
                         "rerun to resume the download")
@@ -131,7 +135,7 @@ def _download(url, part, have, name):
     if source and os.path.exists(source) and not os.path.isfile(source):  # a folder, a named pipe, ...
         raise urllib.error.URLError(f"{source} is not a regular file")
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
         length = response.headers.get("Content-Length")
         asked = re.fullmatch(r"bytes (\d+)-(\d+)/.*", response.headers.get("Content-Range") or "")
         if have and response.status == 206 and not (asked and int(asked[1]) == have and length in (

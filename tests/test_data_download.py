@@ -8,6 +8,7 @@ import gzip
 import http.server
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -128,6 +129,16 @@ def test_network_failures_name_the_url(server, tmp_path):
     with pytest.raises(UserError, match="HTTP 404"):
         download.fetch(url, str(tmp_path / "kept" / "downloads" / "missing.gz"))
     assert sorted(os.listdir(tmp_path)) == ["kept", "server"] and os.listdir(tmp_path / "kept") == []  # nothing
+
+
+def test_a_server_that_never_answers_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "TIMEOUT", 0.2)
+    with socket.socket() as silent:  # it takes the connection (the system does), and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.gz"
+        with pytest.raises(UserError, match=re.escape(f"{url}: the server sent nothing for 0.2 s; rerun")):
+            download.fetch(url, str(tmp_path / "x.gz"))
 
 
 # -----------------------------------------------------------------------------
