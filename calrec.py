@@ -135,7 +135,7 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
 
 def training_rows(domains, offsets, every_position):
     """Per domain, the rows a stage draws from (global item indices): with every_position [beyond the paper] each
-    user's training sequence, every history item predicted; else every training example, as the paper."""
+    user's training sequence (its prompt's kept history items predicted too); else every training example (paper)."""
     if every_position:
         return [[[o + i for i in seq] for seq in d.train_sequences if len(seq) >= 2] for d, o in zip(domains, offsets)]
     return [[[o + i for i in hist] + [o + t] for hist, t in d.train] for d, o in zip(domains, offsets)]
@@ -184,7 +184,7 @@ def gather_batch(v_u, v_tu, v_t, items):
 
 
 def train_stage(exp, stage, validate):
-    """Stage 1: rows drawn from a mixture of every domain, P(domain) ~ n_train ** (1 / domain_temperature);
+    """Stage 1: rows drawn from a mixture of every domain, P(domain) ~ its rows ** (1 / domain_temperature);
     stage 2: the target domain alone. validate() every eval_interval steps picks the weights the LM ends with."""
     cfg, lm, device = exp.cfg, exp.lm, exp.device
     w = np.log([len(r) or 1 for r in exp.rows]) / cfg.domain_temperature  # logs: no overflow at a temperature near 0
@@ -383,7 +383,7 @@ class CALRecConfig:
     beta: float = setting(0.2, "0..1", "weight of L_UT")
     tau: float = setting(0.05, "> 0", "temperature of both contrastive losses")
     softmax_over: str = setting("items", ("items", "users"), "InfoNCE over the batch's items (ours) or users (paper)")
-    every_position: bool = setting(True, None, "[beyond] predict every history item of a row; false: the paper")
+    every_position: bool = setting(True, None, "[beyond] predict the prompt's kept history items too; false: the paper")
     extra_negatives: int = setting(0, ">= 0", "[beyond] random catalog items per batch as negatives (0: the paper)")
     recent_in_loss: int = setting(0, ">= 0", "[beyond] L_UT trains q_U, r_U over this many last items (0: v_U)")
     recent_loss_weight: float = setting(0.5, "0..1", "mu of the q_U that L_UT trains")
@@ -398,7 +398,7 @@ class CALRecConfig:
     weight_decay: float = setting(0.01, ">= 0", "AdamW's weight decay on matrices")
     warmup: int = setting(20, ">= 0", "warmup steps (CALRec's and SASRec's)")
     eval_interval: int = setting(100, ">= 1", "validate every this many steps; each stage keeps its best weights")
-    domain_temperature: float = setting(1.0, "> 0", "stage 1 draws a domain with P ~ n_train ** (1 / temperature)")
+    domain_temperature: float = setting(1.0, "> 0", "stage 1 draws a domain with P ~ its rows ** (1 / temperature)")
     select_users: int = setting(300, ">= 0", "validation users scored for model selection (0: all)")
     # inference and evaluation
     beams: int = setting(6, ">= 1", "beams of the generative path")

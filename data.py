@@ -556,8 +556,8 @@ class PromptBuilder:
 # 3. MAML data
 #
 # A task is a dict: name, kind ("classification" or "regression"), labels (label strings in class-index order),
-# metrics (GLUE's names), pair (True for sentence pairs) and its splits "train", "dev" (to choose the stop point)
-# and "test" (the one final report, if labelled), each {"text_a": [str], "text_b": [str] or None, "y": [int or float]}.
+# metrics (GLUE's names), pair (True for sentence pairs) and its splits "train", "dev" and "test" (if labelled; their
+# roles: maml.target_runs), each {"text_a": [str], "text_b": [str] or None, "y": [int or float]}.
 
 # Each task's official layout: the columns read by name (CoLA: by position, it has no header).
 BOOL, ENTAILS = ("0", "1"), ("entailment", "not_entailment")  # label sets that several tasks share
@@ -690,7 +690,7 @@ def few_shot_folders(root, name):
 FAMILY_KINDS, FAMILY_WORDS_PER_KIND, FAMILY_FILLERS = 8, 12, 24
 FAMILY_SENTENCE_LEN = (5, 9)   # words per sentence
 FAMILY_SEED = 1234             # the language itself (fixed; the run's --seed only changes sampling)
-# name -> (rule, its arguments, examples in train + dev); the rules: family_example
+# name -> (rule, its arguments, examples: an aux task's train + dev, a target's train); the rules: family_example
 FAMILY_AUX = {
     "has-0": ("has", (0,), 1200), "has-1": ("has", (1,), 400), "has-2": ("has", (2,), 800), "has-5": ("has", (5,), 300),
     "more-0-1": ("more", (0, 1), 1000), "more-3-4": ("more", (3, 4), 600), "most-1-2-4": ("most", (1, 2, 4), 1000),

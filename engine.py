@@ -1,6 +1,6 @@
 """The machinery both tasks share, so that calrec.py and maml.py can hold their papers and little else. Top to bottom:
-settings -> files written whole -> checkpoints and --init -> the training loop with model selection -> the state a run
-resumes from (and fingerprints) -> more hardware -> the run's device, processes, seed and log."""
+settings -> files written whole, the command line's types -> checkpoints and --init -> the training loop with model
+selection -> the state a run resumes from -> more hardware -> the run's device, processes, seed, log and --out-dir."""
 
 import argparse
 import contextlib
@@ -167,7 +167,7 @@ def beam_floats(c, prompts, beams, new_tokens):
 
 
 # -----------------------------------------------------------------------------
-# files, written whole: a temporary file next to the target, then a rename
+# files, written whole: a temporary file next to the target, then a rename; and the command line's types
 
 
 def atomic_write(path, write, mode="w"):
@@ -620,7 +620,7 @@ def average_gradients(params):
 
 
 # -----------------------------------------------------------------------------
-# the run's device, processes, seed and log (train.py sets them up)
+# the run's device, processes, seed and log, and its --out-dir: held, and put back if refused (train.py sets them up)
 
 
 def pick_device(name, mps=True):

@@ -3,8 +3,8 @@ A small decoder-only transformer with GPT-2's architecture and GPT-2's parameter
 papers of the project run on. CALRec pools its hidden states into user and item vectors and generates item text;
 MAML puts a classifier head on its pooled hidden states.
 
-Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT (init, forward) -> the KV
-cache -> generation and beam search -> loading GPT-2's weights -> pooling.
+Read it top to bottom: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> the attention mask and the KV cache
+-> GPT (init, forward) -> generation and beam search -> loading GPT-2's weights -> pooling.
 
 References: Radford et al., "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
 Vaswani et al., "Attention Is All You Need" (2017). The module names equal those of the Hugging Face

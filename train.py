@@ -66,7 +66,7 @@ def build_parser():
     g = p.add_argument_group("the run")
     g.add_argument("--task", choices=tuple(PRESETS), required=True, help="which experiment to run")
     g.add_argument("--data", nargs="+", action=Once, metavar="DIR", help="real data instead of the built-in: calrec "
-                   "takes one folder per domain, maml the GLUE folder (python data.py --help fetches them)")
+                   "takes one folder per domain, maml the GLUE folder (python data.py fetches them)")
     g.add_argument("--out-dir", action=Once, help="where checkpoints, the log and results.json go (default: out/TASK)")
     g.add_argument("--init", action=Once, help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir (after a crash, a kill "
@@ -76,7 +76,7 @@ def build_parser():
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
                    help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
-    g.add_argument("--compile", action="store_true", help="calrec: torch.compile the training loss on a GPU")
+    g.add_argument("--compile", action="store_true", help="calrec: torch.compile the towers' forward on a GPU")
     g.add_argument("--threads", type=thread_count, action=Once,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
