@@ -1,5 +1,9 @@
 """Checks that the graders share, each independent of the code it grades: a function leaves its inputs alone, and
-its gradients equal finite differences (torch.autograd.gradcheck, in float64)."""
+its gradients equal finite differences (torch.autograd.gradcheck, in float64), and a call's memory stays within a
+cap (a dense matrix of a real catalog's size cannot be made)."""
+
+import contextlib
+import os
 
 import numpy as np
 import torch
@@ -43,3 +47,36 @@ def gradients_match_finite_differences(fn, *inputs):
     """fn's gradients with respect to every input, against finite differences, in float64."""
     leaves = [x.detach().double().requires_grad_() for x in inputs]
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def memory_capped(extra_bytes):
+    """Inside, the process may map at most `extra_bytes` more than it maps now (Linux's RLIMIT_AS): an allocation past
+    that fails at once (torch raises RuntimeError "... can't allocate memory ...") instead of filling the machine, so
+    a grader can check that a call keeps a catalog's matrix sparse without the memory a dense one takes. Yields
+    whether the cap is set (not where /proc/self/statm or RLIMIT_AS are missing: there nothing is capped)."""
+    try:
+        import resource
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = mapped + extra_bytes
+        for limit in (soft, hard):
+            if limit != resource.RLIM_INFINITY:
+                cap = min(cap, limit)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, OSError, ValueError, AttributeError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def out_of_memory(e):
+    """An exception's allocation failure in a few words (under memory_capped), or None if it is another error."""
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "allocate" in first):
+        return first[first.find("can't allocate"):] if "can't allocate" in first else first[:160]
+    return None

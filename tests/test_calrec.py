@@ -19,7 +19,7 @@ import data
 import engine
 import evaluation as ev
 import model as gpt
-from oracles import gradients_match_finite_differences, leaves_inputs_alone
+from oracles import gradients_match_finite_differences, leaves_inputs_alone, memory_capped, out_of_memory
 
 
 # -----------------------------------------------------------------------------
@@ -125,6 +125,17 @@ def test_info_nce_equals_naive_loop():
         assert got == pytest.approx(want, rel=2e-2), (
             f"info_nce of 3 {dtype} queries, items {ids} (all distinct: nothing masked), tau=0.5: expected "
             f"{want:.4f} (a naive loop in float64), got {got:.4f} (ids compared in the logits' dtype collide)")
+    # the ids tensor changed in place between two calls (row 1 now of row 0's item): the second call masks by the ids
+    # as they are now (nothing memoised by the tensor, which hashes by its identity)
+    q = F.normalize(torch.tensor([[1.0, 0.2], [0.9, 0.3], [0.1, 1.0]], dtype=torch.float64), dim=-1)
+    ids = torch.tensor([0, 1, 2])
+    calrec.info_nce(q, q, ids, 0.5)
+    ids[1] = 0
+    want, got = naive_info_nce(q, q, [0, 0, 2], 0.5), calrec.info_nce(q, q, ids, 0.5).item()
+    assert got == pytest.approx(want, rel=1e-9), (
+        f"info_nce of 3 queries against themselves, tau=0.5, items [0, 1, 2], then the same ids tensor set to "
+        f"[0, 0, 2] in place and called again: expected {want:.9f} (a naive loop, rows 0 and 1 masking each other), "
+        f"got {got:.9f} (the mask of the old ids?)")
     # a temperature below 1e-3 (float64): each positive below one negative, the loss in closed form, 1200 at 1e-4
     q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
     k = torch.tensor([[0.6, 0.8], [0.8, 0.6]], dtype=torch.float64)   # row 0: 0.6 vs 0.8; row 1: 0.96 vs 1.0
@@ -529,6 +540,7 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # inside another word is not that word, in a document or a query ("shredded" is no "red", "carpets" no "car")
     docs = ["red,red car", "Red apple pie", "green apple", "the red car's red door", "Pokémon red_apple 42",
             "A red car on shredded carpets, a piece of greenery", "?!"]
+    leaves_inputs_alone(calrec.BM25, docs)  # the catalog's texts are the caller's: none lower-cased or cleaned in place
     queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's", "mon 42",
                "Carpets and pieces"]
     # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
@@ -563,6 +575,28 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
             f"BM25 scores of query {q!r} on the documents ['red' + 'filler' * 2000 + 'car' (2002 words), "
             f"'green apple', 'red car', 'filler']: expected {[round(x, 6) for x in want]} (a naive loop), got "
             f"{[round(x, 6) for x in got]}")
+    # a catalog of 20,000 documents, each its own word, scored with at most 512 MiB more memory than the process
+    # holds: W stays sparse in scores too (a dense (D, V) copy of it takes 1.6 GB here, 3.2 GiB for 17k items and 50k
+    # words; where the cap cannot be set, not on Linux, the call runs uncapped). In closed form, a document's one word
+    # has tf = 1 and |d| = avgdl = 1, so its score is its idf, ln(1 + (N - 1 + 0.5) / 1.5); every other document 0
+    n = 20000
+    big = calrec.BM25([f"w{i}" for i in range(n)])
+    try:
+        with memory_capped(512 * 2 ** 20):
+            got = big.scores(["w5 w7", "w19999 unknown"])
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        pytest.fail(f"BM25 over {n} documents (each its own word), scores of 2 queries with at most 512 MiB more "
+                    f"memory: {type(e).__name__}: {out_of_memory(e)} (W made dense? the product W @ Q "
+                    f"is sparse-dense)")
+    idf = math.log(1 + (n - 1 + 0.5) / 1.5)
+    hits = {(0, 5): idf, (0, 7): idf, (1, n - 1): idf}
+    assert tuple(got.shape) == (2, n) and all(got[q, d].item() == pytest.approx(v, rel=1e-5) for (q, d), v in
+                                              hits.items()) and got.count_nonzero().item() == 3, (
+        f"BM25 over {n} documents 'w0' .. 'w{n - 1}', scores of 'w5 w7' and 'w19999 unknown': expected (2, {n}) "
+        f"scores, {idf:.6f} (the idf) at documents 5, 7 and {n - 1} and 0 elsewhere, got {tuple(got.shape)} with "
+        f"{got.count_nonzero().item()} nonzero scores")
     # documents of the same text (a catalog's items may share one): each is a document of its own, N = 4
     docs = ["red car", "red car", "blue car", "red car"]
     for q in ("red", "blue car"):
@@ -657,6 +691,16 @@ def test_merge_round_robin_on_hand_made_lists():
     got = leaves_inputs_alone(calrec.merge_round_robin, lists, scores, exclude=exclude, k=4)
     assert list(got) == [11, 10, 30, 21] and isinstance(got, (list, tuple)), \
         f"merge_round_robin of the same lists, exclude=[20, 12], k=4: expected [11, 10, 30, 21], got {got}"
+    # the merged list is a list of its own, even with nothing to merge (one list, no history): a caller that extends
+    # or reorders it leaves the beam's list as it was
+    one = [[3, 1, 2]]
+    got = calrec.merge_round_robin(one, [[3.0, 2.0, 1.0]], exclude=[], k=5)
+    if isinstance(got, list):
+        got.append(7)
+        got.reverse()
+    assert one == [[3, 1, 2]], (
+        f"merge_round_robin of one list [[3, 1, 2]], no history, k=5, then the caller appended 7 to the result and "
+        f"reversed it: expected the caller's list [[3, 1, 2]] as it was (a new list returned), got {one}")
     # a history given as a set is the caller's too: the items taken are not added to it
     exclude = {20, 12}
     got = calrec.merge_round_robin(lists, scores, exclude=exclude, k=4)
@@ -845,6 +889,27 @@ def test_catalog_trie_by_hand():
     trie.ranked_items([[([4, 9, eot], -1.0)], [([1, 2, 3, eot], -1.0)]], [[], []], 5)
     assert first == [[2]], (f"ranked_items of the beam [4, eot] (item 2), after a second call on other beams: "
                             f"expected [[2]] as it was, got {first} (the lists of one call reused by the next?)")
+    # ... and a caller that changes a result changes nothing of the trie: one user, one beam, no history (the leaf's
+    # items as they are), the result extended and sorted, then the same call again
+    got = trie.ranked_items([[([1, 2, eot], -1.0)]], [[]], 5)
+    got[0].append(0)
+    got[0].sort(reverse=True)
+    again = trie.ranked_items([[([1, 2, eot], -1.0)]], [[]], 5)
+    assert again == [[1, 5]], (f"ranked_items of the beam [1, 2, eot] (twins 1 and 5), again after the caller appended "
+                               f"0 to the first result and sorted it: expected [[1, 5]], got {again} (the trie's own "
+                               f"list of the leaf's items handed out?)")
+    # the items' token sequences as tuples (any sequence of ids, as lists are): the same trie as of lists
+    try:
+        as_tuples = calrec_extras.CatalogTrie([tuple(tokens) for tokens in catalog], eot, V)
+        got = as_tuples.ranked_items(found, [[2], [0], []], 3)
+        allowed = as_tuples(torch.tensor([[[1, 2], [4, 9]]]))
+    except TypeError as e:
+        pytest.fail(f"CatalogTrie of the catalog {catalog} as tuples of tokens: {type(e).__name__}: {e}")
+    assert got == [[1, 5], [4], [2]] and [set(a.nonzero().view(-1).tolist()) for a in allowed[0]] == [{3, eot},
+                                                                                                      {eot}], (
+        f"CatalogTrie of the catalog {catalog} as tuples of tokens: expected the trie of lists (ranked items "
+        f"[[1, 5], [4], [2]] of the three users above; after [1, 2] the tokens 3 and {eot}, after [4, 9] {eot}), got "
+        f"{got} and {[a.nonzero().view(-1).tolist() for a in allowed[0]]}")
 
 
 def test_text_log_probs_and_generator_check_equal_token_by_token_loops(small_world):
@@ -931,10 +996,15 @@ def test_markov_and_last_item_baselines_by_hand():
     # against a naive loop over BM25 scores computed word by word: a target tied with an item of higher index (the
     # tie counts against the target, whatever the indices), a target sharing no word with the query (score 0: it
     # ties with every other 0, it is not unranked), a history of several items, a target in its history, a last
-    # item whose text repeats a word (the query counts it twice)
-    for texts, examples in ((["red apple", "red cherry", "red plum", "blue sky", "green sky"],
+    # item whose text repeats a word (the query counts it twice); a last item whose words are split by punctuation
+    # and hold an accent ("red,blue car's": red, blue, car, s; "Pokémon": one word, not "pokmon"), read by BM25's own
+    # analyser (calrec.words), nothing deleted from the text first
+    for texts, examples in ((["red,blue car's", "red apple", "blue car", "green apple", "Pokémon Yellow!", "pokmon",
+                              "yellow-pokémon card"],
+                             [([0], 1), ([0], 2), ([0], 3), ([4], 5), ([4], 6), ([3, 4], 1)]),
+                            (["red apple", "red cherry", "red plum", "blue sky", "green sky"],
                              [([2], 0), ([0], 3), ([1], 2), ([4, 0], 3), ([3], 3), ([1, 2], 4)]),
-                            (["red red bike", "red car", "bike"], [([0], 1), ([1], 0)])):
+                            (["red red bike", "red car", "bike"], [([0], 1), ([1], 0)])):  # the last: texts below
         want = []
         for history, target in examples:
             s = naive_bm25(texts, texts[history[-1]], 1.2, 0.75)
@@ -1046,13 +1116,59 @@ def test_markov_equals_a_naive_loop():
         f"training sequences [[0, 1]] * 1000 + [[0, 2]] * 1000 + [[1]] + [[3]] * 40000: expected ranks {want} (after "
         f"item 0, items 1 and 2 tie on 1000 transitions and item 1 is the more popular), got {got} (count * "
         f"(max popularity + 1) + popularity in float32 is exact only below 2**24)")
-    # the same past 2**24 through the size of the catalog (count * (N + 1) is about 2e7 for N = 20,000 items), for a
+    # a count times (max popularity + 1) past 2**31, where int32 wraps: 50,000 transitions 0 -> 1 and an item 2 bought
+    # 50,001 times. By hand: after 0, item 1 is the only item that ever followed (rank 1); after 3, item 2 (rank 1)
+    sequences = [[0, 1]] * 50000 + [[2]] * 50000 + [[3, 2]]
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(4)], list("abcd"), train=[], valid=[], test=[],
+                    train_sequences=sequences, attributes=("Title",))
+    got = ev.rank_markov(d, [([0], 1), ([3], 2)]).tolist()
+    assert got == [1, 1], (
+        f"rank_markov of the histories [[0], [3]] -> targets [1, 2] over the training sequences [[0, 1]] * 50000 + "
+        f"[[2]] * 50000 + [[3, 2]]: expected ranks [1, 1] (each target the only item that followed the last one), got "
+        f"{got} (count * (max popularity + 1) is 2.5e9 here, past int32)")
+    # the counts of the domain given, as it is now: its training sequences changed between two calls, and new domains
+    # made and dropped in a row (a new object may take a dropped one's id()), each with other sequences: each call
+    # reads its own domain's sequences (nothing cached by the domain's identity)
+    seqs_a, seqs_b = [[0, 1], [0, 1], [0, 2]], [[0, 2], [0, 2], [0, 1]]
+    examples = [([0], 2), ([0], 1)]
+    d = data.Domain("D", [{"Title": f"item {i}"} for i in range(3)], list("abc"), train=[], valid=[], test=[],
+                    train_sequences=seqs_a, attributes=("Title",))
+    stale = []
+    for turn in range(12):
+        seqs = seqs_a if turn % 2 == 0 else seqs_b
+        if turn < 2:
+            d.train_sequences = seqs                                  # the same object, other sequences
+            what = "the same domain, its train_sequences set anew"
+        else:
+            del d                                                     # dropped before the next is made
+            d = data.Domain("D", [{"Title": f"item {i}"} for i in range(3)], list("abc"), train=[], valid=[],
+                            test=[], train_sequences=seqs, attributes=("Title",))
+            what = "a new domain, the one before dropped"
+        want, got = naive_markov_ranks(seqs, 3, examples), ev.rank_markov(d, examples).tolist()
+        if got != want:
+            stale.append(f"  call {turn + 1} ({what}), training sequences {seqs}: expected {want}, got {got}")
+    assert not stale, ("rank_markov of the histories [[0], [0]] -> targets [2, 1], domains whose training sequences "
+                       "alternate (a naive loop over each domain's own sequences; counts kept from an earlier domain, "
+                       "by id(domain)?):\n" + "\n".join(stale))
+    # a key past 2**24 again, through the size of the catalog (count * (N + 1) is about 2e7 for N = 20,000 items), for a
     # key that ranks the popularities instead of counting them
     sequences, n = [[0, 1]] * 1003 + [[0, 2]] * 1003 + [[1]], 20000
     d = data.Domain("D", [{"Title": f"item {i}"} for i in range(n)], [str(i) for i in range(n)], train=[], valid=[],
                     test=[], train_sequences=sequences, attributes=("Title",))
     examples = [([0], 1), ([0], 2)]
-    want, got = naive_markov_ranks(sequences, n, examples), ev.rank_markov(d, examples).tolist()
+    # ... with at most 512 MiB more memory than the process holds: the counts kept sparse, as the docstring says (a
+    # dense (N, N) int64 matrix of these 20,000 items takes 3.2 GB, of a 17,000-item catalog 2.15 GiB; where the cap
+    # cannot be set, not on Linux, the call runs uncapped)
+    want = naive_markov_ranks(sequences, n, examples)
+    try:
+        with memory_capped(512 * 2 ** 20):
+            got = ev.rank_markov(d, examples).tolist()
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        pytest.fail(f"rank_markov over {n} items, with at most 512 MiB more memory: {type(e).__name__}: "
+                    f"{out_of_memory(e)} (the (N, N) counts made dense? keep them sparse: each chunk "
+                    f"reads the rows of its users' last items)")
     assert got == want, (
         f"rank_markov over {n} items of the histories [[0], [0]] -> targets [1, 2], training sequences [[0, 1]] * 1003 "
         f"+ [[0, 2]] * 1003 + [[1]]: expected ranks {want} (items 1 and 2 tie on 1003 transitions, item 1 the more "
@@ -1151,6 +1267,15 @@ def test_ranks_exclude_history_and_count_ties_against_the_target():
     # float64 scores too stay as they were (float64's .double() is no copy)
     got = leaves_inputs_alone(ev.ranks_from_scores, scores.double(), targets, histories).tolist()
     assert got == [3, 3, 0, 2], f"ranks_from_scores of the same users, float64 scores: expected [3, 3, 0, 2], got {got}"
+    # nan scores (a diverged scorer), as the formula rank = #{candidates scoring >= the target} gives them: nan >= t
+    # and t >= nan are both false, so a nan candidate does not count against the target (user 0: 0.5 alone -> 1) and a
+    # nan target has no candidate at or above it, itself neither: 0, not ranked (user 1)
+    nan = float("nan")
+    got = ev.ranks_from_scores(torch.tensor([[nan, 0.5, 0.2], [0.3, nan, 0.1]]), torch.tensor([1, 1]), [[], []])
+    assert got.tolist() == [1, 0], (
+        f"ranks_from_scores of the scores [[nan, 0.5, 0.2], [0.3, nan, 0.1]], targets [1, 1], no history: expected "
+        f"[1, 0] (rank = candidates scoring >= the target: nan >= 0.5 is false, and nothing is >= nan), got "
+        f"{got.tolist()}")
     # no user has a history: nothing is excluded (user 0: 0.9, 0.8 and the tie 0.7 -> 4; user 1: every item -> 5)
     got = ev.ranks_from_scores(scores[:2], targets[:2], [[], []]).tolist()
     assert got == [4, 5], f"ranks_from_scores of users 0 and 1 with empty histories: expected [4, 5], got {got}"
@@ -1598,14 +1723,43 @@ def test_recent_vectors_by_hand():
                 f"over every item of the history, in Python floats), got {row}")
     # a history of 2000 items (past any window of "recent enough" items, ages past any clamp): every item weighs at
     # its own age, the oldest too (at decay 1, a plain mean); against the same loop, summed exactly
+    # (decay 0.5 and 0.25 too, where decay ** -position overflows: each weight is decay ** age, at most 1)
     rows, very_long = v_long.tolist(), torch.randint(0, 30, (2000,), generator=gen).tolist()
-    for decay in (1.0, 0.999, 0.97):
+    for decay in (1.0, 0.999, 0.97, 0.5, 0.25):
         w = [decay ** (len(very_long) - 1 - i) for i in range(len(very_long))]
         want = [math.fsum(wi * rows[j][c] for wi, j in zip(w, very_long)) / math.fsum(w) for c in range(3)]
         got = calrec_extras.recent_vectors(v_long, [very_long], decay)[0].tolist()
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12), (
             f"recent_vectors of a history of 2000 items in float64, decay {decay}: expected {want} (a loop over every "
             f"item of the history, however old), got {got}")
+    # float32 (the project's item vectors), a history of 100 items at decay 0.25 (in recent_decays' grid): (1/0.25) **
+    # 99 is past float32's largest value, so weights as decay ** -(position from the oldest), normalised, are inf/inf.
+    # Item 0 ninety-nine times, then item 1: by hand r = (v1 + Σ_{a=1..99} 0.25^a v0) / Σ_{a=0..99} 0.25^a, which
+    # is (1/4, 3/4) to float32's precision for v0 = (1, 0), v1 = (0, 1)
+    got = calrec_extras.recent_vectors(torch.eye(2), [[0] * 99 + [1]], 0.25)
+    assert got.dtype == torch.float32 and torch.allclose(got, torch.tensor([[0.25, 0.75]]), rtol=1e-5, atol=1e-6), (
+        f"recent_vectors in float32 of item 0 ninety-nine times, then item 1, decay 0.25, over the item vectors "
+        f"[[1, 0], [0, 1]]: expected [[0.25, 0.75]] float32 (each weight decay ** age, age 0 the last item), got "
+        f"{got.dtype} {got.tolist()}")
+    # two calls in a row whose histories have the same lengths but other items: the second reads its own items
+    # ((0.5 v2 + v3) / 1.5 = (2.5, -0.5) / 1.5), nothing kept from the first call (an index cached by the lengths)
+    calrec_extras.recent_vectors(v_items, [[0, 1], [3]], 0.5)
+    got = calrec_extras.recent_vectors(v_items, [[2, 3], [1]], 0.5)
+    want = torch.tensor([[2.5 / 1.5, -0.5 / 1.5], [0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(got, want), (
+        f"recent_vectors of the histories [[2, 3], [1]], decay 0.5, right after a call on [[0, 1], [3]] (the same "
+        f"lengths, other items): expected {[[round(x, 6) for x in r] for r in want.tolist()]}, got "
+        f"{[[round(x, 6) for x in r] for r in got.tolist()]} (the first call's items?)")
+    # a diverged item tower is not hidden: a history holding a nan item vector gives nan where that item weighs, an
+    # inf one inf, as the weighted sum gives them (only the empty history's 0 / 0 is made 0); by hand at decay 0.5:
+    # (0.5 v0 + v1) / 1.5 = (nan, 2/3), (0.5 v0 + v2) / 1.5 = (inf, 0)
+    v_bad = torch.tensor([[1.0, 0.0], [float("nan"), 1.0], [float("inf"), 0.0]], dtype=torch.float64)
+    got = calrec_extras.recent_vectors(v_bad, [[0, 1], [0, 2], []], 0.5)
+    want = torch.tensor([[float("nan"), 2 / 3], [float("inf"), 0.0], [0.0, 0.0]], dtype=torch.float64)
+    assert tuple(got.shape) == (3, 2) and torch.allclose(got, want, equal_nan=True), (
+        f"recent_vectors of the histories [[0, 1], [0, 2], []], decay 0.5, over the item vectors [[1, 0], [nan, 1], "
+        f"[inf, 0]]: expected {want.tolist()} (nan and inf as the weighted sums give them: a diverged model is not "
+        f"hidden; zeros for the empty history), got {got.tolist()}")
     # an item bought twice counts twice, each time at its own age: [1, 1, 0] at decay 0.5 is
     # (0.25 v1 + 0.5 v1 + v0) / 1.75 = (1, 0.75) / 1.75
     got = calrec_extras.recent_vectors(v_items, [[1, 1, 0], [3, 3]], 0.5)

@@ -573,6 +573,18 @@ def test_reptile_direction_equals_a_loop_over_tasks():
     for k in params:
         assert_close(got[k].detach(), expected[k], f"reptile_direction on a tanh MLP, 3 tasks, 3 inner steps on 2 "
                      f"support batches cycled: mean_i(θ_i^(k) − θ) of {k}", rtol=1e-10)
+    # float32 θ (the project's own model): the direction comes back in θ's dtype, float32 (meta_step writes it as θ's
+    # .grad, which must have θ's dtype), equal to the loop in float64 to float32's precision
+    params32, support32, _ = tanh_mlp_tasks(3, dtype=torch.float32)
+    expected = reptile_by_loop({k: v.double() for k, v in params32.items()},
+                               [{k: v.double() for k, v in b.items()} for b in support32], 0.3, 3)
+    got = maml.reptile_direction(params32, tanh_mlp_loss, support32, 0.3, 3)
+    for k in params32:
+        assert got[k].dtype == torch.float32, (
+            f"reptile_direction of float32 θ, parameter {k}: expected a float32 direction (θ's dtype: meta_step "
+            f"assigns it as θ's gradient), got {got[k].dtype}")
+        assert_close(got[k].double(), expected[k], f"reptile_direction of float32 θ on a tanh MLP, 3 tasks, 3 inner "
+                     f"steps: mean_i(θ_i^(k) − θ) of {k}, against the loop in float64", rtol=1e-4, atol=1e-5)
 
 
 def test_reptile_direction_holds_no_graph():
@@ -693,6 +705,23 @@ def test_dropout_under_vmap_draws_a_mask_per_task():
         f"meta_loss_vmap with dropout in the loss, from the same seed: two copies of a task gave the mean query "
         f"loss {twice:.12g}, the task alone {alone:.12g}: the copies drew the same dropout mask; each task must draw "
         "its own (vmap's randomness=\"different\")")
+    # meta_loss_loop under dropout draws from the caller's random stream too, no seed set inside: two calls in a row
+    # from one seed draw new masks (two losses), and what the caller draws next depends on the seed it set before
+    params, two = dropout_mlp_copies(2)
+    params = {k: v.requires_grad_() for k, v in params.items()}  # θ trainable: autograd.grad differentiates the loop
+    first, after = {}, {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        first[seed] = [maml.meta_loss_loop(params, dropout_mlp_loss, [two], two, 0.1, 2).item() for _ in range(2)]
+        after[seed] = torch.rand(1).item()
+    assert first[0][0] != first[0][1], (
+        f"meta_loss_loop with dropout in the loss, twice in a row from torch.manual_seed(0): the same loss "
+        f"{first[0][0]:.12g} both times, the same dropout masks: each call must draw new masks from the caller's "
+        "random stream (no seed set inside)")
+    assert after[0] != after[1], (
+        f"torch.rand(1) after two calls of meta_loss_loop with dropout, from torch.manual_seed(0) and from "
+        f"torch.manual_seed(1): {after[0]:.9f} both times: the caller's random stream was reset inside (a seed set "
+        "per task?); the draws after a call must follow the caller's seed")
 
 
 def test_task_probabilities_leave_the_sizes_alone():

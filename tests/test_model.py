@@ -132,6 +132,17 @@ def test_attention_mask_by_hand():
     same = torch.equal(mask, expected)
     assert same, ("attention_mask_4d([[1, 0, 1, 1, 1]], T_past=2, T=3)[0, 0], one column per key (1 = visible):\n"
                   + mask_table(expected, mask, 2))
+    # the same key_mask tensor changed in place between two calls (a token turned to padding): the second mask
+    # follows key_mask as it is now (nothing memoised by the tensor, which hashes by its identity)
+    key_mask = torch.tensor([[True, True, True]])
+    model.attention_mask_4d(key_mask, 0, 3)
+    key_mask[0, 1] = False
+    mask = model.attention_mask_4d(key_mask, 0, 3)[0, 0]
+    expected = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # key 1 padding: only itself sees it
+    assert torch.equal(mask, expected), (
+        "attention_mask_4d(key_mask, T_past=0, T=3)[0, 0], key_mask [[1, 1, 1]] set to [[1, 0, 1]] in place after a "
+        "first call (the mask of the old key_mask?), one column per key (1 = visible):\n"
+        + mask_table(expected, mask, 0))
 
 
 def test_attention_mask_of_padding_queries_by_hand():
@@ -602,6 +613,22 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
     batched = m.beam_search(PROMPTS, 4, 6, eos_id=5)
     single = [m.beam_search([p], 4, 6, eos_id=5)[0] for p in PROMPTS]
     uncached = m.beam_search(PROMPTS, 4, 6, eos_id=5, use_cache=False)
+    # with the cache, the model reads each prompt once, then one new token per beam and step: at most B·T + B·K·L
+    # token positions through the embedding (B prompts left-padded to T tokens, K beams, L new tokens; L − 1 steps
+    # need the model, one more is let pass), not each beam's whole sequence again at every step (what use_cache=False
+    # runs, the slow reference)
+    embedded = []
+    hook = m.transformer.wte.register_forward_hook(lambda module, args, out: embedded.append(args[0].numel()))
+    try:
+        m.beam_search(PROMPTS, 4, 6, eos_id=5)
+    finally:
+        hook.remove()
+    B, T = len(PROMPTS), max(map(len, PROMPTS))
+    assert sum(embedded) <= B * T + B * 4 * 6, (
+        f"beam_search({PROMPTS}, num_beams=4, max_new_tokens=6, eos_id=5) with the cache: {sum(embedded)} token "
+        f"positions went through the model (calls of {embedded}), expected at most {B * T + B * 4 * 6}: the prompts "
+        f"once ({B} x {T}), then the 4 beams' new tokens ({B} x 4 per step, at most 6 steps): is the cache used after "
+        f"the prompt, or does each step run the beams' whole sequences?")
     for p, a, b, c in zip(PROMPTS, batched, single, uncached):
         what = f"beam_search(num_beams=4, max_new_tokens=6, eos_id=5) of prompt {p}"
         assert [t for t, _ in a] == [t for t, _ in b] == [t for t, _ in c], (
@@ -628,6 +655,18 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
             assert_same_beams(g, w, f"prompt {p} of beam_search({prompts}, num_beams={K}, max_new_tokens={L}, "
                                     f"eos_id={eos}, use_cache={use_cache}) against a naive beam search (each step: "
                                     f"the {K} best of the open beams' extensions and the finished beams as they are)")
+    # one beam (num_beams=1, a legitimate setting: beam search of width 1 is greedy search): a naive beam search of
+    # width 1, two prompts of different lengths in one batch, with the cache and without
+    want = [naive_beam_search(m, p, 1, L, eos) for p in prompts]
+    for use_cache in (True, False):
+        what = f"beam_search({prompts}, num_beams=1, max_new_tokens={L}, eos_id={eos}, use_cache={use_cache})"
+        try:
+            got = m.beam_search(prompts, 1, L, eos, use_cache=use_cache)
+        except (RuntimeError, IndexError) as e:
+            raise AssertionError(f"{what}: expected one beam per prompt, got {type(e).__name__}: "
+                                 f"{str(e)[:160]}") from None
+        for p, g, w in zip(prompts, got, want):
+            assert_same_beams(g, w, f"prompt {p} of {what} against a naive beam search of width 1 (greedy)")
     # more than 64 beams (nothing sized by a constant): 70 beams, a vocabulary of 9, 3 new tokens (81 prefixes of 2)
     m, prompt, K, L, eos = tiny(vocab_size=9), [1, 2], 70, 3, 3
     want = naive_beam_search(m, prompt, K, L, eos)
@@ -1285,7 +1324,11 @@ def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(wr
              ("float64", torch.randn(2, 3, 6, dtype=torch.float64), 1e-10),
              ("mean 1000, spread 0.1", 1000 + 0.1 * torch.randn(2, 3, 6), 1e-2),
              ("float64, mean 1e6, spread 1e-3", 1e6 + 1e-3 * torch.randn(2, 3, 6, dtype=torch.float64), 1e-6),
-             ("bfloat16 (mixed precision: the output stays bfloat16)", torch.randn(2, 3, 6).bfloat16(), 5e-2)]
+             ("bfloat16 (mixed precision: the output stays bfloat16)", torch.randn(2, 3, 6).bfloat16(), 5e-2),
+             # the layer's own ε (1e-5) whatever the dtype: bfloat16 rows of spread 0.1 and 0.01, whose variance a
+             # floor at bfloat16's resolution (finfo.eps, 0.0078) would swamp
+             ("bfloat16, spread 0.1", (0.1 * torch.randn(2, 3, 6)).bfloat16(), 5e-2),
+             ("bfloat16, spread 0.01", (0.01 * torch.randn(2, 3, 6)).bfloat16(), 5e-2)]
     where = "inside" if written_out else "outside"
     for what, x, tol in cases:
         call = f"LayerNorm(6) {where} second_order_ops on x {tuple(x.shape)} {x.dtype}, {what}"

@@ -2276,3 +2276,248 @@ def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False
     loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
     return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
 '''})
+# found by a probe of the graders (round 11): weights (1/decay) ** position from the oldest, normalised: overflows
+# past 64 items at 0.25
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # weights decay ** -(position from the oldest), up to the factor the normalisation cancels: (1/decay) ** n
+    # overflows
+    B, C = len(histories), v_items.shape[1]
+    out = torch.zeros(B, C, dtype=v_items.dtype, device=v_items.device)
+    for b, hist in enumerate(histories):
+        if not hist:
+            continue
+        if decay == 0:
+            out[b] = v_items[hist[-1]]
+            continue
+        pos = torch.arange(len(hist), dtype=v_items.dtype, device=v_items.device)
+        w = (1.0 / decay) ** pos
+        out[b] = (w[:, None] * v_items[torch.tensor(hist, device=v_items.device)]).sum(0) / w.sum()
+    return out
+'''})
+# found by a probe of the graders (round 11): the (owner, item, age) index cached by the histories' lengths: a later
+# call's items lost
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+_INDEX = {}
+def recent_vectors(v_items, histories, decay):
+    # the (owner, item, age) index tensors cached by the histories' lengths: owner and age depend on them alone,
+    # item does not
+    key = tuple(map(len, histories))
+    if key not in _INDEX:
+        lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+        owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+        item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+        age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+        _INDEX[key] = owner, item, age
+    owner, item, age = _INDEX[key]
+    w = (decay ** age.to(v_items.dtype)).to(v_items.device)
+    owner, item = owner.to(v_items.device), item.to(v_items.device)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
+    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
+'''})
+# found by a probe of the graders (round 11): an empty history's 0 / 0 made 0 by nan_to_num: a nan or inf item vector
+# hidden too
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # an empty history's 0 / 0 made 0 by torch.nan_to_num: a nan item vector is hidden as 0 too, an inf one as 1.8e308
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    w = (decay ** age.to(v_items.dtype)).to(v_items.device)
+    owner, item = owner.to(v_items.device), item.to(v_items.device)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
+    norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
+    return torch.nan_to_num(total.index_add_(0, owner, w[:, None] * v_items[item]) / norm[:, None])
+'''})
+# found by a probe of the graders (round 11): the Markov counts cached by id(domain): a new domain at a freed id, or
+# new sequences, stale
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+_FOLLOWS = {}
+def rank_markov(domain, examples):
+    # the counts built once per domain, cached by id(domain): a new domain at a freed id, or new sequences, read
+    # stale counts
+    key = id(domain)
+    if key not in _FOLLOWS:
+        follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+        _FOLLOWS[key] = (torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                                 torch.tensor(list(follows.values()), dtype=torch.long),
+                                                 (domain.n_items, domain.n_items), check_invariants=True).coalesce(),
+                         popularity(domain).long())
+    nxt, pop = _FOLLOWS[key]
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt.index_select(0, last[rows]).to_dense() * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+# found by a probe of the graders (round 11): the Markov counts kept dense, an (N, N) int64 matrix: 3.2 GB for 20,000
+# items
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    # the counts kept dense, an (N, N) int64 matrix filled by index_put_: 2.15 GiB for a 17,000-item catalog
+    N = domain.n_items
+    pairs = [(a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:])]
+    nxt = torch.zeros(N, N, dtype=torch.long)
+    if pairs:
+        idx = torch.tensor(pairs, dtype=torch.long).t()
+        nxt.index_put_((idx[0], idx[1]), torch.ones(len(pairs), dtype=torch.long), accumulate=True)
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = nxt[last[rows]] * (pop.max() + 1) + pop
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+# found by a probe of the graders (round 11): the last item's text cleaned by re.sub('[^a-z0-9 ]', ''): words joined,
+# accents deleted
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
+import re
+def rank_last_item_bm25(bm25, texts, examples):
+    # the query cleaned first by re.sub('[^a-z0-9 ]', ''): "red,blue" becomes 'redblue', "car's" 'cars',
+    # 'Pokémon' 'pokmon'
+    def clean(text):
+        return re.sub("[^a-z0-9 ]", "", text.lower())
+    return ranks_in_chunks(lambda rows: bm25.scores([clean(texts[hist[-1]]) for hist, _ in examples[rows]]), examples)
+'''})
+# found by a probe of the graders (round 11): the Markov key count * (max popularity + 1) + popularity made in int32:
+# it wraps past 2**31
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+def rank_markov(domain, examples):
+    # the key count * (max popularity + 1) + popularity made in int32: it wraps past 2**31
+    follows = Counter((a, b) for seq in domain.train_sequences for a, b in zip(seq, seq[1:]))
+    nxt = torch.sparse_coo_tensor(torch.tensor(list(follows), dtype=torch.long).reshape(-1, 2).t(),
+                                  torch.tensor(list(follows.values()), dtype=torch.long),
+                                  (domain.n_items, domain.n_items), check_invariants=True).coalesce()
+    pop = popularity(domain).long()
+    last = torch.tensor([hist[-1] for hist, _ in examples], dtype=torch.long)
+    def scores(rows):
+        key = (nxt.index_select(0, last[rows]).to_dense().int() * (pop.max().int() + 1) + pop.int()).long()
+        ordered, at = key.sort(1)
+        dense = F.pad((ordered[:, 1:] != ordered[:, :-1]).long().cumsum(1), (1, 0))
+        return torch.empty_like(key).scatter_(1, at, dense).float()
+    return ranks_in_chunks(scores, examples)
+'''})
+# found by a probe of the graders (round 11): W made dense at every scores call (self.matrix.to_dense() @ Q)
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+def scores(self, queries):
+    # W made dense at every call (self.matrix.to_dense() @ Q): a (D, V) float32 copy, 3.2 GiB for 17k items x
+    # 50k words
+    q, w = [], []
+    for j, text in enumerate(queries):
+        ids = [self.vocab[x] for x in words(text) if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
+    return (self.matrix.to_dense() @ Q).t().contiguous()
+'''})
+# found by a probe of the graders (round 11): the catalog's texts lower-cased in place: the caller's list changed
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # the catalog's texts lower-cased in place (documents[d] = documents[d].lower()): the caller's list is changed
+    for d in range(len(documents)):
+        documents[d] = documents[d].lower()
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V), check_invariants=True).coalesce()
+'''})
+# found by a probe of the graders (round 11): the rank as N minus the candidates strictly below the target: wrong on
+# nan scores
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    # the rank as N minus the candidates strictly below the target: a nan score counts as at or above, a nan
+    # target ranks N
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))
+    ranks = scores.size(1) - (scores < t).sum(1, dtype=torch.int32)
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})
+# found by a probe of the graders (round 11): each item ended by `tokens + [eot_id]`: a catalog of tuples raises
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.__init__': '''
+def __init__(self, item_tokens, eot_id, vocab_size):
+    # each item ended by `tokens + [eot_id]`: a tuple of tokens raises, a numpy array adds eot_id to every token
+    self.children, self.items = [{}], {}
+    self.eot_id, self.V = eot_id, vocab_size
+    for i, tokens in enumerate(item_tokens):
+        node = 0
+        for t in tokens + [eot_id]:
+            if t not in self.children[node]:
+                self.children[node][t] = len(self.children)
+                self.children.append({})
+            node = self.children[node][t]
+        self.items.setdefault(node, []).append(i)
+    self.node_of = {(): 0}
+'''})
+# found by a probe of the graders (round 11): one user, one live beam, no history: the trie's own list of the leaf's
+# items handed out
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # one user, one live beam, no history: the trie's own list of the leaf's items handed out (a caller's change
+    # reaches the trie)
+    if len(found) == 1 and len(found[0]) == 1 and not histories[0] and found[0][0][1] > float("-inf"):
+        items = self.items.get(self.node(tuple(found[0][0][0])), [])
+        return [items if len(items) <= k else items[:k]]
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
+# found by a probe of the graders (round 11): one list, no history: the caller's own list returned as the merge
+WRONG_CALREC['round-robin'].append({'calrec.py:merge_round_robin': '''
+def merge_round_robin(lists, list_scores, exclude, k):
+    # one list, no history, no repeat: nothing to merge, the caller's own list returned (a caller's change reaches it)
+    if len(lists) == 1 and not exclude and len(set(lists[0])) == len(lists[0]):
+        return lists[0] if len(lists[0]) <= k else lists[0][:k]
+    taken, seen = [], set(exclude)
+    for p in range(max((len(lst) for lst in lists), default=0)):
+        round_p = [(list_scores[m][p], m, lists[m][p]) for m in range(len(lists)) if p < len(lists[m])]
+        round_p.sort(key=lambda c: (-c[0], c[1]))
+        for _, _, item in round_p:
+            if len(taken) >= k:
+                return taken
+            if item not in seen:
+                seen.add(item)
+                taken.append(item)
+    return taken
+'''})
+# found by a probe of the graders (round 11): the same-item mask memoised with functools.lru_cache (a tensor hashes by
+# identity)
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+import functools
+@functools.lru_cache(maxsize=64)
+def _same_item(key_items, B):
+    # the same-item mask memoised with functools.lru_cache: a tensor hashes by identity, ids changed in place
+    # get the old mask
+    rows = torch.arange(B, device=key_items.device)
+    same = key_items[:B, None] == key_items[None, :]
+    same[rows, rows] = False
+    return same
+def info_nce(query, key, key_items, tau):
+    logits = query @ key.t() / tau
+    rows = torch.arange(len(query), device=query.device)
+    return F.cross_entropy(logits.masked_fill(_same_item(key_items, len(query)), float("-inf")), rows)
+'''})

@@ -1449,3 +1449,56 @@ def extend(self, layer, k, v):
     self.v[layer, :, :, self.length:end] = v
     return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 '''})
+# found by a probe of the graders (round 11): eps floored at the dtype's resolution (nn.RMSNorm's default): bfloat16
+# adds 0.0078
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # eps floored at the dtype's resolution (max(eps, finfo(x.dtype).eps), as nn.RMSNorm's default): bfloat16
+    # adds 0.0078
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    eps = max(self.eps, torch.finfo(x.dtype).eps)
+    y = (x - mu) * torch.rsqrt(var + eps) * self.weight
+    return y if self.bias is None else y + self.bias
+'''})
+# found by a probe of the graders (round 11): topk's results squeezed: num_beams = 1 gives (B,), not (B, 1), and
+# beam_search raises
+WRONG_MODEL['beam-search'].append({'model.py:_beam_choose': '''
+def _beam_choose(scores, logp, finished, eos_id):
+    # topk's results squeezed (.squeeze(-1)), a no-op for K > 1: num_beams = 1 gives (B,), not (B, 1), and
+    # beam_search raises
+    B, K, V = logp.shape
+    eos_only = torch.full((V,), float("-inf"), device=logp.device)
+    eos_only[eos_id] = 0.0
+    logp = torch.where(finished[..., None], eos_only, logp)
+    cand = (scores[..., None] + logp).view(B, K * V)
+    scores, flat = torch.topk(cand, K, dim=-1)
+    return scores.squeeze(-1), (flat // V).squeeze(-1), (flat % V).squeeze(-1)
+'''})
+# found by a probe of the graders (round 11): _beam_next ignores the cache: every beam's whole sequence through
+# hidden_states each step
+WRONG_MODEL['beam-search'].append({'model.py:GPT._beam_next': '''
+def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
+    # the cache and visible ignored: every beam's whole sequence through hidden_states at every step, O(T^2) work
+    (B, K), T = tok.shape, prompt.size(1)
+    seq = torch.cat([prompt.repeat_interleave(K, 0), tokens.view(B * K, -1)], dim=1)
+    seq_mask = torch.cat([prompt_mask.repeat_interleave(K, 0), torch.ones_like(seq[:, T:])], dim=1)
+    h = self.hidden_states(seq, seq_mask)[:, -1].view(B, K, -1)
+    return F.log_softmax(self.lm_head(h).float(), dim=-1)
+'''})
+# found by a probe of the graders (round 11): attention_mask_4d memoised with functools.lru_cache (key_mask hashes by
+# identity)
+WRONG_MODEL['attention'].append({'model.py:attention_mask_4d': '''
+import functools
+@functools.lru_cache(maxsize=256)
+def attention_mask_4d(key_mask, T_past, T):
+    # memoised with functools.lru_cache: key_mask hashes by identity, one changed in place gets the old mask
+    q_pos = torch.arange(T_past, T_past + T, device=key_mask.device)
+    k_pos = torch.arange(T_past + T, device=key_mask.device)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    itself = k_pos[None, :] == q_pos[:, None]
+    mask = (causal & key_mask[:, None, :]) | itself
+    return mask[:, None]
+'''})
