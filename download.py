@@ -244,14 +244,14 @@ def _meta_value(path, line_no, record, key, skipped):
     """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text)
     and tags within it left out ('<b>'). The category path (a list) is joined without its root. Page markup instead
     of text (a value, or a category, that starts with '<'; style rules, '{color:gray}'; a value past 2,000 characters,
-    UniSRec's limit; a price that is no price) counts in `skipped` and as missing."""
+    UniSRec's limit, counted as such; a price that is no price) counts in `skipped` and as missing."""
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
     if isinstance(v, list):  # the root dropped, and any markup among the categories
         v = " ".join(x for x in (shown(html.unescape(x)) for x in v[1:]) if x and not x.startswith("<"))
     v = "" if v is None else shown(html.unescape(v))
     if v.startswith("<") or re.search(r"\{[^{}]*:[^{}]*\}", v) or len(v) > 2000 or (
             key == "price" and v and not PRICE.fullmatch(v)):
-        skipped[key] += 1
+        skipped[key, " over 2,000 characters" if len(v) > 2000 else ""] += 1
         return ""
     return fold_whitespace(re.sub(r"<[^<>]*>", " ", v))
 
@@ -274,8 +274,8 @@ def _read_meta(path):
                                    for key in ("category", "brand", "price")}
         meta[asin] = {a: v for a, v in item.items() if v}
     if markup:
-        log.info(f"{path}: values that are page markup (or no price), not text, treated as missing: "
-                 + ", ".join(f"{k} {v}" for k, v in markup.items()))
+        log.info(f"{path}: values that are page markup (or no price), not text, or too long, treated as missing: "
+                 + ", ".join(f"{k} {n}{why}" for (k, why), n in markup.items()))
     if repeats:
         log.info(f"{path}: {repeats} records of an ASIN read before, skipped")
     return meta, no_title
@@ -398,6 +398,9 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
             raise UserError(f"{e}; deleted, so a rerun downloads it again" if named else str(e)) from None
         if not domain.test:
             raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
+        if not domain.train:  # train.py needs a training sequence of two items or more: a user of 4 items or more
+            raise UserError(f"{paths[0]}: after the {min_count}-core no user has 4 items or more, so there is no "
+                            "training example; a larger category or a higher --min-count?")
         with building(folder) as tmp:
             write_benchmark_folder(domain, tmp)
             logging.getLogger("data").disabled = True  # its notes would name the build folder; a run's read says them
@@ -500,10 +503,18 @@ def build_glue_task(name, sources, tmp, expected_rows):
         build_mrpc(*sources, tmp)
     else:
         unpack_glue_archive(*sources, tmp)
+    final = os.path.join(os.path.dirname(os.path.dirname(tmp)), name) + os.sep  # where building() renames tmp
+
+    def final_path(record):  # the reader's notes (a control character kept) name the folder, not the build folder
+        record.msg = str(record.msg).replace(tmp + os.sep, final)
+        return True
+    logging.getLogger("data").addFilter(final_path)
     try:
         task = glue_task(name, tmp)
     except UserError as e:  # (not the build folder, which is removed)
         raise UserError(f"{sources[0]}: {str(e).replace(tmp + os.sep, name + '/')}") from None
+    finally:
+        logging.getLogger("data").removeFilter(final_path)
     rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
     if expected_rows is not None and rows != tuple(expected_rows):
         raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official files have "
@@ -555,7 +566,11 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
                     f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
             except OSError as e:  # a full disk: name the file (the folder is never half-written)
                 raise UserError(f"{os.path.join(folder, file)}: cannot be written ({e.strerror})") from None
-        shot = glue_task(name, tmp)
+        logging.getLogger("data").disabled = True  # its notes would name the build folder; the source's were said
+        try:
+            shot = glue_task(name, tmp)
+        finally:
+            logging.getLogger("data").disabled = False
         if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
             raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
     log.info(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")

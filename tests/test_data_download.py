@@ -281,6 +281,34 @@ def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path
         download.prepare_amazon(["Tools"], str(tmp_path / "other"), base_url=server.url, min_count=3)  # other ASINs
 
 
+def test_a_category_without_a_training_example_is_refused_before_a_folder_is_written(server, tmp_path):
+    # every user left by the 3-core has 3 items: a valid and a test example each, no training sequence for train.py
+    reviews = [{"reviewerID": f"u{u}", "asin": a, "unixReviewTime": t} for u in range(4) for t, a in enumerate("ABC")]
+    for sub, name, records in (("categoryFilesSmall", "Tools_5.json.gz", reviews),
+                               ("metaFiles2", "meta_Tools.json.gz", [{"asin": a, "title": f"Thing {a}"} for a in "ABC"])):
+        (server.root / sub).mkdir()
+        write_lines(str(server.root / sub / name), records)
+    out = tmp_path / "amazon"
+    with pytest.raises(UserError, match=r"Tools_5\.json\.gz: after the 3-core no user has 4 items or more, so there is "
+                                        "no training example; a larger category or a higher --min-count"):
+        download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
+    assert os.listdir(out) == ["downloads"]  # no Tools folder, finished or temporary
+
+
+def test_a_title_over_2000_characters_is_counted_as_such(tmp_path, caplog):
+    meta = [dict(m) for m in META]
+    meta[1]["title"] = "x " * 1000 + "y"       # B: 2,001 characters, past UniSRec's limit: dropped
+    meta[2]["title"] = "<div>menu</div>"       # C: page markup: dropped
+    meta[3]["title"] = "x " * 999 + "yz"       # D: 2,000 characters: kept
+    rev, path = str(tmp_path / "Tools_5.json"), str(tmp_path / "meta_Tools.json")
+    write_lines(rev, raw_reviews())
+    write_lines(path, meta)
+    with caplog.at_level("INFO"):
+        d = download.read_amazon_raw(rev, path, min_count=1)
+    assert d.item_keys == ["A", "D", "E", "G"] and len(d.items[1]["Title"]) == 2000
+    assert "treated as missing: title 1 over 2,000 characters, title 1\n" in caplog.text
+
+
 # -----------------------------------------------------------------------------
 # GLUE -> task folders
 
@@ -334,6 +362,24 @@ def test_glue_archives_become_task_folders(server, tmp_path):
     assert tasks["RTE"]["train"]["y"] == [1, 0] and "test" not in tasks["RTE"]
     assert tasks["MNLI"]["dev"]["y"] == [0, 2, 1] and "test" not in tasks["MNLI"]
     assert tasks["MRPC"]["train"]["text_a"] == ['A "b" .', "E ."] and tasks["MRPC"]["dev"]["text_a"] == ["C ."]
+
+
+def test_a_control_character_kept_is_named_in_the_task_folder_not_the_build_folder(server, tmp_path, caplog):
+    serve_glue(server.root)
+    train = LAYOUTS["RTE"].replace("Cats purr.", "Cats\x08purr.")  # as a few lines of the real CoLA and STS-B
+    zip_files(server.root / "glue" / "RTE.zip", {"RTE/train.tsv": train, "RTE/dev.tsv": LAYOUTS["RTE"]})
+    out = tmp_path / "glue"
+    with caplog.at_level("INFO"):
+        download.prepare_glue(str(out), ["RTE"], expected_rows={"RTE": (2, 2)}, **glue_urls(server))
+    assert f"{out / 'RTE' / 'train.tsv'}:3:7: a control character (b'\\x08'), kept as it is" in caplog.text
+    assert ".tmp" not in caplog.text  # the build folder, gone when the command ends
+    glue = tmp_path / "few"  # and so do the 16-shot splits drawn from such a file: its notes name it, not theirs
+    few_shot_source(glue, "RTE", b"index\tsentence1\tsentence2\tlabel\n",
+                    [f"{i}\tCats\x08purr {i}.\tA cat.\t{y}" for i, y in enumerate(["entailment", "not_entailment"] * 2)])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        download.make_few_shot(str(glue), str(tmp_path / "shots"), ["RTE"], k=1, seeds=(13,))
+    assert f"{glue / 'RTE' / 'train.tsv'}:2:" in caplog.text and ".tmp" not in caplog.text
 
 
 def damaged_crc(path):
