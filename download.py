@@ -168,6 +168,17 @@ def already_built(folder):
 
 
 @contextlib.contextmanager
+def unheard_reader():
+    """Without data.py's reader's notes (a control character kept, ...), for a read back of a build folder: they would
+    name that folder, and were said when the source was read (a run reads the folder and says them too)."""
+    logging.getLogger("data").disabled = True
+    try:
+        yield
+    finally:
+        logging.getLogger("data").disabled = False
+
+
+@contextlib.contextmanager
 def building(folder):
     """A temporary folder, renamed `folder` only if the body succeeds. It has `folder`'s name (read_atomic names
     the data set after it), inside a hidden sibling that is removed whatever happens."""
@@ -403,11 +414,8 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
                             "training example; a larger category or a higher --min-count?")
         with building(folder) as tmp:
             write_benchmark_folder(domain, tmp)
-            logging.getLogger("data").disabled = True  # its notes would name the build folder; a run's read says them
-            try:
+            with unheard_reader():
                 back = read_atomic(tmp)
-            finally:
-                logging.getLogger("data").disabled = False
             items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
             cut = [[(h[-HISTORY:], t) for h, t in split] for split in (domain.train, domain.valid, domain.test)]
             if (back.item_keys, back.items, back.train, back.valid, back.test, back.train_sequences) != \
@@ -566,11 +574,8 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
                     f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
             except OSError as e:  # a full disk: name the file (the folder is never half-written)
                 raise UserError(f"{os.path.join(folder, file)}: cannot be written ({e.strerror})") from None
-        logging.getLogger("data").disabled = True  # its notes would name the build folder; the source's were said
-        try:
+        with unheard_reader():
             shot = glue_task(name, tmp)
-        finally:
-            logging.getLogger("data").disabled = False
         if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
             raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
     log.info(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")

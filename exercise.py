@@ -15,6 +15,7 @@ is half written.
 
 import argparse
 import ast
+import contextlib
 import io
 import json
 import os
@@ -247,15 +248,17 @@ def list_exercises():
     return 0
 
 
-def copy_tree(src, dst, only=None):
+def copy_tree(src, dst, only=None, skip=()):
     """The project's files under src, less what a handout leaves out, into dst; with `only` (paths relative to
-    src), those alone. A folder holding an exercises.json is an earlier handout, and is left out too."""
+    src), those alone, less those in `skip`. A folder holding an exercises.json is an earlier handout, and is left out
+    too."""
     def ignore(folder, names):
         rel = os.path.relpath(folder, src)
         return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")
                 or os.path.isfile(os.path.join(folder, n, MANIFEST))
                 or os.path.abspath(os.path.join(folder, n)) == os.path.abspath(dst)  # never the copy into itself
-                or only is not None and os.path.normpath(os.path.join(rel, n)) not in only]
+                or only is not None and os.path.normpath(os.path.join(rel, n)) not in only
+                or os.path.normpath(os.path.join(rel, n)) in skip]
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)  # a link is copied as a link, dangling or not
 
 
@@ -279,6 +282,18 @@ def tracked(src):
     return paths or None  # src untracked inside another checkout: every file
 
 
+def alive(pid):
+    if os.name == "nt":  # where os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's, or a system without signals: alive for all we know
+        pass
+    return True
+
+
 def handout(names, out):
     """A student's copy of the project in `out` (which must not exist): every function of the exercises named,
     and every function they hide, blanked; the exercises' names in out/exercises.json."""
@@ -294,9 +309,13 @@ def handout(names, out):
             sources.setdefault(file, read(ROOT, file))
             message = f"exercise {ex.name}: see docs/exercises.md#{ex.name}"
             sources[file] = blank(sources[file], qualname, where, message)
-    tmp = f"{os.path.abspath(out)}.tmp{os.getpid()}"
-    try:
-        copy_tree(ROOT, tmp, only=tracked(ROOT))
+    parent, name = os.path.split(os.path.abspath(out))
+    for stale in (n for n in os.listdir(parent) if re.fullmatch(rf"\.{re.escape(name)}\.tmp(\d+)", n)):
+        if not alive(int(stale.rpartition("tmp")[2])):  # what a killed handout left (never an answer: see below)
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = os.path.join(parent, f".{name}.tmp{os.getpid()}")
+    try:  # the files with answers are not copied, but written blanked: no answer is ever on disk beside the handout
+        copy_tree(ROOT, tmp, only=tracked(ROOT), skip={os.path.normpath(file) for file in sources})
         for file, text in sources.items():
             with open(os.path.join(tmp, file), "w", encoding="utf-8", newline="") as f:
                 f.write(text)
@@ -312,45 +331,61 @@ def handout(names, out):
 
 # `python -m pytest`, but with the tree (the working directory) last on sys.path, not first: its modules are found,
 # but a pytest.py or numpy.py of its own never before the installed one. User site-packages and PYTHONPATH stay, less
-# a folder holding a module of the project's (the teacher's copy on PYTHONPATH must not answer for the tree's code)
-GRADERS = ("import os, sys; tree, mods = sys.argv.pop(1), sys.argv.pop(1).split(','); sys.path[:] = [p for p in "
-           "sys.path if os.path.abspath(p or '.') != os.path.abspath(tree) and not any(os.path.isfile(os.path.join("
-           "p or '.', m)) for m in mods)] + [tree]; import pytest; sys.exit(pytest.console_main())")
+# a folder holding a module of the project's (the teacher's copy on PYTHONPATH must not answer for the tree's code).
+# On Linux the graders end when exercise.py does, even killed, and no file they write grows past WRITES bytes.
+GRADERS = """import os, sys
+tree, mods = sys.argv.pop(1), sys.argv.pop(1).split(',')
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != os.path.abspath(tree)
+               and not any(os.path.isfile(os.path.join(p or '.', m)) for m in mods)] + [tree]
+if sys.platform == 'linux':
+    import ctypes, resource
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv.pop(1)),) * 2)
+import pytest
+sys.exit(pytest.console_main())"""
+WRITES = 2 ** 30
 MODULES = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))  # the project's, found in the tree alone
 
 
 def run_graders(root, node_ids, timeout):
-    """{pytest node id: (passed, message)} of the graders run in `root` with the interpreter running this file, with
-    no pytest settings or conftest.py but tests/' own, nor a module of root's in place of an installed one (a
-    handed-in copy's cannot change how it is graded)."""
+    """({pytest node id: (passed, message)}, a note or None) of the graders run in `root` with the interpreter running
+    this file, with no pytest settings or conftest.py but tests/' own, nor a module of root's in place of an installed
+    one (a handed-in copy's cannot change how it is graded). The note: what went wrong around the graders."""
     with tempfile.TemporaryDirectory() as tmp:
         report, ini = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as f:
             f.write("[pytest]\n")
         env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # no -k or --deselect of its own
-        run = subprocess.Popen([sys.executable, "-c", GRADERS, root, ",".join(MODULES), "-q", "-p", "no:cacheprovider",
+        run = subprocess.Popen([sys.executable, "-c", GRADERS, root, ",".join(MODULES),
+                                *[str(WRITES)] * sys.platform.startswith("linux"), "-q", "-p", "no:cacheprovider",
                                 "-c", ini, "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
                                 f"--junitxml={report}", *node_ids], cwd=root, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
                                start_new_session=True)
+        note = None
         try:
             stdout, stderr = run.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
-                                "--timeout gives them longer") from None
+            if not os.path.exists(report):  # pytest writes it when every grader has run
+                raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
+                                    "--timeout gives them longer") from None
+            stdout = stderr = ""
+            note = f"the graders ended, but their process did not (a thread of the hand-in's?): stopped at {timeout} s"
         finally:  # the graders' process group, with anything the student's code left running (POSIX)
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # none left
                 if hasattr(os, "killpg"):
                     os.killpg(run.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):  # none left
-                pass
             run.kill()
             run.wait()
         if not os.path.exists(report):
             last = (stdout + stderr).strip().splitlines()[-1:]  # its last word, if it said any
             raise ExerciseError(f"pytest ran none of the graders, exit status {run.returncode}" + "".join(
                 f": {line[-300:]}" for line in last))
-        return {node_id(case): outcome(case) for case in ET.parse(report).iter("testcase")}
+        cases = list(ET.parse(report).iter("testcase"))
+        if any(case.get("classname") is None for case in cases):  # pytest's record of a KeyboardInterrupt
+            note, cases = "the graders were interrupted (a KeyboardInterrupt of the hand-in's?)", [
+                case for case in cases if case.get("classname") is not None]
+        return {node_id(case): outcome(case) for case in cases}, note
 
 
 def node_id(case):
@@ -371,23 +406,26 @@ def outcome(case):
     return True, ""
 
 
-def grade(root, names, timeout, where=None):
-    """Run the graders of each exercise in `root`, in a process of its own (code that fails to import, loops or ends
-    the process costs its own exercise only), and print a score per exercise; 0 if every one passes. where: the
-    folder whose copy `root` is, where the printed pytest command runs (None: the working folder)."""
+def grade(tree, names, timeout, where=None):
+    """Run the graders of each exercise in the folder that `tree(name)` yields, in a process of its own (code that
+    fails to import, loops or ends the process costs its own exercise only), and print a score per exercise; 0 if
+    every one passes. where: the folder whose copy the tree is, where the printed pytest command runs (None: the
+    working folder)."""
     exercises = [exercise_named(n) for n in names]
     total = 0
     for ex in exercises:
-        try:
-            results, why = run_graders(root, ex.tests, timeout), "none ran: does a file of it fail to import? see below"
-        except ExerciseError as e:  # its process ended early, or ran over the timeout
-            results, why = {}, str(e)
+        with tree(ex.name) as root:
+            try:
+                results, note = run_graders(root, ex.tests, timeout)
+                why = "none ran: does a file of it fail to import? see below"
+            except ExerciseError as e:  # its process ended early, or ran over the timeout
+                results, note, why = {}, None, str(e)
         ran = {t: {k: v for k, v in results.items() if k == t or k.startswith(t + "[")} for t in ex.tests}
         mine = {k: v for t in ex.tests for k, v in ran[t].items()}
-        mine |= {t: (False, "did not run") for t in ex.tests if mine and not ran[t]}  # some ran: each must have
+        mine |= {t: (False, "did not run") for t in ex.tests if (mine or note) and not ran[t]}  # each must have
         passed = sum(ok for ok, _ in mine.values())
         print(f"{ex.name}: {passed} of {len(mine)} graders pass" + (" -- done" if mine and passed == len(mine) else
-              "" if mine else f" ({why})"))
+              "" if mine else f" ({why})") + (f" ({note})" if note else ""))
         for test, (ok, message) in mine.items():
             if not ok:
                 print(f"  FAILED {test.split('::', 1)[1]}")
@@ -439,16 +477,42 @@ def grade_handout(folder, names, timeout):
     if apart:
         raise ExerciseError(f"{apart[0]}: not an exercise of this handout ({manifest} lists {', '.join(listed)})")
     names = list(dict.fromkeys(names or listed))  # an exercise named twice is graded once
+    return grade(lambda name: graded_copy(folder, name), names, timeout, where=folder)
+
+
+@contextlib.contextmanager
+def graded_copy(folder, name):
+    """A copy of the handed-in tree with this project's tests/, made anew for each exercise: the code of one cannot
+    change the graders of the next. The graders run the student's code with the teacher's rights; if this project's
+    tests/ or exercise.py changed meanwhile, the grade is refused."""
+    before = own_files()
     with tempfile.TemporaryDirectory() as tmp:
-        copy_tree(folder, os.path.join(tmp, "work"))
-        theirs = os.path.join(tmp, "work", "tests")  # whatever the copy holds there: a folder, a file, a link
+        work = os.path.join(tmp, "work")
+        copy_tree(folder, work)
+        theirs = os.path.join(work, "tests")  # whatever the copy holds there: a folder, a file, a link
         if os.path.isdir(theirs) and not os.path.islink(theirs):
             shutil.rmtree(theirs)
         elif os.path.lexists(theirs):
             os.remove(theirs)
-        copy_tree(os.path.join(ROOT, "tests"), os.path.join(tmp, "work", "tests"))
-        refuse_links_out(folder, os.path.join(tmp, "work"))
-        return grade(os.path.join(tmp, "work"), names, timeout, where=folder)
+        copy_tree(os.path.join(ROOT, "tests"), theirs)
+        refuse_links_out(folder, work)
+        yield work
+    after = own_files()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if changed:
+        raise ExerciseError(f"{changed[0]}: changed while the graders of {name} ran the code of {folder}; restore it "
+                            "(git checkout), and grade that hand-in apart: as another user, or in a container")
+
+
+def own_files():
+    """{path: bytes} of what grades a hand-in: this project's tests/ and exercise.py."""
+    paths = [os.path.join(at, n) for at, _, files in os.walk(os.path.join(ROOT, "tests")) for n in files
+             if not n.endswith(".pyc")] + [os.path.join(ROOT, "exercise.py")]
+    contents = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            contents[path] = f.read()
+    return contents
 
 
 # -----------------------------------------------------------------------------
@@ -526,7 +590,7 @@ def command(args):
         return grade_handout(args.folder, args.names, args.timeout)
     if args.command == "experiments":
         return experiments(args.write)
-    return grade(ROOT, [args.name], args.timeout)
+    return grade(lambda name: contextlib.nullcontext(ROOT), [args.name], args.timeout)
 
 
 class Parser(argparse.ArgumentParser):  # as engine.Parser: a bad command line is one line, exit status 2
@@ -566,6 +630,9 @@ def main(argv=None):
     except ExerciseError as e:
         print(error_line(e), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM or SIGHUP (below): the graders' process and copies went already
+        print("interrupted", file=sys.stderr)
+        return 130
     except OSError as e:  # a folder that cannot be read or written; shutil.Error: (source, target, why) per file
         source, _, why = e.args[0][0] if isinstance(e, shutil.Error) else (e.filename, None, e.strerror or e)
         print(error_line(f"{source}: {why}" if source else why), file=sys.stderr)
@@ -573,4 +640,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    for stop in ("SIGTERM", "SIGHUP"):  # as Ctrl-C: the graders' process and the copies go with this one
+        if hasattr(signal, stop):
+            signal.signal(getattr(signal, stop), signal.default_int_handler)
     sys.exit(main())

@@ -324,6 +324,72 @@ def test_one_exercise_whose_code_breaks_the_graders_costs_only_its_own_score(tmp
         assert f"round-robin: 0 of 0 graders pass ({why}" in graded.stdout, graded.stdout
 
 
+def test_a_hand_in_grades_no_other_exercise_and_changes_no_file_of_the_teacher_unseen(tmp_path):
+    """The graders run the student's code with the teacher's rights. Each exercise is graded in a fresh copy, so a
+    hand-in that rewrites the graders of the next exercise in the copy changes nothing; a hand-in that rewrites the
+    teacher's own tests/ is refused in one line (here in a copy of the project: the teacher's). A KeyboardInterrupt of
+    the hand-in's ends its own exercise only."""
+    teacher, out = project_copy(tmp_path / "teacher"), tmp_path / "hw"
+    made = subprocess.run([sys.executable, "exercise.py", "handout", "layer-norm", "round-robin", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, cwd=teacher)
+    assert made.returncode == 0, made.stderr
+    blank_model, blank_calrec = (out / "model.py").read_text(encoding="utf-8"), (out / "calrec.py").read_text("utf-8")
+    (out / "model.py").write_text(blank_model + "\nimport pathlib\nfor t in pathlib.Path('tests').glob('test_*.py'):"
+                                  "\n    t.write_text('def test_merge_round_robin_on_hand_made_lists():\\n    pass\\n')"
+                                  "\n", encoding="utf-8")  # the graders' folder is the copy's
+    (out / "calrec.py").write_text(blank_calrec.replace(blanked("calrec.py:merge_round_robin", "round-robin"),
+                                   "def merge_round_robin(*args, **kwargs):\n    raise KeyboardInterrupt\n"), "utf-8")
+    graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out)], capture_output=True, text=True,
+                            env=ENV, cwd=teacher)
+    assert graded.returncode == 1 and graded.stderr == "", graded.stderr
+    assert "layer-norm: 0 of" in graded.stdout and "round-robin: 0 of 1 graders pass (the graders were interrupted " \
+        "(a KeyboardInterrupt of the hand-in's?))" in graded.stdout, graded.stdout
+    before = (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8")
+    (out / "model.py").write_text(blank_model + f"\nwith open({str(teacher / 'tests' / 'test_calrec.py')!r}, 'a') as f:"
+                                  "\n    f.write('# changed')\n", encoding="utf-8")
+    graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out)], capture_output=True, text=True,
+                            env=ENV, cwd=teacher)
+    assert graded.returncode == 2 and graded.stderr == (
+        f"error: {teacher / 'tests' / 'test_calrec.py'}: changed while the graders of layer-norm ran the code of "
+        f"{out}; restore it (git checkout), and grade that hand-in apart: as another user, or in a container\n")
+    assert (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8") == before + "# changed"
+
+
+def test_graders_that_end_with_a_thread_left_or_write_past_the_cap(tmp_path, monkeypatch):
+    """Graders that all ran, in a process that a hand-in's thread keeps alive, are scored from their report (with a
+    note, at the timeout); on Linux a write past WRITES bytes fails its grader (a print in a loop fills no disk)."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import threading, time\n\ndef test_thread():\n    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "\n\ndef test_big(tmp_path):\n    (tmp_path / 'big').write_bytes(b'x' * 2_000_000)\n")
+    results, note = exercise.run_graders(str(tmp_path), ["tests/test_x.py::test_thread"], timeout=8)
+    assert results == {"tests/test_x.py::test_thread": (True, "")} and note == (
+        "the graders ended, but their process did not (a thread of the hand-in's?): stopped at 8 s")
+    if sys.platform.startswith("linux"):
+        monkeypatch.setattr(exercise, "WRITES", 1_000_000)
+        results, note = exercise.run_graders(str(tmp_path), ["tests/test_x.py::test_big"], timeout=60)
+        (ok, message), = results.values()
+        assert not ok and "File too large" in message and note is None, (ok, message)
+
+
+def test_a_handout_puts_no_answer_on_disk_and_clears_what_a_killed_one_left(tmp_path, monkeypatch, capsys):
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not exercise.alive(pid))
+    (tmp_path / f".hw.tmp{dead}").mkdir()  # a killed handout's, and one of a handout still at work
+    (tmp_path / f".hw.tmp{os.getpid()}x").mkdir()
+    copied = []
+    copy_tree = exercise.copy_tree
+
+    def watched(src, dst, **kwargs):
+        copy_tree(src, dst, **kwargs)
+        copied.append(sorted(os.listdir(dst)))
+    monkeypatch.setattr(exercise, "copy_tree", watched)
+    assert exercise.main(["handout", "layer-norm", "--out", str(tmp_path / "hw")]) == 0
+    assert "model.py" not in copied[0] and "calrec.py" in copied[0]  # the file with answers is written blanked
+    assert sorted(os.listdir(tmp_path)) == [f".hw.tmp{os.getpid()}x", "hw"]
+    monkeypatch.setattr(exercise, "command", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert exercise.main(["list"]) == 130 and capsys.readouterr().err == "interrupted\n"  # Ctrl-C: one line
+
+
 def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
     """An exercise the handout never blanked holds its answer: naming it is refused. A manifest that is no file (a
     named pipe, which would block the read) is refused too; a copy's own `tests` file is replaced, whatever it is."""
