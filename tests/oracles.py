@@ -6,6 +6,7 @@ import contextlib
 import os
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -80,3 +81,15 @@ def out_of_memory(e):
     if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "allocate" in first):
         return first[first.find("can't allocate"):] if "can't allocate" in first else first[:160]
     return None
+
+
+def within_memory(call, what, extra_bytes=512 * 2 ** 20):
+    """call() under memory_capped(extra_bytes): an allocation past the cap fails the grader, naming `what` was called."""
+    try:
+        with memory_capped(extra_bytes):
+            return call()
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        pytest.fail(f"{what}, with at most {extra_bytes // 2 ** 20} MiB more memory: {type(e).__name__}: "
+                    f"{out_of_memory(e)}")

@@ -19,7 +19,7 @@ import data
 import engine
 import evaluation as ev
 import model as gpt
-from oracles import gradients_match_finite_differences, leaves_inputs_alone, memory_capped, out_of_memory
+from oracles import gradients_match_finite_differences, leaves_inputs_alone, within_memory
 
 
 # -----------------------------------------------------------------------------
@@ -581,15 +581,8 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     # has tf = 1 and |d| = avgdl = 1, so its score is its idf, ln(1 + (N - 1 + 0.5) / 1.5); every other document 0
     n = 20000
     big = calrec.BM25([f"w{i}" for i in range(n)])
-    try:
-        with memory_capped(512 * 2 ** 20):
-            got = big.scores(["w5 w7", "w19999 unknown"])
-    except Exception as e:
-        if not out_of_memory(e):
-            raise
-        pytest.fail(f"BM25 over {n} documents (each its own word), scores of 2 queries with at most 512 MiB more "
-                    f"memory: {type(e).__name__}: {out_of_memory(e)} (W made dense? the product W @ Q "
-                    f"is sparse-dense)")
+    got = within_memory(lambda: big.scores(["w5 w7", "w19999 unknown"]), f"BM25 over {n} documents (each its own "
+                        "word), scores of 2 queries (W made dense? the product W @ Q is sparse-dense)")
     idf = math.log(1 + (n - 1 + 0.5) / 1.5)
     hits = {(0, 5): idf, (0, 7): idf, (1, n - 1): idf}
     assert tuple(got.shape) == (2, n) and all(got[q, d].item() == pytest.approx(v, rel=1e-5) for (q, d), v in
@@ -1160,15 +1153,8 @@ def test_markov_equals_a_naive_loop():
     # dense (N, N) int64 matrix of these 20,000 items takes 3.2 GB, of a 17,000-item catalog 2.15 GiB; where the cap
     # cannot be set, not on Linux, the call runs uncapped)
     want = naive_markov_ranks(sequences, n, examples)
-    try:
-        with memory_capped(512 * 2 ** 20):
-            got = ev.rank_markov(d, examples).tolist()
-    except Exception as e:
-        if not out_of_memory(e):
-            raise
-        pytest.fail(f"rank_markov over {n} items, with at most 512 MiB more memory: {type(e).__name__}: "
-                    f"{out_of_memory(e)} (the (N, N) counts made dense? keep them sparse: each chunk "
-                    f"reads the rows of its users' last items)")
+    got = within_memory(lambda: ev.rank_markov(d, examples).tolist(), f"rank_markov over {n} items (the (N, N) "
+                        "counts made dense? keep them sparse: each chunk reads the rows of its users' last items)")
     assert got == want, (
         f"rank_markov over {n} items of the histories [[0], [0]] -> targets [1, 2], training sequences [[0, 1]] * 1003 "
         f"+ [[0, 2]] * 1003 + [[1]]: expected ranks {want} (items 1 and 2 tie on 1003 transitions, item 1 the more "
