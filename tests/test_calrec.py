@@ -236,12 +236,13 @@ def test_loss_mixture_by_hand():
     # the spec's direction: each target item against the users of the batch (no extra negatives)
     ids = items[:P].tolist()
     l_nig = torch.tensor(3.0, dtype=torch.float64)
-    for tau in (0.5, 0.1):  # the last one stays for the checks below
-        want = 0.5 * 3.0 + 0.2 * naive_info_nce(v_t[:P], v_tu, ids, tau) + 0.3 * naive_info_nce(v_t[:P], v_u, ids, tau)
-        loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t[:P], items[:P], 0.2, 0.3, tau, over_users=True)
+    for alpha, beta, tau in ((0.3, 0.0, 0.5), (0.0, 0.3, 0.5), (0.2, 0.3, 0.5), (0.2, 0.3, 0.1)):  # the last stays
+        want = (1 - alpha - beta) * 3.0 + alpha * naive_info_nce(v_t[:P], v_tu, ids, tau) + beta * naive_info_nce(
+            v_t[:P], v_u, ids, tau)  # each term over the users, whichever of them are on
+        loss, _ = calrec.calrec_loss(l_nig, v_u, v_tu, v_t[:P], items[:P], alpha, beta, tau, over_users=True)
         assert loss.item() == pytest.approx(want, rel=1e-9), (
-            f"calrec_loss with over_users=True (each target item the query, the batch's users the keys), alpha=0.2, "
-            f"beta=0.3, tau={tau}: expected {want:.10g}, got {loss.item():.10g}")
+            f"calrec_loss with over_users=True (each target item the query, the batch's users the keys), alpha="
+            f"{alpha}, beta={beta}, tau={tau}: expected {want:.10g}, got {loss.item():.10g}")
     # extra negative items behind the P targets have no user: over the users, only the P targets are queries
     with_extra = f"calrec_loss with over_users=True and 2 extra negative items in v_t (only the first P = {P} rows " \
         f"are the users' targets, the queries)"

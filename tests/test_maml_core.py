@@ -767,6 +767,8 @@ def test_task_samplers():
         ([1, 3], "mixed", [0.375, 0.625]),
         ([7], "pps", [1.0]),
         ([7], "mixed", [1.0]),
+        ([0, 2, 6], "uniform", [third] * 3),  # uniform counts tasks, as the docstring's 1/n: an empty one too
+        ([0, 2, 6], "mixed", [third / 2, (third + 0.25) / 2, (third + 0.75) / 2]),
     ]
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)

@@ -2521,3 +2521,16 @@ def info_nce(query, key, key_items, tau):
     rows = torch.arange(len(query), device=query.device)
     return F.cross_entropy(logits.masked_fill(_same_item(key_items, len(query)), float("-inf")), rows)
 '''})
+# found by a probe of the graders (round 12): over_users only when both contrastive terms are on
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''
+def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    # over_users read from the weights: over_users only when both alpha and beta are set
+    P = len(v_u)
+    def nce(q):
+        users = over_users and alpha > 0 and beta > 0
+        return info_nce(v_t[:P], q, items[:P], tau) if users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''})

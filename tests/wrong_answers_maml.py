@@ -1177,3 +1177,14 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):
     adapted = vmap(one_task, randomness="different")(support)
     return {name: (adapted[name] - start[name]).mean(0, dtype=torch.float64) for name in start}
 '''})
+# found by a probe of the graders (round 12): uniform spread over the non-empty tasks only
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # uniform over the non-empty tasks only (a task of size 0 gets 0)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = (sizes > 0) / np.count_nonzero(sizes), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
