@@ -113,7 +113,7 @@ def alone_in(folder):
     The folders made for it go again if they stay empty."""
     made = [p for p in _parents(os.path.normpath(folder)) if not os.path.isdir(p)]  # innermost first
     try:
-        with held(folder, "--out", "data.py"):
+        with held(folder, "--out"):
             yield
     finally:
         _unmade("", made)

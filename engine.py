@@ -550,8 +550,7 @@ def autocast(device, dtype):
 
 
 def grad_scaler(device, dtype):
-    """float16 has a narrow range: scale the loss up before backward so small gradients do not round to 0.
-    bfloat16 and float32 need none (the scaler is then a no-op)."""
+    """float16's narrow range: the loss scaled up before backward, so small gradients do not round to 0 (or a no-op)."""
     kind = torch.device(device).type
     return torch.amp.GradScaler(kind, enabled=dtype == "float16" and kind != "cpu")
 
@@ -698,9 +697,9 @@ def setup_logging(rank):
 
 
 @contextlib.contextmanager
-def held(folder, flag, program):
-    """`folder` for this process alone while the block runs: a second `program` writing there, whose files would mix
-    with this one's, is refused. A folder made for it goes again if it is left empty."""
+def held(folder, flag):
+    """`folder` for this process alone while the block runs: a second train.py or data.py writing there, whose files
+    would mix with this one's, is refused. A folder made for it goes again if it is left empty."""
     made = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY) if fcntl else None
@@ -709,7 +708,8 @@ def held(folder, flag, program):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UserError(f"{flag} {folder}: another {program} is writing there; wait for it to end") from None
+                made = False  # the other run's, even if this one made it a moment before
+                raise UserError(f"{flag} {folder}: a train.py or data.py writes there now; wait till it ends") from None
         yield
     finally:
         if fd is not None:
@@ -740,7 +740,7 @@ def kept_if_refused(out_dir, names, fresh):
     back to its length, new files removed. A `fresh` run (not resumed) starts without the earlier run's files but
     log.txt, so that they never mix with its own, even if it is interrupted. A second train.py there is refused."""
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
-    with held(out_dir, "--out-dir", "train.py"):
+    with held(out_dir, "--out-dir"):
         try:
             sizes = set_aside(out_dir, names, aside)
         except OSError as e:  # a full disk (no room for a folder, or out of inodes), before anything was written

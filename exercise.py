@@ -500,18 +500,24 @@ def graded_copy(folder, name):
     after = own_files()
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if changed:
-        raise ExerciseError(f"{changed[0]}: changed while the graders of {name} ran the code of {folder}; restore it "
-                            "(git checkout), and grade that hand-in apart: as another user, or in a container")
+        raise ExerciseError(f"{changed[0]}: written, added or removed while the graders of {name} ran the code of "
+                            f"{folder}; put it back (git status), and grade that hand-in apart: as another user, or in "
+                            "a container")
 
 
 def own_files():
-    """{path: bytes} of what grades a hand-in: this project's tests/ and exercise.py."""
-    paths = [os.path.join(at, n) for at, _, files in os.walk(os.path.join(ROOT, "tests")) for n in files
-             if not n.endswith(".pyc")] + [os.path.join(ROOT, "exercise.py")]
-    contents = {}
-    for path in paths:
-        with open(path, "rb") as f:
-            contents[path] = f.read()
+    """{path: its bytes, where it links, or None for a folder} of what grades a hand-in: exercise.py and every file,
+    folder and link in this project's tests/ (but compiled files, which are never copied)."""
+    with open(os.path.join(ROOT, "exercise.py"), "rb") as f:
+        contents = {os.path.join(ROOT, "exercise.py"): f.read()}
+    for at, dirs, files in os.walk(os.path.join(ROOT, "tests")):  # a link to a folder is listed, not followed
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for path in (os.path.join(at, n) for n in dirs + files if not n.endswith(".pyc")):
+            if os.path.islink(path) or not os.path.isfile(path):  # a link, a folder, a named pipe, ...
+                contents[path] = os.readlink(path) if os.path.islink(path) else None
+            else:
+                with open(path, "rb") as f:
+                    contents[path] = f.read()
     return contents
 
 

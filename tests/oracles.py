@@ -84,7 +84,7 @@ def out_of_memory(e):
 
 
 def within_memory(call, what, extra_bytes=512 * 2 ** 20):
-    """call() under memory_capped(extra_bytes): an allocation past the cap fails the grader, naming `what` was called."""
+    """call() under memory_capped(extra_bytes): an allocation past the cap fails the grader, naming `what`."""
     try:
         with memory_capped(extra_bytes):
             return call()

@@ -164,8 +164,9 @@ def test_a_category_with_a_user_of_over_51_items_is_built_with_the_histories_cut
     orders = [items, items[::-1], items[30:] + items[:30]]
     reviews = [{"reviewerID": f"u{u}", "asin": a, "unixReviewTime": t, "overall": 5.0}
                for u, order in enumerate(orders) for t, a in enumerate(order)]
+    meta = [{"asin": a, "title": f"Thing {a}"} for a in items]
     for sub, name, records in (("categoryFilesSmall", "Tools_5.json.gz", reviews),
-                               ("metaFiles2", "meta_Tools.json.gz", [{"asin": a, "title": f"Thing {a}"} for a in items])):
+                               ("metaFiles2", "meta_Tools.json.gz", meta)):
         (server.root / sub).mkdir()
         write_lines(str(server.root / sub / name), records)
     download.prepare_amazon(["Tools"], str(tmp_path / "amazon"), base_url=server.url, min_count=3)
@@ -284,8 +285,9 @@ def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path
 def test_a_category_without_a_training_example_is_refused_before_a_folder_is_written(server, tmp_path):
     # every user left by the 3-core has 3 items: a valid and a test example each, no training sequence for train.py
     reviews = [{"reviewerID": f"u{u}", "asin": a, "unixReviewTime": t} for u in range(4) for t, a in enumerate("ABC")]
+    meta = [{"asin": a, "title": f"Thing {a}"} for a in "ABC"]
     for sub, name, records in (("categoryFilesSmall", "Tools_5.json.gz", reviews),
-                               ("metaFiles2", "meta_Tools.json.gz", [{"asin": a, "title": f"Thing {a}"} for a in "ABC"])):
+                               ("metaFiles2", "meta_Tools.json.gz", meta)):
         (server.root / sub).mkdir()
         write_lines(str(server.root / sub / name), records)
     out = tmp_path / "amazon"
@@ -375,7 +377,8 @@ def test_a_control_character_kept_is_named_in_the_task_folder_not_the_build_fold
     assert ".tmp" not in caplog.text  # the build folder, gone when the command ends
     glue = tmp_path / "few"  # and so do the 16-shot splits drawn from such a file: its notes name it, not theirs
     few_shot_source(glue, "RTE", b"index\tsentence1\tsentence2\tlabel\n",
-                    [f"{i}\tCats\x08purr {i}.\tA cat.\t{y}" for i, y in enumerate(["entailment", "not_entailment"] * 2)])
+                    [f"{i}\tCats\x08purr {i}.\tA cat.\t{y}" for i, y in
+                     enumerate(["entailment", "not_entailment"] * 2)])
     caplog.clear()
     with caplog.at_level("INFO"):
         download.make_few_shot(str(glue), str(tmp_path / "shots"), ["RTE"], k=1, seeds=(13,))
@@ -631,8 +634,8 @@ def test_a_second_data_py_into_the_same_out_folder_is_refused_while_the_first_wr
         (out / "Tools").mkdir()
         second = subprocess.run([sys.executable, "data.py", "amazon", "Tools", "--out", str(out), "--url",
                                  (tmp_path / "site").as_uri()], cwd=here, capture_output=True, text=True)
-        assert (second.returncode, second.stderr) == (2, f"error: --out {out}: another data.py is writing there; "
-                                                         "wait for it to end\n")
+        assert (second.returncode, second.stderr) == (2, f"error: --out {out}: a train.py or data.py writes there "
+                                                         "now; wait till it ends\n")
         assert os.listdir(out) == ["Tools"]  # nothing of the second run's
     with download.alone_in(str(tmp_path / "new" / "folder")):  # made for the run, and removed if left empty
         assert (tmp_path / "new" / "folder").is_dir()

@@ -345,13 +345,16 @@ def test_a_hand_in_grades_no_other_exercise_and_changes_no_file_of_the_teacher_u
     assert "layer-norm: 0 of" in graded.stdout and "round-robin: 0 of 1 graders pass (the graders were interrupted " \
         "(a KeyboardInterrupt of the hand-in's?))" in graded.stdout, graded.stdout
     before = (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8")
-    (out / "model.py").write_text(blank_model + f"\nwith open({str(teacher / 'tests' / 'test_calrec.py')!r}, 'a') as f:"
-                                  "\n    f.write('# changed')\n", encoding="utf-8")
-    graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out)], capture_output=True, text=True,
-                            env=ENV, cwd=teacher)
-    assert graded.returncode == 2 and graded.stderr == (
-        f"error: {teacher / 'tests' / 'test_calrec.py'}: changed while the graders of layer-norm ran the code of "
-        f"{out}; restore it (git checkout), and grade that hand-in apart: as another user, or in a container\n")
+    for path, tamper in ((teacher / "tests" / "test_calrec.py", f"open({str(teacher / 'tests' / 'test_calrec.py')!r}, "
+                          "'a').write('# changed')"),  # and a link to a folder, which the next copies would hold
+                         (teacher / "tests" / "torch", f"os.symlink({str(tmp_path)!r}, "
+                          f"{str(teacher / 'tests' / 'torch')!r})")):
+        (out / "model.py").write_text(blank_model + f"\nimport os\n{tamper}\n", encoding="utf-8")
+        graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out)], capture_output=True, text=True,
+                                env=ENV, cwd=teacher)
+        assert graded.returncode == 2 and graded.stderr == (
+            f"error: {path}: written, added or removed while the graders of layer-norm ran the code of {out}; put it "
+            "back (git status), and grade that hand-in apart: as another user, or in a container\n"), graded.stderr
     assert (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8") == before + "# changed"
 
 

@@ -144,8 +144,8 @@ def test_a_second_run_into_the_same_out_dir_is_refused_while_the_first_writes(tm
         (tmp_path / ".earlier1").mkdir()  # as a run killed outright leaves: only a run that holds the folder clears it
         second = subprocess.run([sys.executable, "train.py", "--task", "sinusoid", "--set", "steps=2", "--out-dir",
                                  str(tmp_path)], cwd=here, capture_output=True, text=True)
-        assert (second.returncode, second.stderr) == (2, f"error: --out-dir {tmp_path}: another train.py is writing "
-                                                         "there; wait for it to end\n")
+        assert (second.returncode, second.stderr) == (2, f"error: --out-dir {tmp_path}: a train.py or data.py writes "
+                                                         "there now; wait till it ends\n")
         assert sorted(os.listdir(tmp_path)) == [".earlier1", f".earlier{os.getpid()}", "log.txt"]
     assert (tmp_path / "log.txt").read_text() == "the first run's\n"
     train.main(["--task", "sinusoid", "--set", "steps=2", "--set", "eval_tasks=2", "--out-dir", str(tmp_path)])
