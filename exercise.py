@@ -310,8 +310,9 @@ def handout(names, out):
             message = f"exercise {ex.name}: see docs/exercises.md#{ex.name}"
             sources[file] = blank(sources[file], qualname, where, message)
     parent, name = os.path.split(os.path.abspath(out))
-    for stale in (n for n in os.listdir(parent) if re.fullmatch(rf"\.{re.escape(name)}\.tmp(\d+)", n)):
-        if not alive(int(stale.rpartition("tmp")[2])):  # what a killed handout left (never an answer: see below)
+    left = os.listdir(parent) if os.path.isdir(parent) else []  # what killed handouts left (never an answer: below)
+    for stale in (n for n in left if re.fullmatch(rf"\.{re.escape(name)}\.tmp\d+", n)):
+        if not alive(int(stale.rpartition("tmp")[2])):
             shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
     tmp = os.path.join(parent, f".{name}.tmp{os.getpid()}")
     try:  # the files with answers are not copied, but written blanked: no answer is ever on disk beside the handout

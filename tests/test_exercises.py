@@ -389,6 +389,8 @@ def test_a_handout_puts_no_answer_on_disk_and_clears_what_a_killed_one_left(tmp_
     assert exercise.main(["handout", "layer-norm", "--out", str(tmp_path / "hw")]) == 0
     assert "model.py" not in copied[0] and "calrec.py" in copied[0]  # the file with answers is written blanked
     assert sorted(os.listdir(tmp_path)) == [f".hw.tmp{os.getpid()}x", "hw"]
+    assert exercise.main(["handout", "layer-norm", "--out", str(tmp_path / "new" / "hw")]) == 0  # folders made
+    assert os.listdir(tmp_path / "new") == ["hw"]
     monkeypatch.setattr(exercise, "command", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     assert exercise.main(["list"]) == 130 and capsys.readouterr().err == "interrupted\n"  # Ctrl-C: one line
 
