@@ -287,7 +287,7 @@ def alive(pid):
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, nor such a number of one
         return False
     except OSError:  # another user's, or a system without signals: alive for all we know
         pass
@@ -326,7 +326,7 @@ def handout(names, out):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # what is left of it when something failed
     print(f"wrote {out}: write {', '.join(w for ex in exercises for w in ex.functions)}; then, in {out}, "
-          f"python exercise.py check NAME; a teacher grades it with python exercise.py grade {out}")
+          f"python exercise.py check NAME; a teacher grades it with python exercise.py grade {shlex.quote(out)}")
     return 0
 
 
@@ -502,18 +502,21 @@ def graded_copy(folder, name):
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if changed:
         raise ExerciseError(f"{changed[0]}: written, added or removed while the graders of {name} ran the code of "
-                            f"{folder}; put it back (git status), and grade that hand-in apart: as another user, or in "
-                            "a container")
+                            f"{folder} (by that code, or by you?); grade again once it is as it should be (git "
+                            "status), a hand-in you do not trust as another user or in a container")
 
 
 def own_files():
-    """{path: its bytes, where it links, or None for a folder} of what grades a hand-in: exercise.py and every file,
-    folder and link in this project's tests/ (but compiled files, which are never copied)."""
+    """{path: its bytes, where it links, or None for a folder} of what grades a hand-in: exercise.py and each file,
+    folder and link of this project's tests/ that a graded copy takes (not compiled files, nor an editor's hidden or
+    backup ones: swap files, locks, pytest's cache)."""
     with open(os.path.join(ROOT, "exercise.py"), "rb") as f:
         contents = {os.path.join(ROOT, "exercise.py"): f.read()}
+    def kept(n):
+        return not (n in NOT_HANDED_OUT or n.startswith((".", "wrong_answers")) or n.endswith((".pyc", "~")))
     for at, dirs, files in os.walk(os.path.join(ROOT, "tests")):  # a link to a folder is listed, not followed
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for path in (os.path.join(at, n) for n in dirs + files if not n.endswith(".pyc")):
+        dirs[:] = [d for d in dirs if kept(d)]
+        for path in (os.path.join(at, n) for n in dirs + files if kept(n)):
             if os.path.islink(path) or not os.path.isfile(path):  # a link, a folder, a named pipe, ...
                 contents[path] = os.readlink(path) if os.path.islink(path) else None
             else:

@@ -344,6 +344,12 @@ def test_a_hand_in_grades_no_other_exercise_and_changes_no_file_of_the_teacher_u
     assert graded.returncode == 1 and graded.stderr == "", graded.stderr
     assert "layer-norm: 0 of" in graded.stdout and "round-robin: 0 of 1 graders pass (the graders were interrupted " \
         "(a KeyboardInterrupt of the hand-in's?))" in graded.stdout, graded.stdout
+    (out / "model.py").write_text(blank_model + f"\nimport os\nos.makedirs({str(teacher / 'tests' / '.pytest_cache')!r}"
+                                  f", exist_ok=True)\nopen({str(teacher / 'tests' / '.test_calrec.py.swp')!r}, 'w')\n",
+                                  encoding="utf-8")  # what pytest run there and an editor write: no false alarm
+    graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out), "layer-norm"], capture_output=True,
+                            text=True, env=ENV, cwd=teacher)
+    assert graded.returncode == 1 and "layer-norm: 0 of" in graded.stdout, graded.stderr
     before = (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8")
     for path, tamper in ((teacher / "tests" / "test_calrec.py", f"open({str(teacher / 'tests' / 'test_calrec.py')!r}, "
                           "'a').write('# changed')"),  # and a link to a folder, which the next copies would hold
@@ -353,8 +359,9 @@ def test_a_hand_in_grades_no_other_exercise_and_changes_no_file_of_the_teacher_u
         graded = subprocess.run([sys.executable, "exercise.py", "grade", str(out)], capture_output=True, text=True,
                                 env=ENV, cwd=teacher)
         assert graded.returncode == 2 and graded.stderr == (
-            f"error: {path}: written, added or removed while the graders of layer-norm ran the code of {out}; put it "
-            "back (git status), and grade that hand-in apart: as another user, or in a container\n"), graded.stderr
+            f"error: {path}: written, added or removed while the graders of layer-norm ran the code of {out} (by that "
+            "code, or by you?); grade again once it is as it should be (git status), a hand-in you do not trust as "
+            "another user or in a container\n"), graded.stderr
     assert (teacher / "tests" / "test_calrec.py").read_text(encoding="utf-8") == before + "# changed"
 
 
@@ -377,7 +384,8 @@ def test_graders_that_end_with_a_thread_left_or_write_past_the_cap(tmp_path, mon
 
 def test_a_handout_puts_no_answer_on_disk_and_clears_what_a_killed_one_left(tmp_path, monkeypatch, capsys):
     dead = next(pid for pid in range(4_000_000, 4_100_000) if not exercise.alive(pid))
-    (tmp_path / f".hw.tmp{dead}").mkdir()  # a killed handout's, and one of a handout still at work
+    (tmp_path / f".hw.tmp{dead}").mkdir()  # a killed handout's, one of a pid past any, and one of a handout at work
+    (tmp_path / f".hw.tmp{10 ** 30}").mkdir()
     (tmp_path / f".hw.tmp{os.getpid()}x").mkdir()
     copied = []
     copy_tree = exercise.copy_tree
