@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tokenize
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -344,7 +345,7 @@ if sys.platform == 'linux':
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv.pop(1)),) * 2)
 import pytest
 sys.exit(pytest.console_main())"""
-WRITES = 2 ** 30
+WRITES, GRACE = 2 ** 30, 5  # bytes a file of the graders may hold; seconds their process may outlive its report
 MODULES = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))  # the project's, found in the tree alone
 
 
@@ -363,15 +364,8 @@ def run_graders(root, node_ids, timeout):
                                 f"--junitxml={report}", *node_ids], cwd=root, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
                                start_new_session=True)
-        note = None
         try:
-            stdout, stderr = run.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            if not os.path.exists(report):  # pytest writes it when every grader has run
-                raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
-                                    "--timeout gives them longer") from None
-            stdout = stderr = ""
-            note = f"the graders ended, but their process did not (a thread of the hand-in's?): stopped at {timeout} s"
+            stdout, stderr, note = ended(run, report, timeout)
         finally:  # the graders' process group, with anything the student's code left running (POSIX)
             with contextlib.suppress(ProcessLookupError, PermissionError):  # none left
                 if hasattr(os, "killpg"):
@@ -387,6 +381,23 @@ def run_graders(root, node_ids, timeout):
             note, cases = "the graders were interrupted (a KeyboardInterrupt of the hand-in's?)", [
                 case for case in cases if case.get("classname") is not None]
         return {node_id(case): outcome(case) for case in cases}, note
+
+
+def ended(run, report, timeout):
+    """(stdout, stderr, a note or None) of the graders' process once it ends, or GRACE seconds after pytest wrote its
+    report (every grader has run: a thread of the hand-in's keeps the process alive); an ExerciseError at the timeout."""
+    start, reported = time.monotonic(), None
+    while True:
+        try:
+            return (*run.communicate(timeout=0.5), None)
+        except subprocess.TimeoutExpired:  # (communicate again loses no output)
+            reported = reported or (os.path.exists(report) and time.monotonic())
+            if reported and time.monotonic() - reported > GRACE:
+                return "", "", f"the graders ended, but their process did not (a thread of the hand-in's?): stopped " \
+                               f"{GRACE} s later"
+            if time.monotonic() - start > timeout:
+                raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
+                                    "--timeout gives them longer") from None
 
 
 def node_id(case):
