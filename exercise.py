@@ -385,7 +385,7 @@ def run_graders(root, node_ids, timeout):
 
 def ended(run, report, timeout):
     """(stdout, stderr, a note or None) of the graders' process once it ends, or GRACE seconds after pytest wrote its
-    report (every grader has run: a thread of the hand-in's keeps the process alive); an ExerciseError at the timeout."""
+    report (every grader has run: a thread of the hand-in's keeps it alive); an ExerciseError at the timeout."""
     start, reported = time.monotonic(), None
     while True:
         try:
