@@ -358,22 +358,25 @@ def run_graders(root, node_ids, timeout):
         with open(ini, "w", encoding="utf-8") as f:
             f.write("[pytest]\n")
         env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # no -k or --deselect of its own
+        output = open(os.path.join(tmp, "output"), "wb+")  # not a pipe: what a stray writer sends takes no memory
         run = subprocess.Popen([sys.executable, "-c", GRADERS, root, ",".join(MODULES),
                                 *[str(WRITES)] * sys.platform.startswith("linux"), "-q", "-p", "no:cacheprovider",
                                 "-c", ini, "--rootdir", root, "--confcutdir", os.path.join(root, "tests"),
-                                f"--junitxml={report}", *node_ids], cwd=root, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
-                               start_new_session=True)
+                                f"--junitxml={report}", *node_ids], cwd=root, stdout=output, stderr=output,
+                               env=dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"), start_new_session=True)
         try:
-            stdout, stderr, note = ended(run, report, timeout)
+            note = ended(run, report, timeout)
         finally:  # the graders' process group, with anything the student's code left running (POSIX)
             with contextlib.suppress(ProcessLookupError, PermissionError):  # none left
                 if hasattr(os, "killpg"):
                     os.killpg(run.pid, signal.SIGKILL)
             run.kill()
             run.wait()
+            output.seek(max(0, output.seek(0, os.SEEK_END) - 4096))
+            tail = output.read().decode(errors="replace")
+            output.close()
         if not os.path.exists(report):
-            last = (stdout + stderr).strip().splitlines()[-1:]  # its last word, if it said any
+            last = tail.strip().splitlines()[-1:]  # its last word, if it said any
             raise ExerciseError(f"pytest ran none of the graders, exit status {run.returncode}" + "".join(
                 f": {line[-300:]}" for line in last))
         cases = list(ET.parse(report).iter("testcase"))
@@ -384,18 +387,20 @@ def run_graders(root, node_ids, timeout):
 
 
 def ended(run, report, timeout):
-    """(stdout, stderr, a note or None) of the graders' process once it ends, or GRACE seconds after pytest wrote its
-    report (every grader has run: a thread of the hand-in's keeps it alive); an ExerciseError at the timeout."""
+    """None once the graders' process ends; a note when it is stopped GRACE seconds after pytest wrote its report
+    (every grader has run: a thread of the hand-in's keeps the process alive), or at the timeout, which without a
+    report is an ExerciseError."""
     start, reported = time.monotonic(), None
     while True:
         try:
-            return (*run.communicate(timeout=0.5), None)
-        except subprocess.TimeoutExpired:  # (communicate again loses no output)
-            reported = reported or (os.path.exists(report) and time.monotonic())
-            if reported and time.monotonic() - reported > GRACE:
-                return "", "", f"the graders ended, but their process did not (a thread of the hand-in's?): stopped " \
-                               f"{GRACE} s later"
-            if time.monotonic() - start > timeout:
+            run.wait(timeout=0.5)
+            return None
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            reported = reported or (os.path.exists(report) and now)
+            if reported and (now - reported > GRACE or now - start > timeout):
+                return "the graders ended, but their process did not (a thread of the hand-in's?), and was stopped"
+            if now - start > timeout:
                 raise ExerciseError(f"the graders ran over {timeout} s and were stopped (a loop that never ends?); "
                                     "--timeout gives them longer") from None
 
