@@ -154,8 +154,8 @@ def check_memory(device, needs):
 
 def training_floats(c, tokens, predicted):
     """A lower bound of the float32 values one AdamW step of a GPT of config c holds: weights, gradients and two moments
-    (biases and LayerNorms left out); what backward keeps of each token in every layer, at least ten values a unit of
-    width (two LayerNorms' outputs, q, k, v, attention's output, the MLP's 4 C); the predicted tokens' logits, grads."""
+    (biases and LayerNorms left out); for each token in every layer, the ten values a unit of width backward keeps (two
+    LayerNorms' outputs, q, k, v, attention's output, the MLP's 4 C); the predicted tokens' logits and gradients."""
     weights = (c.vocab_size + c.block_size) * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
     return 4 * weights + tokens * 10 * c.n_layer * c.n_embd + predicted * 2 * c.vocab_size
 
@@ -550,7 +550,7 @@ def autocast(device, dtype):
 
 
 def grad_scaler(device, dtype):
-    """float16's narrow range: the loss scaled up before backward, so small gradients do not round to 0 (or a no-op)."""
+    """Scales the loss up before backward so that float16's small gradients do not round to 0 (others: a no-op)."""
     kind = torch.device(device).type
     return torch.amp.GradScaler(kind, enabled=dtype == "float16" and kind != "cpu")
 
@@ -678,14 +678,14 @@ class ConsoleHandler(logging.Handler):
 
 
 class Warnings(logging.Handler):
-    """Keeps every warning a run logs, for its results.json."""
-    messages = []
+    """Keeps every warning a run logs, in .messages, for its results.json."""
 
     def emit(self, record):
         self.messages.append(record.getMessage())
 
 
 WARNINGS = Warnings(logging.WARNING)
+WARNINGS.messages = []
 
 
 def setup_logging(rank):
