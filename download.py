@@ -168,14 +168,17 @@ def already_built(folder):
 
 
 @contextlib.contextmanager
-def unheard_reader():
-    """Without data.py's reader's notes (a control character kept, ...), for a read back of a build folder: they would
-    name that folder, and were said when the source was read (a run reads the folder and says them too)."""
-    logging.getLogger("data").disabled = True
+def reader_notes(build, final=None):
+    """data.py's reader's notes (a control character kept, ...) while the build folder `build` is read: naming the
+    folder `final` in its place, or none (final None: they were said when the source was read)."""
+    def named(record):
+        record.msg = str(record.msg).replace(os.path.join(build, ""), os.path.join(final or build, ""))
+        return final is not None
+    logging.getLogger("data").addFilter(named)
     try:
         yield
     finally:
-        logging.getLogger("data").disabled = False
+        logging.getLogger("data").removeFilter(named)
 
 
 @contextlib.contextmanager
@@ -414,7 +417,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
                             "training example; a larger category or a higher --min-count?")
         with building(folder) as tmp:
             write_benchmark_folder(domain, tmp)
-            with unheard_reader():
+            with reader_notes(tmp):
                 back = read_atomic(tmp)
             items = [{a: fold_whitespace(v) for a, v in item.items()} for item in domain.items]
             cut = [[(h[-HISTORY:], t) for h, t in split] for split in (domain.train, domain.valid, domain.test)]
@@ -511,18 +514,11 @@ def build_glue_task(name, sources, tmp, expected_rows):
         build_mrpc(*sources, tmp)
     else:
         unpack_glue_archive(*sources, tmp)
-    final = os.path.join(os.path.dirname(os.path.dirname(tmp)), name) + os.sep  # where building() renames tmp
-
-    def final_path(record):  # the reader's notes (a control character kept) name the folder, not the build folder
-        record.msg = str(record.msg).replace(tmp + os.sep, final)
-        return True
-    logging.getLogger("data").addFilter(final_path)
-    try:
-        task = glue_task(name, tmp)
+    try:  # the notes name the folder building() renames tmp to
+        with reader_notes(tmp, os.path.join(os.path.dirname(os.path.dirname(tmp)), name)):
+            task = glue_task(name, tmp)
     except UserError as e:  # (not the build folder, which is removed)
         raise UserError(f"{sources[0]}: {str(e).replace(tmp + os.sep, name + '/')}") from None
-    finally:
-        logging.getLogger("data").removeFilter(final_path)
     rows = (len(task["train"]["y"]), len(task["dev"]["y"]))
     if expected_rows is not None and rows != tuple(expected_rows):
         raise UserError(f"{sources[0]}: gives {name} {rows[0]} train and {rows[1]} dev rows, the official files have "
@@ -574,7 +570,7 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
                     f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
             except OSError as e:  # a full disk: name the file (the folder is never half-written)
                 raise UserError(f"{os.path.join(folder, file)}: cannot be written ({e.strerror})") from None
-        with unheard_reader():
+        with reader_notes(tmp):
             shot = glue_task(name, tmp)
         if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
             raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
