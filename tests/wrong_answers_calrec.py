@@ -1,6 +1,10 @@
 """Wrong answers to the exercises on calrec.py, evaluation.py and calrec_extras.py (see tests/wrong_answers.py):
 each a believable student answer that runs, with the mistake named in a comment."""
 
+import sys
+
+CAPPED = sys.platform.startswith("linux")  # where tests/oracles.memory_capped can cap a call's memory
+
 WRONG_CALREC = {
     "calrec-loss": [
         {"calrec.py:calrec_loss": '''
@@ -2355,8 +2359,8 @@ def rank_markov(domain, examples):
     return ranks_in_chunks(scores, examples)
 '''})
 # found by a probe of the graders (round 11): the Markov counts kept dense, an (N, N) int64 matrix: 3.2 GB for 20,000
-# items
-WRONG_CALREC['baselines'].append({'evaluation.py:rank_markov': '''
+# items (caught under the memory cap, which Linux alone has)
+(WRONG_CALREC['baselines'] if CAPPED else []).append({'evaluation.py:rank_markov': '''
 def rank_markov(domain, examples):
     # the counts kept dense, an (N, N) int64 matrix filled by index_put_: 2.15 GiB for a 17,000-item catalog
     N = domain.n_items
@@ -2403,8 +2407,9 @@ def rank_markov(domain, examples):
         return torch.empty_like(key).scatter_(1, at, dense).float()
     return ranks_in_chunks(scores, examples)
 '''})
-# found by a probe of the graders (round 11): W made dense at every scores call (self.matrix.to_dense() @ Q)
-WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+# found by a probe of the graders (round 11): W made dense at every scores call (self.matrix.to_dense() @ Q), caught
+# under the memory cap
+(WRONG_CALREC['bm25'] if CAPPED else []).append({'calrec.py:BM25.scores': '''
 def scores(self, queries):
     # W made dense at every call (self.matrix.to_dense() @ Q): a (D, V) float32 copy, 3.2 GiB for 17k items x
     # 50k words
