@@ -122,14 +122,8 @@ def bench_bm25(device, catalog=None, **_):
 def bench_maml(device, **_):
     """The built-in family's classifier, as the run builds it, one inner step."""
     cfg = maml.FAMILY
-    aux, targets = data.task_family()
-    tasks = {**aux, **targets}
-    tok = data.train_tokenizer([t for task in tasks.values() for t in task["train"]["text_a"]
-                                + (task["train"]["text_b"] or [])], vocab_size=cfg.vocab_size)
-    torch.manual_seed(0)
-    model = maml.classifier_for(GPT(maml.encoder_config(tok, cfg)), tasks).to(device)
-    encs = [maml.encode_split(tok, aux[n], aux[n]["train"], i, cfg.max_len, maml.regression_scale(aux[n]))
-            for i, n in enumerate(aux)]
+    exp = maml.prepare(cfg, None, "out/bench", 0, device)  # reads, writes nothing
+    model, encs, tok = exp.model, exp.aux_encs, exp.tokenizer
     params, loss_fn = maml.task_loss(model)
     rng = np.random.default_rng(0)
     print(f"\n### A MAML meta-step on the family's classifier ({cfg.n_layer} layers x {cfg.n_embd}, {cfg.shot} "
@@ -148,15 +142,12 @@ def bench_maml(device, **_):
 
 def calrec_step(device):
     """One training step of the built-in CALRec run, random weights: a function taking no arguments."""
-    cfg, world = calrec.BUILT_IN, data.make_world()
-    texts = [data.item_text(it, d.attributes, cfg.max_words) for d in world for it in d.items]
-    tok = data.train_tokenizer([data.history_prompt(texts[i:i + 4]) for i in range(0, len(texts), 4)], cfg.vocab_size)
-    lm = gpt(device, cfg.n_layer, cfg.n_head, cfg.n_embd, tok.vocab_size, cfg.block_size)
-    builder = data.PromptBuilder(tok, texts, cfg.block_size, cfg.max_history, cfg.max_item_tokens)
-    offsets = np.cumsum([0] + [d.n_items for d in world]).tolist()
-    rows = calrec.training_rows(world, offsets, cfg.every_position)[0][:cfg.batch_size]
+    cfg = calrec.BUILT_IN
+    torch.manual_seed(0)
+    exp = calrec.prepare(cfg, None, "out/bench", 0, device)  # reads, writes nothing
+    lm, rows = exp.lm, exp.rows[0][:cfg.batch_size]
     towers, opt, scaler = calrec.Towers(lm), lm.configure_optimizers(cfg.lr), grad_scaler(device, "float32")
-    return lm, lambda: calrec.train_step(towers, opt, scaler, builder, rows, [], cfg, device, "float32")
+    return lm, lambda: calrec.train_step(towers, opt, scaler, exp.builder, rows, [], cfg, device, "float32")
 
 
 def bench_layernorm(device, **_):

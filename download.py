@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data import (GLUE_TASKS, Domain, check_glue_task, glue_task, leave_one_out, read_atomic, read_glue_split,
                   shown)
-from engine import SEED_MAX, ConsoleHandler, Parser, check_out_dir, held, positive_int
+from engine import SEED_MAX, ConsoleHandler, Parser, check_out_dir, held, positive_int, refusal
 from model import UserError, error_line
 
 log = logging.getLogger(__name__)
@@ -708,11 +708,8 @@ def main(argv=None):
                 prepare_glue(out, args.tasks)
             else:
                 make_few_shot(args.glue, out, args.tasks, k=args.k, seeds=args.seeds)
-    except UserError as e:  # a problem with what was asked or downloaded: one line, no traceback
-        print(error_line(e), file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a file or folder in the way, a full disk, no permission: the path and the reason
-        print(error_line(f"{e.filename}: {e.strerror}" if e.filename else e), file=sys.stderr)
+    except (UserError, OSError) as e:  # what was asked or downloaded, a file in the way, a full disk: one line
+        print(error_line(refusal(e) or e), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: partial downloads are kept (<file>.part); the same command resumes them",
