@@ -28,16 +28,19 @@ import evaluation as ev
 
 def recent_vectors(v_items, histories, decay):
     """r_U of every history (B, C): the mean of its items' vectors weighted decay ** age (age 0: the last item),
-    zeros for an empty history. histories: lists of rows of v_items (N, C), oldest first."""
+    zeros for an empty history, in v_items' dtype but weighed and summed in float32 at least. histories: lists of rows
+    of v_items (N, C), oldest first."""
     lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
     owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)         # (H,) whose history item
     item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)      # (H,) which item
     age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))                  # (H,) 0: a history's last
-    w = (decay ** age.to(v_items.dtype)).to(v_items.device)
+    dtype = torch.promote_types(v_items.dtype, torch.float32)  # bfloat16 would round decay (0.97 to 0.96875) and sums
+    w = (decay ** age.to(dtype)).to(v_items.device)
     owner, item = owner.to(v_items.device), item.to(v_items.device)
-    total = torch.zeros(len(histories), v_items.shape[1], dtype=v_items.dtype, device=v_items.device)
-    norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
-    return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=dtype, device=v_items.device)
+    norm = torch.zeros(len(histories), dtype=dtype, device=v_items.device).index_add_(0, owner, w)
+    total.index_add_(0, owner, w[:, None] * v_items[item].to(dtype))
+    return (total / norm.clamp(min=torch.finfo(dtype).tiny)[:, None]).to(v_items.dtype)
 
 
 def loss_query(v_u, v_t, n_keys, histories, decay, mu):

@@ -1783,6 +1783,16 @@ def test_recent_vectors_by_hand():
         problem, where = device_problem(torch.randn(5, 3), "meta"), "CPU item vectors, the default device 'meta'"
     assert problem is None, (f"recent_vectors of 3 histories over (5, 3) {where}: {problem} (every tensor must be made "
                              "on v_items' device: is one left on the CPU, or made without device=?)")
+    # bfloat16 item vectors (a GPU run's): weighed in float32, rounded once at the end. Item 0, then item 1 sixty
+    # times, decay 0.97: r_0 = 0.97 ** 60 / Σ_{a=0..60} 0.97 ** a = 0.00572; with decay rounded to bfloat16 (0.96875)
+    # 0.00543, 5% less, and sums of 61 weights in bfloat16 are off by more than its rounding step (0.4%)
+    w = [0.97 ** (60 - i) for i in range(61)]
+    want = [w[0] / sum(w), sum(w[1:]) / sum(w)]
+    got = calrec_extras.recent_vectors(torch.eye(2, dtype=torch.bfloat16), [[0] + [1] * 60], 0.97)
+    assert got.dtype == torch.bfloat16 and got[0].float().tolist() == pytest.approx(want, rel=2 ** -8), (
+        f"recent_vectors in bfloat16 of item 0, then item 1 sixty times, decay 0.97, over the item vectors [[1, 0], "
+        f"[0, 1]]: expected {want} to bfloat16's precision (weights decay ** age in float32 at least, the result "
+        f"rounded to bfloat16 once), got {got.dtype} {got.float().tolist()}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

@@ -1229,8 +1229,9 @@ def test_pooling_equals_a_naive_loop_on_strides_dtypes_devices_and_under_vmap():
 def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacity():
     # a schedule of steps against a plain model of the buffers: every write goes to [length, length + T), whatever
     # wrote there before (length set back by 1 rewrites the last position: extend keeps no count of its own), and a
-    # write whose end passes the capacity is a ValueError, also one that starts inside the cache and runs past it;
-    # a step of 0 new positions writes nothing and returns the `length` positions so far (not its own empty k, v)
+    # write whose end passes the capacity is a ValueError (a first one too, and one that starts inside the cache and
+    # runs past it); a step of 0 new positions writes nothing and returns the `length` positions so far (not its own
+    # empty k, v)
     B, nh, hs, cap = 2, 2, 3, 6
     for dtype in (torch.float32, torch.float64):
         cache = model.KVCache(GPTConfig(n_layer=2, n_head=nh, n_embd=nh * hs), batch=B, capacity=cap, device="cpu",
@@ -1238,7 +1239,7 @@ def test_kv_cache_extend_writes_at_length_and_refuses_what_runs_past_its_capacit
         mine = {(name, layer): torch.zeros(B, nh, cap, hs, dtype=dtype) for name in "kv" for layer in (0, 1)}
         torch.manual_seed(0)
         history = []
-        for length, T in ((0, 3), (3, 1), (3, 2), (5, 0), (5, 2), (5, 1), (6, 1)):  # (length before, new positions)
+        for length, T in ((0, cap + 1), (0, 3), (3, 1), (3, 2), (5, 0), (5, 2), (5, 1), (6, 1)):  # (length, new ones)
             cache.length = length
             history.append(f"length {length}, {T} new")
             what = f"KVCache(capacity {cap}, B {B}, n_head {nh}, {dtype}), steps: {'; '.join(history)}"

@@ -1502,3 +1502,14 @@ def attention_mask_4d(key_mask, T_past, T):
     mask = (causal & key_mask[:, None, :]) | itself
     return mask[:, None]
 '''})
+# found by a probe of the graders (round 13): the capacity checked only once something is cached
+WRONG_MODEL['kv-cache'].append({'model.py:KVCache.extend': '''
+def extend(self, layer, k, v):
+    # the capacity checked only once something is cached: a first write longer than the cache is torch's RuntimeError
+    end = self.length + k.size(2)
+    if self.length > 0 and end > self.k.size(3):
+        raise ValueError(f"the KV cache holds {self.k.size(3)} positions; {end} were asked for")
+    self.k[layer, :, :, self.length:end] = k
+    self.v[layer, :, :, self.length:end] = v
+    return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+'''})
