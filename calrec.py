@@ -187,8 +187,9 @@ def train_stage(exp, stage, validate):
     """Stage 1: rows drawn from a mixture of every domain, P(domain) ~ its rows ** (1 / domain_temperature);
     stage 2: the target domain alone. validate() every eval_interval steps picks the weights the LM ends with."""
     cfg, lm, device = exp.cfg, exp.lm, exp.device
-    w = np.log([len(r) or 1 for r in exp.rows]) / cfg.domain_temperature  # logs: no overflow at a temperature near 0
-    probs = np.exp(w - w.max()) / np.exp(w - w.max()).sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
+    logs = np.log([len(r) or 1 for r in exp.rows])
+    w = np.exp((logs - logs.max()) / cfg.domain_temperature)  # the largest 1: no inf nor nan at a temperature near 0
+    probs = w / w.sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
     log.info(f"stage {stage}: {steps} steps on " + ", ".join(f"{d.name} {p:.2f}" for d, p in zip(exp.domains, probs)

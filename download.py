@@ -107,18 +107,6 @@ def _parents(folder):
         folder = os.path.dirname(folder)
 
 
-@contextlib.contextmanager
-def alone_in(folder):
-    """engine.held for data.py: a second data.py into `folder` would share its hidden build folders and downloads.
-    The folders made for it go again if they stay empty."""
-    made = [p for p in _parents(os.path.normpath(folder)) if not os.path.isdir(p)]  # innermost first
-    try:
-        with held(folder, "--out"):
-            yield
-    finally:
-        _unmade("", made)
-
-
 def _unmade(part, folders):
     """Undo a download that failed before its first byte: the empty .part, then the folders made for it."""
     if os.path.isfile(part) and os.path.getsize(part) == 0:
@@ -256,18 +244,19 @@ PRICE = re.compile(r"\$?\d[\d,]*(\.\d+)?( - \$?\d[\d,]*(\.\d+)?)?")  # $12.99, $
 
 def _meta_value(path, line_no, record, key, skipped):
     """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text)
-    and tags within it left out ('<b>'). The category path (a list) is joined without its root. Page markup instead
-    of text (a value, or a category, that starts with '<'; style rules, '{color:gray}'; a value past 2,000 characters,
-    UniSRec's limit, counted as such; a price that is no price) counts in `skipped` and as missing."""
+    and tags within it left out ('<b>'; not '< 10k >'). The category path (a list) is joined without its root. Page
+    markup instead of text (a value, or a category, that starts with '<'; style rules, '{color:gray}'; a value past
+    2,000 characters, UniSRec's limit, counted as such; a price that is no price) counts in `skipped` and as missing."""
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
     if isinstance(v, list):  # the root dropped, and any markup among the categories
-        v = " ".join(x for x in (shown(html.unescape(x)) for x in v[1:]) if x and not x.startswith("<"))
-    v = "" if v is None else shown(html.unescape(v))
-    if v.startswith("<") or re.search(r"\{[^{}]*:[^{}]*\}", v) or len(v) > 2000 or (
-            key == "price" and v and not PRICE.fullmatch(v)):
-        skipped[key, " over 2,000 characters" if len(v) > 2000 else ""] += 1
+        v = " ".join(x for x in map(shown, v[1:]) if x and not x.startswith("<"))
+    v = "" if v is None else shown(v)  # markup as the page has it: an escaped '&lt;' is text
+    text = fold_whitespace(re.sub(r"<[A-Za-z/!][^<>]*>", " ", html.unescape(v)))
+    if v.startswith("<") or re.search(r"\{[^{}]*:[^{}]*\}", v) or len(text) > 2000 or (
+            key == "price" and text and not PRICE.fullmatch(text)):
+        skipped[key, " over 2,000 characters" if len(text) > 2000 else ""] += 1
         return ""
-    return fold_whitespace(re.sub(r"<[^<>]*>", " ", v))
+    return shown(text)  # '' where only a tag made it show something ('\u200b<br>')
 
 
 def _read_meta(path):
@@ -701,7 +690,7 @@ def main(argv=None):
         next_to_glue = args.command == "few-shot" and os.path.join(os.path.dirname(os.path.abspath(args.glue)),
                                                                     "glue-16shot")  # where maml.py looks
         out = args.out or os.path.relpath(next_to_glue)
-        with alone_in(out):
+        with held(out, "--out"):  # a second data.py would share its hidden build folders and downloads
             if args.command == "amazon":
                 prepare_amazon(args.categories, out, base_url=args.url, min_count=args.min_count)
             elif args.command == "glue":

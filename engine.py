@@ -279,20 +279,6 @@ def save_checkpoint(path, model, tokenizer, step, metrics, **extra):
                           tokenizer=tokenizer.fingerprint, step=step, metrics=dict(metrics), **extra))
 
 
-def gpt_config(raw, what):
-    """The GPTConfig a saved dict (a checkpoint's config, a run's lm_config; named by `what`) describes, checked: its
-    sizes whole numbers above 0, n_embd a multiple of n_head, dropout in [0, 1), bias true or false."""
-    try:
-        c = GPTConfig(**raw)
-    except TypeError as e:  # not a dict, or other names than GPTConfig's
-        raise UserError(f"{what} does not describe a GPT ({e})") from None
-    sizes = (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd)
-    if not (all(type(n) is int and n > 0 for n in sizes) and c.n_embd % c.n_head == 0 and type(c.bias) is bool
-            and type(c.dropout) in (int, float) and 0 <= c.dropout < 1):
-        raise UserError(f"{what} does not describe a GPT ({c})")
-    return c
-
-
 def gpt_from_checkpoint(path, dropout=None):
     """A GPT with the config and weights of a project checkpoint (and `dropout`, unless None: the checkpoint's);
     returns (model, checkpoint dict)."""
@@ -300,12 +286,19 @@ def gpt_from_checkpoint(path, dropout=None):
     missing = {"model", "config", "tokenizer", "step", "metrics"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise UserError(f"{path}: not a checkpoint of this project (missing {sorted(missing)})")
-    config = gpt_config(ckpt["config"], f"{path}: its config")
+    try:  # its config: sizes whole numbers above 0, n_embd a multiple of n_head, dropout in [0, 1), bias true or false
+        c = GPTConfig(**ckpt["config"])
+    except TypeError as e:  # not a dict, or other names than GPTConfig's
+        raise UserError(f"{path}: its config does not describe a GPT ({e})") from None
+    sizes = (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd)
+    if not (all(type(n) is int and n > 0 for n in sizes) and c.n_embd % c.n_head == 0 and type(c.bias) is bool
+            and type(c.dropout) in (int, float) and 0 <= c.dropout < 1):
+        raise UserError(f"{path}: its config does not describe a GPT ({c})")
     weights = ckpt["model"]
     if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
         raise UserError(f"{path}: the weights are not a dict of tensors by name")
-    check_weights(weights, config, path, "its config")
-    model = GPT(config if dropout is None else dataclasses.replace(config, dropout=dropout))
+    check_weights(weights, c, path, "its config")
+    model = GPT(c if dropout is None else dataclasses.replace(c, dropout=dropout))
     model.load_state_dict(weights)
     return model, ckpt
 
@@ -699,8 +692,10 @@ def setup_logging(rank):
 @contextlib.contextmanager
 def held(folder, flag):
     """`folder` for this process alone while the block runs: a second train.py or data.py writing there, whose files
-    would mix with this one's, is refused. A folder made for it goes again if it is left empty."""
-    made = not os.path.isdir(folder)
+    would mix with this one's, is refused. The folders made for it go again if they are left empty."""
+    made = [folder]  # the folders made for it, deepest first
+    while not os.path.isdir(made[-1]) and made[-1] != os.path.dirname(made[-1]):
+        made.append(os.path.dirname(made[-1]))
     os.makedirs(folder, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY) if fcntl else None
     try:
@@ -708,14 +703,15 @@ def held(folder, flag):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                made = False  # the other run's, even if this one made it a moment before
+                made = []  # the other run's, even if this one made them a moment before
                 raise UserError(f"{flag} {folder}: a train.py or data.py writes there now; wait till it ends") from None
         yield
     finally:
         if fd is not None:
             os.close(fd)
-        if made and os.path.isdir(folder) and not os.listdir(folder):  # a refused run leaves nothing
-            os.rmdir(folder)
+        for path in made[:-1]:  # a refused run leaves nothing
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
 
 
 def set_aside(out_dir, names, aside):
@@ -737,8 +733,9 @@ def set_aside(out_dir, names, aside):
 def kept_if_refused(out_dir, names, fresh):
     """A run refused part-way (an error that is no bug: a diverged loss, a full disk, ...) leaves out_dir's files
     `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back, log.txt cut
-    back to its length, new files removed. A `fresh` run (not resumed) starts without the earlier run's files but
-    log.txt, so that they never mix with its own, even if it is interrupted. A second train.py there is refused."""
+    back to its length, new files removed (a bug too, but its log stays). A `fresh` run (not resumed) starts without the
+    earlier run's files but log.txt, so that they never mix with its own, even if it is interrupted. A second train.py
+    there is refused."""
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
     with held(out_dir, "--out-dir"):
         try:
@@ -753,7 +750,7 @@ def kept_if_refused(out_dir, names, fresh):
             yield
         except Exception as e:
             refused, failed = refusal(e), []  # main's one line, or None (a bug)
-            for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):
+            for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused or n != "log.txt"):
                 try:
                     if n in sizes:
                         os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
@@ -763,8 +760,8 @@ def kept_if_refused(out_dir, names, fresh):
                     failed.append(f"{n} ({why.strerror})")
             if failed:
                 os.replace(aside, kept := os.path.join(out_dir, f"earlier-files-{os.getpid()}"))
-                raise UserError(f"{refused}; and {', '.join(failed)} could not be put back: the earlier run's files "
-                                f"are in {kept}") from None
+                raise UserError(f"{refused or repr(e)}; and {', '.join(failed)} could not be put back: the earlier "
+                                f"run's files are in {kept}") from None
             raise
         finally:
             shutil.rmtree(aside, ignore_errors=True)

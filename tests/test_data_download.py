@@ -630,14 +630,14 @@ def test_help(capsys):
 def test_a_second_data_py_into_the_same_out_folder_is_refused_while_the_first_writes(tmp_path):
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "amazon"
-    with download.alone_in(str(out)):  # the first run, in the middle of its work
+    with download.held(str(out), "--out"):  # the first run, in the middle of its work
         (out / "Tools").mkdir()
         second = subprocess.run([sys.executable, "data.py", "amazon", "Tools", "--out", str(out), "--url",
                                  (tmp_path / "site").as_uri()], cwd=here, capture_output=True, text=True)
         assert (second.returncode, second.stderr) == (2, f"error: --out {out}: a train.py or data.py writes there "
                                                          "now; wait till it ends\n")
         assert os.listdir(out) == ["Tools"]  # nothing of the second run's
-    with download.alone_in(str(tmp_path / "new" / "folder")):  # made for the run, and removed if left empty
+    with download.held(str(tmp_path / "new" / "folder"), "--out"):  # made for the run, and removed if left empty
         assert (tmp_path / "new" / "folder").is_dir()
     assert not (tmp_path / "new").exists()
 
