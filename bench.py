@@ -28,7 +28,7 @@ import torch
 import calrec
 import data
 import maml
-from engine import Once, Parser, grad_scaler, pick_device, thread_count
+from engine import Parser, grad_scaler, pick_device, thread_count
 from evaluation import environment
 from model import GPT, GPTConfig, UserError, error_line, second_order_ops
 
@@ -194,7 +194,7 @@ def main():
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"), help="where to measure (default: cpu)")
     p.add_argument("--threads", type=thread_count, default=1,
                    help="torch's CPU threads for every part but threads (default: 1)")
-    p.add_argument("--data", action=Once, help="a benchmark folder for the bm25 part")
+    p.add_argument("--data", help="a benchmark folder for the bm25 part")
     try:  # a mistake is one line, as in train.py, and found before any part runs
         args = p.parse_args()
         if args.data is not None and not args.data.strip():

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import shlex
 import shutil
@@ -25,7 +24,6 @@ try:
     import fcntl  # a lock the system drops when its process ends; Windows has none, and runs there unlocked
 except ImportError:
     fcntl = None
-import numpy as np
 import tokenizers
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
@@ -206,7 +204,16 @@ SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake."""
+    """argparse, but a bad command line is one line (`error: ...`, exit status 2), like every other mistake; so is a
+    flag given twice (argparse would keep the last one silently: a typo must fail)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, Once)  # every flag that stores a value, a subcommand's too
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = set()  # the flags Once has stored
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog.split()[0]} --help)")
@@ -218,12 +225,11 @@ def positive_int(text):  # an argparse type: a whole number above 0
     return int(text)
 
 
-class Once(argparse.Action):
-    """Store a flag's value, refusing the flag given twice (argparse would keep the last one silently)."""
-
+class Once(argparse.Action):  # Parser's way to store a value: a flag given twice is refused
     def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest) is not None:
+        if option_string and self.dest in parser.given:
             parser.error(f"{option_string} is given twice")
+        parser.given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
@@ -649,12 +655,6 @@ def setup_distributed(device):
         raise UserError(f"torchrun: cannot join the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
                         f"({str(e).splitlines()[0]})") from None
     return torch.distributed.get_rank(), device
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class ConsoleHandler(logging.Handler):

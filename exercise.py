@@ -619,9 +619,25 @@ def command(args):
     return grade(lambda name: contextlib.nullcontext(ROOT), [args.name], args.timeout)
 
 
-class Parser(argparse.ArgumentParser):  # as engine.Parser: a bad command line is one line, exit status 2
+class Parser(argparse.ArgumentParser):  # as engine.Parser: a bad command line, a flag given twice too, is one line
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, Once)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = set()  # the flags Once has stored
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
         raise ExerciseError(f"{message} (see python {self.prog.split()[0]} --help)")
+
+
+class Once(argparse.Action):  # as engine.Once
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string and self.dest in parser.given:
+            parser.error(f"{option_string} is given twice")
+        parser.given.add(self.dest)
+        setattr(namespace, self.dest, values)
 
 
 def main(argv=None):

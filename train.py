@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 import calrec  # noqa: E402
 import maml  # noqa: E402
-from engine import (Once, Parser, apply_settings, check_out_dir, describe, format_value, kept_if_refused,  # noqa: E402
-                    name_value, open_log_file, pick_device, refusal, seed_everything, seed_number,
+from engine import (Parser, apply_settings, check_out_dir, describe, format_value, kept_if_refused,  # noqa: E402
+                    name_value, open_log_file, pick_device, refusal, seed_number,
                     setup_distributed, setup_logging, show_config, thread_count)
 from model import UserError, error_line  # noqa: E402
 
@@ -65,26 +65,26 @@ def build_parser():
                allow_abbrev=False)  # a typo must fail, not silently match another flag
     g = p.add_argument_group("the run")
     g.add_argument("--task", choices=tuple(PRESETS), required=True, help="which experiment to run")
-    g.add_argument("--data", nargs="+", action=Once, metavar="DIR", help="real data instead of the built-in: calrec "
+    g.add_argument("--data", nargs="+", metavar="DIR", help="real data instead of the built-in: calrec "
                    "takes one folder per domain, maml the GLUE folder (python data.py fetches them)")
-    g.add_argument("--out-dir", action=Once, help="where checkpoints, the log and results.json go (default: out/TASK)")
-    g.add_argument("--init", action=Once, help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
+    g.add_argument("--out-dir", help="where checkpoints, the log and results.json go (default: out/TASK)")
+    g.add_argument("--init", help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir (after a crash, a kill "
                    "or Ctrl-C) with the same flags: it ends with the results the uninterrupted run would have given")
-    g.add_argument("--seed", type=seed_number, action=Once, help="seed for every random number generator (default: 0)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), action=Once,
+    g.add_argument("--seed", type=seed_number, help="seed for every random number generator (default: 0)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), action=Once,
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="calrec: mixed precision on a GPU (default float32; the CPU always computes in float32)")
     g.add_argument("--compile", action="store_true", help="calrec: torch.compile the towers' forward on a GPU")
-    g.add_argument("--threads", type=thread_count, action=Once,
+    g.add_argument("--threads", type=thread_count,
                    help="CPU threads for torch (default 1: extra threads can be far slower on a shared machine)")
     g = p.add_argument_group("the settings (python train.py --task TASK --show-config lists them all)")
     g.add_argument("--show-config", action="store_true", help="print every setting, its value and what it allows; stop")
     g.add_argument("--set", type=name_value, action="append", default=[], metavar="NAME=VALUE",
                    help="change one setting, e.g. --set every_position=false; may be repeated")
     for name in ALIASES:
-        g.add_argument("--" + name.replace("_", "-"), action=Once, metavar="VALUE", help=alias_help(name))
+        g.add_argument("--" + name.replace("_", "-"), metavar="VALUE", help=alias_help(name))
     return p
 
 
@@ -171,7 +171,7 @@ def command(argv):
     rank, device = setup_distributed(device)
     setup_logging(rank)
     seed = args.seed or 0
-    seed_everything(seed)  # the same seed on every process: they draw the same global batches
+    torch.manual_seed(seed)  # the same seed on every process (each task draws with generators of its own seed too)
     handler = None
     try:
         # every input is read and checked first; nothing is written to --out-dir before prepare returns

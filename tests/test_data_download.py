@@ -679,6 +679,8 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
     (["few-shot", "--seeds", "4294967296"], "--seeds: expected comma-separated integers from 0 to 4294967295"),
     (["amazon", "Tools", "--url", "mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
     (["amazon", "Tools", "--url", "ftp://mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
+    (["few-shot", "--k", "8", "--k", "16"], "--k is given twice"),  # not the last one, silently
+    (["amazon", "Tools", "--min-count", "5", "--min-count", "3"], "--min-count is given twice"),
 ])
 def test_bad_flags_fail_at_once(capsys, argv, message):
     code, _, err = run_main(capsys, argv)

@@ -513,7 +513,9 @@ def test_refusals_write_nothing(tmp_path):
 
 @pytest.mark.parametrize("args", [(), ("frobnicate",), ("list", "extra"), ("check",), ("grade",),
                                   ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon"),
-                                  ("check", "info-nce", "--timeout", "2147484")])
+                                  ("check", "info-nce", "--timeout", "2147484"),
+                                  ("check", "info-nce", "--timeout", "5", "--timeout", "9"),  # not the last one, silently
+                                  ("handout", "bm25", "--out", "hw1", "--out", "hw2")])
 def test_a_command_line_mistake_is_one_line(args):
     refused = cli(*args)
     assert refused.returncode == 2 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, (

@@ -41,6 +41,7 @@ def test_help_lists_every_flag(capsys):
     (["--task", "calrec", "--tau", "0.1", "--set", "tau=0.2"], "setting tau is given twice"),
     (["--task", "calrec", "--beams", "2", "--beams", "3"], "--beams is given twice"),
     (["--task", "calrec", "--data", "a", "--data", "b"], "--data is given twice"),
+    (["--task", "calrec", "--task", "maml"], "--task is given twice"),
     (["--task", "maml", "--n-train", "10,x"], "n_train='10,x': expected comma-separated, each int > 0"),
     (["--task", "maml", "--n-train", "10,,20"], "n_train='10,,20': expected comma-separated"),  # not (10, 20)
     (["--task", "maml", "--n-train", "10,"], "n_train='10,': expected comma-separated"),
