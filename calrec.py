@@ -31,7 +31,7 @@ from tqdm import tqdm
 import data
 import calrec_extras as extras
 import evaluation as ev
-from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_fits, check_memory, check_settings,
+from engine import (RunState, all_reduce_sum, autocast, beam_floats, check_memory, check_settings,
                     fingerprint, gather_rows, grad_scaler, load_init, lr_at, my_share, rank_and_world, save_checkpoint,
                     save_tokenizer, setting, train_and_select, training_floats)
 from model import GPT, GPTConfig, UserError, mean_pool
@@ -553,7 +553,6 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     c = (lm.config if lm else GPTConfig(**state.done["lm_config"]) if resume else  # a state holds it from its 1st save
          GPTConfig(block_size=cfg.block_size, vocab_size=tokenizer.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                    n_embd=cfg.n_embd, dropout=cfg.dropout))
-    check_fits(tokenizer, c.vocab_size)
     # the LM's own sizes (--init's may differ from the settings), as results.json reports them
     cfg = dataclasses.replace(cfg, block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd)

@@ -408,9 +408,11 @@ def read_atomic(folder):
         attributes, missing, entries = _read_text_files(f"{path}.text", f"{path}.item2index")
     else:
         raw = [f for f in sorted(os.listdir(folder)) if re.search(r"(_5|^meta_.*)\.json(\.gz)?$", f)]
+        inner = [f"{folder}/{d}" for d in sorted(os.listdir(folder)) if os.path.isfile(f"{folder}/{d}/{d}.test.inter")]
         raise UserError(f"{os.path.join(folder, raw[0])}: raw Amazon 2018 files; convert them into a benchmark folder "
                         "first: python data.py amazon CATEGORY --url file:///FOLDER (FOLDER as the Amazon site)" if raw
-                        else f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder)")
+                        else f"{folder}: has neither {name}.item nor {name}.text (a benchmark folder)"
+                        + (f"; it holds {', '.join(inner)}: give those" if inner else ""))
     if missing:
         log.info(f"{folder}: missing attribute values written as Unknown: "
                  + ", ".join(f"{k} {v}" for k, v in missing.items()))

@@ -398,7 +398,8 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
             named = [path for path in paths if str(e).startswith(path)]
             for path in named:
                 os.remove(path)
-            raise UserError(f"{e}; deleted, so a rerun downloads it again" if named else str(e)) from None
+            raise UserError(f"{e}; deleted, so a rerun downloads it again (the same error again: the source's copy is "
+                            "not as Amazon 2018 wrote it)" if named else str(e)) from None
         if not domain.test:
             raise UserError(f"{paths[0]}: no user is left after the {min_count}-core; a smaller --min-count?")
         if not domain.train:  # train.py needs a training sequence of two items or more: a user of 4 items or more

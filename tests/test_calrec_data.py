@@ -373,6 +373,14 @@ def test_a_folder_renamed_or_linked_under_another_name_is_named_by_its_files(tmp
         data.read_atomic(str(tmp_path / "Renamed"))
 
 
+def test_the_folder_that_holds_benchmark_folders_names_them(tmp_path):
+    (tmp_path / "amazon").mkdir()
+    text_folder(tmp_path / "amazon")  # amazon/Sci, beside its downloads, as python data.py amazon --out amazon writes
+    with pytest.raises(data.UserError, match=f"{tmp_path}/amazon: has neither amazon.item nor amazon.text \\(a "
+                       f"benchmark folder\\); it holds {tmp_path}/amazon/Sci: give those$"):
+        data.read_atomic(str(tmp_path / "amazon"))
+
+
 def test_an_item_file_that_is_a_folder_is_named(tmp_path):
     folder = toys_folder(tmp_path, ["item_id:token\ttitle:token_seq", "7\tYo-yo", "9\tKite"])
     (folder / "Toys.item").unlink()

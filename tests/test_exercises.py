@@ -234,6 +234,11 @@ def test_handout_check_grade_end_to_end(tmp_path):
     assert "info-nce: 0 of 2 graders pass" in graded.stdout
     assert f"the tracebacks (with the tests/ it holds): cd {out} && {sys.executable} -m pytest " in graded.stdout
     assert "the tracebacks: cd" not in checked.stdout  # check runs where the student is
+    shutil.rmtree(out / "tests")  # a tree without its graders: nothing to check with, said in one line
+    checked = cli("check", "info-nce", cwd=str(out))
+    assert (checked.returncode, checked.stdout, checked.stderr) == (
+        2, "", f"error: {out / 'tests' / 'test_calrec.py'}: no such file; the graders are in a handout's tests/ (a "
+               "fresh handout has them)\n")
 
 
 def test_grading_reads_the_handouts_code_whatever_pythonpath_and_pytest_addopts_say(tmp_path):
@@ -514,7 +519,7 @@ def test_refusals_write_nothing(tmp_path):
 @pytest.mark.parametrize("args", [(), ("frobnicate",), ("list", "extra"), ("check",), ("grade",),
                                   ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon"),
                                   ("check", "info-nce", "--timeout", "2147484"),
-                                  ("check", "info-nce", "--timeout", "5", "--timeout", "9"),  # not the last one, silently
+                                  ("check", "info-nce", "--timeout", "5", "--timeout", "9"),  # not the last, silently
                                   ("handout", "bm25", "--out", "hw1", "--out", "hw2")])
 def test_a_command_line_mistake_is_one_line(args):
     refused = cli(*args)
