@@ -409,7 +409,7 @@ class CALRecConfig:
     top_k: int = setting(20, ">= 20", "length of every ranked list (the metrics read it to rank 20)")
     eval_batch: int = setting(50, ">= 1", "users per beam-search batch")
     bm25_valid_users: int = setting(200, ">= 0", "validation users of beam search's rows and check (0: all)")
-    prior_weights: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), ">= 0", "[beyond] lambda candidates")
+    prior_weights: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), "0..1e30", "[beyond] lambda candidates")
     recent_weights: tuple[float, ...] = setting((0.0, 0.2, 0.4, 0.6, 0.8), "0..1", "[beyond] mu candidates")
     recent_decays: tuple[float, ...] = setting((0.25, 0.5, 0.75, 1.0), "0..1", "[beyond] gamma candidates")
     evaluate_test: bool = setting(True, None, "false: validation rows only (an ablation never looks at test)")
