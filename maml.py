@@ -288,13 +288,13 @@ def task_loss(model):
 
 
 def pair_lengths(n_a, n_b, budget):
-    """Tokens text_a and text_b keep of n_a, n_b to fit `budget`: the longer side is cut first, as in BERT; when both
-    are cut, text_a gives up the odd token (BERT's text_b)."""
+    """Tokens text_a and text_b keep of n_a, n_b to fit `budget`, as BERT's _truncate_seq_pair cuts them: the longer
+    side first, text_b when they are as long."""
     if n_a + n_b <= budget:
         return n_a, n_b
     if 2 * min(n_a, n_b) <= budget:  # the shorter side stays whole; the longer is cut to the rest
         return (n_a, budget - n_a) if n_a <= n_b else (budget - n_b, n_b)
-    return budget // 2, budget - budget // 2  # both are cut to a half
+    return budget - budget // 2, budget // 2  # both are cut to a half, text_b one token shorter if budget is odd
 
 
 def encode_examples(tokenizer, split, max_len):

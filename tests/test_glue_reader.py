@@ -162,9 +162,10 @@ def test_blank_lines_are_skipped(tmp_path):
 
 
 def old_trim(a, b, budget):
-    """encode_examples' former loop, one token at a time (O(n^2) on a long sentence): the reference."""
+    """BERT's _truncate_seq_pair, one token at a time (O(n^2) on a long sentence): the longer loses its last token,
+    text_b when they are as long. The reference."""
     while len(a) + len(b) > budget:
-        a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
+        a, b = (a[:-1], b) if len(a) > len(b) else (a, b[:-1])
     return a, b
 
 
