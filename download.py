@@ -243,20 +243,20 @@ PRICE = re.compile(r"\$?\d[\d,]*(\.\d+)?( - \$?\d[\d,]*(\.\d+)?)?")  # $12.99, $
 
 
 def _meta_value(path, line_no, record, key, skipped):
-    """A metadata field as text, '' when missing, its HTML entities decoded ('&amp;' -> '&', as UniSRec's clean_text)
-    and tags within it left out ('<b>'; not '< 10k >'). The category path (a list) is joined without its root. Page
-    markup instead of text (a value, or a category, that starts with '<'; style rules, '{color:gray}'; a value past
-    2,000 characters, UniSRec's limit, counted as such; a price that is no price) counts in `skipped` and as missing."""
+    """A metadata field as the page shows it, '' when missing: its tags left out ('<b>'; not '< 10k >'), then its HTML
+    entities decoded ('&amp;' -> '&', as UniSRec's clean_text; '&lt;b&gt;' is text, '<b>'). The category path (a list)
+    is joined without its root. Page markup instead of text (a value, or a category, that starts with '<'; style
+    rules, '{color:gray}'; a value past 2,000 characters, UniSRec's limit, counted as such; a price that is no price)
+    counts in `skipped` and as missing."""
     v = _field(path, line_no, record, key, "texts" if key == "category" else "text")
-    if isinstance(v, list):  # the root dropped, and any markup among the categories
-        v = " ".join(x for x in map(shown, v[1:]) if x and not x.startswith("<"))
-    v = "" if v is None else shown(v)  # markup as the page has it: an escaped '&lt;' is text
-    text = fold_whitespace(re.sub(r"<[A-Za-z/!][^<>]*>", " ", html.unescape(v)))
-    if v.startswith("<") or re.search(r"\{[^{}]*:[^{}]*\}", v) or len(text) > 2000 or (
-            key == "price" and text and not PRICE.fullmatch(text)):
+    values = [] if v is None else v[1:] if isinstance(v, list) else [v]
+    kept = [x for x in values if not x.strip().startswith("<")]  # and any markup among the categories
+    text = fold_whitespace(" ".join(shown(html.unescape(re.sub(r"<[A-Za-z/!][^<>]*>", " ", x))) for x in kept))
+    markup = len(kept) < len(values) and not isinstance(v, list) or re.search(r"\{[^{}]*:[^{}]*\}", text)
+    if markup or len(text) > 2000 or key == "price" and text and not PRICE.fullmatch(text):
         skipped[key, " over 2,000 characters" if len(text) > 2000 else ""] += 1
         return ""
-    return shown(text)  # '' where only a tag made it show something ('\u200b<br>')
+    return text
 
 
 def _read_meta(path):

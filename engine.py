@@ -693,7 +693,7 @@ def setup_logging(rank):
 def held(folder, flag):
     """`folder` for this process alone while the block runs: a second train.py or data.py writing there, whose files
     would mix with this one's, is refused. The folders made for it go again if they are left empty."""
-    made = [folder]  # the folders made for it, deepest first
+    made = [os.path.normpath(folder)]  # the folders made for it, deepest first ('a/./b': a/b, a)
     while not os.path.isdir(made[-1]) and made[-1] != os.path.dirname(made[-1]):
         made.append(os.path.dirname(made[-1]))
     os.makedirs(folder, exist_ok=True)
@@ -710,7 +710,7 @@ def held(folder, flag):
         if fd is not None:
             os.close(fd)
         for path in made[:-1]:  # a refused run leaves nothing
-            if os.path.isdir(path) and not os.listdir(path):
+            with contextlib.suppress(OSError):  # one that is not empty (another run's now) stays
                 os.rmdir(path)
 
 
@@ -733,9 +733,9 @@ def set_aside(out_dir, names, aside):
 def kept_if_refused(out_dir, names, fresh):
     """A run refused part-way (an error that is no bug: a diverged loss, a full disk, ...) leaves out_dir's files
     `names` as it found them: each is hard-linked aside first (a write replaces a file whole) and put back, log.txt cut
-    back to its length, new files removed (a bug too, but its log stays). A `fresh` run (not resumed) starts without the
-    earlier run's files but log.txt, so that they never mix with its own, even if it is interrupted. A second train.py
-    there is refused."""
+    back to its length, new files removed. A `fresh` run (not resumed) starts without the earlier run's files but
+    log.txt, so that they never mix with its own, even if it is interrupted or crashes (its state is what --resume
+    reads). A second train.py there is refused."""
     aside = os.path.join(out_dir, f".earlier{os.getpid()}")
     with held(out_dir, "--out-dir"):
         try:
@@ -750,7 +750,7 @@ def kept_if_refused(out_dir, names, fresh):
             yield
         except Exception as e:
             refused, failed = refusal(e), []  # main's one line, or None (a bug)
-            for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused or n != "log.txt"):
+            for n, path in ((n, os.path.join(out_dir, n)) for n in names if refused):  # a bug's state is --resume's
                 try:
                     if n in sizes:
                         os.truncate(path, sizes[n]) if n == "log.txt" else os.replace(os.path.join(aside, n), path)
@@ -760,8 +760,8 @@ def kept_if_refused(out_dir, names, fresh):
                     failed.append(f"{n} ({why.strerror})")
             if failed:
                 os.replace(aside, kept := os.path.join(out_dir, f"earlier-files-{os.getpid()}"))
-                raise UserError(f"{refused or repr(e)}; and {', '.join(failed)} could not be put back: the earlier "
-                                f"run's files are in {kept}") from None
+                raise UserError(f"{refused}; and {', '.join(failed)} could not be put back: the earlier run's files "
+                                f"are in {kept}") from None
             raise
         finally:
             shutil.rmtree(aside, ignore_errors=True)

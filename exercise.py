@@ -618,7 +618,7 @@ def command(args):
         return experiments(args.write)
     missing = [f for f in dict.fromkeys(t.split("::")[0] for t in exercise_named(args.name).tests)
                if not os.path.isfile(os.path.join(ROOT, f))]
-    if missing:  # a tests/ removed, emptied or replaced: nothing to grade with
+    if missing:  # a tests/ removed, or its files: nothing to grade with
         raise ExerciseError(f"{os.path.join(ROOT, missing[0])}: no such file; the graders are in a handout's tests/ "
                             "(a fresh handout has them)")
     return grade(lambda name: contextlib.nullcontext(ROOT), [args.name], args.timeout)

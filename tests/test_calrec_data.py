@@ -82,9 +82,9 @@ def test_raw_metadata_entities_decoded_markup_left_out_and_long_titles_kept(tmp_
     # is no price, missing
     meta[3].update(title="Widget <b>Bold</b> Zero<br/>", price=".a-box-inner{background-color:#fff}#a .x{color:gray}")
     meta[4].update(price="Currently unavailable.")
-    # '<' as text: escaped by the page ('&lt;3'), or not before a letter ('R < 10k > 1k'); a value that shows nothing
-    # once its tag is left out (a zero-width space, then '<br>') is missing
-    meta[6].update(title="&lt;3 Heart, R < 10k > 1k", brand="\u200b<br>")
+    # '<' as text: escaped by the page ('&lt;3', '&lt;b&gt;'), or not before a letter ('R < 10k > 1k'); a value, or
+    # a category, that shows nothing once its tags are left out and its entities decoded is missing
+    meta[6].update(title="&lt;3 Heart, R < 10k > 1k &lt;b&gt;", brand="\u200b<br>", category=["Root", "&#8203;", "G"])
     rev, path = str(tmp_path / "Tools_5.json"), str(tmp_path / "meta_Tools.json")
     write_lines(rev, raw_reviews())
     write_lines(path, meta)
@@ -96,7 +96,7 @@ def test_raw_metadata_entities_decoded_markup_left_out_and_long_titles_kept(tmp_
     assert items["B"] == {"Title": long_title.strip(), "Category": "Tools B", "Brand": "Acme",
                           "Price": "$12.99 - $1,015.00"} and "C" not in items
     assert items["D"]["Title"] == "Widget Bold Zero" and "Price" not in items["D"] and "Price" not in items["E"]
-    assert items["G"] == {"Title": "<3 Heart, R < 10k > 1k", "Category": "Tools G", "Price": "$1"}
+    assert items["G"] == {"Title": "<3 Heart, R < 10k > 1k <b>", "Category": "G", "Price": "$1"}
     assert "treated as missing: title 1, price 2" in caplog.text
 
 

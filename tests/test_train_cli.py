@@ -137,18 +137,22 @@ def test_a_resumed_run_keeps_the_files_of_its_earlier_pieces(tmp_path, fresh):
     assert (tmp_path / "b.pt").read_text() == "new" and (tmp_path / "log.txt").read_text() == "earlier"
 
 
-def test_a_bug_part_way_puts_the_earlier_runs_files_back_and_keeps_its_log(tmp_path):
+def test_a_crash_part_way_keeps_its_state_for_resume_as_an_interrupt_does(tmp_path):
     for name in ("ckpt.pt", "results.json", "log.txt"):  # a finished run's
         (tmp_path / name).write_text("earlier\n")
     with pytest.raises(RuntimeError), engine.kept_if_refused(str(tmp_path), ("ckpt.pt", "results.json", "state.pt",
                                                                              "log.txt"), True):
         engine.atomic_write(str(tmp_path / "state.pt"), lambda f: f.write("mine"))
-        with open(tmp_path / "log.txt", "a") as f:
-            f.write("the run's own lines\n")
-        raise RuntimeError("a bug, not the user's")
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "log.txt", "results.json"]
-    assert [(tmp_path / n).read_text() for n in ("ckpt.pt", "results.json", "log.txt")] == [
-        "earlier\n", "earlier\n", "earlier\nthe run's own lines\n"]  # the log tells what happened
+        raise RuntimeError("a bug, not the user's")  # README: --resume continues a run after a crash
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "state.pt"] and (tmp_path / "state.pt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("out", ["new/./nested", "new/nested/"])
+def test_a_refused_run_leaves_no_folder_it_made(tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(engine.UserError), engine.kept_if_refused(out, ("log.txt",), True):
+        raise engine.UserError("refused part-way")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.skipif(engine.fcntl is None, reason="no file locks on this system (Windows): runs are not held apart")
