@@ -674,12 +674,12 @@ def load_glue(root, names, target=False):
 def few_shot_folders(root, name):
     """The LM-BFF few-shot splits root/<name>/16-<seed>/ (sorted by seed), or [] when there are none."""
     folder = os.path.join(root, name)
-    for path in (p for p in (root, folder) if os.path.lexists(p) and not os.path.isdir(p)):  # a file, a dead link
-        raise UserError(f"{path}: is not a folder; the 16-shot splits of {name} go there (python data.py few-shot)")
+    for path in (p for p in (root, folder) if os.path.lexists(p)):  # a file, a dead link, a folder one cannot read
+        if not (os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)):
+            raise UserError(f"{path}: not a folder one can read; {name}'s 16-shot splits go there (data.py few-shot)")
     names = [d for d in os.listdir(folder) if d.startswith("16-")] if os.path.isdir(folder) else []
-    for d in names:
-        if not re.fullmatch(r"16-(0|[1-9][0-9]*)", d) or not os.path.isdir(os.path.join(folder, d)):  # 16-013, 16-²
-            raise UserError(f"{os.path.join(folder, d)}: not a 16-shot folder (a folder 16-<seed>, the seed in digits)")
+    for d in (d for d in names if not (re.fullmatch(r"16-(0|[1-9][0-9]*)", d) and os.path.isdir(f"{folder}/{d}"))):
+        raise UserError(f"{folder}/{d}: not a 16-shot folder (a folder 16-<seed>, the seed with no leading 0)")
     return [os.path.join(folder, d) for d in sorted(names, key=lambda d: int(d[3:]))]
 
 

@@ -428,8 +428,7 @@ def grade(tree, names, timeout, where=None):
     fails to import, loops or ends the process costs its own exercise only), and print a score per exercise; 0 if
     every one passes. where: the folder whose copy the tree is, where the printed pytest command runs (None: the
     working folder)."""
-    exercises = [exercise_named(n) for n in names]
-    total = 0
+    exercises, failed = [exercise_named(n) for n in names], []
     for ex in exercises:
         with tree(ex.name) as root:
             try:
@@ -447,12 +446,12 @@ def grade(tree, names, timeout, where=None):
             if not ok:
                 print(f"  FAILED {test.split('::', 1)[1]}")
                 print("\n".join("    " + line for line in message.splitlines()))
-        total += bool(mine) and passed == len(mine)
-    if total < len(exercises):
+        failed += [] if mine and passed == len(mine) else [ex]
+    if failed:
         cd = f"cd {shlex.quote(where)} && " if where else ""
         print(f"the tracebacks{' (with the tests/ it holds)' if where else ''}: {cd}{sys.executable} -m pytest "
-              + " ".join(t for ex in exercises for t in ex.tests))
-    return 0 if total == len(exercises) else 1
+              + " ".join(t for ex in failed for t in ex.tests))  # of the exercises not done
+    return 1 if failed else 0
 
 
 def refuse_links_out(folder, copy):
@@ -566,7 +565,8 @@ def answer(number, commands, output):
     res = {d: json.load(open(os.path.join(ROOT, d, "results.json"), encoding="utf-8")) for d in dirs}
     if number == 5:
         methods = res[dirs[0]]["methods"]
-        return "\n".join(["| method | " + " | ".join(f"MSE after {k} steps" for k in methods["maml"]) + " |",
+        steps = [f"MSE after {k} step{'s' * (k != '1')}" for k in methods["maml"]]  # as train.py's table says it
+        return "\n".join(["| method | " + " | ".join(steps) + " |",
                           "|---|" + "---|" * len(methods["maml"])] + [
             f"| {m} | " + " | ".join(f"{v['mse']:.3f} ± {v['mse_ci95']:.3f}" for v in r.values()) + " |"
             for m, r in methods.items()])

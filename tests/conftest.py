@@ -12,7 +12,7 @@ import torch
 
 # Tests that read real data take its folder from one environment variable: a folder holding amazon/Scientific
 # (the RecBole/UniSRec benchmark files), glue/ and glue-16shot/ (the official GLUE layout, LM-BFF's splits).
-# Without it they are skipped, with a reason. `python data.py --help` fetches the data.
+# Without it they are skipped, with a reason. `python data.py --help` says how to fetch the data.
 REAL_DATA_DIR = os.environ.get("REAL_DATA_DIR")
 
 

@@ -646,9 +646,9 @@ CASES = {
                                                                              "RTE", "16-013")),
                                                "RTE/16-013: not a 16-shot folder (a folder 16-<seed>", SMALL_GLUE),
     "glue-16shot a file": glue(lambda g: write_lines(os.path.join(os.path.dirname(g), "glue-16shot"), ["x"]),
-                               "glue-16shot: is not a folder; the 16-shot splits of RTE go there", SMALL_GLUE),
+                               "glue-16shot: not a folder one can read; RTE's 16-shot splits go there", SMALL_GLUE),
     "glue-16shot a link to nowhere": glue(lambda g: os.symlink(os.path.join(os.path.dirname(g), "nowhere"), os.path.join(
-        os.path.dirname(g), "glue-16shot")), "glue-16shot: is not a folder; the 16-shot splits of RTE go there", SMALL_GLUE),
+        os.path.dirname(g), "glue-16shot")), "glue-16shot: not a folder one can read; RTE's 16-shot splits go there", SMALL_GLUE),
     "16-shot folder a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot", "RTE")) or
                                   write_lines(os.path.join(os.path.dirname(g), "glue-16shot", "RTE", "16-13"), ["x"]),
                                   "RTE/16-13: not a 16-shot folder (a folder", SMALL_GLUE),
@@ -843,7 +843,7 @@ CASES = {
                                                "tokenizer.json: does not encode text as GPT-2's tokenizer does"),
     "glue 16-shot task a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot")) or
                                      open(os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "w").close(),
-                                     "glue-16shot/RTE: is not a folder; the 16-shot splits of RTE go there",
+                                     "glue-16shot/RTE: not a folder one can read; RTE's 16-shot splits go there",
                                      flags=SMALL_GLUE),
     "valid target not the item before the test target": calrec_data(lambda d: shutil.copy(
         os.path.join(d, "Alpha.test.inter"), os.path.join(d, "Alpha.valid.inter")),

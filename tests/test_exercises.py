@@ -233,6 +233,8 @@ def test_handout_check_grade_end_to_end(tmp_path):
     assert "round-robin: 1 of 1 graders pass -- done" in graded.stdout
     assert "info-nce: 0 of 2 graders pass" in graded.stdout
     assert f"the tracebacks (with the tests/ it holds): cd {out} && {sys.executable} -m pytest " in graded.stdout
+    hint = graded.stdout.split("the tracebacks")[1]  # the graders of info-nce, not those of round-robin, done
+    assert "test_info_nce_equals_naive_loop" in hint and "test_merge_round_robin" not in hint, hint
     assert "the tracebacks: cd" not in checked.stdout  # check runs where the student is
     shutil.rmtree(out / "tests")  # a tree without its graders: nothing to check with, said in one line
     checked = cli("check", "info-nce", cwd=str(out))

@@ -235,3 +235,17 @@ def test_glue_s_own_unlabelled_test_file_is_left_out_and_a_labelled_one_read(tmp
     with open(os.path.join(folder, "test.tsv"), "w", encoding="utf-8") as f:
         f.write(LAYOUTS[name])  # a labelled test split (a re-split of GLUE's files): the one the task reports on
     assert len(data.glue_task(name, folder)["test"]["y"]) == 2
+
+
+def test_16_shot_folders_that_cannot_be_read_are_refused_not_taken_for_none(monkeypatch, tmp_path):
+    """A glue-16shot (or its RTE/) without read or search permission hides its 16-<seed> folders: a run must not go on
+    without the 16-shot rows as if there were none. (os.access stands in for the permissions: root may read anything.)"""
+    root = tmp_path / "glue-16shot"
+    (root / "RTE" / "16-13").mkdir(parents=True)
+    real = os.access
+    for hidden in (root, root / "RTE"):
+        monkeypatch.setattr(os, "access", lambda path, mode, h=str(hidden): os.fspath(path) != h and real(path, mode))
+        with pytest.raises(data.UserError, match=f"{hidden}: not a folder one can read; RTE's 16-shot splits go there"):
+            data.few_shot_folders(str(root), "RTE")
+    monkeypatch.setattr(os, "access", real)
+    assert data.few_shot_folders(str(root), "RTE") == [str(root / "RTE" / "16-13")]
