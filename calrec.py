@@ -318,8 +318,7 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
     beyond the paper), written as catalog items in beam order. catalog: the target's global indices (examples hold
     local ones); twins: a key per item, equal where the path cannot tell items apart. Also the first best beams."""
     lm.eval()
-    lists, samples = [], []
-    beams = cfg.beams if trie is None else cfg.constrained_beams
+    lists, samples, beams = [], [], cfg.beams if trie is None else cfg.constrained_beams
     for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):
         histories = [hist for hist, _ in examples[s:s + cfg.eval_batch]]
         prompts = [builder.prompt([catalog[i] for i in hist]) for hist in histories]

@@ -230,8 +230,7 @@ def _world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour):
 def make_world(seed=0, users_per_domain=500, min_len=4, max_len=6, p_stay=0.85, p_colour=0.85,
                cold_fraction=0.1, price_missing=0.05):
     """One Domain per entry of WORLD_DOMAINS, deterministic in `seed`."""
-    rng = random.Random(seed)
-    domains = []
+    rng, domains = random.Random(seed), []
     for d, (name, chain) in enumerate(WORLD_DOMAINS.items()):
         items, keys, index, cold = _world_catalog(rng, d, name, chain, price_missing, cold_fraction)
         sequences = [_world_user(rng, chain, index, cold, min_len, max_len, p_stay, p_colour)

@@ -483,7 +483,7 @@ def few_shot_runs(task, encode, root, test, reported):
     """One run per LM-BFF 16-shot folder of a target: its own train and dev, scored on the reported split."""
     def pairs(split):
         return list(zip(split["text_a"], split["text_b"] or [None] * len(split["text_a"])))
-    reported_pairs, runs, folders = pairs(task[reported]), [], data.few_shot_folders(root, task["name"])
+    reported_pairs, runs, splits, folders = pairs(task[reported]), [], {}, data.few_shot_folders(root, task["name"])
     if not folders:  # where data.py few-shot writes them, with its default --k
         log.warning(f"{os.path.join(root, task['name'])}: no 16-shot splits (16-<seed>/), so no 16-shot rows")
     for folder in folders:
@@ -492,7 +492,10 @@ def few_shot_runs(task, encode, root, test, reported):
             per_label = np.unique(np.asarray(y) >= 2.5 if task["kind"] == "regression" else y, return_counts=True)[1]
             if per_label.tolist() != [16] * (2 if task["kind"] == "regression" else len(task["labels"])):
                 raise UserError(f"{folder}: {split} holds {per_label.tolist()} examples per label, not 16 of each")
-        seen = set(pairs(shot["train"]) + pairs(shot["dev"]))  # the reported examples these hold are left out
+        train, dev = frozenset(pairs(shot["train"])), frozenset(pairs(shot["dev"]))
+        if train == dev or train in splits:  # LM-BFF draws each seed's two splits apart: a copy is no other seed
+            raise UserError(f"{folder}: train.tsv holds the same examples as {splits.get(train, 'its dev.tsv')}")
+        seen, splits[train] = train | dev, os.path.join(folder, "train.tsv")  # reported examples seen here: left out
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
         if len(keep) == 0:
             raise UserError(f"{folder}: holds every example of the {reported} split; none is left to report on")

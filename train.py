@@ -71,7 +71,7 @@ def build_parser():
     g.add_argument("--init", help="start from a project checkpoint (.pt) or a Hugging Face GPT-2 folder")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir (after a crash, a kill "
                    "or Ctrl-C) with the same flags: it ends with the results the uninterrupted run would have given")
-    g.add_argument("--seed", type=seed_number, help="seed for every random number generator (default: 0)")
+    g.add_argument("--seed", type=seed_number, default=0, help="seed for every random number generator (default: 0)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto (the default) picks cuda, then mps (calrec only), then cpu; sinusoid runs on the cpu")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
@@ -170,22 +170,21 @@ def command(argv):
     device = "cpu" if args.task == "sinusoid" else pick_device(args.device or "auto", mps=args.task == "calrec")
     rank, device = setup_distributed(device)
     setup_logging(rank)
-    seed = args.seed or 0
-    torch.manual_seed(seed)  # the same seed on every process (each task draws with generators of its own seed too)
+    torch.manual_seed(args.seed)  # the same seed on every process (each task draws with generators of its own seed too)
     handler = None
     try:
         # every input is read and checked first; nothing is written to --out-dir before prepare returns
         if args.task == "calrec":
-            exp = calrec.prepare(cfg, args.data, args.out_dir, seed, device, args.init, args.resume,
+            exp = calrec.prepare(cfg, args.data, args.out_dir, args.seed, device, args.init, args.resume,
                                  *(args.dtype or "float32", args.compile) if device != "cpu" else ("float32", False))
         elif args.task == "maml":
-            exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, seed, device, args.init,
+            exp = maml.prepare(cfg, args.data[0] if args.data else None, args.out_dir, args.seed, device, args.init,
                                args.resume)
         with kept_if_refused(args.out_dir, OUTPUTS, not args.resume) if rank == 0 else contextlib.nullcontext():
             if rank == 0:
                 handler = open_log_file(args.out_dir, argv, args.resume)
             if args.task == "sinusoid":
-                return maml.run_sinusoid(cfg, args.out_dir, seed)
+                return maml.run_sinusoid(cfg, args.out_dir, args.seed)
             return (calrec if args.task == "calrec" else maml).run(exp)
     finally:
         if handler is not None:

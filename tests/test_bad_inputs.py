@@ -160,6 +160,16 @@ def numbered_bin(folder):
     torch.save({**weights, 0: torch.zeros(1)}, os.path.join(folder, "pytorch_model.bin"))
 
 
+def few_shot_split(glue, seed_folder, first, dev_first=32):
+    """glue-16shot/RTE/<seed_folder> beside the GLUE folder: train.tsv and dev.tsv of 16 examples of each label, made
+    up, the examples numbered from `first` and `dev_first` (the same: dev.tsv a copy of train.tsv)."""
+    for split, start in (("train", first), ("dev", dev_first)):
+        rows = "".join(f"{i}\tPremise {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
+                       for i in range(start, start + 32))
+        write_task(os.path.join(os.path.dirname(glue), "glue-16shot", "RTE"), seed_folder,
+                   "index\tsentence1\tsentence2\tlabel\n" + rows, (split,))
+
+
 SMALL_GLUE = ("--aux", "SST-2", "--targets", "RTE", "--n-train", "8")  # what the world's small GLUE files can train
 
 
@@ -483,6 +493,8 @@ CASES = {
                               flags=("--aux", "SST-2", "--targets", "RTE", "--n-train", "5000")),
     "two glue folders": lambda w, tmp: (["--task", "maml", "--data", w["glue"], w["glue"]], "takes one GLUE folder"),
     # --- --init
+    "init safetensors a broken link beside a .bin": init(gpt2_variant(lambda f: numbered_bin(f) or os.symlink(
+        os.path.join(f, "nowhere"), os.path.join(f, "model.safetensors"))), "model.safetensors: No such file or directory"),
     "init truncated safetensors": init(gpt2_variant(
         lambda f: open(os.path.join(f, "model.safetensors"), "r+b").truncate(300)), "model.safetensors"),
     "init config does not fit": init(gpt2_variant(lambda f: edit(os.path.join(f, "config.json"), '"n_embd": 32',
@@ -652,10 +664,14 @@ CASES = {
     "16-shot folder a file": glue(lambda g: os.makedirs(os.path.join(os.path.dirname(g), "glue-16shot", "RTE")) or
                                   write_lines(os.path.join(os.path.dirname(g), "glue-16shot", "RTE", "16-13"), ["x"]),
                                   "RTE/16-13: not a 16-shot folder (a folder", SMALL_GLUE),
-    "16-shot split holding every reported example": glue(lambda g: write_task(  # dev: two examples, 30 times each
+    "16-shot split holding every reported example": glue(lambda g: few_shot_split(g, "16-13", 0) or write_task(
         os.path.join(os.path.dirname(g), "glue-16shot", "RTE"), "16-13", (lambda rows: rows[0] + "".join(rows[1:3]) * 16)(
-            open(os.path.join(g, "RTE", "dev.tsv"), encoding="utf-8").read().splitlines(keepends=True))),
-        "RTE/16-13: holds every example of the dev split", SMALL_GLUE),
+            open(os.path.join(g, "RTE", "dev.tsv"), encoding="utf-8").read().splitlines(keepends=True)), ("train",)),
+        "RTE/16-13: holds every example of the dev split", SMALL_GLUE),  # ^ dev: two examples, 30 times each
+    "16-shot dev.tsv a copy of train.tsv": glue(lambda g: few_shot_split(g, "16-13", 0, 0),
+                                               "RTE/16-13: train.tsv holds the same examples as its dev.tsv", SMALL_GLUE),
+    "16-shot seed folder a copy of another": glue(lambda g: few_shot_split(g, "16-13", 0) or few_shot_split(g, "16-21", 0),
+                                                  "RTE/16-21: train.tsv holds the same examples as ", SMALL_GLUE),
     "16-shot split of other sizes": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
         os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [30, 30] examples per label, not "
         "16 of each", SMALL_GLUE),

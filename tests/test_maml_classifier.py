@@ -240,9 +240,10 @@ def tiny_glue(root):
     for name in ("SST-2", "RTE", "STS-B"):
         header, *rows = LAYOUTS[name].splitlines(keepends=True)
         held_out(write_task(str(root / "glue"), name, header + "".join(rows * 30)), name)
-    rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
-                   for i in range(32))  # 16 of each label
-    write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    for split, first in (("train", 0), ("dev", 32)):  # 16 of each label, drawn apart
+        rows = "".join(f"{i}\tPremise number {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n"
+                       for i in range(first, first + 32))
+        write_task(str(root / "glue-16shot" / "RTE"), "16-13", "index\tsentence1\tsentence2\tlabel\n" + rows, (split,))
 
 
 def test_a_glue_folder_reports_dev_and_runs_the_16_shot_folders(tmp_path, caplog):
