@@ -999,9 +999,8 @@ def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
 def test_resuming_after_the_16_shot_splits_changed_is_refused(world, tmp_path, capsys):
     """The run's data are the GLUE files and the 16-shot splits next to them: a changed split is other data."""
     g = copy(world["glue"], tmp_path / "glue")
-    rows = "".join(f"{i}\tPremise {i}.\tHypothesis {i}.\t{('entailment', 'not_entailment')[i % 2]}\n" for i in range(32))
-    shot = write_task(str(tmp_path / "glue-16shot"), os.path.join("RTE", "16-13"), "index\tsentence1\tsentence2\tlabel\n"
-                      + rows)
+    few_shot_split(g, "16-13", 0)
+    shot = str(tmp_path / "glue-16shot" / "RTE" / "16-13")
     argv = ["--task", "maml", "--data", g, *SMALL_GLUE[:4], "--n-train", "8", "--set", "meta_steps=2", "--set",
             "ft_steps=2", "--set", "eval_interval=1", "--set", "seeds=1", "--method", "maml", "--out-dir", str(tmp_path / "o")]
     train.main(argv)
