@@ -822,6 +822,21 @@ def test_catalog_trie_by_hand():
     got = trie.ranked_items([[([1, 2], -1.0), ([4, 9], -1.5), ([1, 2, eot], -2.0)]], [[]], 10)
     assert got == [[1, 5]], (f"ranked_items of the beams [1, 2], [4, 9] (unfinished: no end-of-text) and [1, 2, eot] "
                              f"(items 1 and 5): expected [[1, 5]], got {got}")
+    # GPT-2's end-of-text, 50256 (a Hugging Face GPT-2's tokenizer, which calrec.py passes on), and beams as
+    # beam_search returns them, ints of a tensor's .tolist(): an id equal to eot_id, not the same object (CPython
+    # shares one int object only for ids up to 256)
+    gpt2 = calrec_extras.CatalogTrie([[10, 20], [30]], 50256, 50257)
+    written = torch.tensor([[10, 20, 50256], [30, 50256, 0]]).tolist()
+    found = [[(written[0], -1.0), (written[1][:2], -2.0), (written[0][:2], -3.0)]]
+    got = gpt2.ranked_items(found, [[]], 5)
+    assert got == [[0, 1]], (f"ranked_items of the beams {[t for t, _ in found[0]]} (ints from a tensor's .tolist(), "
+                             f"the last unfinished) over the catalog [[10, 20], [30]], eot_id=50256 (GPT-2's): "
+                             f"expected [[0, 1]], got {got} (end-of-text compared by identity, `is`, not by value?)")
+    allowed = gpt2(torch.tensor([[written[0][:2], written[0][1:]]]))  # the beams [10, 20] and [20, 50256]
+    for k, (beam, want) in enumerate(((written[0][:2], {50256}), (written[0][1:], set()))):
+        got = set(allowed[0, k].nonzero().view(-1).tolist())
+        assert got == want, (f"tokens allowed after the beam {beam} of CatalogTrie([[10, 20], [30]], eot_id=50256, "
+                             f"vocab_size=50257): expected {sorted(want)}, got {sorted(got)}")
     # a long history (61 items, the oldest first) is left out whole
     many = calrec_extras.CatalogTrie([[i + 1] for i in range(70)], 99, 100)   # item i is the token i + 1
     history = [1] + list(range(10, 70))
@@ -1793,6 +1808,16 @@ def test_recent_vectors_by_hand():
         f"recent_vectors in bfloat16 of item 0, then item 1 sixty times, decay 0.97, over the item vectors [[1, 0], "
         f"[0, 1]]: expected {want} to bfloat16's precision (weights decay ** age in float32 at least, the result "
         f"rounded to bfloat16 once), got {got.dtype} {got.float().tolist()}")
+    # float16 item vectors, the other half-precision dtype: weighed in float32 too. Item 0 1999 times, then item 1,
+    # decay 0.999: the weights sum to about 864, where float16's step is 0.5, so a running sum in float16 stalls
+    # (r_0 0.988 instead of 0.99884). Against float64 sums, to float16's precision
+    w = [0.999 ** (1999 - i) for i in range(2000)]
+    want = [math.fsum(w[:-1]) / math.fsum(w), w[-1] / math.fsum(w)]
+    got = calrec_extras.recent_vectors(torch.eye(2, dtype=torch.float16), [[0] * 1999 + [1]], 0.999)
+    assert got.dtype == torch.float16 and got[0].double().tolist() == pytest.approx(want, rel=2 ** -10), (
+        f"recent_vectors in float16 of item 0 1999 times, then item 1, decay 0.999, over the item vectors [[1, 0], "
+        f"[0, 1]]: expected {want} to float16's precision (weights decay ** age summed in float32 at least, the result "
+        f"rounded to float16 once), got {got.dtype} {got.double().tolist()}")
 
 
 def test_recent_weight_is_the_validation_argmax_and_follows_the_data():

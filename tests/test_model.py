@@ -143,6 +143,31 @@ def test_attention_mask_by_hand():
         "attention_mask_4d(key_mask, T_past=0, T=3)[0, 0], key_mask [[1, 1, 1]] set to [[1, 0, 1]] in place after a "
         "first call (the mask of the old key_mask?), one column per key (1 = visible):\n"
         + mask_table(expected, mask, 0))
+    # under torch.func.vmap over a leading task dimension of key_mask, as MAML's classifier runs it (meta_loss_vmap
+    # and reptile_direction vmap GPT.hidden_states over tasks): 3 tasks x 2 rows, T_past=1, T=3, against the mask by
+    # its definition, a loop over tasks, rows, queries and keys. Ops in place on a tensor made inside (mask &= ...,
+    # masked_fill_, an index assignment per row) cannot take vmap's batched key_mask
+    from torch.func import vmap
+    key_masks = torch.tensor([[[1, 1, 1, 0], [0, 0, 1, 1]],
+                              [[1, 0, 1, 1], [1, 1, 1, 1]],
+                              [[0, 1, 1, 0], [1, 1, 0, 1]]], dtype=torch.bool)
+    T_past, T = 1, 3
+    call = f"vmap(lambda key_mask: attention_mask_4d(key_mask, T_past={T_past}, T={T}))(key_mask (3 tasks, 2, 4))"
+    try:
+        got = vmap(lambda key_mask: model.attention_mask_4d(key_mask, T_past, T))(key_masks)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        raise AssertionError(f"{call}: {str(e)[:300]} (an op in place, or a loop over rows, that vmap cannot "
+                             "batch?)") from None
+    want = torch.tensor([[[[[(j <= T_past + i and key_masks[task, b, j].item()) or j == T_past + i
+                             for j in range(T_past + T)] for i in range(T)]] for b in range(2)] for task in range(3)])
+    assert got.shape == want.shape, f"{call}: want shape {tuple(want.shape)} (tasks, B, 1, T, T_past + T), " \
+        f"got {tuple(got.shape)}"
+    for task, b in itertools.product(range(3), range(2)):
+        assert torch.equal(got[task, b, 0], want[task, b, 0]), (
+            f"{call}[{task}, {b}, 0], key_mask {key_masks[task, b].int().tolist()}, one column per key (1 = "
+            "visible):\n" + mask_table(want[task, b, 0], got[task, b, 0], T_past))
 
 
 def test_attention_mask_of_padding_queries_by_hand():
@@ -768,6 +793,24 @@ def test_beam_search_dead_beams_score_minus_infinity():
     assert [t for t, _ in got[0]] == [[], [], []] and got[0][0][1] == 0.0, (
         f"beam_search([[1, 2]], num_beams=3, max_new_tokens=0): expected 3 empty beams, the first scored 0, got "
         f"{got[0]}")
+    # and a live beam is never scored -inf, however unlikely: GPT-2's vocabulary (50257 tokens, eos 50256) and 12 new
+    # tokens, about -10.8 each, take every beam to about -125, where a probability (exp of the score) underflows
+    # float32 (below about -104) though its log does not. Each beam's score is the sum of its tokens'
+    # log-probabilities by a plain forward pass (float64 log-softmax), finite
+    m, prompts, K, L, eos = tiny(vocab_size=50257), [[464, 3290], [50256]], 3, 12, 50256
+    for use_cache in (True, False):
+        what = f"beam_search({prompts}, num_beams={K}, max_new_tokens={L}, eos_id={eos}, use_cache={use_cache}) of " \
+               f"a model with GPT-2's vocabulary ({m.config.vocab_size} tokens)"
+        found = m.beam_search(prompts, K, L, eos, use_cache=use_cache)
+        for prompt, beams in zip(prompts, found):
+            for tokens, score in beams:
+                with torch.no_grad():
+                    logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].double(), -1)
+                exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+                assert math.isfinite(score) and math.isclose(score, exact, abs_tol=1e-3), (
+                    f"{what}, prompt {prompt}: the beam {tokens} scores {score}; the sum of its tokens' "
+                    f"log-probabilities (a forward pass, log_softmax in float64) is {exact:.5f} (a product of "
+                    f"probabilities underflows to 0 below about -104 in float32: its log is -inf)")
 
 
 # -----------------------------------------------------------------------------
@@ -1294,20 +1337,24 @@ def test_beam_search_refuses_a_prompt_and_new_tokens_past_block_size():
 
 def test_beam_search_of_a_bfloat16_model_scores_in_float32():
     # a bfloat16 model (the KV cache is made in the model's dtype): a beam's score is still the sum of its tokens'
-    # log-probabilities, the log-softmax taken in float32 (in bfloat16 it is off by ~0.01 per token)
-    m = tiny(vocab_size=11, seed=0).to(torch.bfloat16)
-    for prompts in ([[7]], [[1, 2, 3], [4]]):
-        for use_cache in (True, False):
-            found = m.beam_search(prompts, 4, 4, eos_id=5, use_cache=use_cache)
-            for prompt, beams in zip(prompts, found):
-                for tokens, score in beams:
-                    with torch.no_grad():
-                        logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].float(), -1)
-                    exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
-                    assert math.isclose(score, exact, abs_tol=1e-3), (
-                        f"beam_search({prompts}, num_beams=4, max_new_tokens=4, eos_id=5, use_cache={use_cache}) of a "
-                        f"bfloat16 model, prompt {prompt}: the beam {tokens} scores {score:.5f}; the sum of its "
-                        f"tokens' log-probabilities (log_softmax of the logits in float32) is {exact:.5f}")
+    # log-probabilities, the log-softmax taken in float32 (in bfloat16 it is off by ~0.01 per token); a float16 model
+    # too, the other half-precision dtype (a log-softmax in float16 is off by up to ~0.002 over 4 tokens here, where
+    # the float32 one is within ~1e-4 with the cache and without)
+    for dtype in (torch.bfloat16, torch.float16):
+        m = tiny(vocab_size=11, seed=0).to(dtype)
+        for prompts in ([[7]], [[1, 2, 3], [4]]):
+            for use_cache in (True, False):
+                found = m.beam_search(prompts, 4, 4, eos_id=5, use_cache=use_cache)
+                for prompt, beams in zip(prompts, found):
+                    for tokens, score in beams:
+                        with torch.no_grad():
+                            logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].float(), -1)
+                        exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+                        assert math.isclose(score, exact, abs_tol=1e-3), (
+                            f"beam_search({prompts}, num_beams=4, max_new_tokens=4, eos_id=5, use_cache={use_cache}) "
+                            f"of a {str(dtype).removeprefix('torch.')} model, prompt {prompt}: the beam {tokens} "
+                            f"scores {score:.5f}; the sum of its tokens' log-probabilities (log_softmax of the logits "
+                            f"in float32) is {exact:.5f}")
 
 @pytest.mark.parametrize("written_out", [True, False], ids=["written-out", "fused"])
 def test_layer_norm_equals_float64_on_any_batch_shape_stride_dtype_and_offset(written_out):

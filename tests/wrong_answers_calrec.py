@@ -2554,3 +2554,32 @@ def recent_vectors(v_items, histories, decay):
     norm = torch.zeros(len(histories), dtype=v_items.dtype, device=v_items.device).index_add_(0, owner, w)
     return total.index_add_(0, owner, w[:, None] * v_items[item]) / norm.clamp(min=torch.finfo(w.dtype).tiny)[:, None]
 '''})
+# found by a probe of the graders (round 14): weighed and summed in float32 for bfloat16 only; float16 stays float16
+WRONG_CALREC['recent-items'].append({'calrec_extras.py:recent_vectors': '''
+def recent_vectors(v_items, histories, decay):
+    # widened to float32 only for bfloat16: float16 vectors are weighed and summed in float16, whose running sum
+    # stalls past 512 (2000 weights of decay 0.999 sum to 864)
+    lengths = torch.tensor([len(hist) for hist in histories], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    item = torch.tensor([i for hist in histories for i in hist], dtype=torch.long)
+    age = lengths.cumsum(0)[owner] - 1 - torch.arange(len(item))
+    dtype = torch.float32 if v_items.dtype == torch.bfloat16 else v_items.dtype
+    w = (decay ** age.to(dtype)).to(v_items.device)
+    owner, item = owner.to(v_items.device), item.to(v_items.device)
+    total = torch.zeros(len(histories), v_items.shape[1], dtype=dtype, device=v_items.device)
+    norm = torch.zeros(len(histories), dtype=dtype, device=v_items.device).index_add_(0, owner, w)
+    total.index_add_(0, owner, w[:, None] * v_items[item].to(dtype))
+    return (total / norm.clamp(min=torch.finfo(dtype).tiny)[:, None]).to(v_items.dtype)
+'''})
+# found by a probe of the graders (round 14): end-of-text tested with `is`, true only for ids CPython caches (<= 256)
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    # a finished beam found by `tokens[-1] is self.eot_id`: identity, not equality, holds only for the small ints
+    # CPython caches (up to 256), never for GPT-2's 50256 read from a tensor's .tolist()
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams
+                  if score > float("-inf") and tokens and tokens[-1] is self.eot_id]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
