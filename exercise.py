@@ -645,6 +645,12 @@ class Once(argparse.Action):  # as engine.Once
         setattr(namespace, self.dest, values)
 
 
+def seconds(text):  # an argparse type: ASCII digits, as every command of the project reads a number
+    if not (text.isascii() and text.isdigit() and 0 < int(text) <= 86400):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 1 to 86400 (a day), got {text!r}")
+    return int(text)
+
+
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -659,15 +665,13 @@ def main(argv=None):
     c = commands.add_parser("check", help="the graders of an exercise, in this tree")
     c.add_argument("name")
     for p in (g, c):
-        p.add_argument("--timeout", type=int, default=600,
+        p.add_argument("--timeout", type=seconds, default=600,
                        help="seconds the graders of one exercise may run (default: 600; at most a day)")
     e = commands.add_parser("experiments", help="run docs/experiments.md's commands one after another and compare "
                             "its tables (about 20 minutes on one thread)")
     e.add_argument("--write", action="store_true", help="put the new tables into docs/experiments.md")
     try:
         args = parser.parse_args(argv)
-        if not 0 < getattr(args, "timeout", 1) <= 86400:
-            parser.error(f"--timeout: must be a number of seconds from 1 to 86400 (a day), got {args.timeout}")
         status = command(args)
         sys.stdout.flush()  # here, so that a reader gone (| head) is seen below, not at exit
         return status

@@ -208,6 +208,8 @@ def test_text_variant_without_the_root_splits_at_an_empty_path_or_at_the_longest
             ("Mr. Heater Big Buddy", "", ["Mr. Heater Big Buddy", "", ""]),  # titles only: a title may hold '. '
             ("Widget. Tools Saws", "Root", ["Widget. Tools Saws", "", ""])):  # two parts: which is which? both kept
         assert data._split_text(text, root) == want, (text, root)
+        stripped = text.rstrip()  # the line's last space removed (an editor, `git` whitespace fixes): the same parts
+        assert data._split_text(stripped, root) == want, (stripped, root)
 
 
 def test_a_category_root_stops_before_a_level_that_repeats_its_word():

@@ -521,6 +521,7 @@ def test_refusals_write_nothing(tmp_path):
 @pytest.mark.parametrize("args", [(), ("frobnicate",), ("list", "extra"), ("check",), ("grade",),
                                   ("check", "info-nce", "--timeout", "0"), ("grade", "hw", "--timeout", "soon"),
                                   ("check", "info-nce", "--timeout", "2147484"),
+                                  *(("check", "info-nce", "--timeout", t) for t in ("٣", "1_0", " 5", "+5")),  # digits
                                   ("check", "info-nce", "--timeout", "5", "--timeout", "9"),  # not the last, silently
                                   ("handout", "bm25", "--out", "hw1", "--out", "hw2")])
 def test_a_command_line_mistake_is_one_line(args):

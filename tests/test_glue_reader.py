@@ -192,10 +192,34 @@ def test_missing_files_and_unknown_tasks(tmp_path):
     folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train",))
     with pytest.raises(data.UserError, match="dev.tsv"):
         data.glue_task("RTE", folder)
-    with pytest.raises(data.UserError, match="no folder for GLUE task MRPC"):
+    with pytest.raises(data.UserError, match=r"MRPC.train\.tsv: no such file"):
         data.load_glue(str(tmp_path), ["MRPC"])
     with pytest.raises(data.UserError, match="unknown GLUE task 'WNLI'"):
         data.load_glue(str(tmp_path), ["WNLI"])
+
+
+def test_a_validation_split_that_is_the_train_split_is_refused(tmp_path):
+    """With a labelled test.tsv, dev.tsv is a target's validation split: a copy of train.tsv would choose the model on
+    the training data. Without one, dev.tsv is reported, and a copy of train.tsv is not held out."""
+    folder = held_out(write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train", "test")), "RTE")  # test: labelled
+    write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("dev",))  # dev.tsv: train.tsv's examples again
+    with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: holds the same examples as .*RTE.train\.tsv"):
+        data.glue_task("RTE", folder, target=True)
+    assert len(data.glue_task("RTE", folder)["dev"]["y"]) == len(data.glue_task("RTE", folder)["train"]["y"])  # aux
+    os.remove(os.path.join(folder, "test.tsv"))
+    with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: every example is also in another split"):
+        data.glue_task("RTE", folder, target=True)
+
+
+def test_a_file_without_a_line_end_at_its_end_is_read_with_a_warning(tmp_path, caplog):
+    """A file cut short inside its last value reads as a file whose last value is shorter: its missing line end is the
+    one sign, said as a warning (a hand-made file may lack it too)."""
+    path = tmp_path / "dev.tsv"
+    path.write_bytes(b"a\tb\n1\t4.2\n")
+    assert data.read_text(str(path)) == "a\tb\n1\t4.2\n" and not caplog.records
+    path.write_bytes(b"a\tb\n1\t4.")
+    assert data.read_text(str(path)) == "a\tb\n1\t4."
+    assert [r.getMessage() for r in caplog.records] == [f"{path}:2:5: the last line has no line end (a file cut short?)"]
 
 
 @needs_glue
