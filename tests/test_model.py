@@ -798,19 +798,17 @@ def test_beam_search_dead_beams_score_minus_infinity():
     # float32 (below about -104) though its log does not. Each beam's score is the sum of its tokens'
     # log-probabilities by a plain forward pass (float64 log-softmax), finite
     m, prompts, K, L, eos = tiny(vocab_size=50257), [[464, 3290], [50256]], 3, 12, 50256
-    for use_cache in (True, False):
-        what = f"beam_search({prompts}, num_beams={K}, max_new_tokens={L}, eos_id={eos}, use_cache={use_cache}) of " \
-               f"a model with GPT-2's vocabulary ({m.config.vocab_size} tokens)"
-        found = m.beam_search(prompts, K, L, eos, use_cache=use_cache)
-        for prompt, beams in zip(prompts, found):
-            for tokens, score in beams:
-                with torch.no_grad():
-                    logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].double(), -1)
-                exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
-                assert math.isfinite(score) and math.isclose(score, exact, abs_tol=1e-3), (
-                    f"{what}, prompt {prompt}: the beam {tokens} scores {score}; the sum of its tokens' "
-                    f"log-probabilities (a forward pass, log_softmax in float64) is {exact:.5f} (a product of "
-                    f"probabilities underflows to 0 below about -104 in float32: its log is -inf)")
+    what = f"beam_search({prompts}, num_beams={K}, max_new_tokens={L}, eos_id={eos}) of a model with GPT-2's " \
+           f"vocabulary ({m.config.vocab_size} tokens)"
+    for prompt, beams in zip(prompts, m.beam_search(prompts, K, L, eos)):  # the scores are _beam_choose's either way
+        for tokens, score in beams:
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([prompt + tokens]))[0][0].double(), -1)
+            exact = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+            assert math.isfinite(score) and math.isclose(score, exact, abs_tol=1e-3), (
+                f"{what}, prompt {prompt}: the beam {tokens} scores {score}; the sum of its tokens' "
+                f"log-probabilities (a forward pass, log_softmax in float64) is {exact:.5f} (a product of "
+                f"probabilities underflows to 0 below about -104 in float32: its log is -inf)")
 
 
 # -----------------------------------------------------------------------------
