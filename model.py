@@ -615,6 +615,8 @@ def load_torch(path, what="a checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not its own, or truncated
+        if isinstance(e, OSError) and e.filename:  # one the system will not let us read (permission): said as such
+            raise
         if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):  # it asks for a class or function by name
             raise UserError(f"{path}: refused: unpickling it would create Python objects other than tensors and "
                             "plain values, which can run code; this project loads only its own checkpoints "

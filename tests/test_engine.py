@@ -188,6 +188,20 @@ def test_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert load_torch(path)["step"] == 1 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
 
 
+def test_a_checkpoint_the_system_will_not_let_us_read_is_said_so_not_called_damaged(tmp_path, monkeypatch):
+    """As a user without read permission meets it (the suite may run as root, whom no permission stops: the refusal
+    of open() is made here): the one line is the system's reason, as train.py prints every OSError naming a file."""
+    path = str(tmp_path / "ckpt.pt")
+    engine.save_checkpoint(path, tiny(), tokenizer(tmp_path), step=0, metrics={})
+
+    def refused(f, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", f)
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(PermissionError) as e:
+        load_torch(path)
+    assert engine.refusal(e.value) == f"{path}: Permission denied"
+
+
 def test_bad_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="nope.pt: no such file"):
         engine.gpt_from_checkpoint(str(tmp_path / "nope.pt"))
