@@ -104,13 +104,13 @@ def read_text(path):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}:{where(e.start)}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
-    if raw and raw[-1:] not in b"\r\n" and not path.endswith(".json"):  # the one sign of a file cut short
-        log.warning(f"{path}:{where(len(raw))}: the last line has no line end (a file cut short?)")
     if b"\0" in raw:
         raise UserError(f"{path}:{where(raw.index(bytes(1)))}: a NUL byte, which no text file holds")
     control = re.search(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]", raw)
     if control:
         log.warning(f"{path}:{where(control.start())}: a control character ({control.group()!r}), kept as it is")
+    if text and text[-1] not in "\r\n" and not path.endswith(".json"):  # the one sign of a file cut short
+        log.warning(f"{path}:{where(len(raw))}: the last line has no line end (a file cut short?)")
     return text
 
 
@@ -343,7 +343,7 @@ def _split_text(text, root):
     """UniSRec's 'title. category path. brand. ' -> [title, the path less its root, brand], '' where missing. The root
     marks where the path starts, so that a title or a brand may hold '. ' too ('Mr. Heater'); else an empty path
     ('title. . brand'), else the longest start of the root (a path of a branch most items are not in)."""
-    body, words = re.sub(r"\.?\s*$", "", text, count=1), root.split()  # the last '. ', or '.' of a line stripped
+    body, words = text.rstrip().removesuffix("."), root.split()  # the last '. ' (its space stripped or not)
     paths = [re.escape(" ".join(words[:n])) + r"(?= |\. |$)" for n in range(len(words), 0, -1)]
     at = next(filter(None, (re.search(r"\. " + p, body) for p in paths[:1] + [r"(?=\. )"] + paths[1:])), None)
     if at is None:  # no root: the last two '. ' split three parts or more; fewer are a title (which may hold '. ')
@@ -653,8 +653,8 @@ def glue_task(name, folder, target=False):
             continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)
         splits[split] = read_glue_split(path, name)
     pairs = {s: set(zip(v["text_a"], v["text_b"] or v["text_a"])) for s, v in splits.items()}  # the examples' texts
-    if target and "test" in splits and pairs["dev"] == pairs["train"]:  # dev validates: a copy picks on training data
-        raise UserError(f"{paths['dev']}: holds the same examples as {paths['train']}; validation needs its own")
+    if target and "test" in splits and pairs["dev"] <= pairs["train"]:  # dev validates: a copy picks on training data
+        raise UserError(f"{paths['dev']}: every example is also in {paths['train']}; validation needs its own")
     reported = "test" if "test" in splits else "dev"  # what a target reports on must be held out of the other splits
     if target and pairs.pop(reported) <= set().union(*pairs.values()):
         raise UserError(f"{paths[reported]}: every example is also in another split of {name}; it is not held out")

@@ -493,8 +493,8 @@ def few_shot_runs(task, encode, root, test, reported):
             if per_label.tolist() != [16] * (2 if task["kind"] == "regression" else len(task["labels"])):
                 raise UserError(f"{folder}: {split} holds {per_label.tolist()} examples per label, not 16 of each")
         train, dev = frozenset(pairs(shot["train"])), frozenset(pairs(shot["dev"]))
-        if train == dev or train in splits:  # LM-BFF draws each seed's two splits apart: a copy is no other seed
-            raise UserError(f"{folder}: train.tsv holds the same examples as {splits.get(train, 'its dev.tsv')}")
+        if dev <= train or train in splits:  # LM-BFF draws each seed's two splits apart: a copy is no other seed
+            raise UserError(f"{folder}: train.tsv holds every example of {splits.get(train, 'its dev.tsv')}")
         seen, splits[train] = train | dev, os.path.join(folder, "train.tsv")  # reported examples seen here: left out
         keep = np.array([i for i, p in enumerate(reported_pairs) if p not in seen], dtype=np.int64)
         if len(keep) == 0:

@@ -568,7 +568,7 @@ def read_gpt2_config(directory, dropout=0.0):
 def read_hf_weights(directory):
     """(path, state dict) from model.safetensors, or else pytorch_model.bin, in directory."""
     st, pt = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
-    if os.path.isfile(st) or os.path.islink(st):  # a broken link is refused, not passed over for the .bin
+    if os.path.isfile(st) or os.path.islink(st) and not os.path.exists(st):  # a broken link: refused, not passed over
         return st, read_safetensors(st)
     if os.path.isfile(pt):
         sd = load_torch(pt, "a PyTorch weights file")

@@ -495,6 +495,9 @@ CASES = {
     # --- --init
     "init safetensors a broken link beside a .bin": init(gpt2_variant(lambda f: numbered_bin(f) or os.symlink(
         os.path.join(f, "nowhere"), os.path.join(f, "model.safetensors"))), "model.safetensors: No such file or directory"),
+    "init safetensors a link to a named pipe": init(gpt2_variant(lambda f: os.remove(os.path.join(f, "model.safetensors"))
+        or os.mkfifo(os.path.join(f, "pipe")) or os.symlink(os.path.join(f, "pipe"), os.path.join(f, "model.safetensors"))),
+        "holds neither model.safetensors nor pytorch_model.bin"),  # passed over, not opened: open() would wait on it
     "init truncated safetensors": init(gpt2_variant(
         lambda f: open(os.path.join(f, "model.safetensors"), "r+b").truncate(300)), "model.safetensors"),
     "init config does not fit": init(gpt2_variant(lambda f: edit(os.path.join(f, "config.json"), '"n_embd": 32',
@@ -669,9 +672,9 @@ CASES = {
             open(os.path.join(g, "RTE", "dev.tsv"), encoding="utf-8").read().splitlines(keepends=True)), ("train",)),
         "RTE/16-13: holds every example of the dev split", SMALL_GLUE),  # ^ dev: two examples, 30 times each
     "16-shot dev.tsv a copy of train.tsv": glue(lambda g: few_shot_split(g, "16-13", 0, 0),
-                                               "RTE/16-13: train.tsv holds the same examples as its dev.tsv", SMALL_GLUE),
+                                               "RTE/16-13: train.tsv holds every example of its dev.tsv", SMALL_GLUE),
     "16-shot seed folder a copy of another": glue(lambda g: few_shot_split(g, "16-13", 0) or few_shot_split(g, "16-21", 0),
-                                                  "RTE/16-21: train.tsv holds the same examples as ", SMALL_GLUE),
+                                                  "RTE/16-21: train.tsv holds every example of ", SMALL_GLUE),
     "16-shot split of other sizes": glue(lambda g: shutil.copytree(os.path.join(g, "RTE"), os.path.join(
         os.path.dirname(g), "glue-16shot", "RTE", "16-13")), "RTE/16-13: train holds [30, 30] examples per label, not "
         "16 of each", SMALL_GLUE),

@@ -203,8 +203,13 @@ def test_a_validation_split_that_is_the_train_split_is_refused(tmp_path):
     the training data. Without one, dev.tsv is reported, and a copy of train.tsv is not held out."""
     folder = held_out(write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train", "test")), "RTE")  # test: labelled
     write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("dev",))  # dev.tsv: train.tsv's examples again
-    with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: holds the same examples as .*RTE.train\.tsv"):
+    with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: every example is also in .*RTE.train\.tsv"):
         data.glue_task("RTE", folder, target=True)
+    header, *rows = LAYOUTS["RTE"].splitlines(keepends=True)  # a part of train.tsv's examples: validation on them
+    write_task(tmp_path, "RTE", header + rows[1], splits=("dev",))
+    with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: every example is also in .*RTE.train\.tsv"):
+        data.glue_task("RTE", folder, target=True)
+    write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("dev",))
     assert len(data.glue_task("RTE", folder)["dev"]["y"]) == len(data.glue_task("RTE", folder)["train"]["y"])  # aux
     os.remove(os.path.join(folder, "test.tsv"))
     with pytest.raises(data.UserError, match=r"RTE.dev\.tsv: every example is also in another split"):
@@ -220,6 +225,9 @@ def test_a_file_without_a_line_end_at_its_end_is_read_with_a_warning(tmp_path, c
     path.write_bytes(b"a\tb\n1\t4.")
     assert data.read_text(str(path)) == "a\tb\n1\t4."
     assert [r.getMessage() for r in caplog.records] == [f"{path}:2:5: the last line has no line end (a file cut short?)"]
+    caplog.clear()
+    path.write_bytes(b"\xef\xbb\xbf")  # a byte-order mark alone: no line at all, so no last line to end
+    assert data.read_text(str(path)) == "" and not caplog.records
 
 
 @needs_glue
