@@ -653,7 +653,7 @@ def glue_task(name, folder, target=False):
             continue  # no test split, or GLUE's own, unlabelled: the task reports on dev (a folder there: an error)
         splits[split] = read_glue_split(path, name)
     pairs = {s: set(zip(v["text_a"], v["text_b"] or v["text_a"])) for s, v in splits.items()}  # the examples' texts
-    if target and "test" in splits and pairs["dev"] <= pairs["train"]:  # dev validates: a copy picks on training data
+    if target and "test" in splits and pairs["dev"] <= pairs["train"]:  # dev validates: not on train's examples
         raise UserError(f"{paths['dev']}: every example is also in {paths['train']}; validation needs its own")
     reported = "test" if "test" in splits else "dev"  # what a target reports on must be held out of the other splits
     if target and pairs.pop(reported) <= set().union(*pairs.values()):
