@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -1072,7 +1073,8 @@ def naive_markov_ranks(sequences, n_items, examples):
     """score(j) = (how often j came right after the last history item in the training sequences, j's popularity),
     compared as pairs (the count first, popularity only to break its ties), one transition at a time. rank =
     candidates (history excluded) scoring >= the target; 0 for a target in its own history."""
-    pop = [sum(seq.count(j) for seq in sequences) for j in range(n_items)]
+    bought = Counter(j for seq in sequences for j in seq)
+    pop = [bought[j] for j in range(n_items)]
     ranks = []
     for history, target in examples:
         count = [0] * n_items

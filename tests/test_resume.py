@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+import train
 from test_calrec import write_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,6 @@ def killed_and_resumed(argv, out_dir, triggers):
 def ctrl_c_then_resumed(monkeypatch, module, name, argv, once, killed):
     """Run argv in this process with Ctrl-C pressed where module.name is first called, then with --resume: the
     results must equal those of `once`, the uninterrupted run's out-dir."""
-    import train
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
@@ -89,7 +89,7 @@ def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
               "--set", "sasrec_steps=6", "--eval-interval", "2", "--beams", "2", "--set", "constrained_beams=2",
               "--set", "extra_negatives=3", "--set", "select_users=6", "--set", "bm25_valid_users=6",
               "--set", "eval_batch=4"]
-    run_to_the_end(common + ["--out-dir", str(tmp_path / "once")])
+    train.main(common + ["--out-dir", str(tmp_path / "once")])  # here: a process less to start
     triggers = ["state saved: stage1 step 2",       # stage 1, mid-way
                 "state saved: stage1 step 6",       # stage 1, its last validation
                 "state saved: stage2 step 4",       # stage 2
@@ -106,7 +106,6 @@ def test_calrec_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
 
 def test_calrec_from_init_interrupted_before_its_first_step_resumes_from_the_init_weights(tmp_path, monkeypatch):
     import calrec
-    import train
     a = str(tmp_path / "Alpha")
     write_atomic(a, "Alpha")
     common = ["--task", "calrec", "--data", a, "--set", "stage1_steps=2", "--set", "stage2_steps=2", "--set",
@@ -122,7 +121,6 @@ def test_calrec_with_dropout_stopped_between_its_stages_resumes_exactly(tmp_path
     """Dropout draws torch's random numbers: stage 2 resumed in a new process, after stage 1 finished in another,
     must draw the masks the uninterrupted run drew (it drew from whatever state reading the data had left)."""
     import calrec
-    import train
     a = str(tmp_path / "Alpha")
     write_atomic(a, "Alpha")
     common = ["--task", "calrec", "--data", a, "--set", "stage1_steps=4", "--set", "stage2_steps=4", "--set",
@@ -148,7 +146,7 @@ def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
               "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set", "vocab_size=300",
               "--set", "max_len=32", "--set", "seeds=1", "--set", "ft_steps=2", "--set", "shot=4",
               "--set", "meta_batch=2"]
-    run_to_the_end(common + ["--out-dir", str(tmp_path / "once")])
+    train.main(common + ["--out-dir", str(tmp_path / "once")])  # here: a process less to start
     triggers = ["state saved: fine_tuned_none",     # fine-tuning from the random initialisation
                 "state saved: meta_multitask step 3",
                 "state saved: learned_multitask",   # between meta-training and fine-tuning
@@ -165,7 +163,6 @@ def test_maml_resumed_after_kills_equals_the_uninterrupted_run(tmp_path):
 def test_maml_interrupted_before_its_first_phase_resumes_and_a_resume_writes_a_deleted_init_again(tmp_path,
                                                                                                   monkeypatch):
     import maml
-    import train
     common = ["--task", "maml", "--method", "maml", "--set", "meta_steps=4", "--n-train", "8", "--inner-steps", "1",
               "--eval-interval", "1", "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=1", "--set",
               "vocab_size=300", "--set", "max_len=32", "--set", "seeds=1", "--set", "ft_steps=2", "--set", "shot=4",
@@ -186,7 +183,7 @@ def test_resume_refuses_other_settings_before_any_work(tmp_path):
     common = ["--task", "maml", "--set", "meta_steps=2", "--n-train", "8", "--set", "n_layer=1", "--set", "n_embd=16",
               "--set", "n_head=1", "--set", "vocab_size=300", "--set", "max_len=32", "--set", "seeds=1",
               "--set", "ft_steps=1", "--out-dir", out]
-    run_to_the_end(common)
+    train.main(common)
     p = start(common + ["--resume", "--sampling", "uniform"])
     t0 = time.time()
     _, err = p.communicate(timeout=300)
