@@ -662,6 +662,8 @@ class ConsoleHandler(logging.Handler):
     (± on an ASCII terminal) becomes '?'."""
 
     def emit(self, record):
+        if record.levelno >= logging.WARNING and record.getMessage() in WARNINGS.messages:
+            return  # said already: a file read twice (a GLUE task's dev.tsv is) warns once
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
         try:
             tqdm.write(self.format(record).encode(encoding, "replace").decode(encoding))
@@ -671,10 +673,11 @@ class ConsoleHandler(logging.Handler):
 
 
 class Warnings(logging.Handler):
-    """Keeps every warning a run logs, in .messages, for its results.json."""
+    """Keeps each warning a run logs, once, in .messages, for its results.json."""
 
     def emit(self, record):
-        self.messages.append(record.getMessage())
+        if record.getMessage() not in self.messages:
+            self.messages.append(record.getMessage())
 
 
 WARNINGS = Warnings(logging.WARNING)

@@ -322,7 +322,7 @@ def save_results(out_dir, out, device, wall_s, table=None):
                      *("| " + " | ".join(row) + " |" for row in rows)):
             log.info(line)
     out = dict(out, wall_s=wall_s, peak_memory_mb=peak_memory_mb(), environment=environment(device),
-               warnings=list(dict.fromkeys(WARNINGS.messages)))  # a file read twice warns twice
+               warnings=list(WARNINGS.messages))
     save_json(os.path.join(out_dir, "results.json"), out)
     log.info(f"wall time {wall_s:.0f} s; peak memory {out['peak_memory_mb']} MB; wrote {out_dir}/results.json")
     return out

@@ -1,6 +1,7 @@
 """The GLUE reader on files written here in each official layout, its errors, and, when REAL_DATA_DIR is
 present, the real files (fetching the official files: tests/test_data_download.py)."""
 
+import logging
 import os
 import random
 
@@ -228,6 +229,24 @@ def test_a_file_without_a_line_end_at_its_end_is_read_with_a_warning(tmp_path, c
     caplog.clear()
     path.write_bytes(b"\xef\xbb\xbf")  # a byte-order mark alone: no line at all, so no last line to end
     assert data.read_text(str(path)) == "" and not caplog.records
+
+
+def test_a_warning_of_a_file_read_twice_is_said_once(tmp_path, capsys):
+    """glue_task reads dev.tsv and test.tsv a second time (is test.tsv labelled?): each warning once, on the console
+    and in what results.json lists."""
+    import engine
+    folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train", "dev", "test"))
+    for split in ("dev", "test"):
+        with open(os.path.join(folder, f"{split}.tsv"), "rb+") as f:
+            f.truncate(len(f.read()) - 1)  # the last line end gone
+    engine.setup_logging(0)
+    try:
+        assert data.glue_task("RTE", folder)["test"]["y"] == [1, 0]
+        said = capsys.readouterr().out.splitlines()
+        want = [f"{folder}/{s}.tsv:3:42: the last line has no line end (a file cut short?)" for s in ("dev", "test")]
+        assert said == want and engine.WARNINGS.messages == want
+    finally:
+        logging.getLogger().handlers[:] = []
 
 
 @needs_glue
