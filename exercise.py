@@ -646,7 +646,7 @@ class Once(argparse.Action):  # as engine.Once
 
 
 def seconds(text):  # an argparse type: ASCII digits, as every command of the project reads a number
-    if not (text.isascii() and text.isdigit() and 0 < int(text) <= 86400):
+    if not (text.isascii() and text.isdigit() and len(text.lstrip("0")) < 6 and 0 < int(text) <= 86400):
         raise argparse.ArgumentTypeError(f"must be a number of seconds from 1 to 86400 (a day), got {text!r}")
     return int(text)
 

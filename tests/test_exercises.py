@@ -537,6 +537,11 @@ def test_a_command_line_mistake_is_one_line(args):
     assert refused.stdout == ""
 
 
+def test_a_timeout_of_thousands_of_digits_gets_the_timeouts_own_message():
+    refused = cli("check", "info-nce", "--timeout", "9" * 5000)  # past int()'s 4,300 digits
+    assert refused.returncode == 2 and "must be a number of seconds from 1 to 86400" in refused.stderr, refused.stderr
+
+
 def test_grading_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "hw.zip").write_bytes(b"PK\x03\x04")
     graded = cli("grade", str(tmp_path / "hw.zip"))
