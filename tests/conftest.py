@@ -32,6 +32,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def torch_settings_left_as_they_were():
+    """A call that turns gradients off, inference mode on or changes the default dtype for the whole process breaks
+    what runs after it (the next training step's backward): every test, each grader too, fails on it."""
+    def settings():
+        return dict(grad_enabled=torch.is_grad_enabled(), inference_mode=torch.is_inference_mode_enabled(),
+                    default_dtype=torch.get_default_dtype())
+    before = settings()
+    yield
+    after = settings()
+    torch.set_grad_enabled(before["grad_enabled"])
+    torch.set_default_dtype(before["default_dtype"])
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, "the call left torch's process-wide settings changed: " + ", ".join(
+        f"{k} {was} -> {now}" for k, (was, now) in changed.items()) + " (set them back, e.g. with torch.no_grad())"
+
+
 # tests/test_exercises.py runs the exercises' graders on wrong answers: EXERCISE_VARIANTS names a JSON file mapping
 # a test's node id to its variants, [[id, {"file.py:function" or "file.py:Class.method": the source of a def}], ...];
 # each such test then runs once per variant, with those functions replaced by the variant's.

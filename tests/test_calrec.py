@@ -545,6 +545,7 @@ def test_bm25_equals_a_naive_loop_for_any_k1_and_b():
     leaves_inputs_alone(calrec.BM25, docs)  # the catalog's texts are the caller's: none lower-cased or cleaned in place
     queries = ["red", "apple pie red", "car door door", "nothing here", "s", "Title: Red, APPLE! car's", "mon 42",
                "Carpets and pieces"]
+    leaves_inputs_alone(calrec.BM25(docs).scores, queries)  # the queries too: none lower-cased in place
     # and as many queries as asked: all of them, one (still a row: (1, D)), one or two with no known word, none
     for (k1, b), asked in zip(((1.2, 0.75), (2.0, 0.3), (0.5, 1.0), (1.5, 0.0), (1.2, 0.75), (1.2, 0.75), (1.2, 0.75)),
                               (queries, queries, queries, queries, ["apple pie red"], ["nothing here", "?"], [])):

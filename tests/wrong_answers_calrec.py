@@ -2583,3 +2583,55 @@ def ranked_items(self, found, histories, k):
         lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
     return lists
 '''})
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:ranks_from_scores': '''
+def ranks_from_scores(scores, targets, histories):
+    torch.set_grad_enabled(False)  # evaluation needs no gradients: turned off for the whole process, never back on
+    scores = scores.clone().float()
+    users = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(hist) for hist in histories]))
+    scores[users, torch.tensor([i for hist in histories for i in hist], dtype=torch.long)] = float("-inf")
+    t = scores.gather(1, targets.view(-1, 1))                          # (B, 1) the target's score
+    ranks = (scores >= t).sum(1, dtype=torch.int32)                    # (B,) includes the target itself
+    return torch.where(t.view(-1) == float("-inf"), torch.zeros_like(ranks), ranks)
+'''})
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+def rank_metrics(ranks):
+    torch.set_default_dtype(torch.float64)  # float64 for precision: every later tensor of the process too
+    ranks = torch.as_tensor(ranks, dtype=torch.get_default_dtype())
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''})
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''
+def rank_last_item_bm25(bm25, texts, examples):
+    torch.set_grad_enabled(False)  # no gradients in a baseline: turned off for the whole process, never back on
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[hist[-1]] for hist, _ in examples[rows]]), examples)
+'''})
+WRONG_CALREC['catalog-trie'].append({'calrec_extras.py:CatalogTrie.ranked_items': '''
+def ranked_items(self, found, histories, k):
+    torch.set_grad_enabled(False)  # no gradients needed: turned off for the whole process, never back on
+    lists = []
+    for beams, history in zip(found, histories):
+        leaves = [self.items.get(self.node(tuple(tokens)), []) for tokens, score in beams if score > float("-inf")]
+        lists.append([i for i in dict.fromkeys(i for items in leaves for i in items) if i not in history][:k])
+    return lists
+'''})
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+def scores(self, queries):
+    for j in range(len(queries)):  # the queries lower-cased first: the caller's list changed in place
+        queries[j] = queries[j].lower()
+    q, w = [], []
+    for j, text in enumerate(queries):
+        ids = [self.vocab[x] for x in words(text) if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
+    return (self.matrix @ Q).t().contiguous()
+'''})
