@@ -75,14 +75,15 @@ def code_lines(where):
 def grade_variants(of_name, tmp):
     """{name: {variant index: [(test, passed)]}}: every grader of these exercises ({name: its variants}) run once
     per variant of its exercise, in one pytest process (tests/conftest.py); a wrong answer one grader failed counts
-    as failed by the graders after it, which skip it."""
+    as failed by the graders after it, which skip it. Whether each failed is all this needs: --tb=line, as writing
+    out hundreds of tracebacks takes a good part of the time."""
     variants = {}  # node id -> [["EX=name=index", variant], ...]
     for name, its_variants in of_name.items():
         for test in exercise.exercise_named(name).tests:
             variants.setdefault(test, []).extend([f"EX={name}={i}", v] for i, v in enumerate(its_variants))
     path, report = tmp / "variants.json", tmp / "report.xml"
     path.write_text(json.dumps(variants), encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", f"--junitxml={report}",
                     *variants], cwd=ROOT, capture_output=True, env=dict(ENV, EXERCISE_VARIANTS=str(path)))
     out = {name: {} for name in of_name}
     for case in ET.parse(report).iter("testcase") if report.exists() else ():
