@@ -517,8 +517,9 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
         test, reported = enc["dev"], "dev"
     val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
-    if len(set(val["y"].tolist())) < 2:  # one label or score (or none): MCC, F1, Pearson alike at every step
-        raise UserError(f"{task['name']}: a validation split of {len(val['ids'])} holds under 2 labels (val_max low?)")
+    for name, split in (("validation" + " (a tenth of train.tsv)" * (reported == "dev"), val), (reported, test)):
+        if len(set(split["y"].tolist())) < 2:  # one label or score: MCC, F1, Pearson alike whatever the model
+            raise UserError(f"{task['name']}: {len(split['y'])} examples in its {name} split, under 2 labels or scores")
     runs = []
     for n in cfg.n_train:
         if n > len(pool["ids"]):

@@ -437,7 +437,16 @@ CASES = {
                                                                       encoding="utf-8").read().splitlines()[:4]),
         "RTE/dev.tsv: every example is also in another split of RTE; it is not held out", flags=SMALL_GLUE),
     "maml validation of one example": flags("--task", "maml", "--set", "val_max=1",  # every score alike: step 0 kept
-                                            message="more-2-5: a validation split of 1 holds under 2 labels"),
+                                            message="more-2-5: 1 examples in its validation split, under 2 labels or scores"),
+    "glue reported dev.tsv of one label": glue(  # MCC, F1 and correlation are 0 on it whatever the model
+        lambda g: edit(os.path.join(g, "RTE", "dev.tsv"), "not_entailment", "entailment", count=-1),
+        "RTE: 60 examples in its dev split, under 2 labels or scores", flags=SMALL_GLUE),
+    "glue STS-B reported dev.tsv of one score": glue(
+        lambda g: write_lines(os.path.join(g, "STS-B", "dev.tsv"), [line.rsplit("\t", 1)[0] + "\t2.5" if i else line
+                              for i, line in enumerate(open(os.path.join(g, "STS-B", "dev.tsv"), encoding="utf-8")
+                                                       .read().splitlines())]),
+        "STS-B: 60 examples in its dev split, under 2 labels or scores", flags=("--aux", "SST-2", "--targets",
+                                                                               "STS-B", "--n-train", "8")),
     "glue test.tsv a folder": glue(lambda g: os.mkdir(os.path.join(g, "RTE", "test.tsv")),
                                    "RTE/test.tsv: is a folder, not a file", flags=SMALL_GLUE),
     "no test users": calrec_data(lambda d: keep_header(os.path.join(d, "Alpha.test.inter")),
