@@ -564,6 +564,10 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
             shot = glue_task(name, tmp)
         if not len(shot["train"]["y"]) == len(shot["dev"]["y"]) == k * len(groups):
             raise RuntimeError(f"{folder}: does not read back as {k} examples per label")
+        train, dev = ({*zip(shot[s]["text_a"], shot[s]["text_b"] or shot[s]["text_a"])} for s in ("train", "dev"))
+        if dev <= train:  # lines repeated so often that dev holds no example of its own: train.py refuses it
+            raise UserError(f"{path}: repeats its lines so often that every example of {folder}'s dev.tsv is also in "
+                            "its train.tsv; validation needs examples of its own")
     log.info(f"{folder}: {k} train and {k} dev examples for each of {len(groups)} labels")
 
 

@@ -587,6 +587,17 @@ def test_few_shot_needs_two_k_lines_per_label(tmp_path):
         assert not os.path.exists(tmp_path / "out" / name)
 
 
+def test_few_shot_refuses_a_dev_split_that_holds_only_examples_of_its_train_split(tmp_path):
+    """A train.tsv whose lines repeat (here each of 2 pairs per label, 20 times) gives a dev.tsv of train's examples,
+    which train.py refuses for validation: data.py few-shot refuses to write it."""
+    few_shot_source(tmp_path / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
+                    [f"{i}\tA {i % 4}.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(80)])
+    with pytest.raises(UserError, match=r"RTE/train.tsv: repeats its lines so often that every example of .*8-13's "
+                                        r"dev.tsv is also in its train.tsv"):
+        download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out"), ["RTE"], k=8, seeds=(13,))
+    assert not os.path.exists(tmp_path / "out" / "RTE" / "8-13")
+
+
 @pytest.mark.parametrize("blank", ["", " \t", "\x0c", "\u00a0", "\u2028", "\x1c"])
 def test_few_shot_takes_the_lines_the_reader_takes(tmp_path, blank):
     """The data lines drawn from are the rows read_glue_split reads, one for one, whatever a blank line holds (a
@@ -690,7 +701,7 @@ def test_bad_flags_fail_at_once(capsys, argv, message):
 def test_few_shot_goes_next_to_the_glue_folder_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     few_shot_source(tmp_path / "data" / "glue", "RTE", b"index\tsentence1\tsentence2\tlabel\n",
-                    [f"{i}\tA.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(8)])
+                    [f"{i}\tA {i}.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(8)])
     download.main(["few-shot", "--glue", "data/glue", "--tasks", "RTE", "--k", "2", "--seeds", "5"])
     assert os.listdir(tmp_path / "data" / "glue-16shot" / "RTE") == ["2-5"]
     assert "data/glue-16shot/RTE/2-5: 2 train and 2 dev examples for each of 2 labels" in capsys.readouterr().out
