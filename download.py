@@ -150,7 +150,8 @@ def already_built(folder):
             raise UserError(f"{folder}: a link to an empty folder; data.py builds a folder there (remove the link)")
         os.rmdir(folder)
     if os.path.isdir(folder):
-        log.info(f"{folder}: already there; delete it to rebuild")
+        log.info(f"{folder}: already there, as an earlier data.py built it (with its own --min-count or --k); "
+                 "delete it to rebuild")
         return True
     return False
 

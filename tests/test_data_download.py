@@ -223,7 +223,8 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
 
     requests = len(server.seen)
     download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
-    assert "already there; delete it to rebuild" in caplog.text and len(server.seen) == requests
+    assert "already there, as an earlier data.py built it (with its own --min-count or --k); delete it to rebuild" \
+        in caplog.text and len(server.seen) == requests
     # the raw files are for `python data.py amazon` to convert; --data refuses them, saying how to convert them
     with pytest.raises(UserError, match="Tools_5.json.gz: raw Amazon 2018 files; convert them"):
         data.read_atomic(str(out / "downloads"))
