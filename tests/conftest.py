@@ -46,7 +46,8 @@ def torch_settings_left_as_they_were():
     torch.set_default_dtype(before["default_dtype"])
     changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
     assert not changed, "the call left torch's process-wide settings changed: " + ", ".join(
-        f"{k} {was} -> {now}" for k, (was, now) in changed.items()) + " (set them back, e.g. with torch.no_grad())"
+        f"{k} {was} -> {now}" for k, (was, now) in changed.items()) + (
+        " (a `with torch.no_grad():` block sets gradients back on leaving it; else set back what was changed)")
 
 
 # tests/test_exercises.py runs the exercises' graders on wrong answers: EXERCISE_VARIANTS names a JSON file mapping
