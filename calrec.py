@@ -429,9 +429,9 @@ class CALRecConfig:
             raise UserError(f"setting alpha + beta = {self.alpha} + {self.beta}: must be <= 1 (L_NIG's weight is "
                             "1 - alpha - beta)")
         for width, heads in (("n_embd", "n_head"), ("sasrec_embd", "sasrec_heads")):
-            if getattr(self, width) % getattr(self, heads):
-                raise UserError(f"setting {width}={getattr(self, width)}: not divisible by {heads}="
-                                f"{getattr(self, heads)}")
+            w, h = getattr(self, width), getattr(self, heads)
+            if w % h:
+                raise UserError(f"setting {width}={w}: not divisible by {heads}={h}")
         if self.softmax_over == "users" and self.extra_negatives:
             raise UserError("setting softmax_over=users: add --set extra_negatives=0 (extra negatives are items)")
         if self.batch_size % rank_and_world()[1]:

@@ -399,6 +399,8 @@ def read_atomic(folder):
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: {'is a file, not a folder' if os.path.exists(folder) else 'no such folder'}")
     named = [f[:-len(".train.inter")] for f in os.listdir(folder) if f.endswith(".train.inter") and f[0] != "."]
+    if len(named) > 1:
+        raise UserError(f"{folder}: holds {len(named)} benchmarks ({', '.join(sorted(named))}); one folder each")
     name = named[0] if len(named) == 1 else os.path.basename(os.path.abspath(folder))  # a folder renamed, or linked
     path = os.path.join(folder, name)
     if os.path.lexists(f"{path}.item") and os.path.lexists(f"{path}.text"):

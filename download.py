@@ -384,7 +384,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
         if not re.fullmatch(r"[A-Za-z0-9_]+", category):
             raise UserError(f"{category!r}: not an Amazon 2018 category file name; those are words joined by "
                             "underscores, such as Industrial_and_Scientific")
-    for category in categories:
+    for category in dict.fromkeys(categories):  # each once, however often it was named
         folder = os.path.join(out, category)
         if already_built(folder):
             continue

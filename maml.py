@@ -470,7 +470,7 @@ def load_tasks(cfg, data_dir):
     for field in ("aux", "targets"):
         for n in getattr(cfg, field):
             if n not in known:
-                raise UserError(f"setting {field}: {n} is not a task of {where}; expected some of {', '.join(known)}")
+                raise UserError(f"setting {field}: {n!r} is not a task of {where}; its tasks: {', '.join(known)}")
             if data_dir and not os.path.isdir(os.path.join(data_dir, n)):
                 raise UserError(f"setting {field}: {n}: {os.path.join(data_dir, n)} is not there (python data.py glue)")
     if data_dir is None:

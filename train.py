@@ -39,11 +39,10 @@ PRESETS = {"calrec": (calrec.BUILT_IN, calrec.REAL_DATA), "maml": (maml.FAMILY, 
 # the shortcut flags: each is one setting of the tasks that have it
 ALIASES = ("alpha", "beta", "tau", "beams", "stages", "target", "eval_interval", "aux", "targets", "method",
            "sampling", "inner_lr", "inner_steps", "meta_batch", "n_train")
-# the run's own flags, and the tasks they apply to
+# the run's own flags and the tasks they apply to; then the files a run writes in --out-dir
 RUN_FLAGS = {"data": ("calrec", "maml"), "init": ("calrec", "maml"), "resume": ("calrec", "maml"),
              "dtype": ("calrec",), "compile": ("calrec",)}
-OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt",  # the files a run writes in --out-dir
-           *(f"init_{m}.pt" for m in maml.INITS))
+OUTPUTS = ("results.json", "log.txt", "state.pt", "tokenizer.json", "ckpt.pt", *(f"init_{m}.pt" for m in maml.INITS))
 
 # -----------------------------------------------------------------------------
 # flags

@@ -351,6 +351,9 @@ CASES = {
     # --- CALRec's readers: the benchmark folders (.item variant, .text + .item2index variant)
     "empty data folder": calrec_data(lambda d: [os.remove(os.path.join(d, f)) for f in os.listdir(d)],
                                      "Alpha: has neither Alpha.item nor Alpha.text"),
+    "two benchmarks in one folder": calrec_data(
+        lambda d: [shutil.copy(os.path.join(d, f), os.path.join(d, "Beta" + f[len("Alpha"):])) for f in os.listdir(d)],
+        "Alpha: holds 2 benchmarks (Alpha, Beta); one folder each"),
     "inter column count": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), b"3\t1 2\n"),
                                       "Alpha.train.inter:"),
     "inter unknown item": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.test.inter"), b"3\t1 99\t2\n"),
@@ -494,7 +497,7 @@ CASES = {
     "target not in folder": glue(lambda g: None, "setting targets: QNLI: ", flags=("--aux", "SST-2", "--targets", "QNLI")),
     "aux and target": glue(lambda g: None, "settings aux and targets: RTE named twice",
                            flags=("--aux", "RTE", "--targets", "RTE")),
-    "unknown glue task": glue(lambda g: None, "setting targets: WNLI is not a task of GLUE",
+    "unknown glue task": glue(lambda g: None, "setting targets: 'WNLI' is not a task of GLUE",
                               flags=("--aux", "SST-2", "--targets", "WNLI")),
     "task named twice": glue(lambda g: None, "settings aux and targets: RTE named twice",
                              flags=("--aux", "SST-2,RTE", "--targets", "RTE")),

@@ -370,8 +370,8 @@ def test_a_folder_renamed_or_linked_under_another_name_is_named_by_its_files(tmp
     assert (domain.name, domain.item_keys) == ("Sci", ["AS1", "AS2", "AS3"])
     (tmp_path / "Renamed" / "._Sci.train.inter").write_bytes(b"\0\5\26\7")  # a Mac's AppleDouble file: hidden
     assert data.read_atomic(str(tmp_path / "Renamed")).name == "Sci"
-    write(tmp_path / "Renamed" / "Two.train.inter", INTER)  # two names: the folder's own is looked for
-    with pytest.raises(data.UserError, match="has neither Renamed.item nor Renamed.text"):
+    write(tmp_path / "Renamed" / "Two.train.inter", INTER)  # two names: which to read is not guessed
+    with pytest.raises(data.UserError, match=r"Renamed: holds 2 benchmarks \(Sci, Two\); one folder each$"):
         data.read_atomic(str(tmp_path / "Renamed"))
 
 

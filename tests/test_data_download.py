@@ -192,6 +192,14 @@ def test_written_histories_keep_their_last_50_items_and_read_back_whole(tmp_path
     assert d.train_sequences == parts  # each user's whole training part, though no row holds all of it
 
 
+def test_a_category_named_twice_is_built_once(server, tmp_path, caplog):
+    caplog.set_level("INFO")
+    serve_amazon(server.root)
+    download.prepare_amazon(["Tools", "Tools"], str(tmp_path / "amazon"), base_url=server.url, min_count=3)
+    assert "already there" not in caplog.text  # not taken for a folder an earlier run built
+    assert data.read_atomic(str(tmp_path / "amazon" / "Tools")).item_keys == ["A", "B", "C", "D"]
+
+
 @pytest.mark.parametrize("scheme", ["http", "file"])
 def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
     caplog.set_level("INFO")

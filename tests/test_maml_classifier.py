@@ -222,7 +222,7 @@ def test_one_method_runs_none_and_that_method(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(aux=("has-0", "CoLA")), "setting aux: CoLA is not a task of the built-in family"),
+    (dict(aux=("has-0", "CoLA")), "setting aux: 'CoLA' is not a task of the built-in family"),
     (dict(aux=("has-0", "more-2-5")), "more-2-5 named twice"),
     (dict(n_embd=18, n_head=4), "n_embd=18, n_head=4"),
     (dict(sampling="sizes"), "sampling=sizes"),
