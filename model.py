@@ -355,8 +355,8 @@ class GPT(nn.Module):
         A beam's score is the sum of its tokens' log-probabilities. A beam that has emitted eos_id is
         finished: from then on its only continuation is eos_id at log-probability 0, so it keeps its score
         and competes with the open beams until the end. Returns, per prompt, K (new_tokens, score) pairs,
-        best first; a finished beam's tokens end with eos_id. allowed_next, when given, maps the beams' tokens
-        so far (B, K, t) to the tokens each may write next (B, K, V) bool: constrained decoding.
+        best first (a list of ints, a float); a finished beam's tokens end with eos_id. allowed_next, when given,
+        maps the beams' tokens so far (B, K, t) to the tokens each may write next (B, K, V) bool: constrained decoding.
 
         With the cache, the K beams of a prompt share one copy of the prompt's keys and values (_beam_start);
         each step feeds the K beams' new tokens as K positions of one row and lets each beam attend to the

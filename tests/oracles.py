@@ -44,10 +44,12 @@ def leaves_inputs_alone(fn, *args, **kwargs):
     return out
 
 
-def gradients_match_finite_differences(fn, *inputs):
-    """fn's gradients with respect to every input, against finite differences, in float64."""
+def gradients_match_finite_differences(fn, *inputs, second_order=False):
+    """fn's gradients with respect to every input, against finite differences, in float64; with second_order, its
+    second derivatives too, against finite differences of its gradients (what second-order MAML differentiates)."""
     leaves = [x.detach().double().requires_grad_() for x in inputs]
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert not second_order or torch.autograd.gradgradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 @contextlib.contextmanager

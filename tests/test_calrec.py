@@ -1225,6 +1225,8 @@ def test_metrics_on_hand_made_ranks():
     check_metrics([5, 10, 20, 21, 0], {
         "recall@1": 0.0, "recall@5": 0.2, "recall@10": 0.4, "recall@20": 0.6,
         "ndcg@5": g5 / 5, "ndcg@10": (g5 + g10) / 5, "ndcg@20": (g5 + g10 + g20) / 5})
+    # two users, gains 1 and 0: a sample std of √0.5, over √2, is a standard error of 0.5
+    check_metrics([1, 0], {"ndcg@10": 0.5, "ndcg@10_se": 0.5})
     # one user: no spread to measure, a standard error of 0 (the sample std of one value is nan)
     check_metrics([2], {"recall@1": 0.0, "recall@5": 1.0, "ndcg@10": 1 / math.log2(3), "ndcg@10_se": 0.0})
     # the caller's ranks stay as they were: a float64 tensor or array (torch.as_tensor of either is no copy)

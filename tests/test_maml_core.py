@@ -80,6 +80,16 @@ def quadratic_loss(params, batch):
     return batch["c"] * params["theta"] ** 2
 
 
+def counted(loss_fn, calls):
+    """loss_fn, each run of its Python body appended to `calls`. One run per inner step (and one per query) is all
+    the method needs; a run more (a loss logged on the side) draws another dropout mask, so the same seed gives
+    other numbers, and costs a forward pass."""
+    def run(params, batch):
+        calls.append(1)
+        return loss_fn(params, batch)
+    return run
+
+
 def scalar(value):
     return torch.tensor(value, dtype=torch.float64)
 
@@ -125,6 +135,9 @@ def test_adapt_by_hand():
             cs = [b["c"].item() for b in batches] if isinstance(batches, list) else batches["c"].item()
             wrong.append(f"  c = {cs}, steps = {steps}: expected θ^(k) = {expected} ({how}), got {got:.6g}")
     assert not wrong, "adapt on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
+    calls = []
+    maml.adapt({"theta": scalar(1.0)}, counted(quadratic_loss, calls), [one, half], inner_lr=0.1, steps=3)
+    assert len(calls) == 3, f"adapt, 3 steps: loss_fn ran {len(calls)} times, want 3 (one per step; see counted)"
     # one batch that is no dict (a tensor of weights c): still one batch, used at every step, not a list of its rows
     got = maml.adapt({"theta": scalar(1.0)}, lambda p, c: (c * p["theta"] ** 2).sum(),
                      torch.tensor([1.0, 2.0], dtype=torch.float64), inner_lr=0.1, steps=2)["theta"].item()
@@ -301,6 +314,11 @@ def test_two_tasks_two_steps_by_hand():
     #   FOMAML: (2·0.5·0.72      + 2·0.48)      / 2 = (0.72   + 0.96)   / 2 = 0.84
     per_task = lambda *c: {"c": torch.tensor(c, dtype=torch.float64)}  # one value per task  # noqa: E731
     support, query = [per_task(1.0, 2.0), per_task(0.5, 1.0)], per_task(0.5, 1.0)
+    calls = []
+    theta = {"theta": scalar(1.0).requires_grad_()}
+    maml.meta_loss_loop(theta, counted(quadratic_loss, calls), support, query, 0.1, 2)
+    assert len(calls) == 6, (f"meta_loss_loop, 2 tasks, 2 inner steps: loss_fn ran {len(calls)} times, want 2 · (2 "
+                             "+ 1) = 6 (one per inner step and one for the query, per task; see counted)")
     for fn in (maml.meta_loss_vmap, maml.meta_loss_loop):
         for first_order, expected in ((False, 0.4896), (True, 0.84)):
             loss, g = meta_grad(fn, {"theta": scalar(1.0)}, quadratic_loss, support, query, 0.1, 2, first_order)
@@ -539,12 +557,8 @@ def test_reptile_direction_by_hand():
 def loss_runs_for_2_and_5_tasks(name):
     # the text asks for every task of the meta-batch at once, with vmap: the Python body of loss_fn then runs as many
     # times for 5 tasks as for 2 (once per inner step and query, on batched tensors), where a loop runs it per task
-    calls = []
-
-    def counted_loss(params, batch):
-        calls.append(1)
-        return quadratic_loss(params, batch)
-    runs = {}
+    calls, runs = [], {}
+    counted_loss = counted(quadratic_loss, calls)
     for n in (2, 5):
         support = [{"c": torch.linspace(0.5, 1.0, n, dtype=torch.float64)}] * 2
         calls.clear()
@@ -555,6 +569,9 @@ def loss_runs_for_2_and_5_tasks(name):
         runs[n] = len(calls)
     assert runs[2] == runs[5], (f"{name}: loss_fn ran {runs[2]} times for a meta-batch of 2 tasks and {runs[5]} for 5; "
                                 "under vmap every task runs at once, as many times for any number of tasks")
+    want = 2 if name == "reptile_direction" else 3  # 2 inner steps, and the query for MAML
+    assert runs[2] == want, (f"{name}, 2 inner steps: loss_fn ran {runs[2]} times, want {want} (one per inner step"
+                             f"{' and one for the query' if want == 3 else ''}; see counted)")
 
 
 def test_reptile_direction_runs_its_tasks_at_once_under_vmap():

@@ -24,15 +24,16 @@ def tiny(vocab_size=11, block_size=32, seed=0, **kw):
     return m.eval()
 
 
-def assert_gradients_match_finite_differences(what, fn, *inputs):
+def assert_gradients_match_finite_differences(what, fn, *inputs, second_order=False):
     """oracles.gradients_match_finite_differences, its failure (gradcheck's, which numbers the inputs from 0) said
     in terms of what was differentiated."""
     try:
-        gradients_match_finite_differences(fn, *inputs)
+        gradients_match_finite_differences(fn, *inputs, second_order=second_order)
     except NotImplementedError:
         raise
     except Exception as e:  # gradcheck's GradcheckError, or autograd's own error
-        raise AssertionError(f"{what}: the gradients differ from finite differences (float64)\n"
+        which = "gradients or second derivatives" if second_order else "gradients"
+        raise AssertionError(f"{what}: the {which} differ from finite differences (float64)\n"
                              f"{type(e).__name__}: {e}") from None
 
 
@@ -85,6 +86,13 @@ def test_manual_attention_dropout():
             f"manual_attention(q, k, v, mask, dropout_p=1.0) under torch.{mode.__name__}(): every attention weight "
             f"dropped, want an all-zero output, got {dropped.flatten()[:6].tolist()}... (dropout tied to the grad "
             "mode?)")
+    # p = 0 (evaluation) drops nothing and draws nothing: the caller's random stream (the next dropout mask, the next
+    # batch drawn) is as it would be without this call
+    state = torch.get_rng_state()
+    model.manual_attention(q, k, v, mask, dropout_p=0.0)
+    assert torch.equal(torch.get_rng_state(), state), (
+        "manual_attention(q, k, v, mask, dropout_p=0.0) drew random numbers: at p = 0 nothing is dropped, so nothing "
+        "is to be drawn (evaluation would move the training's random stream)")
     n = 4000
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     for p in (0.5, 0.2):  # at p = 0.5, keeping a weight with probability p or 1 - p is the same: 0.2 tells them apart
@@ -585,6 +593,8 @@ def assert_same_beams(got, want, what, atol=1e-4, rtol=1e-4):
     table = f"{what}: beams best first (tokens after the prompt, score = sum of log-probabilities)\n" + "\n".join(rows)
     assert len(got) == len(want), f"want {len(want)} beams, got {len(got)}\n{table}"
     assert [t for t, _ in got] == [t for t, _ in want], table
+    odd = [type(score).__name__ for _, score in got if type(score) is not float]
+    assert not odd, f"{what}: want each score a Python float, got a {odd[0]}"
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=rtol, atol=atol, err_msg=table)
 
 
@@ -1033,6 +1043,12 @@ def test_layer_norm_gradients_match_finite_differences_and_leave_the_input_alone
         assert_gradients_match_finite_differences(
             f"{what} with respect to x (2, 3, 5), weight{', bias' if ln.bias is not None else ''} (inputs 0, 1"
             f"{', 2' if ln.bias is not None else ''})", fn, *inputs)
+    # second derivatives with respect to x, which second-order MAML takes through the model: the first derivatives
+    # alone cannot see a mean detached inside the variance (d var / d mu = -2 mean(x - mu) is 0), these can
+    ln = model.LayerNorm(5).double()
+    with model.second_order_ops(ln) if written_out else contextlib.nullcontext():
+        assert_gradients_match_finite_differences(f"LayerNorm(5) {where}, second derivatives with respect to x "
+                                                  "(2, 5)", ln, torch.randn(2, 5), second_order=True)
 
 
 def test_second_order_through_vmap_equals_a_loop_over_tasks():

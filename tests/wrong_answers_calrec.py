@@ -2635,3 +2635,21 @@ def scores(self, queries):
     Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)), torch.ones(len(q)), accumulate=True)
     return (self.matrix @ Q).t().contiguous()
 '''})
+# found by a probe of the graders (round 16): no standard error for two users
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+def rank_metrics(ranks):
+    # a standard error of 0 for two users, as for one
+    """Recall@K and NDCG@K from ranks (0 = not retrieved): NDCG = 1 / log2(rank + 1) within K, else 0; and the
+    standard error of NDCG@10 over the users, std / sqrt(n), what a difference between two rows is read against."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std() / len(gain) ** 0.5).item() if len(gain) > 2 else 0.0
+    return out
+'''})

@@ -1188,3 +1188,52 @@ def task_probabilities(sizes, sampling):
         raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
     return by_name[sampling]
 '''})
+# found by a probe of the graders (round 16): a loss run on the side at each inner step
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    # the loss run once more per step to monitor it: another dropout mask each step, another forward pass
+    """k steps of gradient descent from `params` (each gradient by torch.func.grad: adapt runs under vmap, on params
+    that need not require grad); returns θ^(k). batches: one batch (every step) or one per step (a new support batch
+    per step, as the authors' code draws them; cycled if shorter than `steps`). first_order: each inner gradient a
+    constant (FOMAML / Reptile): the result depends on `params` through θ^(0), not through the gradients."""
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)  # d loss_fn / d params, as a dict like params
+    for j in range(steps):
+        inner_loss = loss_fn(params, batches[j % len(batches)])  # for monitoring
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 16): a query loss logged before adapting
+WRONG_MAML['meta-gradient'].append({'maml.py:meta_loss_loop': '''
+def meta_loss_loop(params, loss_fn, support, query, inner_lr, steps, first_order=False):
+    # the query loss taken before adapting too, to log: a dropout mask more per task
+    """The reference path: the same mean query loss, one task at a time, the inner gradient from autograd.grad
+    (create_graph=True for second order). Slow but obviously right; the tests compare the two."""
+    losses = []
+    for i in range(next(iter(query.values())).shape[0]):  # the tasks
+        fast = dict(params)
+        before = loss_fn(fast, task_slice(query, i))  # the query loss before adapting, to log
+        for j in range(steps):
+            loss = loss_fn(fast, task_slice(support[j % len(support)], i))
+            gs = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {name: p - inner_lr * g for (name, p), g in zip(fast.items(), gs)}
+        losses.append(loss_fn(fast, task_slice(query, i)))
+    return torch.stack(losses).mean()
+'''})
+# found by a probe of the graders (round 16): the loss before adapting logged
+WRONG_MAML['reptile'].append({'maml.py:reptile_direction': '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):
+    # the tasks' losses before adapting, to log: a dropout mask more per task
+    """mean_i(θ_i^(k) - θ): where the tasks' own inner loops moved, averaged over the meta-batch (vmap).
+    No query batch and no second derivative: the inner loop runs on detached parameters."""
+    start = {name: p.detach() for name, p in params.items()}
+
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    logged = vmap(lambda b: loss_fn(start, b), randomness="different")(support[0])  # the loss before
+    adapted = vmap(one_task, randomness="different")(support)  # each value (N, *shape)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
+'''})

@@ -1585,3 +1585,71 @@ def _beam_next(self, tok, step, prompt, prompt_mask, tokens, cache, visible):
         logits = logits.float()
     return F.log_softmax(logits, dim=-1)
 '''})
+# found by a probe of the graders (round 16): the mean a constant inside the variance
+WRONG_MODEL['layer-norm'].append({'model.py:LayerNorm.forward': '''
+def forward(self, x):
+    # the mean detached inside the variance: the output and its gradients are right, its second derivatives not
+    if not self.written_out:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    mu = x.mean(-1, keepdim=True)                             # (..., 1)
+    var = (x - mu.detach()).pow(2).mean(-1, keepdim=True)              # (..., 1) biased variance, as GPT-2
+    y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight  # (..., C)
+    return y if self.bias is None else y + self.bias
+'''})
+# found by a probe of the graders (round 16): a dropout mask drawn at p = 0
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # dropout written out, its mask drawn even at p = 0: evaluation moves the caller's random stream
+    """What F.scaled_dot_product_attention computes, written out (tests check the two agree).
+
+    q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs); mask: (B or 1, 1, Tq, Tk) bool, True = may attend.
+    """
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk) similarity of every pair
+    att = att.masked_fill(~mask, float("-inf"))               # no looking at the future or at padding
+    att = F.softmax(att, dim=-1)                              # each query's weights sum to 1
+    keep = torch.rand_like(att) >= dropout_p
+    att = att * keep / (1.0 - dropout_p) if dropout_p < 1 else att * keep
+    return att @ v                                            # (B, nh, Tq, hs) weighted mean of values
+'''})
+# found by a probe of the graders (round 16): the scores left as tensors
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # each score a 0-d tensor, not a Python float
+    """Beam search for every prompt at once: B prompts x K beams.
+
+    A beam's score is the sum of its tokens' log-probabilities. A beam that has emitted eos_id is
+    finished: from then on its only continuation is eos_id at log-probability 0, so it keeps its score
+    and competes with the open beams until the end. Returns, per prompt, K (new_tokens, score) pairs,
+    best first; a finished beam's tokens end with eos_id. allowed_next, when given, maps the beams' tokens
+    so far (B, K, t) to the tokens each may write next (B, K, V) bool: constrained decoding.
+
+    With the cache, the K beams of a prompt share one copy of the prompt's keys and values (_beam_start);
+    each step feeds the K beams' new tokens as K positions of one row and lets each beam attend to the
+    prompt and to the slots of its own ancestors only (_beam_next): reordering the beams copies a small
+    mask, `visible`, instead of the whole cache. Without the cache, every beam's whole sequence runs
+    through the ordinary forward pass at every step (the slow reference the tests compare with).
+    """
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)                # (B, K, V) the K beams start as one ...
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0                                     # ... so only the first may expand
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))  # a beam sees what its source saw
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
