@@ -662,7 +662,7 @@ class ConsoleHandler(logging.Handler):
     (± on an ASCII terminal) becomes '?'."""
 
     def emit(self, record):
-        if record.levelno >= logging.WARNING and record.getMessage() in WARNINGS.messages:
+        if getattr(record, "said", False):
             return  # said already: a file read twice (a GLUE task's dev.tsv is) warns once
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
         try:
@@ -673,11 +673,11 @@ class ConsoleHandler(logging.Handler):
 
 
 class Warnings(logging.Handler):
-    """Keeps each warning a run logs, once, in .messages, for its results.json."""
+    """Keeps each warning a run logs, once, in .messages (for results.json); marks one said before for the rest."""
 
     def emit(self, record):
-        if record.getMessage() not in self.messages:
-            self.messages.append(record.getMessage())
+        record.said = record.getMessage() in self.messages
+        self.messages += [] if record.said else [record.getMessage()]
 
 
 WARNINGS = Warnings(logging.WARNING)
@@ -688,7 +688,7 @@ def setup_logging(rank):
     """One logger for the whole project: the console gets the progress (process 0's), log.txt everything, and
     WARNINGS every warning (results.json lists them)."""
     logging.getLogger().setLevel(logging.DEBUG)
-    logging.getLogger().handlers[:] = [ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING), WARNINGS]
+    logging.getLogger().handlers[:] = [WARNINGS, ConsoleHandler(logging.INFO if rank == 0 else logging.WARNING)]
     WARNINGS.messages.clear()
 
 
@@ -788,7 +788,7 @@ class LogFile(logging.FileHandler):
 def open_log_file(out_dir, argv, resume):
     """Append to out_dir/log.txt, starting with a header line for this run: its command line, the time, and
     whether it resumes. Called after every input has been checked, just before the first write."""
-    start = time.time()
+    t0 = time.time()
     handler = LogFile(os.path.join(out_dir, "log.txt"), mode="a", encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger().addHandler(handler)
@@ -796,5 +796,5 @@ def open_log_file(out_dir, argv, resume):
     header = f"\n=== {when} python train.py {shlex.join(argv)}{'  (resumed)' if resume else ''}"
     for line in (header, *WARNINGS.messages):  # and what reading the inputs warned of, before there was a log.txt
         handler.emit(logging.makeLogRecord(dict(msg=line)))  # emit: past the filter that stamps the time
-    handler.addFilter(lambda record: setattr(record, "msg", f"[{time.time() - start:7.1f}s] {record.msg}") or True)
+    handler.addFilter(lambda r: setattr(r, "msg", f"[{time.time() - t0:7.1f}s] {r.msg}") or not getattr(r, "said", 0))
     return handler

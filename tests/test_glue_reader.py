@@ -232,21 +232,25 @@ def test_a_file_without_a_line_end_at_its_end_is_read_with_a_warning(tmp_path, c
 
 
 def test_a_warning_of_a_file_read_twice_is_said_once(tmp_path, capsys):
-    """glue_task reads dev.tsv and test.tsv a second time (is test.tsv labelled?): each warning once, on the console
-    and in what results.json lists."""
+    """glue_task reads dev.tsv and test.tsv a second time (is test.tsv labelled?): each warning once, on the console,
+    in log.txt and in what results.json lists."""
     import engine
     folder = write_task(tmp_path, "RTE", LAYOUTS["RTE"], splits=("train", "dev", "test"))
     for split in ("dev", "test"):
         with open(os.path.join(folder, f"{split}.tsv"), "rb+") as f:
             f.truncate(len(f.read()) - 1)  # the last line end gone
     engine.setup_logging(0)
+    log_file = engine.open_log_file(str(tmp_path), ["--task", "maml"], False)
     try:
         assert data.glue_task("RTE", folder)["test"]["y"] == [1, 0]
         said = capsys.readouterr().out.splitlines()
         want = [f"{folder}/{s}.tsv:3:42: the last line has no line end (a file cut short?)" for s in ("dev", "test")]
         assert said == want and engine.WARNINGS.messages == want
     finally:
+        log_file.close()
         logging.getLogger().handlers[:] = []
+    logged = (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert [sum(line.endswith(w) for line in logged) for w in want] == [1, 1], logged
 
 
 @needs_glue
