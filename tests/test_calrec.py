@@ -140,7 +140,7 @@ def test_info_nce_equals_naive_loop():
     # a temperature below 1e-3 (float64): each positive below one negative, the loss in closed form, 1200 at 1e-4
     q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
     k = torch.tensor([[0.6, 0.8], [0.8, 0.6]], dtype=torch.float64)   # row 0: 0.6 vs 0.8; row 1: 0.96 vs 1.0
-    for tau in (1e-4, 1e-5):
+    for tau in (1e-4, 1e-5, 1e-7):  # the caller's temperature, however small: no floor under it
         want = sum(d / tau + math.log1p(math.exp(-d / tau)) for d in (0.8 - 0.6, 1.0 - 0.96)) / 2
         got = calrec.info_nce(q, k, torch.tensor([0, 1]), tau).item()
         assert got == pytest.approx(want, rel=1e-9), (
@@ -234,6 +234,19 @@ def test_loss_mixture_by_hand():
         assert l_nig.grad is not None and l_nig.grad.item() == pytest.approx(1 - alpha - beta), (
             f"d loss / d L_NIG with alpha={alpha}, beta={beta}: expected 1 - alpha - beta = {1 - alpha - beta}, got "
             f"{None if l_nig.grad is None else l_nig.grad.item()} (is the loss built from the parts' floats?)")
+    # the caller's temperature and weights, however small: no floor under either. Each positive's cosine below a
+    # negative's (0.6 < 0.8, 0.96 < 1.0): L_UT = ((0.8 - 0.6) + (1.0 - 0.96)) / 2 / tau in closed form at tau = 1e-7
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    k = torch.tensor([[0.6, 0.8], [0.8, 0.6]], dtype=torch.float64)
+    loss, _ = calrec.calrec_loss(torch.tensor(3.0, dtype=torch.float64), q, q, k, torch.tensor([0, 1]), 0.0, 0.5, 1e-7)
+    assert loss.item() == pytest.approx(0.5 * 3.0 + 0.5 * 0.24 / 2 / 1e-7, rel=1e-9), (
+        f"calrec_loss with alpha=0, beta=0.5, tau=1e-7, L_NIG = 3, L_UT = 0.24 / 2 / 1e-7 = 1.2e6 in closed form: "
+        f"expected 600001.5, got {loss.item():.10g} (a floor under tau?)")
+    _, parts = calrec.calrec_loss(torch.tensor(3.0, dtype=torch.float64), v_u, v_tu, v_t, items, 0.0, 1e-7, 0.1)
+    want = naive_info_nce(v_u, v_t, items.tolist(), 0.1)
+    assert parts["ut"] == pytest.approx(want, rel=1e-9), (
+        f"calrec_loss with alpha=0, beta=1e-7: expected parts['ut'] = L_UT = {want:.10g} (a weight above 0 is on, "
+        f"however small), got {parts['ut']}")
     # the spec's direction: each target item against the users of the batch (no extra negatives)
     ids = items[:P].tolist()
     l_nig = torch.tensor(3.0, dtype=torch.float64)
@@ -711,14 +724,14 @@ def test_merge_round_robin_on_hand_made_lists():
     assert list(got) == want, (f"merge_round_robin of 4 lists of 100 distinct items, k=300: expected the first 300 "
                                f"items of the merge (a naive loop), got {len(got)} items"
                                + ("" if len(got) != 300 else ", another order"))
-    # a history of 2001 items whose oldest (the first) is beam 0's best: left out, however old (by hand: round 0
-    # takes 2, round 1 takes 1, then 3)
-    history = [100] + list(range(1000, 3000))
+    # a history of 70,001 items whose oldest (the first) is beam 0's best: left out, however old, past any window
+    # (by hand: round 0 takes 2, round 1 takes 1, then 3)
+    history = [100] + list(range(1000, 71000))
     lists, scores = [[100, 1], [2, 3]], [[5.0, 1.0], [4.0, 0.5]]
     got = calrec.merge_round_robin(lists, scores, exclude=history, k=3)
     want = naive_round_robin(lists, scores, history, 3)
     assert list(got) == want == [2, 1, 3], (
-        f"merge_round_robin of lists {lists} with BM25 scores {scores}, k=3, a history of 2001 items holding item 100 "
+        f"merge_round_robin of lists {lists} with BM25 scores {scores}, k=3, a history of 70,001 items holding item 100 "
         f"as its oldest: expected {want} (item 100 left out), got {list(got)}")
     # ids past 256 built at run time (as .tolist() builds them: equal ints, distinct objects) in two beams' round 0:
     # the item is taken once (compared with ==, not `is`)
@@ -845,10 +858,10 @@ def test_catalog_trie_by_hand():
     got = many.ranked_items([[([2, 99], -1.0), ([1, 99], -2.0)]], [history], 5)
     assert got == [[0]], (f"ranked_items of beams that wrote item 1, then item 0, history [1, 10..69] (61 items, "
                           f"item 1 the oldest): expected [[0]], got {got}")
-    history = [1] + list(range(10, 70)) * 30                            # 1801 items, item 1 the oldest, once
+    history = [1] + list(range(10, 70)) * 1200                  # 72,001 items, item 1 the oldest, once: no window
     got = many.ranked_items([[([2, 99], -1.0), ([1, 99], -2.0)]], [history], 5)
-    assert got == [[0]], (f"ranked_items of beams that wrote item 1, then item 0, a history of 1801 items (item 1 "
-                          f"the oldest, then items 10..69 30 times): expected [[0]], got {got}")
+    assert got == [[0]], (f"ranked_items of beams that wrote item 1, then item 0, a history of 72,001 items (item "
+                          f"1 the oldest, then items 10..69 1200 times): expected [[0]], got {got}")
     # the tokens each beam may write next: an item's next token, end-of-text where an item ends, none after it
     beams = {(1, 2): {3, eot}, (4, 9): {eot}, (2, 1): set(), (4, eot): set(), (1, 5): {6}}
     allowed = trie(torch.tensor([list(beams)]))                       # (1 prompt, 5 beams, 2 tokens so far)
@@ -1728,16 +1741,16 @@ def test_recent_vectors_by_hand():
             assert row == pytest.approx(want, rel=1e-12, abs=1e-12), (
                 f"recent_vectors of a history of {len(hist)} items in float64, decay {decay}: expected {want} (a loop "
                 f"over every item of the history, in Python floats), got {row}")
-    # a history of 2000 items (past any window of "recent enough" items, ages past any clamp): every item weighs at
-    # its own age, the oldest too (at decay 1, a plain mean); against the same loop, summed exactly
-    # (decay 0.5 and 0.25 too, where decay ** -position overflows: each weight is decay ** age, at most 1)
-    rows, very_long = v_long.tolist(), torch.randint(0, 30, (2000,), generator=gen).tolist()
+    # a history of 70,000 items (past any window of "recent enough" items, ages past any clamp, past 2 ** 16
+    # positions): every item weighs at its own age, the oldest too (at decay 1, a plain mean); against the same loop,
+    # summed exactly (decay 0.5 and 0.25 too, where decay ** -position overflows: each weight is decay ** age, at most 1)
+    rows, very_long = v_long.tolist(), torch.randint(0, 30, (70_000,), generator=gen).tolist()
     for decay in (1.0, 0.999, 0.97, 0.5, 0.25):
         w = [decay ** (len(very_long) - 1 - i) for i in range(len(very_long))]
         want = [math.fsum(wi * rows[j][c] for wi, j in zip(w, very_long)) / math.fsum(w) for c in range(3)]
         got = calrec_extras.recent_vectors(v_long, [very_long], decay)[0].tolist()
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12), (
-            f"recent_vectors of a history of 2000 items in float64, decay {decay}: expected {want} (a loop over every "
+            f"recent_vectors of a history of 70,000 items in float64, decay {decay}: expected {want} (a loop over every "
             f"item of the history, however old), got {got}")
     # float32 (the project's item vectors), a history of 100 items at decay 0.25 (in recent_decays' grid): (1/0.25) **
     # 99 is past float32's largest value, so weights as decay ** -(position from the oldest), normalised, are inf/inf.
@@ -1787,7 +1800,8 @@ def test_recent_vectors_by_hand():
     # output_size, .item()) cannot run on "meta" at all: such a body is checked the other way round, v_items on the
     # CPU and new tensors going by default to "meta", where one made without device= lands
     def device_problem(v_items, default):
-        try:
+        try:  # after a CPU call on the same lengths, as a GPU run's would be: nothing cached by them, device and all
+            calrec_extras.recent_vectors(torch.randn(5, 3), [[0, 1, 2], [], [4]], 0.5)
             with torch.device(default):
                 got = calrec_extras.recent_vectors(v_items, [[0, 1, 2], [], [4]], 0.5)
         except (RuntimeError, NotImplementedError) as e:

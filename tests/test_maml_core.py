@@ -554,12 +554,13 @@ def test_reptile_direction_by_hand():
     assert not wrong, "reptile_direction on L = c·θ² from θ = 1, inner_lr 0.1:\n" + "\n".join(wrong)
 
 
-def loss_runs_for_2_and_5_tasks(name):
+def loss_runs_for_2_5_and_100_tasks(name):
     # the text asks for every task of the meta-batch at once, with vmap: the Python body of loss_fn then runs as many
-    # times for 5 tasks as for 2 (once per inner step and query, on batched tensors), where a loop runs it per task
+    # times for 5 or 100 tasks as for 2 (once per inner step and query, on batched tensors), where a loop runs it per
+    # task (and vmap's chunk_size per chunk of tasks)
     calls, runs = [], {}
     counted_loss = counted(quadratic_loss, calls)
-    for n in (2, 5):
+    for n in (2, 5, 100):
         support = [{"c": torch.linspace(0.5, 1.0, n, dtype=torch.float64)}] * 2
         calls.clear()
         if name == "reptile_direction":
@@ -567,19 +568,20 @@ def loss_runs_for_2_and_5_tasks(name):
         else:
             maml.meta_loss_vmap({"theta": scalar(1.0)}, counted_loss, support, support[0], 0.1, 2)
         runs[n] = len(calls)
-    assert runs[2] == runs[5], (f"{name}: loss_fn ran {runs[2]} times for a meta-batch of 2 tasks and {runs[5]} for 5; "
-                                "under vmap every task runs at once, as many times for any number of tasks")
+    assert runs[2] == runs[5] == runs[100], (
+        f"{name}: loss_fn ran {runs[2]}, {runs[5]} and {runs[100]} times for meta-batches of 2, 5 and 100 tasks; under "
+        "vmap every task runs at once (no chunk_size), as many times for any number of tasks")
     want = 2 if name == "reptile_direction" else 3  # 2 inner steps, and the query for MAML
     assert runs[2] == want, (f"{name}, 2 inner steps: loss_fn ran {runs[2]} times, want {want} (one per inner step"
                              f"{' and one for the query' if want == 3 else ''}; see counted)")
 
 
 def test_reptile_direction_runs_its_tasks_at_once_under_vmap():
-    loss_runs_for_2_and_5_tasks("reptile_direction")
+    loss_runs_for_2_5_and_100_tasks("reptile_direction")
 
 
 def test_meta_loss_vmap_runs_its_tasks_at_once_under_vmap():
-    loss_runs_for_2_and_5_tasks("meta_loss_vmap")
+    loss_runs_for_2_5_and_100_tasks("meta_loss_vmap")
 
 
 def test_reptile_direction_equals_a_loop_over_tasks():
@@ -786,6 +788,7 @@ def test_task_samplers():
         ([7], "mixed", [1.0]),
         ([0, 2, 6], "uniform", [third] * 3),  # uniform counts tasks, as the docstring's 1/n: an empty one too
         ([0, 2, 6], "mixed", [third / 2, (third + 0.25) / 2, (third + 0.75) / 2]),
+        ([1.5, 2.0], "pps", [1.5 / 3.5, 2.0 / 3.5]),  # sizes as floats (weights): divided as they are
     ]
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)
@@ -793,7 +796,7 @@ def test_task_samplers():
     # an unknown name (near ones too, and None, no name at all): never guess, whatever the sizes (with one task, or
     # equal sizes, every method gives the same p: the name is still checked first)
     for sizes in ([100, 300, 600], [5], [4, 4, 4], [4, 4]):
-        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd", None):  # None: no default
+        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd", "proportional", None):  # None: no default
             with pytest.raises(ValueError, match="sampling"):
                 got = maml.task_probabilities(sizes, name)
                 pytest.fail(f"task_probabilities({sizes}, {name!r}) returned {got}: an unknown sampling (the names "

@@ -1237,3 +1237,43 @@ def reptile_direction(params, loss_fn, support, inner_lr, steps):
     adapted = vmap(one_task, randomness="different")(support)  # each value (N, *shape)
     return {name: (adapted[name] - start[name]).mean(0) for name in start}
 '''})
+# found by a probe of the graders (round 17): vmap in chunks
+WRONG_MAML['reptile'].append({'maml.py:reptile_direction': '''
+def reptile_direction(params, loss_fn, support, inner_lr, steps):
+    # the tasks in chunks of 8: loss_fn runs per chunk, and a meta-batch of 9 draws its masks in two goes
+    """mean_i(θ_i^(k) - θ): where the tasks' own inner loops moved, averaged over the meta-batch (vmap).
+    No query batch and no second derivative: the inner loop runs on detached parameters."""
+    start = {name: p.detach() for name, p in params.items()}
+
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    adapted = vmap(one_task, randomness="different", chunk_size=8)(support)  # each value (N, *shape)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
+'''})
+# found by a probe of the graders (round 17): another name accepted
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # a name of its own accepted: an unknown sampling must raise
+    """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
+    (Dou et al.'s best). mixed [ours]: uniform with probability 1/2, else PPS (the average). Else: ValueError."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    by_name["proportional"] = pps  # another name for it
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 17): the total as an int
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the total rounded down to an int: float sizes no longer sum to 1
+    """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
+    (Dou et al.'s best). mixed [ours]: uniform with probability 1/2, else PPS (the average). Else: ValueError."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / int(sizes.sum())
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
