@@ -79,6 +79,11 @@ def pytest_runtest_logreport(report):
         CAUGHT.add(wrong_answer(report.nodeid))
 
 
+# (variant, "file.py:function") -> the variant's function, made once for all the graders it meets: what it keeps at
+# module level (a cache) lives on from one grader to the next, as in a handed-in file that `grade` runs them all on
+MADE = {}
+
+
 @pytest.fixture(autouse=True)
 def exercise_variant(request, monkeypatch):
     if not hasattr(request, "param"):
@@ -86,11 +91,14 @@ def exercise_variant(request, monkeypatch):
         return
     if wrong_answer(request.node.nodeid) in CAUGHT:
         pytest.skip("caught by an earlier grader")
+    variant = re.search(r"EX=[\w-]+=\d+", request.node.nodeid).group(0)
     for where, source in request.param.items():
         file, _, qualname = where.partition(":")
         module = importlib.import_module(file[:-len(".py")])
-        namespace = dict(vars(module))  # the module's globals: the variant sees what the original saw
-        exec(compile(textwrap.dedent(source), where, "exec"), namespace)
         *owner, name = qualname.split(".")
-        monkeypatch.setattr(getattr(module, owner[0]) if owner else module, name, namespace[name])
+        if (variant, where) not in MADE:
+            namespace = dict(vars(module))  # the module's globals: the variant sees what the original saw
+            exec(compile(textwrap.dedent(source), where, "exec"), namespace)
+            MADE[variant, where] = namespace[name]
+        monkeypatch.setattr(getattr(module, owner[0]) if owner else module, name, MADE[variant, where])
     yield
