@@ -94,8 +94,8 @@ def read_text(path):
         with open(path, "rb") as f:
             raw = f.read()
         raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip's magic number, whatever the name
-    except (OSError, EOFError, zlib.error) as e:
-        known = {FileNotFoundError: "no such file", PermissionError: "permission denied"}  # else errno's words
+    except (OSError, EOFError, zlib.error, MemoryError) as e:  # else errno's words
+        known = {FileNotFoundError: "no such file", PermissionError: "permission denied", MemoryError: "too large"}
         raise UserError(f"{path}: {known.get(type(e), f'cannot be read ({e})')}") from None
     def where(at):  # 'line:column' of a byte; a line ends at \n, \r\n or \r, as the readers split lines
         ends = [m.end() for m in re.finditer(rb"\r\n?|\n", raw[:at])]

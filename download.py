@@ -9,7 +9,9 @@ examples:
 
 Downloads are kept in <out>/downloads/: a rerun resumes a partial one and skips a complete one. Each is checked
 (gzip's and zip's CRC-32s, GLUE's row counts); a folder is built under a temporary name and renamed when complete,
-so it is never half-written. A finished folder is left alone; delete it to rebuild it.
+so it is never half-written. A finished folder is left alone; delete it to rebuild it. Every folder a command
+builds is checked before the first is written: a file in its way, or a folder missing a file data.py writes, is
+refused.
 """
 
 import argparse
@@ -140,20 +142,25 @@ def _download(url, part, have, name):
     return total
 
 
-def already_built(folder):
-    """Whether `folder` holds a finished build, left alone (say so); an empty one is removed, to be built again."""
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{folder}: is {'a file' if os.path.isfile(folder) else 'not a folder'}; data.py builds a "
-                        "folder there (move it away)")
+def already_built(folder, files, setting=""):
+    """Whether `folder` holds a finished build (each of `files`), left alone (say so, and which `setting` it was built
+    with); an empty one is removed, to be built again. A file in the way of the folder, or a build missing a file, is
+    refused: each prepare_ function asks this of every folder before it writes anything."""
+    for path in _parents(folder):  # the folder, and each folder above it up to the current one
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise UserError(f"{path}: is {'a file' if os.path.isfile(path) else 'not a folder'}; data.py builds a "
+                            "folder there (move it away)")
     if os.path.isdir(folder) and not os.listdir(folder):
         if os.path.islink(folder):
             raise UserError(f"{folder}: a link to an empty folder; data.py builds a folder there (remove the link)")
         os.rmdir(folder)
-    if os.path.isdir(folder):
-        log.info(f"{folder}: already there, as an earlier data.py built it (with its own --min-count or --k); "
-                 "delete it to rebuild")
-        return True
-    return False
+    if not os.path.isdir(folder):
+        return False
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise UserError(f"{folder}: has no {missing[0]}, so data.py did not build it; move it away to build there")
+    log.info(f"{folder}: already there, as an earlier data.py built it{setting}; delete it to rebuild")
+    return True
 
 
 @contextlib.contextmanager
@@ -384,10 +391,11 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
         if not re.fullmatch(r"[A-Za-z0-9_]+", category):
             raise UserError(f"{category!r}: not an Amazon 2018 category file name; those are words joined by "
                             "underscores, such as Industrial_and_Scientific")
-    for category in dict.fromkeys(categories):  # each once, however often it was named
+    built = {c: already_built(os.path.join(out, c), [f"{c}.{s}" for s in ("item", "train.inter", "valid.inter",
+                                                                         "test.inter")], " with its own --min-count")
+             for c in categories}  # each checked before the first is written; each once, however often named
+    for category in (c for c, done in built.items() if not done):
         folder = os.path.join(out, category)
-        if already_built(folder):
-            continue
         hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
         paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(out, "downloads", file), hint) for sub, file in
                  (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
@@ -479,9 +487,10 @@ def prepare_glue(out, names=tuple(GLUE_TASKS), base_url=GLUE_URL, mrpc_url=MRPC_
     downloads = os.path.join(out, "downloads")
     for name in names:
         check_glue_task(name)
+    built = {name: already_built(os.path.join(out, name), ["train.tsv"] + (
+        ["dev_matched.tsv", "dev_mismatched.tsv"] if name == "MNLI" else ["dev.tsv"])) for name in names}
+    for name in (n for n, done in built.items() if not done):
         folder = os.path.join(out, name)
-        if already_built(folder):
-            continue
         files = ({"msr_paraphrase_train.txt": mrpc_url + "msr_paraphrase_train.txt",
                   "mrpc_dev_ids.tsv": mrpc_dev_ids_url} if name == "MRPC" else
                  {GLUE_ARCHIVES[name]: base_url + GLUE_ARCHIVES[name]})
@@ -528,7 +537,7 @@ def _labelled_lines(glue_root, name):
     {line: label} (STS-B: whether the score is at least 2.5)."""
     spec = check_glue_task(name)
     path = os.path.join(glue_root, name, "train.tsv")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):  # else read_glue_split says what it is (a folder, a named pipe, ...)
         raise UserError(f"{path}: no such file; fetch GLUE first: python data.py glue --out {glue_root}")
     y = read_glue_split(path, name)["y"]  # every line well-formed, or an error naming file and line
     with open(path, "rb") as f:  # split as read_glue_split does (on \n, \r, \r\n), blank lines dropped as it does
@@ -581,6 +590,8 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
     the previous seed's order, in the script's order of seeds. So one of LM-BFF's seeds replays the shuffles of
     those before it in LM_BFF_SEEDS, whichever seeds are asked for and in whatever order (a split is the same
     alone or among others); any other seed, and every seed of a file with a header, shuffles the file's order."""
+    built = {(name, seed): already_built(os.path.join(out, name, f"{k}-{seed}"), ["train.tsv", "dev_matched.tsv" if
+                                         name == "MNLI" else "dev.tsv"]) for name in names for seed in seeds}
     for name in names:
         path, header, lines, label = _labelled_lines(glue_root, name)
         for seed in seeds:
@@ -588,9 +599,8 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
             shuffled = list(lines)
             for s in chain + (seed,):  # = np.random.seed(s); np.random.shuffle(...), see above
                 np.random.RandomState(s).shuffle(shuffled)
-            folder = os.path.join(out, name, f"{k}-{seed}")
-            if not already_built(folder):
-                _write_few_shot(path, name, folder, header, shuffled, label, k)
+            if not built[name, seed]:
+                _write_few_shot(path, name, os.path.join(out, name, f"{k}-{seed}"), header, shuffled, label, k)
 
 
 # -----------------------------------------------------------------------------

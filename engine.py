@@ -262,7 +262,7 @@ def check_out_dir(path, flag, outputs=()):
             raise UserError(f"{flag} {path}: is a file, not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path}: this folder is not writable")
-        for out in (os.path.join(path, n) for n in outputs):
+        for out in (os.path.join(path, m) for n in outputs for m in (n, f".{n}.tmp")):  # and atomic_write's
             if os.path.lexists(out) and not os.path.isfile(out):  # a folder, a link to nowhere, a device, ...
                 raise UserError(f"{out}: is {'a folder' if os.path.isdir(out) else 'not a regular file'}; a run "
                                 "writes a file there")

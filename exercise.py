@@ -476,7 +476,7 @@ def grade_handout(folder, names, timeout):
         try:
             with open(manifest, encoding="utf-8-sig") as f:  # as a Windows editor may save it: a BOM first
                 listed = json.load(f)
-        except (OSError, ValueError, RecursionError):
+        except (OSError, ValueError, RecursionError, MemoryError):
             pass
     if not (isinstance(listed, list) and listed and all(isinstance(n, str) for n in listed)):
         if names and not os.path.lexists(manifest):  # not a handout: a tree of the teacher's choosing

@@ -621,6 +621,9 @@ CASES = {
                                                 "results.json: is a folder; a run writes a file there"),
     "state.pt is a folder": lambda w, tmp: (["--task", "calrec", "--out-dir", folder_holding(tmp, "state.pt")],
                                             "state.pt: is a folder; a run writes a file there"),
+    "a folder where results.json is written first": lambda w, tmp: (  # atomic_write's temporary file
+        ["--task", "sinusoid", "--out-dir", folder_holding(tmp, ".results.json.tmp")],
+        ".results.json.tmp: is a folder; a run writes a file there"),
     "init folder without config": init(lambda w, tmp: (tmp / "g").mkdir() or str(tmp / "g"), "config.json: missing"),
     "item file is a folder": calrec_data(lambda d: os.remove(os.path.join(d, "Alpha.valid.inter")) or
                                          os.mkdir(os.path.join(d, "Alpha.valid.inter")),

@@ -231,7 +231,7 @@ def test_amazon_end_to_end(server, tmp_path, caplog, scheme):
 
     requests = len(server.seen)
     download.prepare_amazon(["Tools"], str(out), base_url=url, min_count=3)  # a rerun leaves the folder alone
-    assert "already there, as an earlier data.py built it (with its own --min-count or --k); delete it to rebuild" \
+    assert "already there, as an earlier data.py built it with its own --min-count; delete it to rebuild" \
         in caplog.text and len(server.seen) == requests
     # the raw files are for `python data.py amazon` to convert; --data refuses them, saying how to convert them
     with pytest.raises(UserError, match="Tools_5.json.gz: raw Amazon 2018 files; convert them"):
@@ -373,6 +373,14 @@ def test_glue_archives_become_task_folders(server, tmp_path):
     assert tasks["RTE"]["train"]["y"] == [1, 0] and "test" not in tasks["RTE"]
     assert tasks["MNLI"]["dev"]["y"] == [0, 2, 1] and "test" not in tasks["MNLI"]
     assert tasks["MRPC"]["train"]["text_a"] == ['A "b" .', "E ."] and tasks["MRPC"]["dev"]["text_a"] == ["C ."]
+    # a rerun takes every folder for the build it is (MNLI's two dev files too) and fetches nothing; a folder missing
+    # a file data.py writes is no build of it, refused before any download
+    requests = len(server.seen)
+    download.prepare_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"], expected_rows=rows, **glue_urls(server))
+    os.remove(out / "MNLI" / "dev_mismatched.tsv")
+    with pytest.raises(UserError, match=f"^{out}/MNLI: has no dev_mismatched.tsv, so data.py did not build it"):
+        download.prepare_glue(str(out), ["RTE", "MNLI"], expected_rows=rows, **glue_urls(server))
+    assert len(server.seen) == requests
 
 
 def test_a_control_character_kept_is_named_in_the_task_folder_not_the_build_folder(server, tmp_path, caplog):
@@ -561,6 +569,33 @@ def test_few_shot_of_a_gzipped_train_file_is_that_of_the_file_unpacked(tmp_path)
     split = tmp_path / "out" / "RTE" / "4-13"
     assert ((split / "train.tsv").read_bytes(), (split / "dev.tsv").read_bytes()) == \
         expected_few_shot(header, lines, labels, 13, 4)
+
+
+def test_few_shot_checks_every_folder_it_builds_before_it_writes_one(tmp_path):
+    """A task's folder that is a file, or a seed folder that data.py did not build (a file missing, as a user's own
+    folder would be): refused, naming it, before any split is written; a folder built before is left as it was."""
+    header = b"index\tsentence1\tsentence2\tlabel\n"
+    for name in ("CoLA", "RTE"):
+        few_shot_source(tmp_path / "glue", name, None if name == "CoLA" else header,
+                        [f"gj04\t{i % 2}\t\tSentence {i} ." if name == "CoLA" else
+                         f"{i}\tA {i}.\tB.\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(40)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "RTE").write_text("a file")
+    with pytest.raises(UserError, match=f"^{out}/RTE: is a file; data.py builds a folder there"):
+        download.make_few_shot(str(tmp_path / "glue"), str(out), ["CoLA", "RTE"], k=4, seeds=(13,))
+    assert os.listdir(out) == ["RTE"]  # CoLA, asked for first, was not written
+    (out / "RTE").unlink()
+    (out / "RTE" / "4-13").mkdir(parents=True)
+    (out / "RTE" / "4-13" / "train.tsv").write_text("a user's own file")
+    with pytest.raises(UserError, match=f"^{out}/RTE/4-13: has no dev.tsv, so data.py did not build it"):
+        download.make_few_shot(str(tmp_path / "glue"), str(out), ["CoLA", "RTE"], k=4, seeds=(13,))
+    assert sorted(os.listdir(out)) == ["RTE"] and os.listdir(out / "RTE" / "4-13") == ["train.tsv"]
+    # a GLUE train.tsv that is there but no file is said to be what it is (not "fetch GLUE first")
+    os.remove(tmp_path / "glue" / "CoLA" / "train.tsv")
+    (tmp_path / "glue" / "CoLA" / "train.tsv").mkdir()
+    with pytest.raises(UserError, match="CoLA/train.tsv: is a folder, not a file$"):
+        download.make_few_shot(str(tmp_path / "glue"), str(tmp_path / "out2"), ["CoLA"], k=4, seeds=(13,))
 
 
 def test_few_shot_onto_a_full_disk_names_the_file_and_leaves_no_folder(tmp_path, monkeypatch):

@@ -231,6 +231,20 @@ def test_a_file_without_a_line_end_at_its_end_is_read_with_a_warning(tmp_path, c
     assert data.read_text(str(path)) == "" and not caplog.records
 
 
+def test_a_file_too_large_for_memory_is_named(tmp_path):
+    """A file past the memory a process may take (here a cap of 256 MiB more, and a sparse file of 2 GiB, which
+    takes no disk): one line naming it, not an out-of-memory error blamed on a setting."""
+    from oracles import memory_capped
+    path = tmp_path / "train.tsv"
+    with open(path, "wb") as f:
+        f.truncate(2 << 30)
+    with memory_capped(256 << 20) as capped:
+        if not capped:
+            pytest.skip("no memory cap on this system (Linux's RLIMIT_AS)")
+        with pytest.raises(data.UserError, match=f"^{path}: too large$"):
+            data.read_text(str(path))
+
+
 def test_a_warning_of_a_file_read_twice_is_said_once(tmp_path, capsys):
     """glue_task reads dev.tsv and test.tsv a second time (is test.tsv labelled?): each warning once, on the console,
     in log.txt and in what results.json lists."""
