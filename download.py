@@ -384,6 +384,16 @@ def write_benchmark_folder(domain, folder):
                     f.write(f"{user}\t{' '.join(keys[i] for i in hist[-HISTORY:])}\t{keys[t]}\n")
 
 
+def fetch_category(base_url, out, category):
+    """The paths of a category's two files (reviews, metadata), fetched into out/downloads and checked whole."""
+    hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
+    paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(out, "downloads", file), hint) for sub, file in
+             (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
+    for path in paths:
+        check_gzip(path)
+    return paths
+
+
 def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
     """Amazon 2018 categories (file stems: Industrial_and_Scientific, ...) -> out/<category>/: the 5-core reviews
     and metadata through read_amazon_raw, written and read back with read_atomic, which must give the same Domain."""
@@ -395,12 +405,7 @@ def prepare_amazon(categories, out, base_url=AMAZON_2018_URL, min_count=5):
                                                                          "test.inter")], " with its own --min-count")
              for c in categories}  # each checked before the first is written; each once, however often named
     for category in (c for c, done in built.items() if not done):
-        folder = os.path.join(out, category)
-        hint = f"is {category!r} an Amazon 2018 category file name such as Industrial_and_Scientific?"
-        paths = [fetch(f"{base_url}/{sub}/{file}", os.path.join(out, "downloads", file), hint) for sub, file in
-                 (("categoryFilesSmall", f"{category}_5.json.gz"), ("metaFiles2", f"meta_{category}.json.gz"))]
-        for path in paths:
-            check_gzip(path)
+        folder, paths = os.path.join(out, category), fetch_category(base_url, out, category)
         try:
             domain = read_amazon_raw(*paths, name=category, min_count=min_count)
         except UserError as e:  # a download it names is not kept: a rerun (from another --url) fetches it again
