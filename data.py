@@ -386,7 +386,7 @@ def _read_inter(path, index):
         ids = cols[jh].split() + [cols[jt].strip()]
         for i in ids:
             if i not in index:
-                raise UserError(f"{path}:{line_no}: unknown item id '{i}' (not in the item text file)")
+                raise UserError(f"{path}:{line_no}: unknown item id {i!a} (not in the item text file)")
         if len(ids) < 2:
             raise UserError(f"{path}:{line_no}: empty history")
         examples.append((line_no, cols[ju].strip(), [index[i] for i in ids[:-1]], index[ids[-1]]))
