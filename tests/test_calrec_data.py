@@ -282,7 +282,8 @@ def test_item_variant_takes_every_text_column(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     ("0\t0 5\t1", r"Sci\.train\.inter:3: unknown item id '5'"),
-    ("0\t0 cafe\u0301\t1", r"Sci\.train\.inter:3: unknown item id 'cafe\\u0301'"),  # in ASCII: an id unlike another only in its accents' encoding shows how
+    # in ASCII: an id unlike an item's only in how its accents are encoded shows how
+    ("0\t0 cafe\u0301\t1", r"Sci\.train\.inter:3: unknown item id 'cafe\\u0301'"),
     ("0\t\t1", r"Sci\.train\.inter:3: empty history"),
     ("0\t0", r"Sci\.train\.inter:3: expected 3 tab-separated columns"),
 ])
