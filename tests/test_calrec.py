@@ -350,6 +350,20 @@ def test_user_and_target_vectors_are_means_over_their_spans():
             assert torch.allclose(got, want, rtol=1e-7, atol=1e-7), (
                 f"{name}, span {p} (row {b}, the item at positions {s} to {e - 1}): expected the normalised mean of h "
                 f"over {span}, {[round(x, 6) for x in want.tolist()]}, got {[round(x, 6) for x in got.tolist()]}")
+    # h changed in place between two calls (an evaluation's buffer, reused): each call reads h as it is now (nothing
+    # cached by the tensor's identity, its memory or its shape). h = [[1, 0], [0, 1]] over one row, then its first
+    # position set to [0, 5]: the mean over position 0 is [1, 0], then [0, 1]
+    h2 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    row, start, end = torch.tensor([0]), torch.tensor([0]), torch.tensor([1])  # the span [0, 1) of row 0
+    for name, call in (("user_vectors", lambda: calrec.user_vectors(h2, row, end)),
+                       ("target_vectors", lambda: calrec.target_vectors(h2, row, start, end))):
+        h2[0, 0] = torch.tensor([1.0, 0.0])
+        first = call().tolist()
+        h2[0, 0] = torch.tensor([0.0, 5.0])
+        again = call().tolist()
+        assert (first, again) == ([[1.0, 0.0]], [[0.0, 1.0]]), (
+            f"{name} over position 0 of h = [[1, 0], [0, 1]], then again after h[0, 0] was set to [0, 5] in place: "
+            f"want [[1, 0]] then [[0, 1]], got {first} then {again} (the first h, kept?)")
     # a span may start at position 0: target_vectors alone needs no prompt before it
     rows, starts, ends = torch.tensor([1, 0]), torch.tensor([0, 0]), torch.tensor([4, 9])
     got = calrec.target_vectors(h, rows, starts, ends)
@@ -508,6 +522,29 @@ def test_bm25_matches_hand_computed_scores():
     assert hits[0][0] == [2, 0] and hits[1] == ([], []), (
         f"BM25.search('red'), ('unseen'): expected documents [2, 0] and none (zero-score documents are not retrieved),"
         f" got {hits[0][0]} and {hits[1][0]}")
+    # every word of a query counts, however long it is: 600 unknown words before "pie", or "red red" before 70 of
+    # them, score as "pie" and "red red" alone
+    for long, short in (("x " * 600 + "pie", "pie"), ("red red " + "x " * 70, "red red")):
+        got, want = bm.scores([long, short]).tolist()
+        assert got == pytest.approx(want, abs=1e-6), (
+            f"BM25 scores of {short!r} after or before {long.count('x')} unknown words: expected {want} (those of "
+            f"{short!r} alone), got {got}")
+    # a second index (its own words) leaves the first as it was: nothing shared between indexes (a default {} of
+    # __init__ is one dict for every call)
+    calrec.BM25(["blue sky", "grey sky"])
+    got, want_red = bm.scores(["red"]).tolist()[0], [0.5235484, 0.0, 0.6243067]
+    assert got == pytest.approx(want_red, abs=1e-6), (
+        f"BM25 scores of 'red' on {docs} after another index was built over ['blue sky', 'grey sky']: expected "
+        f"{want_red}, got {got}")
+    # lower-cased as words() does it (str.lower, as Lucene's LowerCaseFilter): 'Straße' is not 'strasse'
+    got = calrec.BM25(["Straße nach Berlin", "strasse"]).scores(["strasse"]).tolist()[0]
+    assert got[0] == 0.0 and got[1] > 0, f"BM25 scores of 'strasse' on ['Straße nach Berlin', 'strasse']: expected " \
+        f"a score for the second alone (str.lower keeps ß; casefold would make it ss), got {got}"
+    # past 2 ** 15 documents and words (an int16 index wraps there): 33,000 documents of one word each
+    many = calrec.BM25([f"w{i}" for i in range(33_000)]).scores(["w32999"])[0]
+    assert many.nonzero().flatten().tolist() == [32999], (
+        f"BM25 of 33,000 documents 'w0' ... 'w32999', the query 'w32999': expected a score for document 32999 "
+        f"alone, got scores at {many.nonzero().flatten().tolist()[:5]}")
 
 
 def test_bm25_reads_words_of_any_script():
@@ -1240,6 +1277,9 @@ def test_metrics_on_hand_made_ranks():
         "ndcg@5": g5 / 5, "ndcg@10": (g5 + g10) / 5, "ndcg@20": (g5 + g10 + g20) / 5})
     # two users, gains 1 and 0: a sample std of √0.5, over √2, is a standard error of 0.5
     check_metrics([1, 0], {"ndcg@10": 0.5, "ndcg@10_se": 0.5})
+    # 65 users, one at rank 1: the gains' mean is 1/65, their sample variance (64/65) / 64 = 1/65, and the standard
+    # error √(1/65) / √65 = 1/65 (the sample std whatever the number of users)
+    check_metrics([1] + [0] * 64, {"ndcg@10": 1 / 65, "ndcg@10_se": 1 / 65})
     # one user: no spread to measure, a standard error of 0 (the sample std of one value is nan)
     check_metrics([2], {"recall@1": 0.0, "recall@5": 1.0, "ndcg@10": 1 / math.log2(3), "ndcg@10_se": 0.0})
     # the caller's ranks stay as they were: a float64 tensor or array (torch.as_tensor of either is no copy)

@@ -133,13 +133,13 @@ def exact_pearson(x, y):
 
 
 def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
-    # a generated family: 2 to 9 values, large common offsets that cancel (1e8 + small values) and tiny spreads
+    # a generated family: 2 to 9 values (and 600: nothing changes past a size), large common offsets that cancel (1e8 + small values) and tiny spreads
     # (2.5 + 1e-9·noise, a near-collapsed regression head; values of 1e-13), a constant on either side, against exact
     # arithmetic; non-finite predictions (inf as well as nan, one or all of them) score nan; every metric returns a
     # Python float (json and torch.load(weights_only=True) read it)
     rng = np.random.default_rng(0)
     wrong = []
-    for n in (2, 3, 5, 9):
+    for n in (2, 3, 5, 9, 600):
         for offset, spread in ((0.0, 1.0), (1e8, 1.0), (2.5, 1e-9), (-3e7, 10.0), (1e6, 1e-3)):
             x, y = offset + spread * rng.normal(size=n), rng.normal(size=n)
             tiny = 1e-13 * rng.normal(size=n)  # a small scale is no constant
@@ -173,7 +173,7 @@ def test_metrics_over_a_family_equal_exact_arithmetic_and_are_python_floats():
                     wrong.append(f"  {fn_.__name__}{args}: expected nan (a diverged model), got {got!r}")
     # average ranks against their definition, counted by hand: rank = 1 + (values below) + (other values equal) / 2;
     # with exact repeats and values one float64 step apart (distinct: no shared rank)
-    for n in (1, 2, 4, 7):
+    for n in (1, 2, 4, 7, 100):
         base = rng.integers(0, 3, size=n).astype(float)
         for x in (base, np.nextafter(base, 9.0) * (rng.random(n) < 0.5) + base * (rng.random(n) >= 0.5), -base):
             expected = [1 + sum(v < u for v in x) + (sum(v == u for v in x) - 1) / 2 for u in x]

@@ -299,6 +299,31 @@ def test_pooling_by_hand():
     torch.testing.assert_close(model.last_token_pool(h, mask), torch.stack([h[0, 2], h[1, 0]]),
                                msg=lambda m: f"last_token_pool(h, {mask.tolist()}), h = arange(24).view(2, 4, 3): "
                                              f"want h[0, 2] = [6, 7, 8] and h[1, 0] = [12, 13, 14]\n{m}")
+    # calls in a row of the same shapes and counts, the last after the caller changed its mask in place: each reads
+    # the mask as it is now (nothing cached by shape, count, or the tensor's identity). h[b, t] = [6b + 2t, 6b + 2t + 1]
+    h = torch.arange(12.0).view(2, 3, 2)
+    for pool, calls in ((model.mean_pool, [([[1, 1, 0], [1, 0, 0]], [[1, 2], [6, 7]]),
+                                           ([[1, 0, 0], [1, 1, 0]], [[0, 1], [7, 8]]),
+                                           ((0, 2), [[2, 3], [7, 8]])]),      # the last mask with [0, 2] set to 1
+                        (model.last_token_pool, [([[1, 1, 0], [1, 0, 0]], [[2, 3], [6, 7]]),
+                                                 ([[1, 0, 0], [1, 1, 0]], [[0, 1], [8, 9]]),
+                                                 ((0, 1), [[2, 3], [8, 9]])])):  # the last mask with [0, 1] set to 1
+        said = []
+        for given, want in calls:
+            if isinstance(given, tuple):
+                mask[given] = 1
+            else:
+                mask = torch.tensor(given)
+            said.append(f"{mask.tolist()}{' (changed in place)' if isinstance(given, tuple) else ''}")
+            got = pool(h, mask)
+            assert got.tolist() == want, (f"{pool.__name__}(h, mask), h = arange(12.0).view(2, 3, 2), the masks "
+                                          f"{', then '.join(said)}: want {want} from the last, got {got.tolist()}")
+    # rows of 2049 and 40,000 tokens: a count in float16 (2049 is not one) or int16 (40,000 wraps) is no count
+    for T in (2049, 40_000):
+        h, ones = torch.arange(float(T)).view(1, T, 1), torch.ones(1, T, dtype=torch.long)
+        got = (model.last_token_pool(h, ones).item(), model.mean_pool(torch.ones(1, T, 1), ones).item())
+        assert got == (T - 1, 1.0), (f"a row of {T} real tokens, h[0, t] = t: want last_token_pool {T - 1} and "
+                                     f"mean_pool of ones 1.0, got {got}")
 
 
 def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():

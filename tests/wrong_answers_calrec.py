@@ -2822,3 +2822,124 @@ def __call__(self, tokens):
 
 _NEXT = {}
 '''})
+# found by a probe of the graders (round 18): running sums cached by identity
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''
+_RUNNING = {}
+
+
+def user_vectors(h, rows, ends):
+    # the running sums memoised by the tensor's identity: h changed in place since is not seen
+    """The user tower: v_U, the normalised mean of the hidden states h (B, T, C) over a prompt, positions
+    [0, ends[p]) of row rows[p]. One row of the joint sequence holds a prompt before each of its predicted
+    items, each a prefix of the next: a running mean gives all of them from one pass. (P, C)"""
+    key = (id(h), tuple(h.shape), h.dtype)
+    if h.requires_grad or key not in _RUNNING:
+        _RUNNING[key] = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    running = _RUNNING[key]
+    return F.normalize(running[rows, ends - 1] / ends[:, None].to(running.dtype), dim=-1).to(h.dtype)
+'''})
+# found by a probe of the graders (round 18): a mutable default vocabulary
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75, vocab={}):
+    # the vocabulary a default argument: one dict shared by every index
+    self.vocab = vocab
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()                  # documents holding each word
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))          # (V,)
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)          # one value per (document, word)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce()  # (D, V) sparse
+'''})
+# found by a probe of the graders (round 18): documents case-folded
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # documents case-folded (ß becomes ss) where words() lower-cases them, as queries are
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc.casefold())
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()                  # documents holding each word
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))          # (V,)
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)          # one value per (document, word)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce()  # (D, V) sparse
+'''})
+# found by a probe of the graders (round 18): int16 word ids
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.__init__': '''
+def __init__(self, documents, k1=1.2, b=0.75):
+    # word ids in int16: a vocabulary past 32,767 words wraps
+    self.vocab = {}
+    rows, cols, tfs, lengths = [], [], [], []
+    for d, doc in enumerate(documents):
+        ws = words(doc)
+        lengths.append(len(ws))
+        for w, tf in Counter(ws).items():
+            rows.append(d)
+            cols.append(self.vocab.setdefault(w, len(self.vocab)))
+            tfs.append(tf)
+    N, V = len(documents), len(self.vocab)
+    rows, cols = torch.tensor(rows), torch.tensor(cols, dtype=torch.int16).long()
+    tf = torch.tensor(tfs, dtype=torch.float32)
+    dl = torch.tensor(lengths, dtype=torch.float32)
+    df = torch.bincount(cols, minlength=V).float()                  # documents holding each word
+    self.idf = torch.log(1.0 + (N - df + 0.5) / (df + 0.5))          # (V,)
+    norm = k1 * (1.0 - b + b * dl[rows] / dl.mean())
+    weight = self.idf[cols] * tf * (k1 + 1.0) / (tf + norm)          # one value per (document, word)
+    self.matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight, (N, V),
+                                          check_invariants=True).coalesce()  # (D, V) sparse
+'''})
+# found by a probe of the graders (round 18): a query cut short
+WRONG_CALREC['bm25'].append({'calrec.py:BM25.scores': '''
+def scores(self, queries):
+    # a query cut at 512 words
+    """BM25 scores (nq, D), float32 (search sorts their bits), of every document for every query string."""
+    q, w = [], []                                                    # (query, word) index pairs, one per
+    for j, text in enumerate(queries):                               # occurrence of a known word
+        ids = [self.vocab[x] for x in words(text)[:512] if x in self.vocab]
+        q += [j] * len(ids)
+        w += ids
+    Q = torch.zeros(len(self.vocab), len(queries))                   # (V, nq) word counts of the queries,
+    Q.index_put_(tuple(torch.tensor([w, q], dtype=torch.long)),      # filled in one call: repeated
+                 torch.ones(len(q)), accumulate=True)                # pairs add up
+    return (self.matrix @ Q).t().contiguous()                        # (nq, D)
+'''})
+# found by a probe of the graders (round 18): the population std for many users
+WRONG_CALREC['ranking-metrics'].append({'evaluation.py:rank_metrics': '''
+def rank_metrics(ranks):
+    # the population std past 64 users
+    """Recall@K and NDCG@K from ranks (0 = not retrieved): NDCG = 1 / log2(rank + 1) within K, else 0; and the
+    standard error of NDCG@10 over the users, std / sqrt(n), what a difference between two rows is read against."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    hit = ranks > 0
+    out = {}
+    for k in RECALL_KS:
+        out[f"recall@{k}"] = (hit & (ranks <= k)).double().mean().item()
+    for k in NDCG_KS:
+        gain = torch.where(hit & (ranks <= k), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+        if k == 10:
+            out["ndcg@10_se"] = (gain.std(unbiased=len(gain) <= 64) / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
+    return out
+'''})

@@ -1277,3 +1277,35 @@ def task_probabilities(sizes, sampling):
         raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
     return by_name[sampling]
 '''})
+# found by a probe of the graders (round 18): float32 past 64 values
+WRONG_MAML['glue-metrics'].append({'evaluation.py:average_ranks': '''
+def average_ranks(x):
+    # float32 for long inputs: values one float64 step apart tie
+    """Ranks 1..n, ties sharing the mean of their ranks (what Spearman's rho needs)."""
+    x = np.asarray(x, dtype=np.float64 if len(x) <= 64 else np.float32)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # positions i..j share their mean rank
+        i = j + 1
+    return ranks
+'''})
+# found by a probe of the graders (round 18): float32 past 512 values
+WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''
+def pearson(x, y):
+    # float32 for long inputs: a large offset's cancellation loses the values
+    """Pearson's r, a Python float; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.min() == x.max() or y.min() == y.max():  # (not by the centred values: a mean can be inexact)
+        return 0.0
+    if len(x) > 512:
+        x, y = x.astype(np.float32), y.astype(np.float32)
+    xc, yc = x - x.mean(), y - y.mean()
+    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
+'''})

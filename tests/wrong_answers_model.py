@@ -1653,3 +1653,39 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     new, scores = tokens.tolist(), scores
     return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''})
+# found by a probe of the graders (round 18): the counts cached by shape
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''
+_COUNTS = {}
+
+
+def mean_pool(h, span_mask):
+    # the counts cached by the mask's shape: a later mask of that shape is divided by the first one's counts
+    """Mean of h (B, T, C) over the positions where span_mask (B, T) is 1 -> (B, C)."""
+    w = span_mask.to(h.dtype).unsqueeze(-1)                        # (B, T, 1)
+    key = (tuple(span_mask.shape), span_mask.dtype)
+    if key not in _COUNTS:
+        _COUNTS[key] = w.sum(1).clamp(min=1.0)
+    return (h * w).sum(1) / _COUNTS[key]
+'''})
+# found by a probe of the graders (round 18): an int16 count
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+def last_token_pool(h, attention_mask):
+    # the count in int16: a row of 40,000 tokens wraps to a negative one
+    """h (B, T, C) at each row's last real token of a right-padded batch -> (B, C)."""
+    last = attention_mask.to(torch.int16).sum(1, dtype=torch.int16).long() - 1                        # (B,) index of the last real token
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
+# found by a probe of the graders (round 18): the positions cached by shape and total
+WRONG_MODEL['pooling'].append({'model.py:last_token_pool': '''
+_LAST = {}
+
+
+def last_token_pool(h, attention_mask):
+    # the last positions cached by the mask's shape and total: another mask of the same total reuses them
+    """h (B, T, C) at each row's last real token of a right-padded batch -> (B, C)."""
+    key = (tuple(attention_mask.shape), int(attention_mask.sum()))
+    if key not in _LAST:
+        _LAST[key] = attention_mask.long().sum(1) - 1
+    last = _LAST[key]
+    return h[torch.arange(h.size(0), device=h.device), last]
+'''})
