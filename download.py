@@ -10,8 +10,8 @@ examples:
 Downloads are kept in <out>/downloads/: a rerun resumes a partial one and skips a complete one. Each is checked
 (gzip's and zip's CRC-32s, GLUE's row counts); a folder is built under a temporary name and renamed when complete,
 so it is never half-written. A finished folder is left alone; delete it to rebuild it. Every folder a command
-builds is checked before the first is written: a file in its way, or a folder missing a file data.py writes, is
-refused.
+builds is checked before the first is written: a file in its way, or a folder missing a file data.py writes (or
+holding it empty), is refused.
 """
 
 import argparse
@@ -156,9 +156,10 @@ def already_built(folder, files, setting=""):
         os.rmdir(folder)
     if not os.path.isdir(folder):
         return False
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        raise UserError(f"{folder}: has no {missing[0]}, so data.py did not build it; move it away to build there")
+    for path in (os.path.join(folder, f) for f in files):  # each a file data.py writes, never an empty one
+        if not os.path.isfile(path) or not os.path.getsize(path):
+            what = "a folder" if os.path.isdir(path) else "empty" if os.path.isfile(path) else "missing"
+            raise UserError(f"{path}: {what}, so data.py did not build {folder}; move that away to build there")
     log.info(f"{folder}: already there, as an earlier data.py built it{setting}; delete it to rebuild")
     return True
 

@@ -189,7 +189,7 @@ def read(root, file):
 def find_def(source, qualname, where):
     """The ast node of `function` or `Class.method` defined at the top level of the module (or of its class)."""
     try:
-        node = ast.parse(source)
+        node = ast.parse(source.removeprefix("\ufeff"))  # a byte-order mark first (a Windows editor's) is no code
     except SyntaxError as e:
         raise ExerciseError(f"cannot parse {where.partition(':')[0]}, line {e.lineno}: {e.msg}") from None
     for part in qualname.split("."):

@@ -532,8 +532,8 @@ def check_weights(weights, config, path, source, layout=lambda name, shape: (nam
             raise UserError(f"{path}: {k} has shape {tuple(w.shape)}, but {source} implies {shapes[k]}")
         if w.layout != torch.strided or w.is_meta:
             raise UserError(f"{path}: {k} is not a dense tensor of values ({w.layout}, on {w.device})")
-        if not (w.is_floating_point() and torch.isfinite(w).all()):
-            raise UserError(f"{path}: {k} holds " + ("NaN or infinite values" if w.is_floating_point() else
+        if not (w.is_floating_point() and torch.isfinite(w.float()).all()):  # as the model holds it: float32
+            raise UserError(f"{path}: {k} holds " + ("NaN, or values float32 cannot hold" if w.is_floating_point() else
                                                      f"{w.dtype} values, not floating-point weights"))
 
 

@@ -761,6 +761,9 @@ CASES = {
                                   "model.safetensors: wpe.weight holds NaN"),
     "init checkpoint weights nan": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
         "model"]["transformer.wpe.weight"].mul_(float("nan"))), "ckpt.pt: transformer.wpe.weight holds NaN"),
+    "init checkpoint weights past float32": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
+        "model"].update({"transformer.wpe.weight": ck["model"]["transformer.wpe.weight"].double().index_fill(
+            0, torch.tensor([0]), 1e300)})), "ckpt.pt: transformer.wpe.weight holds NaN, or values float32 cannot hold"),
     "init checkpoint dropout text": init(lambda w, tmp: resave(copy(w["out"], tmp / "run") + "/ckpt.pt", lambda ck: ck[
         "config"].update(dropout="high")), "ckpt.pt: its config does not describe a GPT"),
     "resume state of another layout": resume(lambda p, tmp: resave(p, lambda s: s.update(s.pop("state"))),

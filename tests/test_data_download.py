@@ -378,7 +378,7 @@ def test_glue_archives_become_task_folders(server, tmp_path):
     requests = len(server.seen)
     download.prepare_glue(str(out), ["RTE", "MNLI", "QNLI", "MRPC"], expected_rows=rows, **glue_urls(server))
     os.remove(out / "MNLI" / "dev_mismatched.tsv")
-    with pytest.raises(UserError, match=f"^{out}/MNLI: has no dev_mismatched.tsv, so data.py did not build it"):
+    with pytest.raises(UserError, match=f"^{out}/MNLI/dev_mismatched.tsv: missing, so data.py did not build {out}/MNLI"):
         download.prepare_glue(str(out), ["RTE", "MNLI"], expected_rows=rows, **glue_urls(server))
     assert len(server.seen) == requests
 
@@ -588,9 +588,14 @@ def test_few_shot_checks_every_folder_it_builds_before_it_writes_one(tmp_path):
     (out / "RTE").unlink()
     (out / "RTE" / "4-13").mkdir(parents=True)
     (out / "RTE" / "4-13" / "train.tsv").write_text("a user's own file")
-    with pytest.raises(UserError, match=f"^{out}/RTE/4-13: has no dev.tsv, so data.py did not build it"):
+    with pytest.raises(UserError, match=f"^{out}/RTE/4-13/dev.tsv: missing, so data.py did not build {out}/RTE/4-13"):
         download.make_few_shot(str(tmp_path / "glue"), str(out), ["CoLA", "RTE"], k=4, seeds=(13,))
     assert sorted(os.listdir(out)) == ["RTE"] and os.listdir(out / "RTE" / "4-13") == ["train.tsv"]
+    dev = out / "RTE" / "4-13" / "dev.tsv"
+    for make, what in ((lambda: dev.write_bytes(b""), "empty"), (lambda: dev.unlink() or dev.mkdir(), "a folder")):
+        make()  # no build of data.py either
+        with pytest.raises(UserError, match=f"^{dev}: {what}, so data.py did not build"):
+            download.make_few_shot(str(tmp_path / "glue"), str(out), ["CoLA", "RTE"], k=4, seeds=(13,))
     # a GLUE train.tsv that is there but no file is said to be what it is (not "fetch GLUE first")
     os.remove(tmp_path / "glue" / "CoLA" / "train.tsv")
     (tmp_path / "glue" / "CoLA" / "train.tsv").mkdir()

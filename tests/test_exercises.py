@@ -625,10 +625,11 @@ BLANKED = {  # what a handout makes of each function of DEMO, written out by han
 }
 
 
+@pytest.mark.parametrize("start", ["", "\ufeff"])  # a byte-order mark first, as a Windows editor may save a file
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 @pytest.mark.parametrize("qualname", list(BLANKED))
-def test_blank_on_hand_made_source(qualname, newline):
-    source, expected = DEMO.replace("\n", newline), BLANKED[qualname].replace("\n", newline)
+def test_blank_on_hand_made_source(qualname, newline, start):
+    source, expected = start + DEMO.replace("\n", newline), start + BLANKED[qualname].replace("\n", newline)
     assert exercise.blank(source, qualname, "demo.py:" + qualname, "exercise demo: see docs") == expected
 
 
