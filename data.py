@@ -265,7 +265,7 @@ def _read_atomic_table(path, required):
     names = [col.split(":")[0].strip() for col in header]
     for r in required:
         if r not in names:
-            raise UserError(f"{path}:1: header has no column '{r}' (found {header})")
+            raise UserError(f"{path}:1: header has no column '{r}' (found {'nothing' if header == [''] else header})")
     check_column_names(path, 1, header, names, key=_attribute_name)  # title and TITLE are one name
     rows = [(line_no, line.rstrip("\n").split("\t")) for line_no, line in enumerate(lines, 2) if line.rstrip("\n")]
     for line_no, cols in rows:

@@ -354,6 +354,8 @@ CASES = {
     "two benchmarks in one folder": calrec_data(
         lambda d: [shutil.copy(os.path.join(d, f), os.path.join(d, "Beta" + f[len("Alpha"):])) for f in os.listdir(d)],
         "Alpha: holds 2 benchmarks (Alpha, Beta); one folder each"),
+    "empty inter file": calrec_data(lambda d: open(os.path.join(d, "Alpha.test.inter"), "w").close(),
+                                    "Alpha.test.inter:1: header has no column 'user_id' (found nothing)"),
     "inter column count": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.train.inter"), b"3\t1 2\n"),
                                       "Alpha.train.inter:"),
     "inter unknown item": calrec_data(lambda d: append_bytes(os.path.join(d, "Alpha.test.inter"), b"3\t1 99\t2\n"),
