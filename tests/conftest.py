@@ -91,7 +91,8 @@ def exercise_variant(request, monkeypatch):
         return
     if wrong_answer(request.node.nodeid) in CAUGHT:
         pytest.skip("caught by an earlier grader")
-    variant = re.search(r"EX=[\w-]+=\d+", request.node.nodeid).group(0)
+    variant = re.search(r"EX=[\w-]+=\d+", request.node.nodeid)
+    variant = variant.group(0) if variant else request.node.nodeid  # a variant named otherwise: made per test
     for where, source in request.param.items():
         file, _, qualname = where.partition(":")
         module = importlib.import_module(file[:-len(".py")])
