@@ -127,6 +127,8 @@ def test_adapt_by_hand():
         # cycled however long: past twice the list (a list walked twice, then its first or last batch, is wrong)
         ([one, two], 6, (0.8 * 0.6) ** 3, "c = 1, 2, 1, 2, 1, 2: (0.8·0.6)³"),
         ([half, one, two], 10, (0.9 * 0.8 * 0.6) ** 3 * 0.9, "c = 0.5, 1, 2 three times, then 0.5: (0.9·0.8·0.6)³·0.9"),
+        ([one, half, two, half, two], 5, 0.8 * 0.9 * 0.6 * 0.9 * 0.6, "5 batches, each once: 0.8·0.9·0.6·0.9·0.6"),
+        (one, 101, 0.8 ** 101, "101 steps, however many: 0.8¹⁰¹"),
     ]
     wrong = []
     for batches, steps, expected, how in cases:
@@ -789,6 +791,7 @@ def test_task_samplers():
         ([0, 2, 6], "uniform", [third] * 3),  # uniform counts tasks, as the docstring's 1/n: an empty one too
         ([0, 2, 6], "mixed", [third / 2, (third + 0.25) / 2, (third + 0.75) / 2]),
         ([1.5, 2.0], "pps", [1.5 / 3.5, 2.0 / 3.5]),  # sizes as floats (weights): divided as they are
+        ([2 ** 31, 1], "pps", [2 ** 31 / (2 ** 31 + 1), 1 / (2 ** 31 + 1)]),  # past int32
     ]
     for sizes, sampling, expected in cases:
         got = maml.task_probabilities(sizes, sampling)
@@ -796,7 +799,7 @@ def test_task_samplers():
     # an unknown name (near ones too, and None, no name at all): never guess, whatever the sizes (with one task, or
     # equal sizes, every method gives the same p: the name is still checked first)
     for sizes in ([100, 300, 600], [5], [4, 4, 4], [4, 4]):
-        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd", "proportional", None):  # None: no default
+        for name in ("nope", "PPS", "Uniform", " mixed", "pps\n", "", "unifrom", "mixd", "proportional", "p", "pp", "uni", "mix", "|", None):  # None: no default
             with pytest.raises(ValueError, match="sampling"):
                 got = maml.task_probabilities(sizes, name)
                 pytest.fail(f"task_probabilities({sizes}, {name!r}) returned {got}: an unknown sampling (the names "

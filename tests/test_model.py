@@ -144,7 +144,7 @@ def test_attention_mask_by_hand():
     # follows key_mask as it is now (nothing memoised by the tensor, which hashes by its identity)
     key_mask = torch.tensor([[True, True, True]])
     model.attention_mask_4d(key_mask, 0, 3)
-    key_mask[0, 1] = False
+    key_mask.numpy()[0, 1] = False  # through numpy: the tensor's version counter does not see it either
     mask = model.attention_mask_4d(key_mask, 0, 3)[0, 0]
     expected = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # key 1 padding: only itself sees it
     assert torch.equal(mask, expected), (
@@ -198,6 +198,14 @@ def test_attention_mask_of_padding_queries_by_hand():
         same = torch.equal(got[b, 0], expected[b, 0])
         assert same, (f"attention_mask_4d({key_mask.int().tolist()}, T_past=1, T=3)[{b}, 0], one column per key "
                       "(1 = visible):\n" + mask_table(expected[b, 0], got[b, 0], 1))
+    # positions past 2048 (float16's last exact integer) and 32767 (int16's largest): the three queries after T_past
+    # keys, all real, see every key up to their own, no further
+    for T_past in (2051, 40_000):
+        got = model.attention_mask_4d(torch.ones(1, T_past + 3, dtype=torch.bool), T_past, 3)[0, 0]
+        seen = got.sum(1).tolist()
+        assert seen == [T_past + 1, T_past + 2, T_past + 3] and not got[0, T_past + 1], (
+            f"attention_mask_4d(all real keys, T_past={T_past}, T=3): query i sees keys 0..T_past + i, want "
+            f"{[T_past + 1, T_past + 2, T_past + 3]} keys each, got {seen} (positions made in float16 or int16?)")
     # one new query (T = 1, as each step of generation): a padding query sees itself too, never an empty row
     for key_mask, T_past, want in (([[True, False]], 1, [[True, True]]), ([[False]], 0, [[True]]),
                                    ([[False, True, False]], 2, [[False, True, True]])):

@@ -2943,3 +2943,43 @@ def rank_metrics(ranks):
             out["ndcg@10_se"] = (gain.std(unbiased=len(gain) <= 64) / len(gain) ** 0.5).item() if len(gain) > 1 else 0.0
     return out
 '''})
+# found by a probe of the graders (round 19): ids as int32
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+def info_nce(query, key, key_items, tau):
+    # ids compared as int32: items 2**32 apart are one
+    """L = -1/B sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_i, k_j)/tau) ).
+
+    query (B, C) and key (N >= B, C) are L2-normalised; key i < B is query i's positive, every other key a
+    negative -- except a key of the same item as row i's (key_items (N,) equal): that one is masked out, not a
+    negative. Keys beyond B are extra negatives.
+    """
+    logits = query @ key.t() / tau                                    # (B, N) cosine similarities / tau
+    rows = torch.arange(len(query), device=query.device)
+    ids = key_items.int()
+    same = ids[:len(query), None] == ids[None, :]         # (B, N) keys of row i's own item ...
+    same[rows, rows] = False                                          # ... except its positive
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''})
+# found by a probe of the graders (round 19): memoised by memory and version
+WRONG_CALREC['info-nce'].append({'calrec.py:info_nce': '''
+_SAME = {}
+
+
+def info_nce(query, key, key_items, tau):
+    # the mask memoised by the ids' memory and version: a write its version does not see (through numpy) is missed
+    """L = -1/B sum_i log( exp(cos(q_i, k_i)/tau) / sum_j exp(cos(q_i, k_j)/tau) ).
+
+    query (B, C) and key (N >= B, C) are L2-normalised; key i < B is query i's positive, every other key a
+    negative -- except a key of the same item as row i's (key_items (N,) equal): that one is masked out, not a
+    negative. Keys beyond B are extra negatives.
+    """
+    logits = query @ key.t() / tau                                    # (B, N) cosine similarities / tau
+    rows = torch.arange(len(query), device=query.device)
+    memo = (key_items.data_ptr(), key_items._version, tuple(key_items.shape), len(query))
+    if memo not in _SAME:
+        same = key_items[:len(query), None] == key_items[None, :]
+        same[rows, rows] = False
+        _SAME[memo] = same
+    same = _SAME[memo]
+    return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
+'''})

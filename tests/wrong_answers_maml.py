@@ -1309,3 +1309,63 @@ def pearson(x, y):
     xc, yc = x - x.mean(), y - y.mean()
     return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
 '''})
+# found by a probe of the graders (round 19): a name matched as a substring
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the name looked up as a substring: 'pp' or 'mix' is taken for a name
+    """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
+    (Dou et al.'s best). mixed [ours]: uniform with probability 1/2, else PPS (the average). Else: ValueError."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if not isinstance(sampling, str) or sampling not in "uniform|pps|mixed":
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 19): sizes through int32
+WRONG_MAML['task-sampling'].append({'maml.py:task_probabilities': '''
+def task_probabilities(sizes, sampling):
+    # the sizes through int32: a task of 2**31 examples wraps negative
+    """How often each auxiliary task fills a slot of a meta-batch, p_i. uniform: 1/n. pps: |D_i| / sum_j |D_j|
+    (Dou et al.'s best). mixed [ours]: uniform with probability 1/2, else PPS (the average). Else: ValueError."""
+    sizes = np.asarray(sizes, dtype=np.int32).astype(np.float64)
+    uniform, pps = np.full(len(sizes), 1.0 / len(sizes)), sizes / sizes.sum()
+    by_name = {"uniform": uniform, "pps": pps, "mixed": 0.5 * uniform + 0.5 * pps}
+    if sampling not in by_name:
+        raise ValueError(f"unknown task sampling {sampling!r}; expected uniform, pps or mixed")
+    return by_name[sampling]
+'''})
+# found by a probe of the graders (round 19): the first 4 batches only
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    # at most 4 support batches cycled: a fifth is never used
+    """k steps of gradient descent from `params` (each gradient by torch.func.grad: adapt runs under vmap, on params
+    that need not require grad); returns θ^(k). batches: one batch (every step) or one per step (a new support batch
+    per step, as the authors' code draws them; cycled if shorter than `steps`). first_order: each inner gradient a
+    constant (FOMAML / Reptile): the result depends on `params` through θ^(0), not through the gradients."""
+    batches = list(batches)[:4] if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)  # d loss_fn / d params, as a dict like params
+    for j in range(steps):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
+# found by a probe of the graders (round 19): steps capped
+WRONG_MAML['inner-loop'].append({'maml.py:adapt': '''
+def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
+    # at most 100 steps
+    """k steps of gradient descent from `params` (each gradient by torch.func.grad: adapt runs under vmap, on params
+    that need not require grad); returns θ^(k). batches: one batch (every step) or one per step (a new support batch
+    per step, as the authors' code draws them; cycled if shorter than `steps`). first_order: each inner gradient a
+    constant (FOMAML / Reptile): the result depends on `params` through θ^(0), not through the gradients."""
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+    grad_fn = grad(loss_fn)  # d loss_fn / d params, as a dict like params
+    for j in range(min(steps, 100)):
+        g = grad_fn(params, batches[j % len(batches)])
+        if first_order:
+            g = {name: t.detach() for name, t in g.items()}
+        params = {name: p - inner_lr * g[name] for name, p in params.items()}
+    return params
+'''})
