@@ -263,9 +263,9 @@ def check_out_dir(path, flag, outputs=()):
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path}: this folder is not writable")
         for out in (os.path.join(path, m) for n in outputs for m in (n, f".{n}.tmp")):  # and atomic_write's
-            if os.path.lexists(out) and not os.path.isfile(out):  # a folder, a link to nowhere, a device, ...
+            if os.path.islink(out) or os.path.lexists(out) and not os.path.isfile(out):  # a link (written through),
                 raise UserError(f"{out}: is {'a folder' if os.path.isdir(out) else 'not a regular file'}; a run "
-                                "writes a file there")
+                                "writes a file there")  # a folder, a device, ...
         return
     parent = os.path.abspath(path)
     while not os.path.lexists(parent):  # a link to nowhere (or a loop of links) stops here: it is no folder
@@ -636,7 +636,7 @@ def pick_device(name, mps=True):
 def setup_distributed(device):
     """Under torchrun (RANK and WORLD_SIZE in the environment), join the process group: NCCL on GPUs, gloo on
     CPUs. Returns (rank, device) with each GPU process on its own card."""
-    if "RANK" not in os.environ or os.environ.get("WORLD_SIZE") == "1":  # one process: no group to join
+    if "RANK" not in os.environ or re.fullmatch("0*1", os.environ.get("WORLD_SIZE", "")):  # one process: no group
         return 0, device
     env = {k: os.environ.get(k, "") for k in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
     env["LOCAL_RANK"] = os.environ.get("LOCAL_RANK", "0")

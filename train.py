@@ -131,7 +131,7 @@ def check_paths(args):
         raise UserError(f"--init {args.init}: the run writes there (in --out-dir); copy it elsewhere first")
     if args.resume and not os.path.isfile(os.path.join(args.out_dir, "state.pt")):
         raise UserError(f"--resume: there is no {os.path.join(args.out_dir, 'state.pt')} to resume from")
-    if args.task == "sinusoid" and (os.environ.get("WORLD_SIZE", "1") != "1" or args.device in ("cuda", "mps")):
+    if args.task == "sinusoid" and (os.getenv("WORLD_SIZE", "1").lstrip("0") != "1" or args.device in ("cuda", "mps")):
         raise UserError("--task sinusoid runs as one process on the CPU (a 40-unit MLP); drop torchrun and --device")
 
 

@@ -321,6 +321,14 @@ def folder_holding(tmp, name):
     return str(tmp / "o")
 
 
+def link_holding(tmp, name):
+    """An --out-dir whose `name` is a symbolic link to a file of the user's elsewhere."""
+    os.makedirs(tmp / "o")
+    (tmp / "mine.txt").write_text("the user's own file\n")
+    os.symlink(tmp / "mine.txt", tmp / "o" / name)
+    return str(tmp / "o")
+
+
 def rewrite_json(path, **changes):
     with open(path, encoding="utf-8") as f:
         obj = json.load(f)
@@ -623,6 +631,12 @@ CASES = {
                                                 "results.json: is a folder; a run writes a file there"),
     "state.pt is a folder": lambda w, tmp: (["--task", "calrec", "--out-dir", folder_holding(tmp, "state.pt")],
                                             "state.pt: is a folder; a run writes a file there"),
+    "log.txt a link to a file elsewhere": lambda w, tmp: (  # appended to, it would change that file
+        ["--task", "sinusoid", "--out-dir", link_holding(tmp, "log.txt")],
+        "log.txt: is not a regular file; a run writes a file there"),
+    "a link where results.json is written first": lambda w, tmp: (  # atomic_write would write through it
+        ["--task", "sinusoid", "--out-dir", link_holding(tmp, ".results.json.tmp")],
+        ".results.json.tmp: is not a regular file; a run writes a file there"),
     "a folder where results.json is written first": lambda w, tmp: (  # atomic_write's temporary file
         ["--task", "sinusoid", "--out-dir", folder_holding(tmp, ".results.json.tmp")],
         ".results.json.tmp: is a folder; a run writes a file there"),
@@ -1083,6 +1097,14 @@ def test_one_process_of_torchrun_s_variables_joins_no_group(world, tmp_path, mon
         monkeypatch.setenv(name, value)
     train.main(["--task", "calrec", "--data", world["alpha"], *TINY_CALREC, "--out-dir", str(tmp_path / "one")])
     assert (tmp_path / "one" / "results.json").is_file()
+
+
+def test_a_world_size_of_one_written_01_joins_no_group(monkeypatch):
+    """WORLD_SIZE=01 is one process, as the check of torchrun's variables reads it: no master to wait for."""
+    for name, value in dict(RANK="0", WORLD_SIZE="01", MASTER_ADDR="no.such.host.invalid", MASTER_PORT="29520").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail("joined a group of one"))
+    assert engine.setup_distributed("cpu") == (0, "cpu")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
