@@ -71,7 +71,9 @@ def fetch(url, path, hint_if_missing=None):
     if os.path.isfile(path):
         return path
     for where, kind, is_kind in ((os.path.dirname(path) or ".", "folder", os.path.isdir),
-                                 (path, "file", os.path.isfile)):
+                                 (path, "file", os.path.isfile),
+                                 (path + ".part", "file (no link)",  # the download so far, written to
+                                  lambda p: os.path.isfile(p) and not os.path.islink(p))):
         if os.path.lexists(where) and not is_kind(where):  # something else stands in the way, a dangling link too
             raise UserError(f"{where}: is not a {kind}; data.py keeps its downloads there (move it away)")
     new = [d for d in _parents(os.path.dirname(path)) if not os.path.isdir(d)]  # the folders this call makes
@@ -133,7 +135,7 @@ def _download(url, part, have, name):
             return _download(url, part, 0, name)
         if response.status != 206:
             have = 0
-        total = have + int(length) if length is not None else None
+        total = have + int(length) if length is not None and length.isdigit() else None  # else unknown: as sent
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name)
         with open(part, "ab" if have else "wb") as f, bar:
             while chunk := response.read(1 << 20):
@@ -637,6 +639,8 @@ def build_parser():
         parts = urllib.parse.urlsplit(text)
         if parts.scheme not in ("http", "https", "file"):
             raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got {text!r}")
+        if parts.query or parts.fragment or text.endswith(("?", "#")):  # the file names go after the URL's path
+            raise argparse.ArgumentTypeError(f"{text!r} has a query or fragment (?, #); give the folder's URL alone")
         if parts.scheme == "file" and parts.netloc not in ("", "localhost"):  # file://tmp/x: 'tmp' read as a host
             raise argparse.ArgumentTypeError(f"{text!r} names the host {parts.netloc!r}; a folder here is "
                                              f"file:///{parts.netloc}{parts.path} (three slashes)")

@@ -33,10 +33,11 @@ def server(tmp_path):
     """Serves the files under .root; .seen records (path, Range header) of every request. With
     .options["ranges"] False it ignores Range headers (answers 200 with the whole file); with
     .options["cut"] = N it announces the whole file but closes the connection after N bytes; "whole" and "from 0"
-    answer a range with 206 and the whole file (under the range asked for, or under bytes 0-)."""
+    answer a range with 206 and the whole file (under the range asked for, or under bytes 0-); .options["length"]
+    is the Content-Length it announces, if given."""
     root = tmp_path / "server"
     root.mkdir()
-    seen, options = [], {"ranges": True, "cut": None}
+    seen, options = [], {"ranges": True, "cut": None, "length": None}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -58,7 +59,7 @@ def server(tmp_path):
                                                   f"{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
+            self.send_header("Content-Length", options["length"] or str(len(body) - start))
             self.end_headers()
             self.wfile.write(body[start:options["cut"]])
 
@@ -129,6 +130,23 @@ def test_network_failures_name_the_url(server, tmp_path):
     with pytest.raises(UserError, match="HTTP 404"):
         download.fetch(url, str(tmp_path / "kept" / "downloads" / "missing.gz"))
     assert sorted(os.listdir(tmp_path)) == ["kept", "server"] and os.listdir(tmp_path / "kept") == []  # nothing
+
+
+def test_a_content_length_that_is_no_number_is_a_length_not_known(server, tmp_path):
+    (server.root / "a.bin").write_bytes(b"0123456789")
+    server.options["length"] = "abc"
+    path = download.fetch(server.url + "/a.bin", str(tmp_path / "a.bin"))
+    assert open(path, "rb").read() == b"0123456789"
+
+
+def test_a_download_so_far_that_is_a_link_is_refused_not_written_through(server, tmp_path):
+    (server.root / "a.bin").write_bytes(b"0123456789")
+    (tmp_path / "mine.txt").write_text("the user's own file")
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "mine.txt", tmp_path / "d" / "a.bin.part")
+    with pytest.raises(UserError, match=r"a\.bin\.part: is not a file \(no link\); data\.py keeps its downloads there"):
+        download.fetch(server.url + "/a.bin", str(tmp_path / "d" / "a.bin"))
+    assert (tmp_path / "mine.txt").read_text() == "the user's own file" and server.seen == []
 
 
 def test_a_server_that_never_answers_is_named(tmp_path, monkeypatch):
@@ -739,6 +757,8 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
     (["few-shot", "--seeds", "4294967296"], "--seeds: expected comma-separated integers from 0 to 4294967295"),
     (["amazon", "Tools", "--url", "mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
     (["amazon", "Tools", "--url", "ftp://mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
+    (["amazon", "Tools", "--url", "http://mirror/amazon?x=1"], "has a query or fragment (?, #); give the folder's URL"),
+    (["amazon", "Tools", "--url", "file:///mirror/amazon#top"], "has a query or fragment (?, #); give the folder's URL"),
     (["few-shot", "--k", "8", "--k", "16"], "--k is given twice"),  # not the last one, silently
     (["amazon", "Tools", "--min-count", "5", "--min-count", "3"], "--min-count is given twice"),
 ])
