@@ -252,14 +252,18 @@ def list_exercises():
 def copy_tree(src, dst, only=None, skip=()):
     """The project's files under src, less what a handout leaves out, into dst; with `only` (paths relative to
     src), those alone, less those in `skip`. A folder holding an exercises.json is an earlier handout, and is left out
-    too."""
+    too. A device, a named pipe or a socket among the rest is refused."""
     def ignore(folder, names):
         rel = os.path.relpath(folder, src)
-        return [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")
-                or os.path.isfile(os.path.join(folder, n, MANIFEST))
-                or os.path.abspath(os.path.join(folder, n)) == os.path.abspath(dst)  # never the copy into itself
-                or only is not None and os.path.normpath(os.path.join(rel, n)) not in only
-                or os.path.normpath(os.path.join(rel, n)) in skip]
+        left_out = [n for n in names if n in NOT_HANDED_OUT or n.endswith(".pyc") or n.startswith("wrong_answers")
+                    or os.path.isfile(os.path.join(folder, n, MANIFEST))
+                    or os.path.abspath(os.path.join(folder, n)) == os.path.abspath(dst)  # never the copy into itself
+                    or only is not None and os.path.normpath(os.path.join(rel, n)) not in only
+                    or os.path.normpath(os.path.join(rel, n)) in skip]
+        for path in (os.path.join(folder, n) for n in names if n not in left_out):  # a device is read forever, a
+            if not (os.path.islink(path) or os.path.isdir(path) or os.path.isfile(path)):  # named pipe waited on
+                raise ExerciseError(f"{path}: not a regular file (a device, a named pipe, a socket?); copy files alone")
+        return left_out
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)  # a link is copied as a link, dangling or not
 
 

@@ -453,6 +453,13 @@ def test_grade_names_only_the_exercises_of_the_handout(tmp_path):
     graded = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "grade", str(out)], capture_output=True,
                             text=True, env=ENV, timeout=60)
     assert graded.returncode == 2 and "exercises.json: not a JSON list of exercise names" in graded.stderr
+    os.remove(out / "exercises.json")
+    (out / "exercises.json").write_text('["round-robin"]')
+    os.mkfifo(out / "notes")  # in the tree: a named pipe (or a device, which would be read forever) is not copied
+    graded = subprocess.run([sys.executable, os.path.join(ROOT, "exercise.py"), "grade", str(out)], capture_output=True,
+                            text=True, env=ENV, timeout=60)
+    assert graded.returncode == 2 and graded.stderr.count("\n") == 1, graded.stdout + graded.stderr
+    assert "notes: not a regular file (a device, a named pipe, a socket?)" in graded.stderr, graded.stderr
 
 
 def project_copy(where):
