@@ -427,6 +427,15 @@ def outcome(case):
     return True, ""
 
 
+def what_stopped(results, root):
+    """What kept the graders from running (a file of the hand-in that fails to import), in one line, or None."""
+    for ok, message in results.values():
+        if not ok and message.strip():
+            where = re.search(r'File "(.*)", line (\d+)', message)
+            return (f"{os.path.relpath(where[1], root)}:{where[2]}: " if where else "") + message.split("\n")[-1][-300:]
+    return None
+
+
 def grade(tree, names, timeout, where=None):
     """Run the graders of each exercise in the folder that `tree(name)` yields, in a process of its own (code that
     fails to import, loops or ends the process costs its own exercise only), and print a score per exercise; 0 if
@@ -437,7 +446,7 @@ def grade(tree, names, timeout, where=None):
         with tree(ex.name) as root:
             try:
                 results, note = run_graders(root, ex.tests, timeout)
-                why = "none ran: does a file of it fail to import? see below"
+                why = f"none ran: {what_stopped(results, root) or 'does a file of it fail to import? see below'}"
             except ExerciseError as e:  # its process ended early, or ran over the timeout
                 results, note, why = {}, None, str(e)
         ran = {t: {k: v for k, v in results.items() if k == t or k.startswith(t + "[")} for t in ex.tests}

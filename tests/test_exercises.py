@@ -328,7 +328,8 @@ def test_one_exercise_whose_code_breaks_the_graders_costs_only_its_own_score(tmp
     model.write_text(text, encoding="utf-8")
     path = out / "calrec.py"
     blank = path.read_text(encoding="utf-8")
-    for spoilt, why in ((blank + "\ndef broken(:\n", "none ran: does a file of it fail to import?"),
+    line = blank.count("\n") + 2  # of `def broken(:`, where the hand-in fails to import
+    for spoilt, why in ((blank + "\ndef broken(:\n", f"none ran: calrec.py:{line}: SyntaxError: invalid syntax)"),
                         (blank.replace(blanked("calrec.py:merge_round_robin", "round-robin"),
                                        "def merge_round_robin(*args, **kwargs):\n    import os\n    os._exit(0)\n"),
                          "pytest ran none of the graders, exit status 0")):
