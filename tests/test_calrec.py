@@ -541,11 +541,16 @@ def test_bm25_matches_hand_computed_scores():
     got = calrec.BM25(["Straße nach Berlin", "strasse"]).scores(["strasse"]).tolist()[0]
     assert got[0] == 0.0 and got[1] > 0, f"BM25 scores of 'strasse' on ['Straße nach Berlin', 'strasse']: expected " \
         f"a score for the second alone (str.lower keeps ß; casefold would make it ss), got {got}"
-    # past 2 ** 15 documents and words (an int16 index wraps there): 33,000 documents of one word each
-    many = calrec.BM25([f"w{i}" for i in range(33_000)]).scores(["w32999"])[0]
+    # past 2 ** 15 documents, and words (an int16 index wraps there): 33,000 documents, the last alone holding a word;
+    # 33 documents of 1,000 words each, 33,000 words in all
+    many = within_memory(lambda: calrec.BM25([""] * 32_999 + ["w"]).scores(["w"])[0], "BM25 of 33,000 documents")
     assert many.nonzero().flatten().tolist() == [32999], (
-        f"BM25 of 33,000 documents 'w0' ... 'w32999', the query 'w32999': expected a score for document 32999 "
-        f"alone, got scores at {many.nonzero().flatten().tolist()[:5]}")
+        f"BM25 of 33,000 documents, the last alone holding the word 'w', the query 'w': expected a score for "
+        f"document 32999 alone, got scores at {many.nonzero().flatten().tolist()[:5]}")
+    wordy = calrec.BM25([" ".join(f"w{i}" for i in range(j, j + 1000)) for j in range(0, 33_000, 1000)])
+    wordy = wordy.scores(["w32999"])[0].nonzero().flatten().tolist()
+    assert wordy == [32], (f"BM25 of 33 documents holding the words 'w0' ... 'w32999', 1,000 each, in order, the query "
+                           f"'w32999': expected a score for document 32 alone, got scores at {wordy[:5]}")
 
 
 def test_bm25_reads_words_of_any_script():
