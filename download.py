@@ -639,6 +639,10 @@ def build_parser():
         parts = urllib.parse.urlsplit(text)
         if parts.scheme not in ("http", "https", "file"):
             raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got {text!r}")
+        try:
+            parts.port  # a port that is no number (or past 65535) is refused here, not blamed on the network
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
         if parts.query or parts.fragment or text.endswith(("?", "#")):  # the file names go after the URL's path
             raise argparse.ArgumentTypeError(f"{text!r} has a query or fragment (?, #); give the folder's URL alone")
         if parts.scheme == "file" and parts.netloc not in ("", "localhost"):  # file://tmp/x: 'tmp' read as a host

@@ -758,6 +758,7 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
     (["amazon", "Tools", "--url", "mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
     (["amazon", "Tools", "--url", "ftp://mirror/amazon"], "--url: expected an http://, https:// or file:// URL"),
     (["amazon", "Tools", "--url", "http://mirror/amazon?x=1"], "has a query or fragment (?, #); give the folder's URL"),
+    (["amazon", "Tools", "--url", "http://127.0.0.1:abc/amazon"], "--url: 'http://127.0.0.1:abc/amazon': Port could"),
     (["amazon", "Tools", "--url", "file:///mirror/amazon#top"], "has a query or fragment (?, #); give the folder's URL"),
     (["few-shot", "--k", "8", "--k", "16"], "--k is given twice"),  # not the last one, silently
     (["amazon", "Tools", "--min-count", "5", "--min-count", "3"], "--min-count is given twice"),
