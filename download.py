@@ -561,6 +561,11 @@ def _labelled_lines(glue_root, name):
     return path, header, lines, label
 
 
+def few_shot_files(name):
+    """The files of a few-shot split of task `name`: train.tsv, and dev.tsv (MNLI: dev_matched.tsv)."""
+    return "train.tsv", "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
+
+
 def _write_few_shot(path, name, folder, header, shuffled, label, k):
     """The first k lines of each label -> folder/train.tsv, the next k -> dev.tsv (MNLI: dev_matched.tsv)."""
     groups = {}
@@ -570,9 +575,8 @@ def _write_few_shot(path, name, folder, header, shuffled, label, k):
         n = len(groups.get(value, []))
         if n < 2 * k:
             raise UserError(f"{path}: label {value!r} has {n} lines, fewer than 2k = {2 * k}")
-    dev_name = "dev_matched.tsv" if name == "MNLI" else "dev.tsv"
     with building(folder) as tmp:
-        for file, part in (("train.tsv", slice(0, k)), (dev_name, slice(k, 2 * k))):
+        for file, part in zip(few_shot_files(name), (slice(0, k), slice(k, 2 * k))):
             try:
                 with open(os.path.join(tmp, file), "wb") as f:
                     f.write(b"".join(header + [line for group in groups.values() for line in group[part]]))
@@ -598,8 +602,8 @@ def make_few_shot(glue_root, out, names=("CoLA", "MRPC", "STS-B", "RTE"), k=16, 
     the previous seed's order, in the script's order of seeds. So one of LM-BFF's seeds replays the shuffles of
     those before it in LM_BFF_SEEDS, whichever seeds are asked for and in whatever order (a split is the same
     alone or among others); any other seed, and every seed of a file with a header, shuffles the file's order."""
-    built = {(name, seed): already_built(os.path.join(out, name, f"{k}-{seed}"), ["train.tsv", "dev_matched.tsv" if
-                                         name == "MNLI" else "dev.tsv"]) for name in names for seed in seeds}
+    built = {(name, seed): already_built(os.path.join(out, name, f"{k}-{seed}"), few_shot_files(name))
+             for name in names for seed in seeds}
     for name in names:
         path, header, lines, label = _labelled_lines(glue_root, name)
         for seed in seeds:

@@ -262,10 +262,10 @@ def check_out_dir(path, flag, outputs=()):
             raise UserError(f"{flag} {path}: is a file, not a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path}: this folder is not writable")
-        for out in (os.path.join(path, m) for n in outputs for m in (n, f".{n}.tmp")):  # and atomic_write's
+        for out in (os.path.join(path, m) for n in outputs for m in (n, f".{n}.tmp")):  # atomic_write's tmp too
             if os.path.islink(out) or os.path.lexists(out) and not os.path.isfile(out):  # a link (written through),
                 raise UserError(f"{out}: is {'a folder' if os.path.isdir(out) else 'not a regular file'}; a run "
-                                "writes a file there")  # a folder, a device, ...
+                                "writes a file there")  # ... a folder, a device
         return
     parent = os.path.abspath(path)
     while not os.path.lexists(parent):  # a link to nowhere (or a loop of links) stops here: it is no folder
