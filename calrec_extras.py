@@ -3,7 +3,7 @@ CALRec beyond the paper: what this project adds to the paper's method, each repo
 every table (docs/calrec.md section 2 says why each is here and what it buys on validation).
 
   - the recent items and the popularity prior of the dense path (calrec.py section 6 ranks the catalog by the
-    towers' cosine): item j scored cos(q_U, v_T_j) / tau + lambda log(1 + n_j), both terms explained below;
+    towers' cosine): item j scored q_U . v_T_j / tau + lambda log(1 + n_j), both terms explained below;
   - catalog beams: beam search that can only write the catalog's items;
   - the generator check: which text the LM prefers to write after a prompt.
 """
@@ -15,10 +15,12 @@ import data
 import evaluation as ev
 
 
-# The recent items. A prompt holds only the last few history items (max_history), yet the item tower has placed
-# every item the user bought: their vectors, weighted by recency, give a second query from the same towers,
+# The recent items. A prompt holds only the last few history items (max_history), yet the item tower has placed every
+# item the user bought: their vectors, weighted by recency, give a second query from the same towers,
 #     r_U = sum_i gamma^a_i v_T_i / sum_i gamma^a_i,   a_i the age of history item i (0 for the last one),
-# and the dense path ranks by the cosine to q_U = (1 - mu) v_U + mu r_U. With recent_in_loss, L_UT trains that
+# and the dense path scores item j by q_U . v_T_j, q_U = (1 - mu) v_U + mu r_U: the towers' cosines mixed,
+#     (1 - mu) cos(v_U, v_T_j) + mu r_U . v_T_j,   q_U not rescaled to length 1 (its length is 1 at mu = 0),
+# which orders items as the cosine to q_U does, but for the prior. With recent_in_loss, L_UT trains the cosine to that
 # query too (at fixed mu and gamma, over the last few history items), so that the item tower learns what follows
 # what. The popularity prior: the contrastive losses draw their negatives from the batch's targets, that is, by
 # popularity, and so learn cos / tau ~ log p(j | u) - log q(j) (Yi et al., RecSys 2019); full-catalog ranking
@@ -57,7 +59,7 @@ def dense_queries(v_u, r_u, mu):
 
 
 def rank_vectors(v_u, v_t, examples, tau=1.0, prior=None, chunk=1024):
-    """Ranks of the targets when item j is scored by cos(v_U, v_T_j) / tau + prior_j (prior (N,), or none)."""
+    """Ranks of the targets when item j is scored by v_U . v_T_j / tau + prior_j (prior (N,), or none)."""
     def scores(rows):
         cos = v_u[rows] @ v_t.t() / tau                                # (chunk, N)
         return cos if prior is None else cos + prior
