@@ -735,6 +735,18 @@ def test_beam_search_batched_equals_single_and_cached_equals_uncached():
                                  f"{str(e)[:160]}") from None
         for p, g, w in zip(prompts, got, want):
             assert_same_beams(g, w, f"prompt {p} of {what} against a naive beam search of width 1 (greedy)")
+    # one prompt's beams all finished while another's are open: the search goes on for the open ones (eos: the first
+    # token written after prompt a; prompt b, searched alone, writes L tokens without it)
+    m, L = tiny(), 4
+    a, b, eos = next((a, b, eos) for a, b in itertools.permutations(range(11), 2)
+                     for eos in [naive_beam_search(m, [a], 1, 1, -1)[0][0][0]]
+                     if len(naive_beam_search(m, [b], 1, L, eos)[0][0]) == L)
+    for K in (1, 2):
+        got = m.beam_search([[a], [b]], K, L, eos)
+        for p, g in zip(([a], [b]), got):
+            assert_same_beams(g, naive_beam_search(m, p, K, L, eos), f"prompt {p} of beam_search({[[a], [b]]}, "
+                              f"num_beams={K}, max_new_tokens={L}, eos_id={eos}) against a naive beam search: the "
+                              f"beams of prompt [{a}] all end at once, those of [{b}] go on")
     # more than 64 beams (nothing sized by a constant): 70 beams, a vocabulary of 9, 3 new tokens (81 prefixes of 2)
     m, prompt, K, L, eos = tiny(vocab_size=9), [1, 2], 70, 3, 3
     want = naive_beam_search(m, prompt, K, L, eos)
@@ -1150,6 +1162,9 @@ def test_manual_attention_equals_sdpa_in_float64_on_dtypes_strides_and_masks():
               False),
              ("float64, a mask that is not causal (later keys visible, earlier ones hidden: SDPA's mask is any "
               "pattern, and the only one applied)", qkv(2, 3, 5, torch.float64), not_causal, torch.float64, False),
+             ("float64, a square mask of padding alone (as many queries as keys, later keys visible: no causal mask "
+              "of its own)", qkv(2, 4, 4, torch.float64),
+              torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]).bool()[:, None, None].expand(2, 1, 4, 4), torch.float64, False),
              ("the default device set to 'meta'", qkv(2, 3, 5), causal, torch.float32, True)]
     for what, (q, k, v), mask, dtype, meta in cases:
         what = f"manual_attention, {what}: q {tuple(q.shape)}, k, v {tuple(k.shape)} {dtype}, mask {tuple(mask.shape)}"

@@ -1747,3 +1747,45 @@ def attention_mask_4d(key_mask, T_past, T):
     _MASKS[memo] = mask[:, None]
     return mask[:, None]
 '''})
+
+# found by a probe of the graders (round 20): a causal mask of its own wherever the mask is square
+WRONG_MODEL['attention'].append({'model.py:manual_attention': '''def manual_attention(q, k, v, mask, dropout_p=0.0):
+    # nanoGPT's causal tril, applied when there is no cache (Tq == Tk) so that the shapes meet
+    Tq, Tk = q.size(-2), k.size(-2)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    if Tq == Tk:
+        mask = mask & torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v
+'''})
+
+# found by a probe of the graders (round 20): the whole batch stops once one prompt's beams have all finished
+WRONG_MODEL['beam-search'].append({'model.py:GPT.beam_search': '''@torch.inference_mode()
+def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True, allowed_next=None):
+    # stops as soon as one prompt's beams have all finished
+    K = num_beams
+    prompt, prompt_mask = self._left_pad(prompts)
+    (B, T), V = prompt.shape, self.config.vocab_size
+    self._check_room(T, max_new_tokens)
+    logp, cache, visible = self._beam_start(prompt, prompt_mask, K, max_new_tokens, use_cache)
+    logp = logp[:, None, :].expand(B, K, V)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0
+    finished = torch.zeros(B, K, dtype=torch.bool, device=prompt.device)
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=prompt.device)
+    for step in range(max_new_tokens):
+        if allowed_next is not None:
+            logp = logp.masked_fill(~allowed_next(tokens), float("-inf"))
+        scores, src, tok = _beam_choose(scores, logp, finished, eos_id)
+        tokens = torch.cat([tokens.gather(1, src[..., None].expand_as(tokens)), tok[..., None]], dim=2)
+        finished = finished.gather(1, src) | (tok == eos_id)
+        if finished.all(1).any() or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            visible = visible.gather(1, src[..., None].expand_as(visible))
+        logp = self._beam_next(tok, step, prompt, prompt_mask, tokens, cache, visible)
+    new, scores = tokens.tolist(), scores.tolist()
+    return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
+'''})
