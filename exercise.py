@@ -307,6 +307,9 @@ def handout(names, out):
         raise ExerciseError("--out: an empty path; a handout goes into a new folder")
     if os.path.lexists(out):  # a link to nowhere too
         raise ExerciseError(f"{out}: already there; a handout goes into a new folder")
+    tests = os.path.realpath(os.path.join(ROOT, "tests"))
+    if os.path.commonpath([tests, os.path.realpath(out)]) == tests:
+        raise ExerciseError(f"{out}: inside the project's tests/, whose run would collect the handout's copy of them")
     sources = {}
     for ex in exercises:  # everything is blanked in memory first, so that a refusal writes nothing
         for where in ex.functions + ex.hide:

@@ -505,6 +505,16 @@ def test_a_refusal_naming_a_path_with_a_newline_is_one_line(tmp_path):
     assert made.returncode == 2 and made.stderr.count("\n") == 1 and "hw\\n2: already there" in made.stderr
 
 
+def test_a_handout_inside_the_projects_tests_is_refused(tmp_path):
+    # the suite (python -m pytest tests) would collect the handout's own tests/ beside the project's, and stop
+    copy = project_copy(tmp_path / "project")
+    for out in ("tests/hw", "tests/a/../hw"):
+        made = subprocess.run([sys.executable, "exercise.py", "handout", "layer-norm", "--out", out],
+                              capture_output=True, text=True, env=ENV, cwd=copy, timeout=300)
+        assert made.returncode == 2 and made.stderr.count("\n") == 1, made.stderr
+        assert f"{out}: inside the project's tests/" in made.stderr and not (copy / "tests" / "hw").exists()
+
+
 def test_refusals_write_nothing(tmp_path):
     unknown = cli("handout", "no-such-exercise", "--out", str(tmp_path / "a"))
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and not (tmp_path / "a").exists()
