@@ -189,7 +189,7 @@ def train_stage(exp, stage, validate):
     cfg, lm, device = exp.cfg, exp.lm, exp.device
     logs = np.log([len(r) or 1 for r in exp.rows])
     w = np.exp((logs - logs.max()) / cfg.domain_temperature)  # the largest 1: no inf nor nan at a temperature near 0
-    probs = w / w.sum() if stage == 1 else np.eye(len(exp.domains))[exp.target]
+    probs = w / w.sum() if stage == 1 else np.eye(len(exp.domains))[exp.target_index]
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     catalog = np.concatenate([np.arange(exp.offsets[d], exp.offsets[d + 1]) for d in np.flatnonzero(probs)])
     log.info(f"stage {stage}: {steps} steps on " + ", ".join(f"{d.name} {p:.2f}" for d, p in zip(exp.domains, probs)
@@ -316,7 +316,7 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
     """Ranks of the targets in the top-k lists that beam search writes after each example's prompt, eval_batch users
     at a time, grounded in the catalog by BM25 (the paper's: bm25_lists) or, with a trie (calrec_extras.CatalogTrie,
     beyond the paper), written as catalog items in beam order. catalog: the target's global indices (examples hold
-    local ones); twins: a key per item, equal where the path cannot tell items apart. Also the first best beams."""
+    local ones); twins: a key per item, alike where the path cannot tell items apart. Also 3 users' best beams."""
     lm.eval()
     lists, samples, beams = [], [], cfg.beams if trie is None else cfg.constrained_beams
     for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):
@@ -326,16 +326,16 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
         texts = [tokenizer.decode(tokens) for user in found for tokens, _ in user]
         lists += (bm25_lists(bm25, texts, histories, beams, cfg.top_k) if trie is None
                   else trie.ranked_items(found, histories, cfg.top_k))
-        samples.append(texts[0])
-    return ev.ranks_from_lists(lists, [t for _, t in examples], [hist for hist, _ in examples], twins), samples[:3]
+        samples += texts[::beams][:3 - len(samples)]  # the best beam of each of the first three users
+    return ev.ranks_from_lists(lists, [t for _, t in examples], [hist for hist, _ in examples], twins), samples
 
 
 def bm25_lists(bm25, texts, histories, beams, k):
     """Each beam's text is a BM25 query; each user's beams' lists are merged quasi-round-robin."""
     hits = bm25.search(texts, depth=2 * k + beams + max(map(len, histories)))  # the history is left out after
     per_user = [hits[b * beams:(b + 1) * beams] for b in range(len(histories))]
-    return [merge_round_robin([lst for lst, _ in beams], [sc for _, sc in beams], history, k)
-            for beams, history in zip(per_user, histories)]
+    return [merge_round_robin([lst for lst, _ in user_hits], [sc for _, sc in user_hits], history, k)
+            for user_hits, history in zip(per_user, histories)]
 
 
 # -----------------------------------------------------------------------------
@@ -452,7 +452,7 @@ class Experiment:
     """Everything a run needs, read and checked by prepare() before anything is written."""
     cfg: CALRecConfig
     domains: list
-    target: int                  # index of the target domain
+    target_index: int            # the target domain's, in domains
     offsets: list                # global index of each domain's first item (items of all domains in one list)
     texts: list                  # every item's whole text, global indices (BM25 and the baselines read these)
     lm: GPT
@@ -470,11 +470,11 @@ class Experiment:
 
     @property
     def domain(self):
-        return self.domains[self.target]
+        return self.domains[self.target_index]
 
     @property
     def catalog(self):  # global indices of the target domain's items: the catalog every method ranks
-        return range(self.offsets[self.target], self.offsets[self.target + 1])
+        return range(self.offsets[self.target_index], self.offsets[self.target_index + 1])
 
     @functools.cached_property
     def documents(self):  # the target catalog's whole item texts (local item indices), what BM25 indexes

@@ -2,7 +2,7 @@
 Everything that turns files and text into tensors, for both tasks, in this order: 1. the tokenizer, a byte-level
 BPE trained on the task's own text, or GPT-2's `tokenizer.json`; 2. CALRec's data: the built-in shopping world, the
 reader of the Amazon benchmark folders, the text templates and batches; 3. MAML's data: the GLUE reader, the
-built-in task family and batches. Fetching the real data (`python data.py amazon | glue | few-shot`) is download.py.
+built-in task family (maml.py batches them). Fetching the data (`python data.py amazon | glue | few-shot`): download.py.
 """
 
 import functools

@@ -463,7 +463,7 @@ INITS = ("none", "multitask", "maml", "fomaml", "reptile")
 
 
 def load_tasks(cfg, data_dir):
-    """(setting, aux tasks, target tasks, few-shot root or None), each {name: task} in cfg's order."""
+    """(benchmark, aux tasks, target tasks, few-shot root or None), each {name: task} in cfg's order."""
     family = data.task_family() if data_dir is None else ({}, {})
     known = {**family[0], **family[1]} if data_dir is None else data.GLUE_TASKS
     where = "GLUE" if data_dir else "the built-in family (GLUE's need the GLUE folder)"
@@ -539,7 +539,7 @@ class Experiment:
     seed: int
     out_dir: str
     init: str | None      # the GPT it starts from (a checkpoint or a GPT-2 folder); None: from scratch
-    setting: str          # family | glue
+    benchmark: str        # family | glue
     targets: dict         # {name: task}
     inits: tuple          # the initialisations compared (from cfg.method)
     tokenizer: data.TextTokenizer
@@ -553,7 +553,7 @@ class Experiment:
 def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
     """Read and check everything a run needs, writing nothing; with resume, the saved run's key must be this one's."""
     engine.check_settings(cfg)
-    setting_name, aux, targets, few_shot_root = load_tasks(cfg, data_dir)
+    benchmark, aux, targets, few_shot_root = load_tasks(cfg, data_dir)
     tasks = {**aux, **targets}
     torch.manual_seed(seed)  # the classifier's first weights
     if init:  # GPT-2's or a project checkpoint's
@@ -577,12 +577,12 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
                                  engine.training_floats(c, cfg.meta_batch * cfg.shot * shortest, 0)})
     gpt = gpt if init else GPT(c)
     model = classifier_for(gpt, tasks).to(device)
-    key = dict(task="maml", setting=setting_name, settings=dataclasses.asdict(cfg), seed=seed,
+    key = dict(task="maml", benchmark=benchmark, settings=dataclasses.asdict(cfg), seed=seed,
                data=engine.fingerprint((tasks, runs)), tokenizer=tokenizer.fingerprint,  # data: the 16-shot splits too
                init=init and engine.fingerprint(gpt.state_dict()), world=engine.rank_and_world()[1])  # init: weights
     state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)
     inits = INITS if cfg.method == "all" else ("none",) if cfg.method == "none" else ("none", cfg.method)
-    return Experiment(cfg, device, seed, out_dir, init, setting_name, targets, inits, tokenizer, model,
+    return Experiment(cfg, device, seed, out_dir, init, benchmark, targets, inits, tokenizer, model,
                       engine.copy_weights(model), aux_encs, runs, state)
 
 
@@ -629,7 +629,7 @@ def run(exp):
     if rank == 0:  # a resumed run too: a tokenizer.json deleted since is there again
         engine.save_tokenizer(exp.out_dir, exp.tokenizer)
     exp.state.save("start")  # from here on, --resume continues an interrupted run
-    log.info(f"setting {exp.setting}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
+    log.info(f"benchmark {exp.benchmark}: auxiliary tasks {list(exp.cfg.aux)}, targets {list(exp.targets)}; GPT "
              f"{exp.model.gpt.num_params() / 1e6:.2f}M parameters; tokenizer {exp.tokenizer.vocab_size} tokens")
     results = {n: {} for n in exp.targets}
     for init in exp.inits:
@@ -648,7 +648,7 @@ def run(exp):
              f"{', '.join(f'{n}={s}' for n, s in reported.items())})")
     curves = {i: exp.state.done[f"learned_{i}"]["loss_first_last_tenth"] for i in exp.inits
               if exp.state.done.get(f"learned_{i}", {}).get("loss_first_last_tenth")}
-    config = dict(dataclasses.asdict(exp.cfg), setting=exp.setting, inits=list(exp.inits), seed=exp.seed,
+    config = dict(dataclasses.asdict(exp.cfg), benchmark=exp.benchmark, inits=list(exp.inits), seed=exp.seed,
                   init=exp.init, device=exp.device, reported_split=reported, meta_loss_first_last_tenth=curves)
     out = dict(targets=results, config=config, resumed=exp.state.resumes)
     return save_results(exp.out_dir, out, exp.device, exp.state.seconds(),
