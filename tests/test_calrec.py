@@ -248,6 +248,13 @@ def test_loss_mixture_by_hand():
     assert parts["ut"] == pytest.approx(want, rel=1e-9), (
         f"calrec_loss with alpha=0, beta=1e-7: expected parts['ut'] = L_UT = {want:.10g} (a weight above 0 is on, "
         f"however small), got {parts['ut']}")
+    # a diverged L_NIG of inf: the mixture is inf, as the equation reads (1 - alpha - beta) inf + ..., not nan (a term
+    # of weight 0 written 0 * L_NIG, or the mixture rearranged as L_NIG + alpha (L_TT - L_NIG) + ...)
+    for alpha, beta in ((0.0, 0.0), (0.2, 0.0), (0.2, 0.3)):
+        loss, _ = calrec.calrec_loss(torch.tensor(math.inf, dtype=torch.float64), v_u, v_tu, v_t, items, alpha, beta,
+                                     0.1)
+        assert loss.item() == math.inf, f"calrec_loss with L_NIG = inf, alpha={alpha}, beta={beta}: expected inf, " \
+                                        f"got {loss.item()}"
     # the spec's direction: each target item against the users of the batch (no extra negatives)
     ids = items[:P].tolist()
     l_nig = torch.tensor(3.0, dtype=torch.float64)
@@ -383,6 +390,19 @@ def test_user_and_target_vectors_are_means_over_their_spans():
         assert torch.equal(got, torch.zeros(1, 3, dtype=torch.float64)), (
             f"{name} of hidden states that are all 0: expected the zero vector (a mean of 0 normalised as F.normalize "
             f"does it), got {got.tolist()}")
+    # its gradient is finite (F.normalize's: no 0 / 0 behind a torch.where); and a mean below F.normalize's floor,
+    # 1e-12, is divided by the floor: the mean's norm meets it, not the sum's (400 positions of 1e-14)
+    spans = {"user_vectors": lambda x: calrec.user_vectors(x, torch.tensor([0]), torch.tensor([400])),
+             "target_vectors": lambda x: calrec.target_vectors(x, torch.tensor([0]), torch.tensor([0]),
+                                                               torch.tensor([400]))}
+    for name, span in spans.items():
+        zero = torch.zeros(1, 400, 3, dtype=torch.float64, requires_grad=True)
+        grad, = torch.autograd.grad(span(zero).sum(), zero)
+        assert torch.isfinite(grad).all(), f"{name} of hidden states that are all 0: a gradient that is not finite"
+        norm = span(torch.full((1, 400, 3), 1e-14, dtype=torch.float64)).norm().item()
+        assert norm == pytest.approx(3 ** 0.5 * 1e-14 / 1e-12, rel=1e-6), (
+            f"{name} of 400 positions of h = 1e-14 (a mean of norm 1.7e-14): expected the mean / 1e-12, as "
+            f"F.normalize's floor gives it, of norm {3 ** 0.5 * 1e-14 / 1e-12:.4g}; got norm {norm:.4g}")
     # hidden states 1e-7 small: still unit vectors (a normalised mean does not depend on the scale of h; an epsilon
     # added to the norm, as in m / (|m| + 1e-8), shortens them); and 1e-10 small, means of norm about 1e-10, still
     # above F.normalize's floor of 1e-12 (a floor of 1e-8, torch.cosine_similarity's eps, shortens them)

@@ -635,6 +635,8 @@ def test_reptile_direction_under_dropout_draws_a_mask_per_task():
         f"reptile_direction with dropout in the loss, from the same seed: the direction of two copies of a task "
         f"equals that of the task alone (largest difference {gap:.3g}): the copies drew the same dropout mask; each "
         "task must draw its own (vmap's randomness=\"different\")")
+    assert_same_from_one_seed("reptile_direction", lambda: maml.reptile_direction(params, dropout_mlp_loss, [two], 0.1,
+                                                                                  2))
 
 
 def test_reptile_one_step_is_one_sgd_step():
@@ -743,6 +745,22 @@ def test_dropout_under_vmap_draws_a_mask_per_task():
         f"torch.rand(1) after two calls of meta_loss_loop with dropout, from torch.manual_seed(0) and from "
         f"torch.manual_seed(1): {after[0]:.9f} both times: the caller's random stream was reset inside (a seed set "
         "per task?); the draws after a call must follow the caller's seed")
+    # and from one seed, the same: the same loss, and the same draw after it (no seed taken from the system inside)
+    for fn in (maml.meta_loss_loop, maml.meta_loss_vmap):
+        assert_same_from_one_seed(fn.__name__, lambda: fn(params, dropout_mlp_loss, [two], two, 0.1, 2).item())
+
+
+def assert_same_from_one_seed(name, run):
+    """run() twice from torch.manual_seed(0): the same result, and the same torch.rand draw after it."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append((run(), torch.rand(1).item()))
+    assert all(a == b if not isinstance(a, dict) else all(torch.equal(a[k], b[k]) for k in a)
+               for a, b in zip(*runs)), (
+        f"{name} with dropout in the loss, twice from torch.manual_seed(0): other results or another draw after it "
+        f"(torch.rand(1): {runs[0][1]:.9f}, then {runs[1][1]:.9f}): the same seed must give the same run; no seed "
+        "taken inside (torch.seed(), the clock)")
 
 
 def test_task_probabilities_leave_the_sizes_alone():

@@ -346,6 +346,11 @@ def test_pooling_of_holes_empty_spans_and_full_rows_by_hand():
     torch.testing.assert_close(got, want, msg=lambda m: (
         f"mean_pool(h, span), h[b, t] = [10b + 2t, 10b + 2t + 1], span = {span.tolist()}: "
         f"want {[[round(x, 4) for x in r] for r in want.tolist()]}, got {got.tolist()}\n{m}"))
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):  # mixed precision's types: the empty span's mean 0 too
+        got = model.mean_pool(h.to(dtype), span)[1]
+        assert torch.equal(got, torch.zeros(2, dtype=dtype)), (
+            f"mean_pool(h in {dtype}, span = {span.tolist()}): the empty span's mean, want [0.0, 0.0], got "
+            f"{got.tolist()} (a guard that the dtype rounds to 0, such as 1e-9 in float16, guards nothing)")
     mask = torch.tensor([[1, 1, 1, 1, 1],    # no padding: the last column
                          [1, 1, 0, 0, 0],
                          [1, 0, 0, 0, 0]])

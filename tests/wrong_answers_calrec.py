@@ -2983,3 +2983,50 @@ def info_nce(query, key, key_items, tau):
     same = _SAME[memo]
     return F.cross_entropy(logits.masked_fill(same, float("-inf")), rows)
 '''})
+
+# found by a probe of the graders (round 21): a term of weight 0 written 0 * L_NIG (nan when L_NIG is inf)
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    zero = 0 * l_nig                                  # a zero of L_NIG's dtype and device
+    l_tt = nce(v_tu) if alpha > 0 else zero
+    l_ut = nce(v_u) if beta > 0 else zero
+    loss = (1 - alpha - beta) * l_nig + alpha * l_tt + beta * l_ut
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''})
+
+# found by a probe of the graders (round 21): the mixture rearranged around L_NIG (inf - inf when L_NIG is inf)
+WRONG_CALREC['calrec-loss'].append({'calrec.py:calrec_loss': '''def calrec_loss(l_nig, v_u, v_tu, v_t, items, alpha, beta, tau, over_users=False):
+    P = len(v_u)
+    def nce(q):
+        return info_nce(v_t[:P], q, items[:P], tau) if over_users else info_nce(q, v_t, items, tau)
+    l_tt = nce(v_tu) if alpha > 0 else torch.zeros_like(l_nig)
+    l_ut = nce(v_u) if beta > 0 else torch.zeros_like(l_nig)
+    loss = l_nig + alpha * (l_tt - l_nig) + beta * (l_ut - l_nig)   # the mixture as moves away from L_NIG
+    return loss, {"nig": l_nig.item(), "tt": l_tt.item(), "ut": l_ut.item()}
+'''})
+
+# found by a probe of the graders (round 21): normalised behind a torch.where (a nan gradient at a zero mean)
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''def user_vectors(h, rows, ends):
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    mean = running[rows, ends - 1] / ends[:, None].to(running.dtype)
+    norm = mean.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, mean / norm, torch.zeros_like(mean)).to(h.dtype)   # a zero mean stays zero
+''',
+    'calrec.py:target_vectors': '''def target_vectors(h, rows, starts, ends):
+    running = F.pad(h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32)), (0, 0, 1, 0))
+    mean = (running[rows, ends] - running[rows, starts]) / (ends - starts)[:, None].to(running.dtype)
+    norm = mean.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, mean / norm, torch.zeros_like(mean)).to(h.dtype)
+'''})
+
+# found by a probe of the graders (round 21): the sum normalised, not the mean (F.normalize's floor met by the sum)
+WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''def user_vectors(h, rows, ends):
+    running = h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32))
+    return F.normalize(running[rows, ends - 1], dim=-1).to(h.dtype)   # the count does not change the direction
+''',
+    'calrec.py:target_vectors': '''def target_vectors(h, rows, starts, ends):
+    running = F.pad(h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32)), (0, 0, 1, 0))
+    return F.normalize(running[rows, ends] - running[rows, starts], dim=-1).to(h.dtype)
+'''})

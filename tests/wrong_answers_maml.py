@@ -1369,3 +1369,14 @@ def adapt(params, loss_fn, batches, inner_lr, steps, first_order=False):
         params = {name: p - inner_lr * g[name] for name, p in params.items()}
     return params
 '''})
+
+# found by a probe of the graders (round 21): torch.seed() inside: the same seed no longer gives the same run
+WRONG_MAML['reptile'].append({'maml.py:reptile_direction': '''def reptile_direction(params, loss_fn, support, inner_lr, steps):
+    torch.seed()   # fresh dropout masks at every meta-step, whatever seed was set before
+    start = {name: p.detach() for name, p in params.items()}
+
+    def one_task(task_support):
+        return adapt(start, loss_fn, task_support, inner_lr, steps, first_order=True)
+    adapted = vmap(one_task, randomness="different")(support)
+    return {name: (adapted[name] - start[name]).mean(0) for name in start}
+'''})

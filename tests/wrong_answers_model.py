@@ -1789,3 +1789,10 @@ def beam_search(self, prompts, num_beams, max_new_tokens, eos_id, use_cache=True
     new, scores = tokens.tolist(), scores.tolist()
     return [[(_cut_at(new[b][j], eos_id), scores[b][j]) for j in range(K)] for b in range(B)]
 '''})
+
+# found by a probe of the graders (round 21): a guard of 1e-9, which float16 rounds to 0
+WRONG_MODEL['pooling'].append({'model.py:mean_pool': '''def mean_pool(h, span_mask):
+    """Mean of h (B, T, C) over the positions where span_mask (B, T) is 1 -> (B, C)."""
+    w = span_mask.to(h.dtype).unsqueeze(-1)                        # (B, T, 1)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1e-9)               # guard against 0 / 0
+'''})
