@@ -92,7 +92,8 @@ def fetch(url, path, hint_if_missing=None):
         raise UserError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
     except urllib.error.URLError as e:  # no connection: DNS, refused, timed out, no such local file
         _unmade(part, new)
-        raise UserError(f"{url}: {e.reason}") from None
+        hint = f"; {hint_if_missing}" if isinstance(e.reason, FileNotFoundError) and hint_if_missing else ""
+        raise UserError(f"{url}: {e.reason}{hint}") from None
     except (OSError, http.client.HTTPException) as e:  # mid-download: a timeout, a dropped connection
         _unmade(part, new)
         why = f"the server sent nothing for {TIMEOUT} s" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
@@ -219,7 +220,9 @@ def _json_lines(path):
                     raise UserError(f"{path}:{line_no}:{e.start + 1}: not UTF-8 text (byte {raw[e.start]:#04x})") \
                         from None
                 except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer of over 4300 digits
-                    raise UserError(f"{path}:{line_no}: not a JSON object ({getattr(e, 'msg', e)})") from None
+                    json_error = isinstance(e, json.JSONDecodeError)
+                    at, why = (f":{e.colno}", e.msg.removesuffix(" at")) if json_error else ("", e)
+                    raise UserError(f"{path}:{line_no}{at}: not a JSON object ({why})") from None
                 if not isinstance(record, dict):
                     raise UserError(f"{path}:{line_no}: not a JSON object")
                 yield line_no, record
@@ -297,7 +300,8 @@ def _read_meta(path):
 
 def _read_purchases(path, meta):
     """Reviews -> {user: [ASIN, ...]} in time order, ties in file order (a stable sort), never by id; an item at
-    its first purchase only; items not in `meta` dropped. Also how many reviews there were and were dropped."""
+    its first purchase only; items not in `meta` dropped. Also how many reviews there were, were dropped and were a
+    user's repeat of an item."""
     by_user, n_reviews, dropped = {}, 0, 0
     for line_no, r in _json_lines(path):
         user, asin, t = (_field(path, line_no, r, key, kind) for key, kind in
@@ -309,7 +313,7 @@ def _read_purchases(path, meta):
         by_user.setdefault(user, []).append((t, asin))
     sequences = {user: list(dict.fromkeys(asin for _, asin in sorted(events, key=lambda e: e[0])))
                  for user, events in by_user.items()}
-    return sequences, n_reviews, dropped
+    return sequences, n_reviews, dropped, n_reviews - dropped - sum(map(len, sequences.values()))
 
 
 def _k_core(sequences, k):
@@ -327,7 +331,7 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     """Raw Amazon 2018 files -> Domain, by the protocol of docs/calrec.md section 3 (`min_count`-core)."""
     name = name or os.path.basename(reviews_path).split("_5.json")[0].split(".json")[0]
     meta, no_title = _read_meta(meta_path)
-    sequences, n_reviews, dropped = _read_purchases(reviews_path, meta)
+    sequences, n_reviews, dropped, repeats = _read_purchases(reviews_path, meta)
     if not n_reviews:
         raise UserError(f"{reviews_path}: holds no review (a file of reviews, one JSON record a line)")
     if dropped == n_reviews:
@@ -337,8 +341,8 @@ def read_amazon_raw(reviews_path, meta_path, name=None, min_count=5):
     asins = sorted({a for seq in sequences.values() for a in seq})
     index = {a: i for i, a in enumerate(asins)}
     log.info(f"{reviews_path}: {n_reviews} reviews; {no_title} metadata records without a title; {dropped} reviews "
-             f"of items without a record with a title dropped; {len(sequences)} users and {len(asins)} items "
-             f"after {min_count}-core")
+             f"of items without a record with a title dropped; {repeats} repeat reviews of an item by its user dropped "
+             f"(the first kept); {len(sequences)} users and {len(asins)} items after {min_count}-core")
     return Domain(name, [meta[a] for a in asins], asins,
                   *leave_one_out([[index[a] for a in seq] for seq in sequences.values()]))
 
@@ -723,7 +727,7 @@ def main(argv=None):
             check_out_dir(args.out, "--out")
         next_to_glue = args.command == "few-shot" and os.path.join(os.path.dirname(os.path.abspath(args.glue)),
                                                                     "glue-16shot")  # where maml.py looks
-        out = args.out or os.path.relpath(next_to_glue)
+        out = args.out or (next_to_glue if os.path.isabs(args.glue) else os.path.relpath(next_to_glue))  # as --glue
         with held(out, "--out"):  # a second data.py would share its hidden build folders and downloads
             if args.command == "amazon":
                 prepare_amazon(args.categories, out, base_url=args.url, min_count=args.min_count)

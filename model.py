@@ -574,7 +574,7 @@ def read_hf_weights(directory):
         if not (isinstance(sd, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items())):
             raise UserError(f"{pt}: not a state dict of tensors by name")
         return pt, sd
-    raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
+    raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin (shards: not read)")
 
 
 # -----------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def test_raw_protocol_order_dedup_kcore_leave_one_out(tmp_path, suffix, caplog):
     with caplog.at_level(logging.INFO):
         d = download.read_amazon_raw(rev, meta, min_count=3)
     assert "meta_Tools.json" + suffix + ": 2 records of an ASIN read before, skipped" in caplog.text
+    assert "; 1 repeat reviews of an item by its user dropped (the first kept);" in caplog.text  # u1's second A
     assert d.name == "Tools"
     # G goes (1 user), then u4 (2 items left), then E (2 users left): a cascade of the iterative k-core
     assert d.item_keys == ["A", "B", "C", "D"]  # indices follow sorted ASINs

@@ -283,7 +283,8 @@ def test_a_download_that_does_not_parse_is_deleted_and_fetched_again(server, tmp
         good = f.read()
     write_lines(meta_path, ["{'asin': 'A', 'title': 'a Python dict, not JSON'}"])  # a mirror's wrong file
     out = tmp_path / "amazon"
-    with pytest.raises(UserError, match=r"meta_Tools\.json\.gz:1: not a JSON object.*deleted, so a rerun downloads"):
+    with pytest.raises(UserError, match=r"meta_Tools\.json\.gz:1:2: not a JSON object \(Expecting property name "
+                                        r"enclosed in double quotes\); deleted, so a rerun downloads"):  # line, column
         download.prepare_amazon(["Tools"], str(out), base_url=server.url, min_count=3)
     assert sorted(os.listdir(out / "downloads")) == ["Tools_5.json.gz"]  # the reviews, which did parse, are kept
     with open(meta_path, "wb") as f:
@@ -297,6 +298,8 @@ def test_an_unknown_category_or_an_empty_result_is_a_user_error(server, tmp_path
     with pytest.raises(UserError, match=re.escape(f"{url}: HTTP 404 Not Found; is 'Nope' an Amazon 2018 category")):
         download.prepare_amazon(["Nope"], str(tmp_path / "amazon"), base_url=server.url)
     assert not os.path.exists(tmp_path / "amazon" / "Nope")
+    with pytest.raises(UserError, match=r"Nope_5\.json\.gz'; is 'Nope' an Amazon 2018 category"):  # a local mirror too
+        download.prepare_amazon(["Nope"], str(tmp_path / "amazon"), base_url=(tmp_path / "mirror").as_uri())
     with pytest.raises(UserError, match="'Video Games': not an Amazon 2018 category file name"):
         download.prepare_amazon(["Video Games"], str(tmp_path / "amazon"), base_url=server.url)
     serve_amazon(server.root)
@@ -775,6 +778,10 @@ def test_few_shot_goes_next_to_the_glue_folder_by_default(tmp_path, monkeypatch,
     download.main(["few-shot", "--glue", "data/glue", "--tasks", "RTE", "--k", "2", "--seeds", "5"])
     assert os.listdir(tmp_path / "data" / "glue-16shot" / "RTE") == ["2-5"]
     assert "data/glue-16shot/RTE/2-5: 2 train and 2 dev examples for each of 2 labels" in capsys.readouterr().out
+    # an absolute --glue: the folder is named as absolute too (not relative to wherever the command ran)
+    monkeypatch.chdir(tmp_path / "data" / "glue" / "RTE")
+    download.main(["few-shot", "--glue", str(tmp_path / "data" / "glue"), "--tasks", "RTE", "--k", "2", "--seeds", "7"])
+    assert f"{tmp_path}/data/glue-16shot/RTE/2-7: 2 train" in capsys.readouterr().out
 
 
 def test_an_interrupt_says_the_downloads_resume(monkeypatch, capsys):
