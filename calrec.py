@@ -545,7 +545,7 @@ def prepare(cfg, data_dirs, out_dir, seed, device, init=None, resume=False, dtyp
     items = [(it, d.attributes) for d in domains for it in d.items]  # every item, global indices
     texts = [data.item_text(it, attributes, cfg.max_words) for it, attributes in items]
     lm, tokenizer = build_tokenizer(cfg, texts, init, resume, out_dir)
-    key = dict(task="calrec", settings=dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.attributes,
+    key = dict(task="calrec", **dataclasses.asdict(cfg), data=fingerprint([(d.name, d.items, d.attributes,
                d.train, d.valid, d.test) for d in domains]), tokenizer=tokenizer.fingerprint, seed=seed, dtype=dtype,
                init=init and fingerprint(lm.state_dict()), processes=rank_and_world()[1])  # init: its weights
     state = RunState(os.path.join(out_dir, "state.pt"), key, resume)

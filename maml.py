@@ -577,7 +577,7 @@ def prepare(cfg, data_dir, out_dir, seed, device, init=None, resume=False):
                                  engine.training_floats(c, cfg.meta_batch * cfg.shot * shortest, 0)})
     gpt = gpt if init else GPT(c)
     model = classifier_for(gpt, tasks).to(device)
-    key = dict(task="maml", benchmark=benchmark, settings=dataclasses.asdict(cfg), seed=seed,
+    key = dict(task="maml", benchmark=benchmark, **dataclasses.asdict(cfg), seed=seed,
                data=engine.fingerprint((tasks, runs)), tokenizer=tokenizer.fingerprint,  # data: the 16-shot splits too
                init=init and engine.fingerprint(gpt.state_dict()), world=engine.rank_and_world()[1])  # init: weights
     state = engine.RunState(os.path.join(out_dir, "state.pt"), key, resume)

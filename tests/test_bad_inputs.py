@@ -539,8 +539,8 @@ CASES = {
     "init empty folder": init(lambda w, tmp: (tmp / "empty").mkdir() or str(tmp / "empty"), "config.json: missing"),
     # --- --resume
     "resume corrupt state": resume(lambda p, tmp: open(p, "wb").write(b"\x80\x02junk"), "state.pt: cannot be read"),
-    "resume other settings": resume(lambda p, tmp: None, "state.pt: was saved by a run with other settings",
-                                    flags=("--tau", "0.5")),
+    "resume other settings": resume(lambda p, tmp: None, "state.pt: was saved by a run with other beta, tau;",
+                                    flags=("--tau", "0.5", "--beta", "0.1")),  # each setting named
     "resume runs code": resume(lambda p, tmp: evil_checkpoint(p, tmp), "state.pt: refused"),
     "resume no state": lambda w, tmp: (["--task", "maml", "--resume", "--out-dir", str(tmp / "new")],
                                        "state.pt to resume from"),
