@@ -1144,6 +1144,16 @@ def test_markov_and_last_item_baselines_by_hand():
     assert ranks == want[:1030], (
         f"rank_last_item_bm25 of 1030 users (more than one chunk of 1024) over {texts}: expected ranks {want[:6]}... "
         f"(a naive loop), got {str(ranks)[:120]}")
+    calls = []
+
+    class Counting(calrec.BM25):  # how many queries each call scores
+        def scores(self, queries):
+            calls.append(len(queries))
+            return super().scores(queries)
+    ev.rank_last_item_bm25(Counting(texts), texts, examples)
+    assert max(calls, default=0) <= 1024 and sum(calls) == 1030, (
+        f"rank_last_item_bm25 of 1030 users: BM25.scores called with {calls} queries; expected each user's query once, "
+        "at most one chunk (1024) a call: the whole (users, N) matrix of a Games-sized split takes 3.4 GB")
 
 
 def naive_markov_ranks(sequences, n_items, examples):

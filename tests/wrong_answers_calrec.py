@@ -3030,3 +3030,9 @@ WRONG_CALREC['prefix-pooling'].append({'calrec.py:user_vectors': '''def user_vec
     running = F.pad(h.cumsum(1, dtype=torch.promote_types(h.dtype, torch.float32)), (0, 0, 1, 0))
     return F.normalize(running[rows, ends] - running[rows, starts], dim=-1).to(h.dtype)
 '''})
+
+# found by a probe of the graders (round 22): every user's query scored at each chunk (the whole (users, N) matrix)
+WRONG_CALREC['baselines'].append({'evaluation.py:rank_last_item_bm25': '''def rank_last_item_bm25(bm25, texts, examples):
+    # the last item read as hist[-1] of the whole examples list, the rows' slice applied to the scores afterwards
+    return ranks_in_chunks(lambda rows: bm25.scores([texts[hist[-1]] for hist, _ in examples])[rows], examples)
+'''})
