@@ -471,16 +471,19 @@ def grade(tree, names, timeout, where=None):
 
 
 def refuse_links_out(folder, copy):
-    """Refuse a link of the handed-in tree (as copied) that leads out of it to a file or folder: the grade would be
-    that file's (a link to nowhere, a student's stray one, reads nothing)."""
+    """Refuse a link of the handed-in tree that leads out of it to a file or folder, in `folder` or in its `copy`
+    (where the graders run: a relative link may lead elsewhere there): the grade would be that file's (a link to
+    nowhere, a student's stray one, reads nothing)."""
+    def leaves(path, top):
+        return os.path.exists(path) and os.path.commonpath([os.path.realpath(path), os.path.realpath(top)]) != \
+            os.path.realpath(top)
     for at, dirs, files in os.walk(copy):
         dirs[:] = [d for d in dirs if (at, d) != (copy, "tests")]  # this project's own
         for n in (n for n in dirs + files if os.path.islink(os.path.join(at, n))):
             link = os.path.join(folder, os.path.relpath(os.path.join(at, n), copy))
-            if os.path.exists(link) and os.path.commonpath([os.path.realpath(link), os.path.realpath(folder)]) != \
-                    os.path.realpath(folder):
-                raise ExerciseError(f"{link}: a link to {os.readlink(link)}, outside the handed-in folder; hand in "
-                                    "the file itself")
+            if leaves(link, folder) or leaves(os.path.join(at, n), copy):
+                raise ExerciseError(f"{link}: a link to {os.readlink(os.path.join(at, n))}, outside the handed-in "
+                                    "folder; hand in the file itself")
 
 
 def grade_handout(folder, names, timeout):

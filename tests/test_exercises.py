@@ -267,7 +267,8 @@ def test_a_link_that_leads_out_of_the_handed_in_folder_is_refused_and_one_within
     assert cli("handout", "layer-norm", "--out", str(out)).returncode == 0
     mine.mkdir()
     shutil.copy(os.path.join(ROOT, "model.py"), mine / "model.py")  # the reference: the answer, if it were read
-    for target in (os.path.join(ROOT, "model.py"), "../mine/model.py"):
+    # the last leads nowhere from hw, and to the teacher's model.py from the copy the graders run in (tmp/work/)
+    for target in (os.path.join(ROOT, "model.py"), "../mine/model.py", "../work" + "/.." * 40 + f"{ROOT}/model.py"):
         os.remove(out / "model.py")
         os.symlink(target, out / "model.py")
         graded = cli("grade", str(out))
