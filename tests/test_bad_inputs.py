@@ -472,7 +472,7 @@ CASES = {
     "raw reviews file of no review": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), ["", " "]),
                                                 "Tools_5.json.gz: holds no review"),
     "raw bad json": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"), raw_reviews() + ["{no"]),
-                               "Tools_5.json.gz:20: not a JSON object"),
+                               "Tools_5.json.gz:20:2: not a JSON object (Expecting property name enclosed in double quotes)"),
     "raw no time": amazon_raw(lambda d: write_lines(os.path.join(d, "Tools_5.json.gz"),
                                                     raw_reviews() + [{"reviewerID": "u9", "asin": "A"}]),
                               "Tools_5.json.gz:20: record has no 'unixReviewTime'"),

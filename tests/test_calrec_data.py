@@ -119,7 +119,7 @@ def test_raw_reader_errors_name_file_and_line(tmp_path):
     write_lines(meta, META)
     bad = str(tmp_path / "bad_5.json")
     write_lines(bad, [review("u1", "A", 1), "{not json"])
-    with pytest.raises(data.UserError, match=r"bad_5\.json:2: not a JSON object"):
+    with pytest.raises(data.UserError, match=r"bad_5\.json:2:2: not a JSON object \(Expecting property name enclosed in double quotes\)$"):
         download.read_amazon_raw(bad, meta)
     write_lines(bad, [review("u1", "A", 1), {"reviewerID": "u2", "asin": "A"}])
     with pytest.raises(data.UserError, match=r"bad_5\.json:2: record has no 'unixReviewTime'"):
