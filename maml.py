@@ -147,7 +147,7 @@ class SineConfig:
     inner_steps: int = setting(1, "> 0", "inner steps of MAML and FOMAML while meta-training [paper]")
     reptile_steps: int = setting(5, "> 0", "Reptile's inner steps [ours]: with one step Reptile is joint training")
     steps: int = setting(6000, "> 0", "meta-updates per method [ours; the paper runs 70,000]")
-    eval_tasks: int = setting(600, "> 0", "held-out sines")
+    eval_tasks: int = setting(600, ">= 2", "held-out sines (2 at least: their 95% CI)")
     eval_points: int = setting(100, "> 0", "query points per held-out sine")
     eval_steps: tuple[int, ...] = setting((1, 5, 10), "> 0", "report the MSE after 0 and each of these many steps")
 

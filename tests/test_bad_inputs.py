@@ -552,6 +552,8 @@ CASES = {
     "seed -1": flags("--task", "calrec", "--seed", "-1", message="--seed: must be a whole number from 0"),
     "seed text": flags("--task", "sinusoid", "--seed", "one", message="--seed: must be a whole number"),
     "set unknown": flags("--task", "sinusoid", "--set", "speed=3", message="--set: no setting 'speed'"),
+    "one held-out sine": flags("--task", "sinusoid", "--set", "eval_tasks=1",  # a 95% CI of one value: none, not 0
+                               message="setting eval_tasks=1: expected int >= 2"),
     "set bad value": flags("--task", "calrec", "--set", "tau=cold", message="--set: tau='cold': expected float > 0"),
     "alpha beta sum": flags("--task", "calrec", "--alpha", "0.7", "--beta", "0.6", message="setting alpha + beta = 0.7 + 0.6: must be <= 1"),
     "flag of another task": flags("--task", "sinusoid", "--beams", "3", message="--beams: --task sinusoid has no setting beams"),
