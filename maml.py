@@ -507,7 +507,7 @@ def few_shot_runs(task, encode, root, test, reported):
 def target_runs(task, encode, cfg, few_shot_root, seed):
     """[(size label, seed, train enc, val enc, test enc)] for one target, and the reported split: cfg.seeds random
     subsets of each size in cfg.n_train, then LM-BFF's 16-shot folders. With a labelled test split: validation
-    = dev, report = test; without one (GLUE's public files): validation carved out of train, report = dev."""
+    = val_max of dev, report = test; without one (GLUE's public files): validation carved out of train, report = dev."""
     enc = {s: encode(task[s]) for s in ("train", "dev", "test") if s in task}
     if "test" in enc:
         pool, val, test, reported = enc["train"], enc["dev"], enc["test"], "test"
@@ -516,7 +516,7 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         n_val = min(cfg.val_max, len(order) // 10)
         val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
         test, reported = enc["dev"], "dev"
-    val = subset(val, np.arange(min(cfg.val_max, len(val["ids"]))))
+    val = subset(val, np.sort(np.random.default_rng(seed).permutation(len(val["ids"]))[:cfg.val_max]))  # dev: a sample
     for name, split in (("validation" + " (a tenth of train.tsv)" * (reported == "dev"), val), (reported, test)):
         if len(set(split["y"].tolist())) < 2:  # one label or score: MCC, F1, Pearson alike whatever the model
             raise UserError(f"{task['name']}: {len(split['y'])} examples in its {name} split, under 2 labels or scores")

@@ -216,6 +216,20 @@ def test_no_two_seeds_share_a_training_subset_or_fine_tuning_batches(monkeypatch
     assert len(set(streams)) == len(streams) == 24
 
 
+def test_validation_from_a_labelled_test_split_is_a_sample_of_dev():
+    # with a labelled test.tsv, dev.tsv is the validation split: val_max of its rows drawn with the seed, in their
+    # order, not its first val_max (of a dev sorted by label: one label)
+    task = {"name": "t", "train": [0, 1] * 200, "dev": [0] * 150 + [1] * 150, "test": [0, 1] * 10}
+
+    def encode(split):  # a row's id is its index in the split
+        return {"ids": [[i] for i in range(len(split))], "y": np.array(split)}
+    for seed in (0, 1):
+        runs, split = maml.target_runs(task, encode, tiny_config(seeds=1, n_train=(8,), val_max=100), None, seed)
+        rows = [i for [i] in runs[0][3]["ids"]]
+        assert split == "test" and len(rows) == 100 == len(set(rows)) and rows == sorted(rows), rows
+        assert set(runs[0][3]["y"].tolist()) == {0, 1}, f"validation rows {rows}: the first 100 of dev, one label"
+
+
 def test_one_method_runs_none_and_that_method(tmp_path):
     exp = maml.prepare(tiny_config(seeds=1, method="reptile", targets=("more-2-5",)), None, str(tmp_path), 0, "cpu")
     assert exp.inits == ("none", "reptile") and list(exp.targets) == ["more-2-5"]
