@@ -116,7 +116,10 @@ def test_a_diverged_prediction_scores_nan_not_zero():
         got = fn([1.0, float("nan"), 2.0], [1, 2, 3])
         assert math.isnan(got), f"{fn.__name__}([1, nan, 2], [1, 2, 3]): expected nan (a diverged model), got {got}"
         # nan before any other case: a single value (no spread to correlate) or a prediction equal to the gold
-        for x, y in (([float("nan")], [1.0]), ([float("inf")], [0.5]), ([1.0, float("inf")], [1.0, float("inf")])):
+        # or a constant on the other side (one value not finite among finite ones, on either side)
+        for x, y in (([float("nan")], [1.0]), ([float("inf")], [0.5]), ([1.0, float("inf")], [1.0, float("inf")]),
+                     ([1.0, float("nan")], [2.0, 2.0]), ([1.0, float("inf"), 3.0], [5.0] * 3),
+                     ([2.0, 2.0], [1.0, -math.inf])):
             got = fn(x, y)
             assert math.isnan(got), f"{fn.__name__}({x}, {y}): expected nan (a value is not finite), got {got}"
 
