@@ -316,7 +316,7 @@ def rank_generative(lm, builder, tokenizer, examples, catalog, cfg, twins, bm25=
     """Ranks of the targets in the top-k lists that beam search writes after each example's prompt, eval_batch users
     at a time, grounded in the catalog by BM25 (the paper's: bm25_lists) or, with a trie (calrec_extras.CatalogTrie,
     beyond the paper), written as catalog items in beam order. catalog: the target's global indices (examples hold
-    local ones); twins: a key per item, alike where the path cannot tell items apart. Also 3 users' best beams."""
+    local ones); twins: a key per item, equal where the path cannot tell items apart. Also 3 users' best beams."""
     lm.eval()
     lists, samples, beams = [], [], cfg.beams if trie is None else cfg.constrained_beams
     for s in tqdm(range(0, len(examples), cfg.eval_batch), desc="beam search", disable=not show, leave=False):

@@ -516,7 +516,7 @@ def target_runs(task, encode, cfg, few_shot_root, seed):
         n_val = min(cfg.val_max, len(order) // 10)
         val, pool = subset(enc["train"], order[:n_val]), subset(enc["train"], order[n_val:])
         test, reported = enc["dev"], "dev"
-    val = subset(val, np.sort(np.random.default_rng(seed).permutation(len(val["ids"]))[:cfg.val_max]))  # dev: a sample
+    val = subset(val, np.sort(np.random.default_rng(seed).permutation(len(val["ids"]))[:cfg.val_max]))  # a draw
     for name, split in (("validation" + " (a tenth of train.tsv)" * (reported == "dev"), val), (reported, test)):
         if len(set(split["y"].tolist())) < 2:  # one label or score: MCC, F1, Pearson alike whatever the model
             raise UserError(f"{task['name']}: {len(split['y'])} examples in its {name} split, under 2 labels or scores")
