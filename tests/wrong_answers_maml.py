@@ -1393,14 +1393,3 @@ WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''def pearson(x, y)
     return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
 '''})
 
-# found by a probe of the graders (round 23, mutants): the gold's finiteness checked with any(): a partly non-finite gold against a constant prediction scores 0
-WRONG_MAML['glue-metrics'].append({'evaluation.py:pearson': '''def pearson(x, y):
-    """Pearson's r, a Python float; 0 for a constant input, nan when a prediction is not finite (a diverged model)."""
-    x, y = (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-    if not (np.isfinite(x).all() and np.isfinite(y).any()):
-        return float('nan')
-    if x.min() == x.max() or y.min() == y.max():
-        return 0.0
-    xc, yc = (x - x.mean(), y - y.mean())
-    return float((xc * yc).sum() / math.sqrt(float((xc ** 2).sum() * (yc ** 2).sum())))
-'''})
