@@ -853,20 +853,23 @@ def test_catalog_trie_makes_its_mask_on_the_device_of_the_tokens():
         f"CatalogTrie(tokens on the CPU), the default device set to 'meta': want the mask on the tokens' device, the "
         f"CPU, got it on {got.device}")
     assert torch.equal(got, want), f"CatalogTrie([[1, 2], [1, 3], [4]])(tokens {tokens.tolist()}): want {want}, got {got}"
-    # tokens that can be read (tolist) but live on another device, as a GPU's do: the mask must come back on theirs
-    class TokensElsewhere:
+    # tokens that can be read but live on another device, as a GPU's do: the mask must come back on theirs
+    class TokensElsewhere:  # a CPU tensor's values and methods (tolist, size, cpu, len, ...), its device "meta"
         def __init__(self, t):
             self.t, self.shape, self.device = t, t.shape, torch.device("meta")
 
-        def tolist(self):
-            return self.t.tolist()
+        def __getattr__(self, name):
+            return getattr(self.t, name)
+
+        def __len__(self):
+            return len(self.t)
     try:
         got = trie(TokensElsewhere(tokens))
-    except AttributeError as e:
-        raise AssertionError(f"CatalogTrie(tokens on another device, read with tokens.tolist()): {e}") from None
+    except (AttributeError, TypeError) as e:
+        raise AssertionError(f"CatalogTrie(tokens on another device, readable as a CPU tensor): {e}") from None
     assert got.device.type == "meta", (
-        f"CatalogTrie(tokens on the 'meta' device, readable by tolist()): want the mask on the tokens' device, meta, "
-        f"got it on {got.device} (made on the CPU and not moved to tokens.device?)")
+        f"CatalogTrie(tokens on the 'meta' device, readable as a CPU tensor): want the mask on the tokens' device, "
+        f"meta, got it on {got.device} (made on the CPU and not moved to tokens.device?)")
 
 
 def test_catalog_trie_by_hand():
