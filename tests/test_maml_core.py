@@ -75,6 +75,19 @@ def dropout_mlp_copies(n_tasks):
     return params, {k: v.expand(n_tasks, *v.shape).clone() for k, v in task.items()}
 
 
+def assert_same_from_one_seed(name, run):
+    """run() twice from torch.manual_seed(0): the same result, and the same torch.rand draw after it."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append((run(), torch.rand(1).item()))
+    assert all(a == b if not isinstance(a, dict) else all(torch.equal(a[k], b[k]) for k in a)
+               for a, b in zip(*runs)), (
+        f"{name} with dropout in the loss, twice from torch.manual_seed(0): other results or another draw after it "
+        f"(torch.rand(1): {runs[0][1]:.9f}, then {runs[1][1]:.9f}): the same seed must give the same run; no seed "
+        "taken inside (torch.seed(), the clock)")
+
+
 def quadratic_loss(params, batch):
     """L(θ) = c·θ²: one gradient step at inner_lr α multiplies θ by (1 − 2αc), so every θ^(k) is by hand."""
     return batch["c"] * params["theta"] ** 2
@@ -749,18 +762,6 @@ def test_dropout_under_vmap_draws_a_mask_per_task():
     for fn in (maml.meta_loss_loop, maml.meta_loss_vmap):
         assert_same_from_one_seed(fn.__name__, lambda: fn(params, dropout_mlp_loss, [two], two, 0.1, 2).item())
 
-
-def assert_same_from_one_seed(name, run):
-    """run() twice from torch.manual_seed(0): the same result, and the same torch.rand draw after it."""
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        runs.append((run(), torch.rand(1).item()))
-    assert all(a == b if not isinstance(a, dict) else all(torch.equal(a[k], b[k]) for k in a)
-               for a, b in zip(*runs)), (
-        f"{name} with dropout in the loss, twice from torch.manual_seed(0): other results or another draw after it "
-        f"(torch.rand(1): {runs[0][1]:.9f}, then {runs[1][1]:.9f}): the same seed must give the same run; no seed "
-        "taken inside (torch.seed(), the clock)")
 
 
 def test_task_probabilities_leave_the_sizes_alone():
